@@ -1,0 +1,67 @@
+"""kachery_feeds: signed, append-only feeds in SQLite, with live following and replication.
+
+>>> import kachery_feeds as kf
+>>> store = kf.open_store("/tmp/demo/feeds.db")           # doctest: +SKIP
+>>> sf = store.create_feed().load_subfeed("primes")       # doctest: +SKIP
+>>> sf.append_message({"p": 2})                           # doctest: +SKIP
+0
+
+The format is specified in ``spec/feeds.md``. Nothing here touches the network: a node carries
+:meth:`Subfeed.get_signed_messages` output to another store's :meth:`Subfeed.add_signed_messages`.
+"""
+
+from .errors import (
+    FeedError,
+    ForkError,
+    InvalidPayloadError,
+    InvalidUriError,
+    MissingMessagesError,
+    NotWriteableError,
+    StoreVersionError,
+    UnknownFeedError,
+    VerificationError,
+)
+from .forks import ForkProofInfo, verify_fork_proof
+from .messages import (
+    FORMAT_VERSION,
+    SIGNATURE_CONTEXT,
+    ParsedMessage,
+    decode_segment,
+    encode_segment,
+    parse_message,
+)
+from .payloads import MAX_MESSAGE_BYTES
+from .store import Store, open_store
+from .subfeed import Feed, MessageRecord, Subfeed
+from .uris import FeedUri, normalize_feed_id, parse_feed_uri, subfeed_hash, subfeed_uri
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_MESSAGE_BYTES",
+    "SIGNATURE_CONTEXT",
+    "Feed",
+    "FeedError",
+    "FeedUri",
+    "ForkError",
+    "ForkProofInfo",
+    "InvalidPayloadError",
+    "InvalidUriError",
+    "MessageRecord",
+    "MissingMessagesError",
+    "NotWriteableError",
+    "ParsedMessage",
+    "Store",
+    "StoreVersionError",
+    "Subfeed",
+    "UnknownFeedError",
+    "VerificationError",
+    "decode_segment",
+    "encode_segment",
+    "normalize_feed_id",
+    "open_store",
+    "parse_feed_uri",
+    "parse_message",
+    "subfeed_hash",
+    "subfeed_uri",
+    "verify_fork_proof",
+]

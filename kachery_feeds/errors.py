@@ -1,0 +1,63 @@
+"""Exceptions raised by kachery_feeds.
+
+Every error derives from :class:`FeedError`. They say whose fault a failure is, as h11 does:
+:class:`VerificationError` means data from elsewhere is bad (tampered, forged, forked, out of
+order); :class:`InvalidPayloadError`, :class:`InvalidUriError` and :class:`NotWriteableError`
+mean the caller asked for something impossible. A call that raises changes nothing in the store
+(the one deliberate exception: a detected fork's proof is recorded before :class:`ForkError` is
+raised, because the proof is the evidence a person needs).
+"""
+
+from __future__ import annotations
+
+
+class FeedError(Exception):
+    """Base class of every kachery_feeds error."""
+
+
+class VerificationError(FeedError):
+    """Received data failed verification (signature, hash chain, numbering or binding)."""
+
+
+class ForkError(VerificationError):
+    """Two valid, conflicting signed messages exist for one position of a subfeed.
+
+    ``proof`` holds the portable fork proof (bytes, see spec/feeds.md "Fork proofs"); it can be
+    checked by anyone with :func:`kachery_feeds.verify_fork_proof`.
+    """
+
+    def __init__(self, message: str, proof: bytes, position: int) -> None:
+        super().__init__(message)
+        self.proof = proof
+        self.position = position
+
+
+class MissingMessagesError(FeedError):
+    """An imported range starts after the last local message, so it cannot be chained yet."""
+
+    def __init__(self, message: str, local_count: int) -> None:
+        super().__init__(message)
+        self.local_count = local_count
+
+
+class NotWriteableError(FeedError):
+    """Appending to a feed whose private key this store does not hold."""
+
+
+class InvalidUriError(FeedError, ValueError):
+    """A feed URI, feed ID or subfeed name is malformed."""
+
+
+class UnknownFeedError(FeedError, KeyError):
+    """A feed name or ID that this store does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidPayloadError(FeedError, ValueError):
+    """A payload or metadata value that is not plain JSON, or a message over the size limit."""
+
+
+class StoreVersionError(FeedError):
+    """The store was written by a newer version of kachery_feeds than this one."""

@@ -1,0 +1,221 @@
+"""Signed subfeed messages, format v1: building, parsing and verifying (no I/O).
+
+Theory of operation
+-------------------
+A message is a *body* — compact JSON serialized once by its writer — plus an optional Ed25519
+signature. The body binds the message to its feed, subfeed and position and links it to the
+previous message by hash::
+
+    {"feed":"<64 hex>","meta":{...},"n":7,"payload":<JSON>,"prev":"<64 hex>"|null,
+     "subfeed":"<40 hex>","ts":<ms>,"v":1}                          ("meta" is optional)
+
+* ``hash(m) = SHA-256(body)``; ``prev`` is the hex hash of message ``n-1`` (null for ``n=0``).
+* ``signature = Ed25519(feed key, SIGNATURE_CONTEXT || hash(m))``: the signature covers the exact
+  body bytes through their hash. Verifiers never re-serialize anything.
+* A signature on message ``n`` vouches for every earlier message through the ``prev`` chain, so
+  a batch append signs only its last message, and any range handed to another store must end
+  at a signed message.
+* Wire form (one line): ``body || TAB || signature as 128 lowercase hex (or nothing)``. Bodies
+  never contain a raw TAB or newline (JSON escapes control characters and we write no
+  whitespace), so lines can be joined with ``\\n`` into a *segment*.
+
+Rules: everything that decides whether a message is valid lives in this module; the store only
+applies these checks against its local state (see :mod:`kachery_feeds.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple
+
+import nacl.bindings
+import nacl.exceptions
+import orjson
+
+from .errors import VerificationError
+from .payloads import MAX_MESSAGE_BYTES
+
+FORMAT_VERSION = 1
+#: Prefix of every signed input, so a feed signature can never be mistaken for another kind.
+SIGNATURE_CONTEXT = b"kachery-feed-message-v1\x00"
+_REQUIRED_KEYS = frozenset({"feed", "n", "payload", "prev", "subfeed", "ts", "v"})
+_ALL_KEYS = _REQUIRED_KEYS | {"meta"}
+_HEXDIGITS = frozenset(b"0123456789abcdef")
+_MAX_LINE = MAX_MESSAGE_BYTES + 1 + 128
+
+
+class ParsedMessage(NamedTuple):
+    """One message, parsed from its wire form. ``hash`` and ``previous_hash`` are raw 32 bytes."""
+
+    number: int
+    previous_hash: bytes | None
+    hash: bytes
+    body: bytes
+    signature: bytes | None
+    timestamp_ms: int
+    payload: Any
+    metadata: dict | None
+
+    def to_wire(self) -> bytes:
+        return to_wire(self.body, self.signature)
+
+
+def build_body(
+    feed_id: str,
+    subfeed_hash: str,
+    number: int,
+    previous_hash: bytes | None,
+    timestamp_ms: int,
+    payload_json: bytes,
+    metadata_json: bytes | None = None,
+) -> bytes:
+    """Serialize a body from already-checked JSON fragments, keys in sorted order.
+
+    The result is byte-for-byte what ``orjson.dumps(body, option=OPT_SORT_KEYS)`` would write
+    (the tests check this); building it by concatenation keeps appends cheap.
+    """
+    prev = b"null" if previous_hash is None else b'"' + previous_hash.hex().encode() + b'"'
+    meta = b"" if metadata_json is None else b'"meta":' + metadata_json + b","
+    return b"".join(
+        (
+            b'{"feed":"', feed_id.encode(), b'",', meta,
+            b'"n":', str(number).encode(),
+            b',"payload":', payload_json,
+            b',"prev":', prev,
+            b',"subfeed":"', subfeed_hash.encode(),
+            b'","ts":', str(timestamp_ms).encode(),
+            b',"v":1}',
+        )
+    )  # fmt: skip
+
+
+def message_hash(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+def signing_input(body_hash: bytes) -> bytes:
+    return SIGNATURE_CONTEXT + body_hash
+
+
+def sign_hash(secret_key: bytes, body_hash: bytes) -> bytes:
+    """Sign a body hash with a 64-byte libsodium secret key; returns the 64-byte signature."""
+    return nacl.bindings.crypto_sign(signing_input(body_hash), secret_key)[:64]
+
+
+def signature_is_valid(public_key: bytes, body_hash: bytes, signature: bytes) -> bool:
+    try:
+        nacl.bindings.crypto_sign_open(signature + signing_input(body_hash), public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        return False
+    return True
+
+
+def to_wire(body: bytes, signature: bytes | None) -> bytes:
+    return body + b"\t" + (signature.hex().encode() if signature else b"")
+
+
+def encode_segment(lines: list[bytes]) -> bytes:
+    """Join wire-form messages into one segment (each line followed by a newline)."""
+    return b"".join(line + b"\n" for line in lines)
+
+
+def decode_segment(data: bytes) -> list[bytes]:
+    """Split a segment into wire-form messages; raises VerificationError on a torn segment."""
+    if not data:
+        return []
+    if not data.endswith(b"\n"):
+        raise VerificationError("segment does not end with a newline (truncated?)")
+    return data[:-1].split(b"\n")
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return (
+        type(value) is str
+        and len(value) == length
+        and _HEXDIGITS.issuperset(value.encode("ascii", "replace"))
+    )
+
+
+def parse_message(line: bytes, feed_id: str, subfeed_hash: str) -> ParsedMessage:
+    """Parse one wire-form message and check that it belongs to ``feed_id``/``subfeed_hash``.
+
+    Checks format and binding only; signatures and the chain are checked by :func:`check_chain`.
+    """
+    if type(line) is not bytes:
+        if isinstance(line, bytearray | memoryview):
+            line = bytes(line)
+        else:
+            raise VerificationError(f"a wire message must be bytes, not {type(line).__name__}")
+    if len(line) > _MAX_LINE:
+        raise VerificationError(f"message is larger than the {MAX_MESSAGE_BYTES}-byte limit")
+    body, tab, sig_hex = line.rpartition(b"\t")
+    if not tab or not body:
+        raise VerificationError("malformed message: expected '<body>\\t<signature>'")
+    if b"\n" in line:
+        raise VerificationError("malformed message: contains a newline")
+    if sig_hex:
+        if len(sig_hex) != 128 or not _HEXDIGITS.issuperset(sig_hex):
+            raise VerificationError("malformed signature: expected 128 lowercase hex characters")
+        signature: bytes | None = bytes.fromhex(sig_hex.decode())
+    else:
+        signature = None
+    try:
+        d = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise VerificationError(f"message body is not valid JSON: {exc}") from exc
+    if type(d) is not dict:
+        raise VerificationError("message body is not a JSON object")
+    keys = d.keys()
+    if not (_REQUIRED_KEYS <= keys <= _ALL_KEYS):
+        raise VerificationError(
+            f"message body has fields {sorted(keys)}; expected {sorted(_REQUIRED_KEYS)} and 'meta'"
+        )
+    if d["v"] != FORMAT_VERSION or type(d["v"]) is not int:
+        raise VerificationError(f"unsupported message format version {d['v']!r}")
+    if d["feed"] != feed_id:
+        raise VerificationError(f"message belongs to feed {d['feed']!r}, not {feed_id}")
+    if d["subfeed"] != subfeed_hash:
+        raise VerificationError(f"message belongs to subfeed {d['subfeed']!r}, not {subfeed_hash}")
+    number = d["n"]
+    if type(number) is not int or number < 0:
+        raise VerificationError(f"message number {number!r} is not a non-negative integer")
+    ts = d["ts"]
+    if type(ts) is not int or ts < 0:
+        raise VerificationError(f"timestamp {ts!r} is not a non-negative integer")
+    prev = d["prev"]
+    if prev is None:
+        if number != 0:
+            raise VerificationError(f"message {number} has no previous hash")
+        previous_hash = None
+    elif _is_hex(prev, 64) and number > 0:
+        previous_hash = bytes.fromhex(prev)
+    else:
+        raise VerificationError(f"message {number} has an invalid previous hash {prev!r}")
+    meta = d.get("meta")
+    if meta is not None and type(meta) is not dict:
+        raise VerificationError("message metadata is not a JSON object")
+    return ParsedMessage(
+        number, previous_hash, message_hash(body), body, signature, ts, d["payload"], meta
+    )
+
+
+def check_chain(messages: list[ParsedMessage], public_key: bytes) -> None:
+    """Check a parsed range on its own: contiguous numbers, linked hashes, valid signatures,
+    and a signed last message (which vouches for the others through the chain)."""
+    if not messages:
+        return
+    prev = messages[0]
+    for m in messages[1:]:
+        if m.number != prev.number + 1:
+            raise VerificationError(f"message {m.number} follows message {prev.number}: gap")
+        if m.previous_hash != prev.hash:
+            raise VerificationError(f"message {m.number} does not link to message {prev.number}")
+        prev = m
+    if messages[-1].signature is None:
+        raise VerificationError(
+            f"range ends at message {messages[-1].number}, which is not signed; "
+            "a transferred range must end at a signed message"
+        )
+    for m in messages:
+        if m.signature is not None and not signature_is_valid(public_key, m.hash, m.signature):
+            raise VerificationError(f"bad signature on message {m.number}")

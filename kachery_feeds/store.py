@@ -1,0 +1,421 @@
+"""The store of record: feeds, keys and signed messages in one SQLite file (WAL mode).
+
+Rules:
+
+1. Every write is one ``BEGIN IMMEDIATE`` transaction. The subfeed's count and head hash are
+   read *inside* it, so appends from many processes are serialized by SQLite and a subfeed can
+   never fork locally; a process killed mid-write leaves nothing behind (SQLite rolls back).
+2. After each commit the store touches its notify file (:mod:`kachery_feeds.watch`) so
+   followers in every process wake.
+3. Received messages are verified completely (:mod:`kachery_feeds.messages`) before the write
+   transaction starts; inside it they are only compared with local state.
+4. Hot paths (append, import, read) use plain ``sqlite3``; sqlite-utils builds the schema and
+   answers the occasional listing query.
+
+``synchronous=NORMAL`` (the default ``durability``) means a commit survives the process being
+killed but may be lost if the machine loses power before the WAL reaches the disk;
+``durability="full"`` fsyncs every commit.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import nacl.bindings
+import sqlite_utils
+
+from .errors import (
+    ForkError,
+    InvalidPayloadError,
+    InvalidUriError,
+    MissingMessagesError,
+    NotWriteableError,
+    UnknownFeedError,
+)
+from .forks import build_fork_proof
+from .messages import (
+    ParsedMessage,
+    build_body,
+    check_chain,
+    message_hash,
+    parse_message,
+    sign_hash,
+    to_wire,
+)
+from .payloads import MAX_MESSAGE_BYTES, encode_json
+from .schema import migrate
+from .subfeed import Feed, Subfeed
+from .uris import normalize_feed_id, parse_feed_uri
+from .watch import ChangeNotifier, ChangeWatcher
+
+# Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
+_BODY_OVERHEAD = 256
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Fork(Exception):
+    """Internal: raised inside a write transaction to roll it back and report a fork."""
+
+    def __init__(self, position: int, local: list[bytes], incoming: list[bytes]) -> None:
+        self.position, self.local, self.incoming = position, local, incoming
+
+
+class Store:
+    """A feed store in one SQLite file. Open it with :func:`open_store`.
+
+    Any number of processes and threads may use the same file at once.
+    """
+
+    def __init__(self, path: str | os.PathLike, durability: Literal["normal", "full"] = "normal"):
+        self.path = Path(path).absolute()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Create it owner-only first: it holds private keys, and SQLite gives the -wal and
+            # -shm files the same permissions as the database.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._conn = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self._lock = threading.RLock()
+        migrate(self._conn)
+        self.db = sqlite_utils.Database(self._conn)
+        self._notifier = ChangeNotifier(self.path)
+        self._secret_keys: dict[str, bytes] = {}
+        self._subfeed_ids: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+            self._notifier.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<kachery_feeds.Store {self.path}>"
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        self._notifier.notify()
+
+    def watcher(self) -> ChangeWatcher:
+        """A watcher that wakes when any process commits to this store."""
+        return ChangeWatcher(self.path)
+
+    # ------------------------------------------------------------------ feeds
+    def create_feed(self, name: str | None = None) -> Feed:
+        """Create a feed with a fresh key pair held by this store (optionally with a local name)."""
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 100):
+            raise InvalidUriError("a feed name must be a string of 1 to 100 characters")
+        public_key, secret_key = nacl.bindings.crypto_sign_keypair()
+        feed_id = public_key.hex()
+        with self._write() as c:
+            if name is not None and c.execute("SELECT 1 FROM feeds WHERE name=?", (name,)).fetchone():
+                raise InvalidUriError(f"a feed named {name!r} already exists in this store")
+            c.execute(
+                "INSERT INTO feeds(feed_id, private_key, name, created_ms) VALUES (?,?,?,?)",
+                (feed_id, secret_key[:32], name, _now_ms()),
+            )
+        return Feed(self, feed_id)
+
+    def load_feed(self, uri_or_id: str) -> Feed:
+        """A feed by ``feed://`` URI, 64-hex ID, or local name. Read-only unless this store holds
+        its key. Unknown IDs are fine (messages can be imported); unknown names raise
+        :class:`UnknownFeedError`."""
+        if isinstance(uri_or_id, str) and uri_or_id.startswith("feed://"):
+            return Feed(self, parse_feed_uri(uri_or_id).feed_id)
+        try:
+            return Feed(self, normalize_feed_id(uri_or_id))
+        except InvalidUriError:
+            row = self._conn.execute("SELECT feed_id FROM feeds WHERE name=?", (uri_or_id,)).fetchone()
+            if row is None:
+                raise UnknownFeedError(f"no feed named {uri_or_id!r} in {self.path}") from None
+            return Feed(self, row[0])
+
+    def load_subfeed(self, uri: str) -> Subfeed:
+        """A subfeed by URI ``feed://<feedId>/<name>`` (read-only unless this store holds the key)."""
+        parsed = parse_feed_uri(uri)
+        if parsed.subfeed_name is None:
+            raise InvalidUriError(f"{uri!r} names a feed, not a subfeed")
+        return Subfeed(self, parsed.feed_id, parsed.subfeed_name)
+
+    def list_feeds(self) -> list[dict[str, Any]]:
+        """Feeds known to this store: ``feed_id``, ``name``, ``is_writeable``."""
+        return [
+            {"feed_id": r["feed_id"], "name": r["name"], "is_writeable": r["private_key"] is not None}
+            for r in self.db["feeds"].rows_where(order_by="created_ms")
+        ]
+
+    def delete_feed(self, feed_id: str) -> None:
+        """Delete a feed, its key, subfeeds and messages from this store."""
+        feed_id = normalize_feed_id(feed_id)
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM feeds WHERE feed_id=?", (feed_id,)).fetchone():
+                raise UnknownFeedError(f"feed {feed_id} is not in this store")
+            c.execute(
+                "DELETE FROM messages WHERE subfeed_id IN (SELECT id FROM subfeeds WHERE feed_id=?)",
+                (feed_id,),
+            )
+            c.execute("DELETE FROM subfeeds WHERE feed_id=?", (feed_id,))
+            c.execute("DELETE FROM feeds WHERE feed_id=?", (feed_id,))
+        self._secret_keys.pop(feed_id, None)
+        for key in [k for k in self._subfeed_ids if k[0] == feed_id]:
+            del self._subfeed_ids[key]
+
+    def has_private_key(self, feed_id: str) -> bool:
+        return self._secret_key_or_none(feed_id) is not None
+
+    def get_fork_proofs(self, feed_id: str | None = None) -> list[bytes]:
+        """Fork proofs recorded by this store (all, or for one feed), oldest first."""
+        where, args = ("feed_id = ?", [normalize_feed_id(feed_id)]) if feed_id else (None, None)
+        return [
+            r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
+        ]
+
+    # ------------------------------------------------------------------ internals
+    def _secret_key_or_none(self, feed_id: str) -> bytes | None:
+        sk = self._secret_keys.get(feed_id)
+        if sk is None:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT private_key FROM feeds WHERE feed_id=?", (feed_id,)
+                ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            _pk, sk = nacl.bindings.crypto_sign_seed_keypair(row[0])
+            self._secret_keys[feed_id] = sk
+        return sk
+
+    def _subfeed_id(self, feed_id: str, sh: str) -> int | None:
+        key = (feed_id, sh)
+        sid = self._subfeed_ids.get(key)
+        if sid is None:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT id FROM subfeeds WHERE feed_id=? AND subfeed_hash=?", key
+                ).fetchone()
+            if row is None:
+                return None
+            sid = self._subfeed_ids[key] = row[0]
+        return sid
+
+    def _ensure_subfeed(
+        self, c: sqlite3.Connection, feed_id: str, sh: str, name_json: str | None
+    ) -> tuple[int, int, bytes | None]:
+        """Inside a write transaction: (id, count, head hash), creating the rows if needed."""
+        sid = self._subfeed_ids.get((feed_id, sh))
+        if sid is not None:
+            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=?", (sid,)).fetchone()
+            if row is not None:
+                return sid, row[0], row[1]
+            self._subfeed_ids.pop((feed_id, sh), None)  # deleted by another process
+        c.execute(
+            "INSERT OR IGNORE INTO feeds(feed_id, created_ms) VALUES (?, ?)", (feed_id, _now_ms())
+        )
+        c.execute(
+            "INSERT OR IGNORE INTO subfeeds(feed_id, subfeed_hash, name, count) VALUES (?,?,?,0)",
+            (feed_id, sh, name_json),
+        )
+        sid, count, head = c.execute(
+            "SELECT id, count, head_hash FROM subfeeds WHERE feed_id=? AND subfeed_hash=?",
+            (feed_id, sh),
+        ).fetchone()
+        self._subfeed_ids[(feed_id, sh)] = sid
+        return sid, count, head
+
+    def _count(self, feed_id: str, sh: str) -> int:
+        sid = self._subfeed_id(feed_id, sh)
+        if sid is None:
+            return 0
+        with self._lock:
+            row = self._conn.execute("SELECT count FROM subfeeds WHERE id=?", (sid,)).fetchone()
+        return row[0] if row else 0
+
+    def _rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
+        """(n, body, sig) rows for numbers in [start, end)."""
+        sid = self._subfeed_id(feed_id, sh)
+        if sid is None:
+            return []
+        with self._lock:
+            if end is None:
+                return self._conn.execute(
+                    "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? ORDER BY n",
+                    (sid, start),
+                ).fetchall()
+            return self._conn.execute(
+                "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
+                (sid, start, end),
+            ).fetchall()
+
+    def _signed_rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
+        """Rows [start, end) extended forward to the first signed message at or after end-1."""
+        rows = self._rows(feed_id, sh, start, end)
+        if rows and rows[-1][2] is None:
+            sid = self._subfeed_id(feed_id, sh)
+            with self._lock:
+                signed = self._conn.execute(
+                    "SELECT n FROM messages WHERE subfeed_id=? AND n>=? AND sig IS NOT NULL "
+                    "ORDER BY n LIMIT 1",
+                    (sid, rows[-1][0]),
+                ).fetchone()
+            if signed is not None:  # always found: stored ranges end signed
+                rows += self._rows(feed_id, sh, rows[-1][0] + 1, signed[0] + 1)
+        return rows
+
+    def _append(
+        self,
+        feed_id: str,
+        sh: str,
+        name_json: str | None,
+        payloads: list[Any],
+        metadata: dict | None,
+    ) -> int:
+        sk = self._secret_key_or_none(feed_id)
+        if sk is None:
+            raise NotWriteableError(
+                f"cannot append to feed {feed_id}: this store ({self.path}) does not hold its "
+                "private key (only the feed's owner can append)"
+            )
+        if not payloads:
+            raise InvalidPayloadError("append_messages needs at least one message")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidPayloadError("metadata must be a JSON object (dict)")
+        meta_json = None if metadata is None else encode_json(metadata)
+        extra = _BODY_OVERHEAD + (len(meta_json) if meta_json else 0)
+        encoded = [encode_json(p) for p in payloads]
+        for pj in encoded:
+            if len(pj) + extra > MAX_MESSAGE_BYTES:
+                raise InvalidPayloadError(
+                    f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
+                    "store large data as a file and append its URI"
+                )
+        with self._write() as c:
+            sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
+            ts = _now_ms()
+            n = count
+            rows = []
+            for pj in encoded:
+                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json)
+                prev = message_hash(body)
+                rows.append((sid, n, body, None))
+                n += 1
+            last = rows[-1]
+            rows[-1] = (sid, last[1], last[2], sign_hash(sk, prev))
+            if len(rows) == 1:
+                c.execute("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)", rows[0])
+            else:
+                c.executemany("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)", rows)
+            c.execute("UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (n, prev, sid))
+        return n - 1
+
+    def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
+        msgs = [parse_message(line, feed_id, sh) for line in lines]
+        if not msgs:
+            return 0
+        check_chain(msgs, bytes.fromhex(feed_id))
+        first = msgs[0].number
+        try:
+            with self._write() as c:
+                sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
+                if first > count:
+                    raise MissingMessagesError(
+                        f"range starts at message {first} but this store has only {count} "
+                        f"messages of subfeed {sh}; import from {count} first",
+                        local_count=count,
+                    )
+                if first > 0:
+                    local_prev = head if first == count else self._local_hash(c, sid, first - 1)
+                    if msgs[0].previous_hash != local_prev:
+                        raise _Fork(
+                            first - 1, self._local_chain(c, sid, first - 1), [m.to_wire() for m in msgs]
+                        )
+                overlap_end = min(count, msgs[-1].number + 1)
+                if first < overlap_end:
+                    local = c.execute(
+                        "SELECT n, body FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
+                        (sid, first, overlap_end),
+                    ).fetchall()
+                    for (n, body), m in zip(local, msgs, strict=False):
+                        if message_hash(body) != m.hash:
+                            raise _Fork(
+                                n,
+                                self._local_chain(c, sid, n),
+                                [x.to_wire() for x in msgs[n - first :]],
+                            )
+                new: list[ParsedMessage] = msgs[overlap_end - first :]
+                if not new:
+                    return 0
+                c.executemany(
+                    "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
+                    [(sid, m.number, m.body, m.signature) for m in new],
+                )
+                c.execute(
+                    "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?",
+                    (new[-1].number + 1, new[-1].hash, sid),
+                )
+                return len(new)
+        except _Fork as fork:
+            proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming)
+            with self._write() as c:
+                c.execute(
+                    "INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, "
+                    "proof_sha256, proof, detected_ms) VALUES (?,?,?,?,?,?)",
+                    (feed_id, sh, fork.position, message_hash(proof), proof, _now_ms()),
+                )
+            raise ForkError(
+                f"fork detected in feed {feed_id} subfeed {sh} at message {fork.position}: the "
+                "owner signed two different histories. Nothing was imported; the proof is "
+                "recorded in the store (Store.get_fork_proofs) and attached to this error.",
+                proof=proof,
+                position=fork.position,
+            ) from None
+
+    @staticmethod
+    def _local_hash(c: sqlite3.Connection, sid: int, n: int) -> bytes:
+        (body,) = c.execute(
+            "SELECT body FROM messages WHERE subfeed_id=? AND n=?", (sid, n)
+        ).fetchone()
+        return message_hash(body)
+
+    @staticmethod
+    def _local_chain(c: sqlite3.Connection, sid: int, start: int) -> list[bytes]:
+        """Local wire messages from ``start`` up to the first signed one (a verifiable chain)."""
+        chain = []
+        for _n, body, sig in c.execute(
+            "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? ORDER BY n", (sid, start)
+        ):
+            chain.append(to_wire(body, sig))
+            if sig is not None:
+                break
+        return chain
+
+
+def open_store(path: str | os.PathLike, durability: Literal["normal", "full"] = "normal") -> Store:
+    """Open (or create) the feed store at ``path``, creating parent folders as needed."""
+    return Store(path, durability=durability)
+

@@ -1,0 +1,243 @@
+"""The user-facing faces of a store: :class:`Feed` and :class:`Subfeed`.
+
+They hold no state of their own besides a reading cursor; every call goes to the store, so
+several objects (or processes) for one subfeed always agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import orjson
+
+from .messages import to_wire
+from .uris import subfeed_hash, subfeed_uri
+
+if TYPE_CHECKING:
+    from .store import Store
+
+#: Messages read per database query while following (bounds memory on huge subfeeds).
+PAGE_SIZE = 1000
+
+
+class MessageRecord(NamedTuple):
+    """A stored message as a reader sees it."""
+
+    number: int
+    timestamp_ms: int
+    payload: Any
+    metadata: dict | None
+
+
+def _record(n: int, body: bytes) -> MessageRecord:
+    d = orjson.loads(body)
+    return MessageRecord(n, d["ts"], d["payload"], d.get("meta"))
+
+
+def _payload(body: bytes) -> Any:
+    return orjson.loads(body)["payload"]
+
+
+class Feed:
+    """A feed: an Ed25519 identity that owns any number of subfeeds."""
+
+    def __init__(self, store: Store, feed_id: str) -> None:
+        self._store = store
+        self.feed_id = feed_id
+
+    @property
+    def uri(self) -> str:
+        return f"feed://{self.feed_id}"
+
+    @property
+    def is_writeable(self) -> bool:
+        """True if this store holds the feed's private key."""
+        return self._store.has_private_key(self.feed_id)
+
+    def load_subfeed(self, name: str | dict | list) -> Subfeed:
+        """The subfeed named ``name`` (a string, a JSON object or list, or ``~<40-hex hash>``)."""
+        return Subfeed(self._store, self.feed_id, name)
+
+    def get_subfeed_hashes(self) -> list[str]:
+        """Hashes of the subfeeds of this feed that have messages in this store."""
+        return [
+            r["subfeed_hash"]
+            for r in self._store.db["subfeeds"].rows_where(
+                "feed_id = ? AND count > 0", [self.feed_id], order_by="id"
+            )
+        ]
+
+    def delete(self) -> None:
+        """Delete this feed and its messages from the store (and its key, if held)."""
+        self._store.delete_feed(self.feed_id)
+
+    def __repr__(self) -> str:
+        return f"<Feed {self.uri}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Feed) and other.feed_id == self.feed_id
+
+    def __hash__(self) -> int:
+        return hash(self.feed_id)
+
+
+class Subfeed:
+    """An append-only, signed log inside a feed.
+
+    Reading: :meth:`get_messages`, :meth:`get_records`, the original's cursor API
+    (:meth:`set_position`, :meth:`get_next_messages`) and live following (:meth:`follow`,
+    :meth:`afollow`). Writing (only where the store holds the feed's key):
+    :meth:`append_message`, :meth:`append_messages`. Replication:
+    :meth:`get_signed_messages` and :meth:`add_signed_messages`.
+    """
+
+    def __init__(self, store: Store, feed_id: str, name: str | dict | list) -> None:
+        self._store = store
+        self.feed_id = feed_id
+        self.subfeed_hash = subfeed_hash(name)
+        self.subfeed_name = name
+        self._name_json = (
+            None
+            if isinstance(name, str) and name.startswith("~")
+            else orjson.dumps(name, option=orjson.OPT_SORT_KEYS).decode()
+        )
+        self._position = 0
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def uri(self) -> str:
+        return subfeed_uri(self.feed_id, self.subfeed_name)
+
+    @property
+    def is_writeable(self) -> bool:
+        return self._store.has_private_key(self.feed_id)
+
+    def __repr__(self) -> str:
+        return f"<Subfeed {self.uri}>"
+
+    # ------------------------------------------------------------------ writing
+    def append_message(self, payload: Any, metadata: dict | None = None) -> int:
+        """Sign and store one message; returns its number once it is committed."""
+        return self._store._append(self.feed_id, self.subfeed_hash, self._name_json, [payload], metadata)
+
+    def append_messages(self, payloads: Iterable[Any], metadata: dict | None = None) -> int:
+        """Store several messages in one transaction (signing the last); returns the last number."""
+        return self._store._append(
+            self.feed_id, self.subfeed_hash, self._name_json, list(payloads), metadata
+        )
+
+    # ------------------------------------------------------------------ reading
+    def get_num_local_messages(self) -> int:
+        return self._store._count(self.feed_id, self.subfeed_hash)
+
+    def get_messages(self, start: int = 0, end: int | None = None) -> list[Any]:
+        """Payloads of messages ``start`` ≤ n < ``end`` (to the last one if ``end`` is None)."""
+        rows = self._store._rows(self.feed_id, self.subfeed_hash, start, end)
+        return [_payload(body) for _n, body, _s in rows]
+
+    def get_records(self, start: int = 0, end: int | None = None) -> list[MessageRecord]:
+        """Like :meth:`get_messages` with number, timestamp and metadata."""
+        rows = self._store._rows(self.feed_id, self.subfeed_hash, start, end)
+        return [_record(n, body) for n, body, _s in rows]
+
+    # The original kachery's cursor API.
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def set_position(self, position: int) -> None:
+        if position < 0:
+            raise ValueError("position must be >= 0")
+        self._position = position
+
+    def get_next_messages(self, wait_msec: float = 0, max_num_messages: int = 0) -> list[Any]:
+        """Payloads after the cursor, waiting up to ``wait_msec`` for at least one; advances it."""
+        end = None if max_num_messages <= 0 else self._position + max_num_messages
+        deadline = time.monotonic() + wait_msec / 1000
+        with self._store.watcher() as watcher:
+            while True:
+                msgs = self.get_messages(self._position, end)
+                remaining = deadline - time.monotonic()
+                if msgs or remaining <= 0:
+                    self._position += len(msgs)
+                    return msgs
+                watcher.wait(remaining)
+
+    def get_next_message(self, wait_msec: float = 0) -> Any | None:
+        """The next payload, or None if none arrives within ``wait_msec``; advances the cursor."""
+        msgs = self.get_next_messages(wait_msec=wait_msec, max_num_messages=1)
+        return msgs[0] if msgs else None
+
+    def follow(
+        self, start: int = 0, timeout: float | None = None, *, records: bool = False
+    ) -> Iterator[Any]:
+        """Yield payloads from ``start`` on, then live as any process appends or imports them.
+
+        Ends when no message arrives for ``timeout`` seconds (never, if None). With
+        ``records=True`` yields :class:`MessageRecord` instead of bare payloads.
+        """
+        position = start
+        decode = _record if records else (lambda _n, body: _payload(body))
+        with self._store.watcher() as watcher:
+            idle_since = time.monotonic()
+            while True:
+                rows = self._store._rows(self.feed_id, self.subfeed_hash, position, position + PAGE_SIZE)
+                if rows:
+                    for n, body, _sig in rows:
+                        yield decode(n, body)
+                    position = rows[-1][0] + 1
+                    idle_since = time.monotonic()
+                    continue
+                remaining = None if timeout is None else timeout - (time.monotonic() - idle_since)
+                if remaining is not None and remaining <= 0:
+                    return
+                watcher.wait(remaining)
+
+    async def afollow(
+        self, start: int = 0, timeout: float | None = None, *, records: bool = False
+    ) -> AsyncIterator[Any]:
+        """Async :meth:`follow` for trio or asyncio programs (via anyio)."""
+        position = start
+        decode = _record if records else (lambda _n, body: _payload(body))
+        with self._store.watcher() as watcher:
+            idle_since = time.monotonic()
+            while True:
+                rows = self._store._rows(self.feed_id, self.subfeed_hash, position, position + PAGE_SIZE)
+                if rows:
+                    for n, body, _sig in rows:
+                        yield decode(n, body)
+                    position = rows[-1][0] + 1
+                    idle_since = time.monotonic()
+                    continue
+                remaining = None if timeout is None else timeout - (time.monotonic() - idle_since)
+                if remaining is not None and remaining <= 0:
+                    return
+                await watcher.wait_async(remaining)
+
+    # ------------------------------------------------------------------ replication
+    def get_signed_messages(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        """Wire-form messages ``start`` ≤ n < ``end``, extended to end at a signed message."""
+        return [
+            to_wire(body, sig)
+            for _n, body, sig in self._store._signed_rows(self.feed_id, self.subfeed_hash, start, end)
+        ]
+
+    def add_signed_messages(self, messages: Iterable[bytes]) -> int:
+        """Verify a range of wire-form messages and store the new ones; all or nothing.
+
+        Returns how many were new. Raises :class:`~kachery_feeds.VerificationError` (or its
+        subclass :class:`~kachery_feeds.ForkError`) for bad data and
+        :class:`~kachery_feeds.MissingMessagesError` if the range starts past the local end.
+        """
+        return self._store._import(self.feed_id, self.subfeed_hash, self._name_json, list(messages))
+
+    def get_fork_proofs(self) -> list[bytes]:
+        """Fork proofs recorded for this subfeed."""
+        return [
+            r["proof"]
+            for r in self._store.db["fork_proofs"].rows_where(
+                "feed_id = ? AND subfeed_hash = ?", [self.feed_id, self.subfeed_hash], order_by="id"
+            )
+        ]

@@ -1,0 +1,1 @@
+"""kachery_node: the network node (placeholder until storage lands)."""
