@@ -1,0 +1,167 @@
+"""Appending, reading, the cursor API and bad input, through the public API."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+import stat
+
+import pytest
+
+import kachery_feeds as kf
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = kf.open_store(tmp_path / "deep" / "folder" / "feeds.db")
+    yield s
+    s.close()
+
+
+def test_create_append_read(store):
+    feed = store.create_feed()
+    assert len(feed.feed_id) == 64 and feed.uri == f"feed://{feed.feed_id}" and feed.is_writeable
+    sf = feed.load_subfeed("primes")
+    assert sf.is_writeable and sf.uri == f"feed://{feed.feed_id}/primes"
+    assert sf.get_num_local_messages() == 0
+    assert sf.append_message({"p": 2}) == 0
+    assert sf.append_messages([{"p": 3}, {"p": 5}]) == 2
+    assert sf.get_num_local_messages() == 3
+    assert sf.get_messages() == [{"p": 2}, {"p": 3}, {"p": 5}]
+    assert sf.get_messages(start=1, end=2) == [{"p": 3}]
+    records = sf.get_records()
+    assert [r.number for r in records] == [0, 1, 2]
+    assert all(r.metadata is None for r in records)
+    assert abs(records[0].timestamp_ms - __import__("time").time() * 1000) < 60_000
+
+
+def test_any_json_payload_and_metadata(store):
+    sf = store.create_feed().load_subfeed({"name": "curation", "sortingId": 3})
+    payloads = [1, "text ✓ 😀", None, [1, 2.5, {"a": []}], {"nested": {"deep": [True, False]}}]
+    for p in payloads:
+        sf.append_message(p, metadata={"by": "me"})
+    assert sf.get_messages() == payloads
+    assert {r.metadata["by"] for r in sf.get_records()} == {"me"}
+    assert sf.uri.split("/")[-1] == "~" + kf.subfeed_hash({"name": "curation", "sortingId": 3})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        float("nan"),
+        {"x": float("inf")},
+        [float("-inf")],
+        {1: "non-string key"},
+        {"when": datetime.datetime(2024, 1, 1)},
+        {"s": {1, 2}},
+        b"bytes",
+        2**70,
+        object(),
+    ],
+)
+def test_invalid_payloads_are_refused_and_change_nothing(store, bad):
+    sf = store.create_feed().load_subfeed("x")
+    sf.append_message({"ok": 1})
+    with pytest.raises(kf.InvalidPayloadError):
+        sf.append_message(bad)
+    with pytest.raises(kf.InvalidPayloadError):
+        sf.append_messages([{"fine": 1}, bad])  # one bad payload refuses the whole batch
+    assert sf.get_messages() == [{"ok": 1}]
+
+
+def test_size_limit(store):
+    sf = store.create_feed().load_subfeed("x")
+    sf.append_message("a" * (kf.MAX_MESSAGE_BYTES - 1000))  # just under
+    with pytest.raises(kf.InvalidPayloadError, match="limit"):
+        sf.append_message("a" * kf.MAX_MESSAGE_BYTES)
+    with pytest.raises(kf.InvalidPayloadError):
+        sf.append_messages([])
+    assert sf.get_num_local_messages() == 1
+
+
+def test_bad_metadata(store):
+    sf = store.create_feed().load_subfeed("x")
+    for bad in ["not a dict", {"x": float("nan")}, [1]]:
+        with pytest.raises(kf.InvalidPayloadError):
+            sf.append_message(1, metadata=bad)
+    assert sf.get_num_local_messages() == 0
+
+
+def test_cursor_api(store):
+    sf = store.create_feed().load_subfeed("x")
+    sf.append_messages([1, 2, 3])
+    assert sf.get_next_messages(wait_msec=0) == [1, 2, 3]
+    assert sf.get_next_messages(wait_msec=0) == []
+    assert sf.get_next_message(wait_msec=50) is None
+    sf.set_position(1)
+    assert sf.get_next_message(wait_msec=0) == 2
+    assert sf.get_next_messages(max_num_messages=5) == [3]
+    sf.set_position(0)
+    assert sf.get_next_messages(max_num_messages=2) == [1, 2]
+    assert sf.position == 2
+
+
+def test_read_only_replica_cannot_append(tmp_path, store):
+    sf = store.create_feed().load_subfeed("x")
+    sf.append_message(1)
+    other = kf.open_store(tmp_path / "other.db")
+    replica = other.load_subfeed(sf.uri)
+    assert not replica.is_writeable and not other.load_feed(sf.feed_id).is_writeable
+    with pytest.raises(kf.NotWriteableError, match="private key"):
+        replica.append_message(2)
+    assert replica.get_num_local_messages() == 0
+
+
+def test_persistence_and_named_feeds(tmp_path):
+    path = tmp_path / "feeds.db"
+    with kf.open_store(path) as s:
+        feed = s.create_feed(name="notebook")
+        feed.load_subfeed("entries").append_messages([{"i": i} for i in range(10)])
+        with pytest.raises(kf.InvalidUriError, match="already exists"):
+            s.create_feed(name="notebook")
+    with kf.open_store(path) as s:
+        again = s.load_feed("notebook")
+        assert again.feed_id == feed.feed_id and again.is_writeable
+        sf = again.load_subfeed("entries")
+        assert sf.get_num_local_messages() == 10
+        assert sf.append_message({"i": 10}) == 10
+        assert s.load_feed(feed.uri).get_subfeed_hashes() == [kf.subfeed_hash("entries")]
+        assert [f["name"] for f in s.list_feeds()] == ["notebook"]
+
+
+def test_delete_feed_removes_everything(store):
+    feed = store.create_feed()
+    feed.load_subfeed("a").append_messages([1, 2])
+    feed.delete()
+    assert store.list_feeds() == []
+    assert store.load_feed(feed.feed_id).load_subfeed("a").get_num_local_messages() == 0
+    assert store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    with pytest.raises(kf.UnknownFeedError):
+        store.delete_feed(feed.feed_id)
+
+
+def test_store_file_is_owner_only(tmp_path):
+    s = kf.open_store(tmp_path / "feeds.db")
+    s.create_feed().load_subfeed("x").append_message(1)
+    for suffix in ["", "-wal", "-shm"]:
+        mode = os.stat(str(tmp_path / "feeds.db") + suffix).st_mode
+        assert not mode & (stat.S_IRWXG | stat.S_IRWXO), suffix
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "feeds.db"
+    kf.open_store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.commit()
+    conn.close()
+    with pytest.raises(kf.StoreVersionError, match="upgrade"):
+        kf.open_store(path)
+
+
+def test_follow_in_process_with_timeout(store):
+    sf = store.create_feed().load_subfeed("x")
+    sf.append_messages(list(range(2500)))  # more than one page
+    assert list(sf.follow(start=0, timeout=0.05)) == list(range(2500))
+    assert [r.number for r in sf.follow(start=2498, timeout=0.05, records=True)] == [2498, 2499]
