@@ -1,1 +1,85 @@
-"""kachery_node: the network node (placeholder until storage lands)."""
+"""kachery_node: a kachery node's local storage and the Python API for scripts.
+
+>>> import kachery_node as kn
+>>> uri = kn.store_text("hello")            # in $KACHERY_STORAGE_DIR (default ~/kachery-storage)
+>>> kn.load_text(uri)
+'hello'
+
+Files, data objects, mutables and feeds; see README.md and spec/storage.md.
+"""
+
+from .client import (
+    create_feed,
+    default_storage,
+    delete,
+    get,
+    link_file,
+    load_bytes,
+    load_feed,
+    load_file,
+    load_json,
+    load_npy,
+    load_pkl,
+    load_subfeed,
+    load_text,
+    open_storage,
+    set,
+    store_file,
+    store_json,
+    store_npy,
+    store_pkl,
+    store_text,
+)
+from .config import NodeConfig, init_node, load_node_config
+from .errors import (
+    ConfigError,
+    CorruptedFileError,
+    InvalidDataError,
+    InvalidUriError,
+    KacheryError,
+    LinkedFileChangedError,
+    NotFoundError,
+    NotInitializedError,
+    UnsafePickleError,
+)
+from .storage import Storage
+from .uris import FileUri, build_uri, parse_uri
+
+__all__ = [
+    "ConfigError",
+    "CorruptedFileError",
+    "FileUri",
+    "InvalidDataError",
+    "InvalidUriError",
+    "KacheryError",
+    "LinkedFileChangedError",
+    "NodeConfig",
+    "NotFoundError",
+    "NotInitializedError",
+    "Storage",
+    "UnsafePickleError",
+    "build_uri",
+    "create_feed",
+    "default_storage",
+    "delete",
+    "get",
+    "init_node",
+    "link_file",
+    "load_bytes",
+    "load_feed",
+    "load_file",
+    "load_json",
+    "load_node_config",
+    "load_npy",
+    "load_pkl",
+    "load_subfeed",
+    "load_text",
+    "open_storage",
+    "parse_uri",
+    "set",
+    "store_file",
+    "store_json",
+    "store_npy",
+    "store_pkl",
+    "store_text",
+]

@@ -1,0 +1,57 @@
+"""The errors kachery_node raises. Every failure is one of these, with a message a person can act on.
+
+Nothing in the public API returns ``None`` to mean "it went wrong" (the original's most
+reported surprise); a caller who wants to tolerate absence catches :class:`NotFoundError`.
+"""
+
+from __future__ import annotations
+
+
+class KacheryError(Exception):
+    """Base class of every error raised by kachery_node."""
+
+
+class NotFoundError(KacheryError, LookupError):
+    """The content (or mutable key) is not available here.
+
+    ``uri`` names what was asked for when it is a file.
+    """
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class InvalidUriError(KacheryError, ValueError):
+    """A ``sha1://`` URI is malformed (hash length, non-hex, bad query parameter)."""
+
+
+class CorruptedFileError(KacheryError):
+    """A stored file no longer matches its SHA-1. The bad copy has been deleted."""
+
+
+class LinkedFileChangedError(KacheryError):
+    """A linked file changed after :func:`link_file` registered it, so it is not served."""
+
+
+class UnsafePickleError(KacheryError):
+    """A pickle refers to something other than plain data and numpy arrays.
+
+    ``global_name`` is the refused ``module.name``.
+    """
+
+    def __init__(self, message: str, *, global_name: str | None = None) -> None:
+        super().__init__(message)
+        self.global_name = global_name
+
+
+class InvalidDataError(KacheryError, ValueError):
+    """A value cannot be stored in the requested form (NaN in JSON, object arrays in .npy, ...)."""
+
+
+class NotInitializedError(KacheryError):
+    """The storage directory has no identity or config yet: run ``kachery init``."""
+
+
+class ConfigError(KacheryError):
+    """The node's config.toml is unreadable or holds a bad value."""
