@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..errors import KacheryError
+from .daemon import node as node_group  # not `node`: that name is the cli.node module
 from .feeds import feed
 from .node import info, init
 from .storage import cat, link, load, store
@@ -47,3 +48,4 @@ main.add_command(link)
 main.add_command(load)
 main.add_command(cat)
 main.add_command(feed)
+main.add_command(node_group)

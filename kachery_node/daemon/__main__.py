@@ -1,0 +1,28 @@
+"""``python -m kachery_node.daemon --storage-dir DIR [--port N]``: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import default_storage_dir
+from ..errors import KacheryError
+from .server import run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m kachery_node.daemon")
+    parser.add_argument("--storage-dir", type=Path, default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args()
+    try:
+        run(args.storage_dir or default_storage_dir(), args.host, args.port)
+    except KacheryError as exc:
+        print(f"kachery daemon: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The daemon's local HTTP API on 127.0.0.1, for the Python client, the CLI and local web pages.
+
+Authentication (``tokens.py``): requests carry ``Authorization: Bearer <token>`` or, for
+``EventSource`` which cannot set headers, ``?token=<token>``. The client token allows
+everything; the browser token allows only the read-only endpoints marked ``browser`` below.
+Requests whose ``Host`` is not a loopback name are refused (DNS-rebinding defence), and browsers
+may call the API cross-origin only from origins in the CORS allow-list.
+
+Endpoints (JSON unless noted):
+
+=====================================  =======  ============================================
+``GET  /probe``                        none     node ID and API version (is a daemon here?)
+``GET  /api/status``                   client   node, storage, uptime, channels
+``POST /api/stop``                     client   graceful shutdown
+``GET  /api/feeds/messages``           browser  ``?uri=&start=&end=`` records of a subfeed
+``GET  /api/feeds/stream``             browser  ``?uri=&start=`` Server-Sent Events, resumable
+``GET  /viewer``                       none     the built-in live viewer page (HTML)
+=====================================  =======  ============================================
+
+The stream sends one SSE event per message: ``id`` is the message number (so a reconnecting
+``EventSource`` resumes after the last one it saw through ``Last-Event-ID``) and ``data`` is the
+record as JSON: ``{"number", "timestamp_ms", "payload", "metadata"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import kachery_feeds
+
+from ..config import NodeConfig
+from ..storage import Storage
+from .changes import ChangeBroadcaster
+from .tokens import token_matches
+
+log = logging.getLogger("kachery.daemon.api")
+
+API_VERSION = 1
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+STREAM_PAGE = 500
+KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass
+class DaemonContext:
+    """What the request handlers share: storage, identity, credentials and shutdown."""
+
+    storage: Storage
+    config: NodeConfig
+    client_token: str
+    browser_token: str
+    cors_origins: list[str]
+    changes: ChangeBroadcaster
+    shutdown: anyio.Event = field(default_factory=anyio.Event)
+    started_at: float = field(default_factory=time.time)
+    channels: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _token_of(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query_params.get("token")
+
+
+def _require(ctx: DaemonContext, request: Request, level: str) -> None:
+    token = _token_of(request)
+    if token is None:
+        raise ApiError(401, "missing token: send 'Authorization: Bearer <token>' "
+                            f"(the token is in {ctx.storage.directory}/daemon-token)")
+    if token_matches(token, ctx.client_token):
+        return
+    if level == "browser" and token_matches(token, ctx.browser_token):
+        return
+    raise ApiError(403, "this token does not allow that request")
+
+
+def _subfeed(ctx: DaemonContext, request: Request) -> kachery_feeds.Subfeed:
+    uri = request.query_params.get("uri")
+    if not uri:
+        raise ApiError(400, "missing 'uri' query parameter (feed://<feedId>/<subfeed>)")
+    try:
+        return ctx.storage.feeds.load_subfeed(uri)
+    except kachery_feeds.InvalidUriError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"'{name}' must be an integer") from None
+    if value < 0:
+        raise ApiError(400, f"'{name}' must be >= 0")
+    return value
+
+
+def _record_json(r: kachery_feeds.MessageRecord) -> bytes:
+    return orjson.dumps(
+        {"number": r.number, "timestamp_ms": r.timestamp_ms, "payload": r.payload, "metadata": r.metadata}
+    )
+
+
+def build_app(ctx: DaemonContext) -> Starlette:
+    """The ASGI application serving the local API for ``ctx``."""
+
+    async def probe(request: Request) -> Response:
+        return _json({"ok": True, "kachery_daemon": True, "api_version": API_VERSION,
+                      "node_id": ctx.config.node_id})
+
+    async def status(request: Request) -> Response:
+        _require(ctx, request, "client")
+        return _json({
+            "node_id": ctx.config.node_id,
+            "label": ctx.config.label,
+            "owner": ctx.config.owner,
+            "storage_dir": str(ctx.storage.directory),
+            "uptime_s": round(time.time() - ctx.started_at, 3),
+            "channels": ctx.channels,
+        })
+
+    async def stop(request: Request) -> Response:
+        _require(ctx, request, "client")
+        log.info("stop requested through the local API")
+        # Shut down after the answer is sent, so the caller sees it succeed.
+        async def shut_down() -> None:
+            ctx.shutdown.set()
+
+        return JSONResponse({"ok": True}, background=BackgroundTask(shut_down))
+
+    async def messages(request: Request) -> Response:
+        _require(ctx, request, "browser")
+        sf = _subfeed(ctx, request)
+        start = _int_param(request, "start", 0)
+        end = _int_param(request, "end", None)
+        records = sf.get_records(start, end)
+        body = b'{"uri":' + orjson.dumps(sf.uri) + b',"messages":[' + b",".join(
+            _record_json(r) for r in records
+        ) + b"]}"
+        return Response(body, media_type="application/json")
+
+    async def stream(request: Request) -> Response:
+        _require(ctx, request, "browser")
+        sf = _subfeed(ctx, request)
+        last_id = request.headers.get("last-event-id")
+        if last_id is not None and last_id.isdigit():
+            start = int(last_id) + 1  # EventSource reconnect: resume after the last one seen
+        else:
+            start = _int_param(request, "start", 0)
+
+        async def events():
+            position = start
+            yield b"retry: 1000\n\n"
+            while True:
+                changed = ctx.changes.current()
+                records = sf.get_records(position, position + STREAM_PAGE)
+                if records:
+                    chunk = b"".join(
+                        b"id: %d\ndata: %s\n\n" % (r.number, _record_json(r)) for r in records
+                    )
+                    position = records[-1].number + 1
+                    yield chunk
+                    continue
+                with anyio.move_on_after(KEEPALIVE_SECONDS) as scope:
+                    await changed.wait()
+                if scope.cancelled_caught:
+                    yield b": keepalive\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def viewer(request: Request) -> Response:
+        html = resources.files("kachery_node.daemon").joinpath("viewer.html").read_text()
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+    routes = [
+        Route("/probe", probe, methods=["GET"]),
+        Route("/api/status", status, methods=["GET"]),
+        Route("/api/stop", stop, methods=["POST"]),
+        Route("/api/feeds/messages", messages, methods=["GET"]),
+        Route("/api/feeds/stream", stream, methods=["GET"]),
+        Route("/viewer", viewer, methods=["GET"]),
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc)
+        return _json({"error": str(exc)}, status=exc.status)
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: api_error},
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=ctx.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            )
+        ],
+    )
+    return _LoopbackOnly(app)
+
+
+class _LoopbackOnly:
+    """ASGI wrapper refusing requests whose Host header is not a loopback name.
+
+    A web page on another origin can point a DNS name at 127.0.0.1 (DNS rebinding); checking
+    Host keeps such pages from reaching the daemon as if they were same-origin.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+            if name not in _LOOPBACK_HOSTS:
+                response = JSONResponse({"error": f"Host {host!r} is not a loopback address"}, 403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+

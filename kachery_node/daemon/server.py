@@ -1,0 +1,146 @@
+"""The daemon process: a trio program serving the local API and, later, its channels.
+
+Shape (structured concurrency): one root nursery holds the store-change broadcaster, the
+HTTP server and one task per joined channel; SIGINT/SIGTERM or ``POST /api/stop`` set the
+shutdown event, the server drains, and cancelling the root stops everything else.
+
+Only one daemon may serve a storage directory: it holds an exclusive ``flock`` on
+``<storage>/daemon.lock`` for its whole life, and writes ``<storage>/daemon.json`` (pid, host,
+port) so that clients find it on a non-default port.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ..config import load_node_config, read_settings
+from ..storage import Storage
+from .changes import ChangeBroadcaster
+from .errors import DaemonError
+from .local_api import DaemonContext, build_app
+from .tokens import load_or_create_tokens
+
+log = logging.getLogger("kachery.daemon")
+
+DEFAULT_PORT = 20431
+LOCK_FILE = "daemon.lock"
+INFO_FILE = "daemon.json"
+
+
+def default_port() -> int:
+    raw = os.environ.get("KACHERY_DAEMON_PORT")
+    return int(raw) if raw else DEFAULT_PORT
+
+
+def cors_origins(storage_dir: Path) -> list[str]:
+    """The CORS allow-list: ``[daemon] cors_origins`` in config.toml plus
+    ``$KACHERY_CORS_ORIGINS`` (comma-separated)."""
+    settings = read_settings(storage_dir).get("daemon", {})
+    origins = list(settings.get("cors_origins", []))
+    env = os.environ.get("KACHERY_CORS_ORIGINS", "")
+    origins += [o.strip() for o in env.split(",") if o.strip()]
+    return origins
+
+
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DaemonError(
+                f"another kachery daemon is already running for {path.parent} "
+                "(see `kachery node status`)"
+            ) from None
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Run the daemon until it is told to stop."""
+    storage_dir = Path(storage_dir)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise DaemonError(f"the daemon listens on loopback only, not on {host!r}")
+    config = load_node_config(storage_dir)  # raises NotInitializedError before `kachery init`
+    port = default_port() if port is None else port
+    lock = _Lock(storage_dir / LOCK_FILE)
+    storage = Storage(storage_dir)
+    info_path = storage_dir / INFO_FILE
+    try:
+        client_token, browser_token = load_or_create_tokens(storage_dir)
+        ctx = DaemonContext(
+            storage=storage,
+            config=config,
+            client_token=client_token,
+            browser_token=browser_token,
+            cors_origins=cors_origins(storage_dir),
+            changes=ChangeBroadcaster(storage.feeds),
+        )
+        hc = hypercorn.config.Config()
+        hc.bind = [f"{host}:{port}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("kachery.http")
+        hc.graceful_timeout = 1.0
+        hc.keep_alive_timeout = 30
+        server_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ctx.changes.run)
+            nursery.start_soon(_watch_signals, ctx)
+            try:
+                binds = await nursery.start(_serve_http, build_app(ctx), hc, ctx, server_done)
+            except OSError as exc:
+                raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            info_path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port,
+                                             "node_id": config.node_id}))
+            log.info("kachery daemon for node %s (%s) listening on %s", config.node_id[:12],
+                     config.label, ", ".join(binds))
+            await ctx.shutdown.wait()
+            log.info("shutting down")
+            with trio.move_on_after(hc.graceful_timeout + 2):
+                await server_done.wait()  # open streams get graceful_timeout to finish
+            nursery.cancel_scope.cancel()
+    finally:
+        try:
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        except (FileNotFoundError, ValueError):
+            pass
+        storage.close()
+        lock.release()
+        log.info("stopped")
+
+
+async def _serve_http(app, hc, ctx: DaemonContext, done: trio.Event, *,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        await hypercorn.trio.serve(app, hc, shutdown_trigger=ctx.shutdown.wait, task_status=task_status)
+    finally:
+        done.set()
+
+
+async def _watch_signals(ctx: DaemonContext) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            ctx.shutdown.set()
+            return
+
+
+def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Blocking entry point (``kachery node start --foreground``, ``python -m kachery_node.daemon``)."""
+    logging.basicConfig(
+        level=os.environ.get("KACHERY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    trio.run(serve, storage_dir, host, port)

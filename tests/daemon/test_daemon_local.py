@@ -1,0 +1,159 @@
+"""The daemon as a real process: start/stop/status, its local API, auth, SSE streams."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+import kachery_feeds as kf
+from kachery_node.daemon import DaemonClient, DaemonNotRunningError
+from tests.nodes import TestNode, free_port
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = TestNode(tmp_path, "alpha")
+    n.start()
+    yield n
+    n.stop()
+
+
+def _tokens(node: TestNode) -> tuple[str, str]:
+    return ((node.storage_dir / "daemon-token").read_text().strip(),
+            (node.storage_dir / "browser-token").read_text().strip())
+
+
+def test_start_status_stop_from_the_cli(tmp_path):
+    n = TestNode(tmp_path, "beta")
+    missing = n.run("node", "status", check=False)
+    assert missing.returncode == 1 and "kachery node start" in missing.stderr
+    started = n.start()
+    assert started["node_id"] == n.node_id and started["label"] == "beta"
+    status = n.json("node", "status")
+    assert status["storage_dir"] == str(n.storage_dir) and status["channels"] == []
+    assert "running at" in n.run("node", "status").stdout
+    # One daemon per storage directory, even on another port.
+    second = subprocess.run([sys.executable, "-m", "kachery_node.daemon", "--storage-dir",
+                             str(n.storage_dir), "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=30, env=n.env)
+    assert second.returncode == 1 and "already running" in second.stderr
+    n.run("node", "stop")
+    assert not n.client.is_running()
+    assert "shutting down" in n.log() and "stopped" in n.log()
+    for name in ["daemon-token", "browser-token", "node.key"]:
+        assert (n.storage_dir / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    n = TestNode(tmp_path, "gamma")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", n.port))
+        s.listen()
+        result = n.run("node", "start", check=False)
+    assert result.returncode == 1 and ("cannot listen" in result.stderr or "exited" in result.stderr)
+
+
+def test_sigterm_and_sigkill_leave_a_usable_storage(tmp_path):
+    n = TestNode(tmp_path, "delta")
+    n.start()
+    n.kill()
+    time.sleep(0.3)
+    with pytest.raises(DaemonNotRunningError):
+        n.client.status()
+    n.start()  # the lock died with the process; a new daemon starts
+    assert n.client.status()["node_id"] == n.node_id
+    n.stop()
+
+
+def test_local_api_authentication(node):
+    client_token, browser_token = _tokens(node)
+    base = node.client.base_url
+    assert httpx.get(f"{base}/probe").json()["node_id"] == node.node_id
+    assert httpx.get(f"{base}/api/status").status_code == 401
+    assert httpx.get(f"{base}/api/status", headers={"Authorization": "Bearer " + "0" * 64}).status_code == 403
+    assert httpx.get(f"{base}/api/status", params={"token": browser_token}).status_code == 403
+    assert httpx.post(f"{base}/api/stop", params={"token": browser_token}).status_code == 403
+    authorized = {"Authorization": f"Bearer {client_token}"}
+    assert httpx.get(f"{base}/api/status", headers=authorized).status_code == 200
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 is refused.
+    assert httpx.get(f"{base}/probe", headers={"Host": "evil.example"}).status_code == 403
+    assert node.client.is_running()  # nothing above stopped it
+
+
+def test_cors_allow_list(tmp_path):
+    n = TestNode(tmp_path, "cors")
+    n.env["KACHERY_CORS_ORIGINS"] = "http://localhost:3000"
+    n.start()
+    try:
+        base = n.client.base_url
+        ok = httpx.get(f"{base}/probe", headers={"Origin": "http://localhost:3000"})
+        assert ok.headers.get("access-control-allow-origin") == "http://localhost:3000"
+        other = httpx.get(f"{base}/probe", headers={"Origin": "http://attacker.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        n.stop()
+
+
+def _read_events(response, count: int) -> list[tuple[int, dict]]:
+    import json
+
+    events, current = [], {}
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and "data" in current:
+            events.append((current["id"], current["data"]))
+            current = {}
+            if len(events) == count:
+                return events
+    raise AssertionError("stream ended early")
+
+
+def test_subfeed_stream_is_live_and_resumable(node):
+    _client_token, browser_token = _tokens(node)
+    sf = kf.open_store(node.storage_dir / "feeds.db").create_feed().load_subfeed("sensor")
+    sf.append_messages([{"t": i, "value": i * i} for i in range(5)])
+    base, params = node.client.base_url, {"uri": sf.uri, "token": browser_token}
+
+    def later():
+        time.sleep(0.3)
+        sf.append_message({"t": 5, "value": 25})
+
+    threading.Thread(target=later).start()
+    with httpx.stream("GET", f"{base}/api/feeds/stream", params={**params, "start": 2}, timeout=10) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = _read_events(r, 4)
+    assert [e[0] for e in events] == [2, 3, 4, 5]
+    assert events[-1][1]["payload"] == {"t": 5, "value": 25}
+    # EventSource reconnects with Last-Event-ID: the stream resumes after it.
+    with httpx.stream("GET", f"{base}/api/feeds/stream", params=params,
+                      headers={"Last-Event-ID": "3"}, timeout=10) as r:
+        assert [e[0] for e in _read_events(r, 2)] == [4, 5]
+    msgs = httpx.get(f"{base}/api/feeds/messages", params={**params, "start": 4}).json()
+    assert [m["payload"]["t"] for m in msgs["messages"]] == [4, 5]
+
+
+def test_bad_stream_requests(node):
+    _c, browser_token = _tokens(node)
+    base = node.client.base_url
+    for params, status in [({"token": browser_token}, 400),
+                           ({"token": browser_token, "uri": "feed://nothex/x"}, 400),
+                           ({"token": browser_token, "uri": "feed://" + "a" * 64 + "/x", "start": "-1"}, 400),
+                           ({"uri": "feed://" + "a" * 64 + "/x"}, 401)]:
+        r = httpx.get(f"{base}/api/feeds/messages", params=params)
+        assert r.status_code == status and "error" in r.json()
+
+
+def test_client_without_daemon_raises_typed_error(tmp_path):
+    n = TestNode(tmp_path, "idle")
+    with pytest.raises(DaemonNotRunningError, match="kachery node start"):
+        DaemonClient(n.storage_dir).status()

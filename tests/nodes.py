@@ -1,0 +1,73 @@
+"""Real kachery nodes for the tests: a storage directory, `kachery init`, and a daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import kachery_node as kn
+from kachery_node.daemon import DaemonClient
+
+KACHERY = str(Path(sys.executable).parent / "kachery")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TestNode:
+    """One node: its own storage dir, user dir and daemon port; `run` invokes the real CLI."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, root: Path, label: str, user_dir: Path | None = None) -> None:
+        self.label = label
+        self.storage_dir = root / label / "storage"
+        self.user_dir = user_dir or root / label / "user"
+        self.port = free_port()
+        self.env = {**os.environ, "KACHERY_STORAGE_DIR": str(self.storage_dir),
+                    "KACHERY_USER_DIR": str(self.user_dir), "KACHERY_DAEMON_PORT": str(self.port)}
+        self.run("init", "--label", label)
+        self.node_id = kn.load_node_config(self.storage_dir).node_id
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        proc = subprocess.run([KACHERY, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"[{self.label}] kachery {' '.join(args)} failed "
+                                 f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, **kw) -> dict:
+        return json.loads(self.run(*args, "--json", **kw).stdout)
+
+    def start(self) -> dict:
+        return self.json("node", "start")
+
+    @property
+    def client(self) -> DaemonClient:
+        return DaemonClient(self.storage_dir)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash: no clean shutdown)."""
+        info = json.loads((self.storage_dir / "daemon.json").read_text())
+        os.kill(info["pid"], signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.client.is_running():
+            try:
+                self.client.stop()
+            except Exception:
+                self.kill()
+
+    def log(self) -> str:
+        path = self.storage_dir / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
