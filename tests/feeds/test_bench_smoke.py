@@ -1,0 +1,46 @@
+"""Smoke test of the feed benchmarks (bench/feeds/run.py): small sizes, no Node.js needed.
+
+Not a performance test: it only checks that the benchmark runs end to end and prints its tables.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUN = Path(__file__).resolve().parents[2] / "bench" / "feeds" / "run.py"
+
+
+def test_bench_quick_prints_table(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--no-hypercore", "--json", str(out_json),
+         "--tmp", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| metric" in out and "| kachery" in out and "| met?" in out, out
+    for metric in (
+        "durable single appends/s",
+        "batch appends (1000/call)",
+        "follow latency p50",
+        "follow latency p99",
+        "verified import",
+        "peak RSS",
+        "Ed25519 verify",
+        "sqlite3 one commit per row",
+    ):
+        assert metric in out, f"{metric!r} missing from:\n{out}"
+    result = json.loads(out_json.read_text())
+    assert result["quick"] is True and result["hypercore"] is None
+    assert {r["metric"] for r in result["rows"]} >= {"durable single appends/s"}
+    k = result["kachery"]
+    assert k["follow_received"] == k["follow_messages"]
+    assert k["follow_mem"]["count"] == result["config"]["follow_mem"]
+    assert elapsed < 60, f"quick bench took {elapsed:.0f} s (should be well under 30 s)"
