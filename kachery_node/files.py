@@ -99,7 +99,10 @@ class ContentHasher:
     def _hash_and_sink(self, view: memoryview) -> None:
         self._sha1.update(view)
         if self._sink is not None:
-            self._sink.write(view)
+            # An unbuffered write may be short (signals, near-full disks): write it all.
+            while view:
+                n = self._sink.write(view)
+                view = view[n:]
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Add bytes (file-like interface, so ``np.save`` can write here directly)."""
@@ -115,6 +118,10 @@ class ContentHasher:
     def pump(self, src: BinaryIO, *, threaded: bool = True) -> None:
         """Read ``src`` to its end in blocks, overlapping the whole-file hash and the write
         (worker thread) with reading and chunk hashing (this thread)."""
+        if not hasattr(src, "readinto"):  # iterators of bytes, objects with read() only
+            while block := src.read(BLOCK_SIZE):
+                self.write(block)
+            return
         if not threaded:
             buf = bytearray(BLOCK_SIZE)
             while n := src.readinto(buf):

@@ -23,6 +23,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,17 @@ class Storage:
         with self._lock:
             if self._index is None:
                 self._index = FileIndex(self.directory / "files.db")
+                self._remove_stale_tmp_files()
             return self._index
+
+    def _remove_stale_tmp_files(self, max_age_s: float = 24 * 3600) -> None:
+        """Partial files left by processes that died while storing (a day old: surely dead)."""
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.directory / "tmp"):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat().st_mtime > max_age_s:
+                        os.unlink(entry.path)
 
     @property
     def mutables(self) -> Mutables:
