@@ -1,25 +1,49 @@
 """The ``kachery`` command: one group, subcommands mirroring the Python API.
 
 Each concern lives in its own module and is registered below with one line; to add a group,
-write ``cli/<name>.py`` with a click command or group and add one ``main.add_command`` line.
+write ``cli/<name>.py`` with a click command or group and add one line::
+
+    main.add_lazy_command("hub", "kachery_node.cli.hub:hub")
+
+A lazy command's module is imported only when that command runs (or for ``kachery --help``),
+so heavy imports (trio, HTTP servers, numpy) do not slow down ``kachery store`` or ``cat``.
+``main.add_command(cmd)`` also works, for modules that are cheap to import.
 Errors from kachery_node become a one-line ``Error: ...`` and exit status 1, not a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from ..errors import KacheryError
-from .daemon import node as node_group  # not `node`: that name is the cli.node module
 from .feeds import feed
 from .node import info, init
 from .storage import cat, link, load, store
 
 
 class _Group(click.Group):
-    """Turns the errors a user can act on into messages instead of tracebacks."""
+    """Turns the errors a user can act on into messages instead of tracebacks, and imports
+    lazily registered commands on first use."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, str] = {}
+
+    def add_lazy_command(self, name: str, import_path: str) -> None:
+        """Register ``module:attribute`` as the command ``name`` without importing it yet."""
+        self._lazy[name] = import_path
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy and name not in self.commands:
+            module, _, attr = self._lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -48,4 +72,4 @@ main.add_command(link)
 main.add_command(load)
 main.add_command(cat)
 main.add_command(feed)
-main.add_command(node_group)
+main.add_lazy_command("node", "kachery_node.cli.daemon:node")  # imports trio etc. only when used
