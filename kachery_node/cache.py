@@ -35,7 +35,7 @@ def enforce_cache_limit(
         return []
     target = int(max_bytes * TARGET_FRACTION)
     evicted = []
-    for sha1, size in index.eviction_candidates():
+    for sha1, size, manifest_sha1 in index.eviction_candidates():
         if total <= target:
             break
         if sha1 in keep:
@@ -45,4 +45,14 @@ def enforce_cache_limit(
         index.delete_file(sha1)
         total -= size
         evicted.append(sha1)
+        # Its manifest goes with it, unless the user stored it or another file still needs it.
+        if manifest_sha1 is not None and manifest_sha1 not in keep:
+            manifest = index.get_file(manifest_sha1)
+            if (manifest is not None and manifest.fetchable
+                    and not index.manifest_in_use(manifest_sha1)):
+                with contextlib.suppress(FileNotFoundError):
+                    path_for(manifest_sha1).unlink()
+                index.delete_file(manifest_sha1)
+                total -= manifest.size
+                evicted.append(manifest_sha1)
     return evicted

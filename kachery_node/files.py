@@ -331,10 +331,21 @@ class FileIndex:
         (row,) = self._query("SELECT count(*), coalesce(sum(size), 0) FROM files")
         return row[0], row[1]
 
-    def eviction_candidates(self) -> list[tuple[str, int]]:
-        """Files that can be fetched again, least recently used first."""
-        return [(r[0], r[1]) for r in self._query(
-            "SELECT sha1, size FROM files WHERE fetchable = 1 ORDER BY last_access, sha1")]
+    def eviction_candidates(self) -> list[tuple[str, int, str | None]]:
+        """Files that can be fetched again, least recently used first, as (sha1, size,
+        manifest_sha1). Manifests of files still here are not candidates: they go with their
+        file."""
+        return [(r[0], r[1], r[2]) for r in self._query(
+            "SELECT sha1, size, manifest_sha1 FROM files WHERE fetchable = 1 AND sha1 NOT IN"
+            " (SELECT manifest_sha1 FROM files WHERE manifest_sha1 IS NOT NULL"
+            "  UNION SELECT manifest_sha1 FROM links WHERE manifest_sha1 IS NOT NULL)"
+            " ORDER BY last_access, sha1")]
+
+    def manifest_in_use(self, manifest_sha1: str) -> bool:
+        """True if a stored or linked file still refers to this manifest."""
+        return bool(self._query(
+            "SELECT 1 FROM files WHERE manifest_sha1 = ? UNION ALL "
+            "SELECT 1 FROM links WHERE manifest_sha1 = ? LIMIT 1", (manifest_sha1, manifest_sha1)))
 
     # -- links -------------------------------------------------------------------------------
     def links_for(self, sha1: str) -> list[LinkRecord]:

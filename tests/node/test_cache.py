@@ -67,3 +67,20 @@ def test_big_file_and_manifest_evicted_together(storage_dir: Path, cli, big_file
     storage.store_bytes(os.urandom(10_000_000), fetchable=True)  # 55 MB > 50 MB
     assert not storage.has_file(uri)
     assert not storage.has_file(f"sha1://{kn.parse_uri(uri).manifest_sha1}")
+
+
+def test_manifest_is_kept_while_its_file_is_here(storage_dir: Path, cli, big_file: Path) -> None:
+    cli.run("init", "--max-cache-size-gib", "0.06")  # 60 MB
+    storage = kn.open_storage(storage_dir)
+    with open(big_file, "rb") as f:
+        uri = storage.store_stream(f, "big.dat", fetchable=True)
+    manifest_uri = f"sha1://{kn.parse_uri(uri).manifest_sha1}"
+    # Reading the file touches it, not its manifest; the manifest must still not go first.
+    small = [storage.store_bytes(os.urandom(1000), fetchable=True) for _ in range(3)]
+    storage.load_bytes(uri, 0, 10)
+    candidates = [sha1 for sha1, _, _ in storage.index.eviction_candidates()]
+    assert manifest_uri[7:] not in candidates and kn.parse_uri(uri).sha1 in candidates
+    storage.store_bytes(os.urandom(14_000_000), fetchable=True)  # 59+ MB: under the cap
+    storage.store_bytes(os.urandom(2_000_000), fetchable=True)   # over: evict LRU to 42 MB
+    assert not any(storage.has_file(u) for u in small)
+    assert not storage.has_file(uri) and not storage.has_file(manifest_uri)
