@@ -1,0 +1,134 @@
+"""Subfeeds in a bucket: immutable segments plus a small mutable head (spec/bucket.md §3).
+
+Segment ``i`` holds messages ``[i*S, (i+1)*S)`` (``S = SEGMENT_SIZE``) in segment form
+(wire lines, each ending in LF); once full it never changes, so it caches well. The head holds
+the message count and the *tail*: the messages after the last full segment, so it always ends
+with the subfeed's last (signed) message::
+
+    {"v":1,"count":N,"segmentSize":1000,"tail":["<wire line>", ...]}
+
+Nothing in the bucket is trusted: a reader imports segments and tail with
+``Subfeed.add_signed_messages``, which verifies every signature and the hash chain. The head is
+unsigned and may be stale (or rolled back by someone with upload rights); live pub-sub updates
+from providers correct that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+import kachery_feeds as kf
+
+from .bucket_layout import SEGMENT_SIZE
+
+
+class HeadError(ValueError):
+    """A head object is malformed."""
+
+
+@dataclass(frozen=True)
+class Head:
+    count: int
+    tail: list[bytes]
+
+    @property
+    def full_segments(self) -> int:
+        return self.count // SEGMENT_SIZE
+
+
+def encode_head(count: int, tail: list[bytes]) -> bytes:
+    if len(tail) != count - (count // SEGMENT_SIZE) * SEGMENT_SIZE:
+        raise ValueError("the tail must hold exactly the messages after the last full segment")
+    return orjson.dumps(
+        {"v": 1, "count": count, "segmentSize": SEGMENT_SIZE, "tail": [line.decode() for line in tail]}
+    )
+
+
+def parse_head(data: bytes) -> Head:
+    try:
+        d = orjson.loads(data)
+        count, tail, size = d["count"], d["tail"], d["segmentSize"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise HeadError(f"malformed subfeed head: {exc}") from exc
+    if d.get("v") != 1 or size != SEGMENT_SIZE or type(count) is not int or count < 0:
+        raise HeadError("unsupported subfeed head (version, segment size or count)")
+    if not isinstance(tail, list) or not all(isinstance(x, str) for x in tail):
+        raise HeadError("malformed subfeed head tail")
+    if len(tail) != count - (count // SEGMENT_SIZE) * SEGMENT_SIZE:
+        raise HeadError("subfeed head tail length does not match its count")
+    return Head(count, [x.encode() for x in tail])
+
+
+def head_for(subfeed: kf.Subfeed) -> tuple[int, bytes]:
+    """(count, encoded head) for the local state of ``subfeed``."""
+    count = subfeed.get_num_local_messages()
+    start = (count // SEGMENT_SIZE) * SEGMENT_SIZE
+    tail = subfeed.get_signed_messages(start, count) if count > start else []
+    return count, encode_head(count, tail[: count - start])
+
+
+def segment_for(subfeed: kf.Subfeed, index: int) -> bytes:
+    """The encoded full segment ``index`` (the subfeed must have that many messages)."""
+    lines = subfeed.get_signed_messages(index * SEGMENT_SIZE, (index + 1) * SEGMENT_SIZE)
+    return kf.encode_segment(lines[:SEGMENT_SIZE])
+
+
+def segments_to_upload(local_count: int, bucket_count: int) -> range:
+    """Full segments present locally but not (fully) in the bucket yet."""
+    return range(bucket_count // SEGMENT_SIZE, local_count // SEGMENT_SIZE)
+
+
+def segments_to_download(local_count: int, head: Head) -> range:
+    """Full segments holding messages this store lacks."""
+    return range(local_count // SEGMENT_SIZE, head.full_segments)
+
+
+class SegmentImporter:
+    """Feeds downloaded segments (in order) and then the tail into a subfeed, verifying all.
+
+    Lines accumulate until they end at a signed message, then are imported in one verified
+    transaction, so a batch whose signature is in a later segment still verifies, and memory
+    stays bounded by the largest unsigned run.
+    """
+
+    def __init__(self, subfeed: kf.Subfeed) -> None:
+        self.subfeed = subfeed
+        self._pending: list[bytes] = []
+        self.added = 0
+
+    def add_lines(self, lines: list[bytes]) -> None:
+        self._pending.extend(lines)
+        # Import up to the last signed line of what we have.
+        for i in range(len(self._pending) - 1, -1, -1):
+            if not self._pending[i].endswith(b"\t"):
+                ready, self._pending = self._pending[: i + 1], self._pending[i + 1 :]
+                local = self.subfeed.get_num_local_messages()
+                ready = _skip_known(ready, local)
+                if ready:
+                    self.added += self.subfeed.add_signed_messages(ready)
+                return
+
+    def add_segment(self, data: bytes) -> None:
+        self.add_lines(kf.decode_segment(data))
+
+    def finish(self) -> int:
+        if self._pending:
+            raise kf.VerificationError("downloaded messages do not end at a signed message")
+        return self.added
+
+
+def _skip_known(lines: list[bytes], local_count: int) -> list[bytes]:
+    """Drop leading lines this store already has (saves re-verifying them).
+
+    The first kept line's ``prev`` is still checked against the local chain on import, so a
+    fork in the dropped part is still caught. Malformed input is left for the import to reject.
+    """
+    try:
+        first = orjson.loads(lines[0].rsplit(b"\t", 1)[0])["n"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return lines
+    if type(first) is not int:
+        return lines
+    return lines[max(0, local_count - first) :]
