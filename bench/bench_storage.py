@@ -4,7 +4,7 @@ Side by side in one run, on the same disk:
 
 * ``kachery store FILE`` (the real command, a fresh process) against
   ``sha1sum FILE && cp FILE DEST`` (target: ratio of wall times ≤ 1.3);
-* peak RSS of the ``kachery store`` process (target ≤ 100 MB: it must stream);
+* peak RSS of the ``kachery store`` process, from GNU time (target ≤ 100 MB: it must stream);
 * ``load_bytes`` of random 1 MB ranges of the stored file (target ≥ 200 ranges/s).
 
 Usage: .venv/bin/python bench/bench_storage.py [--size-mib 1024] [--repeat 3] [--dir DIR]
@@ -27,18 +27,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 KACHERY = str(Path(sys.executable).parent / "kachery")
+GNU_TIME = "/usr/bin/time"  # Debian package `time`
 
 
 def run_measured(cmd: list[str] | str, env: dict, shell: bool = False) -> tuple[float, int]:
-    """Wall time and peak RSS in bytes (the kernel's high-water mark, from wait4) of a command."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.DEVNULL)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd} failed with status {proc.returncode}")
-    return wall, rusage.ru_maxrss * 1024
+    """Wall time and peak RSS in bytes of a command, measured by GNU time (``%M``: the kernel's
+    high-water mark of the command itself, not of the forking Python process)."""
+    with tempfile.NamedTemporaryFile("r") as out:
+        if shell:
+            cmd = ["bash", "-c", cmd]
+        t0 = time.perf_counter()
+        proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", out.name, *cmd], env=env,
+                              stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{cmd} failed with status {proc.returncode}")
+        return wall, int(out.read().split()[-1]) * 1024
 
 
 def main() -> None:

@@ -46,7 +46,8 @@ class UnsafePickleError(KacheryError):
 
 
 class InvalidDataError(KacheryError, ValueError):
-    """A value cannot be stored in the requested form (NaN in JSON, object arrays in .npy, ...)."""
+    """A value or argument is not acceptable: NaN in JSON, an object array for .npy, text
+    that is not UTF-8, a byte range outside the file, ..."""
 
 
 class NotInitializedError(KacheryError):
