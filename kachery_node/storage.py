@@ -59,6 +59,18 @@ if TYPE_CHECKING:
 STORED_FILE_MODE = 0o444  # read-only: a path returned by load_file must not be edited in place
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 @dataclass(frozen=True)
 class LocalFile:
     """Where the content of ``sha1`` is on this machine."""
@@ -101,6 +113,7 @@ class Storage:
         self._index: FileIndex | None = None
         self._mutables: Mutables | None = None
         self._feeds: kachery_feeds.Store | None = None
+        self._umask = _current_umask()
 
     def __repr__(self) -> str:
         return f"Storage({str(self.directory)!r})"
@@ -180,7 +193,9 @@ class Storage:
                     f"received content has SHA-1 {digest.sha1}, not the expected "
                     f"{expected_sha1}; it was not stored"
                 )
-            os.chmod(tmp.path, STORED_FILE_MODE)
+            # Read-only, and no more readable than the user's umask allows (a private
+            # umask keeps a private storage private; a shared lab storage uses umask 002).
+            os.chmod(tmp.path, STORED_FILE_MODE & ~self._umask)
             dest = self.path_for(digest.sha1)
             dest.parent.mkdir(parents=True, exist_ok=True)
             # Replacing an existing copy is harmless (same bytes) and heals a damaged one.
