@@ -91,6 +91,7 @@ class StorageUsage:
     linked_files: int
     linked_bytes: int
     max_cache_bytes: int | None
+    database_bytes: int  # files.db, feeds.db, mutables.db with their WAL files
 
 
 def _as_key(uri: str | FileUri) -> FileUri:
@@ -505,7 +506,12 @@ class Storage:
     def usage(self) -> StorageUsage:
         n, total = self.index.total_stored_bytes()
         ln, ltotal = self.index.link_totals()
-        return StorageUsage(n, total, ln, ltotal, max_cache_bytes(self.directory))
+        db_bytes = 0
+        for name in ("files.db", "feeds.db", "mutables.db"):
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    db_bytes += os.stat(self.directory / (name + suffix)).st_size
+        return StorageUsage(n, total, ln, ltotal, max_cache_bytes(self.directory), db_bytes)
 
     def enforce_cache_limit(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Apply the cache cap of config.toml now; return the SHA-1s deleted (see :mod:`.cache`)."""

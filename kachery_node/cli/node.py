@@ -46,7 +46,11 @@ def init(label: str | None, max_cache_size_gib: float | None, as_json: bool) -> 
 @click.command()
 @json_option
 def info(as_json: bool) -> None:
-    """Show the node ID, owner, label, storage directory and disk use."""
+    """Show the node ID, owner, label, storage directory and disk use.
+
+    With --json: node_id, owner, label, storage_dir, stored_files, stored_bytes, linked_files,
+    linked_bytes, max_cache_bytes (null: no cap), database_bytes.
+    """
     storage_dir = Path(default_storage_dir())
     cfg = load_node_config(storage_dir)
     usage = open_storage(storage_dir).usage()
@@ -56,7 +60,7 @@ def info(as_json: bool) -> None:
             "storage_dir": str(cfg.storage_dir),
             "stored_files": usage.stored_files, "stored_bytes": usage.stored_bytes,
             "linked_files": usage.linked_files, "linked_bytes": usage.linked_bytes,
-            "max_cache_bytes": usage.max_cache_bytes,
+            "max_cache_bytes": usage.max_cache_bytes, "database_bytes": usage.database_bytes,
         })
         return
     cap = "none" if usage.max_cache_bytes is None else _human(usage.max_cache_bytes)
@@ -66,4 +70,6 @@ def info(as_json: bool) -> None:
                f"storage:      {cfg.storage_dir}\n"
                f"stored:       {usage.stored_files} files, {_human(usage.stored_bytes)}"
                f" (cache cap: {cap})\n"
-               f"linked:       {usage.linked_files} files, {_human(usage.linked_bytes)}")
+               f"linked:       {usage.linked_files} files, {_human(usage.linked_bytes)}"
+               " (not copied)\n"
+               f"databases:    {_human(usage.database_bytes)} (feeds, mutables, index)")

@@ -58,6 +58,7 @@ def test_info(cli, storage_dir: Path, tmp_path: Path) -> None:
     assert info["storage_dir"] == str(storage_dir)
     assert (info["stored_files"], info["stored_bytes"]) == (1, 5)
     assert (info["linked_files"], info["linked_bytes"]) == (1, 5)
+    assert info["database_bytes"] > 0 and info["max_cache_bytes"] is None
     text = cli.run("info").stdout
     assert init["node_id"] in text and str(storage_dir) in text and "n1" in text
 
