@@ -239,8 +239,10 @@ class Storage:
         if cached is not None:
             sha1, size, manifest_sha1 = cached
             if self._have_stored(sha1) and (manifest_sha1 is None or self._have_stored(manifest_sha1)):
-                if not fetchable:
+                if not fetchable:  # the user's own copy now: pin it (and its manifest)
                     self.index.mark_fetchable(sha1, False)
+                    if manifest_sha1 is not None:
+                        self.index.mark_fetchable(manifest_sha1, False)
                 self.index.touch(sha1)
                 if progress:
                     progress(size)
