@@ -20,6 +20,7 @@ import click
 
 from ..errors import KacheryError
 from .feeds import feed
+from .mutables import mutable
 from .node import info, init
 from .storage import cat, link, load, store
 
@@ -72,4 +73,5 @@ main.add_command(link)
 main.add_command(load)
 main.add_command(cat)
 main.add_command(feed)
+main.add_command(mutable)
 main.add_lazy_command("node", "kachery_node.cli.daemon:node")  # imports trio etc. only when used

@@ -161,7 +161,7 @@ def test_corrupted_file_through_cli(cli, storage_dir: Path) -> None:
 
 def test_help_documents_every_command(cli) -> None:
     top = cli.run("--help").stdout
-    for name in ("init", "info", "store", "link", "load", "cat", "feed"):
+    for name in ("init", "info", "store", "link", "load", "cat", "feed", "mutable"):
         assert name in top
         assert "Usage:" in cli.run(name, "--help").stdout
     for sub in ("create", "append", "tail", "info"):
@@ -231,3 +231,18 @@ def test_feeds_through_python_api(storage_dir: Path) -> None:
     assert kn.load_feed(feed.uri).load_subfeed({"kind": "curation"}).get_num_local_messages() == 2
     assert kn.load_subfeed(sf.uri).get_messages()[1] == {"action": "label"}
     assert (storage_dir / "feeds.db").exists()
+
+
+def test_mutable_commands(cli, storage_dir: Path) -> None:
+    cli.run("mutable", "set", "best", '{"uri": "sha1://x", "score": 0.9}')
+    assert json.loads(cli.run("mutable", "get", "best").stdout) == {"uri": "sha1://x", "score": 0.9}
+    assert kn.get("best")["score"] == 0.9  # the same store as the Python API
+    res = cli.run("mutable", "set", "best", "1", "--keep", check=False)
+    assert res.returncode == 1 and "already has a value" in res.stderr
+    cli.run("mutable", "set", "--json-key", '{"type": "cfg"}', "[1, 2]")
+    assert kn.get({"type": "cfg"}) == [1, 2]
+    cli.run("mutable", "delete", "best")
+    res = cli.run("mutable", "get", "best", check=False)
+    assert res.returncode == 1 and "no mutable" in res.stderr
+    assert cli.run("mutable", "delete", "best", check=False).returncode == 1
+    assert cli.run("mutable", "set", "k", "not json", check=False).returncode == 1

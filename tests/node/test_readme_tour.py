@@ -57,3 +57,4 @@ def test_shell_tour_runs(tmp_path: Path) -> None:
     assert re.search(r"^\s*20$", out, flags=re.M)
     assert '{"text": "first"}\n"second"\n' in out
     assert '"num_messages": 2' in out
+    assert '{"score": 0.9}' in out
