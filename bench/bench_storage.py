@@ -9,7 +9,8 @@ Side by side in one run, on the same disk:
 
 Usage: .venv/bin/python bench/bench_storage.py [--size-mib 1024] [--repeat 3] [--dir DIR]
 The file is created in a temporary directory under --dir (default bench/.cache, on the same
-disk as the repository) and deleted afterwards. Prints a table.
+disk as the repository) and deleted afterwards. Each command starts after ``sync`` with the
+source in the page cache, and the two commands alternate which goes first. Prints a table.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def run_measured(cmd: list[str] | str, env: dict, shell: bool = False) -> tuple[
     with tempfile.NamedTemporaryFile("r") as out:
         if shell:
             cmd = ["bash", "-c", cmd]
+        os.sync()  # start each command with no dirty pages from the previous one
         t0 = time.perf_counter()
         proc = subprocess.run([GNU_TIME, "-f", "%M", "-o", out.name, *cmd], env=env,
                               stdout=subprocess.DEVNULL)
@@ -66,6 +68,9 @@ def main() -> None:
                 f.write(i.to_bytes(8, "little") + block[8:])
             f.write(os.urandom(size % len(block)))
 
+        with open(src, "rb") as f:  # warm the page cache equally for both sides
+            while f.read(16 * 1024 * 1024):
+                pass
         env = dict(os.environ)
         kachery_times, baseline_times, peaks = [], [], []
         for i in range(args.repeat):
