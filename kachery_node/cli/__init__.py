@@ -74,4 +74,7 @@ main.add_command(load)
 main.add_command(cat)
 main.add_command(feed)
 main.add_command(mutable)
-main.add_lazy_command("node", "kachery_node.cli.daemon:node")  # imports trio etc. only when used
+# node: cli/daemon.py's group plus `join|leave` (cli/membership.py); trio etc. load only when used
+main.add_lazy_command("node", "kachery_node.cli.membership:node")
+main.add_lazy_command("hub", "kachery_node.cli.hub:hub")
+main.add_lazy_command("channel", "kachery_node.cli.channel:channel")

@@ -1,0 +1,123 @@
+"""The embedded bucket: filesystem-backed objects over HTTP, served by ``kachery hub serve``.
+
+Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
+
+* ``GET``/``HEAD /bucket/<key>``: public, with ``Range``, ``ETag``, ``Content-Length``.
+* ``PUT /bucket/<key>?expires=&max_size=&node=&sig=``: only with a hub-signed URL for exactly
+  this key, before its expiry, within its size (checked against ``Content-Length`` first, then
+  while streaming). Objects under ``<channel>/sha1/`` must hash to the SHA-1 their name ends
+  with; a mismatch is refused (the cloud cannot check this, we can).
+* ``GET /bucket-list?prefix=<channel>/...``: keys under a prefix (GCS lists public buckets too).
+
+Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key can take, since
+key segments never start with ``.``) and is renamed into place only when complete and
+verified, so a reader sees the old object, or the whole new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from ..channels.errors import (
+    HashMismatchError,
+    InvalidPathError,
+    MalformedRequestError,
+    TooLargeError,
+)
+from ..channels.signed_urls import validate_object_key, verify_upload
+
+log = logging.getLogger("kachery.hub.bucket")
+MAX_LIST = 10_000
+
+
+class _BigChunkFileResponse(FileResponse):
+    chunk_size = 1024 * 1024  # 64 KiB (the default) costs a thread hop per chunk
+
+
+class FilesystemBucket:
+    """Objects as files under ``root``; the key is the relative path (validated, never trusted)."""
+
+    def __init__(self, root: Path | str, hub_id: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / ".tmp"
+        self.tmp.mkdir(exist_ok=True)
+        self.hub_id = hub_id
+        for stale in self.tmp.iterdir():  # partial uploads of a previous run
+            stale.unlink(missing_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        validate_object_key(key)
+        return self.root.joinpath(*key.split("/"))
+
+    async def get(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        path = self.path_of(key)
+        if not path.is_file():
+            return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404)
+        return _BigChunkFileResponse(path, media_type="application/octet-stream")
+
+    async def put(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        grant = verify_upload(self.hub_id, key, request.query_params, now_s=time.time())
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_n = int(declared)
+            except ValueError:
+                raise MalformedRequestError("Content-Length is not a number") from None
+            if declared_n > grant.max_size:
+                raise TooLargeError(f"upload of {declared_n} bytes is over the signed size {grant.max_size}")
+        parts = key.split("/")
+        want_sha1 = parts[-1] if len(parts) >= 3 and parts[1] == "sha1" else None
+        if want_sha1 is not None and (len(want_sha1) != 40 or want_sha1.strip("0123456789abcdef")):
+            raise InvalidPathError("objects under sha1/ must be named by their 40-hex SHA-1")
+        h = hashlib.sha1() if want_sha1 else None
+        tmp = self.tmp / secrets.token_hex(12)
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > grant.max_size:
+                        raise TooLargeError(f"upload is over the signed size {grant.max_size}")
+                    if h is not None:
+                        h.update(chunk)
+                    f.write(chunk)
+            if h is not None and h.hexdigest() != want_sha1:
+                raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")
+            final = self.path_of(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("bucket stored %s (%d bytes) for node %s…", key, size, grant.node[:12])
+        return JSONResponse({"key": key, "size": size})
+
+    async def list(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        head = prefix.split("/", 1)[0]
+        if not head:
+            raise InvalidPathError("prefix must start with <channel>/")
+        base = self.path_of(head + "/x").parent
+        keys: list[str] = []
+        if base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames.sort()
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                for name in sorted(filenames):
+                    key = f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        keys.append(key)
+                        if len(keys) >= MAX_LIST:
+                            return JSONResponse({"keys": keys, "truncated": True})
+        return JSONResponse({"keys": keys, "truncated": False})
+

@@ -1,0 +1,358 @@
+"""The hub's HTTP application: API, web UI, pub-sub relay and bucket on one port.
+
+Why one Starlette app under Hypercorn's trio worker: one process and one port serve the JSON API,
+the server-rendered UI, the relay's WebSocket and the bucket's streaming GET/PUT, all on trio
+(structured concurrency, the house runtime). The relay batches outgoing events per WebSocket
+frame, which keeps the per-message cost of the ASGI layers small (bench/bench_relay.py measures
+it against nats-server).
+
+API (spec/hub.md): three signed endpoints dispatch on the body's ``type``, like the original's
+``/api/kacheryNode``, through the tables :data:`USER_REQUESTS` and :data:`NODE_REQUESTS`:
+
+* ``POST /api/user``           signed by a person's user key;
+* ``POST /api/node``           signed by a registered node's key;
+* ``POST /api/register-node``  signed by both the node key and its owner's user key.
+
+Every refusal is a :class:`~kachery_node.channels.errors.ChannelProtocolError`: it is answered
+with its status and ``{"error": {"code", "message"}}``, logged, and changes nothing (checks come
+before writes; the nonce is recorded only once the request is authentic and fresh).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from ..bucket.base import BucketBackend
+from ..bucket.embedded import EmbeddedBucketBackend
+from ..bucket.embedded_server import FilesystemBucket
+from ..channels.envelope import verify_request, verify_signature_headers
+from ..channels.errors import ChannelProtocolError, MalformedRequestError, NotAllowedError, TooLargeError
+from ..channels.names import validate_channel_name
+from ..channels.roles import ROLES, capabilities, require_role, upload_role, validate_roles
+from ..channels.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
+from ..channels.tokens import DEFAULT_TOKEN_TTL_MS
+from ..pubsub.base import PubSubBackend
+from ..pubsub.embedded import EmbeddedPubSubBackend
+from ..pubsub.embedded_server import Relay, RelayLimits
+from .state import DEFAULT_CONFIG, HubState
+
+log = logging.getLogger("kachery.hub")
+MAX_UPLOADS_PER_REQUEST = 1000
+
+
+@dataclass
+class HubSettings:
+    """How ``kachery hub serve`` was configured."""
+
+    token_ttl_ms: int = DEFAULT_TOKEN_TTL_MS
+    upload_url_ttl_s: int = DEFAULT_URL_TTL_S
+    relay: RelayLimits = field(default_factory=RelayLimits)
+
+
+class Hub:
+    """The running hub: its state, backends, relay and bucket."""
+
+    def __init__(self, state: HubState, settings: HubSettings | None = None) -> None:
+        self.state = state
+        self.settings = settings or HubSettings()
+        self.public_url = ""  # set once the server is bound
+        self.relay = Relay(state.hub_id, self.settings.relay)
+        self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
+
+    # Backends are looked up by the channel's config, so a channel configured for Ably or GCS
+    # would get its credentials from another backend object without touching the handlers.
+    def pubsub_backend(self, config: dict) -> PubSubBackend:
+        name = (config.get("pubsub") or {}).get("backend")
+        if name == "embedded":
+            relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
+            return EmbeddedPubSubBackend(self.state.key, relay_url)
+        raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
+
+    def bucket_backend(self, config: dict) -> BucketBackend:
+        name = (config.get("bucket") or {}).get("backend")
+        if name == "embedded":
+            return EmbeddedBucketBackend(self.state.key, self.public_url + "/bucket")
+        raise MalformedRequestError(f"this hub has no bucket backend {name!r}")
+
+    def channel_info(self, name: str, node_id: str | None = None) -> dict[str, Any]:
+        ch = self.state.channel(name)
+        info = {"channel": ch.name, "owner": ch.owner_id, "feed_id": ch.feed_id,
+                "membership_uri": ch.membership_uri, "config": ch.config,
+                "bucket_url": self.bucket_backend(ch.config).read_base_url(),
+                "created_ms": ch.created_ms}
+        if node_id is not None:
+            info["roles"] = self.state.roles(name, node_id)
+        return info
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _field(body: dict, name: str, typ: type | tuple = str) -> Any:
+    value = body.get(name)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise MalformedRequestError(f"request needs {name!r}")
+    return value
+
+
+def _node_field(body: dict, name: str = "node") -> str:
+    node = _field(body, name).lower()
+    if len(node) != 64 or node.strip("0123456789abcdef"):
+        raise MalformedRequestError(f"{name!r} must be a 64-hex node ID")
+    return node
+
+
+def _validate_config(config: Any) -> dict:
+    if config is None:
+        return dict(DEFAULT_CONFIG)
+    if not isinstance(config, dict):
+        raise MalformedRequestError("config must be an object")
+    for part in ("pubsub", "bucket"):
+        backend = (config.get(part) or {}).get("backend") if isinstance(config.get(part), dict) else None
+        if backend != "embedded":
+            raise MalformedRequestError(f"{part} backend {backend!r} is not available on this hub "
+                                        "(available: embedded)")
+    return config
+
+
+# ---------------------------------------------------------------------------- user requests
+def _login_link(hub: Hub, user: str, body: dict, now: int) -> dict:
+    token = hub.state.create_login_token(user, now)
+    return {"url": f"{hub.public_url}/login/{token}", "expires_in_s": 300}
+
+
+def _create_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
+    name = validate_channel_name(body.get("channel"))
+    config = _validate_config(body.get("config"))
+    hub.state.create_channel(name, user, config, now)
+    return hub.channel_info(name)
+
+
+def _list_channels(hub: Hub, user: str, body: dict, now: int) -> dict:
+    mine = {n["node_id"] for n in hub.state.nodes_of_user(user)}
+    out = []
+    for ch in hub.state.channels():
+        member_nodes = [n for n in hub.state.membership(ch.name).nodes() if n in mine]
+        if ch.owner_id == user or member_nodes:
+            out.append({"channel": ch.name, "owner": ch.owner_id, "is_owner": ch.owner_id == user,
+                        "feed_id": ch.feed_id, "created_ms": ch.created_ms,
+                        "num_nodes": len(hub.state.membership(ch.name).nodes()),
+                        "my_nodes": member_nodes})
+    return {"channels": out}
+
+
+def _show_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
+    name = validate_channel_name(body.get("channel"))
+    info = hub.channel_info(name)
+    members = hub.state.members(name)
+    if info["owner"] != user:
+        mine = {n["node_id"] for n in hub.state.nodes_of_user(user)}
+        members = [m for m in members if m["node"] in mine]
+        if not members:
+            raise NotAllowedError(f"only the owner of {name!r} and owners of its nodes may see it")
+    return {**info, "members": members, "activity": hub.state.activity(name, 20)}
+
+
+def _grant_or_revoke(kind: str) -> Callable[[Hub, str, dict, int], dict]:
+    def handler(hub: Hub, user: str, body: dict, now: int) -> dict:
+        name = validate_channel_name(body.get("channel"))
+        node = _node_field(body)
+        roles = validate_roles(body.get("roles"))
+        hub.state.change_grant(kind, name, node, roles, user, now)
+        return {"channel": name, "node": node, **hub.state.roles(name, node)}
+    return handler
+
+
+def _delete_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
+    name = validate_channel_name(body.get("channel"))
+    hub.state.delete_channel(name, user, now)
+    return {"deleted": name}
+
+
+def _request_roles(hub: Hub, user: str, body: dict, now: int) -> dict:
+    name = validate_channel_name(body.get("channel"))
+    node = _node_field(body)
+    roles = validate_roles(body.get("roles"))
+    hub.state.request_roles(name, node, user, roles, now)
+    return hub.channel_info(name, node)
+
+
+def _list_nodes(hub: Hub, user: str, body: dict, now: int) -> dict:
+    nodes = hub.state.nodes_of_user(user)
+    for n in nodes:
+        n["channels"] = hub.state.channels_of_node(n["node_id"])
+    return {"nodes": nodes}
+
+
+USER_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
+    "login_link": _login_link,
+    "create_channel": _create_channel,
+    "list_channels": _list_channels,
+    "show_channel": _show_channel,
+    "grant": _grant_or_revoke("grant"),
+    "revoke": _grant_or_revoke("revoke"),
+    "delete_channel": _delete_channel,
+    "request_roles": _request_roles,
+    "list_nodes": _list_nodes,
+}
+
+
+# ---------------------------------------------------------------------------- node requests
+def _member_channel(hub: Hub, node: str, body: dict) -> str:
+    name = validate_channel_name(body.get("channel"))
+    if node not in hub.state.membership(name).nodes():
+        raise NotAllowedError(f"node is not a member of {name!r} (run `kachery node join {name}`)")
+    return name
+
+
+def _pubsub_token(hub: Hub, node: str, body: dict, now: int) -> dict:
+    name = _member_channel(hub, node, body)
+    roles = hub.state.roles(name, node)["effective"]
+    if not roles:
+        raise NotAllowedError(f"node has no effective roles on {name!r} (granted ∩ requested is empty)")
+    ch = hub.state.channel(name)
+    creds = hub.pubsub_backend(ch.config).credentials(
+        node_id=node, channel=name, capability=capabilities(name, roles), now_ms=now,
+        ttl_ms=hub.settings.token_ttl_ms)
+    hub.state.log(name, "token", node, f"pub-sub token for {' '.join(roles)}", now)
+    return creds
+
+
+def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
+    name = _member_channel(hub, node, body)
+    objects = body.get("objects")
+    if not isinstance(objects, list) or not 1 <= len(objects) <= MAX_UPLOADS_PER_REQUEST:
+        raise MalformedRequestError(f"objects must be a list of 1-{MAX_UPLOADS_PER_REQUEST} {{path, size}}")
+    effective = hub.state.roles(name, node)["effective"]
+    ch = hub.state.channel(name)
+    backend = hub.bucket_backend(ch.config)
+    expires = int(now / 1000) + hub.settings.upload_url_ttl_s
+    checked = []
+    for obj in objects:
+        if not isinstance(obj, dict):
+            raise MalformedRequestError("each object must be {path, size}")
+        path, size = _field(obj, "path"), _field(obj, "size", int)
+        if not 0 <= size <= MAX_UPLOAD_BYTES:
+            raise TooLargeError(f"size must be 0..{MAX_UPLOAD_BYTES}")
+        key = validate_object_key(f"{name}/{path}")
+        require_role(effective, upload_role(path), f"uploading {path!r}")
+        checked.append((key, size))
+    urls = [backend.signed_upload_url(k, max_size=s, expires=expires, node_id=node) for k, s in checked]
+    hub.state.log(name, "upload_urls", node, f"{len(urls)} upload URL(s)", now)
+    return {"urls": urls, "expires": expires}
+
+
+def _channel_info(hub: Hub, node: str, body: dict, now: int) -> dict:
+    return hub.channel_info(_member_channel(hub, node, body), node)
+
+
+NODE_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
+    "pubsub_token": _pubsub_token,
+    "upload_urls": _upload_urls,
+    "channel_info": _channel_info,
+    "membership": lambda hub, node, body, now: {},  # answered as a raw segment below
+}
+
+
+# ---------------------------------------------------------------------------- endpoints
+def _refused(request: Request, exc: ChannelProtocolError, who: str = "") -> JSONResponse:
+    log.warning("refused %s %s (%d %s)%s: %s", request.method, request.url.path, exc.status, exc.code,
+                f" from {who[:12]}…" if who else "", exc.message)
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+def create_app(hub: Hub) -> Starlette:
+    """The Starlette application serving everything the hub offers."""
+    state = hub.state
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({"hub_id": state.hub_id, "url": hub.public_url, "roles": list(ROLES),
+                             "relay_url": "ws" + hub.public_url[len("http"):] + "/pubsub",
+                             "bucket_url": hub.public_url + "/bucket"})
+
+    async def user_api(request: Request) -> Response:
+        body = await request.body()
+        now = _now_ms()
+        user, obj = verify_request("user", body, request.headers, hub_id=state.hub_id, now=now)
+        handler = USER_REQUESTS.get(obj["type"])
+        if handler is None:
+            raise MalformedRequestError(f"unknown request type {obj['type']!r}; "
+                                        f"known: {', '.join(USER_REQUESTS)}")
+        state.use_nonce(user, obj["nonce"], now)
+        state.ensure_user(user, now)
+        return JSONResponse(handler(hub, user, obj, now))
+
+    async def node_api(request: Request) -> Response:
+        body = await request.body()
+        now = _now_ms()
+        node, obj = verify_request("node", body, request.headers, hub_id=state.hub_id, now=now)
+        handler = NODE_REQUESTS.get(obj["type"])
+        if handler is None:
+            raise MalformedRequestError(f"unknown request type {obj['type']!r}; "
+                                        f"known: {', '.join(NODE_REQUESTS)}")
+        state.node_owner(node)  # registered, and its owner still exists
+        state.use_nonce(node, obj["nonce"], now)
+        if obj["type"] == "membership":
+            name = _member_channel(hub, node, obj)
+            start = obj.get("start", 0)
+            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+                raise MalformedRequestError("start must be a non-negative integer")
+            segment, total = state.membership_segment(name, start)
+            return Response(segment, media_type="application/x-kachery-segment",
+                            headers={"Kachery-Feed-Id": state.channel(name).feed_id,
+                                     "Kachery-Message-Count": str(total)})
+        return JSONResponse(handler(hub, node, obj, now))
+
+    async def register_node(request: Request) -> Response:
+        body = await request.body()
+        now = _now_ms()
+        node, obj = verify_request("node", body, request.headers, hub_id=state.hub_id, now=now,
+                                   expected_type="register_node")
+        user = verify_signature_headers("user", body, request.headers)
+        if _node_field(obj) != node or _field(obj, "user") != user:
+            raise MalformedRequestError("body's node and user must be the signers")
+        label = _field(obj, "label")
+        if not 1 <= len(label) <= 20:
+            raise MalformedRequestError("label must be 1-20 characters")
+        state.use_nonce(node, obj["nonce"], now)
+        created = state.register_node(node, user, label, now)
+        log.info("node %s… (%s) %s to user %s…", node[:12], label,
+                 "registered" if created else "re-registered", user[:12])
+        return JSONResponse({"node": node, "user": user, "created": created})
+
+    async def handle_refusal(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ChannelProtocolError)
+        who = request.headers.get("kachery-node-id") or request.headers.get("kachery-user-id") or ""
+        return _refused(request, exc, who)
+
+    from .web import web_routes
+
+    routes = [
+        Route("/api/hub", info, methods=["GET"]),
+        Route("/api/user", user_api, methods=["POST"]),
+        Route("/api/node", node_api, methods=["POST"]),
+        Route("/api/register-node", register_node, methods=["POST"]),
+        Route("/bucket/{key:path}", hub.bucket.get, methods=["GET", "HEAD"]),
+        Route("/bucket/{key:path}", hub.bucket.put, methods=["PUT"]),
+        Route("/bucket-list", hub.bucket.list, methods=["GET"]),
+        WebSocketRoute("/pubsub", hub.relay.endpoint),
+        *web_routes(hub),
+    ]
+    return Starlette(routes=routes, exception_handlers={ChannelProtocolError: handle_refusal})
+
+
+def hub_dir_default() -> Path:
+    import os
+
+    return Path(os.environ.get("KACHERY_HUB_DIR") or Path.home() / "kachery-hub")

@@ -1,0 +1,321 @@
+"""The hub's state: users, nodes, channels, nonces, sessions and activity, in SQLite under the
+hub's directory, plus one signed membership feed per channel (kachery_feeds store).
+
+Files under ``<hub dir>``:
+
+* ``hub.key``   the hub's Ed25519 key (0600): signs tokens and upload URLs; its public half is
+  the hub ID that every signed request names;
+* ``hub.db``    this module's tables (WAL);
+* ``feeds.db``  the channels' membership feeds (their keys never leave the hub);
+* ``bucket/``   the embedded bucket's objects; ``hub.log`` the log.
+
+The membership feed is the source of truth for roles: grants, revocations and role requests are
+appended there first and the effective roles are computed by replaying it with the same
+:class:`~kachery_node.channels.Membership` that nodes use. Restarting the hub loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import kachery_feeds as kf
+
+from ..channels import membership as mb
+from ..channels.envelope import MAX_SKEW_MS
+from ..channels.errors import (
+    ConflictError,
+    NotAllowedError,
+    ReplayedRequestError,
+    UnknownChannelError,
+    UnknownNodeError,
+)
+from ..channels.names import validate_channel_name
+from ..channels.roles import validate_roles
+from ..identity import Keypair, load_or_create_key
+
+LOGIN_TOKEN_TTL_MS = 5 * 60 * 1000
+SESSION_TTL_MS = 12 * 3600 * 1000
+DEFAULT_CONFIG = {"pubsub": {"backend": "embedded"}, "bucket": {"backend": "embedded"}}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+    label TEXT NOT NULL, registered_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, owner_id TEXT NOT NULL,
+    feed_id TEXT NOT NULL, config TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (signer TEXT NOT NULL, nonce TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL, PRIMARY KEY (signer, nonce));
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_ms);
+CREATE TABLE IF NOT EXISTS login_tokens (token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS sessions (session_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+    csrf TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS activity (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT,
+    time_ms INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS activity_channel ON activity (channel, id);
+"""
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel as the hub records it."""
+
+    name: str
+    owner_id: str
+    feed_id: str
+    config: dict
+    created_ms: int
+
+    @property
+    def membership_uri(self) -> str:
+        return f"feed://{self.feed_id}/{mb.MEMBERSHIP_SUBFEED}"
+
+
+class HubState:
+    """Everything the hub knows. One instance per hub process (it caches memberships)."""
+
+    def __init__(self, hub_dir: Path | str) -> None:
+        self.dir = Path(hub_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key: Keypair = load_or_create_key(self.dir / "hub.key")[0]
+        self.hub_id = self.key.public_hex
+        self.db = sqlite3.connect(self.dir / "hub.db", isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.feeds = kf.open_store(self.dir / "feeds.db")
+        self._memberships: dict[str, mb.Membership] = {}
+
+    def close(self) -> None:
+        self.db.close()
+        self.feeds.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ replay protection
+    def use_nonce(self, signer: str, nonce: str, now_ms: int) -> None:
+        """Record (signer, nonce) for the replay window; raise if it was seen.
+
+        Kept in SQLite, so a restart does not reopen the window.
+        """
+        with self._tx() as c:
+            c.execute("DELETE FROM nonces WHERE expires_ms < ?", (now_ms,))
+            try:
+                c.execute("INSERT INTO nonces VALUES (?,?,?)", (signer, nonce, now_ms + 2 * MAX_SKEW_MS))
+            except sqlite3.IntegrityError:
+                raise ReplayedRequestError("this request (nonce) was already used") from None
+
+    # ------------------------------------------------------------------ users and nodes
+    def ensure_user(self, user_id: str, now_ms: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO users VALUES (?,?)", (user_id, now_ms))
+
+    def user_exists(self, user_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM users WHERE user_id=?", (user_id,)).fetchone() is not None
+
+    def register_node(self, node_id: str, user_id: str, label: str, now_ms: int) -> bool:
+        """Register ``node_id`` to ``user_id``; returns False if it already was (idempotent)."""
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO users VALUES (?,?)", (user_id, now_ms))
+            row = c.execute("SELECT user_id FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+            if row is not None:
+                if row["user_id"] != user_id:
+                    raise ConflictError("this node is registered to another user")
+                c.execute("UPDATE nodes SET label=? WHERE node_id=?", (label, node_id))
+                return False
+            c.execute("INSERT INTO nodes VALUES (?,?,?,?)", (node_id, user_id, label, now_ms))
+            return True
+
+    def node_owner(self, node_id: str) -> str:
+        """The user a registered node belongs to; raise :class:`UnknownNodeError` otherwise."""
+        row = self.db.execute(
+            "SELECT n.user_id FROM nodes n JOIN users u ON u.user_id = n.user_id WHERE n.node_id=?",
+            (node_id,)).fetchone()
+        if row is None:
+            raise UnknownNodeError(f"node {node_id[:12]}… is not registered on this hub "
+                                   "(run `kachery node join` as its owner)")
+        return row["user_id"]
+
+    def nodes_of_user(self, user_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM nodes WHERE user_id=? ORDER BY registered_ms",
+                               (user_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def node_label(self, node_id: str) -> str:
+        row = self.db.execute("SELECT label FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+        return row["label"] if row else ""
+
+    # ------------------------------------------------------------------ channels
+    def create_channel(self, name: str, owner_id: str, config: dict | None, now_ms: int) -> Channel:
+        validate_channel_name(name)
+        config = dict(config or DEFAULT_CONFIG)
+        if self.db.execute("SELECT 1 FROM channels WHERE name=?", (name,)).fetchone():
+            raise ConflictError(f"channel {name!r} already exists")
+        feed = self.feeds.create_feed()
+        feed.load_subfeed(mb.MEMBERSHIP_SUBFEED).append_message(
+            mb.channel_message(name, owner_id, config, now_ms))
+        try:
+            with self._tx() as c:
+                c.execute("INSERT OR IGNORE INTO users VALUES (?,?)", (owner_id, now_ms))
+                c.execute("INSERT INTO channels VALUES (?,?,?,?,?)",
+                          (name, owner_id, feed.feed_id, orjson.dumps(config).decode(), now_ms))
+        except sqlite3.IntegrityError:
+            feed.delete()
+            raise ConflictError(f"channel {name!r} already exists") from None
+        self.log(name, "create", owner_id, f"channel created by {owner_id[:12]}…", now_ms)
+        return self.channel(name)
+
+    def channel(self, name: str) -> Channel:
+        row = self.db.execute("SELECT * FROM channels WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise UnknownChannelError(f"no channel named {name!r} on this hub")
+        return Channel(row["name"], row["owner_id"], row["feed_id"], orjson.loads(row["config"]),
+                       row["created_ms"])
+
+    def channels(self, owner_id: str | None = None) -> list[Channel]:
+        if owner_id is None:
+            rows = self.db.execute("SELECT name FROM channels ORDER BY name").fetchall()
+        else:
+            rows = self.db.execute("SELECT name FROM channels WHERE owner_id=? ORDER BY name",
+                                   (owner_id,)).fetchall()
+        return [self.channel(r["name"]) for r in rows]
+
+    def channels_of_node(self, node_id: str) -> list[str]:
+        return [c.name for c in self.channels() if node_id in self.membership(c.name).nodes()]
+
+    def require_owner(self, name: str, user_id: str) -> Channel:
+        ch = self.channel(name)
+        if ch.owner_id != user_id:
+            raise NotAllowedError(f"only the owner of channel {name!r} may do this")
+        return ch
+
+    def delete_channel(self, name: str, by: str, now_ms: int) -> None:
+        ch = self.require_owner(name, by)
+        self._append(ch, mb.delete_message(by, now_ms))
+        self.db.execute("DELETE FROM channels WHERE name=?", (name,))
+        self._memberships.pop(name, None)
+        self.log(name, "delete", by, "channel deleted", now_ms)
+
+    # ------------------------------------------------------------------ membership
+    def _subfeed(self, ch: Channel) -> kf.Subfeed:
+        return self.feeds.load_feed(ch.feed_id).load_subfeed(mb.MEMBERSHIP_SUBFEED)
+
+    def membership(self, name: str) -> mb.Membership:
+        """The replayed membership of a channel (cached, extended as messages are appended)."""
+        ch = self.channel(name)
+        m = self._memberships.get(name)
+        sf = self._subfeed(ch)
+        if m is None or m.owner != ch.owner_id:
+            m = mb.Membership(name)
+        for payload in sf.get_messages(m.num_messages):
+            m.apply(payload)
+        self._memberships[name] = m
+        return m
+
+    def _append(self, ch: Channel, msg: dict) -> None:
+        self._subfeed(ch).append_message(msg)
+
+    def request_roles(self, name: str, node_id: str, user_id: str, roles: list[str], now_ms: int) -> None:
+        """The node's owner sets the roles the node asks for (``[]``: the node leaves)."""
+        ch = self.channel(name)
+        if self.node_owner(node_id) != user_id:
+            raise NotAllowedError("only the node's owner may say which roles it asks for")
+        roles = validate_roles(roles)
+        self._append(ch, mb.request_message(node_id, user_id, roles, now_ms))
+        what = f"requests {' '.join(roles)}" if roles else "left the channel"
+        self.log(name, "request", user_id, f"node {self._node_name(node_id)} {what}", now_ms)
+
+    def change_grant(self, kind: str, name: str, node_id: str, roles: list[str], by: str,
+                     now_ms: int) -> None:
+        """The channel owner grants or revokes roles of a registered node."""
+        ch = self.require_owner(name, by)
+        self.node_owner(node_id)  # unknown nodes cannot be granted anything
+        roles = validate_roles(roles)
+        if not roles:
+            return
+        self._append(ch, mb.grant_message(kind, node_id, roles, by, now_ms))
+        verb = "granted" if kind == "grant" else "revoked"
+        self.log(name, kind, by, f"{verb} {' '.join(roles)} for node {self._node_name(node_id)}", now_ms)
+
+    def roles(self, name: str, node_id: str) -> dict[str, list[str]]:
+        m = self.membership(name)
+        return {"granted": m.granted(node_id), "requested": m.requested(node_id),
+                "effective": m.roles_of(node_id)}
+
+    def members(self, name: str) -> list[dict[str, Any]]:
+        m = self.membership(name)
+        return [{"node": n, "label": self.node_label(n), "owner": m.node_owner(n),
+                 **self.roles(name, n)} for n in m.nodes()]
+
+    def membership_segment(self, name: str, start: int) -> tuple[bytes, int]:
+        """Signed membership messages from ``start`` (wire form) and the total count."""
+        sf = self._subfeed(self.channel(name))
+        total = sf.get_num_local_messages()
+        lines = sf.get_signed_messages(start) if start < total else []
+        return kf.encode_segment(lines), total
+
+    def _node_name(self, node_id: str) -> str:
+        label = self.node_label(node_id)
+        return f"{label} ({node_id[:8]}…)" if label else f"{node_id[:12]}…"
+
+    # ------------------------------------------------------------------ activity
+    def log(self, channel: str | None, kind: str, actor: str | None, detail: str, now_ms: int) -> None:
+        self.db.execute("INSERT INTO activity (channel, time_ms, kind, actor, detail) VALUES (?,?,?,?,?)",
+                        (channel, now_ms, kind, actor, detail))
+
+    def activity(self, channel: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM activity WHERE channel=? ORDER BY id DESC LIMIT ?",
+                               (channel, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ web sign-in
+    def create_login_token(self, user_id: str, now_ms: int) -> str:
+        token = secrets.token_urlsafe(32)
+        self.db.execute("INSERT INTO login_tokens VALUES (?,?,?,0)",
+                        (_hash(token), user_id, now_ms + LOGIN_TOKEN_TTL_MS))
+        return token
+
+    def redeem_login_token(self, token: str, now_ms: int) -> tuple[str, str] | None:
+        """Use a one-time login token; returns (session token, user_id) or None if invalid."""
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM login_tokens WHERE token_hash=?", (_hash(token),)).fetchone()
+            if row is None or row["used"] or row["expires_ms"] < now_ms:
+                return None
+            c.execute("UPDATE login_tokens SET used=1 WHERE token_hash=?", (_hash(token),))
+            session = secrets.token_urlsafe(32)
+            c.execute("INSERT INTO sessions VALUES (?,?,?,?)",
+                      (_hash(session), row["user_id"], secrets.token_urlsafe(24), now_ms + SESSION_TTL_MS))
+        return session, row["user_id"]
+
+    def session(self, session: str | None, now_ms: int) -> tuple[str, str] | None:
+        """(user_id, csrf token) of a live session, or None."""
+        if not session:
+            return None
+        row = self.db.execute("SELECT * FROM sessions WHERE session_hash=?", (_hash(session),)).fetchone()
+        if row is None or row["expires_ms"] < now_ms or not self.user_exists(row["user_id"]):
+            return None
+        return row["user_id"], row["csrf"]
+
+    def end_session(self, session: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE session_hash=?", (_hash(session),))

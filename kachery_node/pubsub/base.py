@@ -1,0 +1,67 @@
+"""The pub-sub interfaces: what the hub needs to hand out credentials, and what a node needs
+to publish and subscribe. Backends: ``embedded`` (the hub's WebSocket relay, this package);
+later Ably (token requests with capabilities) and NATS, chosen by the channel's config
+``{"pubsub": {"backend": ...}}`` without changing protocol code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    """A message received on a band: who published it (per the relay's token check) and when."""
+
+    band: str
+    sender: str
+    data: Any
+    ts_ms: int
+
+
+class PubSubBackend(ABC):
+    """Hub side: turns a node's effective capability into short-lived credentials.
+
+    ``credentials`` returns a JSON object that the node passes to :func:`open_pubsub`; it always
+    has ``backend``, ``capability`` and ``expires_ms``. For Ably this would carry an Ably token
+    request made with the channel's API key and the same capability object.
+    """
+
+    name: str
+
+    @abstractmethod
+    def credentials(self, *, node_id: str, channel: str, capability: dict[str, list[str]],
+                    now_ms: int, ttl_ms: int) -> dict[str, Any]:
+        """Credentials allowing exactly ``capability`` until ``now_ms + ttl_ms``."""
+
+
+# A coroutine the client calls to get fresh credentials before the old ones expire (like Ably's
+# authCallback).
+Renewer = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class PubSub(ABC):
+    """Node side: one connection to a channel's pub-sub service."""
+
+    @abstractmethod
+    async def publish(self, band: str, data: Any, *, ack: bool = False) -> None:
+        """Publish JSON ``data`` on ``band`` (full band name); with ``ack``, wait for the relay."""
+
+    @abstractmethod
+    async def subscribe(self, band: str) -> None:
+        """Start receiving messages from ``band``; returns once the service confirmed."""
+
+    @abstractmethod
+    async def unsubscribe(self, band: str) -> None:
+        """Stop receiving messages from ``band``."""
+
+    @abstractmethod
+    def messages(self) -> AsyncIterator[PubSubMessage]:
+        """Received messages, in order; raises the service's refusals (HubRequestError)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection."""

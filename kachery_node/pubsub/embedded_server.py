@@ -1,0 +1,308 @@
+"""The embedded pub-sub relay: a WebSocket endpoint served by ``kachery hub serve``.
+
+Theory of operation
+-------------------
+A node connects to ``/pubsub`` and must first send ``{"op": "auth", "token": ...}`` with a
+hub-signed token (kachery_node.channels.tokens). From then on every ``subscribe`` and
+``publish`` is checked against the token's capability, band by band; a later ``auth`` on the
+same connection replaces the token (renewal) and drops subscriptions the new token no longer
+allows. The relay fans each published message out to the band's subscribers (including the
+publisher if it subscribed, like Ably's default echo), serializing it once.
+
+Rules
+-----
+* It is pub-sub, not storage: nothing is kept once delivered; a subscriber that falls more than
+  ``max_queue`` messages behind is dropped (close code 4008), like NATS's slow consumers.
+* Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
+  ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
+  over ``max_frame_bytes`` close the connection (1009).
+* Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
+  ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
+* Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
+  changes nothing.
+* Outgoing events queued while the socket is busy go out together in one frame (a JSON array):
+  batching is what lets one Python process deliver thousands of messages per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import trio
+from starlette.websockets import WebSocket
+
+from ..channels.errors import (
+    ChannelProtocolError,
+    ExpiredError,
+    InvalidTokenError,
+    MalformedRequestError,
+    RateLimitedError,
+    TooLargeError,
+)
+from ..channels.roles import PUBLISH, SUBSCRIBE, check_capability
+from ..channels.tokens import TokenClaims, verify_token
+
+log = logging.getLogger("kachery.hub.relay")
+
+
+@dataclass
+class RelayLimits:
+    """The relay's bounds (``kachery hub serve`` options set them)."""
+
+    max_message_bytes: int = 64 * 1024  # Ably's default message size limit
+    max_frame_bytes: int = 1024 * 1024
+    publish_rate: float = 2000.0
+    publish_burst: float = 4000.0
+    heartbeat_s: float = 15.0
+    idle_timeout_s: float = 45.0
+    auth_timeout_s: float = 10.0
+    max_queue: int = 50_000
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class _Connection:
+    def __init__(self, relay: Relay, ws: WebSocket) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.claims: TokenClaims | None = None
+        self.subs: set[str] = set()
+        self.out: list[bytes] = []
+        self.wake = trio.Event()
+        self.last_recv = time.monotonic()
+        self.allowance = relay.limits.publish_burst
+        self.last_refill = time.monotonic()
+        self.close_request: _Close | None = None
+        self.connected_at = time.monotonic()
+        self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+
+    @property
+    def who(self) -> str:
+        return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
+
+    # ---------------------------------------------------------------- outgoing
+    def push(self, event: bytes) -> None:
+        if len(self.out) >= self.relay.limits.max_queue:
+            self.close(4008, "slow consumer: too many undelivered messages")
+            return
+        self.out.append(event)
+        self.wake.set()
+
+    def send_op(self, **op: Any) -> None:
+        self.push(orjson.dumps(op))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_request is None:
+            log.warning("relay closing %s: %s (%d)", self.who, reason, code)
+            self.close_request = _Close(code, reason)
+            self.wake.set()
+
+    async def writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            if self.out:
+                batch, self.out = self.out, []
+                await self.ws.send_text((b"[" + b",".join(batch) + b"]").decode())
+                self.relay.frames_out += 1
+            if self.close_request is not None:
+                raise self.close_request
+
+    async def ticker(self) -> None:
+        limits = self.relay.limits
+        next_beat = time.monotonic() + limits.heartbeat_s
+        while True:
+            await trio.sleep(min(limits.heartbeat_s, 1.0, limits.idle_timeout_s / 3))
+            now = time.monotonic()
+            if self.claims is None and now - self.connected_at > limits.auth_timeout_s:
+                self.close(4001, "no auth within the time allowed")
+            elif now - self.last_recv > limits.idle_timeout_s:
+                self.close(4002, "no reply to heartbeats: connection presumed dead")
+            elif self.claims is not None and time.time() * 1000 >= self.claims.expires_ms:
+                self.send_op(op="error", status=401, code="token_expired",
+                             message="token expired; reconnect with a new one")
+                self.close(4001, "token expired")
+            if now >= next_beat:
+                next_beat = now + limits.heartbeat_s
+                self.send_op(op="heartbeat", ts_ms=int(time.time() * 1000))
+
+    # ---------------------------------------------------------------- incoming
+    async def reader(self) -> None:
+        limits = self.relay.limits
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            self.last_recv = time.monotonic()
+            raw = msg.get("text")
+            if raw is None:
+                raw = (msg.get("bytes") or b"").decode("utf-8", "replace")
+            if len(raw) > limits.max_frame_bytes:
+                self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
+                return
+            try:
+                ops = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                self.refuse(MalformedRequestError("frame is not valid JSON"), None)
+                continue
+            for op in ops if isinstance(ops, list) else [ops]:
+                op_id = op.get("id") if isinstance(op, dict) else None
+                try:
+                    self.handle(op)
+                except ChannelProtocolError as exc:
+                    self.refuse(exc, op_id)
+                    if isinstance(exc, InvalidTokenError | ExpiredError) and self.claims is None:
+                        self.close(4001, str(exc))
+                        return
+
+    def refuse(self, exc: ChannelProtocolError, op_id: Any) -> None:
+        log.warning("relay refused %s from %s: %s", exc.code, self.who, exc.message)
+        self.relay.refusals += 1
+        op: dict[str, Any] = {"op": "error", "status": exc.status, "code": exc.code, "message": exc.message}
+        if op_id is not None:
+            op["id"] = op_id
+        self.send_op(**op)
+
+    def handle(self, op: Any) -> None:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise MalformedRequestError("each operation must be an object with an 'op'")
+        kind, op_id = op["op"], op.get("id")
+        if kind == "auth":
+            self.authenticate(op.get("token"), op_id)
+            return
+        if kind in ("pong", "ping"):
+            if kind == "ping":
+                self.send_op(op="pong", id=op_id)
+            return
+        if self.claims is None:
+            raise InvalidTokenError("send {'op': 'auth', 'token': ...} first")
+        now_ms = time.time() * 1000
+        if now_ms >= self.claims.expires_ms:
+            raise ExpiredError("token expired; renew it with a new 'auth'")
+        band = op.get("band")
+        if not isinstance(band, str):
+            raise MalformedRequestError(f"{kind!r} needs a 'band'")
+        if kind == "publish":
+            self.publish(band, op, now_ms)
+        elif kind == "subscribe":
+            check_capability(self.claims.capability, band, SUBSCRIBE)
+            self.subs.add(band)
+            self.relay.bands.setdefault(band, set()).add(self)
+            self.send_op(op="subscribed", band=band, id=op_id)
+        elif kind == "unsubscribe":
+            self.relay.unsubscribe(self, band)
+            self.send_op(op="unsubscribed", band=band, id=op_id, reason="requested")
+        else:
+            raise MalformedRequestError(f"unknown op {kind!r}")
+
+    def authenticate(self, token: Any, op_id: Any) -> None:
+        claims = verify_token(token, hub_id=self.relay.hub_id, now_ms=int(time.time() * 1000))
+        old = self.claims
+        if old is not None and (claims.node, claims.channel) != (old.node, old.channel):
+            raise InvalidTokenError("a renewed token must be for the same node and channel")
+        self.claims = claims
+        for band in sorted(self.subs):
+            if SUBSCRIBE not in claims.capability.get(band, ()):
+                self.relay.unsubscribe(self, band)
+                self.send_op(op="unsubscribed", band=band, reason="capability withdrawn")
+        self.send_op(op="connected", id=op_id, node=claims.node, channel=claims.channel,
+                     capability=claims.capability, expires_ms=claims.expires_ms)
+
+    def publish(self, band: str, op: dict, now_ms: float) -> None:
+        assert self.claims is not None
+        check_capability(self.claims.capability, band, PUBLISH)
+        limits = self.relay.limits
+        now = time.monotonic()
+        refill = (now - self.last_refill) * limits.publish_rate
+        self.allowance = min(limits.publish_burst, self.allowance + refill)
+        self.last_refill = now
+        if self.allowance < 1:
+            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s on this connection")
+        data = orjson.dumps(op.get("data"))
+        if len(data) > limits.max_message_bytes:
+            raise TooLargeError(
+                f"message of {len(data)} bytes is over the {limits.max_message_bytes}-byte limit")
+        self.allowance -= 1
+        event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
+                 + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
+        self.relay.fan_out(band, event)
+        if op.get("id") is not None:
+            self.send_op(op="ack", id=op["id"])
+
+
+class Relay:
+    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint."""
+
+    def __init__(self, hub_id: str, limits: RelayLimits | None = None) -> None:
+        self.hub_id = hub_id
+        self.limits = limits or RelayLimits()
+        self.bands: dict[str, set[_Connection]] = {}
+        self.connections: set[_Connection] = set()
+        self.delivered = 0
+        self.frames_out = 0
+        self.refusals = 0
+
+    def fan_out(self, band: str, event: bytes) -> None:
+        subs = self.bands.get(band)
+        if not subs:
+            return
+        for conn in list(subs):
+            conn.push(event)
+        self.delivered += len(subs)
+
+    def unsubscribe(self, conn: _Connection, band: str) -> None:
+        conn.subs.discard(band)
+        subs = self.bands.get(band)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self.bands[band]
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """Serve one WebSocket connection until it closes or is closed."""
+        await websocket.accept()
+        conn = _Connection(self, websocket)
+        self.connections.add(conn)
+        close: _Close | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.writer)
+                nursery.start_soon(conn.ticker)
+                await conn.reader()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            close = next((e for e in leaves if isinstance(e, _Close)), None)
+            if close is None and not all(_is_disconnect(e) for e in leaves):
+                raise
+        finally:
+            for band in list(conn.subs):
+                self.unsubscribe(conn, band)
+            self.connections.discard(conn)
+        if close is not None:
+            with trio.move_on_after(2):
+                try:
+                    await websocket.close(close.code, close.reason)
+                except Exception:
+                    pass  # the peer is already gone
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    from starlette.websockets import WebSocketDisconnect
+
+    gone = (WebSocketDisconnect, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+    return isinstance(exc, gone) or type(exc).__name__ in ("ClientDisconnected", "WebSocketDisconnect")
