@@ -9,6 +9,10 @@ which is atomic, so a reader never sees half a file. On a 2-core machine the who
 the write run in a worker thread while the main thread reads and hashes chunks (hashlib and file
 I/O release the GIL), so storing costs about as much as ``sha1sum`` plus ``cp``, not two passes.
 
+We write the very bytes we hashed, from our own buffer. ``copy_file_range`` (what ``cp`` uses)
+is sometimes faster here, but it copies from the source file again, so a source modified during
+the store would be saved under a hash of different bytes and later served as verified.
+
 We do not fsync: a copy torn by a power loss is caught by verification on load (the stat
 signature recorded at store time no longer matches, so the content is rehashed), and fsync of a
 large file would cost more than the copy itself.
