@@ -60,6 +60,7 @@ class EmbeddedPubSub(PubSub):
         self._send_wake = trio.Event()
         self._recv_send, self._recv = trio.open_memory_channel[PubSubMessage | HubRequestError](math.inf)
         self.connected: dict[str, Any] = {}
+        self._closed: HubRequestError | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _queue(self, op: dict) -> None:
@@ -67,6 +68,8 @@ class EmbeddedPubSub(PubSub):
         self._send_wake.set()
 
     async def _request(self, op: dict) -> dict:
+        if self._closed is not None:
+            raise self._closed
         op_id = next(self._ids)
         event, box = trio.Event(), []
         self._pending[op_id] = (event, box)
@@ -85,7 +88,10 @@ class EmbeddedPubSub(PubSub):
             self._send_wake = trio.Event()
             batch, self._send_q = self._send_q, []
             if batch:
-                await self._ws.send_message((b"[" + b",".join(batch) + b"]").decode())
+                try:
+                    await self._ws.send_message((b"[" + b",".join(batch) + b"]").decode())
+                except trio_websocket.ConnectionClosed:
+                    return  # the reader reports why
 
     async def _reader(self) -> None:
         try:
@@ -98,6 +104,7 @@ class EmbeddedPubSub(PubSub):
             reason = exc.reason
             err = HubRequestError(400, "connection_closed",
                                   f"relay closed the connection ({reason.code}: {reason.reason})")
+            self._closed = err
             self._recv_send.send_nowait(err)
             for event, box in self._pending.values():
                 box.append({"op": "error", "code": "connection_closed", "message": str(err)})
@@ -143,6 +150,8 @@ class EmbeddedPubSub(PubSub):
         if ack:
             await self._request({"op": "publish", "band": band, "data": data})
         else:
+            if self._closed is not None:
+                raise self._closed
             self._queue({"op": "publish", "band": band, "data": data})
             await trio.lowlevel.checkpoint()
 
@@ -178,22 +187,16 @@ async def open_embedded_pubsub(credentials: dict[str, Any], renew: Renewer | Non
     With ``renew`` (a coroutine returning fresh credentials), the token is renewed in-band
     before it expires.
     """
-    with trio.fail_after(CONNECT_TIMEOUT_S):
-        ws_cm = trio_websocket.open_websocket_url(credentials["url"], max_message_size=16 << 20)
-        ws = await ws_cm.__aenter__()
-    try:
-        async with trio.open_nursery() as nursery:
-            client = EmbeddedPubSub(ws, credentials, renew)
-            nursery.start_soon(client._writer)
-            nursery.start_soon(client._reader)
-            await client.authenticate()
-            if renew is not None:
-                nursery.start_soon(client._renewer)
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            await ws_cm.__aexit__(None, None, None)
+    async with trio_websocket.open_websocket_url(
+            credentials["url"], max_message_size=16 << 20, connect_timeout=CONNECT_TIMEOUT_S,
+            disconnect_timeout=2) as ws, trio.open_nursery() as nursery:
+        client = EmbeddedPubSub(ws, credentials, renew)
+        nursery.start_soon(client._writer)
+        nursery.start_soon(client._reader)
+        await client.authenticate()
+        if renew is not None:
+            nursery.start_soon(client._renewer)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()

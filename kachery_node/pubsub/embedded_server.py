@@ -277,7 +277,11 @@ class Relay:
                 nursery.start_soon(conn.writer)
                 nursery.start_soon(conn.ticker)
                 await conn.reader()
-                nursery.cancel_scope.cancel()
+                if conn.close_request is None:
+                    nursery.cancel_scope.cancel()  # the peer went away
+                else:
+                    # Let the writer flush the refusal and raise _Close; do not wait forever.
+                    nursery.cancel_scope.deadline = trio.current_time() + 5
         except BaseException as exc:
             leaves = _leaves(exc)
             close = next((e for e in leaves if isinstance(e, _Close)), None)

@@ -1,0 +1,209 @@
+# ruff: noqa: E501
+"""The embedded relay from the outside: real hub processes, real WebSocket connections."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+import trio_websocket
+
+from kachery_node.channels.errors import HubRequestError
+from kachery_node.channels.tokens import issue_token
+from kachery_node.identity import Keypair
+from kachery_node.pubsub import open_pubsub
+
+from .conftest import Actor, HubProcess
+
+pytestmark = pytest.mark.trio
+
+
+@pytest.fixture(scope="module")
+def relay_hub(tmp_path_factory):
+    h = HubProcess(tmp_path_factory.mktemp("relayhub"), "--heartbeat", "0.5", "--max-publish-rate", "50",
+                   "--max-message-bytes", "2000")
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def short_hub(tmp_path_factory):
+    h = HubProcess(tmp_path_factory.mktemp("shorthub"), "--token-ttl", "2", "--heartbeat", "0.5")
+    yield h
+    h.stop()
+
+
+_n = iter(range(1000))
+
+
+def setup_channel(hub, roles_by_label: dict[str, list[str]]) -> tuple[str, Actor, dict[str, Actor]]:
+    owner = Actor(hub.url, "owner")
+    name = f"relay.t{next(_n)}"
+    owner.client.create_channel(name)
+    actors = {}
+    for label, roles in roles_by_label.items():
+        a = Actor(hub.url, label)
+        a.client.register_node(label)
+        a.client.request_roles(name, a.node_id, roles)
+        owner.client.grant(name, a.node_id, roles)
+        actors[label] = a
+    return name, owner, actors
+
+
+async def creds(actor: Actor, channel: str) -> dict:
+    return await trio.to_thread.run_sync(actor.client.pubsub_credentials, channel)
+
+
+async def test_fan_out_between_requesters_and_providers(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "p1": ["provide-files"], "p2": ["provide-files"]})
+    req_band, prov_band = f"{ch}-requestFiles", f"{ch}-provideFiles"
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["p1"], ch)) as p1, \
+            open_pubsub(await creds(a["p2"], ch)) as p2:
+        assert req.connected["capability"] == {req_band: ["publish"], prov_band: ["subscribe"]}
+        await req.subscribe(prov_band)
+        await p1.subscribe(req_band)
+        await p2.subscribe(req_band)
+        for i in range(20):
+            await req.publish(req_band, {"type": "requestFile", "i": i})
+        for p in (p1, p2):
+            got = [await p.receive(timeout=5) for _ in range(20)]
+            assert [m.data["i"] for m in got] == list(range(20))
+            assert {m.sender for m in got} == {a["req"].node_id} and {m.band for m in got} == {req_band}
+        await p1.publish(prov_band, {"type": "uploadFileStatus", "status": "finished"}, ack=True)
+        m = await req.receive(timeout=5)
+        assert (m.sender, m.data["status"]) == (a["p1"].node_id, "finished")
+
+
+async def test_capabilities_are_enforced_per_band(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    other, _, _b = setup_channel(relay_hub, {"x": ["provide-files"]})
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await prov.subscribe(f"{ch}-requestFiles")
+        for band in (f"{ch}-requestFiles", f"{ch}-requestFeeds", f"{other}-requestFiles", "anything"):
+            with pytest.raises(HubRequestError) as info:
+                await req.subscribe(band)
+            assert info.value.code == "capability_denied"
+        for band in (f"{ch}-provideFiles", f"{ch}-requestTasks", f"{other}-requestFiles"):
+            with pytest.raises(HubRequestError) as info:
+                await req.publish(band, {"sneaky": True}, ack=True)
+            assert info.value.code == "capability_denied"
+        await req.publish(f"{ch}-requestFiles", {"ok": 1}, ack=True)
+        m = await prov.receive(timeout=5)
+        assert m.data == {"ok": 1}  # the refused publishes were never delivered
+    assert "capability_denied" in relay_hub.log()
+
+
+async def test_oversized_messages_and_rate_limit(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await prov.subscribe(band)
+        with pytest.raises(HubRequestError) as info:
+            await req.publish(band, {"blob": "x" * 3000}, ack=True)
+        assert info.value.code == "too_large"
+        await req.publish(band, {"after": "too_large"}, ack=True)  # the connection is still fine
+        assert (await prov.receive(timeout=5)).data == {"after": "too_large"}
+        # 50/s with a burst of 100: 300 at once must hit the limit
+        for i in range(300):
+            await req.publish(band, {"i": i})
+        with pytest.raises(HubRequestError) as info:
+            async for _ in req.messages():
+                pass
+        assert info.value.code == "rate_limited"
+        received = 0
+        with trio.move_on_after(1):
+            while True:
+                await prov.receive(timeout=2)
+                received += 1
+        assert 50 <= received < 200
+    assert "rate_limited" in relay_hub.log()
+
+
+async def _expect_close(ws, within: float) -> int:
+    with trio.fail_after(within):
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason.code
+
+
+async def test_auth_is_required_and_checked(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"]})
+    good = (await creds(a["req"], ch))["token"]
+    url = "ws" + relay_hub.url[4:] + "/pubsub"
+    async with trio_websocket.open_websocket_url(url) as ws:  # publish before auth
+        await ws.send_message(orjson.dumps([{"op": "publish", "band": f"{ch}-requestFiles", "data": 1}]).decode())
+        reply = orjson.loads(await ws.get_message())[0]
+        assert (reply["op"], reply["code"]) == ("error", "invalid_token")
+        assert await _expect_close(ws, 5) == 4001
+    forged = issue_token(Keypair.generate(), node_id=a["req"].node_id, channel=ch,
+                         capability={f"{ch}-requestFiles": ["publish", "subscribe"]}, now_ms=int(trio.current_time()))
+    payload, sig = good.split(".")
+    tampered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + sig
+    for token in (forged, tampered, "garbage", 12):
+        async with trio_websocket.open_websocket_url(url) as ws:
+            await ws.send_message(orjson.dumps({"op": "auth", "token": token, "id": 1}).decode())
+            reply = orjson.loads(await ws.get_message())[0]
+            assert (reply["op"], reply["code"]) == ("error", "invalid_token"), token
+            assert await _expect_close(ws, 5) == 4001
+    async with trio_websocket.open_websocket_url(url) as ws:  # malformed frames: error, connection kept
+        await ws.send_message(orjson.dumps({"op": "auth", "token": good, "id": 1}).decode())
+        assert orjson.loads(await ws.get_message())[0]["op"] == "connected"
+        for bad in ("{nope", "[1]", '{"op": "fly"}', '{"op": "publish"}'):
+            await ws.send_message(bad)
+            while True:
+                reply = orjson.loads(await ws.get_message())[0]
+                if reply["op"] != "heartbeat":
+                    break
+            assert (reply["op"], reply["code"]) == ("error", "malformed_request"), bad
+
+
+async def test_dead_connections_are_dropped_but_live_ones_kept(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"]})
+    c = await creds(a["req"], ch)
+    url = "ws" + relay_hub.url[4:] + "/pubsub"
+    async with open_pubsub(c) as live:  # answers heartbeats automatically
+        async with trio_websocket.open_websocket_url(url) as silent:
+            await silent.send_message(orjson.dumps({"op": "auth", "token": c["token"]}).decode())
+            beats = 0
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        ops = orjson.loads(await silent.get_message())
+                        beats += sum(op["op"] == "heartbeat" for op in ops)
+                except trio_websocket.ConnectionClosed as exc:
+                    code = exc.reason.code
+            assert code == 4002 and beats >= 1
+        await live.publish(f"{ch}-requestFiles", {"still": "here"}, ack=True)
+    assert "connection presumed dead" in relay_hub.log()
+
+
+async def test_expired_token_and_in_band_renewal(short_hub):
+    ch, owner, a = setup_channel(short_hub, {"req": ["request-files", "provide-files"], "prov": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["req"], ch)) as doomed:
+        await trio.sleep(2.3)
+        with pytest.raises(HubRequestError) as info:
+            await doomed.publish(band, {"late": True}, ack=True)
+        assert info.value.code in ("expired", "token_expired", "connection_closed")
+
+    async def renew():
+        return await creds(a["req"], ch)
+
+    async with open_pubsub(await creds(a["req"], ch), renew=renew) as kept, \
+            open_pubsub(await creds(a["prov"], ch), renew=lambda: creds(a["prov"], ch)) as prov:
+        await kept.subscribe(band)
+        await prov.subscribe(band)
+        await trio.sleep(4.5)  # two token lifetimes
+        await kept.publish(band, {"renewed": True}, ack=True)
+        assert (await prov.receive(timeout=5)).data == {"renewed": True}
+        assert (await kept.receive(timeout=5)).data == {"renewed": True}  # echo: it subscribed too
+        # the owner withdraws provide-files: at the next renewal the subscription goes
+        await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, a["req"].node_id, ["provide-files"]))
+        with pytest.raises(HubRequestError) as info:
+            await kept.receive(timeout=5)
+        assert info.value.code == "unsubscribed"
+        with pytest.raises(HubRequestError) as info:
+            await kept.subscribe(band)
+        assert info.value.code == "capability_denied"
