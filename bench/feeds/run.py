@@ -207,12 +207,12 @@ def small_op_limits(cfg: dict, bodies: list[bytes]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- kachery
-def bench_single(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
+def bench_single(tmp: Path, n: int, repeat: int, durability: str = "normal") -> dict[str, Any]:
     """Durable single appends: each ``append_message`` returns after its commit. Best of
     ``repeat`` runs, each on a fresh store."""
     runs = []
     for r in range(repeat):
-        store = kf.open_store(tmp / f"single-{r}.sqlite")
+        store = kf.open_store(tmp / f"single-{durability}-{r}.sqlite", durability=durability)
         sf = store.create_feed().load_subfeed("single")
         data = [payload(i) for i in range(n)]
         sf.append_message(payload(-1))  # creates the subfeed row; not timed
@@ -661,6 +661,8 @@ def render(result: dict) -> str:
         ["kachery: batch appends building the follow subfeed",
          fmt_rate(k["follow_mem"]["build_batch_per_s"])],
         ["kachery: follow read rate (start to end)", fmt_rate(k["follow_mem"]["read_per_s"])],
+        ["kachery: single appends with durability='full' (fsync per commit)",
+         fmt_rate(k["single_appends_full_per_s"])],
     ]  # fmt: skip
     if h:
         extra += [
@@ -732,6 +734,10 @@ def main() -> None:
         lim["raw_insert_individual_per_s"] = k["raw_insert_individual_per_s"]
         log("kachery: single appends")
         k.update(bench_single(tmp, cfg["single"], cfg["repeat"]))
+        log("kachery: single appends, durability='full'")
+        k["single_appends_full_per_s"] = bench_single(tmp, cfg["single"] // 5, 1, "full")[
+            "single_appends_per_s"
+        ]
         log("kachery: batch appends")
         k.update(bench_batch(tmp, cfg["batches"], cfg["repeat"]))
         log("kachery: follow latency (2 processes)")
