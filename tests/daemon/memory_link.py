@@ -1,0 +1,190 @@
+"""An in-memory :class:`~kachery_node.daemon.link.ChannelLink` for unit tests of the exchanges.
+
+This exists to test the exchange logic (who asks, who answers, backoff, takeover, verification,
+resume) quickly and deterministically, inside one trio run and without sockets. End-to-end tests
+with the real hub, pub-sub relay and bucket, as separate processes, live elsewhere (the lead
+writes them); nothing here stands in for those.
+
+What is real: envelopes are sealed with the node's key and opened (signature, channel/band
+binding, freshness, replay) with :mod:`kachery_node.protocol.envelope` for every receiver, so
+the signing path is exercised. What is simulated:
+
+* :class:`MemoryChannel` is one channel: a dict as the bucket (``path -> bytes``; an upload
+  lands atomically when complete, like an object store), a dict as the signed membership feed
+  (``node_id -> roles``, behind :meth:`MemoryLink.may`), and a broadcast of each published
+  envelope to every attached link's handler, the sender included (as Ably echoes).
+* With ``runtime_checks=True`` (the default) delivery behaves as the daemon's channel runtime
+  is specified to: a link only hears the bands its roles subscribe to, and only from senders
+  whom the membership gives the role that publishes on that band. With ``runtime_checks=False``
+  every link hears everything, so a test can show that the exchange's own guards hold even if
+  the runtime let something through.
+* ``upload_hook(link, path)`` is awaited before an upload's bytes are written: block in it to
+  simulate a slow or killed provider, raise in it to simulate a failing one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from kachery_node.daemon.link import PARTNER_BAND, BucketObjectMissing, MessageHandler
+from kachery_node.identity import Keypair
+from kachery_node.protocol.envelope import ReplayGuard, open_envelope, seal
+
+log = logging.getLogger("tests.memory_link")
+
+_BLOCK = 1 << 20
+
+
+class MemoryChannel:
+    """One channel: bucket, membership and pub-sub in memory (see the module docstring)."""
+
+    def __init__(self, name: str, *, runtime_checks: bool = True) -> None:
+        self.name = name
+        self.runtime_checks = runtime_checks
+        self.bucket: dict[str, bytes] = {}
+        self.membership: dict[str, frozenset[str]] = {}
+        self.links: list[MemoryLink] = []
+        #: Every published message, in order: (sender node ID, band, body as sealed).
+        self.published: list[tuple[str, str, dict[str, Any]]] = []
+        #: Completed uploads: (node ID, path). And downloads: (node ID, path).
+        self.uploads: list[tuple[str, str]] = []
+        self.downloads: list[tuple[str, str]] = []
+        self.upload_hook: Callable[[MemoryLink, str], Awaitable[None]] | None = None
+        self.uploads_in_flight = 0
+        self.max_uploads_in_flight = 0
+        #: Exceptions raised by handlers (a handler should never raise; tests assert this is empty).
+        self.handler_errors: list[BaseException] = []
+
+    def join(self, keypair: Keypair, roles: Iterable[str], handler: MessageHandler | None = None,
+             *, member: bool = True) -> MemoryLink:
+        """Attach a node. ``member=False`` keeps it out of the membership (it still holds
+        ``roles`` locally, as a node with a stale or forged idea of its grants would)."""
+        link = MemoryLink(self, keypair, frozenset(roles), handler)
+        if member:
+            self.membership[keypair.public_hex] = frozenset(roles)
+        self.links.append(link)
+        return link
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Bodies of the ``requestFile`` messages published so far."""
+        return [b for _s, band, b in self.published
+                if band == "request-files" and b["type"] == "requestFile"]
+
+    def statuses(self, status: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(sender, body) of the ``uploadStatus`` messages, optionally of one status."""
+        return [(s, b) for s, band, b in self.published
+                if band == "provide-files" and b["type"] == "uploadStatus"
+                and (status is None or b["status"] == status)]
+
+    async def _deliver(self, raw: bytes, band: str) -> None:
+        for link in list(self.links):
+            if link.handler is None or not link.attached:
+                continue
+            try:
+                env = open_envelope(raw, channel=self.name, band=band)
+                link.replay_guard.check(env)
+            except Exception as exc:  # a forged or replayed message: what a runtime would drop
+                self.handler_errors.append(exc)
+                continue
+            if self.runtime_checks:
+                if not any(PARTNER_BAND[r] == band for r in link.roles):
+                    continue  # not subscribed to that band
+                if band not in self.membership.get(env.sender, frozenset()):
+                    continue  # the sender may not publish there
+            try:
+                await link.handler(link, band, env)
+            except Exception as exc:
+                log.exception("handler of %s failed", link.node_id[:12])
+                self.handler_errors.append(exc)
+
+
+class MemoryLink:
+    """One node's view of a :class:`MemoryChannel`; implements ChannelLink."""
+
+    def __init__(self, channel: MemoryChannel, keypair: Keypair, roles: frozenset[str],
+                 handler: MessageHandler | None) -> None:
+        self.hub = channel
+        self.channel = channel.name
+        self.keypair = keypair
+        self.node_id = keypair.public_hex
+        self.roles = roles
+        self.handler = handler
+        self.attached = True
+        self.replay_guard = ReplayGuard()
+
+    def detach(self) -> None:
+        """The node went away: it hears nothing more and cannot publish or upload."""
+        self.attached = False
+
+    def _check_attached(self) -> None:
+        if not self.attached:
+            raise ConnectionError(f"node {self.node_id[:12]} is detached from {self.channel}")
+
+    async def publish(self, band: str, body: dict[str, Any]) -> None:
+        self._check_attached()
+        if band not in self.roles:  # a band is named after the role that publishes on it
+            raise PermissionError(f"this node may not publish on {self.channel}/{band}")
+        raw = seal(self.keypair, channel=self.channel, band=band, body=body)
+        sealed = open_envelope(raw, channel=self.channel, band=band).body
+        self.hub.published.append((self.node_id, band, sealed))
+        await self.hub._deliver(raw, band)
+
+    def may(self, node_id: str, role: str) -> bool:
+        return role in self.hub.membership.get(node_id, frozenset())
+
+    async def bucket_head(self, path: str) -> int | None:
+        await anyio.lowlevel.checkpoint()
+        data = self.hub.bucket.get(path)
+        return None if data is None else len(data)
+
+    async def bucket_get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        try:
+            data = self.hub.bucket[path]
+        except KeyError:
+            raise BucketObjectMissing(path) from None
+        return data[start or 0 : len(data) if end is None else end]
+
+    async def bucket_download(self, path: str, dest: Path,
+                              progress: Callable[[int, int], None] | None = None) -> int:
+        try:
+            data = self.hub.bucket[path]
+        except KeyError:
+            raise BucketObjectMissing(path) from None
+        with open(dest, "xb") as f:
+            for pos in range(0, len(data), _BLOCK):
+                f.write(data[pos : pos + _BLOCK])
+                if progress:
+                    progress(min(pos + _BLOCK, len(data)), len(data))
+                await anyio.lowlevel.checkpoint()
+        self.hub.downloads.append((self.node_id, path))
+        return len(data)
+
+    async def upload(self, path: str, data: bytes | Path, *,
+                     progress: Callable[[int, int], None] | None = None) -> None:
+        self._check_attached()
+        if "provide-files" not in self.roles or not self.may(self.node_id, "provide-files"):
+            raise PermissionError(f"no upload URL: {self.node_id[:12]} lacks provide-files")
+        if not path.startswith(f"{self.channel}/sha1/"):
+            raise PermissionError(f"no upload URL for {path} on channel {self.channel}")
+        content = data.read_bytes() if isinstance(data, Path) else bytes(data)
+        self.hub.uploads_in_flight += 1
+        self.hub.max_uploads_in_flight = max(self.hub.max_uploads_in_flight,
+                                             self.hub.uploads_in_flight)
+        try:
+            if self.hub.upload_hook is not None:
+                await self.hub.upload_hook(self, path)
+            for pos in range(0, len(content), _BLOCK):
+                if progress:
+                    progress(min(pos + _BLOCK, len(content)), len(content))
+                await anyio.lowlevel.checkpoint()
+            self._check_attached()
+            self.hub.bucket[path] = content
+            self.hub.uploads.append((self.node_id, path))
+        finally:
+            self.hub.uploads_in_flight -= 1
