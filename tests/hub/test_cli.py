@@ -1,0 +1,122 @@
+"""The hub commands as a person runs them: `kachery hub|channel|node join|leave` in real processes.
+
+The README section "Start a hub and create a channel" is run here command by command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import kachery_feeds as kf
+from kachery_node.channels import Membership
+
+from .conftest import KACHERY, HubProcess
+
+ROOT = Path(__file__).parents[2]
+
+
+def readme_section() -> str:
+    """The section as pasted into README.md, or the draft until the lead pastes it."""
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"## Start a hub and create a channel\n(.*?)(?=\n## |\Z)", readme, re.S)
+    if m:
+        return m.group(1)
+    return (ROOT / ".team" / "README-hub-section.md").read_text()
+
+
+class Person:
+    def __init__(self, root: Path, name: str, hub_url: str) -> None:
+        self.env = {**os.environ, "KACHERY_STORAGE_DIR": str(root / name / "storage"),
+                    "KACHERY_USER_DIR": str(root / name / "user"), "KACHERY_HUB_URL": hub_url}
+        self.storage = root / name / "storage"
+        self.run("init", "--label", name)
+        self.node_id = json.loads(self.run("info", "--json").stdout)["node_id"]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run([KACHERY, *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if check and p.returncode != 0:
+            raise AssertionError(f"kachery {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def shell(self, line: str, **subst: str) -> subprocess.CompletedProcess:
+        for k, v in subst.items():
+            line = line.replace(k, v)
+        args = line.split()
+        assert args[0] == "kachery", line
+        return self.run(*args[1:])
+
+
+def test_readme_section_commands(tmp_path):
+    text = readme_section()
+    commands = [ln.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                for ln in block.splitlines() if ln.strip().startswith("kachery ")]
+    serve = [c for c in commands if c.startswith("kachery hub serve")]
+    assert serve, "the section starts a hub"
+    hub = HubProcess(tmp_path / "kachery-hub")  # same command, on a free port
+    try:
+        owner = Person(tmp_path, "owner", hub.url)
+        # in the README one person is both the channel owner and the node owner
+        outputs = {}
+        for cmd in commands:
+            if cmd in serve:
+                continue
+            outputs[cmd] = owner.shell(cmd, NODE_ID=owner.node_id).stdout
+        login = next(v for k, v in outputs.items() if k.startswith("kachery hub login"))
+        assert re.search(rf"{re.escape(hub.url)}/login/\S+", login)
+        show = next(v for k, v in outputs.items() if k.startswith("kachery channel show"))
+        assert "effective: request-files provide-files" in show
+    finally:
+        hub.stop()
+
+
+def test_join_verify_grant_revoke_leave(tmp_path, hub):
+    owner = Person(tmp_path, "owner", hub.url)
+    member = Person(tmp_path, "member", hub.url)
+    mallory = Person(tmp_path, "mallory", hub.url)
+    owner.run("channel", "create", "cli.test")
+    out = json.loads(member.run("node", "join", "cli.test", "--roles", "request-files provide-feeds",
+                                "--json").stdout)
+    assert out["requested"] == ["request-files", "provide-feeds"] and out["effective"] == []
+    entry = json.loads((member.storage / "channels.json").read_text())["channels"]["cli.test"]
+    assert entry["hub_id"] == hub.hub_id and entry["roles"] == ["request-files", "provide-feeds"]
+    r = json.loads(owner.run("channel", "grant", "cli.test", member.node_id, "request-files",
+                             "provide-files", "--json").stdout)
+    assert r["effective"] == ["request-files"]
+    # the node's own feed store now verifies the signed membership it fetches
+    out = json.loads(member.run("node", "join", "cli.test", "--roles", "request-files", "--json").stdout)
+    assert out["effective"] == ["request-files"] and out["granted"] == ["request-files", "provide-files"]
+    store = kf.open_store(member.storage / "feeds.db")
+    m = Membership.from_subfeed(store.load_subfeed(f"feed://{entry['feed_id']}/membership"), "cli.test")
+    assert m.may(member.node_id, "request-files") and not m.may(member.node_id, "provide-files")
+
+    listed = json.loads(member.run("channel", "list", "--json").stdout)
+    assert [c["channel"] for c in listed] == ["cli.test"] and listed[0]["is_owner"] is False
+    # a non-owner cannot grant: clear message, exit status 1, nothing changes
+    p = mallory.run("channel", "grant", "cli.test", mallory.node_id, "provide-files", check=False)
+    assert p.returncode == 1 and "only the owner" in p.stderr
+    p = member.run("channel", "grant", "cli.test", member.node_id, "provide-files", check=False)
+    assert p.returncode == 1
+    p = owner.run("channel", "grant", "cli.test", member.node_id, "be-admin", check=False)
+    assert p.returncode == 2 and "be-admin" in p.stderr
+    p = member.run("node", "join", "cli.test", "--roles", "fly", check=False)
+    assert p.returncode == 2
+    p = member.run("node", "join", "no.such", "--roles", "request-files", check=False)
+    assert p.returncode == 1 and "no channel named" in p.stderr
+    show = json.loads(owner.run("channel", "show", "cli.test", "--json").stdout)
+    assert show["members"][0]["granted"] == ["request-files", "provide-files"]
+
+    r = json.loads(owner.run("channel", "revoke", "cli.test", member.node_id, "request-files",
+                             "--json").stdout)
+    assert r["effective"] == []
+    member.run("node", "leave", "cli.test")
+    assert "cli.test" not in json.loads((member.storage / "channels.json").read_text())["channels"]
+    show = json.loads(owner.run("channel", "show", "cli.test", "--json").stdout)
+    assert show["members"][0]["requested"] == []
+    owner.run("channel", "delete", "cli.test", "--yes")
+    assert json.loads(owner.run("channel", "list", "--json").stdout) == []
+    p = owner.run("channel", "show", "cli.test", check=False)
+    assert p.returncode == 1 and "no channel named" in p.stderr
