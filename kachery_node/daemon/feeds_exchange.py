@@ -48,7 +48,7 @@ log = logging.getLogger("kachery.feeds")
 RENEW_SECONDS = 20.0
 SUBSCRIPTION_TTL_SECONDS = 60.0
 INLINE_MAX_MESSAGES = 200
-INLINE_MAX_BYTES = 200_000
+INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by default
 BUCKET_DEBOUNCE_SECONDS = 0.5
 CATCH_UP_TIMEOUT_SECONDS = 60.0
 
@@ -75,7 +75,13 @@ class _Followed:
     feed_id: str
     subfeed_hash: str
     links: list[ChannelLink] = field(default_factory=list)
-    needs_catch_up: anyio.Event = field(default_factory=anyio.Event)
+    #: channel -> event set when that channel's follower should catch up now (not at renewal)
+    nudges: dict[str, anyio.Event] = field(default_factory=dict)
+
+    def nudge(self, channel: str | None = None) -> None:
+        for name, event in self.nudges.items():
+            if channel in (None, name):
+                event.set()
 
 
 class FeedExchange:
@@ -116,6 +122,11 @@ class FeedExchange:
     def followed(self) -> list[tuple[str, str]]:
         return list(self._followed)
 
+    def on_reconnect(self, link: ChannelLink) -> None:
+        """A channel came (back) up: every follower on it catches up and re-subscribes now."""
+        for followed in self._followed.values():
+            followed.nudge(link.channel)
+
     async def _follow_on(self, followed: _Followed, link: ChannelLink) -> None:
         """Catch up from the bucket, then keep a subscription alive on one channel."""
         if "request-feeds" not in link.roles:
@@ -127,6 +138,8 @@ class FeedExchange:
             return
         subfeed = self.store.load_feed(followed.feed_id).load_subfeed("~" + followed.subfeed_hash)
         while True:
+            # Made before catching up, so a nudge that arrives meanwhile is not lost.
+            nudge = followed.nudges[link.channel] = anyio.Event()
             await self._catch_up_from_bucket(link, subfeed)
             try:
                 await link.publish(
@@ -141,8 +154,7 @@ class FeedExchange:
             except Exception as exc:  # the runtime reconnects; we try again at the next renewal
                 log.info("subscribe on %s failed (%s); retrying", link.channel, exc)
             with anyio.move_on_after(RENEW_SECONDS):
-                await followed.needs_catch_up.wait()
-                followed.needs_catch_up = anyio.Event()
+                await nudge.wait()
 
     async def _catch_up_from_bucket(self, link: ChannelLink, subfeed: kf.Subfeed) -> int:
         """Import what the channel's bucket has beyond the local end; returns how many were new."""
@@ -202,7 +214,7 @@ class FeedExchange:
             if followed and type(count) is int:
                 sf = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
                 if count > sf.get_num_local_messages():
-                    followed.needs_catch_up.set()
+                    followed.nudge(link.channel)
 
     async def _on_new_messages(
         self, link: ChannelLink, env: Envelope, feed_id: str, subfeed_hash: str
@@ -218,7 +230,7 @@ class FeedExchange:
         try:
             sf.add_signed_messages([x.encode() for x in lines])
         except kf.MissingMessagesError:
-            followed.needs_catch_up.set()  # a gap: fill it from the bucket, then re-subscribe
+            followed.nudge(link.channel)  # a gap: fill it from the bucket, then re-subscribe
         except kf.ForkError as exc:
             log.error("FORK in %s reported by %s: %s", sf.uri, env.sender[:12], exc)
         except kf.VerificationError as exc:
@@ -288,7 +300,7 @@ class FeedExchange:
             "subfeed_hash": incoming.subfeed_hash,
             "messages": batch,
         }
-        if len(orjson.dumps(body)) > INLINE_MAX_BYTES * 1.2:
+        if len(orjson.dumps(body)) > INLINE_MAX_BYTES + 8_000:
             # Too big for one pub-sub message (e.g. one huge batch): announce the bucket instead.
             sf = self.store.load_feed(incoming.feed_id).load_subfeed("~" + incoming.subfeed_hash)
             await self._update_bucket(incoming.link, sf)

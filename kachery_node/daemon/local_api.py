@@ -43,8 +43,10 @@ from starlette.routing import Route
 import kachery_feeds
 
 from ..config import NodeConfig
+from ..errors import KacheryError
 from ..storage import Storage
 from .changes import ChangeBroadcaster
+from .node_runtime import NodeRuntime, NotJoinedError
 from .tokens import token_matches
 
 log = logging.getLogger("kachery.daemon.api")
@@ -67,7 +69,7 @@ class DaemonContext:
     changes: ChangeBroadcaster
     shutdown: anyio.Event = field(default_factory=anyio.Event)
     started_at: float = field(default_factory=time.time)
-    channels: list[dict[str, Any]] = field(default_factory=list)
+    node: NodeRuntime | None = None
 
 
 class ApiError(Exception):
@@ -90,8 +92,11 @@ def _token_of(request: Request) -> str | None:
 def _require(ctx: DaemonContext, request: Request, level: str) -> None:
     token = _token_of(request)
     if token is None:
-        raise ApiError(401, "missing token: send 'Authorization: Bearer <token>' "
-                            f"(the token is in {ctx.storage.directory}/daemon-token)")
+        raise ApiError(
+            401,
+            "missing token: send 'Authorization: Bearer <token>' "
+            f"(the token is in {ctx.storage.directory}/daemon-token)",
+        )
     if token_matches(token, ctx.client_token):
         return
     if level == "browser" and token_matches(token, ctx.browser_token):
@@ -107,6 +112,29 @@ def _subfeed(ctx: DaemonContext, request: Request) -> kachery_feeds.Subfeed:
         return ctx.storage.feeds.load_subfeed(uri)
     except kachery_feeds.InvalidUriError as exc:
         raise ApiError(400, str(exc)) from exc
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _channel_arg(body: dict[str, Any]) -> str | None:
+    channel = body.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise ApiError(400, "'channel' must be a channel name")
+    return channel
+
+
+def _node(ctx: DaemonContext) -> NodeRuntime:
+    if ctx.node is None:
+        raise ApiError(503, "the daemon's network side is not running")
+    return ctx.node
 
 
 def _int_param(request: Request, name: str, default: int | None) -> int | None:
@@ -132,23 +160,27 @@ def build_app(ctx: DaemonContext) -> Starlette:
     """The ASGI application serving the local API for ``ctx``."""
 
     async def probe(request: Request) -> Response:
-        return _json({"ok": True, "kachery_daemon": True, "api_version": API_VERSION,
-                      "node_id": ctx.config.node_id})
+        return _json(
+            {"ok": True, "kachery_daemon": True, "api_version": API_VERSION, "node_id": ctx.config.node_id}
+        )
 
     async def status(request: Request) -> Response:
         _require(ctx, request, "client")
-        return _json({
-            "node_id": ctx.config.node_id,
-            "label": ctx.config.label,
-            "owner": ctx.config.owner,
-            "storage_dir": str(ctx.storage.directory),
-            "uptime_s": round(time.time() - ctx.started_at, 3),
-            "channels": ctx.channels,
-        })
+        return _json(
+            {
+                "node_id": ctx.config.node_id,
+                "label": ctx.config.label,
+                "owner": ctx.config.owner,
+                "storage_dir": str(ctx.storage.directory),
+                "uptime_s": round(time.time() - ctx.started_at, 3),
+                "channels": ctx.node.describe_channels() if ctx.node else [],
+            }
+        )
 
     async def stop(request: Request) -> Response:
         _require(ctx, request, "client")
         log.info("stop requested through the local API")
+
         # Shut down after the answer is sent, so the caller sees it succeed.
         async def shut_down() -> None:
             ctx.shutdown.set()
@@ -161,9 +193,13 @@ def build_app(ctx: DaemonContext) -> Starlette:
         start = _int_param(request, "start", 0)
         end = _int_param(request, "end", None)
         records = sf.get_records(start, end)
-        body = b'{"uri":' + orjson.dumps(sf.uri) + b',"messages":[' + b",".join(
-            _record_json(r) for r in records
-        ) + b"]}"
+        body = (
+            b'{"uri":'
+            + orjson.dumps(sf.uri)
+            + b',"messages":['
+            + b",".join(_record_json(r) for r in records)
+            + b"]}"
+        )
         return Response(body, media_type="application/json")
 
     async def stream(request: Request) -> Response:
@@ -182,9 +218,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
                 changed = ctx.changes.current()
                 records = sf.get_records(position, position + STREAM_PAGE)
                 if records:
-                    chunk = b"".join(
-                        b"id: %d\ndata: %s\n\n" % (r.number, _record_json(r)) for r in records
-                    )
+                    chunk = b"".join(b"id: %d\ndata: %s\n\n" % (r.number, _record_json(r)) for r in records)
                     position = records[-1].number + 1
                     yield chunk
                     continue
@@ -199,6 +233,54 @@ def build_app(ctx: DaemonContext) -> Starlette:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def follow(request: Request) -> Response:
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        try:
+            parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
+        except kachery_feeds.InvalidUriError as exc:
+            raise ApiError(400, str(exc)) from exc
+        if parsed.subfeed_hash is None:
+            raise ApiError(400, "follow needs a subfeed URI (feed://<feedId>/<subfeed>)")
+        if ctx.storage.feeds.has_private_key(parsed.feed_id):
+            return _json({"following": [], "local": True})
+        channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
+        return _json({"following": channels, "local": False})
+
+    async def fetch_file(request: Request) -> Response:
+        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        uri = body.get("uri")
+        if not isinstance(uri, str):
+            raise ApiError(400, "missing 'uri'")
+        links = _node(ctx).links(_channel_arg(body))
+        send, receive = anyio.create_memory_object_stream[bytes](100)
+
+        def progress(done: int, total: int) -> None:
+            try:
+                send.send_nowait(orjson.dumps({"type": "progress", "done": done, "total": total}) + b"\n")
+            except anyio.WouldBlock:
+                pass  # the client reads slowly: skip a progress line rather than block
+
+        async def run_fetch() -> None:
+            async with send:
+                try:
+                    path = await _node(ctx).files.fetch(links, uri, progress=progress)
+                    line = {"type": "finished", "path": path}
+                except KacheryError as exc:
+                    line = {"type": "error", "error": str(exc), "kind": type(exc).__name__}
+                await send.send(orjson.dumps(line) + b"\n")
+
+        async def lines():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_fetch)
+                async with receive:
+                    async for line in receive:
+                        yield line
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
     async def viewer(request: Request) -> Response:
         html = resources.files("kachery_node.daemon").joinpath("viewer.html").read_text()
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
@@ -209,17 +291,19 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/stop", stop, methods=["POST"]),
         Route("/api/feeds/messages", messages, methods=["GET"]),
         Route("/api/feeds/stream", stream, methods=["GET"]),
+        Route("/api/feeds/follow", follow, methods=["POST"]),
+        Route("/api/files/fetch", fetch_file, methods=["POST"]),
         Route("/viewer", viewer, methods=["GET"]),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc)
-        return _json({"error": str(exc)}, status=exc.status)
+        status = exc.status if isinstance(exc, ApiError) else 404 if isinstance(exc, NotJoinedError) else 400
+        log.info("%s %s -> %d %s", request.method, request.url.path, status, exc)
+        return _json({"error": str(exc), "kind": type(exc).__name__}, status=status)
 
     app = Starlette(
         routes=routes,
-        exception_handlers={ApiError: api_error},
+        exception_handlers={ApiError: api_error, KacheryError: api_error},
         middleware=[
             Middleware(
                 CORSMiddleware,
@@ -251,4 +335,3 @@ class _LoopbackOnly:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-

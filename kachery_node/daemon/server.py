@@ -27,6 +27,7 @@ from ..storage import Storage
 from .changes import ChangeBroadcaster
 from .errors import DaemonError
 from .local_api import DaemonContext, build_app
+from .node_runtime import NodeRuntime
 from .tokens import load_or_create_tokens
 
 log = logging.getLogger("kachery.daemon")
@@ -59,8 +60,7 @@ class _Lock:
         except BlockingIOError:
             os.close(self._fd)
             raise DaemonError(
-                f"another kachery daemon is already running for {path.parent} "
-                "(see `kachery node status`)"
+                f"another kachery daemon is already running for {path.parent} (see `kachery node status`)"
             ) from None
 
     def release(self) -> None:
@@ -96,15 +96,22 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         server_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ctx.changes.run)
+            ctx.node = NodeRuntime(storage, config, ctx.changes)
+            await nursery.start(ctx.node.run)
             nursery.start_soon(_watch_signals, ctx)
             try:
                 binds = await nursery.start(_serve_http, build_app(ctx), hc, ctx, server_done)
             except OSError as exc:
                 raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-            info_path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port,
-                                             "node_id": config.node_id}))
-            log.info("kachery daemon for node %s (%s) listening on %s", config.node_id[:12],
-                     config.label, ", ".join(binds))
+            info_path.write_text(
+                json.dumps({"pid": os.getpid(), "host": host, "port": port, "node_id": config.node_id})
+            )
+            log.info(
+                "kachery daemon for node %s (%s) listening on %s",
+                config.node_id[:12],
+                config.label,
+                ", ".join(binds),
+            )
             await ctx.shutdown.wait()
             log.info("shutting down")
             with trio.move_on_after(hc.graceful_timeout + 2):
@@ -121,8 +128,9 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         log.info("stopped")
 
 
-async def _serve_http(app, hc, ctx: DaemonContext, done: trio.Event, *,
-                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _serve_http(
+    app, hc, ctx: DaemonContext, done: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     try:
         await hypercorn.trio.serve(app, hc, shutdown_trigger=ctx.shutdown.wait, task_status=task_status)
     finally:
@@ -143,4 +151,5 @@ def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> 
         level=os.environ.get("KACHERY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the log
     trio.run(serve, storage_dir, host, port)

@@ -1,0 +1,321 @@
+"""One joined channel inside the daemon: credentials, pub-sub connection, bucket, membership.
+
+:class:`ChannelRuntime` implements :class:`~kachery_node.daemon.link.ChannelLink` for the
+exchanges. Its :meth:`run` task (one per channel, in the daemon's nursery) loops forever:
+
+1. fetch and verify the channel's signed membership feed from the hub (kachery_feeds), and
+   work out this node's effective roles from it (not from what the hub says);
+2. get a pub-sub token for exactly those roles' bands and connect; subscribe to the bands the
+   roles listen on; the token is renewed in-band before it expires;
+3. receive: every message is opened as a signed envelope (signature, channel, band, time,
+   replay) and dropped unless its sender holds the role that publishes on that band in the
+   verified membership; then it is handed to the exchanges;
+4. meanwhile refresh the membership every :data:`MEMBERSHIP_REFRESH_SECONDS`, so a node removed
+   from the channel stops being served quickly.
+
+Any failure (hub, relay or network down) is logged and retried with exponential backoff
+(:data:`BACKOFF_MAX_SECONDS`); after reconnecting, the exchanges' ``on_reconnect`` hooks catch
+up on what was missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import trio
+import trio_websocket
+
+import kachery_feeds as kf
+
+from ..bucket.embedded import HttpBucket
+from ..channels.errors import HubRequestError
+from ..channels.membership import Membership, MembershipError
+from ..channels.roles import ROLE_BANDS, band_name, split_band_name
+from ..errors import KacheryError, NotFoundError
+from ..hub.client import HubClient
+from ..identity import Keypair
+from ..protocol.envelope import EnvelopeError, ReplayGuard, open_envelope, seal
+from ..pubsub.embedded import open_embedded_pubsub
+from .link import BucketObjectMissing, MessageHandler, ProgressCallback
+
+log = logging.getLogger("kachery.channel")
+
+MEMBERSHIP_REFRESH_SECONDS = 10.0
+MEMBERSHIP_MIN_REFRESH_SECONDS = 1.0
+BACKOFF_MIN_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+# "requestFiles" -> "request-files": the exchanges name bands after the role publishing on them.
+_ROLE_OF_BAND = {bands[0]: role for role, bands in ROLE_BANDS.items()}
+
+
+class ChannelRuntime:
+    """A joined channel, kept connected by :meth:`run`."""
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        entry: dict[str, Any],
+        node_key: Keypair,
+        store: kf.Store,
+        handlers: list[MessageHandler],
+        on_connected: Callable[[ChannelRuntime], Awaitable[None]] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.node_id = node_key.public_hex
+        self.keypair = node_key
+        self.hub_url: str = entry["hub_url"]
+        self.membership_feed_id: str = entry["feed_id"]
+        self.roles: frozenset[str] = frozenset()
+        self.membership: Membership | None = None
+        self.state = "starting"
+        self.connected_since: float | None = None
+        self._store = store
+        self._handlers = handlers
+        self._on_connected = on_connected
+        self._hub = HubClient(self.hub_url, node_key=node_key)
+        self._pubsub = None
+        self._bucket: HttpBucket | None = None
+        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        self._replays = ReplayGuard()
+        self._last_refresh = 0.0
+        self.connected = anyio.Event()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``kachery node status`` shows about this channel."""
+        return {
+            "name": self.channel,
+            "hub": self.hub_url,
+            "state": self.state,
+            "roles": sorted(self.roles),
+            "members": len(self.membership.nodes()) if self.membership else 0,
+        }
+
+    # ------------------------------------------------------------------ ChannelLink
+    def may(self, node_id: str, role: str) -> bool:
+        return self.membership is not None and self.membership.may(node_id, role)
+
+    async def publish(self, band: str, body: dict[str, Any]) -> None:
+        if band not in self.roles:
+            raise PermissionError(
+                f"this node may not publish on {self.channel}/{band} "
+                f"(its roles there: {' '.join(sorted(self.roles)) or 'none'})"
+            )
+        if self._pubsub is None:
+            raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
+        data = seal(self.keypair, channel=self.channel, band=band, body=body)
+        await self._pubsub.publish(band_name(self.channel, ROLE_BANDS[band][0]), data.decode())
+
+    def _require_bucket(self) -> HttpBucket:
+        if self._bucket is None:
+            raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
+        return self._bucket
+
+    async def bucket_head(self, path: str) -> int | None:
+        info = await self._require_bucket().head(path)
+        return None if info is None else info.size
+
+    async def bucket_get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        try:
+            return await self._require_bucket().get(path, start, end)
+        except NotFoundError:
+            raise BucketObjectMissing(path) from None
+
+    async def bucket_download(self, path: str, dest: Path, progress: ProgressCallback | None = None) -> int:
+        url = self._require_bucket().url(path)
+        done = 0
+        async with self._http.stream("GET", url) as resp:
+            if resp.status_code == 404:
+                raise BucketObjectMissing(path)
+            if resp.status_code >= 400:
+                raise HubRequestError(resp.status_code, "http_error", f"GET {path}: HTTP {resp.status_code}")
+            total = int(resp.headers.get("content-length", 0))
+            with open(dest, "xb") as f:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        return done
+
+    async def upload(
+        self, path: str, data: bytes | Path, *, progress: ProgressCallback | None = None
+    ) -> None:
+        prefix = self.channel + "/"
+        relative = path[len(prefix) :] if path.startswith(prefix) else path
+        size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+        (url,) = await trio.to_thread.run_sync(
+            lambda: self._hub.upload_urls(self.channel, [{"path": relative, "size": size}])
+        )
+        if isinstance(data, bytes):
+            content: Any = data
+        else:
+            content = _file_chunks(Path(data), size, progress)
+        resp = await self._http.put(
+            url,
+            content=content,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise HubRequestError(resp.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise HubRequestError(
+                    resp.status_code, "http_error", f"PUT {path}: HTTP {resp.status_code}"
+                ) from None
+        if progress and isinstance(data, bytes):
+            progress(size, size)
+
+    # ------------------------------------------------------------------ running
+    async def refresh_membership(self) -> None:
+        """Fetch new membership messages (verified into the local store) and recompute roles."""
+        membership = await trio.to_thread.run_sync(
+            self._hub.fetch_membership, self.channel, self._store, self.membership_feed_id
+        )
+        roles = frozenset(membership.roles_of(self.node_id))
+        if roles != self.roles:
+            log.info("%s: this node's roles are now %s", self.channel, " ".join(sorted(roles)) or "none")
+        self.membership, self.roles = membership, roles
+        self._last_refresh = time.monotonic()
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, reconnecting with backoff."""
+        backoff = BACKOFF_MIN_SECONDS
+        while True:
+            started = time.monotonic()
+            try:
+                await self._connect_and_serve()
+            except (
+                HubRequestError,
+                KacheryError,
+                OSError,
+                trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed,
+                trio.TooSlowError,
+                kf.FeedError,
+                MembershipError,
+                httpx.HTTPError,
+            ) as exc:
+                self.state = f"reconnecting ({type(exc).__name__}: {exc})"
+                log.warning("%s: %s; retrying in %.1f s", self.channel, exc, backoff)
+            finally:
+                self._pubsub = None
+                self.connected_since = None
+                if self.connected.is_set():
+                    self.connected = anyio.Event()  # the next connection sets a fresh one
+            if time.monotonic() - started > 60:
+                backoff = BACKOFF_MIN_SECONDS  # it had been working: start over quickly
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    async def _connect_and_serve(self) -> None:
+        self.state = "fetching membership"
+        await self.refresh_membership()
+        info = await trio.to_thread.run_sync(self._hub.channel_info, self.channel)
+        if self._bucket is None or self._bucket.base_url != info["bucket_url"].rstrip("/"):
+            self._bucket = HttpBucket(info["bucket_url"], self._http)
+        if not self.roles:
+            self.state = "no effective roles (ask the channel owner to grant some)"
+            await trio.sleep(MEMBERSHIP_REFRESH_SECONDS)
+            return
+        self.state = "connecting to pub-sub"
+        credentials = await trio.to_thread.run_sync(self._hub.pubsub_credentials, self.channel)
+
+        async def renew() -> dict[str, Any]:
+            return await trio.to_thread.run_sync(self._hub.pubsub_credentials, self.channel)
+
+        async with open_embedded_pubsub(credentials, renew=renew) as pubsub:
+            for role in sorted(self.roles):
+                await pubsub.subscribe(band_name(self.channel, ROLE_BANDS[role][1]))
+            self._pubsub = pubsub
+            self.state = "connected"
+            self.connected_since = time.monotonic()
+            log.info("%s: connected as %s", self.channel, " ".join(sorted(self.roles)))
+            self.connected.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresh_loop, nursery.cancel_scope)
+                if self._on_connected is not None:
+                    nursery.start_soon(self._on_connected, self)
+                async for message in pubsub.messages():
+                    await self._dispatch(message, nursery)
+                raise ConnectionError("the relay closed the connection")
+
+    async def _refresh_loop(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(MEMBERSHIP_REFRESH_SECONDS)
+            before = self.roles
+            await self.refresh_membership()
+            if self.roles != before:
+                scope.cancel()  # reconnect, for a token matching the new roles
+                return
+
+    async def _dispatch(self, message: Any, nursery: trio.Nursery) -> None:
+        try:
+            short = split_band_name(message.band, self.channel)
+            band = _ROLE_OF_BAND[short]
+            if not isinstance(message.data, str):
+                raise EnvelopeError("message data is not a string")
+            env = open_envelope(message.data.encode(), channel=self.channel, band=band)
+            if env.sender != message.sender:
+                raise EnvelopeError(
+                    f"relay says {message.sender[:12]}… sent a message signed by {env.sender[:12]}…"
+                )
+            self._replays.check(env)
+        except (EnvelopeError, KacheryError, KeyError) as exc:
+            log.info("%s: dropped a message: %s", self.channel, exc)
+            return
+        if not self.may(env.sender, band) and not await self._may_after_refresh(env.sender, band):
+            log.info(
+                "%s: dropped %s from %s: it may not publish on %s",
+                self.channel,
+                env.type,
+                env.sender[:12],
+                band,
+            )
+            return
+        for handler in self._handlers:
+            # Each handler runs as its own task: a slow upload must not hold up the next message.
+            nursery.start_soon(_guarded, handler, self, band, env)
+
+    async def _may_after_refresh(self, node_id: str, role: str) -> bool:
+        """Re-read the membership (at most every MEMBERSHIP_MIN_REFRESH_SECONDS) and ask again:
+        a node granted a role a moment ago must not wait for the periodic refresh."""
+        now = time.monotonic()
+        if now - self._last_refresh < MEMBERSHIP_MIN_REFRESH_SECONDS:
+            return False
+        try:
+            await self.refresh_membership()
+        except (HubRequestError, KacheryError, OSError) as exc:
+            log.info("%s: membership refresh failed: %s", self.channel, exc)
+            return False
+        return self.may(node_id, role)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        self._hub.close()
+
+
+async def _guarded(handler: MessageHandler, link: ChannelRuntime, band: str, env: Any) -> None:
+    try:
+        await handler(link, band, env)
+    except Exception:
+        log.exception("%s: handler failed on %s from %s", link.channel, env.type, env.sender[:12])
+
+
+async def _file_chunks(path: Path, size: int, progress: ProgressCallback | None):
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := await trio.to_thread.run_sync(f.read, 1 << 20):
+            done += len(chunk)
+            if progress:
+                progress(done, size)
+            yield chunk
