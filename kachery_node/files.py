@@ -5,13 +5,16 @@ Theory of operation
 Storing a file reads it once. Each block is hashed (whole-file SHA-1, and per-20 MB-chunk SHA-1
 when the file is large enough to need a manifest) and written to a temporary file in
 ``<storage>/tmp/``; at the end the temporary file is renamed into ``sha1/aa/bb/cc/<sha1>``,
-which is atomic, so a reader never sees half a file. On a 2-core machine the whole-file hash and
-the write run in a worker thread while the main thread reads and hashes chunks (hashlib and file
-I/O release the GIL), so storing costs about as much as ``sha1sum`` plus ``cp``, not two passes.
+which is atomic, so a reader never sees half a file. Copying and the two hashes run in parallel
+threads (hashlib and file I/O release the GIL), so storing costs about as much as ``sha1sum``
+plus ``cp``, not two passes.
 
-We write the very bytes we hashed, from our own buffer. ``copy_file_range`` (what ``cp`` uses)
-is sometimes faster here, but it copies from the source file again, so a source modified during
-the store would be saved under a hash of different bytes and later served as verified.
+Large files from a path are copied inside the kernel (``copy_file_range``, as ``cp`` does;
+about 1.5x faster than read+write on our VMs) and the hash is computed over the bytes read back
+from the copy, so what is hashed is exactly what is stored even if the source is modified
+meanwhile (hashing the source instead could file a copy under the hash of other bytes, and it
+would then be served as verified). Elsewhere (streams, old kernels) the bytes are read into our
+buffer, hashed and written from that same buffer.
 
 We do not fsync: a copy torn by a power loss is caught by verification on load (the stat
 signature recorded at store time no longer matches, so the content is rehashed), and fsync of a
@@ -34,6 +37,7 @@ verified on first load and then indexed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -50,6 +54,9 @@ from .manifest import CHUNK_SIZE, Chunk, Manifest, needs_manifest
 
 BLOCK_SIZE = 4 * 1024 * 1024  # large enough to amortize per-call overhead, small enough to stream
 _THREADED_MIN_SIZE = 16 * 1024 * 1024  # below this a worker thread costs more than it saves
+
+# copy_file_range is missing or refused (old kernels across filesystems, some filesystems)
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 
@@ -81,6 +88,9 @@ class ContentHasher:
         self._chunked = chunked
         self._chunk_hash = hashlib.sha1()
         self._chunk_start = 0
+        # Bytes of the current chunk hashed so far. Its own counter, not derived from
+        # self.size: chunk hashing may run in a worker thread while self.size moves on.
+        self._chunk_filled = 0
         self._chunks: list[Chunk] = []
         self._sink = sink
         self._progress = progress
@@ -90,14 +100,16 @@ class ContentHasher:
         pos = 0
         n = len(view)
         while pos < n:
-            room = CHUNK_SIZE - (self.size + pos - self._chunk_start)
+            room = CHUNK_SIZE - self._chunk_filled
             take = min(room, n - pos)
             self._chunk_hash.update(view[pos : pos + take])
             pos += take
+            self._chunk_filled += take
             if take == room:
                 end = self._chunk_start + CHUNK_SIZE
                 self._chunks.append(Chunk(self._chunk_start, end, self._chunk_hash.hexdigest()))
                 self._chunk_start = end
+                self._chunk_filled = 0
                 self._chunk_hash = hashlib.sha1()
 
     def _hash_and_sink(self, view: memoryview) -> None:
@@ -155,6 +167,53 @@ class ContentHasher:
             finally:
                 if pending is not None:
                     pending.result()
+
+    def copy_from_file(self, src_fd: int) -> bool:
+        """Copy a regular file into the sink inside the kernel (``copy_file_range``, as ``cp``
+        does) and hash the bytes read back from the sink, so that what is hashed is exactly what
+        is stored even if the source changes meanwhile. Returns False, having copied nothing,
+        where the kernel or filesystem cannot do it (then use :meth:`pump`)."""
+        if self._sink is None or not hasattr(os, "copy_file_range"):
+            return False
+        dst = self._sink.fileno()
+        bufs = [bytearray(BLOCK_SIZE), bytearray(BLOCK_SIZE)]
+        pending: list = []
+        offset = 0
+        # This thread copies and reads back; one worker hashes the whole file, another the
+        # chunks: the three overlap on two cores.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-hash") as pool:
+            try:
+                i = 0
+                while True:
+                    try:
+                        n = os.copy_file_range(src_fd, dst, BLOCK_SIZE, offset, offset)
+                    except OSError as exc:
+                        if offset == 0 and exc.errno in _NO_COPY_FILE_RANGE:
+                            return False
+                        raise
+                    if not n:
+                        break
+                    view = memoryview(bufs[i & 1])[:n]
+                    got = 0
+                    while got < n:
+                        read = os.preadv(dst, [view[got:]], offset + got)
+                        if not read:
+                            raise OSError(f"could not read back what was copied at {offset}")
+                        got += read
+                    for fut in pending:
+                        fut.result()  # done with the other buffer, and hashes stay in order
+                    pending = [pool.submit(self._sha1.update, view)]
+                    if self._chunked:
+                        pending.append(pool.submit(self._update_chunks, view))
+                    offset += n
+                    self.size += n
+                    if self._progress:
+                        self._progress(n)
+                    i += 1
+            finally:
+                for fut in pending:
+                    fut.result()
+        return True
 
     def finish(self) -> Digest:
         sha1 = self._sha1.hexdigest()

@@ -247,10 +247,16 @@ class Storage:
                 if progress:
                     progress(size)
                 return build_uri(sha1, basename, manifest_sha1)
+        big = st.st_size >= _THREADED_MIN_SIZE
+
+        def copy(h: ContentHasher) -> None:
+            # In-kernel copy, hashing what was written, where the filesystem allows it.
+            if not (big and h.copy_from_file(f.fileno())):
+                h.pump(f, threaded=big)
+
         with open(real, "rb", buffering=0) as f:
             digest, manifest_sha1 = self._ingest(
-                lambda h: h.pump(f, threaded=st.st_size >= _THREADED_MIN_SIZE),
-                chunked=needs_manifest(st.st_size), fetchable=fetchable, progress=progress)
+                copy, chunked=needs_manifest(st.st_size), fetchable=fetchable, progress=progress)
         if stat_signature(os.stat(real)) == sig:  # unchanged while we read it
             self.index.put_path_hash(real, sig, digest, manifest_sha1)
         return build_uri(digest.sha1, basename, manifest_sha1)

@@ -294,3 +294,18 @@ def test_several_storages_in_one_process(tmp_path: Path) -> None:
     with pytest.raises(kn.NotFoundError):
         b.load_text(uri)
     assert kn.open_storage(tmp_path / "a") is a
+
+
+def test_store_without_copy_file_range(storage_dir: Path, big_file: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Old kernels and some filesystems refuse copy_file_range: storing falls back to
+    # read + write and gives the same URI and manifest.
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    expected = kn.open_storage(storage_dir.parent / "other").store_file(big_file)
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    assert kn.store_file(big_file) == expected
+    assert kn.load_bytes(expected, CHUNK - 1, CHUNK + 1) == big_file.read_bytes()[CHUNK - 1 : CHUNK + 1]
