@@ -23,6 +23,7 @@ import secrets
 import time
 from pathlib import Path
 
+import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -36,10 +37,11 @@ from ..channels.signed_urls import validate_object_key, verify_upload
 
 log = logging.getLogger("kachery.hub.bucket")
 MAX_LIST = 10_000
+WRITE_BLOCK = 4 << 20
 
 
 class _BigChunkFileResponse(FileResponse):
-    chunk_size = 1024 * 1024  # 64 KiB (the default) costs a thread hop per chunk
+    chunk_size = 4 << 20  # 64 KiB (the default) costs a thread hop and an ASGI event per chunk
 
 
 class FilesystemBucket:
@@ -85,13 +87,27 @@ class FilesystemBucket:
         size = 0
         try:
             with open(tmp, "wb") as f:
+
+                def absorb(block: bytes) -> None:
+                    if h is not None:
+                        h.update(block)
+                    f.write(block)
+
+                # Hashing and writing run in a worker thread (both release the GIL) while the
+                # event loop receives the next megabytes: the two cores work at once.
+                pending: list[bytes] = []
+                pending_n = 0
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > grant.max_size:
                         raise TooLargeError(f"upload is over the signed size {grant.max_size}")
-                    if h is not None:
-                        h.update(chunk)
-                    f.write(chunk)
+                    pending.append(chunk)
+                    pending_n += len(chunk)
+                    if pending_n >= WRITE_BLOCK:
+                        await trio.to_thread.run_sync(absorb, b"".join(pending))
+                        pending, pending_n = [], 0
+                if pending:
+                    absorb(b"".join(pending))
             if h is not None and h.hexdigest() != want_sha1:
                 raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")
             final = self.path_of(key)
