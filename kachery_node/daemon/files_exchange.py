@@ -107,12 +107,24 @@ class FileTimeouts:
     backoff_max: float = 0.3
     #: Minimum interval between a provider's ``progress`` messages.
     progress_interval: float = 0.5
+    #: While its upload runs, a provider publishes ``progress`` at least this often, even
+    #: without new bytes, so that requesters and standby providers know it is alive.
+    heartbeat: float = 5.0
+    #: A link that reports no progress until an upload is done gets ``stall + size / rate``
+    #: seconds before the provider gives the upload up (bytes per second).
+    min_upload_rate: float = 100_000.0
     #: A bucket HEAD.
     bucket_head: float = 10.0
     #: Longest a provider stands by for another provider's upload, however busy it looks.
     standby_max: float = 600.0
     #: ``requestFile`` messages per object per channel (the first one plus re-requests).
     max_requests: int = 3
+
+    def __post_init__(self) -> None:
+        # A provider that just failed backs off up to 2 x backoff_max (see _back_off); its
+        # answer must still come before the requester gives up.
+        if self.answer <= 2 * self.backoff_max:
+            raise ValueError("FileTimeouts: answer must exceed 2 x backoff_max")
 
 
 @dataclass(frozen=True)
@@ -318,6 +330,16 @@ class FileExchange:
     async def _provide(self, link: ChannelLink, request: FileRequest, key: tuple[str, str],
                        send: MemoryObjectSendStream[_Routed],
                        inbox: MemoryObjectReceiveStream[_Routed]) -> None:
+        def release() -> None:
+            """Stop routing to this task. Called before its last status goes out, so that a
+            request provoked by that status (a re-request after 'failed', a bad_object report
+            after 'finished') starts a fresh task instead of being taken for a duplicate."""
+            if self._providing.get(key) is send:
+                del self._providing[key]
+                queued = self._bad_object_reports.pop(key, None)
+                if queued is not None:
+                    self._start_providing(*queued)
+
         try:
             with send, inbox:
                 size = await anyio.to_thread.run_sync(self._source_size, request)
@@ -327,6 +349,7 @@ class FileExchange:
                 if not request.bad_object:
                     existing = await self._head_or_none(link, path)
                     if existing == size:
+                        release()
                         await self._status(link, request, "finished", size=size)
                         return
                     if existing is not None:
@@ -342,15 +365,11 @@ class FileExchange:
                         break
                     if other.status == "finished" or await self._stand_by(inbox) == "finished":
                         return
-                await self._upload(link, request, path, size)
+                await self._upload(link, request, path, size, release)
         except Exception:
             log.exception("providing %s on %s failed", request.sha1, link.channel)
         finally:
-            if self._providing.get(key) is send:
-                del self._providing[key]
-                queued = self._bad_object_reports.pop(key, None)
-                if queued is not None:
-                    self._start_providing(*queued)
+            release()
 
     async def _back_off(self, inbox: MemoryObjectReceiveStream[_Routed],
                         key: tuple[str, str]) -> UploadStatus | None:
@@ -370,26 +389,24 @@ class FileExchange:
         return None
 
     async def _stand_by(self, inbox: MemoryObjectReceiveStream[_Routed]) -> str:
-        """Follow another provider's upload: 'finished', or 'failed'/'stalled' (take over)."""
+        """Follow another provider's upload: 'finished', or 'failed'/'stalled' (take over).
+        The uploader is alive while its statuses keep coming (heartbeats included)."""
         t = self.timeouts
         give_up_at = time.monotonic() + t.standby_max
-        last_advance = time.monotonic()
-        seen: dict[str, int] = {}
+        last_heard = time.monotonic()
         while True:
-            remaining = min(last_advance + t.stall, give_up_at) - time.monotonic()
+            remaining = min(last_heard + t.stall, give_up_at) - time.monotonic()
             if remaining <= 0:
-                log.info("the other provider's upload stalled: taking over")
+                log.info("the other provider's upload went silent: taking over")
                 return "stalled"
             with anyio.move_on_after(remaining):
-                sender, status = await inbox.receive()
+                _sender, status = await inbox.receive()
                 if status.status in ("finished", "failed"):
                     return status.status
-                done = status.bytes or 0
-                if sender not in seen or done > seen[sender]:
-                    seen[sender] = done
-                    last_advance = time.monotonic()
+                last_heard = time.monotonic()
 
-    async def _upload(self, link: ChannelLink, request: FileRequest, path: str, size: int) -> None:
+    async def _upload(self, link: ChannelLink, request: FileRequest, path: str, size: int,
+                      release: Callable[[], None]) -> None:
         await self._status(link, request, "started", size=size)
         try:
             async with self._upload_slots:
@@ -401,23 +418,31 @@ class FileExchange:
             for old in [k for k, t in self._recent_failures.items() if now - t > RECENT_FAILURE_S]:
                 del self._recent_failures[old]
             self._recent_failures[(link.channel, request.sha1)] = now
+            release()
             try:
                 await self._status(link, request, "failed", error=f"{type(exc).__name__}: {exc}")
             except Exception as exc2:
                 log.warning("could not report the failure on %s: %s", link.channel, exc2)
             return
         log.info("uploaded %s (%d bytes) to %s", request.sha1, size, link.channel)
+        release()
         await self._status(link, request, "finished", size=size)
 
     async def _upload_with_progress(self, link: ChannelLink, request: FileRequest, path: str,
                                     data: bytes | Path, size: int) -> None:
-        """Upload while publishing throttled progress; abort after a stall."""
+        """Upload while publishing throttled progress and heartbeats; abort after a stall
+        (no new bytes for ``stall`` s; before any progress was reported, for
+        ``stall + size / min_upload_rate`` s, as some links only report at the end)."""
         t = self.timeouts
-        state = {"done": 0, "published": 0, "last_advance": time.monotonic()}
+        started = time.monotonic()
+        state = {"done": 0, "published": 0, "last_advance": started, "last_sent": started}
+        reported = False
         stalled = False
         error: Exception | None = None
 
         def on_progress(done: int, _total: int) -> None:
+            nonlocal reported
+            reported = True
             if done > state["done"]:
                 state["done"] = done
                 state["last_advance"] = time.monotonic()
@@ -426,12 +451,15 @@ class FileExchange:
             nonlocal stalled
             while True:
                 await anyio.sleep(t.progress_interval)
-                if time.monotonic() - state["last_advance"] > t.stall:
+                now = time.monotonic()
+                allowance = t.stall if reported else t.stall + size / t.min_upload_rate
+                if now - state["last_advance"] > allowance:
                     stalled = True
                     tg.cancel_scope.cancel()
                     return
-                if state["done"] > state["published"]:
+                if state["done"] > state["published"] or now - state["last_sent"] >= t.heartbeat:
                     state["published"] = state["done"]
+                    state["last_sent"] = now
                     try:
                         await self._status(link, request, "progress", size=size,
                                            bytes_done=state["done"])
@@ -446,7 +474,8 @@ class FileExchange:
                 error = exc
             tg.cancel_scope.cancel()
         if stalled:
-            raise TimeoutError(f"the upload made no progress for {t.stall:g} s")
+            raise TimeoutError(f"the upload made no progress for "
+                               f"{time.monotonic() - state['last_advance']:.3g} s")
         if error is not None:
             raise error
 
@@ -732,19 +761,22 @@ class FileExchange:
     async def _await_upload(self, receive: MemoryObjectReceiveStream[_Routed],
                             stale: set[str]) -> tuple[str, str]:
         """Follow providers' statuses until one finishes: ('finished', provider),
-        ('failed', why), ('stalled', why) or ('no_answer', '')."""
+        ('failed', why), ('stalled', why) or ('no_answer', ''). Uploaders are alive while their
+        statuses keep coming (heartbeats included); however busy they look, one round lasts at
+        most ``standby_max``."""
         t = self.timeouts
+        give_up_at = time.monotonic() + t.standby_max
         answered = False
-        uploaders: dict[str, int] = {}  # provider -> bytes it reported so far
-        last_advance = time.monotonic()
-        last_failure = ""
+        uploaders: set[str] = set()
+        last_heard = time.monotonic()
         while True:
-            remaining = last_advance + (t.stall if answered else t.answer) - time.monotonic()
+            limit = last_heard + (t.stall if answered else t.answer)
+            remaining = min(limit, give_up_at) - time.monotonic()
             if remaining <= 0:
                 if not answered:
                     return "no_answer", ""
                 who = ", ".join(_short(s) for s in uploaders) or "the provider"
-                return "stalled", f"the upload by {who} stalled (no progress for {t.stall:g} s)"
+                return "stalled", f"the upload by {who} stalled (silent for {t.stall:g} s)"
             with anyio.move_on_after(remaining):
                 sender, status = await receive.receive()
                 if status.status == "finished":
@@ -752,14 +784,10 @@ class FileExchange:
                         continue
                     return "finished", f"provider {_short(sender)}"
                 answered = True
+                last_heard = time.monotonic()
                 if status.status == "failed":
-                    uploaders.pop(sender, None)
-                    last_failure = f"provider {_short(sender)} failed: {status.error or '?'}"
+                    uploaders.discard(sender)
                     if not uploaders:
-                        return "failed", last_failure
-                    last_advance = time.monotonic()
-                    continue
-                done = status.bytes or 0
-                if sender not in uploaders or done > uploaders[sender]:
-                    uploaders[sender] = done
-                    last_advance = time.monotonic()
+                        return "failed", f"provider {_short(sender)} failed: {status.error or '?'}"
+                else:
+                    uploaders.add(sender)

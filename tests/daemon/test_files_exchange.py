@@ -12,6 +12,7 @@ import os
 import random
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -26,8 +27,8 @@ from kachery_node.protocol.bucket_layout import file_path
 from kachery_node.storage import Storage
 from tests.daemon.memory_link import MemoryChannel, MemoryLink
 
-FAST = FileTimeouts(answer=0.5, stall=1.0, backoff_max=0.3, progress_interval=0.05,
-                    bucket_head=2.0, standby_max=10.0)
+FAST = FileTimeouts(answer=0.8, stall=1.0, backoff_max=0.3, progress_interval=0.05,
+                    heartbeat=0.3, min_upload_rate=1e9, bucket_head=2.0, standby_max=10.0)
 BOTH = ("request-files", "provide-files")
 
 
@@ -338,6 +339,51 @@ async def test_provider_upload_fails_another_takes_over_at_once(tmp_path):
 
 
 @pytest.mark.trio
+async def test_provider_gives_up_a_hung_upload_and_tries_again(tmp_path):
+    ch = MemoryChannel("lab")
+    data = os.urandom(50_000)
+    async with network(tmp_path, ["a", "b"]) as (a, b):
+        a.join(ch)
+        b.join(ch)
+        uri = a.storage.store_bytes(data)
+        hung = []
+
+        async def hang_once(link, path):
+            if not hung:
+                hung.append(path)
+                await anyio.sleep_forever()  # no bytes move, no progress is reported
+
+        ch.upload_hook = hang_once
+        t0 = time.monotonic()
+        assert Path(await b.fetch(uri)).read_bytes() == data
+        assert time.monotonic() - t0 < 3 * FAST.stall
+        (_, failed), = ch.statuses("failed")
+        assert "made no progress" in failed["error"]
+        assert len(ch.uploads) == 1 and len(ch.requests()) == 2
+
+
+@pytest.mark.trio
+async def test_heartbeats_keep_a_slow_upload_alive_without_byte_progress(tmp_path):
+    ch = MemoryChannel("lab")
+    data = os.urandom(100_000)
+    # the link reports no progress until the end; 100 kB at 50 kB/s: 2 s allowed on top of stall
+    slow = replace(FAST, min_upload_rate=50_000)
+    async with network(tmp_path, ["a", "b"], timeouts=slow) as (a, b):
+        a.join(ch)
+        b.join(ch)
+        uri = a.storage.store_bytes(data)
+
+        async def slow_upload(link, path):
+            await anyio.sleep(1.6 * slow.stall)
+
+        ch.upload_hook = slow_upload
+        assert Path(await b.fetch(uri)).read_bytes() == data
+        assert len(ch.requests()) == 1  # the requester never thought it stalled
+        assert ch.statuses("failed") == []
+        assert len(ch.statuses("progress")) >= 3  # heartbeats
+
+
+@pytest.mark.trio
 async def test_tampered_bucket_object_is_rejected_and_healed_by_a_provider(tmp_path):
     ch = MemoryChannel("lab")
     data = b"the real content" * 100
@@ -466,7 +512,7 @@ async def test_not_found_names_every_channel_and_its_reason(tmp_path):
         with pytest.raises(kn.NotFoundError) as info:
             await b.fetch("sha1://" + "cd" * 20)
     message = str(info.value)
-    assert "channel 'one': no provider answered within 0.5 s" in message
+    assert "channel 'one': no provider answered within 0.8 s" in message
     assert "channel 'two': not in its bucket, and this node does not have the request-files" \
         in message
 
