@@ -29,8 +29,10 @@ from .client import (
     store_npy,
     store_pkl,
     store_text,
+    upload_file,
 )
 from .config import NodeConfig, init_node, load_node_config
+from .daemon.errors import DaemonError, DaemonNotRunningError
 from .errors import (
     ConfigError,
     CorruptedFileError,
@@ -48,6 +50,8 @@ from .uris import FileUri, build_uri, parse_uri
 __all__ = [
     "ConfigError",
     "CorruptedFileError",
+    "DaemonError",
+    "DaemonNotRunningError",
     "FileUri",
     "InvalidDataError",
     "InvalidUriError",
@@ -82,4 +86,5 @@ __all__ = [
     "store_npy",
     "store_pkl",
     "store_text",
+    "upload_file",
 ]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import data_objects
 from .config import default_storage_dir
+from .errors import NotFoundError
 from .storage import Storage
 
 if TYPE_CHECKING:
@@ -46,13 +47,21 @@ def default_storage() -> Storage:
     return open_storage(None)
 
 
-def _locally_or_fetched(uri: str, load: Callable[[Storage], T]) -> T:
-    """Run a load against the default storage.
+def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None) -> T:
+    """Run a load against the default storage; if the content is not here and a daemon serves
+    this storage, have it fetch the content from its channels, then load again."""
+    storage = default_storage()
+    try:
+        return load(storage)
+    except NotFoundError as exc:
+        from . import remote
 
-    The one place where loading will fall back to the network: on NotFoundError the daemon
-    path will ask the node to fetch ``uri`` into the storage and then call ``load`` again.
-    """
-    return load(default_storage())
+        if remote.daemon_for(storage.directory) is None:
+            raise NotFoundError(
+                f"{exc} (no kachery daemon is running for {storage.directory}, so no channel was "
+                "asked; start one with `kachery node start`)", uri=uri) from None
+        remote.fetch_file(storage.directory, uri, channel=channel)
+        return load(storage)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -67,15 +76,27 @@ def link_file(path: str | os.PathLike, basename: str | None = None) -> str:
     return default_storage().link_file(path, basename)
 
 
-def load_file(uri: str, dest: str | os.PathLike | None = None) -> str:
-    """Local path of the content of ``uri`` (or a copy at ``dest``); raises
+def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None) -> str:
+    """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
+    channels (all joined, or ``channel``) through the daemon if it is not here; raises
     :class:`~kachery_node.NotFoundError` when it is not available."""
-    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest))
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel)
 
 
-def load_bytes(uri: str, start: int = 0, end: int | None = None) -> bytes:
-    """Bytes ``[start, end)`` of the content of ``uri``."""
-    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end))
+def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
+    """Bytes ``[start, end)`` of the content of ``uri`` (fetched like :func:`load_file`)."""
+    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+
+
+def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:
+    """Store a file (or take stored content by URI) and push it to ``channel``'s bucket through
+    the daemon, so other nodes can load it without asking this one. Returns the URI."""
+    from . import remote
+
+    text = os.fspath(path_or_uri)
+    uri = text if text.startswith("sha1://") else store_file(text)
+    remote.upload_file(default_storage().directory, uri, channel)
+    return uri
 
 
 # -- data objects -------------------------------------------------------------------------------
@@ -99,22 +120,22 @@ def store_pkl(obj: Any, basename: str | None = None) -> str:
     return default_storage().store_pkl(obj, basename)
 
 
-def load_text(uri: str) -> str:
-    return data_objects.decode_text(Path(load_file(uri)).read_bytes())
+def load_text(uri: str, *, channel: str | None = None) -> str:
+    return data_objects.decode_text(Path(load_file(uri, channel=channel)).read_bytes())
 
 
-def load_json(uri: str) -> Any:
-    return data_objects.decode_json(Path(load_file(uri)).read_bytes())
+def load_json(uri: str, *, channel: str | None = None) -> Any:
+    return data_objects.decode_json(Path(load_file(uri, channel=channel)).read_bytes())
 
 
-def load_npy(uri: str) -> Any:
-    return data_objects.read_npy(Path(load_file(uri)))
+def load_npy(uri: str, *, channel: str | None = None) -> Any:
+    return data_objects.read_npy(Path(load_file(uri, channel=channel)))
 
 
-def load_pkl(uri: str) -> Any:
+def load_pkl(uri: str, *, channel: str | None = None) -> Any:
     """Unpickle without running code: anything but plain data and numpy arrays raises
     :class:`~kachery_node.UnsafePickleError`."""
-    return data_objects.decode_pkl(Path(load_file(uri)).read_bytes())
+    return data_objects.decode_pkl(Path(load_file(uri, channel=channel)).read_bytes())
 
 
 # -- mutables -----------------------------------------------------------------------------------
@@ -145,6 +166,18 @@ def load_feed(uri: str) -> kachery_feeds.Feed:
     return default_storage().load_feed(uri)
 
 
-def load_subfeed(uri: str) -> kachery_feeds.Subfeed:
-    """A subfeed by ``feed://<id>/<name>``."""
-    return default_storage().load_subfeed(uri)
+def load_subfeed(uri: str, *, channel: str | None = None) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``. For a feed this node does not own, a running daemon
+    is asked to follow it on its channels (all joined, or ``channel``): the subfeed's messages
+    then arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+    storage = default_storage()
+    subfeed = storage.load_subfeed(uri)
+    if not subfeed.is_writeable:
+        from . import remote
+
+        if remote.daemon_for(storage.directory) is not None:
+            remote.follow_subfeed(storage.directory, subfeed.uri, channel)
+        elif channel is not None:
+            raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
+                                f"for {storage.directory} (start one with `kachery node start`)")
+    return subfeed

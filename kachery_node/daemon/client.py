@@ -18,7 +18,7 @@ import httpx
 
 from ..config import default_storage_dir
 from .errors import DaemonError, DaemonNotRunningError
-from .server import INFO_FILE, default_port
+from .paths import INFO_FILE, default_port
 from .tokens import read_browser_token, read_client_token
 
 DEFAULT_TIMEOUT = 10.0

@@ -48,6 +48,7 @@ from ..storage import Storage
 from .changes import ChangeBroadcaster
 from .node_runtime import NodeRuntime, NotJoinedError
 from .tokens import token_matches
+from .uploads import upload_file
 
 log = logging.getLogger("kachery.daemon.api")
 
@@ -281,6 +282,17 @@ def build_app(ctx: DaemonContext) -> Starlette:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
+    async def upload(request: Request) -> Response:
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        uri, channel = body.get("uri"), _channel_arg(body)
+        if not isinstance(uri, str) or channel is None:
+            raise ApiError(400, "upload needs 'uri' and 'channel'")
+        (link,) = _node(ctx).links(channel)
+        with anyio.fail_after(3600):
+            result = await upload_file(ctx.storage, link, uri)
+        return _json({"uri": uri, "channel": channel, **result})
+
     async def viewer(request: Request) -> Response:
         html = resources.files("kachery_node.daemon").joinpath("viewer.html").read_text()
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
@@ -293,6 +305,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/feeds/stream", stream, methods=["GET"]),
         Route("/api/feeds/follow", follow, methods=["POST"]),
         Route("/api/files/fetch", fetch_file, methods=["POST"]),
+        Route("/api/files/upload", upload, methods=["POST"]),
         Route("/viewer", viewer, methods=["GET"]),
     ]
 

@@ -28,19 +28,10 @@ from .changes import ChangeBroadcaster
 from .errors import DaemonError
 from .local_api import DaemonContext, build_app
 from .node_runtime import NodeRuntime
+from .paths import INFO_FILE, LOCK_FILE, default_port
 from .tokens import load_or_create_tokens
 
 log = logging.getLogger("kachery.daemon")
-
-DEFAULT_PORT = 20431
-LOCK_FILE = "daemon.lock"
-INFO_FILE = "daemon.json"
-
-
-def default_port() -> int:
-    raw = os.environ.get("KACHERY_DAEMON_PORT")
-    return int(raw) if raw else DEFAULT_PORT
-
 
 def cors_origins(storage_dir: Path) -> list[str]:
     """The CORS allow-list: ``[daemon] cors_origins`` in config.toml plus
