@@ -81,6 +81,7 @@ class _Connection:
         self.allowance = relay.limits.publish_burst
         self.last_refill = time.monotonic()
         self.close_request: _Close | None = None
+        self.refused_here = 0
         self.connected_at = time.monotonic()
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
 
@@ -164,8 +165,12 @@ class _Connection:
                         return
 
     def refuse(self, exc: ChannelProtocolError, op_id: Any) -> None:
-        log.warning("relay refused %s from %s: %s", exc.code, self.who, exc.message)
         self.relay.refusals += 1
+        self.refused_here += 1
+        # A flooding client must not flood the log too: the first refusals, then every 1000th.
+        if self.refused_here <= 20 or self.refused_here % 1000 == 0:
+            log.warning("relay refused %s from %s: %s (refusal %d on this connection)",
+                        exc.code, self.who, exc.message, self.refused_here)
         op: dict[str, Any] = {"op": "error", "status": exc.status, "code": exc.code, "message": exc.message}
         if op_id is not None:
             op["id"] = op_id
