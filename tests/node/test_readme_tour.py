@@ -1,6 +1,6 @@
 """The storage tour for README.md runs as written.
 
-The lead will paste .team/README-storage-section.md into README.md and point SOURCE there.
+The section is cut out of README.md by its heading.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-SOURCE = ROOT / ".team" / "README-storage-section.md"
+SOURCE = ROOT / "README.md"
 
 
 def _section() -> str:
