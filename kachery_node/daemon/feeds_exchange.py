@@ -251,8 +251,8 @@ class FeedExchange:
             return
         sf = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
         count = sf.get_num_local_messages()
-        if count == 0:
-            return  # nothing to provide
+        if count == 0 and not self.store.has_private_key(feed_id):
+            return  # a replica with nothing to provide; the owner keeps even an empty subscription
         key = (link.channel, feed_id, subfeed_hash)
         incoming = self._incoming.get(key)
         expires = time.monotonic() + SUBSCRIPTION_TTL_SECONDS
