@@ -64,14 +64,20 @@ def join(channel: str, hub_url: str, role_values: tuple[str, ...], as_json: bool
 
 @node.command()
 @click.argument("channel")
-@hub_option
-def leave(channel: str, hub_url: str) -> None:
+@click.option("--hub", "hub_url", envvar="KACHERY_HUB_URL",
+              help="The hub's URL (default: the one the node joined CHANNEL on).")
+def leave(channel: str, hub_url: str | None) -> None:
     """Leave CHANNEL: the node asks for no roles there any more and forgets the channel."""
-    from ..channels.local_memberships import remove_membership
+    from ..channels.local_memberships import load_memberships, remove_membership
     from ..config import default_storage_dir, load_node_config
 
     storage_dir = default_storage_dir()
     cfg = load_node_config(storage_dir)
+    if hub_url is None:
+        entry = load_memberships(storage_dir).get(channel)
+        if entry is None:
+            raise click.ClickException(f"this node has not joined {channel!r}; pass --hub to leave anyway")
+        hub_url = entry["hub_url"]
     with user_client(hub_url) as client:
         client.request_roles(channel, cfg.node_id, [])
     remove_membership(storage_dir, channel)

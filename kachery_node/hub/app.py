@@ -68,6 +68,17 @@ class Hub:
         self.public_url = ""  # set once the server is bound
         self.relay = Relay(state.hub_id, self.settings.relay)
         self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
+        state.on_roles_changed = self._narrow_relay
+
+    def _narrow_relay(self, channel: str, node: str | None) -> None:
+        try:
+            if node is None:
+                self.relay.restrict(channel, None, None)
+            else:
+                effective = self.state.roles(channel, node)["effective"]
+                self.relay.restrict(channel, node, capabilities(channel, effective))
+        except ChannelProtocolError:  # the channel is gone: nothing is allowed any more
+            self.relay.restrict(channel, node, None)
 
     # Backends are looked up by the channel's config, so a channel configured for Ably or GCS
     # would get its credentials from another backend object without touching the handlers.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,9 @@ class HubState:
         self.db.executescript(_SCHEMA)
         self.feeds = kf.open_store(self.dir / "feeds.db")
         self._memberships: dict[str, mb.Membership] = {}
+        # Called with (channel, node or None) after roles may have shrunk; the hub narrows live
+        # relay connections with it.
+        self.on_roles_changed: Callable[[str, str | None], None] = lambda channel, node: None
 
     def close(self) -> None:
         self.db.close()
@@ -216,6 +219,7 @@ class HubState:
         self.db.execute("DELETE FROM channels WHERE name=?", (name,))
         self._memberships.pop(name, None)
         self.log(name, "delete", by, "channel deleted", now_ms)
+        self.on_roles_changed(name, None)
 
     # ------------------------------------------------------------------ membership
     def _subfeed(self, ch: Channel) -> kf.Subfeed:
@@ -245,6 +249,7 @@ class HubState:
         self._append(ch, mb.request_message(node_id, user_id, roles, now_ms))
         what = f"requests {' '.join(roles)}" if roles else "left the channel"
         self.log(name, "request", user_id, f"node {self._node_name(node_id)} {what}", now_ms)
+        self.on_roles_changed(name, node_id)
 
     def change_grant(self, kind: str, name: str, node_id: str, roles: list[str], by: str,
                      now_ms: int) -> None:
@@ -257,6 +262,8 @@ class HubState:
         self._append(ch, mb.grant_message(kind, node_id, roles, by, now_ms))
         verb = "granted" if kind == "grant" else "revoked"
         self.log(name, kind, by, f"{verb} {' '.join(roles)} for node {self._node_name(node_id)}", now_ms)
+        if kind == "revoke":
+            self.on_roles_changed(name, node_id)
 
     def roles(self, name: str, node_id: str) -> dict[str, list[str]]:
         m = self.membership(name)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -262,6 +262,26 @@ class Relay:
         for conn in list(subs):
             conn.push(event)
         self.delivered += len(subs)
+
+    def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
+        """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.
+
+        The hub calls this when roles are revoked or a channel is deleted, so that a revocation
+        takes effect at once instead of when the node's token expires. (An external relay would
+        learn it at the next renewal only; tokens are short for that reason.)
+        """
+        for conn in list(self.connections):
+            claims = conn.claims
+            if claims is None or claims.channel != channel or (node is not None and claims.node != node):
+                continue
+            allowed = capability if capability is not None else {}
+            narrowed = {band: [op for op in ops if op in allowed.get(band, ())]
+                        for band, ops in claims.capability.items()}
+            conn.claims = replace(claims, capability={b: ops for b, ops in narrowed.items() if ops})
+            for band in sorted(conn.subs):
+                if SUBSCRIBE not in conn.claims.capability.get(band, ()):
+                    self.unsubscribe(conn, band)
+                    conn.send_op(op="unsubscribed", band=band, reason="capability withdrawn")
 
     def unsubscribe(self, conn: _Connection, band: str) -> None:
         conn.subs.discard(band)

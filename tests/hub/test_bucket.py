@@ -86,8 +86,11 @@ def test_upload_refusals_change_nothing(hub, provider):
     forged = sign_upload_url(Keypair.generate(), f"{hub.url}/bucket", f"{ch}/{path}", max_size=len(data),
                              expires=int(time.time()) + 600, node_id=p.node_id)
     _refused(httpx.put(forged, content=data, timeout=30), 401, "bad_signature")
-    # expired (a genuine signature by the hub cannot be made here, so an expired URL must also fail the
-    # signature check; the expiry rule itself is unit-tested in test_protocol.py)
+    # a URL genuinely signed by the hub (its key read from the hub's directory) but expired
+    hub_key = Keypair.from_seed_hex((hub.dir / "hub.key").read_text().strip())
+    expired = sign_upload_url(hub_key, f"{hub.url}/bucket", f"{ch}/{path}", max_size=len(data),
+                              expires=int(time.time()) - 1, node_id=p.node_id)
+    _refused(httpx.put(expired, content=data, timeout=30), 401, "expired")
     # content that does not match its sha1/ name
     [url2] = p.client.upload_urls(ch, [{"path": path, "size": len(data)}])
     _refused(httpx.put(url2, content=b"X" * len(data), timeout=30), 422, "hash_mismatch")

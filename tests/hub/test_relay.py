@@ -207,3 +207,32 @@ async def test_expired_token_and_in_band_renewal(short_hub):
         with pytest.raises(HubRequestError) as info:
             await kept.subscribe(band)
         assert info.value.code == "capability_denied"
+
+
+async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
+    ch, owner, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    req_band, prov_band = f"{ch}-requestFiles", f"{ch}-provideFiles"
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await req.subscribe(prov_band)
+        await prov.subscribe(req_band)
+        await req.publish(req_band, {"n": 1}, ack=True)
+        assert (await prov.receive(timeout=5)).data == {"n": 1}
+        # the owner revokes: the live connection loses the capability now, not at token expiry
+        await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, a["req"].node_id, ["request-files"]))
+        with pytest.raises(HubRequestError) as info:
+            await req.receive(timeout=5)
+        assert info.value.code == "unsubscribed"
+        with pytest.raises(HubRequestError) as info:
+            await req.publish(req_band, {"n": 2}, ack=True)
+        assert info.value.code == "capability_denied"
+        # deleting the channel withdraws everything from everyone
+        await trio.to_thread.run_sync(lambda: owner.client.delete_channel(ch))
+        with pytest.raises(HubRequestError) as info:
+            await prov.receive(timeout=5)
+        assert info.value.code == "unsubscribed"
+        with pytest.raises(HubRequestError) as info:
+            await prov.publish(prov_band, {"n": 3}, ack=True)
+        assert info.value.code == "capability_denied"
+    with pytest.raises(HubRequestError) as info:
+        await creds(a["prov"], ch)
+    assert info.value.code == "unknown_channel"
