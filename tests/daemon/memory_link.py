@@ -18,6 +18,9 @@ the signing path is exercised. What is simulated:
   whom the membership gives the role that publishes on that band. With ``runtime_checks=False``
   every link hears everything, so a test can show that the exchange's own guards hold even if
   the runtime let something through.
+* Handlers run inline, one after the other, in publishing order (deterministic), unless
+  ``spawn_handlers_in`` holds a task group: then each delivery runs as its own task, as the
+  daemon's channel runtime does, so their order is up to the scheduler.
 * ``upload_hook(link, path)`` is awaited before an upload's bytes are written: block in it to
   simulate a slow or killed provider, raise in it to simulate a failing one.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from kachery_node.daemon.link import PARTNER_BAND, BucketObjectMissing, MessageHandler
 from kachery_node.identity import Keypair
@@ -59,6 +63,8 @@ class MemoryChannel:
         self.max_uploads_in_flight = 0
         #: Exceptions raised by handlers (a handler should never raise; tests assert this is empty).
         self.handler_errors: list[BaseException] = []
+        #: When set, each handler call runs as a task of this group (see the module docstring).
+        self.spawn_handlers_in: anyio.abc.TaskGroup | None = None
 
     def join(self, keypair: Keypair, roles: Iterable[str], handler: MessageHandler | None = None,
              *, member: bool = True) -> MemoryLink:
@@ -96,11 +102,18 @@ class MemoryChannel:
                     continue  # not subscribed to that band
                 if band not in self.membership.get(env.sender, frozenset()):
                     continue  # the sender may not publish there
-            try:
-                await link.handler(link, band, env)
-            except Exception as exc:
-                log.exception("handler of %s failed", link.node_id[:12])
-                self.handler_errors.append(exc)
+            if self.spawn_handlers_in is not None:
+                self.spawn_handlers_in.start_soon(self._call, link, band, env)
+            else:
+                await self._call(link, band, env)
+
+    async def _call(self, link: MemoryLink, band: str, env: Any) -> None:
+        assert link.handler is not None
+        try:
+            await link.handler(link, band, env)
+        except Exception as exc:
+            log.exception("handler of %s failed", link.node_id[:12])
+            self.handler_errors.append(exc)
 
 
 class MemoryLink:

@@ -77,16 +77,30 @@ class Node:
 
 @asynccontextmanager
 async def network(tmp_path: Path, names: list[str], *, timeouts: FileTimeouts = FAST,
-                  backoff: dict[str, float] | None = None):
-    """Nodes with running exchanges; cancelled on exit. ``backoff`` fixes providers' delays."""
+                  backoff: dict[str, float] | None = None,
+                  spawn_handlers: list[MemoryChannel] = ()):
+    """Nodes with running exchanges; cancelled on exit. ``backoff`` fixes providers' delays;
+    the channels in ``spawn_handlers`` deliver each message in its own task."""
     backoff = backoff or {}
     nodes = [Node(tmp_path, n, timeouts, FixedBackoff(backoff[n]) if n in backoff
                   else random.Random(i)) for i, n in enumerate(names)]
     async with anyio.create_task_group() as tg:
+        for channel in spawn_handlers:
+            channel.spawn_handlers_in = tg
         for node in nodes:
             await tg.start(node.serve)
         yield nodes
         tg.cancel_scope.cancel()
+
+
+#: Run a test with inline delivery (deterministic) and with one task per delivery (as the
+#: daemon's channel runtime does).
+delivery = pytest.mark.parametrize("spawned", [False, True], ids=["inline", "spawned"])
+
+
+def lab(spawned: bool) -> tuple[MemoryChannel, list[MemoryChannel]]:
+    ch = MemoryChannel("lab")
+    return ch, [ch] if spawned else []
 
 
 def sha1(data: bytes) -> str:
@@ -116,10 +130,11 @@ async def test_small_file_from_bucket_needs_no_request(tmp_path):
     assert no_leftovers(b)
 
 
+@delivery
 @pytest.mark.trio
-async def test_small_file_requested_and_provided(tmp_path):
-    ch = MemoryChannel("lab")
-    async with network(tmp_path, ["a", "b"]) as (a, b):
+async def test_small_file_requested_and_provided(tmp_path, spawned):
+    ch, spawn = lab(spawned)
+    async with network(tmp_path, ["a", "b"], spawn_handlers=spawn) as (a, b):
         a.join(ch)
         b.join(ch)
         uri = a.storage.store_bytes(b"provided by a" * 1000, "a.txt")
@@ -179,11 +194,12 @@ def big_file(tmp_path: Path, size: int = 45_000_000) -> Path:
     return path
 
 
+@delivery
 @pytest.mark.trio
-async def test_large_file_moves_as_parallel_verified_chunks(tmp_path):
-    ch = MemoryChannel("lab")
+async def test_large_file_moves_as_parallel_verified_chunks(tmp_path, spawned):
+    ch, spawn = lab(spawned)
     src = big_file(tmp_path)
-    async with network(tmp_path, ["a", "b"]) as (a, b):
+    async with network(tmp_path, ["a", "b"], spawn_handlers=spawn) as (a, b):
         a.join(ch)
         b.join(ch)
         uri = a.storage.store_file(src)
@@ -281,11 +297,13 @@ async def test_resume_rejects_a_damaged_partial_chunk(tmp_path):
 # -- faults --------------------------------------------------------------------------------------
 
 
+@delivery
 @pytest.mark.trio
-async def test_provider_killed_mid_upload_another_takes_over(tmp_path):
-    ch = MemoryChannel("lab")
+async def test_provider_killed_mid_upload_another_takes_over(tmp_path, spawned):
+    ch, spawn = lab(spawned)
     data = os.urandom(300_000)
-    async with network(tmp_path, ["a", "b", "c"], backoff={"a": 0.0, "c": 0.5}) as (a, b, c):
+    async with network(tmp_path, ["a", "b", "c"], backoff={"a": 0.0, "c": 0.5},
+                       spawn_handlers=spawn) as (a, b, c):
         for node in (a, b, c):
             node.join(ch)
         uri = a.storage.store_bytes(data)
@@ -312,11 +330,13 @@ async def test_provider_killed_mid_upload_another_takes_over(tmp_path):
         assert elapsed < FAST.stall * 3
 
 
+@delivery
 @pytest.mark.trio
-async def test_provider_upload_fails_another_takes_over_at_once(tmp_path):
-    ch = MemoryChannel("lab")
+async def test_provider_upload_fails_another_takes_over_at_once(tmp_path, spawned):
+    ch, spawn = lab(spawned)
     data = os.urandom(100_000)
-    async with network(tmp_path, ["a", "b", "c"], backoff={"a": 0.0, "c": 0.5}) as (a, b, c):
+    async with network(tmp_path, ["a", "b", "c"], backoff={"a": 0.0, "c": 0.5},
+                       spawn_handlers=spawn) as (a, b, c):
         for node in (a, b, c):
             node.join(ch)
         uri = a.storage.store_bytes(data)
@@ -383,13 +403,14 @@ async def test_heartbeats_keep_a_slow_upload_alive_without_byte_progress(tmp_pat
         assert len(ch.statuses("progress")) >= 3  # heartbeats
 
 
+@delivery
 @pytest.mark.trio
-async def test_tampered_bucket_object_is_rejected_and_healed_by_a_provider(tmp_path):
-    ch = MemoryChannel("lab")
+async def test_tampered_bucket_object_is_rejected_and_healed_by_a_provider(tmp_path, spawned):
+    ch, spawn = lab(spawned)
     data = b"the real content" * 100
     path_in_bucket = file_path("lab", sha1(data))
     ch.bucket[path_in_bucket] = b"evil content!!!!" * 100  # same size, wrong bytes
-    async with network(tmp_path, ["a", "b"]) as (a, b):
+    async with network(tmp_path, ["a", "b"], spawn_handlers=spawn) as (a, b):
         a.join(ch)
         b.join(ch)
         uri = a.storage.store_bytes(data)
@@ -517,11 +538,15 @@ async def test_not_found_names_every_channel_and_its_reason(tmp_path):
         in message
 
 
+@delivery
 @pytest.mark.trio
-async def test_only_one_of_several_providers_uploads(tmp_path):
-    ch = MemoryChannel("lab")
+async def test_only_one_of_several_providers_uploads(tmp_path, spawned):
+    ch, spawn = lab(spawned)
     data = os.urandom(2_000_000)
-    async with network(tmp_path, ["p1", "p2", "p3", "req"]) as nodes:
+    # backoffs 0, 150 and 300 ms: wide enough apart to hold on a loaded machine
+    backoff = {"p1": 0.5, "p2": 0.0, "p3": 1.0}
+    async with network(tmp_path, ["p1", "p2", "p3", "req"], backoff=backoff,
+                       spawn_handlers=spawn) as nodes:
         for node in nodes:
             node.join(ch)
         for provider in nodes[:3]:
@@ -529,7 +554,7 @@ async def test_only_one_of_several_providers_uploads(tmp_path):
         path = await nodes[3].fetch(uri)
         assert Path(path).read_bytes() == data
         await anyio.sleep(FAST.backoff_max + 0.1)  # give the others time to do something wrong
-        assert len(ch.uploads) == 1
+        assert [node for node, _ in ch.uploads] == [nodes[1].keypair.public_hex]
         assert len(ch.statuses("started")) == 1
 
 
