@@ -22,7 +22,7 @@ from ..errors import KacheryError
 from .feeds import feed
 from .mutables import mutable
 from .node import info, init
-from .storage import cat, link, load, store
+from .storage import cat, link, load, store, upload
 
 
 class _Group(click.Group):
@@ -72,6 +72,7 @@ main.add_command(store)
 main.add_command(link)
 main.add_command(load)
 main.add_command(cat)
+main.add_command(upload)
 main.add_command(feed)
 main.add_command(mutable)
 # node: cli/daemon.py's group plus `join|leave` (cli/membership.py); trio etc. load only when used

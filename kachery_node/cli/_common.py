@@ -36,3 +36,28 @@ def progress_bar(total: int, label: str, enabled: bool | None) -> Iterator[Calla
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
               file=sys.stderr, leave=False) as bar:
         yield bar.update
+
+
+@contextlib.contextmanager
+def transfer_progress(label: str, enabled: bool | None) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for network transfers, whose size is learnt as they
+    go: draws a bar on stderr once the total is known (when stderr is a terminal, or forced)."""
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        show = (total > PROGRESS_MIN_BYTES and sys.stderr.isatty()) if enabled is None else enabled
+        if not show or not total:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                       file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()

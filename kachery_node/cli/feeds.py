@@ -92,10 +92,17 @@ def append(subfeed_uri: str, messages: tuple[str, ...], as_json: bool) -> None:
               help="With --follow: stop after this many seconds without a new message.")
 @click.option("--records", is_flag=True,
               help="Print {number, timestamp_ms, payload, metadata} objects, not bare payloads.")
+@click.option("--channel", default=None,
+              help="For a feed of another node: follow it only on this channel (default: all joined).")
 def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
-         timeout: float | None, records: bool) -> None:
-    """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones."""
-    sf = _subfeed(subfeed_uri)
+         timeout: float | None, records: bool, channel: str | None) -> None:
+    """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones.
+
+    For a feed this node does not own, the daemon (if running) follows it on the node's
+    channels, so its messages arrive here, verified, as they are appended."""
+    from ..client import load_subfeed
+
+    sf = load_subfeed(subfeed_uri, channel=channel)
     if start is None:
         start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
 

@@ -12,7 +12,7 @@ import click
 from ..client import load_bytes, load_file, open_storage
 from ..files import BLOCK_SIZE
 from ..uris import parse_uri
-from ._common import echo_json, json_option, progress_bar, progress_option
+from ._common import echo_json, json_option, progress_bar, progress_option, transfer_progress
 
 
 def _file_result(path: str, uri: str) -> dict:
@@ -62,15 +62,50 @@ def link(paths: tuple[str, ...], as_json: bool, progress: bool | None) -> None:
             click.echo(uri)
 
 
+channel_option = click.option(
+    "--channel", default=None, help="Look only in this channel (default: every joined channel).")
+
+
+def _fetch_if_missing(uri: str, channel: str | None, progress: bool | None) -> None:
+    """If the content is not here, have the daemon fetch it (with a progress bar)."""
+    from .. import remote
+
+    storage = open_storage()
+    if storage.has_file(uri) or remote.daemon_for(storage.directory) is None:
+        return  # the load below says what is missing and what to do
+    with transfer_progress(parse_uri(uri).basename or "download", progress) as cb:
+        remote.fetch_file(storage.directory, uri, channel=channel, progress=cb)
+
+
 @click.command()
 @click.argument("uri")
 @click.option("--dest", type=click.Path(dir_okay=False), help="Copy the file here.")
-def load(uri: str, dest: str | None) -> None:
+@channel_option
+@progress_option
+def load(uri: str, dest: str | None, channel: str | None, progress: bool | None) -> None:
     """Print the local path of a sha1:// URI's content (verified), or copy it to --dest.
 
+    Content that is not here is fetched from the node's channels by its daemon (if one runs).
     Fails with an error (exit status 1) if the content is not available.
     """
-    click.echo(load_file(uri, dest=dest))
+    _fetch_if_missing(uri, channel, progress)
+    click.echo(load_file(uri, dest=dest, channel=channel))
+
+
+@click.command()
+@click.argument("path_or_uri")
+@click.option("--channel", required=True, help="The channel whose bucket gets the file.")
+@json_option
+def upload(path_or_uri: str, channel: str, as_json: bool) -> None:
+    """Store a file (or take stored content by URI) and put it in a channel's bucket, so other
+    nodes can load it even when this node is off. Needs the daemon and the provide-files role."""
+    from ..client import upload_file
+
+    uri = upload_file(path_or_uri, channel=channel)
+    if as_json:
+        echo_json({"uri": uri, "channel": channel})
+    else:
+        click.echo(uri)
 
 
 @click.command()
@@ -78,8 +113,11 @@ def load(uri: str, dest: str | None) -> None:
 @click.option("--start", type=click.IntRange(min=0), default=0, help="First byte (default 0).")
 @click.option("--end", type=click.IntRange(min=0), default=None,
               help="End byte, exclusive (default: end of file).")
-def cat(uri: str, start: int, end: int | None) -> None:
-    """Write the content of a sha1:// URI, or bytes [--start, --end) of it, to stdout."""
+@channel_option
+def cat(uri: str, start: int, end: int | None, channel: str | None) -> None:
+    """Write the content of a sha1:// URI, or bytes [--start, --end) of it, to stdout
+    (fetched from the node's channels by its daemon if it is not here)."""
+    _fetch_if_missing(uri, channel, False)
     out = sys.stdout.buffer
     if end is None:
         with open(load_file(uri), "rb") as f:
