@@ -617,3 +617,14 @@ def test_request_messages_are_validated_strictly():
     assert parse_status(status).to_body() == status
     with pytest.raises(MalformedFileMessage):
         parse_status({**status, "status": "pending"})
+
+
+@pytest.mark.trio
+async def test_fetch_without_channels_or_with_a_chunk_uri_fails_clearly(tmp_path):
+    async with network(tmp_path, ["b"]) as (b,):
+        with pytest.raises(kn.NotFoundError, match="joined no channel"):
+            await b.fetch("sha1://" + "ab" * 20)
+        with pytest.raises(kn.InvalidUriError, match="names a chunk"):
+            await b.fetch("sha1://" + "ab" * 20 + "?chunkOf=" + "cd" * 20 + "~0~10")
+        with pytest.raises(kn.InvalidUriError):
+            await b.fetch("sha1://nothex")
