@@ -41,11 +41,10 @@ from .errors import (
 )
 from .forks import build_fork_proof
 from .messages import (
-    ParsedMessage,
     build_body,
     check_chain,
     message_hash,
-    parse_message,
+    parse_wire,
     sign_hash,
     to_wire,
 )
@@ -334,11 +333,12 @@ class Store:
         return n - 1
 
     def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
-        msgs = [parse_message(line, feed_id, sh) for line in lines]
+        # Plain (number, previous_hash, hash, body, signature) tuples: see parse_wire.
+        msgs = [parse_wire(line, feed_id, sh) for line in lines]
         if not msgs:
             return 0
         check_chain(msgs, bytes.fromhex(feed_id))
-        first = msgs[0].number
+        first = msgs[0][0]
         try:
             with self._write() as c:
                 sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
@@ -350,33 +350,35 @@ class Store:
                     )
                 if first > 0:
                     local_prev = head if first == count else self._local_hash(c, sid, first - 1)
-                    if msgs[0].previous_hash != local_prev:
+                    if msgs[0][1] != local_prev:
                         raise _Fork(
-                            first - 1, self._local_chain(c, sid, first - 1), [m.to_wire() for m in msgs]
+                            first - 1,
+                            self._local_chain(c, sid, first - 1),
+                            [to_wire(m[3], m[4]) for m in msgs],
                         )
-                overlap_end = min(count, msgs[-1].number + 1)
+                overlap_end = min(count, msgs[-1][0] + 1)
                 if first < overlap_end:
                     local = c.execute(
                         "SELECT n, body FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
                         (sid, first, overlap_end),
                     ).fetchall()
                     for (n, body), m in zip(local, msgs, strict=False):
-                        if message_hash(body) != m.hash:
+                        if message_hash(body) != m[2]:
                             raise _Fork(
                                 n,
                                 self._local_chain(c, sid, n),
-                                [x.to_wire() for x in msgs[n - first :]],
+                                [to_wire(x[3], x[4]) for x in msgs[n - first :]],
                             )
-                new: list[ParsedMessage] = msgs[overlap_end - first :]
+                new = msgs[overlap_end - first :]
                 if not new:
                     return 0
                 c.executemany(
                     "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
-                    [(sid, m.number, m.body, m.signature) for m in new],
+                    [(sid, m[0], m[3], m[4]) for m in new],
                 )
                 c.execute(
                     "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?",
-                    (new[-1].number + 1, new[-1].hash, sid),
+                    (new[-1][0] + 1, new[-1][2], sid),
                 )
                 return len(new)
         except _Fork as fork:

@@ -53,10 +53,11 @@ def test_killed_writer_loses_nothing_that_returned_and_leaves_no_partial_batch(t
     for kill_after in (0.15, 0.3, 0.45):
         before = sf.get_num_local_messages()
         p = _spawn("appender", str(db), sf.uri, "w", "1000000", "100")
+        first = p.stdout.readline()  # the writer is up and committing (start-up time varies)
         time.sleep(kill_after)
         os.kill(p.pid, signal.SIGKILL)
         out, _ = p.communicate(timeout=30)
-        confirmed = [int(x) for x in out.split()]
+        confirmed = [int(x) for x in (first + out).split()]
         reopened = kf.open_store(db).load_subfeed(sf.uri)
         count = reopened.get_num_local_messages()
         assert confirmed, "the writer should have committed something before being killed"
