@@ -1,0 +1,673 @@
+"""kachery across the network, side by side with hypercore (issue 5).
+
+Run from the repository root::
+
+    .venv/bin/python bench/network/run.py                    # full run (several minutes)
+    .venv/bin/python bench/network/run.py --quick            # small sizes, < 60 s (smoke test)
+    .venv/bin/python bench/network/run.py --no-hypercore     # skip the Node.js side
+    .venv/bin/python bench/network/run.py --file-size 256M   # a smaller file than 1 GiB
+    .venv/bin/python bench/network/run.py --json out.json    # also save every figure
+    .venv/bin/python bench/network/run.py --profile DIR      # hub + daemons under cProfile
+
+This is a benchmark, not a test: it prints a table and never fails on a missed target.
+Everything is real processes on loopback: one hub (``kachery hub serve``: API, pub-sub relay,
+bucket) and kachery nodes with their daemons (``kachery node start``), joined to one channel;
+A owns the feeds and the file, B (and the fresh nodes C, D) follow or fetch them.
+
+1. live latency: a writer process appends to a subfeed in A's store every few ms, with
+   ``time.time_ns()`` in the payload; a follower *process* iterates ``follow()`` on B's store
+   (after ``POST /api/feeds/follow`` on B) and records arrival - send (same machine clock).
+2. catch-up: A holds a 100k-message subfeed (256-byte payloads, appended in batches of 1000);
+   fresh node C is asked to follow it; time from the follow request until C's store has all of
+   it (C's daemon imports via the bucket, which A's daemon fills on the subscription).
+3. file: a file (1 GiB by default) stored on A with ``Storage.store_file``; B fetches it with
+   ``POST /api/files/fetch``; only the transfer is timed.
+4. memory: fresh node D catches up a 1M-message subfeed (appended on A in batches of 1000);
+   D's daemon RSS is sampled with psutil every 50 ms (its pid from ``<storage>/daemon.json``).
+
+hypercore (``bench/hypercore/bench.mjs``, the pinned npm package in ``bench/.cache/hypercore``
+as installed by ``bench/feeds/run.py``) runs first in the same invocation: live tail latency
+(in-process stream pair), replication of 100k 256-byte blocks and of 64 KiB blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+HYPERCORE_SRC = REPO / "bench" / "hypercore"
+CACHE = REPO / "bench" / ".cache"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import orjson  # noqa: E402
+import psutil  # noqa: E402
+from netlab import ALL_ROLES, Lab, Node  # noqa: E402
+
+import kachery_feeds as kf  # noqa: E402
+
+PAYLOAD_BYTES = 256
+READER_ROLES = ["request-feeds", "request-files"]
+
+FULL = {
+    "latency_messages": 1000,
+    "latency_interval_ms": 5.0,
+    "catchup_messages": 100_000,
+    "memory_messages": 1_000_000,
+    "file_size": 1 << 30,
+    "timeout": 900.0,  # per stage
+}
+QUICK = {
+    "latency_messages": 200,
+    "latency_interval_ms": 5.0,
+    "catchup_messages": 5_000,
+    "memory_messages": 20_000,
+    "file_size": 32 << 20,  # above the 20 MB manifest threshold: the chunked path
+    "timeout": 60.0,
+}
+TARGETS = {
+    "latency_p50_ms": 10.0,
+    "latency_p99_ms": 50.0,
+    "catchup_vs_hypercore": 10.0,
+    "file_vs_hypercore": 2.0,
+    "peak_rss_mb": 150.0,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def payload(i: int) -> dict:
+    """A payload whose compact JSON is exactly PAYLOAD_BYTES long."""
+    head = {"i": i, "t": time.time_ns(), "data": ""}
+    head["data"] = "x" * max(0, PAYLOAD_BYTES - len(orjson.dumps(head)))
+    return head
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, -(-len(sorted_values) * p // 100) - 1))
+    return sorted_values[int(k)]
+
+
+def settle() -> None:
+    os.sync()
+    gc.collect()
+
+
+def worker(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def wait_count(sf: kf.Subfeed, n: int, timeout: float, what: str, poll: float = 0.01) -> float:
+    """Wait until ``sf`` holds ``n`` messages; returns the monotonic time it was first seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        have = sf.get_num_local_messages()
+        if have >= n:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: {have} of {n} messages after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def append_batches(store_path: Path, name: str, n: int) -> tuple[str, float]:
+    """Append n 256-byte payloads in batches of 1000 to a new feed in A's store (in this
+    process); returns (subfeed uri, appends/s)."""
+    sf = kf.open_store(store_path).create_feed().load_subfeed(name)
+    t0 = time.perf_counter()
+    for start in range(0, n, 1000):
+        sf.append_messages([payload(i) for i in range(start, min(n, start + 1000))])
+    return sf.uri, n / (time.perf_counter() - t0)
+
+
+def follow(node: Node, uri: str) -> dict:
+    return node.client.request("POST", "/api/feeds/follow", json_body={"uri": uri})
+
+
+# ---------------------------------------------------------------------------- 1. live latency
+def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) -> dict[str, Any]:
+    out_path = b.storage_dir.parent / "latencies.json"
+    writer = subprocess.Popen(
+        worker("_writer", str(a.storage_dir / "feeds.db"), str(n), str(interval_ms)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    follower = None
+    try:
+        uri = writer.stdout.readline().strip()
+        if not uri.startswith("feed://"):
+            raise RuntimeError(f"writer did not start: {uri!r}")
+        follow(b, uri)
+        # The writer's first message (a "hello") reaches B through the live subscription; once it
+        # is there the path is warm and every later message is pushed the moment it is committed.
+        replica = kf.open_store(b.storage_dir / "feeds.db").load_subfeed(uri)
+        wait_count(replica, 1, 30, "latency warm-up")
+        follower = subprocess.Popen(
+            worker("_follower", str(b.storage_dir / "feeds.db"), uri, str(n), str(out_path)),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if follower.stdout.readline().strip() != "ready":
+            raise RuntimeError("follower did not start")
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        writer_stats = json.loads(writer.stdout.readline())
+        follower.wait(timeout=timeout)
+        writer.wait(timeout=30)
+    finally:
+        for p in (writer, follower):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    lat = sorted(json.loads(out_path.read_text()))
+    if len(lat) < n:
+        log(f"latency: the follower saw {len(lat)} of {n} messages")
+    return {
+        "messages": n,
+        "interval_ms": interval_ms,
+        "received": len(lat),
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": lat[-1] if lat else None,
+        "writer_append_p50_ms": writer_stats["append_p50_ms"],
+        "writer_append_p99_ms": writer_stats["append_p99_ms"],
+    }
+
+
+def _writer(db: str, n: str, interval_ms: str) -> None:
+    sf = kf.open_store(db).create_feed().load_subfeed("live")
+    sf.append_message({"hello": True})
+    print(sf.uri, flush=True)
+    sys.stdin.readline()
+    count, step = int(n), float(interval_ms) / 1000
+    took = []
+    t_next = time.monotonic()
+    for i in range(count):
+        p = payload(i)
+        t0 = time.perf_counter()
+        p["t"] = time.time_ns()
+        sf.append_message(p)
+        took.append((time.perf_counter() - t0) * 1000)
+        t_next += step
+        delay = t_next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    took.sort()
+    print(
+        json.dumps({"append_p50_ms": percentile(took, 50), "append_p99_ms": percentile(took, 99)}), flush=True
+    )
+
+
+def _follower(db: str, uri: str, n: str, out: str) -> None:
+    sf = kf.open_store(db).load_subfeed(uri)
+    last = int(n) - 1
+    lat: list[float] = []
+    print("ready", flush=True)
+    try:
+        for p in sf.follow(start=1, timeout=20):
+            lat.append((time.time_ns() - p["t"]) / 1e6)
+            if p["i"] >= last:
+                break
+    finally:
+        Path(out).write_text(json.dumps(lat))
+
+
+# ---------------------------------------------------------------------------- 2. catch-up
+def bench_catchup(lab: Lab, a: Node, n: int, timeout: float) -> dict[str, Any]:
+    log(f"catch-up: appending {n} messages on A (batches of 1000)")
+    uri, append_rate = append_batches(a.storage_dir / "feeds.db", "catchup", n)
+    c = lab.add_node("C", READER_ROLES)
+    replica = kf.open_store(c.storage_dir / "feeds.db").load_subfeed(uri)
+    settle()
+    log(f"catch-up: fresh node C follows {n} messages")
+    t0 = time.monotonic()
+    follow(c, uri)
+    t1 = wait_count(replica, n, timeout, "catch-up")
+    secs = t1 - t0
+    return {"messages": n, "seconds": secs, "msgs_per_s": n / secs, "append_on_a_per_s": append_rate}
+
+
+# ---------------------------------------------------------------------------- 3. file
+def bench_file(a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[str, Any]:
+    import httpx
+
+    import kachery_node as kn
+
+    src = tmp / "big.dat"
+    log(f"file: writing {size / 2**20:.0f} MiB of random bytes and storing it on A")
+    with open(src, "wb") as f:
+        left = size
+        while left:
+            k = min(left, 8 << 20)
+            f.write(os.urandom(k))
+            left -= k
+    t0 = time.perf_counter()
+    uri = kn.open_storage(a.storage_dir).store_file(src)
+    store_secs = time.perf_counter() - t0
+    src.unlink()
+    settle()
+    log(f"file: B fetches {uri[:60]}...")
+    lines = []
+    t0 = time.perf_counter()
+    with httpx.stream(
+        "POST",
+        f"{b.client.base_url}/api/files/fetch",
+        json={"uri": uri},
+        headers={"Authorization": f"Bearer {b.token}"},
+        timeout=timeout,
+    ) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"fetch refused: {r.status_code} {r.read()!r}")
+        for line in r.iter_lines():
+            lines.append(json.loads(line))
+    secs = time.perf_counter() - t0
+    if not lines or lines[-1].get("type") != "finished":
+        raise RuntimeError(f"fetch failed: {lines[-3:]}")
+    got = os.path.getsize(lines[-1]["path"])
+    if got != size:
+        raise RuntimeError(f"fetched {got} bytes, expected {size}")
+    return {"bytes": size, "seconds": secs, "mb_per_s": size / 1e6 / secs, "store_on_a_seconds": store_secs}
+
+
+# ---------------------------------------------------------------------------- 4. memory
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def bench_memory(lab: Lab, a: Node, n: int, timeout: float) -> dict[str, Any]:
+    log(f"memory: appending {n} messages on A (batches of 1000)")
+    uri, append_rate = append_batches(a.storage_dir / "feeds.db", "memory", n)
+    d = lab.add_node("D", READER_ROLES)
+    replica = kf.open_store(d.storage_dir / "feeds.db").load_subfeed(uri)
+    settle()
+    baseline = psutil.Process(d.pid).memory_info().rss
+    sampler = RssSampler(d.pid)
+    sampler.start()
+    log(f"memory: fresh node D follows {n} messages, sampling its daemon's RSS every 50 ms")
+    try:
+        t0 = time.monotonic()
+        follow(d, uri)
+        t1 = wait_count(replica, n, timeout, "1M catch-up", poll=0.05)
+        time.sleep(0.2)
+    finally:
+        sampler.stop()
+    return {
+        "messages": n,
+        "baseline_rss_mb": baseline / 2**20,
+        "peak_rss_mb": sampler.peak / 2**20,
+        "vm_hwm_mb": vm_hwm_mb(d.pid),
+        "samples": sampler.samples,
+        "catchup_seconds": t1 - t0,
+        "catchup_msgs_per_s": n / (t1 - t0),
+        "append_on_a_per_s": append_rate,
+    }
+
+
+# ---------------------------------------------------------------------------- hypercore
+def run_hypercore(tmp: Path, cfg: dict, quick: bool) -> dict[str, Any] | None:
+    """Install the pinned hypercore as bench/feeds/run.py does, then run bench.mjs with the
+    sizes of this benchmark (small append sections: only the tail and replication count here)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        log("node/npm not found: skipping hypercore")
+        return None
+    inst = CACHE / "hypercore"
+    pinned = json.loads((HYPERCORE_SRC / "package.json").read_text())["dependencies"]["hypercore"]
+    installed = inst / "node_modules" / "hypercore" / "package.json"
+    if not (installed.exists() and json.loads(installed.read_text())["version"] == pinned):
+        log(f"installing hypercore {pinned} into {inst} (npm install)")
+        inst.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            if (HYPERCORE_SRC / name).exists():
+                shutil.copy(HYPERCORE_SRC / name, inst / name)
+        r = subprocess.run(
+            [npm, "install", "--prefix", str(inst), "--no-audit", "--no-fund"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if r.returncode != 0:
+            log(f"npm install failed:\n{r.stderr[-2000:]}")
+            return None
+    shutil.copy(HYPERCORE_SRC / "bench.mjs", inst / "bench.mjs")
+    big_mib = max(1, cfg["file_size"] >> 20)
+    cmd = [
+        node,
+        str(inst / "bench.mjs"),
+        "--dir",
+        str(tmp),
+        "--repeat",
+        "1",
+        "--single",
+        "100",
+        "--batches",
+        "1",
+        "--tail",
+        str(cfg["latency_messages"]),
+        "--tail-interval-ms",
+        str(cfg["latency_interval_ms"]),
+        "--repl-blocks",
+        str(cfg["catchup_messages"]),
+        "--big-mib",
+        str(big_mib),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=inst)
+    if r.returncode != 0:
+        log(f"hypercore bench failed:\n{r.stderr[-2000:]}")
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- report
+def div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def build_rows(k: dict, h: dict | None) -> list[dict[str, Any]]:
+    rows = []
+
+    def add(metric, kv, hv, ratio, target, met, unit):
+        rows.append(
+            {
+                "metric": metric,
+                "kachery": kv,
+                "hypercore": hv,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+                "unit": unit,
+            }
+        )
+
+    lat = k.get("latency")
+    if lat:
+        for p, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
+            hv = h and h.get(f"tail_event_{p}_ms")
+            add(
+                f"live latency {p} (A append -> B follower)",
+                lat[key],
+                hv,
+                div(lat[key], hv),
+                f"<= {TARGETS['latency_' + key]:.0f} ms",
+                lat[key] is not None and lat[key] <= TARGETS["latency_" + key],
+                "ms",
+            )
+    cu = k.get("catchup")
+    if cu:
+        hv = h and h.get("repl_small_blocks_per_s")
+        r = div(cu["msgs_per_s"], hv)
+        add(
+            f"catch-up {cu['messages'] // 1000}k x 256 B, msgs/s",
+            cu["msgs_per_s"],
+            hv,
+            r,
+            f">= {TARGETS['catchup_vs_hypercore']:.0f}x hypercore",
+            None if r is None else r >= TARGETS["catchup_vs_hypercore"],
+            "rate",
+        )
+    fi = k.get("file")
+    if fi:
+        hv = h and h.get("repl_big_mb_per_s")
+        r = div(fi["mb_per_s"], hv)
+        add(
+            f"file {fi['bytes'] / 2**20:.0f} MiB A -> B, MB/s",
+            fi["mb_per_s"],
+            hv,
+            r,
+            f">= {TARGETS['file_vs_hypercore']:.0f}x hypercore (64 KiB blocks)",
+            None if r is None else r >= TARGETS["file_vs_hypercore"],
+            "mbps",
+        )
+    mem = k.get("memory")
+    if mem:
+        add(
+            f"daemon peak RSS, catching up {mem['messages'] // 1000}k msgs",
+            mem["peak_rss_mb"],
+            None,
+            None,
+            f"<= {TARGETS['peak_rss_mb']:.0f} MB",
+            mem["peak_rss_mb"] <= TARGETS["peak_rss_mb"],
+            "mb",
+        )
+    return rows
+
+
+def fmt(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    if unit == "ms":
+        return f"{x:.2f} ms"
+    if unit == "rate":
+        return f"{x / 1000:.1f}k/s" if x >= 1000 else f"{x:.0f}/s"
+    if unit == "mbps":
+        return f"{x:.0f} MB/s"
+    if unit == "mb":
+        return f"{x:.1f} MB"
+    return f"{x:.3g}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def render(result: dict) -> str:
+    k, h, m = result["kachery"], result.get("hypercore"), result["machine"]
+    out = [
+        f"kachery network vs hypercore — {result['date']} — {m['cpu']} x{m['cpus']}, Python {m['python']}"
+        + (f", hypercore {h['hypercore_version']} on node {h['node_version']}" if h else ", no hypercore")
+        + (" — QUICK (sizes not comparable)" if result["quick"] else ""),
+        "",
+        table(
+            ["metric", "kachery", "hypercore", "ratio", "target", "met?"],
+            [
+                [
+                    r["metric"],
+                    fmt(r["kachery"], r["unit"]),
+                    fmt(r["hypercore"], r["unit"]),
+                    "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+                    r["target"],
+                    {True: "yes", False: "NO", None: "-"}[r["met"]],
+                ]
+                for r in result["rows"]
+            ],
+        ),
+        "",
+        "kachery: real hub + daemons, cross-process, loopback; hypercore: in-process stream pair "
+        "(no network, no relay), same disk. ratio = kachery / hypercore.",
+    ]
+    lat = k.get("latency")
+    if lat:
+        out.append(
+            f"latency: {lat['received']}/{lat['messages']} messages every {lat['interval_ms']:g} ms; "
+            f"p90 {lat['p90_ms']:.2f} ms, max {lat['max_ms']:.2f} ms; the writer's own append "
+            f"p50 {lat['writer_append_p50_ms']:.2f} / p99 {lat['writer_append_p99_ms']:.2f} ms"
+            + (
+                f"; hypercore replica core.get p50 {h['tail_get_p50_ms']:.2f} / p99 "
+                f"{h['tail_get_p99_ms']:.2f} ms"
+                if h and h.get("tail_get_p50_ms") is not None
+                else ""
+            )
+        )
+    cu = k.get("catchup")
+    if cu:
+        out.append(
+            f"catch-up: {cu['seconds']:.2f} s from the follow request (includes A's bucket upload); "
+            f"A appended them at {cu['append_on_a_per_s'] / 1000:.0f}k/s"
+            + (f"; hypercore {h['repl_small_mb_per_s']:.2f} MB/s of blocks" if h else "")
+        )
+    fi = k.get("file")
+    if fi:
+        out.append(
+            f"file: {fi['seconds']:.2f} s for the transfer (provider upload to the bucket + download + "
+            f"SHA-1 verify); storing it on A took {fi['store_on_a_seconds']:.2f} s (not counted)"
+            + (
+                f"; hypercore replicated {h['repl_big_blocks'] * 64 // 1024} MiB of 64 KiB blocks"
+                if h
+                else ""
+            )
+        )
+    mem = k.get("memory")
+    if mem:
+        out.append(
+            f"memory: daemon RSS {mem['baseline_rss_mb']:.1f} MB before the follow, peak "
+            f"{mem['peak_rss_mb']:.1f} MB ({mem['samples']} samples), VmHWM {mem['vm_hwm_mb']:.1f} MB; "
+            f"caught up {mem['messages']} msgs in {mem['catchup_seconds']:.1f} s "
+            f"({mem['catchup_msgs_per_s'] / 1000:.1f}k/s)"
+        )
+    return "\n".join(out)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(float(text.rstrip("KMG")) * mult)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test, < 60 s)")
+    ap.add_argument("--no-hypercore", action="store_true", help="skip the Node.js hypercore side")
+    ap.add_argument("--file-size", type=parse_size, help="file size, e.g. 256M or 1G (default 1G; quick 32M)")
+    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    ap.add_argument("--tmp", metavar="DIR", help="parent folder for the temporary network")
+    ap.add_argument("--only", help="comma-separated subset of: latency,catchup,file,memory")
+    ap.add_argument(
+        "--profile", metavar="DIR", help="run the hub and daemons under cProfile, write DIR/*.prof"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    args = ap.parse_args()
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.file_size:
+        cfg["file_size"] = args.file_size
+    only = set((args.only or "latency,catchup,file,memory").split(","))
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="kachery-netbench-", dir=args.tmp))
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "config": cfg,
+        "machine": machine_info(),
+        "hypercore": None,
+    }
+    k: dict[str, Any] = {}
+    result["kachery"] = k
+    lab = None
+    try:
+        if not args.no_hypercore:
+            log("hypercore (node): tail latency, replication of small and 64 KiB blocks")
+            result["hypercore"] = run_hypercore(tmp, cfg, args.quick)
+        log("starting a hub and nodes A (owner, provides) and B (follows, fetches)")
+        lab = Lab(tmp / "net", profile_dir=profile_dir)
+        a = lab.add_node("A", ALL_ROLES)
+        b = lab.add_node("B", READER_ROLES)
+        log(f"network up after {time.perf_counter() - t_start:.1f} s")
+        if "latency" in only:
+            log(f"live latency: {cfg['latency_messages']} messages every {cfg['latency_interval_ms']:g} ms")
+            k["latency"] = bench_latency(
+                a, b, cfg["latency_messages"], cfg["latency_interval_ms"], cfg["timeout"]
+            )
+        if "catchup" in only:
+            k["catchup"] = bench_catchup(lab, a, cfg["catchup_messages"], cfg["timeout"])
+        if "file" in only:
+            k["file"] = bench_file(a, b, cfg["file_size"], tmp, cfg["timeout"])
+        if "memory" in only:
+            k["memory"] = bench_memory(lab, a, cfg["memory_messages"], cfg["timeout"])
+    except BaseException:
+        if lab is not None:
+            for node in lab.nodes.values():
+                log(f"--- {node.label} daemon.log (tail) ---\n{node.log()[-2000:]}")
+        raise
+    finally:
+        if lab is not None:
+            lab.stop()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["rows"] = build_rows(k, result["hypercore"])
+    result["seconds"] = time.perf_counter() - t_start
+    print(render(result))
+    print(f"\n(total {result['seconds']:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("_writer", "_follower"):
+        globals()[sys.argv[1]](*sys.argv[2:])
+    else:
+        main()
