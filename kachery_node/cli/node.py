@@ -49,11 +49,16 @@ def info(as_json: bool) -> None:
     """Show the node ID, owner, label, storage directory and disk use.
 
     With --json: node_id, owner, label, storage_dir, stored_files, stored_bytes, linked_files,
-    linked_bytes, max_cache_bytes (null: no cap), database_bytes.
+    linked_bytes, max_cache_bytes (null: no cap), database_bytes, channels (joined: name, hub,
+    requested roles).
     """
+    from ..channels.local_memberships import load_memberships
+
     storage_dir = Path(default_storage_dir())
     cfg = load_node_config(storage_dir)
     usage = open_storage(storage_dir).usage()
+    channels = [{"name": name, "hub": entry.get("hub_url"), "roles": entry.get("roles", [])}
+                for name, entry in sorted(load_memberships(storage_dir).items())]
     if as_json:
         echo_json({
             "node_id": cfg.node_id, "owner": cfg.owner, "label": cfg.label,
@@ -61,6 +66,7 @@ def info(as_json: bool) -> None:
             "stored_files": usage.stored_files, "stored_bytes": usage.stored_bytes,
             "linked_files": usage.linked_files, "linked_bytes": usage.linked_bytes,
             "max_cache_bytes": usage.max_cache_bytes, "database_bytes": usage.database_bytes,
+            "channels": channels,
         })
         return
     cap = "none" if usage.max_cache_bytes is None else _human(usage.max_cache_bytes)
@@ -73,3 +79,8 @@ def info(as_json: bool) -> None:
                f"linked:       {usage.linked_files} files, {_human(usage.linked_bytes)}"
                " (not copied)\n"
                f"databases:    {_human(usage.database_bytes)} (feeds, mutables, index)")
+    for ch in channels:
+        asks = " ".join(ch["roles"]) or "no roles"
+        click.echo(f"channel:      {ch['name']} on {ch['hub']} (asks for {asks})")
+    if not channels:
+        click.echo("channels:     none joined (`kachery node join CHANNEL --hub URL --roles ...`)")
