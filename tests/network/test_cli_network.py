@@ -13,6 +13,8 @@ from tests.nodes import KACHERY
 def test_cli_moves_files_and_follows_feeds(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-files", "request-feeds"])
+    assert bob.json("info")["channels"] == [
+        {"name": "lab", "hub": lab.hub.url, "roles": ["request-files", "request-feeds"]}]
     data = tmp_path / "table.csv"
     data.write_text("a,b\n1,2\n")
     uri = alice.run("upload", str(data), "--channel", "lab").stdout.strip()
