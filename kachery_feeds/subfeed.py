@@ -178,43 +178,32 @@ class Subfeed:
         Ends when no message arrives for ``timeout`` seconds (never, if None). With
         ``records=True`` yields :class:`MessageRecord` instead of bare payloads.
         """
-        position = start
-        decode = _record if records else (lambda _n, body: _payload(body))
+        cursor = _FollowCursor(self, start, timeout, records)
         with self._store.watcher() as watcher:
-            idle_since = time.monotonic()
             while True:
-                rows = self._store._rows(self.feed_id, self.subfeed_hash, position, position + PAGE_SIZE)
-                if rows:
-                    for n, body, _sig in rows:
-                        yield decode(n, body)
-                    position = rows[-1][0] + 1
-                    idle_since = time.monotonic()
-                    continue
-                remaining = None if timeout is None else timeout - (time.monotonic() - idle_since)
-                if remaining is not None and remaining <= 0:
+                batch = cursor.next_page()
+                if batch:
+                    yield from batch
+                elif cursor.idle_expired():
                     return
-                watcher.wait(remaining)
+                else:
+                    watcher.wait(cursor.wait_limit())
 
     async def afollow(
         self, start: int = 0, timeout: float | None = None, *, records: bool = False
     ) -> AsyncIterator[Any]:
         """Async :meth:`follow` for trio or asyncio programs (via anyio)."""
-        position = start
-        decode = _record if records else (lambda _n, body: _payload(body))
+        cursor = _FollowCursor(self, start, timeout, records)
         with self._store.watcher() as watcher:
-            idle_since = time.monotonic()
             while True:
-                rows = self._store._rows(self.feed_id, self.subfeed_hash, position, position + PAGE_SIZE)
-                if rows:
-                    for n, body, _sig in rows:
-                        yield decode(n, body)
-                    position = rows[-1][0] + 1
-                    idle_since = time.monotonic()
-                    continue
-                remaining = None if timeout is None else timeout - (time.monotonic() - idle_since)
-                if remaining is not None and remaining <= 0:
+                batch = cursor.next_page()
+                if batch:
+                    for item in batch:
+                        yield item
+                elif cursor.idle_expired():
                     return
-                await watcher.wait_async(remaining)
+                else:
+                    await watcher.wait_async(cursor.wait_limit())
 
     # ------------------------------------------------------------------ replication
     def get_signed_messages(self, start: int = 0, end: int | None = None) -> list[bytes]:
@@ -241,3 +230,32 @@ class Subfeed:
                 "feed_id = ? AND subfeed_hash = ?", [self.feed_id, self.subfeed_hash], order_by="id"
             )
         ]
+
+
+class _FollowCursor:
+    """The state of one follow: where it is, and how long it has waited without news."""
+
+    def __init__(self, subfeed: Subfeed, start: int, timeout: float | None, records: bool) -> None:
+        self._subfeed = subfeed
+        self._position = start
+        self._timeout = timeout
+        self._decode = _record if records else (lambda _n, body: _payload(body))
+        self._idle_since = time.monotonic()
+
+    def next_page(self) -> list[Any]:
+        """Up to PAGE_SIZE decoded messages after the position (bounded memory on huge feeds)."""
+        sf = self._subfeed
+        rows = sf._store._rows(sf.feed_id, sf.subfeed_hash, self._position, self._position + PAGE_SIZE)
+        if rows:
+            self._position = rows[-1][0] + 1
+            self._idle_since = time.monotonic()
+        return [self._decode(n, body) for n, body, _sig in rows]
+
+    def wait_limit(self) -> float | None:
+        if self._timeout is None:
+            return None
+        return self._timeout - (time.monotonic() - self._idle_since)
+
+    def idle_expired(self) -> bool:
+        limit = self.wait_limit()
+        return limit is not None and limit <= 0
