@@ -34,6 +34,7 @@ import trio_websocket
 import kachery_feeds as kf
 
 from ..bucket.embedded import HttpBucket
+from ..bucket.open import open_bucket
 from ..channels.errors import HubRequestError
 from ..channels.membership import Membership, MembershipError
 from ..channels.roles import ROLE_BANDS, band_name, split_band_name
@@ -41,7 +42,7 @@ from ..errors import KacheryError, NotFoundError
 from ..hub.client import HubClient
 from ..identity import Keypair
 from ..protocol.envelope import EnvelopeError, ReplayGuard, open_envelope, seal
-from ..pubsub.embedded import open_embedded_pubsub
+from ..pubsub.open import open_pubsub
 from .link import BucketObjectMissing, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
@@ -194,17 +195,10 @@ class ChannelRuntime:
             started = time.monotonic()
             try:
                 await self._connect_and_serve()
-            except (
-                HubRequestError,
-                KacheryError,
-                OSError,
-                trio_websocket.HandshakeError,
-                trio_websocket.ConnectionClosed,
-                trio.TooSlowError,
-                kf.FeedError,
-                MembershipError,
-                httpx.HTTPError,
-            ) as exc:
+            except* _RETRYABLE as group:
+                # A failure inside the connection's nurseries (the relay going away, a failed
+                # membership refresh) arrives wrapped in an ExceptionGroup: except* unwraps it.
+                exc = _first_leaf(group)
                 self.state = f"reconnecting ({type(exc).__name__}: {exc})"
                 log.warning("%s: %s; retrying in %.1f s", self.channel, exc, backoff)
             finally:
@@ -222,7 +216,7 @@ class ChannelRuntime:
         await self.refresh_membership()
         info = await trio.to_thread.run_sync(self._hub.channel_info, self.channel)
         if self._bucket is None or self._bucket.base_url != info["bucket_url"].rstrip("/"):
-            self._bucket = HttpBucket(info["bucket_url"], self._http)
+            self._bucket = open_bucket(info, self._http)
         if not self.roles:
             self.state = "no effective roles (ask the channel owner to grant some)"
             await trio.sleep(MEMBERSHIP_REFRESH_SECONDS)
@@ -233,7 +227,7 @@ class ChannelRuntime:
         async def renew() -> dict[str, Any]:
             return await trio.to_thread.run_sync(self._hub.pubsub_credentials, self.channel)
 
-        async with open_embedded_pubsub(credentials, renew=renew) as pubsub:
+        async with open_pubsub(credentials, renew=renew) as pubsub:
             for role in sorted(self.roles):
                 await pubsub.subscribe(band_name(self.channel, ROLE_BANDS[role][1]))
             self._pubsub = pubsub
@@ -302,6 +296,26 @@ class ChannelRuntime:
     async def aclose(self) -> None:
         await self._http.aclose()
         self._hub.close()
+
+
+#: Failures of the hub, relay or network: logged, then retried with backoff.
+_RETRYABLE = (
+    HubRequestError,
+    KacheryError,
+    OSError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    trio.TooSlowError,
+    kf.FeedError,
+    MembershipError,
+    httpx.HTTPError,
+)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _guarded(handler: MessageHandler, link: ChannelRuntime, band: str, env: Any) -> None:

@@ -54,9 +54,22 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path):
-    hub = HubProcess(tmp_path / "hub")
-    lab = Lab(tmp_path, hub)
-    yield lab
-    lab.stop()
-    hub.stop()
+def make_lab(tmp_path):
+    """``make_lab(*hub_args)``: a Lab whose hub runs ``kachery hub serve <hub_args>`` (e.g.
+    ``"--token-ttl", "5"``; ``"--port", "N"`` keeps the port across ``lab.hub.restart()``)."""
+    labs: list[Lab] = []
+
+    def make(*hub_args: str) -> Lab:
+        assert not labs, "one lab per test"
+        labs.append(Lab(tmp_path, HubProcess(tmp_path / "hub", *hub_args)))
+        return labs[0]
+
+    yield make
+    for lab in labs:
+        lab.stop()
+        lab.hub.stop()
+
+
+@pytest.fixture
+def lab(make_lab):
+    return make_lab()
