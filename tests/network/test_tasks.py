@@ -1,0 +1,200 @@
+"""Tasks across real processes: a backend on node A, requests from node B (spec/tasks.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.network.conftest import ALL_ROLES
+from tests.nodes import KACHERY
+
+ROOT = Path(__file__).parents[2]
+
+
+class Backend:
+    """`kachery task backend tests.network.task_functions:FUNCTIONS` on a node, as a process."""
+
+    def __init__(self, node, log_dir: Path) -> None:
+        self.node, self.log_dir = node, log_dir
+        self.env = {**node.env, "PYTHONPATH": str(ROOT), "TASK_LOG_DIR": str(log_dir)}
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_dir.parent / f"backend-{self.node.label}.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [KACHERY, "task", "backend", "tests.network.task_functions:FUNCTIONS"],
+                env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def runs(self, name: str) -> list[str]:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+def script(node, code: str, timeout: float = 60) -> str:
+    result = subprocess.run([sys.executable, "-c", code], env={**node.env, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr + node.log()[-3000:]
+    return result.stdout
+
+
+def request(node, function_id: str, kwargs: dict, *, type: str = "pure-calculation", timeout: float = 20,
+            request_id: str | None = None) -> str:
+    """Request from `node` in a script; prints `ok <result> <from_cache> <stale> <statuses> <warnings>`
+    or `<ErrorClass>: <message>`."""
+    return script(node, f"""
+import kachery_node as kn
+h = kn.request_task({function_id!r}, {kwargs!r}, channel="lab", function_type={type!r},
+                    timeout={timeout!r}, request_id={request_id!r})
+try:
+    r = h.wait()
+    print("ok", repr(r), h.from_cache, h.stale, h.statuses, h.warnings)
+except kn.KacheryError as e:
+    print(type(e).__name__ + ":", e)
+""", timeout=timeout + 30).strip()
+
+
+def wait_for(predicate, timeout: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class TaskLab:
+    lab: Any
+    alice: Any  # all roles, runs the backend
+    bob: Any  # request-tasks only
+    backend: Backend
+
+
+@pytest.fixture
+def tl(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-tasks"])
+    backend = Backend(alice, tmp_path / "runs-alice")
+    time.sleep(1.0)  # the backend's first poll registers its functions
+    yield TaskLab(lab, alice, bob, backend)
+    backend.kill()
+
+
+def test_pure_result_is_cached_and_the_second_request_never_reaches_the_provider(tl):
+    first = request(tl.bob, "test.add.1", {"a": 2, "b": 3})
+    assert first.startswith("ok 5 False False"), first
+    assert "running" in first and "finished" in first
+    second = request(tl.bob, "test.add.1", {"a": 2, "b": 3})
+    assert second.startswith("ok 5 True False ['finished']"), second
+    assert len(tl.backend.runs("add")) == 1
+
+
+def test_query_is_fresh_and_falls_back_to_the_cache_only_without_provider(tl):
+    one = request(tl.bob, "test.clock.1", {"tag": "x"}, type="query")
+    two = request(tl.bob, "test.clock.1", {"tag": "x"}, type="query")
+    assert one.startswith("ok {") and " False False " in one, one
+    assert two.startswith("ok {") and " False False " in two and one != two, two
+    assert len(tl.backend.runs("clock")) == 2
+    tl.backend.kill()
+    time.sleep(3.5)  # the backend's registration lapses
+    stale = request(tl.bob, "test.clock.1", {"tag": "x"}, type="query")
+    assert stale.startswith("ok {") and " True True " in stale and "no provider answered" in stale, stale
+    assert two.split(" True True")[0].split("False False")[0] in stale or "'tag': 'x'" in stale
+    none = request(tl.bob, "test.clock.1", {"tag": "never"}, type="query")
+    assert none.startswith("NoProviderError:") and "no cached result" in none, none
+
+
+def test_unknown_function_fails_quickly_saying_so(tl):
+    t0 = time.monotonic()
+    out = request(tl.bob, "test.nobody_has_this.1", {})
+    assert out.startswith("NoProviderError:"), out
+    assert "no provider on channel lab offers function 'test.nobody_has_this.1'" in out
+    assert time.monotonic() - t0 < 8
+
+
+def test_the_remote_error_message_reaches_the_requester(tl):
+    out = request(tl.bob, "test.fail.1", {"why": "bad input 42"})
+    assert out.startswith("TaskError:") and "ValueError: cannot do it: bad input 42" in out, out
+
+
+def test_timeouts_are_explicit(tl):
+    out = request(tl.bob, "test.slow.1", {"seconds": 3, "tag": "t"}, timeout=1.5)
+    assert out.startswith("TaskTimeoutError:") and "1.5 s" in out, out
+
+
+def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
+    from kachery_node.identity import Keypair
+    from kachery_node.protocol.tasks import encode_result_object, sign_result, task_hash
+
+    assert request(tl.bob, "test.echo.1", {"value": "original"}).startswith("ok 'original' False")
+    h = task_hash("test.echo.1", {"value": "original"})
+    obj_path = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    obj_path.write_bytes(obj_path.read_bytes().replace(b"original", b"tampered"))
+    out = request(tl.bob, "test.echo.1", {"value": "original"})
+    assert out.startswith("ok 'original' False"), out  # recomputed, not taken from the cache
+    assert "bad signature" in out
+    assert len(tl.backend.runs("echo")) == 2
+    assert b"tampered" not in obj_path.read_bytes()  # the provider overwrote it
+
+    # A well-signed result from a node that does not hold provide-tasks on the channel.
+    h2 = task_hash("test.echo.1", {"value": "x"})
+    forger = Keypair.generate()
+    forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!")
+    path2 = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h2[:2] / h2[2:4] / h2[4:6] / h2
+    path2.parent.mkdir(parents=True, exist_ok=True)
+    path2.write_bytes(encode_result_object(forged))
+    out = request(tl.bob, "test.echo.1", {"value": "x"})
+    assert out.startswith("ok 'x' False"), out
+    assert "does not hold provide-tasks" in out
+
+
+def test_backend_restart_mid_task(tl):
+    code = """
+import kachery_node as kn
+h = kn.request_task("test.slow.1", {"seconds": 3, "tag": "r"}, channel="lab", timeout=40)
+print(h.wait(), h.statuses)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env=tl.bob.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any("start r" in line for line in tl.backend.runs("slow")), what="the task to start")
+    tl.backend.kill()
+    tl.backend.start()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("{'slept': 3, 'tag': 'r'}"), out
+    statuses = out.split("[", 1)[1]
+    assert statuses.count("'queued'") >= 2 and statuses.count("'running'") >= 2, out
+    runs = tl.backend.runs("slow")
+    assert sum("start r" in r for r in runs) == 2 and sum("end r" in r for r in runs) == 1
+
+
+def test_action_runs_once_under_retries_and_with_two_providers(tl, tmp_path):
+    carol = tl.lab.add_node("carol", ALL_ROLES)
+    second = Backend(carol, tmp_path / "runs-carol")
+    try:
+        time.sleep(1.0)
+        rid = "retry-test-0001"
+        first = request(tl.bob, "test.append.1", {"text": "hello"}, type="action", request_id=rid)
+        assert first.startswith("ok {'appended': 'hello'} False False"), first
+        again = request(tl.bob, "test.append.1", {"text": "hello"}, type="action", request_id=rid)
+        assert again.startswith("ok {'appended': 'hello'} False False"), again
+        assert len(tl.backend.runs("append")) + len(second.runs("append")) == 1
+        fresh = request(tl.bob, "test.append.1", {"text": "hello"}, type="action")
+        assert fresh.startswith("ok {'appended': 'hello'}"), fresh
+        assert len(tl.backend.runs("append")) + len(second.runs("append")) == 2
+        # Actions are never cached.
+        h_dir = tl.lab.hub.dir / "bucket" / "lab" / "task_results"
+        assert not h_dir.exists() or not any(p.is_file() for p in h_dir.rglob("*"))
+    finally:
+        second.kill()
