@@ -19,7 +19,11 @@ Theory of operation
   for :data:`SUBSCRIPTION_TTL_SECONDS`; if the reader is behind, send what it lacks: inline if
   small, otherwise upload segments and head to the bucket and announce ``subfeedUploaded``;
 * whenever the local subfeed grows, push the new messages inline to every live subscription and,
-  debounced, bring the bucket's segments and head up to date for later readers.
+  debounced, bring the bucket's segments and head up to date for later readers;
+* when a channel (re)connects, bring the bucket up to date for every live subscription there
+  and announce ``subfeedUploaded``: a reader that missed pushes while the provider, the relay or
+  itself was away catches up now, not at its next renewal. Subscriptions are saved to a file so
+  that a restarted provider still knows them.
 
 Every message is verified by kachery_feeds before it is stored; a fork raises ForkError, whose
 proof is recorded in the store and logged.
@@ -27,10 +31,13 @@ proof is recorded in the store and logged.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import orjson
@@ -51,6 +58,7 @@ INLINE_MAX_MESSAGES = 200
 INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by default
 BUCKET_DEBOUNCE_SECONDS = 0.5
 CATCH_UP_TIMEOUT_SECONDS = 60.0
+SEGMENT_DOWNLOADS_AHEAD = 4
 
 
 def _key(feed_id: str, subfeed_hash: str) -> tuple[str, str]:
@@ -87,10 +95,16 @@ class _Followed:
 class FeedExchange:
     """Follows remote subfeeds and provides local ones over the daemon's channels."""
 
-    def __init__(self, store: kf.Store, changes: ChangeBroadcaster) -> None:
+    def __init__(
+        self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None = None
+    ) -> None:
         self.store = store
         self.changes = changes
         self._incoming: dict[tuple[str, str, str], _Incoming] = {}  # (channel, feed, subfeed)
+        # Where live subscriptions are saved (None: not saved), and the saved ones not yet
+        # attached to a connected channel: key -> wall-clock expiry.
+        self._subscriptions_path = subscriptions_path
+        self._saved: dict[tuple[str, str, str], float] = self._load_subscriptions()
         self._followed: dict[tuple[str, str], _Followed] = {}
         self._bucket_dirty: dict[tuple[str, str, str], ChannelLink] = {}
         self._bucket_locks: dict[tuple[str, str, str], anyio.Lock] = {}
@@ -123,9 +137,12 @@ class FeedExchange:
         return list(self._followed)
 
     def on_reconnect(self, link: ChannelLink) -> None:
-        """A channel came (back) up: every follower on it catches up and re-subscribes now."""
+        """A channel came (back) up: every follower on it catches up and re-subscribes now, and
+        every live subscription there hears how far its subfeed goes."""
         for followed in self._followed.values():
             followed.nudge(link.channel)
+        if self._task_group is not None:
+            self._task_group.start_soon(self._announce, link)
 
     async def _follow_on(self, followed: _Followed, link: ChannelLink) -> None:
         """Catch up from the bucket, then keep a subscription alive on one channel."""
@@ -168,9 +185,9 @@ class FeedExchange:
                 if head.count <= local:
                     return 0
                 importer = feed_bucket.SegmentImporter(subfeed)
-                for index in feed_bucket.segments_to_download(local, head):
-                    path = subfeed_segment_path(link.channel, subfeed.feed_id, subfeed.subfeed_hash, index)
-                    importer.add_segment(await link.bucket_get(path))
+                await _download_and_import(
+                    link, subfeed, feed_bucket.segments_to_download(local, head), importer
+                )
                 importer.add_lines(head.tail)
                 added = importer.finish()
                 if added:
@@ -259,6 +276,7 @@ class FeedExchange:
         if incoming is None:
             incoming = self._incoming[key] = _Incoming(link, feed_id, subfeed_hash, count, expires)
         incoming.expires = expires
+        self._save_subscriptions()
         if position < count:
             if count - position <= INLINE_MAX_MESSAGES:
                 await self._push(incoming, sf, position, count)
@@ -277,6 +295,73 @@ class FeedExchange:
         self._bucket_dirty[key] = link
 
     # ------------------------------------------------------------------ provider side
+    async def _announce(self, link: ChannelLink) -> None:
+        """Update the bucket and publish ``subfeedUploaded`` for each live subscription on
+        ``link``'s channel (including those saved by a previous run of the daemon)."""
+        now_wall, now = time.time(), time.monotonic()
+        for key, expires_wall in list(self._saved.items()):
+            if key[0] == link.channel:
+                del self._saved[key]
+                if expires_wall > now_wall and key not in self._incoming:
+                    _channel, feed_id, subfeed_hash = key
+                    sf = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+                    count = sf.get_num_local_messages()
+                    self._incoming[key] = _Incoming(
+                        link, feed_id, subfeed_hash, count, now + expires_wall - now_wall
+                    )
+        for key, incoming in list(self._incoming.items()):
+            if key[0] != link.channel or incoming.expires < now:
+                continue
+            incoming.link = link
+            sf = self.store.load_feed(incoming.feed_id).load_subfeed("~" + incoming.subfeed_hash)
+            count = sf.get_num_local_messages()
+            if count == 0:
+                continue
+            try:
+                await self._update_bucket(link, sf)
+                await link.publish(
+                    "provide-feeds",
+                    {
+                        "type": "subfeedUploaded",
+                        "feed_id": incoming.feed_id,
+                        "subfeed_hash": incoming.subfeed_hash,
+                        "count": count,
+                    },
+                )
+                incoming.pushed = max(incoming.pushed, count)
+            except Exception as exc:  # the readers' renewals re-sync them
+                log.info("announcing %s on %s failed: %s", sf.uri, link.channel, exc)
+
+    def _load_subscriptions(self) -> dict[tuple[str, str, str], float]:
+        if self._subscriptions_path is None:
+            return {}
+        try:
+            rows = json.loads(self._subscriptions_path.read_text())
+            return {(r["channel"], r["feed_id"], r["subfeed_hash"]): float(r["expires"]) for r in rows}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable %s: %s", self._subscriptions_path, exc)
+            return {}
+
+    def _save_subscriptions(self) -> None:
+        if self._subscriptions_path is None:
+            return
+        offset = time.time() - time.monotonic()
+        expiries = dict(self._saved)
+        expiries.update({key: inc.expires + offset for key, inc in self._incoming.items()})
+        rows = [
+            {"channel": c, "feed_id": f, "subfeed_hash": s, "expires": round(e, 3)}
+            for (c, f, s), e in expiries.items()
+            if e > time.time()
+        ]
+        tmp = Path(str(self._subscriptions_path) + ".tmp")
+        try:
+            tmp.write_text(json.dumps(rows))
+            os.replace(tmp, self._subscriptions_path)
+        except OSError as exc:
+            log.warning("could not save subscriptions to %s: %s", self._subscriptions_path, exc)
+
     async def _push(self, incoming: _Incoming, sf: kf.Subfeed, start: int, end: int) -> None:
         """Publish messages [start, end) inline, split to respect the size limit."""
         batch: list[str] = []
@@ -362,10 +447,49 @@ class FeedExchange:
             count, head = feed_bucket.head_for(sf)
             if count <= bucket_count:
                 return
-            for index in feed_bucket.segments_to_upload(count, bucket_count):
-                path = subfeed_segment_path(link.channel, sf.feed_id, sf.subfeed_hash, index)
-                await link.upload(path, feed_bucket.segment_for(sf, index))
+            segments = [
+                (
+                    subfeed_segment_path(link.channel, sf.feed_id, sf.subfeed_hash, i),
+                    feed_bucket.segment_for(sf, i),
+                )
+                for i in feed_bucket.segments_to_upload(count, bucket_count)
+            ]
+            if segments:
+                await link.upload_many(segments)
             await link.upload(head_path, head)
+
+
+async def _download_and_import(
+    link: ChannelLink, subfeed: kf.Subfeed, indices: range, importer: feed_bucket.SegmentImporter
+) -> None:
+    """Download segments a few at a time ahead of the import, and import them in order in a
+    worker thread, so that network waits overlap verification and the event loop stays free."""
+    results: dict[int, anyio.Event | bytes] = {i: anyio.Event() for i in indices}
+    slots = anyio.Semaphore(SEGMENT_DOWNLOADS_AHEAD)
+
+    async def download(index: int) -> None:
+        path = subfeed_segment_path(link.channel, subfeed.feed_id, subfeed.subfeed_hash, index)
+        data = await link.bucket_get(path)
+        done = results[index]
+        results[index] = data
+        assert isinstance(done, anyio.Event)
+        done.set()
+
+    async def feed_downloads(tg: anyio.abc.TaskGroup) -> None:
+        for index in indices:
+            await slots.acquire()  # released once that segment is imported
+            tg.start_soon(download, index)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed_downloads, tg)
+        for index in indices:
+            pending = results[index]
+            if isinstance(pending, anyio.Event):
+                await pending.wait()
+            data = results.pop(index)
+            assert isinstance(data, bytes)
+            await anyio.to_thread.run_sync(importer.add_segment, data)
+            slots.release()
 
 
 def batch_ends_signed(batch: list[str]) -> bool:

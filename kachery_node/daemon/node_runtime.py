@@ -4,7 +4,9 @@
 channel in ``<storage>/channels.json`` (re-read every :data:`CHANNELS_POLL_SECONDS`, so
 ``kachery node join``/``leave`` take effect without a restart), the :class:`FeedExchange` and
 the :class:`FileExchange`. Subfeeds that local clients asked to follow are remembered in
-``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them.
+``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them; other
+nodes' live subscriptions to subfeeds provided here are kept in
+``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger("kachery.node")
 
 CHANNELS_POLL_SECONDS = 2.0
 FOLLOWED_FILE = "followed-subfeeds.json"
+SUBSCRIPTIONS_FILE = "provided-subscriptions.json"  # other nodes' live subscriptions to our subfeeds
 
 
 class NotJoinedError(KacheryError):
@@ -42,7 +45,7 @@ class NodeRuntime:
         self.storage = storage
         self.config = config
         self.node_key = load_node_key(storage.directory)
-        self.feeds = FeedExchange(storage.feeds, changes)
+        self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE)
         self.files = FileExchange(storage)
         self.channels: dict[str, ChannelRuntime] = {}
         self._scopes: dict[str, trio.CancelScope] = {}

@@ -93,3 +93,36 @@ def test_hub_restart_while_two_nodes_follow_loses_and_duplicates_nothing(make_la
     expected += live
     for replica in replicas:
         wait_for_messages(replica, expected, 10, alice, bob, carol)
+
+
+# ------------------------------------------------------------------ daemons killed and restarted
+def test_killed_daemons_resume_following_where_they_were(lab):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", FEED_ROLES)
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("log")
+    expected = [{"i": i} for i in range(5)]
+    source.append_messages(expected)
+    replica = follow(bob, source.uri)
+    wait_for_messages(replica, expected, 15, alice, bob)
+
+    # The follower's daemon crashes; the writer goes on; the follower restarts and resumes.
+    bob.kill()
+    wait_until(lambda: not bob.client.is_running(), 10, "bob's daemon to die")
+    more = [{"i": i} for i in range(5, 15)]
+    source.append_messages(more)
+    expected += more
+    bob.start()
+    wait_for_messages(replica, expected, 15, alice, bob)
+
+    # The provider's daemon crashes; a script goes on appending to its store; it restarts.
+    alice.kill()
+    wait_until(lambda: not alice.client.is_running(), 10, "alice's daemon to die")
+    more = [{"i": i} for i in range(15, 25)]
+    for m in more:
+        source.append_message(m)
+    expected += more
+    alice.start()
+    lab.wait_connected(alice)
+    wait_for_messages(replica, expected, 10, alice, bob)  # well before a renewal (20 s)
+    source.append_message({"i": 25})
+    wait_for_messages(replica, expected + [{"i": 25}], 10, alice, bob)
