@@ -104,7 +104,7 @@ class FileTimeouts:
     #: which the transfer counts as stalled (re-request / take over / abort).
     stall: float = 30.0
     #: A provider waits a random delay in ``[0, backoff_max]`` before uploading.
-    backoff_max: float = 0.3
+    backoff_max: float = 0.05  # a lone provider (the usual case) should not wait long per chunk
     #: Minimum interval between a provider's ``progress`` messages.
     progress_interval: float = 0.5
     #: While its upload runs, a provider publishes ``progress`` at least this often, even

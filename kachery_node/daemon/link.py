@@ -69,6 +69,9 @@ class ChannelLink(Protocol):
         """Put ``data`` (bytes, or a file's whole content) at ``path`` through a signed upload URL
         from the hub. Raises PermissionError without the matching provide role."""
 
+    async def upload_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Put several small objects (path, bytes) at once (one request for their URLs)."""
+
 
 #: Handlers receive verified envelopes: signature, channel/band binding, freshness and replay
 #: have been checked, and the sender holds the role that publishes on the band.
