@@ -3,5 +3,6 @@
 
 from .base import Bucket, BucketBackend, ObjectInfo
 from .embedded import EmbeddedBucketBackend, HttpBucket
+from .open import open_bucket
 
-__all__ = ["Bucket", "BucketBackend", "EmbeddedBucketBackend", "HttpBucket", "ObjectInfo"]
+__all__ = ["Bucket", "BucketBackend", "EmbeddedBucketBackend", "HttpBucket", "ObjectInfo", "open_bucket"]

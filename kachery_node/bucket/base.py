@@ -1,7 +1,8 @@
 """The bucket interfaces. A channel's bucket is publicly readable over HTTP (GET with byte
 ranges, HEAD) and writable only through signed upload URLs that the hub makes. Backends:
-``embedded`` (the hub's filesystem-backed store, this package) and later Google Cloud Storage
-(V4 signed URLs), chosen by the channel's config ``{"bucket": {"backend": ...}}``.
+``embedded`` (the hub's filesystem-backed store) and ``gcs`` (Google Cloud Storage, V4 signed
+URLs), chosen by the channel's config ``{"bucket": {"backend": ...}}``; nodes get their client
+from :func:`kachery_node.bucket.open.open_bucket`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class BucketBackend(ABC):
     @abstractmethod
     def read_base_url(self) -> str:
         """Objects are read at ``<read_base_url>/<key>`` (key = ``<channel>/<path>``)."""
+
+    def node_info(self) -> dict:
+        """What a node needs to read the bucket (``channel_info["bucket"]``); never a secret."""
+        return {"backend": self.name, "read_url": self.read_base_url()}
 
     @abstractmethod
     def signed_upload_url(self, key: str, *, max_size: int, expires: int, node_id: str) -> str:

@@ -1,5 +1,6 @@
 """Pub-sub for channels: the :class:`PubSub` interface, its embedded backend (the hub's
-WebSocket relay) and :func:`open_pubsub`, which picks the backend the credentials name.
+WebSocket relay) and :func:`open_pubsub`, which picks the backend the credentials name
+(``embedded``, ``nats``, ``ably``).
 
 Example (under trio)::
 
@@ -12,25 +13,9 @@ Example (under trio)::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-from ..channels.errors import MalformedRequestError
 from .base import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .embedded import EmbeddedPubSub, EmbeddedPubSubBackend, open_embedded_pubsub
-
-
-@asynccontextmanager
-async def open_pubsub(credentials: dict[str, Any], renew: Renewer | None = None) -> AsyncIterator[Any]:
-    """Connect with the backend named by ``credentials["backend"]``."""
-    backend = credentials.get("backend")
-    if backend == "embedded":
-        async with open_embedded_pubsub(credentials, renew) as ps:
-            yield ps
-        return
-    raise MalformedRequestError(f"unknown pub-sub backend {backend!r}")
-
+from .open import open_pubsub
 
 __all__ = ["EmbeddedPubSub", "EmbeddedPubSubBackend", "PubSub", "PubSubBackend", "PubSubMessage",
            "Renewer", "open_embedded_pubsub", "open_pubsub"]
