@@ -55,6 +55,7 @@ def task_routes(ctx: DaemonContext) -> list[Route]:
         backend_id = _string(body, "backend_id")
         timeout = _number(body, "timeout", MAX_POLL_SECONDS, 0, MAX_POLL_SECONDS)
         tasks: list[dict[str, Any]] = []
+        gone = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
@@ -62,11 +63,14 @@ def task_routes(ctx: DaemonContext) -> list[Route]:
                 while (await request.receive())["type"] != "http.disconnect":
                     pass
                 tg.cancel_scope.cancel()
+                gone.set()
 
             tg.start_soon(watch_disconnect)
             tasks = await _node(ctx).tasks.poll(backend_id, functions, max_tasks=max_tasks,
                                                 running=running, timeout=timeout)
             tg.cancel_scope.cancel()
+        if gone.is_set():
+            _node(ctx).tasks.backend_gone(backend_id)
         return _json({"tasks": tasks})
 
     async def update(request: Request) -> Response:

@@ -126,6 +126,7 @@ class _Incoming:
     backend_id: str | None = None
     last_status: dict[str, Any] | None = None
     since: float = field(default_factory=time.monotonic)
+    queued_at: float = 0.0
 
 
 class _Executed:
@@ -460,7 +461,7 @@ class TaskExchange:
             return
         if not self._executed.accept(inc):
             return
-        inc.state = "queued"
+        inc.state, inc.queued_at = "queued", time.monotonic()
         self._queue.append(inc)
         await self._status(inc, "queued")
         for backend in self._backends.values():
@@ -532,6 +533,12 @@ class TaskExchange:
         finally:
             backend.polling -= 1
             backend.expires = time.monotonic() + self.timeouts.registration_grace
+
+    def backend_gone(self, backend_id: str) -> None:
+        """The backend's poll connection closed: it stopped (no grace period)."""
+        backend = self._backends.get(backend_id)
+        if backend is not None and not backend.polling:
+            backend.expires = 0.0
 
     def _take(self, backend: _Backend, max_tasks: int) -> list[dict[str, Any]]:
         taken = []
@@ -614,6 +621,14 @@ class TaskExchange:
                     inc = self._by_key.get(key)
                     if inc is not None and inc.state == "running":
                         await self._orphaned(inc)
+            for inc in list(self._queue):
+                waited = now - inc.queued_at
+                if waited > self.timeouts.registration_grace \
+                        and self._offering_backend(inc.link.channel, inc.function_id) is None:
+                    self._queue.remove(inc)
+                    await self._status(inc, "error", error=(
+                        f"no task backend on this node offers {inc.function_id} any more (it "
+                        "stopped before running the task)"))
             for inc in list(self._incoming.values()):
                 age = now - inc.since
                 expired = ((inc.state == "offered" and age > self.timeouts.offer_ttl)
@@ -632,7 +647,7 @@ class TaskExchange:
                 "the task backend stopped while running this action; it is not run again "
                 "(it may or may not have taken effect)"))
             return
-        inc.state, inc.backend_id = "queued", None
+        inc.state, inc.backend_id, inc.queued_at = "queued", None, time.monotonic()
         self._queue.append(inc)
         await self._status(inc, "queued", note="the task backend stopped; queued again")
         for backend in self._backends.values():

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.network.conftest import ALL_ROLES
+from kachery_node.protocol.tasks import task_hash
+from tests.hub.conftest import HubProcess
+from tests.network.conftest import ALL_ROLES, Lab
 from tests.nodes import KACHERY
 
 ROOT = Path(__file__).parents[2]
@@ -81,14 +83,30 @@ class TaskLab:
     backend: Backend
 
 
-@pytest.fixture
-def tl(lab, tmp_path):
+@pytest.fixture(scope="module")
+def shared_lab(tmp_path_factory):
+    """One hub, alice (all roles, runs the backend) and bob (request-tasks) for this module:
+    the tests use distinct function arguments, so they do not see each other's results."""
+    root = tmp_path_factory.mktemp("tasks")
+    hub = HubProcess(root / "hub")
+    lab = Lab(root, hub)
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-tasks"])
-    backend = Backend(alice, tmp_path / "runs-alice")
+    backend = Backend(alice, root / "runs-alice")
     time.sleep(1.0)  # the backend's first poll registers its functions
     yield TaskLab(lab, alice, bob, backend)
     backend.kill()
+    lab.stop()
+    hub.stop()
+
+
+@pytest.fixture
+def tl(shared_lab):
+    proc = shared_lab.backend.proc
+    if proc is None or proc.poll() is not None:  # a test stopped it
+        shared_lab.backend.start()
+        time.sleep(1.0)
+    return shared_lab
 
 
 def test_pure_result_is_cached_and_the_second_request_never_reaches_the_provider(tl):
@@ -106,8 +124,8 @@ def test_query_is_fresh_and_falls_back_to_the_cache_only_without_provider(tl):
     assert one.startswith("ok {") and " False False " in one, one
     assert two.startswith("ok {") and " False False " in two and one != two, two
     assert len(tl.backend.runs("clock")) == 2
-    tl.backend.kill()
-    time.sleep(3.5)  # the backend's registration lapses
+    tl.backend.kill()  # its daemon notices the closed poll at once
+    time.sleep(0.5)
     stale = request(tl.bob, "test.clock.1", {"tag": "x"}, type="query")
     assert stale.startswith("ok {") and " True True " in stale and "no provider answered" in stale, stale
     assert two.split(" True True")[0].split("False False")[0] in stale or "'tag': 'x'" in stale
@@ -180,7 +198,7 @@ print(h.wait(), h.statuses)
 
 
 def test_action_runs_once_under_retries_and_with_two_providers(tl, tmp_path):
-    carol = tl.lab.add_node("carol", ALL_ROLES)
+    carol = tl.lab.nodes.get("carol") or tl.lab.add_node("carol", ALL_ROLES)
     second = Backend(carol, tmp_path / "runs-carol")
     try:
         time.sleep(1.0)
@@ -194,7 +212,34 @@ def test_action_runs_once_under_retries_and_with_two_providers(tl, tmp_path):
         assert fresh.startswith("ok {'appended': 'hello'}"), fresh
         assert len(tl.backend.runs("append")) + len(second.runs("append")) == 2
         # Actions are never cached.
-        h_dir = tl.lab.hub.dir / "bucket" / "lab" / "task_results"
-        assert not h_dir.exists() or not any(p.is_file() for p in h_dir.rglob("*"))
+        h = task_hash("test.append.1", {"text": "hello"})
+        assert not (tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h).exists()
     finally:
         second.kill()
+
+
+def test_cli_requests_with_progress_and_fails_with_a_clear_error(tl):
+    out = tl.bob.run("task", "request", "test.add.1", "--arg", "a=20", "--arg", "b=22", "--channel", "lab")
+    assert out.stdout.strip() == "42"
+    assert "[test.add.1] running" in out.stderr and "[test.add.1] finished" in out.stderr
+    again = tl.bob.json("task", "request", "test.add.1", "--arg", "a=20", "--arg", "b=22")
+    assert again["result"] == 42 and again["from_cache"] is True
+    bad = tl.bob.run("task", "request", "test.nope.1", "--channel", "lab", check=False)
+    assert bad.returncode == 1
+    assert "Error: no provider on channel lab offers function 'test.nope.1'" in bad.stderr
+    bad = tl.bob.run("task", "request", "test.add.1", "--arg", "a=1", "--arg", "b=NaN", check=False)
+    assert bad.returncode == 1 and "Error:" in bad.stderr
+
+
+def test_backend_survives_a_daemon_restart(tl):
+    tl.alice.stop()
+    tl.alice.start()
+    tl.lab.wait_connected(tl.alice)
+    out = ""
+    for _ in range(3):  # the backend reconnects with backoff (at most a few seconds)
+        out = request(tl.bob, "test.add.1", {"a": 100, "b": 1})
+        if out.startswith("ok"):
+            break
+        time.sleep(1.0)
+    assert out.startswith("ok 101 False"), out
+    assert tl.backend.proc.poll() is None
