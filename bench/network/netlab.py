@@ -8,7 +8,10 @@ init``, the owner's ``kachery channel create``, ``kachery node join CH --roles .
 With ``profile_dir`` set (``run.py --profile DIR``), the hub and the daemons run under cProfile
 instead (``python -m cProfile -o DIR/<name>.prof ...``, started by this harness in place of
 ``kachery node start``); each writes its profile when it is stopped (SIGTERM / ``/api/stop``),
-which is a graceful shutdown for both.
+which is a graceful shutdown for both. cProfile sees only the main thread (the event loop);
+with ``pyspy`` set (``run.py --py-spy DIR``) a ``py-spy record`` attaches to the hub and to each
+daemon once started and writes collapsed stacks of every thread (``DIR/<name>.txt``, CPU
+samples only) when that process exits.
 """
 
 from __future__ import annotations
@@ -52,6 +55,32 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             pass
         time.sleep(0.05)
     return False
+
+
+class PySpy:
+    """``py-spy record`` on processes until they exit (then it writes its file)."""
+
+    def __init__(self, exe: str, out_dir: Path) -> None:
+        self.exe, self.out_dir = exe, out_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def attach(self, pid: int, name: str) -> None:
+        cmd = [self.exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+               "--output", str(self.out_dir / f"{name}.txt")]  # fmt: skip
+        self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        """Call after the targets stopped: py-spy then writes its output and exits."""
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=10)
 
 
 class Hub:
@@ -209,9 +238,13 @@ class Node:
 class Lab:
     """A hub, one channel owned by the first node's user, and member nodes with running daemons."""
 
-    def __init__(self, root: Path, channel: str = "bench", profile_dir: Path | None = None) -> None:
-        self.root, self.channel, self.profile_dir = root, channel, profile_dir
+    def __init__(
+        self, root: Path, channel: str = "bench", profile_dir: Path | None = None, pyspy: PySpy | None = None
+    ) -> None:
+        self.root, self.channel, self.profile_dir, self.pyspy = root, channel, profile_dir, pyspy
         self.hub = Hub(root / "hub", profile_dir)
+        if pyspy:
+            pyspy.attach(self.hub.pid, "hub")
         self.nodes: dict[str, Node] = {}
         self.owner: Node | None = None
 
@@ -224,6 +257,8 @@ class Lab:
         node.run("node", "join", self.channel, "--roles", ",".join(roles))
         self.owner.run("channel", "grant", self.channel, node.node_id, *roles)
         node.start()
+        if self.pyspy and node.pid:
+            self.pyspy.attach(node.pid, f"daemon-{label}")
         node.wait_connected()
         return node
 
@@ -234,6 +269,8 @@ class Lab:
             except Exception as exc:  # keep stopping the others
                 print(f"[bench] stopping {node.label}: {exc}", file=sys.stderr)
         self.hub.stop()
+        if self.pyspy:
+            self.pyspy.stop()
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "_cli":

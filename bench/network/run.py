@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 
 import orjson  # noqa: E402
 import psutil  # noqa: E402
-from netlab import ALL_ROLES, Lab, Node  # noqa: E402
+from netlab import ALL_ROLES, Lab, Node, PySpy  # noqa: E402
 
 import kachery_feeds as kf  # noqa: E402
 
@@ -116,15 +116,61 @@ def worker(*args: str) -> list[str]:
 
 
 def wait_count(sf: kf.Subfeed, n: int, timeout: float, what: str, poll: float = 0.01) -> float:
-    """Wait until ``sf`` holds ``n`` messages; returns the monotonic time it was first seen."""
+    """Wait until ``sf`` holds ``n`` messages; returns the wall time (time.time) it was seen."""
+    return wait_count_phases(sf, n, timeout, what, poll)[1]
+
+
+def wait_count_phases(
+    sf: kf.Subfeed, n: int, timeout: float, what: str, poll: float = 0.01
+) -> tuple[float | None, float]:
+    """Like wait_count; returns (wall time the first message was seen, wall time all were)."""
     deadline = time.monotonic() + timeout
+    first = None
     while True:
         have = sf.get_num_local_messages()
+        if have and first is None:
+            first = time.time()
         if have >= n:
-            return time.monotonic()
+            return first, time.time()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: {have} of {n} messages after {timeout:.0f} s")
         time.sleep(poll)
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user + system CPU seconds so far of each process (all its threads)."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            out[name] = float("nan")
+    return out
+
+
+def cpu_used(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]:
+    after = cpu_seconds(pids)
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def bucket_mtimes(hub_dir: Path, channel: str, uri: str) -> dict[str, float | None]:
+    """When the hub's bucket got the first and the last segment of a subfeed and its head
+    (file modification times, wall clock)."""
+    from kachery_node.protocol.bucket_layout import subfeed_head_path
+
+    parsed = kf.parse_feed_uri(uri)
+    head = hub_dir / "bucket" / subfeed_head_path(channel, parsed.feed_id, parsed.subfeed_hash)
+    times = sorted(p.stat().st_mtime for p in (head.parent / "segments").glob("*"))
+    try:
+        head_time = head.stat().st_mtime
+    except OSError:
+        head_time = None
+    return {
+        "first_segment": times[0] if times else None,
+        "last_segment": times[-1] if times else None,
+        "head": head_time,
+    }
 
 
 def append_batches(store_path: Path, name: str, n: int) -> tuple[str, float]:
@@ -239,15 +285,41 @@ def bench_catchup(lab: Lab, a: Node, n: int, timeout: float) -> dict[str, Any]:
     replica = kf.open_store(c.storage_dir / "feeds.db").load_subfeed(uri)
     settle()
     log(f"catch-up: fresh node C follows {n} messages")
-    t0 = time.monotonic()
+    pids = {"hub": lab.hub.pid, "A": a.pid, "C": c.pid}
+    cpu0 = cpu_seconds(pids)
+    t0 = time.time()
     follow(c, uri)
-    t1 = wait_count(replica, n, timeout, "catch-up")
+    first, t1 = wait_count_phases(replica, n, timeout, "catch-up")
     secs = t1 - t0
-    return {"messages": n, "seconds": secs, "msgs_per_s": n / secs, "append_on_a_per_s": append_rate}
+    cpu = cpu_used(cpu0, pids)
+    # Phases (wall clock, from the follow request): A's daemon fills the bucket on C's
+    # subscription (segment 0 .. head), then C downloads and imports.
+    marks = bucket_mtimes(lab.hub.dir, lab.channel, uri)
+    phases = {k: None if v is None else v - t0 for k, v in marks.items()}
+    phases["first_message_at_c"] = None if first is None else first - t0
+    # The same again for another fresh node once the bucket is warm: download + import only.
+    e = lab.add_node("E", READER_ROLES)
+    replica_e = kf.open_store(e.storage_dir / "feeds.db").load_subfeed(uri)
+    settle()
+    log(f"catch-up: fresh node E follows the same {n} messages (bucket already filled)")
+    t0 = time.time()
+    follow(e, uri)
+    t1 = wait_count(replica_e, n, timeout, "warm catch-up")
+    e.stop()
+    return {
+        "messages": n,
+        "seconds": secs,
+        "msgs_per_s": n / secs,
+        "phases_s": phases,
+        "cpu_s": cpu,
+        "warm_bucket_seconds": t1 - t0,
+        "warm_bucket_msgs_per_s": n / (t1 - t0),
+        "append_on_a_per_s": append_rate,
+    }
 
 
 # ---------------------------------------------------------------------------- 3. file
-def bench_file(a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[str, Any]:
+def bench_file(lab: Lab, a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[str, Any]:
     import httpx
 
     import kachery_node as kn
@@ -267,6 +339,8 @@ def bench_file(a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[s
     settle()
     log(f"file: B fetches {uri[:60]}...")
     lines = []
+    pids = {"hub": lab.hub.pid, "A": a.pid, "B": b.pid}
+    cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
     with httpx.stream(
         "POST",
@@ -277,15 +351,34 @@ def bench_file(a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[s
     ) as r:
         if r.status_code != 200:
             raise RuntimeError(f"fetch refused: {r.status_code} {r.read()!r}")
+        first_bytes = all_bytes = None
         for line in r.iter_lines():
-            lines.append(json.loads(line))
+            item = json.loads(line)
+            lines.append(item)
+            if item.get("type") == "progress" and item.get("done"):
+                now = time.perf_counter() - t0
+                if first_bytes is None:
+                    first_bytes = now
+                if item["done"] >= item.get("total", size) and all_bytes is None:
+                    all_bytes = now
     secs = time.perf_counter() - t0
+    cpu = cpu_used(cpu0, pids)
     if not lines or lines[-1].get("type") != "finished":
         raise RuntimeError(f"fetch failed: {lines[-3:]}")
     got = os.path.getsize(lines[-1]["path"])
     if got != size:
         raise RuntimeError(f"fetched {got} bytes, expected {size}")
-    return {"bytes": size, "seconds": secs, "mb_per_s": size / 1e6 / secs, "store_on_a_seconds": store_secs}
+    return {
+        "bytes": size,
+        "seconds": secs,
+        "mb_per_s": size / 1e6 / secs,
+        "store_on_a_seconds": store_secs,
+        # progress lines: first downloaded bytes reported; every chunk downloaded and verified
+        # (then B assembles the chunks into its storage: read, SHA-1 of the whole, write)
+        "first_bytes_at_s": first_bytes,
+        "all_chunks_at_s": all_bytes,
+        "cpu_s": cpu,
+    }
 
 
 # ---------------------------------------------------------------------------- 4. memory
@@ -334,7 +427,7 @@ def bench_memory(lab: Lab, a: Node, n: int, timeout: float) -> dict[str, Any]:
     sampler.start()
     log(f"memory: fresh node D follows {n} messages, sampling its daemon's RSS every 50 ms")
     try:
-        t0 = time.monotonic()
+        t0 = time.time()
         follow(d, uri)
         t1 = wait_count(replica, n, timeout, "1M catch-up", poll=0.05)
         time.sleep(0.2)
@@ -526,6 +619,8 @@ def render(result: dict) -> str:
             ],
         ),
         "",
+        f"kachery_node at {result['commit']}; load average at start {result['loadavg_start'][0]:.2f}, "
+        f"at end {result['loadavg_end'][0]:.2f} (1 min; 2 cores: above ~1 other jobs were competing)",
         "kachery: real hub + daemons, cross-process, loopback; hypercore: in-process stream pair "
         "(no network, no relay), same disk. ratio = kachery / hypercore.",
     ]
@@ -549,6 +644,19 @@ def render(result: dict) -> str:
             f"A appended them at {cu['append_on_a_per_s'] / 1000:.0f}k/s"
             + (f"; hypercore {h['repl_small_mb_per_s']:.2f} MB/s of blocks" if h else "")
         )
+        ph = cu["phases_s"]
+
+        def at(key: str) -> str:
+            return "?" if ph.get(key) is None else f"{ph[key]:.2f} s"
+
+        out.append(
+            f"  phases from the follow request: bucket got its first segment at {at('first_segment')}, its "
+            f"last at {at('last_segment')}, the head at {at('head')}; first message in C's store "
+            f"at {at('first_message_at_c')}; all at {cu['seconds']:.2f} s. A second fresh node with "
+            f"the bucket already filled: {cu['warm_bucket_seconds']:.2f} s "
+            f"({cu['warm_bucket_msgs_per_s'] / 1000:.1f}k msgs/s, download + verify + import only)"
+        )
+        out.append("  CPU seconds during the catch-up: " + cpu_text(cu["cpu_s"], cu["seconds"]))
     fi = k.get("file")
     if fi:
         out.append(
@@ -560,6 +668,13 @@ def render(result: dict) -> str:
                 else ""
             )
         )
+        if fi.get("all_chunks_at_s") is not None:
+            out.append(
+                f"  phases: first bytes at B at {fi['first_bytes_at_s']:.2f} s, every chunk downloaded "
+                f"and verified at {fi['all_chunks_at_s']:.2f} s, then assembling into B's storage "
+                f"{fi['seconds'] - fi['all_chunks_at_s']:.2f} s"
+            )
+        out.append("  CPU seconds during the transfer: " + cpu_text(fi["cpu_s"], fi["seconds"]))
     mem = k.get("memory")
     if mem:
         out.append(
@@ -569,6 +684,14 @@ def render(result: dict) -> str:
             f"({mem['catchup_msgs_per_s'] / 1000:.1f}k/s)"
         )
     return "\n".join(out)
+
+
+def cpu_text(cpu: dict[str, float], wall: float) -> str:
+    parts = [f"{name} {secs:.2f}" for name, secs in cpu.items()]
+    total = sum(cpu.values())
+    return (
+        ", ".join(parts) + f"; total {total:.2f} CPU-s in {wall:.2f} s wall ({total / wall:.2f} of 2 cores)"
+    )
 
 
 def machine_info() -> dict[str, Any]:
@@ -588,6 +711,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                           capture_output=True, text=True, timeout=10)  # fmt: skip
+        return r.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def parse_size(text: str) -> int:
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
@@ -604,6 +736,9 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated subset of: latency,catchup,file,memory")
     ap.add_argument(
         "--profile", metavar="DIR", help="run the hub and daemons under cProfile, write DIR/*.prof"
+    )
+    ap.add_argument(
+        "--py-spy", metavar="DIR", help="sample the hub and daemons with py-spy (all threads), DIR/*.txt"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     args = ap.parse_args()
@@ -622,6 +757,8 @@ def main() -> None:
         "config": cfg,
         "machine": machine_info(),
         "hypercore": None,
+        "loadavg_start": os.getloadavg(),
+        "commit": git_commit(),
     }
     k: dict[str, Any] = {}
     result["kachery"] = k
@@ -631,7 +768,14 @@ def main() -> None:
             log("hypercore (node): tail latency, replication of small and 64 KiB blocks")
             result["hypercore"] = run_hypercore(tmp, cfg, args.quick)
         log("starting a hub and nodes A (owner, provides) and B (follows, fetches)")
-        lab = Lab(tmp / "net", profile_dir=profile_dir)
+        pyspy = None
+        if args.py_spy:
+            exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
+            if not exe:
+                raise SystemExit("--py-spy: py-spy not found (pip install py-spy, or set PY_SPY)")
+            Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+            pyspy = PySpy(exe, Path(args.py_spy).resolve())
+        lab = Lab(tmp / "net", profile_dir=profile_dir, pyspy=pyspy)
         a = lab.add_node("A", ALL_ROLES)
         b = lab.add_node("B", READER_ROLES)
         log(f"network up after {time.perf_counter() - t_start:.1f} s")
@@ -643,7 +787,7 @@ def main() -> None:
         if "catchup" in only:
             k["catchup"] = bench_catchup(lab, a, cfg["catchup_messages"], cfg["timeout"])
         if "file" in only:
-            k["file"] = bench_file(a, b, cfg["file_size"], tmp, cfg["timeout"])
+            k["file"] = bench_file(lab, a, b, cfg["file_size"], tmp, cfg["timeout"])
         if "memory" in only:
             k["memory"] = bench_memory(lab, a, cfg["memory_messages"], cfg["timeout"])
     except BaseException:
@@ -658,6 +802,7 @@ def main() -> None:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    result["loadavg_end"] = os.getloadavg()
     result["rows"] = build_rows(k, result["hypercore"])
     result["seconds"] = time.perf_counter() - t_start
     print(render(result))
