@@ -58,6 +58,7 @@ INLINE_MAX_MESSAGES = 200
 INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by default
 BUCKET_DEBOUNCE_SECONDS = 0.5
 CATCH_UP_TIMEOUT_SECONDS = 60.0
+REJECTED_RETRY_SECONDS = 1.0  # after rejecting bucket data, before the next attempt
 SEGMENT_DOWNLOADS_AHEAD = 4
 
 
@@ -201,6 +202,8 @@ class FeedExchange:
             log.error("FORK in %s: %s", subfeed.uri, exc)
         except (kf.VerificationError, feed_bucket.HeadError, kf.MissingMessagesError) as exc:
             log.warning("rejected bucket data for %s on %s: %s", subfeed.uri, link.channel, exc)
+            # Providers replace a bad head when asked to sync; until then, do not spin.
+            await anyio.sleep(REJECTED_RETRY_SECONDS)
         except TimeoutError:
             log.warning("catching up %s from the %s bucket timed out", subfeed.uri, link.channel)
         except Exception as exc:  # transport errors: the next renewal retries
@@ -435,18 +438,23 @@ class FeedExchange:
                     log.info("bucket update of %s on %s failed: %s", sf.uri, link.channel, exc)
 
     async def _update_bucket(self, link: ChannelLink, sf: kf.Subfeed) -> None:
-        """Upload missing full segments, then the head (so the head never points past segments)."""
+        """Upload missing full segments, then the head (so the head never points past segments).
+        A head that claims our count but differs from ours (tampered, or truncated) is replaced."""
         key = (link.channel, sf.feed_id, sf.subfeed_hash)
         lock = self._bucket_locks.setdefault(key, anyio.Lock())
         async with lock:
             head_path = subfeed_head_path(link.channel, sf.feed_id, sf.subfeed_hash)
+            bucket_head = b""
             try:
-                bucket_count = feed_bucket.parse_head(await link.bucket_get(head_path)).count
+                bucket_head = await link.bucket_get(head_path)
+                bucket_count = feed_bucket.parse_head(bucket_head).count
             except (BucketObjectMissing, feed_bucket.HeadError):
                 bucket_count = 0
             count, head = feed_bucket.head_for(sf)
-            if count <= bucket_count:
+            if count == 0 or count < bucket_count or (count == bucket_count and bucket_head == head):
                 return
+            if count == bucket_count:
+                log.warning("replacing a bad head of %s in the %s bucket", sf.uri, link.channel)
             segments = [
                 (
                     subfeed_segment_path(link.channel, sf.feed_id, sf.subfeed_hash, i),

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 import kachery_feeds as kf
+import kachery_node as kn
+from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path
 from tests.network.conftest import ALL_ROLES
 from tests.nodes import free_port
 
@@ -126,3 +128,63 @@ def test_killed_daemons_resume_following_where_they_were(lab):
     wait_for_messages(replica, expected, 10, alice, bob)  # well before a renewal (20 s)
     source.append_message({"i": 25})
     wait_for_messages(replica, expected + [{"i": 25}], 10, alice, bob)
+
+
+# ------------------------------------------------------------------ tampered bucket objects
+def test_tampered_file_in_the_bucket_is_rejected_and_nothing_is_stored(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-files"])
+    content = b"measured values\n" * 1000
+    uri = kn.open_storage(alice.storage_dir).store_bytes(content, "values.txt")
+    sha1 = kn.parse_uri(uri).sha1
+    alice.client.request("POST", "/api/files/upload", json_body={"uri": uri, "channel": "lab"})
+    obj = bucket_object(lab, file_path("lab", sha1))
+    good = obj.read_bytes()
+    assert good == content
+    obj.write_bytes(good.replace(b"measured", b"MEASURED", 1))  # same size, other bytes
+    alice.stop()  # no provider to heal it
+
+    lines = fetch(bob, uri)
+    assert lines[-1]["type"] == "error", lines
+    assert lines[-1]["kind"] == "NotFoundError"
+    assert "corrupted" in lines[-1]["error"] and "nothing stored" in lines[-1]["error"]
+    assert not kn.open_storage(bob.storage_dir).has_file(uri)
+    assert "rejected bucket object" in bob.log()
+    assert not list((bob.storage_dir / "tmp").rglob("*" + sha1 + "*"))
+
+    # With a provider back, the requester reports the bad object and the provider replaces it.
+    alice.start()
+    lab.wait_connected(alice)
+    lines = fetch(bob, uri)
+    assert lines[-1]["type"] == "finished", lines
+    assert Path(lines[-1]["path"]).read_bytes() == content
+    assert obj.read_bytes() == content
+
+
+def test_tampered_feed_in_the_bucket_is_rejected_and_nothing_is_stored(lab):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", FEED_ROLES)
+    carol = lab.add_node("carol", FEED_ROLES)
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("log")
+    expected = [{"i": i} for i in range(300)]  # more than one inline push: readers use the bucket
+    source.append_messages(expected)
+    wait_for_messages(follow(bob, source.uri), expected, 15, alice, bob)
+    head = bucket_object(lab, subfeed_head_path("lab", source.feed_id, source.subfeed_hash))
+    wait_until(head.exists, 10, "the subfeed head in the bucket", alice)
+    wait_until(lambda: json.loads(head.read_bytes())["count"] == 300, 10, "the head")
+    alice.stop()
+    original = head.read_bytes()
+    tampered = original.replace(b'{\\"i\\":7}', b'{\\"i\\":8}', 1)
+    assert tampered != original
+    head.write_bytes(tampered)
+
+    replica = follow(carol, source.uri)
+    wait_until(lambda: "rejected bucket data" in carol.log(), 10, "carol to reject the head", carol)
+    assert replica.get_num_local_messages() == 0  # nothing stored, not even the untampered part
+
+    # The provider comes back, replaces the bad head, and the reader gets the real messages.
+    alice.start()
+    lab.wait_connected(alice)
+    wait_for_messages(replica, expected, 10, alice, carol)
+    assert head.read_bytes() == original
+    assert "replacing a bad head" in alice.log()
