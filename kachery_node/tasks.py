@@ -175,6 +175,7 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
            max_concurrency: int, stop: threading.Event) -> None:
     running: dict[str, Any] = {}
     lock = threading.Lock()
+    slot_freed = threading.Event()
     backoff = BACKOFF_MIN
     warned = False
     with ThreadPoolExecutor(max_concurrency, thread_name_prefix="kachery-task") as pool, \
@@ -183,8 +184,12 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
             client = DaemonClient(storage)  # re-read: a restarted daemon may listen elsewhere
             with lock:
                 busy = list(running)
+                slot_freed.clear()
+            free = max_concurrency - len(busy)
+            # All slots busy: a quick poll that takes nothing keeps the functions registered,
+            # then wait for a slot (or a second) rather than hold a long poll we cannot serve.
             body = {"backend_id": backend_id, "functions": registered, "running": busy,
-                    "max_tasks": max_concurrency - len(busy), "timeout": POLL_SECONDS}
+                    "max_tasks": free, "timeout": POLL_SECONDS if free else 0}
             try:
                 r = http.post(client.base_url + "/api/tasks/poll", json=body, headers=client._headers())
                 if r.status_code >= 400:
@@ -203,13 +208,16 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
             for task in tasks:
                 with lock:
                     running[task["task_key"]] = task
-                pool.submit(_run_one, client, backend_id, table, task, running, lock)
+                pool.submit(_run_one, client, backend_id, table, task, running, lock, slot_freed)
+            if not free:
+                slot_freed.wait(1.0)
 
 
 def _post(client: DaemonClient, path: str, body: dict[str, Any]) -> None:
     try:
-        r = httpx.post(client.base_url + path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-                       headers={**client._headers(), "Content-Type": "application/json"}, timeout=60)
+        r = _shared_http().post(
+            client.base_url + path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+            headers={**client._headers(), "Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise DaemonError(f"cannot reach the daemon: {exc}") from exc
     if r.status_code >= 400:
@@ -217,7 +225,8 @@ def _post(client: DaemonClient, path: str, body: dict[str, Any]) -> None:
 
 
 def _run_one(client: DaemonClient, backend_id: str, table: dict[str, TaskFunction],
-             task: dict[str, Any], running: dict[str, Any], lock: threading.Lock) -> None:
+             task: dict[str, Any], running: dict[str, Any], lock: threading.Lock,
+             slot_freed: threading.Event) -> None:
     key = task["task_key"]
     base = {"backend_id": backend_id, "task_key": key}
 
@@ -252,6 +261,21 @@ def _run_one(client: DaemonClient, backend_id: str, table: dict[str, TaskFunctio
     finally:
         with lock:
             running.pop(key, None)
+            slot_freed.set()
+
+
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def _shared_http() -> httpx.Client:
+    """One connection pool for all requests of this process (a new client costs ~20 ms)."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            _http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0),
+                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        return _http
 
 
 def _error_text(r: httpx.Response) -> str:
@@ -292,9 +316,7 @@ class TaskHandle:
                 "request_id": request_id, **({"channel": channel} if channel else {}),
                 **({"function_type": function_type} if function_type else {})}
         self._client = DaemonClient(storage_dir)
-        if not self._client.is_running():
-            raise DaemonNotRunningError(
-                f"no kachery daemon is running for {storage_dir}: start one with `kachery node start`")
+        self._storage_dir = storage_dir
         self._thread = threading.Thread(target=self._stream, args=(body,), daemon=True,
                                         name=f"kachery-task-{function_id}")
         self._thread.start()
@@ -314,10 +336,10 @@ class TaskHandle:
 
     def _stream(self, body: dict[str, Any]) -> None:
         try:
-            with httpx.stream("POST", self._client.base_url + "/api/tasks/request",
-                              content=orjson.dumps(body),
-                              headers={**self._client._headers(), "Content-Type": "application/json"},
-                              timeout=httpx.Timeout(None, connect=5.0, read=self.timeout + 30)) as r:
+            with _shared_http().stream(
+                    "POST", self._client.base_url + "/api/tasks/request", content=orjson.dumps(body),
+                    headers={**self._client._headers(), "Content-Type": "application/json"},
+                    timeout=httpx.Timeout(None, connect=5.0, read=self.timeout + 30)) as r:
                 if r.status_code >= 400:
                     r.read()
                     raise DaemonError(_error_text(r), status=r.status_code)
@@ -327,6 +349,10 @@ class TaskHandle:
                     if self._done.is_set():
                         return
             raise DaemonError(f"the daemon stopped answering while running {self.function_id}")
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            self._fail(DaemonNotRunningError(
+                f"no kachery daemon is running for {self._storage_dir}: start one with "
+                "`kachery node start`"))
         except httpx.HTTPError as exc:
             self._fail(DaemonError(f"requesting {self.function_id} through the daemon failed: {exc}"))
         except Exception as exc:

@@ -589,24 +589,33 @@ class TaskExchange:
             await self._status(inc, "error", error=str(exc))
             return
         data = encode_result_object(obj)
-        extra: dict[str, Any] = {}
-        if inc.function_type != "action":
-            try:
-                with anyio.fail_after(60):
-                    await inc.link.upload(task_result_path(inc.link.channel, inc.task_hash), data)
-                extra["in_bucket"] = True
-            except Exception as exc:
-                log.warning("uploading the result of %s to %s failed: %s", inc.function_id,
-                            inc.link.channel, exc)
+        cache = inc.function_type != "action"
         if len(data) <= INLINE_RESULT_MAX_BYTES:
-            extra["result_object"] = obj
-        elif not extra.get("in_bucket"):
+            # The requester gets the result at once; the bucket copy (for later requesters)
+            # follows, off the requester's critical path.
+            await self._status(inc, "finished", result_object=obj)
+            if cache:
+                await self._upload_result(inc, data)
+        elif not cache:
             await self._status(inc, "error", error=(
-                f"the result ({len(data)} bytes) is too large to send inline"
-                + (" and actions are not cached" if inc.function_type == "action"
-                   else " and the upload to the bucket failed")))
-            return
-        await self._status(inc, "finished", **extra)
+                f"the result ({len(data)} bytes) is too large to send inline, and action results "
+                "are not cached"))
+        elif await self._upload_result(inc, data):
+            await self._status(inc, "finished", in_bucket=True)
+        else:
+            await self._status(inc, "error", error=(
+                f"the result ({len(data)} bytes) is too large to send inline and the upload to the "
+                "bucket failed"))
+
+    async def _upload_result(self, inc: _Incoming, data: bytes) -> bool:
+        try:
+            with anyio.fail_after(60):
+                await inc.link.upload(task_result_path(inc.link.channel, inc.task_hash), data)
+            return True
+        except Exception as exc:
+            log.warning("uploading the result of %s to %s failed: %s", inc.function_id,
+                        inc.link.channel, exc)
+            return False
 
     async def _maintenance_loop(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from kachery_node.protocol.tasks import task_hash
@@ -163,7 +165,7 @@ def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
     assert out.startswith("ok 'original' False"), out  # recomputed, not taken from the cache
     assert "bad signature" in out
     assert len(tl.backend.runs("echo")) == 2
-    assert b"tampered" not in obj_path.read_bytes()  # the provider overwrote it
+    wait_for(lambda: b"tampered" not in obj_path.read_bytes(), what="the provider to overwrite it")
 
     # A well-signed result from a node that does not hold provide-tasks on the channel.
     h2 = task_hash("test.echo.1", {"value": "x"})
@@ -232,7 +234,10 @@ def test_cli_requests_with_progress_and_fails_with_a_clear_error(tl):
 
 
 def test_backend_survives_a_daemon_restart(tl):
+    pid = json.loads((tl.alice.storage_dir / "daemon.json").read_text())["pid"]
     tl.alice.stop()
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             what="the old daemon to exit")
     tl.alice.start()
     tl.lab.wait_connected(tl.alice)
     out = ""
