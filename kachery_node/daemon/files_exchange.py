@@ -43,6 +43,7 @@ The message formats, timeouts and rules are specified in spec/node-protocol.md Â
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -57,6 +58,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import (
+    ConfigError,
     CorruptedFileError,
     InvalidUriError,
     KacheryError,
@@ -125,6 +127,35 @@ class FileTimeouts:
         # answer must still come before the requester gives up.
         if self.answer <= 2 * self.backoff_max:
             raise ValueError("FileTimeouts: answer must exceed 2 x backoff_max")
+
+
+def file_timeouts_from_settings(settings: dict[str, Any]) -> FileTimeouts:
+    """:class:`FileTimeouts` from the ``[daemon.files]`` table of a node's config.toml, e.g.
+    for a fast local network where a dead provider should be replaced sooner::
+
+        [daemon.files]
+        stall = 10       # seconds without progress or heartbeat before giving up or taking over
+        heartbeat = 2    # keep below stall
+
+    Raises ConfigError for an unknown name or a value that is not a positive number."""
+    table = settings.get("daemon", {}).get("files", {})
+    defaults = FileTimeouts()
+    if not isinstance(table, dict):
+        raise ConfigError("[daemon.files] in config.toml must be a table")
+    for name, value in table.items():
+        if not hasattr(defaults, name):
+            known = ", ".join(f.name for f in dataclasses.fields(FileTimeouts))
+            raise ConfigError(f"unknown setting [daemon.files] {name} in config.toml (known: {known})")
+        kind = type(getattr(defaults, name))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+            kind is int and not isinstance(value, int)
+        ):
+            raise ConfigError(f"[daemon.files] {name} in config.toml must be a positive "
+                              f"{'integer' if kind is int else 'number'}, not {value!r}")
+    try:
+        return FileTimeouts(**table)
+    except ValueError as exc:
+        raise ConfigError(f"[daemon.files] in config.toml: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from typing import Any
 import trio
 
 from ..channels.local_memberships import load_memberships
-from ..config import NodeConfig
+from ..config import NodeConfig, read_settings
 from ..errors import ConfigError, KacheryError
 from ..identity import load_node_key
 from ..storage import Storage
 from .changes import ChangeBroadcaster
 from .channel_runtime import ChannelRuntime
 from .feeds_exchange import FeedExchange
-from .files_exchange import FileExchange
+from .files_exchange import FileExchange, file_timeouts_from_settings
 
 log = logging.getLogger("kachery.node")
 
@@ -46,7 +46,9 @@ class NodeRuntime:
         self.config = config
         self.node_key = load_node_key(storage.directory)
         self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE)
-        self.files = FileExchange(storage)
+        self.files = FileExchange(
+            storage, timeouts=file_timeouts_from_settings(read_settings(storage.directory))
+        )
         self.channels: dict[str, ChannelRuntime] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None

@@ -9,6 +9,10 @@ order, files intact or a clear error with nothing stored, and the daemon log say
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from tests.network.conftest import ALL_ROLES
 from tests.nodes import free_port
 
 FEED_ROLES = ["request-feeds", "request-files"]
+# A dead uploader is noticed after `stall` s without its heartbeats (default 30 s; 3 s here).
+FAST_FILE_TIMEOUTS = "\n[daemon.files]\nstall = 3\nheartbeat = 0.5\n"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -188,3 +194,71 @@ def test_tampered_feed_in_the_bucket_is_rejected_and_nothing_is_stored(lab):
     wait_for_messages(replica, expected, 10, alice, carol)
     assert head.read_bytes() == original
     assert "replacing a bad head" in alice.log()
+
+
+# ------------------------------------------------------------------ provider killed mid-upload
+def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES, start=False)
+    carol = lab.add_node("carol", ["provide-files"], start=False)
+    bob = lab.add_node("bob", ["request-files"], start=False)
+    big = tmp_path / "big.dat"
+    big.write_bytes(os.urandom(45_000_000))  # three chunks
+    for node in (alice, carol, bob):
+        with open(node.storage_dir / "config.toml", "a") as f:
+            f.write(FAST_FILE_TIMEOUTS)
+        if node is not bob:
+            uri = kn.open_storage(node.storage_dir).store_file(big)
+        node.start()
+        lab.wait_connected(node)
+    uploads_in_progress = lab.hub.dir / "bucket" / ".tmp"
+
+    result: dict = {}
+    fetcher = threading.Thread(target=lambda: result.update(lines=fetch(bob, uri, timeout=60)))
+    fetcher.start()
+    try:
+        wait_until(lambda: any(p.stat().st_size > 1_000_000 for p in uploads_in_progress.iterdir()),
+                   20, "a chunk upload to start", alice, carol, bob)
+        # Freeze both providers (localhost uploads take a fraction of a second), find the one
+        # whose upload is in flight, kill it and let the other go on.
+        providers = {alice.node_id: alice, carol.node_id: carol}
+        for node in providers.values():
+            os.kill(_pid(node), signal.SIGSTOP)
+        try:
+            in_flight = _uploads_in_flight(lab)
+            uploader = providers[next(n for n in providers if in_flight.get(n, 0) > 0)]
+            uploader.kill()
+            killed_at = time.monotonic()
+        finally:
+            for node in providers.values():
+                os.kill(_pid(node), signal.SIGCONT)
+    finally:
+        fetcher.join(timeout=60)
+    assert not fetcher.is_alive(), "the fetch did not end"
+    lines = result["lines"]
+    assert lines[-1]["type"] == "finished", lines
+    recovered = time.monotonic() - killed_at
+    assert Path(lines[-1]["path"]).read_bytes() == big.read_bytes()
+    survivor = carol if uploader is alice else alice
+    assert "taking over" in survivor.log() or "uploaded " in survivor.log()
+    assert recovered < 20, recovered  # the stall timeout (3 s) plus an upload
+    print(f"fetch finished {recovered:.1f} s after the kill")
+
+
+def _pid(node) -> int:
+    return json.loads((node.storage_dir / "daemon.json").read_text())["pid"]
+
+
+def _uploads_in_flight(lab) -> dict[str, int]:
+    """node ID -> upload URLs the hub issued to it minus objects it finished putting."""
+    with sqlite3.connect(f"file:{lab.hub.dir / 'hub.db'}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute("SELECT actor FROM activity WHERE kind = 'upload_urls'").fetchall()
+    counts: dict[str, int] = {}
+    for (actor,) in rows:
+        counts[actor] = counts.get(actor, 0) + 1
+    for line in lab.hub.log().splitlines():
+        if "bucket stored" in line:
+            short = line.rsplit("for node ", 1)[1].rstrip("…")
+            for actor in counts:
+                if actor.startswith(short):
+                    counts[actor] -= 1
+    return counts
