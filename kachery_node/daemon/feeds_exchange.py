@@ -213,6 +213,8 @@ class FeedExchange:
     # ------------------------------------------------------------------ message handling
     async def on_message(self, link: ChannelLink, band: str, env: Envelope) -> None:
         """Handle a verified envelope from ``band`` of ``link``'s channel."""
+        if band not in ("request-feeds", "provide-feeds"):
+            return  # file and task messages reach every exchange; they are not ours to judge
         body = env.body
         kind = body.get("type")
         feed_id, subfeed_hash = body.get("feed_id"), body.get("subfeed_hash")

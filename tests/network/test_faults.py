@@ -241,6 +241,8 @@ def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
     survivor = carol if uploader is alice else alice
     assert "taking over" in survivor.log() or "uploaded " in survivor.log()
     assert recovered < 20, recovered  # the stall timeout (3 s) plus an upload
+    for node in (survivor, bob):  # file messages are not mistaken for malformed feed messages
+        assert "not a feed ID" not in node.log()
     print(f"fetch finished {recovered:.1f} s after the kill")
 
 
