@@ -290,7 +290,7 @@ class TaskHandle:
     """A requested task. Statuses arrive in the background; :meth:`wait` returns the result.
 
     Attributes: ``function_id``, ``task_hash``, ``request_id``, ``status`` (latest),
-    ``statuses`` (all, in order), ``progress`` (latest progress report), ``provider``,
+    ``statuses`` (each change, in order), ``progress`` (latest progress report), ``provider``,
     ``from_cache``, ``stale`` (a query answered from the cache because no provider answered),
     ``warnings`` (results that failed verification and were ignored, and the like)."""
 
@@ -327,7 +327,8 @@ class TaskHandle:
 
     def _set_status(self, status: str) -> None:
         self.status = status
-        self.statuses.append(status)
+        if not self.statuses or self.statuses[-1] != status:  # progress reports repeat "running"
+            self.statuses.append(status)
         for cb in self._on_status:
             try:
                 cb(self)

@@ -248,3 +248,20 @@ def test_backend_survives_a_daemon_restart(tl):
         time.sleep(1.0)
     assert out.startswith("ok 101 False"), out
     assert tl.backend.proc.poll() is None
+
+
+def test_readme_tasks_example_runs(tl):
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    backend_code, request_code = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+    proc = subprocess.Popen([sys.executable, "-c", backend_code], env=tl.alice.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        out = script(tl.bob, request_code).splitlines()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert out == ["{'recording': 'r1', 'units': 42}", "['assigned', 'queued', 'running', 'finished'] False"]
