@@ -265,3 +265,14 @@ def test_readme_tasks_example_runs(tl):
         proc.terminate()
         proc.wait(timeout=10)
     assert out == ["{'recording': 'r1', 'units': 42}", "['assigned', 'queued', 'running', 'finished'] False"]
+
+
+def test_numpy_arguments_and_results_and_a_node_asking_itself(tl):
+    out = script(tl.alice, """
+import numpy as np
+import kachery_node as kn
+a = np.arange(6, dtype=np.float64).reshape(2, 3) / 2
+h = kn.request_task("test.echo.1", {"value": a}, channel="lab", timeout=20)
+print(h.wait(), h.task_hash == kn.task_hash("test.echo.1", {"value": a.tolist()}))
+""")
+    assert out.strip() == "[[0.0, 0.5, 1.0], [1.5, 2.0, 2.5]] True"

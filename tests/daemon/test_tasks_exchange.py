@@ -1,0 +1,151 @@
+"""TaskExchange guards, in memory (tests/daemon/memory_link.py): what a provider refuses, what a
+requester refuses, and one runner for several providers. End to end: tests/network/test_tasks.py."""
+
+from __future__ import annotations
+
+import types
+
+import anyio
+import pytest
+
+from kachery_node.daemon.tasks_exchange import TaskExchange, TaskTimeouts
+from kachery_node.identity import Keypair
+from kachery_node.protocol.tasks import (
+    NoProviderError,
+    TaskError,
+    encode_result_object,
+    sign_result,
+    task_hash,
+)
+from tests.daemon.memory_link import MemoryChannel
+
+PROVIDER = ["request-tasks", "provide-tasks"]
+FAST = TaskTimeouts(offer=0.3, silence=2.0, heartbeat=0.5, registration_grace=0.5)
+ADD = [{"function_id": "t.add.1", "function_type": "pure-calculation"}]
+
+
+def _allow_task_uploads(link) -> None:
+    async def upload(self, path, data, *, progress=None):
+        self.hub.bucket[path] = bytes(data)
+        self.hub.uploads.append((self.node_id, path))
+
+    link.upload = types.MethodType(upload, link)
+
+
+async def _backend(ex: TaskExchange, name: str, runs: list, *, result=None, count: int = 100) -> None:
+    """A backend that adds a and b (or returns ``result``) for every task it gets."""
+    for _ in range(count):
+        for task in await ex.poll(name, ADD, max_tasks=4, running=[], timeout=5):
+            runs.append((name, task["request_id"]))
+            value = result if result is not None else task["kwargs"]["a"] + task["kwargs"]["b"]
+            await ex.update(name, task["task_key"], "finished", result=value)
+
+
+@pytest.mark.trio
+async def test_two_providers_one_runner_and_the_cache_afterwards(tmp_path):
+    ch = MemoryChannel("lab")
+    for d in ("p1", "p2", "req"):
+        (tmp_path / d).mkdir()
+    exs = [TaskExchange(tmp_path / n, FAST) for n in ("p1", "p2", "req")]
+    links = [ch.join(Keypair.generate(), PROVIDER, ex.on_message) for ex in exs[:2]]
+    req = ch.join(Keypair.generate(), ["request-tasks"], exs[2].on_message)
+    for link in links:
+        _allow_task_uploads(link)
+    runs: list = []
+    async with anyio.create_task_group() as tg:
+        for ex in exs:
+            await tg.start(ex.run)
+        tg.start_soon(_backend, exs[0], "b1", runs)
+        tg.start_soon(_backend, exs[1], "b2", runs)
+        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            first = await exs[2].request([req], "t.add.1", {"a": 1, "b": 2})
+            second = await exs[2].request([req], "t.add.1", {"a": 1, "b": 2})
+        tg.cancel_scope.cancel()
+    assert first["result"] == 3 and not first["from_cache"]
+    assert second["result"] == 3 and second["from_cache"]
+    assert len(runs) == 1
+    assert len([b for _s, _band, b in ch.published if b["type"] == "offer"]) == 2
+
+
+@pytest.mark.trio
+async def test_provider_refuses_a_mismatched_hash_and_ignores_assignments_by_others(tmp_path):
+    ch = MemoryChannel("lab")
+    prov = TaskExchange(tmp_path, FAST)
+    plink = ch.join(Keypair.generate(), PROVIDER, prov.on_message)
+    alice = ch.join(Keypair.generate(), ["request-tasks"])
+    mallory = ch.join(Keypair.generate(), ["request-tasks"])
+    runs: list = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(prov.run)
+        tg.start_soon(_backend, prov, "b", runs)
+        await anyio.sleep(0.05)
+        await alice.publish("request-tasks", {
+            "type": "requestTask", "request_id": "r" * 12, "function_id": "t.add.1",
+            "function_type": "pure-calculation", "kwargs": {"a": 1, "b": 2}, "task_hash": "0" * 64})
+        await alice.publish("request-tasks", {
+            "type": "requestTask", "request_id": "s" * 12, "function_id": "t.add.1",
+            "function_type": "pure-calculation", "kwargs": {"a": 1, "b": 2},
+            "task_hash": task_hash("t.add.1", {"a": 1, "b": 2})})
+        await mallory.publish("request-tasks", {"type": "assignTask", "request_id": "s" * 12,
+                                                "provider": plink.node_id})
+        await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    statuses = [b for s, _band, b in ch.published if b["type"] == "taskStatus"]
+    assert statuses[0]["status"] == "error" and "task_hash does not match" in statuses[0]["error"]
+    assert len(statuses) == 1 and runs == []  # mallory cannot assign alice's request
+
+
+@pytest.mark.trio
+async def test_requester_rejects_a_result_signed_by_a_non_provider(tmp_path):
+    ch = MemoryChannel("lab", runtime_checks=False)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    prov, reqx = TaskExchange(tmp_path / "p", FAST), TaskExchange(tmp_path / "r", FAST)
+    plink = ch.join(Keypair.generate(), PROVIDER, prov.on_message)
+    _allow_task_uploads(plink)
+    req = ch.join(Keypair.generate(), ["request-tasks"], reqx.on_message)
+    outsider = Keypair.generate()
+    h = task_hash("t.add.1", {"a": 5, "b": 5})
+    ch.bucket[f"lab/task_results/{h[:2]}/{h[2:4]}/{h[4:6]}/{h}"] = encode_result_object(
+        sign_result(outsider, task_hash=h, function_id="t.add.1", result=999))
+    runs: list = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(prov.run)
+        await tg.start(reqx.run)
+        tg.start_soon(_backend, prov, "b", runs)
+        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            line = await reqx.request([req], "t.add.1", {"a": 5, "b": 5})
+        tg.cancel_scope.cancel()
+    assert line["result"] == 10 and not line["from_cache"]
+    assert any("does not hold provide-tasks" in w for w in line["warnings"])
+    assert plink.node_id == line["provider"]
+
+
+@pytest.mark.trio
+async def test_no_provider_and_remote_errors(tmp_path):
+    ch = MemoryChannel("lab")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    prov, reqx = TaskExchange(tmp_path / "p", FAST), TaskExchange(tmp_path / "r", FAST)
+    ch.join(Keypair.generate(), PROVIDER, prov.on_message)
+    req = ch.join(Keypair.generate(), ["request-tasks"], reqx.on_message)
+
+    async def failing_backend():
+        while True:
+            for task in await prov.poll("b", ADD, max_tasks=1, running=[], timeout=5):
+                await prov.update("b", task["task_key"], "error", error="ZeroDivisionError: boom")
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(prov.run)
+        await tg.start(reqx.run)
+        tg.start_soon(failing_backend)
+        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            no_provider = r"no provider on channel lab offers function 't\.x\.1'"
+            with pytest.raises(NoProviderError, match=no_provider):
+                await reqx.request([req], "t.x.1", {})
+            with pytest.raises(TaskError, match="ZeroDivisionError: boom"):
+                await reqx.request([req], "t.add.1", {"a": 1, "b": 0})
+        tg.cancel_scope.cancel()
