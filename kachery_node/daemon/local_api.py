@@ -46,7 +46,7 @@ from ..config import NodeConfig
 from ..errors import KacheryError
 from ..storage import Storage
 from .changes import ChangeBroadcaster
-from .node_runtime import NodeRuntime, NotJoinedError
+from .node_runtime import MissingRoleError, NodeRuntime, NotJoinedError
 from .tokens import token_matches
 from .uploads import upload_file
 
@@ -310,7 +310,11 @@ def build_app(ctx: DaemonContext) -> Starlette:
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
-        status = exc.status if isinstance(exc, ApiError) else 404 if isinstance(exc, NotJoinedError) else 400
+        if isinstance(exc, ApiError):
+            status = exc.status
+        else:
+            missing_role = isinstance(exc, MissingRoleError)
+            status = 404 if isinstance(exc, NotJoinedError) else 403 if missing_role else 400
         log.info("%s %s -> %d %s", request.method, request.url.path, status, exc)
         return _json({"error": str(exc), "kind": type(exc).__name__}, status=status)
 

@@ -40,6 +40,10 @@ class NotJoinedError(KacheryError):
     """The node has not joined the channel named (see `kachery node join`)."""
 
 
+class MissingRoleError(KacheryError):
+    """This node lacks the role an operation needs on the channel (see `kachery node status`)."""
+
+
 class NodeRuntime:
     def __init__(self, storage: Storage, config: NodeConfig, changes: ChangeBroadcaster) -> None:
         self.storage = storage
@@ -135,6 +139,16 @@ class NodeRuntime:
     def follow(self, feed_id: str, subfeed_hash: str, channel: str | None = None) -> list[str]:
         """Follow a remote subfeed (remembered across restarts); returns the channels used."""
         links = self.links(channel)
+        # Refuse only when every channel's membership is known: one still connecting may have it.
+        if links and all(link.membership is not None and "request-feeds" not in link.roles
+                         for link in links):
+            where = ", ".join(f"{link.channel} ({' '.join(sorted(link.roles)) or 'no roles'})"
+                              for link in links)
+            raise MissingRoleError(
+                f"this node does not have the request-feeds role on any channel it could follow "
+                f"this subfeed on: {where}; the channel owner can grant it with "
+                f"`kachery channel grant <channel> {self.config.node_id} request-feeds`"
+            )
         self._followed[(feed_id, subfeed_hash)] = channel
         self._save_followed()
         self.feeds.follow(links, feed_id, subfeed_hash)
