@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +45,8 @@ from ..channels.tokens import DEFAULT_TOKEN_TTL_MS
 from ..pubsub.base import PubSubBackend
 from ..pubsub.embedded import EmbeddedPubSubBackend
 from ..pubsub.embedded_server import Relay, RelayLimits
-from .state import DEFAULT_CONFIG, HubState
+from .backends import SecretStore, keep_unchanged_secrets, validate_backends
+from .state import HubState
 
 log = logging.getLogger("kachery.hub")
 MAX_UPLOADS_PER_REQUEST = 1000
@@ -68,6 +70,8 @@ class Hub:
         self.public_url = ""  # set once the server is bound
         self.relay = Relay(state.hub_id, self.settings.relay)
         self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
+        self.secrets = SecretStore(state.dir)
+        self._backends: dict[tuple[str, str, bytes], Any] = {}
         state.on_roles_changed = self._narrow_relay
 
     def _narrow_relay(self, channel: str, node: str | None) -> None:
@@ -80,26 +84,52 @@ class Hub:
         except ChannelProtocolError:  # the channel is gone: nothing is allowed any more
             self.relay.restrict(channel, node, None)
 
-    # Backends are looked up by the channel's config, so a channel configured for Ably or GCS
-    # would get its credentials from another backend object without touching the handlers.
-    def pubsub_backend(self, config: dict) -> PubSubBackend:
-        name = (config.get("pubsub") or {}).get("backend")
-        if name == "embedded":
-            relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
-            return EmbeddedPubSubBackend(self.state.key, relay_url)
-        raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
+    # Backends are looked up by the channel's config (public) and secrets (hub only); the
+    # handlers never know which backend answers (see hub/backends.py for the table).
+    def _cached(self, part: str, channel: str, config: dict, make: Callable[[dict, dict], Any]) -> Any:
+        spec = config.get(part) or {"backend": "embedded"}
+        key = (part, channel, orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = make(spec, self.secrets.get(channel).get(part) or {} if channel else {})
+            self._backends[key] = backend
+        return backend
 
-    def bucket_backend(self, config: dict) -> BucketBackend:
-        name = (config.get("bucket") or {}).get("backend")
-        if name == "embedded":
-            return EmbeddedBucketBackend(self.state.key, self.public_url + "/bucket")
-        raise MalformedRequestError(f"this hub has no bucket backend {name!r}")
+    def pubsub_backend(self, config: dict, channel: str = "") -> PubSubBackend:
+        def make(spec: dict, secret: dict) -> PubSubBackend:
+            name = spec.get("backend")
+            if name == "embedded":
+                relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
+                return EmbeddedPubSubBackend(self.state.key, relay_url)
+            if name == "nats":
+                from ..pubsub.nats import NatsPubSubBackend, parse_servers
+
+                return NatsPubSubBackend(parse_servers(spec["url"]), secret["account_seed"])
+            if name == "ably":
+                from ..pubsub.ably import AblyPubSubBackend
+
+                return AblyPubSubBackend(secret["api_key"], spec.get("endpoint"), spec.get("rest_url"))
+            raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
+        return self._cached("pubsub", channel, config, make)
+
+    def bucket_backend(self, config: dict, channel: str = "") -> BucketBackend:
+        def make(spec: dict, secret: dict) -> BucketBackend:
+            name = spec.get("backend")
+            if name == "embedded":
+                return EmbeddedBucketBackend(self.state.key, self.public_url + "/bucket")
+            if name == "gcs":
+                from ..bucket.gcs import GcsBucketBackend
+
+                return GcsBucketBackend(spec["bucket"], secret["service_account"], spec["endpoint"])
+            raise MalformedRequestError(f"this hub has no bucket backend {name!r}")
+        return self._cached("bucket", channel, config, make)
 
     def channel_info(self, name: str, node_id: str | None = None) -> dict[str, Any]:
         ch = self.state.channel(name)
+        bucket = self.bucket_backend(ch.config, name)
         info = {"channel": ch.name, "owner": ch.owner_id, "feed_id": ch.feed_id,
                 "membership_uri": ch.membership_uri, "config": ch.config,
-                "bucket_url": self.bucket_backend(ch.config).read_base_url(),
+                "bucket_url": bucket.read_base_url(), "bucket": bucket.node_info(),
                 "created_ms": ch.created_ms}
         if node_id is not None:
             info["roles"] = self.state.roles(name, node_id)
@@ -124,19 +154,6 @@ def _node_field(body: dict, name: str = "node") -> str:
     return node
 
 
-def _validate_config(config: Any) -> dict:
-    if config is None:
-        return dict(DEFAULT_CONFIG)
-    if not isinstance(config, dict):
-        raise MalformedRequestError("config must be an object")
-    for part in ("pubsub", "bucket"):
-        backend = (config.get(part) or {}).get("backend") if isinstance(config.get(part), dict) else None
-        if backend != "embedded":
-            raise MalformedRequestError(f"{part} backend {backend!r} is not available on this hub "
-                                        "(available: embedded)")
-    return config
-
-
 # ---------------------------------------------------------------------------- user requests
 def _login_link(hub: Hub, user: str, body: dict, now: int) -> dict:
     token = hub.state.create_login_token(user, now)
@@ -145,8 +162,24 @@ def _login_link(hub: Hub, user: str, body: dict, now: int) -> dict:
 
 def _create_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     name = validate_channel_name(body.get("channel"))
-    config = _validate_config(body.get("config"))
+    config, secrets = validate_backends(body.get("config"), body.get("secrets"))
     hub.state.create_channel(name, user, config, now)
+    hub.secrets.put(name, secrets)
+    hub._backends.clear()  # a channel of this name may have existed before
+    return hub.channel_info(name)
+
+
+def _configure_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
+    """The owner changes the channel's backends; nodes move at their next connection."""
+    name = validate_channel_name(body.get("channel"))
+    ch = hub.state.require_owner(name, user)
+    secrets = keep_unchanged_secrets(ch.config, hub.secrets.get(name), body.get("config"),
+                                     body.get("secrets"))
+    config, secrets = validate_backends(body.get("config"), secrets)
+    hub.secrets.put(name, secrets)
+    hub._backends.clear()  # built with the old secrets
+    hub.state.configure_channel(name, config, user, now)
+    hub._narrow_relay(name, None)  # embedded relay connections close: nodes reconnect to the new backend
     return hub.channel_info(name)
 
 
@@ -188,6 +221,8 @@ def _grant_or_revoke(kind: str) -> Callable[[Hub, str, dict, int], dict]:
 def _delete_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     name = validate_channel_name(body.get("channel"))
     hub.state.delete_channel(name, user, now)
+    hub.secrets.delete(name)
+    hub._backends.clear()
     return {"deleted": name}
 
 
@@ -209,6 +244,7 @@ def _list_nodes(hub: Hub, user: str, body: dict, now: int) -> dict:
 USER_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
     "login_link": _login_link,
     "create_channel": _create_channel,
+    "configure_channel": _configure_channel,
     "list_channels": _list_channels,
     "show_channel": _show_channel,
     "grant": _grant_or_revoke("grant"),
@@ -233,7 +269,7 @@ def _pubsub_token(hub: Hub, node: str, body: dict, now: int) -> dict:
     if not roles:
         raise NotAllowedError(f"node has no effective roles on {name!r} (granted ∩ requested is empty)")
     ch = hub.state.channel(name)
-    creds = hub.pubsub_backend(ch.config).credentials(
+    creds = hub.pubsub_backend(ch.config, name).credentials(
         node_id=node, channel=name, capability=capabilities(name, roles), now_ms=now,
         ttl_ms=hub.settings.token_ttl_ms)
     hub.state.log(name, "token", node, f"pub-sub token for {' '.join(roles)}", now)
@@ -247,7 +283,7 @@ def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
         raise MalformedRequestError(f"objects must be a list of 1-{MAX_UPLOADS_PER_REQUEST} {{path, size}}")
     effective = hub.state.roles(name, node)["effective"]
     ch = hub.state.channel(name)
-    backend = hub.bucket_backend(ch.config)
+    backend = hub.bucket_backend(ch.config, name)
     expires = int(now / 1000) + hub.settings.upload_url_ttl_s
     checked = []
     for obj in objects:

@@ -101,11 +101,22 @@ class HubClient:
     def login_link(self) -> str:
         return self.user_request("login_link")["url"]
 
-    def create_channel(self, channel: str, config: dict | None = None) -> dict[str, Any]:
+    def create_channel(self, channel: str, config: dict | None = None,
+                       secrets: dict | None = None) -> dict[str, Any]:
+        """Create ``channel``; ``config``/``secrets`` choose its backends (hub/backends.py)."""
         fields: dict[str, Any] = {"channel": channel}
         if config is not None:
             fields["config"] = config
+        if secrets is not None:
+            fields["secrets"] = secrets
         return self.user_request("create_channel", **fields)
+
+    def configure_channel(self, channel: str, config: dict, secrets: dict | None = None) -> dict[str, Any]:
+        """Change the channel's backends (owner only); unchanged parts keep their secrets."""
+        fields: dict[str, Any] = {"channel": channel, "config": config}
+        if secrets is not None:
+            fields["secrets"] = secrets
+        return self.user_request("configure_channel", **fields)
 
     def list_channels(self) -> list[dict[str, Any]]:
         return self.user_request("list_channels")["channels"]

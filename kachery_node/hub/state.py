@@ -213,6 +213,14 @@ class HubState:
             raise NotAllowedError(f"only the owner of channel {name!r} may do this")
         return ch
 
+    def configure_channel(self, name: str, config: dict, by: str, now_ms: int) -> None:
+        """The owner changes the channel's backends (a ``config`` message, then the row)."""
+        ch = self.require_owner(name, by)
+        self._append(ch, mb.config_message(config, by, now_ms))
+        self.db.execute("UPDATE channels SET config=? WHERE name=?", (orjson.dumps(config).decode(), name))
+        self.log(name, "config", by, f"backends: pub-sub {config['pubsub']['backend']}, "
+                 f"bucket {config['bucket']['backend']}", now_ms)
+
     def delete_channel(self, name: str, by: str, now_ms: int) -> None:
         ch = self.require_owner(name, by)
         self._append(ch, mb.delete_message(by, now_ms))

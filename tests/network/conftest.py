@@ -1,9 +1,18 @@
-"""A small kachery network of real processes: one hub, and nodes with daemons, joined to a channel."""
+"""A small kachery network of real processes: one hub, and nodes with daemons, joined to a channel.
+
+The channel's backends are a parameter: the shared end-to-end suite (:data:`SHARED_SUITE`) runs
+once per backend combination in :data:`BACKEND_COMBINATIONS` (embedded relay and bucket, NATS,
+Google Cloud Storage through its emulator, Ably through tests/ably_fake_server.py), the same
+test functions each time. Other tests get the embedded default. The stand-ins (tests/standins.py)
+start once per session; each lab gets its own bucket.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
 
+import httpx
 import pytest
 
 from tests.hub.conftest import HubProcess
@@ -16,8 +25,11 @@ ALL_ROLES = ["request-files", "provide-files", "request-feeds", "provide-feeds",
 class Lab:
     """A hub, a channel owned by the first node's user, and member nodes."""
 
-    def __init__(self, root, hub: HubProcess, channel: str = "lab") -> None:
+    def __init__(self, root, hub: HubProcess, channel: str = "lab", create_args: tuple[str, ...] = (),
+                 backends: str = "embedded+embedded") -> None:
         self.root, self.hub, self.channel = root, hub, channel
+        self.create_args = create_args  # `kachery channel create` options choosing the backends
+        self.backends = backends
         self.nodes: dict[str, TestNode] = {}
         self.owner: TestNode | None = None
 
@@ -27,7 +39,7 @@ class Lab:
         node.env["KACHERY_HUB_URL"] = self.hub.url
         if self.owner is None:
             self.owner = node
-            node.run("channel", "create", self.channel)
+            node.run("channel", "create", self.channel, *self.create_args)
         node.run("node", "join", self.channel, "--roles", ",".join(roles))
         granted = roles if grant is None else grant
         if granted:
@@ -53,15 +65,94 @@ class Lab:
             node.stop()
 
 
+# Modules whose `lab`/`make_lab` tests run against every backend combination (the shared suite).
+SHARED_SUITE = {"test_live_feeds", "test_files", "test_python_api"}
+# "<pub-sub>+<bucket>"; all but the default are marked `backends` (deselect with -m "not backends").
+BACKEND_COMBINATIONS = ["embedded+embedded", "nats+embedded", "embedded+gcs", "nats+gcs", "ably+embedded"]
+
+
+def pytest_generate_tests(metafunc):
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    uses_lab = "lab" in metafunc.fixturenames or "make_lab" in metafunc.fixturenames
+    if uses_lab and module in SHARED_SUITE:
+        params = [pytest.param(c, id=c, marks=() if c == "embedded+embedded" else pytest.mark.backends)
+                  for c in BACKEND_COMBINATIONS]
+        metafunc.parametrize("lab_backends", params, indirect=True)
+
+
 @pytest.fixture
-def make_lab(tmp_path):
+def lab_backends(request) -> str:
+    return getattr(request, "param", "embedded+embedded")
+
+
+@pytest.fixture(scope="session")
+def nats_servers(tmp_path_factory):
+    from tests.standins import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    from tests.standins import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def ably_server(tmp_path_factory):
+    from tests.standins import AblyFake
+
+    server = AblyFake(tmp_path_factory.mktemp("ably"))
+    yield server
+    server.stop()
+
+
+_buckets = itertools.count()
+
+
+def backend_args(request, backends: str, secrets_dir) -> list[str]:
+    """`kachery channel create` options for a backend combination, starting its stand-ins."""
+    from tests.standins import fake_service_account
+
+    pubsub, bucket = backends.split("+")
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    args: list[str] = []
+    if pubsub == "nats":
+        servers = request.getfixturevalue("nats_servers")
+        seed = servers.seed_file(secrets_dir / "seed")
+        args += ["--pubsub", servers.url(), "--nats-account-seed", str(seed)]
+    elif pubsub == "ably":
+        server = request.getfixturevalue("ably_server")
+        args += ["--pubsub", "ably", "--ably-endpoint", server.endpoint, "--ably-rest-url", server.rest_url,
+                 "--ably-key-file", str(server.key_file(secrets_dir / "ably.key"))]
+    if bucket == "gcs":
+        emulator = request.getfixturevalue("gcs_emulator")
+        name = f"lab-{next(_buckets)}"  # a fresh bucket per lab: nothing left from other tests
+        resp = httpx.post(f"{emulator.endpoint}/storage/v1/b", params={"project": "test"},
+                          json={"name": name}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        fake_service_account(secrets_dir / "gcs.json")
+        args += ["--bucket", f"gcs://{name}", "--gcs-endpoint", emulator.endpoint,
+                 "--gcs-key-file", str(secrets_dir / "gcs.json")]
+    return args
+
+
+@pytest.fixture
+def make_lab(tmp_path, request, lab_backends):
     """``make_lab(*hub_args)``: a Lab whose hub runs ``kachery hub serve <hub_args>`` (e.g.
     ``"--token-ttl", "5"``; ``"--port", "N"`` keeps the port across ``lab.hub.restart()``)."""
     labs: list[Lab] = []
 
     def make(*hub_args: str) -> Lab:
         assert not labs, "one lab per test"
-        labs.append(Lab(tmp_path, HubProcess(tmp_path / "hub", *hub_args)))
+        args = backend_args(request, lab_backends, tmp_path / "backend-secrets")
+        labs.append(Lab(tmp_path, HubProcess(tmp_path / "hub", *hub_args), create_args=tuple(args),
+                        backends=lab_backends))
         return labs[0]
 
     yield make

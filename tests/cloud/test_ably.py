@@ -1,0 +1,126 @@
+# ruff: noqa: E501
+"""The Ably backend: the real ably SDK against tests/ably_fake_server.py, which checks token
+requests (MAC, time, nonce) and capabilities the way Ably documents."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import trio
+
+from kachery_node.channels.errors import HubRequestError
+from kachery_node.pubsub import open_pubsub
+from kachery_node.pubsub.ably import token_request_mac
+from tests.hub.conftest import Actor, HubProcess
+from tests.standins import AblyFake
+
+pytestmark = pytest.mark.trio
+
+
+@pytest.fixture(scope="module")
+def ably(tmp_path_factory):
+    server = AblyFake(tmp_path_factory.mktemp("ably"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ably_hub(tmp_path_factory):
+    h = HubProcess(tmp_path_factory.mktemp("ablyhub"), "--token-ttl", "3")
+    yield h
+    h.stop()
+
+
+_n = iter(range(1000))
+
+
+def ably_channel(hub, ably, roles_by_label: dict[str, list[str]]) -> tuple[str, Actor, dict[str, Actor]]:
+    owner = Actor(hub.url, "owner")
+    name = f"ably.t{next(_n)}"
+    owner.client.create_channel(name, config={"pubsub": {"backend": "ably", "endpoint": ably.endpoint,
+                                                         "rest_url": ably.rest_url}},
+                                secrets={"pubsub": {"api_key": ably.api_key}})
+    actors = {}
+    for label, roles in roles_by_label.items():
+        a = Actor(hub.url, label)
+        a.client.register_node(label)
+        a.client.request_roles(name, a.node_id, roles)
+        owner.client.grant(name, a.node_id, roles)
+        actors[label] = a
+    return name, owner, actors
+
+
+async def creds(actor: Actor, channel: str) -> dict:
+    return await trio.to_thread.run_sync(actor.client.pubsub_credentials, channel)
+
+
+async def test_token_requests_carry_exactly_the_bands_and_are_signed_as_ably_documents(ably_hub, ably):
+    from ably.types.tokenrequest import TokenRequest
+
+    ch, owner, a = ably_channel(ably_hub, ably, {"req": ["request-files"]})
+    c = await creds(a["req"], ch)
+    req = c["token_request"]
+    assert json.loads(req["capability"]) == {f"{ch}-provideFiles": ["subscribe"], f"{ch}-requestFiles": ["publish"]}
+    assert req["clientId"] == a["req"].node_id and req["ttl"] == 3000 and req["keyName"] == ably.api_key.split(":")[0]
+    # The same MAC the ably SDK computes for a token request (RSA9g).
+    sdk = TokenRequest(key_name=req["keyName"], client_id=req["clientId"], nonce=req["nonce"], mac=None,
+                       capability=req["capability"], ttl=req["ttl"], timestamp=req["timestamp"])
+    sdk.sign_request(ably.api_key.split(":")[1])
+    assert sdk.mac == req["mac"] == token_request_mac(ably.api_key.split(":")[1], req)
+    secret = ably.api_key.split(":")[1]
+    seen = [json.dumps(c), json.dumps(a["req"].client.channel_info(ch)), json.dumps(owner.client.show_channel(ch)),
+            a["req"].client.membership_segment(ch).decode(), (ably_hub.dir / "hub.log").read_text()]
+    assert not any(secret in text for text in seen)
+    # The server checks the MAC: a token request with a widened capability is refused.
+    wider = {**req, "capability": json.dumps({"*": ["*"]})}
+    resp = httpx.post(f"{ably.rest_url}/keys/{req['keyName']}/requestToken", json=wider, timeout=5)
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == 40101
+    ok = httpx.post(f"{ably.rest_url}/keys/{req['keyName']}/requestToken", json=req, timeout=5)
+    assert ok.status_code == 201 and ok.json()["clientId"] == a["req"].node_id
+    replay = httpx.post(f"{ably.rest_url}/keys/{req['keyName']}/requestToken", json=req, timeout=5)
+    assert replay.status_code == 401 and replay.json()["error"]["code"] == 40104  # nonce used once
+
+
+async def test_fan_out_and_refusals_through_the_sdk(ably_hub, ably):
+    ch, _, a = ably_channel(ably_hub, ably, {"req": ["request-files"], "prov": ["provide-files"]})
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await prov.subscribe(f"{ch}-requestFiles")
+        await req.subscribe(f"{ch}-provideFiles")
+        await req.publish(f"{ch}-requestFiles", {"want": 1}, ack=True)
+        m = await prov.receive(5)
+        assert (m.band, m.sender, m.data) == (f"{ch}-requestFiles", a["req"].node_id, {"want": 1})
+        await prov.publish(f"{ch}-provideFiles", {"have": 1})
+        m = await req.receive(5)
+        assert m.sender == a["prov"].node_id and m.data == {"have": 1}
+        with pytest.raises(HubRequestError) as e:
+            await req.publish(f"{ch}-provideFiles", {"fake": 1}, ack=True)
+        assert e.value.code == "capability_denied" and "40160" in e.value.message
+        with pytest.raises(HubRequestError) as e:
+            await req.subscribe(f"{ch}-other")
+        assert e.value.code == "capability_denied"
+        await req.publish(f"{ch}-requestFiles", {"want": 2}, ack=True)  # still fine after refusals
+        assert (await prov.receive(5)).data == {"want": 2}
+    assert "refused publish" in ably.log()
+
+
+async def test_expired_tokens_are_refused_and_renewal_is_in_band(ably_hub, ably):
+    ch, _, a = ably_channel(ably_hub, ably, {"req": ["request-files"], "prov": ["provide-files"]})
+    c = await creds(a["req"], ch)
+    async with open_pubsub(c) as doomed:  # no renewal: the server disconnects at expiry
+        with pytest.raises(HubRequestError) as e:
+            await doomed.receive(timeout=8)
+        assert e.value.code == "expired"
+    assert f"token expired for {a['req'].node_id}" in ably.log()  # the server's DISCONNECTED 40142
+    async with open_pubsub(await creds(a["req"], ch), renew=lambda: creds(a["req"], ch)) as req, \
+            open_pubsub(await creds(a["prov"], ch), renew=lambda: creds(a["prov"], ch)) as prov:
+        await prov.subscribe(f"{ch}-requestFiles")
+        started = time.monotonic()
+        i = 0
+        while time.monotonic() - started < 7:  # past two 3 s tokens
+            await req.publish(f"{ch}-requestFiles", {"i": i}, ack=True)
+            assert (await prov.receive(5)).data == {"i": i}
+            i += 1
+            await trio.sleep(0.5)
