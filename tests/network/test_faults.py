@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 import kachery_feeds as kf
 import kachery_node as kn
@@ -264,3 +265,32 @@ def _uploads_in_flight(lab) -> dict[str, int]:
                 if actor.startswith(short):
                     counts[actor] -= 1
     return counts
+
+
+# ------------------------------------------------------------------ a node removed from the channel
+@pytest.mark.parametrize("lab_backends", ["embedded+embedded", pytest.param(
+    "nats+embedded", marks=pytest.mark.backends)], indirect=True)
+def test_removed_node_is_not_served_within_one_token_lifetime(make_lab):
+    ttl = 5
+    lab = make_lab("--token-ttl", str(ttl))
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-files", "request-feeds"])
+    storage = kn.open_storage(alice.storage_dir)
+    before = storage.store_bytes(b"shared while bob was a member\n", "before.txt")
+    after = storage.store_bytes(b"stored after bob was removed\n", "after.txt")
+    assert fetch(bob, before)[-1]["type"] == "finished"
+
+    lab.owner.run("channel", "revoke", "lab", bob.node_id, "request-files", "request-feeds")
+    if lab.backends.startswith("nats"):
+        # NATS learns of the revocation when bob's token expires; until then the providers'
+        # membership checks are all that stand in his way.
+        time.sleep(ttl)
+    # The embedded relay narrows bob's connection at once.
+    lines = fetch(bob, after, timeout=30)
+    assert lines[-1]["type"] == "error" and lines[-1]["kind"] == "NotFoundError", lines
+    assert not bucket_object(lab, file_path("lab", kn.parse_uri(after).sha1)).exists()
+    assert not kn.open_storage(bob.storage_dir).has_file(after)
+    # The node learns it has no roles left; asking again gives the reason at once.
+    wait_until(lambda: not bob.client.status()["channels"][0]["roles"], 15, "bob to lose his roles", bob)
+    lines = fetch(bob, after, timeout=30)
+    assert lines[-1]["type"] == "error" and "request-files role" in lines[-1]["error"], lines
