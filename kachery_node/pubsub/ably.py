@@ -213,6 +213,11 @@ class AblyPubSub(PubSub):
         if self._renew is None:
             raise HubRequestError(401, "expired", "the Ably token expired and cannot be renewed")
         creds = await self._renew()
+        if creds.get("backend") != "ably":  # the owner moved the channel: reconnect there
+            err = HubRequestError(409, "backend_changed",
+                                  f"the channel now uses the {creds.get('backend')!r} pub-sub backend")
+            self._failed(err)
+            raise err
         token = await exchange_token_request(creds.get("rest_url", DEFAULT_REST_URL), creds["token_request"])
         self.credentials = creds
         return token

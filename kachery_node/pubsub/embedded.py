@@ -143,6 +143,9 @@ class EmbeddedPubSub(PubSub):
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Replace the token on the open connection (in-band, like Ably's AUTH)."""
+        if credentials.get("backend") != "embedded":  # the owner moved the channel: reconnect there
+            raise HubRequestError(409, "backend_changed",
+                                  f"the channel now uses the {credentials.get('backend')!r} pub-sub backend")
         self.credentials = credentials
         self.connected = await self._request({"op": "auth", "token": credentials["token"]})
 

@@ -263,6 +263,9 @@ class NatsPubSub(PubSub):
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Switch to fresh credentials: connect anew, resubscribe, then drain the old connection."""
+        if credentials.get("backend") != "nats":  # the owner moved the channel: reconnect there
+            raise HubRequestError(409, "backend_changed",
+                                  f"the channel now uses the {credentials.get('backend')!r} pub-sub backend")
         new = _Connection(self, credentials)
         with trio.fail_after(CONNECT_TIMEOUT_S + 1):
             await self._thread.run(new.connect)

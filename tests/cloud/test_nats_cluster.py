@@ -52,3 +52,40 @@ def test_two_nodes_on_different_cluster_members_exchange_a_live_feed(tmp_path):
 
 def _connections(cluster: NatsCluster, member: int) -> int:
     return httpx.get(f"http://127.0.0.1:{cluster.monitor_ports[member]}/connz", timeout=5).json()["num_connections"]
+
+
+def test_owner_moves_a_live_channel_from_the_embedded_relay_to_nats(tmp_path):
+    cluster = NatsCluster(tmp_path / "nats")
+    hub = HubProcess(tmp_path / "hub")
+    lab = Lab(tmp_path, hub)
+    try:
+        alice = lab.add_node("alice", ALL_ROLES)
+        bob = lab.add_node("bob", ["request-feeds"])
+        source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+        source.append_message({"before": 0})
+        bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+        replica = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(source.uri)
+        _wait(lambda: replica.get_num_local_messages() == 1, "the first message", bob)
+        assert _connections(cluster, 0) == 0
+        seed = cluster.seed_file(tmp_path / "seed")
+        out = lab.owner.run("channel", "configure", "lab", "--pubsub", cluster.url(), "--nats-account-seed", str(seed))
+        assert "pub-sub nats" in out.stdout
+        _wait(lambda: _connections(cluster, 0) == 2, "both daemons on NATS", alice)
+        lab.wait_connected(alice)
+        lab.wait_connected(bob)
+        for i in range(3):
+            n = replica.get_num_local_messages()
+            source.append_message({"after": i})
+            _wait(lambda n=n: replica.get_num_local_messages() > n, f"live message {i} through NATS", bob)
+        assert replica.get_messages(1) == [{"after": i} for i in range(3)]
+    finally:
+        lab.stop()
+        hub.stop()
+        cluster.stop()
+
+
+def _wait(cond, what: str, node, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{node.log()[-2000:]}"
+        time.sleep(0.05)
