@@ -88,3 +88,19 @@ __all__ = [
     "store_text",
     "upload_file",
 ]
+
+# Tasks (kachery_node/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
+# They load httpx and the daemon client, so they are imported on first use (`kachery` starts fast).
+_LAZY = {name: "kachery_node.tasks" for name in (
+    "NoProviderError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
+    "request_task", "run_task_backend", "task_hash", "taskfunction")}
+_LAZY.update({"submit_message": "kachery_node.feed_submissions",
+              "accept_submissions": "kachery_node.feed_submissions"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kachery_node' has no attribute {name!r}")

@@ -308,6 +308,10 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/files/upload", upload, methods=["POST"]),
         Route("/viewer", viewer, methods=["GET"]),
     ]
+    # -- tasks (issue 6): the endpoints live in tasks_api.py
+    from .tasks_api import task_routes
+
+    routes += task_routes(ctx)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ApiError):

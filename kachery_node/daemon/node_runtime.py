@@ -28,6 +28,7 @@ from .changes import ChangeBroadcaster
 from .channel_runtime import ChannelRuntime
 from .feeds_exchange import FeedExchange
 from .files_exchange import FileExchange, file_timeouts_from_settings
+from .tasks_exchange import TaskExchange  # tasks (issue 6)
 
 log = logging.getLogger("kachery.node")
 
@@ -53,6 +54,7 @@ class NodeRuntime:
         self.files = FileExchange(
             storage, timeouts=file_timeouts_from_settings(read_settings(storage.directory))
         )
+        self.tasks = TaskExchange(storage.directory)  # tasks (issue 6)
         self.channels: dict[str, ChannelRuntime] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -66,6 +68,7 @@ class NodeRuntime:
             self._nursery = nursery
             await nursery.start(self.feeds.run)
             await nursery.start(self.files.run)
+            await nursery.start(self.tasks.run)  # tasks (issue 6)
             self._sync_channels()
             task_status.started()
             while True:
@@ -99,7 +102,7 @@ class NodeRuntime:
                 entry=entry,
                 node_key=self.node_key,
                 store=self.storage.feeds,
-                handlers=[self.feeds.on_message, self.files.on_message],
+                handlers=[self.feeds.on_message, self.files.on_message, self.tasks.on_message],
                 on_connected=self._on_connected,
             )
             self.channels[name] = runtime

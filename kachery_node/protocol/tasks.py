@@ -284,3 +284,17 @@ def decode_result_object(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidTaskResultError(f"result object is not JSON: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- errors
+class TaskError(KacheryError):
+    """A task failed: the remote function raised (its message is included), its result did not
+    verify, or its provider went away."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """No final answer within the requester's timeout."""
+
+
+class NoProviderError(TaskError):
+    """No node on the channel offers the function (and, for a query, nothing is cached)."""
