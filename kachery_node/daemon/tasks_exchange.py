@@ -72,6 +72,8 @@ log = logging.getLogger("kachery.daemon.tasks")
 
 REQUEST_BAND, STATUS_BAND = "request-tasks", "provide-tasks"
 INLINE_RESULT_MAX_BYTES = 30_000  # the embedded relay refuses messages over 64 KiB by default
+MAX_KWARGS_BYTES = 40_000  # arguments ride in one pub-sub message
+KEEP_ACCEPTED_DAYS = 30  # tasks.db forgets requests older than this
 FINAL = ("finished", "error")
 STATUSES = ("queued", "running", "finished", "error")
 Emit = Callable[[dict[str, Any]], None]
@@ -139,11 +141,14 @@ class _Executed:
             "CREATE TABLE IF NOT EXISTS accepted_requests (channel TEXT, request_id TEXT, "
             "function_id TEXT, requester TEXT, accepted_ms INTEGER, final_status TEXT, "
             "PRIMARY KEY (channel, request_id))")
+        cutoff = int(time.time() * 1000) - KEEP_ACCEPTED_DAYS * 86_400_000
+        self._db.execute("DELETE FROM accepted_requests WHERE accepted_ms < ?", (cutoff,))
         # Requester side: which provider each of our requests was assigned to, so that a retry
         # of the request goes to that provider only (at most once across providers).
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS assigned_requests (channel TEXT, request_id TEXT, "
             "provider TEXT, function_id TEXT, assigned_ms INTEGER, PRIMARY KEY (channel, request_id))")
+        self._db.execute("DELETE FROM assigned_requests WHERE assigned_ms < ?", (cutoff,))
 
     def assigned_to(self, channel: str, request_id: str) -> str | None:
         row = self._db.execute(
@@ -235,6 +240,11 @@ class TaskExchange:
         caller bounds the whole call with its own deadline."""
         validate_function_id(function_id)
         h = task_hash(function_id, kwargs)
+        size = len(orjson.dumps(kwargs))
+        if size > MAX_KWARGS_BYTES:
+            raise TaskArgumentError(
+                f"task arguments of {size} bytes exceed the {MAX_KWARGS_BYTES}-byte limit (they travel "
+                "in one pub-sub message): store large inputs (kn.store_npy, kn.upload_file) and pass URIs")
         ftype = validate_function_type(function_type or "pure-calculation")
         request_id = request_id or new_request_id()
         warnings: list[str] = []

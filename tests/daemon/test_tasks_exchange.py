@@ -12,6 +12,7 @@ from kachery_node.daemon.tasks_exchange import TaskExchange, TaskTimeouts
 from kachery_node.identity import Keypair
 from kachery_node.protocol.tasks import (
     NoProviderError,
+    TaskArgumentError,
     TaskError,
     encode_result_object,
     sign_result,
@@ -149,3 +150,13 @@ async def test_no_provider_and_remote_errors(tmp_path):
             with pytest.raises(TaskError, match="ZeroDivisionError: boom"):
                 await reqx.request([req], "t.add.1", {"a": 1, "b": 0})
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_oversized_arguments_get_a_clear_error_and_nothing_is_sent(tmp_path):
+    ch = MemoryChannel("lab")
+    reqx = TaskExchange(tmp_path, FAST)
+    req = ch.join(Keypair.generate(), ["request-tasks"], reqx.on_message)
+    with pytest.raises(TaskArgumentError, match="store large inputs"):
+        await reqx.request([req], "t.add.1", {"a": list(range(20_000))})
+    assert ch.published == []
