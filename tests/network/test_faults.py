@@ -27,7 +27,7 @@ from tests.nodes import free_port
 
 FEED_ROLES = ["request-feeds", "request-files"]
 # A dead uploader is noticed after `stall` s without its heartbeats (default 30 s; 3 s here).
-FAST_FILE_TIMEOUTS = "\n[daemon.files]\nstall = 3\nheartbeat = 0.5\n"
+FAST_FILE_TIMEOUTS = "\n[daemon.files]\nstall = 3\nheartbeat = 0.5\nanswer = 1\n"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -245,6 +245,41 @@ def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
     for node in (survivor, bob):  # file messages are not mistaken for malformed feed messages
         assert "not a feed ID" not in node.log()
     print(f"fetch finished {recovered:.1f} s after the kill")
+
+
+def test_sole_provider_killed_mid_upload_the_retry_after_its_restart_succeeds(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES, start=False)
+    bob = lab.add_node("bob", ["request-files"], start=False)
+    big = tmp_path / "big.dat"
+    big.write_bytes(os.urandom(45_000_000))
+    uri = kn.open_storage(alice.storage_dir).store_file(big)
+    for node in (alice, bob):
+        with open(node.storage_dir / "config.toml", "a") as f:
+            f.write(FAST_FILE_TIMEOUTS)
+        node.start()
+        lab.wait_connected(node)
+    uploads_in_progress = lab.hub.dir / "bucket" / ".tmp"
+
+    result: dict = {}
+    fetcher = threading.Thread(target=lambda: result.update(lines=fetch(bob, uri, timeout=60)))
+    fetcher.start()
+    try:
+        wait_until(lambda: any(p.stat().st_size > 1_000_000 for p in uploads_in_progress.iterdir()),
+                   20, "a chunk upload to start", alice, bob)
+        alice.kill()
+    finally:
+        fetcher.join(timeout=60)
+    assert not fetcher.is_alive(), "the fetch did not end"
+    error = result["lines"][-1]
+    assert error["type"] == "error" and error["kind"] == "NotFoundError", result["lines"]
+    assert "stalled" in error["error"] or "no provider answered" in error["error"], error
+    assert not kn.open_storage(bob.storage_dir).has_file(uri)
+
+    alice.start()
+    lab.wait_connected(alice)
+    lines = fetch(bob, uri)
+    assert lines[-1]["type"] == "finished", lines
+    assert Path(lines[-1]["path"]).read_bytes() == big.read_bytes()
 
 
 def _pid(node) -> int:
