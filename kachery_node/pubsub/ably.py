@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import time
@@ -146,6 +147,9 @@ class AblyPubSub(PubSub):
 
     async def _connect(self) -> None:
         from ably import AblyRealtime  # the "ably" extra
+
+        # The SDK logs every frame at INFO; a daemon's log (INFO) would fill with them.
+        logging.getLogger("ably").setLevel(max(logging.WARNING, logging.getLogger("ably").level))
 
         creds = self.credentials
         endpoint = creds.get("endpoint") or DEFAULT_REALTIME_HOST
