@@ -139,6 +139,10 @@ def main() -> None:
             return (f"{name:<28} median {statistics.median(xs) * 1000:7.1f} ms   "
                     f"p90 {_percentile(xs, 0.9) * 1000:7.1f} ms   (n={len(xs)})")
 
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"commit {commit}, {os.cpu_count()} CPUs, load average {load}")
         print(row("cache miss round trip", miss))
         print(row("cache hit round trip", hit))
         print(f"{'4 concurrent requesters':<28} {len(done) / elapsed:7.1f} requests/s (cache misses, "

@@ -40,6 +40,7 @@ except kn.KacheryError as e:
 """
 
 
+@pytest.mark.slow
 def test_submissions_are_appended_with_attribution_and_refused_from_others(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-tasks", "request-feeds"])
@@ -87,6 +88,7 @@ def test_replayers_can_reverify_and_catch_a_forged_attribution():
         verify_submission(kf.MessageRecord(0, 0, {"a": 1}, {**ok.metadata, "submitted_by": "ab" * 32}))
 
 
+@pytest.mark.slow
 def test_lab_notebook_example():
     out = subprocess.run([sys.executable, str(ROOT / "examples/lab_notebook.py"), "demo"],
                          capture_output=True, text=True, timeout=180)
