@@ -74,6 +74,7 @@ log = logging.getLogger("kachery.tasks")
 
 POLL_SECONDS = 15.0
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+PROGRESS_INTERVAL = 0.25  # seconds between published progress reports of one task
 _ERRORS: dict[str, type[Exception]] = {
     "TaskError": TaskError, "TaskTimeoutError": TaskTimeoutError, "NoProviderError": NoProviderError,
     "TaskArgumentError": TaskArgumentError, "NotJoinedError": TaskError,
@@ -113,7 +114,8 @@ _current = threading.local()
 
 def report_progress(progress: str | float | dict) -> None:
     """From inside a running task function: publish a progress status to the requester
-    (a message, a fraction, or a small JSON object). Does nothing outside a task."""
+    (a message, a fraction, or a small JSON object); at most 4 a second are sent, the rest
+    dropped. Does nothing outside a task."""
     reporter = getattr(_current, "reporter", None)
     if reporter is not None:
         reporter(progress)
@@ -230,7 +232,13 @@ def _run_one(client: DaemonClient, backend_id: str, table: dict[str, TaskFunctio
     key = task["task_key"]
     base = {"backend_id": backend_id, "task_key": key}
 
+    last = [0.0]
+
     def report(progress: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_INTERVAL:
+            return  # a function reporting in a tight loop must not flood the channel
+        last[0] = now
         try:
             _post(client, "/api/tasks/update", {**base, "status": "running", "progress": progress})
         except DaemonError as exc:
