@@ -381,6 +381,23 @@ def bench_file(lab: Lab, a: Node, b: Node, size: int, tmp: Path, timeout: float)
     }
 
 
+def disk_write_mb_per_s(tmp: Path, size: int) -> float:
+    """Physical limit for the file row: write ``size`` bytes to a new file in the benchmark's
+    folder and fsync it (what every stored copy of the file finally costs), MB/s."""
+    path = tmp / "disk-limit.bin"
+    block = os.urandom(8 << 20)
+    settle()
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = size
+        while left > 0:
+            left -= f.write(block[: min(left, len(block))])
+        os.fsync(f.fileno())
+    secs = time.perf_counter() - t0
+    path.unlink()
+    return size / 1e6 / secs
+
+
 # ---------------------------------------------------------------------------- 4. memory
 class RssSampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.05) -> None:
@@ -675,6 +692,12 @@ def render(result: dict) -> str:
                 f"{fi['seconds'] - fi['all_chunks_at_s']:.2f} s"
             )
         out.append("  CPU seconds during the transfer: " + cpu_text(fi["cpu_s"], fi["seconds"]))
+        if k.get("disk_write_mb_per_s"):
+            out.append(
+                f"  disk: writing {fi['bytes'] / 2**20:.0f} MiB + fsync runs at "
+                f"{k['disk_write_mb_per_s']:.0f} MB/s here; the transfer writes the bytes three "
+                "times (hub bucket, B's chunk files, B's storage)"
+            )
     mem = k.get("memory")
     if mem:
         out.append(
@@ -787,6 +810,7 @@ def main() -> None:
         if "catchup" in only:
             k["catchup"] = bench_catchup(lab, a, cfg["catchup_messages"], cfg["timeout"])
         if "file" in only:
+            k["disk_write_mb_per_s"] = disk_write_mb_per_s(tmp, min(cfg["file_size"], 1 << 30))
             k["file"] = bench_file(lab, a, b, cfg["file_size"], tmp, cfg["timeout"])
         if "memory" in only:
             k["memory"] = bench_memory(lab, a, cfg["memory_messages"], cfg["timeout"])
