@@ -84,14 +84,19 @@ def test_hub_restart_while_two_nodes_follow_loses_and_duplicates_nothing(make_la
     for replica in replicas:
         wait_for_messages(replica, expected, 15, alice, bob, carol)
 
-    lab.hub.stop()
-    more = [{"i": i} for i in range(10, 20)]
-    for m in more:  # appended while the hub and relay are down
-        source.append_message(m)
-    expected += more
-    lab.hub.start()
-    for node in (alice, bob, carol):
-        lab.wait_connected(node, timeout=20)
+    os.kill(_pid(alice), signal.SIGSTOP)  # the provider will be the last to reconnect
+    try:
+        lab.hub.stop()
+        more = [{"i": i} for i in range(10, 20)]
+        for m in more:  # appended while the hub and relay are down
+            source.append_message(m)
+        expected += more
+        lab.hub.start()
+        for node in (bob, carol):  # the readers re-subscribe while the provider is away
+            lab.wait_connected(node, timeout=20)
+    finally:
+        os.kill(_pid(alice), signal.SIGCONT)
+    lab.wait_connected(alice, timeout=20)
     # Caught up promptly: well before a subscription renewal (20 s) would have done it.
     for replica in replicas:
         wait_for_messages(replica, expected, 10, alice, bob, carol)
