@@ -115,6 +115,9 @@ def test_pure_result_is_cached_and_the_second_request_never_reaches_the_provider
     first = request(tl.bob, "test.add.1", {"a": 2, "b": 3})
     assert first.startswith("ok 5 False False"), first
     assert "running" in first and "finished" in first
+    h = task_hash("test.add.1", {"a": 2, "b": 3})
+    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    wait_for(cached.exists, what="the result in the bucket")  # uploaded just after `finished`
     second = request(tl.bob, "test.add.1", {"a": 2, "b": 3})
     assert second.startswith("ok 5 True False ['finished']"), second
     assert len(tl.backend.runs("add")) == 1
@@ -276,3 +279,25 @@ h = kn.request_task("test.echo.1", {"value": a}, channel="lab", timeout=20)
 print(h.wait(), h.task_hash == kn.task_hash("test.echo.1", {"value": a.tolist()}))
 """)
     assert out.strip() == "[[0.0, 0.5, 1.0], [1.5, 2.0, 2.5]] True"
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("lab_backends", ["nats+gcs", "ably+embedded"], indirect=True)
+def test_tasks_over_other_backends(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-tasks"])
+    backend = Backend(alice, tmp_path / "runs")
+    try:
+        time.sleep(1.0)
+        assert request(bob, "test.add.1", {"a": 7, "b": 8}).startswith("ok 15 False")
+        for _ in range(20):  # the bucket copy is uploaded just after `finished`
+            again = request(bob, "test.add.1", {"a": 7, "b": 8})
+            if again.startswith("ok 15 True"):
+                break
+            time.sleep(0.2)
+        assert again.startswith("ok 15 True"), again
+        assert len(backend.runs("add")) <= 2
+        out = request(bob, "test.append.1", {"text": "x"}, type="action")
+        assert out.startswith("ok {'appended': 'x'}"), out
+    finally:
+        backend.kill()
