@@ -106,15 +106,19 @@ def main() -> None:
                                                      "KACHERY_DAEMON_PORT")})
         import kachery_node as kn
 
-        def once(a: int) -> float:
+        phases: dict[str, list[float]] = {}
+
+        def once(a: int, record: bool = False) -> float:
             t0 = time.perf_counter()
             h = kn.request_task("bench.add.1", {"a": a, "b": 1}, channel="bench", timeout=30)
+            if record:  # when each status reached this script, from the request
+                h.on_status(lambda h: phases.setdefault(h.status, []).append(time.perf_counter() - t0))
             assert h.wait() == a + 1
             return time.perf_counter() - t0
 
         for i in range(5):  # warm up connections
             once(-1 - i)
-        miss = [once(i) for i in range(args.n)]
+        miss = [once(i, record=True) for i in range(args.n)]
         hit = [once(i) for i in range(args.n)]
         counter = iter(range(10_000_000, 20_000_000))
         lock = threading.Lock()
@@ -144,6 +148,8 @@ def main() -> None:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"commit {commit}, {os.cpu_count()} CPUs, load average {load}")
         print(row("cache miss round trip", miss))
+        print("  cache miss, status reached the script after (median): " + ", ".join(
+            f"{k} {statistics.median(v) * 1000:.1f} ms" for k, v in phases.items()))
         print(row("cache hit round trip", hit))
         print(f"{'4 concurrent requesters':<28} {len(done) / elapsed:7.1f} requests/s (cache misses, "
               f"{len(done)} in {elapsed:.1f} s; median {statistics.median(done) * 1000:.1f} ms each)")
