@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ def submit_message(subfeed_uri: str, payload: Any, *, channel: str | None = None
 
     Raises :class:`~kachery_node.TaskError` with the owner's reason if it refuses, and
     :class:`~kachery_node.NoProviderError` if no backend accepts submissions for it."""
+    function_id = submission_function_id(subfeed_uri)  # InvalidUriError for a bad or feed-only URI
     storage = Path(storage_dir) if storage_dir else default_storage_dir()
     key = load_node_key(storage)
     uri = kf.parse_feed_uri(subfeed_uri)
@@ -81,7 +83,7 @@ def submit_message(subfeed_uri: str, payload: Any, *, channel: str | None = None
         "nonce": secrets.token_hex(12),
     }, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
     signature = key.sign(_signing_input(text)).hex()
-    handle = request_task(submission_function_id(subfeed_uri),
+    handle = request_task(function_id,
                           {"submission": text, "signature": signature},
                           function_type="action", channel=channel, timeout=timeout,
                           storage_dir=storage)
@@ -153,6 +155,8 @@ def accept_submissions(subfeed: kf.Subfeed, *, allowed: Allowed = "members") -> 
     if isinstance(allowed, str) and allowed != "members":
         raise ValueError("allowed must be 'members', a collection of node IDs or a callable")
 
+    appending = threading.Lock()  # the backend runs tasks in several threads
+
     def is_allowed(node_id: str, payload: Any) -> bool:
         if allowed == "members":
             return True
@@ -173,11 +177,12 @@ def accept_submissions(subfeed: kf.Subfeed, *, allowed: Allowed = "members") -> 
             raise SubmissionError("stale submission (time_ms is more than 10 minutes off)")
         if not is_allowed(sub.submitter, sub.payload):
             raise SubmissionError(f"node {sub.submitter[:12]}… may not submit to {uri}")
-        for record in subfeed.get_records():  # a repeated submission is refused, not appended twice
-            if (record.metadata or {}).get("signature") == signature:
-                raise SubmissionError(f"this submission was appended before as message {record.number}")
-        number = subfeed.append_message(sub.payload, metadata={
-            "submitted_by": sub.submitter, "submission": sub.text, "signature": sub.signature})
+        with appending:
+            for record in subfeed.get_records():  # a repeated submission is refused, not appended twice
+                if (record.metadata or {}).get("signature") == signature:
+                    raise SubmissionError(f"this submission was appended before as message {record.number}")
+            number = subfeed.append_message(sub.payload, metadata={
+                "submitted_by": sub.submitter, "submission": sub.text, "signature": sub.signature})
         return {"message_number": number, "subfeed_uri": uri}
 
     return accept

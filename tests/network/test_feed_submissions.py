@@ -95,3 +95,41 @@ def test_lab_notebook_example():
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("submitted") == 4 and out.stdout.count("replayed and verified") == 3
     assert "every member rebuilt the same state" in out.stdout
+
+
+def _signed(key: Keypair, uri: str, payload, *, time_ms: int | None = None) -> dict:
+    text = orjson.dumps({"subfeed_uri": uri, "payload": payload, "submitter": key.public_hex,
+                         "time_ms": int(time.time() * 1000) if time_ms is None else time_ms,
+                         "nonce": "ab" * 12}, option=orjson.OPT_SORT_KEYS).decode()
+    sig = key.sign(SUBMISSION_CONTEXT + hashlib.sha256(text.encode()).digest()).hex()
+    return {"submission": text, "signature": sig}
+
+
+def test_the_owners_checks_without_a_network(tmp_path):
+    import kachery_node.tasks as kt
+    from kachery_node.feed_submissions import accept_submissions
+
+    sf = kf.open_store(tmp_path / "feeds.db").create_feed().load_subfeed("curation")
+    uri = f"feed://{sf.feed_id}/~{sf.subfeed_hash}"
+    member, stranger = Keypair.generate(), Keypair.generate()
+    accept = accept_submissions(sf, allowed={member.public_hex})
+    assert accept.function_type == "action" and accept.function_id.endswith(sf.subfeed_hash)
+    ok = _signed(member, uri, {"a": 1})
+    assert accept(**ok)["message_number"] == 0
+    with pytest.raises(SubmissionError, match="appended before"):
+        accept(**ok)
+    with pytest.raises(SubmissionError, match="may not submit"):
+        accept(**_signed(stranger, uri, {"a": 2}))
+    with pytest.raises(SubmissionError, match="stale"):
+        accept(**_signed(member, uri, {"a": 3}, time_ms=1))
+    with pytest.raises(SubmissionError, match="not feed://"):
+        accept(**_signed(member, "feed://" + "cd" * 32 + "/~" + "ef" * 20, {"a": 4}))
+    kt._current.task = kt.TaskContext(accept.function_id, "lab", "r" * 12, "0" * 64, stranger.public_hex)
+    try:
+        with pytest.raises(SubmissionError, match="relayed"):
+            accept(**_signed(member, uri, {"a": 5}))
+    finally:
+        kt._current.task = None
+    assert len(sf.get_records()) == 1
+    with pytest.raises(kf.NotWriteableError):
+        accept_submissions(kf.open_store(tmp_path / "other.db").load_subfeed(sf.uri))
