@@ -301,3 +301,21 @@ def test_tasks_over_other_backends(lab, tmp_path):
         assert out.startswith("ok {'appended': 'x'}"), out
     finally:
         backend.kill()
+
+
+def test_backend_runs_at_most_max_concurrency_tasks_at_once(tl):
+    out = script(tl.bob, """
+import kachery_node as kn
+hs = [kn.request_task("test.slow.1", {"seconds": 1, "tag": f"c{i}"}, channel="lab", timeout=30)
+      for i in range(6)]
+print(sorted(h.wait()["tag"] for h in hs))
+""")
+    assert out.strip() == str([f"c{i}" for i in range(6)])
+    level = peak = 0
+    for line in tl.backend.runs("slow"):
+        if " start c" in line:
+            level += 1
+        elif " end c" in line:
+            level -= 1
+        peak = max(peak, level)
+    assert peak == 4  # `kachery task backend` runs 4 at a time by default
