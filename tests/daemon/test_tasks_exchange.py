@@ -160,3 +160,19 @@ async def test_oversized_arguments_get_a_clear_error_and_nothing_is_sent(tmp_pat
     with pytest.raises(TaskArgumentError, match="store large inputs"):
         await reqx.request([req], "t.add.1", {"a": list(range(20_000))})
     assert ch.published == []
+
+
+@pytest.mark.trio
+async def test_probe_lists_the_registered_functions(tmp_path):
+    ch = MemoryChannel("lab")
+    prov = TaskExchange(tmp_path, FAST)
+    ch.join(Keypair.generate(), PROVIDER, prov.on_message)
+    req = ch.join(Keypair.generate(), ["request-tasks"])
+    async with anyio.create_task_group() as tg:
+        await tg.start(prov.run)
+        tg.start_soon(_backend, prov, "b", [])
+        await anyio.sleep(0.05)
+        await req.publish("request-tasks", {"type": "probeTasks", "request_id": "p" * 12})
+        tg.cancel_scope.cancel()
+    (answer,) = [b for _s, _band, b in ch.published if b["type"] == "taskFunctions"]
+    assert answer["functions"] == [{"function_id": "t.add.1", "function_type": "pure-calculation"}]
