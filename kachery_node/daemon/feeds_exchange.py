@@ -45,7 +45,7 @@ import orjson
 import kachery_feeds as kf
 
 from ..protocol import feed_bucket
-from ..protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
+from ..protocol.bucket_layout import SEGMENT_SIZE, subfeed_head_path, subfeed_segment_path
 from ..protocol.envelope import Envelope
 from .changes import ChangeBroadcaster
 from .link import BucketObjectMissing, ChannelLink
@@ -59,6 +59,7 @@ INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by 
 BUCKET_DEBOUNCE_SECONDS = 0.5
 CATCH_UP_TIMEOUT_SECONDS = 60.0
 REJECTED_RETRY_SECONDS = 1.0  # after rejecting bucket data, before the next attempt
+REPAIR_MIN_INTERVAL_SECONDS = 10.0  # a provider re-uploads a subfeed's bucket copy at most this often
 SEGMENT_DOWNLOADS_AHEAD = 4
 
 
@@ -109,6 +110,7 @@ class FeedExchange:
         self._followed: dict[tuple[str, str], _Followed] = {}
         self._bucket_dirty: dict[tuple[str, str, str], ChannelLink] = {}
         self._bucket_locks: dict[tuple[str, str, str], anyio.Lock] = {}
+        self._repaired: dict[tuple[str, str, str], float] = {}  # -> when last re-uploaded
         self._task_group: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -158,7 +160,7 @@ class FeedExchange:
         while True:
             # Made before catching up, so a nudge that arrives meanwhile is not lost.
             nudge = followed.nudges[link.channel] = anyio.Event()
-            await self._catch_up_from_bucket(link, subfeed)
+            rejected = await self._catch_up_from_bucket(link, subfeed) is None
             try:
                 await link.publish(
                     "request-feeds",
@@ -167,6 +169,8 @@ class FeedExchange:
                         "feed_id": followed.feed_id,
                         "subfeed_hash": followed.subfeed_hash,
                         "position": subfeed.get_num_local_messages(),
+                        # Ask providers to upload the bucket's copy again from our position.
+                        **({"bucket_rejected": True} if rejected else {}),
                     },
                 )
             except Exception as exc:  # the runtime reconnects; we try again at the next renewal
@@ -174,8 +178,9 @@ class FeedExchange:
             with anyio.move_on_after(RENEW_SECONDS):
                 await nudge.wait()
 
-    async def _catch_up_from_bucket(self, link: ChannelLink, subfeed: kf.Subfeed) -> int:
-        """Import what the channel's bucket has beyond the local end; returns how many were new."""
+    async def _catch_up_from_bucket(self, link: ChannelLink, subfeed: kf.Subfeed) -> int | None:
+        """Import what the channel's bucket has beyond the local end; returns how many were new,
+        or None if the bucket's data was rejected (bad signature or chain, malformed head)."""
         try:
             with anyio.fail_after(CATCH_UP_TIMEOUT_SECONDS):
                 raw = await link.bucket_get(
@@ -202,8 +207,9 @@ class FeedExchange:
             log.error("FORK in %s: %s", subfeed.uri, exc)
         except (kf.VerificationError, feed_bucket.HeadError, kf.MissingMessagesError) as exc:
             log.warning("rejected bucket data for %s on %s: %s", subfeed.uri, link.channel, exc)
-            # Providers replace a bad head when asked to sync; until then, do not spin.
+            # Providers replace it when our next subscription says so; until then, do not spin.
             await anyio.sleep(REJECTED_RETRY_SECONDS)
+            return None
         except TimeoutError:
             log.warning("catching up %s from the %s bucket timed out", subfeed.uri, link.channel)
         except Exception as exc:  # transport errors: the next renewal retries
@@ -273,6 +279,8 @@ class FeedExchange:
             return
         sf = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
         count = sf.get_num_local_messages()
+        if env.body.get("bucket_rejected") is True and position < count:
+            await self._repair_bucket(link, sf, position, env.sender)
         if count == 0 and not self.store.has_private_key(feed_id):
             return  # a replica with nothing to provide; the owner keeps even an empty subscription
         key = (link.channel, feed_id, subfeed_hash)
@@ -438,6 +446,32 @@ class FeedExchange:
                     await self._update_bucket(link, sf)
                 except Exception as exc:
                     log.info("bucket update of %s on %s failed: %s", sf.uri, link.channel, exc)
+
+    async def _repair_bucket(self, link: ChannelLink, sf: kf.Subfeed, position: int, reporter: str) -> None:
+        """Upload the full segments from ``position`` on, and the head, again: a reader rejected
+        the bucket's copy (tampered or damaged). At most once per REPAIR_MIN_INTERVAL_SECONDS."""
+        key = (link.channel, sf.feed_id, sf.subfeed_hash)
+        now = time.monotonic()
+        if now - self._repaired.get(key, -REPAIR_MIN_INTERVAL_SECONDS) < REPAIR_MIN_INTERVAL_SECONDS:
+            return
+        self._repaired[key] = now
+        log.warning("%s rejected the %s bucket's copy of %s: uploading it again from message %d",
+                    reporter[:12], link.channel, sf.uri, position)
+        async with self._bucket_locks.setdefault(key, anyio.Lock()):
+            count, head = feed_bucket.head_for(sf)
+            segments = [
+                (
+                    subfeed_segment_path(link.channel, sf.feed_id, sf.subfeed_hash, i),
+                    feed_bucket.segment_for(sf, i),
+                )
+                for i in range(position // SEGMENT_SIZE, count // SEGMENT_SIZE)
+            ]
+            try:
+                if segments:
+                    await link.upload_many(segments)
+                await link.upload(subfeed_head_path(link.channel, sf.feed_id, sf.subfeed_hash), head)
+            except Exception as exc:
+                log.info("repairing %s on %s failed: %s", sf.uri, link.channel, exc)
 
     async def _update_bucket(self, link: ChannelLink, sf: kf.Subfeed) -> None:
         """Upload missing full segments, then the head (so the head never points past segments).

@@ -21,7 +21,7 @@ import pytest
 
 import kachery_feeds as kf
 import kachery_node as kn
-from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path
+from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path, subfeed_segment_path
 from tests.network.conftest import ALL_ROLES
 from tests.nodes import free_port
 
@@ -178,28 +178,35 @@ def test_tampered_feed_in_the_bucket_is_rejected_and_nothing_is_stored(lab):
     bob = lab.add_node("bob", FEED_ROLES)
     carol = lab.add_node("carol", FEED_ROLES)
     source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("log")
-    expected = [{"i": i} for i in range(300)]  # more than one inline push: readers use the bucket
+    expected = [{"i": i} for i in range(1300)]  # one full segment plus a head with 300
     source.append_messages(expected)
     wait_for_messages(follow(bob, source.uri), expected, 15, alice, bob)
     head = bucket_object(lab, subfeed_head_path("lab", source.feed_id, source.subfeed_hash))
+    segment = bucket_object(lab, subfeed_segment_path("lab", source.feed_id, source.subfeed_hash, 0))
     wait_until(head.exists, 10, "the subfeed head in the bucket", alice)
-    wait_until(lambda: json.loads(head.read_bytes())["count"] == 300, 10, "the head")
+    wait_until(lambda: json.loads(head.read_bytes())["count"] == 1300, 10, "the head")
     alice.stop()
-    original = head.read_bytes()
-    tampered = original.replace(b'{\\"i\\":7}', b'{\\"i\\":8}', 1)
-    assert tampered != original
-    head.write_bytes(tampered)
+    good_head, good_segment = head.read_bytes(), segment.read_bytes()
+    head.write_bytes(_tamper(good_head, b'{\\"i\\":1207}', b'{\\"i\\":1208}'))
+    segment.write_bytes(_tamper(good_segment, b'{"i":7}', b'{"i":8}'))
 
     replica = follow(carol, source.uri)
-    wait_until(lambda: "rejected bucket data" in carol.log(), 10, "carol to reject the head", carol)
+    wait_until(lambda: "rejected bucket data" in carol.log(), 10, "carol to reject it", carol)
     assert replica.get_num_local_messages() == 0  # nothing stored, not even the untampered part
 
-    # The provider comes back, replaces the bad head, and the reader gets the real messages.
+    # The provider comes back: it replaces the bad head on its own, and the bad segment when
+    # the reader's next subscription says the bucket's copy was rejected.
     alice.start()
     lab.wait_connected(alice)
-    wait_for_messages(replica, expected, 10, alice, carol)
-    assert head.read_bytes() == original
+    wait_for_messages(replica, expected, 15, alice, carol)
+    assert head.read_bytes() == good_head and segment.read_bytes() == good_segment
     assert "replacing a bad head" in alice.log()
+    assert "rejected the lab bucket's copy" in alice.log()
+
+
+def _tamper(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1, old
+    return data.replace(old, new)
 
 
 # ------------------------------------------------------------------ provider killed mid-upload
