@@ -144,8 +144,19 @@ class _Connection:
 
         before = len(self.errors)
         self.subs[band] = await self.nc.subscribe(subj, cb=on_message)
-        await self.nc.flush(timeout=REPLY_TIMEOUT_S)
-        return _violation(self.errors[before:], subj)
+        return await self._confirmed(before, subj)
+
+    async def _confirmed(self, before: int, subj: str) -> str | None:
+        """Round-trip to the server (PING/PONG) and return its refusal of ``subj``, if any.
+
+        Measured: now and then the PONG of the first flush is seen before the server's
+        ``-ERR`` for the operation, so a second round trip is made before concluding."""
+        for _ in range(2):
+            await self.nc.flush(timeout=REPLY_TIMEOUT_S)
+            violation = _violation(self.errors[before:], subj)
+            if violation is not None:
+                return violation
+        return None
 
     async def unsubscribe(self, band: str) -> None:
         sub = self.subs.pop(band, None)
@@ -157,8 +168,7 @@ class _Connection:
         await self.nc.publish(subj, payload)
         if not ack:
             return None
-        await self.nc.flush(timeout=REPLY_TIMEOUT_S)  # PING/PONG: the server has processed it
-        return _violation(self.errors[before:], subj)
+        return await self._confirmed(before, subj)  # PING/PONG: the server has processed it
 
     async def close(self) -> None:
         self.retired = True
