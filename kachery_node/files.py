@@ -170,15 +170,17 @@ class ContentHasher:
 
     def copy_from_file(self, src_fd: int) -> bool:
         """Copy a regular file into the sink inside the kernel (``copy_file_range``, as ``cp``
-        does) and hash the bytes read back from the sink, so that what is hashed is exactly what
-        is stored even if the source changes meanwhile. Returns False, having copied nothing,
-        where the kernel or filesystem cannot do it (then use :meth:`pump`)."""
+        does), appending at the sink's current end (so files can be concatenated), and hash the
+        bytes read back from the sink, so that what is hashed is exactly what is stored even if
+        the source changes meanwhile. Returns False, having copied nothing, where the kernel or
+        filesystem cannot do it (then use :meth:`pump`)."""
         if self._sink is None or not hasattr(os, "copy_file_range"):
             return False
         dst = self._sink.fileno()
         bufs = [bytearray(BLOCK_SIZE), bytearray(BLOCK_SIZE)]
         pending: list = []
         offset = 0
+        base = self.size
         # This thread copies and reads back; one worker hashes the whole file, another the
         # chunks: the three overlap on two cores.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-hash") as pool:
@@ -186,7 +188,7 @@ class ContentHasher:
                 i = 0
                 while True:
                     try:
-                        n = os.copy_file_range(src_fd, dst, BLOCK_SIZE, offset, offset)
+                        n = os.copy_file_range(src_fd, dst, BLOCK_SIZE, offset, base + offset)
                     except OSError as exc:
                         if offset == 0 and exc.errno in _NO_COPY_FILE_RANGE:
                             return False
@@ -196,7 +198,7 @@ class ContentHasher:
                     view = memoryview(bufs[i & 1])[:n]
                     got = 0
                     while got < n:
-                        read = os.preadv(dst, [view[got:]], offset + got)
+                        read = os.preadv(dst, [view[got:]], base + offset + got)
                         if not read:
                             raise OSError(f"could not read back what was copied at {offset}")
                         got += read

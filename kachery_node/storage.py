@@ -180,9 +180,11 @@ class Storage:
         fetchable: bool,
         progress: Progress | None = None,
         expected_sha1: str | None = None,
+        manifest_sha1: str | None = None,
     ) -> tuple[Digest, str | None]:
         """Stream content into tmp/ while hashing, then move it into place. Returns the
-        digest and the manifest's SHA-1 (None for files of one chunk)."""
+        digest and the manifest's SHA-1 (None for files of one chunk). ``manifest_sha1``: a
+        manifest already stored for this content (then ``chunked`` may be False)."""
         tmp = TempFile(self.directory / "tmp")
         try:
             hasher = ContentHasher(chunked=chunked, sink=tmp.file, progress=progress)
@@ -204,7 +206,8 @@ class Storage:
         except BaseException:
             tmp.discard()
             raise
-        manifest_sha1 = self._store_manifest(digest.manifest, fetchable) if digest.manifest else None
+        if digest.manifest:
+            manifest_sha1 = self._store_manifest(digest.manifest, fetchable)
         self.index.put_file(digest.sha1, digest.size, manifest_sha1,
                             stat_signature(os.stat(dest)), fetchable=fetchable)
         self.enforce_cache_limit(keep={digest.sha1, manifest_sha1 or ""})
@@ -284,6 +287,23 @@ class Storage:
             lambda h: h.pump(src), chunked=True, fetchable=fetchable, progress=progress,
             expected_sha1=expected_sha1)
         return build_uri(digest.sha1, basename, manifest_sha1)
+
+    def store_chunks(self, paths: list[Path], *, expected_sha1: str, manifest_sha1: str,
+                     fetchable: bool = True) -> str:
+        """Concatenate chunk files, each already verified against the stored manifest
+        ``manifest_sha1``, into the storage: an in-kernel copy, hashing only the whole file from
+        the bytes written. CorruptedFileError (nothing stored) if they do not make
+        ``expected_sha1``."""
+
+        def copy(h: ContentHasher) -> None:
+            for path in paths:
+                with open(path, "rb", buffering=0) as f:
+                    if not h.copy_from_file(f.fileno()):
+                        h.pump(f)
+
+        digest, _ = self._ingest(copy, chunked=False, fetchable=fetchable,
+                                 expected_sha1=expected_sha1, manifest_sha1=manifest_sha1)
+        return build_uri(digest.sha1, None, manifest_sha1)
 
     def _have_stored(self, sha1: str) -> bool:
         return self.path_for(sha1).is_file()

@@ -617,8 +617,9 @@ class FileExchange:
 
         def assemble() -> str:
             try:
-                with partial.reader() as reader:
-                    self.storage.store_stream(reader, fetchable=True, expected_sha1=key.sha1)
+                self.storage.store_chunks(
+                    [partial.chunk_path(c) for c in manifest.chunks], expected_sha1=key.sha1,
+                    manifest_sha1=key.manifest_sha1, fetchable=True)
             except CorruptedFileError as exc:
                 partial.remove()  # each chunk matched the manifest, so the manifest lies
                 raise CorruptedFileError(
