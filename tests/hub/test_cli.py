@@ -20,12 +20,11 @@ ROOT = Path(__file__).parents[2]
 
 
 def readme_section() -> str:
-    """The section as pasted into README.md, or the draft until the lead pastes it."""
+    """README.md's section "Start a hub and create a channel"."""
     readme = (ROOT / "README.md").read_text()
     m = re.search(r"## Start a hub and create a channel\n(.*?)(?=\n## |\Z)", readme, re.S)
-    if m:
-        return m.group(1)
-    return (ROOT / ".team" / "README-hub-section.md").read_text()
+    assert m, "README.md lost its section 'Start a hub and create a channel'"
+    return m.group(1)
 
 
 class Person:
