@@ -37,6 +37,7 @@ import trio
 from ..channels.errors import HubRequestError, MalformedRequestError
 from .asyncio_thread import AsyncioThread
 from .base import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .received import ReceivedQueue
 
 DEFAULT_REST_URL = "https://rest.ably.io"
 DEFAULT_REALTIME_HOST = "realtime.ably.io"
@@ -111,7 +112,7 @@ async def exchange_token_request(rest_url: str, token_request: dict[str, Any]) -
     return resp.json()
 
 
-class AblyPubSub(PubSub):
+class AblyPubSub(ReceivedQueue, PubSub):
     """A node's connection to Ably through the ably SDK (asyncio, on its own loop thread).
 
     Bands are Ably channels; the sender is the message's ``clientId``, which Ably sets from the
@@ -271,19 +272,7 @@ class AblyPubSub(PubSub):
     async def unsubscribe(self, band: str) -> None:
         await self._call(self._unsubscribe, band)
 
-    async def messages(self) -> AsyncIterator[PubSubMessage]:  # type: ignore[override]
-        async for item in self._recv:
-            if isinstance(item, HubRequestError):
-                raise item
-            yield item
 
-    async def receive(self, timeout: float = REPLY_TIMEOUT_S) -> PubSubMessage:
-        """The next message, or raise the refusal; ``trio.TooSlowError`` after ``timeout``."""
-        with trio.fail_after(timeout):
-            item = await self._recv.receive()
-        if isinstance(item, HubRequestError):
-            raise item
-        return item
 
     async def renew_token(self) -> None:
         """In-band re-authentication (Ably's AUTH): the SDK asks the hub through the callback."""

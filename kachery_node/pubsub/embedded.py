@@ -23,6 +23,7 @@ from ..channels.errors import HubRequestError
 from ..channels.tokens import issue_token
 from ..identity import Keypair
 from .base import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .received import ReceivedQueue
 
 CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
@@ -46,7 +47,7 @@ class EmbeddedPubSubBackend(PubSubBackend):
                 "capability": capability, "expires_ms": now_ms + ttl_ms}
 
 
-class EmbeddedPubSub(PubSub):
+class EmbeddedPubSub(ReceivedQueue, PubSub):
     """A connection to the embedded relay. Use :func:`open_embedded_pubsub`."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, credentials: dict[str, Any],
@@ -164,19 +165,7 @@ class EmbeddedPubSub(PubSub):
     async def unsubscribe(self, band: str) -> None:
         await self._request({"op": "unsubscribe", "band": band})
 
-    async def messages(self) -> AsyncIterator[PubSubMessage]:  # type: ignore[override]
-        async for item in self._recv:
-            if isinstance(item, HubRequestError):
-                raise item
-            yield item
 
-    async def receive(self, timeout: float = REPLY_TIMEOUT_S) -> PubSubMessage:
-        """The next message, or raise the relay's refusal; ``trio.TooSlowError`` after ``timeout``."""
-        with trio.fail_after(timeout):
-            item = await self._recv.receive()
-        if isinstance(item, HubRequestError):
-            raise item
-        return item
 
     async def aclose(self) -> None:
         await self._ws.aclose()

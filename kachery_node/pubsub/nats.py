@@ -42,6 +42,7 @@ from ..channels.errors import HubRequestError, MalformedRequestError
 from . import nats_jwt
 from .asyncio_thread import AsyncioThread
 from .base import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .received import ReceivedQueue
 
 SUBJECT_ROOT = "kachery"
 CONNECT_TIMEOUT_S = 10.0
@@ -186,7 +187,7 @@ def _violation(errors: list[str], subj: str) -> str | None:
     return None
 
 
-class NatsPubSub(PubSub):
+class NatsPubSub(ReceivedQueue, PubSub):
     """A node's connection to a channel's NATS servers. Use :func:`open_nats_pubsub`."""
 
     def __init__(self, thread: AsyncioThread, credentials: dict[str, Any], renew: Renewer | None) -> None:
@@ -257,19 +258,7 @@ class NatsPubSub(PubSub):
         self._bands.discard(band)
         await self._thread.run(self._conn.unsubscribe, band)
 
-    async def messages(self) -> AsyncIterator[PubSubMessage]:  # type: ignore[override]
-        async for item in self._recv:
-            if isinstance(item, HubRequestError):
-                raise item
-            yield item
 
-    async def receive(self, timeout: float = REPLY_TIMEOUT_S) -> PubSubMessage:
-        """The next message, or raise the refusal; ``trio.TooSlowError`` after ``timeout``."""
-        with trio.fail_after(timeout):
-            item = await self._recv.receive()
-        if isinstance(item, HubRequestError):
-            raise item
-        return item
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Switch to fresh credentials: connect anew, resubscribe, then drain the old connection."""
