@@ -45,13 +45,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HYPERCORE_SRC = REPO / "bench" / "hypercore"
-CACHE = REPO / "bench" / ".cache"
 sys.path.insert(0, str(REPO))
 
 import nacl.bindings  # noqa: E402
 import orjson  # noqa: E402
 
 import kachery_feeds as kf  # noqa: E402
+
+sys.path.insert(0, str(HYPERCORE_SRC))
+from hypercore_runner import run_hypercore_bench  # noqa: E402
 
 PAYLOAD_BYTES = 256  # the JSON of each payload; hypercore gets 256-byte blocks
 
@@ -445,33 +447,7 @@ def _follow_memory(db: str, uri: str, out: str) -> None:
 
 # ---------------------------------------------------------------------------------- hypercore
 def run_hypercore(tmp: Path, quick: bool) -> dict[str, Any] | None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        log("node/npm not found: skipping hypercore")
-        return None
-    inst = CACHE / "hypercore"
-    pinned = json.loads((HYPERCORE_SRC / "package.json").read_text())["dependencies"]["hypercore"]
-    installed = inst / "node_modules" / "hypercore" / "package.json"
-    if not (installed.exists() and json.loads(installed.read_text())["version"] == pinned):
-        log(f"installing hypercore {pinned} into {inst} (npm install)")
-        inst.mkdir(parents=True, exist_ok=True)
-        for name in ("package.json", "package-lock.json"):
-            if (HYPERCORE_SRC / name).exists():
-                shutil.copy(HYPERCORE_SRC / name, inst / name)
-        r = subprocess.run(
-            [npm, "install", "--prefix", str(inst), "--no-audit", "--no-fund"],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        if r.returncode != 0:
-            log(f"npm install failed:\n{r.stderr[-2000:]}")
-            return None
-    shutil.copy(HYPERCORE_SRC / "bench.mjs", inst / "bench.mjs")
-    cmd = [node, str(inst / "bench.mjs"), "--dir", str(tmp)] + (["--quick"] if quick else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=inst)
-    if r.returncode != 0:
-        log(f"hypercore bench failed:\n{r.stderr[-2000:]}")
-        return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_hypercore_bench(tmp, ["--quick"] if quick else [], log)
 
 
 # ---------------------------------------------------------------------------------- report

@@ -50,7 +50,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 HYPERCORE_SRC = REPO / "bench" / "hypercore"
-CACHE = REPO / "bench" / ".cache"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
@@ -59,6 +58,9 @@ import psutil  # noqa: E402
 from netlab import ALL_ROLES, Lab, Node, PySpy  # noqa: E402
 
 import kachery_feeds as kf  # noqa: E402
+
+sys.path.insert(0, str(HYPERCORE_SRC))
+from hypercore_runner import run_hypercore_bench  # noqa: E402
 
 PAYLOAD_BYTES = 256
 READER_ROLES = ["request-feeds", "request-files"]
@@ -464,57 +466,16 @@ def bench_memory(lab: Lab, a: Node, n: int, timeout: float) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- hypercore
 def run_hypercore(tmp: Path, cfg: dict, quick: bool) -> dict[str, Any] | None:
-    """Install the pinned hypercore as bench/feeds/run.py does, then run bench.mjs with the
-    sizes of this benchmark (small append sections: only the tail and replication count here)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        log("node/npm not found: skipping hypercore")
-        return None
-    inst = CACHE / "hypercore"
-    pinned = json.loads((HYPERCORE_SRC / "package.json").read_text())["dependencies"]["hypercore"]
-    installed = inst / "node_modules" / "hypercore" / "package.json"
-    if not (installed.exists() and json.loads(installed.read_text())["version"] == pinned):
-        log(f"installing hypercore {pinned} into {inst} (npm install)")
-        inst.mkdir(parents=True, exist_ok=True)
-        for name in ("package.json", "package-lock.json"):
-            if (HYPERCORE_SRC / name).exists():
-                shutil.copy(HYPERCORE_SRC / name, inst / name)
-        r = subprocess.run(
-            [npm, "install", "--prefix", str(inst), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if r.returncode != 0:
-            log(f"npm install failed:\n{r.stderr[-2000:]}")
-            return None
-    shutil.copy(HYPERCORE_SRC / "bench.mjs", inst / "bench.mjs")
-    big_mib = max(1, cfg["file_size"] >> 20)
-    cmd = [
-        node,
-        str(inst / "bench.mjs"),
-        "--dir",
-        str(tmp),
-        "--repeat",
-        "1",
-        "--single",
-        "100",
-        "--batches",
-        "1",
-        "--tail",
-        str(cfg["latency_messages"]),
-        "--tail-interval-ms",
-        str(cfg["latency_interval_ms"]),
-        "--repl-blocks",
-        str(cfg["catchup_messages"]),
-        "--big-mib",
-        str(big_mib),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=inst)
-    if r.returncode != 0:
-        log(f"hypercore bench failed:\n{r.stderr[-2000:]}")
-        return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """Run the pinned hypercore's bench.mjs (installed as for bench/feeds/run.py) with the sizes
+    of this benchmark (small append sections: only the tail and replication count here)."""
+    args = [
+        "--repeat", "1", "--single", "100", "--batches", "1",
+        "--tail", str(cfg["latency_messages"]),
+        "--tail-interval-ms", str(cfg["latency_interval_ms"]),
+        "--repl-blocks", str(cfg["catchup_messages"]),
+        "--big-mib", str(max(1, cfg["file_size"] >> 20)),
+    ]  # fmt: skip
+    return run_hypercore_bench(tmp, args, log)
 
 
 # ---------------------------------------------------------------------------- report
