@@ -229,21 +229,31 @@ def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
     fetcher = threading.Thread(target=lambda: result.update(lines=fetch(bob, uri, timeout=60)))
     fetcher.start()
     try:
-        wait_until(lambda: any(p.stat().st_size > 1_000_000 for p in uploads_in_progress.iterdir()),
-                   20, "a chunk upload to start", alice, carol, bob)
-        # Freeze both providers (localhost uploads take a fraction of a second), find the one
-        # whose upload is in flight, kill it and let the other go on.
+        # Freeze both providers the moment an upload streams into the bucket (a localhost upload
+        # lasts tens of milliseconds, hence the tight poll), find the one whose upload is in
+        # flight, kill it and let the other go on. If the upload finished before the freeze,
+        # let them go and catch the next chunk.
         providers = {alice.node_id: alice, carol.node_id: carol}
-        for node in providers.values():
-            os.kill(_pid(node), signal.SIGSTOP)
-        try:
-            in_flight = _uploads_in_flight(lab)
-            uploader = providers[next(n for n in providers if in_flight.get(n, 0) > 0)]
-            uploader.kill()
-            killed_at = time.monotonic()
-        finally:
+        uploader = None
+        deadline = time.monotonic() + 20
+        while uploader is None:
+            assert time.monotonic() < deadline, "no chunk upload was caught in flight"
+            if not any(True for _ in uploads_in_progress.iterdir()):
+                time.sleep(0.001)
+                continue
             for node in providers.values():
-                os.kill(_pid(node), signal.SIGCONT)
+                os.kill(_pid(node), signal.SIGSTOP)
+            try:
+                in_flight = _uploads_in_flight(lab)
+                busy = [n for n in providers if in_flight.get(n, 0) > 0]
+                if busy:
+                    uploader = providers[busy[0]]
+                    uploader.kill()
+                    killed_at = time.monotonic()
+            finally:
+                for node in providers.values():
+                    if node is not uploader:
+                        os.kill(_pid(node), signal.SIGCONT)
     finally:
         fetcher.join(timeout=60)
     assert not fetcher.is_alive(), "the fetch did not end"
@@ -276,8 +286,7 @@ def test_sole_provider_killed_mid_upload_the_retry_after_its_restart_succeeds(la
     fetcher = threading.Thread(target=lambda: result.update(lines=fetch(bob, uri, timeout=60)))
     fetcher.start()
     try:
-        wait_until(lambda: any(p.stat().st_size > 1_000_000 for p in uploads_in_progress.iterdir()),
-                   20, "a chunk upload to start", alice, bob)
+        _wait_for_upload_in_flight(uploads_in_progress, 20)
         alice.kill()
     finally:
         fetcher.join(timeout=60)
@@ -292,6 +301,20 @@ def test_sole_provider_killed_mid_upload_the_retry_after_its_restart_succeeds(la
     lines = fetch(bob, uri)
     assert lines[-1]["type"] == "finished", lines
     assert Path(lines[-1]["path"]).read_bytes() == big.read_bytes()
+
+
+def _wait_for_upload_in_flight(directory: Path, timeout: float) -> None:
+    """Return as soon as an upload is streaming into the bucket (tight poll: on localhost an
+    upload lasts tens of milliseconds; an upload that just finished has left the folder)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(p.stat().st_size > 0 for p in directory.iterdir()):
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.001)
+    raise AssertionError(f"no upload into {directory} within {timeout} s")
 
 
 def _pid(node) -> int:
