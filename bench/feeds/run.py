@@ -31,7 +31,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import sqlite3
@@ -53,9 +52,10 @@ import orjson  # noqa: E402
 import kachery_feeds as kf  # noqa: E402
 
 sys.path.insert(0, str(HYPERCORE_SRC))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_common import PAYLOAD_BYTES, log, payload, table  # noqa: E402
+from bench_common import machine_info as common_machine_info  # noqa: E402
 from hypercore_runner import run_hypercore_bench  # noqa: E402
-
-PAYLOAD_BYTES = 256  # the JSON of each payload; hypercore gets 256-byte blocks
 
 FULL = {
     "single": 5000,
@@ -85,18 +85,6 @@ QUICK = {
     "commit_rows": 300,
     "repeat": 1,
 }
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def payload(i: int) -> dict:
-    """A payload whose compact JSON is exactly PAYLOAD_BYTES long."""
-    head = {"i": i, "t": time.time_ns(), "data": ""}
-    pad = PAYLOAD_BYTES - len(orjson.dumps(head))
-    head["data"] = "x" * max(0, pad)
-    return head
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -471,16 +459,6 @@ def fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), sep, *[line(r) for r in rows]])
-
-
 def div(a: float | None, b: float | None) -> float | None:
     return None if a is None or b in (None, 0) else a / b
 
@@ -653,25 +631,10 @@ def render(result: dict) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import nacl
 
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "pynacl": nacl.__version__,
-        "orjson": orjson.__version__,
-    }
+    return {**common_machine_info(), "sqlite": sqlite3.sqlite_version, "pynacl": nacl.__version__,
+            "orjson": orjson.__version__}
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,16 +52,16 @@ HYPERCORE_SRC = REPO / "bench" / "hypercore"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-import orjson  # noqa: E402
 import psutil  # noqa: E402
 from netlab import ALL_ROLES, Lab, Node, PySpy  # noqa: E402
 
 import kachery_feeds as kf  # noqa: E402
 
 sys.path.insert(0, str(HYPERCORE_SRC))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_common import log, machine_info, payload, table  # noqa: E402
 from hypercore_runner import run_hypercore_bench  # noqa: E402
 
-PAYLOAD_BYTES = 256
 READER_ROLES = ["request-feeds", "request-files"]
 
 FULL = {
@@ -88,17 +87,6 @@ TARGETS = {
     "file_vs_hypercore": 2.0,
     "peak_rss_mb": 150.0,
 }
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def payload(i: int) -> dict:
-    """A payload whose compact JSON is exactly PAYLOAD_BYTES long."""
-    head = {"i": i, "t": time.time_ns(), "data": ""}
-    head["data"] = "x" * max(0, PAYLOAD_BYTES - len(orjson.dumps(head)))
-    return head
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -566,15 +554,6 @@ def fmt(x: float | None, unit: str) -> str:
     return f"{x:.3g}"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def render(result: dict) -> str:
     k, h, m = result["kachery"], result.get("hypercore"), result["machine"]
     out = [
@@ -676,23 +655,6 @@ def cpu_text(cpu: dict[str, float], wall: float) -> str:
     return (
         ", ".join(parts) + f"; total {total:.2f} CPU-s in {wall:.2f} s wall ({total / wall:.2f} of 2 cores)"
     )
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
 
 
 def git_commit() -> str:
