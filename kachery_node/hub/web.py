@@ -6,7 +6,10 @@ was requested with their user key). The session cookie is HttpOnly and SameSite=
 every state-changing call also carries the session's CSRF token in a header. Pages: the
 person's channels and nodes with a form to create a channel; per channel, a table of nodes ×
 roles with checkboxes (granted by the owner), the roles each node's owner requested, the
-effective roles, and recent activity.
+effective roles, the channel's backends, and recent activity.
+
+Backends are shown from the channel's public ``config`` through a whitelist of fields
+(:data:`_PUBLIC_FIELDS`); secrets live in ``<hub dir>/secrets/`` and this module never reads them.
 """
 
 from __future__ import annotations
@@ -106,6 +109,42 @@ def _tags(roles: list[str], cls: str = "") -> str:
     return "".join(f'<span class="tag {cls}">{e(r)}</span>' for r in roles) or '<span class="muted">none</span>'
 
 
+# The config fields shown per (part, backend), with their labels. A whitelist: a field added to a
+# config later stays hidden until someone decides it is public. (Secrets are never in the config,
+# see hub/backends.py; this module never reads the secret store.)
+_PUBLIC_FIELDS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("pubsub", "nats"): (("url", ""),),
+    ("pubsub", "ably"): (("endpoint", "endpoint "), ("rest_url", "REST ")),
+    ("bucket", "gcs"): (("bucket", ""), ("endpoint", "endpoint ")),
+}
+
+
+def _backend_name(config: dict, part: str) -> str:
+    value = config.get(part, {"backend": "embedded"})
+    name = value.get("backend") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else "?"
+
+
+def _backend_html(config: dict, part: str) -> str:
+    """One part of a channel's backends and where it is, e.g. ``nats nats://a:4222``, from the
+    whitelisted public fields only."""
+    name = _backend_name(config, part)
+    if name == "embedded":
+        return "<b>embedded</b> (this hub)"
+    value = config.get(part)
+    value = value if isinstance(value, dict) else {}
+    shown = []
+    for key, label in _PUBLIC_FIELDS.get((part, name), ()):
+        v = value.get(key)
+        if not isinstance(v, str) or not v:
+            continue
+        values = v.split(",") if key == "url" else [f"gcs://{v}" if key == "bucket" else v]
+        shown.append(label + " ".join(f"<code>{e(x.strip())}</code>" for x in values if x.strip()))
+    if name == "ably" and not value.get("endpoint"):
+        shown.insert(0, "Ably's default endpoint")
+    return f"<b>{e(name)}</b> " + " · ".join(shown)
+
+
 def web_routes(hub: Hub) -> list[Route]:
     state = hub.state
 
@@ -131,9 +170,12 @@ def web_routes(hub: Hub) -> list[Route]:
             if ch.owner_id != user and not my_nodes:
                 continue
             role = "owner" if ch.owner_id == user else "member"
+            backends = f"{_backend_name(ch.config, 'pubsub')} + {_backend_name(ch.config, 'bucket')}"
             rows.append(f'<tr><td><a href="/channels/{e(ch.name)}">{e(ch.name)}</a></td><td>{role}</td>'
-                        f"<td class=c>{len(m.nodes())}</td><td class=small>{_when(ch.created_ms)}</td></tr>")
-        channels = ("<table><tr><th>Channel</th><th>You are</th><th class=c>Nodes</th><th>Created</th></tr>"
+                        f"<td class=c>{len(m.nodes())}</td><td class=\"small mono\">{e(backends)}</td>"
+                        f"<td class=small>{_when(ch.created_ms)}</td></tr>")
+        channels = ("<table><tr><th>Channel</th><th>You are</th><th class=c>Nodes</th>"
+                    '<th title="pub-sub + bucket">Backends</th><th>Created</th></tr>'
                     + "".join(rows) + "</table>") if rows else '<p class="muted">No channels yet.</p>'
         node_rows = "".join(
             f"<tr><td>{e(n['label'])}</td><td class=mono>{e(n['node_id'])}</td>"
@@ -190,13 +232,20 @@ def web_routes(hub: Hub) -> list[Route]:
         acts = "".join(f"<tr><td class=small>{_when(a['time_ms'])}</td><td><span class=tag>{e(a['kind'])}"
                        f"</span></td><td>{e(a['detail'])}</td></tr>" for a in state.activity(name, 30))
         activity = f"<table>{acts}</table>" if acts else '<p class="muted">Nothing yet.</p>'
+        backends = "".join(f'<tr id="backend-{part}"><th style="width:100px">{label}</th>'
+                           f"<td>{_backend_html(ch.config, part)}</td></tr>"
+                           for part, label in (("pubsub", "Pub-sub"), ("bucket", "Bucket")))
         body = f"""<h1>{e(name)}</h1>
 <p class=muted>Owner <span class=mono>{e(ch.owner_id[:16])}…</span>{" (you)" if is_owner else ""} ·
-membership feed <span class=mono>{e(ch.feed_id[:16])}…</span> · pub-sub
-{e(ch.config.get("pubsub", {}).get("backend", "?"))}, bucket {e(ch.config.get("bucket", {}).get("backend", "?"))}</p>
+membership feed <span class=mono>{e(ch.feed_id[:16])}…</span></p>
 <h2>Roles</h2><div class=card><p class="small muted">Checkboxes are the roles the channel owner grants.
 A node acts only in roles that are both granted and requested by its own owner (effective).</p>
 {table}<div id=grant-msg class=msg></div></div>
+<h2>Backends</h2><div class=card id=backends><table>{backends}</table>
+<p class="small muted">The channel's owner changes them with <code>kachery channel configure {e(name)}
+--hub {e(hub.public_url)} --pubsub embedded|nats://HOST:PORT|ably --bucket embedded|gcs://BUCKET</code>
+(plus <code>--nats-account-seed</code>, <code>--ably-key-file</code> or <code>--gcs-key-file</code>: secrets
+stay on the hub); nodes move at their next connection.</p></div>
 <h2>Recent activity</h2><div class=card>{activity}</div>"""
         return _page(name, body, user, csrf)
 

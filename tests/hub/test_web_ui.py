@@ -75,3 +75,77 @@ def test_ui_api_needs_session_and_csrf(hub):
         assert "csrf.test" not in [c["channel"] for c in owner.client.list_channels()]
     page = httpx.get(f"{hub.url}/", timeout=10).text
     assert "kachery hub login" in page  # signed out: how to sign in
+
+
+def _signed_in_page(chromium, actor: Actor):
+    page = chromium.new_page()
+    page.navigate(actor.client.login_link())
+    page.wait_for("document.querySelector('h1') && document.querySelector('h1').textContent === 'Your channels'")
+    return page
+
+
+def _channel_row(page, name: str) -> str:
+    return page.evaluate(f"[...document.querySelectorAll('tr')].find(r => r.innerText.startsWith({json.dumps(name)})).innerText")
+
+
+def test_channel_page_shows_embedded_backends(hub, chromium, channel_name):
+    owner = Actor(hub.url, "owner")
+    owner.client.create_channel(channel_name)
+    page = _signed_in_page(chromium, owner)
+    assert "embedded + embedded" in _channel_row(page, channel_name)
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    assert page.evaluate("document.querySelector('#backend-pubsub td').innerText") == "embedded (this hub)"
+    assert page.evaluate("document.querySelector('#backend-bucket td').innerText") == "embedded (this hub)"
+    hint = page.evaluate("document.getElementById('backends').innerText")
+    assert f"kachery channel configure {channel_name} --hub {hub.url} --pubsub" in hint and "--bucket" in hint
+
+
+def test_channel_page_shows_nats_gcs_and_ably_backends_but_no_secret(hub, chromium, channel_name, artifacts):
+    """The hub contacts neither NATS nor GCS nor Ably when a channel is created or configured, so no
+    stand-in needs to run: the page shows the public config; the seed and keys never appear."""
+    from kachery_node.pubsub import nats_jwt
+    from tests.standins import fake_service_account
+
+    seed, sa = nats_jwt.new_seed("account"), fake_service_account()
+    key_lines = [line for line in sa["private_key"].splitlines() if "PRIVATE KEY" not in line and len(line) > 20]
+    assert len(key_lines) > 10
+    owner = Actor(hub.url, "owner")
+    owner.client.create_channel(
+        channel_name, config={"pubsub": {"backend": "nats", "url": "nats://127.0.0.1:4222,nats://127.0.0.1:4223"},
+                              "bucket": {"backend": "gcs", "bucket": "lab-bucket", "endpoint": "http://127.0.0.1:9023"}},
+        secrets={"pubsub": {"account_seed": seed}, "bucket": {"service_account": sa}})
+
+    def assert_no_secret(page, *secrets: str) -> None:
+        source = page.evaluate("document.documentElement.outerHTML")
+        raw = httpx.get(page.evaluate("location.href"), cookies={"kachery_session": session}, timeout=10).text
+        for text in (source, raw):
+            assert "kachery hub" in text
+            for s in (*secrets, *key_lines):
+                assert s not in text
+
+    page = _signed_in_page(chromium, owner)
+    session = page.call("Network.getCookies", {"urls": [hub.url]})["cookies"][0]["value"]
+    assert "nats + gcs" in _channel_row(page, channel_name)
+    assert_no_secret(page, seed)
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    assert page.evaluate("document.querySelector('#backend-pubsub td').innerText") == (
+        "nats nats://127.0.0.1:4222 nats://127.0.0.1:4223")
+    assert page.evaluate("document.querySelector('#backend-bucket td').innerText") == (
+        "gcs gcs://lab-bucket · endpoint http://127.0.0.1:9023")
+    assert_no_secret(page, seed, "account_seed", "service_account", "private_key")
+    page.screenshot(artifacts / "hub-channel-backends.png")
+
+    # The owner moves pub-sub to Ably; the bucket keeps its stored key.
+    api_key = "kapp.k1:s3cr3t-ably-key-secret-part"
+    owner.client.configure_channel(
+        channel_name, {"pubsub": {"backend": "ably", "endpoint": "127.0.0.1:9024", "rest_url": "http://127.0.0.1:9025"},
+                       "bucket": {"backend": "gcs", "bucket": "lab-bucket", "endpoint": "http://127.0.0.1:9023"}},
+        {"pubsub": {"api_key": api_key}})
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    assert page.evaluate("document.querySelector('#backend-pubsub td').innerText") == (
+        "ably endpoint 127.0.0.1:9024 · REST http://127.0.0.1:9025")
+    assert "gcs://lab-bucket" in page.evaluate("document.querySelector('#backend-bucket td').innerText")
+    assert_no_secret(page, seed, api_key, "s3cr3t", "api_key")
+    page.navigate(f"{hub.url}/")
+    assert "ably + gcs" in _channel_row(page, channel_name)
+    assert_no_secret(page, seed, api_key, "s3cr3t")
