@@ -441,6 +441,7 @@ class FileExchange:
         await self._status(link, request, "started", size=size)
         try:
             async with self._upload_slots:
+                log.info("uploading %s (%d bytes) to %s", request.sha1, size, link.channel)
                 data = await anyio.to_thread.run_sync(self._read_source, request)
                 await self._upload_with_progress(link, request, path, data, size)
         except Exception as exc:

@@ -25,7 +25,7 @@ from kachery_node.protocol.bucket_layout import file_path
 from kachery_node.protocol.envelope import seal
 from kachery_node.pubsub.open import open_pubsub
 from tests.network.conftest import ALL_ROLES
-from tests.network.test_faults import bucket_object, fetch, wait_until
+from tests.network.test_faults import fetch, wait_until
 
 
 def test_a_node_without_the_request_role_cannot_ask(lab):
@@ -36,7 +36,7 @@ def test_a_node_without_the_request_role_cannot_ask(lab):
     assert lines[-1]["type"] == "error" and lines[-1]["kind"] == "NotFoundError", lines
     assert "does not have the request-files role" in lines[-1]["error"]
     assert "requestFile" not in alice.log() and "uploaded" not in alice.log()
-    assert not bucket_object(lab, file_path("lab", kn.parse_uri(uri).sha1)).exists()
+    assert not lab.bucket_object(file_path("lab", kn.parse_uri(uri).sha1)).exists()
 
     carol = lab.add_node("carol", ["request-files"])  # may ask for files, may not follow feeds
     source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("log")
@@ -60,7 +60,7 @@ def test_a_node_without_the_provide_role_never_sees_requests_and_cannot_upload(l
                    headers={"Authorization": "Bearer " + _token(alice)}, timeout=30)
     assert r.status_code >= 400, r.text
     assert "provide-files role" in r.json()["error"], r.text
-    assert not bucket_object(lab, file_path("lab", kn.parse_uri(uri).sha1)).exists()
+    assert not lab.bucket_object(file_path("lab", kn.parse_uri(uri).sha1)).exists()
     # Nor can the node's key get an upload URL from the hub directly.
     key = load_node_key(alice.storage_dir)
     with HubClient(lab.hub.url, node_key=key) as hub, pytest.raises(kn.KacheryError, match="provide-files"):
@@ -71,8 +71,6 @@ def _token(node) -> str:
     return (node.storage_dir / "daemon-token").read_text().strip()
 
 
-@pytest.mark.parametrize("lab_backends", ["embedded+embedded", pytest.param(
-    "nats+embedded", marks=pytest.mark.backends)], indirect=True)
 def test_providers_drop_requests_the_signed_membership_does_not_allow(make_lab):
     lab = make_lab("--token-ttl", "60")
     alice = lab.add_node("alice", ALL_ROLES)
@@ -99,7 +97,7 @@ def test_providers_drop_requests_the_signed_membership_does_not_allow(make_lab):
     else:  # a relay that knows of the revocation refuses it first: fine too
         assert "request" in refusal
     time.sleep(1)  # an upload, had one started, would have reached the bucket by now
-    assert not bucket_object(lab, file_path("lab", sha1)).exists()
+    assert not lab.bucket_object(file_path("lab", sha1)).exists()
     assert f"uploaded {sha1}" not in alice.log()
 
 
