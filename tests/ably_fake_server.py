@@ -15,6 +15,11 @@ Not Ably: no history, presence, resume, recovery or msgpack. What it does, like 
   ``publish``; the message's ``clientId`` is the token's (``40012`` if it claims another);
   AUTH(17) replaces the token in-band (answered with CONNECTED; channels the new capability does
   not cover are DETACHED); at expiry, DISCONNECTED(6) ``40142`` and close; HEARTBEAT(0) every 5 s.
+* REST ``POST /keys/<keyName>/revokeTokens`` (HTTP Basic auth with the API key, as Ably requires;
+  ``40101`` otherwise): ``{"targets": ["clientId:<id>", ...], "issuedBefore"?: ms}`` revokes the
+  client's tokens issued before that time (default now): its live connections get DISCONNECTED
+  ``40141`` "Token revoked" and are closed, and those tokens are refused from then on (connect,
+  AUTH). Only ``clientId:`` targets; others fail in the batch result, as on Ably without them.
 
 Run: ``python tests/ably_fake_server.py <state dir> <api key>``; it writes ``<state dir>/ports.json``
 (``{"rest": N, "realtime": M}``) once listening and logs every refusal to stderr.
@@ -58,6 +63,45 @@ class State:
         self.nonces: set[tuple[str, str]] = set()
         self.lock = threading.Lock()
         self.connections: set[Connection] = set()
+        self.revoked: dict[str, int] = {}  # client ID -> tokens issued before this (ms) are revoked
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def is_revoked(self, token: dict) -> bool:
+        return token["issued"] < self.revoked.get(token.get("clientId") or "", 0)
+
+    def revoke_tokens(self, key_name: str, authorization: str, req: dict) -> tuple[int, dict]:
+        secret = self.keys.get(key_name)
+        if secret is None:
+            return 404, {"error": error(40400, 404, "no such key")}
+        expected = "Basic " + base64.b64encode(f"{key_name}:{secret}".encode()).decode()
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            log("refused revokeTokens: bad credentials")
+            return 401, {"error": error(40101, 401, "Invalid credentials")}
+        now = int(time.time() * 1000)
+        before = int(req.get("issuedBefore") or now)
+        if before > now + 1000:
+            return 400, {"error": error(40003, 400, "issuedBefore is in the future")}
+        results, failures = [], 0
+        for target in req["targets"]:
+            kind, _, value = str(target).partition(":")
+            if kind != "clientId" or not value:
+                failures += 1
+                results.append({"target": target, "error": error(40000, 400, "unsupported target")})
+                continue
+            with self.lock:
+                self.revoked[value] = max(self.revoked.get(value, 0), before)
+            results.append({"target": target, "issuedBefore": before, "appliesAt": now})
+            log("revoked tokens of", value)
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.disconnect_revoked(), self.loop).result(timeout=5)
+        return 201, {"successCount": len(results) - failures, "failureCount": failures, "results": results}
+
+    async def disconnect_revoked(self) -> None:
+        for conn in list(self.connections):
+            if self.is_revoked(conn.token):
+                log("disconnecting revoked", conn.token.get("clientId"))
+                await conn.send({"action": DISCONNECTED, "error": error(40141, 401, "Token revoked")})
+                await conn.ws.close()
 
     def request_token(self, key_name: str, req: dict) -> tuple[int, dict]:
         secret = self.keys.get(key_name)
@@ -113,10 +157,10 @@ class Connection:
 async def realtime(ws, state: State) -> None:
     query = parse_qs(urlparse(ws.request.path).query)
     token = state.tokens.get((query.get("accessToken") or query.get("access_token") or [""])[0])
-    if token is None or token["expires"] < time.time() * 1000:
-        code = 40140 if token is None else 40142
+    if token is None or token["expires"] < time.time() * 1000 or state.is_revoked(token):
+        code = 40140 if token is None else 40141 if state.is_revoked(token) else 40142
         log("refused connection:", code)
-        await ws.send(json.dumps({"action": ERROR, "error": error(code, 401, "Token invalid or expired")}))
+        await ws.send(json.dumps({"action": ERROR, "error": error(code, 401, "Token invalid, expired or revoked")}))
         await ws.close()
         return
     conn = Connection(state, ws, token)
@@ -185,7 +229,8 @@ async def handle(conn: Connection, msg: dict) -> None:
                 await other.send(out)
     elif action == AUTH:
         new = conn.state.tokens.get(((msg.get("auth") or {}).get("accessToken")) or "")
-        if new is None or new["clientId"] != conn.token.get("clientId") or new["expires"] < time.time() * 1000:
+        if (new is None or new["clientId"] != conn.token.get("clientId") or new["expires"] < time.time() * 1000
+                or conn.state.is_revoked(new)):
             await conn.send({"action": ERROR, "error": error(40140, 401, "Invalid token in AUTH")})
             return
         conn.token = new
@@ -208,13 +253,17 @@ def rest_server(state: State) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             parts = self.path.split("?")[0].strip("/").split("/")
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if len(parts) != 3 or parts[0] != "keys" or parts[2] != "requestToken":
+            if len(parts) != 3 or parts[0] != "keys" or parts[2] not in ("requestToken", "revokeTokens"):
                 status, answer = 404, {"error": error(40400, 404, "not found")}
             else:
                 try:
-                    status, answer = state.request_token(parts[1], json.loads(body))
+                    if parts[2] == "requestToken":
+                        status, answer = state.request_token(parts[1], json.loads(body))
+                    else:
+                        status, answer = state.revoke_tokens(parts[1], self.headers.get("Authorization", ""),
+                                                             json.loads(body))
                 except (ValueError, KeyError, TypeError):
-                    status, answer = 400, {"error": error(40000, 400, "malformed token request")}
+                    status, answer = 400, {"error": error(40000, 400, f"malformed {parts[2]} request")}
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -227,6 +276,7 @@ def rest_server(state: State) -> ThreadingHTTPServer:
 
 async def main(state_dir: Path, api_key: str) -> None:
     state = State(api_key)
+    state.loop = asyncio.get_running_loop()
     rest = rest_server(state)
     threading.Thread(target=rest.serve_forever, daemon=True).start()
     async with serve(lambda ws: realtime(ws, state), "127.0.0.1", 0) as server:

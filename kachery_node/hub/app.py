@@ -46,6 +46,7 @@ from ..pubsub.base import PubSubBackend
 from ..pubsub.embedded import EmbeddedPubSubBackend
 from ..pubsub.embedded_server import Relay, RelayLimits
 from .backends import SecretStore, keep_unchanged_secrets, validate_backends
+from .revocations import RevocationQueue
 from .state import HubState
 
 log = logging.getLogger("kachery.hub")
@@ -72,17 +73,28 @@ class Hub:
         self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
         self.secrets = SecretStore(state.dir)
         self._backends: dict[tuple[str, str, bytes], Any] = {}
+        self.revocations = RevocationQueue()  # for external pub-sub services; run by the server
         state.on_roles_changed = self._narrow_relay
 
     def _narrow_relay(self, channel: str, node: str | None) -> None:
+        """A node's roles changed (or, with ``node`` None, the whole channel's): the embedded
+        relay narrows its live connections now; an external service is told to drop the node's
+        credentials, so that it asks again and gets only what it still holds."""
         try:
             if node is None:
                 self.relay.restrict(channel, None, None)
             else:
                 effective = self.state.roles(channel, node)["effective"]
                 self.relay.restrict(channel, node, capabilities(channel, effective))
+                self.revocations.put(channel, self.pubsub_backend(self.state.channel(channel).config,
+                                                                  channel), [node])
         except ChannelProtocolError:  # the channel is gone: nothing is allowed any more
             self.relay.restrict(channel, node, None)
+
+    def _members_and_pubsub(self, channel: str) -> tuple[list[str], PubSubBackend]:
+        """The channel's nodes and its current pub-sub backend (before a change ends them)."""
+        config = self.state.channel(channel).config
+        return list(self.state.membership(channel).nodes()), self.pubsub_backend(config, channel)
 
     # Backends are looked up by the channel's config (public) and secrets (hub only); the
     # handlers never know which backend answers (see hub/backends.py for the table).
@@ -176,10 +188,13 @@ def _configure_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     secrets = keep_unchanged_secrets(ch.config, hub.secrets.get(name), body.get("config"),
                                      body.get("secrets"))
     config, secrets = validate_backends(body.get("config"), secrets)
+    members, old_pubsub = hub._members_and_pubsub(name)
     hub.secrets.put(name, secrets)
     hub._backends.clear()  # built with the old secrets
     hub.state.configure_channel(name, config, user, now)
     hub._narrow_relay(name, None)  # embedded relay connections close: nodes reconnect to the new backend
+    if config["pubsub"] != ch.config.get("pubsub"):
+        hub.revocations.put(name, old_pubsub, members)  # and so do those on the old external service
     return hub.channel_info(name)
 
 
@@ -220,9 +235,12 @@ def _grant_or_revoke(kind: str) -> Callable[[Hub, str, dict, int], dict]:
 
 def _delete_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     name = validate_channel_name(body.get("channel"))
+    hub.state.require_owner(name, user)
+    members, pubsub = hub._members_and_pubsub(name)
     hub.state.delete_channel(name, user, now)
     hub.secrets.delete(name)
     hub._backends.clear()
+    hub.revocations.put(name, pubsub, members)
     return {"deleted": name}
 
 

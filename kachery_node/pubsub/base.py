@@ -37,6 +37,13 @@ class PubSubBackend(ABC):
                     now_ms: int, ttl_ms: int) -> dict[str, Any]:
         """Credentials allowing exactly ``capability`` until ``now_ms + ttl_ms``."""
 
+    def revoke_node(self, node_id: str) -> bool:
+        """Make the service drop ``node_id``'s current credentials now (blocking; the hub runs it
+        in a worker thread after a revocation). False if the service cannot: the node's
+        credentials then stay valid until they expire, and only the providers' checks of the
+        signed membership stand in its way meanwhile."""
+        return False
+
 
 # A coroutine the client calls to get fresh credentials before the old ones expire (like Ably's
 # authCallback).

@@ -124,3 +124,39 @@ async def test_expired_tokens_are_refused_and_renewal_is_in_band(ably_hub, ably)
             assert (await prov.receive(5)).data == {"i": i}
             i += 1
             await trio.sleep(0.5)
+
+
+async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
+    """With hour-long tokens, the hub's call to Ably's revokeTokens is what cuts the node off."""
+    hub = HubProcess(tmp_path / "hub", "--token-ttl", "3600")
+    try:
+        ch, owner, a = ably_channel(hub, ably, {"req": ["request-files", "request-feeds"],
+                                                "prov": ["provide-files"]})
+        async with open_pubsub(await creds(a["prov"], ch)) as prov, open_pubsub(await creds(a["req"], ch)) as req:
+            await prov.subscribe(f"{ch}-requestFiles")
+            await req.publish(f"{ch}-requestFiles", {"before": 1}, ack=True)
+            assert (await prov.receive(5)).data == {"before": 1}
+            await trio.to_thread.run_sync(owner.client.revoke, ch, a["prov"].node_id, ["provide-files"])
+            with trio.fail_after(5), pytest.raises(HubRequestError) as e:  # not in an hour: now
+                await prov.receive(timeout=5)
+            # Ably says 40141 (token revoked); the SDK then asks for a new token, which this
+            # client (no renewer) cannot get: the connection ends with 401.
+            assert e.value.status == 401, e.value
+            await req.publish(f"{ch}-requestFiles", {"after": 1}, ack=True)  # others carry on
+        assert f"disconnecting revoked {a['prov'].node_id}" in ably.log()
+        activity = [x["detail"] for x in owner.client.show_channel(ch)["activity"]]
+        assert f"ably revoked node {a['prov'].node_id[:12]}…'s credentials" in activity, activity
+        # The node's old token is refused; asking the hub again gets only what it still holds.
+        with pytest.raises(HubRequestError, match="no effective roles"):
+            await creds(a["prov"], ch)
+        await trio.to_thread.run_sync(owner.client.revoke, ch, a["req"].node_id, ["request-files"])
+        narrowed = await creds(a["req"], ch)
+        assert json.loads(narrowed["token_request"]["capability"]) == {
+            f"{ch}-provideFeeds": ["subscribe"], f"{ch}-requestFeeds": ["publish"]}
+        # Only the channel's API key may revoke: Ably's 40101 for anything else.
+        key_name = ably.api_key.split(":")[0]
+        resp = httpx.post(f"{ably.rest_url}/keys/{key_name}/revokeTokens", auth=(key_name, "wrong"),
+                          json={"targets": [f"clientId:{a['req'].node_id}"]}, timeout=5)
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == 40101
+    finally:
+        hub.stop()
