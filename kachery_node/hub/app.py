@@ -20,14 +20,16 @@ before writes; the nonce is recorded only once the request is authentic and fres
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -294,7 +296,7 @@ def _pubsub_token(hub: Hub, node: str, body: dict, now: int) -> dict:
     return creds
 
 
-def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
+async def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
     name = _member_channel(hub, node, body)
     objects = body.get("objects")
     if not isinstance(objects, list) or not 1 <= len(objects) <= MAX_UPLOADS_PER_REQUEST:
@@ -313,7 +315,10 @@ def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
         key = validate_object_key(f"{name}/{path}")
         require_role(effective, upload_role(path), f"uploading {path!r}")
         checked.append((key, size))
-    urls = [backend.signed_upload_url(k, max_size=s, expires=expires, node_id=node) for k, s in checked]
+    # Signing is CPU work (GCS: an RSA signature, ~0.25 ms a URL; a request may ask for 1000):
+    # done in a worker thread, so that the relay and other requests are not held up.
+    urls = await trio.to_thread.run_sync(
+        lambda: [backend.signed_upload_url(k, max_size=s, expires=expires, node_id=node) for k, s in checked])
     hub.state.log(name, "upload_urls", node, f"{len(urls)} upload URL(s)", now)
     return {"urls": urls, "expires": expires}
 
@@ -322,7 +327,8 @@ def _channel_info(hub: Hub, node: str, body: dict, now: int) -> dict:
     return hub.channel_info(_member_channel(hub, node, body), node)
 
 
-NODE_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
+# A node request's handler answers a dict, or (when it has blocking work) an awaitable of one.
+NODE_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dict]]] = {
     "pubsub_token": _pubsub_token,
     "upload_urls": _upload_urls,
     "channel_info": _channel_info,
@@ -377,7 +383,8 @@ def create_app(hub: Hub) -> Starlette:
             return Response(segment, media_type="application/x-kachery-segment",
                             headers={"Kachery-Feed-Id": state.channel(name).feed_id,
                                      "Kachery-Message-Count": str(total)})
-        return JSONResponse(handler(hub, node, obj, now))
+        answer = handler(hub, node, obj, now)
+        return JSONResponse(await answer if inspect.isawaitable(answer) else answer)
 
     async def register_node(request: Request) -> Response:
         body = await request.body()
