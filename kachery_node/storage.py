@@ -305,6 +305,29 @@ class Storage:
                                  expected_sha1=expected_sha1, manifest_sha1=manifest_sha1)
         return build_uri(digest.sha1, None, manifest_sha1)
 
+    def store_assembled(self, path: str | os.PathLike, *, expected_sha1: str, manifest_sha1: str,
+                        fetchable: bool = True) -> str:
+        """Move a complete file assembled inside ``<storage>/tmp/`` (the daemon's partial
+        fetches) into the storage without copying it: hash it whole, then rename it into place.
+        Its manifest ``manifest_sha1`` must be stored already. CorruptedFileError (nothing
+        stored, the file left where it is) if it does not hash to ``expected_sha1``."""
+        path = Path(path).absolute()
+        if self.directory / "tmp" not in path.parents:
+            raise ValueError(f"{path} is not inside {self.directory / 'tmp'}")
+        digest = hash_file(path, chunked=False)
+        if digest.sha1 != expected_sha1:
+            raise CorruptedFileError(
+                f"received content has SHA-1 {digest.sha1}, not the expected {expected_sha1}; "
+                "it was not stored")
+        os.chmod(path, STORED_FILE_MODE & ~self._umask)
+        dest = self.path_for(digest.sha1)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)  # same filesystem; replacing an existing copy heals it
+        self.index.put_file(digest.sha1, digest.size, manifest_sha1,
+                            stat_signature(os.stat(dest)), fetchable=fetchable)
+        self.enforce_cache_limit(keep={digest.sha1, manifest_sha1})
+        return build_uri(digest.sha1, None, manifest_sha1)
+
     def _have_stored(self, sha1: str) -> bool:
         return self.path_for(sha1).is_file()
 

@@ -140,6 +140,16 @@ class ChannelRuntime:
             if resp.status_code >= 400:
                 raise HubRequestError(resp.status_code, "http_error", f"GET {path}: HTTP {resp.status_code}")
             total = int(resp.headers.get("content-length", 0))
+            # A sink that takes the bytes itself (files_partial.ChunkSink: a chunk written to
+            # its place in the file being fetched, hashed as it streams, in a worker thread).
+            write_piece = getattr(dest, "write_piece", None)
+            if write_piece is not None:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    await write_piece(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+                return done
             with open(dest, "xb") as f:
                 async for chunk in resp.aiter_bytes(1 << 20):
                     f.write(chunk)

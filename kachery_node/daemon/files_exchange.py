@@ -18,8 +18,10 @@ coordination (kachery-doc/node.md "Communications"). To *fetch* ``sha1://<h>`` a
 Files with a manifest (``?manifest=<m>``; larger than 20 MB) move as chunks: the manifest is
 fetched like any small file, then up to five chunks at a time, each an ordinary bucket object
 named by its own SHA-1 and requested with ``chunk_of`` so a provider can cut it from its stored
-copy of the whole file. Verified chunks wait in ``<storage>/tmp/partial/<h>/`` so an interrupted
-fetch resumes where it stopped (:mod:`.files_partial`).
+copy of the whole file. Each chunk is written straight to its place in one file under
+``<storage>/tmp/partial/<h>/`` and hashed as it streams in; verified chunks are marked there so
+an interrupted fetch resumes where it stopped, and the complete file is hashed whole and renamed
+into the storage (:mod:`.files_partial`).
 
 A *provider* (a node with the provide-files role) hears ``requestFile``; if the requester holds
 request-files in the channel's signed membership and the content (or the chunk's parent) is
@@ -83,7 +85,13 @@ from .files_messages import (
     parse_request,
     parse_status,
 )
-from .files_partial import PartialFile, commit_verified, remove_stale_partials, temp_path
+from .files_partial import (
+    ChunkSink,
+    PartialFile,
+    commit_verified,
+    remove_stale_partials,
+    temp_path,
+)
 from .link import BucketObjectMissing, ChannelLink, ProgressCallback
 
 log = logging.getLogger("kachery.daemon.files")
@@ -156,6 +164,18 @@ def file_timeouts_from_settings(settings: dict[str, Any]) -> FileTimeouts:
         return FileTimeouts(**table)
     except ValueError as exc:
         raise ConfigError(f"[daemon.files] in config.toml: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _InPartial:
+    """Where a chunk's download goes: its byte range in a :class:`PartialFile`."""
+
+    partial: PartialFile
+    chunk: Chunk
+
+
+#: Where :meth:`FileExchange._obtain` puts an object: a file path, or a chunk's range.
+_Dest = Path | _InPartial
 
 
 @dataclass(frozen=True)
@@ -579,11 +599,37 @@ class FileExchange:
     async def _fetch_chunked(self, links: list[ChannelLink], key: FileUri, uri: str,
                              progress: ProgressCallback | None) -> str:
         assert key.manifest_sha1 is not None
-        manifest_path = await self.fetch(links, build_uri(key.manifest_sha1))
+        manifest_sha1 = key.manifest_sha1
+        manifest_path = await self.fetch(links, build_uri(manifest_sha1))
         data = await anyio.to_thread.run_sync(Path(manifest_path).read_bytes)
         manifest = parse_manifest(data, expected_sha1=key.sha1)
         partial = PartialFile(self.storage.directory, manifest)
-        missing = await anyio.to_thread.run_sync(partial.missing_chunks)
+        try:
+            missing = await anyio.to_thread.run_sync(partial.open)
+            await self._fetch_chunks(links, key, uri, progress, partial, missing)
+        finally:
+            partial.close()
+
+        def assemble() -> str:
+            try:
+                self.storage.store_assembled(
+                    partial.content_path, expected_sha1=key.sha1, manifest_sha1=manifest_sha1,
+                    fetchable=True)
+            except CorruptedFileError as exc:
+                partial.remove()  # each chunk matched the manifest, so the manifest lies
+                raise CorruptedFileError(
+                    f"the chunks listed by manifest sha1://{key.manifest_sha1} do not make up "
+                    f"sha1://{key.sha1}: {exc}") from exc
+            partial.remove()
+            return str(self.storage.path_for(key.sha1))
+
+        return await anyio.to_thread.run_sync(assemble)
+
+    async def _fetch_chunks(self, links: list[ChannelLink], key: FileUri, uri: str,
+                            progress: ProgressCallback | None, partial: PartialFile,
+                            missing: list[Chunk]) -> None:
+        """Download the ``missing`` chunks into ``partial``, up to max_parallel_chunks at once."""
+        manifest = partial.manifest
         have = manifest.size - sum(c.end - c.start for c in missing)
         if missing:
             log.info("fetching %d of %d chunks of sha1://%s", len(missing), len(manifest.chunks),
@@ -600,7 +646,7 @@ class FileExchange:
                              chunk.end - chunk.start, ChunkRef(key.sha1, chunk.start, chunk.end))
             try:
                 async with limiter:
-                    via = await self._obtain(list(preferred), target, partial.chunk_path(chunk),
+                    via = await self._obtain(list(preferred), target, _InPartial(partial, chunk),
                                              uri, tracker.for_chunk(chunk))
                 tracker.chunk_done(chunk)
                 if via is not None and preferred[0] is not via:  # next chunks: that channel first
@@ -616,22 +662,7 @@ class FileExchange:
         if failures:
             raise failures[0]  # the verified chunks stay in tmp/partial for the next attempt
 
-        def assemble() -> str:
-            try:
-                self.storage.store_chunks(
-                    [partial.chunk_path(c) for c in manifest.chunks], expected_sha1=key.sha1,
-                    manifest_sha1=key.manifest_sha1, fetchable=True)
-            except CorruptedFileError as exc:
-                partial.remove()  # each chunk matched the manifest, so the manifest lies
-                raise CorruptedFileError(
-                    f"the chunks listed by manifest sha1://{key.manifest_sha1} do not make up "
-                    f"sha1://{key.sha1}: {exc}") from exc
-            partial.remove()
-            return str(self.storage.path_for(key.sha1))
-
-        return await anyio.to_thread.run_sync(assemble)
-
-    async def _obtain(self, links: list[ChannelLink], target: _Target, dest: Path, uri: str,
+    async def _obtain(self, links: list[ChannelLink], target: _Target, dest: _Dest, uri: str,
                       progress: ProgressCallback | None) -> ChannelLink | None:
         """Put the verified object at ``dest``: buckets first, then requests. Returns the link
         it came through; raises NotFoundError with every channel's reason."""
@@ -656,7 +687,7 @@ class FileExchange:
             failure.add(link.channel, why)
         raise failure.error(target, uri)
 
-    async def _from_bucket(self, link: ChannelLink, target: _Target, dest: Path,
+    async def _from_bucket(self, link: ChannelLink, target: _Target, dest: _Dest,
                            progress: ProgressCallback | None) -> tuple[str, str | None]:
         """('ok', None) when ``dest`` now holds the object, ('absent', None), or
         ('bad' | 'error', why)."""
@@ -675,25 +706,38 @@ class FileExchange:
                            "(rejected, nothing stored)")
         return await self._download(link, path, target, dest, progress)
 
-    async def _download(self, link: ChannelLink, path: str, target: _Target, dest: Path,
+    async def _download(self, link: ChannelLink, path: str, target: _Target, dest: _Dest,
                         progress: ProgressCallback | None) -> tuple[str, str | None]:
         """Download and verify into ``dest``: ('ok', None), ('absent', None), or
-        ('bad' | 'error', why)."""
-        tmp = temp_path(dest.parent, dest.name)
+        ('bad' | 'error', why). A chunk streams into its range of the partial file, hashed as
+        it arrives (:class:`ChunkSink`); anything else goes to a temporary file, hashed after."""
+        out: Path | ChunkSink
+        verify: Callable[[], str | None]
+        if isinstance(dest, _InPartial):
+            sink = out = dest.partial.sink(dest.chunk)
+            verify = sink.commit
+            cleanup = sink.discard
+        else:
+            tmp = out = temp_path(dest.parent, dest.name)
+
+            def verify() -> str | None:
+                return commit_verified(tmp, dest, target.sha1, target.size)
+
+            def cleanup() -> None:
+                tmp.unlink(missing_ok=True)
         try:
             try:
                 await self._stall_guarded(
-                    lambda cb: link.bucket_download(path, tmp, cb), progress,
+                    lambda cb: link.bucket_download(path, out, cb), progress,  # type: ignore[arg-type]
                     f"the download of {path}")
             except BucketObjectMissing:
                 return "absent", None
             except Exception as exc:
                 log.warning("download of %s from %s failed: %r", path, link.channel, exc)
                 return "error", f"the download of {path} failed ({type(exc).__name__}: {exc})"
-            why = await anyio.to_thread.run_sync(
-                commit_verified, tmp, dest, target.sha1, target.size)
+            why = await anyio.to_thread.run_sync(verify)
         finally:
-            tmp.unlink(missing_ok=True)
+            cleanup()
         if why is not None:
             log.warning("rejected bucket object %s on %s: %s", path, link.channel, why)
             return "bad", f"the bucket object {path} is corrupted: {why} (rejected, nothing stored)"
@@ -735,7 +779,7 @@ class FileExchange:
             raise error
         return result
 
-    async def _request(self, link: ChannelLink, target: _Target, dest: Path,
+    async def _request(self, link: ChannelLink, target: _Target, dest: _Dest,
                        progress: ProgressCallback | None, bad_object: bool) -> str | None:
         """Ask providers on one channel; None when ``dest`` holds the object, else why not."""
         key = (link.channel, target.sha1)

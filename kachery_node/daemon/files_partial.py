@@ -1,14 +1,24 @@
-"""Verified chunks of a large file being fetched, kept on disk so an interrupted fetch resumes.
+"""The chunks of a large file being fetched, kept on disk so an interrupted fetch resumes.
 
-Layout: ``<storage>/tmp/partial/<file sha1>/<chunk sha1>`` holds one verified chunk;
-``<chunk sha1>.<random>.part`` is a download in progress (never trusted, removed on failure).
-A chunk file is trusted only after its SHA-1 and size were checked, both when it was written
-and again when a later fetch resumes (the disk may have been touched meanwhile). When every
-chunk is present the file is assembled by streaming the chunks, in order, into
-``Storage.store_stream(expected_sha1=…)``, which verifies the whole-file SHA-1, and the
-directory is removed.
+Layout of ``<storage>/tmp/partial/<file sha1>/``:
 
-Blocking (file I/O and hashing): the exchange calls these from a worker thread.
+* ``content``: the file being assembled, created at its full size (sparse); each chunk is
+  written straight to its own byte range as it downloads, so the bytes are written once;
+* ``<start>-<end>.<chunk sha1>.ok``: an empty marker, created once the bytes in that range were
+  verified (SHA-1 and size, hashed from the bytes as they streamed in);
+* ``<chunk sha1>.<random>.part``: a download by a link that can only write whole files (it is
+  copied into ``content`` and verified on the way, then deleted; never trusted);
+* ``<chunk sha1>``: a verified chunk file left by an earlier version of the daemon (adopted into
+  ``content`` after it is verified again, then deleted).
+
+A marked range is trusted only after its SHA-1 is checked again when a fetch resumes (the disk
+may have been touched meanwhile). A download that fails verification leaves its range unmarked
+(its bytes are never used). When every chunk is marked, ``content`` is hashed whole and moved
+into the storage by :meth:`~kachery_node.storage.Storage.store_assembled`, which checks the
+whole-file SHA-1, and the directory is removed.
+
+Blocking (file I/O and hashing): the exchange calls these from a worker thread, except
+:meth:`ChunkSink.write_piece`, which is async and moves its work to a worker thread itself.
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ import shutil
 import time
 from pathlib import Path
 
+import anyio
+
 from ..manifest import Chunk, Manifest
 
 _BLOCK = 1 << 20
 STALE_AFTER_S = 7 * 24 * 3600  # a partial fetch untouched for a week is abandoned
+CONTENT_NAME = "content"
 
 
 def sha1_and_size(path: Path) -> tuple[str, int]:
@@ -62,71 +75,153 @@ def commit_verified(tmp: Path, dest: Path, sha1: str, size: int | None) -> str |
             tmp.unlink()
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 class PartialFile:
-    """The chunks of one large file fetched so far (see the module docstring)."""
+    """One large file being fetched (see the module docstring). :meth:`open` it (it returns the
+    chunks still missing), give each download a :meth:`sink`, :meth:`close` it, and once every
+    chunk is verified store :attr:`content_path`."""
 
     def __init__(self, storage_dir: Path, manifest: Manifest) -> None:
         self.manifest = manifest
         self.directory = Path(storage_dir) / "tmp" / "partial" / manifest.sha1
+        self.content_path = self.directory / CONTENT_NAME
+        self._fd: int | None = None
 
-    def chunk_path(self, chunk: Chunk) -> Path:
-        return self.directory / chunk.sha1
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"{self.directory} is not open")
+        return self._fd
 
-    def new_temp(self, chunk: Chunk) -> Path:
-        return temp_path(self.directory, chunk.sha1)
+    def _marker(self, chunk: Chunk) -> Path:
+        return self.directory / f"{chunk.start}-{chunk.end}.{chunk.sha1}.ok"
 
-    def missing_chunks(self) -> list[Chunk]:
-        """Chunks not yet here, after re-verifying those that are (a bad one is deleted)."""
+    def open(self) -> list[Chunk]:
+        """Open (or create) ``content``; return the chunks not yet here, after re-verifying
+        those marked as verified (a bad one loses its marker) and adopting verified chunk files
+        left by an earlier version."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._fd is None:
+            self._fd = os.open(self.content_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._fd).st_size != self.manifest.size:
+            os.ftruncate(self._fd, self.manifest.size)
         missing = []
         for chunk in self.manifest.chunks:
-            path = self.chunk_path(chunk)
-            if path.is_file():
-                actual, size = sha1_and_size(path)
-                if actual == chunk.sha1 and size == chunk.end - chunk.start:
+            marker = self._marker(chunk)
+            if marker.exists():
+                if self._range_sha1(chunk) == chunk.sha1:
                     continue
-                path.unlink()
+                marker.unlink()
+            legacy = self.directory / chunk.sha1
+            if legacy.is_file():
+                sink = ChunkSink(self, chunk)
+                if sink.commit(legacy) is None:
+                    continue
             missing.append(chunk)
-        if self.directory.is_dir():
-            os.utime(self.directory)  # still in use: keep remove_stale_partials away
+        os.utime(self.directory)  # still in use: keep remove_stale_partials away
         return missing
 
-    def reader(self) -> ChunkReader:
-        """A binary stream of the chunks, in order (all must be present)."""
-        return ChunkReader([self.chunk_path(c) for c in self.manifest.chunks])
+    def _range_sha1(self, chunk: Chunk) -> str:
+        h = hashlib.sha1()
+        buf = bytearray(_BLOCK)
+        pos = chunk.start
+        while pos < chunk.end:
+            view = memoryview(buf)[: min(_BLOCK, chunk.end - pos)]
+            n = os.preadv(self.fd, [view], pos)
+            if not n:
+                break
+            h.update(view[:n])
+            pos += n
+        return h.hexdigest()
+
+    def sink(self, chunk: Chunk) -> ChunkSink:
+        """Where a download of ``chunk`` goes (see :class:`ChunkSink`)."""
+        return ChunkSink(self, chunk)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def remove(self) -> None:
+        self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class ChunkReader:
-    """Reads several files one after the other as one stream (``readinto``, for store_stream)."""
+class ChunkSink(os.PathLike):
+    """The destination of one chunk's download.
 
-    def __init__(self, paths: list[Path]) -> None:
-        self._paths = list(paths)
-        self._file = None
+    A link that can stream (the daemon's channel runtime) awaits :meth:`write_piece` for each
+    piece of the body: the piece is written to the chunk's range of ``content`` and hashed, in a
+    worker thread. Bytes past the chunk's size are hashed and counted but never written (a too
+    long object must not overwrite the next chunk). A link that can only write a new file
+    (``open(dest, "xb")``) gets a ``.part`` path from ``os.fspath(sink)``; :meth:`commit` then
+    copies that file in, hashing it on the way. Either way :meth:`commit` checks the size and the
+    SHA-1 and only then marks the range verified; :meth:`discard` removes the ``.part`` file.
+    """
 
-    def readinto(self, buf) -> int:
-        while True:
-            if self._file is None:
-                if not self._paths:
-                    return 0
-                self._file = open(self._paths.pop(0), "rb", buffering=0)  # noqa: SIM115
-            n = self._file.readinto(buf)
-            if n:
-                return n
-            self._file.close()
-            self._file = None
+    def __init__(self, partial: PartialFile, chunk: Chunk) -> None:
+        self._partial = partial
+        self.chunk = chunk
+        self.size = chunk.end - chunk.start
+        self._hash = hashlib.sha1()
+        self._received = 0
+        self._streamed = False
+        self._fallback = temp_path(partial.directory, chunk.sha1)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def __fspath__(self) -> str:
+        return str(self._fallback)
 
-    def __enter__(self) -> ChunkReader:
-        return self
+    async def write_piece(self, data: bytes) -> None:
+        self._streamed = True
+        await anyio.to_thread.run_sync(self._write, data)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        keep = min(len(view), max(0, self.size - self._received))
+        if keep:
+            _pwrite_all(self._partial.fd, view[:keep], self.chunk.start + self._received)
+        self._hash.update(view)
+        self._received += len(view)
+
+    def _copy_in(self, path: Path) -> None:
+        with open(path, "rb", buffering=0) as f:
+            buf = bytearray(_BLOCK)
+            while n := f.readinto(buf):
+                self._write(memoryview(buf)[:n])
+
+    def commit(self, path: Path | None = None) -> str | None:
+        """Mark the chunk verified if what was received has its size and SHA-1. Returns None
+        on success, else why it was rejected (the range then stays unmarked). ``path``: take the
+        bytes from that file (default: the ``.part`` file, unless they were streamed). Blocking;
+        the file taken from is deleted either way."""
+        try:
+            if not self._streamed:
+                source = self._fallback if path is None else path
+                if source.is_file():
+                    self._copy_in(source)
+            if self._received != self.size:
+                return f"it has {self._received} bytes, not {self.size}"
+            actual = self._hash.hexdigest()
+            if actual != self.chunk.sha1:
+                return f"its content hashes to {actual}, not {self.chunk.sha1}"
+            self._partial._marker(self.chunk).touch()
+            return None
+        finally:
+            self.discard()
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fallback.unlink()
 
 
 def remove_stale_partials(storage_dir: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:

@@ -21,6 +21,8 @@ the signing path is exercised. What is simulated:
 * Handlers run inline, one after the other, in publishing order (deterministic), unless
   ``spawn_handlers_in`` holds a task group: then each delivery runs as its own task, as the
   daemon's channel runtime does, so their order is up to the scheduler.
+* ``bucket_download`` streams into a destination that has ``write_piece`` (a chunk's sink), as
+  the channel runtime does, unless ``stream_downloads`` is False.
 * ``upload_hook(link, path)`` is awaited before an upload's bytes are written: block in it to
   simulate a slow or killed provider, raise in it to simulate a failing one.
 """
@@ -50,6 +52,9 @@ class MemoryChannel:
     def __init__(self, name: str, *, runtime_checks: bool = True) -> None:
         self.name = name
         self.runtime_checks = runtime_checks
+        #: Whether downloads use a destination's ``write_piece`` when it has one (as the
+        #: daemon's channel runtime does); False: always write a new file, as a plain link would.
+        self.stream_downloads = True
         self.bucket: dict[str, bytes] = {}
         self.membership: dict[str, frozenset[str]] = {}
         self.links: list[MemoryLink] = []
@@ -169,12 +174,20 @@ class MemoryLink:
             data = self.hub.bucket[path]
         except KeyError:
             raise BucketObjectMissing(path) from None
-        with open(dest, "xb") as f:
+        write_piece = getattr(dest, "write_piece", None) if self.hub.stream_downloads else None
+        if write_piece is not None:  # as the channel runtime does for a chunk's sink
             for pos in range(0, len(data), _BLOCK):
-                f.write(data[pos : pos + _BLOCK])
+                await write_piece(data[pos : pos + _BLOCK])
                 if progress:
                     progress(min(pos + _BLOCK, len(data)), len(data))
                 await anyio.lowlevel.checkpoint()
+        else:
+            with open(dest, "xb") as f:
+                for pos in range(0, len(data), _BLOCK):
+                    f.write(data[pos : pos + _BLOCK])
+                    if progress:
+                        progress(min(pos + _BLOCK, len(data)), len(data))
+                    await anyio.lowlevel.checkpoint()
         self.hub.downloads.append((self.node_id, path))
         return len(data)
 

@@ -228,9 +228,16 @@ async def test_large_file_moves_as_parallel_verified_chunks(tmp_path, spawned):
             src.read_bytes()[CHUNK_SIZE - 5 : CHUNK_SIZE + 5]
 
 
+def _markers(partial: Path) -> list[str]:
+    """The verified-chunk markers of a partial fetch (files_partial)."""
+    return sorted(p.name for p in partial.iterdir() if p.suffix == ".ok")
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "file-link"])
 @pytest.mark.trio
-async def test_interrupted_large_fetch_resumes_with_only_the_missing_chunks(tmp_path):
+async def test_interrupted_large_fetch_resumes_with_only_the_missing_chunks(tmp_path, stream):
     ch = MemoryChannel("lab")
+    ch.stream_downloads = stream  # False: a link that can only write whole files
     src = big_file(tmp_path)
     async with network(tmp_path, ["a", "b"]) as (a, b):
         a.join(ch)
@@ -248,11 +255,12 @@ async def test_interrupted_large_fetch_resumes_with_only_the_missing_chunks(tmp_
         with anyio.move_on_after(10) as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(b.fetch, uri)
-                while not (partial.exists() and any(p.suffix != ".part" for p in partial.iterdir())):
+                while not (partial.exists() and _markers(partial)):
                     await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()  # interrupt the fetch mid-way
         assert not scope.cancelled_caught
-        assert [p.name for p in partial.iterdir() if p.suffix != ".part"] == [first_chunk[-40:]]
+        assert _markers(partial) == [f"0-{CHUNK_SIZE}.{first_chunk[-40:]}.ok"]
+        assert sorted(p.name for p in partial.iterdir() if p.suffix != ".ok") == ["content"]
         assert not b.storage.has_file(uri)
 
         # The provider node restarts; the bucket lost chunk 1 meanwhile, so only the partial
@@ -271,6 +279,96 @@ async def test_interrupted_large_fetch_resumes_with_only_the_missing_chunks(tmp_
         assert sha1(Path(path).read_bytes()) == key.sha1
         assert first_chunk[-40:] not in {r["sha1"] for r in again}
         assert len(again) == 2 and all("chunk_of" in r for r in again)
+        assert not partial.exists()
+
+
+@pytest.mark.trio
+async def test_resume_refetches_a_verified_chunk_damaged_on_disk(tmp_path):
+    ch = MemoryChannel("lab")
+    src = big_file(tmp_path)
+    data = src.read_bytes()
+    async with network(tmp_path, ["a", "b"]) as (a, b):
+        a.join(ch)
+        b.join(ch)
+        uri = a.storage.store_file(src)
+        key = kn.parse_uri(uri)
+        first = sha1(data[:CHUNK_SIZE])
+
+        async def only_first_chunk(link, path):
+            if path.split("/")[-1] not in (first, key.manifest_sha1):
+                await anyio.sleep_forever()
+
+        ch.upload_hook = only_first_chunk
+        partial = b.storage.directory / "tmp" / "partial" / key.sha1
+        with anyio.move_on_after(10) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(b.fetch, uri)
+                while not (partial.exists() and _markers(partial)):
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert _markers(partial) == [f"0-{CHUNK_SIZE}.{first}.ok"]
+        with open(partial / "content", "r+b") as f:  # the disk changes under the marker
+            f.seek(1000)
+            f.write(b"tampered")
+        ch.upload_hook = None
+        first_download = (b.keypair.public_hex, file_path("lab", first))
+        assert ch.downloads.count(first_download) == 1
+        path = await b.fetch(uri)
+        assert Path(path).read_bytes() == data
+        assert ch.downloads.count(first_download) == 2  # the damaged chunk was fetched again
+        assert not partial.exists()
+        assert b.storage.index.get_file(key.sha1).fetchable
+        assert b.storage.index.get_file(key.sha1).manifest_sha1 == key.manifest_sha1
+        assert no_leftovers(b)
+
+
+@pytest.mark.trio
+async def test_tampered_chunk_without_provider_is_reported_and_nothing_stored(tmp_path):
+    ch = MemoryChannel("lab")
+    src = big_file(tmp_path)
+    data = src.read_bytes()
+    async with network(tmp_path, ["a", "b"]) as (a, b):
+        a.join(ch)
+        b.join(ch)
+        uri = a.storage.store_file(src)
+        key = kn.parse_uri(uri)
+        await b.fetch(f"sha1://{key.manifest_sha1}")
+        second = sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE])
+        for i, start in enumerate(range(0, len(data), CHUNK_SIZE)):
+            piece = data[start : start + CHUNK_SIZE]
+            ch.bucket[file_path("lab", sha1(piece))] = b"x" * len(piece) if i == 1 else piece
+        a.kill()
+        with pytest.raises(kn.NotFoundError) as info:
+            await b.fetch(uri)
+        message = str(info.value)
+        assert "chunk 2/3" in message and "corrupted" in message
+        assert "rejected, nothing stored" in message
+        assert not b.storage.has_file(uri)
+        partial = b.storage.directory / "tmp" / "partial" / key.sha1
+        assert second not in " ".join(_markers(partial))  # the bad chunk is not trusted
+        assert len(_markers(partial)) == 2  # the good ones wait for a retry
+        assert not [p for p in partial.iterdir() if p.suffix == ".part"]
+
+
+@pytest.mark.trio
+async def test_resume_adopts_chunk_files_of_the_earlier_layout(tmp_path):
+    ch = MemoryChannel("lab")
+    src = big_file(tmp_path, 25_000_000)
+    data = src.read_bytes()
+    async with network(tmp_path, ["a", "b"]) as (a, b):
+        a.join(ch)
+        b.join(ch)
+        uri = a.storage.store_file(src)
+        key = kn.parse_uri(uri)
+        b.storage.store_bytes(a.storage.load_bytes(f"sha1://{key.manifest_sha1}"))
+        partial = b.storage.directory / "tmp" / "partial" / key.sha1
+        partial.mkdir(parents=True)
+        first = sha1(data[:CHUNK_SIZE])
+        (partial / first).write_bytes(data[:CHUNK_SIZE])  # a verified chunk, old layout
+        path = await b.fetch(uri)
+        assert Path(path).read_bytes() == data
+        assert {r["sha1"] for r in ch.requests()} == {sha1(data[CHUNK_SIZE:])}
         assert not partial.exists()
 
 

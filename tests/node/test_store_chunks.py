@@ -1,4 +1,4 @@
-"""Storage.store_chunks: how a downloaded large file is assembled from its verified chunks."""
+"""Storage.store_chunks and store_assembled: how a downloaded large file gets into the storage."""
 
 from __future__ import annotations
 
@@ -44,4 +44,38 @@ def test_wrong_chunks_store_nothing(tmp_path, storage):
     other = kn.open_storage(tmp_path / "other")
     with pytest.raises(kn.CorruptedFileError):
         other.store_chunks(parts, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
+    assert not other.has_file(f"sha1://{key.sha1}")
+
+
+def test_store_assembled_moves_a_verified_file_into_place(tmp_path, storage):
+    src = tmp_path / "big.dat"
+    src.write_bytes(os.urandom(CHUNK_SIZE + 100))
+    key = kn.parse_uri(storage.store_file(src))
+    other = kn.open_storage(tmp_path / "other")
+    other.store_bytes(storage.load_bytes(f"sha1://{key.manifest_sha1}"))
+    assembled = other.directory / "tmp" / "partial" / key.sha1 / "content"
+    assembled.parent.mkdir(parents=True)
+    assembled.write_bytes(src.read_bytes())
+    got = other.store_assembled(assembled, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
+    assert kn.parse_uri(got).manifest_sha1 == key.manifest_sha1
+    assert not assembled.exists()  # renamed, not copied
+    rec = other.index.get_file(key.sha1)
+    assert rec.fetchable and rec.manifest_sha1 == key.manifest_sha1 and rec.size == CHUNK_SIZE + 100
+    assert other.load_bytes(got, CHUNK_SIZE - 5, CHUNK_SIZE + 5) == \
+        src.read_bytes()[CHUNK_SIZE - 5 : CHUNK_SIZE + 5]
+
+
+def test_store_assembled_refuses_wrong_content_and_files_outside_tmp(tmp_path, storage):
+    src = tmp_path / "big.dat"
+    src.write_bytes(os.urandom(CHUNK_SIZE + 100))
+    key = kn.parse_uri(storage.store_file(src))
+    other = kn.open_storage(tmp_path / "other")
+    assembled = other.directory / "tmp" / "content"
+    assembled.parent.mkdir(parents=True)
+    assembled.write_bytes(b"x" * (CHUNK_SIZE + 100))
+    with pytest.raises(kn.CorruptedFileError):
+        other.store_assembled(assembled, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
+    assert assembled.exists() and not other.has_file(f"sha1://{key.sha1}")
+    with pytest.raises(ValueError):
+        other.store_assembled(src, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
     assert not other.has_file(f"sha1://{key.sha1}")

@@ -1,0 +1,76 @@
+"""files_partial: chunks written straight into the file being fetched, verified as they stream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from kachery_node.daemon.files_partial import PartialFile
+from kachery_node.manifest import Chunk, Manifest
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _partial(tmp_path, data: bytes, size: int) -> PartialFile:
+    chunks = [Chunk(s, min(s + size, len(data)), _sha1(data[s : s + size]))
+              for s in range(0, len(data), size)]
+    return PartialFile(tmp_path, Manifest(len(data), _sha1(data), tuple(chunks)))
+
+
+@pytest.mark.trio
+async def test_streamed_chunks_land_in_place_and_are_marked(tmp_path):
+    data = os.urandom(3000)
+    partial = _partial(tmp_path, data, 1000)
+    assert partial.open() == list(partial.manifest.chunks)
+    for chunk in reversed(partial.manifest.chunks):  # any order
+        sink = partial.sink(chunk)
+        await sink.write_piece(data[chunk.start : chunk.start + 300])
+        await sink.write_piece(data[chunk.start + 300 : chunk.end])
+        assert sink.commit() is None
+    partial.close()
+    assert partial.content_path.read_bytes() == data
+    assert partial.open() == []  # resumed: every chunk re-verified and kept
+    partial.remove()
+    assert not partial.directory.exists()
+
+
+@pytest.mark.trio
+async def test_a_too_long_or_wrong_chunk_is_rejected_and_does_not_touch_its_neighbours(tmp_path):
+    data = os.urandom(3000)
+    partial = _partial(tmp_path, data, 1000)
+    first, second, _third = partial.open()
+    sink = partial.sink(second)
+    await sink.write_piece(data[1000:2000])
+    assert sink.commit() is None
+    sink = partial.sink(first)
+    await sink.write_piece(b"y" * 2500)  # runs into the verified second chunk
+    assert sink.commit() == "it has 2500 bytes, not 1000"
+    sink = partial.sink(first)
+    await sink.write_piece(b"z" * 1000)
+    assert sink.commit() == f"its content hashes to {_sha1(b'z' * 1000)}, not {first.sha1}"
+    partial.close()
+    assert partial.content_path.read_bytes()[1000:2000] == data[1000:2000]
+    assert partial.open() == [first, _third]
+    assert not [p for p in partial.directory.iterdir() if p.suffix == ".part"]
+    partial.close()
+
+
+def test_a_file_link_download_is_copied_in_and_verified(tmp_path):
+    data = os.urandom(2000)
+    partial = _partial(tmp_path, data, 1000)
+    first, second = partial.open()
+    sink = partial.sink(first)
+    with open(sink, "xb") as f:  # what a link that only writes files does
+        f.write(data[:1000])
+    assert sink.commit() is None
+    sink = partial.sink(second)
+    with open(sink, "xb") as f:
+        f.write(b"x" * 1000)
+    assert sink.commit() is not None
+    assert partial.open() == [second]
+    assert sorted(p.suffix for p in partial.directory.iterdir()) == ["", ".ok"]
+    partial.close()
