@@ -364,7 +364,7 @@ def bench_file(lab: Lab, a: Node, b: Node, size: int, tmp: Path, timeout: float)
         "mb_per_s": size / 1e6 / secs,
         "store_on_a_seconds": store_secs,
         # progress lines: first downloaded bytes reported; every chunk downloaded and verified
-        # (then B assembles the chunks into its storage: read, SHA-1 of the whole, write)
+        # (then B hashes the whole file, written in place chunk by chunk, and renames it into its storage)
         "first_bytes_at_s": first_bytes,
         "all_chunks_at_s": all_bytes,
         "cpu_s": cpu,
@@ -628,15 +628,15 @@ def render(result: dict) -> str:
         if fi.get("all_chunks_at_s") is not None:
             out.append(
                 f"  phases: first bytes at B at {fi['first_bytes_at_s']:.2f} s, every chunk downloaded "
-                f"and verified at {fi['all_chunks_at_s']:.2f} s, then assembling into B's storage "
+                f"and verified at {fi['all_chunks_at_s']:.2f} s, then hashing it and moving it into place "
                 f"{fi['seconds'] - fi['all_chunks_at_s']:.2f} s"
             )
         out.append("  CPU seconds during the transfer: " + cpu_text(fi["cpu_s"], fi["seconds"]))
         if k.get("disk_write_mb_per_s"):
             out.append(
                 f"  disk: writing {fi['bytes'] / 2**20:.0f} MiB + fsync runs at "
-                f"{k['disk_write_mb_per_s']:.0f} MB/s here; the transfer writes the bytes three "
-                "times (hub bucket, B's chunk files, B's storage)"
+                f"{k['disk_write_mb_per_s']:.0f} MB/s here; the transfer writes the bytes twice "
+                "(the hub's bucket, then B's file in place)"
             )
     mem = k.get("memory")
     if mem:

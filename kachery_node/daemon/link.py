@@ -62,7 +62,10 @@ class ChannelLink(Protocol):
         """Bytes ``[start, end)`` of the object (all of it by default); raises BucketObjectMissing."""
 
     async def bucket_download(self, path: str, dest: Path, progress: ProgressCallback | None = None) -> int:
-        """Stream the whole object into ``dest`` (a new file); returns its size."""
+        """Stream the whole object into ``dest``; returns its size. ``dest`` is a path for a new
+        file, or path-like with an async ``write_piece(bytes)`` (files_partial.ChunkSink: a
+        chunk written to its range of the file being fetched and hashed as it streams), which a
+        link should feed the body to instead; one that only writes files may use its path."""
 
     async def upload(self, path: str, data: bytes | Path, *,
                      progress: ProgressCallback | None = None) -> None:
