@@ -40,6 +40,7 @@ class RevocationQueue:
 
     def __init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[Revocation](math.inf)
+        self._scope: trio.CancelScope | None = None
 
     def put(self, channel: str, backend: PubSubBackend, nodes: list[str]) -> None:
         """Queue ``nodes``' revocation on ``backend`` (an external service; never blocks)."""
@@ -48,8 +49,19 @@ class RevocationQueue:
         for node in nodes:
             self._send.send_nowait(Revocation(channel, backend, node))
 
+    def close(self, grace_s: float = 5.0) -> None:
+        """No more revocations: :meth:`run` sends those already queued, for at most ``grace_s``
+        (the hub is shutting down; a revocation not sent still ends with the token's life)."""
+        self._send.close()
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace_s)
+
     async def run(self, state: HubState) -> None:
-        """Send queued revocations one at a time, until cancelled."""
+        """Send queued revocations one at a time, until :meth:`close` (or cancelled)."""
+        with trio.CancelScope() as self._scope:
+            await self._send_all(state)
+
+    async def _send_all(self, state: HubState) -> None:
         async for r in self._receive:
             short = f"{r.node[:12]}…"
             try:

@@ -69,6 +69,7 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
                 async for _ in signals:
                     log.info("shutting down")
                     shutdown.set()
+                    hub.revocations.close()
                     break
     finally:
         state.close()
