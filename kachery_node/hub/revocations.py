@@ -33,6 +33,7 @@ class Revocation:
     channel: str
     backend: PubSubBackend
     node: str
+    decided_ms: int  # credentials issued before this lose their rights
 
 
 class RevocationQueue:
@@ -43,11 +44,13 @@ class RevocationQueue:
         self._scope: trio.CancelScope | None = None
 
     def put(self, channel: str, backend: PubSubBackend, nodes: list[str]) -> None:
-        """Queue ``nodes``' revocation on ``backend`` (an external service; never blocks)."""
+        """Queue ``nodes``' revocation on ``backend`` (an external service; never blocks): their
+        credentials issued until now lose their rights."""
         if backend.name == "embedded":
             return  # narrowed in-process already
+        now = int(time.time() * 1000)
         for node in nodes:
-            self._send.send_nowait(Revocation(channel, backend, node))
+            self._send.send_nowait(Revocation(channel, backend, node, now))
 
     def close(self, grace_s: float = 5.0) -> None:
         """No more revocations: :meth:`run` sends those already queued, for at most ``grace_s``
@@ -66,7 +69,7 @@ class RevocationQueue:
             short = f"{r.node[:12]}…"
             try:
                 with trio.fail_after(REVOCATION_TIMEOUT_S):
-                    done = await trio.to_thread.run_sync(r.backend.revoke_node, r.node,
+                    done = await trio.to_thread.run_sync(r.backend.revoke_node, r.node, r.decided_ms,
                                                          abandon_on_cancel=True)
             except Exception as exc:  # a service down or refusing: the token expiry still bounds it
                 log.warning("%s: could not make %s drop node %s: %s", r.channel, r.backend.name, short, exc)

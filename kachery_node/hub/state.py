@@ -254,10 +254,11 @@ class HubState:
         if self.node_owner(node_id) != user_id:
             raise NotAllowedError("only the node's owner may say which roles it asks for")
         roles = validate_roles(roles)
+        before = self.membership(name).roles_of(node_id)
         self._append(ch, mb.request_message(node_id, user_id, roles, now_ms))
         what = f"requests {' '.join(roles)}" if roles else "left the channel"
         self.log(name, "request", user_id, f"node {self._node_name(node_id)} {what}", now_ms)
-        self.on_roles_changed(name, node_id)
+        self._notify_if_narrowed(name, node_id, before)
 
     def change_grant(self, kind: str, name: str, node_id: str, roles: list[str], by: str,
                      now_ms: int) -> None:
@@ -267,10 +268,16 @@ class HubState:
         roles = validate_roles(roles)
         if not roles:
             return
+        before = self.membership(name).roles_of(node_id)
         self._append(ch, mb.grant_message(kind, node_id, roles, by, now_ms))
         verb = "granted" if kind == "grant" else "revoked"
         self.log(name, kind, by, f"{verb} {' '.join(roles)} for node {self._node_name(node_id)}", now_ms)
-        if kind == "revoke":
+        self._notify_if_narrowed(name, node_id, before)
+
+    def _notify_if_narrowed(self, name: str, node_id: str, before: list[str]) -> None:
+        """Call :attr:`on_roles_changed` if the node lost an effective role (a node that gains
+        roles gets them with its next credentials; nothing to cut)."""
+        if set(before) - set(self.membership(name).roles_of(node_id)):
             self.on_roles_changed(name, node_id)
 
     def roles(self, name: str, node_id: str) -> dict[str, list[str]]:

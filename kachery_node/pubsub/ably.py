@@ -93,18 +93,20 @@ class AblyPubSubBackend(PubSubBackend):
                 **({"rest_url": self.rest_url} if self.rest_url else {}),
                 "capability": capability, "expires_ms": now_ms + ttl_ms}
 
-    def revoke_node(self, node_id: str) -> bool:
+    def revoke_node(self, node_id: str, issued_before_ms: int) -> bool:
         """Ably token revocation (``POST /keys/<keyName>/revokeTokens``, HTTP Basic auth with the
-        API key): every token issued to ``node_id`` so far stops working at once and its
-        connections are dropped; the node asks the hub again and gets only what it still holds.
+        API key): every token issued to ``node_id`` before ``issued_before_ms`` stops working at
+        once and its connections are dropped; the node asks the hub again and gets only what it
+        still holds. (``issuedBefore`` is the hub's decision time, not Ably's "now": a request
+        that reaches Ably late must not revoke the tokens issued after the decision.)
         The key needs Ably's "revocable tokens" option. All of the node's tokens from this key
         are revoked, so nodes re-authenticate on other kachery channels sharing the key."""
         import httpx
 
         key_name, secret = parse_api_key(self._api_key)
         url = f"{(self.rest_url or DEFAULT_REST_URL).rstrip('/')}/keys/{key_name}/revokeTokens"
-        resp = httpx.post(url, json={"targets": [f"clientId:{node_id}"]}, auth=(key_name, secret),
-                          timeout=REPLY_TIMEOUT_S)
+        resp = httpx.post(url, json={"targets": [f"clientId:{node_id}"], "issuedBefore": issued_before_ms},
+                          auth=(key_name, secret), timeout=REPLY_TIMEOUT_S)
         if resp.status_code >= 400 or resp.json().get("failureCount"):
             raise HubRequestError(502, "revocation_failed",
                                   f"Ably refused to revoke the tokens of {node_id[:12]}…: {resp.text[:300]}")

@@ -37,11 +37,12 @@ class PubSubBackend(ABC):
                     now_ms: int, ttl_ms: int) -> dict[str, Any]:
         """Credentials allowing exactly ``capability`` until ``now_ms + ttl_ms``."""
 
-    def revoke_node(self, node_id: str) -> bool:
-        """Make the service drop ``node_id``'s current credentials now (blocking; the hub runs it
-        in a worker thread after a revocation). False if the service cannot: the node's
-        credentials then stay valid until they expire, and only the providers' checks of the
-        signed membership stand in its way meanwhile."""
+    def revoke_node(self, node_id: str, issued_before_ms: int) -> bool:
+        """Make the service drop ``node_id``'s credentials issued before ``issued_before_ms`` (when
+        the hub decided; later ones already carry the narrower rights). Blocking: the hub runs it
+        in a worker thread. False if the service cannot: the node's credentials then stay valid
+        until they expire, and only the providers' checks of the signed membership stand in its
+        way meanwhile."""
         return False
 
 

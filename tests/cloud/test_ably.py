@@ -132,6 +132,9 @@ async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
     try:
         ch, owner, a = ably_channel(hub, ably, {"req": ["request-files", "request-feeds"],
                                                 "prov": ["provide-files"]})
+        # Joining and being granted roles narrows nothing: no revocation is sent (one arriving
+        # late would cut the token the node is about to get).
+        assert not [x for x in owner.client.show_channel(ch)["activity"] if x["kind"] == "revoke_credentials"]
         async with open_pubsub(await creds(a["prov"], ch)) as prov, open_pubsub(await creds(a["req"], ch)) as req:
             await prov.subscribe(f"{ch}-requestFiles")
             await req.publish(f"{ch}-requestFiles", {"before": 1}, ack=True)
@@ -153,6 +156,15 @@ async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
         narrowed = await creds(a["req"], ch)
         assert json.loads(narrowed["token_request"]["capability"]) == {
             f"{ch}-provideFeeds": ["subscribe"], f"{ch}-requestFeeds": ["publish"]}
+        # A token issued after the owner's decision survives the revocation, however late the
+        # hub's call reaches Ably (issuedBefore is the decision time).
+        async with open_pubsub(narrowed) as req:
+            revoked = f"ably revoked node {a['req'].node_id[:12]}…'s credentials"
+            with trio.fail_after(10):
+                while revoked not in [x["detail"] for x in owner.client.show_channel(ch)["activity"]]:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)
+            await req.publish(f"{ch}-requestFeeds", {"still": "connected"}, ack=True)
         # Only the channel's API key may revoke: Ably's 40101 for anything else.
         key_name = ably.api_key.split(":")[0]
         resp = httpx.post(f"{ably.rest_url}/keys/{key_name}/revokeTokens", auth=(key_name, "wrong"),
