@@ -32,7 +32,7 @@ from .client import (
     upload_file,
 )
 from .config import NodeConfig, init_node, load_node_config
-from .daemon.errors import DaemonError, DaemonNotRunningError
+from .daemon.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 from .errors import (
     ConfigError,
     CorruptedFileError,
@@ -50,6 +50,7 @@ from .uris import FileUri, build_uri, parse_uri
 __all__ = [
     "ConfigError",
     "CorruptedFileError",
+    "DaemonConnectionLostError",
     "DaemonError",
     "DaemonNotRunningError",
     "FileUri",

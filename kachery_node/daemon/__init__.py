@@ -9,11 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import DaemonError, DaemonNotRunningError
+from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 
 _LAZY = {"DaemonClient": ".client", "daemon_address": ".client", "start_daemon": ".client"}
 
-__all__ = ["DaemonClient", "DaemonError", "DaemonNotRunningError", "daemon_address", "start_daemon"]
+__all__ = [
+    "DaemonClient",
+    "DaemonConnectionLostError",
+    "DaemonError",
+    "DaemonNotRunningError",
+    "daemon_address",
+    "start_daemon",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from ..config import default_storage_dir
-from .errors import DaemonError, DaemonNotRunningError
+from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 from .paths import INFO_FILE, default_port
 from .tokens import read_browser_token, read_client_token
 
@@ -58,6 +58,11 @@ class DaemonClient:
             ) from exc
         except httpx.TimeoutException as exc:
             raise DaemonError(f"the daemon at {self.base_url} did not answer within {timeout} s") from exc
+        except httpx.TransportError as exc:
+            # Reset or closed mid-request: the daemon died (or is dying) while answering.
+            raise DaemonConnectionLostError(
+                f"the daemon at {self.base_url} dropped the connection: {exc}"
+            ) from exc
         if r.status_code >= 400:
             try:
                 message = r.json().get("error", r.text)
@@ -71,6 +76,7 @@ class DaemonClient:
         return self.request("GET", "/probe", timeout=timeout)
 
     def is_running(self) -> bool:
+        """Whether a daemon answers the probe now (one that drops the connection does not)."""
         try:
             return bool(self.probe().get("kachery_daemon"))
         except DaemonError:

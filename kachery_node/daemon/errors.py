@@ -15,3 +15,7 @@ class DaemonError(KacheryError):
 
 class DaemonNotRunningError(DaemonError):
     """No daemon answers for this storage directory: start one with `kachery node start`."""
+
+
+class DaemonConnectionLostError(DaemonError):
+    """The daemon dropped the connection before answering (it was stopped or killed meanwhile)."""

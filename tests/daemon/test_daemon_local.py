@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.daemon import DaemonClient, DaemonNotRunningError
+from kachery_node.daemon import DaemonClient, DaemonConnectionLostError, DaemonNotRunningError
 from tests.nodes import TestNode, free_port
 
 
@@ -157,3 +157,30 @@ def test_client_without_daemon_raises_typed_error(tmp_path):
     n = TestNode(tmp_path, "idle")
     with pytest.raises(DaemonNotRunningError, match="kachery node start"):
         DaemonClient(n.storage_dir).status()
+
+
+def test_connection_dropped_mid_request_is_a_typed_error(tmp_path):
+    """A daemon killed while answering resets the connection: a typed error, and not "running"."""
+    import socket
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def accept_and_reset() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            # SO_LINGER 0: close() sends a TCP reset, as a killed process's kernel does.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    t = threading.Thread(target=accept_and_reset, daemon=True)
+    t.start()
+    client = DaemonClient(tmp_path, port=listener.getsockname()[1])
+    with pytest.raises(DaemonConnectionLostError, match="dropped the connection"):
+        client.status()
+    assert client.is_running() is False
+    t.join(5)
+    listener.close()
