@@ -20,6 +20,8 @@ Not Ably: no history, presence, resume, recovery or msgpack. What it does, like 
   client's tokens issued before that time (default now): its live connections get DISCONNECTED
   ``40141`` "Token revoked" and are closed, and those tokens are refused from then on (connect,
   AUTH). Only ``clientId:`` targets; others fail in the batch result, as on Ably without them.
+  While a file ``<state dir>/revoke-outage`` exists, it answers ``503`` (Ably's ``50003``): tests
+  use it to show that the hub retries, also after a restart.
 
 Run: ``python tests/ably_fake_server.py <state dir> <api key>``; it writes ``<state dir>/ports.json``
 (``{"rest": N, "realtime": M}``) once listening and logs every refusal to stderr.
@@ -56,7 +58,8 @@ def error(code: int, status: int, message: str) -> dict:
 
 
 class State:
-    def __init__(self, api_key: str) -> None:
+    def __init__(self, api_key: str, state_dir: Path) -> None:
+        self.state_dir = state_dir
         key_name, secret = api_key.split(":")
         self.keys = {key_name: secret}
         self.tokens: dict[str, dict] = {}
@@ -70,6 +73,9 @@ class State:
         return token["issued"] < self.revoked.get(token.get("clientId") or "", 0)
 
     def revoke_tokens(self, key_name: str, authorization: str, req: dict) -> tuple[int, dict]:
+        if (self.state_dir / "revoke-outage").exists():
+            log("refused revokeTokens: outage")
+            return 503, {"error": error(50003, 503, "Timed out (test outage)")}
         secret = self.keys.get(key_name)
         if secret is None:
             return 404, {"error": error(40400, 404, "no such key")}
@@ -275,7 +281,7 @@ def rest_server(state: State) -> ThreadingHTTPServer:
 
 
 async def main(state_dir: Path, api_key: str) -> None:
-    state = State(api_key)
+    state = State(api_key, state_dir)
     state.loop = asyncio.get_running_loop()
     rest = rest_server(state)
     threading.Thread(target=rest.serve_forever, daemon=True).start()

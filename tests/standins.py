@@ -198,5 +198,10 @@ class AblyFake:
     def log(self) -> str:
         return (self.root / "ably.log").read_text()
 
+    def revoke_outage(self, on: bool) -> None:
+        """While on, ``revokeTokens`` answers 503 (the service is down for revocations)."""
+        flag = self.root / "revoke-outage"
+        flag.touch() if on else flag.unlink(missing_ok=True)
+
     def stop(self) -> None:
         _stop(self.proc)

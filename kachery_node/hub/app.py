@@ -75,7 +75,8 @@ class Hub:
         self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
         self.secrets = SecretStore(state.dir)
         self._backends: dict[tuple[str, str, bytes], Any] = {}
-        self.revocations = RevocationQueue()  # for external pub-sub services; run by the server
+        # Revocations for external pub-sub services, kept in hub.db; sent by the server's task.
+        self.revocations = RevocationQueue(state, self._make_pubsub)
         state.on_roles_changed = self._narrow_relay
 
     def _narrow_relay(self, channel: str, node: str | None) -> None:
@@ -88,15 +89,16 @@ class Hub:
             else:
                 effective = self.state.roles(channel, node)["effective"]
                 self.relay.restrict(channel, node, capabilities(channel, effective))
-                self.revocations.put(channel, self.pubsub_backend(self.state.channel(channel).config,
-                                                                  channel), [node])
+                self.revoke_on_service(channel, [node])
         except ChannelProtocolError:  # the channel is gone: nothing is allowed any more
             self.relay.restrict(channel, node, None)
 
-    def _members_and_pubsub(self, channel: str) -> tuple[list[str], PubSubBackend]:
-        """The channel's nodes and its current pub-sub backend (before a change ends them)."""
-        config = self.state.channel(channel).config
-        return list(self.state.membership(channel).nodes()), self.pubsub_backend(config, channel)
+    def revoke_on_service(self, channel: str, nodes: list[str]) -> None:
+        """Queue the revocation of ``nodes``' credentials on the channel's current pub-sub service
+        (call before a change of service or a deletion ends the channel's record of it)."""
+        spec = self.state.channel(channel).config.get("pubsub") or {"backend": "embedded"}
+        secret = self.secrets.get(channel).get("pubsub") or {}
+        self.revocations.put(channel, spec, secret, nodes, self.settings.token_ttl_ms)
 
     # Backends are looked up by the channel's config (public) and secrets (hub only); the
     # handlers never know which backend answers (see hub/backends.py for the table).
@@ -109,22 +111,23 @@ class Hub:
             self._backends[key] = backend
         return backend
 
+    def _make_pubsub(self, spec: dict, secret: dict) -> PubSubBackend:
+        name = spec.get("backend")
+        if name == "embedded":
+            relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
+            return EmbeddedPubSubBackend(self.state.key, relay_url)
+        if name == "nats":
+            from ..pubsub.nats import NatsPubSubBackend, parse_servers
+
+            return NatsPubSubBackend(parse_servers(spec["url"]), secret["account_seed"])
+        if name == "ably":
+            from ..pubsub.ably import AblyPubSubBackend
+
+            return AblyPubSubBackend(secret["api_key"], spec.get("endpoint"), spec.get("rest_url"))
+        raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
+
     def pubsub_backend(self, config: dict, channel: str = "") -> PubSubBackend:
-        def make(spec: dict, secret: dict) -> PubSubBackend:
-            name = spec.get("backend")
-            if name == "embedded":
-                relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
-                return EmbeddedPubSubBackend(self.state.key, relay_url)
-            if name == "nats":
-                from ..pubsub.nats import NatsPubSubBackend, parse_servers
-
-                return NatsPubSubBackend(parse_servers(spec["url"]), secret["account_seed"])
-            if name == "ably":
-                from ..pubsub.ably import AblyPubSubBackend
-
-                return AblyPubSubBackend(secret["api_key"], spec.get("endpoint"), spec.get("rest_url"))
-            raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
-        return self._cached("pubsub", channel, config, make)
+        return self._cached("pubsub", channel, config, self._make_pubsub)
 
     def bucket_backend(self, config: dict, channel: str = "") -> BucketBackend:
         def make(spec: dict, secret: dict) -> BucketBackend:
@@ -190,13 +193,14 @@ def _configure_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     secrets = keep_unchanged_secrets(ch.config, hub.secrets.get(name), body.get("config"),
                                      body.get("secrets"))
     config, secrets = validate_backends(body.get("config"), secrets)
-    members, old_pubsub = hub._members_and_pubsub(name)
+    if config["pubsub"] != ch.config.get("pubsub"):
+        # Nodes on the old external service lose their credentials there (queued before the
+        # channel's record of that service is replaced).
+        hub.revoke_on_service(name, list(hub.state.membership(name).nodes()))
     hub.secrets.put(name, secrets)
     hub._backends.clear()  # built with the old secrets
     hub.state.configure_channel(name, config, user, now)
     hub._narrow_relay(name, None)  # embedded relay connections close: nodes reconnect to the new backend
-    if config["pubsub"] != ch.config.get("pubsub"):
-        hub.revocations.put(name, old_pubsub, members)  # and so do those on the old external service
     return hub.channel_info(name)
 
 
@@ -238,11 +242,10 @@ def _grant_or_revoke(kind: str) -> Callable[[Hub, str, dict, int], dict]:
 def _delete_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     name = validate_channel_name(body.get("channel"))
     hub.state.require_owner(name, user)
-    members, pubsub = hub._members_and_pubsub(name)
+    hub.revoke_on_service(name, list(hub.state.membership(name).nodes()))
     hub.state.delete_channel(name, user, now)
     hub.secrets.delete(name)
     hub._backends.clear()
-    hub.revocations.put(name, pubsub, members)
     return {"deleted": name}
 
 

@@ -57,7 +57,7 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
             binds = await nursery.start(lambda task_status: serve(
                 app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
             hub.public_url = (public_url or binds[0]).rstrip("/")
-            nursery.start_soon(hub.revocations.run, state)
+            nursery.start_soon(hub.revocations.run)
             info = {"url": hub.public_url, "hub_id": state.hub_id, "pid": os.getpid()}
             tmp = hub_dir / "hub.json.tmp"
             tmp.write_text(json.dumps(info) + "\n")

@@ -5,8 +5,10 @@ Files under ``<hub dir>``:
 
 * ``hub.key``   the hub's Ed25519 key (0600): signs tokens and upload URLs; its public half is
   the hub ID that every signed request names;
-* ``hub.db``    this module's tables (WAL);
+* ``hub.db``    this module's tables and the pending revocations of hub/revocations.py (WAL,
+  0600: they hold a copy of the pub-sub service's secret);
 * ``feeds.db``  the channels' membership feeds (their keys never leave the hub);
+* ``secrets/``  each channel's service secrets (0600, hub/backends.py);
 * ``bucket/``   the embedded bucket's objects; ``hub.log`` the log.
 
 The membership feed is the source of truth for roles: grants, revocations and role requests are
@@ -17,6 +19,7 @@ appended there first and the effective roles are computed by replaying it with t
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -92,7 +95,14 @@ class HubState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key: Keypair = load_or_create_key(self.dir / "hub.key")[0]
         self.hub_id = self.key.public_hex
-        self.db = sqlite3.connect(self.dir / "hub.db", isolation_level=None, check_same_thread=False)
+        db_path = self.dir / "hub.db"
+        # Private to the hub's user: sessions, and pending revocations with the service's secret
+        # (hub/revocations.py). SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for path in (db_path, db_path.with_name("hub.db-wal"), db_path.with_name("hub.db-shm")):
+            if path.exists():
+                path.chmod(0o600)
+        self.db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

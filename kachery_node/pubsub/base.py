@@ -1,7 +1,7 @@
 """The pub-sub interfaces: what the hub needs to hand out credentials, and what a node needs
-to publish and subscribe. Backends: ``embedded`` (the hub's WebSocket relay, this package);
-later Ably (token requests with capabilities) and NATS, chosen by the channel's config
-``{"pubsub": {"backend": ...}}`` without changing protocol code.
+to publish and subscribe. Backends: ``embedded`` (the hub's WebSocket relay, this package),
+``ably`` (token requests with capabilities) and ``nats`` (per-node user JWTs), chosen by the
+channel's config ``{"pubsub": {"backend": ...}}`` without changing protocol code.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class PubSubBackend(ABC):
     """Hub side: turns a node's effective capability into short-lived credentials.
 
     ``credentials`` returns a JSON object that the node passes to :func:`open_pubsub`; it always
-    has ``backend``, ``capability`` and ``expires_ms``. For Ably this would carry an Ably token
+    has ``backend``, ``capability`` and ``expires_ms``. For Ably it carries an Ably token
     request made with the channel's API key and the same capability object.
     """
 

@@ -5,6 +5,7 @@ requests (MAC, time, nonce) and capabilities the way Ably documents."""
 from __future__ import annotations
 
 import json
+import stat
 import time
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 from kachery_node.channels.errors import HubRequestError
+from kachery_node.hub.client import HubClient
 from kachery_node.pubsub import open_pubsub
 from kachery_node.pubsub.ably import token_request_mac
 from tests.hub.conftest import Actor, HubProcess
@@ -172,3 +174,40 @@ async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
         assert resp.status_code == 401 and resp.json()["error"]["code"] == 40101
     finally:
         hub.stop()
+
+
+async def test_a_revocation_outlives_an_ably_outage_and_a_killed_hub(tmp_path):
+    """Ably cannot be told when the owner revokes, and the hub is killed before it can be: the
+    revocation waits in hub.db, and the restarted hub cuts the node off once Ably answers."""
+    ably = AblyFake(tmp_path / "ably")  # its own: the outage must not reach other tests
+    hub = HubProcess(tmp_path / "hub", "--token-ttl", "3600")
+    try:
+        ch, owner, a = ably_channel(hub, ably, {"req": ["request-files"], "prov": ["provide-files"]})
+        async with open_pubsub(await creds(a["prov"], ch)) as prov, open_pubsub(await creds(a["req"], ch)) as req:
+            await prov.subscribe(f"{ch}-requestFiles")
+            ably.revoke_outage(True)
+            await trio.to_thread.run_sync(owner.client.revoke, ch, a["prov"].node_id, ["provide-files"])
+            short = f"{a['prov'].node_id[:12]}…"
+            with trio.fail_after(10):
+                while not any(f"could not revoke node {short}'s credentials yet" in x["detail"]
+                              for x in owner.client.show_channel(ch)["activity"]):
+                    await trio.sleep(0.05)
+            await req.publish(f"{ch}-requestFiles", {"during": "outage"}, ack=True)
+            assert (await prov.receive(5)).data == {"during": "outage"}  # Ably still lets it in
+
+            hub.proc.kill()  # SIGKILL: nothing is flushed at exit
+            hub.proc.wait(10)
+            assert stat.S_IMODE((hub.dir / "hub.db").stat().st_mode) == 0o600  # it holds the key
+            ably.revoke_outage(False)
+            hub.start()
+            with trio.fail_after(15), pytest.raises(HubRequestError) as e:
+                await prov.receive(timeout=15)
+            assert e.value.status == 401, e.value
+        owner_client = HubClient(hub.url, user_key=owner.user_key, node_key=owner.node_key)
+        details = [x["detail"] for x in owner_client.show_channel(ch)["activity"]]
+        assert f"ably revoked node {short}'s credentials" in details, details
+        assert "refused revokeTokens: outage" in ably.log()
+        assert ably.api_key.split(":")[1] not in hub.log()
+    finally:
+        hub.stop()
+        ably.stop()
