@@ -40,6 +40,16 @@ class Service(PubSubBackend):
         return True
 
 
+async def run_until_sent(queue: RevocationQueue) -> None:
+    """Run the queue until nothing is pending (at most 10 s), then stop it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.run)
+        with trio.fail_after(10):
+            while queue.pending():
+                await trio.sleep(0.02)
+        queue.close()
+
+
 def details(state: HubState) -> list[str]:
     return [x["detail"] for x in reversed(state.activity("ch"))]
 
@@ -49,15 +59,10 @@ async def test_failures_are_retried_with_growing_delays_then_sent(tmp_path, monk
     state = HubState(tmp_path)
     service = Service(failures=2)
     queue = RevocationQueue(state, lambda spec, secret: service)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(queue.run)
-        start = trio.current_time()
-        queue.put("ch", SPEC, SECRET, [NODE], token_ttl_ms=3_600_000)
-        with trio.fail_after(10):
-            while queue.pending():
-                await trio.sleep(0.02)
-        elapsed = trio.current_time() - start
-        queue.close()
+    start = trio.current_time()
+    queue.put("ch", SPEC, SECRET, [NODE], token_ttl_ms=3_600_000)
+    await run_until_sent(queue)
+    elapsed = trio.current_time() - start
     assert len(service.calls) == 3 and len({c for c in service.calls}) == 1  # same decision time
     assert 0.3 <= elapsed < 5, elapsed  # waited 0.1 s, then 0.2 s
     # One line for the outage (not one per retry), one for the outcome.
@@ -78,12 +83,7 @@ async def test_pending_revocations_survive_a_restart(tmp_path):
     made_with = []
     queue = RevocationQueue(state, lambda spec, secret: made_with.append((spec, secret)) or service)
     assert [r.node for r in queue.pending()] == [NODE, "cd" * 32]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(queue.run)
-        with trio.fail_after(10):
-            while queue.pending():
-                await trio.sleep(0.02)
-        queue.close()
+    await run_until_sent(queue)
     assert [c[0] for c in service.calls] == [NODE, "cd" * 32]
     assert made_with == [(SPEC, SECRET)] * 2  # the service as it was when the owner decided
     state.close()
@@ -95,12 +95,7 @@ async def test_revocations_of_expired_credentials_are_dropped_unsent(tmp_path):
     queue = RevocationQueue(state, lambda spec, secret: service)
     queue.put("ch", SPEC, SECRET, [NODE], token_ttl_ms=-CLOCK_MARGIN_MS - 1)  # expired already
     queue.put("ch", {"backend": "embedded"}, {}, [NODE], token_ttl_ms=3_600_000)  # narrowed in-process
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(queue.run)
-        with trio.fail_after(10):
-            while queue.pending():
-                await trio.sleep(0.02)
-        queue.close()
+    await run_until_sent(queue)
     assert service.calls == []
     assert details(state) == [f"ably: node {NODE[:12]}…'s credentials from before the revocation "
                               "have expired; nothing left to revoke"]
