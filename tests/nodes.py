@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,39 @@ from kachery_node.daemon import DaemonClient
 KACHERY = str(Path(sys.executable).parent / "kachery")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, for a server a test is about to start.
+
+    Chosen below the kernel's ephemeral range: a port from ``bind(0)`` comes from that range,
+    where any outgoing connection (tests run in parallel) may take it before the server binds.
+    """
+    low = 10000 if _EPHEMERAL[0] > 12000 else 1024
+    high = _EPHEMERAL[0] - 1 if _EPHEMERAL[0] > 12000 else 65535
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        if port in _handed_out or _EPHEMERAL[0] <= port <= _EPHEMERAL[1]:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port found")
 
 
 class TestNode:
