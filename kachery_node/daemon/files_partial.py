@@ -18,7 +18,8 @@ into the storage by :meth:`~kachery_node.storage.Storage.store_assembled`, which
 whole-file SHA-1, and the directory is removed.
 
 Blocking (file I/O and hashing): the exchange calls these from a worker thread, except
-:meth:`ChunkSink.write_piece`, which is async and moves its work to a worker thread itself.
+:meth:`ChunkSink.write_piece`, which is async and moves its work to a worker thread itself
+(:meth:`ChunkSink.write_blocking` is the same for a caller already in one).
 """
 
 from __future__ import annotations
@@ -181,6 +182,12 @@ class ChunkSink(os.PathLike):
     async def write_piece(self, data: bytes) -> None:
         self._streamed = True
         await anyio.to_thread.run_sync(self._write, data)
+
+    def write_blocking(self, data: bytes | memoryview) -> None:
+        """:meth:`write_piece` for a caller already in a worker thread (the bytes may be a view
+        of a buffer the caller reuses: they are written and hashed before this returns)."""
+        self._streamed = True
+        self._write(data)
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
