@@ -306,27 +306,34 @@ class Storage:
         return build_uri(digest.sha1, None, manifest_sha1)
 
     def store_assembled(self, path: str | os.PathLike, *, expected_sha1: str, manifest_sha1: str,
-                        fetchable: bool = True) -> str:
+                        fetchable: bool = True, read_sha1: str | None = None) -> str:
         """Move a complete file assembled inside ``<storage>/tmp/`` (the daemon's partial
         fetches) into the storage without copying it: hash it whole, then rename it into place.
         Its manifest ``manifest_sha1`` must be stored already. CorruptedFileError (nothing
-        stored, the file left where it is) if it does not hash to ``expected_sha1``."""
+        stored, the file left where it is) if it does not hash to ``expected_sha1``.
+
+        ``read_sha1``: the file's SHA-1 as the caller already computed it by reading the file
+        itself (the daemon does while the chunks arrive); it is then not read again."""
         path = Path(path).absolute()
         if self.directory / "tmp" not in path.parents:
             raise ValueError(f"{path} is not inside {self.directory / 'tmp'}")
-        digest = hash_file(path, chunked=False)
-        if digest.sha1 != expected_sha1:
+        if read_sha1 is None:
+            digest = hash_file(path, chunked=False)
+            sha1, size = digest.sha1, digest.size
+        else:
+            sha1, size = read_sha1, os.stat(path).st_size
+        if sha1 != expected_sha1:
             raise CorruptedFileError(
-                f"received content has SHA-1 {digest.sha1}, not the expected {expected_sha1}; "
+                f"received content has SHA-1 {sha1}, not the expected {expected_sha1}; "
                 "it was not stored")
         os.chmod(path, STORED_FILE_MODE & ~self._umask)
-        dest = self.path_for(digest.sha1)
+        dest = self.path_for(sha1)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)  # same filesystem; replacing an existing copy heals it
-        self.index.put_file(digest.sha1, digest.size, manifest_sha1,
+        self.index.put_file(sha1, size, manifest_sha1,
                             stat_signature(os.stat(dest)), fetchable=fetchable)
-        self.enforce_cache_limit(keep={digest.sha1, manifest_sha1})
-        return build_uri(digest.sha1, None, manifest_sha1)
+        self.enforce_cache_limit(keep={sha1, manifest_sha1})
+        return build_uri(sha1, None, manifest_sha1)
 
     def _have_stored(self, sha1: str) -> bool:
         return self.path_for(sha1).is_file()

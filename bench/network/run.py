@@ -363,8 +363,8 @@ def bench_file(lab: Lab, a: Node, b: Node, size: int, tmp: Path, timeout: float)
         "seconds": secs,
         "mb_per_s": size / 1e6 / secs,
         "store_on_a_seconds": store_secs,
-        # progress lines: first downloaded bytes reported; every chunk downloaded and verified
-        # (then B hashes the whole file, written in place chunk by chunk, and renames it into its storage)
+        # progress lines: first downloaded bytes reported; every byte received (then B verifies
+        # the last chunks, finishes the whole-file hash and renames the file into its storage)
         "first_bytes_at_s": first_bytes,
         "all_chunks_at_s": all_bytes,
         "cpu_s": cpu,
@@ -627,9 +627,9 @@ def render(result: dict) -> str:
         )
         if fi.get("all_chunks_at_s") is not None:
             out.append(
-                f"  phases: first bytes at B at {fi['first_bytes_at_s']:.2f} s, every chunk downloaded "
-                f"and verified at {fi['all_chunks_at_s']:.2f} s, then hashing it and moving it into place "
-                f"{fi['seconds'] - fi['all_chunks_at_s']:.2f} s"
+                f"  phases: first bytes at B at {fi['first_bytes_at_s']:.2f} s, every byte received "
+                f"at {fi['all_chunks_at_s']:.2f} s, then the last chunks verified, the whole-file hash "
+                f"finished and the file moved into place in {fi['seconds'] - fi['all_chunks_at_s']:.2f} s"
             )
         out.append("  CPU seconds during the transfer: " + cpu_text(fi["cpu_s"], fi["seconds"]))
         if k.get("disk_write_mb_per_s"):

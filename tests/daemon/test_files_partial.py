@@ -74,3 +74,29 @@ def test_a_file_link_download_is_copied_in_and_verified(tmp_path):
     assert partial.open() == [second]
     assert sorted(p.suffix for p in partial.directory.iterdir()) == ["", ".ok"]
     partial.close()
+
+
+@pytest.mark.trio
+async def test_the_whole_file_hash_follows_the_verified_prefix(tmp_path):
+    data = os.urandom(5000)
+    partial = _partial(tmp_path, data, 1000)
+    chunks = partial.open()
+    for i in (3, 1, 4):  # out of order: nothing from the start yet
+        sink = partial.sink(chunks[i])
+        await sink.write_piece(data[chunks[i].start : chunks[i].end])
+        assert sink.commit() is None
+    sink = partial.sink(chunks[0])
+    await sink.write_piece(b"w" * 1000)
+    assert sink.commit() is not None  # a wrong first chunk does not enter the hash
+    sink = partial.sink(chunks[0])
+    await sink.write_piece(data[:1000])
+    assert sink.commit() is None
+    assert partial.whole_sha1() is None  # chunk 2 is still missing
+    sink = partial.sink(chunks[2])
+    sink.write_blocking(memoryview(data)[2000:3000])
+    assert sink.commit() is None
+    assert partial.whole_sha1() == _sha1(data)
+    partial.close()
+    resumed = _partial(tmp_path, data, 1000)  # a restarted daemon: re-verified, hashed again
+    assert resumed.open() == [] and resumed.whole_sha1() == _sha1(data)
+    resumed.remove()

@@ -76,6 +76,11 @@ def test_store_assembled_refuses_wrong_content_and_files_outside_tmp(tmp_path, s
     with pytest.raises(kn.CorruptedFileError):
         other.store_assembled(assembled, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
     assert assembled.exists() and not other.has_file(f"sha1://{key.sha1}")
+    # A hash the caller read from the file is checked the same way.
+    with pytest.raises(kn.CorruptedFileError):
+        other.store_assembled(assembled, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1,
+                              read_sha1=hashlib.sha1(assembled.read_bytes()).hexdigest())
+    assert assembled.exists() and not other.has_file(f"sha1://{key.sha1}")
     with pytest.raises(ValueError):
         other.store_assembled(src, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
     assert not other.has_file(f"sha1://{key.sha1}")
