@@ -100,7 +100,10 @@ class RevocationQueue:
             self._scope.cancel()
 
     async def run(self) -> None:
-        """Send pending revocations, oldest first, retrying failures, until :meth:`close`."""
+        """Send pending revocations, oldest first, retrying failures, until :meth:`close`.
+        Those left by an earlier run are tried again at once."""
+        self._db.execute("UPDATE pending_revocations SET next_ms = MIN(next_ms, ?)",
+                         (int(time.time() * 1000),))
         with trio.CancelScope() as self._scope:
             while not self._closed:
                 self._wake = trio.Event()
