@@ -308,7 +308,7 @@ class Storage:
     def store_assembled(self, path: str | os.PathLike, *, expected_sha1: str, manifest_sha1: str,
                         fetchable: bool = True, read_sha1: str | None = None) -> str:
         """Move a complete file assembled inside ``<storage>/tmp/`` (the daemon's partial
-        fetches) into the storage without copying it: hash it whole, then rename it into place.
+        fetches) into the storage without copying it: check its SHA-1, then rename it into place.
         Its manifest ``manifest_sha1`` must be stored already. CorruptedFileError (nothing
         stored, the file left where it is) if it does not hash to ``expected_sha1``.
 

@@ -18,10 +18,11 @@ coordination (kachery-doc/node.md "Communications"). To *fetch* ``sha1://<h>`` a
 Files with a manifest (``?manifest=<m>``; larger than 20 MB) move as chunks: the manifest is
 fetched like any small file, then up to five chunks at a time, each an ordinary bucket object
 named by its own SHA-1 and requested with ``chunk_of`` so a provider can cut it from its stored
-copy of the whole file. Each chunk is written straight to its place in one file under
-``<storage>/tmp/partial/<h>/`` and hashed as it streams in; verified chunks are marked there so
-an interrupted fetch resumes where it stopped, and the complete file is hashed whole and renamed
-into the storage (:mod:`.files_partial`).
+copy of the whole file. Chunks are taken in file order; each is written straight to its place in
+one file under ``<storage>/tmp/partial/<h>/`` and hashed as it streams in; verified chunks are
+marked there so an interrupted fetch resumes where it stopped. The whole-file hash follows the
+verified prefix, so the complete file is checked and renamed into the storage as soon as the
+last chunk is verified (:mod:`.files_partial`).
 
 A *provider* (a node with the provide-files role) hears ``requestFile``; if the requester holds
 request-files in the channel's signed membership and the content (or the chunk's parent) is

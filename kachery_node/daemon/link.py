@@ -63,9 +63,10 @@ class ChannelLink(Protocol):
 
     async def bucket_download(self, path: str, dest: Path, progress: ProgressCallback | None = None) -> int:
         """Stream the whole object into ``dest``; returns its size. ``dest`` is a path for a new
-        file, or path-like with an async ``write_piece(bytes)`` (files_partial.ChunkSink: a
-        chunk written to its range of the file being fetched and hashed as it streams), which a
-        link should feed the body to instead; one that only writes files may use its path."""
+        file, or path-like with an async ``write_piece(bytes)`` and a blocking
+        ``write_blocking(bytes)`` for worker threads (files_partial.ChunkSink: a chunk written to
+        its range of the file being fetched and hashed as it streams), which a link should feed
+        the body to instead; one that only writes files may use its path."""
 
     async def upload(self, path: str, data: bytes | Path, *,
                      progress: ProgressCallback | None = None) -> None:
