@@ -18,6 +18,9 @@ Rules
   over ``max_frame_bytes`` close the connection (1009).
 * Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
   ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
+* Revocation holds for old tokens: a token issued at or before the hub's last revocation
+  concerning its node on its channel (``revoked_before``, kept in hub.db) is refused on a new
+  connection and on a renewal; the hub narrows live connections itself (:meth:`Relay.restrict`).
 * Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
   changes nothing.
 * Outgoing events queued while the socket is busy go out together in one frame (a JSON array):
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -213,6 +217,9 @@ class _Connection:
         old = self.claims
         if old is not None and (claims.node, claims.channel) != (old.node, old.channel):
             raise InvalidTokenError("a renewed token must be for the same node and channel")
+        if claims.issued_ms <= self.relay.revoked_before(claims.channel, claims.node):
+            raise InvalidTokenError("token was issued before a revocation concerning this node on "
+                                    f"{claims.channel!r}; ask the hub for a new one")
         self.claims = claims
         for band in sorted(self.subs):
             if SUBSCRIBE not in claims.capability.get(band, ()):
@@ -243,12 +250,23 @@ class _Connection:
             self.send_op(op="ack", id=op["id"])
 
 
-class Relay:
-    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint."""
+# (channel, node) -> the time of the last revocation concerning them (0: none).
+RevokedBefore = Callable[[str, str], int]
 
-    def __init__(self, hub_id: str, limits: RelayLimits | None = None) -> None:
+
+class Relay:
+    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint.
+
+    ``revoked_before(channel, node)`` says when rights were last taken from ``node`` on
+    ``channel`` (the hub's :meth:`~kachery_node.hub.state.HubState.tokens_revoked_before`): tokens
+    issued at or before it are refused, on new connections and renewals alike.
+    """
+
+    def __init__(self, hub_id: str, limits: RelayLimits | None = None,
+                 revoked_before: RevokedBefore = lambda channel, node: 0) -> None:
         self.hub_id = hub_id
         self.limits = limits or RelayLimits()
+        self.revoked_before = revoked_before
         self.bands: dict[str, set[_Connection]] = {}
         self.connections: set[_Connection] = set()
         self.delivered = 0

@@ -236,3 +236,71 @@ async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
     with pytest.raises(HubRequestError) as info:
         await creds(a["prov"], ch)
     assert info.value.code == "unknown_channel"
+
+
+async def refusal(credentials: dict) -> str:
+    """Open a relay connection with ``credentials``; return the code of the refusal."""
+    try:
+        async with open_pubsub(credentials):
+            pass
+    except HubRequestError as exc:
+        return exc.code
+    except BaseExceptionGroup as group:  # raised inside the client's nursery
+        leaves = group.subgroup(HubRequestError)
+        assert leaves is not None, group
+        return leaves.exceptions[0].code
+    raise AssertionError("the relay accepted the token")
+
+
+async def test_tokens_from_before_a_revocation_are_refused_also_after_a_restart(tmp_path):
+    hub = HubProcess(tmp_path / "hub", "--heartbeat", "0.5")
+    try:
+        ch, owner, a = setup_channel(hub, {"q": ["request-files", "provide-files"]})
+        q, req_band, prov_band = a["q"], f"{ch}-requestFiles", f"{ch}-provideFiles"
+        old = await creds(q, ch)
+        async with open_pubsub(old) as conn:
+            await conn.subscribe(req_band)
+            await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, q.node_id, ["provide-files"]))
+            with pytest.raises(HubRequestError) as info:
+                await conn.receive(timeout=5)
+            assert info.value.code == "unsubscribed"
+            # Renewing with the token from before the revocation is refused: the connection keeps
+            # its narrowed rights and cannot subscribe to requestFiles again.
+            with pytest.raises(HubRequestError) as info:
+                await conn.renew_token(old)
+            assert info.value.code == "invalid_token"
+            with pytest.raises(HubRequestError) as info:
+                await conn.subscribe(req_band)
+            assert info.value.code == "capability_denied"
+        # A new connection with the old token is refused too.
+        assert await refusal(old) == "invalid_token"
+        # A token issued after the decision carries the narrowed rights, and works.
+        new = await creds(q, ch)
+        async with open_pubsub(new) as conn:
+            await conn.subscribe(prov_band)
+            with pytest.raises(HubRequestError) as info:
+                await conn.subscribe(req_band)
+            assert info.value.code == "capability_denied"
+        assert "issued before a revocation" in hub.log()
+        # The decision survives a restart (same hub key, so the old token still verifies).
+        hub.restart()
+        relay_url = "ws" + hub.url[4:] + "/pubsub"
+        old, new = {**old, "url": relay_url}, {**new, "url": relay_url}
+        assert await refusal(old) == "invalid_token"
+        async with open_pubsub(new) as conn:
+            await conn.subscribe(prov_band)
+    finally:
+        hub.stop()
+
+
+async def test_tokens_of_a_deleted_channel_do_not_work_for_a_new_one_of_that_name(relay_hub):
+    ch, owner, a = setup_channel(relay_hub, {"q": ["provide-files"]})
+    q = a["q"]
+    old = await creds(q, ch)
+    owner.client.delete_channel(ch)
+    owner.client.create_channel(ch)
+    q.client.request_roles(ch, q.node_id, ["provide-files"])
+    owner.client.grant(ch, q.node_id, ["provide-files"])
+    assert await refusal(old) == "invalid_token"
+    async with open_pubsub(await creds(q, ch)) as conn:
+        await conn.subscribe(f"{ch}-requestFiles")
