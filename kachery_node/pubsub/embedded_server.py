@@ -15,7 +15,7 @@ Rules
   ``max_queue`` messages behind is dropped (close code 4008), like NATS's slow consumers.
 * Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
   ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
-  over ``max_frame_bytes`` close the connection (1009).
+  over ``max_frame_bytes`` close the connection (1009), and the relay sends none larger.
 * Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
   ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
 * Revocation holds for old tokens: a token issued at or before the hub's last revocation
@@ -23,14 +23,17 @@ Rules
   connection and on a renewal; the hub narrows live connections itself (:meth:`Relay.restrict`).
 * Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
   changes nothing.
-* Outgoing events queued while the socket is busy go out together in one frame (a JSON array):
-  batching is what lets one Python process deliver thousands of messages per second.
+* Outgoing events queued while the socket is busy go out together (a JSON array per frame):
+  batching is what lets one Python process deliver thousands of messages per second. A frame
+  holds at most ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so
+  a paused subscriber's backlog goes out in several frames, never one it would refuse.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,7 +61,7 @@ class RelayLimits:
     """The relay's bounds (``kachery hub serve`` options set them)."""
 
     max_message_bytes: int = 64 * 1024  # Ably's default message size limit
-    max_frame_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024  # both ways: the client's own cap is 16 MiB
     publish_rate: float = 2000.0
     publish_burst: float = 4000.0
     heartbeat_s: float = 15.0
@@ -79,7 +82,7 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
-        self.out: list[bytes] = []
+        self.out: deque[bytes] = deque()
         self.wake = trio.Event()
         self.last_recv = time.monotonic()
         self.allowance = relay.limits.publish_burst
@@ -114,12 +117,25 @@ class _Connection:
         while True:
             await self.wake.wait()
             self.wake = trio.Event()
-            if self.out:
-                batch, self.out = self.out, []
-                await self.ws.send_text((b"[" + b",".join(batch) + b"]").decode())
+            while self.out:
+                await self.ws.send_text(self._take_frame().decode())
                 self.relay.frames_out += 1
             if self.close_request is not None:
                 raise self.close_request
+
+    def _take_frame(self) -> bytes:
+        """The oldest queued events, as many as fit in one frame of at most ``max_frame_bytes``
+        (a backlog goes out in several frames, each one the client accepts; an event is never
+        split, so one larger than the limit, possible only with a message limit near it, goes
+        alone)."""
+        limit = self.relay.limits.max_frame_bytes
+        batch = [self.out.popleft()]
+        size = len(batch[0]) + 2
+        while self.out and size + len(self.out[0]) + 1 <= limit:
+            event = self.out.popleft()
+            batch.append(event)
+            size += len(event) + 1
+        return b"[" + b",".join(batch) + b"]"
 
     async def ticker(self) -> None:
         limits = self.relay.limits

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import orjson
 import pytest
 import trio
@@ -304,3 +306,56 @@ async def test_tokens_of_a_deleted_channel_do_not_work_for_a_new_one_of_that_nam
     assert await refusal(old) == "invalid_token"
     async with open_pubsub(await creds(q, ch)) as conn:
         await conn.subscribe(f"{ch}-requestFiles")
+
+
+CLIENT_MAX_FRAME = 16 << 20  # what kachery's relay client accepts (pubsub/embedded.py)
+RELAY_MAX_FRAME = 1 << 20  # what the relay sends at most (spec/pubsub.md §3)
+
+
+@pytest.fixture(scope="module")
+def bulk_hub(tmp_path_factory):
+    """A hub that lets one node publish tens of MB quickly and keeps a large backlog."""
+    h = HubProcess(tmp_path_factory.mktemp("bulkhub"), "--max-publish-rate", "100000")
+    yield h
+    h.stop()
+
+
+@asynccontextmanager
+async def subscribed_socket(hub, credentials: dict, band: str):
+    """A raw WebSocket (the client library's frame cap, no read-ahead) subscribed to ``band``:
+    while the test does not read it, the relay's writes stall as a paused subscriber's do."""
+    async with trio_websocket.open_websocket_url(
+            "ws" + hub.url[4:] + "/pubsub", max_message_size=CLIENT_MAX_FRAME, message_queue_size=1,
+            connect_timeout=10, disconnect_timeout=2) as ws:
+        await ws.send_message(orjson.dumps([{"op": "auth", "token": credentials["token"]},
+                                            {"op": "subscribe", "band": band, "id": 1}]).decode())
+        with trio.fail_after(10):
+            while not any(op.get("op") == "subscribed" for op in orjson.loads(await ws.get_message())):
+                pass
+        yield ws
+
+
+async def publish_bulk(pub, band: str, count: int, size: int) -> None:
+    """Publish ``count`` messages of ``size`` bytes, acknowledging every 15th (the client batches
+    unacknowledged publishes into one frame, which must stay under the relay's 1 MiB)."""
+    blob = "x" * size
+    for i in range(count):
+        await pub.publish(band, {"i": i, "blob": blob}, ack=(i % 15 == 14 or i == count - 1))
+
+
+async def test_a_paused_subscribers_backlog_comes_in_frames_its_client_accepts(bulk_hub):
+    ch, _, a = setup_channel(bulk_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+    band, count = f"{ch}-requestFiles", 800
+    async with subscribed_socket(bulk_hub, await creds(a["sub"], ch), band) as sub:
+        async with open_pubsub(await creds(a["pub"], ch)) as pub:
+            # 40 MB while the subscriber does not read: most of it waits in the relay.
+            with trio.fail_after(60):
+                await publish_bulk(pub, band, count, 50_000)
+        got, largest = [], 0
+        with trio.fail_after(60):
+            while len(got) < count:
+                frame = await sub.get_message()  # ConnectionClosed (1009) if a frame is too large
+                largest = max(largest, len(frame.encode()))
+                got += [op["data"]["i"] for op in orjson.loads(frame) if op["op"] == "message"]
+        assert got == list(range(count))
+        assert largest <= RELAY_MAX_FRAME, largest
