@@ -11,8 +11,10 @@ publisher if it subscribed, like Ably's default echo), serializing it once.
 
 Rules
 -----
-* It is pub-sub, not storage: nothing is kept once delivered; a subscriber that falls more than
-  ``max_queue`` messages behind is dropped (close code 4008), like NATS's slow consumers.
+* It is pub-sub, not storage: nothing is kept once delivered; a subscriber whose undelivered
+  events (queued, and the frame being written) reach ``max_queue_bytes`` is dropped (close code
+  4008), like NATS's slow consumers: its backlog is discarded and its subscriptions end at once,
+  so a subscriber that stops reading costs the hub at most that much, whatever is published.
 * Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
   ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
   over ``max_frame_bytes`` close the connection (1009), and the relay sends none larger.
@@ -67,7 +69,12 @@ class RelayLimits:
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 45.0
     auth_timeout_s: float = 10.0
-    max_queue: int = 50_000
+    max_queue_bytes: int = 16 * 1024 * 1024  # undelivered bytes per connection (each event + 64)
+
+
+# What a queued event costs besides its bytes (the bytes object and its place in the deque):
+# counted so that many tiny events cannot outgrow max_queue_bytes.
+_EVENT_OVERHEAD = 64
 
 
 class _Close(Exception):
@@ -83,6 +90,8 @@ class _Connection:
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
         self.out: deque[bytes] = deque()
+        self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
+        self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
         self.last_recv = time.monotonic()
         self.allowance = relay.limits.publish_burst
@@ -98,10 +107,20 @@ class _Connection:
 
     # ---------------------------------------------------------------- outgoing
     def push(self, event: bytes) -> None:
-        if len(self.out) >= self.relay.limits.max_queue:
-            self.close(4008, "slow consumer: too many undelivered messages")
+        if self.close_request is not None:
+            return  # closing: nothing more goes out (what was queued before still does)
+        cost = len(event) + _EVENT_OVERHEAD
+        limit = self.relay.limits.max_queue_bytes
+        if self.queued_bytes + self.inflight_bytes + cost > limit:
+            # Drop the backlog now (not when the socket drains: a stalled peer may never read).
+            self.out.clear()
+            self.queued_bytes = 0
+            for band in list(self.subs):
+                self.relay.unsubscribe(self, band)
+            self.close(4008, f"slow consumer: over {limit} bytes undelivered")
             return
         self.out.append(event)
+        self.queued_bytes += cost
         self.wake.set()
 
     def send_op(self, **op: Any) -> None:
@@ -118,16 +137,18 @@ class _Connection:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.out:
-                await self.ws.send_text(self._take_frame().decode())
+                frame, self.inflight_bytes = self._take_frame()
+                await self.ws.send_text(frame.decode())
+                self.inflight_bytes = 0
                 self.relay.frames_out += 1
             if self.close_request is not None:
                 raise self.close_request
 
-    def _take_frame(self) -> bytes:
+    def _take_frame(self) -> tuple[bytes, int]:
         """The oldest queued events, as many as fit in one frame of at most ``max_frame_bytes``
         (a backlog goes out in several frames, each one the client accepts; an event is never
         split, so one larger than the limit, possible only with a message limit near it, goes
-        alone)."""
+        alone), and what they cost in :attr:`queued_bytes`."""
         limit = self.relay.limits.max_frame_bytes
         batch = [self.out.popleft()]
         size = len(batch[0]) + 2
@@ -135,7 +156,9 @@ class _Connection:
             event = self.out.popleft()
             batch.append(event)
             size += len(event) + 1
-        return b"[" + b",".join(batch) + b"]"
+        cost = sum(len(event) for event in batch) + _EVENT_OVERHEAD * len(batch)
+        self.queued_bytes -= cost
+        return b"[" + b",".join(batch) + b"]", cost
 
     async def ticker(self) -> None:
         limits = self.relay.limits

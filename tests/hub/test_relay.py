@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import orjson
+import psutil
 import pytest
 import trio
 import trio_websocket
@@ -315,7 +316,8 @@ RELAY_MAX_FRAME = 1 << 20  # what the relay sends at most (spec/pubsub.md §3)
 @pytest.fixture(scope="module")
 def bulk_hub(tmp_path_factory):
     """A hub that lets one node publish tens of MB quickly and keeps a large backlog."""
-    h = HubProcess(tmp_path_factory.mktemp("bulkhub"), "--max-publish-rate", "100000")
+    h = HubProcess(tmp_path_factory.mktemp("bulkhub"), "--max-publish-rate", "100000",
+                   "--max-queue-bytes", str(256 << 20))
     yield h
     h.stop()
 
@@ -359,3 +361,46 @@ async def test_a_paused_subscribers_backlog_comes_in_frames_its_client_accepts(b
                 got += [op["data"]["i"] for op in orjson.loads(frame) if op["op"] == "message"]
         assert got == list(range(count))
         assert largest <= RELAY_MAX_FRAME, largest
+
+
+async def wait_for_log(hub, text: str, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while text not in hub.log():
+            await trio.sleep(0.05)
+
+
+async def test_a_stalled_subscriber_is_dropped_and_the_hub_stays_small(tmp_path):
+    hub = HubProcess(tmp_path / "hub", "--max-publish-rate", "100000", "--max-queue-bytes", str(4 << 20))
+    try:
+        ch, _, a = setup_channel(hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+        band, count = f"{ch}-requestFiles", 3000
+        proc = psutil.Process(hub.proc.pid)
+        base = peak = proc.memory_info().rss
+        async with subscribed_socket(hub, await creds(a["sub"], ch), band) as sub, \
+                open_pubsub(await creds(a["pub"], ch)) as pub:
+            async def sample_rss() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, proc.memory_info().rss)
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as watch:
+                watch.start_soon(sample_rss)
+                # 90 MB to a subscriber that does not read.
+                with trio.fail_after(90):
+                    await publish_bulk(pub, band, count, 30_000)
+                await wait_for_log(hub, "slow consumer", 10)
+                watch.cancel_scope.cancel()
+            # The subscriber reads again: what was in flight, then the close.
+            received = 0
+            with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    received += sum(op["op"] == "message" for op in orjson.loads(await sub.get_message()))
+            assert closed.value.reason.code == 4008
+            assert received < count
+            # The publisher and the relay carry on.
+            await pub.publish(band, {"after": "drop"}, ack=True)
+        grew = (peak - base) / 2**20
+        assert grew < 48, f"hub grew by {grew:.0f} MiB"
+    finally:
+        hub.stop()
