@@ -18,6 +18,10 @@ Rules
 * Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
   ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
   over ``max_frame_bytes`` close the connection (1009), and the relay sends none larger.
+* Per node, not per connection: the publish allowance belongs to the (channel, node) and all its
+  connections draw on it, and a node may hold at most ``max_connections_per_node`` authenticated
+  connections on a channel (another ``auth`` is refused ``rate_limited``, logged, closed 4029),
+  so opening more connections with one token (or several) buys neither rate nor fan-out.
 * Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
   ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
 * Revocation holds for old tokens: a token issued at or before the hub's last revocation
@@ -70,11 +74,33 @@ class RelayLimits:
     idle_timeout_s: float = 45.0
     auth_timeout_s: float = 10.0
     max_queue_bytes: int = 16 * 1024 * 1024  # undelivered bytes per connection (each event + 64)
+    max_connections_per_node: int = 8  # per (channel, node), whatever the tokens
 
 
 # What a queued event costs besides its bytes (the bytes object and its place in the deque):
 # counted so that many tiny events cannot outgrow max_queue_bytes.
 _EVENT_OVERHEAD = 64
+
+
+@dataclass
+class _NodeLimits:
+    """What all of a node's connections on one channel share: the publish token bucket and the
+    connection count (so that more connections with one token give no more of either)."""
+
+    allowance: float
+    last_refill: float
+    connections: int = 0
+
+    def refill(self, limits: RelayLimits) -> float:
+        now = time.monotonic()
+        self.allowance = min(limits.publish_burst,
+                             self.allowance + (now - self.last_refill) * limits.publish_rate)
+        self.last_refill = now
+        return self.allowance
+
+
+class _TooManyConnections(RateLimitedError):
+    """A node opened more relay connections on a channel than ``max_connections_per_node``."""
 
 
 class _Close(Exception):
@@ -94,8 +120,7 @@ class _Connection:
         self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
         self.last_recv = time.monotonic()
-        self.allowance = relay.limits.publish_burst
-        self.last_refill = time.monotonic()
+        self.node: _NodeLimits | None = None  # shared by the node's connections on the channel
         self.close_request: _Close | None = None
         self.refused_here = 0
         self.connected_at = time.monotonic()
@@ -203,6 +228,9 @@ class _Connection:
                     self.handle(op)
                 except ChannelProtocolError as exc:
                     self.refuse(exc, op_id)
+                    if self.claims is None and isinstance(exc, _TooManyConnections):
+                        self.close(4029, str(exc))
+                        return
                     if isinstance(exc, InvalidTokenError | ExpiredError) and self.claims is None:
                         self.close(4001, str(exc))
                         return
@@ -259,6 +287,8 @@ class _Connection:
         if claims.issued_ms <= self.relay.revoked_before(claims.channel, claims.node):
             raise InvalidTokenError("token was issued before a revocation concerning this node on "
                                     f"{claims.channel!r}; ask the hub for a new one")
+        if old is None:
+            self.node = self.relay.admit(claims.channel, claims.node)
         self.claims = claims
         for band in sorted(self.subs):
             if SUBSCRIBE not in claims.capability.get(band, ()):
@@ -270,18 +300,18 @@ class _Connection:
     def publish(self, band: str, op: dict, now_ms: float) -> None:
         assert self.claims is not None
         check_capability(self.claims.capability, band, PUBLISH)
+        assert self.node is not None
         limits = self.relay.limits
-        now = time.monotonic()
-        refill = (now - self.last_refill) * limits.publish_rate
-        self.allowance = min(limits.publish_burst, self.allowance + refill)
-        self.last_refill = now
-        if self.allowance < 1:
-            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s on this connection")
+        node = self.node
+        node.refill(limits)
+        if node.allowance < 1:
+            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s for this node on "
+                                   f"{self.claims.channel!r} (all its connections together)")
         data = orjson.dumps(op.get("data"))
         if len(data) > limits.max_message_bytes:
             raise TooLargeError(
                 f"message of {len(data)} bytes is over the {limits.max_message_bytes}-byte limit")
-        self.allowance -= 1
+        node.allowance -= 1
         event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
                  + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
         self.relay.fan_out(band, event)
@@ -308,9 +338,33 @@ class Relay:
         self.revoked_before = revoked_before
         self.bands: dict[str, set[_Connection]] = {}
         self.connections: set[_Connection] = set()
+        self.nodes: dict[tuple[str, str], _NodeLimits] = {}  # (channel, node) -> shared limits
         self.delivered = 0
         self.frames_out = 0
         self.refusals = 0
+
+    def admit(self, channel: str, node: str) -> _NodeLimits:
+        """Count a newly authenticated connection of ``node`` on ``channel``; refuse it when the
+        node has ``max_connections_per_node`` already. Returns the state its connections share."""
+        limits = self.limits
+        state = self.nodes.get((channel, node))
+        if state is None:
+            if len(self.nodes) > 2 * len(self.connections) + 64:
+                self._forget_idle_nodes()
+            state = self.nodes[(channel, node)] = _NodeLimits(limits.publish_burst, time.monotonic())
+        if state.connections >= limits.max_connections_per_node:
+            raise _TooManyConnections(
+                f"node {node[:12]}… already has {state.connections} relay connections on {channel!r} "
+                f"(at most {limits.max_connections_per_node}); close one first")
+        state.connections += 1
+        return state
+
+    def _forget_idle_nodes(self) -> None:
+        """Drop the state of nodes without connections whose allowance is full again (keeping
+        the others: reconnecting must not reset a node's publish allowance)."""
+        for key, state in list(self.nodes.items()):
+            if state.connections == 0 and state.refill(self.limits) >= self.limits.publish_burst:
+                del self.nodes[key]
 
     def fan_out(self, band: str, event: bytes) -> None:
         subs = self.bands.get(band)
@@ -373,6 +427,8 @@ class Relay:
             for band in list(conn.subs):
                 self.unsubscribe(conn, band)
             self.connections.discard(conn)
+            if conn.node is not None:
+                conn.node.connections -= 1
         if close is not None:
             with trio.move_on_after(2):
                 try:

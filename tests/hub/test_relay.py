@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import orjson
 import psutil
@@ -241,18 +241,24 @@ async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
     assert info.value.code == "unknown_channel"
 
 
-async def refusal(credentials: dict) -> str:
-    """Open a relay connection with ``credentials``; return the code of the refusal."""
+async def try_open(credentials: dict) -> str | None:
+    """Open a relay connection with ``credentials``: None if accepted, else the refusal's code."""
     try:
         async with open_pubsub(credentials):
-            pass
+            return None
     except HubRequestError as exc:
         return exc.code
     except BaseExceptionGroup as group:  # raised inside the client's nursery
         leaves = group.subgroup(HubRequestError)
         assert leaves is not None, group
         return leaves.exceptions[0].code
-    raise AssertionError("the relay accepted the token")
+
+
+async def refusal(credentials: dict) -> str:
+    """The code with which the relay refuses ``credentials``."""
+    code = await try_open(credentials)
+    assert code is not None, "the relay accepted the token"
+    return code
 
 
 async def test_tokens_from_before_a_revocation_are_refused_also_after_a_restart(tmp_path):
@@ -404,3 +410,57 @@ async def test_a_stalled_subscriber_is_dropped_and_the_hub_stays_small(tmp_path)
         assert grew < 48, f"hub grew by {grew:.0f} MiB"
     finally:
         hub.stop()
+
+
+async def test_the_publish_rate_is_per_node_whatever_its_connections(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    band, token = f"{ch}-requestFiles", await creds(a["req"], ch)
+    async with open_pubsub(await creds(a["prov"], ch)) as prov, AsyncExitStack() as stack:
+        await prov.subscribe(band)
+        pubs = [await stack.enter_async_context(open_pubsub(token)) for _ in range(5)]
+        start = trio.current_time()
+        # 5 connections x 100: each alone is within the burst (100), together they are not.
+        for i in range(100):
+            for k, pub in enumerate(pubs):
+                await pub.publish(band, {"k": k, "i": i})
+        for k, pub in enumerate(pubs):  # a last message on each, accepted once allowance returns
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await pub.publish(band, {"k": k, "done": True}, ack=True)
+                        break
+                    except HubRequestError as exc:
+                        assert exc.code == "rate_limited"
+                        await trio.sleep(0.05)
+        elapsed = trio.current_time() - start
+        flood, done = 0, 0
+        with trio.fail_after(10):
+            while done < len(pubs):  # each connection's last message follows its accepted ones
+                m = await prov.receive(timeout=10)
+                done += m.data.get("done", False)
+                flood += "i" in m.data
+        assert 100 <= flood <= 100 + 50 * elapsed + 10, (flood, elapsed)
+    assert "all its connections together" in relay_hub.log()
+
+
+async def test_connections_per_node_are_capped(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "other": ["request-files"]})
+    token = await creds(a["req"], ch)
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(open_pubsub(token)) for _ in range(8)]
+        assert await refusal(token) == "rate_limited"
+        assert await refusal(await creds(a["req"], ch)) == "rate_limited"  # a new token too
+        url = "ws" + relay_hub.url[4:] + "/pubsub"
+        async with trio_websocket.open_websocket_url(url) as ws:
+            await ws.send_message(orjson.dumps({"op": "auth", "token": token["token"], "id": 1}).decode())
+            reply = orjson.loads(await ws.get_message())[0]
+            assert (reply["op"], reply["code"]) == ("error", "rate_limited")
+            assert await _expect_close(ws, 5) == 4029
+        async with open_pubsub(await creds(a["other"], ch)) as other:  # other nodes are not affected
+            await other.publish(f"{ch}-requestFiles", {"ok": 1}, ack=True)
+        await conns[0].aclose()
+        with trio.fail_after(10):  # the relay notices the close, then has room for one more
+            while (code := await try_open(token)) == "rate_limited":
+                await trio.sleep(0.05)
+        assert code is None
+    assert "relay connections on" in relay_hub.log()
