@@ -9,7 +9,8 @@ JSON::
 
 and the signature is Ed25519 by the hub key over ``b"kachery-pubsub-token-v1\\n" +
 SHA-256(payload)``. Signing with the hub's key (rather than an HMAC secret) lets a relay that
-runs outside the hub verify tokens knowing only the hub ID. Tokens last
+runs outside the hub verify tokens knowing only the hub ID. ``issued_ms`` lets a relay refuse
+tokens issued before a revocation concerning their node (spec/pubsub.md §3). Tokens last
 :data:`DEFAULT_TOKEN_TTL_MS` (~30 min, as the original's docs say) and are renewed in-band.
 Pure functions: the caller passes the clock.
 """
