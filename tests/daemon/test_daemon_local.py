@@ -82,6 +82,18 @@ def test_local_api_authentication(node):
     assert httpx.post(f"{base}/api/stop", params={"token": browser_token}).status_code == 403
     authorized = {"Authorization": f"Bearer {client_token}"}
     assert httpx.get(f"{base}/api/status", headers=authorized).status_code == 200
+    # The full-access token never travels in a URL (logs, history, Referer): refused there,
+    # on client and browser endpoints, GET and POST alike (issue 11, defect 10).
+    feed_uri = "feed://" + "a" * 64 + "/x"
+    in_url = [httpx.get(f"{base}/api/status", params={"token": client_token}),
+              httpx.get(f"{base}/api/feeds/messages", params={"uri": feed_uri, "token": client_token}),
+              httpx.post(f"{base}/api/feeds/follow", params={"token": client_token}, json={"uri": feed_uri}),
+              httpx.post(f"{base}/api/stop", params={"token": client_token})]
+    for r in in_url:
+        assert r.status_code == 403 and "Authorization header" in r.json()["error"], r.text
+    # The read-only browser token may: EventSource cannot set headers.
+    ok = httpx.get(f"{base}/api/feeds/messages", params={"uri": feed_uri, "token": browser_token})
+    assert ok.status_code == 200 and ok.json()["messages"] == []
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 is refused.
     assert httpx.get(f"{base}/probe", headers={"Host": "evil.example"}).status_code == 403
     assert node.client.is_running()  # nothing above stopped it
@@ -151,6 +163,46 @@ def test_bad_stream_requests(node):
                            ({"uri": "feed://" + "a" * 64 + "/x"}, 401)]:
         r = httpx.get(f"{base}/api/feeds/messages", params=params)
         assert r.status_code == status and "error" in r.json()
+
+
+BAD_NUMBERS = ["99999999999999999999", str(2**53), "\u00b2", "\u0663", "1_0", " 1", "+1", "-1",
+               "1e3", "0x10", "1.0", "\uff11"]
+
+
+def test_bad_numbers_and_uris_are_400_not_500_or_a_cut_stream(node):
+    """Numbers are ASCII digits in range, URIs parse before a stream starts (issue 11, defect 8:
+    a 20-digit start was a SQLite OverflowError (500), the same Last-Event-ID and a chunkOf of
+    '~²~3' cut the stream)."""
+    client_token, browser_token = _tokens(node)
+    sf = kf.open_store(node.storage_dir / "feeds.db").create_feed().load_subfeed("s")
+    sf.append_messages([{"i": i} for i in range(3)])
+    base, params = node.client.base_url, {"uri": sf.uri, "token": browser_token}
+    for bad in BAD_NUMBERS:
+        for name in ("start", "end"):
+            r = httpx.get(f"{base}/api/feeds/messages", params={**params, name: bad}, timeout=10)
+            assert r.status_code == 400 and name in r.json()["error"], (name, bad, r.text)
+        r = httpx.get(f"{base}/api/feeds/stream", params={**params, "start": bad}, timeout=10)
+        assert r.status_code == 400 and "start" in r.json()["error"], (bad, r.text)
+        if bad.isascii() and bad == bad.strip():  # what a header can carry (latin-1 below)
+            r = httpx.get(f"{base}/api/feeds/stream", params=params, headers={"Last-Event-ID": bad},
+                          timeout=10)
+            assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"], (bad, r.text)
+    r = httpx.get(f"{base}/api/feeds/stream", params=params, timeout=10,
+                  headers={"Last-Event-ID": "\u00b2".encode("latin-1")})
+    assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"], r.text
+    # The largest accepted number is answered, not overflowed.
+    r = httpx.get(f"{base}/api/feeds/messages", params={**params, "start": str(2**53 - 1)}, timeout=10)
+    assert r.status_code == 200 and r.json()["messages"] == []
+
+    authorized = {"Authorization": f"Bearer {client_token}"}
+    for uri in ["sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u00b2~3",
+                "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~99999999999999999999999",
+                "sha1://" + "a" * 40 + "?manifest=zz", "http://example.org/x", 42]:
+        for path in ("/api/files/fetch", "/api/files/upload"):
+            r = httpx.post(f"{base}{path}", json={"uri": uri, "channel": "lab"}, headers=authorized,
+                           timeout=10)
+            assert r.status_code == 400 and r.json()["error"], (path, uri, r.text)
+    assert node.client.is_running()
 
 
 def test_client_without_daemon_raises_typed_error(tmp_path):
