@@ -205,6 +205,15 @@ def test_bad_numbers_and_uris_are_400_not_500_or_a_cut_stream(node):
     assert node.client.is_running()
 
 
+def test_bad_daemon_port_variable_is_a_clear_error(tmp_path):
+    n = TestNode(tmp_path, "port")
+    for bad in ["\u00b2", "99999", "0", "1_0"]:
+        n.env["KACHERY_DAEMON_PORT"] = bad
+        result = n.run("node", "status", check=False)
+        assert result.returncode == 1 and "KACHERY_DAEMON_PORT must be a port number" in result.stderr, (
+            bad, result.stderr)
+
+
 def test_client_without_daemon_raises_typed_error(tmp_path):
     n = TestNode(tmp_path, "idle")
     with pytest.raises(DaemonNotRunningError, match="kachery node start"):
