@@ -53,8 +53,8 @@ def script(node, code: str, timeout: float = 60) -> str:
     return result.stdout
 
 
-def request(node, function_id: str, kwargs: dict, *, type: str = "pure-calculation", timeout: float = 20,
-            request_id: str | None = None) -> str:
+def request(node, function_id: str, kwargs: dict, *, type: str | None = "pure-calculation",
+            timeout: float = 20, request_id: str | None = None) -> str:
     """Request from `node` in a script; prints `ok <result> <from_cache> <stale> <statuses> <warnings>`
     or `<ErrorClass>: <message>`."""
     return script(node, f"""
@@ -319,3 +319,38 @@ print(sorted(h.wait()["tag"] for h in hs))
             level -= 1
         peak = max(peak, level)
     assert peak == 4  # `kachery task backend` runs 4 at a time by default
+
+
+def test_identical_requests_at_once_run_once(tl):
+    """Three identical pure calculations requested at once: the provider runs one computation and
+    answers the three requests from it (issue 11)."""
+    out = script(tl.bob, """
+import kachery_node as kn
+hs = [kn.request_task("test.slow.1", {"seconds": 1, "tag": "same"}, channel="lab", timeout=30)
+      for _ in range(3)]
+print([h.wait() for h in hs], len({h.request_id for h in hs}))
+""")
+    assert out.strip() == str([{"slept": 1, "tag": "same"}] * 3) + " 3", out
+    assert sum("start same" in line for line in tl.backend.runs("slow")) == 1, tl.backend.runs("slow")
+    assert "is already being computed here" in tl.alice.log()
+
+
+def test_requester_needs_no_function_type(tl):
+    """The provider's registration says what a function is: a query is fresh each time, an
+    action runs once per request, a pure calculation is cached (issue 11)."""
+    one = request(tl.bob, "test.clock.1", {"tag": "untyped"}, type=None)
+    two = request(tl.bob, "test.clock.1", {"tag": "untyped"}, type=None)
+    assert one.startswith("ok {") and " False False " in one, one
+    assert two.startswith("ok {") and " False False " in two and one != two, two
+    assert sum("untyped" in line for line in tl.backend.runs("clock")) == 2
+    done = tl.bob.json("task", "request", "test.append.1", "--arg", "text=untyped", "--channel", "lab")
+    assert done["result"] == {"appended": "untyped"} and done["from_cache"] is False
+    assert sum("untyped" in line for line in tl.backend.runs("append")) == 1
+    first = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
+    assert first.startswith("ok 42 False False"), first
+    h = task_hash("test.add.1", {"a": 40, "b": 2})
+    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    wait_for(cached.exists, what="the result in the bucket")
+    second = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
+    assert second.startswith("ok 42 True False ['finished']"), second
+    assert sum("40+2" in line for line in tl.backend.runs("add")) == 1
