@@ -86,10 +86,11 @@ class TestNode:
     def client(self) -> DaemonClient:
         return DaemonClient(self.storage_dir)
 
-    def kill(self) -> None:
-        """SIGKILL the daemon (a crash: no clean shutdown)."""
+    def kill(self) -> int:
+        """SIGKILL the daemon (a crash: no clean shutdown); returns its process ID."""
         info = json.loads((self.storage_dir / "daemon.json").read_text())
         os.kill(info["pid"], signal.SIGKILL)
+        return info["pid"]
 
     def stop(self) -> None:
         if self.client.is_running():

@@ -210,6 +210,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
                 "storage_dir": str(ctx.storage.directory),
                 "uptime_s": round(time.time() - ctx.started_at, 3),
                 "channels": ctx.node.describe_channels() if ctx.node else [],
+                "task_backends": ctx.node.tasks.describe_backends() if ctx.node else [],
             }
         )
 

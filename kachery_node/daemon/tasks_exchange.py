@@ -615,6 +615,13 @@ class TaskExchange:
             backend.polling -= 1
             backend.expires = time.monotonic() + self.timeouts.registration_grace
 
+    def describe_backends(self) -> list[dict[str, Any]]:
+        """The task backends registered now (``/api/status``): ID, function IDs, tasks held."""
+        now = time.monotonic()
+        return [{"backend_id": b.backend_id, "functions": sorted({fid for _ch, fid in b.functions}),
+                 "running": len(b.held)}
+                for b in self._backends.values() if b.polling or b.expires >= now]
+
     def backend_gone(self, backend_id: str) -> None:
         """The backend's poll connection closed: it stopped (no grace period)."""
         backend = self._backends.get(backend_id)

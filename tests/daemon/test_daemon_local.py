@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
 import kachery_feeds as kf
@@ -63,8 +64,8 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 def test_sigterm_and_sigkill_leave_a_usable_storage(tmp_path):
     n = TestNode(tmp_path, "delta")
     n.start()
-    n.kill()
-    time.sleep(0.3)
+    pid = n.kill()
+    _wait_exited(pid)
     with pytest.raises(DaemonNotRunningError):
         n.client.status()
     n.start()  # the lock died with the process; a new daemon starts
@@ -113,11 +114,20 @@ def test_cors_allow_list(tmp_path):
         n.stop()
 
 
-def _read_events(response, count: int) -> list[tuple[int, dict]]:
+def _wait_exited(pid: int, timeout: float = 10) -> None:
+    """Wait until process ``pid`` is gone (or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {pid} did not exit within {timeout} s"
+        time.sleep(0.02)
+
+
+def _read_events(response_or_lines, count: int) -> list[tuple[int, dict]]:
     import json
 
+    lines = response_or_lines.iter_lines() if hasattr(response_or_lines, "iter_lines") else response_or_lines
     events, current = [], {}
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith("id: "):
             current["id"] = int(line[4:])
         elif line.startswith("data: "):
@@ -135,15 +145,12 @@ def test_subfeed_stream_is_live_and_resumable(node):
     sf = kf.open_store(node.storage_dir / "feeds.db").create_feed().load_subfeed("sensor")
     sf.append_messages([{"t": i, "value": i * i} for i in range(5)])
     base, params = node.client.base_url, {"uri": sf.uri, "token": browser_token}
-
-    def later():
-        time.sleep(0.3)
-        sf.append_message({"t": 5, "value": 25})
-
-    threading.Thread(target=later).start()
     with httpx.stream("GET", f"{base}/api/feeds/stream", params={**params, "start": 2}, timeout=10) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = _read_events(r, 4)
+        lines = r.iter_lines()
+        events = _read_events(lines, 3)  # what was there: the stream now waits for more
+        sf.append_message({"t": 5, "value": 25})
+        events += _read_events(lines, 1)
     assert [e[0] for e in events] == [2, 3, 4, 5]
     assert events[-1][1]["payload"] == {"t": 5, "value": 25}
     # EventSource reconnects with Last-Event-ID: the stream resumes after it.
