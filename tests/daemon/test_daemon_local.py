@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -71,6 +72,31 @@ def test_sigterm_and_sigkill_leave_a_usable_storage(tmp_path):
     n.start()  # the lock died with the process; a new daemon starts
     assert n.client.status()["node_id"] == n.node_id
     n.stop()
+
+
+def test_daemon_stops_when_its_storage_directory_is_deleted(tmp_path):
+    """A daemon nobody can reach any more (its storage and daemon.json are gone) stops on its
+    own, within a few seconds (issue 11: a failed test run left its daemons running)."""
+    import shutil
+
+    gone = TestNode(tmp_path, "gone")
+    gone.start()
+    pid = json.loads((gone.storage_dir / "daemon.json").read_text())["pid"]
+    shutil.rmtree(gone.storage_dir)
+    _wait_exited(pid, timeout=15)
+
+    # Only daemon.json removed: the log (still there) says why it stopped, and that it did cleanly.
+    orphan = TestNode(tmp_path, "orphan")
+    orphan.start()
+    info = orphan.storage_dir / "daemon.json"
+    pid = json.loads(info.read_text())["pid"]
+    info.unlink()
+    _wait_exited(pid, timeout=15)
+    log = orphan.log()
+    assert "daemon.json was deleted or replaced: stopping" in log and log.rstrip().endswith("stopped"), log
+    orphan.start()  # the storage is usable: a new daemon starts
+    assert orphan.client.status()["node_id"] == orphan.node_id
+    orphan.stop()
 
 
 def test_local_api_authentication(node):
