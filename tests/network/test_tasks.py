@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from kachery_node.protocol.tasks import task_hash
+from tests import processes
 from tests.hub.conftest import HubProcess
 from tests.network.conftest import ALL_ROLES, Lab
 from tests.nodes import KACHERY
@@ -28,6 +29,7 @@ class Backend:
         self.node, self.log_dir = node, log_dir
         self.env = {**node.env, "PYTHONPATH": str(ROOT), "TASK_LOG_DIR": str(log_dir)}
         self.proc: subprocess.Popen | None = None
+        processes.register(self)  # stopped with the test that made it, pass or fail
         self.start()
 
     def start(self) -> None:
@@ -44,6 +46,8 @@ class Backend:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    stop = kill
 
     def kill_and_wait_unregistered(self) -> None:
         """Kill the backend and wait until its daemon no longer offers its functions."""
@@ -106,13 +110,19 @@ def shared_lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
     hub = HubProcess(root / "hub")
     lab = Lab(root, hub)
-    alice = lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-tasks"])
-    backend = Backend(alice, root / "runs-alice")
-    yield TaskLab(lab, alice, bob, backend)
-    backend.kill()
-    lab.stop()
-    hub.stop()
+    backend = None
+    try:
+        alice = lab.add_node("alice", ALL_ROLES)
+        bob = lab.add_node("bob", ["request-tasks"])
+        backend = Backend(alice, root / "runs-alice")
+        yield TaskLab(lab, alice, bob, backend)
+    finally:
+        if backend is not None:
+            backend.kill()
+        try:
+            lab.stop()
+        finally:
+            hub.stop()
 
 
 @pytest.fixture
