@@ -586,15 +586,7 @@ class TaskExchange:
     async def poll(self, backend_id: str, functions: list[dict[str, Any]], *, max_tasks: int,
                    running: list[str], timeout: float) -> list[dict[str, Any]]:
         """A backend's long-poll: (re)register its functions, return up to ``max_tasks`` tasks."""
-        table: dict[tuple[str | None, str], str] = {}
-        for f in functions:
-            fid = validate_function_id(f.get("function_id"))
-            ftype = validate_function_type(f.get("function_type"))
-            channels = f.get("channels") or [None]
-            for ch in channels:
-                if ch is not None and not isinstance(ch, str):
-                    raise TaskArgumentError("'channels' must be a list of channel names")
-                table[(ch, fid)] = ftype
+        table = registration_table(functions)
         backend = self._backends.get(backend_id)
         if backend is None:
             backend = self._backends[backend_id] = _Backend(backend_id, table, 0.0)
@@ -749,6 +741,23 @@ class TaskExchange:
         await self._status(inc, "queued", note="the task backend stopped; queued again")
         for backend in self._backends.values():
             backend.woken.set()
+
+
+def registration_table(functions: Any) -> dict[tuple[str | None, str], str]:
+    """A backend's ``functions`` (``[{function_id, function_type, channels?}]``) as
+    ``{(channel or None, function_id): type}``; raises TaskArgumentError if malformed."""
+    if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
+        raise TaskArgumentError("'functions' must be a list of {function_id, function_type, channels?}")
+    table: dict[tuple[str | None, str], str] = {}
+    for f in functions:
+        fid = validate_function_id(f.get("function_id"))
+        ftype = validate_function_type(f.get("function_type"))
+        channels = f.get("channels") or [None]
+        if not isinstance(channels, list) or not all(ch is None or isinstance(ch, str) for ch in channels):
+            raise TaskArgumentError("'channels' must be a list of channel names")
+        for ch in channels:
+            table[(ch, fid)] = ftype
+    return table
 
 
 def _finished(link: ChannelLink, res: TaskResult, *, from_cache: bool, warnings: list[str]) -> dict:

@@ -113,3 +113,56 @@ def test_file_upload_never_500(daemon, uri, channel):
     r = http.post("/api/files/upload", json={"uri": uri, "channel": channel},
                   headers={"Authorization": f"Bearer {client}"})
     _assert_clean_refusal_or_success(r)
+
+
+# -- task endpoints (spec/tasks.md §8): JSON bodies with values of every type in every field
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+_function = st.fixed_dictionaries(
+    {"function_id": st.sampled_from(["fuzz.f.1", "fuzz..bad", ""]) | _json,
+     "function_type": st.sampled_from(["pure-calculation", "query", "action"]) | _json},
+    optional={"channels": st.lists(st.text(max_size=5), max_size=2) | _json})
+
+
+def _post_and_read(http, path: str, body: dict, client: str) -> None:
+    with http.stream("POST", path, json=body, headers={"Authorization": f"Bearer {client}"}) as r:
+        if r.status_code != 200 or r.headers["content-type"] != "application/x-ndjson":
+            r.read()
+            _assert_clean_refusal_or_success(r)
+            return
+        lines = [line for line in r.iter_lines() if line]
+    assert lines and ('"type":"finished"' in lines[-1] or '"type":"error"' in lines[-1]), lines
+
+
+@FUZZ
+@given(backend_id=st.text(min_size=1, max_size=8) | _json, functions=st.lists(_function, max_size=3) | _json,
+       timeout=st.sampled_from([0, 0.05, -1, 16, "1", None, True]), max_tasks=st.integers(-2, 3) | _json,
+       running=st.lists(st.text(max_size=4), max_size=2) | _json)
+def test_task_poll_never_500(daemon, backend_id, functions, timeout, max_tasks, running):
+    http, _uri, client, _browser = daemon
+    body = {"backend_id": backend_id, "functions": functions, "timeout": timeout,
+            "max_tasks": max_tasks, "running": running}
+    _post_and_read(http, "/api/tasks/poll", body, client)
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({}, optional={
+    "backend_id": st.text(max_size=8) | _json, "task_key": st.text(max_size=8) | _json,
+    "status": st.sampled_from(["running", "finished", "error"]) | _json,
+    "progress": _json, "result": _json, "error": _json}))
+def test_task_update_never_500(daemon, body):
+    http, _uri, client, _browser = daemon
+    _post_and_read(http, "/api/tasks/update", body, client)
+
+
+@FUZZ
+@given(body=st.fixed_dictionaries({"function_id": st.sampled_from(["fuzz.f.1", "x"]) | _json}, optional={
+    "kwargs": st.dictionaries(st.text(max_size=5), _json, max_size=3) | _json,
+    "function_type": st.sampled_from(["pure-calculation", "query", "action"]) | _json,
+    "timeout": _json, "request_id": st.text(min_size=8, max_size=12) | _json, "channel": _json}))
+def test_task_request_never_500_nor_cut(daemon, body):
+    http, _uri, client, _browser = daemon
+    _post_and_read(http, "/api/tasks/request", body, client)
