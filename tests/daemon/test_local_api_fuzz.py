@@ -166,3 +166,20 @@ def test_task_update_never_500(daemon, body):
 def test_task_request_never_500_nor_cut(daemon, body):
     http, _uri, client, _browser = daemon
     _post_and_read(http, "/api/tasks/request", body, client)
+
+
+_feed_uri = st.one_of(
+    st.builds(lambda f, name: f"feed://{f}/{name}", st.text(alphabet="0123456789abcdef", min_size=64,
+                                                            max_size=64), st.text(max_size=20)),
+    st.builds(lambda rest: f"feed://{rest}", st.text(max_size=80)),
+    st.text(max_size=40),
+)
+
+
+@FUZZ
+@given(uri=_feed_uri)
+def test_feed_uri_never_500(daemon, uri):
+    http, _uri, client, browser = daemon
+    _assert_clean_refusal_or_success(http.get("/api/feeds/messages", params={"uri": uri, "token": browser}))
+    r = http.post("/api/feeds/follow", json={"uri": uri}, headers={"Authorization": f"Bearer {client}"})
+    _assert_clean_refusal_or_success(r)
