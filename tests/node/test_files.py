@@ -139,10 +139,17 @@ def test_missing_content_raises_not_found(storage_dir: Path) -> None:
     "sha1://" + "a" * 40 + "?manifest=123",
     "sha1://" + "a" * 40 + "/x?manifest=" + "z" * 40,
     "sha1://" + "a" * 40 + "?chunkOf=abc~1~2",
+    # str.isdigit() accepts these; int() then fails (²) or reads another script's digits (٣)
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u00b2~3",
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u0663~4",
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~" + "9" * 20,  # beyond 64 bits
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~9223372036854775808",
     "md5://" + "a" * 32,
     "/local/path",
 ])
 def test_malformed_uris(storage_dir: Path, uri: str) -> None:
+    with pytest.raises(kn.InvalidUriError):
+        kn.parse_uri(uri)
     with pytest.raises(kn.InvalidUriError):
         kn.load_file(uri)
 
