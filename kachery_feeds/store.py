@@ -38,6 +38,7 @@ from .errors import (
     MissingMessagesError,
     NotWriteableError,
     UnknownFeedError,
+    short_repr,
 )
 from .forks import build_fork_proof
 from .messages import (
@@ -135,7 +136,7 @@ class Store:
         feed_id = public_key.hex()
         with self._write() as c:
             if name is not None and c.execute("SELECT 1 FROM feeds WHERE name=?", (name,)).fetchone():
-                raise InvalidUriError(f"a feed named {name!r} already exists in this store")
+                raise InvalidUriError(f"a feed named {short_repr(name)} already exists in this store")
             c.execute(
                 "INSERT INTO feeds(feed_id, private_key, name, created_ms) VALUES (?,?,?,?)",
                 (feed_id, secret_key[:32], name, _now_ms()),
@@ -146,21 +147,30 @@ class Store:
         """A feed by ``feed://`` URI, 64-hex ID, or local name. Read-only unless this store holds
         its key. Unknown IDs are fine (messages can be imported); unknown names raise
         :class:`UnknownFeedError`."""
-        if isinstance(uri_or_id, str) and uri_or_id.startswith("feed://"):
+        if not isinstance(uri_or_id, str):
+            raise InvalidUriError(
+                f"a feed is named by a feed:// URI, a 64-hex ID or a local name (a string), "
+                f"not {type(uri_or_id).__name__}")
+        if uri_or_id.startswith("feed://"):
             return Feed(self, parse_feed_uri(uri_or_id).feed_id)
         try:
             return Feed(self, normalize_feed_id(uri_or_id))
         except InvalidUriError:
-            row = self._conn.execute("SELECT feed_id FROM feeds WHERE name=?", (uri_or_id,)).fetchone()
+            try:
+                with self._lock:
+                    row = self._conn.execute(
+                        "SELECT feed_id FROM feeds WHERE name=?", (uri_or_id,)).fetchone()
+            except UnicodeEncodeError:  # lone surrogates: no feed can be named so
+                row = None
             if row is None:
-                raise UnknownFeedError(f"no feed named {uri_or_id!r} in {self.path}") from None
+                raise UnknownFeedError(f"no feed named {short_repr(uri_or_id)} in {self.path}") from None
             return Feed(self, row[0])
 
     def load_subfeed(self, uri: str) -> Subfeed:
         """A subfeed by URI ``feed://<feedId>/<name>`` (read-only unless this store holds the key)."""
         parsed = parse_feed_uri(uri)
         if parsed.subfeed_name is None:
-            raise InvalidUriError(f"{uri!r} names a feed, not a subfeed")
+            raise InvalidUriError(f"{short_repr(uri)} names a feed, not a subfeed")
         return Subfeed(self, parsed.feed_id, parsed.subfeed_name)
 
     def list_feeds(self) -> list[dict[str, Any]]:
