@@ -6,6 +6,18 @@ reported surprise); a caller who wants to tolerate absence catches :class:`NotFo
 
 from __future__ import annotations
 
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 100
+_REPR.maxlevel = 3
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a readable length and depth, for messages about data from
+    elsewhere (a plain repr of a 100k-deep list raises RecursionError; of 100 MB, is 100 MB)."""
+    return _REPR.repr(value)
+
 
 class KacheryError(Exception):
     """Base class of every error raised by kachery_node."""

@@ -44,8 +44,9 @@ class FileUri:
         return build_uri(self.sha1, self.basename, self.manifest_sha1)
 
 
-def is_sha1_hex(s: str) -> bool:
-    return bool(_HEX40.fullmatch(s))
+def is_sha1_hex(s: object) -> bool:
+    """True if ``s`` is a string of 40 lowercase hex characters."""
+    return isinstance(s, str) and bool(_HEX40.fullmatch(s))
 
 
 def _check_hex(value: str, what: str, uri: str) -> str:
