@@ -71,12 +71,15 @@ class _Material:
         with pytest.raises(kf.ForkError) as info:
             replica.add_signed_messages(clone.get_signed_messages(7))
         self.fork_proof = info.value.proof
-        self.fresh = 0
+        self.replica_store = kf.open_store(self.dir / "fuzz-replica.db")
 
     def new_replica(self) -> kf.Subfeed:
-        """An empty store to import into (a fresh one per example keeps examples independent)."""
-        self.fresh += 1
-        return kf.open_store(self.dir / f"r{self.fresh}.db").load_subfeed(self.source.uri)
+        """The replica store emptied of the source's feed, so examples are independent
+        (deleting is much cheaper than creating a store per example)."""
+        store = self.replica_store
+        if any(f["feed_id"] == self.source.feed_id for f in store.list_feeds()):
+            store.delete_feed(self.source.feed_id)
+        return store.load_subfeed(self.source.uri)
 
 
 _MATERIAL: _Material | None = None
