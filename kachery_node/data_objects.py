@@ -139,5 +139,5 @@ def encode_pkl(obj: Any) -> bytes:
     return safe_pickle.dumps(obj)
 
 
-def decode_pkl(data: bytes) -> Any:
-    return safe_pickle.loads(data)
+def decode_pkl(data: bytes, max_bytes: int | None = None) -> Any:
+    return safe_pickle.loads(data, max_bytes=max_bytes)

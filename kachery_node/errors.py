@@ -57,6 +57,17 @@ class UnsafePickleError(KacheryError):
         self.global_name = global_name
 
 
+class PickleTooLargeError(UnsafePickleError):
+    """A pickle would allocate more memory than its budget allows (``bytearray(600_000_000)`` is
+    a 46-byte pickle). ``limit`` is the budget in bytes, ``requested`` what the pickle had asked
+    for when it was refused. Load it with ``load_pkl(uri, max_bytes=...)`` if you trust it."""
+
+    def __init__(self, message: str, *, limit: int, requested: int) -> None:
+        super().__init__(message, global_name=None)
+        self.limit = limit
+        self.requested = requested
+
+
 class InvalidDataError(KacheryError, ValueError):
     """A value or argument is not acceptable: NaN in JSON, an object array for .npy, text
     that is not UTF-8, a byte range outside the file, ..."""

@@ -538,8 +538,10 @@ class Storage:
     def load_npy(self, uri: str) -> Any:
         return data_objects.read_npy(Path(self.load_file(uri)))
 
-    def load_pkl(self, uri: str) -> Any:
-        return data_objects.decode_pkl(Path(self.load_file(uri)).read_bytes())
+    def load_pkl(self, uri: str, *, max_bytes: int | None = None) -> Any:
+        """Unpickle plain data and numpy arrays, allocating at most ``max_bytes`` (default: 64 MiB
+        plus 16 times the file's size; :class:`PickleTooLargeError` beyond)."""
+        return data_objects.decode_pkl(Path(self.load_file(uri)).read_bytes(), max_bytes)
 
     # -- mutables and feeds --------------------------------------------------------------------
     def set(self, key: Any, value: Any, *, overwrite: bool = True) -> bool:
