@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
 import sqlite_utils
@@ -54,6 +54,9 @@ from .schema import migrate
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
+
+if TYPE_CHECKING:
+    from .audit import StoreReport
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
@@ -205,6 +208,13 @@ class Store:
         return [
             r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
         ]
+
+    def verify(self) -> StoreReport:
+        """Re-check every stored chain, signature, count and key (local reads never do); report
+        per subfeed what is wrong. Changes nothing. See :mod:`kachery_feeds.audit`."""
+        from .audit import verify_store
+
+        return verify_store(self)
 
     # ------------------------------------------------------------------ internals
     def _secret_key_or_none(self, feed_id: str) -> bytes | None:
