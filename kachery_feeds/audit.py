@@ -94,8 +94,9 @@ class StoreReport:
                              for p in self.problems]}
 
 
-def verify_store(store: Store) -> StoreReport:
-    """Re-check everything in ``store`` (see the module docstring); change nothing."""
+def verify_store(store: Store, subfeed: tuple[str, str] | None = None) -> StoreReport:
+    """Re-check everything in ``store`` (see the module docstring), or only ``subfeed``
+    (feed ID, subfeed hash); change nothing."""
     report = StoreReport(str(store.path))
     conn = sqlite3.connect(store.path, timeout=60.0, isolation_level=None)
     try:
@@ -106,8 +107,12 @@ def verify_store(store: Store) -> StoreReport:
         for sid, feed_id, sh, name, count, head in conn.execute(
                 "SELECT id, feed_id, subfeed_hash, name, count, head_hash FROM subfeeds ORDER BY id"
         ).fetchall():
-            report.subfeeds += 1
-            _check_subfeed(conn, report, keys, sid, feed_id, sh, name, count, head)
+            if subfeed is None or subfeed == (feed_id, sh):
+                report.subfeeds += 1
+                _check_subfeed(conn, report, keys, sid, feed_id, sh, name, count, head)
+        if subfeed is not None:
+            report.problems = [p for p in report.problems if p.feed_id in (None, subfeed[0])]
+            return report
         orphans = conn.execute(
             "SELECT subfeed_id, count(*) FROM messages WHERE subfeed_id NOT IN "
             "(SELECT id FROM subfeeds) GROUP BY subfeed_id").fetchall()
@@ -235,3 +240,38 @@ def _check_fork_proofs(conn: sqlite3.Connection, report: StoreReport) -> None:
         if (info.feed_id, info.subfeed_hash, info.position) != (feed_id, sh, position):
             report.problems.append(Problem(feed_id, sh, None,
                                            f"fork proof {rowid} proves a fork elsewhere"))
+
+
+def cut_subfeed_for_repair(store: Store, feed_id: str, sh: str, first_bad: int | None) -> int:
+    """Repair's first step (not an audit: this changes the store): drop a subfeed's messages
+    from ``first_bad`` on, and back to the last signed message before it (a stored range must end
+    signed), then rewrite its count and head hash from what is left, and forget a name that does
+    not hash to it. ``first_bad=None`` keeps every stored message (only the records were off).
+    Returns how many messages remain; the rest is to be fetched again from elsewhere."""
+    with store._write() as c:
+        row = c.execute("SELECT id, name FROM subfeeds WHERE feed_id=? AND subfeed_hash=?",
+                        (feed_id, sh)).fetchone()
+        if row is None:
+            return 0
+        sid, name = row
+        if first_bad is None:
+            (first_bad,) = c.execute("SELECT coalesce(max(n) + 1, 0) FROM messages WHERE subfeed_id=?",
+                                     (sid,)).fetchone()
+        (last_signed,) = c.execute(
+            "SELECT max(n) FROM messages WHERE subfeed_id=? AND n<? AND sig IS NOT NULL",
+            (sid, first_bad)).fetchone()
+        keep = 0 if last_signed is None else last_signed + 1
+        c.execute("DELETE FROM messages WHERE subfeed_id=? AND n>=?", (sid, keep))
+        head = None
+        if keep:
+            (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=?",
+                                (sid, keep - 1)).fetchone()
+            head = message_hash(_blob(body) or b"")
+        try:
+            name_ok = name is None or subfeed_hash(json.loads(name)) == sh
+        except (ValueError, FeedError):
+            name_ok = False
+        c.execute("UPDATE subfeeds SET count=?, head_hash=?, name=? WHERE id=?",
+                  (keep, head, name if name_ok else None, sid))
+    store._subfeed_ids.pop((feed_id, sh), None)
+    return keep

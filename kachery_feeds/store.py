@@ -209,12 +209,13 @@ class Store:
             r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
         ]
 
-    def verify(self) -> StoreReport:
-        """Re-check every stored chain, signature, count and key (local reads never do); report
-        per subfeed what is wrong. Changes nothing. See :mod:`kachery_feeds.audit`."""
+    def verify(self, subfeed: tuple[str, str] | None = None) -> StoreReport:
+        """Re-check every stored chain, signature, count and key (local reads never do), or
+        those of one ``(feed ID, subfeed hash)``; report per subfeed what is wrong. Changes
+        nothing. See :mod:`kachery_feeds.audit`."""
         from .audit import verify_store
 
-        return verify_store(self)
+        return verify_store(self, subfeed)
 
     # ------------------------------------------------------------------ internals
     def _secret_key_or_none(self, feed_id: str) -> bytes | None:

@@ -56,6 +56,8 @@ from .uris import FileUri, build_uri, parse_uri
 if TYPE_CHECKING:
     import kachery_feeds
 
+    from .audit import StorageReport
+
 STORED_FILE_MODE = 0o444  # read-only: a path returned by load_file must not be edited in place
 
 
@@ -561,6 +563,16 @@ class Storage:
 
     def load_subfeed(self, uri: str) -> kachery_feeds.Subfeed:
         return self.feeds.load_subfeed(uri)
+
+    # -- audit -------------------------------------------------------------------------------------
+    def verify(self, *, hashes: bool = False, feeds: bool = True) -> StorageReport:
+        """Check the whole storage and change nothing: the databases, every indexed file (present,
+        of its size, its manifest), links, mutables and (``feeds=True``) every feed's chains and
+        signatures; ``hashes=True`` also rereads every stored and linked file and checks its
+        SHA-1. See :mod:`.audit` (and ``kachery fsck``)."""
+        from .audit import verify_storage
+
+        return verify_storage(self, hashes=hashes, feeds=feeds)
 
     # -- disk use and cache -------------------------------------------------------------------------
     def usage(self) -> StorageUsage:
