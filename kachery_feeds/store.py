@@ -66,6 +66,19 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` with mode 0700 for every directory it creates: a store holds private keys."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+
+
 class _Fork(Exception):
     """Internal: raised inside a write transaction to roll it back and report a fork."""
 
@@ -81,7 +94,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, durability: Literal["normal", "full"] = "normal"):
         self.path = Path(path).absolute()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(self.path.parent)
         if not self.path.exists():
             # Create it owner-only first: it holds private keys, and SQLite gives the -wal and
             # -shm files the same permissions as the database.

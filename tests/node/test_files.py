@@ -44,7 +44,7 @@ def test_store_and_load_small_file(storage_dir: Path, tmp_path: Path) -> None:
     assert path == storage_dir / "sha1/94/3a/70/943a702d06f34599aee1f8da8ef9f7296031d699"
     assert path.read_bytes() == b"Hello, world!"
     assert not os.access(path, os.W_OK) or os.geteuid() == 0
-    assert path.stat().st_mode & 0o777 == 0o444
+    assert path.stat().st_mode & 0o777 == 0o400  # read-only, and private (spec/storage.md §1)
     # The basename is cosmetic: any name, or none, loads the same content.
     assert kn.load_bytes("sha1://943a702d06f34599aee1f8da8ef9f7296031d699", 7, 12) == b"world"
     assert kn.store_file(src, basename="x.txt").endswith("/x.txt")
