@@ -252,11 +252,11 @@ def verify_result(obj: Any, *, task_hash: str, function_id: str) -> TaskResult:
     if (not isinstance(obj, dict) or not isinstance(obj.get("body"), str)
             or not isinstance(obj.get("signature"), str) or len(obj["signature"]) != 128):
         raise InvalidTaskResultError("malformed result object (expected {'body', 'signature'})")
-    raw = obj["body"].encode()
     try:
+        raw = obj["body"].encode()
         body = orjson.loads(raw)
         sig = bytes.fromhex(obj["signature"])
-    except (orjson.JSONDecodeError, ValueError) as exc:
+    except (orjson.JSONDecodeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidTaskResultError(f"malformed result object: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidTaskResultError("result body is not an object")
