@@ -44,6 +44,7 @@ from ..channels.names import validate_channel_name
 from ..channels.roles import ROLES, capabilities, require_role, upload_role, validate_roles
 from ..channels.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
 from ..channels.tokens import DEFAULT_TOKEN_TTL_MS
+from ..protocol.bucket_layout import upload_prefix
 from ..pubsub.base import PubSubBackend
 from ..pubsub.embedded import EmbeddedPubSubBackend
 from ..pubsub.embedded_server import Relay, RelayLimits
@@ -320,6 +321,7 @@ async def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
             raise TooLargeError(f"size must be 0..{MAX_UPLOAD_BYTES}")
         key = validate_object_key(f"{name}/{path}")
         require_role(effective, upload_role(path), f"uploading {path!r}")
+        upload_prefix(path)  # only the layout's shapes: no key may become another's directory
         checked.append((key, size))
     # Signing is CPU work (GCS: an RSA signature, ~0.25 ms a URL; a request may ask for 1000):
     # done in a worker thread, so that the relay and other requests are not held up.
