@@ -49,6 +49,7 @@ from ..pubsub.base import PubSubBackend
 from ..pubsub.embedded import EmbeddedPubSubBackend
 from ..pubsub.embedded_server import Relay, RelayLimits
 from .backends import SecretStore, keep_unchanged_secrets, validate_backends
+from .http_limits import HttpLimits
 from .revocations import RevocationQueue
 from .state import HubState
 
@@ -63,6 +64,7 @@ class HubSettings:
     token_ttl_ms: int = DEFAULT_TOKEN_TTL_MS
     upload_url_ttl_s: int = DEFAULT_URL_TTL_S
     relay: RelayLimits = field(default_factory=RelayLimits)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 class Hub:
