@@ -366,7 +366,7 @@ def test_requester_needs_no_function_type(tl):
     first = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
     assert first.startswith("ok 42 False False"), first
     h = task_hash("test.add.1", {"a": 40, "b": 2})
-    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    cached = tl.lab.bucket_object(task_result_path("lab", h))
     wait_for(cached.exists, what="the result in the bucket")
     second = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
     assert second.startswith("ok 42 True False ['finished']"), second
