@@ -147,10 +147,11 @@ def cpu_used(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]
 def bucket_mtimes(hub_dir: Path, channel: str, uri: str) -> dict[str, float | None]:
     """When the hub's bucket got the first and the last segment of a subfeed and its head
     (file modification times, wall clock)."""
+    from kachery_node.bucket.object_files import object_file
     from kachery_node.protocol.bucket_layout import subfeed_head_path
 
     parsed = kf.parse_feed_uri(uri)
-    head = hub_dir / "bucket" / subfeed_head_path(channel, parsed.feed_id, parsed.subfeed_hash)
+    head = object_file(hub_dir / "bucket", subfeed_head_path(channel, parsed.feed_id, parsed.subfeed_hash))
     times = sorted(p.stat().st_mtime for p in (head.parent / "segments").glob("*"))
     try:
         head_time = head.stat().st_mtime

@@ -11,15 +11,14 @@ Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
 
 Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key can take, since
 key segments never start with ``.``) and is renamed into place only when complete and
-verified, so a reader sees the old object, or the whole new one, never a partial one.
+verified, so a reader sees the old object, or the whole new one, never a partial one. Where
+each object lives on disk is :class:`~kachery_node.bucket.object_files.ObjectFiles`' concern.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import secrets
 import time
 from pathlib import Path
 
@@ -33,7 +32,8 @@ from ..channels.errors import (
     MalformedRequestError,
     TooLargeError,
 )
-from ..channels.signed_urls import validate_object_key, verify_upload
+from ..channels.signed_urls import verify_upload
+from .object_files import ObjectFiles
 
 log = logging.getLogger("kachery.hub.bucket")
 MAX_LIST = 10_000
@@ -45,24 +45,16 @@ class _BigChunkFileResponse(FileResponse):
 
 
 class FilesystemBucket:
-    """Objects as files under ``root``; the key is the relative path (validated, never trusted)."""
+    """The bucket's HTTP endpoints over :class:`ObjectFiles` under ``root``; keys come from the
+    URL and are validated, never trusted."""
 
     def __init__(self, root: Path | str, hub_id: str) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.root / ".tmp"
-        self.tmp.mkdir(exist_ok=True)
+        self.files = ObjectFiles(root)
         self.hub_id = hub_id
-        for stale in self.tmp.iterdir():  # partial uploads of a previous run
-            stale.unlink(missing_ok=True)
-
-    def path_of(self, key: str) -> Path:
-        validate_object_key(key)
-        return self.root.joinpath(*key.split("/"))
 
     async def get(self, request: Request) -> Response:
         key = request.path_params["key"]
-        path = self.path_of(key)
+        path = self.files.path_of(key)
         if not path.is_file():
             return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404)
         return _BigChunkFileResponse(path, media_type="application/octet-stream")
@@ -83,7 +75,7 @@ class FilesystemBucket:
         if want_sha1 is not None and (len(want_sha1) != 40 or want_sha1.strip("0123456789abcdef")):
             raise InvalidPathError("objects under sha1/ must be named by their 40-hex SHA-1")
         h = hashlib.sha1() if want_sha1 else None
-        tmp = self.tmp / secrets.token_hex(12)
+        tmp = self.files.new_tmp()
         size = 0
         try:
             with open(tmp, "wb") as f:
@@ -111,9 +103,7 @@ class FilesystemBucket:
                     absorb(pending)
             if h is not None and h.hexdigest() != want_sha1:
                 raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")
-            final = self.path_of(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            self.files.commit(tmp, key)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("bucket stored %s (%d bytes) for node %s…", key, size, grant.node[:12])
@@ -121,20 +111,7 @@ class FilesystemBucket:
 
     async def list(self, request: Request) -> Response:
         prefix = request.query_params.get("prefix", "")
-        head = prefix.split("/", 1)[0]
-        if not head:
+        if not prefix.split("/", 1)[0]:
             raise InvalidPathError("prefix must start with <channel>/")
-        base = self.path_of(head + "/x").parent
-        keys: list[str] = []
-        if base.is_dir():
-            for dirpath, dirnames, filenames in os.walk(base):
-                dirnames.sort()
-                rel = Path(dirpath).relative_to(self.root).as_posix()
-                for name in sorted(filenames):
-                    key = f"{rel}/{name}"
-                    if key.startswith(prefix):
-                        keys.append(key)
-                        if len(keys) >= MAX_LIST:
-                            return JSONResponse({"keys": keys, "truncated": True})
-        return JSONResponse({"keys": keys, "truncated": False})
-
+        keys, truncated = self.files.keys(prefix, MAX_LIST)
+        return JSONResponse({"keys": keys, "truncated": truncated})

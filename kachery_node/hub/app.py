@@ -44,10 +44,12 @@ from ..channels.names import validate_channel_name
 from ..channels.roles import ROLES, capabilities, require_role, upload_role, validate_roles
 from ..channels.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
 from ..channels.tokens import DEFAULT_TOKEN_TTL_MS
+from ..protocol.bucket_layout import upload_prefix
 from ..pubsub.base import PubSubBackend
 from ..pubsub.embedded import EmbeddedPubSubBackend
 from ..pubsub.embedded_server import Relay, RelayLimits
 from .backends import SecretStore, keep_unchanged_secrets, validate_backends
+from .http_limits import HttpLimits
 from .revocations import RevocationQueue
 from .state import HubState
 
@@ -62,6 +64,7 @@ class HubSettings:
     token_ttl_ms: int = DEFAULT_TOKEN_TTL_MS
     upload_url_ttl_s: int = DEFAULT_URL_TTL_S
     relay: RelayLimits = field(default_factory=RelayLimits)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 class Hub:
@@ -320,6 +323,7 @@ async def _upload_urls(hub: Hub, node: str, body: dict, now: int) -> dict:
             raise TooLargeError(f"size must be 0..{MAX_UPLOAD_BYTES}")
         key = validate_object_key(f"{name}/{path}")
         require_role(effective, upload_role(path), f"uploading {path!r}")
+        upload_prefix(path)  # only the layout's shapes: no key may become another's directory
         checked.append((key, size))
     # Signing is CPU work (GCS: an RSA signature, ~0.25 ms a URL; a request may ask for 1000):
     # done in a worker thread, so that the relay and other requests are not held up.

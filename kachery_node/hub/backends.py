@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from ..channels.errors import MalformedRequestError
 PUBSUB_BACKENDS = ("embedded", "nats", "ably")
 BUCKET_BACKENDS = ("embedded", "gcs")
 PARTS = ("pubsub", "bucket")
+_SECRET_SHAPES = {"pubsub": '{"account_seed": "SA…"} (nats) or {"api_key": "<app>.<key id>:<secret>"} (ably)',
+                  "bucket": '{"service_account": {…key JSON…}} (gcs)'}
 
 
 def _part(config: dict, part: str) -> dict:
@@ -42,8 +45,30 @@ def _part(config: dict, part: str) -> dict:
     return value
 
 
+def _optional_str(spec: dict, field: str, where: str) -> str | None:
+    value = spec.get(field)
+    if value is not None and not isinstance(value, str):
+        raise MalformedRequestError(f"{where}.{field} must be a string")
+    return value or None
+
+
+def validate_secrets_shape(secrets: Any) -> dict[str, dict[str, Any]]:
+    """``secrets`` as sent by the owner: absent, or an object whose members are among
+    ``pubsub``/``bucket`` and are objects themselves; else MalformedRequestError saying which."""
+    if secrets is None:
+        return {}
+    if not isinstance(secrets, dict):
+        raise MalformedRequestError('secrets must be an object like {"pubsub": {...}, "bucket": {...}}')
+    for part, value in secrets.items():
+        if part not in PARTS:
+            raise MalformedRequestError(f"secrets.{part}: unknown part (secrets has {' and '.join(PARTS)})")
+        if not isinstance(value, dict):
+            raise MalformedRequestError(f"secrets.{part} must be an object: {_SECRET_SHAPES[part]}")
+    return secrets
+
+
 def _secret(secrets: dict, part: str, field: str, what: str) -> Any:
-    value = (secrets.get(part) or {}).get(field)
+    value = secrets.get(part, {}).get(field)
     if not value:
         raise MalformedRequestError(f"the {what} backend needs its secret {field!r} (it stays on the hub)")
     return value
@@ -57,9 +82,9 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
     """
     if config is None:
         config = {}
-    if not isinstance(config, dict) or (secrets is not None and not isinstance(secrets, dict)):
-        raise MalformedRequestError("config and secrets must be objects")
-    secrets = secrets or {}
+    if not isinstance(config, dict):
+        raise MalformedRequestError('config must be an object like {"pubsub": {...}, "bucket": {...}}')
+    secrets = validate_secrets_shape(secrets)
     pubsub, bucket = _part(config, "pubsub"), _part(config, "bucket")
     out_secrets: dict[str, Any] = {}
     name = pubsub["backend"]
@@ -85,7 +110,8 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
 
         key = _secret(secrets, "pubsub", "api_key", "ably")
         parse_api_key(key)
-        pubsub = {"backend": "ably", **{k: str(pubsub[k]) for k in ("endpoint", "rest_url") if pubsub.get(k)}}
+        urls = {k: _optional_str(pubsub, k, "config.pubsub") for k in ("endpoint", "rest_url")}
+        pubsub = {"backend": "ably", **{k: v for k, v in urls.items() if v}}
         out_secrets["pubsub"] = {"api_key": key}
     else:
         raise MalformedRequestError(f"unknown pub-sub backend {name!r} (known: {', '.join(PUBSUB_BACKENDS)})")
@@ -93,13 +119,19 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
     if name == "embedded":
         bucket = {"backend": "embedded"}
     elif name == "gcs":
-        from ..bucket.gcs import DEFAULT_ENDPOINT, validate_service_account
+        from ..bucket.gcs import DEFAULT_ENDPOINT, GcsBucketBackend, validate_service_account
 
         if not isinstance(bucket.get("bucket"), str) or not bucket["bucket"]:
             raise MalformedRequestError("the gcs backend needs 'bucket' (the bucket's name)")
+        endpoint = (_optional_str(bucket, "endpoint", "config.bucket") or DEFAULT_ENDPOINT).rstrip("/")
         sa = validate_service_account(_secret(secrets, "bucket", "service_account", "gcs"))
-        bucket = {"backend": "gcs", "bucket": bucket["bucket"],
-                  "endpoint": str(bucket.get("endpoint") or DEFAULT_ENDPOINT).rstrip("/")}
+        try:  # what the hub will do with it: load the key and sign (locally)
+            GcsBucketBackend(bucket["bucket"], sa, endpoint).signed_upload_url(
+                "check/sha1", max_size=0, expires=int(time.time()) + 60, node_id="")
+        except Exception as exc:
+            raise MalformedRequestError(f"the service account's private_key cannot sign URLs: "
+                                        f"{type(exc).__name__}") from None
+        bucket = {"backend": "gcs", "bucket": bucket["bucket"], "endpoint": endpoint}
         out_secrets["bucket"] = {"service_account": sa}
     else:
         raise MalformedRequestError(f"unknown bucket backend {name!r} (known: {', '.join(BUCKET_BACKENDS)})")
@@ -108,8 +140,9 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
 
 def keep_unchanged_secrets(old_config: dict, old_secrets: dict, new_config: Any, new_secrets: Any) -> dict:
     """For a config change: a part whose backend and place did not change keeps its stored secret
-    unless a new one is given (so an owner can move the bucket without re-sending the NATS seed)."""
-    merged = dict(new_secrets or {})
+    unless a new one is given (so an owner can move the bucket without re-sending the NATS seed).
+    MalformedRequestError if ``new_secrets`` is not of the shape :func:`validate_secrets_shape` wants."""
+    merged = dict(validate_secrets_shape(new_secrets))
     if isinstance(new_config, dict):
         for part in PARTS:
             if part not in merged and part in old_secrets and new_config.get(part) == old_config.get(part):

@@ -7,26 +7,74 @@ port 0 and find it. SIGINT/SIGTERM shut it down cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
 
+import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from .app import Hub, HubSettings, create_app
+from .http_limits import RequestLimits
 from .state import HubState
 
 log = logging.getLogger("kachery.hub")
+FD_RESERVE = 128  # descriptors kept for the hub's own files (SQLite, bucket objects, logs)
 
 # Hypercorn reads sockets 64 KiB at a time; each read becomes an ASGI event. Bucket uploads of
 # hundreds of MB go ~2x faster with 1 MiB reads (bench/bench_relay.py), at no cost to small requests.
 hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
+
+
+class _BoundedTCPServer(hypercorn.trio.tcp_server.TCPServer):
+    """Hypercorn's connection handler, serving at most ``slots.total_tokens`` connections at once.
+
+    Hypercorn has no such bound, and every accepted connection holds a file descriptor: past the
+    process's limit, accept() fails for everyone. A connection over the bound is answered 503 and
+    closed at once, so descriptors stay bounded too (slow clients are cut by the timeouts of
+    hub/http_limits.py, which frees their slots)."""
+
+    slots: trio.CapacityLimiter | None = None
+
+    async def run(self) -> None:
+        slots = type(self).slots
+        if slots is None:
+            await super().run()
+            return
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                            trio.ClosedResourceError):
+                await self.stream.send_all(_BUSY)
+            await self.stream.aclose()
+            return
+        try:
+            await super().run()
+        finally:
+            slots.release()
+
+
+_BUSY_BODY = b'{"error": {"code": "busy", "message": "the hub has too many connections; retry later"}}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+         b"retry-after: 1\r\ncontent-length: %d\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+hypercorn.trio.run.TCPServer = _BoundedTCPServer  # type: ignore[misc]  # what worker_serve starts per connection
+
+
+def connection_bound(wanted: int) -> int:
+    """``wanted``, lowered to fit the process's file-descriptor limit (less :data:`FD_RESERVE`)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - FD_RESERVE))
 
 
 def _setup_logging(hub_dir: Path) -> None:
@@ -44,13 +92,18 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
     """Serve until cancelled (or SIGINT/SIGTERM)."""
     state = HubState(hub_dir)
     hub = Hub(state, settings)
-    app = create_app(hub)
+    limits = hub.settings.http
+    app = RequestLimits(create_app(hub), limits)
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("kachery.hub.http")
     config.websocket_max_message_size = hub.settings.relay.max_frame_bytes * 2
-    config.keep_alive_timeout = 75
+    # Hypercorn's keep-alive timeout runs from a connection's start (or its previous response)
+    # until a request's headers are complete: it is the header deadline, and the idle limit.
+    config.keep_alive_timeout = limits.header_timeout_s
+    max_connections = connection_bound(limits.max_connections)
+    _BoundedTCPServer.slots = trio.CapacityLimiter(max_connections)
     shutdown = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
@@ -62,7 +115,8 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
             tmp = hub_dir / "hub.json.tmp"
             tmp.write_text(json.dumps(info) + "\n")
             os.replace(tmp, hub_dir / "hub.json")
-            log.info("hub %s listening at %s (dir %s)", state.hub_id, hub.public_url, hub_dir)
+            log.info("hub %s listening at %s (dir %s; at most %d connections)", state.hub_id, hub.public_url,
+                     hub_dir, max_connections)
             print(f"kachery hub {state.hub_id} listening at {hub.public_url}", flush=True)
             task_status.started(hub)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

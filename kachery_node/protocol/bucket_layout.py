@@ -7,14 +7,40 @@
 * task results: ``<channel>/task_results/<p(taskHash)>``.
 
 ``p(h) = h[0:2]/h[2:4]/h[4:6]/h`` spreads objects over prefixes as the original did.
+
+These shapes are the only objects a channel's bucket holds: :func:`upload_prefix` checks a path
+a node asks to write against them (the hub signs nothing else), so that no one can plant an
+object whose key is a directory of another's (``feeds/ab`` above ``feeds/ab/…/head``). No valid
+path is a prefix of another valid path.
 """
 
 from __future__ import annotations
 
 import re
 
+from ..channels.errors import InvalidPathError
+
 SEGMENT_SIZE = 1000
 _HEX = re.compile(r"[0-9a-f]+")
+
+
+def _p(name: str, length: int) -> str:
+    """A regex matching exactly ``p(h)`` for a ``length``-hex hash ``h`` (the three directory
+    levels must be the hash's own first characters); ``name`` keeps group names unique."""
+    return (rf"(?P<{name}1>[0-9a-f]{{2}})/(?P<{name}2>[0-9a-f]{{2}})/(?P<{name}3>[0-9a-f]{{2}})"
+            rf"/(?P={name}1)(?P={name}2)(?P={name}3)[0-9a-f]{{{length - 6}}}")
+
+
+# The writable shapes, relative to the channel's prefix, by top-level prefix. Segment indexes
+# are decimal without leading zeros, below 10**15 (10**18 messages).
+_SHAPES: dict[str, re.Pattern[str]] = {
+    "sha1": re.compile(rf"sha1/{_p('s', 40)}"),
+    "feeds": re.compile(rf"feeds/{_p('f', 64)}/subfeeds/{_p('s', 40)}"
+                        r"/(?:head|segments/(?:0|[1-9][0-9]{0,14}))"),
+    "task_results": re.compile(rf"task_results/{_p('t', 64)}"),
+}
+_SHAPE_TEXT = ("sha1/<p(sha1)>; feeds/<p(feedId)>/subfeeds/<p(subfeedHash)>/head or …/segments/<i>; "
+               "task_results/<p(taskHash)>")
 
 
 def pathify(h: str) -> str:
@@ -43,3 +69,25 @@ def subfeed_segment_path(channel: str, feed_id: str, subfeed_hash: str, index: i
 
 def task_result_path(channel: str, task_hash: str) -> str:
     return f"{channel}/task_results/{pathify(task_hash)}"
+
+
+def upload_prefix(path: object) -> str:
+    """The top-level prefix (``sha1``, ``feeds`` or ``task_results``) of ``path``, a path
+    relative to the channel's prefix, if it has one of the shapes of spec/bucket.md §1; else
+    raise :class:`~kachery_node.channels.errors.InvalidPathError` naming the shapes.
+
+    ``p(h)`` must be the hash's own first three byte pairs, hashes have their exact lengths
+    (SHA-1 40 hex; feed IDs and task hashes 64), segment indexes are decimal without leading
+    zeros.
+
+    >>> upload_prefix("sha1/aa/bb/cc/aabbcc" + "0" * 34)
+    'sha1'
+    """
+    if not isinstance(path, str):
+        raise InvalidPathError("an object path must be a string")
+    top = path.split("/", 1)[0]
+    shape = _SHAPES.get(top)
+    if shape is None or not shape.fullmatch(path):
+        raise InvalidPathError(f"{path[:200]!r} is not an object of the bucket layout (spec/bucket.md "
+                               f"§1: {_SHAPE_TEXT}; p(h) = h[0:2]/h[2:4]/h[4:6]/h, lowercase hex)")
+    return top

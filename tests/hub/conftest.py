@@ -20,11 +20,15 @@ KACHERY = str(Path(sys.executable).parent / "kachery")
 
 
 class HubProcess:
-    """A running hub: ``url``, ``hub_id``, ``dir``; ``log()`` reads its log."""
+    """A running hub: ``url``, ``hub_id``, ``dir``; ``log()`` reads its log.
 
-    def __init__(self, hub_dir: Path, *args: str) -> None:
+    ``kachery hub serve --dir <dir> --port 0 <args>``; or, with ``script``, ``python -c <script>
+    <dir>`` (a hub with settings the CLI does not offer: the script calls ``run_hub``)."""
+
+    def __init__(self, hub_dir: Path, *args: str, script: str | None = None) -> None:
         self.dir = hub_dir
         self.args = args
+        self.script = script
         self.proc: subprocess.Popen | None = None
         processes.register(self)  # stopped with the test that made it, pass or fail
         self.start()
@@ -34,9 +38,9 @@ class HubProcess:
         info_path.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "stderr.txt", "ab") as err:
-            self.proc = subprocess.Popen(
-                [KACHERY, "hub", "serve", "--dir", str(self.dir), "--port", "0", *self.args],
-                stdout=subprocess.DEVNULL, stderr=err)
+            command = ([sys.executable, "-c", self.script, str(self.dir)] if self.script else
+                       [KACHERY, "hub", "serve", "--dir", str(self.dir), "--port", "0", *self.args])
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 20
         while not info_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

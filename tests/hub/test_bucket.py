@@ -12,8 +12,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
+import kachery_feeds as kf
 from kachery_node.channels.signed_urls import sign_upload_url
 from kachery_node.identity import Keypair
+from kachery_node.protocol import feed_bucket
+from kachery_node.protocol.bucket_layout import (
+    file_path,
+    subfeed_head_path,
+    subfeed_segment_path,
+    task_result_path,
+)
 
 from .conftest import Actor
 
@@ -111,7 +119,7 @@ def test_upload_refusals_change_nothing(hub, provider):
 
 def test_feeds_objects_need_no_hash_and_overwrite_atomically(hub, provider):
     ch, p = provider
-    path = "feeds/ab/cd/ef/abcdef/subfeeds/12/34/56/123456/subfeed.json"
+    path = subfeed_head_path("", "ab" * 32, "12" * 20)[1:]
     big_a, big_b = b"a" * 8_000_000, b"b" * 8_000_000
     [u1, u2] = p.client.upload_urls(ch, [{"path": path, "size": len(big_a)}, {"path": path, "size": len(big_b)}])
     assert httpx.put(u1, content=big_a, timeout=30).status_code == 200
@@ -142,5 +150,76 @@ def test_feeds_objects_need_no_hash_and_overwrite_atomically(hub, provider):
 
 def test_upload_url_is_bound_to_channel_prefix(hub, provider):
     ch, p = provider
-    [url] = p.client.upload_urls(ch, [{"path": "sha1/aa/bb/cc/" + "a" * 40, "size": 5}])
+    [url] = p.client.upload_urls(ch, [{"path": "sha1/aa/aa/aa/" + "a" * 40, "size": 5}])
     assert urlsplit(url).path.startswith(f"/bucket/{ch}/sha1/")
+
+
+@pytest.fixture(scope="module")
+def all_providers(hub):
+    """A channel whose owner node and a second member may upload every kind of object."""
+    roles = ["provide-files", "provide-feeds", "provide-tasks"]
+    owner = Actor(hub.url, "owner")
+    owner.client.register_node("owner")
+    name = f"squat.t{os.getpid()}"
+    owner.client.create_channel(name)
+    squatter = Actor(hub.url, "squatter")
+    squatter.client.register_node("squatter")
+    for a in (owner, squatter):
+        a.client.request_roles(name, a.node_id, roles)
+        owner.client.grant(name, a.node_id, roles)
+    yield name, owner, squatter
+    owner.client.close()
+    squatter.client.close()
+
+
+def test_keys_outside_the_layout_are_refused_and_feeds_still_flow(hub, all_providers, tmp_path):
+    """Issue 11, defect 1: a member planted `feeds/ab` (a file where the directory of every
+    `feeds/ab/…` object must go) and blocked the channel's feeds. The hub signs only the layout's
+    shapes (spec/bucket.md §1)."""
+    from kachery_node.channels.errors import HubRequestError
+
+    ch, owner, squatter = all_providers
+    source = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")
+    source.append_messages([{"i": i} for i in range(1500)])
+    feed, sub = source.feed_id, source.subfeed_hash
+    head_path = subfeed_head_path("", feed, sub)[1:]
+    squats = [f"feeds/{feed[:2]}", f"feeds/{feed[:2]}/{feed[2:4]}/head", f"feeds/{feed[:2]}/{feed[2:4]}",
+              *(f"feeds/{i:02x}" for i in range(256)), *(f"task_results/{i:02x}" for i in range(256)),
+              f"sha1/{'ab' * 20}", "sha1/aa/bb/cc/" + "a" * 40,  # p(h) not the hash's own prefix
+              head_path + "/x", head_path.replace("/head", "/segments"), head_path.replace("/head", "/segments/01"),
+              head_path.replace("/head", "/segments/-1"), head_path.replace("/head", "/tail"),
+              head_path.replace(feed, feed.upper()), head_path.replace(feed, feed[:40]),
+              task_result_path("", "ab" * 20)[1:], file_path("", "ab" * 32)[1:]]
+    for path in squats:
+        with pytest.raises(HubRequestError) as info:
+            squatter.client.upload_urls(ch, [{"path": path, "size": 10}])
+        assert (info.value.status, info.value.code) == (400, "invalid_path"), path
+        assert "bucket layout" in info.value.message
+    # One bad object refuses the whole request: nothing is signed.
+    with pytest.raises(HubRequestError) as info:
+        squatter.client.upload_urls(ch, [{"path": head_path, "size": 10}, {"path": f"feeds/{feed[:2]}", "size": 1}])
+    assert info.value.code == "invalid_path"
+    assert "refused POST /api/node (400 invalid_path)" in hub.log()
+    r = httpx.get(f"{hub.url}/bucket-list", params={"prefix": f"{ch}/"}, timeout=30)
+    assert r.json()["keys"] == []
+
+    # The owner's subfeed goes into the bucket and comes out whole.
+    seg_path = subfeed_segment_path("", feed, sub, 0)[1:]
+    count, head = feed_bucket.head_for(source)
+    segment = feed_bucket.segment_for(source, 0)
+    urls = owner.client.upload_urls(ch, [{"path": seg_path, "size": len(segment)}, {"path": head_path, "size": len(head)}])
+    for url, data in zip(urls, (segment, head), strict=True):
+        assert httpx.put(url, content=data, timeout=30).status_code == 200
+    replica = kf.open_store(tmp_path / "b.db").load_subfeed(source.uri)
+    importer = feed_bucket.SegmentImporter(replica)
+    got = feed_bucket.parse_head(httpx.get(f"{hub.url}/bucket/{ch}/{head_path}", timeout=30).content)
+    for i in feed_bucket.segments_to_download(0, got):
+        importer.add_segment(httpx.get(f"{hub.url}/bucket/{ch}/{subfeed_segment_path('', feed, sub, i)[1:]}",
+                                       timeout=30).content)
+    importer.add_lines(got.tail)
+    assert importer.finish() == count == 1500
+    assert replica.get_messages() == source.get_messages()
+    # Every shape of the layout is signed for a node with its role.
+    task = task_result_path("", "cd" * 32)[1:]
+    assert len(squatter.client.upload_urls(ch, [{"path": task, "size": 5}, {"path": file_path("", "ef" * 20)[1:], "size": 5},
+                                                {"path": subfeed_segment_path("", feed, sub, 10**15 - 1)[1:], "size": 5}])) == 3

@@ -211,16 +211,17 @@ def test_upload_urls_follow_roles(hub, make_actor, channel_name):
     owner.client.create_channel(channel_name)
     node.client.request_roles(channel_name, node.node_id, ["provide-files", "request-feeds"])
     owner.client.grant(channel_name, node.node_id, ["provide-files", "request-feeds"])
-    urls = node.client.upload_urls(channel_name, [{"path": "sha1/aa/bb/cc/" + "a" * 40, "size": 10}])
-    assert urls[0].startswith(f"{hub.url}/bucket/{channel_name}/sha1/aa/bb/cc/")
+    urls = node.client.upload_urls(channel_name, [{"path": "sha1/aa/aa/aa/" + "a" * 40, "size": 10}])
+    assert urls[0].startswith(f"{hub.url}/bucket/{channel_name}/sha1/aa/aa/aa/")
     with _refused("not_allowed", 403):  # feeds need provide-feeds
         node.client.upload_urls(channel_name, [{"path": "feeds/aa/bb/x", "size": 10}])
-    for bad in ("../other/sha1/x", "sha1/../../x", "/etc/passwd", "sha1\\x", "sha1/a\x00b", "other/x", "sha1"):
+    for bad in ("../other/sha1/x", "sha1/../../x", "/etc/passwd", "sha1\\x", "sha1/a\x00b", "other/x", "sha1",
+                "sha1/aa/x", "sha1/aa/bb/cc/" + "a" * 40):
         with pytest.raises(HubRequestError) as info:
             node.client.upload_urls(channel_name, [{"path": bad, "size": 10}])
         assert info.value.code == "invalid_path", bad
     with _refused("malformed_request", 400):
-        node.client.upload_urls(channel_name, [{"path": "sha1/aa/x"}])
+        node.client.upload_urls(channel_name, [{"path": "sha1/aa/aa/aa/" + "a" * 40}])
     with _refused("malformed_request", 400):
         node.client.upload_urls(channel_name, [])
 

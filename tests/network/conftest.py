@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from kachery_node.bucket.object_files import object_file
 from tests.hub.conftest import HubProcess
 from tests.nodes import TestNode
 
@@ -100,7 +101,7 @@ class Lab:
         tests can check what landed there and tamper with it."""
         if self.gcs is not None:
             return GcsObject(*self.gcs, key)
-        return self.hub.dir / "bucket" / Path(*key.split("/"))  # FilesystemBucket's layout
+        return object_file(self.hub.dir / "bucket", key)
 
     def stop(self) -> None:
         """Stop every node's daemon (all of them, even if one fails to stop)."""

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
+from kachery_node.protocol.bucket_layout import task_result_path
 from kachery_node.protocol.tasks import task_hash
 from tests import processes
 from tests.hub.conftest import HubProcess
@@ -138,7 +139,7 @@ def test_pure_result_is_cached_and_the_second_request_never_reaches_the_provider
     assert first.startswith("ok 5 False False"), first
     assert "running" in first and "finished" in first
     h = task_hash("test.add.1", {"a": 2, "b": 3})
-    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    cached = tl.lab.bucket_object(task_result_path("lab", h))
     wait_for(cached.exists, what="the result in the bucket")  # uploaded just after `finished`
     second = request(tl.bob, "test.add.1", {"a": 2, "b": 3})
     assert second.startswith("ok 5 True False ['finished']"), second
@@ -183,7 +184,7 @@ def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
 
     assert request(tl.bob, "test.echo.1", {"value": "original"}).startswith("ok 'original' False")
     h = task_hash("test.echo.1", {"value": "original"})
-    obj_path = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    obj_path = tl.lab.bucket_object(task_result_path("lab", h))
     obj_path.write_bytes(obj_path.read_bytes().replace(b"original", b"tampered"))
     out = request(tl.bob, "test.echo.1", {"value": "original"})
     assert out.startswith("ok 'original' False"), out  # recomputed, not taken from the cache
@@ -195,7 +196,7 @@ def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
     h2 = task_hash("test.echo.1", {"value": "x"})
     forger = Keypair.generate()
     forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!")
-    path2 = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h2[:2] / h2[2:4] / h2[4:6] / h2
+    path2 = tl.lab.bucket_object(task_result_path("lab", h2))
     path2.parent.mkdir(parents=True, exist_ok=True)
     path2.write_bytes(encode_result_object(forged))
     out = request(tl.bob, "test.echo.1", {"value": "x"})
@@ -238,7 +239,7 @@ def test_action_runs_once_under_retries_and_with_two_providers(tl, tmp_path):
         assert len(tl.backend.runs("append")) + len(second.runs("append")) == 2
         # Actions are never cached.
         h = task_hash("test.append.1", {"text": "hello"})
-        assert not (tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h).exists()
+        assert not (tl.lab.bucket_object(task_result_path("lab", h))).exists()
     finally:
         second.kill()
 
@@ -365,7 +366,7 @@ def test_requester_needs_no_function_type(tl):
     first = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
     assert first.startswith("ok 42 False False"), first
     h = task_hash("test.add.1", {"a": 40, "b": 2})
-    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    cached = tl.lab.bucket_object(task_result_path("lab", h))
     wait_for(cached.exists, what="the result in the bucket")
     second = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
     assert second.startswith("ok 42 True False ['finished']"), second

@@ -1,0 +1,109 @@
+# ruff: noqa: E501
+"""The embedded bucket's store: no key can block another (issue 11, defect 1), old buckets migrate.
+
+Directly on :class:`ObjectFiles`, then through a real hub with URLs signed by its own key (the
+hub itself would refuse to sign such keys; the store must hold them anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+
+from kachery_node.bucket.object_files import ObjectFiles
+from kachery_node.channels.errors import InvalidPathError
+from kachery_node.channels.signed_urls import sign_upload_url
+from kachery_node.identity import Keypair
+
+from .conftest import HubProcess
+
+
+def _write(files: ObjectFiles, key: str, data: bytes) -> None:
+    tmp = files.new_tmp()
+    tmp.write_bytes(data)
+    files.commit(tmp, key)
+
+
+def test_a_key_and_its_extension_coexist_in_either_order(tmp_path):
+    files = ObjectFiles(tmp_path / "bucket")
+    order = ["ch/a/b", "ch/a/b/c", "ch/a/b/c/d", "ch/x/y/z", "ch/x/y", "ch/x"]
+    for key in order:
+        _write(files, key, key.encode())
+    for key in order:
+        assert files.path_of(key).read_bytes() == key.encode()
+    assert files.keys("ch/", 100) == (sorted(order, key=lambda k: (k.rsplit("/", 1)[0], k)), False)
+    assert files.keys("ch/a/b", 100) == (["ch/a/b", "ch/a/b/c", "ch/a/b/c/d"], False)
+    assert files.keys("ch/a/b/", 100) == (["ch/a/b/c", "ch/a/b/c/d"], False)
+    assert files.keys("ch/a/b/c/", 100) == (["ch/a/b/c/d"], False)
+    assert files.keys("ch/", 2) == (["ch/x", "ch/a/b"], True)  # a directory's objects before its subdirectories'
+    assert files.keys("ch/../", 10) == ([], False) and files.keys("zz/", 10) == ([], False)
+    _write(files, "ch/a/b", b"new")  # overwriting a key that is also a directory
+    assert files.path_of("ch/a/b").read_bytes() == b"new" and files.path_of("ch/a/b/c").read_bytes() == b"ch/a/b/c"
+    for bad in ("ch/../x", "ch/.tmp/x", "ch", "ch//x", "ch/a#"):
+        with pytest.raises(InvalidPathError):
+            files.path_of(bad)
+
+
+def test_a_bucket_of_the_old_layout_is_migrated_once(tmp_path):
+    root = tmp_path / "bucket"
+    old = {"ch/sha1/aa/bb/cc/aabbcc11": b"file", "ch/feeds/ab": b"squatted", "other/task_results/x": b"t"}
+    for key, data in old.items():
+        path = root.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / ".tmp").mkdir()
+    (root / ".tmp" / "partial").write_bytes(b"half an upload")
+    files = ObjectFiles(root)
+    for key, data in old.items():
+        assert files.path_of(key).read_bytes() == data
+    assert files.keys("ch/", 10) == (["ch/feeds/ab", "ch/sha1/aa/bb/cc/aabbcc11"], False)
+    assert not list((root / ".tmp").iterdir())
+    _write(files, "ch/feeds/ab/cd/head", b"head")  # the squatted key no longer blocks
+    assert ObjectFiles(root).path_of("ch/feeds/ab/cd/head").read_bytes() == b"head"  # reopening changes nothing
+    assert sorted(p.name for p in (root / "ch" / "feeds").iterdir()) == ["ab", "ab#"]
+
+
+@pytest.fixture(scope="module")
+def own_hub(tmp_path_factory):
+    h = HubProcess(tmp_path_factory.mktemp("hub"))
+    yield h
+    h.stop()
+
+
+def test_hub_bucket_holds_a_key_below_another(own_hub):
+    """Before the fix, the second PUT got 500: ``feeds/ab`` was a file where a directory had to go."""
+    hub_key = Keypair.from_seed_hex((own_hub.dir / "hub.key").read_text().strip())
+    node = Keypair.generate().public_hex
+    base = f"{own_hub.url}/bucket"
+    keys = ["lab/feeds/ab", "lab/feeds/ab/cd/head", "lab/task_results/00/11", "lab/task_results/00"]
+    for key in keys:
+        url = sign_upload_url(hub_key, base, key, max_size=100, expires=int(time.time()) + 600, node_id=node)
+        r = httpx.put(url, content=key.encode(), timeout=30)
+        assert r.status_code == 200, (key, r.text)
+    for key in keys:
+        r = httpx.get(f"{base}/{key}", headers={"Range": "bytes=4-"}, timeout=30)
+        assert (r.status_code, r.content) == (206, key.encode()[4:])
+        assert httpx.head(f"{base}/{key}", timeout=30).headers["content-length"] == str(len(key))
+    assert httpx.get(f"{base}/lab/feeds/ab/cd", timeout=30).status_code == 404  # a directory is no object
+    r = httpx.get(f"{own_hub.url}/bucket-list", params={"prefix": "lab/"}, timeout=30)
+    assert sorted(r.json()["keys"]) == sorted(keys) and r.json()["truncated"] is False
+
+
+def test_hub_serves_objects_stored_before_the_suffix(tmp_path):
+    hub_dir = tmp_path / "hub"
+    old = hub_dir / "bucket" / "lab" / "sha1" / "aa" / "bb" / "cc" / "aabbcc"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"stored by an older hub")
+    h = HubProcess(hub_dir)
+    try:
+        r = httpx.get(f"{h.url}/bucket/lab/sha1/aa/bb/cc/aabbcc", timeout=30)
+        assert (r.status_code, r.content) == (200, b"stored by an older hub")
+        assert httpx.get(f"{h.url}/bucket-list", params={"prefix": "lab/sha1/"}, timeout=30).json()["keys"] == [
+            "lab/sha1/aa/bb/cc/aabbcc"]
+        assert "moved to the '#'-suffixed layout" in h.log()
+    finally:
+        h.stop()
+    assert os.path.exists(hub_dir / "bucket" / ".layout")
