@@ -209,6 +209,6 @@ def _content_length(headers: dict[str, str]) -> int | None:
     value = headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:  # isdigit alone takes '²'
         raise HubRequestError(502, "http_error", f"malformed Content-Length {value!r}")
     return int(value)

@@ -155,3 +155,12 @@ def test_abort_stops_a_blocked_download_and_no_write_follows(serve):
     assert not t.is_alive(), "the download did not stop"
     assert isinstance(outcome[0], DirectGetAborted), outcome
     assert len(got) == writes_at_abort == 1
+
+
+@pytest.mark.parametrize("length", ["²", "1²", "٣", "+5", "99999999999999999999999"])
+def test_a_malformed_content_length_is_a_typed_error(serve, length):
+    """isdigit() alone accepted '²' and '٣', which int() then refused with a ValueError."""
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode()
+    server = serve(lambda c: c.sendall(head + b"hello"))
+    with pytest.raises(HubRequestError, match="malformed Content-Length"):
+        get(server.url).run(collect()[1])
