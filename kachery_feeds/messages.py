@@ -30,9 +30,10 @@ from typing import Any, NamedTuple
 
 import nacl.bindings
 import nacl.exceptions
-import orjson
 
 from .errors import VerificationError
+from .jsontext import MAX_SAFE_INTEGER, JsonTextError
+from .jsontext import loads as _loads_json
 from .payloads import MAX_MESSAGE_BYTES
 
 FORMAT_VERSION = 1
@@ -168,9 +169,9 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
     else:
         signature = None
     try:
-        d = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise VerificationError(f"message body is not valid JSON: {exc}") from exc
+        d = _loads_json(body)
+    except JsonTextError as exc:
+        raise VerificationError(f"message body is not valid JSON: {exc}") from None
     if type(d) is not dict:
         raise VerificationError("message body is not a JSON object")
     keys = d.keys()
@@ -185,11 +186,11 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
     if d["subfeed"] != subfeed_hash:
         raise VerificationError(f"message belongs to subfeed {d['subfeed']!r}, not {subfeed_hash}")
     number = d["n"]
-    if type(number) is not int or number < 0:
-        raise VerificationError(f"message number {number!r} is not a non-negative integer")
+    if type(number) is not int or not 0 <= number <= MAX_SAFE_INTEGER:
+        raise VerificationError(f"message number {number!r} is not an integer in [0, 2^53-1]")
     ts = d["ts"]
-    if type(ts) is not int or ts < 0:
-        raise VerificationError(f"timestamp {ts!r} is not a non-negative integer")
+    if type(ts) is not int or not 0 <= ts <= MAX_SAFE_INTEGER:
+        raise VerificationError(f"timestamp {ts!r} is not an integer in [0, 2^53-1]")
     prev = d["prev"]
     if prev is None:
         if number != 0:
@@ -199,9 +200,8 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
         previous_hash = _hex_bytes(prev, 32) if number > 0 else None
         if previous_hash is None:
             raise VerificationError(f"message {number} has an invalid previous hash {prev!r}")
-    meta = d.get("meta")
-    if meta is not None and type(meta) is not dict:
-        raise VerificationError("message metadata is not a JSON object")
+    if "meta" in d and type(d["meta"]) is not dict:
+        raise VerificationError("message metadata is not a JSON object (absent when unused, never null)")
     return (number, previous_hash, message_hash(body), body, signature), d
 
 
