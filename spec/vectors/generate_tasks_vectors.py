@@ -5,7 +5,8 @@ Each case gives ``kwargs_json`` (JSON text: parse it, then canonicalize); ``cano
 canonical JSON of ``{"function_id", "kwargs"}`` and ``task_hash`` its hash. ``invalid`` cases
 must be refused (their JSON text uses Python's NaN/Infinity extensions where needed: a checker
 reads those two tokens as the non-finite numbers they name).
-The tests check this file against the implementation, and against node.js when it is installed.
+The tests check every case and invalid case against the implementation (tests/protocol) and
+against kachery.js (js/test/vectors.test.js).
 """
 
 from __future__ import annotations
