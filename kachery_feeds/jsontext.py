@@ -56,7 +56,7 @@ def loads(data: bytes | str) -> Any:
             return value
     except orjson.JSONEncodeError:
         pass  # nested deeper than orjson writes: the slow path measures it
-    _check_exactly(data)
+    check_exactly(data)
     return value
 
 
@@ -109,7 +109,9 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _check_exactly(data: bytes) -> None:
+def check_exactly(data: bytes) -> None:
+    """Raise :class:`JsonTextError` unless ``data`` (which orjson already parsed) obeys every
+    rule; the slow, exact path of :func:`loads`."""
     try:
         value = json.loads(
             data.decode("utf-8"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kachery_feeds.jsontext import MAX_DEPTH, JsonTextError, _check_exactly, loads
+from kachery_feeds.jsontext import MAX_DEPTH, JsonTextError, check_exactly, loads
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
@@ -25,7 +25,7 @@ def test_every_spelling_of_a_valid_value_is_accepted_with_the_same_value(value):
     compact = orjson.dumps(value)
     spaced = json.dumps(value, indent=1, ensure_ascii=True).encode()  # the slow path
     assert loads(compact) == loads(spaced) == orjson.loads(compact)
-    _check_exactly(compact)  # the exact path accepts what the fast path accepts
+    check_exactly(compact)  # the exact path accepts what the fast path accepts
 
 
 @pytest.mark.parametrize("text", [
