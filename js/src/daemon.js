@@ -60,7 +60,8 @@ export function wireLineOf(eventData) {
  * Follow `uri` through the daemon at `daemonUrl`; yields verified messages (see
  * SubfeedVerifier) from `start` on. Reconnects (after `retryMs`) when the stream ends, resuming
  * after the last verified message. Verification errors are raised (or passed to `onError`,
- * then the stream is reopened from the last verified message).
+ * then the stream is reopened from the last verified message). A 4xx answer (wrong token,
+ * origin not allowed) raises InvalidArgumentError at once; other failures are retried.
  */
 export async function* followFromDaemon(daemonUrl, uri, { token, start = 0, signal, retryMs = 1000, onError, fetch: f } = {}) {
   const fetchFn = f ?? globalThis.fetch.bind(globalThis);
@@ -73,7 +74,11 @@ export async function* followFromDaemon(daemonUrl, uri, { token, start = 0, sign
     const headers = token ? { Authorization: `Bearer ${token}` } : {};
     try {
       const resp = await fetchFn(`${daemonUrl.replace(/\/+$/, '')}/api/feeds/stream?${q}`, { headers, signal });
-      if (!resp.ok) throw new Error(`daemon stream: HTTP ${resp.status} ${await resp.text()}`);
+      if (resp.status >= 400 && resp.status < 500) {
+        // A wrong token or origin does not heal by retrying: say so at once.
+        throw new InvalidArgumentError(`daemon refused the stream: HTTP ${resp.status} ${await resp.text()}`);
+      }
+      if (!resp.ok) throw new Error(`daemon stream: HTTP ${resp.status}`);
       for await (const ev of sseEvents(resp.body)) {
         const batch = await verifier.add([wireLineOf(ev.data)]);
         yield* batch;

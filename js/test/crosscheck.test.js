@@ -192,6 +192,10 @@ test('following through a daemon-style SSE stream of wire lines; records without
   let mode = 'wire';
   const sse = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (req.headers.authorization !== 'Bearer t') {
+      res.writeHead(401).end('bad token');
+      return;
+    }
     const start = Number(url.searchParams.get('start'));
     assert.equal(url.searchParams.get('uri'), fx.uri);
     res.writeHead(200, { 'content-type': 'text/event-stream' });
@@ -214,13 +218,16 @@ test('following through a daemon-style SSE stream of wire lines; records without
       if (got.length === fx.lines.length) break;
     }
     assert.deepEqual(got, fx.payloads);
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 'wrong', signal: ac.signal })) { /* consume */ }
+    }, /HTTP 401/);
     mode = 'tampered';
     await assert.rejects(async () => {
-      for await (const _m of k.followFromDaemon(url, fx.uri, { signal: ac.signal })) { /* consume */ }
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 't', signal: ac.signal })) { /* consume */ }
     }, k.VerificationError);
     mode = 'records';
     await assert.rejects(async () => {
-      for await (const _m of k.followFromDaemon(url, fx.uri, { signal: ac.signal })) { /* consume */ }
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 't', signal: ac.signal })) { /* consume */ }
     }, /no signed wire lines/);
     ac.abort();
   } finally {
