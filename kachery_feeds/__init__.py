@@ -10,6 +10,7 @@ The format is specified in ``spec/feeds.md``. Nothing here touches the network: 
 :meth:`Subfeed.get_signed_messages` output to another store's :meth:`Subfeed.add_signed_messages`.
 """
 
+from .audit import Problem, StoreReport
 from .errors import (
     FeedError,
     ForkError,
@@ -50,7 +51,9 @@ __all__ = [
     "MissingMessagesError",
     "NotWriteableError",
     "ParsedMessage",
+    "Problem",
     "Store",
+    "StoreReport",
     "StoreVersionError",
     "Subfeed",
     "UnknownFeedError",

@@ -10,6 +10,18 @@ raised, because the proof is the evidence a person needs).
 
 from __future__ import annotations
 
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 100
+_REPR.maxlevel = 3
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a readable length and depth, for error messages about untrusted
+    input (a plain repr of a 100k-deep list raises RecursionError; of 100 MB, is 100 MB)."""
+    return _REPR.repr(value)
+
 
 class FeedError(Exception):
     """Base class of every kachery_feeds error."""

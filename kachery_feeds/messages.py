@@ -32,7 +32,7 @@ import nacl.bindings
 import nacl.exceptions
 import orjson
 
-from .errors import VerificationError
+from .errors import VerificationError, short_repr
 from .jsontext import MAX_SAFE_INTEGER, JsonTextError, check_exactly
 from .payloads import MAX_MESSAGE_BYTES
 
@@ -121,6 +121,9 @@ def encode_segment(lines: list[bytes]) -> bytes:
 
 def decode_segment(data: bytes) -> list[bytes]:
     """Split a segment into wire-form messages; raises VerificationError on a torn segment."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise VerificationError(f"a segment must be bytes, not {type(data).__name__}")
+    data = bytes(data)
     if not data:
         return []
     if not data.endswith(b"\n"):
@@ -189,17 +192,17 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
             f"message body has fields {sorted(keys)}; expected {sorted(_REQUIRED_KEYS)} and 'meta'"
         )
     if d["v"] != FORMAT_VERSION or type(d["v"]) is not int:
-        raise VerificationError(f"unsupported message format version {d['v']!r}")
+        raise VerificationError(f"unsupported message format version {short_repr(d['v'])}")
     if d["feed"] != feed_id:
-        raise VerificationError(f"message belongs to feed {d['feed']!r}, not {feed_id}")
+        raise VerificationError(f"message belongs to feed {short_repr(d['feed'])}, not {feed_id}")
     if d["subfeed"] != subfeed_hash:
-        raise VerificationError(f"message belongs to subfeed {d['subfeed']!r}, not {subfeed_hash}")
+        raise VerificationError(f"message belongs to subfeed {short_repr(d['subfeed'])}, not {subfeed_hash}")
     number = d["n"]
     if type(number) is not int or not 0 <= number <= MAX_SAFE_INTEGER:
-        raise VerificationError(f"message number {number!r} is not an integer in [0, 2^53-1]")
+        raise VerificationError(f"message number {short_repr(number)} is not an integer in [0, 2^53-1]")
     ts = d["ts"]
     if type(ts) is not int or not 0 <= ts <= MAX_SAFE_INTEGER:
-        raise VerificationError(f"timestamp {ts!r} is not an integer in [0, 2^53-1]")
+        raise VerificationError(f"timestamp {short_repr(ts)} is not an integer in [0, 2^53-1]")
     prev = d["prev"]
     if prev is None:
         if number != 0:
@@ -208,7 +211,7 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
     else:
         previous_hash = _hex_bytes(prev, 32) if number > 0 else None
         if previous_hash is None:
-            raise VerificationError(f"message {number} has an invalid previous hash {prev!r}")
+            raise VerificationError(f"message {number} has an invalid previous hash {short_repr(prev)}")
     if "meta" in d and type(d["meta"]) is not dict:
         raise VerificationError("message metadata is not a JSON object (absent when unused, never null)")
     return (number, previous_hash, message_hash(body), body, signature), d

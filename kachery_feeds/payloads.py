@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidPayloadError
+from .errors import InvalidPayloadError, short_repr
 
 #: Largest serialized message body accepted, in bytes (payload, metadata and header fields).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -35,14 +35,14 @@ def _check(value: Any, depth: int) -> None:
         return
     if t is float:
         if not math.isfinite(value):
-            raise InvalidPayloadError(f"{value!r} is not valid JSON (NaN and Infinity are refused)")
+            raise InvalidPayloadError(f"{short_repr(value)} is not valid JSON (NaN and Infinity are refused)")
         return
     if depth > _MAX_DEPTH:
         raise InvalidPayloadError(f"payload is nested deeper than {_MAX_DEPTH} levels")
     if t is dict:
         for key, item in value.items():
             if type(key) is not str:
-                raise InvalidPayloadError(f"object key {key!r} is not a string")
+                raise InvalidPayloadError(f"object key {short_repr(key)} is not a string")
             _check(item, depth + 1)
         return
     if t is list or t is tuple:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
 import sqlite_utils
@@ -38,6 +38,7 @@ from .errors import (
     MissingMessagesError,
     NotWriteableError,
     UnknownFeedError,
+    short_repr,
 )
 from .forks import build_fork_proof
 from .messages import (
@@ -54,12 +55,28 @@ from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
 
+if TYPE_CHECKING:
+    from .audit import StoreReport
+
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` with mode 0700 for every directory it creates: a store holds private keys."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
 
 
 class _Fork(Exception):
@@ -77,7 +94,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, durability: Literal["normal", "full"] = "normal"):
         self.path = Path(path).absolute()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(self.path.parent)
         if not self.path.exists():
             # Create it owner-only first: it holds private keys, and SQLite gives the -wal and
             # -shm files the same permissions as the database.
@@ -135,7 +152,7 @@ class Store:
         feed_id = public_key.hex()
         with self._write() as c:
             if name is not None and c.execute("SELECT 1 FROM feeds WHERE name=?", (name,)).fetchone():
-                raise InvalidUriError(f"a feed named {name!r} already exists in this store")
+                raise InvalidUriError(f"a feed named {short_repr(name)} already exists in this store")
             c.execute(
                 "INSERT INTO feeds(feed_id, private_key, name, created_ms) VALUES (?,?,?,?)",
                 (feed_id, secret_key[:32], name, _now_ms()),
@@ -146,21 +163,30 @@ class Store:
         """A feed by ``feed://`` URI, 64-hex ID, or local name. Read-only unless this store holds
         its key. Unknown IDs are fine (messages can be imported); unknown names raise
         :class:`UnknownFeedError`."""
-        if isinstance(uri_or_id, str) and uri_or_id.startswith("feed://"):
+        if not isinstance(uri_or_id, str):
+            raise InvalidUriError(
+                f"a feed is named by a feed:// URI, a 64-hex ID or a local name (a string), "
+                f"not {type(uri_or_id).__name__}")
+        if uri_or_id.startswith("feed://"):
             return Feed(self, parse_feed_uri(uri_or_id).feed_id)
         try:
             return Feed(self, normalize_feed_id(uri_or_id))
         except InvalidUriError:
-            row = self._conn.execute("SELECT feed_id FROM feeds WHERE name=?", (uri_or_id,)).fetchone()
+            try:
+                with self._lock:
+                    row = self._conn.execute(
+                        "SELECT feed_id FROM feeds WHERE name=?", (uri_or_id,)).fetchone()
+            except UnicodeEncodeError:  # lone surrogates: no feed can be named so
+                row = None
             if row is None:
-                raise UnknownFeedError(f"no feed named {uri_or_id!r} in {self.path}") from None
+                raise UnknownFeedError(f"no feed named {short_repr(uri_or_id)} in {self.path}") from None
             return Feed(self, row[0])
 
     def load_subfeed(self, uri: str) -> Subfeed:
         """A subfeed by URI ``feed://<feedId>/<name>`` (read-only unless this store holds the key)."""
         parsed = parse_feed_uri(uri)
         if parsed.subfeed_name is None:
-            raise InvalidUriError(f"{uri!r} names a feed, not a subfeed")
+            raise InvalidUriError(f"{short_repr(uri)} names a feed, not a subfeed")
         return Subfeed(self, parsed.feed_id, parsed.subfeed_name)
 
     def list_feeds(self) -> list[dict[str, Any]]:
@@ -195,6 +221,14 @@ class Store:
         return [
             r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
         ]
+
+    def verify(self, subfeed: tuple[str, str] | None = None) -> StoreReport:
+        """Re-check every stored chain, signature, count and key (local reads never do), or
+        those of one ``(feed ID, subfeed hash)``; report per subfeed what is wrong. Changes
+        nothing. See :mod:`kachery_feeds.audit`."""
+        from .audit import verify_store
+
+        return verify_store(self, subfeed)
 
     # ------------------------------------------------------------------ internals
     def _secret_key_or_none(self, feed_id: str) -> bytes | None:

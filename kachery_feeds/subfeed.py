@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
+from .errors import VerificationError
 from .messages import to_wire
-from .uris import subfeed_hash, subfeed_uri
+from .uris import subfeed_hash, subfeed_name_json, subfeed_uri
 
 if TYPE_CHECKING:
     from .store import Store
@@ -101,7 +102,7 @@ class Subfeed:
         self._name_json = (
             None
             if isinstance(name, str) and name.startswith("~")
-            else orjson.dumps(name, option=orjson.OPT_SORT_KEYS).decode()
+            else subfeed_name_json(name)
         )
         self._position = 0
 
@@ -220,6 +221,10 @@ class Subfeed:
         subclass :class:`~kachery_feeds.ForkError`) for bad data and
         :class:`~kachery_feeds.MissingMessagesError` if the range starts past the local end.
         """
+        if isinstance(messages, bytes | bytearray | str) or not isinstance(messages, Iterable):
+            raise VerificationError(
+                "add_signed_messages takes a list of wire-form messages (bytes); split a segment "
+                "with kachery_feeds.decode_segment")
         return self._store._import(self.feed_id, self.subfeed_hash, self._name_json, list(messages))
 
     def get_fork_proofs(self) -> list[bytes]:

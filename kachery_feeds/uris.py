@@ -22,13 +22,16 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidUriError
+import orjson
+
+from .errors import InvalidPayloadError, InvalidUriError, short_repr
+from .payloads import check_json
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _MAX_SAFE_INTEGER = (1 << 53) - 1
-_MAX_NAME_DEPTH = 100
+_MAX_NAME_DEPTH = 201  # arrays and objects, the outermost counting as 1 (check_json's limit)
 
 SubfeedName = str | dict | list
 
@@ -36,7 +39,7 @@ SubfeedName = str | dict | list
 def normalize_feed_id(feed_id: str) -> str:
     """Return the canonical (lowercase) feed ID, or raise :class:`InvalidUriError`."""
     if not isinstance(feed_id, str) or not _HEX64.fullmatch(feed_id):
-        raise InvalidUriError(f"not a feed ID (64 hex characters): {feed_id!r}")
+        raise InvalidUriError(f"not a feed ID (64 hex characters): {short_repr(feed_id)}")
     return feed_id.lower()
 
 
@@ -51,9 +54,9 @@ def _well_formed(s: str) -> bool:
 
 def _check_name_value(value: Any, depth: int) -> None:
     """Refuse what the object/list subfeed-name rule cannot write portably (spec/feeds.md §1)."""
-    if depth > _MAX_NAME_DEPTH:
-        raise InvalidUriError(f"subfeed name nests deeper than {_MAX_NAME_DEPTH} levels")
     t = type(value)
+    if (t is dict or t is list or t is tuple) and depth >= _MAX_NAME_DEPTH:
+        raise InvalidUriError(f"subfeed name nests deeper than {_MAX_NAME_DEPTH} levels")
     if value is None or t is bool:
         return
     if t is int:
@@ -82,26 +85,42 @@ def _check_name_value(value: Any, depth: int) -> None:
 
 
 def subfeed_hash(name: Any) -> str:
-    """The 40-hex hash that identifies subfeed ``name`` (see the module docstring)."""
+    """The 40-hex hash that identifies subfeed ``name`` (see the module docstring).
+
+    Raises :class:`InvalidUriError` for anything that is not a valid name: an empty string,
+    text that is not Unicode (lone surrogates), or an object/list holding anything but strings,
+    integers within ±(2^53-1), booleans, null, lists and objects with string keys, nested more
+    than 201 deep (spec/feeds.md §1).
+    """
     if isinstance(name, str):
         if not _well_formed(name):
             raise InvalidUriError("a subfeed name must not contain lone surrogates")
         if name.startswith("~"):
             h = name[1:]
             if not _HEX40.fullmatch(h):
-                raise InvalidUriError(f"subfeed names starting with '~' must be '~<40 hex>': {name!r}")
+                raise InvalidUriError(
+                    f"subfeed names starting with '~' must be '~<40 hex>': {short_repr(name)}")
             return h.lower()
         if name == "":
             raise InvalidUriError("a subfeed name cannot be empty")
         return hashlib.sha1(name.encode("utf-8")).hexdigest()
     if isinstance(name, dict | list):
-        _check_name_value(name, 0)
-        try:
-            text = json.dumps(name, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidUriError(f"subfeed name is not JSON: {exc}") from exc
+        _check_name_value(name, 0)  # only what every language can hash the same way
+        text = json.dumps(name, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
     raise InvalidUriError(f"a subfeed name must be a string or a JSON object/list, not {type(name).__name__}")
+
+
+def subfeed_name_json(name: Any) -> str:
+    """The sorted-key JSON text of a subfeed name as the store records it; raises
+    :class:`InvalidUriError` unless ``name`` is a string or plain JSON (see :func:`subfeed_hash`)."""
+    try:
+        check_json(name)
+        return orjson.dumps(name, option=orjson.OPT_SORT_KEYS).decode()
+    except InvalidPayloadError as exc:
+        raise InvalidUriError(f"subfeed name is not plain JSON: {exc}") from exc
+    except (TypeError, orjson.JSONEncodeError) as exc:  # lone surrogates
+        raise InvalidUriError(f"subfeed name is not valid JSON text: {exc}") from exc
 
 
 def subfeed_uri(feed_id: str, name: Any) -> str:
@@ -127,7 +146,7 @@ class FeedUri:
 def parse_feed_uri(uri: str) -> FeedUri:
     """Parse a ``feed://`` URI, raising :class:`InvalidUriError` if it is malformed."""
     if not isinstance(uri, str) or not uri.startswith("feed://"):
-        raise InvalidUriError(f"not a feed URI (expected 'feed://<feedId>[/<subfeed>]'): {uri!r}")
+        raise InvalidUriError(f"not a feed URI (expected 'feed://<feedId>[/<subfeed>]'): {short_repr(uri)}")
     rest = uri[len("feed://") :]
     rest = rest.split("?", 1)[0].split("#", 1)[0]
     feed_part, sep, name_part = rest.partition("/")
@@ -135,10 +154,10 @@ def parse_feed_uri(uri: str) -> FeedUri:
     if not sep or name_part == "":
         return FeedUri(feed_id, None)
     if _BAD_PERCENT.search(name_part):
-        raise InvalidUriError(f"'%' not followed by two hex digits in {uri!r}")
+        raise InvalidUriError(f"'%' not followed by two hex digits in {short_repr(uri)}")
     try:
         name = urllib.parse.unquote(name_part, errors="strict")
     except UnicodeError as exc:
-        raise InvalidUriError(f"subfeed name in {uri!r} is not UTF-8 once unquoted") from exc
+        raise InvalidUriError(f"subfeed name in {short_repr(uri)} is not UTF-8 once unquoted") from exc
     subfeed_hash(name)  # validates '~' hashes and emptiness
     return FeedUri(feed_id, name)

@@ -42,6 +42,7 @@ from .errors import (
     LinkedFileChangedError,
     NotFoundError,
     NotInitializedError,
+    PickleTooLargeError,
     UnsafePickleError,
 )
 from .storage import Storage
@@ -61,6 +62,7 @@ __all__ = [
     "NodeConfig",
     "NotFoundError",
     "NotInitializedError",
+    "PickleTooLargeError",
     "Storage",
     "UnsafePickleError",
     "build_uri",

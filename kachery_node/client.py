@@ -132,10 +132,12 @@ def load_npy(uri: str, *, channel: str | None = None) -> Any:
     return data_objects.read_npy(Path(load_file(uri, channel=channel)))
 
 
-def load_pkl(uri: str, *, channel: str | None = None) -> Any:
+def load_pkl(uri: str, *, channel: str | None = None, max_bytes: int | None = None) -> Any:
     """Unpickle without running code: anything but plain data and numpy arrays raises
-    :class:`~kachery_node.UnsafePickleError`."""
-    return data_objects.decode_pkl(Path(load_file(uri, channel=channel)).read_bytes())
+    :class:`~kachery_node.UnsafePickleError`; a pickle that would allocate more than
+    ``max_bytes`` (default: 64 MiB plus 16 times its size) raises
+    :class:`~kachery_node.PickleTooLargeError`."""
+    return data_objects.decode_pkl(Path(load_file(uri, channel=channel)).read_bytes(), max_bytes)
 
 
 # -- mutables -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import tomli_w
 
 from . import identity
 from .errors import ConfigError, NotInitializedError
+from .private_files import make_private_dirs
 
 CONFIG_FILENAME = "config.toml"
 MAX_LABEL_LENGTH = 20  # as the original's NodeLabel
@@ -105,7 +106,9 @@ def write_settings(storage_dir: Path, settings: dict) -> None:
     """Replace config.toml atomically."""
     path = Path(storage_dir) / CONFIG_FILENAME
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_bytes(tomli_w.dumps(settings).encode())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the storage is private
+    with os.fdopen(fd, "wb") as f:
+        f.write(tomli_w.dumps(settings).encode())
     os.replace(tmp, path)
 
 
@@ -122,7 +125,7 @@ def init_node(
     when given. Returns the config and a list of what was created, for the CLI to report.
     """
     storage_dir = Path(storage_dir) if storage_dir is not None else default_storage_dir()
-    storage_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(storage_dir)  # 0700: nobody else reads a person's storage
     created: list[str] = []
     try:
         node_key, new = identity.load_or_create_key(storage_dir / identity.NODE_KEY_FILENAME)

@@ -15,6 +15,9 @@ numpy is imported only when needed so that the ``kachery`` command starts fast.
 from __future__ import annotations
 
 import json
+import math
+import os
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,8 @@ def decode_json(data: bytes) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise InvalidDataError(f"the file is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. 50,000 nested arrays
+        raise InvalidDataError("the file is not loadable JSON: it is nested too deeply") from exc
 
 
 def encode_text(text: str) -> bytes:
@@ -88,18 +93,51 @@ def write_npy(array: Any, sink: Any) -> None:
     np.save(sink, array, allow_pickle=False)
 
 
+# What numpy raises on a malformed .npy file: bad magic or header (ValueError), a file that
+# ends early (EOFError), a header that is not a Python literal (SyntaxError, and
+# tokenize.TokenError from numpy's Python 2 header fallback), odd dtype descriptors (TypeError).
+_NPY_ERRORS = (ValueError, EOFError, SyntaxError, tokenize.TokenError, TypeError, OverflowError,
+               RecursionError)
+
+
 def read_npy(path: Path) -> Any:
-    import numpy as np
+    """Load an .npy file (format 1.0, 2.0 or 3.0) without pickles; raise
+    :class:`InvalidDataError` for anything else (including .npz archives and pickles, which
+    ``numpy.load`` would also accept). The header must not promise more data than the file
+    holds, so a 100-byte file cannot make numpy allocate gigabytes."""
+    from numpy.lib import format as npy_format
 
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise InvalidDataError(f"{path} is not a loadable .npy file: {exc}") from exc
+        with open(path, "rb") as f:
+            if f.read(len(npy_format.MAGIC_PREFIX)) != npy_format.MAGIC_PREFIX:
+                raise InvalidDataError(f"{path} is not an .npy file (it lacks the .npy magic)")
+            f.seek(0)
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = npy_format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                # 3.0 only differs in UTF-8 field names, which do not change sizes.
+                shape, _fortran, dtype = npy_format.read_array_header_2_0(f)
+            else:
+                raise InvalidDataError(f"{path} has unsupported .npy format version {version}")
+            if any(n < 0 for n in shape):
+                raise InvalidDataError(f"{path} declares a negative array dimension: {shape}")
+            needed = math.prod(shape) * dtype.itemsize
+            available = os.fstat(f.fileno()).st_size - f.tell()
+            if needed > available:
+                raise InvalidDataError(
+                    f"{path} is truncated: its header promises {needed} bytes of data, it holds "
+                    f"{available}")
+            f.seek(0)
+            return npy_format.read_array(f, allow_pickle=False)
+    except _NPY_ERRORS as exc:
+        raise InvalidDataError(
+            f"{path} is not a loadable .npy file: {type(exc).__name__}: {exc}") from exc
 
 
 def encode_pkl(obj: Any) -> bytes:
     return safe_pickle.dumps(obj)
 
 
-def decode_pkl(data: bytes) -> Any:
-    return safe_pickle.loads(data)
+def decode_pkl(data: bytes, max_bytes: int | None = None) -> Any:
+    return safe_pickle.loads(data, max_bytes=max_bytes)

@@ -6,6 +6,18 @@ reported surprise); a caller who wants to tolerate absence catches :class:`NotFo
 
 from __future__ import annotations
 
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 100
+_REPR.maxlevel = 3
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a readable length and depth, for messages about data from
+    elsewhere (a plain repr of a 100k-deep list raises RecursionError; of 100 MB, is 100 MB)."""
+    return _REPR.repr(value)
+
 
 class KacheryError(Exception):
     """Base class of every error raised by kachery_node."""
@@ -43,6 +55,17 @@ class UnsafePickleError(KacheryError):
     def __init__(self, message: str, *, global_name: str | None = None) -> None:
         super().__init__(message)
         self.global_name = global_name
+
+
+class PickleTooLargeError(UnsafePickleError):
+    """A pickle would allocate more memory than its budget allows (``bytearray(600_000_000)`` is
+    a 46-byte pickle). ``limit`` is the budget in bytes, ``requested`` what the pickle had asked
+    for when it was refused. Load it with ``load_pkl(uri, max_bytes=...)`` if you trust it."""
+
+    def __init__(self, message: str, *, limit: int, requested: int) -> None:
+        super().__init__(message, global_name=None)
+        self.limit = limit
+        self.requested = requested
 
 
 class InvalidDataError(KacheryError, ValueError):

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .manifest import CHUNK_SIZE, Chunk, Manifest, needs_manifest
+from .private_files import create_private_file, make_private_dirs
 
 BLOCK_SIZE = 4 * 1024 * 1024  # large enough to amortize per-call overhead, small enough to stream
 _THREADED_MIN_SIZE = 16 * 1024 * 1024  # below this a worker thread costs more than it saves
@@ -255,8 +256,8 @@ class TempFile:
     """A temporary file in the storage's tmp dir (same filesystem, so the final rename is atomic)."""
 
     def __init__(self, tmp_dir: Path) -> None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="store.", suffix=".tmp")
+        make_private_dirs(tmp_dir)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="store.", suffix=".tmp")  # mode 0600
         self.path = Path(name)
         self.file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
 
@@ -320,7 +321,7 @@ class FileIndex:
     """The ``files.db`` index. Thread-safe; several processes may share one file."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(db_path)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             db_path, timeout=30, isolation_level=None, check_same_thread=False

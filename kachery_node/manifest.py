@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .errors import CorruptedFileError
+import orjson
+
+from .errors import CorruptedFileError, short_repr
 from .uris import is_sha1_hex
 
 CHUNK_SIZE = 20_000_000  # decimal, as the original (KacheryStorageManager.ts)
@@ -53,23 +55,35 @@ def needs_manifest(size: int) -> bool:
 
 
 def parse_manifest(data: bytes, *, expected_sha1: str | None = None) -> Manifest:
-    """Parse and strictly validate a manifest (contiguous chunks covering the whole size)."""
+    """Parse and strictly validate a manifest (contiguous chunks covering the whole size).
+
+    Manifests come from other nodes: anything but the exact shape above (integers that are
+    JSON integers, 40-hex hashes) raises :class:`CorruptedFileError`.
+    """
     try:
-        doc = json.loads(data)
-        size, sha1, raw_chunks = doc["size"], doc["sha1"], doc["chunks"]
-        chunks = tuple(Chunk(int(c["start"]), int(c["end"]), str(c["sha1"])) for c in raw_chunks)
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = orjson.loads(data)  # NaN/Infinity are not JSON; nesting is capped at 1024
+    except orjson.JSONDecodeError as exc:
         raise CorruptedFileError(f"not a valid kachery manifest: {exc}") from exc
+    if type(doc) is not dict:
+        raise CorruptedFileError("not a valid kachery manifest: not a JSON object")
+    size, sha1, raw_chunks = doc.get("size"), doc.get("sha1"), doc.get("chunks")
+    if type(size) is not int or size < 0 or not is_sha1_hex(sha1) or type(raw_chunks) is not list:
+        raise CorruptedFileError("not a valid kachery manifest: needs size, sha1 and chunks")
+    chunks = []
     pos = 0
-    for i, c in enumerate(chunks):
-        expected_end = min(pos + CHUNK_SIZE, size)
-        if c.start != pos or c.end != expected_end or not is_sha1_hex(c.sha1):
-            raise CorruptedFileError(f"manifest chunk {i} is malformed: {c}")
-        pos = c.end
-    if pos != size or not isinstance(size, int) or not is_sha1_hex(sha1):
+    for i, c in enumerate(raw_chunks):
+        start, end, chunk_sha1 = (c.get("start"), c.get("end"), c.get("sha1")) if type(c) is dict \
+            else (None, None, None)
+        if (type(start) is not int or type(end) is not int or start != pos
+                or end != min(pos + CHUNK_SIZE, size) or not is_sha1_hex(chunk_sha1)):
+            raise CorruptedFileError(f"manifest chunk {i} is malformed: {short_repr(c)}")
+        chunks.append(Chunk(start, end, chunk_sha1))
+        pos = end
+    if pos != size:
         raise CorruptedFileError("manifest chunks do not cover the file")
     if expected_sha1 is not None and sha1 != expected_sha1:
         raise CorruptedFileError(
             f"manifest describes file {sha1}, not the requested {expected_sha1}"
         )
-    return Manifest(size, sha1, chunks)
+    return Manifest(size, sha1, tuple(chunks))
+

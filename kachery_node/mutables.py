@@ -16,6 +16,7 @@ from typing import Any
 
 from .data_objects import decode_json, encode_json
 from .errors import InvalidDataError, NotFoundError
+from .private_files import create_private_file
 
 _MISSING: Any = object()
 
@@ -32,7 +33,7 @@ class Mutables:
     """The key-value store of one storage directory. Safe across threads and processes."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(db_path)  # 0600, and so its -wal and -shm
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None,
                                      check_same_thread=False)

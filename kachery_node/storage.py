@@ -3,7 +3,7 @@
 Layout of the storage directory (spec/storage.md)::
 
     config.toml  node.key        identity and settings (kachery init)
-    sha1/aa/bb/cc/<sha1>         stored files, read-only (0444), as in the original
+    sha1/aa/bb/cc/<sha1>         stored files, read-only and private (0400), as in the original
     tmp/                         files being stored (renamed into sha1/ when complete)
     files.db                     index: stored files, links, hashes of source paths
     mutables.db  feeds.db        key-value store; feeds (kachery_feeds)
@@ -51,25 +51,13 @@ from .files import (
 )
 from .manifest import Manifest, needs_manifest, parse_manifest
 from .mutables import Mutables
+from .private_files import STORED_FILE_MODE, make_private_dirs
 from .uris import FileUri, build_uri, parse_uri
 
 if TYPE_CHECKING:
     import kachery_feeds
 
-STORED_FILE_MODE = 0o444  # read-only: a path returned by load_file must not be edited in place
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it (os.umask would race with other threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
+    from .audit import StorageReport
 
 @dataclass(frozen=True)
 class LocalFile:
@@ -114,7 +102,6 @@ class Storage:
         self._index: FileIndex | None = None
         self._mutables: Mutables | None = None
         self._feeds: kachery_feeds.Store | None = None
-        self._umask = _current_umask()
 
     def __repr__(self) -> str:
         return f"Storage({str(self.directory)!r})"
@@ -196,11 +183,9 @@ class Storage:
                     f"received content has SHA-1 {digest.sha1}, not the expected "
                     f"{expected_sha1}; it was not stored"
                 )
-            # Read-only, and no more readable than the user's umask allows (a private
-            # umask keeps a private storage private; a shared lab storage uses umask 002).
-            os.chmod(tmp.path, STORED_FILE_MODE & ~self._umask)
+            os.chmod(tmp.path, STORED_FILE_MODE)  # read-only and private (private_files)
             dest = self.path_for(digest.sha1)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(dest.parent)
             # Replacing an existing copy is harmless (same bytes) and heals a damaged one.
             os.replace(tmp.path, dest)
         except BaseException:
@@ -326,9 +311,9 @@ class Storage:
             raise CorruptedFileError(
                 f"received content has SHA-1 {sha1}, not the expected {expected_sha1}; "
                 "it was not stored")
-        os.chmod(path, STORED_FILE_MODE & ~self._umask)
+        os.chmod(path, STORED_FILE_MODE)
         dest = self.path_for(sha1)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(dest.parent)
         os.replace(path, dest)  # same filesystem; replacing an existing copy heals it
         self.index.put_file(sha1, size, manifest_sha1,
                             stat_signature(os.stat(dest)), fetchable=fetchable)
@@ -344,6 +329,8 @@ class Storage:
 
         The file is hashed once (not again while it is unchanged). If it is later modified,
         loading it raises :class:`LinkedFileChangedError` instead of serving other content.
+        The file keeps its place and its mode: kachery never changes a user's file, so who
+        may read it is the user's business (the storage's own files are private).
         """
         real = os.path.realpath(path)
         st = os.stat(real)
@@ -538,8 +525,10 @@ class Storage:
     def load_npy(self, uri: str) -> Any:
         return data_objects.read_npy(Path(self.load_file(uri)))
 
-    def load_pkl(self, uri: str) -> Any:
-        return data_objects.decode_pkl(Path(self.load_file(uri)).read_bytes())
+    def load_pkl(self, uri: str, *, max_bytes: int | None = None) -> Any:
+        """Unpickle plain data and numpy arrays, allocating at most ``max_bytes`` (default: 64 MiB
+        plus 16 times the file's size; :class:`PickleTooLargeError` beyond)."""
+        return data_objects.decode_pkl(Path(self.load_file(uri)).read_bytes(), max_bytes)
 
     # -- mutables and feeds --------------------------------------------------------------------
     def set(self, key: Any, value: Any, *, overwrite: bool = True) -> bool:
@@ -559,6 +548,16 @@ class Storage:
 
     def load_subfeed(self, uri: str) -> kachery_feeds.Subfeed:
         return self.feeds.load_subfeed(uri)
+
+    # -- audit -------------------------------------------------------------------------------------
+    def verify(self, *, hashes: bool = False, feeds: bool = True) -> StorageReport:
+        """Check the whole storage and change nothing: the databases, every indexed file (present,
+        of its size, its manifest), links, mutables and (``feeds=True``) every feed's chains and
+        signatures; ``hashes=True`` also rereads every stored and linked file and checks its
+        SHA-1. See :mod:`.audit` (and ``kachery fsck``)."""
+        from .audit import verify_storage
+
+        return verify_storage(self, hashes=hashes, feeds=feeds)
 
     # -- disk use and cache -------------------------------------------------------------------------
     def usage(self) -> StorageUsage:

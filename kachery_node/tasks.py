@@ -420,8 +420,9 @@ def request_task(function_id: str, kwargs: dict[str, Any] | None = None, *,
     """Request ``function_id(**kwargs)`` from the node's channels (all joined, or ``channel``)
     through the local daemon; returns a :class:`TaskHandle` at once.
 
-    ``function_type`` says how the requester treats it (default ``"pure-calculation"``: bucket
-    cache first); a provider refuses a request whose type differs from its function's.
+    ``function_type`` is optional: by default the provider's registration says what the
+    function is (and a pure calculation's next request looks in the bucket cache first). A
+    request that names a type is refused by a provider whose function has another.
     ``request_id`` makes retries safe: an action runs at most once per request ID."""
     validate_function_id(function_id)
     if function_type is not None and function_type not in FUNCTION_TYPES:

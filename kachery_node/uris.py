@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from .errors import InvalidUriError
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+# ASCII digits only (str.isdigit also accepts "²" and "٣"), and a value that fits a signed
+# 64-bit integer: byte offsets go to SQLite and to HTTP Range headers.
+_OFFSET = re.compile(r"[0-9]{1,19}")
+MAX_OFFSET = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ class FileUri:
         return build_uri(self.sha1, self.basename, self.manifest_sha1)
 
 
-def is_sha1_hex(s: str) -> bool:
-    return bool(_HEX40.fullmatch(s))
+def is_sha1_hex(s: object) -> bool:
+    """True if ``s`` is a string of 40 lowercase hex characters."""
+    return isinstance(s, str) and bool(_HEX40.fullmatch(s))
 
 
 def _check_hex(value: str, what: str, uri: str) -> str:
@@ -70,9 +75,12 @@ def parse_uri(uri: str) -> FileUri:
     chunk_of = None
     if "chunkOf" in params:
         parts = params["chunkOf"][-1].split("~")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
-            raise InvalidUriError(f"{uri!r}: chunkOf must be <sha1>~<start>~<end>")
+        if len(parts) != 3 or not all(_OFFSET.fullmatch(p) for p in parts[1:]):
+            raise InvalidUriError(
+                f"{uri!r}: chunkOf must be <sha1>~<start>~<end> (decimal ASCII digits)")
         start, end = int(parts[1]), int(parts[2])
+        if end > MAX_OFFSET:
+            raise InvalidUriError(f"{uri!r}: chunkOf offsets must be below 2^63")
         if end < start:
             raise InvalidUriError(f"{uri!r}: chunkOf end is before start")
         chunk_of = ChunkOf(_check_hex(parts[0], "the chunkOf hash", uri), start, end)

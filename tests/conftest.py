@@ -6,9 +6,27 @@ from pathlib import Path
 
 import pytest
 
+from tests import processes
 from tests.browser import chromium_path, launch_chromium
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_session_processes(tmp_path_factory):
+    """At the session's end, kill whatever the tests started and left running
+    (tests/processes.py)."""
+    processes.set_basetemp(tmp_path_factory.getbasetemp())
+    yield
+    processes.end_all()
+
+
+@pytest.fixture(autouse=True)
+def _end_test_processes():
+    """Stop the daemons, hubs and backends a test made when it ends, pass or fail."""
+    position = processes.mark()
+    yield
+    processes.stop_since(position)
 
 
 @pytest.fixture(scope="session")

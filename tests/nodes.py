@@ -1,4 +1,7 @@
-"""Real kachery nodes for the tests: a storage directory, `kachery init`, and a daemon process."""
+"""Real kachery nodes for the tests: a storage directory, `kachery init`, and a daemon process.
+
+Every :class:`TestNode` registers with tests/processes.py: its daemon is stopped when the test
+(or the fixture) that made it ends, pass or fail."""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 import kachery_node as kn
 from kachery_node.daemon import DaemonClient
+from tests import processes
 
 KACHERY = str(Path(sys.executable).parent / "kachery")
 
@@ -64,6 +70,8 @@ class TestNode:
         self.port = free_port()
         self.env = {**os.environ, "KACHERY_STORAGE_DIR": str(self.storage_dir),
                     "KACHERY_USER_DIR": str(self.user_dir), "KACHERY_DAEMON_PORT": str(self.port)}
+        self._pids: set[int] = set()  # every daemon started for this storage
+        processes.register(self)
         self.run("init", "--label", label)
         self.node_id = kn.load_node_config(self.storage_dir).node_id
 
@@ -80,23 +88,61 @@ class TestNode:
         return json.loads(self.run(*args, "--json", **kw).stdout)
 
     def start(self) -> dict:
-        return self.json("node", "start")
+        status = self.json("node", "start")
+        pid = self._recorded_pid()
+        if pid is not None:
+            self._pids.add(pid)
+        return status
 
     @property
     def client(self) -> DaemonClient:
-        return DaemonClient(self.storage_dir)
+        # The node's own port: without daemon.json a client would try the default port, where
+        # some other daemon of this machine may answer.
+        return DaemonClient(self.storage_dir, port=self.port)
 
-    def kill(self) -> None:
-        """SIGKILL the daemon (a crash: no clean shutdown)."""
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.storage_dir / "daemon.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _daemon_process(self, pid: int) -> psutil.Process | None:
+        """The live daemon of this storage with this pid (not a process that reused the pid)."""
+        try:
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        is_ours = "kachery_node.daemon" in cmdline and str(self.storage_dir) in cmdline
+        return proc if is_ours else None
+
+    def kill(self) -> int:
+        """SIGKILL the daemon (a crash: no clean shutdown); returns its process ID."""
         info = json.loads((self.storage_dir / "daemon.json").read_text())
         os.kill(info["pid"], signal.SIGKILL)
+        return info["pid"]
 
     def stop(self) -> None:
+        """Stop the daemon if one runs: through its API, else (or if it lingers) by signal."""
+        recorded = self._recorded_pid()
+        pids = self._pids | ({recorded} if recorded is not None else set())
         if self.client.is_running():
             try:
                 self.client.stop()
             except Exception:
-                self.kill()
+                pass  # the signals below end it
+        for pid in pids:
+            proc = self._daemon_process(pid)
+            if proc is None:
+                continue
+            try:
+                proc.wait(10)  # it may still be closing its storage after the API went quiet
+            except psutil.TimeoutExpired:
+                processes.terminate(proc)
+            except psutil.Error:
+                pass
 
     def log(self) -> str:
         path = self.storage_dir / "daemon.log"

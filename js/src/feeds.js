@@ -187,7 +187,7 @@ export class SubfeedVerifier {
 }
 
 // ----------------------------------------------------------------------------- names and URIs
-const MAX_NAME_DEPTH = 100;
+const MAX_NAME_DEPTH = 201; // arrays and objects, the outermost counting as 1
 
 function compareCodePoints(a, b) {
   // Code point order (Python's str order): UTF-16 order differs only where a surrogate meets
@@ -224,7 +224,9 @@ function pyString(s) {
 
 /** Python's json.dumps(name, sort_keys=True, separators=(',', ':')) for allowed names. */
 function pyJson(v, depth) {
-  if (depth > MAX_NAME_DEPTH) throw new InvalidArgumentError('subfeed name nests deeper than 100 levels');
+  if (v !== null && typeof v === 'object' && depth >= MAX_NAME_DEPTH) {
+    throw new InvalidArgumentError(`subfeed name nests deeper than ${MAX_NAME_DEPTH} levels`);
+  }
   if (v === null) return 'null';
   if (v === true) return 'true';
   if (v === false) return 'false';

@@ -104,8 +104,11 @@ class Membership:
             if kind != "channel" or msg.get("channel") != self.channel or not isinstance(owner, str):
                 raise MembershipError(
                     f"membership feed does not start with a 'channel' message for {self.channel!r}")
+            config = msg.get("config")
+            if config is not None and not isinstance(config, dict):
+                raise MembershipError("membership message 0: config must be an object")
             self.owner = msg["owner"]
-            self.config = dict(msg.get("config") or {})
+            self.config = dict(config or {})
         elif self.deleted:
             raise MembershipError(f"membership message {n} follows the channel's deletion")
         elif kind == "request":

@@ -9,7 +9,8 @@ JSON::
 
 and the signature is Ed25519 by the hub key over ``b"kachery-pubsub-token-v1\\n" +
 SHA-256(payload)``. Signing with the hub's key (rather than an HMAC secret) lets a relay that
-runs outside the hub verify tokens knowing only the hub ID. Tokens last
+runs outside the hub verify tokens knowing only the hub ID. ``issued_ms`` lets a relay refuse
+tokens issued before a revocation concerning their node (spec/pubsub.md §3). Tokens last
 :data:`DEFAULT_TOKEN_TTL_MS` (~30 min, as the original's docs say) and are renewed in-band.
 Pure functions: the caller passes the clock.
 """
@@ -64,6 +65,26 @@ def issue_token(hub_key: Keypair, *, node_id: str, channel: str, capability: dic
     return _b64(payload) + "." + _b64(sig)
 
 
+def _is_capability(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(band, str) and isinstance(ops, list) and all(isinstance(op, str) for op in ops)
+        for band, ops in value.items())
+
+
+def _claims(obj: object) -> TokenClaims:
+    """The claims of a payload whose signature verified, type-checked: the hub signs only
+    well-formed tokens, and a relay must not trip over one that is not."""
+    if not isinstance(obj, dict):
+        raise InvalidTokenError("token payload is malformed: not an object")
+    strings = [obj.get(k) for k in ("hub", "node", "channel", "id")]
+    times = [obj.get(k) for k in ("issued_ms", "expires_ms")]
+    if (not all(isinstance(s, str) for s in strings) or not all(type(t) is int for t in times)
+            or not _is_capability(obj.get("capability"))):
+        raise InvalidTokenError("token payload is malformed: a claim is missing or of the wrong type")
+    hub, node, channel, token_id = strings
+    return TokenClaims(hub, node, channel, obj["capability"], times[0], times[1], token_id)
+
+
 def verify_token(token: object, *, hub_id: str, now_ms: int) -> TokenClaims:
     """Verify signature, hub and expiry; raise :class:`InvalidTokenError` or :class:`ExpiredError`."""
     if not isinstance(token, str) or token.count(".") != 1 or len(token) > 16384:
@@ -77,10 +98,9 @@ def verify_token(token: object, *, hub_id: str, now_ms: int) -> TokenClaims:
         raise InvalidTokenError("token signature does not verify with this hub's key")
     try:
         obj = orjson.loads(payload)
-        claims = TokenClaims(obj["hub"], obj["node"], obj["channel"], obj["capability"],
-                             int(obj["issued_ms"]), int(obj["expires_ms"]), obj["id"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except orjson.JSONDecodeError:
         raise InvalidTokenError("token payload is malformed") from None
+    claims = _claims(obj)
     if claims.hub != hub_id:
         raise InvalidTokenError("token was issued by another hub")
     if now_ms >= claims.expires_ms:

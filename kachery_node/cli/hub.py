@@ -48,11 +48,17 @@ def hub() -> None:
 @click.option("--max-message-bytes", type=int, default=64 * 1024, show_default=True,
               help="Largest pub-sub message the relay accepts.")
 @click.option("--max-publish-rate", type=float, default=2000, show_default=True,
-              help="Publishes per second allowed per relay connection (burst: twice that).")
+              help="Publishes per second allowed per node on a channel, all its relay connections "
+                   "together (burst: twice that).")
 @click.option("--heartbeat", type=float, default=15, show_default=True,
               help="Seconds between relay heartbeats; silent connections are dropped after 3.")
+@click.option("--max-queue-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
+              help="Undelivered bytes a relay subscriber may fall behind before it is dropped (4008).")
+@click.option("--max-connections-per-node", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Relay connections one node may hold open on one channel.")
 def serve(hub_dir: Path, host: str, port: int, public_url: str | None, token_ttl: float,
-          max_message_bytes: int, max_publish_rate: float, heartbeat: float) -> None:
+          max_message_bytes: int, max_publish_rate: float, heartbeat: float, max_queue_bytes: int,
+          max_connections_per_node: int) -> None:
     """Serve the hub API, web UI, pub-sub relay and bucket in one process."""
     from ..hub.app import HubSettings
     from ..hub.server import run_hub
@@ -60,7 +66,8 @@ def serve(hub_dir: Path, host: str, port: int, public_url: str | None, token_ttl
 
     limits = RelayLimits(max_message_bytes=max_message_bytes, publish_rate=max_publish_rate,
                          publish_burst=2 * max_publish_rate, heartbeat_s=heartbeat,
-                         idle_timeout_s=3 * heartbeat)
+                         idle_timeout_s=3 * heartbeat, max_queue_bytes=max_queue_bytes,
+                         max_connections_per_node=max_connections_per_node)
     settings = HubSettings(token_ttl_ms=int(token_ttl * 1000), relay=limits)
     run_hub(hub_dir, host, port, public_url, settings)
 

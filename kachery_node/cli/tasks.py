@@ -36,12 +36,12 @@ def _parse_arg(text: str) -> tuple[str, Any]:
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="All keyword arguments as one JSON object.")
 @click.option("--channel", help="Channel to ask (default: every joined channel).")
 @click.option("--type", "function_type", type=click.Choice(["pure-calculation", "query", "action"]),
-              default="pure-calculation", show_default=True, help="How to treat the function.")
+              default=None, help="How to treat the function (default: as its provider registered it).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait.")
 @click.option("--request-id", help="Reuse a request ID to retry safely (actions run once per ID).")
 @json_option
 def request_cmd(function_id: str, args: tuple[str, ...], kwargs_json: str | None, channel: str | None,
-                function_type: str, timeout: float, request_id: str | None, as_json: bool) -> None:
+                function_type: str | None, timeout: float, request_id: str | None, as_json: bool) -> None:
     """Request FUNCTION_ID(**args) and print its result (JSON); progress goes to stderr."""
     from ..tasks import request_task
 

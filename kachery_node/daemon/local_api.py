@@ -1,10 +1,17 @@
 """The daemon's local HTTP API on 127.0.0.1, for the Python client, the CLI and local web pages.
 
-Authentication (``tokens.py``): requests carry ``Authorization: Bearer <token>`` or, for
-``EventSource`` which cannot set headers, ``?token=<token>``. The client token allows
-everything; the browser token allows only the read-only endpoints marked ``browser`` below.
-Requests whose ``Host`` is not a loopback name are refused (DNS-rebinding defence), and browsers
-may call the API cross-origin only from origins in the CORS allow-list.
+Authentication (``tokens.py``): requests carry ``Authorization: Bearer <token>``. The client
+token allows everything and travels only in that header; the browser token allows only the
+read-only endpoints marked ``browser`` below, and may also travel as ``?token=<token>`` (for
+``EventSource``, which cannot set headers). The client token in a URL is refused (403): URLs end
+up in logs, browser history and Referer headers. Requests whose ``Host`` is not a loopback name
+are refused (DNS-rebinding defence), and browsers may call the API cross-origin only from
+origins in the CORS allow-list.
+
+Input: every number in a query or header is ASCII digits in [0, :data:`MAX_POSITION`] (anything
+else is a 400 naming the parameter), and every URI is parsed before a streamed answer starts,
+so that a bad request gets a 4xx, never a 500 or a stream cut in the middle. Typed errors map
+to statuses: not joined / not found 404, missing role 403, other :class:`KacheryError` 400.
 
 Endpoints (JSON unless noted):
 
@@ -25,6 +32,7 @@ record as JSON: ``{"number", "timestamp_ms", "payload", "metadata"}``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,8 +51,9 @@ from starlette.routing import Route
 import kachery_feeds
 
 from ..config import NodeConfig
-from ..errors import KacheryError
+from ..errors import InvalidUriError, KacheryError, NotFoundError
 from ..storage import Storage
+from ..uris import FileUri, parse_uri
 from .changes import ChangeBroadcaster
 from .node_runtime import MissingRoleError, NodeRuntime, NotJoinedError
 from .tokens import token_matches
@@ -56,6 +65,10 @@ API_VERSION = 1
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 STREAM_PAGE = 500
 KEEPALIVE_SECONDS = 15.0
+# The largest message number or position the API takes: 2**53 - 1, the largest integer a browser
+# holds exactly (SSE ids go through JavaScript), far below SQLite's int64.
+MAX_POSITION = 2**53 - 1
+_ASCII_DIGITS = re.compile(r"[0-9]{1,16}")  # str.isdigit() and int() also take '²', '٣', '1_0', ' 1'
 
 
 @dataclass
@@ -83,23 +96,25 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _token_of(request: Request) -> str | None:
+def _require(ctx: DaemonContext, request: Request, level: str) -> None:
+    """Refuse the request unless its token allows ``level`` ("client" or "browser")."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.query_params.get("token")
-
-
-def _require(ctx: DaemonContext, request: Request, level: str) -> None:
-    token = _token_of(request)
+        token = auth[7:].strip()
+        if token_matches(token, ctx.client_token):
+            return
+    else:
+        token = request.query_params.get("token")
+        if token is not None and token_matches(token, ctx.client_token):
+            # Logged by proxies and kept in history: the full-access token never goes in a URL.
+            raise ApiError(403, "the client token is accepted only in the Authorization header, "
+                                "never in a URL (only the read-only browser token may travel there)")
     if token is None:
         raise ApiError(
             401,
             "missing token: send 'Authorization: Bearer <token>' "
             f"(the token is in {ctx.storage.directory}/daemon-token)",
         )
-    if token_matches(token, ctx.client_token):
-        return
     if level == "browser" and token_matches(token, ctx.browser_token):
         return
     raise ApiError(403, "this token does not allow that request")
@@ -138,17 +153,37 @@ def _node(ctx: DaemonContext) -> NodeRuntime:
     return ctx.node
 
 
+def _position(raw: str, name: str) -> int:
+    """A non-negative integer written in ASCII digits, at most :data:`MAX_POSITION`."""
+    if not _ASCII_DIGITS.fullmatch(raw) or int(raw) > MAX_POSITION:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise ApiError(400, f"'{name}' must be an integer in [0, {MAX_POSITION}] written in "
+                            f"ASCII digits, got {shown!r}")
+    return int(raw)
+
+
 def _int_param(request: Request, name: str, default: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
+    return _position(raw, name)
+
+
+def _file_uri(value: Any) -> FileUri:
+    """Parse the ``sha1://`` URI of a whole file from a request body, or answer 400 (before any
+    stream starts)."""
+    if not isinstance(value, str):
+        raise ApiError(400, "missing 'uri' (sha1://<40 hex>/<name>)")
     try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"'{name}' must be an integer") from None
-    if value < 0:
-        raise ApiError(400, f"'{name}' must be >= 0")
-    return value
+        key = parse_uri(value)
+    except InvalidUriError as exc:
+        raise ApiError(400, str(exc)) from exc
+    except ValueError as exc:  # a decoder that still lets a ValueError out is the client's fault too
+        raise ApiError(400, f"invalid URI {value[:200]!r}: {exc}") from exc
+    if key.chunk_of is not None:
+        raise ApiError(400, f"{value} names a chunk of sha1://{key.chunk_of.file_sha1}; "
+                            "name the file itself (with its ?manifest=)")
+    return key
 
 
 def _record_json(r: kachery_feeds.MessageRecord) -> bytes:
@@ -175,6 +210,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
                 "storage_dir": str(ctx.storage.directory),
                 "uptime_s": round(time.time() - ctx.started_at, 3),
                 "channels": ctx.node.describe_channels() if ctx.node else [],
+                "task_backends": ctx.node.tasks.describe_backends() if ctx.node else [],
             }
         )
 
@@ -206,9 +242,9 @@ def build_app(ctx: DaemonContext) -> Starlette:
     async def stream(request: Request) -> Response:
         _require(ctx, request, "browser")
         sf = _subfeed(ctx, request)
-        last_id = request.headers.get("last-event-id")
-        if last_id is not None and last_id.isdigit():
-            start = int(last_id) + 1  # EventSource reconnect: resume after the last one seen
+        last_id = request.headers.get("last-event-id", "")
+        if last_id:  # EventSource reconnect: resume after the last one seen
+            start = min(_position(last_id, "Last-Event-ID") + 1, MAX_POSITION)
         else:
             start = _int_param(request, "start", 0)
 
@@ -253,8 +289,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         _require(ctx, request, "client")
         body = await _json_body(request)
         uri = body.get("uri")
-        if not isinstance(uri, str):
-            raise ApiError(400, "missing 'uri'")
+        _file_uri(uri)
         links = _node(ctx).links(_channel_arg(body))
         send, receive = anyio.create_memory_object_stream[bytes](100)
 
@@ -271,6 +306,9 @@ def build_app(ctx: DaemonContext) -> Starlette:
                     line = {"type": "finished", "path": path}
                 except KacheryError as exc:
                     line = {"type": "error", "error": str(exc), "kind": type(exc).__name__}
+                except Exception as exc:  # a bug, not the request: still end the stream with a line
+                    log.exception("fetching %s failed", uri)
+                    line = {"type": "error", "error": f"internal error: {exc!r}", "kind": "InternalError"}
                 await send.send(orjson.dumps(line) + b"\n")
 
         async def lines():
@@ -288,6 +326,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         uri, channel = body.get("uri"), _channel_arg(body)
         if not isinstance(uri, str) or channel is None:
             raise ApiError(400, "upload needs 'uri' and 'channel'")
+        _file_uri(uri)
         (link,) = _node(ctx).links(channel)
         with anyio.fail_after(3600):
             result = await upload_file(ctx.storage, link, uri)
@@ -317,8 +356,8 @@ def build_app(ctx: DaemonContext) -> Starlette:
         if isinstance(exc, ApiError):
             status = exc.status
         else:
-            missing_role = isinstance(exc, MissingRoleError)
-            status = 404 if isinstance(exc, NotJoinedError) else 403 if missing_role else 400
+            not_found = isinstance(exc, NotJoinedError | NotFoundError)
+            status = 404 if not_found else 403 if isinstance(exc, MissingRoleError) else 400
         log.info("%s %s -> %d %s", request.method, request.url.path, status, exc)
         return _json({"error": str(exc), "kind": type(exc).__name__}, status=status)
 

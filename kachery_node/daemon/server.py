@@ -7,6 +7,10 @@ shutdown event, the server drains, and cancelling the root stops everything else
 Only one daemon may serve a storage directory: it holds an exclusive ``flock`` on
 ``<storage>/daemon.lock`` for its whole life, and writes ``<storage>/daemon.json`` (pid, host,
 port) so that clients find it on a non-default port.
+
+A daemon whose storage directory is deleted (or replaced, or its daemon.json removed) stops on
+its own within :data:`STORAGE_CHECK_SECONDS`: nobody can reach it any more (clients find it
+through daemon.json), and it would otherwise keep serving channels from files that are gone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from .paths import INFO_FILE, LOCK_FILE, default_port
 from .tokens import load_or_create_tokens
 
 log = logging.getLogger("kachery.daemon")
+
+STORAGE_CHECK_SECONDS = 2.0  # how often the daemon checks that its storage directory is still there
 
 def cors_origins(storage_dir: Path) -> list[str]:
     """The CORS allow-list: ``[daemon] cors_origins`` in config.toml plus
@@ -103,6 +109,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
                 config.label,
                 ", ".join(binds),
             )
+            nursery.start_soon(_watch_storage, ctx, storage_dir, info_path)
             await ctx.shutdown.wait()
             log.info("shutting down")
             with trio.move_on_after(hc.graceful_timeout + 2):
@@ -126,6 +133,28 @@ async def _serve_http(
         await hypercorn.trio.serve(app, hc, shutdown_trigger=ctx.shutdown.wait, task_status=task_status)
     finally:
         done.set()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def _watch_storage(ctx: DaemonContext, storage_dir: Path, info_path: Path) -> None:
+    """Shut down when the storage directory or daemon.json is deleted or replaced."""
+    expected = {storage_dir: _identity(storage_dir), info_path: _identity(info_path)}
+    while not ctx.shutdown.is_set():
+        await trio.sleep(STORAGE_CHECK_SECONDS)
+        for path, identity in expected.items():
+            if _identity(path) != identity:
+                log.warning("%s was deleted or replaced: stopping (this daemon can no longer be "
+                            "reached, and its storage is gone)", path)
+                ctx.shutdown.set()
+                return
 
 
 async def _watch_signals(ctx: DaemonContext) -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from ..errors import KacheryError
 from ..protocol.tasks import TaskArgumentError
 from .local_api import ApiError, DaemonContext, _channel_arg, _json, _json_body, _node, _require
+from .tasks_exchange import registration_table
 
 MAX_POLL_SECONDS = 15.0
 MAX_REQUEST_SECONDS = 24 * 3600.0
@@ -44,8 +45,9 @@ def task_routes(ctx: DaemonContext) -> list[Route]:
         _require(ctx, request, "client")
         body = await _json_body(request)
         functions = body.get("functions")
-        if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
-            raise ApiError(400, "'functions' must be a list of {function_id, function_type, channels?}")
+        # Checked here, not only in poll(): an error raised inside the task group below would
+        # reach the client as a 500 (wrapped in an exception group).
+        registration_table(functions)
         running = body.get("running", [])
         if not isinstance(running, list) or not all(isinstance(k, str) for k in running):
             raise ApiError(400, "'running' must be a list of task keys")

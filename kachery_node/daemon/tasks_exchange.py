@@ -5,14 +5,18 @@ Theory of operation
 -------------------
 *Requester* (``request``; a node with the request-tasks role):
 
+0. The function's type comes from the caller, or else from the providers: their offers say
+   how their backend registered the function, and the requester remembers it per function ID
+   (so that the next request of a pure calculation looks in the cache first).
 1. A pure calculation looks in each channel's bucket first (``task_results/<p(hash)>``); a
    result object is accepted only if its signature verifies and its provider holds provide-tasks
    in the channel's signed membership. A bad object is skipped and reported as a warning.
 2. Publish ``requestTask`` on ``request-tasks``; providers whose backends registered the function
    answer ``offer``; the first offer wins and gets ``assignTask`` (so one provider runs it,
-   however many heard it). No offer within :attr:`TaskTimeouts.offer` on any channel: a query
-   falls back to the cache (``stale``), everything else fails with "no provider on channel X
-   offers function F".
+   however many heard it). If that offer is the first news that the function is a pure
+   calculation, the cache is read before assigning. No offer within :attr:`TaskTimeouts.offer`
+   on any channel: a query (or a function whose type nobody told) falls back to the cache
+   (``stale``), everything else fails with "no provider on channel X offers function F".
 3. Follow the assigned provider's ``taskStatus`` (queued, running + progress, finished, error);
    silence longer than :attr:`TaskTimeouts.silence` fails the task. ``finished`` carries the
    signed result object inline, or says it is in the bucket; it is verified as in step 1.
@@ -28,6 +32,9 @@ Theory of operation
   :attr:`TaskTimeouts.heartbeat` seconds. A backend that stops polling loses its tasks: pure
   calculations and queries are queued again for the next backend; an action fails (it may have
   taken effect, so it is not run twice).
+* One computation per pure calculation at a time: a task assigned while the same task hash is
+  queued or running here (from another request, maybe another requester) is not queued again;
+  it follows that computation (its statuses, then its signed result, which names no request).
 * On completion the result is signed with the node key, uploaded to the bucket (pure and query
   only) and sent inline when small.
 
@@ -53,6 +60,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ..protocol.bucket_layout import task_result_path
 from ..protocol.envelope import Envelope, EnvelopeError
 from ..protocol.tasks import (
+    FUNCTION_TYPES,
     InvalidTaskResultError,
     NoProviderError,
     TaskArgumentError,
@@ -74,6 +82,7 @@ REQUEST_BAND, STATUS_BAND = "request-tasks", "provide-tasks"
 INLINE_RESULT_MAX_BYTES = 30_000  # the embedded relay refuses messages over 64 KiB by default
 MAX_KWARGS_BYTES = 40_000  # arguments ride in one pub-sub message
 KEEP_ACCEPTED_DAYS = 30  # tasks.db forgets requests older than this
+MAX_LEARNED_TYPES = 10_000  # function types learned from offers (oldest forgotten first)
 FINAL = ("finished", "error")
 STATUSES = ("queued", "running", "finished", "error")
 Emit = Callable[[dict[str, Any]], None]
@@ -129,6 +138,8 @@ class _Incoming:
     last_status: dict[str, Any] | None = None
     since: float = field(default_factory=time.monotonic)
     queued_at: float = 0.0
+    #: Requests for the same pure calculation that wait for this one's computation.
+    followers: list[_Incoming] = field(default_factory=list)
 
 
 class _Executed:
@@ -199,6 +210,11 @@ class TaskExchange:
         self._by_key: dict[str, _Incoming] = {}
         self._queue: list[_Incoming] = []
         self._waiters: dict[str, set[MemoryObjectSendStream[Envelope]]] = {}  # request_id
+        # Provider: the request whose computation of a pure calculation is queued or running,
+        # by (channel, task hash); identical requests follow it instead of running again.
+        self._computing: dict[tuple[str, str], _Incoming] = {}
+        # Requester: function types told by providers' offers, by function ID.
+        self._learned_types: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,6 +255,8 @@ class TaskExchange:
         """Run a task on the first channel that offers it; returns the final line:
         ``{"type": "finished", "result", "provider", "from_cache", "stale", "warnings", ...}``.
 
+        ``function_type`` may be omitted: the providers' offers say it (and it is remembered).
+
         Raises NoProviderError, TaskError (with the remote message) or TaskArgumentError; the
         caller bounds the whole call with its own deadline."""
         validate_function_id(function_id)
@@ -248,7 +266,8 @@ class TaskExchange:
             raise TaskArgumentError(
                 f"task arguments of {size} bytes exceed the {MAX_KWARGS_BYTES}-byte limit (they travel "
                 "in one pub-sub message): store large inputs (kn.store_npy, kn.upload_file) and pass URIs")
-        ftype = validate_function_type(function_type or "pure-calculation")
+        ftype = (validate_function_type(function_type) if function_type is not None
+                 else self._learned_types.get(function_id))  # None: the first offer will say
         request_id = request_id or new_request_id()
         warnings: list[str] = []
         usable = [link for link in links if "request-tasks" in link.roles]
@@ -262,23 +281,35 @@ class TaskExchange:
                 return cached
         tried = []
         for link in usable:
-            final = await self._request_on(link, function_id, ftype, kwargs, h, request_id, warnings, emit)
+            final = await self._request_on(link, function_id, ftype, kwargs, h, request_id, warnings,
+                                           emit, usable)
             if final is not None:
                 return final
             tried.append(link.channel)
-        if ftype == "query":
+        if ftype in ("query", None):
             cached = await self._from_cache(usable, function_id, h, warnings)
             if cached is not None:
                 cached["stale"] = True
                 warnings.append(f"no provider answered within {self.timeouts.offer:g} s; "
-                                "this is the last cached result of the query")
+                                "this is the last cached result of the "
+                                + ("query" if ftype else "function"))
                 return cached
         where = " or ".join(tried)
         raise NoProviderError(
             f"no provider on channel {where} offers function {function_id!r} "
             f"(nobody answered within {self.timeouts.offer:g} s)"
-            + (" and no cached result is in the bucket" if ftype == "query" else "")
+            + (" and no cached result is in the bucket" if ftype in ("query", None) else "")
             + _warning_suffix(warnings))
+
+    def _learn_type(self, function_id: str, function_type: Any) -> str | None:
+        """Remember the type a provider's offer gives ``function_id``; the type, if valid."""
+        if function_type not in FUNCTION_TYPES:
+            return None
+        self._learned_types.pop(function_id, None)
+        self._learned_types[function_id] = function_type
+        while len(self._learned_types) > MAX_LEARNED_TYPES:
+            del self._learned_types[next(iter(self._learned_types))]
+        return function_type
 
     async def _from_cache(self, links: Sequence[ChannelLink], function_id: str, h: str,
                           warnings: list[str]) -> dict[str, Any] | None:
@@ -309,17 +340,17 @@ class TaskExchange:
                 f"on {link.channel}")
         return res
 
-    async def _request_on(self, link: ChannelLink, function_id: str, ftype: str,
+    async def _request_on(self, link: ChannelLink, function_id: str, ftype: str | None,
                           kwargs: dict[str, Any], h: str, request_id: str, warnings: list[str],
-                          emit: Emit) -> dict[str, Any] | None:
-        """Request on one channel; None if nobody offered."""
+                          emit: Emit, cache_links: Sequence[ChannelLink]) -> dict[str, Any] | None:
+        """Request on one channel; None if nobody offered. ``ftype`` None: the offer says it."""
         send, receive = anyio.create_memory_object_stream[Envelope](256)
         self._waiters.setdefault(request_id, set()).add(send)
         try:
             try:
                 await link.publish(REQUEST_BAND, {
                     "type": "requestTask", "request_id": request_id, "function_id": function_id,
-                    "function_type": ftype, "kwargs": kwargs, "task_hash": h})
+                    **({"function_type": ftype} if ftype else {}), "kwargs": kwargs, "task_hash": h})
             except EnvelopeError as exc:
                 raise TaskArgumentError(f"task arguments are too large to send: {exc}") from exc
             except (PermissionError, ConnectionError) as exc:
@@ -340,6 +371,13 @@ class TaskExchange:
                         provider = earlier  # still running there: follow it
                         break
                     if kind == "offer":
+                        offered = self._learn_type(function_id, env.body.get("function_type"))
+                        if ftype is None and offered is not None:
+                            ftype = offered
+                            if offered == "pure-calculation":  # maybe computed before: no need to run
+                                cached = await self._from_cache(cache_links, function_id, h, warnings)
+                                if cached is not None:
+                                    return cached
                         provider = env.sender
                         self._executed.assign(link.channel, request_id, provider, function_id)
                         await link.publish(REQUEST_BAND, {"type": "assignTask", "request_id": request_id,
@@ -380,8 +418,8 @@ class TaskExchange:
             send.close()
             receive.close()
 
-    async def _final(self, link: ChannelLink, env: Envelope, function_id: str, h: str, ftype: str,
-                     warnings: list[str]) -> dict[str, Any]:
+    async def _final(self, link: ChannelLink, env: Envelope, function_id: str, h: str,
+                     ftype: str | None, warnings: list[str]) -> dict[str, Any]:
         body = env.body
         if body.get("status") == "error":
             message = body.get("error") if isinstance(body.get("error"), str) else "unknown error"
@@ -435,7 +473,8 @@ class TaskExchange:
             if known.requester != env.sender:
                 return
             if known.state == "offered":
-                await self._publish(known, {"type": "offer"})
+                await self._publish(known, {"type": "offer", "function_id": function_id,
+                                            "function_type": known.function_type})
             elif known.last_status is not None:
                 await link.publish(STATUS_BAND, known.last_status)  # a retry: where it stands
             return
@@ -449,7 +488,8 @@ class TaskExchange:
             return
         kwargs, h = body.get("kwargs"), body.get("task_hash")
         try:
-            if body.get("function_type") != ftype:
+            # A requester may leave the type to the provider; one that names it must agree.
+            if body.get("function_type", ftype) != ftype:
                 raise TaskArgumentError(
                     f"{function_id} is a {ftype} here, not a {body.get('function_type')}")
             if not isinstance(kwargs, dict) or task_hash(function_id, kwargs) != h:
@@ -462,7 +502,7 @@ class TaskExchange:
                         kwargs, h)
         self._incoming[(link.channel, request_id)] = inc
         self._by_key[inc.key] = inc
-        await self._publish(inc, {"type": "offer", "function_id": function_id})
+        await self._publish(inc, {"type": "offer", "function_id": function_id, "function_type": ftype})
 
     async def _on_assign(self, link: ChannelLink, env: Envelope) -> None:
         request_id = env.body.get("request_id")
@@ -474,11 +514,29 @@ class TaskExchange:
             return
         if not self._executed.accept(inc):
             return
+        if inc.function_type == "pure-calculation":
+            leader = self._computing.get((link.channel, inc.task_hash))
+            if leader is not None and leader.state in ("queued", "running"):
+                await self._follow(inc, leader)
+                return
+            self._computing[(link.channel, inc.task_hash)] = inc
         inc.state, inc.queued_at = "queued", time.monotonic()
         self._queue.append(inc)
         await self._status(inc, "queued")
         for backend in self._backends.values():
             backend.woken.set()
+
+    async def _follow(self, inc: _Incoming, leader: _Incoming) -> None:
+        """Answer ``inc`` from ``leader``'s computation of the same pure calculation."""
+        log.info("%s (request %s) is already being computed here for request %s: answered from it",
+                 inc.function_id, inc.request_id, leader.request_id)
+        leader.followers.append(inc)
+        inc.state, inc.queued_at = "queued", time.monotonic()
+        await self._status(inc, "queued", note="the same calculation is already under way here")
+        if leader.state == "running":
+            inc.state = "running"
+            extra = {k: v for k, v in (leader.last_status or {}).items() if k == "progress"}
+            await self._status(inc, "running", **extra)
 
     async def _on_probe(self, link: ChannelLink, env: Envelope) -> None:
         if "provide-tasks" not in link.roles or not link.may(env.sender, "request-tasks"):
@@ -506,11 +564,21 @@ class TaskExchange:
             inc.state = status
             inc.since = time.monotonic()
             self._executed.finish(inc.link.channel, inc.request_id, body)
+            if self._computing.get((inc.link.channel, inc.task_hash)) is inc:
+                del self._computing[(inc.link.channel, inc.task_hash)]
         await self._publish(inc, body)
+        for follower in list(inc.followers):  # the same computation: the same news
+            if follower.state not in FINAL:
+                follower.state = status if status in ("queued", "running") else follower.state
+                await self._status(follower, status, **extra)
+        if status in FINAL:
+            inc.followers.clear()
 
     def _forget(self, inc: _Incoming) -> None:
         self._incoming.pop((inc.link.channel, inc.request_id), None)
         self._by_key.pop(inc.key, None)
+        if self._computing.get((inc.link.channel, inc.task_hash)) is inc:
+            del self._computing[(inc.link.channel, inc.task_hash)]
         if inc in self._queue:
             self._queue.remove(inc)
 
@@ -518,15 +586,7 @@ class TaskExchange:
     async def poll(self, backend_id: str, functions: list[dict[str, Any]], *, max_tasks: int,
                    running: list[str], timeout: float) -> list[dict[str, Any]]:
         """A backend's long-poll: (re)register its functions, return up to ``max_tasks`` tasks."""
-        table: dict[tuple[str | None, str], str] = {}
-        for f in functions:
-            fid = validate_function_id(f.get("function_id"))
-            ftype = validate_function_type(f.get("function_type"))
-            channels = f.get("channels") or [None]
-            for ch in channels:
-                if ch is not None and not isinstance(ch, str):
-                    raise TaskArgumentError("'channels' must be a list of channel names")
-                table[(ch, fid)] = ftype
+        table = registration_table(functions)
         backend = self._backends.get(backend_id)
         if backend is None:
             backend = self._backends[backend_id] = _Backend(backend_id, table, 0.0)
@@ -546,6 +606,13 @@ class TaskExchange:
         finally:
             backend.polling -= 1
             backend.expires = time.monotonic() + self.timeouts.registration_grace
+
+    def describe_backends(self) -> list[dict[str, Any]]:
+        """The task backends registered now (``/api/status``): ID, function IDs, tasks held."""
+        now = time.monotonic()
+        return [{"backend_id": b.backend_id, "functions": sorted({fid for _ch, fid in b.functions}),
+                 "running": len(b.held)}
+                for b in self._backends.values() if b.polling or b.expires >= now]
 
     def backend_gone(self, backend_id: str) -> None:
         """The backend's poll connection closed: it stopped (no grace period)."""
@@ -674,6 +741,23 @@ class TaskExchange:
         await self._status(inc, "queued", note="the task backend stopped; queued again")
         for backend in self._backends.values():
             backend.woken.set()
+
+
+def registration_table(functions: Any) -> dict[tuple[str | None, str], str]:
+    """A backend's ``functions`` (``[{function_id, function_type, channels?}]``) as
+    ``{(channel or None, function_id): type}``; raises TaskArgumentError if malformed."""
+    if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
+        raise TaskArgumentError("'functions' must be a list of {function_id, function_type, channels?}")
+    table: dict[tuple[str | None, str], str] = {}
+    for f in functions:
+        fid = validate_function_id(f.get("function_id"))
+        ftype = validate_function_type(f.get("function_type"))
+        channels = f.get("channels") or [None]
+        if not isinstance(channels, list) or not all(ch is None or isinstance(ch, str) for ch in channels):
+            raise TaskArgumentError("'channels' must be a list of channel names")
+        for ch in channels:
+            table[(ch, fid)] = ftype
+    return table
 
 
 def _finished(link: ChannelLink, res: TaskResult, *, from_cache: bool, warnings: list[str]) -> dict:

@@ -29,7 +29,7 @@ async def upload_file(storage: Storage, link: ChannelLink, uri: str,
     pieces: list[tuple[str, int, int]] = []  # (sha1, start, end) of the stored file
     if key.manifest_sha1:
         manifest_bytes = storage.load_bytes(f"sha1://{key.manifest_sha1}")
-        manifest = parse_manifest(manifest_bytes, expected_sha1=key.manifest_sha1)
+        manifest = parse_manifest(manifest_bytes, expected_sha1=key.sha1)  # the file it describes
         pieces = [(c.sha1, c.start, c.end) for c in manifest.chunks]
     total = sum(end - start for _s, start, end in pieces) if pieces else local.size
     done = 0

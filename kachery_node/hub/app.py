@@ -71,7 +71,7 @@ class Hub:
         self.state = state
         self.settings = settings or HubSettings()
         self.public_url = ""  # set once the server is bound
-        self.relay = Relay(state.hub_id, self.settings.relay)
+        self.relay = Relay(state.hub_id, self.settings.relay, state.tokens_revoked_before)
         self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
         self.secrets = SecretStore(state.dir)
         self._backends: dict[tuple[str, str, bytes], Any] = {}
@@ -292,8 +292,11 @@ def _pubsub_token(hub: Hub, node: str, body: dict, now: int) -> dict:
     if not roles:
         raise NotAllowedError(f"node has no effective roles on {name!r} (granted ∩ requested is empty)")
     ch = hub.state.channel(name)
+    # Issued strictly after the last revocation concerning the node, even within its millisecond:
+    # the relay refuses tokens issued at or before it.
+    issued = max(now, hub.state.tokens_revoked_before(name, node) + 1)
     creds = hub.pubsub_backend(ch.config, name).credentials(
-        node_id=node, channel=name, capability=capabilities(name, roles), now_ms=now,
+        node_id=node, channel=name, capability=capabilities(name, roles), now_ms=issued,
         ttl_ms=hub.settings.token_ttl_ms)
     hub.state.log(name, "token", node, f"pub-sub token for {' '.join(roles)}", now)
     return creds

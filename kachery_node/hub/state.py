@@ -6,7 +6,9 @@ Files under ``<hub dir>``:
 * ``hub.key``   the hub's Ed25519 key (0600): signs tokens and upload URLs; its public half is
   the hub ID that every signed request names;
 * ``hub.db``    this module's tables and the pending revocations of hub/revocations.py (WAL,
-  0600: they hold a copy of the pub-sub service's secret);
+  0600: they hold a copy of the pub-sub service's secret); among the tables, ``token_floors``:
+  when a node (or, ``node = ''``, a whole channel) last lost rights, so that the relay refuses
+  tokens issued before that (:meth:`HubState.tokens_revoked_before`);
 * ``feeds.db``  the channels' membership feeds (their keys never leave the hub);
 * ``secrets/``  each channel's service secrets (0600, hub/backends.py);
 * ``bucket/``   the embedded bucket's objects; ``hub.log`` the log.
@@ -65,6 +67,8 @@ CREATE TABLE IF NOT EXISTS sessions (session_hash TEXT PRIMARY KEY, user_id TEXT
 CREATE TABLE IF NOT EXISTS activity (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT,
     time_ms INTEGER NOT NULL, kind TEXT NOT NULL, actor TEXT, detail TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS activity_channel ON activity (channel, id);
+CREATE TABLE IF NOT EXISTS token_floors (channel TEXT NOT NULL, node TEXT NOT NULL,
+    decided_ms INTEGER NOT NULL, PRIMARY KEY (channel, node));
 """
 
 
@@ -108,6 +112,9 @@ class HubState:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.feeds = kf.open_store(self.dir / "feeds.db")
+        # (channel, node or '') -> decided_ms: read on every relay auth, so kept in memory too.
+        self._floors: dict[tuple[str, str], int] = {
+            (r["channel"], r["node"]): r["decided_ms"] for r in self.db.execute("SELECT * FROM token_floors")}
         self._memberships: dict[str, mb.Membership] = {}
         # Called with (channel, node or None) after roles may have shrunk; the hub narrows live
         # relay connections with it.
@@ -228,6 +235,8 @@ class HubState:
         ch = self.require_owner(name, by)
         self._append(ch, mb.config_message(config, by, now_ms))
         self.db.execute("UPDATE channels SET config=? WHERE name=?", (orjson.dumps(config).decode(), name))
+        if config.get("pubsub") != ch.config.get("pubsub"):
+            self._revoke_tokens(name, None, now_ms)  # the relay's tokens belong to the old service
         self.log(name, "config", by, f"backends: pub-sub {config['pubsub']['backend']}, "
                  f"bucket {config['bucket']['backend']}", now_ms)
 
@@ -237,6 +246,7 @@ class HubState:
         self.db.execute("DELETE FROM channels WHERE name=?", (name,))
         self._memberships.pop(name, None)
         self.log(name, "delete", by, "channel deleted", now_ms)
+        self._revoke_tokens(name, None, now_ms)  # also against a new channel of the same name
         self.on_roles_changed(name, None)
 
     # ------------------------------------------------------------------ membership
@@ -268,7 +278,7 @@ class HubState:
         self._append(ch, mb.request_message(node_id, user_id, roles, now_ms))
         what = f"requests {' '.join(roles)}" if roles else "left the channel"
         self.log(name, "request", user_id, f"node {self._node_name(node_id)} {what}", now_ms)
-        self._notify_if_narrowed(name, node_id, before)
+        self._notify_if_narrowed(name, node_id, before, now_ms)
 
     def change_grant(self, kind: str, name: str, node_id: str, roles: list[str], by: str,
                      now_ms: int) -> None:
@@ -282,13 +292,32 @@ class HubState:
         self._append(ch, mb.grant_message(kind, node_id, roles, by, now_ms))
         verb = "granted" if kind == "grant" else "revoked"
         self.log(name, kind, by, f"{verb} {' '.join(roles)} for node {self._node_name(node_id)}", now_ms)
-        self._notify_if_narrowed(name, node_id, before)
+        self._notify_if_narrowed(name, node_id, before, now_ms)
 
-    def _notify_if_narrowed(self, name: str, node_id: str, before: list[str]) -> None:
-        """Call :attr:`on_roles_changed` if the node lost an effective role (a node that gains
-        roles gets them with its next credentials; nothing to cut)."""
+    def _notify_if_narrowed(self, name: str, node_id: str, before: list[str], now_ms: int) -> None:
+        """If the node lost an effective role, refuse its tokens issued until now and call
+        :attr:`on_roles_changed` (a node that gains roles gets them with its next credentials;
+        nothing to cut)."""
         if set(before) - set(self.membership(name).roles_of(node_id)):
+            self._revoke_tokens(name, node_id, now_ms)
             self.on_roles_changed(name, node_id)
+
+    # ------------------------------------------------------------------ token floors
+    def _revoke_tokens(self, name: str, node_id: str | None, now_ms: int) -> None:
+        """Record that ``node_id``'s (None: every node's) relay tokens for ``name`` issued until
+        ``now_ms`` lose their rights. Kept in ``hub.db``: a restart must not revive them."""
+        node = node_id or ""
+        floor = max(now_ms, self.tokens_revoked_before(name, node_id))
+        self.db.execute("INSERT INTO token_floors VALUES (?,?,?) ON CONFLICT (channel, node) DO UPDATE"
+                        " SET decided_ms = MAX(decided_ms, excluded.decided_ms)", (name, node, floor))
+        self._floors[(name, node)] = floor
+
+    def tokens_revoked_before(self, name: str, node_id: str | None) -> int:
+        """The time (ms) of the last decision that took rights on ``name`` from ``node_id`` or
+        from the whole channel (0 if none): tokens issued at or before it must be refused.
+        Token issuers issue after it (:func:`~kachery_node.hub.app._pubsub_token`)."""
+        whole = self._floors.get((name, ""), 0)
+        return whole if node_id is None else max(whole, self._floors.get((name, node_id), 0))
 
     def roles(self, name: str, node_id: str) -> dict[str, list[str]]:
         m = self.membership(name)

@@ -11,23 +11,36 @@ publisher if it subscribed, like Ably's default echo), serializing it once.
 
 Rules
 -----
-* It is pub-sub, not storage: nothing is kept once delivered; a subscriber that falls more than
-  ``max_queue`` messages behind is dropped (close code 4008), like NATS's slow consumers.
+* It is pub-sub, not storage: nothing is kept once delivered; a subscriber whose undelivered
+  events (queued, and the frame being written) reach ``max_queue_bytes`` is dropped (close code
+  4008), like NATS's slow consumers: its backlog is discarded and its subscriptions end at once,
+  so a subscriber that stops reading costs the hub at most that much, whatever is published.
 * Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
   ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
-  over ``max_frame_bytes`` close the connection (1009).
+  over ``max_frame_bytes`` close the connection (1009), and the relay sends none larger.
+* Per node, not per connection: the publish allowance belongs to the (channel, node) and all its
+  connections draw on it, and a node may hold at most ``max_connections_per_node`` authenticated
+  connections on a channel (another ``auth`` is refused ``rate_limited``, logged, closed 4029),
+  so opening more connections with one token (or several) buys neither rate nor fan-out.
 * Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
   ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
+* Revocation holds for old tokens: a token issued at or before the hub's last revocation
+  concerning its node on its channel (``revoked_before``, kept in hub.db) is refused on a new
+  connection and on a renewal; the hub narrows live connections itself (:meth:`Relay.restrict`).
 * Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
   changes nothing.
-* Outgoing events queued while the socket is busy go out together in one frame (a JSON array):
-  batching is what lets one Python process deliver thousands of messages per second.
+* Outgoing events queued while the socket is busy go out together (a JSON array per frame):
+  batching is what lets one Python process deliver thousands of messages per second. A frame
+  holds at most ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so
+  a paused subscriber's backlog goes out in several frames, never one it would refuse.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,13 +67,40 @@ class RelayLimits:
     """The relay's bounds (``kachery hub serve`` options set them)."""
 
     max_message_bytes: int = 64 * 1024  # Ably's default message size limit
-    max_frame_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024  # both ways: the client's own cap is 16 MiB
     publish_rate: float = 2000.0
     publish_burst: float = 4000.0
     heartbeat_s: float = 15.0
     idle_timeout_s: float = 45.0
     auth_timeout_s: float = 10.0
-    max_queue: int = 50_000
+    max_queue_bytes: int = 16 * 1024 * 1024  # undelivered bytes per connection (each event + 64)
+    max_connections_per_node: int = 8  # per (channel, node), whatever the tokens
+
+
+# What a queued event costs besides its bytes (the bytes object and its place in the deque):
+# counted so that many tiny events cannot outgrow max_queue_bytes.
+_EVENT_OVERHEAD = 64
+
+
+@dataclass
+class _NodeLimits:
+    """What all of a node's connections on one channel share: the publish token bucket and the
+    connection count (so that more connections with one token give no more of either)."""
+
+    allowance: float
+    last_refill: float
+    connections: int = 0
+
+    def refill(self, limits: RelayLimits) -> float:
+        now = time.monotonic()
+        self.allowance = min(limits.publish_burst,
+                             self.allowance + (now - self.last_refill) * limits.publish_rate)
+        self.last_refill = now
+        return self.allowance
+
+
+class _TooManyConnections(RateLimitedError):
+    """A node opened more relay connections on a channel than ``max_connections_per_node``."""
 
 
 class _Close(Exception):
@@ -75,11 +115,12 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
-        self.out: list[bytes] = []
+        self.out: deque[bytes] = deque()
+        self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
+        self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
         self.last_recv = time.monotonic()
-        self.allowance = relay.limits.publish_burst
-        self.last_refill = time.monotonic()
+        self.node: _NodeLimits | None = None  # shared by the node's connections on the channel
         self.close_request: _Close | None = None
         self.refused_here = 0
         self.connected_at = time.monotonic()
@@ -91,10 +132,20 @@ class _Connection:
 
     # ---------------------------------------------------------------- outgoing
     def push(self, event: bytes) -> None:
-        if len(self.out) >= self.relay.limits.max_queue:
-            self.close(4008, "slow consumer: too many undelivered messages")
+        if self.close_request is not None:
+            return  # closing: nothing more goes out (what was queued before still does)
+        cost = len(event) + _EVENT_OVERHEAD
+        limit = self.relay.limits.max_queue_bytes
+        if self.queued_bytes + self.inflight_bytes + cost > limit:
+            # Drop the backlog now (not when the socket drains: a stalled peer may never read).
+            self.out.clear()
+            self.queued_bytes = 0
+            for band in list(self.subs):
+                self.relay.unsubscribe(self, band)
+            self.close(4008, f"slow consumer: over {limit} bytes undelivered")
             return
         self.out.append(event)
+        self.queued_bytes += cost
         self.wake.set()
 
     def send_op(self, **op: Any) -> None:
@@ -110,12 +161,29 @@ class _Connection:
         while True:
             await self.wake.wait()
             self.wake = trio.Event()
-            if self.out:
-                batch, self.out = self.out, []
-                await self.ws.send_text((b"[" + b",".join(batch) + b"]").decode())
+            while self.out:
+                frame, self.inflight_bytes = self._take_frame()
+                await self.ws.send_text(frame.decode())
+                self.inflight_bytes = 0
                 self.relay.frames_out += 1
             if self.close_request is not None:
                 raise self.close_request
+
+    def _take_frame(self) -> tuple[bytes, int]:
+        """The oldest queued events, as many as fit in one frame of at most ``max_frame_bytes``
+        (a backlog goes out in several frames, each one the client accepts; an event is never
+        split, so one larger than the limit, possible only with a message limit near it, goes
+        alone), and what they cost in :attr:`queued_bytes`."""
+        limit = self.relay.limits.max_frame_bytes
+        batch = [self.out.popleft()]
+        size = len(batch[0]) + 2
+        while self.out and size + len(self.out[0]) + 1 <= limit:
+            event = self.out.popleft()
+            batch.append(event)
+            size += len(event) + 1
+        cost = sum(len(event) for event in batch) + _EVENT_OVERHEAD * len(batch)
+        self.queued_bytes -= cost
+        return b"[" + b",".join(batch) + b"]", cost
 
     async def ticker(self) -> None:
         limits = self.relay.limits
@@ -160,6 +228,9 @@ class _Connection:
                     self.handle(op)
                 except ChannelProtocolError as exc:
                     self.refuse(exc, op_id)
+                    if self.claims is None and isinstance(exc, _TooManyConnections):
+                        self.close(4029, str(exc))
+                        return
                     if isinstance(exc, InvalidTokenError | ExpiredError) and self.claims is None:
                         self.close(4001, str(exc))
                         return
@@ -213,6 +284,11 @@ class _Connection:
         old = self.claims
         if old is not None and (claims.node, claims.channel) != (old.node, old.channel):
             raise InvalidTokenError("a renewed token must be for the same node and channel")
+        if claims.issued_ms <= self.relay.revoked_before(claims.channel, claims.node):
+            raise InvalidTokenError("token was issued before a revocation concerning this node on "
+                                    f"{claims.channel!r}; ask the hub for a new one")
+        if old is None:
+            self.node = self.relay.admit(claims.channel, claims.node)
         self.claims = claims
         for band in sorted(self.subs):
             if SUBSCRIBE not in claims.capability.get(band, ()):
@@ -224,18 +300,18 @@ class _Connection:
     def publish(self, band: str, op: dict, now_ms: float) -> None:
         assert self.claims is not None
         check_capability(self.claims.capability, band, PUBLISH)
+        assert self.node is not None
         limits = self.relay.limits
-        now = time.monotonic()
-        refill = (now - self.last_refill) * limits.publish_rate
-        self.allowance = min(limits.publish_burst, self.allowance + refill)
-        self.last_refill = now
-        if self.allowance < 1:
-            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s on this connection")
+        node = self.node
+        node.refill(limits)
+        if node.allowance < 1:
+            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s for this node on "
+                                   f"{self.claims.channel!r} (all its connections together)")
         data = orjson.dumps(op.get("data"))
         if len(data) > limits.max_message_bytes:
             raise TooLargeError(
                 f"message of {len(data)} bytes is over the {limits.max_message_bytes}-byte limit")
-        self.allowance -= 1
+        node.allowance -= 1
         event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
                  + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
         self.relay.fan_out(band, event)
@@ -243,17 +319,52 @@ class _Connection:
             self.send_op(op="ack", id=op["id"])
 
 
-class Relay:
-    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint."""
+# (channel, node) -> the time of the last revocation concerning them (0: none).
+RevokedBefore = Callable[[str, str], int]
 
-    def __init__(self, hub_id: str, limits: RelayLimits | None = None) -> None:
+
+class Relay:
+    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint.
+
+    ``revoked_before(channel, node)`` says when rights were last taken from ``node`` on
+    ``channel`` (the hub's :meth:`~kachery_node.hub.state.HubState.tokens_revoked_before`): tokens
+    issued at or before it are refused, on new connections and renewals alike.
+    """
+
+    def __init__(self, hub_id: str, limits: RelayLimits | None = None,
+                 revoked_before: RevokedBefore = lambda channel, node: 0) -> None:
         self.hub_id = hub_id
         self.limits = limits or RelayLimits()
+        self.revoked_before = revoked_before
         self.bands: dict[str, set[_Connection]] = {}
         self.connections: set[_Connection] = set()
+        self.nodes: dict[tuple[str, str], _NodeLimits] = {}  # (channel, node) -> shared limits
         self.delivered = 0
         self.frames_out = 0
         self.refusals = 0
+
+    def admit(self, channel: str, node: str) -> _NodeLimits:
+        """Count a newly authenticated connection of ``node`` on ``channel``; refuse it when the
+        node has ``max_connections_per_node`` already. Returns the state its connections share."""
+        limits = self.limits
+        state = self.nodes.get((channel, node))
+        if state is None:
+            if len(self.nodes) > 2 * len(self.connections) + 64:
+                self._forget_idle_nodes()
+            state = self.nodes[(channel, node)] = _NodeLimits(limits.publish_burst, time.monotonic())
+        if state.connections >= limits.max_connections_per_node:
+            raise _TooManyConnections(
+                f"node {node[:12]}… already has {state.connections} relay connections on {channel!r} "
+                f"(at most {limits.max_connections_per_node}); close one first")
+        state.connections += 1
+        return state
+
+    def _forget_idle_nodes(self) -> None:
+        """Drop the state of nodes without connections whose allowance is full again (keeping
+        the others: reconnecting must not reset a node's publish allowance)."""
+        for key, state in list(self.nodes.items()):
+            if state.connections == 0 and state.refill(self.limits) >= self.limits.publish_burst:
+                del self.nodes[key]
 
     def fan_out(self, band: str, event: bytes) -> None:
         subs = self.bands.get(band)
@@ -316,6 +427,8 @@ class Relay:
             for band in list(conn.subs):
                 self.unsubscribe(conn, band)
             self.connections.discard(conn)
+            if conn.node is not None:
+                conn.node.connections -= 1
         if close is not None:
             with trio.move_on_after(2):
                 try:

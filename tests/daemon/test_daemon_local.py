@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
 import kachery_feeds as kf
@@ -63,13 +65,38 @@ def test_port_in_use_is_a_clear_error(tmp_path):
 def test_sigterm_and_sigkill_leave_a_usable_storage(tmp_path):
     n = TestNode(tmp_path, "delta")
     n.start()
-    n.kill()
-    time.sleep(0.3)
+    pid = n.kill()
+    _wait_exited(pid)
     with pytest.raises(DaemonNotRunningError):
         n.client.status()
     n.start()  # the lock died with the process; a new daemon starts
     assert n.client.status()["node_id"] == n.node_id
     n.stop()
+
+
+def test_daemon_stops_when_its_storage_directory_is_deleted(tmp_path):
+    """A daemon nobody can reach any more (its storage and daemon.json are gone) stops on its
+    own, within a few seconds (issue 11: a failed test run left its daemons running)."""
+    import shutil
+
+    gone = TestNode(tmp_path, "gone")
+    gone.start()
+    pid = json.loads((gone.storage_dir / "daemon.json").read_text())["pid"]
+    shutil.rmtree(gone.storage_dir)
+    _wait_exited(pid, timeout=15)
+
+    # Only daemon.json removed: the log (still there) says why it stopped, and that it did cleanly.
+    orphan = TestNode(tmp_path, "orphan")
+    orphan.start()
+    info = orphan.storage_dir / "daemon.json"
+    pid = json.loads(info.read_text())["pid"]
+    info.unlink()
+    _wait_exited(pid, timeout=15)
+    log = orphan.log()
+    assert "daemon.json was deleted or replaced: stopping" in log and log.rstrip().endswith("stopped"), log
+    orphan.start()  # the storage is usable: a new daemon starts
+    assert orphan.client.status()["node_id"] == orphan.node_id
+    orphan.stop()
 
 
 def test_local_api_authentication(node):
@@ -82,6 +109,18 @@ def test_local_api_authentication(node):
     assert httpx.post(f"{base}/api/stop", params={"token": browser_token}).status_code == 403
     authorized = {"Authorization": f"Bearer {client_token}"}
     assert httpx.get(f"{base}/api/status", headers=authorized).status_code == 200
+    # The full-access token never travels in a URL (logs, history, Referer): refused there,
+    # on client and browser endpoints, GET and POST alike (issue 11, defect 10).
+    feed_uri = "feed://" + "a" * 64 + "/x"
+    in_url = [httpx.get(f"{base}/api/status", params={"token": client_token}),
+              httpx.get(f"{base}/api/feeds/messages", params={"uri": feed_uri, "token": client_token}),
+              httpx.post(f"{base}/api/feeds/follow", params={"token": client_token}, json={"uri": feed_uri}),
+              httpx.post(f"{base}/api/stop", params={"token": client_token})]
+    for r in in_url:
+        assert r.status_code == 403 and "Authorization header" in r.json()["error"], r.text
+    # The read-only browser token may: EventSource cannot set headers.
+    ok = httpx.get(f"{base}/api/feeds/messages", params={"uri": feed_uri, "token": browser_token})
+    assert ok.status_code == 200 and ok.json()["messages"] == []
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 is refused.
     assert httpx.get(f"{base}/probe", headers={"Host": "evil.example"}).status_code == 403
     assert node.client.is_running()  # nothing above stopped it
@@ -101,11 +140,20 @@ def test_cors_allow_list(tmp_path):
         n.stop()
 
 
-def _read_events(response, count: int) -> list[tuple[int, dict]]:
+def _wait_exited(pid: int, timeout: float = 10) -> None:
+    """Wait until process ``pid`` is gone (or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {pid} did not exit within {timeout} s"
+        time.sleep(0.02)
+
+
+def _read_events(response_or_lines, count: int) -> list[tuple[int, dict]]:
     import json
 
+    lines = response_or_lines.iter_lines() if hasattr(response_or_lines, "iter_lines") else response_or_lines
     events, current = [], {}
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith("id: "):
             current["id"] = int(line[4:])
         elif line.startswith("data: "):
@@ -123,15 +171,12 @@ def test_subfeed_stream_is_live_and_resumable(node):
     sf = kf.open_store(node.storage_dir / "feeds.db").create_feed().load_subfeed("sensor")
     sf.append_messages([{"t": i, "value": i * i} for i in range(5)])
     base, params = node.client.base_url, {"uri": sf.uri, "token": browser_token}
-
-    def later():
-        time.sleep(0.3)
-        sf.append_message({"t": 5, "value": 25})
-
-    threading.Thread(target=later).start()
     with httpx.stream("GET", f"{base}/api/feeds/stream", params={**params, "start": 2}, timeout=10) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = _read_events(r, 4)
+        lines = r.iter_lines()
+        events = _read_events(lines, 3)  # what was there: the stream now waits for more
+        sf.append_message({"t": 5, "value": 25})
+        events += _read_events(lines, 1)
     assert [e[0] for e in events] == [2, 3, 4, 5]
     assert events[-1][1]["payload"] == {"t": 5, "value": 25}
     # EventSource reconnects with Last-Event-ID: the stream resumes after it.
@@ -151,6 +196,55 @@ def test_bad_stream_requests(node):
                            ({"uri": "feed://" + "a" * 64 + "/x"}, 401)]:
         r = httpx.get(f"{base}/api/feeds/messages", params=params)
         assert r.status_code == status and "error" in r.json()
+
+
+BAD_NUMBERS = ["99999999999999999999", str(2**53), "\u00b2", "\u0663", "1_0", " 1", "+1", "-1",
+               "1e3", "0x10", "1.0", "\uff11"]
+
+
+def test_bad_numbers_and_uris_are_400_not_500_or_a_cut_stream(node):
+    """Numbers are ASCII digits in range, URIs parse before a stream starts (issue 11, defect 8:
+    a 20-digit start was a SQLite OverflowError (500), the same Last-Event-ID and a chunkOf of
+    '~²~3' cut the stream)."""
+    client_token, browser_token = _tokens(node)
+    sf = kf.open_store(node.storage_dir / "feeds.db").create_feed().load_subfeed("s")
+    sf.append_messages([{"i": i} for i in range(3)])
+    base, params = node.client.base_url, {"uri": sf.uri, "token": browser_token}
+    for bad in BAD_NUMBERS:
+        for name in ("start", "end"):
+            r = httpx.get(f"{base}/api/feeds/messages", params={**params, name: bad}, timeout=10)
+            assert r.status_code == 400 and name in r.json()["error"], (name, bad, r.text)
+        r = httpx.get(f"{base}/api/feeds/stream", params={**params, "start": bad}, timeout=10)
+        assert r.status_code == 400 and "start" in r.json()["error"], (bad, r.text)
+        if bad.isascii() and bad == bad.strip():  # what a header can carry (latin-1 below)
+            r = httpx.get(f"{base}/api/feeds/stream", params=params, headers={"Last-Event-ID": bad},
+                          timeout=10)
+            assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"], (bad, r.text)
+    r = httpx.get(f"{base}/api/feeds/stream", params=params, timeout=10,
+                  headers={"Last-Event-ID": "\u00b2".encode("latin-1")})
+    assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"], r.text
+    # The largest accepted number is answered, not overflowed.
+    r = httpx.get(f"{base}/api/feeds/messages", params={**params, "start": str(2**53 - 1)}, timeout=10)
+    assert r.status_code == 200 and r.json()["messages"] == []
+
+    authorized = {"Authorization": f"Bearer {client_token}"}
+    for uri in ["sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u00b2~3",
+                "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~99999999999999999999999",
+                "sha1://" + "a" * 40 + "?manifest=zz", "http://example.org/x", 42]:
+        for path in ("/api/files/fetch", "/api/files/upload"):
+            r = httpx.post(f"{base}{path}", json={"uri": uri, "channel": "lab"}, headers=authorized,
+                           timeout=10)
+            assert r.status_code == 400 and r.json()["error"], (path, uri, r.text)
+    assert node.client.is_running()
+
+
+def test_bad_daemon_port_variable_is_a_clear_error(tmp_path):
+    n = TestNode(tmp_path, "port")
+    for bad in ["\u00b2", "99999", "0", "1_0"]:
+        n.env["KACHERY_DAEMON_PORT"] = bad
+        result = n.run("node", "status", check=False)
+        assert result.returncode == 1 and "KACHERY_DAEMON_PORT must be a port number" in result.stderr, (
+            bad, result.stderr)
 
 
 def test_client_without_daemon_raises_typed_error(tmp_path):

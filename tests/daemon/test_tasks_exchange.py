@@ -176,3 +176,65 @@ async def test_probe_lists_the_registered_functions(tmp_path):
         tg.cancel_scope.cancel()
     (answer,) = [b for _s, _band, b in ch.published if b["type"] == "taskFunctions"]
     assert answer["functions"] == [{"function_id": "t.add.1", "function_type": "pure-calculation"}]
+
+
+@pytest.mark.trio
+async def test_identical_calculations_from_two_requesters_share_one_run_and_its_error(tmp_path):
+    """One computation per task hash at a time, whoever asks; its failure is theirs too; an
+    untyped request learns the type from the offer (issue 11)."""
+    ch = MemoryChannel("lab")
+    for d in ("p", "r1", "r2"):
+        (tmp_path / d).mkdir()
+    prov = TaskExchange(tmp_path / "p", FAST)
+    r1, r2 = TaskExchange(tmp_path / "r1", FAST), TaskExchange(tmp_path / "r2", FAST)
+    _allow_task_uploads(ch.join(Keypair.generate(), PROVIDER, prov.on_message))
+    l1 = ch.join(Keypair.generate(), ["request-tasks"], r1.on_message)
+    l2 = ch.join(Keypair.generate(), ["request-tasks"], r2.on_message)
+    runs: list = []
+    release = anyio.Event()
+
+    async def slow_backend():
+        while True:
+            for task in await prov.poll("b", ADD, max_tasks=4, running=[], timeout=5):
+                runs.append(task["request_id"])
+                await release.wait()  # both requests are assigned before the first finishes
+                kw = task["kwargs"]
+                if kw["b"] == 0:
+                    await prov.update("b", task["task_key"], "error", error="ZeroDivisionError: b")
+                else:
+                    await prov.update("b", task["task_key"], "finished", result=kw["a"] + kw["b"])
+
+    async def ask(ex, link, kwargs, out):
+        try:
+            out.append(await ex.request([link], "t.add.1", kwargs))
+        except TaskError as exc:
+            out.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for ex in (prov, r1, r2):
+            await tg.start(ex.run)
+        tg.start_soon(slow_backend)
+        await anyio.sleep(0.05)
+        for kwargs in ({"a": 1, "b": 2}, {"a": 1, "b": 0}):
+            out: list = []
+            runs.clear()
+            release = anyio.Event()
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as asks:
+                    asks.start_soon(ask, r1, l1, kwargs, out)
+                    asks.start_soon(ask, r2, l2, kwargs, out)
+                    while len([b for _s, _band, b in ch.published
+                               if b.get("status") == "queued" and b.get("note")]) < (1 if kwargs["b"] else 2):
+                        await anyio.sleep(0.01)  # the second request follows the first's computation
+                    release.set()
+            assert len(runs) == 1, runs
+            if kwargs["b"]:
+                assert [o["result"] for o in out] == [3, 3] and not any(o["from_cache"] for o in out)
+            else:
+                assert len(out) == 2 and all("ZeroDivisionError: b" in str(o) for o in out), out
+        tg.cancel_scope.cancel()
+    offers = [b for _s, _band, b in ch.published if b["type"] == "offer"]
+    assert offers and all(b["function_type"] == "pure-calculation" for b in offers)
+    asked = [b for _s, _band, b in ch.published if b["type"] == "requestTask"]
+    assert len(asked) == 4 and not any("function_type" in b for b in asked[:2])  # untyped at first,
+    assert all(b["function_type"] == "pure-calculation" for b in asked[2:])  # then learned

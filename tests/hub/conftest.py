@@ -14,6 +14,7 @@ import pytest
 
 from kachery_node.hub.client import HubClient
 from kachery_node.identity import Keypair
+from tests import processes
 
 KACHERY = str(Path(sys.executable).parent / "kachery")
 
@@ -25,6 +26,7 @@ class HubProcess:
         self.dir = hub_dir
         self.args = args
         self.proc: subprocess.Popen | None = None
+        processes.register(self)  # stopped with the test that made it, pass or fail
         self.start()
 
     def start(self) -> None:
@@ -38,6 +40,7 @@ class HubProcess:
         deadline = time.monotonic() + 20
         while not info_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"hub did not start:\n{(self.dir / 'stderr.txt').read_text()}")
             time.sleep(0.05)
         info = json.loads(info_path.read_text())

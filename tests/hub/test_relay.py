@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack, asynccontextmanager
+
 import orjson
+import psutil
 import pytest
 import trio
 import trio_websocket
@@ -236,3 +239,228 @@ async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
     with pytest.raises(HubRequestError) as info:
         await creds(a["prov"], ch)
     assert info.value.code == "unknown_channel"
+
+
+async def try_open(credentials: dict) -> str | None:
+    """Open a relay connection with ``credentials``: None if accepted, else the refusal's code."""
+    try:
+        async with open_pubsub(credentials):
+            return None
+    except HubRequestError as exc:
+        return exc.code
+    except BaseExceptionGroup as group:  # raised inside the client's nursery
+        leaves = group.subgroup(HubRequestError)
+        assert leaves is not None, group
+        return leaves.exceptions[0].code
+
+
+async def refusal(credentials: dict) -> str:
+    """The code with which the relay refuses ``credentials``."""
+    code = await try_open(credentials)
+    assert code is not None, "the relay accepted the token"
+    return code
+
+
+async def test_tokens_from_before_a_revocation_are_refused_also_after_a_restart(tmp_path):
+    hub = HubProcess(tmp_path / "hub", "--heartbeat", "0.5")
+    try:
+        ch, owner, a = setup_channel(hub, {"q": ["request-files", "provide-files"]})
+        q, req_band, prov_band = a["q"], f"{ch}-requestFiles", f"{ch}-provideFiles"
+        old = await creds(q, ch)
+        async with open_pubsub(old) as conn:
+            await conn.subscribe(req_band)
+            await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, q.node_id, ["provide-files"]))
+            with pytest.raises(HubRequestError) as info:
+                await conn.receive(timeout=5)
+            assert info.value.code == "unsubscribed"
+            # Renewing with the token from before the revocation is refused: the connection keeps
+            # its narrowed rights and cannot subscribe to requestFiles again.
+            with pytest.raises(HubRequestError) as info:
+                await conn.renew_token(old)
+            assert info.value.code == "invalid_token"
+            with pytest.raises(HubRequestError) as info:
+                await conn.subscribe(req_band)
+            assert info.value.code == "capability_denied"
+        # A new connection with the old token is refused too.
+        assert await refusal(old) == "invalid_token"
+        # A token issued after the decision carries the narrowed rights, and works.
+        new = await creds(q, ch)
+        async with open_pubsub(new) as conn:
+            await conn.subscribe(prov_band)
+            with pytest.raises(HubRequestError) as info:
+                await conn.subscribe(req_band)
+            assert info.value.code == "capability_denied"
+        assert "issued before a revocation" in hub.log()
+        # The decision survives a restart (same hub key, so the old token still verifies).
+        hub.restart()
+        relay_url = "ws" + hub.url[4:] + "/pubsub"
+        old, new = {**old, "url": relay_url}, {**new, "url": relay_url}
+        assert await refusal(old) == "invalid_token"
+        async with open_pubsub(new) as conn:
+            await conn.subscribe(prov_band)
+    finally:
+        hub.stop()
+
+
+async def test_tokens_of_a_deleted_channel_do_not_work_for_a_new_one_of_that_name(relay_hub):
+    ch, owner, a = setup_channel(relay_hub, {"q": ["provide-files"]})
+    q = a["q"]
+    old = await creds(q, ch)
+    owner.client.delete_channel(ch)
+    owner.client.create_channel(ch)
+    q.client.request_roles(ch, q.node_id, ["provide-files"])
+    owner.client.grant(ch, q.node_id, ["provide-files"])
+    assert await refusal(old) == "invalid_token"
+    async with open_pubsub(await creds(q, ch)) as conn:
+        await conn.subscribe(f"{ch}-requestFiles")
+
+
+CLIENT_MAX_FRAME = 16 << 20  # what kachery's relay client accepts (pubsub/embedded.py)
+RELAY_MAX_FRAME = 1 << 20  # what the relay sends at most (spec/pubsub.md §3)
+
+
+@pytest.fixture(scope="module")
+def bulk_hub(tmp_path_factory):
+    """A hub that lets one node publish tens of MB quickly and keeps a large backlog."""
+    h = HubProcess(tmp_path_factory.mktemp("bulkhub"), "--max-publish-rate", "100000",
+                   "--max-queue-bytes", str(256 << 20))
+    yield h
+    h.stop()
+
+
+@asynccontextmanager
+async def subscribed_socket(hub, credentials: dict, band: str):
+    """A raw WebSocket (the client library's frame cap, no read-ahead) subscribed to ``band``:
+    while the test does not read it, the relay's writes stall as a paused subscriber's do."""
+    async with trio_websocket.open_websocket_url(
+            "ws" + hub.url[4:] + "/pubsub", max_message_size=CLIENT_MAX_FRAME, message_queue_size=1,
+            connect_timeout=10, disconnect_timeout=2) as ws:
+        await ws.send_message(orjson.dumps([{"op": "auth", "token": credentials["token"]},
+                                            {"op": "subscribe", "band": band, "id": 1}]).decode())
+        with trio.fail_after(10):
+            while not any(op.get("op") == "subscribed" for op in orjson.loads(await ws.get_message())):
+                pass
+        yield ws
+
+
+async def publish_bulk(pub, band: str, count: int, size: int) -> None:
+    """Publish ``count`` messages of ``size`` bytes, acknowledging every 15th (the client batches
+    unacknowledged publishes into one frame, which must stay under the relay's 1 MiB)."""
+    blob = "x" * size
+    for i in range(count):
+        await pub.publish(band, {"i": i, "blob": blob}, ack=(i % 15 == 14 or i == count - 1))
+
+
+async def test_a_paused_subscribers_backlog_comes_in_frames_its_client_accepts(bulk_hub):
+    ch, _, a = setup_channel(bulk_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+    band, count = f"{ch}-requestFiles", 800
+    async with subscribed_socket(bulk_hub, await creds(a["sub"], ch), band) as sub:
+        async with open_pubsub(await creds(a["pub"], ch)) as pub:
+            # 40 MB while the subscriber does not read: most of it waits in the relay.
+            with trio.fail_after(60):
+                await publish_bulk(pub, band, count, 50_000)
+        got, largest = [], 0
+        with trio.fail_after(60):
+            while len(got) < count:
+                frame = await sub.get_message()  # ConnectionClosed (1009) if a frame is too large
+                largest = max(largest, len(frame.encode()))
+                got += [op["data"]["i"] for op in orjson.loads(frame) if op["op"] == "message"]
+        assert got == list(range(count))
+        assert largest <= RELAY_MAX_FRAME, largest
+
+
+async def wait_for_log(hub, text: str, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while text not in hub.log():
+            await trio.sleep(0.05)
+
+
+async def test_a_stalled_subscriber_is_dropped_and_the_hub_stays_small(tmp_path):
+    hub = HubProcess(tmp_path / "hub", "--max-publish-rate", "100000", "--max-queue-bytes", str(4 << 20))
+    try:
+        ch, _, a = setup_channel(hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+        band, count = f"{ch}-requestFiles", 3000
+        proc = psutil.Process(hub.proc.pid)
+        base = peak = proc.memory_info().rss
+        async with subscribed_socket(hub, await creds(a["sub"], ch), band) as sub, \
+                open_pubsub(await creds(a["pub"], ch)) as pub:
+            async def sample_rss() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, proc.memory_info().rss)
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as watch:
+                watch.start_soon(sample_rss)
+                # 90 MB to a subscriber that does not read.
+                with trio.fail_after(90):
+                    await publish_bulk(pub, band, count, 30_000)
+                await wait_for_log(hub, "slow consumer", 10)
+                watch.cancel_scope.cancel()
+            # The subscriber reads again: what was in flight, then the close.
+            received = 0
+            with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    received += sum(op["op"] == "message" for op in orjson.loads(await sub.get_message()))
+            assert closed.value.reason.code == 4008
+            assert received < count
+            # The publisher and the relay carry on.
+            await pub.publish(band, {"after": "drop"}, ack=True)
+        grew = (peak - base) / 2**20
+        assert grew < 48, f"hub grew by {grew:.0f} MiB"
+    finally:
+        hub.stop()
+
+
+async def test_the_publish_rate_is_per_node_whatever_its_connections(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    band, token = f"{ch}-requestFiles", await creds(a["req"], ch)
+    async with open_pubsub(await creds(a["prov"], ch)) as prov, AsyncExitStack() as stack:
+        await prov.subscribe(band)
+        pubs = [await stack.enter_async_context(open_pubsub(token)) for _ in range(5)]
+        start = trio.current_time()
+        # 5 connections x 100: each alone is within the burst (100), together they are not.
+        for i in range(100):
+            for k, pub in enumerate(pubs):
+                await pub.publish(band, {"k": k, "i": i})
+        for k, pub in enumerate(pubs):  # a last message on each, accepted once allowance returns
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await pub.publish(band, {"k": k, "done": True}, ack=True)
+                        break
+                    except HubRequestError as exc:
+                        assert exc.code == "rate_limited"
+                        await trio.sleep(0.05)
+        elapsed = trio.current_time() - start
+        flood, done = 0, 0
+        with trio.fail_after(10):
+            while done < len(pubs):  # each connection's last message follows its accepted ones
+                m = await prov.receive(timeout=10)
+                done += m.data.get("done", False)
+                flood += "i" in m.data
+        assert 100 <= flood <= 100 + 50 * elapsed + 10, (flood, elapsed)
+    assert "all its connections together" in relay_hub.log()
+
+
+async def test_connections_per_node_are_capped(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "other": ["request-files"]})
+    token = await creds(a["req"], ch)
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(open_pubsub(token)) for _ in range(8)]
+        assert await refusal(token) == "rate_limited"
+        assert await refusal(await creds(a["req"], ch)) == "rate_limited"  # a new token too
+        url = "ws" + relay_hub.url[4:] + "/pubsub"
+        async with trio_websocket.open_websocket_url(url) as ws:
+            await ws.send_message(orjson.dumps({"op": "auth", "token": token["token"], "id": 1}).decode())
+            reply = orjson.loads(await ws.get_message())[0]
+            assert (reply["op"], reply["code"]) == ("error", "rate_limited")
+            assert await _expect_close(ws, 5) == 4029
+        async with open_pubsub(await creds(a["other"], ch)) as other:  # other nodes are not affected
+            await other.publish(f"{ch}-requestFiles", {"ok": 1}, ack=True)
+        await conns[0].aclose()
+        with trio.fail_after(10):  # the relay notices the close, then has room for one more
+            while (code := await try_open(token)) == "rate_limited":
+                await trio.sleep(0.05)
+        assert code is None
+    assert "relay connections on" in relay_hub.log()

@@ -103,8 +103,15 @@ class Lab:
         return self.hub.dir / "bucket" / Path(*key.split("/"))  # FilesystemBucket's layout
 
     def stop(self) -> None:
+        """Stop every node's daemon (all of them, even if one fails to stop)."""
+        failures = []
         for node in self.nodes.values():
-            node.stop()
+            try:
+                node.stop()
+            except Exception as exc:
+                failures.append(f"{node.label}: {exc!r}")
+        if failures:
+            raise AssertionError("could not stop " + "; ".join(failures))
 
 
 # The shared end-to-end suite: module -> the backend combinations ("<pub-sub>+<bucket>") its `lab` /
@@ -211,8 +218,10 @@ def make_lab(tmp_path, request, lab_backends):
 
     yield make
     for lab in labs:
-        lab.stop()
-        lab.hub.stop()
+        try:
+            lab.stop()
+        finally:
+            lab.hub.stop()
 
 
 @pytest.fixture

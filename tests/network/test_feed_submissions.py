@@ -54,7 +54,11 @@ sf = kn.load_subfeed({sf.uri!r})
 kn.run_task_backend(channels=["lab"], functions=[kn.accept_submissions(sf, allowed=[{bob.node_id!r}])])
 """], env=alice.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 20
+        while not any(f.startswith("kachery.submit_message.")
+                      for b in alice.client.status()["task_backends"] for f in b["functions"]):
+            assert time.monotonic() < deadline and owner.poll() is None, "the backend did not register"
+            time.sleep(0.05)
         assert _run(bob, SUBMIT.format(uri=sf.uri, payload={"action": "label", "unit": 7})) == "ok 0"
         out = _run(dave, SUBMIT.format(uri=sf.uri, payload={"action": "delete everything"}))
         assert out.startswith("TaskError:") and "may not submit" in out, out

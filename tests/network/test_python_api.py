@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 
@@ -47,6 +49,42 @@ def test_upload_file_then_fetch_without_the_provider(lab, tmp_path):
     alice.stop()  # the bucket has it now: no provider needed
     load = f"import kachery_node as kn; print(kn.load_text({uri!r}), end='')"
     assert _script(bob, load) == "computed once\n"
+
+
+def test_upload_large_file_then_fetch_without_the_provider(lab, tmp_path):
+    """A file above 20 MB goes up as its manifest and chunks; another node loads it from the
+    bucket alone (issue 11, defect 6: every upload above 20 MB failed)."""
+    from kachery_node.protocol.bucket_layout import file_path
+    from kachery_node.uris import parse_uri
+
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-files"])
+    data = tmp_path / "big.dat"
+    data.write_bytes(os.urandom(45_000_123))  # three chunks: 20 MB, 20 MB, 5 MB
+    upload = f"import kachery_node as kn; print(kn.upload_file({str(data)!r}, channel='lab'))"
+    uri = _script(alice, upload, timeout=120).strip()
+    key = parse_uri(uri)
+    assert key.manifest_sha1, uri
+    for sha1 in (key.manifest_sha1, *[c.sha1 for c in _manifest(alice, key.manifest_sha1).chunks]):
+        assert lab.bucket_object(file_path("lab", sha1)).exists(), sha1
+    alice.stop()  # the bucket has it now: no provider needed
+    load = f"import kachery_node as kn; print(kn.load_file({uri!r}, channel='lab'))"
+    path = _script(bob, load, timeout=120).strip()
+    assert _sha1_of(path) == key.sha1 == _sha1_of(data)
+
+
+def _manifest(node, manifest_sha1: str):
+    from kachery_node.manifest import parse_manifest
+
+    return parse_manifest(kn.open_storage(node.storage_dir).load_bytes(f"sha1://{manifest_sha1}"))
+
+
+def _sha1_of(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def test_not_found_says_what_was_tried(lab):

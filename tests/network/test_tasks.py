@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from kachery_node.protocol.tasks import task_hash
+from tests import processes
 from tests.hub.conftest import HubProcess
 from tests.network.conftest import ALL_ROLES, Lab
 from tests.nodes import KACHERY
@@ -28,22 +29,39 @@ class Backend:
         self.node, self.log_dir = node, log_dir
         self.env = {**node.env, "PYTHONPATH": str(ROOT), "TASK_LOG_DIR": str(log_dir)}
         self.proc: subprocess.Popen | None = None
+        processes.register(self)  # stopped with the test that made it, pass or fail
         self.start()
 
     def start(self) -> None:
+        """Start the backend and wait until the node's daemon lists it as registered."""
+        before = {b["backend_id"] for b in task_backends(self.node)}
         with open(self.log_dir.parent / f"backend-{self.node.label}.log", "ab") as err:
             self.proc = subprocess.Popen(
                 [KACHERY, "task", "backend", "tests.network.task_functions:FUNCTIONS"],
                 env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        wait_for(lambda: any(b["backend_id"] not in before for b in task_backends(self.node)),
+                 what=f"the backend on {self.node.label} to register its functions")
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    stop = kill
+
+    def kill_and_wait_unregistered(self) -> None:
+        """Kill the backend and wait until its daemon no longer offers its functions."""
+        self.kill()
+        wait_for(lambda: not task_backends(self.node), what="the daemon to notice the backend is gone")
+
     def runs(self, name: str) -> list[str]:
         path = self.log_dir / f"{name}.log"
         return path.read_text().splitlines() if path.exists() else []
+
+
+def task_backends(node) -> list[dict]:
+    """The task backends ``node``'s daemon has registered now (``/api/status``)."""
+    return node.client.status()["task_backends"]
 
 
 def script(node, code: str, timeout: float = 60) -> str:
@@ -53,8 +71,8 @@ def script(node, code: str, timeout: float = 60) -> str:
     return result.stdout
 
 
-def request(node, function_id: str, kwargs: dict, *, type: str = "pure-calculation", timeout: float = 20,
-            request_id: str | None = None) -> str:
+def request(node, function_id: str, kwargs: dict, *, type: str | None = "pure-calculation",
+            timeout: float = 20, request_id: str | None = None) -> str:
     """Request from `node` in a script; prints `ok <result> <from_cache> <stale> <statuses> <warnings>`
     or `<ErrorClass>: <message>`."""
     return script(node, f"""
@@ -92,14 +110,19 @@ def shared_lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
     hub = HubProcess(root / "hub")
     lab = Lab(root, hub)
-    alice = lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-tasks"])
-    backend = Backend(alice, root / "runs-alice")
-    time.sleep(1.0)  # the backend's first poll registers its functions
-    yield TaskLab(lab, alice, bob, backend)
-    backend.kill()
-    lab.stop()
-    hub.stop()
+    backend = None
+    try:
+        alice = lab.add_node("alice", ALL_ROLES)
+        bob = lab.add_node("bob", ["request-tasks"])
+        backend = Backend(alice, root / "runs-alice")
+        yield TaskLab(lab, alice, bob, backend)
+    finally:
+        if backend is not None:
+            backend.kill()
+        try:
+            lab.stop()
+        finally:
+            hub.stop()
 
 
 @pytest.fixture
@@ -107,7 +130,6 @@ def tl(shared_lab):
     proc = shared_lab.backend.proc
     if proc is None or proc.poll() is not None:  # a test stopped it
         shared_lab.backend.start()
-        time.sleep(1.0)
     return shared_lab
 
 
@@ -129,8 +151,7 @@ def test_query_is_fresh_and_falls_back_to_the_cache_only_without_provider(tl):
     assert one.startswith("ok {") and " False False " in one, one
     assert two.startswith("ok {") and " False False " in two and one != two, two
     assert len(tl.backend.runs("clock")) == 2
-    tl.backend.kill()  # its daemon notices the closed poll at once
-    time.sleep(0.5)
+    tl.backend.kill_and_wait_unregistered()  # its daemon notices the closed poll at once
     stale = request(tl.bob, "test.clock.1", {"tag": "x"}, type="query")
     assert stale.startswith("ok {") and " True True " in stale and "no provider answered" in stale, stale
     assert two.split(" True True")[0].split("False False")[0] in stale or "'tag': 'x'" in stale
@@ -206,7 +227,6 @@ def test_action_runs_once_under_retries_and_with_two_providers(tl, tmp_path):
     carol = tl.lab.nodes.get("carol") or tl.lab.add_node("carol", ALL_ROLES)
     second = Backend(carol, tmp_path / "runs-carol")
     try:
-        time.sleep(1.0)
         rid = "retry-test-0001"
         first = request(tl.bob, "test.append.1", {"text": "hello"}, type="action", request_id=rid)
         assert first.startswith("ok {'appended': 'hello'} False False"), first
@@ -243,12 +263,9 @@ def test_backend_survives_a_daemon_restart(tl):
              what="the old daemon to exit")
     tl.alice.start()
     tl.lab.wait_connected(tl.alice)
-    out = ""
-    for _ in range(3):  # the backend reconnects with backoff (at most a few seconds)
-        out = request(tl.bob, "test.add.1", {"a": 100, "b": 1})
-        if out.startswith("ok"):
-            break
-        time.sleep(1.0)
+    # The backend reconnects with backoff (at most 5 s) and registers again with the new daemon.
+    wait_for(lambda: task_backends(tl.alice), what="the backend to register with the new daemon")
+    out = request(tl.bob, "test.add.1", {"a": 100, "b": 1})
     assert out.startswith("ok 101 False"), out
     assert tl.backend.proc.poll() is None
 
@@ -262,7 +279,8 @@ def test_readme_tasks_example_runs(tl):
     proc = subprocess.Popen([sys.executable, "-c", backend_code], env=tl.alice.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        wait_for(lambda: any("lab.unit_count.1" in b["functions"] for b in task_backends(tl.alice)),
+                 what="the README's backend to register")
         out = script(tl.bob, request_code).splitlines()
     finally:
         proc.terminate()
@@ -288,15 +306,13 @@ def test_tasks_over_other_backends(lab, tmp_path):
     bob = lab.add_node("bob", ["request-tasks"])
     backend = Backend(alice, tmp_path / "runs")
     try:
-        time.sleep(1.0)
         assert request(bob, "test.add.1", {"a": 7, "b": 8}).startswith("ok 15 False")
-        for _ in range(20):  # the bucket copy is uploaded just after `finished`
-            again = request(bob, "test.add.1", {"a": 7, "b": 8})
-            if again.startswith("ok 15 True"):
-                break
-            time.sleep(0.2)
+        h = task_hash("test.add.1", {"a": 7, "b": 8})
+        cached = lab.bucket_object(f"lab/task_results/{h[:2]}/{h[2:4]}/{h[4:6]}/{h}")
+        wait_for(cached.exists, what="the result in the bucket")  # uploaded just after `finished`
+        again = request(bob, "test.add.1", {"a": 7, "b": 8})
         assert again.startswith("ok 15 True"), again
-        assert len(backend.runs("add")) <= 2
+        assert len(backend.runs("add")) == 1
         out = request(bob, "test.append.1", {"text": "x"}, type="action")
         assert out.startswith("ok {'appended': 'x'}"), out
     finally:
@@ -319,3 +335,38 @@ print(sorted(h.wait()["tag"] for h in hs))
             level -= 1
         peak = max(peak, level)
     assert peak == 4  # `kachery task backend` runs 4 at a time by default
+
+
+def test_identical_requests_at_once_run_once(tl):
+    """Three identical pure calculations requested at once: the provider runs one computation and
+    answers the three requests from it (issue 11)."""
+    out = script(tl.bob, """
+import kachery_node as kn
+hs = [kn.request_task("test.slow.1", {"seconds": 1, "tag": "same"}, channel="lab", timeout=30)
+      for _ in range(3)]
+print([h.wait() for h in hs], len({h.request_id for h in hs}))
+""")
+    assert out.strip() == str([{"slept": 1, "tag": "same"}] * 3) + " 3", out
+    assert sum("start same" in line for line in tl.backend.runs("slow")) == 1, tl.backend.runs("slow")
+    assert "is already being computed here" in tl.alice.log()
+
+
+def test_requester_needs_no_function_type(tl):
+    """The provider's registration says what a function is: a query is fresh each time, an
+    action runs once per request, a pure calculation is cached (issue 11)."""
+    one = request(tl.bob, "test.clock.1", {"tag": "untyped"}, type=None)
+    two = request(tl.bob, "test.clock.1", {"tag": "untyped"}, type=None)
+    assert one.startswith("ok {") and " False False " in one, one
+    assert two.startswith("ok {") and " False False " in two and one != two, two
+    assert sum("untyped" in line for line in tl.backend.runs("clock")) == 2
+    done = tl.bob.json("task", "request", "test.append.1", "--arg", "text=untyped", "--channel", "lab")
+    assert done["result"] == {"appended": "untyped"} and done["from_cache"] is False
+    assert sum("untyped" in line for line in tl.backend.runs("append")) == 1
+    first = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
+    assert first.startswith("ok 42 False False"), first
+    h = task_hash("test.add.1", {"a": 40, "b": 2})
+    cached = tl.lab.hub.dir / "bucket" / "lab" / "task_results" / h[:2] / h[2:4] / h[4:6] / h
+    wait_for(cached.exists, what="the result in the bucket")
+    second = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
+    assert second.startswith("ok 42 True False ['finished']"), second
+    assert sum("40+2" in line for line in tl.backend.runs("add")) == 1

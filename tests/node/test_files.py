@@ -44,7 +44,7 @@ def test_store_and_load_small_file(storage_dir: Path, tmp_path: Path) -> None:
     assert path == storage_dir / "sha1/94/3a/70/943a702d06f34599aee1f8da8ef9f7296031d699"
     assert path.read_bytes() == b"Hello, world!"
     assert not os.access(path, os.W_OK) or os.geteuid() == 0
-    assert path.stat().st_mode & 0o777 == 0o444
+    assert path.stat().st_mode & 0o777 == 0o400  # read-only, and private (spec/storage.md §1)
     # The basename is cosmetic: any name, or none, loads the same content.
     assert kn.load_bytes("sha1://943a702d06f34599aee1f8da8ef9f7296031d699", 7, 12) == b"world"
     assert kn.store_file(src, basename="x.txt").endswith("/x.txt")
@@ -139,10 +139,17 @@ def test_missing_content_raises_not_found(storage_dir: Path) -> None:
     "sha1://" + "a" * 40 + "?manifest=123",
     "sha1://" + "a" * 40 + "/x?manifest=" + "z" * 40,
     "sha1://" + "a" * 40 + "?chunkOf=abc~1~2",
+    # str.isdigit() accepts these; int() then fails (²) or reads another script's digits (٣)
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u00b2~3",
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~\u0663~4",
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~" + "9" * 20,  # beyond 64 bits
+    "sha1://" + "a" * 40 + "?chunkOf=" + "b" * 40 + "~0~9223372036854775808",
     "md5://" + "a" * 32,
     "/local/path",
 ])
 def test_malformed_uris(storage_dir: Path, uri: str) -> None:
+    with pytest.raises(kn.InvalidUriError):
+        kn.parse_uri(uri)
     with pytest.raises(kn.InvalidUriError):
         kn.load_file(uri)
 
