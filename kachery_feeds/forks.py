@@ -13,13 +13,19 @@ the owner has vouched for both. Format (JSON, UTF-8)::
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import orjson
 
 from .errors import VerificationError
+from .jsontext import MAX_SAFE_INTEGER, JsonTextError
+from .jsontext import loads as loads_json
 from .messages import ParsedMessage, check_chain, parse_message
-from .uris import normalize_feed_id
+
+_KEYS = frozenset({"type", "v", "feed", "subfeed", "position", "a", "b"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
 
 
 class ForkProofInfo(NamedTuple):
@@ -63,16 +69,30 @@ def build_fork_proof(
 
 
 def verify_fork_proof(proof: bytes) -> ForkProofInfo:
-    """Check a fork proof independently of any store; raise VerificationError if it is not one."""
+    """Check a fork proof independently of any store; raise VerificationError if it is not one.
+
+    The proof must have exactly the keys of spec/feeds.md §6; ``position`` is informational
+    (a non-negative integer; the proven position is recomputed from the chains)."""
     try:
-        d = orjson.loads(proof)
-        if d.get("type") != "kachery-fork-proof" or d.get("v") != 1:
-            raise VerificationError("not a kachery fork proof (v1)")
-        feed_id = normalize_feed_id(d["feed"])
-        sub = d["subfeed"]
-        chains = [[line.encode("utf-8") for line in d[k]] for k in ("a", "b")]
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise VerificationError(f"malformed fork proof: {exc}") from exc
+        d = loads_json(proof)
+    except JsonTextError as exc:
+        raise VerificationError(f"malformed fork proof: {exc}") from None
+    if type(d) is not dict or d.keys() != _KEYS:
+        raise VerificationError(f"malformed fork proof: expected exactly the keys {sorted(_KEYS)}")
+    if d["type"] != "kachery-fork-proof" or d["v"] != 1 or type(d["v"]) is not int:
+        raise VerificationError("not a kachery fork proof (v1)")
+    feed_id, sub, position = d["feed"], d["subfeed"], d["position"]
+    if type(feed_id) is not str or not _HEX64.fullmatch(feed_id):
+        raise VerificationError("malformed fork proof: 'feed' is not 64 lowercase hex")
+    if type(sub) is not str or not _HEX40.fullmatch(sub):
+        raise VerificationError("malformed fork proof: 'subfeed' is not 40 lowercase hex")
+    if type(position) is not int or not 0 <= position <= MAX_SAFE_INTEGER:
+        raise VerificationError("malformed fork proof: 'position' is not an integer in [0, 2^53-1]")
+    chains = []
+    for k in ("a", "b"):
+        if type(d[k]) is not list or not all(type(line) is str for line in d[k]):
+            raise VerificationError(f"malformed fork proof: {k!r} is not a list of wire lines")
+        chains.append([line.encode("utf-8") for line in d[k]])
     public_key = bytes.fromhex(feed_id)
     parsed = []
     for chain in chains:

@@ -2,10 +2,13 @@
 
 * A feed ID is the feed's Ed25519 public key as 64 hex characters (lowercase is canonical;
   uppercase input is accepted and lowered).
-* A subfeed is named by a string or by any JSON object or list. Its 40-hex *subfeed hash* is the
+* A subfeed is named by a string or by a JSON object or list. Its 40-hex *subfeed hash* is the
   original's rule: SHA-1 of the UTF-8 string; SHA-1 of ``json.dumps(obj, sort_keys=True,
   separators=(',', ':'))`` (ASCII-escaped) for objects and lists; a string that starts with
-  ``~`` is already a hash (``~<40 hex>``).
+  ``~`` is already a hash (``~<40 hex>``). Object and list names may hold only strings,
+  integers within ±(2^53-1), booleans, null, lists and objects (no floats: their Python
+  spelling cannot be reproduced from a parsed value, spec/feeds.md §1), so any language can
+  compute the same hash.
 * URIs: ``feed://<feedId>``, ``feed://<feedId>/<url-quoted string name>`` and
   ``feed://<feedId>/~<subfeedHash>`` (object names are always written this way).
 """
@@ -26,6 +29,9 @@ from .payloads import check_json
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_MAX_SAFE_INTEGER = (1 << 53) - 1
+_MAX_NAME_DEPTH = 201  # arrays and objects, the outermost counting as 1 (check_json's limit)
 
 SubfeedName = str | dict | list
 
@@ -37,14 +43,58 @@ def normalize_feed_id(feed_id: str) -> str:
     return feed_id.lower()
 
 
+def _well_formed(s: str) -> bool:
+    """False if ``s`` holds a lone surrogate (it then has no UTF-8 form)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_name_value(value: Any, depth: int) -> None:
+    """Refuse what the object/list subfeed-name rule cannot write portably (spec/feeds.md §1)."""
+    t = type(value)
+    if (t is dict or t is list or t is tuple) and depth >= _MAX_NAME_DEPTH:
+        raise InvalidUriError(f"subfeed name nests deeper than {_MAX_NAME_DEPTH} levels")
+    if value is None or t is bool:
+        return
+    if t is int:
+        if abs(value) > _MAX_SAFE_INTEGER:
+            raise InvalidUriError(f"integer {value} in a subfeed name is beyond ±(2^53-1)")
+        return
+    if t is str:
+        if not _well_formed(value):
+            raise InvalidUriError("a subfeed name must not contain lone surrogates")
+        return
+    if t is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidUriError(f"subfeed name object keys must be strings, not {key!r}")
+            _check_name_value(key, depth)
+            _check_name_value(item, depth + 1)
+        return
+    if t is list or t is tuple:
+        for item in value:
+            _check_name_value(item, depth + 1)
+        return
+    if t is float:
+        raise InvalidUriError(
+            f"subfeed names may not contain floats ({value!r}): use an integer or a string")
+    raise InvalidUriError(f"{t.__name__} is not allowed in a subfeed name")
+
+
 def subfeed_hash(name: Any) -> str:
     """The 40-hex hash that identifies subfeed ``name`` (see the module docstring).
 
     Raises :class:`InvalidUriError` for anything that is not a valid name: an empty string,
-    text that is not Unicode (lone surrogates), or an object/list that is not plain JSON
-    (non-string keys, integers beyond 64 bits, NaN, nesting deeper than 200 levels).
+    text that is not Unicode (lone surrogates), or an object/list holding anything but strings,
+    integers within ±(2^53-1), booleans, null, lists and objects with string keys, nested more
+    than 201 deep (spec/feeds.md §1).
     """
     if isinstance(name, str):
+        if not _well_formed(name):
+            raise InvalidUriError("a subfeed name must not contain lone surrogates")
         if name.startswith("~"):
             h = name[1:]
             if not _HEX40.fullmatch(h):
@@ -53,12 +103,9 @@ def subfeed_hash(name: Any) -> str:
             return h.lower()
         if name == "":
             raise InvalidUriError("a subfeed name cannot be empty")
-        try:
-            return hashlib.sha1(name.encode("utf-8")).hexdigest()
-        except UnicodeEncodeError as exc:
-            raise InvalidUriError(f"subfeed name {short_repr(name)} is not valid Unicode text") from exc
+        return hashlib.sha1(name.encode("utf-8")).hexdigest()
     if isinstance(name, dict | list):
-        subfeed_name_json(name)  # plain JSON only, or the name would hash differently elsewhere
+        _check_name_value(name, 0)  # only what every language can hash the same way
         text = json.dumps(name, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
     raise InvalidUriError(f"a subfeed name must be a string or a JSON object/list, not {type(name).__name__}")
@@ -106,9 +153,11 @@ def parse_feed_uri(uri: str) -> FeedUri:
     feed_id = normalize_feed_id(feed_part)
     if not sep or name_part == "":
         return FeedUri(feed_id, None)
+    if _BAD_PERCENT.search(name_part):
+        raise InvalidUriError(f"'%' not followed by two hex digits in {short_repr(uri)}")
     try:
         name = urllib.parse.unquote(name_part, errors="strict")
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:
         raise InvalidUriError(f"subfeed name in {short_repr(uri)} is not UTF-8 once unquoted") from exc
     subfeed_hash(name)  # validates '~' hashes and emptiness
     return FeedUri(feed_id, name)

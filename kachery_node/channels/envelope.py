@@ -32,6 +32,9 @@ from typing import Any, Literal
 
 import orjson
 
+from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import loads as loads_json
+
 from ..identity import Keypair, verify_signature
 from .errors import BadSignatureError, MalformedRequestError, StaleRequestError
 
@@ -80,14 +83,16 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise MalformedRequestError(f"request body over {MAX_BODY_BYTES} bytes")
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        obj = loads_json(body)
+    except JsonTextError as exc:
         raise MalformedRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise MalformedRequestError("request body must be a JSON object")
     for key, typ in (("type", str), ("hub", str), ("time_ms", int), ("nonce", str)):
-        if not isinstance(obj.get(key), typ) or isinstance(obj.get(key), bool):
+        if type(obj.get(key)) is not typ:
             raise MalformedRequestError(f"request body needs {key!r} ({typ.__name__})")
+    if not 0 <= obj["time_ms"] <= MAX_SAFE_INTEGER:
+        raise MalformedRequestError("time_ms must be an integer in [0, 2^53-1]")
     if not _NONCE.fullmatch(obj["nonce"]):
         raise MalformedRequestError("nonce must be 16-64 characters of [A-Za-z0-9_-]")
     return obj

@@ -19,6 +19,7 @@ Whether the sender *may* send on that band is the membership's business
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -27,12 +28,17 @@ from typing import Any
 
 import orjson
 
+from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import loads as loads_json
+
 from ..identity import Keypair, verify_signature
 
 CONTEXT = b"kachery-pubsub-v1\x00"
 MAX_SKEW_MS = 60_000
 MAX_ENVELOPE_BYTES = 256 * 1024
 _HEX = frozenset(b"0123456789abcdef")
+#: The nonce alphabet and length (spec/node-protocol.md, Envelopes); ``seal`` writes 24 hex.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 class EnvelopeError(Exception):
@@ -74,13 +80,18 @@ def seal(
 
 
 def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = None) -> Envelope:
-    """Verify a received envelope's shape, signature, binding and freshness (not replay)."""
-    if not isinstance(data, bytes | bytearray) or len(data) > MAX_ENVELOPE_BYTES + 200:
+    """Verify a received envelope's shape, signature, binding and freshness (not replay).
+
+    The line splits at its last two TABs into body, sender and signature; the body is at most
+    :data:`MAX_ENVELOPE_BYTES` and is read by kachery's JSON rules (kachery_feeds.jsontext)."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_ENVELOPE_BYTES + 194:
         raise EnvelopeError("message is not bytes or is too large")
     parts = bytes(data).rsplit(b"\t", 2)
     if len(parts) != 3:
         raise EnvelopeError("malformed message: expected '<body>\\t<node id>\\t<signature>'")
     raw, sender_b, sig_b = parts
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(f"message body is over the {MAX_ENVELOPE_BYTES}-byte limit")
     well_formed = len(sender_b) == 64 and len(sig_b) == 128
     if not well_formed or not _HEX.issuperset(sender_b) or not _HEX.issuperset(sig_b):
         raise EnvelopeError("malformed sender or signature")
@@ -88,9 +99,9 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = 
     if not verify_signature(sender, _signing_input(raw), bytes.fromhex(sig_b.decode())):
         raise EnvelopeError(f"bad signature on a message claiming to be from {sender[:12]}…")
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EnvelopeError(f"message body is not JSON: {exc}") from exc
+        body = loads_json(raw)
+    except JsonTextError as exc:
+        raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
     if type(body) is not dict or not isinstance(body.get("type"), str):
         raise EnvelopeError("message body must be an object with a 'type'")
     if body.get("channel") != channel or body.get("band") != band:
@@ -99,11 +110,11 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = 
         )
     t = body.get("time_ms")
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    if type(t) is not int or abs(now - t) > MAX_SKEW_MS:
+    if type(t) is not int or not 0 <= t <= MAX_SAFE_INTEGER or abs(now - t) > MAX_SKEW_MS:
         raise EnvelopeError("stale message (time_ms is missing or off by more than 60 s)")
     nonce = body.get("nonce")
-    if not isinstance(nonce, str) or not 8 <= len(nonce) <= 64:
-        raise EnvelopeError("message has no valid nonce")
+    if type(nonce) is not str or not _NONCE.fullmatch(nonce):
+        raise EnvelopeError("message has no valid nonce (8-64 characters of [A-Za-z0-9_-])")
     return Envelope(sender, body)
 
 

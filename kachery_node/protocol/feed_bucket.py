@@ -20,8 +20,12 @@ from dataclasses import dataclass
 import orjson
 
 import kachery_feeds as kf
+from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import loads as loads_json
 
 from .bucket_layout import SEGMENT_SIZE
+
+_HEAD_KEYS = frozenset({"v", "count", "segmentSize", "tail"})
 
 
 class HeadError(ValueError):
@@ -47,13 +51,19 @@ def encode_head(count: int, tail: list[bytes]) -> bytes:
 
 
 def parse_head(data: bytes) -> Head:
+    """Parse a head object (spec/bucket.md §3): exactly the keys ``v`` (1), ``count``,
+    ``segmentSize`` (1000) and ``tail``; raises :class:`HeadError`."""
     try:
-        d = orjson.loads(data)
-        count, tail, size = d["count"], d["tail"], d["segmentSize"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise HeadError(f"malformed subfeed head: {exc}") from exc
-    if d.get("v") != 1 or size != SEGMENT_SIZE or type(count) is not int or count < 0:
-        raise HeadError("unsupported subfeed head (version, segment size or count)")
+        d = loads_json(data)
+    except JsonTextError as exc:
+        raise HeadError(f"malformed subfeed head: {exc}") from None
+    if type(d) is not dict or d.keys() != _HEAD_KEYS:
+        raise HeadError(f"malformed subfeed head: expected exactly the keys {sorted(_HEAD_KEYS)}")
+    count, tail, size, v = d["count"], d["tail"], d["segmentSize"], d["v"]
+    if type(v) is not int or v != 1 or type(size) is not int or size != SEGMENT_SIZE:
+        raise HeadError("unsupported subfeed head (version or segment size)")
+    if type(count) is not int or not 0 <= count <= MAX_SAFE_INTEGER:
+        raise HeadError("malformed subfeed head: count is not an integer in [0, 2^53-1]")
     if not isinstance(tail, list) or not all(isinstance(x, str) for x in tail):
         raise HeadError("malformed subfeed head tail")
     if len(tail) != count - (count // SEGMENT_SIZE) * SEGMENT_SIZE:

@@ -31,6 +31,9 @@ from typing import Any
 
 import orjson
 
+from kachery_feeds.jsontext import JsonTextError
+from kachery_feeds.jsontext import loads as loads_json
+
 from ..errors import KacheryError
 from ..identity import Keypair, verify_signature
 
@@ -39,6 +42,10 @@ RESULT_CONTEXT = b"kachery-task-result-v1\x00"
 FUNCTION_TYPES = ("pure-calculation", "query", "action")
 MAX_SAFE_INTEGER = 2**53 - 1
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9@_-]+(\.[A-Za-z0-9@_-]+)*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_RESULT_KEYS = frozenset({"body", "signature"})
+_RESULT_BODY_KEYS = frozenset({"task_hash", "function_id", "result", "provider", "time_ms"})
 MAX_FUNCTION_ID = 400
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
                   "\t": "\\t"}
@@ -71,7 +78,9 @@ def _plain(value: Any) -> Any:
 
 def format_number(value: int | float) -> str:
     """A number as ECMAScript's ``Number.prototype.toString`` writes it (integral floats as
-    integers, ``1e-7``, ``1e+21``, ``-0`` as ``0``); refuses NaN, infinities and unsafe integers."""
+    integers, ``1e-7``, ``-0`` as ``0``); refuses NaN, infinities and any number, integer or
+    float, whose magnitude is above 2^53-1 (JavaScript, holding only doubles, cannot tell
+    ``9007199254740992`` from ``9007199254740992.0``, so both must be refused)."""
     if isinstance(value, bool):
         raise TaskArgumentError("booleans are not numbers")
     if isinstance(value, int):
@@ -81,6 +90,9 @@ def format_number(value: int | float) -> str:
         return str(value)
     if not math.isfinite(value):
         raise TaskArgumentError(f"{value!r} is not allowed in canonical JSON")
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise TaskArgumentError(
+            f"number {value!r} is beyond ±(2^53-1): pass it as a string")
     if value == 0:
         return "0"
     sign = "-" if value < 0 else ""
@@ -247,30 +259,33 @@ def sign_result(keypair: Keypair, *, task_hash: str, function_id: str, result: A
 def verify_result(obj: Any, *, task_hash: str, function_id: str) -> TaskResult:
     """Check a result object's shape, signature and that it answers this task.
 
-    Whether its provider may provide tasks on the channel is the caller's business
-    (``link.may(result.provider, "provide-tasks")``)."""
-    if (not isinstance(obj, dict) or not isinstance(obj.get("body"), str)
-            or not isinstance(obj.get("signature"), str) or len(obj["signature"]) != 128):
-        raise InvalidTaskResultError("malformed result object (expected {'body', 'signature'})")
+    The object has exactly ``body`` (JSON text) and ``signature`` (128 lowercase hex); the body
+    has exactly ``task_hash``, ``function_id``, ``result``, ``provider`` and ``time_ms``
+    (spec/tasks.md §5). Whether its provider may provide tasks on the channel is the caller's
+    business (``link.may(result.provider, "provide-tasks")``)."""
+    if (type(obj) is not dict or obj.keys() != _RESULT_KEYS or type(obj["body"]) is not str
+            or type(obj["signature"]) is not str or not _HEX128.fullmatch(obj["signature"])):
+        raise InvalidTaskResultError(
+            "malformed result object (expected exactly {'body': <JSON text>, 'signature': <128 hex>})")
     try:
         raw = obj["body"].encode()
-        body = orjson.loads(raw)
-        sig = bytes.fromhex(obj["signature"])
-    except (orjson.JSONDecodeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise InvalidTaskResultError(f"malformed result object: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidTaskResultError("result body is not an object")
-    provider = body.get("provider")
-    if not isinstance(provider, str) or not re.fullmatch(r"[0-9a-f]{64}", provider):
+        body = loads_json(raw)
+    except (JsonTextError, UnicodeEncodeError) as exc:
+        raise InvalidTaskResultError(f"malformed result object: {exc}") from None
+    if type(body) is not dict or body.keys() != _RESULT_BODY_KEYS:
+        raise InvalidTaskResultError(
+            f"result body must have exactly the keys {sorted(_RESULT_BODY_KEYS)}")
+    provider = body["provider"]
+    if type(provider) is not str or not _HEX64.fullmatch(provider):
         raise InvalidTaskResultError("result body names no valid provider")
-    if not verify_signature(provider, _result_signing_input(raw), sig):
+    if type(body["time_ms"]) is not int or not 0 <= body["time_ms"] <= MAX_SAFE_INTEGER:
+        raise InvalidTaskResultError("result body's time_ms is not an integer in [0, 2^53-1]")
+    if not verify_signature(provider, _result_signing_input(raw), bytes.fromhex(obj["signature"])):
         raise InvalidTaskResultError(f"bad signature on a result claiming to be from {provider[:12]}…")
-    if body.get("task_hash") != task_hash or body.get("function_id") != function_id:
+    if body["task_hash"] != task_hash or body["function_id"] != function_id:
         raise InvalidTaskResultError(
             f"result signed by {provider[:12]}… answers another task "
-            f"({body.get('function_id')!r}, {str(body.get('task_hash'))[:12]}…)")
-    if type(body.get("time_ms")) is not int or "result" not in body:
-        raise InvalidTaskResultError("result body lacks 'result' or 'time_ms'")
+            f"({body['function_id']!r}, {str(body['task_hash'])[:12]}…)")
     return TaskResult(task_hash, function_id, body["result"], provider, body["time_ms"],
                       {"body": obj["body"], "signature": obj["signature"]})
 
@@ -280,10 +295,11 @@ def encode_result_object(obj: dict[str, str]) -> bytes:
 
 
 def decode_result_object(data: bytes) -> Any:
+    """Parse a result object read from the bucket (spec/bucket.md §4) by kachery's JSON rules."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidTaskResultError(f"result object is not JSON: {exc}") from exc
+        return loads_json(data)
+    except JsonTextError as exc:
+        raise InvalidTaskResultError(f"result object is not valid JSON: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,0 +1,236 @@
+// Cross-check against live output of the Python implementation (js/test/py/live_fixture.py):
+// kachery.js verifies what Python wrote, and refuses tampered copies. The Python interpreter is
+// $KACHERY_PYTHON, else the repository's .venv, else python3.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import * as k from '../src/index.js';
+
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const PYTHON = process.env.KACHERY_PYTHON
+  || (existsSync(join(REPO, '.venv/bin/python')) ? join(REPO, '.venv/bin/python') : 'python3');
+let py;
+let fx;
+let work;
+let lines;
+let server;
+let bucketUrl;
+const overrides = new Map(); // key -> bytes served instead of the stored object
+
+function tamperLine(line) {
+  // Change a payload digit in the body; keep the signature.
+  return line.replace(/"i":(\d+)/, (_m, d) => `"i":${Number(d) + 1}`);
+}
+
+async function command(cmd) {
+  py.stdin.write(cmd + '\n');
+  const { value } = await lines.next();
+  return JSON.parse(value);
+}
+
+before(async () => {
+  work = mkdtempSync(join(tmpdir(), 'kachery-js-'));
+  py = spawn(PYTHON, [join(REPO, 'js/test/py/live_fixture.py'), work], { stdio: ['pipe', 'pipe', 'inherit'], cwd: REPO });
+  lines = createInterface({ input: py.stdout })[Symbol.asyncIterator]();
+  const timer = setTimeout(() => py.kill(), 120_000);
+  const first = await lines.next();
+  clearTimeout(timer);
+  assert.ok(!first.done, 'the Python fixture printed nothing');
+  fx = JSON.parse(first.value);
+  server = createServer((req, res) => {
+    const key = decodeURIComponent(new URL(req.url, 'http://x').pathname.replace(/^\/bucket\//, ''));
+    let data = overrides.get(key);
+    if (data === undefined) {
+      const path = join(fx.bucket_dir, ...key.split('/'));
+      if (key.split('/').includes('..') || !existsSync(path)) {
+        res.writeHead(404).end();
+        return;
+      }
+      data = readFileSync(path);
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(data);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  bucketUrl = `http://127.0.0.1:${server.address().port}/bucket`;
+});
+
+after(async () => {
+  py?.stdin.end('quit\n');
+  await new Promise((r) => (py.exitCode !== null ? r() : py.once('exit', r)));
+  server?.close();
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+test('wire lines from Python verify as a range; payloads match', async () => {
+  const msgs = await k.verifyRange(fx.lines, fx.feed_id, fx.subfeed_hash);
+  assert.equal(msgs.length, 1501);
+  assert.deepEqual(msgs.map((m) => m.payload), fx.payloads);
+  assert.equal(msgs.filter((m) => m.signature !== null).length, 3); // single, end of batch, single
+  assert.deepEqual(msgs[1500].metadata, { by: 'test' });
+  assert.equal(await k.subfeedHash('live'), fx.subfeed_hash);
+  const parsed = await k.parseFeedUri(fx.object_name_uri);
+  assert.equal(parsed.subfeedHash, fx.object_name_hash);
+  assert.equal(await k.subfeedHash({ sortingId: 3, name: 'curation' }), fx.object_name_hash);
+  await k.verifyRange(fx.object_name_lines, fx.feed_id, fx.object_name_hash);
+});
+
+test('tampered copies of the wire lines are refused', async () => {
+  const inBatch = fx.lines.slice();
+  inBatch[700] = tamperLine(inBatch[700]);
+  await assert.rejects(k.verifyRange(inBatch, fx.feed_id, fx.subfeed_hash), k.VerificationError);
+  const last = fx.lines.slice(0, 1);
+  last[0] = tamperLine(last[0]);
+  await assert.rejects(k.verifyRange(last, fx.feed_id, fx.subfeed_hash), /bad signature/);
+  await assert.rejects(k.verifyRange(fx.lines.slice(0, 700), fx.feed_id, fx.subfeed_hash), /not signed/);
+  await assert.rejects(k.verifyRange(fx.lines, fx.feed_id, await k.subfeedHash('other')), k.VerificationError);
+});
+
+test('segments and heads exported by Python', async () => {
+  const seg = k.decodeSegment(k.utf8(fx.segment0));
+  assert.equal(seg.length, 1000);
+  const head = k.parseHead(fx.head);
+  assert.equal(head.count, fx.count);
+  const v = new k.SubfeedVerifier(fx.feed_id, fx.subfeed_hash);
+  assert.equal((await v.add(seg)).length, 1); // message 0 is signed; 1..999 wait for the batch's signature
+  assert.equal((await v.add(head.tail)).length, fx.count - 1);
+  await assert.rejects(async () => k.verifyRange(k.decodeSegment(k.utf8(fx.segment0.slice(0, -1))), fx.feed_id, fx.subfeed_hash), /torn|newline/);
+});
+
+test('a fork proof made by Python verifies; a tampered one does not', async () => {
+  const info = await k.verifyForkProof(fx.fork_proof);
+  assert.equal(info.position, fx.fork_position);
+  assert.equal(info.feedId, fx.feed_id);
+  const d = JSON.parse(fx.fork_proof);
+  d.b[d.b.length - 1] = d.b[d.b.length - 1].replace('three', 'four');
+  await assert.rejects(k.verifyForkProof(JSON.stringify(d)), k.VerificationError);
+  const same = { ...JSON.parse(fx.fork_proof) };
+  same.b = same.a;
+  await assert.rejects(k.verifyForkProof(JSON.stringify(same)), /do not conflict/);
+});
+
+test('a signed envelope and a hub request made by Python', async () => {
+  const body = JSON.parse(fx.envelope.split('\t')[0]);
+  const env = await k.openEnvelope(fx.envelope, { channel: fx.channel, band: 'provide-feeds', nowMs: body.time_ms + 1000 });
+  assert.equal(env.sender, fx.node_id);
+  assert.equal(env.body.count, fx.count);
+  await assert.rejects(k.openEnvelope(fx.envelope.replace(`"count":${fx.count}`, '"count":1'), { channel: fx.channel, band: 'provide-feeds', nowMs: body.time_ms }), /bad signature/);
+  await assert.rejects(k.openEnvelope(fx.envelope, { channel: fx.channel, band: 'provide-files', nowMs: body.time_ms }), k.VerificationError);
+  const h = fx.hub_request;
+  const hb = JSON.parse(h.body);
+  const r = await k.verifyHubRequest('node', h.body, h.headers, { hubId: h.hub_id, nowMs: hb.time_ms });
+  assert.equal(r.signer, fx.node_id);
+  await assert.rejects(k.verifyHubRequest('user', h.body, Object.fromEntries(Object.entries(h.headers).map(([a, b]) => [a.replace('Node', 'User'), b])), { hubId: h.hub_id, nowMs: hb.time_ms }), k.VerificationError);
+});
+
+test('a task result made by Python: hash, signature, tampering', async () => {
+  const t = fx.task;
+  assert.equal(await k.taskHash(t.function_id, t.kwargs), t.task_hash);
+  const r = await k.verifyTaskResult(t.object, { taskHash: t.task_hash, functionId: t.function_id });
+  assert.deepEqual(r.result, { y: [2.25, 4] });
+  assert.equal(r.provider, fx.node_id);
+  await assert.rejects(k.verifyTaskResult(t.object.replace('2.25', '2.5'), { taskHash: t.task_hash, functionId: t.function_id }), /bad signature/);
+  const bucket = new k.BucketReader(bucketUrl, fx.channel);
+  const cached = await bucket.readTaskResult(t.task_hash, t.function_id);
+  assert.deepEqual(cached.result, { y: [2.25, 4] });
+});
+
+test('files and byte ranges from the bucket, verified', async () => {
+  const bucket = new k.BucketReader(bucketUrl, fx.channel);
+  assert.equal(new TextDecoder().decode(await bucket.readFile(fx.small_file.uri)), fx.small_file.text);
+  assert.equal(new TextDecoder().decode(await bucket.readFileRange(fx.small_file.uri, 7, 12)), 'world');
+  const [a, b] = fx.big_file.range;
+  assert.equal(k.toHex(await bucket.readFileRange(fx.big_file.uri, a, b)), fx.big_file.range_hex);
+  const tail = await bucket.readFileRange(fx.big_file.uri, fx.big_file.size - 100, fx.big_file.size);
+  assert.equal(await k.sha1Hex(tail), fx.big_file.tail_sha1);
+  // A corrupted chunk is refused.
+  const { sha1 } = k.parseSha1Uri(fx.small_file.uri);
+  overrides.set(k.keys.file(fx.channel, sha1), Buffer.from('Hello, World!'));
+  await assert.rejects(bucket.readFile(fx.small_file.uri), /does not hash/);
+  overrides.clear();
+});
+
+test('following a subfeed from the bucket by polling the head, and refusing tampering', async () => {
+  const bucket = new k.BucketReader(bucketUrl, fx.channel);
+  const ac = new AbortController();
+  const got = [];
+  const errors = [];
+  const it = bucket.follow(fx.uri, { pollMs: 50, signal: ac.signal, onError: (e) => errors.push(e) });
+  for await (const m of it) {
+    got.push(m);
+    if (got.length === fx.count) break;
+  }
+  assert.deepEqual(got.map((m) => m.payload), fx.payloads);
+  // Live: Python appends, republishes the head; the follower picks it up. A tampered head in
+  // between is reported and yields nothing.
+  const headKey = k.keys.head(fx.channel, fx.feed_id, fx.subfeed_hash);
+  const follower = bucket.follow(fx.uri, { start: fx.count, pollMs: 50, signal: ac.signal, onError: (e) => errors.push(e) });
+  const { count } = await command('append 2');
+  assert.equal(count, fx.count + 2);
+  const real = readFileSync(join(fx.bucket_dir, ...headKey.split('/')), 'utf8');
+  const h = JSON.parse(real);
+  h.tail[h.tail.length - 1] = h.tail[h.tail.length - 1].replace('"more":1', '"more":7');
+  overrides.set(headKey, Buffer.from(JSON.stringify(h)));
+  const first = follower.next();
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(errors.some((e) => e instanceof k.VerificationError), 'the tampered head was reported');
+  overrides.clear();
+  const m1 = (await first).value;
+  const m2 = (await follower.next()).value;
+  assert.deepEqual([m1.number, m1.payload, m2.payload], [fx.count, { more: 0 }, { more: 1 }]);
+  ac.abort();
+});
+
+test('following through a daemon-style SSE stream of wire lines; records without wire lines are refused', async () => {
+  // The stream format kachery.js accepts (js/README.md): each event's data is a JSON object
+  // with the signed wire line in "wire" (or the line as a JSON string).
+  let mode = 'wire';
+  const sse = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    if (req.headers.authorization !== 'Bearer t') {
+      res.writeHead(401).end('bad token');
+      return;
+    }
+    const start = Number(url.searchParams.get('start'));
+    assert.equal(url.searchParams.get('uri'), fx.uri);
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write('retry: 1000\n\n: keepalive\n\n');
+    for (let n = start; n < fx.lines.length; n++) {
+      const data = mode === 'wire' ? { number: n, wire: fx.lines[n] }
+        : mode === 'tampered' ? { number: n, wire: n === 5 ? tamperLine(fx.lines[n]) : fx.lines[n] }
+          : { number: n, timestamp_ms: 0, payload: fx.payloads[n], metadata: null };
+      res.write(`id: ${n}\ndata: ${JSON.stringify(data)}\n\n`);
+    }
+    res.end();
+  });
+  await new Promise((r) => sse.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${sse.address().port}`;
+  try {
+    const ac = new AbortController();
+    const got = [];
+    for await (const m of k.followFromDaemon(url, fx.uri, { token: 't', signal: ac.signal })) {
+      got.push(m.payload);
+      if (got.length === fx.lines.length) break;
+    }
+    assert.deepEqual(got, fx.payloads);
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 'wrong', signal: ac.signal })) { /* consume */ }
+    }, /HTTP 401/);
+    mode = 'tampered';
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 't', signal: ac.signal })) { /* consume */ }
+    }, k.VerificationError);
+    mode = 'records';
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 't', signal: ac.signal })) { /* consume */ }
+    }, /no signed wire lines/);
+    ac.abort();
+  } finally {
+    sse.close();
+  }
+});

@@ -1,0 +1,159 @@
+// Every vector in spec/vectors (valid AND invalid) against kachery.js.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as k from '../src/index.js';
+
+const SPEC = fileURLToPath(new URL('../../spec/vectors/', import.meta.url));
+const feeds = JSON.parse(readFileSync(SPEC + 'feeds-v1.json', 'utf8'));
+const tasks = JSON.parse(readFileSync(SPEC + 'tasks-v1.json', 'utf8'));
+const proto = JSON.parse(readFileSync(SPEC + 'protocol-v1.json', 'utf8'));
+const hex = (h) => k.fromHex(h, h.length / 2);
+const wires = (c) => (c.wire_hex ? c.wire_hex.map(hex) : c.wire);
+const F = feeds.feed_id;
+const S = feeds.subfeed_hash;
+
+test('feeds: message vectors parse, hash and verify', async () => {
+  for (const m of feeds.messages) {
+    const p = await k.parseWireLine(m.wire, F, S);
+    assert.equal(p.hash, m.sha256);
+    assert.equal(p.number, m.number);
+    assert.equal(p.timestampMs, m.timestamp_ms);
+    assert.deepEqual(p.payload, m.payload);
+    assert.deepEqual(p.metadata, m.metadata);
+    assert.equal(k.toHex(k.utf8(m.body)), k.toHex(p.body));
+  }
+  const segment = k.decodeSegment(k.utf8(feeds.segment));
+  const msgs = await k.verifyRange(segment, F, S);
+  assert.deepEqual(msgs.map((m) => m.payload), feeds.messages.map((m) => m.payload));
+});
+
+test('feeds: valid ranges are accepted', async () => {
+  for (const c of feeds.valid_ranges) {
+    const msgs = await k.verifyRange(wires(c), F, S);
+    assert.deepEqual(msgs.map((m) => m.payload), c.payloads, c.why);
+  }
+});
+
+test('feeds: every invalid range is refused', async () => {
+  assert.ok(feeds.invalid_ranges.length >= 40);
+  for (const c of feeds.invalid_ranges) {
+    await assert.rejects(k.verifyRange(wires(c), c.feed_id ?? F, S), k.VerificationError, c.why);
+  }
+});
+
+test('feeds: invalid segments are refused', async () => {
+  for (const c of feeds.invalid_segments) {
+    await assert.rejects(async () => k.verifyRange(k.decodeSegment(k.utf8(c.segment)), F, S), k.VerificationError, c.why);
+  }
+});
+
+test("ed25519: every case decided as libsodium decides it", async () => {
+  for (const c of feeds.ed25519) {
+    const ok = await k.verifyEd25519(hex(c.public_key), hex(c.message_hex), hex(c.signature));
+    assert.equal(ok, c.valid, c.why);
+  }
+});
+
+test('fork proofs: valid ones verify, invalid ones are refused', async () => {
+  for (const c of feeds.fork_proofs) {
+    assert.deepEqual(await k.verifyForkProof(c.proof), { feedId: c.feed_id, subfeedHash: c.subfeed_hash, position: c.position });
+  }
+  for (const c of feeds.invalid_fork_proofs) {
+    await assert.rejects(k.verifyForkProof(c.proof), k.VerificationError, c.why);
+  }
+});
+
+test('subfeed names and URIs', async () => {
+  for (const v of feeds.subfeed_hash_vectors) assert.equal(await k.subfeedHash(v.name), v.hash, JSON.stringify(v.name));
+  for (const c of feeds.invalid_subfeed_names_json) {
+    await assert.rejects(k.subfeedHash(JSON.parse(c.name_json)), k.InvalidArgumentError, c.why);
+  }
+  for (const c of feeds.uri_vectors) {
+    const p = await k.parseFeedUri(c.uri);
+    assert.equal(p.feedId, c.feed_id, c.uri);
+    assert.equal(p.subfeedHash, c.subfeed_hash, c.uri);
+  }
+  for (const c of feeds.invalid_uris) await assert.rejects(k.parseFeedUri(c.uri), k.InvalidArgumentError, c.why);
+  for (const c of feeds.uri_writer_vectors) assert.equal(await k.subfeedUri(F, c.name), c.uri);
+});
+
+// tasks-v1.json's invalid texts use Python's NaN/Infinity tokens: read them as those numbers.
+function parseWithNonFinite(text) {
+  return JSON.parse(text.replace(/-?\b(NaN|Infinity)\b/g, (t) => `"@nonfinite@${t}"`), (_k, v) =>
+    typeof v === 'string' && v.startsWith('@nonfinite@') ? Number(v.slice(11)) : v);
+}
+
+test('tasks: canonical JSON and task hashes', async () => {
+  for (const c of tasks.cases) {
+    const kwargs = JSON.parse(c.kwargs_json);
+    assert.equal(k.canonicalJson({ function_id: c.function_id, kwargs }), c.canonical, c.description);
+    assert.equal(await k.taskHash(c.function_id, kwargs), c.task_hash, c.description);
+  }
+});
+
+test('tasks: every invalid case is refused', async () => {
+  assert.ok(tasks.invalid.length >= 10);
+  for (const c of tasks.invalid) {
+    await assert.rejects(async () => k.taskHash(c.function_id, parseWithNonFinite(c.kwargs_json)), k.InvalidArgumentError, c.description);
+  }
+});
+
+test('protocol: envelopes', async () => {
+  const E = proto.envelopes;
+  for (const c of E.valid) {
+    const env = await k.openEnvelope(c.line, { channel: E.channel, band: E.band, nowMs: E.now_ms });
+    assert.equal(env.sender, c.sender);
+    assert.deepEqual(env.body, c.body);
+  }
+  for (const c of E.invalid) {
+    await assert.rejects(k.openEnvelope(c.line, { channel: c.channel ?? E.channel, band: c.band ?? E.band, nowMs: E.now_ms }), k.VerificationError, c.why);
+  }
+});
+
+test('protocol: hub requests', async () => {
+  const H = proto.hub_requests;
+  for (const c of H.valid) {
+    const r = await k.verifyHubRequest(c.kind, c.body, c.headers, { hubId: H.hub_id, nowMs: H.now_ms });
+    assert.equal(r.signer, c.signer);
+  }
+  for (const c of H.invalid) {
+    await assert.rejects(k.verifyHubRequest(c.kind, c.body, c.headers, { hubId: H.hub_id, nowMs: H.now_ms }), k.VerificationError, c.why);
+  }
+});
+
+test('protocol: task results', async () => {
+  const R = proto.task_results;
+  assert.equal(await k.taskHash(R.function_id, R.kwargs), R.task_hash);
+  for (const c of R.valid) {
+    const r = await k.verifyTaskResult(c.object, { taskHash: R.task_hash, functionId: R.function_id });
+    assert.deepEqual([r.provider, r.result, r.timeMs], [c.provider, c.result, c.time_ms]);
+  }
+  for (const c of R.invalid) {
+    await assert.rejects(k.verifyTaskResult(c.object, { taskHash: R.task_hash, functionId: R.function_id }), k.VerificationError, c.why);
+  }
+});
+
+test('protocol: heads and bucket keys', () => {
+  for (const c of proto.heads.valid) {
+    const h = k.parseHead(c.head);
+    assert.equal(h.count, c.count);
+    assert.equal(h.tail.length, c.tail_length);
+  }
+  for (const c of proto.heads.invalid) assert.throws(() => k.parseHead(c.head), k.VerificationError, c.why);
+  const b = proto.bucket_keys;
+  assert.equal(k.keys.head(b.channel, b.feed_id, b.subfeed_hash), b.head);
+  assert.equal(k.keys.segment(b.channel, b.feed_id, b.subfeed_hash, 12), b.segment_12);
+  assert.equal(k.keys.file(b.channel, b.sha1), b.file);
+  assert.equal(k.keys.taskResult(b.channel, b.task_hash), b.task_result);
+});
+
+test('the vendored @noble/ed25519 is the pinned npm package, byte for byte', (t) => {
+  const installed = fileURLToPath(new URL('../node_modules/@noble/ed25519/', import.meta.url));
+  if (!existsSync(installed)) return t.skip('run `npm ci` in js/ to compare with the pinned package');
+  const pkg = JSON.parse(readFileSync(installed + 'package.json', 'utf8'));
+  const want = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).devDependencies['@noble/ed25519'];
+  assert.equal(pkg.version, want);
+  assert.equal(readFileSync(new URL('../vendor/noble-ed25519.js', import.meta.url), 'utf8'), readFileSync(installed + 'index.js', 'utf8'));
+});
