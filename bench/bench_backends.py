@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import kachery_feeds as kf  # noqa: E402
 import kachery_node as kn  # noqa: E402
-from kachery_node.hub.client import HubClient  # noqa: E402
 from kachery_node.identity import load_node_key  # noqa: E402
-from kachery_node.pubsub import open_pubsub  # noqa: E402
+from kachery_node.transport.hub_client import HubClient  # noqa: E402
+from kachery_node.transport.pubsub.open_pubsub import open_pubsub  # noqa: E402
 from tests.hub.conftest import HubProcess  # noqa: E402
 from tests.network.conftest import ALL_ROLES, Lab  # noqa: E402
 from tests.standins import AblyFake, GcsEmulator, NatsCluster, fake_service_account  # noqa: E402

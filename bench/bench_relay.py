@@ -41,9 +41,9 @@ import httpx
 import orjson
 import trio
 
-from kachery_node.hub.client import HubClient
 from kachery_node.identity import Keypair
-from kachery_node.pubsub import open_pubsub
+from kachery_node.transport.hub_client import HubClient
+from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 
 KACHERY = str(Path(sys.executable).parent / "kachery")
 PAYLOAD = {"type": "requestFile", "fileKey": {"sha1": "a" * 40}, "pad": "x" * 120}

@@ -3,7 +3,7 @@
 and every member rebuilds the same curation state by replaying it.
 
 Only the feed's owner can append to it; members *submit* signed messages, which the owner's
-task backend verifies and appends with attribution (kachery_node/feed_submissions.py).
+task backend verifies and appends with attribution (kachery_node/apps/feed_submissions.py).
 
     # on the lab's node (owns the feed; channel member with provide-tasks):
     python lab_notebook.py owner --channel lab              # prints the log's URI, then serves
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import kachery_node as kn
-from kachery_node.daemon import DaemonClient
-from kachery_node.feed_submissions import verify_submission
+from kachery_node.apps.feed_submissions import verify_submission
+from kachery_node.daemon_client import DaemonClient
 
 FEED_KEY = {"example": "lab_notebook", "what": "curation feed"}  # a local mutable: the lab's feed
 

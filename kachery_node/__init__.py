@@ -8,7 +8,7 @@
 Files, data objects, mutables and feeds; see README.md and spec/storage.md.
 """
 
-from .client import (
+from .api import (
     create_feed,
     default_storage,
     delete,
@@ -45,8 +45,8 @@ from .errors import (
     PickleTooLargeError,
     UnsafePickleError,
 )
-from .storage import Storage
-from .uris import FileUri, build_uri, parse_uri
+from .storage.file_uris import FileUri, build_uri, parse_uri
+from .storage.node_storage import Storage
 
 __all__ = [
     "ConfigError",
@@ -92,13 +92,13 @@ __all__ = [
     "upload_file",
 ]
 
-# Tasks (kachery_node/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
+# Tasks (kachery_node/apps/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
 # They load httpx and the daemon client, so they are imported on first use (`kachery` starts fast).
-_LAZY = {name: "kachery_node.tasks" for name in (
+_LAZY = {name: "kachery_node.apps.tasks" for name in (
     "NoProviderError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
     "request_task", "run_task_backend", "task_hash", "taskfunction")}
-_LAZY.update({"submit_message": "kachery_node.feed_submissions",
-              "accept_submissions": "kachery_node.feed_submissions"})
+_LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
+              "accept_submissions": "kachery_node.apps.feed_submissions"})
 
 
 def __getattr__(name: str):

@@ -22,7 +22,7 @@ import tomli_w
 
 from . import identity
 from .errors import ConfigError, NotInitializedError
-from .private_files import make_private_dirs
+from .storage.private_files import make_private_dirs
 
 CONFIG_FILENAME = "config.toml"
 MAX_LABEL_LENGTH = 20  # as the original's NodeLabel

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from .daemon.client import DaemonClient
+from .daemon_client import DaemonClient
 
 KACHERY = [sys.executable, "-c", "from kachery_node.cli import main; main()"]
 ROLES_ALICE = "request-files,provide-files,request-feeds,provide-feeds"
@@ -215,7 +215,7 @@ def run_demo(messages: int, file_mb: int, keep: bool) -> None:
 def _fetch_with_progress(node: _Node, uri: str) -> None:
     from tqdm import tqdm
 
-    from .remote import fetch_file
+    from .remote_reads import fetch_file
 
     bar = tqdm(
         total=0,

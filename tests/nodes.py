@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 import kachery_node as kn
-from kachery_node.daemon import DaemonClient
+from kachery_node.daemon_client import DaemonClient
 from tests import processes
 
 KACHERY = str(Path(sys.executable).parent / "kachery")

@@ -12,7 +12,7 @@ Three layers:
    stopped, every child process of this one is killed, and so is every process whose command
    line names a path under this session's base temporary directory (detached daemons are not
    our children, but their ``--storage-dir`` is in our tmp_path).
-3. *The daemon itself* stops when its storage directory is deleted (kachery_node/daemon/server.py),
+3. *The daemon itself* stops when its storage directory is deleted (kachery_node/daemon/process.py),
    which pytest does to old base temporary directories: even a killed test run's daemons end.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kachery_node.pubsub import nats_jwt
+from kachery_node.transport.pubsub import nats_jwt
 from tests.nodes import free_port
 
 START_TIMEOUT_S = 20

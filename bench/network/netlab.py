@@ -157,7 +157,7 @@ class Node:
 
     @property
     def client(self):
-        from kachery_node.daemon import DaemonClient
+        from kachery_node.daemon_client import DaemonClient
 
         return DaemonClient(self.storage_dir)
 

@@ -147,7 +147,7 @@ def cpu_used(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]
 def bucket_mtimes(hub_dir: Path, channel: str, uri: str) -> dict[str, float | None]:
     """When the hub's bucket got the first and the last segment of a subfeed and its head
     (file modification times, wall clock)."""
-    from kachery_node.bucket.object_files import object_file
+    from kachery_node.hub.object_files import object_file
     from kachery_node.protocol.bucket_layout import subfeed_head_path
 
     parsed = kf.parse_feed_uri(uri)

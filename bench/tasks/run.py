@@ -89,7 +89,7 @@ def main() -> None:
             _run(envs[name], "node", "join", "bench", "--roles", r)
             _run(envs["a"], "channel", "grant", "bench", ids[name], *r.split(","))
             _run(envs[name], "node", "start")
-        from kachery_node.daemon import DaemonClient
+        from kachery_node.daemon_client import DaemonClient
 
         for name in roles:
             client = DaemonClient(envs[name]["KACHERY_STORAGE_DIR"])

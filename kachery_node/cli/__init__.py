@@ -3,7 +3,7 @@
 Each concern lives in its own module and is registered below with one line; to add a group,
 write ``cli/<name>.py`` with a click command or group and add one line::
 
-    main.add_lazy_command("hub", "kachery_node.cli.hub:hub")
+    main.add_lazy_command("hub", "kachery_node.cli.hub_commands:hub")
 
 A lazy command's module is imported only when that command runs (or for ``kachery --help``),
 so heavy imports (trio, HTTP servers, numpy) do not slow down ``kachery store`` or ``cat``.
@@ -19,10 +19,10 @@ import sys
 import click
 
 from ..errors import KacheryError
-from .feeds import feed
-from .mutables import mutable
-from .node import info, init
-from .storage import cat, link, load, store, upload
+from .feed_commands import feed
+from .file_commands import cat, link, load, store, upload
+from .mutable_commands import mutable
+from .node_commands import info, init
 
 
 class _Group(click.Group):
@@ -76,9 +76,9 @@ main.add_command(upload)
 main.add_command(feed)
 main.add_command(mutable)
 # node: cli/daemon.py's group plus `join|leave` (cli/membership.py); trio etc. load only when used
-main.add_lazy_command("node", "kachery_node.cli.membership:node")
-main.add_lazy_command("hub", "kachery_node.cli.hub:hub")
-main.add_lazy_command("channel", "kachery_node.cli.channel:channel")
+main.add_lazy_command("node", "kachery_node.cli.membership_commands:node")
+main.add_lazy_command("hub", "kachery_node.cli.hub_commands:hub")
+main.add_lazy_command("channel", "kachery_node.cli.channel_commands:channel")
 main.add_lazy_command("demo", "kachery_node.demo:demo")
-main.add_lazy_command("task", "kachery_node.cli.tasks:task")
-main.add_lazy_command("fsck", "kachery_node.cli.fsck:fsck")
+main.add_lazy_command("task", "kachery_node.cli.task_commands:task")
+main.add_lazy_command("fsck", "kachery_node.cli.fsck_commands:fsck")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import default_storage_dir
 from ..errors import KacheryError
-from .server import run
+from .process import run
 
 
 def main() -> None:

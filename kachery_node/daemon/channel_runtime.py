@@ -1,6 +1,6 @@
 """One joined channel inside the daemon: credentials, pub-sub connection, bucket, membership.
 
-:class:`ChannelRuntime` implements :class:`~kachery_node.daemon.link.ChannelLink` for the
+:class:`ChannelRuntime` implements :class:`~kachery_node.daemon.channel_link.ChannelLink` for the
 exchanges. Its :meth:`run` task (one per channel, in the daemon's nursery) loops forever:
 
 1. fetch and verify the channel's signed membership feed from the hub (kachery_feeds), and
@@ -34,18 +34,18 @@ import trio_websocket
 
 import kachery_feeds as kf
 
-from ..bucket.direct_get import DirectGet, DirectGetUnsupported
-from ..bucket.embedded import HttpBucket
-from ..bucket.open import open_bucket
-from ..channels.errors import HubRequestError
-from ..channels.membership import Membership, MembershipError
-from ..channels.roles import ROLE_BANDS, band_name, split_band_name
 from ..errors import KacheryError, NotFoundError
-from ..hub.client import HubClient
 from ..identity import Keypair
-from ..protocol.envelope import EnvelopeError, ReplayGuard, open_envelope, seal
-from ..pubsub.open import open_pubsub
-from .link import BucketObjectMissing, MessageHandler, ProgressCallback
+from ..protocol.channel_errors import HubRequestError
+from ..protocol.membership import Membership, MembershipError
+from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
+from ..protocol.roles import ROLE_BANDS, band_name, split_band_name
+from ..transport.bucket.direct_get import DirectGet, DirectGetUnsupported
+from ..transport.bucket.http_bucket import HttpBucket
+from ..transport.bucket.open_bucket import open_bucket
+from ..transport.hub_client import HubClient
+from ..transport.pubsub.open_pubsub import open_pubsub
+from .channel_link import BucketObjectMissing, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
 
@@ -143,7 +143,7 @@ class ChannelRuntime:
 
     async def _direct_download(self, url: str, path: str, dest: Path,
                                progress: ProgressCallback | None) -> int:
-        """The download off the socket in a worker thread (bucket/direct_get.py: a third of
+        """The download off the socket in a worker thread (transport/bucket/direct_get.py: a third of
         httpx's CPU for large objects). Raises DirectGetUnsupported before writing anything."""
         get = DirectGet(url, connect_timeout=HTTP_TIMEOUT.connect or 10.0,
                         read_timeout=HTTP_TIMEOUT.read or 60.0)

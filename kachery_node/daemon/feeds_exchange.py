@@ -46,9 +46,9 @@ import kachery_feeds as kf
 
 from ..protocol import feed_bucket
 from ..protocol.bucket_layout import SEGMENT_SIZE, subfeed_head_path, subfeed_segment_path
-from ..protocol.envelope import Envelope
-from .changes import ChangeBroadcaster
-from .link import BucketObjectMissing, ChannelLink
+from ..protocol.node_messages import Envelope
+from .channel_link import BucketObjectMissing, ChannelLink
+from .store_changes import ChangeBroadcaster
 
 log = logging.getLogger("kachery.feeds")
 

@@ -68,12 +68,8 @@ from ..errors import (
     LinkedFileChangedError,
     NotFoundError,
 )
-from ..manifest import Chunk, parse_manifest
 from ..protocol.bucket_layout import file_path
-from ..protocol.envelope import Envelope
-from ..storage import Storage
-from ..uris import FileUri, build_uri, parse_uri
-from .files_messages import (
+from ..protocol.file_messages import (
     REQUEST_BAND,
     REQUEST_FILE,
     STATUS_BAND,
@@ -86,14 +82,12 @@ from .files_messages import (
     parse_request,
     parse_status,
 )
-from .files_partial import (
-    ChunkSink,
-    PartialFile,
-    commit_verified,
-    remove_stale_partials,
-    temp_path,
-)
-from .link import BucketObjectMissing, ChannelLink, ProgressCallback
+from ..protocol.node_messages import Envelope
+from ..storage.file_uris import FileUri, build_uri, parse_uri
+from ..storage.manifest import Chunk, parse_manifest
+from ..storage.node_storage import Storage
+from ..storage.partial_files import ChunkSink, PartialFile, commit_verified, remove_stale_partials, temp_path
+from .channel_link import BucketObjectMissing, ChannelLink, ProgressCallback
 
 log = logging.getLogger("kachery.daemon.files")
 

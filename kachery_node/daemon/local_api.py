@@ -52,11 +52,11 @@ import kachery_feeds
 
 from ..config import NodeConfig
 from ..errors import InvalidUriError, KacheryError, NotFoundError
-from ..storage import Storage
-from ..uris import FileUri, parse_uri
-from .changes import ChangeBroadcaster
+from ..storage.file_uris import FileUri, parse_uri
+from ..storage.node_storage import Storage
+from .local_tokens import token_matches
 from .node_runtime import MissingRoleError, NodeRuntime, NotJoinedError
-from .tokens import token_matches
+from .store_changes import ChangeBroadcaster
 from .uploads import upload_file
 
 log = logging.getLogger("kachery.daemon.api")
@@ -348,7 +348,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/viewer", viewer, methods=["GET"]),
     ]
     # -- tasks (issue 6): the endpoints live in tasks_api.py
-    from .tasks_api import task_routes
+    from .local_api_tasks import task_routes
 
     routes += task_routes(ctx)
 

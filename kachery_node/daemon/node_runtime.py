@@ -19,15 +19,15 @@ from typing import Any
 
 import trio
 
-from ..channels.local_memberships import load_memberships
 from ..config import NodeConfig, read_settings
 from ..errors import ConfigError, KacheryError
 from ..identity import load_node_key
-from ..storage import Storage
-from .changes import ChangeBroadcaster
+from ..joined_channels import load_memberships
+from ..storage.node_storage import Storage
 from .channel_runtime import ChannelRuntime
 from .feeds_exchange import FeedExchange
 from .files_exchange import FileExchange, file_timeouts_from_settings
+from .store_changes import ChangeBroadcaster
 from .tasks_exchange import TaskExchange  # tasks (issue 6)
 
 log = logging.getLogger("kachery.node")

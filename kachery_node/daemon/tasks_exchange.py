@@ -58,8 +58,8 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ..protocol.bucket_layout import task_result_path
-from ..protocol.envelope import Envelope, EnvelopeError
-from ..protocol.tasks import (
+from ..protocol.node_messages import Envelope, EnvelopeError
+from ..protocol.task_messages import (
     FUNCTION_TYPES,
     InvalidTaskResultError,
     NoProviderError,
@@ -74,7 +74,7 @@ from ..protocol.tasks import (
     validate_function_type,
     verify_result,
 )
-from .link import BucketObjectMissing, ChannelLink
+from .channel_link import BucketObjectMissing, ChannelLink
 
 log = logging.getLogger("kachery.daemon.tasks")
 

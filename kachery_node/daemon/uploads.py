@@ -12,11 +12,11 @@ from pathlib import Path
 
 import anyio
 
-from ..manifest import parse_manifest
 from ..protocol.bucket_layout import file_path
-from ..storage import Storage
-from ..uris import parse_uri
-from .link import ChannelLink, ProgressCallback
+from ..storage.file_uris import parse_uri
+from ..storage.manifest import parse_manifest
+from ..storage.node_storage import Storage
+from .channel_link import ChannelLink, ProgressCallback
 
 log = logging.getLogger("kachery.uploads")
 

@@ -13,7 +13,7 @@ API (spec/hub.md): three signed endpoints dispatch on the body's ``type``, like 
 * ``POST /api/node``           signed by a registered node's key;
 * ``POST /api/register-node``  signed by both the node key and its owner's user key.
 
-Every refusal is a :class:`~kachery_node.channels.errors.ChannelProtocolError`: it is answered
+Every refusal is a :class:`~kachery_node.protocol.channel_errors.ChannelProtocolError`: it is answered
 with its status and ``{"error": {"code", "message"}}``, logged, and changes nothing (checks come
 before writes; the nonce is recorded only once the request is authentic and fresh).
 """
@@ -35,21 +35,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ..bucket.base import BucketBackend
-from ..bucket.embedded import EmbeddedBucketBackend
-from ..bucket.embedded_server import FilesystemBucket
-from ..channels.envelope import verify_request, verify_signature_headers
-from ..channels.errors import ChannelProtocolError, MalformedRequestError, NotAllowedError, TooLargeError
-from ..channels.names import validate_channel_name
-from ..channels.roles import ROLES, capabilities, require_role, upload_role, validate_roles
-from ..channels.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
-from ..channels.tokens import DEFAULT_TOKEN_TTL_MS
 from ..protocol.bucket_layout import upload_prefix
-from ..pubsub.base import PubSubBackend
-from ..pubsub.embedded import EmbeddedPubSubBackend
-from ..pubsub.embedded_server import Relay, RelayLimits
+from ..protocol.channel_errors import (
+    ChannelProtocolError,
+    MalformedRequestError,
+    NotAllowedError,
+    TooLargeError,
+)
+from ..protocol.channel_names import validate_channel_name
+from ..protocol.hub_requests import verify_request, verify_signature_headers
+from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
+from ..protocol.roles import ROLES, capabilities, require_role, upload_role, validate_roles
+from ..protocol.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
+from ..transport.bucket.bucket_interface import BucketBackend
+from ..transport.bucket.http_bucket import EmbeddedBucketBackend
+from ..transport.pubsub.pubsub_interface import PubSubBackend
+from ..transport.pubsub.relay_client import EmbeddedPubSubBackend
 from .backends import SecretStore, keep_unchanged_secrets, validate_backends
 from .http_limits import HttpLimits
+from .object_store import FilesystemBucket
+from .relay import Relay, RelayLimits
 from .revocations import RevocationQueue
 from .state import HubState
 
@@ -120,11 +125,11 @@ class Hub:
             relay_url = "ws" + self.public_url[len("http"):] + "/pubsub"
             return EmbeddedPubSubBackend(self.state.key, relay_url)
         if name == "nats":
-            from ..pubsub.nats import NatsPubSubBackend, parse_servers
+            from ..transport.pubsub.nats_backend import NatsPubSubBackend, parse_servers
 
             return NatsPubSubBackend(parse_servers(spec["url"]), secret["account_seed"])
         if name == "ably":
-            from ..pubsub.ably import AblyPubSubBackend
+            from ..transport.pubsub.ably_backend import AblyPubSubBackend
 
             return AblyPubSubBackend(secret["api_key"], spec.get("endpoint"), spec.get("rest_url"))
         raise MalformedRequestError(f"this hub has no pub-sub backend {name!r}")
@@ -138,7 +143,7 @@ class Hub:
             if name == "embedded":
                 return EmbeddedBucketBackend(self.state.key, self.public_url + "/bucket")
             if name == "gcs":
-                from ..bucket.gcs import GcsBucketBackend
+                from ..transport.bucket.gcs_backend import GcsBucketBackend
 
                 return GcsBucketBackend(spec["bucket"], secret["service_account"], spec["endpoint"])
             raise MalformedRequestError(f"this hub has no bucket backend {name!r}")

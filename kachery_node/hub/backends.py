@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..channels.errors import MalformedRequestError
+from ..protocol.channel_errors import MalformedRequestError
 
 PUBSUB_BACKENDS = ("embedded", "nats", "ably")
 BUCKET_BACKENDS = ("embedded", "gcs")
@@ -91,8 +91,8 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
     if name == "embedded":
         pubsub = {"backend": "embedded"}
     elif name == "nats":
-        from ..pubsub.nats import parse_servers
-        from ..pubsub.nats_jwt import public_key  # nkeys: the "nats" extra
+        from ..transport.pubsub.nats_backend import parse_servers
+        from ..transport.pubsub.nats_jwt import public_key  # nkeys: the "nats" extra
 
         url = pubsub.get("url")
         if not isinstance(url, str):
@@ -106,7 +106,7 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
         pubsub = {"backend": "nats", "url": ",".join(parse_servers(url))}
         out_secrets["pubsub"] = {"account_seed": seed}
     elif name == "ably":
-        from ..pubsub.ably import parse_api_key
+        from ..transport.pubsub.ably_backend import parse_api_key
 
         key = _secret(secrets, "pubsub", "api_key", "ably")
         parse_api_key(key)
@@ -119,7 +119,11 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
     if name == "embedded":
         bucket = {"backend": "embedded"}
     elif name == "gcs":
-        from ..bucket.gcs import DEFAULT_ENDPOINT, GcsBucketBackend, validate_service_account
+        from ..transport.bucket.gcs_backend import (
+            DEFAULT_ENDPOINT,
+            GcsBucketBackend,
+            validate_service_account,
+        )
 
         if not isinstance(bucket.get("bucket"), str) or not bucket["bucket"]:
             raise MalformedRequestError("the gcs backend needs 'bucket' (the bucket's name)")

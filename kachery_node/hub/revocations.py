@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import orjson
 import trio
 
-from ..pubsub.base import PubSubBackend
+from ..transport.pubsub.pubsub_interface import PubSubBackend
 from .state import HubState
 
 log = logging.getLogger("kachery.hub")

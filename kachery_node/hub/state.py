@@ -15,7 +15,7 @@ Files under ``<hub dir>``:
 
 The membership feed is the source of truth for roles: grants, revocations and role requests are
 appended there first and the effective roles are computed by replaying it with the same
-:class:`~kachery_node.channels.Membership` that nodes use. Restarting the hub loses nothing.
+:class:`~kachery_node.protocol.membership.Membership` that nodes use. Restarting the hub loses nothing.
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ import orjson
 
 import kachery_feeds as kf
 
-from ..channels import membership as mb
-from ..channels.envelope import MAX_SKEW_MS
-from ..channels.errors import (
+from ..identity import Keypair, load_or_create_key
+from ..protocol import membership as mb
+from ..protocol.channel_errors import (
     ConflictError,
     NotAllowedError,
     ReplayedRequestError,
     UnknownChannelError,
     UnknownNodeError,
 )
-from ..channels.names import validate_channel_name
-from ..channels.roles import validate_roles
-from ..identity import Keypair, load_or_create_key
+from ..protocol.channel_names import validate_channel_name
+from ..protocol.hub_requests import MAX_SKEW_MS
+from ..protocol.roles import validate_roles
 
 LOGIN_TOKEN_TTL_MS = 5 * 60 * 1000
 SESSION_TTL_MS = 12 * 3600 * 1000

@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..channels.errors import ChannelProtocolError, MalformedRequestError, NotAllowedError
-from ..channels.names import validate_channel_name
-from ..channels.roles import ROLES
+from ..protocol.channel_errors import ChannelProtocolError, MalformedRequestError, NotAllowedError
+from ..protocol.channel_names import validate_channel_name
+from ..protocol.roles import ROLES
 
 if TYPE_CHECKING:
     from .app import Hub

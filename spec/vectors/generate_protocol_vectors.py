@@ -15,15 +15,15 @@ import json
 import nacl.signing
 import orjson
 
-from kachery_node.channels.envelope import _signed_bytes as hub_signed_bytes
 from kachery_node.protocol.bucket_layout import (
     file_path,
     subfeed_head_path,
     subfeed_segment_path,
     task_result_path,
 )
-from kachery_node.protocol.envelope import CONTEXT as ENVELOPE_CONTEXT
-from kachery_node.protocol.tasks import RESULT_CONTEXT, task_hash
+from kachery_node.protocol.hub_requests import _signed_bytes as hub_signed_bytes
+from kachery_node.protocol.node_messages import CONTEXT as ENVELOPE_CONTEXT
+from kachery_node.protocol.task_messages import RESULT_CONTEXT, task_hash
 
 NODE_SEED = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
 OTHER_SEED = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from kachery_node.protocol.tasks import canonical_json, task_hash
+from kachery_node.protocol.task_messages import canonical_json, task_hash
 
 CASES = [
     ("empty kwargs", "echo.1", "{}"),

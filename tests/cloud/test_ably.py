@@ -12,10 +12,10 @@ import httpx
 import pytest
 import trio
 
-from kachery_node.channels.errors import HubRequestError
-from kachery_node.hub.client import HubClient
-from kachery_node.pubsub import open_pubsub
-from kachery_node.pubsub.ably import token_request_mac
+from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.transport.hub_client import HubClient
+from kachery_node.transport.pubsub.ably_backend import token_request_mac
+from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.hub.conftest import Actor, HubProcess
 from tests.standins import AblyFake
 

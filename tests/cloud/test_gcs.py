@@ -24,8 +24,8 @@ import trio
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from kachery_node.bucket.gcs import GcsBucket
-from kachery_node.bucket.open import open_bucket
+from kachery_node.transport.bucket.gcs_backend import GcsBucket
+from kachery_node.transport.bucket.open_bucket import open_bucket
 from tests.hub.conftest import Actor, HubProcess
 from tests.network.conftest import ALL_ROLES, Lab
 from tests.standins import GcsEmulator, fake_service_account
@@ -133,7 +133,7 @@ def test_upload_urls_are_v4_signed_and_bound_to_path_size_and_expiry(gcs_hub, gc
     assert httpx.put(url, content=data, headers=headers, timeout=10).status_code == 200
     assert httpx.get(f"{gcs.endpoint}/{bucket}/{ch}/{path}", timeout=10).content == data
     # The hub still refuses upload URLs outside the node's roles.
-    from kachery_node.channels.errors import HubRequestError
+    from kachery_node.protocol.channel_errors import HubRequestError
 
     with pytest.raises(HubRequestError) as e:
         node.client.upload_urls(ch, [{"path": "feeds/aa/x", "size": 3}])

@@ -9,8 +9,9 @@ import time
 import pytest
 import trio
 
-from kachery_node.channels.errors import HubRequestError
-from kachery_node.pubsub import nats_jwt, open_pubsub
+from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.transport.pubsub import nats_jwt
+from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.hub.conftest import Actor, HubProcess
 from tests.standins import NatsCluster
 

@@ -1,4 +1,4 @@
-"""An in-memory :class:`~kachery_node.daemon.link.ChannelLink` for unit tests of the exchanges.
+"""An in-memory :class:`~kachery_node.daemon.channel_link.ChannelLink` for unit tests of the exchanges.
 
 This exists to test the exchange logic (who asks, who answers, backoff, takeover, verification,
 resume) quickly and deterministically, inside one trio run and without sockets. End-to-end tests
@@ -6,7 +6,7 @@ with the real hub, pub-sub relay and bucket, as separate processes, live elsewhe
 writes them); nothing here stands in for those.
 
 What is real: envelopes are sealed with the node's key and opened (signature, channel/band
-binding, freshness, replay) with :mod:`kachery_node.protocol.envelope` for every receiver, so
+binding, freshness, replay) with :mod:`kachery_node.protocol.node_messages` for every receiver, so
 the signing path is exercised. What is simulated:
 
 * :class:`MemoryChannel` is one channel: a dict as the bucket (``path -> bytes``; an upload
@@ -37,9 +37,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from kachery_node.daemon.link import PARTNER_BAND, BucketObjectMissing, MessageHandler
+from kachery_node.daemon.channel_link import PARTNER_BAND, BucketObjectMissing, MessageHandler
 from kachery_node.identity import Keypair
-from kachery_node.protocol.envelope import ReplayGuard, open_envelope, seal
+from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal
 
 log = logging.getLogger("tests.memory_link")
 

@@ -20,11 +20,11 @@ import pytest
 
 import kachery_node as kn
 from kachery_node.daemon.files_exchange import FileExchange, FileTimeouts
-from kachery_node.daemon.files_messages import MalformedFileMessage, parse_request, parse_status
 from kachery_node.identity import load_node_key
-from kachery_node.manifest import CHUNK_SIZE
 from kachery_node.protocol.bucket_layout import file_path
-from kachery_node.storage import Storage
+from kachery_node.protocol.file_messages import MalformedFileMessage, parse_request, parse_status
+from kachery_node.storage.manifest import CHUNK_SIZE
+from kachery_node.storage.node_storage import Storage
 from tests.daemon.memory_link import MemoryChannel, MemoryLink
 
 FAST = FileTimeouts(answer=0.8, stall=1.0, backoff_max=0.3, progress_interval=0.05,

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from kachery_node.daemon.files_partial import PartialFile
-from kachery_node.manifest import Chunk, Manifest
+from kachery_node.storage.manifest import Chunk, Manifest
+from kachery_node.storage.partial_files import PartialFile
 
 
 def _sha1(data: bytes) -> str:

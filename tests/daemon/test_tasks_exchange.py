@@ -10,7 +10,7 @@ import pytest
 
 from kachery_node.daemon.tasks_exchange import TaskExchange, TaskTimeouts
 from kachery_node.identity import Keypair
-from kachery_node.protocol.tasks import (
+from kachery_node.protocol.task_messages import (
     NoProviderError,
     TaskArgumentError,
     TaskError,

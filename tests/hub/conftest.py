@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kachery_node.hub.client import HubClient
 from kachery_node.identity import Keypair
+from kachery_node.transport.hub_client import HubClient
 from tests import processes
 
 KACHERY = str(Path(sys.executable).parent / "kachery")

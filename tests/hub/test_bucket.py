@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.channels.signed_urls import sign_upload_url
 from kachery_node.identity import Keypair
 from kachery_node.protocol import feed_bucket
 from kachery_node.protocol.bucket_layout import (
@@ -22,6 +21,7 @@ from kachery_node.protocol.bucket_layout import (
     subfeed_segment_path,
     task_result_path,
 )
+from kachery_node.protocol.signed_urls import sign_upload_url
 
 from .conftest import Actor
 
@@ -176,7 +176,7 @@ def test_keys_outside_the_layout_are_refused_and_feeds_still_flow(hub, all_provi
     """Issue 11, defect 1: a member planted `feeds/ab` (a file where the directory of every
     `feeds/ab/…` object must go) and blocked the channel's feeds. The hub signs only the layout's
     shapes (spec/bucket.md §1)."""
-    from kachery_node.channels.errors import HubRequestError
+    from kachery_node.protocol.channel_errors import HubRequestError
 
     ch, owner, squatter = all_providers
     source = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")

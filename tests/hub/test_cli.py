@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import kachery_feeds as kf
-from kachery_node.channels import Membership
+from kachery_node.protocol.membership import Membership
 
 from .conftest import KACHERY, HubProcess
 

@@ -182,8 +182,8 @@ def test_slow_clients_are_cut_within_the_timeouts(own_hub):
     Before the fix the first kind was held 75 s, the second for ever (1,000 were still held
     after 22 s)."""
     hub_key_seed = (own_hub.dir / "hub.key").read_text().strip()
-    from kachery_node.channels.signed_urls import sign_upload_url
     from kachery_node.identity import Keypair
+    from kachery_node.protocol.signed_urls import sign_upload_url
 
     put_url = urlsplit(sign_upload_url(Keypair.from_seed_hex(hub_key_seed), "http://x/bucket", "lab/feeds/slow",
                                        max_size=10**6, expires=int(time.time()) + 600, node_id="0" * 64))
@@ -210,7 +210,7 @@ BOUNDED_HUB = textwrap.dedent("""
     from pathlib import Path
     from kachery_node.hub.app import HubSettings
     from kachery_node.hub.http_limits import HttpLimits
-    from kachery_node.hub.server import run_hub
+    from kachery_node.hub.serve import run_hub
 
     limits = HttpLimits(max_connections=20, header_timeout_s=2)
     run_hub(Path(sys.argv[1]), "127.0.0.1", 0, None, HubSettings(http=limits))

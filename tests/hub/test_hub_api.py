@@ -9,10 +9,11 @@ import httpx
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.channels import Membership, capabilities, import_segment
-from kachery_node.channels.envelope import make_body, now_ms, sign_body
-from kachery_node.channels.errors import HubRequestError
 from kachery_node.identity import Keypair
+from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.protocol.hub_requests import make_body, now_ms, sign_body
+from kachery_node.protocol.membership import Membership, import_segment
+from kachery_node.protocol.roles import capabilities
 
 
 def _refused(code: str, status: int):

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kachery_node.channels.envelope import make_body, sign_body
-from kachery_node.channels.errors import HubRequestError
-from kachery_node.pubsub.nats_jwt import new_seed
+from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.protocol.hub_requests import make_body, sign_body
+from kachery_node.transport.pubsub.nats_jwt import new_seed
 from tests.standins import fake_service_account
 
 from .conftest import Actor

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from kachery_node.channels import (
-    BANDS,
-    ROLES,
+from kachery_node.identity import Keypair
+from kachery_node.protocol import membership as mb
+from kachery_node.protocol.channel_errors import (
     BadSignatureError,
     CapabilityError,
     ExpiredError,
@@ -15,25 +15,21 @@ from kachery_node.channels import (
     InvalidPathError,
     InvalidTokenError,
     MalformedRequestError,
-    Membership,
-    MembershipError,
     StaleRequestError,
-    capabilities,
-    effective_roles,
-    issue_token,
-    make_body,
-    sign_body,
-    sign_upload_url,
-    upload_role,
-    validate_channel_name,
-    validate_object_key,
-    verify_request,
-    verify_token,
-    verify_upload,
 )
-from kachery_node.channels import membership as mb
-from kachery_node.channels.roles import check_capability
-from kachery_node.identity import Keypair
+from kachery_node.protocol.channel_names import validate_channel_name
+from kachery_node.protocol.hub_requests import make_body, sign_body, verify_request
+from kachery_node.protocol.membership import Membership, MembershipError
+from kachery_node.protocol.pubsub_tokens import issue_token, verify_token
+from kachery_node.protocol.roles import (
+    BANDS,
+    ROLES,
+    capabilities,
+    check_capability,
+    effective_roles,
+    upload_role,
+)
+from kachery_node.protocol.signed_urls import sign_upload_url, validate_object_key, verify_upload
 
 HUB = Keypair.generate()
 NOW = 1_700_000_000_000

@@ -12,7 +12,7 @@ import trio
 from kachery_node.hub import revocations
 from kachery_node.hub.revocations import CLOCK_MARGIN_MS, RevocationQueue
 from kachery_node.hub.state import HubState
-from kachery_node.pubsub.base import PubSubBackend
+from kachery_node.transport.pubsub.pubsub_interface import PubSubBackend
 
 pytestmark = pytest.mark.trio
 

@@ -103,7 +103,7 @@ def test_channel_page_shows_embedded_backends(hub, chromium, channel_name):
 def test_channel_page_shows_nats_gcs_and_ably_backends_but_no_secret(hub, chromium, channel_name, artifacts):
     """The hub contacts neither NATS nor GCS nor Ably when a channel is created or configured, so no
     stand-in needs to run: the page shows the public config; the seed and keys never appear."""
-    from kachery_node.pubsub import nats_jwt
+    from kachery_node.transport.pubsub import nats_jwt
     from tests.standins import fake_service_account
 
     seed, sa = nats_jwt.new_seed("account"), fake_service_account()

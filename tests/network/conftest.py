@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from kachery_node.bucket.object_files import object_file
+from kachery_node.hub.object_files import object_file
 from tests.hub.conftest import HubProcess
 from tests.nodes import TestNode
 

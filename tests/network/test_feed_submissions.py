@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.feed_submissions import (
+from kachery_node.apps.feed_submissions import (
     SUBMISSION_CONTEXT,
     SubmissionError,
     parse_submission,
@@ -110,8 +110,8 @@ def _signed(key: Keypair, uri: str, payload, *, time_ms: int | None = None) -> d
 
 
 def test_the_owners_checks_without_a_network(tmp_path):
-    import kachery_node.tasks as kt
-    from kachery_node.feed_submissions import accept_submissions
+    import kachery_node.apps.tasks as kt
+    from kachery_node.apps.feed_submissions import accept_submissions
 
     sf = kf.open_store(tmp_path / "feeds.db").create_feed().load_subfeed("curation")
     uri = f"feed://{sf.feed_id}/~{sf.subfeed_hash}"

@@ -15,13 +15,13 @@ import trio
 
 import kachery_feeds as kf
 import kachery_node as kn
-from kachery_node.channels.roles import ROLE_BANDS, band_name
-from kachery_node.daemon.files_messages import FileRequest, new_request_id
-from kachery_node.hub.client import HubClient
 from kachery_node.identity import load_node_key
 from kachery_node.protocol.bucket_layout import file_path
-from kachery_node.protocol.envelope import seal
-from kachery_node.pubsub.open import open_pubsub
+from kachery_node.protocol.file_messages import FileRequest, new_request_id
+from kachery_node.protocol.node_messages import seal
+from kachery_node.protocol.roles import ROLE_BANDS, band_name
+from kachery_node.transport.hub_client import HubClient
+from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.network.conftest import ALL_ROLES
 from tests.network.test_faults import fetch, wait_until
 

@@ -55,7 +55,7 @@ def test_upload_large_file_then_fetch_without_the_provider(lab, tmp_path):
     """A file above 20 MB goes up as its manifest and chunks; another node loads it from the
     bucket alone (issue 11, defect 6: every upload above 20 MB failed)."""
     from kachery_node.protocol.bucket_layout import file_path
-    from kachery_node.uris import parse_uri
+    from kachery_node.storage.file_uris import parse_uri
 
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-files"])
@@ -74,7 +74,7 @@ def test_upload_large_file_then_fetch_without_the_provider(lab, tmp_path):
 
 
 def _manifest(node, manifest_sha1: str):
-    from kachery_node.manifest import parse_manifest
+    from kachery_node.storage.manifest import parse_manifest
 
     return parse_manifest(kn.open_storage(node.storage_dir).load_bytes(f"sha1://{manifest_sha1}"))
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from kachery_node.protocol.bucket_layout import task_result_path
-from kachery_node.protocol.tasks import task_hash
+from kachery_node.protocol.task_messages import task_hash
 from tests import processes
 from tests.hub.conftest import HubProcess
 from tests.network.conftest import ALL_ROLES, Lab
@@ -180,7 +180,7 @@ def test_timeouts_are_explicit(tl):
 
 def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
     from kachery_node.identity import Keypair
-    from kachery_node.protocol.tasks import encode_result_object, sign_result, task_hash
+    from kachery_node.protocol.task_messages import encode_result_object, sign_result, task_hash
 
     assert request(tl.bob, "test.echo.1", {"value": "original"}).startswith("ok 'original' False")
     h = task_hash("test.echo.1", {"value": "original"})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kachery_node as kn
-from kachery_node import files as files_module
+from kachery_node.storage import file_index as files_module
 
 from .conftest import BIG_SIZE
 
@@ -218,7 +218,7 @@ def test_range_read_verifies_only_covering_chunks(storage_dir: Path, big_file: P
         hashed.append((start, end))
         return original(p, start, end)
 
-    monkeypatch.setattr("kachery_node.storage.sha1_of_range", spy)
+    monkeypatch.setattr("kachery_node.storage.node_storage.sha1_of_range", spy)
     assert kn.load_bytes(uri, 2 * CHUNK + 1, 2 * CHUNK + 10) == big_file.read_bytes()[
         2 * CHUNK + 1 : 2 * CHUNK + 10]
     assert hashed == [(2 * CHUNK, BIG_SIZE)]

@@ -13,8 +13,8 @@ import pytest
 
 import kachery_feeds as kf
 import kachery_node as kn
-from kachery_node.files import stat_signature
-from kachery_node.manifest import CHUNK_SIZE
+from kachery_node.storage.file_index import stat_signature
+from kachery_node.storage.manifest import CHUNK_SIZE
 
 
 def _tree(directory: Path) -> dict[str, tuple[int, int, bytes]]:

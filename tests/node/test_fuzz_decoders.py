@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import kachery_node as kn
-from kachery_node.manifest import CHUNK_SIZE, parse_manifest
+from kachery_node.storage.manifest import CHUNK_SIZE, parse_manifest
 
 FUZZ = settings(max_examples=int(os.environ.get("KACHERY_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import kachery_node as kn
-from kachery_node import safe_pickle
+from kachery_node.storage import safe_pickle
 
 
 def _global(module: str, name: str) -> bytes:
@@ -105,7 +105,7 @@ import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # protect the machine from old code
 import numpy
 import kachery_node as kn
-from kachery_node import safe_pickle
+from kachery_node.storage import safe_pickle
 data = open(sys.argv[1], "rb").read()
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kachery_node as kn
-from kachery_node.manifest import CHUNK_SIZE
+from kachery_node.storage.manifest import CHUNK_SIZE
 
 
 def _mode(path: Path) -> int:

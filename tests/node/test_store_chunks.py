@@ -8,7 +8,7 @@ import os
 import pytest
 
 import kachery_node as kn
-from kachery_node.manifest import CHUNK_SIZE
+from kachery_node.storage.manifest import CHUNK_SIZE
 
 
 def _split(path, tmp_path):

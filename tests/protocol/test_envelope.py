@@ -7,7 +7,7 @@ import time
 import pytest
 
 from kachery_node.identity import Keypair
-from kachery_node.protocol.envelope import EnvelopeError, ReplayGuard, open_envelope, seal
+from kachery_node.protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
 
 
 @pytest.fixture

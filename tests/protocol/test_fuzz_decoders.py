@@ -22,12 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kachery_feeds as kf
-from kachery_node.channels import envelope as hub_envelope
-from kachery_node.channels import membership as mb
-from kachery_node.channels import tokens
-from kachery_node.channels.errors import ChannelProtocolError
 from kachery_node.identity import Keypair
-from kachery_node.protocol import envelope, feed_bucket, tasks
+from kachery_node.protocol import feed_bucket
+from kachery_node.protocol import hub_requests as hub_envelope
+from kachery_node.protocol import membership as mb
+from kachery_node.protocol import node_messages as envelope
+from kachery_node.protocol import pubsub_tokens as tokens
+from kachery_node.protocol import task_messages as tasks
+from kachery_node.protocol.channel_errors import ChannelProtocolError
 
 FUZZ = settings(max_examples=int(os.environ.get("KACHERY_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])

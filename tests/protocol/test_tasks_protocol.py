@@ -11,7 +11,7 @@ import pytest
 
 import kachery_node as kn
 from kachery_node.identity import Keypair
-from kachery_node.protocol.tasks import (
+from kachery_node.protocol.task_messages import (
     InvalidTaskResultError,
     TaskArgumentError,
     canonical_json,

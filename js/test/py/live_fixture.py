@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 import kachery_feeds as kf
-from kachery_node.channels.envelope import make_body, sign_body
 from kachery_node.identity import Keypair
-from kachery_node.manifest import CHUNK_SIZE, Chunk, Manifest
 from kachery_node.protocol import bucket_layout as bl
-from kachery_node.protocol.envelope import seal
 from kachery_node.protocol.feed_bucket import head_for, segment_for
-from kachery_node.protocol.tasks import encode_result_object, sign_result, task_hash
+from kachery_node.protocol.hub_requests import make_body, sign_body
+from kachery_node.protocol.node_messages import seal
+from kachery_node.protocol.task_messages import encode_result_object, sign_result, task_hash
+from kachery_node.storage.manifest import CHUNK_SIZE, Chunk, Manifest
 
 CHANNEL = "js.check"
 

@@ -1,0 +1,185 @@
+"""The module-level API (``kn.store_file(...)``, ``kn.load_json(...)``, ...) for scripts.
+
+Every function works on the default storage, ``$KACHERY_STORAGE_DIR`` (or
+``~/kachery-storage``), read when the function is called. To work on another storage, use a
+:class:`~kachery_node.storage.node_storage.Storage` (``kn.open_storage(path)``): it has the same methods.
+
+All loads go through :func:`_locally_or_fetched`: today it only looks in local storage; the daemon
+issue makes it ask the running node to fetch missing content from its channels, then retry. Keep
+every load path going through it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .config import default_storage_dir
+from .errors import NotFoundError
+from .storage import data_objects
+from .storage.node_storage import Storage
+
+if TYPE_CHECKING:
+    import kachery_feeds
+
+T = TypeVar("T")
+
+_storages: dict[Path, Storage] = {}
+_storages_lock = threading.Lock()
+
+
+def open_storage(directory: str | os.PathLike | None = None) -> Storage:
+    """The :class:`Storage` for ``directory`` (default: ``$KACHERY_STORAGE_DIR``), shared
+    within this process."""
+    path = Path(directory or default_storage_dir()).expanduser().absolute()
+    with _storages_lock:
+        storage = _storages.get(path)
+        if storage is None:
+            storage = _storages[path] = Storage(path)
+        return storage
+
+
+def default_storage() -> Storage:
+    """The storage of ``$KACHERY_STORAGE_DIR`` as it is set now."""
+    return open_storage(None)
+
+
+def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None) -> T:
+    """Run a load against the default storage; if the content is not here and a daemon serves
+    this storage, have it fetch the content from its channels, then load again."""
+    storage = default_storage()
+    try:
+        return load(storage)
+    except NotFoundError as exc:
+        from . import remote_reads as remote
+
+        if remote.daemon_for(storage.directory) is None:
+            raise NotFoundError(
+                f"{exc} (no kachery daemon is running for {storage.directory}, so no channel was "
+                "asked; start one with `kachery node start`)", uri=uri) from None
+        remote.fetch_file(storage.directory, uri, channel=channel)
+        return load(storage)
+
+
+# -- files --------------------------------------------------------------------------------------
+def store_file(path: str | os.PathLike, basename: str | None = None) -> str:
+    """Copy a file into local storage; return ``sha1://<sha1>/<basename>`` (plus
+    ``?manifest=<sha1>`` above 20,000,000 bytes). Storing unchanged content again is cheap."""
+    return default_storage().store_file(path, basename)
+
+
+def link_file(path: str | os.PathLike, basename: str | None = None) -> str:
+    """Register a file in place (no copy); it is refused later if it changes."""
+    return default_storage().link_file(path, basename)
+
+
+def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None) -> str:
+    """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
+    channels (all joined, or ``channel``) through the daemon if it is not here; raises
+    :class:`~kachery_node.NotFoundError` when it is not available."""
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel)
+
+
+def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
+    """Bytes ``[start, end)`` of the content of ``uri`` (fetched like :func:`load_file`)."""
+    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+
+
+def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:
+    """Store a file (or take stored content by URI) and push it to ``channel``'s bucket through
+    the daemon, so other nodes can load it without asking this one. Returns the URI."""
+    from . import remote_reads as remote
+
+    text = os.fspath(path_or_uri)
+    uri = text if text.startswith("sha1://") else store_file(text)
+    remote.upload_file(default_storage().directory, uri, channel)
+    return uri
+
+
+# -- data objects -------------------------------------------------------------------------------
+def store_text(text: str, basename: str | None = None) -> str:
+    """Store a string; return its URI (default basename ``file.txt``)."""
+    return default_storage().store_text(text, basename)
+
+
+def store_json(obj: Any, basename: str | None = None) -> str:
+    """Store a JSON value; numpy arrays become lists, numpy scalars numbers. NaN is refused."""
+    return default_storage().store_json(obj, basename)
+
+
+def store_npy(array: Any, basename: str | None = None) -> str:
+    """Store a numpy array as .npy (no pickles inside)."""
+    return default_storage().store_npy(array, basename)
+
+
+def store_pkl(obj: Any, basename: str | None = None) -> str:
+    """Store a pickle of plain data and numpy arrays."""
+    return default_storage().store_pkl(obj, basename)
+
+
+def load_text(uri: str, *, channel: str | None = None) -> str:
+    return data_objects.decode_text(Path(load_file(uri, channel=channel)).read_bytes())
+
+
+def load_json(uri: str, *, channel: str | None = None) -> Any:
+    return data_objects.decode_json(Path(load_file(uri, channel=channel)).read_bytes())
+
+
+def load_npy(uri: str, *, channel: str | None = None) -> Any:
+    return data_objects.read_npy(Path(load_file(uri, channel=channel)))
+
+
+def load_pkl(uri: str, *, channel: str | None = None, max_bytes: int | None = None) -> Any:
+    """Unpickle without running code: anything but plain data and numpy arrays raises
+    :class:`~kachery_node.UnsafePickleError`; a pickle that would allocate more than
+    ``max_bytes`` (default: 64 MiB plus 16 times its size) raises
+    :class:`~kachery_node.PickleTooLargeError`."""
+    return data_objects.decode_pkl(Path(load_file(uri, channel=channel)).read_bytes(), max_bytes)
+
+
+# -- mutables -----------------------------------------------------------------------------------
+def set(key: Any, value: Any, *, overwrite: bool = True) -> bool:
+    """Set a local mutable (JSON key and value). Returns True if written."""
+    return default_storage().mutables.set(key, value, overwrite=overwrite)
+
+
+def get(key: Any, *default: Any) -> Any:
+    """The value of a mutable; ``get(key, default)`` returns ``default`` if absent, ``get(key)``
+    raises :class:`~kachery_node.NotFoundError`."""
+    return default_storage().mutables.get(key, *default)
+
+
+def delete(key: Any) -> bool:
+    """Delete a mutable; True if it existed."""
+    return default_storage().mutables.delete(key)
+
+
+# -- feeds --------------------------------------------------------------------------------------
+def create_feed() -> kachery_feeds.Feed:
+    """A new writeable feed in ``<storage>/feeds.db``."""
+    return default_storage().create_feed()
+
+
+def load_feed(uri: str) -> kachery_feeds.Feed:
+    """A feed by ``feed://<id>`` or id."""
+    return default_storage().load_feed(uri)
+
+
+def load_subfeed(uri: str, *, channel: str | None = None) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``. For a feed this node does not own, a running daemon
+    is asked to follow it on its channels (all joined, or ``channel``): the subfeed's messages
+    then arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+    storage = default_storage()
+    subfeed = storage.load_subfeed(uri)
+    if not subfeed.is_writeable:
+        from . import remote_reads as remote
+
+        if remote.daemon_for(storage.directory) is not None:
+            remote.follow_subfeed(storage.directory, subfeed.uri, channel)
+        elif channel is not None:
+            raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
+                                f"for {storage.directory} (start one with `kachery node start`)")
+    return subfeed

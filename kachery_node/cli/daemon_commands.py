@@ -1,0 +1,74 @@
+"""``kachery node start|stop|status|viewer``: run and inspect the local daemon.
+
+Other modules add their own commands to the ``node`` group (``join``, ``leave``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import default_storage_dir
+from ..daemon.process import run
+from ..daemon_client import DaemonClient, start_daemon
+from .output import echo_json, json_option
+
+
+@click.group()
+def node() -> None:
+    """Run the node daemon and manage its channels."""
+
+
+@node.command()
+@click.option("--port", type=int, default=None,
+              help="Local API port (default $KACHERY_DAEMON_PORT or 20431).")
+@click.option("--foreground", is_flag=True, help="Run in this process instead of detaching.")
+@json_option
+def start(port: int | None, foreground: bool, as_json: bool) -> None:
+    """Start the daemon for $KACHERY_STORAGE_DIR (logs go to <storage>/daemon.log)."""
+    storage_dir = default_storage_dir()
+    if foreground:
+        run(storage_dir, port=port)
+        return
+    status = start_daemon(storage_dir, port=port)
+    client = DaemonClient(storage_dir)
+    if as_json:
+        echo_json({**status, "url": client.base_url})
+    else:
+        click.echo(f"daemon for node {status['label']} ({status['node_id'][:12]}…) running at "
+                   f"{client.base_url}; log: {Path(storage_dir) / 'daemon.log'}")
+
+
+@node.command()
+def stop() -> None:
+    """Stop the daemon (waits until it has shut down)."""
+    client = DaemonClient()
+    client.stop()
+    click.echo(f"daemon at {client.base_url} stopped")
+
+
+@node.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Show whether the daemon runs, and its node, uptime and channels. Exit status 1 if not."""
+    client = DaemonClient()
+    st = client.status()  # raises DaemonNotRunningError -> exit 1 with a clear message
+    if as_json:
+        echo_json({**st, "url": client.base_url})
+        return
+    click.echo(f"running at {client.base_url} for {st['uptime_s']:.0f} s")
+    click.echo(f"node     {st['label']} {st['node_id']}")
+    click.echo(f"storage  {st['storage_dir']}")
+    if st["channels"]:
+        for ch in st["channels"]:
+            click.echo(f"channel  {ch.get('name')}: {ch.get('state', '')}")
+    else:
+        click.echo("channels (none joined)")
+
+
+@node.command()
+@click.argument("uri")
+def viewer(uri: str) -> None:
+    """Print a link to the daemon's live viewer for subfeed URI (read-only browser access)."""
+    click.echo(DaemonClient().viewer_url(uri))

@@ -1,0 +1,163 @@
+"""``kachery feed create|append|tail|info``: feeds in ``<storage>/feeds.db`` (kachery_feeds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from ..api import open_storage
+from .output import echo_json, json_option
+
+
+class _FeedGroup(click.Group):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        import kachery_feeds as kf
+
+        try:
+            return super().invoke(ctx)
+        except kf.FeedError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_FeedGroup)
+def feed() -> None:
+    """Create, append to, read and follow feeds stored on this node.
+
+    A subfeed is named feed://<feed ID>/<subfeed name>; feed create prints the feed URI, to
+    which you add /<name> (for example feed://…/main).
+    """
+
+
+@feed.command()
+@click.option("--name", help="A local name for the feed (usable instead of its ID here).")
+@json_option
+def create(name: str | None, as_json: bool) -> None:
+    """Create a feed owned by this node and print its URI."""
+    f = open_storage().feeds.create_feed(name)
+    if as_json:
+        echo_json({"feed_id": f.feed_id, "uri": f.uri, "name": name})
+    else:
+        click.echo(f.uri)
+
+
+def _subfeed(uri: str):
+    return open_storage().load_subfeed(uri)
+
+
+def _parse_messages(args: tuple[str, ...]) -> Iterator[Any]:
+    lines = args if args else (line for line in sys.stdin if line.strip())
+    for i, text in enumerate(lines):
+        try:
+            yield json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(
+                f"message {i + 1} is not JSON ({exc}); give strings as '\"text\"'") from exc
+
+
+@feed.command()
+@click.argument("subfeed_uri")
+@click.argument("messages", nargs=-1)
+@json_option
+def append(subfeed_uri: str, messages: tuple[str, ...], as_json: bool) -> None:
+    """Append JSON messages to a subfeed of a feed owned here.
+
+    Messages are the arguments (each one JSON value) or, without arguments, one JSON value per
+    line on stdin, appended in one transaction. Prints the number of the last message
+    (with --json: first, last and count).
+    """
+    sf = _subfeed(subfeed_uri)
+    payloads = list(_parse_messages(messages))
+    if not payloads:
+        raise click.ClickException("no messages to append")
+    last = sf.append_messages(payloads)
+    if as_json:
+        echo_json({"uri": sf.uri, "first": last - len(payloads) + 1, "last": last,
+                   "count": len(payloads)})
+    else:
+        click.echo(last)
+
+
+@feed.command()
+@click.argument("subfeed_uri")
+@click.option("--start", type=click.IntRange(min=0), default=None,
+              help="First message number to print (default: all, or the last -n).")
+@click.option("-n", "--lines", "last_n", type=click.IntRange(min=0), default=None,
+              help="Print only the last N messages (then follow, with --follow).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new messages as they arrive.")
+@click.option("--timeout", type=float, default=None,
+              help="With --follow: stop after this many seconds without a new message.")
+@click.option("--records", is_flag=True,
+              help="Print {number, timestamp_ms, payload, metadata} objects, not bare payloads.")
+@click.option("--channel", default=None,
+              help="For a feed of another node: follow it only on this channel (default: all joined).")
+def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
+         timeout: float | None, records: bool, channel: str | None) -> None:
+    """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones.
+
+    For a feed this node does not own, the daemon (if running) follows it on the node's
+    channels, so its messages arrive here, verified, as they are appended."""
+    from ..api import load_subfeed
+
+    sf = load_subfeed(subfeed_uri, channel=channel)
+    if start is None:
+        start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
+
+    def emit(number: int, payload: Any, rec: Any = None) -> None:
+        if records and rec is not None:
+            obj = {"number": rec.number, "timestamp_ms": rec.timestamp_ms,
+                   "payload": rec.payload, "metadata": rec.metadata}
+        else:
+            obj = payload
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()  # a reader on a pipe sees each message as it arrives
+
+    if not follow:
+        for rec in sf.get_records(start):
+            emit(rec.number, rec.payload, rec)
+        return
+    if records:
+        # follow yields payloads; fetch the record alongside to print number and time.
+        for i, payload in enumerate(sf.follow(start=start, timeout=timeout)):
+            recs = sf.get_records(start + i, start + i + 1)
+            emit(start + i, payload, recs[0] if recs else None)
+    else:
+        for i, payload in enumerate(sf.follow(start=start, timeout=timeout)):
+            emit(start + i, payload)
+
+
+@feed.command("info")
+@click.argument("uri")
+@json_option
+def feed_info(uri: str, as_json: bool) -> None:
+    """Show a feed's ID, whether this node can write it, and its subfeeds' message counts
+    (or, for a subfeed URI, that subfeed's)."""
+    import kachery_feeds as kf
+
+    storage = open_storage()
+    parsed = kf.parse_feed_uri(uri) if uri.startswith("feed://") else None
+    if parsed is not None and parsed.subfeed_name is not None:
+        sf = storage.load_subfeed(uri)
+        doc = {"uri": sf.uri, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash,
+               "is_writeable": sf.is_writeable, "num_messages": sf.get_num_local_messages()}
+    else:
+        f = storage.load_feed(uri)
+        subfeeds = []
+        for h in f.get_subfeed_hashes():
+            sf = f.load_subfeed("~" + h)
+            subfeeds.append({"subfeed_hash": h, "num_messages": sf.get_num_local_messages()})
+        doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
+               "subfeeds": subfeeds}
+    if as_json:
+        echo_json(doc)
+        return
+    for k, v in doc.items():
+        if k == "subfeeds":
+            click.echo(f"subfeeds:     {len(v)}")
+            for s in v:
+                click.echo(f"  ~{s['subfeed_hash']}: {s['num_messages']} messages")
+        else:
+            click.echo(f"{k + ':':13} {v}")

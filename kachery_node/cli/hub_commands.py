@@ -1,0 +1,85 @@
+"""``kachery hub serve|login``: run a hub, and sign in to its web UI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
+from .output import echo_json, json_option
+
+hub_option = click.option("--hub", "hub_url", envvar="KACHERY_HUB_URL", required=True,
+                          help="The hub's URL (or $KACHERY_HUB_URL), e.g. http://127.0.0.1:8080.")
+
+
+def user_client(hub_url: str, node: bool = False):
+    """A HubClient with the person's user key (and the node key if ``node``)."""
+    from ..config import default_storage_dir
+    from ..identity import IdentityError, load_node_key, load_user_key
+    from ..transport.hub_client import HubClient
+
+    try:
+        user_key = load_user_key()
+        node_key = load_node_key(default_storage_dir()) if node else None
+    except IdentityError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return HubClient(hub_url, user_key=user_key, node_key=node_key)
+
+
+@click.group()
+def hub() -> None:
+    """Run a hub (channels, roles, credentials, relay and bucket), and sign in to it."""
+
+
+@hub.command()
+@click.option("--dir", "hub_dir", type=click.Path(path_type=Path), envvar="KACHERY_HUB_DIR",
+              default=lambda: str(Path(os.environ.get("HOME", ".")) / "kachery-hub"),
+              show_default="~/kachery-hub",
+              help="Where the hub keeps its key, database, feeds and bucket (or $KACHERY_HUB_DIR).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; put a TLS proxy in front to expose it).")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free port).")
+@click.option("--public-url",
+              help="The URL nodes and browsers use to reach this hub (default: the bound address).")
+@click.option("--token-ttl", type=float, default=DEFAULT_TOKEN_TTL_MS / 1000, show_default=True,
+              help="Lifetime of pub-sub tokens, seconds.")
+@click.option("--max-message-bytes", type=int, default=64 * 1024, show_default=True,
+              help="Largest pub-sub message the relay accepts.")
+@click.option("--max-publish-rate", type=float, default=2000, show_default=True,
+              help="Publishes per second allowed per node on a channel, all its relay connections "
+                   "together (burst: twice that).")
+@click.option("--heartbeat", type=float, default=15, show_default=True,
+              help="Seconds between relay heartbeats; silent connections are dropped after 3.")
+@click.option("--max-queue-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
+              help="Undelivered bytes a relay subscriber may fall behind before it is dropped (4008).")
+@click.option("--max-connections-per-node", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Relay connections one node may hold open on one channel.")
+def serve(hub_dir: Path, host: str, port: int, public_url: str | None, token_ttl: float,
+          max_message_bytes: int, max_publish_rate: float, heartbeat: float, max_queue_bytes: int,
+          max_connections_per_node: int) -> None:
+    """Serve the hub API, web UI, pub-sub relay and bucket in one process."""
+    from ..hub.app import HubSettings
+    from ..hub.relay import RelayLimits
+    from ..hub.serve import run_hub
+
+    limits = RelayLimits(max_message_bytes=max_message_bytes, publish_rate=max_publish_rate,
+                         publish_burst=2 * max_publish_rate, heartbeat_s=heartbeat,
+                         idle_timeout_s=3 * heartbeat, max_queue_bytes=max_queue_bytes,
+                         max_connections_per_node=max_connections_per_node)
+    settings = HubSettings(token_ttl_ms=int(token_ttl * 1000), relay=limits)
+    run_hub(hub_dir, host, port, public_url, settings)
+
+
+@hub.command()
+@hub_option
+@json_option
+def login(hub_url: str, as_json: bool) -> None:
+    """Print a one-time link that signs you in to the hub's web UI (valid 5 minutes)."""
+    with user_client(hub_url) as client:
+        url = client.login_link()
+    if as_json:
+        echo_json({"url": url})
+    else:
+        click.echo(f"Open this link within 5 minutes to sign in (it works once):\n{url}")

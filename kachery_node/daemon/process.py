@@ -1,0 +1,175 @@
+"""The daemon process: a trio program serving the local API and, later, its channels.
+
+Shape (structured concurrency): one root nursery holds the store-change broadcaster, the
+HTTP server and one task per joined channel; SIGINT/SIGTERM or ``POST /api/stop`` set the
+shutdown event, the server drains, and cancelling the root stops everything else.
+
+Only one daemon may serve a storage directory: it holds an exclusive ``flock`` on
+``<storage>/daemon.lock`` for its whole life, and writes ``<storage>/daemon.json`` (pid, host,
+port) so that clients find it on a non-default port.
+
+A daemon whose storage directory is deleted (or replaced, or its daemon.json removed) stops on
+its own within :data:`STORAGE_CHECK_SECONDS`: nobody can reach it any more (clients find it
+through daemon.json), and it would otherwise keep serving channels from files that are gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ..config import load_node_config, read_settings
+from ..storage.node_storage import Storage
+from .errors import DaemonError
+from .local_api import DaemonContext, build_app
+from .local_tokens import load_or_create_tokens
+from .node_runtime import NodeRuntime
+from .paths import INFO_FILE, LOCK_FILE, default_port
+from .store_changes import ChangeBroadcaster
+
+log = logging.getLogger("kachery.daemon")
+
+STORAGE_CHECK_SECONDS = 2.0  # how often the daemon checks that its storage directory is still there
+
+def cors_origins(storage_dir: Path) -> list[str]:
+    """The CORS allow-list: ``[daemon] cors_origins`` in config.toml plus
+    ``$KACHERY_CORS_ORIGINS`` (comma-separated)."""
+    settings = read_settings(storage_dir).get("daemon", {})
+    origins = list(settings.get("cors_origins", []))
+    env = os.environ.get("KACHERY_CORS_ORIGINS", "")
+    origins += [o.strip() for o in env.split(",") if o.strip()]
+    return origins
+
+
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DaemonError(
+                f"another kachery daemon is already running for {path.parent} (see `kachery node status`)"
+            ) from None
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Run the daemon until it is told to stop."""
+    storage_dir = Path(storage_dir)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise DaemonError(f"the daemon listens on loopback only, not on {host!r}")
+    config = load_node_config(storage_dir)  # raises NotInitializedError before `kachery init`
+    port = default_port() if port is None else port
+    lock = _Lock(storage_dir / LOCK_FILE)
+    storage = Storage(storage_dir)
+    info_path = storage_dir / INFO_FILE
+    try:
+        client_token, browser_token = load_or_create_tokens(storage_dir)
+        ctx = DaemonContext(
+            storage=storage,
+            config=config,
+            client_token=client_token,
+            browser_token=browser_token,
+            cors_origins=cors_origins(storage_dir),
+            changes=ChangeBroadcaster(storage.feeds),
+        )
+        hc = hypercorn.config.Config()
+        hc.bind = [f"{host}:{port}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("kachery.http")
+        hc.graceful_timeout = 1.0
+        hc.keep_alive_timeout = 30
+        server_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ctx.changes.run)
+            ctx.node = NodeRuntime(storage, config, ctx.changes)
+            await nursery.start(ctx.node.run)
+            nursery.start_soon(_watch_signals, ctx)
+            try:
+                binds = await nursery.start(_serve_http, build_app(ctx), hc, ctx, server_done)
+            except OSError as exc:
+                raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            info_path.write_text(
+                json.dumps({"pid": os.getpid(), "host": host, "port": port, "node_id": config.node_id})
+            )
+            log.info(
+                "kachery daemon for node %s (%s) listening on %s",
+                config.node_id[:12],
+                config.label,
+                ", ".join(binds),
+            )
+            nursery.start_soon(_watch_storage, ctx, storage_dir, info_path)
+            await ctx.shutdown.wait()
+            log.info("shutting down")
+            with trio.move_on_after(hc.graceful_timeout + 2):
+                await server_done.wait()  # open streams get graceful_timeout to finish
+            nursery.cancel_scope.cancel()
+    finally:
+        try:
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        except (FileNotFoundError, ValueError):
+            pass
+        storage.close()
+        lock.release()
+        log.info("stopped")
+
+
+async def _serve_http(
+    app, hc, ctx: DaemonContext, done: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    try:
+        await hypercorn.trio.serve(app, hc, shutdown_trigger=ctx.shutdown.wait, task_status=task_status)
+    finally:
+        done.set()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def _watch_storage(ctx: DaemonContext, storage_dir: Path, info_path: Path) -> None:
+    """Shut down when the storage directory or daemon.json is deleted or replaced."""
+    expected = {storage_dir: _identity(storage_dir), info_path: _identity(info_path)}
+    while not ctx.shutdown.is_set():
+        await trio.sleep(STORAGE_CHECK_SECONDS)
+        for path, identity in expected.items():
+            if _identity(path) != identity:
+                log.warning("%s was deleted or replaced: stopping (this daemon can no longer be "
+                            "reached, and its storage is gone)", path)
+                ctx.shutdown.set()
+                return
+
+
+async def _watch_signals(ctx: DaemonContext) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            ctx.shutdown.set()
+            return
+
+
+def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Blocking entry point (``kachery node start --foreground``, ``python -m kachery_node.daemon``)."""
+    logging.basicConfig(
+        level=os.environ.get("KACHERY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the log
+    trio.run(serve, storage_dir, host, port)

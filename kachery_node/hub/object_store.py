@@ -1,0 +1,117 @@
+"""The embedded bucket: filesystem-backed objects over HTTP, served by ``kachery hub serve``.
+
+Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
+
+* ``GET``/``HEAD /bucket/<key>``: public, with ``Range``, ``ETag``, ``Content-Length``.
+* ``PUT /bucket/<key>?expires=&max_size=&node=&sig=``: only with a hub-signed URL for exactly
+  this key, before its expiry, within its size (checked against ``Content-Length`` first, then
+  while streaming). Objects under ``<channel>/sha1/`` must hash to the SHA-1 their name ends
+  with; a mismatch is refused (the cloud cannot check this, we can).
+* ``GET /bucket-list?prefix=<channel>/...``: keys under a prefix (GCS lists public buckets too).
+
+Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key can take, since
+key segments never start with ``.``) and is renamed into place only when complete and
+verified, so a reader sees the old object, or the whole new one, never a partial one. Where
+each object lives on disk is :class:`~kachery_node.hub.object_files.ObjectFiles`' concern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import trio
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from ..protocol.channel_errors import (
+    HashMismatchError,
+    InvalidPathError,
+    MalformedRequestError,
+    TooLargeError,
+)
+from ..protocol.signed_urls import verify_upload
+from .object_files import ObjectFiles
+
+log = logging.getLogger("kachery.hub.bucket")
+MAX_LIST = 10_000
+WRITE_BLOCK = 4 << 20
+
+
+class _BigChunkFileResponse(FileResponse):
+    chunk_size = 4 << 20  # 64 KiB (the default) costs a thread hop and an ASGI event per chunk
+
+
+class FilesystemBucket:
+    """The bucket's HTTP endpoints over :class:`ObjectFiles` under ``root``; keys come from the
+    URL and are validated, never trusted."""
+
+    def __init__(self, root: Path | str, hub_id: str) -> None:
+        self.files = ObjectFiles(root)
+        self.hub_id = hub_id
+
+    async def get(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        path = self.files.path_of(key)
+        if not path.is_file():
+            return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404)
+        return _BigChunkFileResponse(path, media_type="application/octet-stream")
+
+    async def put(self, request: Request) -> Response:
+        key = request.path_params["key"]
+        grant = verify_upload(self.hub_id, key, request.query_params, now_s=time.time())
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_n = int(declared)
+            except ValueError:
+                raise MalformedRequestError("Content-Length is not a number") from None
+            if declared_n > grant.max_size:
+                raise TooLargeError(f"upload of {declared_n} bytes is over the signed size {grant.max_size}")
+        parts = key.split("/")
+        want_sha1 = parts[-1] if len(parts) >= 3 and parts[1] == "sha1" else None
+        if want_sha1 is not None and (len(want_sha1) != 40 or want_sha1.strip("0123456789abcdef")):
+            raise InvalidPathError("objects under sha1/ must be named by their 40-hex SHA-1")
+        h = hashlib.sha1() if want_sha1 else None
+        tmp = self.files.new_tmp()
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+
+                def absorb(blocks: list[bytes]) -> None:
+                    for block in blocks:  # no join: one copy less per byte
+                        if h is not None:
+                            h.update(block)
+                        f.write(block)
+
+                # Hashing and writing run in a worker thread (both release the GIL) while the
+                # event loop receives the next megabytes: the two cores work at once.
+                pending: list[bytes] = []
+                pending_n = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > grant.max_size:
+                        raise TooLargeError(f"upload is over the signed size {grant.max_size}")
+                    pending.append(chunk)
+                    pending_n += len(chunk)
+                    if pending_n >= WRITE_BLOCK:
+                        await trio.to_thread.run_sync(absorb, pending)
+                        pending, pending_n = [], 0
+                if pending:
+                    absorb(pending)
+            if h is not None and h.hexdigest() != want_sha1:
+                raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")
+            self.files.commit(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("bucket stored %s (%d bytes) for node %s…", key, size, grant.node[:12])
+        return JSONResponse({"key": key, "size": size})
+
+    async def list(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        if not prefix.split("/", 1)[0]:
+            raise InvalidPathError("prefix must start with <channel>/")
+        keys, truncated = self.files.keys(prefix, MAX_LIST)
+        return JSONResponse({"keys": keys, "truncated": truncated})

@@ -1,0 +1,450 @@
+"""The embedded pub-sub relay: a WebSocket endpoint served by ``kachery hub serve``.
+
+Theory of operation
+-------------------
+A node connects to ``/pubsub`` and must first send ``{"op": "auth", "token": ...}`` with a
+hub-signed token (kachery_node.protocol.pubsub_tokens). From then on every ``subscribe`` and
+``publish`` is checked against the token's capability, band by band; a later ``auth`` on the
+same connection replaces the token (renewal) and drops subscriptions the new token no longer
+allows. The relay fans each published message out to the band's subscribers (including the
+publisher if it subscribed, like Ably's default echo), serializing it once.
+
+Rules
+-----
+* It is pub-sub, not storage: nothing is kept once delivered; a subscriber whose undelivered
+  events (queued, and the frame being written) reach ``max_queue_bytes`` is dropped (close code
+  4008), like NATS's slow consumers: its backlog is discarded and its subscriptions end at once,
+  so a subscriber that stops reading costs the hub at most that much, whatever is published.
+* Bounded: messages over ``max_message_bytes`` are refused (``too_large``), publishes beyond
+  ``publish_rate``/s (token bucket with ``publish_burst``) are refused (``rate_limited``); frames
+  over ``max_frame_bytes`` close the connection (1009), and the relay sends none larger.
+* Per node, not per connection: the publish allowance belongs to the (channel, node) and all its
+  connections draw on it, and a node may hold at most ``max_connections_per_node`` authenticated
+  connections on a channel (another ``auth`` is refused ``rate_limited``, logged, closed 4029),
+  so opening more connections with one token (or several) buys neither rate nor fan-out.
+* Alive: a ``heartbeat`` goes out every ``heartbeat_s``; a connection silent for
+  ``idle_timeout_s`` is closed (4002). A token that expires without renewal closes it (4001).
+* Revocation holds for old tokens: a token issued at or before the hub's last revocation
+  concerning its node on its channel (``revoked_before``, kept in hub.db) is refused on a new
+  connection and on a renewal; the hub narrows live connections itself (:meth:`Relay.restrict`).
+* Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
+  changes nothing.
+* Outgoing events queued while the socket is busy go out together (a JSON array per frame):
+  batching is what lets one Python process deliver thousands of messages per second. A frame
+  holds at most ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so
+  a paused subscriber's backlog goes out in several frames, never one it would refuse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import trio
+from starlette.websockets import WebSocket
+
+from ..protocol.channel_errors import (
+    ChannelProtocolError,
+    ExpiredError,
+    InvalidTokenError,
+    MalformedRequestError,
+    RateLimitedError,
+    TooLargeError,
+)
+from ..protocol.pubsub_tokens import TokenClaims, verify_token
+from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
+
+log = logging.getLogger("kachery.hub.relay")
+
+
+@dataclass
+class RelayLimits:
+    """The relay's bounds (``kachery hub serve`` options set them)."""
+
+    max_message_bytes: int = 64 * 1024  # Ably's default message size limit
+    max_frame_bytes: int = 1024 * 1024  # both ways: the client's own cap is 16 MiB
+    publish_rate: float = 2000.0
+    publish_burst: float = 4000.0
+    heartbeat_s: float = 15.0
+    idle_timeout_s: float = 45.0
+    auth_timeout_s: float = 10.0
+    max_queue_bytes: int = 16 * 1024 * 1024  # undelivered bytes per connection (each event + 64)
+    max_connections_per_node: int = 8  # per (channel, node), whatever the tokens
+
+
+# What a queued event costs besides its bytes (the bytes object and its place in the deque):
+# counted so that many tiny events cannot outgrow max_queue_bytes.
+_EVENT_OVERHEAD = 64
+
+
+@dataclass
+class _NodeLimits:
+    """What all of a node's connections on one channel share: the publish token bucket and the
+    connection count (so that more connections with one token give no more of either)."""
+
+    allowance: float
+    last_refill: float
+    connections: int = 0
+
+    def refill(self, limits: RelayLimits) -> float:
+        now = time.monotonic()
+        self.allowance = min(limits.publish_burst,
+                             self.allowance + (now - self.last_refill) * limits.publish_rate)
+        self.last_refill = now
+        return self.allowance
+
+
+class _TooManyConnections(RateLimitedError):
+    """A node opened more relay connections on a channel than ``max_connections_per_node``."""
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class _Connection:
+    def __init__(self, relay: Relay, ws: WebSocket) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.claims: TokenClaims | None = None
+        self.subs: set[str] = set()
+        self.out: deque[bytes] = deque()
+        self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
+        self.inflight_bytes = 0  # the frame the writer is sending
+        self.wake = trio.Event()
+        self.last_recv = time.monotonic()
+        self.node: _NodeLimits | None = None  # shared by the node's connections on the channel
+        self.close_request: _Close | None = None
+        self.refused_here = 0
+        self.connected_at = time.monotonic()
+        self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+
+    @property
+    def who(self) -> str:
+        return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
+
+    # ---------------------------------------------------------------- outgoing
+    def push(self, event: bytes) -> None:
+        if self.close_request is not None:
+            return  # closing: nothing more goes out (what was queued before still does)
+        cost = len(event) + _EVENT_OVERHEAD
+        limit = self.relay.limits.max_queue_bytes
+        if self.queued_bytes + self.inflight_bytes + cost > limit:
+            # Drop the backlog now (not when the socket drains: a stalled peer may never read).
+            self.out.clear()
+            self.queued_bytes = 0
+            for band in list(self.subs):
+                self.relay.unsubscribe(self, band)
+            self.close(4008, f"slow consumer: over {limit} bytes undelivered")
+            return
+        self.out.append(event)
+        self.queued_bytes += cost
+        self.wake.set()
+
+    def send_op(self, **op: Any) -> None:
+        self.push(orjson.dumps(op))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_request is None:
+            log.warning("relay closing %s: %s (%d)", self.who, reason, code)
+            self.close_request = _Close(code, reason)
+            self.wake.set()
+
+    async def writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            while self.out:
+                frame, self.inflight_bytes = self._take_frame()
+                await self.ws.send_text(frame.decode())
+                self.inflight_bytes = 0
+                self.relay.frames_out += 1
+            if self.close_request is not None:
+                raise self.close_request
+
+    def _take_frame(self) -> tuple[bytes, int]:
+        """The oldest queued events, as many as fit in one frame of at most ``max_frame_bytes``
+        (a backlog goes out in several frames, each one the client accepts; an event is never
+        split, so one larger than the limit, possible only with a message limit near it, goes
+        alone), and what they cost in :attr:`queued_bytes`."""
+        limit = self.relay.limits.max_frame_bytes
+        batch = [self.out.popleft()]
+        size = len(batch[0]) + 2
+        while self.out and size + len(self.out[0]) + 1 <= limit:
+            event = self.out.popleft()
+            batch.append(event)
+            size += len(event) + 1
+        cost = sum(len(event) for event in batch) + _EVENT_OVERHEAD * len(batch)
+        self.queued_bytes -= cost
+        return b"[" + b",".join(batch) + b"]", cost
+
+    async def ticker(self) -> None:
+        limits = self.relay.limits
+        next_beat = time.monotonic() + limits.heartbeat_s
+        while True:
+            await trio.sleep(min(limits.heartbeat_s, 1.0, limits.idle_timeout_s / 3))
+            now = time.monotonic()
+            if self.claims is None and now - self.connected_at > limits.auth_timeout_s:
+                self.close(4001, "no auth within the time allowed")
+            elif now - self.last_recv > limits.idle_timeout_s:
+                self.close(4002, "no reply to heartbeats: connection presumed dead")
+            elif self.claims is not None and time.time() * 1000 >= self.claims.expires_ms:
+                self.send_op(op="error", status=401, code="token_expired",
+                             message="token expired; reconnect with a new one")
+                self.close(4001, "token expired")
+            if now >= next_beat:
+                next_beat = now + limits.heartbeat_s
+                self.send_op(op="heartbeat", ts_ms=int(time.time() * 1000))
+
+    # ---------------------------------------------------------------- incoming
+    async def reader(self) -> None:
+        limits = self.relay.limits
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            self.last_recv = time.monotonic()
+            raw = msg.get("text")
+            if raw is None:
+                raw = (msg.get("bytes") or b"").decode("utf-8", "replace")
+            if len(raw) > limits.max_frame_bytes:
+                self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
+                return
+            try:
+                ops = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                self.refuse(MalformedRequestError("frame is not valid JSON"), None)
+                continue
+            for op in ops if isinstance(ops, list) else [ops]:
+                op_id = op.get("id") if isinstance(op, dict) else None
+                try:
+                    self.handle(op)
+                except ChannelProtocolError as exc:
+                    self.refuse(exc, op_id)
+                    if self.claims is None and isinstance(exc, _TooManyConnections):
+                        self.close(4029, str(exc))
+                        return
+                    if isinstance(exc, InvalidTokenError | ExpiredError) and self.claims is None:
+                        self.close(4001, str(exc))
+                        return
+
+    def refuse(self, exc: ChannelProtocolError, op_id: Any) -> None:
+        self.relay.refusals += 1
+        self.refused_here += 1
+        # A flooding client must not flood the log too: the first refusals, then every 1000th.
+        if self.refused_here <= 20 or self.refused_here % 1000 == 0:
+            log.warning("relay refused %s from %s: %s (refusal %d on this connection)",
+                        exc.code, self.who, exc.message, self.refused_here)
+        op: dict[str, Any] = {"op": "error", "status": exc.status, "code": exc.code, "message": exc.message}
+        if op_id is not None:
+            op["id"] = op_id
+        self.send_op(**op)
+
+    def handle(self, op: Any) -> None:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise MalformedRequestError("each operation must be an object with an 'op'")
+        kind, op_id = op["op"], op.get("id")
+        if kind == "auth":
+            self.authenticate(op.get("token"), op_id)
+            return
+        if kind in ("pong", "ping"):
+            if kind == "ping":
+                self.send_op(op="pong", id=op_id)
+            return
+        if self.claims is None:
+            raise InvalidTokenError("send {'op': 'auth', 'token': ...} first")
+        now_ms = time.time() * 1000
+        if now_ms >= self.claims.expires_ms:
+            raise ExpiredError("token expired; renew it with a new 'auth'")
+        band = op.get("band")
+        if not isinstance(band, str):
+            raise MalformedRequestError(f"{kind!r} needs a 'band'")
+        if kind == "publish":
+            self.publish(band, op, now_ms)
+        elif kind == "subscribe":
+            check_capability(self.claims.capability, band, SUBSCRIBE)
+            self.subs.add(band)
+            self.relay.bands.setdefault(band, set()).add(self)
+            self.send_op(op="subscribed", band=band, id=op_id)
+        elif kind == "unsubscribe":
+            self.relay.unsubscribe(self, band)
+            self.send_op(op="unsubscribed", band=band, id=op_id, reason="requested")
+        else:
+            raise MalformedRequestError(f"unknown op {kind!r}")
+
+    def authenticate(self, token: Any, op_id: Any) -> None:
+        claims = verify_token(token, hub_id=self.relay.hub_id, now_ms=int(time.time() * 1000))
+        old = self.claims
+        if old is not None and (claims.node, claims.channel) != (old.node, old.channel):
+            raise InvalidTokenError("a renewed token must be for the same node and channel")
+        if claims.issued_ms <= self.relay.revoked_before(claims.channel, claims.node):
+            raise InvalidTokenError("token was issued before a revocation concerning this node on "
+                                    f"{claims.channel!r}; ask the hub for a new one")
+        if old is None:
+            self.node = self.relay.admit(claims.channel, claims.node)
+        self.claims = claims
+        for band in sorted(self.subs):
+            if SUBSCRIBE not in claims.capability.get(band, ()):
+                self.relay.unsubscribe(self, band)
+                self.send_op(op="unsubscribed", band=band, reason="capability withdrawn")
+        self.send_op(op="connected", id=op_id, node=claims.node, channel=claims.channel,
+                     capability=claims.capability, expires_ms=claims.expires_ms)
+
+    def publish(self, band: str, op: dict, now_ms: float) -> None:
+        assert self.claims is not None
+        check_capability(self.claims.capability, band, PUBLISH)
+        assert self.node is not None
+        limits = self.relay.limits
+        node = self.node
+        node.refill(limits)
+        if node.allowance < 1:
+            raise RateLimitedError(f"over {limits.publish_rate:g} messages/s for this node on "
+                                   f"{self.claims.channel!r} (all its connections together)")
+        data = orjson.dumps(op.get("data"))
+        if len(data) > limits.max_message_bytes:
+            raise TooLargeError(
+                f"message of {len(data)} bytes is over the {limits.max_message_bytes}-byte limit")
+        node.allowance -= 1
+        event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
+                 + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
+        self.relay.fan_out(band, event)
+        if op.get("id") is not None:
+            self.send_op(op="ack", id=op["id"])
+
+
+# (channel, node) -> the time of the last revocation concerning them (0: none).
+RevokedBefore = Callable[[str, str], int]
+
+
+class Relay:
+    """The relay's shared state: band -> subscribed connections. An ASGI WebSocket endpoint.
+
+    ``revoked_before(channel, node)`` says when rights were last taken from ``node`` on
+    ``channel`` (the hub's :meth:`~kachery_node.hub.state.HubState.tokens_revoked_before`): tokens
+    issued at or before it are refused, on new connections and renewals alike.
+    """
+
+    def __init__(self, hub_id: str, limits: RelayLimits | None = None,
+                 revoked_before: RevokedBefore = lambda channel, node: 0) -> None:
+        self.hub_id = hub_id
+        self.limits = limits or RelayLimits()
+        self.revoked_before = revoked_before
+        self.bands: dict[str, set[_Connection]] = {}
+        self.connections: set[_Connection] = set()
+        self.nodes: dict[tuple[str, str], _NodeLimits] = {}  # (channel, node) -> shared limits
+        self.delivered = 0
+        self.frames_out = 0
+        self.refusals = 0
+
+    def admit(self, channel: str, node: str) -> _NodeLimits:
+        """Count a newly authenticated connection of ``node`` on ``channel``; refuse it when the
+        node has ``max_connections_per_node`` already. Returns the state its connections share."""
+        limits = self.limits
+        state = self.nodes.get((channel, node))
+        if state is None:
+            if len(self.nodes) > 2 * len(self.connections) + 64:
+                self._forget_idle_nodes()
+            state = self.nodes[(channel, node)] = _NodeLimits(limits.publish_burst, time.monotonic())
+        if state.connections >= limits.max_connections_per_node:
+            raise _TooManyConnections(
+                f"node {node[:12]}… already has {state.connections} relay connections on {channel!r} "
+                f"(at most {limits.max_connections_per_node}); close one first")
+        state.connections += 1
+        return state
+
+    def _forget_idle_nodes(self) -> None:
+        """Drop the state of nodes without connections whose allowance is full again (keeping
+        the others: reconnecting must not reset a node's publish allowance)."""
+        for key, state in list(self.nodes.items()):
+            if state.connections == 0 and state.refill(self.limits) >= self.limits.publish_burst:
+                del self.nodes[key]
+
+    def fan_out(self, band: str, event: bytes) -> None:
+        subs = self.bands.get(band)
+        if not subs:
+            return
+        for conn in list(subs):
+            conn.push(event)
+        self.delivered += len(subs)
+
+    def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
+        """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.
+
+        The hub calls this when roles are revoked or a channel is deleted, so that a revocation
+        takes effect at once instead of when the node's token expires. (An external relay would
+        learn it at the next renewal only; tokens are short for that reason.)
+        """
+        for conn in list(self.connections):
+            claims = conn.claims
+            if claims is None or claims.channel != channel or (node is not None and claims.node != node):
+                continue
+            allowed = capability if capability is not None else {}
+            narrowed = {band: [op for op in ops if op in allowed.get(band, ())]
+                        for band, ops in claims.capability.items()}
+            conn.claims = replace(claims, capability={b: ops for b, ops in narrowed.items() if ops})
+            for band in sorted(conn.subs):
+                if SUBSCRIBE not in conn.claims.capability.get(band, ()):
+                    self.unsubscribe(conn, band)
+                    conn.send_op(op="unsubscribed", band=band, reason="capability withdrawn")
+
+    def unsubscribe(self, conn: _Connection, band: str) -> None:
+        conn.subs.discard(band)
+        subs = self.bands.get(band)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self.bands[band]
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """Serve one WebSocket connection until it closes or is closed."""
+        await websocket.accept()
+        conn = _Connection(self, websocket)
+        self.connections.add(conn)
+        close: _Close | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.writer)
+                nursery.start_soon(conn.ticker)
+                await conn.reader()
+                if conn.close_request is None:
+                    nursery.cancel_scope.cancel()  # the peer went away
+                else:
+                    # Let the writer flush the refusal and raise _Close; do not wait forever.
+                    nursery.cancel_scope.deadline = trio.current_time() + 5
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            close = next((e for e in leaves if isinstance(e, _Close)), None)
+            if close is None and not all(_is_disconnect(e) for e in leaves):
+                raise
+        finally:
+            for band in list(conn.subs):
+                self.unsubscribe(conn, band)
+            self.connections.discard(conn)
+            if conn.node is not None:
+                conn.node.connections -= 1
+        if close is not None:
+            with trio.move_on_after(2):
+                try:
+                    await websocket.close(close.code, close.reason)
+                except Exception:
+                    pass  # the peer is already gone
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    from starlette.websockets import WebSocketDisconnect
+
+    gone = (WebSocketDisconnect, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+    return isinstance(exc, gone) or type(exc).__name__ in ("ClientDisconnected", "WebSocketDisconnect")

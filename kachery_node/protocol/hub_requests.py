@@ -1,0 +1,132 @@
+"""Signed requests to the hub: exact body bytes, a time and a nonce, signed with Ed25519.
+
+Theory of operation
+-------------------
+A client serializes the request body **once** (JSON with at least ``type``, ``hub``,
+``time_ms`` and ``nonce``) and signs::
+
+    b"kachery-hub-request-v1 <kind>\\n" + SHA-256(body)
+
+where ``<kind>`` is ``node`` or ``user``, so a signature made for one purpose cannot stand in
+for another. The body bytes travel unchanged; the hub verifies those bytes and never
+re-serializes (the original's canonical-JSON drift, original-protocol §1.2). The signature and
+signer travel in headers:
+
+* ``Kachery-Node-Id`` / ``Kachery-Node-Signature`` (128 hex) for node requests,
+* ``Kachery-User-Id`` / ``Kachery-User-Signature`` for a person's requests.
+
+``hub`` (the hub's public key) binds the request to one hub; ``time_ms`` must be within
+:data:`MAX_SKEW_MS` of the hub's clock, and the hub remembers each (signer, nonce) for that
+window, so a captured request cannot be replayed (fixing original-protocol §10.1).
+
+This module is pure: the caller passes the clock and keeps the nonce ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from typing import Any, Literal
+
+import orjson
+
+from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import loads as loads_json
+
+from ..identity import Keypair, verify_signature
+from .channel_errors import BadSignatureError, MalformedRequestError, StaleRequestError
+
+Kind = Literal["node", "user"]
+MAX_SKEW_MS = 60_000
+MAX_BODY_BYTES = 256 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+HEADERS: dict[str, tuple[str, str]] = {
+    "node": ("Kachery-Node-Id", "Kachery-Node-Signature"),
+    "user": ("Kachery-User-Id", "Kachery-User-Signature"),
+}
+
+
+def _signed_bytes(kind: Kind, body: bytes) -> bytes:
+    return b"kachery-hub-request-v1 " + kind.encode() + b"\n" + hashlib.sha256(body).digest()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_nonce() -> str:
+    """32 random hex characters."""
+    return secrets.token_hex(16)
+
+
+def make_body(type_: str, hub_id: str, *, time_ms: int | None = None, nonce: str | None = None,
+              **fields: Any) -> bytes:
+    """Serialize a request body once (sorted keys), ready to sign and send."""
+    body = {"type": type_, "hub": hub_id, "time_ms": now_ms() if time_ms is None else time_ms,
+            "nonce": nonce or new_nonce(), **fields}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_body(keypair: Keypair, kind: Kind, body: bytes) -> dict[str, str]:
+    """The two headers that sign ``body`` as ``kind`` with ``keypair``."""
+    id_header, sig_header = HEADERS[kind]
+    return {id_header: keypair.public_hex, sig_header: keypair.sign(_signed_bytes(kind, body)).hex()}
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Parse and shape-check a request body; raise :class:`MalformedRequestError`."""
+    if len(body) > MAX_BODY_BYTES:
+        raise MalformedRequestError(f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        obj = loads_json(body)
+    except JsonTextError as exc:
+        raise MalformedRequestError(f"request body is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise MalformedRequestError("request body must be a JSON object")
+    for key, typ in (("type", str), ("hub", str), ("time_ms", int), ("nonce", str)):
+        if type(obj.get(key)) is not typ:
+            raise MalformedRequestError(f"request body needs {key!r} ({typ.__name__})")
+    if not 0 <= obj["time_ms"] <= MAX_SAFE_INTEGER:
+        raise MalformedRequestError("time_ms must be an integer in [0, 2^53-1]")
+    if not _NONCE.fullmatch(obj["nonce"]):
+        raise MalformedRequestError("nonce must be 16-64 characters of [A-Za-z0-9_-]")
+    return obj
+
+
+def verify_signature_headers(kind: Kind, body: bytes, headers: Any) -> str:
+    """Check the ``kind`` signature headers over ``body``; return the signer's 64-hex ID."""
+    id_header, sig_header = HEADERS[kind]
+    signer, sig = headers.get(id_header), headers.get(sig_header)
+    if not signer or not sig:
+        raise BadSignatureError(f"missing {id_header} / {sig_header} headers")
+    signer, sig = signer.strip().lower(), sig.strip().lower()
+    if not _HEX64.fullmatch(signer) or not _HEX128.fullmatch(sig):
+        raise BadSignatureError(f"{id_header} must be 64 hex and {sig_header} 128 hex")
+    if not verify_signature(signer, _signed_bytes(kind, body), bytes.fromhex(sig)):
+        raise BadSignatureError(f"{kind} signature does not verify")
+    return signer
+
+
+def verify_request(kind: Kind, body: bytes, headers: Any, *, hub_id: str, now: int,
+                   expected_type: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Verify a signed request; return ``(signer, body)``.
+
+    Checks, in order: shape, signature, hub, type, time window. The caller then checks and
+    records the nonce (:class:`~kachery_node.hub.state.HubState` keeps the ledger).
+    """
+    obj = parse_body(body)
+    signer = verify_signature_headers(kind, body, headers)
+    if obj["hub"] != hub_id:
+        raise BadSignatureError("request was signed for another hub")
+    if expected_type is not None and obj["type"] != expected_type:
+        raise MalformedRequestError(f"expected a {expected_type!r} request here, got {obj['type']!r}")
+    skew = obj["time_ms"] - now
+    if abs(skew) > MAX_SKEW_MS:
+        raise StaleRequestError(
+            f"request time is {skew / 1000:+.0f} s from the hub's clock (allowed ±{MAX_SKEW_MS // 1000} s)")
+    return signer, obj

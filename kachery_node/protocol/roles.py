@@ -1,0 +1,109 @@
+"""Roles, pub-sub bands and capabilities: the table that decides who may do what on a channel.
+
+Six roles per channel (request/provide × files/feeds/tasks). A node's *effective* roles are the
+intersection of what the channel owner granted and what the node's own owner requested. Each
+role maps to publishing on one band and subscribing on its partner (kachery-doc/node.md; the
+original's Ably capability table, original-protocol §4.1). Band names keep the original's form
+``<channel>-requestFiles`` so that an Ably backend can use them unchanged.
+
+Everything here is pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .channel_errors import InvalidPathError, MalformedRequestError, NotAllowedError
+
+# role -> (band it publishes on, band it subscribes to); the only place this rule lives.
+ROLE_BANDS: dict[str, tuple[str, str]] = {
+    "request-files": ("requestFiles", "provideFiles"),
+    "provide-files": ("provideFiles", "requestFiles"),
+    "request-feeds": ("requestFeeds", "provideFeeds"),
+    "provide-feeds": ("provideFeeds", "requestFeeds"),
+    "request-tasks": ("requestTasks", "provideTasks"),
+    "provide-tasks": ("provideTasks", "requestTasks"),
+}
+ROLES: tuple[str, ...] = tuple(ROLE_BANDS)
+BANDS: tuple[str, ...] = ("requestFiles", "provideFiles", "requestFeeds", "provideFeeds",
+                          "requestTasks", "provideTasks")
+PUBLISH, SUBSCRIBE = "publish", "subscribe"
+
+# Top-level object prefixes in a channel's bucket, and the role that may upload under each.
+# (The original handed any registered node upload rights on any channel, §10.2.)
+UPLOAD_ROLE_BY_PREFIX: dict[str, str] = {
+    "sha1": "provide-files",
+    "feeds": "provide-feeds",
+    "task_results": "provide-tasks",
+}
+
+
+def validate_roles(roles: object) -> list[str]:
+    """Return the roles sorted in table order; raise for unknown names or a non-list."""
+    if not isinstance(roles, list | tuple | set | frozenset) or not all(isinstance(r, str) for r in roles):
+        raise MalformedRequestError("roles must be a list of role names")
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise MalformedRequestError(f"unknown role(s) {', '.join(unknown)}; roles are: {' '.join(ROLES)}")
+    return [r for r in ROLES if r in roles]
+
+
+def effective_roles(granted: Iterable[str], requested: Iterable[str]) -> list[str]:
+    """Roles the owner granted *and* the node's owner requested, in table order."""
+    g, r = set(granted), set(requested)
+    return [role for role in ROLES if role in g and role in r]
+
+
+def band_name(channel: str, band: str) -> str:
+    """The full pub-sub band name, e.g. ``band_name("lab", "requestFiles") == "lab-requestFiles"``."""
+    if band not in BANDS:
+        raise MalformedRequestError(f"unknown band {band!r}; bands are: {' '.join(BANDS)}")
+    return f"{channel}-{band}"
+
+
+def split_band_name(full: str, channel: str) -> str:
+    """The short band of ``<channel>-<band>``; raise if it is not one of the channel's bands."""
+    prefix = channel + "-"
+    if not isinstance(full, str) or not full.startswith(prefix) or full[len(prefix):] not in BANDS:
+        raise MalformedRequestError(f"{full!r} is not a band of channel {channel!r}")
+    return full[len(prefix):]
+
+
+def capabilities(channel: str, roles: Iterable[str]) -> dict[str, list[str]]:
+    """The pub-sub capability object for ``roles``: ``{full band name: ["publish", "subscribe"]}``.
+
+    Bands with no operation are left out (as in Ably capabilities).
+
+    >>> capabilities("lab", ["request-files"])
+    {'lab-requestFiles': ['publish'], 'lab-provideFiles': ['subscribe']}
+    """
+    ops: dict[str, set[str]] = {}
+    for role in validate_roles(list(roles)):
+        pub, sub = ROLE_BANDS[role]
+        ops.setdefault(band_name(channel, pub), set()).add(PUBLISH)
+        ops.setdefault(band_name(channel, sub), set()).add(SUBSCRIBE)
+    return {band: [op for op in (PUBLISH, SUBSCRIBE) if op in s] for band, s in ops.items()}
+
+
+def check_capability(capability: dict[str, list[str]], band: str, op: str) -> None:
+    """Raise :class:`~.errors.CapabilityError` unless ``capability`` allows ``op`` on ``band``."""
+    from .channel_errors import CapabilityError
+
+    if op not in capability.get(band, ()):
+        raise CapabilityError(f"token does not allow {op} on band {band!r}")
+
+
+def upload_role(path: str) -> str:
+    """The role needed to upload an object at ``path`` (relative to the channel's prefix)."""
+    top = path.split("/", 1)[0]
+    role = UPLOAD_ROLE_BY_PREFIX.get(top)
+    if role is None or "/" not in path:
+        raise InvalidPathError(
+            f"uploads go under {', '.join(p + '/' for p in UPLOAD_ROLE_BY_PREFIX)}; got {path!r}")
+    return role
+
+
+def require_role(effective: Iterable[str], role: str, what: str) -> None:
+    """Raise :class:`NotAllowedError` naming the missing role."""
+    if role not in set(effective):
+        raise NotAllowedError(f"{what} needs the {role} role on this channel")

@@ -1,0 +1,75 @@
+"""The Python API's way to the network: ask the local daemon, which reaches the channels.
+
+Scripts keep calling ``kn.load_file``, ``kn.load_subfeed`` and friends; when content is not in
+local storage and a daemon serves this storage directory, these functions ask it to fetch the
+content from the node's channels (every joined channel, unless ``channel=`` narrows it). The
+daemon writes verified content into the same storage, so the caller then reads it locally.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+
+from .daemon.errors import DaemonError, DaemonNotRunningError
+from .daemon_client import DaemonClient
+from .errors import NotFoundError
+
+FETCH_TIMEOUT = httpx.Timeout(None, connect=5.0, read=120.0)  # a stalled stream fails; a long one does not
+
+_ERRORS: dict[str, type[Exception]] = {"NotFoundError": NotFoundError}
+
+
+def daemon_for(storage_dir: str | os.PathLike) -> DaemonClient | None:
+    """The running daemon of this storage directory, or None."""
+    client = DaemonClient(Path(storage_dir))
+    return client if client.is_running() else None
+
+
+def fetch_file(storage_dir: str | os.PathLike, uri: str, *, channel: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> str:
+    """Have the daemon fetch ``uri`` from its channels into the storage; returns the local path.
+
+    Raises :class:`~kachery_node.NotFoundError` when no channel delivers it (the message says
+    which channels were tried and why), and DaemonNotRunningError if no daemon runs.
+    """
+    client = DaemonClient(Path(storage_dir))
+    body = {"uri": uri, **({"channel": channel} if channel else {})}
+    try:
+        with httpx.stream("POST", client.base_url + "/api/files/fetch", json=body,
+                          headers=client._headers(), timeout=FETCH_TIMEOUT) as resp:
+            if resp.status_code >= 400:
+                message = orjson.loads(resp.read()).get("error", resp.text)
+                if resp.status_code == 404:
+                    raise NotFoundError(message, uri=uri)
+                raise DaemonError(message, status=resp.status_code)
+            for line in resp.iter_lines():
+                event = orjson.loads(line)
+                if event["type"] == "progress" and progress:
+                    progress(event["done"], event["total"])
+                elif event["type"] == "finished":
+                    return event["path"]
+                elif event["type"] == "error":
+                    kind = _ERRORS.get(event.get("kind", ""), DaemonError)
+                    raise kind(event["error"], uri=uri) if kind is NotFoundError else kind(event["error"])
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise DaemonNotRunningError(f"no kachery daemon for {storage_dir}") from exc
+    except httpx.HTTPError as exc:
+        raise DaemonError(f"fetching {uri} through the daemon failed: {exc}") from exc
+    raise DaemonError(f"the daemon stopped answering while fetching {uri}")
+
+
+def follow_subfeed(storage_dir: str | os.PathLike, uri: str, channel: str | None = None) -> list[str]:
+    """Ask the daemon to follow a remote subfeed (it keeps doing so, also after restarts)."""
+    body = {"uri": uri, **({"channel": channel} if channel else {})}
+    return DaemonClient(Path(storage_dir)).request("POST", "/api/feeds/follow", json_body=body)["following"]
+
+
+def upload_file(storage_dir: str | os.PathLike, uri: str, channel: str) -> dict:
+    """Ask the daemon to push stored content to ``channel``'s bucket."""
+    return DaemonClient(Path(storage_dir)).request(
+        "POST", "/api/files/upload", json_body={"uri": uri, "channel": channel}, timeout=3600)

@@ -1,0 +1,277 @@
+"""The chunks of a large file being fetched, kept on disk so an interrupted fetch resumes.
+
+Layout of ``<storage>/tmp/partial/<file sha1>/``:
+
+* ``content``: the file being assembled, created at its full size (sparse); each chunk is
+  written straight to its own byte range as it downloads, so the bytes are written once;
+* ``<start>-<end>.<chunk sha1>.ok``: an empty marker, created once the bytes in that range were
+  verified (SHA-1 and size, hashed from the bytes as they streamed in);
+* ``<chunk sha1>.<random>.part``: a download by a link that can only write whole files (it is
+  copied into ``content`` and verified on the way, then deleted; never trusted);
+* ``<chunk sha1>``: a verified chunk file left by an earlier version of the daemon (adopted into
+  ``content`` after it is verified again, then deleted).
+
+A marked range is trusted only after its SHA-1 is checked again when a fetch resumes (the disk
+may have been touched meanwhile). A download that fails verification leaves its range unmarked
+(its bytes are never used). As soon as the chunks from the start of the file are verified, they
+are read back and fed to a whole-file SHA-1 (:meth:`PartialFile.whole_sha1`), so that when the
+last chunk is marked the file's hash is known without reading it whole again (that took about
+0.5 s a GiB, after the last byte had arrived). ``content`` is then moved into the storage by
+:meth:`~kachery_node.storage.node_storage.Storage.store_assembled`, which checks that hash against the
+file's SHA-1, and the directory is removed.
+
+Blocking (file I/O and hashing): the exchange calls these from a worker thread, except
+:meth:`ChunkSink.write_piece`, which is async and moves its work to a worker thread itself
+(:meth:`ChunkSink.write_blocking` is the same for a caller already in one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .manifest import Chunk, Manifest
+
+_BLOCK = 1 << 20
+STALE_AFTER_S = 7 * 24 * 3600  # a partial fetch untouched for a week is abandoned
+CONTENT_NAME = "content"
+
+
+def sha1_and_size(path: Path) -> tuple[str, int]:
+    """SHA-1 (hex) and size of a file's content."""
+    h = hashlib.sha1()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_BLOCK)
+        while n := f.readinto(buf):
+            h.update(memoryview(buf)[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+def temp_path(directory: Path, stem: str) -> Path:
+    """A fresh ``<stem>.<random>.part`` path in ``directory`` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{stem}.{secrets.token_hex(4)}.part"
+
+
+def commit_verified(tmp: Path, dest: Path, sha1: str, size: int | None) -> str | None:
+    """Move ``tmp`` to ``dest`` if its content has ``sha1`` (and ``size``, when given).
+
+    Returns None on success, else why it was rejected (``tmp`` is deleted either way)."""
+    try:
+        actual, actual_size = sha1_and_size(tmp)
+        if size is not None and actual_size != size:
+            return f"it has {actual_size} bytes, not {size}"
+        if actual != sha1:
+            return f"its content hashes to {actual}, not {sha1}"
+        os.replace(tmp, dest)
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class PartialFile:
+    """One large file being fetched (see the module docstring). :meth:`open` it (it returns the
+    chunks still missing), give each download a :meth:`sink`, :meth:`close` it, and once every
+    chunk is verified store :attr:`content_path`."""
+
+    def __init__(self, storage_dir: Path, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.directory = Path(storage_dir) / "tmp" / "partial" / manifest.sha1
+        self.content_path = self.directory / CONTENT_NAME
+        self._fd: int | None = None
+        # The whole-file SHA-1 of content[0:_hashed_to], read back from the disk after each
+        # chunk in that prefix was verified; commits in several threads advance it in turn.
+        self._whole = hashlib.sha1()
+        self._hashed_to = 0
+        self._verified: set[int] = set()  # starts of the chunks verified since open()
+        self._chunk_at = {c.start: c for c in manifest.chunks}
+        self._prefix_lock = threading.Lock()
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"{self.directory} is not open")
+        return self._fd
+
+    def _marker(self, chunk: Chunk) -> Path:
+        return self.directory / f"{chunk.start}-{chunk.end}.{chunk.sha1}.ok"
+
+    def open(self) -> list[Chunk]:
+        """Open (or create) ``content``; return the chunks not yet here, after re-verifying
+        those marked as verified (a bad one loses its marker) and adopting verified chunk files
+        left by an earlier version."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._fd is None:
+            self._fd = os.open(self.content_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._fd).st_size != self.manifest.size:
+            os.ftruncate(self._fd, self.manifest.size)
+        missing = []
+        for chunk in self.manifest.chunks:
+            marker = self._marker(chunk)
+            if marker.exists():
+                if self._range_sha1(chunk) == chunk.sha1:
+                    self._chunk_verified(chunk)
+                    continue
+                marker.unlink()
+            legacy = self.directory / chunk.sha1
+            if legacy.is_file():
+                sink = ChunkSink(self, chunk)
+                if sink.commit(legacy) is None:  # marks it verified
+                    continue
+            missing.append(chunk)
+        os.utime(self.directory)  # still in use: keep remove_stale_partials away
+        return missing
+
+    def _range_sha1(self, chunk: Chunk) -> str:
+        h = hashlib.sha1()
+        self._hash_range_into(h, chunk)
+        return h.hexdigest()
+
+    def _hash_range_into(self, h: Any, chunk: Chunk) -> None:
+        buf = bytearray(_BLOCK)
+        pos = chunk.start
+        while pos < chunk.end:
+            view = memoryview(buf)[: min(_BLOCK, chunk.end - pos)]
+            n = os.preadv(self.fd, [view], pos)
+            if not n:
+                break
+            h.update(view[:n])
+            pos += n
+
+    def _chunk_verified(self, chunk: Chunk) -> None:
+        """``chunk``'s range holds its verified bytes: extend the whole-file hash over every
+        verified chunk that now follows the hashed prefix (reading them back: the hash is of what
+        is on disk, and only of bytes that passed their chunk's check)."""
+        with self._prefix_lock:
+            self._verified.add(chunk.start)
+            while (nxt := self._chunk_at.get(self._hashed_to)) is not None and nxt.start in self._verified:
+                self._hash_range_into(self._whole, nxt)
+                self._hashed_to = nxt.end
+
+    def whole_sha1(self) -> str | None:
+        """The SHA-1 of the whole ``content``, once every chunk is verified (else None)."""
+        with self._prefix_lock:
+            return self._whole.hexdigest() if self._hashed_to == self.manifest.size else None
+
+    def sink(self, chunk: Chunk) -> ChunkSink:
+        """Where a download of ``chunk`` goes (see :class:`ChunkSink`)."""
+        return ChunkSink(self, chunk)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ChunkSink(os.PathLike):
+    """The destination of one chunk's download.
+
+    A link that can stream (the daemon's channel runtime) awaits :meth:`write_piece` for each
+    piece of the body: the piece is written to the chunk's range of ``content`` and hashed, in a
+    worker thread. Bytes past the chunk's size are hashed and counted but never written (a too
+    long object must not overwrite the next chunk). A link that can only write a new file
+    (``open(dest, "xb")``) gets a ``.part`` path from ``os.fspath(sink)``; :meth:`commit` then
+    copies that file in, hashing it on the way. Either way :meth:`commit` checks the size and the
+    SHA-1 and only then marks the range verified; :meth:`discard` removes the ``.part`` file.
+    """
+
+    def __init__(self, partial: PartialFile, chunk: Chunk) -> None:
+        self._partial = partial
+        self.chunk = chunk
+        self.size = chunk.end - chunk.start
+        self._hash = hashlib.sha1()
+        self._received = 0
+        self._streamed = False
+        self._fallback = temp_path(partial.directory, chunk.sha1)
+
+    def __fspath__(self) -> str:
+        return str(self._fallback)
+
+    async def write_piece(self, data: bytes) -> None:
+        self._streamed = True
+        await anyio.to_thread.run_sync(self._write, data)
+
+    def write_blocking(self, data: bytes | memoryview) -> None:
+        """:meth:`write_piece` for a caller already in a worker thread (the bytes may be a view
+        of a buffer the caller reuses: they are written and hashed before this returns)."""
+        self._streamed = True
+        self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        keep = min(len(view), max(0, self.size - self._received))
+        if keep:
+            _pwrite_all(self._partial.fd, view[:keep], self.chunk.start + self._received)
+        self._hash.update(view)
+        self._received += len(view)
+
+    def _copy_in(self, path: Path) -> None:
+        with open(path, "rb", buffering=0) as f:
+            buf = bytearray(_BLOCK)
+            while n := f.readinto(buf):
+                self._write(memoryview(buf)[:n])
+
+    def commit(self, path: Path | None = None) -> str | None:
+        """Mark the chunk verified if what was received has its size and SHA-1. Returns None
+        on success, else why it was rejected (the range then stays unmarked). ``path``: take the
+        bytes from that file (default: the ``.part`` file, unless they were streamed). Blocking;
+        the file taken from is deleted either way."""
+        try:
+            if not self._streamed:
+                source = self._fallback if path is None else path
+                if source.is_file():
+                    self._copy_in(source)
+            if self._received != self.size:
+                return f"it has {self._received} bytes, not {self.size}"
+            actual = self._hash.hexdigest()
+            if actual != self.chunk.sha1:
+                return f"its content hashes to {actual}, not {self.chunk.sha1}"
+            self._partial._marker(self.chunk).touch()
+            self._partial._chunk_verified(self.chunk)
+            return None
+        finally:
+            self.discard()
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fallback.unlink()
+
+
+def remove_stale_partials(storage_dir: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete partial fetches nobody resumed for ``max_age_s``; returns what was removed."""
+    root = Path(storage_dir) / "tmp" / "partial"
+    removed = []
+    now = time.time()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and now - entry.stat().st_mtime > max_age_s:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(Path(entry.path))
+    return removed

@@ -1,0 +1,62 @@
+"""The bucket interfaces. A channel's bucket is publicly readable over HTTP (GET with byte
+ranges, HEAD) and writable only through signed upload URLs that the hub makes. Backends:
+``embedded`` (the hub's filesystem-backed store) and ``gcs`` (Google Cloud Storage, V4 signed
+URLs), chosen by the channel's config ``{"bucket": {"backend": ...}}``; nodes get their client
+from :func:`kachery_node.transport.bucket.open_bucket.open_bucket`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD says about an object."""
+
+    key: str
+    size: int
+    etag: str
+
+
+class BucketBackend(ABC):
+    """Hub side: where a channel's objects are read, and signing upload URLs for them.
+
+    A GCS backend would return ``https://storage.googleapis.com/<bucket>`` and V4 signed URLs
+    made with the channel's service-account key.
+    """
+
+    name: str
+
+    @abstractmethod
+    def read_base_url(self) -> str:
+        """Objects are read at ``<read_base_url>/<key>`` (key = ``<channel>/<path>``)."""
+
+    def node_info(self) -> dict:
+        """What a node needs to read the bucket (``channel_info["bucket"]``); never a secret."""
+        return {"backend": self.name, "read_url": self.read_base_url()}
+
+    @abstractmethod
+    def signed_upload_url(self, key: str, *, max_size: int, expires: int, node_id: str) -> str:
+        """A URL allowing one PUT of at most ``max_size`` bytes at ``key`` until ``expires`` (unix s)."""
+
+
+class Bucket(ABC):
+    """Node side: read objects, and write them with signed URLs."""
+
+    @abstractmethod
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object (all of it by default); NotFoundError if absent."""
+
+    @abstractmethod
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size and ETag of the object, or None if it does not exist."""
+
+    @abstractmethod
+    async def put(self, signed_url: str, data: bytes) -> None:
+        """Upload ``data`` with a signed URL; raises HubRequestError if refused."""
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Keys starting with ``prefix`` (``<channel>/...``)."""
