@@ -70,6 +70,16 @@ class Feed:
             )
         ]
 
+    def list_subfeeds(self) -> list[dict[str, Any]]:
+        """The subfeeds of this feed that have messages in this store, in the order they began:
+        ``subfeed_hash``, ``name`` (the subfeed's name when this store knows it, else None: a
+        replica learns only hashes from the network) and ``num_messages``."""
+        rows = self._store.db["subfeeds"].rows_where(
+            "feed_id = ? AND count > 0", [self.feed_id], order_by="id")
+        return [{"subfeed_hash": r["subfeed_hash"],
+                 "name": orjson.loads(r["name"]) if r["name"] else None,
+                 "num_messages": r["count"]} for r in rows]
+
     def delete(self) -> None:
         """Delete this feed and its messages from the store (and its key, if held)."""
         self._store.delete_feed(self.feed_id)

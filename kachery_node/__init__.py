@@ -101,6 +101,12 @@ _LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
               "accept_submissions": "kachery_node.apps.feed_submissions"})
 
 
+def __dir__() -> list[str]:
+    """Module attributes plus the lazily imported names, so that completion (Jupyter, IDEs)
+    offers ``kn.request_task`` and friends before their first use."""
+    return sorted({*globals(), *_LAZY})
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib

@@ -99,7 +99,11 @@ class DaemonClient:
         """A link to the built-in live viewer for subfeed ``uri`` (read-only browser token)."""
         from urllib.parse import quote
 
-        token = read_browser_token(self.storage_dir) or ""
+        token = read_browser_token(self.storage_dir)
+        if not token:
+            raise DaemonNotRunningError(
+                f"no browser token in {self.storage_dir}: the daemon writes it when it starts; "
+                "start it with `kachery node start`")
         return f"{self.base_url}/viewer?uri={quote(uri, safe='')}#token={token}"
 
 

@@ -147,9 +147,12 @@ def run_demo(messages: int, file_mb: int, keep: bool) -> None:
     try:
         with ExitStack() as stack:
             _say(f"kachery demo in {root}")
+            _say("  starting a hub (API, web UI, pub-sub relay, bucket)…")
             hub_url = stack.enter_context(_hub(root))
-            _say(f"  hub (API, web UI, pub-sub relay, bucket) at {hub_url}")
+            _say(f"  hub at {hub_url}")
+            _say("  making two nodes, alice and bob (a storage folder and keys each)…")
             alice, bob = _Node(root, "alice", hub_url), _Node(root, "bob", hub_url)
+            _say("  alice creates channel 'demo'; both join it; alice grants their roles…")
             alice.run("channel", "create", "demo")
             alice.run("node", "join", "demo", "--roles", ROLES_ALICE)
             bob.run("node", "join", "demo", "--roles", ROLES_BOB)
@@ -159,6 +162,7 @@ def run_demo(messages: int, file_mb: int, keep: bool) -> None:
                 f"  channel 'demo' created by alice; alice may provide, bob may request "
                 f"(nodes {alice.node_id[:8]}…, {bob.node_id[:8]}…)"
             )
+            _say("  starting both nodes' daemons and waiting until they are connected…")
             stack.enter_context(_daemon(alice))
             stack.enter_context(_daemon(bob))
             _say(f"  both daemons connected ({time.monotonic() - t_start:.1f} s so far)\n")

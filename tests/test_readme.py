@@ -38,3 +38,20 @@ def test_main_job_example_runs():
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("[follower] #") == 10
     assert "done: 10 signed messages" in result.stdout
+
+
+def test_readme_uses_only_channels_it_created_before():
+    """README's task snippets used channels=["lab"] after README had created lab.demo, so a
+    newcomer following it in order got "not joined" errors."""
+    created: set[str] = set()
+    pattern = re.compile(r'kachery channel create ([\w.-]+)|kachery (?:node (?:join|leave)|channel '
+                         r'(?:grant|show|revoke|delete|configure)) ([\w.-]+)|channels?=\[?"([^"]+)"')
+    for match in pattern.finditer(README):
+        made, used_cli, used_py = match.groups()
+        if made:
+            created.add(made)
+            continue
+        used = used_cli or used_py
+        if used != "NAME":  # the backends section's placeholder
+            line = README[: match.start()].count("\n") + 1
+            assert used in created, f"README line {line} uses channel {used!r} before creating it"

@@ -39,7 +39,7 @@ import kachery_feeds as kf
 from ..config import default_storage_dir
 from ..errors import KacheryError
 from ..identity import load_node_key, verify_signature
-from .tasks import TaskFunction, current_task, request_task, taskfunction
+from .tasks import NoProviderError, TaskFunction, current_task, request_task, taskfunction
 
 SUBMISSION_CONTEXT = b"kachery-feed-submission-v1\x00"
 FUNCTION_PREFIX = "kachery.submit_message"
@@ -83,11 +83,21 @@ def submit_message(subfeed_uri: str, payload: Any, *, channel: str | None = None
         "nonce": secrets.token_hex(12),
     }, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
     signature = key.sign(_signing_input(text)).hex()
-    handle = request_task(function_id,
-                          {"submission": text, "signature": signature},
-                          function_type="action", channel=channel, timeout=timeout,
-                          storage_dir=storage)
-    return handle.wait()["message_number"]
+    try:
+        handle = request_task(function_id,
+                              {"submission": text, "signature": signature},
+                              function_type="action", channel=channel, timeout=timeout,
+                              storage_dir=storage)
+        return handle.wait()["message_number"]
+    except NoProviderError as exc:
+        if "request-tasks role" in str(exc):
+            raise  # this node may not ask at all: the message says how to fix that
+        # Submissions are appended by the owner's task backend: no offer means the owner's node
+        # is offline or not accepting, which the generic "no provider offers function
+        # kachery.submit_message.<hashes>" does not tell a person.
+        raise NoProviderError(
+            f"the owner of {subfeed_uri} is not accepting submissions now: its node is offline, or "
+            f"no task backend there runs kn.accept_submissions for this subfeed ({exc})") from exc
 
 
 @dataclass(frozen=True)

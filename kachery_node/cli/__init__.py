@@ -23,9 +23,10 @@ from .feed_commands import feed
 from .file_commands import cat, link, load, store, upload
 from .mutable_commands import mutable
 from .node_commands import info, init
+from .output import CommandGroup
 
 
-class _Group(click.Group):
+class _Group(CommandGroup):
     """Turns the errors a user can act on into messages instead of tracebacks, and imports
     lazily registered commands on first use."""
 

@@ -14,7 +14,7 @@ import click
 from ..protocol.channel_errors import MalformedRequestError
 from ..protocol.roles import ROLES
 from .hub_commands import hub_option, user_client
-from .output import echo_json, json_option
+from .output import CommandGroup, echo_json, json_option
 
 role_args = click.argument("roles", nargs=-1, required=True, type=click.Choice(ROLES))
 
@@ -99,7 +99,7 @@ def _describe_backends(config: dict) -> str:
     return f"pub-sub {pubsub_text}, bucket {bucket_text}"
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def channel() -> None:
     """Create channels and decide which node may do what on them."""
 

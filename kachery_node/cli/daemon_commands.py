@@ -10,12 +10,11 @@ from pathlib import Path
 import click
 
 from ..config import default_storage_dir
-from ..daemon.process import run
 from ..daemon_client import DaemonClient, start_daemon
-from .output import echo_json, json_option
+from .output import CommandGroup, echo_json, json_option
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def node() -> None:
     """Run the node daemon and manage its channels."""
 
@@ -29,6 +28,8 @@ def start(port: int | None, foreground: bool, as_json: bool) -> None:
     """Start the daemon for $KACHERY_STORAGE_DIR (logs go to <storage>/daemon.log)."""
     storage_dir = default_storage_dir()
     if foreground:
+        from ..daemon.process import run  # trio, hypercorn, httpx: only when running it here
+
         run(storage_dir, port=port)
         return
     status = start_daemon(storage_dir, port=port)
@@ -70,5 +71,10 @@ def status(as_json: bool) -> None:
 @node.command()
 @click.argument("uri")
 def viewer(uri: str) -> None:
-    """Print a link to the daemon's live viewer for subfeed URI (read-only browser access)."""
-    click.echo(DaemonClient().viewer_url(uri))
+    """Print a link to the daemon's live viewer for subfeed URI.
+
+    The link carries the read-only browser token; the daemon must be running (the viewer is
+    served by it), else this fails with the command that starts it."""
+    client = DaemonClient()
+    client.status()  # DaemonNotRunningError (exit 1, says `kachery node start`) rather than a dead link
+    click.echo(client.viewer_url(uri))

@@ -10,10 +10,10 @@ from typing import Any
 import click
 
 from ..api import open_storage
-from .output import echo_json, json_option
+from .output import CommandGroup, echo_json, json_option
 
 
-class _FeedGroup(click.Group):
+class _FeedGroup(CommandGroup):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         import kachery_feeds as kf
 
@@ -28,7 +28,8 @@ def feed() -> None:
     """Create, append to, read and follow feeds stored on this node.
 
     A subfeed is named feed://<feed ID>/<subfeed name>; feed create prints the feed URI, to
-    which you add /<name> (for example feed://…/main).
+    which you add /<name> (for example feed://…/main). Feeds created with --name can be named
+    by that name here: readings/temps.
     """
 
 
@@ -44,8 +45,20 @@ def create(name: str | None, as_json: bool) -> None:
         click.echo(f.uri)
 
 
-def _subfeed(uri: str):
-    return open_storage().load_subfeed(uri)
+def _subfeed_uri(arg: str) -> str:
+    """``feed://<id>/<name>`` as it is, or ``<feed>/<subfeed name>`` where ``<feed>`` is a
+    64-hex feed ID or a local feed name (``kachery feed create --name readings``)."""
+    if arg.startswith("feed://"):
+        return arg
+    feed_part, slash, name = arg.partition("/")
+    if not slash or not name:
+        raise click.ClickException(
+            f"{arg!r} names no subfeed: give feed://<feed ID>/<subfeed>, or <feed name>/<subfeed>")
+    return open_storage().load_feed(feed_part).load_subfeed(name).uri
+
+
+def _subfeed(arg: str):
+    return open_storage().load_subfeed(_subfeed_uri(arg))
 
 
 def _parse_messages(args: tuple[str, ...]) -> Iterator[Any]:
@@ -59,7 +72,7 @@ def _parse_messages(args: tuple[str, ...]) -> Iterator[Any]:
 
 
 @feed.command()
-@click.argument("subfeed_uri")
+@click.argument("subfeed_uri", metavar="SUBFEED")
 @click.argument("messages", nargs=-1)
 @json_option
 def append(subfeed_uri: str, messages: tuple[str, ...], as_json: bool) -> None:
@@ -82,7 +95,7 @@ def append(subfeed_uri: str, messages: tuple[str, ...], as_json: bool) -> None:
 
 
 @feed.command()
-@click.argument("subfeed_uri")
+@click.argument("subfeed_uri", metavar="SUBFEED")
 @click.option("--start", type=click.IntRange(min=0), default=None,
               help="First message number to print (default: all, or the last -n).")
 @click.option("-n", "--lines", "last_n", type=click.IntRange(min=0), default=None,
@@ -102,7 +115,7 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     channels, so its messages arrive here, verified, as they are appended."""
     from ..api import load_subfeed
 
-    sf = load_subfeed(subfeed_uri, channel=channel)
+    sf = load_subfeed(_subfeed_uri(subfeed_uri), channel=channel)
     if start is None:
         start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
 
@@ -138,19 +151,16 @@ def feed_info(uri: str, as_json: bool) -> None:
     import kachery_feeds as kf
 
     storage = open_storage()
-    parsed = kf.parse_feed_uri(uri) if uri.startswith("feed://") else None
-    if parsed is not None and parsed.subfeed_name is not None:
-        sf = storage.load_subfeed(uri)
+    names_subfeed = (kf.parse_feed_uri(uri).subfeed_name is not None if uri.startswith("feed://")
+                     else "/" in uri)
+    if names_subfeed:
+        sf = storage.load_subfeed(_subfeed_uri(uri))
         doc = {"uri": sf.uri, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash,
                "is_writeable": sf.is_writeable, "num_messages": sf.get_num_local_messages()}
     else:
         f = storage.load_feed(uri)
-        subfeeds = []
-        for h in f.get_subfeed_hashes():
-            sf = f.load_subfeed("~" + h)
-            subfeeds.append({"subfeed_hash": h, "num_messages": sf.get_num_local_messages()})
         doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
-               "subfeeds": subfeeds}
+               "subfeeds": f.list_subfeeds()}
     if as_json:
         echo_json(doc)
         return
@@ -158,6 +168,7 @@ def feed_info(uri: str, as_json: bool) -> None:
         if k == "subfeeds":
             click.echo(f"subfeeds:     {len(v)}")
             for s in v:
-                click.echo(f"  ~{s['subfeed_hash']}: {s['num_messages']} messages")
+                label = json.dumps(s["name"]) if s["name"] is not None else "~" + s["subfeed_hash"]
+                click.echo(f"  {label}: {s['num_messages']} messages")
         else:
             click.echo(f"{k + ':':13} {v}")

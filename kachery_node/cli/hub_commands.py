@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
-from .output import echo_json, json_option
+from .output import CommandGroup, echo_json, json_option
 
 hub_option = click.option("--hub", "hub_url", envvar="KACHERY_HUB_URL", required=True,
                           help="The hub's URL (or $KACHERY_HUB_URL), e.g. http://127.0.0.1:8080.")
@@ -28,7 +28,7 @@ def user_client(hub_url: str, node: bool = False):
     return HubClient(hub_url, user_key=user_key, node_key=node_key)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def hub() -> None:
     """Run a hub (channels, roles, credentials, relay and bucket), and sign in to it."""
 

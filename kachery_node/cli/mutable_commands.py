@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..api import open_storage
+from .output import CommandGroup
 
 
 def _parse(text: str, what: str) -> Any:
@@ -26,7 +27,7 @@ json_key_option = click.option("--json-key", is_flag=True,
                                help="Parse KEY as JSON (default: KEY is a plain string).")
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def mutable() -> None:
     """Set, get and delete local mutables (JSON values; never shared over the network)."""
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI modules: JSON output and progress bars."""
+"""Helpers shared by the CLI modules: command groups, JSON output and progress bars."""
 
 from __future__ import annotations
 
@@ -17,6 +17,21 @@ json_option = click.option("--json", "as_json", is_flag=True,
 progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Show a progress bar on stderr (default: for files over 50 MB when stderr is a terminal).")
+
+
+class CommandGroup(click.Group):
+    """A click group whose command list shows each command's first sentence whole, wrapped,
+    instead of cutting it with "..." at the terminal's width (click's default)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def echo_json(obj: Any) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from .output import echo_json, json_option
+from .output import CommandGroup, echo_json, json_option
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def task() -> None:
     """Request tasks from a channel, or offer task functions to it."""
 

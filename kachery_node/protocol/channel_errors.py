@@ -125,7 +125,8 @@ class HubRequestError(KacheryError):
     """The hub, relay or bucket refused a request: ``status``, ``code`` and its message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code}, HTTP {status})")
+        # status 0: no HTTP answer at all (the host could not be reached): no "HTTP 0" to show
+        super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
         self.status = status
         self.code = code
         self.message = message

@@ -64,14 +64,14 @@ class HubClient:
         try:
             return _check(self._http.get(f"{self.url}/api/hub")).json()
         except httpx.HTTPError as exc:
-            raise HubRequestError(0, "unreachable", f"cannot reach the hub at {self.url}: {exc}") from exc
+            raise _unreachable(self.url, exc) from exc
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         try:
             return _check(self._http.post(f"{self.url}{path}", content=body,
                                           headers={**headers, "Content-Type": "application/json"}))
         except httpx.HTTPError as exc:
-            raise HubRequestError(0, "unreachable", f"cannot reach the hub at {self.url}: {exc}") from exc
+            raise _unreachable(self.url, exc) from exc
 
     def user_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         if self.user_key is None:
@@ -163,3 +163,11 @@ class HubClient:
         segment = self.membership_segment(channel, feed_sf.get_num_local_messages())
         sf = import_segment(store, feed_id, segment)
         return Membership.from_subfeed(sf, channel)
+
+
+def _unreachable(url: str, exc: httpx.HTTPError) -> HubRequestError:
+    """No answer from the hub at all (status 0): say what was tried and what to check."""
+    why = str(exc) or type(exc).__name__
+    return HubRequestError(0, "unreachable", f"cannot reach the hub at {url} ({why}): is "
+                           "`kachery hub serve` running there, and is the URL right (--hub or "
+                           "KACHERY_HUB_URL)?")

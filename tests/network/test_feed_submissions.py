@@ -48,6 +48,10 @@ def test_submissions_are_appended_with_attribution_and_refused_from_others(lab, 
     eve = lab.add_node("eve", ["request-feeds"])
     store = kf.open_store(alice.storage_dir / "feeds.db")
     sf = store.create_feed().load_subfeed("curation")
+    # Before the owner's backend runs: the error says the owner is not accepting, not just that
+    # some function with a hashed name has no provider.
+    out = _run(bob, SUBMIT.format(uri=sf.uri, payload={"early": True}))
+    assert out.startswith("NoProviderError:") and "not accepting submissions" in out, out
     owner = subprocess.Popen([sys.executable, "-c", f"""
 import kachery_node as kn
 sf = kn.load_subfeed({sf.uri!r})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 
 import kachery_node as kn
 from kachery_node import identity
+from tests.nodes import free_port
 
-from .conftest import BIG_SIZE
+from .conftest import BIG_SIZE, KACHERY
 
 CHUNK = 20_000_000
 
@@ -246,3 +248,54 @@ def test_mutable_commands(cli, storage_dir: Path) -> None:
     assert res.returncode == 1 and "no mutable" in res.stderr
     assert cli.run("mutable", "delete", "best", check=False).returncode == 1
     assert cli.run("mutable", "set", "k", "not json", check=False).returncode == 1
+
+
+def test_local_feed_names_and_subfeed_names(cli, storage_dir: Path) -> None:
+    """`feed info readings` took a local name but `feed tail readings/temps` said "not a feed
+    URI"; and `feed info` listed subfeeds by hash, not by the names the owner gave them."""
+    cli.run("init", "--label", "n")
+    cli.run("feed", "create", "--name", "readings")
+    assert cli.run("feed", "append", "readings/temps", "20.5", "21").stdout.strip() == "1"
+    cli.run("feed", "append", "readings/humidity", '{"rh": 40}')
+    assert cli.run("feed", "tail", "readings/temps").stdout.split() == ["20.5", "21"]
+    assert cli.json("feed", "info", "readings/temps")["num_messages"] == 2
+    info = cli.json("feed", "info", "readings")
+    assert [(s["name"], s["num_messages"]) for s in info["subfeeds"]] == [("temps", 2), ("humidity", 1)]
+    text = cli.run("feed", "info", "readings").stdout
+    assert '"temps": 2 messages' in text and "~" not in text
+    res = cli.run("feed", "tail", "readings", check=False)
+    assert res.returncode == 1 and "names no subfeed" in res.stderr
+    res = cli.run("feed", "tail", "nosuchfeed/x", check=False)
+    assert res.returncode == 1 and "no feed named 'nosuchfeed'" in res.stderr
+
+
+def test_group_help_is_not_cut(cli) -> None:
+    """Click cut each command's first sentence at the terminal width with "..."."""
+    env = {**cli.env, "COLUMNS": "80"}
+    for group in ([], ["feed"], ["node"], ["channel"], ["hub"], ["task"], ["mutable"]):
+        out = subprocess.run([KACHERY, *group, "--help"], env=env, capture_output=True, text=True,
+                             timeout=60).stdout
+        commands = out.split("Commands:", 1)[1]
+        assert not any(line.rstrip().endswith(("...", "…")) for line in commands.splitlines()), out
+
+
+def test_viewer_without_a_daemon_is_an_error_not_a_dead_link(cli, storage_dir: Path) -> None:
+    cli.run("init", "--label", "n")
+    env = {**cli.env, "KACHERY_DAEMON_PORT": str(free_port())}
+    res = subprocess.run([KACHERY, "node", "viewer", "feed://" + "ab" * 32 + "/x"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "#token=" not in res.stdout, res.stdout
+    assert "kachery node start" in res.stderr
+
+
+def test_lazy_names_are_offered_for_completion() -> None:
+    names = dir(kn)
+    for name in ("request_task", "taskfunction", "run_task_backend", "report_progress", "submit_message"):
+        assert name in names
+
+
+def test_an_unreachable_hub_says_what_to_check(cli, storage_dir: Path) -> None:
+    cli.run("init", "--label", "n")
+    res = cli.run("channel", "list", "--hub", f"http://127.0.0.1:{free_port()}", check=False)
+    assert res.returncode == 1 and "cannot reach the hub" in res.stderr, res.stderr
+    assert "HTTP 0" not in res.stderr and "KACHERY_HUB_URL" in res.stderr
