@@ -19,6 +19,29 @@ from .output import CommandGroup, echo_json, json_option
 role_args = click.argument("roles", nargs=-1, required=True, type=click.Choice(ROLES))
 
 
+def resolve_node(client: Any, channel: str, given: str) -> str:
+    """A node named by its full ID, or by its label or a unique prefix of its ID among the
+    channel's member nodes (those that joined it). Ambiguity is an error listing the matches."""
+    given = given.strip()
+    if len(given) == 64 and all(c in "0123456789abcdef" for c in given.lower()):
+        return given.lower()
+    members = client.show_channel(channel)["members"]
+    matches = [m for m in members
+               if m["label"] == given or (len(given) >= 4 and m["node"].startswith(given.lower()))]
+    if len(matches) == 1:
+        return matches[0]["node"]
+
+    def describe(ms: list[dict]) -> str:
+        return ", ".join(f"{m['label'] or '?'} ({m['node'][:12]}…)" for m in ms) or "none"
+    if matches:
+        raise click.ClickException(f"{given!r} matches several nodes of {channel}: {describe(matches)}; "
+                                   "give more of the ID")
+    raise click.ClickException(
+        f"no node of {channel} is labelled {given!r} or has an ID starting with it (its nodes: "
+        f"{describe(members)}); a node that has not joined the channel yet needs its full 64-hex ID "
+        "(`kachery info` on that node)")
+
+
 def _print_roles(result: dict) -> None:
     click.echo(f"granted: {' '.join(result['granted']) or '-'}; "
                f"effective: {' '.join(result['effective']) or '-'}")
@@ -184,14 +207,16 @@ def show(name: str, hub_url: str, as_json: bool) -> None:
 
 @channel.command()
 @click.argument("name")
-@click.argument("node_id")
+@click.argument("node_id", metavar="NODE")
 @role_args
 @hub_option
 @json_option
 def grant(name: str, node_id: str, roles: tuple[str, ...], hub_url: str, as_json: bool) -> None:
-    """Grant ROLES to node NODE_ID on channel NAME (you must own the channel)."""
+    """Grant ROLES to node NODE on channel NAME (you must own the channel).
+
+    NODE is the node's ID, or its label or a unique prefix of its ID if it has joined NAME."""
     with user_client(hub_url) as client:
-        result = client.grant(name, node_id, list(roles))
+        result = client.grant(name, resolve_node(client, name, node_id), list(roles))
     if as_json:
         echo_json(result)
     else:
@@ -200,14 +225,16 @@ def grant(name: str, node_id: str, roles: tuple[str, ...], hub_url: str, as_json
 
 @channel.command()
 @click.argument("name")
-@click.argument("node_id")
+@click.argument("node_id", metavar="NODE")
 @role_args
 @hub_option
 @json_option
 def revoke(name: str, node_id: str, roles: tuple[str, ...], hub_url: str, as_json: bool) -> None:
-    """Revoke ROLES from node NODE_ID on channel NAME (you must own the channel)."""
+    """Revoke ROLES from node NODE on channel NAME (you must own the channel).
+
+    NODE is the node's ID, or its label or a unique prefix of its ID."""
     with user_client(hub_url) as client:
-        result = client.revoke(name, node_id, list(roles))
+        result = client.revoke(name, resolve_node(client, name, node_id), list(roles))
     if as_json:
         echo_json(result)
     else:

@@ -26,7 +26,10 @@ def node() -> None:
 @json_option
 def start(port: int | None, foreground: bool, as_json: bool) -> None:
     """Start the daemon for $KACHERY_STORAGE_DIR (logs go to <storage>/daemon.log)."""
+    from ..config import load_node_config
+
     storage_dir = default_storage_dir()
+    load_node_config(storage_dir)  # NotInitializedError: "run `kachery init`", before spawning anything
     if foreground:
         from ..daemon.process import run  # trio, hypercorn, httpx: only when running it here
 

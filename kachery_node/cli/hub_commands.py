@@ -10,7 +10,15 @@ import click
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
 from .output import CommandGroup, echo_json, json_option
 
-hub_option = click.option("--hub", "hub_url", envvar="KACHERY_HUB_URL", required=True,
+
+class _HubOption(click.Option):
+    """``--hub``, whose "missing" error says that $KACHERY_HUB_URL gives it too."""
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return f"{super().get_error_hint(ctx)} (or set KACHERY_HUB_URL, e.g. http://127.0.0.1:8080)"
+
+
+hub_option = click.option("--hub", "hub_url", cls=_HubOption, envvar="KACHERY_HUB_URL", required=True,
                           help="The hub's URL (or $KACHERY_HUB_URL), e.g. http://127.0.0.1:8080.")
 
 

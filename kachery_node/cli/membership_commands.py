@@ -29,16 +29,23 @@ def _parse_roles(values: tuple[str, ...]) -> list[str]:
 @node.command()
 @click.argument("channel")
 @hub_option
-@click.option("--roles", "role_values", multiple=True, required=True,
-              help=f"Roles this node asks for (comma/space separated or repeated): {' '.join(ROLES)}.")
+@click.option("--roles", "role_values", multiple=True,
+              help=f"Roles this node asks for, replacing what it asked before (comma/space separated "
+                   f"or repeated): {' '.join(ROLES)}.")
+@click.option("--add-roles", "add_values", multiple=True,
+              help="Roles to ask for in addition to those asked for before (with --roles: to those).")
 @json_option
-def join(channel: str, hub_url: str, role_values: tuple[str, ...], as_json: bool) -> None:
-    """Join CHANNEL on a hub, asking for --roles; the channel owner then grants them."""
+def join(channel: str, hub_url: str, role_values: tuple[str, ...], add_values: tuple[str, ...],
+         as_json: bool) -> None:
+    """Join CHANNEL on a hub, asking for --roles or --add-roles; the channel owner grants them."""
     from ..api import open_storage
     from ..config import default_storage_dir, load_node_config
     from ..joined_channels import save_membership
 
-    roles = _parse_roles(role_values)
+    if not role_values and not add_values:
+        raise click.UsageError("say which roles this node asks for: --roles (replacing) or --add-roles")
+    roles = _parse_roles(role_values) if role_values else []
+    added = _parse_roles(add_values) if add_values else []
     storage_dir = default_storage_dir()
     cfg = load_node_config(storage_dir)
     with user_client(hub_url, node=True) as client:
@@ -47,6 +54,11 @@ def join(channel: str, hub_url: str, role_values: tuple[str, ...], as_json: bool
                 f"this node's owner is {cfg.owner[:12]}… but your user key is "
                 f"{client.user_key.public_hex[:12]}…; run as the node's owner")
         client.register_node(cfg.label)
+        if added:
+            if not role_values:  # add to what the node asked for before (the channel's record)
+                roles = client.show_channel(channel)["members"]
+                roles = next((m["requested"] for m in roles if m["node"] == cfg.node_id), [])
+            roles = [r for r in ROLES if r in {*roles, *added}]
         info = client.request_roles(channel, cfg.node_id, roles)
         membership = client.fetch_membership(channel, open_storage(storage_dir).feeds, info["feed_id"])
         save_membership(storage_dir, channel, {

@@ -60,6 +60,7 @@ from .state import HubState
 
 log = logging.getLogger("kachery.hub")
 MAX_UPLOADS_PER_REQUEST = 1000
+ONLINE_WINDOW_MS = 30_000  # three missed membership refreshes: the node is away
 
 
 @dataclass
@@ -86,6 +87,16 @@ class Hub:
         # Revocations for external pub-sub services, kept in hub.db; sent by the server's task.
         self.revocations = RevocationQueue(state, self._make_pubsub)
         state.on_roles_changed = self._narrow_relay
+
+    def presence(self, channel: str, node: str, now_ms: int) -> dict[str, Any]:
+        """``last_seen_ms`` (its last signed request, or None) and ``online``: connected to the
+        embedded relay now, or, on any backend, seen within :data:`ONLINE_WINDOW_MS` (a running
+        daemon refreshes its membership every 10 s)."""
+        seen = self.state.last_seen(node)
+        limits = self.relay.nodes.get((channel, node))
+        on_relay = limits is not None and limits.connections > 0
+        return {"last_seen_ms": seen,
+                "online": on_relay or (seen is not None and now_ms - seen <= ONLINE_WINDOW_MS)}
 
     def _narrow_relay(self, channel: str, node: str | None) -> None:
         """A node's roles changed (or, with ``node`` None, the whole channel's): the embedded
@@ -234,6 +245,7 @@ def _show_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
         members = [m for m in members if m["node"] in mine]
         if not members:
             raise NotAllowedError(f"only the owner of {name!r} and owners of its nodes may see it")
+    members = [{**m, **hub.presence(name, m["node"], now)} for m in members]
     return {**info, "members": members, "activity": hub.state.activity(name, 20)}
 
 
@@ -389,6 +401,7 @@ def create_app(hub: Hub) -> Starlette:
                                         f"known: {', '.join(NODE_REQUESTS)}")
         state.node_owner(node)  # registered, and its owner still exists
         state.use_nonce(node, obj["nonce"], now)
+        state.note_seen(node, now)
         if obj["type"] == "membership":
             name = _member_channel(hub, node, obj)
             start = obj.get("start", 0)

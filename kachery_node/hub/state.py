@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -72,6 +73,9 @@ CREATE TABLE IF NOT EXISTS token_floors (channel TEXT NOT NULL, node TEXT NOT NU
 """
 
 
+SEEN_SAVE_INTERVAL_MS = 60_000
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -116,6 +120,14 @@ class HubState:
         self._floors: dict[tuple[str, str], int] = {
             (r["channel"], r["node"]): r["decided_ms"] for r in self.db.execute("SELECT * FROM token_floors")}
         self._memberships: dict[str, mb.Membership] = {}
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(nodes)")}
+        if "last_seen_ms" not in columns:  # hub.db from before last-seen times
+            self.db.execute("ALTER TABLE nodes ADD COLUMN last_seen_ms INTEGER")
+        # node -> last signed request (every connected daemon asks for its membership every
+        # 10 s); written to hub.db at most every SEEN_SAVE_INTERVAL_MS, so a restarted hub
+        # still knows roughly when each node was last there.
+        self._seen: dict[str, int] = {}
+        self._seen_saved: dict[str, int] = {}
         # Called with (channel, node or None) after roles may have shrunk; the hub narrows live
         # relay connections with it.
         self.on_roles_changed: Callable[[str, str | None], None] = lambda channel, node: None
@@ -164,7 +176,8 @@ class HubState:
                     raise ConflictError("this node is registered to another user")
                 c.execute("UPDATE nodes SET label=? WHERE node_id=?", (label, node_id))
                 return False
-            c.execute("INSERT INTO nodes VALUES (?,?,?,?)", (node_id, user_id, label, now_ms))
+            c.execute("INSERT INTO nodes (node_id, user_id, label, registered_ms) VALUES (?,?,?,?)",
+                      (node_id, user_id, label, now_ms))
             return True
 
     def node_owner(self, node_id: str) -> str:
@@ -340,6 +353,21 @@ class HubState:
         label = self.node_label(node_id)
         return f"{label} ({node_id[:8]}…)" if label else f"{node_id[:12]}…"
 
+    # ------------------------------------------------------------------ presence
+    def note_seen(self, node_id: str, now_ms: int) -> None:
+        """Record a verified request from ``node_id`` (cheap: memory, and hub.db now and then)."""
+        self._seen[node_id] = now_ms
+        if now_ms - self._seen_saved.get(node_id, 0) >= SEEN_SAVE_INTERVAL_MS:
+            self._seen_saved[node_id] = now_ms
+            self.db.execute("UPDATE nodes SET last_seen_ms=? WHERE node_id=?", (now_ms, node_id))
+
+    def last_seen(self, node_id: str) -> int | None:
+        """When ``node_id`` last made a signed request to this hub (ms), or None if never."""
+        if node_id in self._seen:
+            return self._seen[node_id]
+        row = self.db.execute("SELECT last_seen_ms FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+        return row["last_seen_ms"] if row else None
+
     # ------------------------------------------------------------------ activity
     def log(self, channel: str | None, kind: str, actor: str | None, detail: str, now_ms: int) -> None:
         self.db.execute("INSERT INTO activity (channel, time_ms, kind, actor, detail) VALUES (?,?,?,?,?)",
@@ -349,6 +377,26 @@ class HubState:
         rows = self.db.execute("SELECT * FROM activity WHERE channel=? ORDER BY id DESC LIMIT ?",
                                (channel, limit)).fetchall()
         return [dict(r) for r in rows]
+
+    def grouped_activity(self, channel: str, groups: int = 30, scan: int = 2000) -> list[dict[str, Any]]:
+        """The newest entries, newest first, with runs of the same entry by the same actor
+        (numbers aside: "1 upload URL(s)", "3 upload URL(s)") folded into one (``count``,
+        ``first_ms``; ``detail`` is the newest one's): a node's token renewals and upload-URL
+        requests would otherwise push everything else off the page."""
+        def shape(row: Any) -> tuple:
+            return row["kind"], row["actor"], re.sub(r"\d+", "#", row["detail"] or "")
+
+        out: list[dict[str, Any]] = []
+        for row in self.activity(channel, scan):
+            last = out[-1] if out else None
+            if last is not None and shape(last) == shape(row):
+                last["count"] += 1
+                last["first_ms"] = row["time_ms"]
+                continue
+            if len(out) == groups:
+                break
+            out.append({**row, "count": 1, "first_ms": row["time_ms"]})
+        return out
 
     # ------------------------------------------------------------------ web sign-in
     def create_login_token(self, user_id: str, now_ms: int) -> str:

@@ -54,6 +54,8 @@ code, .mono { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size
 .tag { display:inline-block; padding:1px 8px; border-radius:999px; background:#eef2ff; color:#3440a8;
        font-size:12px; margin:1px 2px; }
 .tag.eff { background:#e7f6ec; color:var(--ok); }
+.tag.online { background:#e7f6ec; color:var(--ok); }
+.tag.offline { background:#f3f3f3; color:#777; }
 input[type=text] { padding:8px 10px; border:1px solid #cfd4dc; border-radius:7px; font-size:15px; width:320px; }
 button { padding:8px 16px; border:0; border-radius:7px; background:var(--accent); color:#fff; font-size:15px;
          cursor:pointer; } button:hover { filter:brightness(1.08); }
@@ -103,6 +105,29 @@ def _page(title: str, body: str, user: str | None = None, csrf: str = "") -> HTM
 
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(ms: int) -> str:
+    s = max(0, ms) // 1000
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} ago"
+    return f"{s} s ago"
+
+
+def _presence_html(presence: dict, now: int) -> str:
+    seen = presence["last_seen_ms"]
+    when = "never seen" if seen is None else f"last seen {_ago(now - seen)}"
+    if presence["online"]:
+        return f'<span class="tag online" title="{e(when)}">online</span>'
+    return f'<span class="tag offline">offline</span> <span class="small muted">{e(when)}</span>'
+
+
+def _repeat_html(entry: dict) -> str:
+    if entry["count"] == 1:
+        return ""
+    return (f' <span class="small muted">(×{entry["count"]} since '
+            f'{e(_when(entry["first_ms"]))})</span>')
 
 
 def _tags(roles: list[str], cls: str = "") -> str:
@@ -205,6 +230,7 @@ def web_routes(hub: Hub) -> list[Route]:
             return _page("Not found", f"<div class=card><h1>Not found</h1><p>{e(exc.message)}</p></div>",
                          user, csrf)
         is_owner = ch.owner_id == user
+        now = int(time.time() * 1000)
         mine = {n["node_id"] for n in state.nodes_of_user(user)}
         members = [m for m in state.members(name) if is_owner or m["node"] in mine]
         if not is_owner and not members:
@@ -220,17 +246,19 @@ def web_routes(hub: Hub) -> list[Route]:
                 f'title="{"granted" if r in m["granted"] else "not granted"}; '
                 f'{"requested" if r in m["requested"] else "not requested"} by the node owner"></td>'
                 for r in ROLES)
+            presence = hub.presence(name, m["node"], now)
             rows.append(
-                f'<tr id="node-{e(m["node"])}"><td><b>{e(m["label"] or "?")}</b><br>'
-                f'<span class="mono small muted">{e(m["node"][:16])}…</span></td>{cells}'
+                f'<tr id="node-{e(m["node"])}"><td><b>{e(m["label"] or "?")}</b> {_presence_html(presence, now)}'
+                f'<br><span class="mono small muted">{e(m["node"][:16])}…</span></td>{cells}'
                 f'<td class=small>{_tags(m["requested"])}</td>'
                 f'<td class=small id="eff-{e(m["node"])}">{_tags(m["effective"], "eff")}</td></tr>')
         table = (f"<table><tr><th>Node</th>{head}<th>Requested</th><th>Effective</th></tr>"
                  + "".join(rows) + "</table>") if rows else (
             '<p class="muted">No nodes yet. A node joins with <code>kachery node join '
             f'{e(name)} --hub {e(hub.public_url)} --roles …</code>; then grant it roles here.</p>')
-        acts = "".join(f"<tr><td class=small>{_when(a['time_ms'])}</td><td><span class=tag>{e(a['kind'])}"
-                       f"</span></td><td>{e(a['detail'])}</td></tr>" for a in state.activity(name, 30))
+        acts = "".join(f"<tr class=activity><td class=small>{_when(a['time_ms'])}</td><td><span class=tag>"
+                       f"{e(a['kind'])}</span></td><td>{e(a['detail'])}{_repeat_html(a)}</td></tr>"
+                       for a in state.grouped_activity(name, 30))
         activity = f"<table>{acts}</table>" if acts else '<p class="muted">Nothing yet.</p>'
         backends = "".join(f'<tr id="backend-{part}"><th style="width:100px">{label}</th>'
                            f"<td>{_backend_html(ch.config, part)}</td></tr>"

@@ -123,3 +123,37 @@ def test_join_verify_grant_revoke_leave(tmp_path, hub):
     assert json.loads(owner.run("channel", "list", "--json").stdout) == []
     p = owner.run("channel", "show", "cli.test", check=False)
     assert p.returncode == 1 and "no channel named" in p.stderr
+
+
+def test_onboarding_by_label_prefix_and_added_roles(tmp_path, hub):
+    """`channel grant` needed the full 64-hex ID; `node join --roles` could only replace roles."""
+    owner = Person(tmp_path, "owner", hub.url)
+    a = Person(tmp_path, "lab-ws", hub.url)
+    b = Person(tmp_path, "laptop", hub.url)
+    owner.run("channel", "create", "onb.test")
+    a.run("node", "join", "onb.test", "--roles", "request-files")
+    b.run("node", "join", "onb.test", "--roles", "request-files")
+    r = json.loads(owner.run("channel", "grant", "onb.test", "lab-ws", "request-files", "--json").stdout)
+    assert r["effective"] == ["request-files"]
+    r = json.loads(owner.run("channel", "grant", "onb.test", b.node_id[:10], "request-files",
+                             "--json").stdout)
+    assert r["effective"] == ["request-files"]
+    shared = next(a.node_id[:i] for i in range(64) if a.node_id[i] != b.node_id[i])
+    p = owner.run("channel", "grant", "onb.test", "nobody", "request-files", check=False)
+    assert p.returncode == 1 and "lab-ws" in p.stderr and "laptop" in p.stderr and "full 64-hex" in p.stderr
+    if len(shared) >= 4:  # rare: the two IDs share a 4-character start
+        p = owner.run("channel", "grant", "onb.test", shared, "request-files", check=False)
+        assert p.returncode == 1 and "several nodes" in p.stderr
+    out = json.loads(a.run("node", "join", "onb.test", "--add-roles", "provide-files", "--json").stdout)
+    assert out["requested"] == ["request-files", "provide-files"]
+    out = json.loads(a.run("node", "join", "onb.test", "--add-roles", "request-feeds", "--json").stdout)
+    assert out["requested"] == ["request-files", "provide-files", "request-feeds"]
+    p = a.run("node", "join", "onb.test", check=False)
+    assert p.returncode == 2 and "--add-roles" in p.stderr
+    env_hub = a.env.pop("KACHERY_HUB_URL")
+    p = a.run("channel", "list", check=False)
+    a.env["KACHERY_HUB_URL"] = env_hub
+    assert p.returncode == 2 and "KACHERY_HUB_URL" in p.stderr
+    fresh = {**a.env, "KACHERY_STORAGE_DIR": str(tmp_path / "never-initialized")}
+    p = subprocess.run([KACHERY, "node", "start"], env=fresh, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "kachery init" in p.stderr

@@ -149,3 +149,32 @@ def test_channel_page_shows_nats_gcs_and_ably_backends_but_no_secret(hub, chromi
     page.navigate(f"{hub.url}/")
     assert "ably + gcs" in _channel_row(page, channel_name)
     assert_no_secret(page, seed, api_key, "s3cr3t")
+
+
+def test_channel_page_shows_who_is_online_and_folds_repeated_activity(hub, chromium, channel_name, artifacts):
+    """The page showed neither whether a node is there nor when it was last seen, and its activity
+    was a flood of identical lines (a node's token requests, upload URLs)."""
+    owner = Actor(hub.url, "owner")
+    owner.client.create_channel(channel_name)
+    members = {}
+    for label in ("workstation", "laptop"):
+        members[label] = a = Actor(hub.url, label)
+        a.client.register_node(label)
+        a.client.request_roles(channel_name, a.node_id, ["request-files"])
+        owner.client.grant(channel_name, a.node_id, ["request-files"])
+    for _ in range(5):  # the workstation's daemon at work: five token requests
+        members["workstation"].client.pubsub_credentials(channel_name)
+    shown = {m["label"]: m for m in owner.client.show_channel(channel_name)["members"]}
+    assert shown["workstation"]["online"] is True and shown["workstation"]["last_seen_ms"] > 0
+    assert shown["laptop"]["online"] is False and shown["laptop"]["last_seen_ms"] is None
+
+    page = _signed_in_page(chromium, owner)
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    row = page.evaluate(f"document.getElementById('node-{members['workstation'].node_id}').innerText")
+    assert "online" in row and "offline" not in row
+    row = page.evaluate(f"document.getElementById('node-{members['laptop'].node_id}').innerText")
+    assert "offline" in row and "never seen" in row
+    lines = page.evaluate("[...document.querySelectorAll('tr.activity')].map(r => r.innerText)")
+    tokens = [line for line in lines if "token" in line]
+    assert len(tokens) == 1 and "×5" in tokens[0], lines
+    page.screenshot(artifacts / "hub-channel-presence.png")
