@@ -74,9 +74,16 @@ def parse_head(data: bytes) -> Head:
 def head_for(subfeed: kf.Subfeed) -> tuple[int, bytes]:
     """(count, encoded head) for the local state of ``subfeed``."""
     count = subfeed.get_num_local_messages()
+    return count, head_at(subfeed, count)
+
+
+def head_at(subfeed: kf.Subfeed, count: int) -> bytes:
+    """The encoded head for the first ``count`` messages of ``subfeed`` (it must hold them, and
+    message ``count - 1`` must be signed, as every count a store has held is): the head an
+    upload planned at that count writes, even if the subfeed grew meanwhile."""
     start = (count // SEGMENT_SIZE) * SEGMENT_SIZE
     tail = subfeed.get_signed_messages(start, count) if count > start else []
-    return count, encode_head(count, tail[: count - start])
+    return encode_head(count, tail[: count - start])
 
 
 def segment_for(subfeed: kf.Subfeed, index: int) -> bytes:

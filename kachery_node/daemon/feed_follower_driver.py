@@ -1,0 +1,231 @@
+"""Drives :class:`~kachery_node.protocol.feed_follower.FeedFollower`: one task per subfeed
+followed on a channel, carrying out its actions with the channel's link and the feed store.
+
+What happens when is the core's business (kachery_node/protocol/feed_follower.py); this module
+does the waiting (anyio deadlines, ``anyio.current_time()`` as the core's clock), the bucket
+reads, the verified imports (segments in a worker thread, a few downloads ahead) and the
+publishing, and tells the core how each went.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+import kachery_feeds as kf
+
+from ..protocol import feed_bucket
+from ..protocol.feed_follower import CatchUpFailure, FeedFollower, InlineOutcome, inline_report
+from ..protocol.feed_messages import (
+    FollowerAction,
+    GiveUp,
+    ImportFromBucket,
+    NewSubfeedMessages,
+    Publish,
+    ReadHead,
+    Report,
+    SubfeedOnChannel,
+    SubfeedUploaded,
+)
+from .channel_link import BucketObjectMissing, ChannelLink
+
+log = logging.getLogger("kachery.feeds")
+
+SEGMENT_DOWNLOADS_AHEAD = 4
+
+
+
+
+@dataclass
+class _Conversation:
+    """One follower, the link it talks on, and the actions it has yet to carry out."""
+
+    follower: FeedFollower
+    link: ChannelLink
+    subfeed: kf.Subfeed
+    pending: deque[FollowerAction] = field(default_factory=deque)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def give(self, actions: Iterable[FollowerAction]) -> None:
+        self.pending.extend(actions)
+        self.wake.set()
+
+
+class FollowerDriver:
+    """Follows remote subfeeds on the daemon's channels."""
+
+    def __init__(self, store: kf.Store) -> None:
+        self.store = store
+        self._conversations: dict[SubfeedOnChannel, _Conversation] = {}
+        self._followed: dict[tuple[str, str], None] = {}  # (feed ID, subfeed hash), in order
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the followers' tasks until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def follow(self, links: Iterable[ChannelLink], feed_id: str, subfeed_hash: str) -> None:
+        """Start following a remote subfeed on ``links`` (idempotent; keeps running)."""
+        self._followed[(feed_id, subfeed_hash)] = None
+        for link in links:
+            where = SubfeedOnChannel(link.channel, feed_id, subfeed_hash)
+            if where in self._conversations:
+                continue
+            subfeed = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+            conversation = self._conversations[where] = _Conversation(FeedFollower(where), link, subfeed)
+            assert self._task_group is not None, "FeedExchange.run() must be running"
+            self._task_group.start_soon(self._drive, conversation)
+
+    def followed(self) -> list[tuple[str, str]]:
+        return list(self._followed)
+
+    def on_reconnect(self, link: ChannelLink) -> None:
+        """``link``'s channel came (back) up: every follower there catches up and re-subscribes now."""
+        now = anyio.current_time()
+        for where, conversation in self._conversations.items():
+            if where.channel == link.channel:
+                conversation.give(conversation.follower.on_nudge(now))
+
+    def on_subfeed_uploaded(self, link: ChannelLink, message: SubfeedUploaded) -> None:
+        conversation = self._conversation(link, message.feed_id, message.subfeed_hash)
+        if conversation is not None:
+            count = conversation.subfeed.get_num_local_messages()
+            conversation.give(conversation.follower.on_subfeed_uploaded(anyio.current_time(), message, count))
+
+    def on_new_messages(self, link: ChannelLink, sender: str, message: NewSubfeedMessages) -> None:
+        """Import an inline push (verified) if we follow its subfeed on any channel; a gap
+        nudges this channel's follower back to the bucket."""
+        if (message.feed_id, message.subfeed_hash) not in self._followed:
+            return  # not following it (any more)
+        subfeed = self.store.load_feed(message.feed_id).load_subfeed("~" + message.subfeed_hash)
+        detail = ""
+        try:
+            subfeed.add_signed_messages(message.lines)
+            outcome = InlineOutcome.STORED
+        except kf.MissingMessagesError:
+            outcome = InlineOutcome.GAP
+        except kf.ForkError as exc:
+            outcome, detail = InlineOutcome.FORK, str(exc)
+        except kf.VerificationError as exc:
+            outcome, detail = InlineOutcome.REJECTED, str(exc)
+        conversation = self._conversation(link, message.feed_id, message.subfeed_hash)
+        if conversation is not None:
+            conversation.give(conversation.follower.on_new_messages(
+                anyio.current_time(), outcome, sender, detail))
+        else:  # heard on a channel we do not follow it on: nobody to nudge, but say what was wrong
+            report = inline_report(subfeed.uri, outcome, sender, detail)
+            if report is not None:
+                log.log(report.severity, "%s", report.text)
+
+    def _conversation(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> _Conversation | None:
+        return self._conversations.get(SubfeedOnChannel(link.channel, feed_id, subfeed_hash))
+
+    # ------------------------------------------------------------------ one follower's task
+    async def _drive(self, conversation: _Conversation) -> None:
+        follower, link = conversation.follower, conversation.link
+        conversation.give(follower.start(anyio.current_time(), may_request="request-feeds" in link.roles))
+        while True:
+            conversation.wake = anyio.Event()  # before taking actions: a later give() wakes us
+            while conversation.pending:
+                action = conversation.pending.popleft()
+                if isinstance(action, GiveUp):
+                    return
+                conversation.give(await self._carry_out(conversation, action))
+            deadline = follower.next_deadline()
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                await conversation.wake.wait()
+            conversation.give(follower.on_timer(anyio.current_time()))
+
+    async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
+        """Do ``action``; returns what the follower answers to its outcome."""
+        follower, link, subfeed = conversation.follower, conversation.link, conversation.subfeed
+        if isinstance(action, Report):
+            log.log(action.severity, "%s", action.text)
+        elif isinstance(action, Publish):
+            try:
+                await link.publish(action.band, action.message.to_body())
+            except Exception as exc:  # the runtime reconnects; the core tries again at the renewal
+                log.info("publishing %s on %s failed (%s); retrying later",
+                         type(action.message).__name__, link.channel, exc)
+        elif isinstance(action, ReadHead | ImportFromBucket):
+            failure, detail = CatchUpFailure.TIMED_OUT, ""
+            with anyio.CancelScope(deadline=action.deadline):
+                try:
+                    if isinstance(action, ReadHead):
+                        head = await _read_head(link, action.where)
+                        count = subfeed.get_num_local_messages()
+                        return follower.on_head(anyio.current_time(), head, count)
+                    added = await _import_from_bucket(link, subfeed, action)
+                    count = subfeed.get_num_local_messages()
+                    return follower.on_imported(anyio.current_time(), added, count)
+                except kf.ForkError as exc:
+                    failure, detail = CatchUpFailure.FORK, str(exc)
+                except (kf.VerificationError, kf.MissingMessagesError) as exc:
+                    failure, detail = CatchUpFailure.REJECTED, str(exc)
+                except Exception as exc:  # transport errors (a missing segment among them)
+                    failure, detail = CatchUpFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}"
+            count = subfeed.get_num_local_messages()
+            return follower.on_catch_up_failed(anyio.current_time(), failure, count, detail)
+        else:
+            raise AssertionError(f"unexpected follower action {action!r}")
+        return []
+
+
+async def _read_head(link: ChannelLink, where: SubfeedOnChannel) -> bytes | None:
+    try:
+        return await link.bucket_get(where.head_path)
+    except BucketObjectMissing:
+        return None
+
+
+async def _import_from_bucket(link: ChannelLink, subfeed: kf.Subfeed, action: ImportFromBucket) -> int:
+    """Import the action's segments, then its tail; returns how many messages were new."""
+    importer = feed_bucket.SegmentImporter(subfeed)
+    try:
+        await _download_and_import(link, action.where, action.segments, importer)
+    except ExceptionGroup as group:  # the task group wraps even the importer's own error
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    importer.add_lines(list(action.tail))
+    return importer.finish()
+
+
+async def _download_and_import(link: ChannelLink, where: SubfeedOnChannel, indices: range,
+                               importer: feed_bucket.SegmentImporter) -> None:
+    """Download segments a few at a time ahead of the import, and import them in order in a
+    worker thread, so that network waits overlap verification and the event loop stays free."""
+    results: dict[int, anyio.Event | bytes] = {i: anyio.Event() for i in indices}
+    slots = anyio.Semaphore(SEGMENT_DOWNLOADS_AHEAD)
+
+    async def download(index: int) -> None:
+        data = await link.bucket_get(where.segment_path(index))
+        done = results[index]
+        results[index] = data
+        assert isinstance(done, anyio.Event)
+        done.set()
+
+    async def feed_downloads(tg: anyio.abc.TaskGroup) -> None:
+        for index in indices:
+            await slots.acquire()  # released once that segment is imported
+            tg.start_soon(download, index)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed_downloads, tg)
+        for index in indices:
+            pending = results[index]
+            if isinstance(pending, anyio.Event):
+                await pending.wait()
+            data = results.pop(index)
+            assert isinstance(data, bytes)
+            await anyio.to_thread.run_sync(importer.add_segment, data)
+            slots.release()

@@ -1,0 +1,206 @@
+"""Drives :class:`~kachery_node.protocol.feed_provider.FeedProvider`: serves other nodes'
+subscriptions to subfeeds held here, with the channels' links and the feed store.
+
+What happens when is the core's business (kachery_node/protocol/feed_provider.py); this module
+reads the store (counts, message ranges, segments, heads) and tells the core, waits for store
+changes and the core's deadlines (anyio, ``anyio.current_time()`` as the core's clock), and
+carries out its actions: inline pushes in order by the task that caused them, bucket jobs as
+tasks of their own (a slow upload holds up no push), saving subscriptions to their file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+import kachery_feeds as kf
+
+from ..protocol import feed_bucket
+from ..protocol.feed_messages import (
+    NewSubfeedMessages,
+    ProviderAction,
+    Publish,
+    PushRange,
+    ReadBucketState,
+    Report,
+    SaveSubscriptions,
+    SubfeedOnChannel,
+    SubscribeToSubfeed,
+    UploadSegments,
+)
+from ..protocol.feed_provider import INLINE_MAX_MESSAGES, FeedProvider, InlineSplitter, Subfeed, TooBigToPush
+from .channel_link import BucketObjectMissing, ChannelLink
+from .provided_subscriptions import load_subscriptions, save_subscriptions
+from .store_changes import ChangeBroadcaster
+
+log = logging.getLogger("kachery.feeds")
+
+STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
+SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
+
+
+class ProviderDriver:
+    """Provides local subfeeds to the subscribers on the daemon's channels."""
+
+    def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None) -> None:
+        self.store = store
+        self.changes = changes
+        self._subscriptions_path = subscriptions_path
+        self.core = FeedProvider(load_subscriptions(subscriptions_path))
+        self._links: dict[str, ChannelLink] = {}  # channel -> its current link
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Push new local messages and keep bucket copies up to date until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            task_status.started()
+            while True:
+                changed = self.changes.current()  # before reading: no change is missed
+                now = anyio.current_time()
+                await self._carry_out(self.core.on_timer(now))
+                await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
+                due = self.core.next_deadline()
+                deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
+                with anyio.CancelScope(deadline=deadline) as self._wait:
+                    await changed.wait()
+                self._wait = None
+
+    # ------------------------------------------------------------------ events from the exchange
+    async def on_subscribe(self, link: ChannelLink, sender: str, message: SubscribeToSubfeed) -> None:
+        self._links[link.channel] = link
+        subfeed = self._subfeed((message.feed_id, message.subfeed_hash))
+        actions = self.core.on_subscribe(
+            anyio.current_time(), time.time(), link.channel, sender, message,
+            may_provide="provide-feeds" in link.roles,
+            sender_allowed=link.may(sender, "request-feeds"),
+            local_count=subfeed.get_num_local_messages(),
+            owns_feed=self.store.has_private_key(message.feed_id),
+        )
+        self._deadline_may_have_moved()
+        await self._carry_out(actions)
+
+    def on_connected(self, link: ChannelLink) -> None:
+        """``link``'s channel came (back) up: announce how far each live subscription there goes."""
+        self._links[link.channel] = link
+        counts = self._counts(self.core.subfeeds(link.channel))
+        actions = self.core.on_connected(anyio.current_time(), time.time(), link.channel, counts)
+        self._deadline_may_have_moved()
+        if actions:
+            assert self._task_group is not None, "FeedExchange.run() must be running"
+            self._task_group.start_soon(self._carry_out, actions)
+
+    # ------------------------------------------------------------------ carrying out actions
+    async def _carry_out(self, actions: Iterable[ProviderAction]) -> None:
+        for action in actions:
+            if isinstance(action, Report):
+                log.log(action.severity, "%s", action.text)
+            elif isinstance(action, Publish):
+                await self._publish(action)
+            elif isinstance(action, PushRange):
+                await self._push(action)
+            elif isinstance(action, ReadBucketState | UploadSegments):
+                assert self._task_group is not None, "FeedExchange.run() must be running"
+                self._task_group.start_soon(self._bucket_job, action)
+            elif isinstance(action, SaveSubscriptions):
+                save_subscriptions(self._subscriptions_path, action.rows)
+            else:
+                raise AssertionError(f"unexpected provider action {action!r}")
+
+    async def _publish(self, action: Publish) -> bool:
+        link = self._links[action.channel]
+        try:
+            await link.publish(action.band, action.message.to_body())
+            return True
+        except Exception as exc:  # the readers' renewals re-sync them
+            log.info("publishing %s on %s failed: %s", type(action.message).__name__, link.channel, exc)
+            return False
+
+    async def _push(self, action: PushRange) -> None:
+        """Publish messages [start, end) inline, read a window at a time and cut by the core; a
+        piece too big for pub-sub hands the rest of the range to the bucket."""
+        where = action.where
+        subfeed = self._subfeed(where.subfeed)
+        splitter = InlineSplitter(where.feed_id, where.subfeed_hash)
+        position = action.start
+        while position < action.end:
+            # A range read is extended to end at a signed message, so it may run past the window.
+            lines = subfeed.get_signed_messages(position, min(position + INLINE_MAX_MESSAGES, action.end))
+            if not lines:
+                break
+            position += len(lines)
+            if not await self._publish_pieces(where, splitter.add(lines)):
+                return
+        await self._publish_pieces(where, splitter.finish())
+
+    async def _publish_pieces(self, where: SubfeedOnChannel,
+                              pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
+        """Publish pieces in order; False if the rest of their range should not follow."""
+        for piece in pieces:
+            if isinstance(piece, TooBigToPush):
+                await self._carry_out(self.core.on_push_oversized(anyio.current_time(), where))
+                self._deadline_may_have_moved()
+                return False
+            if not await self._publish(Publish(where.channel, piece)):
+                return False  # the reader's next renewal re-syncs it
+        return True
+
+    async def _bucket_job(self, action: ReadBucketState | UploadSegments) -> None:
+        """One step of a bucket job; the core's answer may start the next."""
+        where, link = action.where, self._links[action.where.channel]
+        subfeed = self._subfeed(where.subfeed)
+        try:
+            if isinstance(action, ReadBucketState):
+                try:
+                    bucket_head: bytes | None = await link.bucket_get(where.head_path)
+                except BucketObjectMissing:
+                    bucket_head = None
+                count = subfeed.get_num_local_messages()
+                local_head = feed_bucket.head_at(subfeed, count)
+            else:
+                await _upload_segments(link, subfeed, action)
+        except Exception as exc:  # transport errors; PermissionError without provide-feeds
+            answer = self.core.on_bucket_failed(anyio.current_time(), where, f"{type(exc).__name__}: {exc}")
+        else:
+            now = anyio.current_time()
+            if isinstance(action, ReadBucketState):
+                answer = self.core.on_bucket_state(now, where, bucket_head, count, local_head)
+            else:
+                answer = self.core.on_bucket_done(now, where)
+        await self._carry_out(answer)
+
+    # ------------------------------------------------------------------ helpers
+    def _subfeed(self, subfeed: Subfeed) -> kf.Subfeed:
+        feed_id, subfeed_hash = subfeed
+        return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+
+    def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
+        return {s: self._subfeed(s).get_num_local_messages() for s in subfeeds}
+
+    def _deadline_may_have_moved(self) -> None:
+        """Wake the store watch early if the core's next deadline is now sooner than its wait."""
+        deadline = self.core.next_deadline()
+        if self._wait is not None and deadline is not None and deadline < self._wait.deadline:
+            self._wait.deadline = deadline
+
+
+async def _upload_segments(link: ChannelLink, subfeed: kf.Subfeed, action: UploadSegments) -> None:
+    """Upload the action's segments, a few at a time, each built from the store in a worker
+    thread when its turn comes; then the head (so the head never points past its segments)."""
+    where, indices = action.where, action.segments
+    for first in range(indices.start, indices.stop, SEGMENTS_PER_UPLOAD):
+        batch = range(first, min(first + SEGMENTS_PER_UPLOAD, indices.stop))
+        built = await anyio.to_thread.run_sync(_build_segments, subfeed, batch)
+        await link.upload_many([(where.segment_path(i), data) for i, data in zip(batch, built, strict=True)])
+    await link.upload(where.head_path, feed_bucket.head_at(subfeed, action.head_count))
+
+
+def _build_segments(subfeed: kf.Subfeed, indices: range) -> list[bytes]:
+    return [feed_bucket.segment_for(subfeed, i) for i in indices]

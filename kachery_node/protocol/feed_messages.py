@@ -1,0 +1,302 @@
+"""The feed flow's messages and actions, as data (spec/node-protocol.md §Feeds).
+
+Pure logic, no I/O. The envelope (channel, band, time, nonce, signature) is added by
+:func:`kachery_node.protocol.node_messages.seal`; these are the bodies:
+
+* ``subscribeToSubfeed`` on band ``request-feeds`` (published by a reader)::
+
+      {"type": "subscribeToSubfeed", "feed_id": <64 hex>, "subfeed_hash": <40 hex>,
+       "position": int >= 0, "bucket_rejected"?: true}
+
+* ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
+
+      {"type": "newSubfeedMessages", "feed_id": ..., "subfeed_hash": ..., "messages": [<wire line>, ...]}
+
+* ``subfeedUploaded`` on band ``provide-feeds``::
+
+      {"type": "subfeedUploaded", "feed_id": ..., "subfeed_hash": ..., "count": int >= 0}
+
+Rules: :func:`parse` is the only place a body is read and each message's ``to_body`` the only
+place one is written. How wire lines travel inside ``newSubfeedMessages`` is decided by
+:func:`_lines_to_wire` / :func:`_lines_from_wire` alone (today: JSON strings), so a change of
+framing touches those two functions. Fields the spec does not name (the envelope's ``channel``,
+``band``, ``time_ms``, ``nonce``, or a later version's additions) are ignored.
+
+The second half of the module holds the *actions* the follower and provider cores
+(:mod:`.feed_follower`, :mod:`.feed_provider`) return for their driver to carry out.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kachery_feeds import InvalidUriError, normalize_feed_id
+from kachery_feeds import subfeed_hash as _subfeed_hash
+
+from ..errors import KacheryError
+from .bucket_layout import subfeed_head_path, subfeed_segment_path
+
+REQUEST_BAND = "request-feeds"
+PROVIDE_BAND = "provide-feeds"
+SUBSCRIBE = "subscribeToSubfeed"
+NEW_MESSAGES = "newSubfeedMessages"
+UPLOADED = "subfeedUploaded"
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class MalformedFeedMessage(KacheryError, ValueError):
+    """A peer's feed message does not follow spec/node-protocol.md §Feeds (the peer's fault)."""
+
+
+class FeedProtocolMisuse(KacheryError, RuntimeError):
+    """A feed core was driven wrongly: an event its state does not expect (our fault)."""
+
+
+@dataclass(frozen=True)
+class SubfeedOnChannel:
+    """One subfeed as exchanged on one channel: the unit of every follower and subscription."""
+
+    channel: str
+    feed_id: str
+    subfeed_hash: str
+
+    @property
+    def subfeed(self) -> tuple[str, str]:
+        """(feed ID, subfeed hash): the store's key, whatever the channel."""
+        return self.feed_id, self.subfeed_hash
+
+    @property
+    def uri(self) -> str:
+        return f"feed://{self.feed_id}/~{self.subfeed_hash}"
+
+    @property
+    def head_path(self) -> str:
+        return subfeed_head_path(self.channel, self.feed_id, self.subfeed_hash)
+
+    def segment_path(self, index: int) -> str:
+        return subfeed_segment_path(self.channel, self.feed_id, self.subfeed_hash, index)
+
+
+# ----------------------------------------------------------------------------- messages
+@dataclass(frozen=True)
+class SubscribeToSubfeed:
+    """A reader follows ``feed_id``/``subfeed_hash`` and holds its first ``position`` messages;
+    ``bucket_rejected``: what the bucket holds beyond that failed verification."""
+
+    feed_id: str
+    subfeed_hash: str
+    position: int
+    bucket_rejected: bool = False
+    band = REQUEST_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": SUBSCRIBE, "feed_id": self.feed_id,
+                                "subfeed_hash": self.subfeed_hash, "position": self.position}
+        if self.bucket_rejected:
+            body["bucket_rejected"] = True
+        return body
+
+
+@dataclass(frozen=True)
+class NewSubfeedMessages:
+    """Signed messages pushed inline: contiguous wire lines ending at a signed message."""
+
+    feed_id: str
+    subfeed_hash: str
+    lines: tuple[bytes, ...]
+    band = PROVIDE_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": NEW_MESSAGES, "feed_id": self.feed_id, "subfeed_hash": self.subfeed_hash,
+                "messages": _lines_to_wire(self.lines)}
+
+    def body_size(self) -> int:
+        """Bytes of the body as published (before the envelope's few added fields)."""
+        return len(orjson.dumps(self.to_body()))
+
+
+@dataclass(frozen=True)
+class SubfeedUploaded:
+    """The bucket holds the subfeed's first ``count`` messages."""
+
+    feed_id: str
+    subfeed_hash: str
+    count: int
+    band = PROVIDE_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": UPLOADED, "feed_id": self.feed_id, "subfeed_hash": self.subfeed_hash,
+                "count": self.count}
+
+
+FeedMessage = SubscribeToSubfeed | NewSubfeedMessages | SubfeedUploaded
+
+
+def _lines_to_wire(lines: tuple[bytes, ...]) -> list[str]:
+    return [line.decode() for line in lines]
+
+
+def _lines_from_wire(value: Any) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise MalformedFeedMessage("'messages' must be a non-empty list of wire lines (strings)")
+    try:
+        return tuple(x.encode() for x in value)
+    except UnicodeEncodeError:
+        raise MalformedFeedMessage("'messages' holds text that is not Unicode") from None
+
+
+def _count(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise MalformedFeedMessage(f"{name!r} must be an integer in [0, 2^53-1], got {value!r}")
+    return value
+
+
+def _names(body: dict[str, Any]) -> tuple[str, str]:
+    feed_id, subfeed_hash = body.get("feed_id"), body.get("subfeed_hash")
+    try:
+        feed_id = normalize_feed_id(feed_id)
+        if not isinstance(subfeed_hash, str):
+            raise InvalidUriError("missing subfeed_hash")
+        return feed_id, _subfeed_hash("~" + subfeed_hash)
+    except InvalidUriError as exc:
+        raise MalformedFeedMessage(str(exc)) from None
+
+
+_TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE,), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
+
+
+def parse(band: str, body: dict[str, Any]) -> FeedMessage:
+    """The feed message ``body`` heard on ``band``; raises :class:`MalformedFeedMessage` if it is
+    not one of the types published there, or a field is missing or ill-typed."""
+    kind = body.get("type")
+    if kind not in _TYPES_BY_BAND.get(band, ()):
+        raise MalformedFeedMessage(f"{kind!r} is not a feed message of band {band!r}")
+    feed_id, subfeed_hash = _names(body)
+    if kind == SUBSCRIBE:
+        rejected = body.get("bucket_rejected", False)
+        if type(rejected) is not bool:
+            raise MalformedFeedMessage("'bucket_rejected' must be true or false")
+        return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"), rejected)
+    if kind == NEW_MESSAGES:
+        return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(body.get("messages")))
+    return SubfeedUploaded(feed_id, subfeed_hash, _count(body, "count"))
+
+
+# ----------------------------------------------------------------------------- actions
+class Severity(enum.IntEnum):
+    """How loudly a driver logs a :class:`Report` (the numbers are the logging module's levels)."""
+
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something a person reading the daemon's log should know (nothing to do otherwise)."""
+
+    severity: Severity
+    text: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Seal ``message`` and publish it on its band of ``channel``."""
+
+    channel: str
+    message: FeedMessage
+
+    @property
+    def band(self) -> str:
+        return self.message.band
+
+
+# Follower (reader) actions
+@dataclass(frozen=True)
+class ReadHead:
+    """Read the subfeed's head from the channel's bucket and answer ``on_head`` (raw bytes, or
+    None if there is none), or ``on_catch_up_failed``. Give up at ``deadline`` (same clock as
+    ``now``) and answer TIMED_OUT."""
+
+    where: SubfeedOnChannel
+    deadline: float
+
+
+@dataclass(frozen=True)
+class ImportFromBucket:
+    """Download the full ``segments`` (indices) from the bucket, import them in order, then the
+    ``tail`` lines, all verified; answer ``on_imported`` or ``on_catch_up_failed`` by
+    ``deadline``."""
+
+    where: SubfeedOnChannel
+    segments: range
+    tail: tuple[bytes, ...]
+    deadline: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """This conversation is over (the follower cannot follow on this channel)."""
+
+    where: SubfeedOnChannel
+    reason: str
+
+
+# Provider actions
+@dataclass(frozen=True)
+class PushRange:
+    """Push local messages ``[start, end)`` inline on the channel, cut by
+    :class:`~.feed_provider.InlineSplitter`; an oversized piece goes to ``on_push_oversized``."""
+
+    where: SubfeedOnChannel
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ReadBucketState:
+    """Read the bucket's head object (None if missing or unreadable as a head) and the local
+    count and encoded head at that count; answer ``on_bucket_state`` or ``on_bucket_failed``."""
+
+    where: SubfeedOnChannel
+
+
+@dataclass(frozen=True)
+class UploadSegments:
+    """Upload the full ``segments`` (indices; each built from the store when uploaded), then
+    the head for the first ``head_count`` messages; answer ``on_bucket_done`` or
+    ``on_bucket_failed``."""
+
+    where: SubfeedOnChannel
+    segments: range
+    head_count: int
+
+
+@dataclass(frozen=True)
+class SavedSubscription:
+    """A live subscription as saved across restarts; ``expires`` is wall-clock seconds."""
+
+    channel: str
+    feed_id: str
+    subfeed_hash: str
+    expires: float
+
+    @property
+    def where(self) -> SubfeedOnChannel:
+        return SubfeedOnChannel(self.channel, self.feed_id, self.subfeed_hash)
+
+
+@dataclass(frozen=True)
+class SaveSubscriptions:
+    """Replace the saved subscriptions with ``rows``."""
+
+    rows: tuple[SavedSubscription, ...]
+
+
+FollowerAction = Publish | ReadHead | ImportFromBucket | GiveUp | Report
+ProviderAction = Publish | PushRange | ReadBucketState | UploadSegments | SaveSubscriptions | Report

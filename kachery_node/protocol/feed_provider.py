@@ -1,0 +1,416 @@
+"""The provider's side of the feed flow as a state machine: every subscription to subfeeds that
+this node provides, on every channel, and the bucket copies that serve later readers.
+
+Theory of operation (spec/node-protocol.md §Feeds, "Provider")
+---------------------------------------------------------------
+* On ``subscribeToSubfeed`` from a node allowed to request feeds, a provider that holds the
+  subfeed (or owns its feed, even while it is empty) keeps the subscription for
+  :data:`SUBSCRIPTION_TTL_SECONDS`; renewals extend it. If the reader is behind by at most
+  :data:`INLINE_MAX_MESSAGES`, the missing messages are pushed inline (:class:`PushRange`);
+  otherwise the bucket is brought up to date and ``subfeedUploaded`` announced.
+* Whenever the local subfeed grows (the driver reports local counts), the new messages are
+  pushed inline to every live subscription, cut by :class:`InlineSplitter` into pieces of at
+  most :data:`INLINE_MAX_BYTES` or :data:`INLINE_MAX_MESSAGES`, each ending at a signed message
+  so it verifies alone; a piece that cannot be cut small enough goes through the bucket instead
+  (``on_push_oversized``). The bucket is brought up to date for later readers, debounced by
+  :data:`BUCKET_DEBOUNCE_SECONDS`.
+* A *bucket job* (one per subfeed and channel, never two at once) reads the bucket's head and
+  uploads the full segments the bucket lacks, then the head, so the head never points past its
+  segments (:func:`plan_bucket_update`). A head that claims our count but differs from ours
+  (tampered, or truncated) is replaced. Requests that arrive while a job runs are merged into
+  the next one.
+* A subscription with ``bucket_rejected`` (at most once per :data:`REPAIR_MIN_INTERVAL_SECONDS`
+  per subfeed and channel) rewrites the segments from the reader's position and the head,
+  without trusting what the bucket holds.
+* Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
+  is made or renewed; when a channel (re)connects, those saved by a previous run are taken up
+  again, and for each live one there the bucket is brought up to date and ``subfeedUploaded``
+  announced, so a reader that missed pushes catches up now, not at its next renewal.
+
+Rules
+-----
+* One object for all conversations: subscriptions of many readers to one subfeed share the
+  debounced bucket job and the repair rate limit, and a reconnect concerns all of a channel's
+  subscriptions at once, so they are decided together.
+* No I/O and no clock: events carry ``now`` (monotonic seconds) and, where subscriptions are
+  saved or restored, ``wall_now``; the driver reads the store and reports counts and heads.
+* Segments are named by index ranges (:class:`UploadSegments`): the driver builds each one from
+  the store as it uploads it, so nothing holds every missing segment in memory at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .bucket_layout import SEGMENT_SIZE
+from .feed_bucket import HeadError, parse_head, segments_to_upload
+from .feed_messages import (
+    FeedProtocolMisuse,
+    NewSubfeedMessages,
+    ProviderAction,
+    Publish,
+    PushRange,
+    ReadBucketState,
+    Report,
+    SavedSubscription,
+    SaveSubscriptions,
+    Severity,
+    SubfeedOnChannel,
+    SubfeedUploaded,
+    SubscribeToSubfeed,
+    UploadSegments,
+)
+
+SUBSCRIPTION_TTL_SECONDS = 60.0
+INLINE_MAX_MESSAGES = 200
+INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by default
+INLINE_MAX_BODY_BYTES = INLINE_MAX_BYTES + 8_000  # a piece over this goes through the bucket
+BUCKET_DEBOUNCE_SECONDS = 0.5
+REPAIR_MIN_INTERVAL_SECONDS = 10.0
+
+Subfeed = tuple[str, str]  # (feed ID, subfeed hash)
+
+
+# ----------------------------------------------------------------------------- bucket plans
+@dataclass(frozen=True)
+class BucketPlan:
+    """What to upload to bring a bucket's copy up to date: nothing, or ``segments`` then the
+    head; ``replaces_bad_head``: the bucket's head claims our count but is not ours."""
+
+    upload: bool
+    segments: range = range(0)
+    replaces_bad_head: bool = False
+
+
+def plan_bucket_update(local_count: int, local_head: bytes, bucket_head: bytes | None) -> BucketPlan:
+    """Compare the local subfeed with the bucket's head (None: missing). An unreadable head
+    counts as an empty bucket; a bucket ahead of us is left alone (another provider has more)."""
+    bucket_count = 0
+    if bucket_head is not None:
+        try:
+            bucket_count = parse_head(bucket_head).count
+        except HeadError:
+            pass
+    if local_count == 0 or local_count < bucket_count:
+        return BucketPlan(upload=False)
+    if local_count == bucket_count and bucket_head == local_head:
+        return BucketPlan(upload=False)
+    return BucketPlan(True, segments_to_upload(local_count, bucket_count),
+                      replaces_bad_head=local_count == bucket_count)
+
+
+class BucketJobState(enum.Enum):
+    IDLE = "idle"
+    READING = "reading the bucket's head"
+    UPLOADING = "uploading"
+
+
+class BucketStep(enum.Enum):
+    SYNC = "sync"
+    REPAIR = "repair"
+    UP_TO_DATE = "up to date"
+    UPLOAD = "upload"
+    DONE = "done"
+    FAILED = "failed"
+
+
+BUCKET_TRANSITIONS: dict[tuple[BucketJobState, BucketStep], BucketJobState] = {
+    (BucketJobState.IDLE, BucketStep.SYNC): BucketJobState.READING,
+    (BucketJobState.IDLE, BucketStep.REPAIR): BucketJobState.UPLOADING,
+    (BucketJobState.READING, BucketStep.UP_TO_DATE): BucketJobState.IDLE,
+    (BucketJobState.READING, BucketStep.UPLOAD): BucketJobState.UPLOADING,
+    (BucketJobState.READING, BucketStep.FAILED): BucketJobState.IDLE,
+    (BucketJobState.UPLOADING, BucketStep.DONE): BucketJobState.IDLE,
+    (BucketJobState.UPLOADING, BucketStep.FAILED): BucketJobState.IDLE,
+}
+
+
+@dataclass
+class _BucketJob:
+    """The bucket copy of one subfeed on one channel: the job running and the ones asked for."""
+
+    state: BucketJobState = BucketJobState.IDLE
+    sync_wanted: bool = False
+    announce_wanted: bool = False
+    repair_wanted: tuple[int, int] | None = None  # (reader's position, our count)
+    announce: bool = False  # the running job publishes subfeedUploaded when done
+    count: int = 0  # what the running upload brings the bucket to
+
+    def move(self, step: BucketStep) -> None:
+        try:
+            self.state = BUCKET_TRANSITIONS[(self.state, step)]
+        except KeyError:
+            raise FeedProtocolMisuse(f"bucket job: {step.value!r} cannot happen while "
+                                     f"{self.state.value}") from None
+
+
+@dataclass
+class _Subscription:
+    pushed: int  # messages [0, pushed) are known to the channel (pushed, or in the bucket)
+    expires: float  # monotonic
+
+
+# ----------------------------------------------------------------------------- inline pushes
+@dataclass(frozen=True)
+class TooBigToPush:
+    """A piece of ``lines`` wire lines that no cut brings under the pub-sub size limit."""
+
+    lines: int
+
+
+class InlineSplitter:
+    """Cuts a contiguous run of wire lines (fed in order, in any slices) into inline pushes.
+
+    A piece is cut once it holds :data:`INLINE_MAX_BYTES` or :data:`INLINE_MAX_MESSAGES`, but
+    only after a signed message (a line not ending in TAB), so each piece verifies alone.
+    """
+
+    def __init__(self, feed_id: str, subfeed_hash: str) -> None:
+        self.feed_id = feed_id
+        self.subfeed_hash = subfeed_hash
+        self._batch: list[bytes] = []
+        self._size = 0
+
+    def add(self, lines: Iterable[bytes]) -> list[NewSubfeedMessages | TooBigToPush]:
+        pieces: list[NewSubfeedMessages | TooBigToPush] = []
+        for line in lines:
+            self._batch.append(line)
+            self._size += len(line)
+            full = self._size >= INLINE_MAX_BYTES or len(self._batch) >= INLINE_MAX_MESSAGES
+            if full and not line.endswith(b"\t"):
+                pieces.append(self._cut())
+        return pieces
+
+    def finish(self) -> list[NewSubfeedMessages | TooBigToPush]:
+        """The last piece (ranges read from a store always end at a signed message)."""
+        return [self._cut()] if self._batch else []
+
+    def _cut(self) -> NewSubfeedMessages | TooBigToPush:
+        piece = NewSubfeedMessages(self.feed_id, self.subfeed_hash, tuple(self._batch))
+        self._batch, self._size = [], 0
+        if piece.body_size() > INLINE_MAX_BODY_BYTES:
+            return TooBigToPush(len(piece.lines))
+        return piece
+
+
+# ----------------------------------------------------------------------------- the provider
+class FeedProvider:
+    """Subscriptions to the subfeeds this node provides, and their bucket copies (see the
+    module docstring). ``saved``: subscriptions saved by a previous run, taken up again when
+    their channel connects."""
+
+    def __init__(self, saved: Iterable[SavedSubscription] = ()) -> None:
+        self._subscriptions: dict[SubfeedOnChannel, _Subscription] = {}
+        self._saved: dict[SubfeedOnChannel, float] = {row.where: row.expires for row in saved}
+        self._jobs: dict[SubfeedOnChannel, _BucketJob] = {}
+        self._dirty: dict[SubfeedOnChannel, None] = {}  # bucket copies to update (ordered set)
+        self._flush_at: float | None = None
+        self._repaired: dict[SubfeedOnChannel, float] = {}  # -> when last rewritten
+
+    # ------------------------------------------------------------------ queries
+    def subfeeds(self, channel: str | None = None) -> set[Subfeed]:
+        """The subfeeds whose local counts :meth:`on_local_counts` (all live subscriptions) or
+        :meth:`on_connected` (``channel``'s, saved ones included) needs."""
+        wheres = [w for w in self._subscriptions if channel in (None, w.channel)]
+        if channel is not None:
+            wheres += [w for w in self._saved if w.channel == channel]
+        return {w.subfeed for w in wheres}
+
+    def subscriptions(self, now: float) -> list[SubfeedOnChannel]:
+        """The live subscriptions."""
+        return [w for w, sub in self._subscriptions.items() if sub.expires > now]
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` has something to do: a debounced bucket update, an expiry."""
+        times = [sub.expires for sub in self._subscriptions.values()]
+        if self._flush_at is not None:
+            times.append(self._flush_at)
+        return min(times, default=None)
+
+    # ------------------------------------------------------------------ events
+    def on_subscribe(self, now: float, wall_now: float, channel: str, sender: str,
+                     message: SubscribeToSubfeed, *, may_provide: bool, sender_allowed: bool,
+                     local_count: int, owns_feed: bool) -> list[ProviderAction]:
+        """A reader's subscription. ``may_provide``: this node holds provide-feeds on the
+        channel; ``sender_allowed``: the membership gives the sender request-feeds;
+        ``local_count``: messages of the subfeed here; ``owns_feed``: this node holds its key."""
+        if not may_provide:
+            return []
+        if not sender_allowed:
+            return [Report(Severity.INFO, f"ignoring subscription from {sender[:12]}: "
+                                          f"not allowed to request feeds on {channel}")]
+        where = SubfeedOnChannel(channel, message.feed_id, message.subfeed_hash)
+        position = message.position
+        actions: list[ProviderAction] = []
+        if message.bucket_rejected and position < local_count:
+            actions += self._repair(now, where, position, local_count, sender)
+        if local_count == 0 and not owns_feed:
+            return actions  # a replica with nothing to provide; the owner keeps even an empty one
+        sub = self._subscriptions.get(where)
+        if sub is None:
+            sub = self._subscriptions[where] = _Subscription(pushed=local_count, expires=now)
+        sub.expires = now + SUBSCRIPTION_TTL_SECONDS
+        self._saved.pop(where, None)  # superseded by the live one
+        actions.append(self._save(now, wall_now))
+        if position < local_count:
+            if local_count - position <= INLINE_MAX_MESSAGES:
+                actions.append(PushRange(where, position, local_count))
+            else:
+                actions += self._request_sync(where, announce=True)
+        sub.pushed = max(sub.pushed, local_count)
+        self._mark_dirty(now, where)
+        return actions
+
+    def on_local_counts(self, now: float, counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
+        """The store changed: ``counts`` of (at least) :meth:`subfeeds`. New messages are pushed
+        to every live subscription, and their bucket copies marked for a debounced update."""
+        actions: list[ProviderAction] = []
+        self._expire(now)
+        for where, sub in self._subscriptions.items():
+            count = counts.get(where.subfeed)
+            if count is not None and count > sub.pushed:
+                actions.append(PushRange(where, sub.pushed, count))
+                sub.pushed = count
+                self._mark_dirty(now, where)
+        return actions
+
+    def on_connected(self, now: float, wall_now: float, channel: str,
+                     counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
+        """``channel`` came (back) up; ``counts`` of :meth:`subfeeds` (``channel``). Saved
+        subscriptions there are taken up again, and every live one there gets the bucket up to
+        date and a ``subfeedUploaded``."""
+        for where, expires_wall in list(self._saved.items()):
+            if where.channel != channel:
+                continue
+            del self._saved[where]
+            if expires_wall > wall_now and where not in self._subscriptions:
+                self._subscriptions[where] = _Subscription(
+                    pushed=counts.get(where.subfeed, 0), expires=now + expires_wall - wall_now)
+        actions: list[ProviderAction] = []
+        for where, sub in self._subscriptions.items():
+            count = counts.get(where.subfeed, 0)
+            if where.channel != channel or sub.expires <= now or count == 0:
+                continue
+            actions += self._request_sync(where, announce=True)
+            sub.pushed = max(sub.pushed, count)
+        return actions
+
+    def on_push_oversized(self, now: float, where: SubfeedOnChannel) -> list[ProviderAction]:
+        """A piece of a :class:`PushRange` was :class:`TooBigToPush`: the driver stops pushing
+        that range; the bucket carries it instead."""
+        return [Report(Severity.INFO, f"messages of {where.uri} too big to push on {where.channel}: "
+                                      "announcing the bucket's copy instead"),
+                *self._request_sync(where, announce=True)]
+
+    def on_timer(self, now: float) -> list[ProviderAction]:
+        """Expire subscriptions and start the debounced bucket updates that are due."""
+        self._expire(now)
+        for where, when in list(self._repaired.items()):
+            if now - when >= REPAIR_MIN_INTERVAL_SECONDS:
+                del self._repaired[where]
+        if self._flush_at is None or now < self._flush_at:
+            return []
+        dirty, self._dirty, self._flush_at = self._dirty, {}, None
+        actions: list[ProviderAction] = []
+        for where in dirty:
+            actions += self._request_sync(where, announce=False)
+        return actions
+
+    def on_bucket_state(self, now: float, where: SubfeedOnChannel, bucket_head: bytes | None,
+                        local_count: int, local_head: bytes) -> list[ProviderAction]:
+        """Answer to :class:`ReadBucketState`: upload what the bucket lacks, or finish."""
+        job = self._job(where)
+        plan = plan_bucket_update(local_count, local_head, bucket_head)
+        if not plan.upload:
+            job.move(BucketStep.UP_TO_DATE)
+            job.count = local_count
+            return self._finish(where, job)
+        job.move(BucketStep.UPLOAD)
+        job.count = local_count
+        actions: list[ProviderAction] = []
+        if plan.replaces_bad_head:
+            actions.append(Report(Severity.WARNING,
+                                  f"replacing a bad head of {where.uri} in the {where.channel} bucket"))
+        actions.append(UploadSegments(where, plan.segments, local_count))
+        return actions
+
+    def on_bucket_done(self, now: float, where: SubfeedOnChannel) -> list[ProviderAction]:
+        """The :class:`UploadSegments` succeeded."""
+        job = self._job(where)
+        job.move(BucketStep.DONE)
+        return self._finish(where, job)
+
+    def on_bucket_failed(self, now: float, where: SubfeedOnChannel, detail: str) -> list[ProviderAction]:
+        """Reading or uploading failed (transport): the readers' renewals will re-sync them."""
+        job = self._job(where)
+        job.move(BucketStep.FAILED)
+        job.announce = False
+        return [Report(Severity.INFO, f"bucket update of {where.uri} on {where.channel} failed: {detail}"),
+                *self._finish(where, job)]
+
+    # ------------------------------------------------------------------ internals
+    def _job(self, where: SubfeedOnChannel) -> _BucketJob:
+        job = self._jobs.get(where)
+        if job is None:
+            raise FeedProtocolMisuse(f"no bucket job runs for {where.uri} on {where.channel}")
+        return job
+
+    def _request_sync(self, where: SubfeedOnChannel, *, announce: bool) -> list[ProviderAction]:
+        job = self._jobs.setdefault(where, _BucketJob())
+        job.sync_wanted = True
+        job.announce_wanted |= announce
+        return self._start_next(where, job)
+
+    def _repair(self, now: float, where: SubfeedOnChannel, position: int, count: int,
+                reporter: str) -> list[ProviderAction]:
+        last = self._repaired.get(where)
+        if last is not None and now - last < REPAIR_MIN_INTERVAL_SECONDS:
+            return []
+        self._repaired[where] = now
+        job = self._jobs.setdefault(where, _BucketJob())
+        job.repair_wanted = (position, count)
+        return [Report(Severity.WARNING, f"{reporter[:12]} rejected the {where.channel} bucket's copy "
+                                         f"of {where.uri}: uploading it again from message {position}"),
+                *self._start_next(where, job)]
+
+    def _start_next(self, where: SubfeedOnChannel, job: _BucketJob) -> list[ProviderAction]:
+        if job.state is not BucketJobState.IDLE:
+            return []  # merged into the job after the running one
+        if job.repair_wanted is not None:
+            position, count = job.repair_wanted
+            job.repair_wanted, job.announce, job.count = None, False, count
+            job.move(BucketStep.REPAIR)
+            return [UploadSegments(where, range(position // SEGMENT_SIZE, count // SEGMENT_SIZE), count)]
+        if job.sync_wanted:
+            job.announce = job.announce_wanted
+            job.sync_wanted = job.announce_wanted = False
+            job.move(BucketStep.SYNC)
+            return [ReadBucketState(where)]
+        del self._jobs[where]
+        return []
+
+    def _finish(self, where: SubfeedOnChannel, job: _BucketJob) -> list[ProviderAction]:
+        actions: list[ProviderAction] = []
+        if job.announce and job.count > 0:
+            actions.append(Publish(where.channel,
+                                   SubfeedUploaded(where.feed_id, where.subfeed_hash, job.count)))
+        job.announce = False
+        return actions + self._start_next(where, job)
+
+    def _mark_dirty(self, now: float, where: SubfeedOnChannel) -> None:
+        self._dirty[where] = None
+        if self._flush_at is None:
+            self._flush_at = now + BUCKET_DEBOUNCE_SECONDS
+
+    def _expire(self, now: float) -> None:
+        for where in [w for w, sub in self._subscriptions.items() if sub.expires <= now]:
+            del self._subscriptions[where]
+
+    def _save(self, now: float, wall_now: float) -> SaveSubscriptions:
+        rows = [SavedSubscription(w.channel, w.feed_id, w.subfeed_hash, expires)
+                for w, expires in self._saved.items() if expires > wall_now]
+        rows += [SavedSubscription(w.channel, w.feed_id, w.subfeed_hash, sub.expires - now + wall_now)
+                 for w, sub in self._subscriptions.items() if sub.expires > now]
+        return SaveSubscriptions(tuple(rows))
