@@ -102,6 +102,33 @@ def segments_to_download(local_count: int, head: Head) -> range:
     return range(local_count // SEGMENT_SIZE, head.full_segments)
 
 
+@dataclass(frozen=True)
+class BucketPlan:
+    """What to upload to bring a bucket's copy up to date: nothing, or ``segments`` then the
+    head; ``replaces_bad_head``: the bucket's head claims our count but is not ours."""
+
+    upload: bool
+    segments: range = range(0)
+    replaces_bad_head: bool = False
+
+
+def plan_bucket_update(local_count: int, local_head: bytes, bucket_head: bytes | None) -> BucketPlan:
+    """Compare the local subfeed with the bucket's head (None: missing). An unreadable head
+    counts as an empty bucket; a bucket ahead of us is left alone (another provider has more)."""
+    bucket_count = 0
+    if bucket_head is not None:
+        try:
+            bucket_count = parse_head(bucket_head).count
+        except HeadError:
+            pass
+    if local_count == 0 or local_count < bucket_count:
+        return BucketPlan(upload=False)
+    if local_count == bucket_count and bucket_head == local_head:
+        return BucketPlan(upload=False)
+    return BucketPlan(True, segments_to_upload(local_count, bucket_count),
+                      replaces_bad_head=local_count == bucket_count)
+
+
 class SegmentImporter:
     """Feeds downloaded segments (in order) and then the tail into a subfeed, verifying all.
 

@@ -260,7 +260,7 @@ class PushRange:
 
 @dataclass(frozen=True)
 class ReadBucketState:
-    """Read the bucket's head object (None if missing or unreadable as a head) and the local
+    """Read the bucket's head object (None if there is none) and the local
     count and encoded head at that count; answer ``on_bucket_state`` or ``on_bucket_failed``."""
 
     where: SubfeedOnChannel

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .bucket_layout import SEGMENT_SIZE
-from .feed_bucket import HeadError, parse_head, segments_to_upload
+from .feed_bucket import plan_bucket_update
 from .feed_messages import (
     FeedProtocolMisuse,
     NewSubfeedMessages,
@@ -71,34 +71,6 @@ BUCKET_DEBOUNCE_SECONDS = 0.5
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
 
 Subfeed = tuple[str, str]  # (feed ID, subfeed hash)
-
-
-# ----------------------------------------------------------------------------- bucket plans
-@dataclass(frozen=True)
-class BucketPlan:
-    """What to upload to bring a bucket's copy up to date: nothing, or ``segments`` then the
-    head; ``replaces_bad_head``: the bucket's head claims our count but is not ours."""
-
-    upload: bool
-    segments: range = range(0)
-    replaces_bad_head: bool = False
-
-
-def plan_bucket_update(local_count: int, local_head: bytes, bucket_head: bytes | None) -> BucketPlan:
-    """Compare the local subfeed with the bucket's head (None: missing). An unreadable head
-    counts as an empty bucket; a bucket ahead of us is left alone (another provider has more)."""
-    bucket_count = 0
-    if bucket_head is not None:
-        try:
-            bucket_count = parse_head(bucket_head).count
-        except HeadError:
-            pass
-    if local_count == 0 or local_count < bucket_count:
-        return BucketPlan(upload=False)
-    if local_count == bucket_count and bucket_head == local_head:
-        return BucketPlan(upload=False)
-    return BucketPlan(True, segments_to_upload(local_count, bucket_count),
-                      replaces_bad_head=local_count == bucket_count)
 
 
 class BucketJobState(enum.Enum):

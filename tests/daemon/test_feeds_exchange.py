@@ -1,0 +1,161 @@
+"""The feed exchange's drivers between nodes, over an in-memory channel (tests/daemon/memory_link.py).
+
+Each node has a real feed store, its own node key and a running :class:`FeedExchange`; envelopes
+are really signed and verified, and the bucket is a dict. End-to-end runs with real processes,
+hub, relay and bucket are in tests/network/test_live_feeds.py and test_faults.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+import kachery_feeds as kf
+from kachery_node.daemon.feeds_exchange import FeedExchange
+from kachery_node.daemon.store_changes import ChangeBroadcaster
+from kachery_node.identity import Keypair
+from kachery_node.protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
+from kachery_node.protocol.feed_bucket import parse_head
+from tests.daemon.memory_link import MemoryChannel, MemoryLink
+
+FEED_ROLES = ("request-feeds", "provide-feeds")
+
+
+class FeedLink(MemoryLink):
+    """A :class:`MemoryLink` whose uploads are those of the feed exchange (subfeed heads and
+    segments, with the provide-feeds role)."""
+
+    async def upload(self, path, data, *, progress=None) -> None:
+        self._check_attached()
+        if "provide-feeds" not in self.roles or not path.startswith(f"{self.channel}/feeds/"):
+            raise PermissionError(f"no upload URL for {path} on channel {self.channel}")
+        await anyio.lowlevel.checkpoint()
+        self.hub.bucket[path] = bytes(data)
+        self.hub.uploads.append((self.node_id, path))
+
+    async def upload_many(self, items) -> None:
+        for path, data in items:
+            await self.upload(path, data)
+
+
+class Node:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.store = kf.open_store(root / f"{name}.db")
+        self.keypair = Keypair.generate()
+        self.changes = ChangeBroadcaster(self.store)
+        self.exchange = FeedExchange(self.store, self.changes, root / f"{name}-subscriptions.json")
+        self.link: FeedLink | None = None
+
+    def join(self, channel: MemoryChannel, roles=FEED_ROLES) -> FeedLink:
+        link = self.link = FeedLink(channel, self.keypair, frozenset(roles), self.exchange.on_message)
+        channel.membership[self.keypair.public_hex] = frozenset(roles)
+        channel.links.append(link)
+        return link
+
+    async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.changes.run)
+            await tg.start(self.exchange.run)
+            task_status.started()
+
+    def follow(self, uri: str) -> kf.Subfeed:
+        replica = self.store.load_subfeed(uri)
+        assert self.link is not None
+        self.exchange.follow([self.link], replica.feed_id, replica.subfeed_hash)
+        return replica
+
+
+@asynccontextmanager
+async def network(tmp_path: Path, names: list[str]):
+    nodes = [Node(tmp_path, name) for name in names]
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            await tg.start(node.serve)
+        yield nodes
+        tg.cancel_scope.cancel()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def source_subfeed(node: Node, n: int) -> kf.Subfeed:
+    """A subfeed of ``n`` messages appended in batches of 100: each segment holds signatures."""
+    source = node.store.create_feed().load_subfeed("log")
+    for start in range(0, n, 100):
+        source.append_messages([{"i": i} for i in range(start, min(start + 100, n))])
+    return source
+
+
+@pytest.mark.trio
+async def test_a_follower_catches_up_through_the_bucket_then_live(tmp_path):
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 2500)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 2500)
+        head = subfeed_head_path("lab", source.feed_id, source.subfeed_hash)
+        assert head in ch.bucket  # far behind: served through two segments and a head
+        assert subfeed_segment_path("lab", source.feed_id, source.subfeed_hash, 1) in ch.bucket
+        for i in range(3):
+            source.append_message({"live": i})
+            await wait_until(lambda i=i: replica.get_num_local_messages() == 2501 + i)
+        assert replica.get_messages(2500) == [{"live": i} for i in range(3)]
+        pushes = [b for _s, band, b in ch.published if b["type"] == "newSubfeedMessages"]
+        assert [len(b["messages"]) for b in pushes] == [1, 1, 1]
+        assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_a_tampered_segment_is_rejected_and_rewritten_by_the_provider(tmp_path):
+    """Segment 0 holds signed messages, so the bad one fails inside the segment import (not in
+    the tail): the reader still says bucket_rejected, and the provider rewrites the segment."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob", "carol"]) as (alice, bob, carol):
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 1300)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 1300)
+        path = subfeed_segment_path("lab", source.feed_id, source.subfeed_hash, 0)
+        good = ch.bucket[path]
+        assert good.count(b'{"i":7}') == 1
+        ch.bucket[path] = good.replace(b'{"i":7}', b'{"i":8}')
+
+        carol.join(ch, ["request-feeds"])
+        copy = carol.follow(source.uri)
+        await wait_until(lambda: copy.get_num_local_messages() == 1300)
+        assert copy.get_messages() == source.get_messages()
+        assert ch.bucket[path] == good
+        rejected = [b for s, band, b in ch.published
+                    if s == carol.keypair.public_hex and b.get("bucket_rejected")]
+        assert len(rejected) == 1
+        assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_a_gap_sends_the_reader_back_to_the_bucket(tmp_path):
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)
+        link = bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 10)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 10)
+        link.detach()  # bob misses the next pushes
+        source.append_messages([{"i": i} for i in range(10, 15)])
+        head = subfeed_head_path("lab", source.feed_id, source.subfeed_hash)
+        await wait_until(lambda: head in ch.bucket and parse_head(ch.bucket[head]).count == 15)
+        link.attached = True
+        source.append_message({"i": 15})  # pushed alone: starts past bob's end
+        await wait_until(lambda: replica.get_num_local_messages() == 16)
+        assert replica.get_messages() == source.get_messages()

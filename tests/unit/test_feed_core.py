@@ -1,0 +1,522 @@
+"""The feed flow's pure core (protocol/feed_messages.py, feed_follower.py, feed_provider.py):
+event sequences replayed with a fake clock (plain floats), asserting on the actions returned.
+No sockets, no processes, no store, no sleeping."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update
+from kachery_node.protocol.feed_follower import (
+    CATCH_UP_TIMEOUT_SECONDS,
+    REJECTED_RETRY_SECONDS,
+    RENEW_SECONDS,
+    TRANSITIONS,
+    CatchUpFailure,
+    FeedFollower,
+    FollowerState,
+    InlineOutcome,
+)
+from kachery_node.protocol.feed_messages import (
+    FeedProtocolMisuse,
+    GiveUp,
+    ImportFromBucket,
+    MalformedFeedMessage,
+    NewSubfeedMessages,
+    Publish,
+    PushRange,
+    ReadBucketState,
+    ReadHead,
+    Report,
+    SavedSubscription,
+    SaveSubscriptions,
+    Severity,
+    SubfeedOnChannel,
+    SubfeedUploaded,
+    SubscribeToSubfeed,
+    UploadSegments,
+    parse,
+)
+from kachery_node.protocol.feed_provider import (
+    BUCKET_DEBOUNCE_SECONDS,
+    INLINE_MAX_BYTES,
+    INLINE_MAX_MESSAGES,
+    REPAIR_MIN_INTERVAL_SECONDS,
+    SUBSCRIPTION_TTL_SECONDS,
+    FeedProvider,
+    InlineSplitter,
+    TooBigToPush,
+)
+
+FEED, SUB = "ab" * 32, "cd" * 20
+HERE = SubfeedOnChannel("lab", FEED, SUB)
+READER = "e1" * 32
+T0, WALL0 = 1000.0, 1_700_000_000.0
+
+
+def lines(n: int, *, signed_every: int = 1) -> list[bytes]:
+    """Stand-in wire lines: message i is signed (no trailing TAB) if (i+1) % signed_every == 0."""
+    return [b'{"n":%d}' % i + (b"" if (i + 1) % signed_every == 0 else b"\t") for i in range(n)]
+
+
+def head(count: int) -> bytes:
+    return encode_head(count, lines(count % 1000))
+
+
+def of(kind, actions):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def published(actions):
+    return [a.message for a in of(Publish, actions)]
+
+
+# ============================================================================ messages
+def test_messages_round_trip_through_their_bodies():
+    sub = SubscribeToSubfeed(FEED, SUB, 12, bucket_rejected=True)
+    push = NewSubfeedMessages(FEED, SUB, tuple(lines(3)))
+    uploaded = SubfeedUploaded(FEED, SUB, 2500)
+    assert sub.to_body() == {"type": "subscribeToSubfeed", "feed_id": FEED, "subfeed_hash": SUB,
+                             "position": 12, "bucket_rejected": True}
+    assert "bucket_rejected" not in SubscribeToSubfeed(FEED, SUB, 0).to_body()
+    for message in (sub, push, uploaded):
+        envelope = {**message.to_body(), "channel": "lab", "band": message.band, "time_ms": 1,
+                    "nonce": "x" * 24}
+        assert parse(message.band, envelope) == message  # the envelope's own fields are ignored
+    assert push.to_body()["messages"] == [line.decode() for line in push.lines]
+    assert push.body_size() == len(orjson.dumps(push.to_body()))
+    upper = parse("request-feeds", {**sub.to_body(), "feed_id": FEED.upper()})
+    assert upper.feed_id == FEED
+
+
+@pytest.mark.parametrize("band, change", [
+    ("provide-feeds", {}),  # a subscription on the provider's band
+    ("request-feeds", {"type": "newSubfeedMessages"}),
+    ("request-feeds", {"type": "requestFile"}),
+    ("request-files", {}),
+    ("request-feeds", {"feed_id": "ab" * 31}),
+    ("request-feeds", {"feed_id": None}),
+    ("request-feeds", {"subfeed_hash": "xyz"}),
+    ("request-feeds", {"subfeed_hash": 7}),
+    ("request-feeds", {"position": -1}),
+    ("request-feeds", {"position": 1.0}),
+    ("request-feeds", {"position": True}),
+    ("request-feeds", {"position": 2**53}),
+    ("request-feeds", {"position": None}),
+    ("request-feeds", {"bucket_rejected": 1}),
+    ("request-feeds", {"bucket_rejected": "yes"}),
+])
+def test_malformed_subscriptions_are_the_peers_fault(band, change):
+    body = {**SubscribeToSubfeed(FEED, SUB, 3).to_body(), **change}
+    with pytest.raises(MalformedFeedMessage):
+        parse(band, body)
+
+
+@pytest.mark.parametrize("change", [
+    {"messages": []}, {"messages": "line"}, {"messages": [1, 2]}, {"messages": None},
+    {"messages": ["\ud800"]},  # a lone surrogate has no UTF-8 form
+    {"type": "subfeedUploaded", "count": -3}, {"type": "subfeedUploaded", "count": "3"},
+])
+def test_malformed_provider_messages_are_the_peers_fault(change):
+    body = {**NewSubfeedMessages(FEED, SUB, (b"x",)).to_body(), **change}
+    if body["type"] == "subfeedUploaded":
+        del body["messages"]
+    with pytest.raises(MalformedFeedMessage):
+        parse("provide-feeds", body)
+
+
+# ============================================================================ follower
+def subscribed_follower(local_count: int = 0) -> FeedFollower:
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    f.on_head(T0, None, local_count)
+    assert f.state is FollowerState.SUBSCRIBED
+    return f
+
+
+def test_follower_without_the_role_gives_up_and_stays_quiet():
+    f = FeedFollower(HERE)
+    actions = f.start(T0, may_request=False)
+    assert of(GiveUp, actions) == [GiveUp(HERE, "this node lacks the request-feeds role")]
+    assert "request-feeds" in of(Report, actions)[0].text
+    assert f.state is FollowerState.STOPPED and f.next_deadline() is None
+    assert f.on_nudge(T0) == [] and f.on_timer(T0 + 1e6) == []
+    assert f.on_subfeed_uploaded(T0, SubfeedUploaded(FEED, SUB, 9), 0) == []
+
+
+def test_follower_reads_the_head_then_subscribes_and_renews():
+    f = FeedFollower(HERE)
+    assert f.start(T0, may_request=True) == [ReadHead(HERE, T0 + CATCH_UP_TIMEOUT_SECONDS)]
+    assert f.next_deadline() is None  # waiting for the driver, who enforces the read's deadline
+    # No head in the bucket: nothing was published yet.
+    assert f.on_head(T0 + 0.1, None, 0) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 0))]
+    assert f.next_deadline() == T0 + 0.1 + RENEW_SECONDS
+    assert f.on_timer(T0 + RENEW_SECONDS) == []  # early: nothing
+    renewal = T0 + 0.1 + RENEW_SECONDS
+    assert f.on_timer(renewal) == [ReadHead(HERE, renewal + CATCH_UP_TIMEOUT_SECONDS)]
+    # Pushes arrived meanwhile: the renewal carries the store's count.
+    assert published(f.on_head(T0 + 21, head(40), 40)) == [SubscribeToSubfeed(FEED, SUB, 40)]
+
+
+def test_follower_behind_the_bucket_imports_its_missing_segments_and_tail():
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    [action] = f.on_head(T0, head(2500), 1200)
+    assert isinstance(action, ImportFromBucket)
+    assert action.segments == range(1, 2) and len(action.tail) == 500
+    assert action.deadline == T0 + CATCH_UP_TIMEOUT_SECONDS and f.state is FollowerState.IMPORTING
+    actions = f.on_imported(T0 + 3, 1300, 2500)
+    assert "imported 1300 messages" in of(Report, actions)[0].text
+    assert published(actions) == [SubscribeToSubfeed(FEED, SUB, 2500)]
+
+
+def test_follower_ahead_of_the_bucket_subscribes_at_once():
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    assert published(f.on_head(T0, head(300), 300)) == [SubscribeToSubfeed(FEED, SUB, 300)]
+
+
+@pytest.mark.parametrize("how", ["malformed head", "rejected import"])
+def test_rejected_bucket_data_pauses_then_asks_providers_for_a_new_copy(how):
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    if how == "malformed head":
+        actions = f.on_head(T0, b'{"v":1,"count":5}', 0)
+    else:
+        f.on_head(T0, head(1300), 0)
+        actions = f.on_catch_up_failed(T0, CatchUpFailure.REJECTED, 0, "bad signature")
+    assert [r.severity for r in actions] == [Severity.WARNING] and "rejected bucket data" in actions[0].text
+    assert f.state is FollowerState.BACKING_OFF
+    assert f.next_deadline() == T0 + REJECTED_RETRY_SECONDS
+    assert f.on_nudge(T0 + 0.5) == [] and f.on_timer(T0 + 0.5) == []  # no spinning
+    actions = f.on_timer(T0 + REJECTED_RETRY_SECONDS)
+    assert published(actions)[0] == SubscribeToSubfeed(FEED, SUB, 0, bucket_rejected=True)
+    assert of(ReadHead, actions)  # the nudge during the pause was kept
+    # The flag goes with one subscription only.
+    assert published(f.on_head(T0 + 2, None, 0)) == [SubscribeToSubfeed(FEED, SUB, 0)]
+
+
+@pytest.mark.parametrize("failure, severity", [
+    (CatchUpFailure.FORK, Severity.ERROR),
+    (CatchUpFailure.TIMED_OUT, Severity.WARNING),
+    (CatchUpFailure.UNREACHABLE, Severity.INFO),
+])
+def test_other_catch_up_failures_subscribe_anyway_and_retry_at_the_renewal(failure, severity):
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    f.on_head(T0, head(2500), 0)
+    actions = f.on_catch_up_failed(T0 + 60, failure, 1000, "detail")
+    assert of(Report, actions)[0].severity is severity
+    assert published(actions) == [SubscribeToSubfeed(FEED, SUB, 1000)]
+    assert f.next_deadline() == T0 + 60 + RENEW_SECONDS
+
+
+def test_a_nudge_during_a_catch_up_starts_one_more_after_it_and_no_nudge_doubles_up():
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    assert f.on_nudge(T0) == [] and f.on_nudge(T0) == []  # reading the head: remembered once
+    actions = f.on_head(T0 + 1, None, 0)
+    assert [type(a) for a in actions] == [Publish, ReadHead]
+    assert published(f.on_head(T0 + 2, None, 0)) == [SubscribeToSubfeed(FEED, SUB, 0)]
+    assert f.state is FollowerState.SUBSCRIBED  # no third catch-up
+
+
+def test_nudges_reconnects_announcements_and_gaps_catch_up_now():
+    f = subscribed_follower(10)
+    assert f.on_nudge(T0 + 1) == [ReadHead(HERE, T0 + 1 + CATCH_UP_TIMEOUT_SECONDS)]
+    f.on_head(T0 + 1, None, 10)
+    # An announcement of what we already hold changes nothing; of more, catches up.
+    assert f.on_subfeed_uploaded(T0 + 2, SubfeedUploaded(FEED, SUB, 10), 10) == []
+    assert of(ReadHead, f.on_subfeed_uploaded(T0 + 2, SubfeedUploaded(FEED, SUB, 11), 10))
+    f.on_head(T0 + 2, head(11), 11)
+    # A push that does not chain onto the local end sends us back to the bucket.
+    assert f.on_new_messages(T0 + 3, InlineOutcome.STORED, READER) == []
+    assert of(ReadHead, f.on_new_messages(T0 + 3, InlineOutcome.GAP, READER))
+
+
+def test_bad_inline_pushes_are_reported_not_raised():
+    f = subscribed_follower()
+    [fork] = f.on_new_messages(T0, InlineOutcome.FORK, READER, "two messages 4")
+    [bad] = f.on_new_messages(T0, InlineOutcome.REJECTED, READER, "bad signature")
+    assert fork.severity is Severity.ERROR and "FORK" in fork.text and READER[:12] in fork.text
+    assert bad.severity is Severity.WARNING and "rejected messages" in bad.text
+    assert f.state is FollowerState.SUBSCRIBED
+
+
+def test_driving_a_follower_wrongly_is_our_fault():
+    f = FeedFollower(HERE)
+    with pytest.raises(FeedProtocolMisuse):
+        f.on_head(T0, None, 0)  # no ReadHead was asked for
+    f.start(T0, may_request=True)
+    with pytest.raises(FeedProtocolMisuse):
+        f.start(T0, may_request=True)
+    with pytest.raises(FeedProtocolMisuse):
+        f.on_imported(T0, 0, 0)  # reading the head, not importing
+    f.on_head(T0, None, 0)
+    with pytest.raises(FeedProtocolMisuse):
+        f.on_catch_up_failed(T0, CatchUpFailure.TIMED_OUT, 0)
+
+
+def test_every_transition_of_the_table_happens():
+    """Walk a follower through every row of TRANSITIONS (none is dead)."""
+    seen = set()
+
+    def track(f, call):
+        before = f.state
+        call()
+        seen.add((before, f.state))
+
+    a = FeedFollower(HERE)
+    track(a, lambda: a.start(T0, may_request=False))
+    b = FeedFollower(HERE)
+    track(b, lambda: b.start(T0, may_request=True))
+    track(b, lambda: b.on_head(T0, None, 0))  # nothing new
+    track(b, lambda: b.on_nudge(T0))
+    track(b, lambda: b.on_head(T0, head(5), 0))  # behind
+    track(b, lambda: b.on_imported(T0, 5, 5))
+    b.on_nudge(T0)
+    track(b, lambda: b.on_catch_up_failed(T0, CatchUpFailure.UNREACHABLE, 5))
+    b.on_nudge(T0)
+    track(b, lambda: b.on_head(T0, b"garbage", 5))  # rejected while reading
+    track(b, lambda: b.on_timer(T0 + REJECTED_RETRY_SECONDS))
+    b.on_nudge(T0 + 2)
+    b.on_head(T0 + 2, head(9), 5)
+    track(b, lambda: b.on_catch_up_failed(T0 + 2, CatchUpFailure.REJECTED, 5))
+    b.on_timer(T0 + 4)
+    b.on_nudge(T0 + 4)
+    b.on_head(T0 + 4, head(9), 5)
+    track(b, lambda: b.on_catch_up_failed(T0 + 4, CatchUpFailure.TIMED_OUT, 5))
+    assert {(s, t) for (s, _step), t in TRANSITIONS.items()} <= seen
+
+
+# ============================================================================ provider
+def subscribe(p: FeedProvider, now: float, position: int, count: int, *, rejected=False, owns=True,
+              allowed=True, may_provide=True, channel="lab", wall=None):
+    message = SubscribeToSubfeed(FEED, SUB, position, bucket_rejected=rejected)
+    return p.on_subscribe(now, WALL0 + (now - T0) if wall is None else wall, channel, READER, message,
+                          may_provide=may_provide, sender_allowed=allowed, local_count=count,
+                          owns_feed=owns)
+
+
+def finish_sync(p: FeedProvider, now: float, count: int, bucket_head: bytes | None = None,
+                where: SubfeedOnChannel = HERE):
+    """Answer a ReadBucketState and the UploadSegments it leads to; returns all actions."""
+    actions = p.on_bucket_state(now, where, bucket_head, count, head(count))
+    if of(UploadSegments, actions):
+        actions += p.on_bucket_done(now, where)
+    return actions
+
+
+def test_subscriptions_need_the_provide_role_and_an_allowed_sender():
+    p = FeedProvider()
+    assert subscribe(p, T0, 0, 5, may_provide=False) == []
+    [report] = subscribe(p, T0, 0, 5, allowed=False)
+    assert "not allowed to request feeds on lab" in report.text
+    assert p.subscriptions(T0) == [] and p.next_deadline() is None
+
+
+def test_a_reader_slightly_behind_gets_the_messages_inline_and_then_every_new_one():
+    p = FeedProvider()
+    actions = subscribe(p, T0, 3, 10)
+    assert of(PushRange, actions) == [PushRange(HERE, 3, 10)]
+    [save] = of(SaveSubscriptions, actions)
+    assert save.rows == (SavedSubscription("lab", FEED, SUB, WALL0 + SUBSCRIPTION_TTL_SECONDS),)
+    assert not of(ReadBucketState, actions)  # inline, not through the bucket
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 10}) == []
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 12}) == [PushRange(HERE, 10, 12)]
+    assert p.on_local_counts(T0 + 2, {(FEED, SUB): 12}) == []
+    assert p.subfeeds() == {(FEED, SUB)}
+
+
+def test_a_reader_far_behind_is_served_through_the_bucket_and_told_so():
+    p = FeedProvider()
+    actions = subscribe(p, T0, 0, INLINE_MAX_MESSAGES + 1)
+    assert not of(PushRange, actions) and of(ReadBucketState, actions) == [ReadBucketState(HERE)]
+    assert subscribe(p, T0, 200, 201) == [of(SaveSubscriptions, subscribe(p, T0, 200, 201))[0],
+                                          PushRange(HERE, 200, 201)]
+    p2 = FeedProvider()
+    subscribe(p2, T0, 0, 2500)
+    [upload] = p2.on_bucket_state(T0, HERE, None, 2500, head(2500))
+    assert upload == UploadSegments(HERE, range(0, 2), 2500)
+    assert published(p2.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 2500)]
+
+
+def test_a_reader_that_is_up_to_date_gets_nothing_but_a_renewed_subscription():
+    p = FeedProvider()
+    actions = subscribe(p, T0, 10, 10)
+    assert [type(a) for a in actions] == [SaveSubscriptions]
+
+
+def test_a_replica_with_nothing_keeps_no_subscription_but_the_owner_does():
+    replica = FeedProvider()
+    assert subscribe(replica, T0, 0, 0, owns=False) == [] and replica.subscriptions(T0) == []
+    owner = FeedProvider()
+    assert of(SaveSubscriptions, subscribe(owner, T0, 0, 0, owns=True))
+    assert owner.on_local_counts(T0 + 5, {(FEED, SUB): 1}) == [PushRange(HERE, 0, 1)]
+
+
+def test_subscriptions_expire_unless_renewed():
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    assert p.next_deadline() == T0 + BUCKET_DEBOUNCE_SECONDS
+    subscribe(p, T0 + 50, 5, 5)  # renewal
+    assert p.on_local_counts(T0 + 100, {(FEED, SUB): 6}) == [PushRange(HERE, 5, 6)]
+    assert p.on_local_counts(T0 + 50 + SUBSCRIPTION_TTL_SECONDS, {(FEED, SUB): 7}) == []
+    assert p.subscriptions(T0 + 111) == [] and p.subfeeds() == set()
+
+
+def test_bucket_updates_are_debounced_and_merged():
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    p.on_local_counts(T0 + 0.1, {(FEED, SUB): 6})
+    p.on_local_counts(T0 + 0.2, {(FEED, SUB): 7})
+    assert p.next_deadline() == T0 + BUCKET_DEBOUNCE_SECONDS
+    assert p.on_timer(T0 + 0.4) == []
+    assert p.on_timer(T0 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]  # one, for all three
+    assert p.on_timer(T0 + 1) == []
+    # While that job runs, more changes: the next job waits for it, and is only one.
+    p.on_local_counts(T0 + 1.1, {(FEED, SUB): 8})
+    assert p.on_timer(T0 + 1.6) == []  # due, but merged into the running job's successor
+    p.on_local_counts(T0 + 1.7, {(FEED, SUB): 9})
+    [upload] = p.on_bucket_state(T0 + 1.8, HERE, head(5), 7, head(7))
+    assert upload == UploadSegments(HERE, range(0, 0), 7)
+    assert p.on_bucket_done(T0 + 1.9, HERE) == [ReadBucketState(HERE)]  # no announce: nobody asked
+    assert p.on_timer(T0 + 2.2) == []  # the change at 1.7: queued behind the running job
+    assert finish_sync(p, T0 + 2.3, 9, head(7)) == [UploadSegments(HERE, range(0, 0), 9),
+                                                    ReadBucketState(HERE)]
+    assert finish_sync(p, T0 + 2.4, 9, head(9)) == []  # up to date; no announce: nobody asked
+    assert p.next_deadline() == T0 + SUBSCRIPTION_TTL_SECONDS  # nothing left but the expiry
+
+
+def test_an_announcement_asked_for_during_a_job_comes_after_the_next_one():
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]
+    assert not of(ReadBucketState, p.on_connected(T0 + 1.1, WALL0, "lab", {(FEED, SUB): 5}))
+    assert finish_sync(p, T0 + 1.2, 5, head(5)) == [ReadBucketState(HERE)]
+    assert published(finish_sync(p, T0 + 1.3, 5, head(5))) == [SubfeedUploaded(FEED, SUB, 5)]
+
+
+@pytest.mark.parametrize("local, bucket, upload, segments, bad_head", [
+    (0, None, False, None, False),  # nothing to provide
+    (2500, None, True, range(0, 2), False),  # empty bucket
+    (2500, 1500, True, range(1, 2), False),  # behind by a segment and a tail
+    (2500, 2400, True, range(2, 2), False),  # only the head
+    (2500, 2600, False, None, False),  # the bucket is ahead (another provider has more)
+    (2500, 2500, False, None, False),  # the same head
+    (2500, "tampered", True, range(2, 2), True),  # our count, other bytes: replaced
+    (2500, "garbage", True, range(0, 2), False),  # unreadable: as if empty
+])
+def test_which_segments_and_heads_are_uploaded(local, bucket, upload, segments, bad_head):
+    if bucket == "tampered":
+        bucket_head = encode_head(2500, [b"{}"] * 500)
+    elif bucket == "garbage":
+        bucket_head = b"not json"
+    else:
+        bucket_head = None if bucket is None else head(bucket)
+    plan = plan_bucket_update(local, head(local), bucket_head)
+    assert plan.upload is upload and plan.replaces_bad_head is bad_head
+    if upload:
+        assert plan.segments == segments
+    p = FeedProvider()
+    subscribe(p, T0, 0, 300)  # far enough behind to announce
+    actions = p.on_bucket_state(T0, HERE, bucket_head, local, head(local))
+    assert bool(of(UploadSegments, actions)) is upload
+    assert any("replacing a bad head" in r.text for r in of(Report, actions)) is bad_head
+    if not upload:  # done at once, announcing what we hold (if anything)
+        assert published(actions) == ([SubfeedUploaded(FEED, SUB, local)] if local else [])
+
+
+def test_a_rejected_bucket_copy_is_rewritten_at_most_once_per_interval():
+    p = FeedProvider()
+    actions = subscribe(p, T0, 1200, 3500, rejected=True)
+    [warning] = [r for r in of(Report, actions) if r.severity is Severity.WARNING]
+    assert "rejected the lab bucket's copy" in warning.text and "from message 1200" in warning.text
+    # Segments from the reader's position and the head, whatever the bucket says: no head read.
+    assert of(UploadSegments, actions) == [UploadSegments(HERE, range(1, 3), 3500)]
+    assert not of(ReadBucketState, actions)
+    # The reader is far behind, so then the usual update and announcement follow.
+    assert p.on_bucket_done(T0 + 1, HERE) == [ReadBucketState(HERE)]
+    assert published(finish_sync(p, T0 + 1, 3500, head(3500))) == [SubfeedUploaded(FEED, SUB, 3500)]
+    # Rejected again within the interval: no second rewrite (only the update, which finds it fine).
+    assert of(UploadSegments, subscribe(p, T0 + 5, 3400, 3500, rejected=True)) == []
+    assert p.on_timer(T0 + 9) == [ReadBucketState(HERE)]  # the debounce
+    finish_sync(p, T0 + 9, 3500, head(3500))
+    again = subscribe(p, T0 + REPAIR_MIN_INTERVAL_SECONDS, 3400, 3500, rejected=True)
+    assert of(UploadSegments, again) == [UploadSegments(HERE, range(3, 3), 3500)]
+    assert of(PushRange, again) == [PushRange(HERE, 3400, 3500)]
+    # A reader that holds everything we have cannot have rejected anything of ours.
+    assert not of(UploadSegments, subscribe(FeedProvider(), T0, 3500, 3500, rejected=True))
+
+
+def test_a_reconnected_channel_gets_its_bucket_copies_and_announcements():
+    p = FeedProvider()
+    other = SubfeedOnChannel("elsewhere", FEED, SUB)
+    subscribe(p, T0, 5, 5)
+    subscribe(p, T0, 5, 5, channel="elsewhere")
+    empty = SubscribeToSubfeed(FEED, "ef" * 20, 0)
+    p.on_subscribe(T0, WALL0, "lab", READER, empty, may_provide=True, sender_allowed=True,
+                   local_count=0, owns_feed=True)
+    assert p.subfeeds("lab") == {(FEED, SUB), (FEED, "ef" * 20)}
+    actions = p.on_connected(T0 + 1, WALL0 + 1, "lab", {(FEED, SUB): 8, (FEED, "ef" * 20): 0})
+    assert actions == [ReadBucketState(HERE)]  # not the empty subfeed, not the other channel
+    assert published(finish_sync(p, T0 + 2, 8)) == [SubfeedUploaded(FEED, SUB, 8)]
+    assert p.on_local_counts(T0 + 3, {(FEED, SUB): 8}) == [PushRange(other, 5, 8)]  # lab has 8 already
+
+
+def test_saved_subscriptions_are_taken_up_when_their_channel_connects():
+    fresh = SavedSubscription("lab", FEED, SUB, WALL0 + 30)
+    stale = SavedSubscription("lab", FEED, "ef" * 20, WALL0 - 1)
+    later = SavedSubscription("elsewhere", FEED, SUB, WALL0 + 40)
+    p = FeedProvider([fresh, stale, later])
+    assert p.subfeeds() == set()  # nothing live before a channel connects
+    assert p.subfeeds("lab") == {(FEED, SUB), (FEED, "ef" * 20)}
+    actions = p.on_connected(T0, WALL0, "lab", {(FEED, SUB): 7, (FEED, "ef" * 20): 3})
+    assert actions == [ReadBucketState(HERE)]
+    assert p.subscriptions(T0) == [HERE]
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 9}) == [PushRange(HERE, 7, 9)]
+    assert p.on_local_counts(T0 + 30, {(FEED, SUB): 10}) == []  # expired when saved said so
+    # Rows not yet taken up are saved again, with their own expiries; live ones in wall time.
+    [save] = of(SaveSubscriptions, subscribe(p, T0 + 31, 10, 10, wall=WALL0 + 31))
+    renewed = SavedSubscription("lab", FEED, SUB, WALL0 + 31 + SUBSCRIPTION_TTL_SECONDS)
+    assert set(save.rows) == {later, renewed}
+
+
+def test_a_failed_bucket_job_is_reported_and_announces_nothing():
+    p = FeedProvider()
+    subscribe(p, T0, 0, 300)
+    [report] = p.on_bucket_failed(T0 + 1, HERE, "ConnectError: refused")
+    assert report.severity is Severity.INFO and "refused" in report.text
+    assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]  # the debounced update still comes
+    with pytest.raises(FeedProtocolMisuse):
+        p.on_bucket_done(T0 + 2, HERE)  # reading, not uploading
+    finish_sync(p, T0 + 2, 300)
+    with pytest.raises(FeedProtocolMisuse):
+        p.on_bucket_done(T0 + 3, HERE)  # no job at all
+
+
+def test_inline_pushes_are_cut_after_signed_messages_within_the_limits():
+    s = InlineSplitter(FEED, SUB)
+    pieces = s.add(lines(450)) + s.finish()
+    assert [len(p.lines) for p in pieces] == [200, 200, 50]
+    assert b"".join(b"".join(p.lines) for p in pieces) == b"".join(lines(450))
+    # Only every 150th message is signed: a piece runs on to the next signature.
+    s = InlineSplitter(FEED, SUB)
+    pieces = s.add(lines(300, signed_every=150)[:170]) + s.add(lines(300, signed_every=150)[170:])
+    assert [len(p.lines) for p in pieces + s.finish()] == [300]
+    # Bytes: pieces of about INLINE_MAX_BYTES.
+    big = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 1000) for i in range(100)]
+    pieces = InlineSplitter(FEED, SUB).add(big)
+    assert all(sum(map(len, p.lines)) >= INLINE_MAX_BYTES for p in pieces)
+    assert all(sum(map(len, p.lines)) < INLINE_MAX_BYTES + 1100 for p in pieces)
+
+
+def test_a_piece_too_big_for_pub_sub_goes_through_the_bucket():
+    s = InlineSplitter(FEED, SUB)
+    assert s.add([b'{"n":0,"pad":"%s"}' % (b"x" * 60_000)]) == [TooBigToPush(1)]
+    p = FeedProvider()
+    subscribe(p, T0, 0, 1)
+    actions = p.on_push_oversized(T0, HERE)
+    assert of(ReadBucketState, actions) == [ReadBucketState(HERE)]
+    assert published(finish_sync(p, T0, 1)) == [SubfeedUploaded(FEED, SUB, 1)]
