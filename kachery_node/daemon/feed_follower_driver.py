@@ -147,7 +147,7 @@ class FollowerDriver:
 
     async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
         """Do ``action``; returns what the follower answers to its outcome."""
-        follower, link, subfeed = conversation.follower, conversation.link, conversation.subfeed
+        link = conversation.link
         if isinstance(action, Report):
             log.log(action.severity, "%s", action.text)
         elif isinstance(action, Publish):
@@ -157,27 +157,39 @@ class FollowerDriver:
                 log.info("publishing %s on %s failed (%s); retrying later",
                          type(action.message).__name__, link.channel, exc)
         elif isinstance(action, ReadHead | ImportFromBucket):
-            failure, detail = CatchUpFailure.TIMED_OUT, ""
-            with anyio.CancelScope(deadline=action.deadline):
-                try:
-                    if isinstance(action, ReadHead):
-                        head = await _read_head(link, action.where)
-                        count = subfeed.get_num_local_messages()
-                        return follower.on_head(anyio.current_time(), head, count)
-                    added = await _import_from_bucket(link, subfeed, action)
-                    count = subfeed.get_num_local_messages()
-                    return follower.on_imported(anyio.current_time(), added, count)
-                except kf.ForkError as exc:
-                    failure, detail = CatchUpFailure.FORK, str(exc)
-                except (kf.VerificationError, kf.MissingMessagesError) as exc:
-                    failure, detail = CatchUpFailure.REJECTED, str(exc)
-                except Exception as exc:  # transport errors (a missing segment among them)
-                    failure, detail = CatchUpFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}"
-            count = subfeed.get_num_local_messages()
-            return follower.on_catch_up_failed(anyio.current_time(), failure, count, detail)
+            return await self._catch_up_step(conversation, action)
         else:
             raise AssertionError(f"unexpected follower action {action!r}")
         return []
+
+    async def _catch_up_step(self, conversation: _Conversation,
+                             action: ReadHead | ImportFromBucket) -> list[FollowerAction]:
+        """Read the head, or import segments and tail, by the action's deadline; the I/O's
+        outcome goes to the follower (whose own mistakes are not caught here)."""
+        link, subfeed = conversation.link, conversation.subfeed
+        failure, detail = None, ""
+        head: bytes | None = None
+        added = 0
+        with anyio.CancelScope(deadline=action.deadline) as scope:
+            try:
+                if isinstance(action, ReadHead):
+                    head = await _read_head(link, action.where)
+                else:
+                    added = await _import_from_bucket(link, subfeed, action)
+            except kf.ForkError as exc:
+                failure, detail = CatchUpFailure.FORK, str(exc)
+            except (kf.VerificationError, kf.MissingMessagesError) as exc:
+                failure, detail = CatchUpFailure.REJECTED, str(exc)
+            except Exception as exc:  # transport errors (a missing segment among them)
+                failure, detail = CatchUpFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}"
+        if scope.cancelled_caught:
+            failure = CatchUpFailure.TIMED_OUT
+        follower, now, count = conversation.follower, anyio.current_time(), subfeed.get_num_local_messages()
+        if failure is not None:
+            return follower.on_catch_up_failed(now, failure, count, detail)
+        if isinstance(action, ReadHead):
+            return follower.on_head(now, head, count)
+        return follower.on_imported(now, added, count)
 
 
 async def _read_head(link: ChannelLink, where: SubfeedOnChannel) -> bytes | None:

@@ -91,6 +91,10 @@ TRANSITIONS: dict[tuple[FollowerState, Step], FollowerState] = {
 }
 
 
+#: States in which a nudge waits for the catch-up (or pause) under way to end.
+_BUSY = frozenset({FollowerState.READING_HEAD, FollowerState.IMPORTING, FollowerState.BACKING_OFF})
+
+
 class CatchUpFailure(enum.Enum):
     """Why reading or importing the bucket's copy did not finish."""
 
@@ -195,8 +199,8 @@ class FeedFollower:
         """Catch up now rather than at the renewal (after a reconnect, or a gap)."""
         if self.state is FollowerState.SUBSCRIBED:
             return self._catch_up(now, Step.CATCH_UP_DUE)
-        if self.state is not FollowerState.STOPPED:
-            self._nudged = True
+        if self.state in _BUSY:
+            self._nudged = True  # NEW: start() catches up anyway; STOPPED: nothing to do
         return []
 
     def on_subfeed_uploaded(self, now: float, message: SubfeedUploaded,

@@ -222,6 +222,13 @@ def test_a_nudge_during_a_catch_up_starts_one_more_after_it_and_no_nudge_doubles
     assert f.state is FollowerState.SUBSCRIBED  # no third catch-up
 
 
+def test_a_nudge_before_the_start_adds_nothing_to_its_catch_up():
+    f = FeedFollower(HERE)
+    assert f.on_nudge(T0) == []  # the channel connected as the follower was made
+    f.start(T0, may_request=True)
+    assert [type(a) for a in f.on_head(T0, None, 0)] == [Publish]
+
+
 def test_nudges_reconnects_announcements_and_gaps_catch_up_now():
     f = subscribed_follower(10)
     assert f.on_nudge(T0 + 1) == [ReadHead(HERE, T0 + 1 + CATCH_UP_TIMEOUT_SECONDS)]
