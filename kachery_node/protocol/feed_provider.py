@@ -12,8 +12,8 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   pushed inline to every live subscription, cut by :class:`InlineSplitter` into pieces of at
   most :data:`INLINE_MAX_BYTES` or :data:`INLINE_MAX_MESSAGES`, each ending at a signed message
   so it verifies alone; a piece that cannot be cut small enough goes, with the rest of its
-  range, through the bucket instead (``on_push_oversized``). The bucket is brought up to date for later readers, debounced by
-  :data:`BUCKET_DEBOUNCE_SECONDS`.
+  range, through the bucket instead (``on_push_oversized``). The bucket is brought up to date
+  for later readers, debounced by :data:`BUCKET_DEBOUNCE_SECONDS`.
 * A *bucket job* (one per subfeed and channel, never two at once) reads the bucket's head and
   uploads the full segments the bucket lacks, then the head, so the head never points past its
   segments (:func:`plan_bucket_update`). A head that claims our count but differs from ours
