@@ -294,26 +294,44 @@ class Storage:
 
         ``read_sha1``: the file's SHA-1 as the caller already computed it by reading the file
         itself (the daemon does while the chunks arrive); it is then not read again."""
-        path = Path(path).absolute()
-        if self.directory / "tmp" not in path.parents:
-            raise ValueError(f"{path} is not inside {self.directory / 'tmp'}")
-        if read_sha1 is None:
-            digest = hash_file(path, chunked=False)
-            sha1, size = digest.sha1, digest.size
-        else:
-            sha1, size = read_sha1, os.stat(path).st_size
+        path = self._inside_tmp(path)
+        sha1 = read_sha1 if read_sha1 is not None else hash_file(path, chunked=False).sha1
         if sha1 != expected_sha1:
             raise CorruptedFileError(
                 f"received content has SHA-1 {sha1}, not the expected {expected_sha1}; "
                 "it was not stored")
+        return self.adopt_verified(path, sha1=sha1, manifest_sha1=manifest_sha1,
+                                   fetchable=fetchable)
+
+    def adopt_verified(self, path: str | os.PathLike, *, sha1: str,
+                       manifest_sha1: str | None = None, fetchable: bool = True) -> str:
+        """Move a complete file from ``<storage>/tmp/`` into the storage by renaming it: no copy,
+        and no second read. The caller vouches that ``sha1`` is the SHA-1 of the file's bytes
+        because it hashed them as it wrote them (the daemon's downloads:
+        :class:`~.partial_files.IncomingFile`). A file above 20 MB without a stored manifest
+        (``manifest_sha1``) is read once more to make its manifest. Returns the URI."""
+        path = self._inside_tmp(path)
+        size = os.stat(path).st_size
+        if manifest_sha1 is None and needs_manifest(size):
+            digest = hash_file(path, chunked=True)  # rare: a large file fetched without ?manifest=
+            if digest.sha1 != sha1:
+                raise CorruptedFileError(f"{path} hashes to {digest.sha1}, not {sha1}; not stored")
+            assert digest.manifest is not None
+            manifest_sha1 = self._store_manifest(digest.manifest, fetchable)
         os.chmod(path, STORED_FILE_MODE)
         dest = self.path_for(sha1)
         make_private_dirs(dest.parent)
         os.replace(path, dest)  # same filesystem; replacing an existing copy heals it
         self.index.put_file(sha1, size, manifest_sha1,
                             stat_signature(os.stat(dest)), fetchable=fetchable)
-        self.enforce_cache_limit(keep={sha1, manifest_sha1})
+        self.enforce_cache_limit(keep={sha1, manifest_sha1 or ""})
         return build_uri(sha1, None, manifest_sha1)
+
+    def _inside_tmp(self, path: str | os.PathLike) -> Path:
+        path = Path(path).absolute()
+        if self.directory / "tmp" not in path.parents:
+            raise ValueError(f"{path} is not inside {self.directory / 'tmp'}")
+        return path
 
     def _have_stored(self, sha1: str) -> bool:
         return self.path_for(sha1).is_file()

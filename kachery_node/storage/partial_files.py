@@ -1,6 +1,13 @@
-"""The chunks of a large file being fetched, kept on disk so an interrupted fetch resumes.
+"""Files being fetched: each download is written once, hashed as it is written, and moved into
+the storage by a rename.
 
-Layout of ``<storage>/tmp/partial/<file sha1>/``:
+A whole file (anything fetched without a manifest: small files, manifests) goes to an
+:class:`IncomingFile`, ``<storage>/tmp/fetch.<sha1>.<random>.part``; once its SHA-1 and size
+check out it is moved into place by
+:meth:`~kachery_node.storage.node_storage.Storage.adopt_verified` without being read again.
+
+The chunks of a large file go to a :class:`PartialFile`, kept on disk so an interrupted fetch
+resumes. Layout of ``<storage>/tmp/partial/<file sha1>/``:
 
 * ``content``: the file being assembled, created at its full size (sparse); each chunk is
   written straight to its own byte range as it downloads, so the bytes are written once;
@@ -21,8 +28,8 @@ last chunk is marked the file's hash is known without reading it whole again (th
 file's SHA-1, and the directory is removed.
 
 Blocking (file I/O and hashing): the exchange calls these from a worker thread, except
-:meth:`ChunkSink.write_piece`, which is async and moves its work to a worker thread itself
-(:meth:`ChunkSink.write_blocking` is the same for a caller already in one).
+``write_piece`` (of :class:`IncomingFile` and :class:`ChunkSink`), which is async and moves its
+work to a worker thread itself (``write_blocking`` is the same for a caller already in one).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any
 import anyio
 
 from .manifest import Chunk, Manifest
+from .private_files import make_private_dirs
 
 _BLOCK = 1 << 20
 STALE_AFTER_S = 7 * 24 * 3600  # a partial fetch untouched for a week is abandoned
@@ -64,21 +72,77 @@ def temp_path(directory: Path, stem: str) -> Path:
     return directory / f"{stem}.{secrets.token_hex(4)}.part"
 
 
-def commit_verified(tmp: Path, dest: Path, sha1: str, size: int | None) -> str | None:
-    """Move ``tmp`` to ``dest`` if its content has ``sha1`` (and ``size``, when given).
+class IncomingFile(os.PathLike):
+    """The destination of a whole file's download: a new file in ``<storage>/tmp/`` (the storage's
+    own sweep removes it should the process die), hashed as it is written.
 
-    Returns None on success, else why it was rejected (``tmp`` is deleted either way)."""
-    try:
-        actual, actual_size = sha1_and_size(tmp)
-        if size is not None and actual_size != size:
-            return f"it has {actual_size} bytes, not {size}"
-        if actual != sha1:
-            return f"its content hashes to {actual}, not {sha1}"
-        os.replace(tmp, dest)
-        return None
-    finally:
+    A link that streams awaits :meth:`write_piece` for each piece of the body (or calls
+    :meth:`write_blocking` from a worker thread); a link that can only write a new file
+    (``open(dest, "xb")``) writes to ``os.fspath(incoming)``, and :meth:`commit` then hashes that
+    file (one read, no copy). :meth:`commit` checks the SHA-1 (and the size, when known) and
+    keeps the file for :meth:`Storage.adopt_verified
+    <kachery_node.storage.node_storage.Storage.adopt_verified>`, or deletes it and says why;
+    :meth:`discard` deletes it whatever happened.
+    """
+
+    def __init__(self, tmp_dir: Path, sha1: str, size: int | None = None) -> None:
+        make_private_dirs(tmp_dir)
+        self.path = tmp_dir / f"fetch.{sha1}.{secrets.token_hex(4)}.part"
+        self.sha1 = sha1
+        self.expected_size = size
+        #: Bytes received so far (after :meth:`commit`: the file's size).
+        self.size = 0
+        self._hash = hashlib.sha1()
+        self._fd: int | None = None
+        self._streamed = False
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    async def write_piece(self, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self.write_blocking, data)
+
+    def write_blocking(self, data: bytes | memoryview) -> None:
+        """:meth:`write_piece` for a caller in a worker thread (``data`` may be a view of a
+        buffer the caller reuses: it is written and hashed before this returns)."""
+        if self._fd is None:
+            self._streamed = True
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        view = memoryview(data).cast("B")
+        _pwrite_all(self._fd, view, self.size)
+        self._hash.update(view)
+        self.size += len(view)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def commit(self) -> str | None:
+        """Check what was received: None if it has the SHA-1 (and size) and is kept at
+        :attr:`path`, else why not (the file is then deleted). Blocking."""
+        self._close()
+        if self._streamed:
+            actual = self._hash.hexdigest()
+        else:
+            try:
+                actual, self.size = sha1_and_size(self.path)
+            except FileNotFoundError:  # an empty body streamed as no piece at all
+                self.path.touch(mode=0o600)
+                actual = self._hash.hexdigest()
+        why = None
+        if self.expected_size is not None and self.size != self.expected_size:
+            why = f"it has {self.size} bytes, not {self.expected_size}"
+        elif actual != self.sha1:
+            why = f"its content hashes to {actual}, not {self.sha1}"
+        if why is not None:
+            self.discard()
+        return why
+
+    def discard(self) -> None:
+        self._close()
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            self.path.unlink()
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -19,10 +19,11 @@ import anyio
 import pytest
 
 import kachery_node as kn
-from kachery_node.daemon.files_exchange import FileExchange, FileTimeouts
+from kachery_node.daemon.files_exchange import FileExchange
 from kachery_node.identity import load_node_key
 from kachery_node.protocol.bucket_layout import file_path
 from kachery_node.protocol.file_messages import MalformedFileMessage, parse_request, parse_status
+from kachery_node.protocol.file_timeouts import FileTimeouts
 from kachery_node.storage.manifest import CHUNK_SIZE
 from kachery_node.storage.node_storage import Storage
 from tests.daemon.memory_link import MemoryChannel, MemoryLink
