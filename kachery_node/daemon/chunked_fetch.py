@@ -3,7 +3,7 @@
 The manifest is fetched like any small file and validated against the file's SHA-1. The chunks
 still missing from ``<storage>/tmp/partial/<h>/`` (:class:`~kachery_node.storage.partial_files
 .PartialFile`) are obtained by up to ``max_parallel`` workers, in the order and over the channels
-:class:`~kachery_node.protocol.file_requester.ChunkSchedule` says; each streams into its range of
+:class:`~kachery_node.protocol.file_chunks.ChunkSchedule` says; each streams into its range of
 the partial file, hashed as it arrives. The whole-file hash follows the verified prefix, so the
 complete file is checked and renamed into the storage as soon as the last chunk is verified.
 If a chunk cannot be obtained the fetch fails; the verified chunks stay for the next attempt.
@@ -20,7 +20,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..errors import CorruptedFileError
-from ..protocol.file_requester import ChunkProgress, ChunkSchedule, Target
+from ..protocol.file_chunks import ChunkProgress, ChunkSchedule
+from ..protocol.file_requester import Target
 from ..storage.file_uris import FileUri, build_uri
 from ..storage.manifest import Chunk, parse_manifest
 from ..storage.node_storage import Storage

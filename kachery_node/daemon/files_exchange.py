@@ -36,9 +36,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..errors import ConfigError, CorruptedFileError, InvalidUriError, LinkedFileChangedError, NotFoundError
-from ..protocol.file_messages import REQUEST_BAND, REQUEST_FILE, STATUS_BAND, UPLOAD_STATUS, FileRequest
+from ..protocol.file_messages import (
+    REQUEST_BAND,
+    REQUEST_FILE,
+    STATUS_BAND,
+    UPLOAD_STATUS,
+    FileRequest,
+    Ignored,
+)
 from ..protocol.file_provider import RecentFailures, admit_request
-from ..protocol.file_requester import Ignored, Target, admit_status, short
+from ..protocol.file_requester import Target, admit_status, short
 from ..protocol.file_timeouts import PARALLEL_CHUNKS, FileTimeouts
 from ..protocol.node_messages import Envelope
 from ..storage.file_uris import FileUri, parse_uri

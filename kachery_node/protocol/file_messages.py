@@ -201,6 +201,14 @@ def _opt_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """An incoming message the exchange drops: ``reason`` for the log (``quiet``: debug level)."""
+
+    reason: str
+    quiet: bool = False
+
+
 # -- what a download came to (the driver tells the requester core) --------------------------------
 
 

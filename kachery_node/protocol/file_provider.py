@@ -43,6 +43,7 @@ from .file_messages import (
     FileRequest,
     FindSource,
     HeadObject,
+    Ignored,
     MalformedFileMessage,
     ProviderAction,
     ProviderDone,
@@ -53,7 +54,6 @@ from .file_messages import (
     Upload,
     UploadStatus,
 )
-from .file_requester import Ignored
 from .file_timeouts import RECENT_FAILURE_S, FileTimeouts
 
 

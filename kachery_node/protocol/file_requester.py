@@ -25,8 +25,8 @@ Rules
 4. Statuses are matched by (channel, sha1) only, so concurrent requesters share one upload; a
    ``finished`` that answers a request made before a bad object was seen is ignored.
 
-:class:`ChunkSchedule` and :class:`ChunkProgress` hold the rules of a large file's fetch: chunks
-in file order, the channel that delivered last tried first, progress summed over chunks.
+The rules of a large file's fetch (which chunk next, over which channel first) are in
+:mod:`.file_chunks`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..storage.manifest import Chunk
 from .bucket_layout import file_path
 from .file_messages import (
     CancelTransfer,
@@ -47,6 +46,7 @@ from .file_messages import (
     FileRequest,
     GiveUp,
     HeadObject,
+    Ignored,
     MalformedFileMessage,
     Obtained,
     Publish,
@@ -81,14 +81,6 @@ class RequesterChannel:
 
     name: str
     may_request: bool
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """An incoming message the exchange drops: ``reason`` for the log (``quiet``: debug level)."""
-
-    reason: str
-    quiet: bool = False
 
 
 def admit_status(body: dict, *, sender_may_provide: bool) -> UploadStatus | Ignored:
@@ -381,59 +373,3 @@ class FileRequester:
     def _give_up(self) -> list[RequesterAction]:
         self.state = _S.GAVE_UP
         return [GiveUp(self.target.label, tuple(self._reasons))]
-
-
-class ChunkSchedule:
-    """Which chunk of a large file to fetch next, and over which channels first.
-
-    Chunks are taken in file order (so they complete roughly in order and the whole-file hash
-    keeps up with them); the channel that delivered the last chunk is tried first for the next."""
-
-    def __init__(self, file_sha1: str, chunks: Sequence[Chunk], missing: Sequence[Chunk],
-                 channels: Sequence[str]) -> None:
-        self.file_sha1 = file_sha1
-        self._all = list(chunks)
-        self._queue = sorted(missing, key=lambda c: c.start)
-        self._order = list(channels)
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def next_chunk(self) -> Chunk | None:
-        """The next chunk to fetch, or None when every one was handed out."""
-        return self._queue.pop(0) if self._queue else None
-
-    def target(self, chunk: Chunk) -> Target:
-        """What to request for ``chunk``: its SHA-1, size and place in the file."""
-        index = self._all.index(chunk)
-        return Target(chunk.sha1, f"chunk {index + 1}/{len(self._all)} of sha1://{self.file_sha1}",
-                      chunk.end - chunk.start, ChunkRef(self.file_sha1, chunk.start, chunk.end))
-
-    def channel_order(self) -> list[str]:
-        """The channels, the one that delivered last first."""
-        return list(self._order)
-
-    def delivered(self, channel: str) -> None:
-        if channel in self._order and self._order[0] != channel:
-            self._order.remove(channel)
-            self._order.insert(0, channel)
-
-
-class ChunkProgress:
-    """Adds the progress of several concurrent chunk downloads into one (done, total)."""
-
-    def __init__(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
-        self._in_flight: dict[str, int] = {}
-
-    def update(self, chunk: Chunk, done: int) -> tuple[int, int]:
-        self._in_flight[chunk.sha1] = done
-        return self.current()
-
-    def chunk_done(self, chunk: Chunk) -> tuple[int, int]:
-        self._in_flight.pop(chunk.sha1, None)
-        self.done += chunk.end - chunk.start
-        return self.current()
-
-    def current(self) -> tuple[int, int]:
-        return min(self.total, self.done + sum(self._in_flight.values())), self.total
