@@ -4,14 +4,15 @@ Every function works on the default storage, ``$KACHERY_STORAGE_DIR`` (or
 ``~/kachery-storage``), read when the function is called. To work on another storage, use a
 :class:`~kachery_node.storage.node_storage.Storage` (``kn.open_storage(path)``): it has the same methods.
 
-All loads go through :func:`_locally_or_fetched`: today it only looks in local storage; the daemon
-issue makes it ask the running node to fetch missing content from its channels, then retry. Keep
-every load path going through it.
+All loads go through :func:`_locally_or_fetched`: it looks in the local storage and, when the
+content is not there, asks the node's running daemon to fetch it from its channels. Keep every
+load path going through it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +48,12 @@ def default_storage() -> Storage:
     return open_storage(None)
 
 
-def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None) -> T:
+def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None, *,
+                        fetched: Callable[[str], T] | None = None) -> T:
     """Run a load against the default storage; if the content is not here and a daemon serves
-    this storage, have it fetch the content from its channels, then load again."""
+    this storage, have it fetch the content from its channels, then load again, or, with
+    ``fetched``, call it with the path of the copy the daemon just verified and stored (no
+    second look-up in the storage)."""
     storage = default_storage()
     try:
         return load(storage)
@@ -60,8 +64,8 @@ def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | N
             raise NotFoundError(
                 f"{exc} (no kachery daemon is running for {storage.directory}, so no channel was "
                 "asked; start one with `kachery node start`)", uri=uri) from None
-        remote.fetch_file(storage.directory, uri, channel=channel)
-        return load(storage)
+        path = remote.fetch_file(storage.directory, uri, channel=channel)
+        return load(storage) if fetched is None else fetched(path)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -80,7 +84,14 @@ def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str |
     """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
     channels (all joined, or ``channel``) through the daemon if it is not here; raises
     :class:`~kachery_node.NotFoundError` when it is not available."""
-    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel)
+
+    def fetched(path: str) -> str:
+        if dest is None:
+            return path
+        shutil.copyfile(path, dest)
+        return str(dest)
+
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched)
 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:

@@ -73,6 +73,31 @@ def test_upload_large_file_then_fetch_without_the_provider(lab, tmp_path):
     assert _sha1_of(path) == key.sha1 == _sha1_of(data)
 
 
+def test_a_script_uses_the_path_the_daemon_fetched_without_looking_it_up_again(lab, tmp_path):
+    """kn.load_file looks in the storage once (not there), has the daemon fetch the file, and
+    returns the path the daemon verified and stored: no second look-up (issue 12, item 4)."""
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-files"])
+    uri = kn.open_storage(alice.storage_dir).store_bytes(b"fetched once\n", "once.txt")
+    copy = tmp_path / "copy.txt"
+    out = _script(bob, f"""
+from pathlib import Path
+import kachery_node as kn
+from kachery_node.storage.node_storage import Storage
+looks = []
+original = Storage.load_file
+def counted(self, *args, **kwargs):
+    looks.append(args[0])
+    return original(self, *args, **kwargs)
+Storage.load_file = counted
+path = kn.load_file({uri!r})
+print(len(looks), Path(path).read_text(), end="")
+print(Path(kn.load_file({uri!r}, dest={str(copy)!r})).read_text(), end="")  # local now
+""")
+    assert out == "1 fetched once\nfetched once\n"
+    assert copy.read_text() == "fetched once\n"
+
+
 def _manifest(node, manifest_sha1: str):
     from kachery_node.storage.manifest import parse_manifest
 
