@@ -1,4 +1,5 @@
-"""files_partial: chunks written straight into the file being fetched, verified as they stream."""
+"""storage/partial_files.py: downloads written once, hashed as they are written: a whole file
+(IncomingFile) and the chunks of a large one, each straight into its place (PartialFile)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import pytest
 
 from kachery_node.storage.manifest import Chunk, Manifest
-from kachery_node.storage.partial_files import PartialFile
+from kachery_node.storage.partial_files import IncomingFile, PartialFile
 
 
 def _sha1(data: bytes) -> str:
@@ -100,3 +101,41 @@ async def test_the_whole_file_hash_follows_the_verified_prefix(tmp_path):
     resumed = _partial(tmp_path, data, 1000)  # a restarted daemon: re-verified, hashed again
     assert resumed.open() == [] and resumed.whole_sha1() == _sha1(data)
     resumed.remove()
+
+
+@pytest.mark.trio
+async def test_an_incoming_file_is_hashed_as_it_streams_and_kept_when_it_matches(tmp_path):
+    data = os.urandom(3000)
+    incoming = IncomingFile(tmp_path / "tmp", _sha1(data), 3000)
+    await incoming.write_piece(data[:1000])
+    incoming.write_blocking(memoryview(data)[1000:])  # from a download's worker thread
+    assert incoming.commit() is None
+    assert incoming.path.read_bytes() == data and incoming.size == 3000
+    assert incoming.path.parent == tmp_path / "tmp"
+    assert incoming.path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.trio
+async def test_an_incoming_file_that_is_not_the_object_is_deleted_with_the_reason(tmp_path):
+    data = os.urandom(100)
+    wrong = IncomingFile(tmp_path, _sha1(data))
+    await wrong.write_piece(b"x" * 100)
+    assert wrong.commit() == f"its content hashes to {_sha1(b'x' * 100)}, not {_sha1(data)}"
+    assert not wrong.path.exists()
+    short = IncomingFile(tmp_path, _sha1(data), 101)
+    await short.write_piece(data)
+    assert short.commit() == "it has 100 bytes, not 101"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_incoming_file_written_by_a_file_link_is_hashed_once_after(tmp_path):
+    data = os.urandom(2000)
+    incoming = IncomingFile(tmp_path, _sha1(data))
+    with open(incoming, "xb") as f:  # what a link that only writes files does
+        f.write(data)
+    assert incoming.commit() is None and incoming.size == 2000
+    empty = IncomingFile(tmp_path, _sha1(b""))  # a streamed empty body: no piece at all
+    assert empty.commit() is None and empty.path.read_bytes() == b""
+    incoming.discard()
+    empty.discard()
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""Storage.store_chunks and store_assembled: how a downloaded large file gets into the storage."""
+"""Storage.store_chunks, store_assembled and adopt_verified: how a downloaded file gets into the
+storage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import pytest
 
 import kachery_node as kn
+from kachery_node.storage import node_storage
 from kachery_node.storage.manifest import CHUNK_SIZE
 
 
@@ -84,3 +86,40 @@ def test_store_assembled_refuses_wrong_content_and_files_outside_tmp(tmp_path, s
     with pytest.raises(ValueError):
         other.store_assembled(src, expected_sha1=key.sha1, manifest_sha1=key.manifest_sha1)
     assert not other.has_file(f"sha1://{key.sha1}")
+
+
+def test_adopt_verified_renames_a_download_into_place_without_reading_it(tmp_path, monkeypatch):
+    data = os.urandom(5000)
+    sha1 = hashlib.sha1(data).hexdigest()
+    storage = kn.open_storage(tmp_path / "s")
+    download = storage.directory / "tmp" / "fetch.part"
+    download.parent.mkdir(parents=True)
+    download.write_bytes(data)
+    inode = download.stat().st_ino
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("adopt_verified read the file again")
+
+    monkeypatch.setattr(node_storage, "hash_file", no_hashing)
+    assert storage.adopt_verified(download, sha1=sha1) == f"sha1://{sha1}"
+    stored = storage.path_for(sha1)
+    assert stored.stat().st_ino == inode and not download.exists()
+    assert stored.stat().st_mode & 0o777 == 0o400
+    rec = storage.index.get_file(sha1)
+    assert rec.fetchable and rec.size == 5000 and rec.manifest_sha1 is None
+    monkeypatch.undo()
+    assert storage.load_bytes(f"sha1://{sha1}") == data  # verified: no rehash, same bytes
+
+
+def test_adopt_verified_makes_the_manifest_of_a_large_file_fetched_without_one(tmp_path, storage):
+    src = tmp_path / "big.dat"
+    src.write_bytes(os.urandom(CHUNK_SIZE + 100))
+    key = kn.parse_uri(storage.store_file(src))
+    other = kn.open_storage(tmp_path / "other")
+    download = other.directory / "tmp" / "fetch.part"
+    download.parent.mkdir(parents=True)
+    download.write_bytes(src.read_bytes())
+    assert other.adopt_verified(download, sha1=key.sha1) == f"sha1://{key.sha1}?manifest={key.manifest_sha1}"
+    assert other.has_file(f"sha1://{key.manifest_sha1}")
+    with pytest.raises(ValueError):
+        other.adopt_verified(src, sha1=key.sha1)  # not in the storage's tmp/
