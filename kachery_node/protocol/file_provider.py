@@ -7,7 +7,9 @@ Theory of operation
 A :class:`FileProvider` holds one provider's conversation about one object on one channel, from
 the ``requestFile`` that started it to its last status. Its driver calls its methods with an
 event and the current time and carries out the actions it returns (:mod:`.file_messages`),
-calling :meth:`FileProvider.on_timer` when :meth:`~FileProvider.next_deadline` passes.
+calling :meth:`FileProvider.on_timer` when :meth:`~FileProvider.next_deadline` passes. One core
+per (channel, object) being provided; what spans them (recent failures) is a
+:class:`RecentFailures` they share.
 
 The conversation: find the content here (else stop, silently); unless the request reports a
 bad object, HEAD the bucket and answer ``finished`` at once if the object is there with the
@@ -143,6 +145,9 @@ class FileProvider:
         self.size = 0
         self.path = file_path(channel, request.sha1)
         self._queued: FileRequest | None = None  # a bad_object request that came meanwhile
+        # Another provider's first 'started', 'progress' or 'finished' heard before our back-off
+        # began (while we looked for the content or HEADed): the back-off acts on it at once.
+        self._early: UploadStatus | None = None
         self._transfer = 0
         self._deadline: float | None = None
         self._rounds = 0  # rounds in which another provider was at work
@@ -207,14 +212,11 @@ class FileProvider:
         """Another provider's status about this object on this channel."""
         if status.sha1 != self.request.sha1:
             return []
-        if self.state is _S.BACKING_OFF:
-            if status.status is Status.FINISHED:
-                return self._end(ProviderOutcome.OTHER_PROVIDER_FINISHED)
-            if status.status is not Status.FAILED:  # someone is at work: follow it
-                self._rounds += 1
-                self.state = _S.STANDING_BY
-                self._standby_ends = now + self.timeouts.standby_max
-                self._deadline = min(now + self.timeouts.stall, self._standby_ends)
+        if self.state in (_S.LOCATING, _S.HEADING):
+            if self._early is None and status.status is not Status.FAILED:
+                self._early = status
+        elif self.state is _S.BACKING_OFF:
+            return self._other_at_work(now, status)
         elif self.state is _S.STANDING_BY:
             if status.status is Status.FINISHED:
                 return self._end(ProviderOutcome.OTHER_PROVIDER_FINISHED)
@@ -297,6 +299,17 @@ class FileProvider:
         self._expect(event)
         return False
 
+    def _other_at_work(self, now: float, status: UploadStatus) -> list[ProviderAction]:
+        """Backing off, we heard another provider: it finished, or it is at work (follow it)."""
+        if status.status is Status.FINISHED:
+            return self._end(ProviderOutcome.OTHER_PROVIDER_FINISHED)
+        if status.status is not Status.FAILED:
+            self._rounds += 1
+            self.state = _S.STANDING_BY
+            self._standby_ends = now + self.timeouts.standby_max
+            self._deadline = min(now + self.timeouts.stall, self._standby_ends)
+        return []
+
     def _back_off(self, now: float) -> list[ProviderAction]:
         t = self.timeouts
         delay = self._rng.uniform(0.0, t.backoff_max)
@@ -304,7 +317,8 @@ class FileProvider:
             delay += t.backoff_max
         self.state = _S.BACKING_OFF
         self._deadline = now + delay
-        return []
+        early, self._early = self._early, None
+        return [] if early is None else self._other_at_work(now, early)
 
     def _after_round(self, now: float) -> list[ProviderAction]:
         if self._rounds < self.timeouts.max_requests:

@@ -8,7 +8,10 @@ a manifest, or one chunk of a large file) over the channels it joined. Its drive
 calls its methods with an event and the current time (monotonic seconds) and carries out the
 actions it returns (:mod:`.file_messages`); it calls :meth:`FileRequester.on_timer` when
 :meth:`~FileRequester.next_deadline` passes. The core never sleeps, reads a clock, or touches a
-socket, so tests replay whole conversations with a fake clock.
+socket, so tests replay whole conversations with a fake clock. There is one core per object
+being fetched, not one for the whole exchange: each has its own deadlines and channel order,
+and a large file's chunks are fetched by several at once; the driver routes each status to the
+cores waiting for its object.
 
 The conversation goes *buckets first*: HEAD and download on each channel in turn; *then
 requests*, channel by channel, up to ``max_requests`` rounds each: publish ``requestFile``,
@@ -105,8 +108,9 @@ class RequesterState(enum.Enum):
 
 
 _S = RequesterState
-#: The events each state takes; any other is a driver bug. Statuses and timers are taken in every
-#: state (they arrive whenever they arrive) and are ignored where they mean nothing.
+#: The driver's reports each state takes; any other is a driver bug. Statuses, timers and
+#: ``publish_failed`` are taken in every state (they arrive whenever they arrive) and are ignored
+#: where they mean nothing; so are the reports of a transfer the core has moved on from.
 ACCEPTS: dict[RequesterState, frozenset[str]] = {
     _S.IDLE: frozenset({"start"}),
     _S.HEADING: frozenset({"head_result", "head_failed"}),

@@ -382,6 +382,18 @@ def test_during_back_off_another_providers_finished_ends_it_and_failed_is_ignore
         StopListening(None), ProviderDone(ProviderOutcome.OTHER_PROVIDER_FINISHED)]
 
 
+def test_statuses_heard_before_the_back_off_count_when_it_begins():
+    core = provider()  # its HEAD is out
+    assert core.status_received(0.01, P1, status("failed")) == []  # (ignored, as in a back-off)
+    assert core.status_received(0.02, P1, status("started")) == []
+    assert core.head_result(0.1, 1, None) == []
+    assert core.on_timer(0.1 + T.backoff_max) == []  # standing by, not uploading
+    assert core.next_deadline() == pytest.approx(0.1 + T.stall)
+    done = provider(bad_object=False)
+    done.status_received(0.02, P1, status("finished"))
+    assert done.head_result(0.1, 1, None)[-1] == ProviderDone(ProviderOutcome.OTHER_PROVIDER_FINISHED)
+
+
 def test_another_providers_started_means_stand_by_until_it_finishes():
     core = provider(bad_object=True)
     assert core.status_received(0.01, P1, status("started")) == []
