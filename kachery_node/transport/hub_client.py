@@ -21,6 +21,7 @@ from ..protocol.hub_requests import make_body, sign_body
 from .tls import describe_tls_failure, require_secure_url, ssl_context
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+SECRETS = "signed requests (and the secrets they carry)"  # what require_secure_url protects here
 
 
 def _check(resp: httpx.Response) -> httpx.Response:
@@ -67,14 +68,15 @@ class HubClient:
         return self._hub_id
 
     def info(self) -> dict[str, Any]:
-        require_secure_url(self.url, "signed requests (and the secrets they carry)")  # the hub ID it answers is what they sign
+        # Checked here too: the hub ID this answers is what the signed requests that follow sign.
+        require_secure_url(self.url, SECRETS)
         try:
             return _check(self._http.get(f"{self.url}/api/hub")).json()
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        require_secure_url(self.url, "signed requests (and the secrets they carry)")
+        require_secure_url(self.url, SECRETS)
         try:
             return _check(self._http.post(f"{self.url}{path}", content=body,
                                           headers={**headers, "Content-Type": "application/json"}))
