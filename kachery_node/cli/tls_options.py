@@ -44,6 +44,8 @@ def tls_options(f: Callable) -> Callable:
         help=f"A PEM file of the CA that signed the hub's certificate (a lab's own CA), trusted "
              f"besides the system's (or ${CA_FILE_ENV}).")(f)
     return click.option(
-        "--insecure-http", is_flag=True, expose_value=False, is_eager=True, callback=_set_insecure,
+        # --insecure is the (and a newcomer's) word; --insecure-http says what it allows
+        # (curl's --insecure skips certificate checks, which this never does).
+        "--insecure-http", "--insecure", is_flag=True, expose_value=False, is_eager=True, callback=_set_insecure,
         help=f"Allow sending tokens and signed requests over plain HTTP to a hub on another machine "
              f"(or ${INSECURE_ENV}=1); only on a network you trust end to end.")(f)
