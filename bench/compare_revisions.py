@@ -299,6 +299,12 @@ def verdict(before: dict | None, after: dict | None, higher_better: bool) -> tup
     return ratio, word + (" (no overlap)" if apart else "")
 
 
+def gist(error: str) -> str:
+    """The last line of an error (a traceback's exception, a harness's own message)."""
+    lines = [line for line in error.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "?"
+
+
 def fmt(x: float | None, unit: str) -> str:
     if x is None:
         return "-"
@@ -348,7 +354,14 @@ def render(result: dict) -> str:
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     la0, la1 = result["loadavg_start"], result["loadavg_end"]
-    failed = [s for s in result["samples"] if "error" in s]
+    notes = []
+    for s in result["samples"]:
+        where = f"round {s['round']} {s['side']} {s['bench']}"
+        if "error" in s:
+            notes.append(f"FAILED: {where} (every attempt): {gist(s['error'])}")
+        elif s.get("failed_attempts"):
+            notes.append(f"retried: {where}; the failed attempt: {gist(s['failed_attempts'][0])}")
+    loads = [s["loadavg"][0] for s in result["samples"]]
     return "\n".join(
         [
             f"before: {result['before']['rev']} = {result['before']['sha'][:12]}; after: this tree, "
@@ -358,19 +371,47 @@ def render(result: dict) -> str:
             "",
             f"load average (1/5/15 min) at start {la0[0]:.2f} {la0[1]:.2f} {la0[2]:.2f}, at end "
             f"{la1[0]:.2f} {la1[1]:.2f} {la1[2]:.2f} on {os.cpu_count()} cores; "
-            f"{result['seconds'] / 60:.1f} minutes in all",
+            f"{result['seconds'] / 60:.1f} minutes in all; 1-min load when each run started: "
+            f"{min(loads, default=0):.1f} to {max(loads, default=0):.1f}",
             "ratio = median after / median before; for ms lower is better, for rates higher. "
             f"WORSE / better: the median moved more than {NOISE:.0%} the wrong / right way; "
             "(no overlap): every run of one side beat every run of the other.",
-            *(
-                f"FAILED: round {s['round']} {s['side']} {s['bench']}: {s['error'].splitlines()[0]}"
-                for s in failed
-            ),
+            *notes,
         ]
     )
 
 
 # ---------------------------------------------------------------------------- main
+def run_sample(
+    bench: str, python: Path, tree: Path, work: Path, file_size: str, retries: int
+) -> dict[str, Any]:
+    """One run of one benchmark on one tree: {"figures": ...} or {"error": ...}, with the load
+    average when it started, its wall time and the errors of failed attempts before it. A failed
+    run is tried again ``retries`` times: under heavy load a harness can miss its own start-up
+    wait (bench/tasks/run.py gives its backend 1 s to register), which says nothing about the tree."""
+    sample: dict[str, Any] = {"loadavg": os.getloadavg(), "failed_attempts": []}
+    t0 = time.perf_counter()
+    for attempt in range(retries + 1):
+        attempt_dir = work / f"attempt-{attempt}"
+        attempt_dir.mkdir(parents=True)
+        try:
+            if bench == "feeds":
+                sample["figures"] = bench_feeds(python, tree, attempt_dir)
+            elif bench == "network":
+                sample["figures"] = bench_network(python, tree, attempt_dir, file_size)
+            else:
+                sample["figures"] = bench_tasks(python, tree, attempt_dir)
+            log("  " + ", ".join(f"{k.split('.', 1)[1]} {v:.4g}" for k, v in sample["figures"].items()))
+            break
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            log(f"  FAILED (attempt {attempt + 1} of {retries + 1}): {exc}")
+            sample["failed_attempts"].append(str(exc))
+    else:
+        sample["error"] = sample["failed_attempts"][-1]
+    sample["seconds"] = time.perf_counter() - t0
+    return sample
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -391,6 +432,7 @@ def main() -> None:
         "--after-python", type=Path, default=None,
         help="python of this tree (default .venv/bin/python of this tree, else the running one)",
     )  # fmt: skip
+    ap.add_argument("--retries", type=int, default=1, help="tries again after a failed run (default 1)")
     ap.add_argument("--json", metavar="PATH", help="also write every sample and the table as JSON")
     args = ap.parse_args()
     benches = [b for b in args.only.split(",") if b]
@@ -424,31 +466,16 @@ def main() -> None:
                 for bench in benches:
                     for side in order:
                         python, tree = trees[side]
-                        work = work_root / f"{rnd}-{bench}-{side}"
-                        work.mkdir()
                         log(f"round {rnd}/{args.rounds}: {bench}, {side} (load {os.getloadavg()[0]:.2f})")
-                        sample: dict[str, Any] = {"round": rnd, "side": side, "bench": bench,
-                                                  "loadavg": os.getloadavg()}  # fmt: skip
-                        t0 = time.perf_counter()
-                        try:
-                            if bench == "feeds":
-                                sample["figures"] = bench_feeds(python, tree, work)
-                            elif bench == "network":
-                                sample["figures"] = bench_network(python, tree, work, args.file_size)
-                            else:
-                                sample["figures"] = bench_tasks(python, tree, work)
-                        except (RuntimeError, OSError, ValueError, KeyError) as exc:
-                            sample["error"] = str(exc)
-                            log(f"  FAILED: {exc}")
-                        sample["seconds"] = time.perf_counter() - t0
-                        result["samples"].append(sample)
-                        if "figures" in sample:
-                            log(
-                                "  "
-                                + ", ".join(
-                                    f"{k.split('.', 1)[1]} {v:.4g}" for k, v in sample["figures"].items()
-                                )
-                            )
+                        sample = run_sample(
+                            bench,
+                            python,
+                            tree,
+                            work_root / f"{rnd}-{bench}-{side}",
+                            args.file_size,
+                            args.retries,
+                        )
+                        result["samples"].append({"round": rnd, "side": side, "bench": bench, **sample})
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     result["loadavg_end"] = os.getloadavg()
