@@ -65,6 +65,8 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
     "network.latency_p50_ms": ("network: live latency A->B p50 (relay)", "ms", False),
     "network.latency_p99_ms": ("network: live latency A->B p99 (relay)", "ms", False),
     "network.catchup_msgs_per_s": ("network: catch-up 100k, fresh node", "msgs/s", True),
+    "network.catchup_head_s": ("network: catch-up, A's bucket fill done after", "s", False),
+    "network.catchup_first_s": ("network: catch-up, C's first message after", "s", False),
     "network.warm_catchup_msgs_per_s": ("network: catch-up 100k, bucket filled", "msgs/s", True),
     "network.file_mb_per_s": ("network: file A->B", "MB/s", True),
     "tasks.miss_median_ms": ("tasks: cache miss round trip, median", "ms", False),
@@ -236,6 +238,10 @@ def bench_network(python: Path, tree: Path, work: Path, file_size: str) -> dict[
         "network.latency_p50_ms": k["latency"]["p50_ms"],
         "network.latency_p99_ms": k["latency"]["p99_ms"],
         "network.catchup_msgs_per_s": k["catchup"]["msgs_per_s"],
+        # Phases of the fresh node's catch-up, from the follow request: A's daemon has filled
+        # the bucket (the head's mtime), C's store holds its first message.
+        "network.catchup_head_s": k["catchup"]["phases_s"]["head"],
+        "network.catchup_first_s": k["catchup"]["phases_s"]["first_message_at_c"],
         "network.warm_catchup_msgs_per_s": k["catchup"]["warm_bucket_msgs_per_s"],
         "network.file_mb_per_s": k["file"]["mb_per_s"],
     }
@@ -308,7 +314,7 @@ def gist(error: str) -> str:
 def fmt(x: float | None, unit: str) -> str:
     if x is None:
         return "-"
-    if unit == "ms":
+    if unit in ("ms", "s"):
         return f"{x:.2f}" if x < 10 else f"{x:.1f}"
     if x >= 1e4:
         return f"{x / 1e3:.0f}k"
@@ -322,7 +328,11 @@ def build_rows(samples: list[dict]) -> list[dict[str, Any]]:
     for key, (label, unit, higher_better) in FIGURES.items():
         sides = {}
         for side in ("before", "after"):
-            vals = [s["figures"][key] for s in samples if s["side"] == side and key in s.get("figures", {})]
+            vals = [
+                s["figures"][key]
+                for s in samples
+                if s["side"] == side and s.get("figures", {}).get(key) is not None
+            ]
             sides[side] = summary(vals)
         if not sides["before"] and not sides["after"]:
             continue
@@ -401,7 +411,13 @@ def run_sample(
                 sample["figures"] = bench_network(python, tree, attempt_dir, file_size)
             else:
                 sample["figures"] = bench_tasks(python, tree, attempt_dir)
-            log("  " + ", ".join(f"{k.split('.', 1)[1]} {v:.4g}" for k, v in sample["figures"].items()))
+            log(
+                "  "
+                + ", ".join(
+                    f"{k.split('.', 1)[1]} {v if v is None else f'{v:.4g}'}"
+                    for k, v in sample["figures"].items()
+                )
+            )
             break
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
             log(f"  FAILED (attempt {attempt + 1} of {retries + 1}): {exc}")
@@ -490,4 +506,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_feeds":
         _feeds(*sys.argv[2:])
     else:
-        main()
+        try:
+            main()
+        except KeyboardInterrupt:
+            log("interrupted (the worktree and the running benchmark were cleaned up)")
+            sys.exit(130)
