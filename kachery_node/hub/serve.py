@@ -126,6 +126,7 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
                     hub.revocations.close()
                     break
     finally:
+        hub.close()
         state.close()
 
 

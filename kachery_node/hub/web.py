@@ -315,6 +315,7 @@ stay on the hub); nodes move at their next connection.</p></div>
             if action == "create-channel":
                 name = validate_channel_name(body.get("channel"))
                 state.create_channel(name, user, None, now)
+                hub.channel_created(name)
                 return JSONResponse({"channel": name})
             if action == "grant":
                 name = validate_channel_name(body.get("channel"))
