@@ -103,7 +103,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
             dash = fields.index("-", 6)
         except ValueError:
             continue
-        if dash + 1 >= len(fields):
+        if dash + 1 >= len(fields) or not fields[dash + 1]:
             continue
         source = _unescape(fields[dash + 2]) if dash + 2 < len(fields) else ""
         mounts.append(Mount(_unescape(fields[4]), fields[dash + 1], source))
@@ -165,6 +165,7 @@ def require_local_filesystem(directory: str | os.PathLike, what: str, fix: str) 
         f"{mount.source} mounted at {mount.mount_point}), where SQLite databases in WAL mode are "
         f"unsafe (their locks and shared memory do not work across machines; they can be "
         f"corrupted). {fix}; on a cluster, use a node-local or scratch directory (such as "
-        f"$TMPDIR or /scratch/$USER) rather than the shared home. If you know this file system's "
-        f"locking works and one machine at a time uses it, set {ALLOW_ENV}=1.",
+        f"/scratch/$USER or a local disk of the machine) rather than the shared home. If you "
+        f"know this file system's locking works and one machine at a time uses it, set "
+        f"{ALLOW_ENV}=1.",
         path=str(directory), mount=mount)

@@ -18,3 +18,11 @@ def require_local_filesystem(directory: str | os.PathLike, what: str, fix: str) 
         filesystems.require_local_filesystem(directory, what, fix)
     except filesystems.NetworkFileSystemError as exc:
         raise NetworkFileSystemError(str(exc), path=exc.path, mount=exc.mount) from None
+
+
+def require_local_storage(storage_dir: str | os.PathLike) -> None:
+    """:func:`require_local_filesystem` for a node's storage directory (its files.db,
+    mutables.db and feeds.db): checked by ``kachery init`` and before the databases open."""
+    require_local_filesystem(
+        storage_dir, "the storage's databases (files.db, mutables.db, feeds.db)",
+        "Set KACHERY_STORAGE_DIR (or pass the storage directory) to a directory on a local disk")

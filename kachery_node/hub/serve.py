@@ -24,7 +24,7 @@ from hypercorn.trio import serve
 
 from .app import Hub, HubSettings, create_app
 from .http_limits import RequestLimits
-from .state import HubState
+from .state import HubState, require_local_hub_dir
 
 log = logging.getLogger("kachery.hub")
 FD_RESERVE = 128  # descriptors kept for the hub's own files (SQLite, bucket objects, logs)
@@ -131,6 +131,7 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
 
 
 def run_hub(hub_dir: Path, host: str, port: int, public_url: str | None, settings: HubSettings) -> None:
+    require_local_hub_dir(hub_dir)  # before the log file is created there
     hub_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(hub_dir)
     trio.run(serve_hub, hub_dir, host, port, public_url, settings)

@@ -81,6 +81,12 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def require_local_hub_dir(hub_dir: Path) -> None:
+    """Refuse a hub directory on a network file system (its databases are WAL SQLite)."""
+    require_local_filesystem(hub_dir, "the hub's databases (hub.db, feeds.db, bucket/.index.db)",
+                             "Give `kachery hub serve --dir` (or KACHERY_HUB_DIR) a local directory")
+
+
 @dataclass(frozen=True)
 class Channel:
     """A channel as the hub records it."""
@@ -102,8 +108,7 @@ class HubState:
 
     def __init__(self, hub_dir: Path | str) -> None:
         self.dir = Path(hub_dir)
-        require_local_filesystem(self.dir, "the hub's databases (hub.db, feeds.db, bucket/.index.db)",
-                                 "Give `kachery hub serve --dir` (or KACHERY_HUB_DIR) a local directory")
+        require_local_hub_dir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key: Keypair = load_or_create_key(self.dir / "hub.key")[0]
         self.hub_id = self.key.public_hex

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import NodeConfig, default_storage_dir, load_node_config, max_cache_bytes
 from ..errors import CorruptedFileError, InvalidDataError, KacheryError, LinkedFileChangedError, NotFoundError
-from ..local_filesystem import require_local_filesystem
+from ..local_filesystem import require_local_storage
 from . import cache_limit as cache
 from . import data_objects
 from .file_index import (
@@ -98,26 +98,17 @@ class Storage:
         self._index: FileIndex | None = None
         self._mutables: Mutables | None = None
         self._feeds: kachery_feeds.Store | None = None
-        self._filesystem_checked = False
+        # Before anything is written: its databases are WAL SQLite, unsafe on NFS & co.
+        require_local_storage(self.directory)
 
     def __repr__(self) -> str:
         return f"Storage({str(self.directory)!r})"
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _require_local_disk(self) -> None:
-        """Before the first database opens: refuse a storage on a network file system (WAL
-        SQLite is unsafe there; kachery_feeds/filesystems.py). Called with ``_lock`` held."""
-        if not self._filesystem_checked:
-            require_local_filesystem(
-                self.directory, "the storage's databases (files.db, mutables.db, feeds.db)",
-                "Set KACHERY_STORAGE_DIR (or pass Storage(directory)) to a directory on a local disk")
-            self._filesystem_checked = True
-
     @property
     def index(self) -> FileIndex:
         with self._lock:
             if self._index is None:
-                self._require_local_disk()
                 self._index = FileIndex(self.directory / "files.db")
                 self._remove_stale_tmp_files()
             return self._index
@@ -136,7 +127,6 @@ class Storage:
         """The local key-value store (see :mod:`.mutables`)."""
         with self._lock:
             if self._mutables is None:
-                self._require_local_disk()
                 self._mutables = Mutables(self.directory / "mutables.db")
             return self._mutables
 
@@ -147,7 +137,6 @@ class Storage:
             if self._feeds is None:
                 import kachery_feeds
 
-                self._require_local_disk()
                 self._feeds = kachery_feeds.open_store(self.directory / "feeds.db")
             return self._feeds
 
