@@ -49,3 +49,17 @@ def test_an_evicted_file_is_fetched_again_from_its_provider(lab, tmp_path):
     assert "lab\n    disk:  2 MB in 2 object(s) of 2.5 MB (channel)" in text, text
     assert "nodes: 3 of 3 online" in text and "relay:" in text
     assert "you own no channels" in bob.run("hub", "status").stdout  # not bob's channel: no figures
+
+
+def test_an_upload_over_the_quota_fails_with_what_to_do(lab, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    alice.run("channel", "quota", "lab", "500kB")
+    bob = lab.add_node("bob", ["request-files"])
+    path = tmp_path / "big.dat"
+    path.write_bytes(os.urandom(600_000))
+    uri = kn.open_storage(alice.storage_dir).store_file(path)
+    lines = _fetch(bob, uri)
+    assert lines[-1]["type"] == "error" and lines[-1]["kind"] == "NotFoundError", lines
+    error = lines[-1]["error"]
+    assert "quota_exceeded" in error and "kachery channel quota lab" in error, error
+    assert not lab.bucket_object(file_path("lab", _sha1_of(uri))).exists()
