@@ -11,7 +11,8 @@ Files under ``<hub dir>``:
   tokens issued before that (:meth:`HubState.tokens_revoked_before`);
 * ``feeds.db``  the channels' membership feeds (their keys never leave the hub);
 * ``secrets/``  each channel's service secrets (0600, hub/backends.py);
-* ``bucket/``   the embedded bucket's objects; ``hub.log`` the log.
+* ``bucket/``   the embedded bucket's objects (and their index ``.index.db``, hub/object_index.py);
+  ``hub.log`` the log.
 
 The membership feed is the source of truth for roles: grants, revocations and role requests are
 appended there first and the effective roles are computed by replaying it with the same
