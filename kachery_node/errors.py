@@ -83,6 +83,16 @@ class ConfigError(KacheryError):
     """The node's config.toml is unreadable or holds a bad value."""
 
 
+class InsecureUrlError(ConfigError):
+    """A secret (a bearer token, a signed request or upload, a channel's cloud secret) would go
+    over plain HTTP to another machine; refused before connecting. ``url`` is the refused URL.
+    Use https, or ``--insecure-http`` / ``KACHERY_INSECURE_HTTP=1`` if you really mean it."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
 class NetworkFileSystemError(KacheryError, _feeds_filesystems.NetworkFileSystemError):
     """A storage's or hub's SQLite databases would be on a network file system (NFS, SMB,
     sshfs, Lustre, …), where WAL mode is unsafe; the message says where to put them instead
