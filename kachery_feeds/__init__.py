@@ -22,6 +22,7 @@ from .errors import (
     UnknownFeedError,
     VerificationError,
 )
+from .filesystems import NetworkFileSystemError
 from .forks import ForkProofInfo, verify_fork_proof
 from .messages import (
     FORMAT_VERSION,
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidUriError",
     "MessageRecord",
     "MissingMessagesError",
+    "NetworkFileSystemError",
     "NotWriteableError",
     "ParsedMessage",
     "Problem",

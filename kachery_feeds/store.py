@@ -40,6 +40,7 @@ from .errors import (
     UnknownFeedError,
     short_repr,
 )
+from .filesystems import require_local_filesystem
 from .forks import build_fork_proof
 from .messages import (
     build_body,
@@ -94,6 +95,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, durability: Literal["normal", "full"] = "normal"):
         self.path = Path(path).absolute()
+        require_local_filesystem(self.path.parent, f"the feed store {self.path.name}",
+                                 "Open the store at a path on a local disk")
         _make_private_dirs(self.path.parent)
         if not self.path.exists():
             # Create it owner-only first: it holds private keys, and SQLite gives the -wal and

@@ -125,6 +125,9 @@ def init_node(
     when given. Returns the config and a list of what was created, for the CLI to report.
     """
     storage_dir = Path(storage_dir) if storage_dir is not None else default_storage_dir()
+    from .local_filesystem import require_local_storage  # imports kachery_feeds: only when used
+
+    require_local_storage(storage_dir)  # its databases will be SQLite: not on NFS & co.
     make_private_dirs(storage_dir)  # 0700: nobody else reads a person's storage
     created: list[str] = []
     try:

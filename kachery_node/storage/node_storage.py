@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import NodeConfig, default_storage_dir, load_node_config, max_cache_bytes
 from ..errors import CorruptedFileError, InvalidDataError, KacheryError, LinkedFileChangedError, NotFoundError
+from ..local_filesystem import require_local_storage
 from . import cache_limit as cache
 from . import data_objects
 from .file_index import (
@@ -97,6 +98,8 @@ class Storage:
         self._index: FileIndex | None = None
         self._mutables: Mutables | None = None
         self._feeds: kachery_feeds.Store | None = None
+        # Before anything is written: its databases are WAL SQLite, unsafe on NFS & co.
+        require_local_storage(self.directory)
 
     def __repr__(self) -> str:
         return f"Storage({str(self.directory)!r})"
