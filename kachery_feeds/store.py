@@ -397,13 +397,10 @@ class Store:
             )
         if not payloads:
             raise InvalidPayloadError("append_messages needs at least one message")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidPayloadError("metadata must be a JSON object (dict)")
-        meta_json = None if metadata is None else encode_json(metadata)
-        extra = _BODY_OVERHEAD + (len(meta_json) if meta_json else 0)
+        metas = _metadata_per_message(metadata, len(payloads))
         encoded = [encode_json(p) for p in payloads]
-        for pj in encoded:
-            if len(pj) + extra > MAX_MESSAGE_BYTES:
+        for pj, mj in zip(encoded, metas, strict=True):
+            if len(pj) + _BODY_OVERHEAD + (len(mj) if mj else 0) > MAX_MESSAGE_BYTES:
                 raise InvalidPayloadError(
                     f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
                     "store large data as a file and append its URI"
@@ -413,7 +410,7 @@ class Store:
             ts = _now_ms()
             n = count
             rows = []
-            for pj in encoded:
+            for pj, meta_json in zip(encoded, metas, strict=True):
                 body = build_body(feed_id, sh, n, prev, ts, pj, meta_json)
                 prev = message_hash(body)
                 rows.append((sid, n, body, None))
@@ -510,6 +507,23 @@ class Store:
             if sig is not None:
                 break
         return chain
+
+
+def _metadata_per_message(metadata: Any, count: int) -> list[bytes | None]:
+    """Encoded metadata for each of ``count`` messages: one dict for all, or a list of dicts
+    (or None) with one entry per message."""
+    if isinstance(metadata, list):
+        if len(metadata) != count:
+            raise InvalidPayloadError(
+                f"metadata has {len(metadata)} entries for {count} messages (give one per message)")
+        items = metadata
+    else:
+        items = [metadata] * count
+    for m in items:
+        if m is not None and not isinstance(m, dict):
+            raise InvalidPayloadError("metadata must be a JSON object (dict)")
+    cache: dict[int, bytes] = {}  # one dict shared by all messages is encoded once
+    return [None if m is None else cache.setdefault(id(m), encode_json(m)) for m in items]
 
 
 def _watch_items(watches: Mapping[str, Any]) -> list[tuple[str, tuple[Subfeed, int]]]:

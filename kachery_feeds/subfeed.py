@@ -147,8 +147,10 @@ class Subfeed:
         """Sign and store one message; returns its number once it is committed."""
         return self._store._append(self.feed_id, self.subfeed_hash, self._name_json, [payload], metadata)
 
-    def append_messages(self, payloads: Iterable[Any], metadata: dict | None = None) -> int:
-        """Store several messages in one transaction (signing the last); returns the last number."""
+    def append_messages(self, payloads: Iterable[Any],
+                        metadata: dict | list[dict | None] | None = None) -> int:
+        """Store several messages in one transaction (signing the last); returns the last number.
+        ``metadata``: one object for every message, or a list with one (or None) per message."""
         return self._store._append(
             self.feed_id, self.subfeed_hash, self._name_json, list(payloads), metadata
         )

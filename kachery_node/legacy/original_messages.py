@@ -130,31 +130,43 @@ def check_shape(signed: Any, position: int) -> None:
         raise fail("metaData is not an object")
 
 
-def verify_chain(feed_id: str, signed_messages: list[Any]) -> list[OriginalMessage]:
-    """Verify a whole original subfeed (its messages from number 0, in order) under the rules of
-    the module docstring; return them, or raise :class:`OriginalMessageError` for the first
-    message that breaks one."""
-    if not isinstance(feed_id, str) or not _HEX64.fullmatch(feed_id):
-        raise OriginalMessageError(f"not an original feed ID (64 hex): {feed_id!r}")
-    feed_id = feed_id.lower()
-    out: list[OriginalMessage] = []
-    previous: str | None = None
-    for i, signed in enumerate(signed_messages):
+class ChainVerifier:
+    """Verifies an original subfeed message by message, from number 0 on (the rules of the module
+    docstring), keeping only the last signature: a subfeed of any length in bounded memory."""
+
+    def __init__(self, feed_id: str) -> None:
+        if not isinstance(feed_id, str) or not _HEX64.fullmatch(feed_id):
+            raise OriginalMessageError(f"not an original feed ID (64 hex): {feed_id!r}")
+        self.feed_id = feed_id.lower()
+        self.count = 0
+        self.last_signature: str | None = None
+
+    def add(self, signed: Any) -> OriginalMessage:
+        """Verify the next message; raise :class:`OriginalMessageError` if it breaks a rule."""
+        i = self.count
         check_shape(signed, i)
         body, signature = signed["body"], signed["signature"]
         if body["messageNumber"] != i:
             raise OriginalMessageError(
                 f"message {i}: it says it is message {body['messageNumber']}", position=i)
         prev = body.get("previousSignature")
-        if (prev.lower() if prev else None) != previous:
+        if (prev.lower() if prev else None) != self.last_signature:
             raise OriginalMessageError(
                 f"message {i}: its previousSignature does not link to message {i - 1}"
                 if i else "message 0: it has a previousSignature", position=i)
-        scheme = signature_scheme(feed_id, body, signature)
+        scheme = signature_scheme(self.feed_id, body, signature)
         if scheme is None:
             raise OriginalMessageError(
-                f"message {i}: its signature does not verify under feed {feed_id}", position=i)
-        previous = signature.lower()
-        out.append(OriginalMessage(i, body["message"], body["timestamp"], previous, scheme,
-                                   canonical_json(body)))
-    return out
+                f"message {i}: its signature does not verify under feed {self.feed_id}", position=i)
+        self.last_signature = signature.lower()
+        self.count += 1
+        return OriginalMessage(i, body["message"], body["timestamp"], self.last_signature, scheme,
+                               canonical_json(body))
+
+
+def verify_chain(feed_id: str, signed_messages: list[Any]) -> list[OriginalMessage]:
+    """Verify a whole original subfeed (its messages from number 0, in order) under the rules of
+    the module docstring; return them, or raise :class:`OriginalMessageError` for the first
+    message that breaks one."""
+    verifier = ChainVerifier(feed_id)
+    return [verifier.add(m) for m in signed_messages]
