@@ -1,0 +1,85 @@
+"""kachery-client 1.2.0, unmodified and from PyPI, against this node's daemon (issue 17,
+spec/legacy.md §3): files, mutables and feeds through the original daemon's local API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import kachery_feeds as kf
+from tests.legacy.conftest import HERE, run_original
+from tests.nodes import TestNode
+
+
+def test_original_client_script_runs_against_our_daemon(original_python, tmp_path) -> None:
+    node = TestNode(tmp_path, "a")
+    node.start()
+    out = run_original(original_python, HERE / "original_client_script.py", str(tmp_path),
+                       env=node.env, timeout=240)
+
+    assert out["node_id"] == node.node_id
+    # The client waited in one long poll until the message came, and got only the news.
+    assert out["watch"] == {"events": [{"event": "late"}]}
+    assert 0.3 < out["watch_seconds"] < 8
+    # signed=True: this format's signed messages (the batch's last carries the signature).
+    assert [m["body"]["payload"] for m in out["signed"]] == [{"p": 2}, {"p": 3}, {"p": 5}]
+    assert out["signed"][0]["signature"] and out["signed"][2]["signature"]
+
+    # Everything the client did is this node's data, seen through our own API.
+    code = f"""
+import json, numpy as np, kachery_node as kn
+d = json.loads({json.dumps(json.dumps(out))})
+print(json.dumps({{
+    "json_uri": kn.store_json({{"name": "Zoë", "values": [1, 2.5, None], "nested": {{"ok": True}}}}),
+    "text_uri": kn.store_text("Hello, world!"),
+    "npy_sum": float(kn.load_npy(d["npy_uri"]).sum()),
+    "primes": kn.load_subfeed(d["primes_uri"]).get_messages(),
+    "events": kn.load_subfeed(d["events_uri"]).get_messages(),
+    "feed_id": kn.get_feed_id("lab-notes"),
+    "best": kn.get("run/best"),
+    "dict_key": kn.get({{"type": "dict-key", "n": 1}}),
+    "big": len(kn.load_bytes(d["big_uri"], 0, 21_000_000)),
+    "linked": kn.load_file(d["link_uri"]),
+}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=node.env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ours = json.loads(r.stdout.strip().splitlines()[-1])
+    # store_json writes the original's bytes: the same value has the same URI (non-ASCII too).
+    assert ours["json_uri"] == out["json_uri"]
+    assert ours["text_uri"] == out["text_uri"] == "sha1://943a702d06f34599aee1f8da8ef9f7296031d699/file.txt"
+    assert ours["npy_sum"] == sum(range(24))
+    assert ours["primes"] == [{"p": 2}, {"p": 3}, {"p": 5}]
+    assert ours["events"] == [{"event": "late"}]
+    assert ours["feed_id"] == out["feed_id"]  # a name given with kachery-client resolves here
+    assert ours["best"] == {"score": 0.9} and ours["dict_key"] == ["a", "b"]
+    assert ours["big"] == 21_000_000
+    assert ours["linked"] == str(tmp_path / "linked.dat")
+    # The subfeed the client named by hash is the one our name "primes" hashes to.
+    store = kf.open_store(node.storage_dir / "feeds.db")
+    try:
+        assert store.load_subfeed(out["primes_uri"]).subfeed_hash == kf.subfeed_hash("primes")
+        assert out["deleted_feed"] not in {f["feed_id"] for f in store.list_feeds()}
+    finally:
+        store.close()
+    assert "Traceback" not in node.log() and " ERROR " not in node.log()
+
+
+def test_original_client_without_the_code_is_refused(original_python, tmp_path) -> None:
+    """The original's credential file is the key: a wrong code gets the original's 403."""
+    node = TestNode(tmp_path, "a")
+    node.start()
+    (node.storage_dir / "client-auth").write_text("wrong-code")
+    script = tmp_path / "set.py"
+    script.write_text("import kachery_client as kc\nprint(kc.set('k', 1))\nkc.get('k')\n")
+    env = {k: v for k, v in node.env.items() if not k.startswith("PYTHON")}
+    r = subprocess.run([str(original_python), str(script)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    # The original client turns a refusal into False (set) or an exception (get).
+    assert r.returncode != 0 and r.stdout.strip() == "False"
+    assert "Unable to get value for key" in r.stderr
+    assert "403 Incorrect or invalid client authorization code" in node.log()
+    assert os.stat(node.storage_dir / "client-auth").st_mode & 0o077 == 0
