@@ -121,7 +121,7 @@ __all__ = [
 # Tasks (kachery_node/apps/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
 # They load httpx and the daemon client, so they are imported on first use (`kachery` starts fast).
 _LAZY = {name: "kachery_node.apps.tasks" for name in (
-    "NoProviderError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
+    "NoProviderError", "TaskArgumentError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
     "request_task", "run_task_backend", "task_hash", "taskfunction")}
 _LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
               "accept_submissions": "kachery_node.apps.feed_submissions"})

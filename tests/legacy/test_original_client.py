@@ -83,3 +83,49 @@ def test_original_client_without_the_code_is_refused(original_python, tmp_path) 
     assert "Unable to get value for key" in r.stderr
     assert "403 Incorrect or invalid client authorization code" in node.log()
     assert os.stat(node.storage_dir / "client-auth").st_mode & 0o077 == 0
+
+
+def test_original_client_loads_from_a_channel(original_python, tmp_path) -> None:
+    """``load_file(uri, channel=...)`` and ``load_subfeed(uri, channel=...)`` of the original
+    client reach the channel through this daemon: a file another node uploaded with
+    ``kn.upload_json`` (then went offline), and a subfeed another node owns, followed live."""
+    from tests.hub.conftest import HubProcess
+    from tests.network.conftest import ALL_ROLES, Lab
+
+    hub = HubProcess(tmp_path / "hub")
+    lab = Lab(tmp_path, hub)
+    try:
+        alice = lab.add_node("alice", ALL_ROLES)
+        bob = lab.add_node("bob", ["request-files", "request-feeds"])
+        made = subprocess.run([sys.executable, "-c", """
+import kachery_node as kn
+print(kn.upload_json({"from": "alice", "name": "Zoë"}, channel="lab"))
+sf = kn.create_feed().load_subfeed("notes")
+sf.append_messages([{"n": 0}, {"n": 1}])
+print(sf.uri)
+"""], env=alice.env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr + alice.log()[-2000:]
+        json_uri, notes_uri = made.stdout.split()
+        follow = tmp_path / "bob_follows.py"
+        follow.write_text(f"""
+import json, kachery_client as kc
+sf = kc.load_subfeed({notes_uri!r}, channel="lab")
+got = []
+for _ in range(100):
+    got += sf.get_next_messages(wait_msec=2000)
+    if len(got) >= 2:
+        break
+print(json.dumps(got))
+""")
+        assert run_original(original_python, follow, env=bob.env, timeout=180) == [{"n": 0}, {"n": 1}]
+        alice.stop()  # the uploaded file now comes from the channel's bucket alone
+        load = tmp_path / "bob_loads.py"
+        load.write_text(f"import json, kachery_client as kc\n"
+                        f"print(json.dumps(kc.load_json({json_uri!r}, channel='lab')))\n")
+        assert run_original(original_python, load, env=bob.env, timeout=180) == {
+            "from": "alice", "name": "Zoë"}
+    finally:
+        try:
+            lab.stop()
+        finally:
+            hub.stop()
