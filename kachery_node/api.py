@@ -174,8 +174,11 @@ def load_pkl(uri: str, *, channel: str | None = None, max_bytes: int | None = No
 
 
 # -- mutables -----------------------------------------------------------------------------------
-def set(key: Any, value: Any, *, overwrite: bool = True) -> bool:
-    """Set a local mutable (JSON key and value). Returns True if written."""
+def set(key: Any, value: Any, *, overwrite: bool = True, update: bool | None = None) -> bool:
+    """Set a local mutable (JSON key and value). Returns True if written; with
+    ``overwrite=False`` (the original's ``update=False``) an existing value is kept."""
+    if update is not None:
+        overwrite = update
     return default_storage().mutables.set(key, value, overwrite=overwrite)
 
 

@@ -33,6 +33,13 @@ def test_named_feeds(storage_dir: Path) -> None:
         kn.delete_feed(feed.uri)
 
 
+def test_mutables_update_keyword(storage_dir: Path) -> None:
+    assert kn.set("k", 1) and not kn.set("k", 2, update=False) and kn.get("k") == 1
+    assert kn.get("absent", None) is None  # a default, asked for; kn.get("absent") raises
+    with pytest.raises(kn.NotFoundError):
+        kn.get("absent")
+
+
 def test_node_id(storage_dir: Path) -> None:
     with pytest.raises(kn.NotInitializedError):
         kn.get_node_id()
