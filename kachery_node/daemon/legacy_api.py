@@ -254,7 +254,6 @@ def legacy_routes(ctx: DaemonContext) -> list[Route]:
         channel = body.get("channelName")
         if channel is not None and not isinstance(channel, str):
             raise ApiError(400, "'channelName' must be a channel name")
-        wanted = build_uri(chunk[0]) if chunk else uri  # a chunk comes from its whole file
         frames_in, frames_out = anyio.create_memory_object_stream[bytes](100)
 
         def progress(done: int, total: int) -> None:
@@ -267,9 +266,10 @@ def legacy_routes(ctx: DaemonContext) -> list[Route]:
         async def run() -> None:
             async with frames_in:
                 try:
-                    path = await _local_or_fetched(wanted, channel, progress)
                     if chunk:
-                        path = await anyio.to_thread.run_sync(_chunk_file, uri, chunk)
+                        path = await _chunk(uri, chunk, channel, progress)
+                    else:
+                        path = await _local_or_fetched(uri, channel, progress)
                     frame = {"type": "finished", "localFilePath": path}
                 except KacheryError as exc:
                     frame = {"type": "error", "error": str(exc)}
@@ -297,6 +297,18 @@ def legacy_routes(ctx: DaemonContext) -> list[Route]:
                     "from (kachery-client: load_file(uri, channel=...))", uri=uri) from None
         node = _node(ctx)
         return await node.files.fetch(node.links(channel), uri, progress=progress)
+
+    async def _chunk(uri: str, chunk: tuple[str, int, int], channel: str | None, progress) -> str:
+        """A chunk of a file: cut from the whole file when it is here; else the chunk itself from
+        the channel (uploads put each chunk in the bucket under its own SHA-1); else the whole
+        file from the channel, then cut."""
+        parent = build_uri(chunk[0])
+        if not await anyio.to_thread.run_sync(storage.has_file, parent):
+            try:
+                return await _local_or_fetched(uri, channel, progress)
+            except NotFoundError:
+                await _local_or_fetched(parent, channel, progress)
+        return await anyio.to_thread.run_sync(_chunk_file, uri, chunk)
 
     def _chunk_file(uri: str, chunk: tuple[str, int, int]) -> str:
         """Store bytes [start, end) of a local file as the chunk named by ``uri`` (the client

@@ -100,12 +100,15 @@ def test_original_client_loads_from_a_channel(original_python, tmp_path) -> None
         made = subprocess.run([sys.executable, "-c", """
 import kachery_node as kn
 print(kn.upload_json({"from": "alice", "name": "Zoë"}, channel="lab"))
+with open("big.dat", "wb") as f:
+    f.write(bytes(range(256)) * 82_032)  # 21,000,192 bytes: two chunks, a manifest
+print(kn.upload_file("big.dat", channel="lab"))
 sf = kn.create_feed().load_subfeed("notes")
 sf.append_messages([{"n": 0}, {"n": 1}])
 print(sf.uri)
-"""], env=alice.env, capture_output=True, text=True, timeout=120)
+"""], env=alice.env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert made.returncode == 0, made.stderr + alice.log()[-2000:]
-        json_uri, notes_uri = made.stdout.split()
+        json_uri, big_uri, notes_uri = made.stdout.split()
         follow = tmp_path / "bob_follows.py"
         follow.write_text(f"""
 import json, kachery_client as kc
@@ -121,9 +124,12 @@ print(json.dumps(got))
         alice.stop()  # the uploaded file now comes from the channel's bucket alone
         load = tmp_path / "bob_loads.py"
         load.write_text(f"import json, kachery_client as kc\n"
-                        f"print(json.dumps(kc.load_json({json_uri!r}, channel='lab')))\n")
-        assert run_original(original_python, load, env=bob.env, timeout=180) == {
-            "from": "alice", "name": "Zoë"}
+                        f"data = kc.load_bytes({big_uri!r}, 19_999_990, 20_000_010, channel='lab')\n"
+                        f"print(json.dumps([kc.load_json({json_uri!r}, channel='lab'), list(data)]))\n")
+        loaded, data = run_original(original_python, load, env=bob.env, timeout=180)
+        assert loaded == {"from": "alice", "name": "Zoë"}
+        # A range across chunks: the client asks for each chunk (chunkOf) and reads it as a file.
+        assert bytes(data) == (bytes(range(256)) * 82_032)[19_999_990:20_000_010]
     finally:
         try:
             lab.stop()

@@ -114,3 +114,24 @@ def test_canonical_json_is_javascripts(values) -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert [canonical_json(v) for v in values] == json.loads(r.stdout)
+
+
+_STORE_JSON = """
+import json, sys, simplejson
+values = [simplejson.loads(line) for line in sys.stdin.read().splitlines()]
+# kachery-client 1.2.0's _store_json, exactly:
+print(json.dumps([simplejson.dumps(v, separators=(",", ":"), indent=None, allow_nan=False) for v in values]))
+"""
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.lists(_json_values, min_size=1, max_size=20))
+def test_store_json_bytes_are_kachery_clients(original_python, values) -> None:
+    """store_json writes what kachery-client 1.2.0's store_json wrote, so URIs match."""
+    from kachery_node.storage.data_objects import encode_json
+
+    lines = "\n".join(json.dumps(v) for v in values) + "\n"
+    r = subprocess.run([str(original_python), "-c", _STORE_JSON], input=lines,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [encode_json(v).decode() for v in values] == json.loads(r.stdout)
