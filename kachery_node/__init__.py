@@ -130,10 +130,6 @@ __all__ += sorted(_LAZY)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
-
-def __dir__() -> list[str]:
     """Module attributes plus the lazily imported names, so that completion (Jupyter, IDEs)
     offers ``kn.request_task`` and friends before their first use."""
     return sorted({*globals(), *_LAZY})
