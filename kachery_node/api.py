@@ -196,9 +196,6 @@ def delete(key: Any) -> bool:
 # -- feeds --------------------------------------------------------------------------------------
 #: ``channel`` value meaning "this node's store only; do not ask the daemon" (the original's).
 LOCAL_ONLY = "*local*"
-# Where kachery-client 1.2.0 kept the names of feeds (it had the daemon create an unnamed feed
-# and set this mutable); read so that names given with the original still resolve.
-_ORIGINAL_NAME_KEY = "feed_id_for_name"
 
 
 def create_feed(name: str | None = None) -> kachery_feeds.Feed:
@@ -213,30 +210,31 @@ def create_feed(name: str | None = None) -> kachery_feeds.Feed:
 def _refuse_taken_name(storage: Storage, name: str) -> None:
     import kachery_feeds
 
-    if isinstance(name, str) and storage.mutables.get(
-            {"type": _ORIGINAL_NAME_KEY, "feed_name": name}, None) is not None:
-        raise kachery_feeds.InvalidUriError(
-            f"a feed named {name!r} already exists on this node (named with kachery-client)")
+    from .legacy.feed_names import feed_id_for_name
+
+    if isinstance(name, str) and feed_id_for_name(storage, name) is not None:
+        raise kachery_feeds.InvalidUriError(f"a feed named {name!r} already exists on this node")
 
 
 def get_feed_id(name: str, *, create: bool = False) -> str:
     """The ID of the local feed named ``name``; with ``create=True`` a new feed of that name
     is created if there is none. Raises :class:`kachery_feeds.UnknownFeedError` otherwise (never
-    returns None). Names given with kachery-client 1.2.0 on this node are found too."""
+    returns None). Names given with kachery-client 1.2.0 on this node are found too, and lead
+    to the feed ``kachery feed import-legacy`` made of the original's (spec/legacy.md §3)."""
     import kachery_feeds
+
+    from .legacy.feed_names import feed_id_for_name
 
     storage = default_storage()
     if not isinstance(name, str) or name.startswith("feed://"):
         raise kachery_feeds.InvalidUriError(f"get_feed_id takes a feed's local name, not {name!r}")
-    try:
-        return storage.feeds.load_feed(_as_name(name)).feed_id
-    except kachery_feeds.UnknownFeedError:
-        original = storage.mutables.get({"type": _ORIGINAL_NAME_KEY, "feed_name": name}, None)
-        if isinstance(original, str):
-            return kachery_feeds.normalize_feed_id(original)
-        if create:
-            return storage.feeds.create_feed(name).feed_id
-        raise
+    _as_name(name)
+    feed_id = feed_id_for_name(storage, name)
+    if feed_id is not None:
+        return feed_id
+    if create:
+        return storage.feeds.create_feed(name).feed_id
+    raise kachery_feeds.UnknownFeedError(f"no feed named {name!r} on this node")
 
 
 def _as_name(name: str) -> str:
@@ -272,7 +270,9 @@ def delete_feed(uri_or_name: str) -> None:
     feed = load_feed(uri_or_name)
     storage.feeds.delete_feed(feed.feed_id)
     if isinstance(uri_or_name, str) and not uri_or_name.startswith("feed://"):
-        storage.mutables.delete({"type": _ORIGINAL_NAME_KEY, "feed_name": uri_or_name})
+        from .legacy.feed_names import original_name_key
+
+        storage.mutables.delete(original_name_key(uri_or_name))
 
 
 def get_node_id() -> str:

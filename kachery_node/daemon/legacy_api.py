@@ -60,6 +60,7 @@ import kachery_feeds
 
 from .. import DISTRIBUTION
 from ..errors import InvalidDataError, KacheryError, NotFoundError
+from ..legacy.feed_names import feed_id_for_name, name_in_original_key
 from ..legacy.link_files import write_link_file
 from ..legacy.storage_dir import NODE_ID_FILE, write_text_atomic
 from ..storage.file_uris import build_uri, parse_uri
@@ -328,8 +329,15 @@ def legacy_routes(ctx: DaemonContext) -> list[Route]:
 
     async def mutable_get(request: Request) -> Response:
         body = await authorized_body(request)
+        key = _key(body)
+        name = name_in_original_key(key)
+        if name is not None:  # kachery-client's get_feed_id: either kind of name (legacy/feed_names)
+            feed_id = feed_id_for_name(storage, name)
+            if feed_id is None:
+                return _json({"success": True, "found": False, "value": ""})
+            return _json({"success": True, "found": True, "value": feed_id})
         try:
-            value = storage.mutables.get(_key(body))
+            value = storage.mutables.get(key)
         except NotFoundError:
             return _json({"success": True, "found": False, "value": ""})
         return _json({"success": True, "found": True, "value": value})

@@ -7,7 +7,8 @@ this node: its storage directories, its signed subfeeds and its JSON spellings.
 * :mod:`.link_files`: ``sha1/aa/bb/cc/<sha1>.link`` files (links registered by the original);
 * :mod:`.storage_dir`: recognising an original storage directory (``feeds.db``, ``mutables.db``,
   ``private.pem``, ``kachery.yaml``) without changing it;
-* :mod:`.feeds_import`: ``kachery feed import-legacy``.
+* :mod:`.feeds_import`: ``kachery feed import-legacy``;
+* :mod:`.feed_names`: local feed names given by this node or by kachery-client, one rule.
 
 Pure logic and read-only file access, except :mod:`.feeds_import`, which writes only to this
 node's own store. The formats are in ``spec/legacy.md``; the facts about the original come from

@@ -135,3 +135,31 @@ print(json.dumps(got))
             lab.stop()
         finally:
             hub.stop()
+
+
+def test_a_name_given_here_is_found_by_the_original_client(original_python, tmp_path) -> None:
+    """Both kinds of local feed name lead to one feed, whichever side asks: kachery-client's
+    get_feed_id reads a mutable, this node names feeds in its store (legacy/feed_names.py)."""
+    node = TestNode(tmp_path, "a")
+    node.start()
+    made = subprocess.run([sys.executable, "-c", """
+import kachery_node as kn
+feed = kn.create_feed("made-here")
+feed.load_subfeed("s").append_message({"from": "kachery_node"})
+print(feed.feed_id)
+"""], env=node.env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    script = tmp_path / "by_name.py"
+    script.write_text(
+        "import json, kachery_client as kc\n"
+        "feed_id = kc.get_feed_id('made-here')\n"
+        "messages = kc.load_feed('made-here').load_subfeed('s').get_next_messages(wait_msec=0)\n"
+        "replaced = kc.create_feed('made-here').feed_id\n"  # the original's re-create: a new feed
+        "print(json.dumps([feed_id, messages, replaced, kc.get_feed_id('made-here')]))\n")
+    feed_id, messages, replaced, after = run_original(original_python, script, env=node.env)
+    assert feed_id == made.stdout.strip() and messages == [{"from": "kachery_node"}]
+    assert replaced != feed_id and after == replaced
+    ask = "import kachery_node as kn; print(kn.get_feed_id('made-here'))"
+    ours = subprocess.run([sys.executable, "-c", ask], env=node.env, capture_output=True, text=True,
+                          timeout=60)
+    assert ours.stdout.strip() == replaced, ours.stderr  # and this node agrees

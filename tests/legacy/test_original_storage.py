@@ -171,7 +171,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def test_import_legacy_feeds(original) -> None:
+def test_import_legacy_feeds(original, original_python) -> None:
     storage, env = original["storage"], original["env"]
     assert _kachery(env, "init").returncode == 0
     feeds_db_sha1 = hashlib.sha1((storage / "feeds.db").read_bytes()).hexdigest()
@@ -226,8 +226,25 @@ print(json.dumps(out))
     try:
         start = _kachery(env, "node", "start")
         assert start.returncode == 0, start.stderr
+        # An unchanged kachery-client script on the kept directory finds the feed by the name it
+        # gave, now the imported one (its mutable still holds the original ID, untouched), and
+        # reads the original's messages after the one that says where they came from.
+        script = storage.parent / "by_name.py"
+        script.write_text(
+            "import json, kachery_client as kc\n"
+            "feed = kc.load_feed('lab-notes')\n"
+            "print(json.dumps([kc.get_feed_id('lab-notes'), feed.load_subfeed('primes')"
+            ".get_next_messages(wait_msec=0)]))\n")
+        feed_id, primes = run_original(original_python, script, env=env)
+        assert feed_id == new_owned
+        assert primes[0]["imported_from"]["feed_id"] == owned["feed_id"]
+        assert primes[1:] == owned["subfeeds"]["primes"]["messages"]
     finally:
         _kachery(env, "node", "stop")
+    with sqlite3.connect(f"file:{storage / 'mutables.db'}?mode=ro", uri=True) as conn:
+        (value,) = conn.execute("SELECT value FROM mutables WHERE key = ?", (
+            '{"feed_name":"lab-notes","type":"feed_id_for_name"}',)).fetchone()
+    assert json.loads(value) == owned["feed_id"]
 
 
 def test_import_legacy_refuses_a_forged_message(original) -> None:
