@@ -44,9 +44,18 @@ def original_python(pytestconfig, tmp_path_factory) -> Path:
         if ready.exists() and python.exists():
             return python
         shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        r = subprocess.run([str(python), "-m", "pip", "install", "-q", *REQUIREMENTS],
-                           capture_output=True, text=True, timeout=900)
+        # About 20 s with a reachable registry. pip's own --timeout/--retries end a stalled
+        # connection; the overall timeouts end anything else, and a half-built venv is removed
+        # (ready.json is written last, so the next run starts over).
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+            r = subprocess.run([str(python), "-m", "pip", "install", "-q", "--timeout", "30",
+                                "--retries", "2", *REQUIREMENTS],
+                               capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.fail(f"building the kachery-client 1.2.0 venv took over {exc.timeout:.0f} s "
+                        f"({' '.join(map(str, exc.cmd))})", pytrace=False)
         if r.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             if any(marker in r.stderr for marker in _UNREACHABLE):
