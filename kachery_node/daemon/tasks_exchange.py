@@ -664,7 +664,8 @@ class TaskExchange:
     async def _finish(self, inc: _Incoming, result: Any) -> None:
         try:
             obj = sign_result(inc.link.keypair, task_hash=inc.task_hash,
-                              function_id=inc.function_id, result=result)
+                              function_id=inc.function_id, result=result,
+                              now_ms=int(time.time() * 1000))
         except TaskArgumentError as exc:
             await self._status(inc, "error", error=str(exc))
             return
