@@ -204,9 +204,11 @@ class TaskTimeouts:
     silence: float = 20.0
     #: Provider: re-publish a held task's status this often.
     heartbeat: float = 5.0
-    #: Provider: a backend's registration outlives the end of its last poll by this much; a
-    #: queued task that no backend offers any more fails after this long.
+    #: Provider: a backend's registration outlives the end of its last poll by this much.
     registration_grace: float = 3.0
+    #: Provider: a queued task that no backend offers waits this long for one (a backend being
+    #: restarted) before it fails.
+    backend_wait: float = 10.0
     #: Provider: an offer that was not assigned is forgotten after this long.
     offer_ttl: float = 30.0
     #: Provider: finished requests stay in memory (for retries) this long; tasks.db keeps them.

@@ -17,7 +17,7 @@ A request's life (:class:`TaskState`)::
     OFFERED --assignTask naming another / offer_ttl--> forgotten
     QUEUED --a backend takes it--> RUNNING --finished/error--> FINISHED | ERROR --keep_finished--> forgotten
     RUNNING --its backend stopped--> QUEUED (pure, query) | ERROR (action: never run twice)
-    QUEUED --no backend offers it for registration_grace--> ERROR
+    QUEUED --no backend offers it for backend_wait--> ERROR
 
 Rules:
 
@@ -394,7 +394,7 @@ class TaskProvider:
     def _enqueue(self, inc: _Incoming, now: float) -> list[ProviderAction]:
         inc.state, inc.backend_id, inc.queued_at = TaskState.QUEUED, None, now
         self._queue.append(inc)
-        self._check_queue_at(now + self.registrations.grace)
+        self._check_queue_at(now + self.timeouts.backend_wait)
         return [WakeBackends()]
 
     def _orphaned(self, inc: _Incoming, now: float) -> list[ProviderAction]:
@@ -411,12 +411,12 @@ class TaskProvider:
         self._queue_check = when if self._queue_check is None else min(self._queue_check, when)
 
     def _check_queue(self, now: float) -> list[ProviderAction]:
-        """Fail the queued tasks that waited ``registration_grace`` and no backend offers."""
+        """Fail the queued tasks that waited ``backend_wait`` and no backend offers."""
         self._queue_check = None
         actions: list[ProviderAction] = []
         for inc in list(self._queue):
-            if now - inc.queued_at < self.registrations.grace:
-                self._check_queue_at(inc.queued_at + self.registrations.grace)
+            if now - inc.queued_at < self.timeouts.backend_wait:
+                self._check_queue_at(inc.queued_at + self.timeouts.backend_wait)
             elif self.registrations.offered_type(inc.channel, inc.function_id, now) is None:
                 self._queue.remove(inc)
                 actions += self._status(inc, "error", now, error=(

@@ -57,7 +57,7 @@ from kachery_node.protocol.task_requester import (
     TaskRequester,
 )
 
-T = TaskTimeouts()  # the defaults: offer 2, silence 20, heartbeat 5, grace 3, offer_ttl 30, keep 120
+T = TaskTimeouts()  # the defaults: offer 2, silence 20, heartbeat 5, grace 3, backend_wait 10, ...
 PROVIDER, OTHER, OUTSIDER = Keypair.generate(), Keypair.generate(), Keypair.generate()
 P, P2 = PROVIDER.public_hex, OTHER.public_hex
 ALICE, BOB = "a" * 64, "b" * 64
@@ -661,16 +661,28 @@ def test_a_queued_task_that_no_backend_offers_any_more_fails():
     core.poll_ended("b1", 0.0)
     core.backend_gone("b1")  # gone before taking it
     actions = core.on_timer(1.0)
-    assert published(actions) == []  # it may come back within the grace period
-    assert core.next_deadline() == T.registration_grace
-    (failed,) = published(core.on_timer(T.registration_grace))
+    assert published(actions) == []  # a backend may come back (a restart) within backend_wait
+    beat = published(core.on_timer(T.backend_wait - 0.1))
+    assert [s.status for s in beat] == ["queued"]  # a heartbeat: it still waits
+    assert core.next_deadline() == T.backend_wait
+    (failed,) = published(core.on_timer(T.backend_wait))
     assert "no task backend on this node offers t.add.1 any more" in failed.error
 
     core, ledger = provider(), Ledger()  # a backend that registers less than before
     offer_and_assign(core, ledger, "r-000000002", 0.0)
     core.poll_started("b1", registration_table(FUNCS[1:]), [], 4.0)
-    (failed,) = published(core.on_timer(4.0))
-    assert failed.status == "error"
+    assert published(core.on_timer(4.0)) == []
+    assert [s.status for s in published(core.on_timer(T.backend_wait))] == ["error"]
+
+    core, ledger = provider(), Ledger()  # a backend restarted in time runs it
+    offer_and_assign(core, ledger, "r-000000003", 0.0)
+    core.backend_gone("b1")
+    core.poll_ended("b1", 0.0)
+    core.backend_gone("b1")
+    core.on_timer(0.0)
+    core.poll_started("b2", registration_table(FUNCS), [], T.backend_wait - 1)
+    assert [s.status for s in published(core.on_timer(T.backend_wait))] == ["queued"]
+    assert len(core.take("b2", 1, T.backend_wait)[0]) == 1
 
 
 def test_a_probe_lists_the_registered_functions():
