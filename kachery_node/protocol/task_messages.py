@@ -367,9 +367,13 @@ class TaskStatus:
         in_bucket = body.get("in_bucket", False)
         if type(in_bucket) is not bool:
             raise MalformedTaskMessage("'in_bucket' must be true or false")
-        return cls(_request_id(body), status, _optional(body, "progress", (str, int, float, dict)),
-                   _optional(body, "note", str), _optional(body, "error", str),
-                   body.get("result_object"), in_bucket)
+        # Providers before this module forwarded any progress value; one of another shape is
+        # dropped rather than the status (whose loss would look like silence).
+        progress = body.get("progress")
+        if not isinstance(progress, str | int | float | dict):
+            progress = None
+        return cls(_request_id(body), status, progress, _optional(body, "note", str),
+                   _optional(body, "error", str), body.get("result_object"), in_bucket)
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": self.TYPE, "request_id": self.request_id,
