@@ -7,8 +7,9 @@ The core decides; this module carries out what it asks, with anyio:
 * actions out: publish on the link of the action's channel, answer the ledger questions from
   ``tasks.db`` (:mod:`.task_ledger`), sign results with the link's node key and the wall clock,
   upload them (60 s at most), wake the backends' polls;
-* time: one task sleeps until the core's next deadline (woken early when an event brings a
-  sooner one) and calls ``on_timer``.
+* time: an :class:`~.action_loop.ActionLoop` (the files flow's) sleeps until the core's next
+  deadline, woken early when an event may have brought a sooner one, and performs what
+  ``on_timer`` returns.
 
 Rules: a failed publish or upload is logged and left to the requester's retry or silence
 timeout (as the core expects); nothing here waits on a backend.
@@ -17,7 +18,6 @@ timeout (as the core expects); nothing here waits on a backend.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +43,7 @@ from ..protocol.task_messages import (
     sign_result,
 )
 from ..protocol.task_provider import TaskProvider
+from .action_loop import ActionLoop, now
 from .channel_link import ChannelLink
 from .task_ledger import TaskLedger
 
@@ -59,8 +60,7 @@ class TaskProviderDriver:
         self.core, self.ledger = core, ledger
         self._wake_backends = wake_backends
         self._links: dict[str, ChannelLink] = {}  # the latest link each channel's messages came on
-        self._rearm = anyio.Event()
-        self._sleeping_until = -math.inf  # the timer's deadline while it sleeps
+        self._timer = ActionLoop(core)
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -68,29 +68,27 @@ class TaskProviderDriver:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
-            while True:
-                deadline = self.core.next_deadline()
-                self._sleeping_until = math.inf if deadline is None else deadline
-                with anyio.CancelScope(deadline=self._sleeping_until):
-                    await self._rearm.wait()
-                self._sleeping_until = -math.inf
-                self._rearm = anyio.Event()
-                await self.carry_out(self.core.on_timer(anyio.current_time()))
+            await self._timer.run(self._on_time)
+
+    async def _on_time(self, action: ProviderAction) -> None:
+        """One action of ``on_timer`` (heartbeats, expiries), performed by the timer's loop;
+        never ends it."""
+        await self.carry_out([action])
 
     async def on_message(self, link: ChannelLink, sender: str,
                          message: TaskRequest | TaskAssignment | TaskProbe) -> None:
         """A message on request-tasks from ``sender``."""
         self._links[link.channel] = link
-        now, channel = anyio.current_time(), link.channel
+        at, channel = now(), link.channel
         if isinstance(message, TaskAssignment):
-            actions = self.core.on_assign(channel, sender, message, now, we=link.node_id)
+            actions = self.core.on_assign(channel, sender, message, at, we=link.node_id)
         else:
             facts = {"we_provide": "provide-tasks" in link.roles,
                      "sender_may_request": link.may(sender, "request-tasks")}
             if isinstance(message, TaskRequest):
-                actions = self.core.on_request(channel, sender, message, now, **facts)
+                actions = self.core.on_request(channel, sender, message, at, **facts)
             else:
-                actions = self.core.on_probe(channel, sender, message, now, **facts)
+                actions = self.core.on_probe(channel, sender, message, at, **facts)
         await self.carry_out(actions)
 
     def spawn(self, actions: Sequence[ProviderAction]) -> None:
@@ -99,11 +97,9 @@ class TaskProviderDriver:
         self._tg.start_soon(self.carry_out, actions)
 
     def rearm(self) -> None:
-        """The core's state changed outside :meth:`carry_out`: wake the timer if it now has
-        something to do sooner than it sleeps for."""
-        deadline = self.core.next_deadline()
-        if deadline is not None and deadline < self._sleeping_until:
-            self._rearm.set()
+        """The core's state changed outside the timer: let it look at the core's next deadline
+        again (it may now come sooner than the timer sleeps for)."""
+        self._timer.feed(())
 
     async def carry_out(self, actions: Sequence[ProviderAction]) -> None:
         """Do each action in order; the answers to questions come first in the queue."""
@@ -118,11 +114,11 @@ class TaskProviderDriver:
             await self._publish(action)
         elif isinstance(action, LookUpAccepted):
             record = self.ledger.accepted(action.channel, action.request.request_id)
-            return self.core.on_looked_up(action, record, anyio.current_time())
+            return self.core.on_looked_up(action, record, now())
         elif isinstance(action, RecordAcceptance):
             newly = self.ledger.accept(action.channel, action.request_id, action.function_id,
                                        action.requester)
-            return self.core.on_acceptance_recorded(action, newly, anyio.current_time())
+            return self.core.on_acceptance_recorded(action, newly, now())
         elif isinstance(action, RecordOutcome):
             self.ledger.finish(action.channel, action.request_id, action.status.to_body())
         elif isinstance(action, SignResult):
@@ -130,7 +126,7 @@ class TaskProviderDriver:
         elif isinstance(action, UploadResult):
             ok = await self._upload(action)
             if action.task_key is not None:
-                return self.core.on_result_uploaded(action, ok, anyio.current_time())
+                return self.core.on_result_uploaded(action, ok, now())
         elif isinstance(action, WakeBackends):
             self._wake_backends()
         else:
@@ -138,16 +134,16 @@ class TaskProviderDriver:
         return []
 
     def _sign(self, action: SignResult) -> list[ProviderAction]:
-        now = anyio.current_time()
+        at = now()
         link = self._links.get(action.channel)
         if link is None:
-            return self.core.on_result_signed(action, None, now, error=f"left channel {action.channel}")
+            return self.core.on_result_signed(action, None, at, error=f"left channel {action.channel}")
         try:
             obj = sign_result(link.keypair, task_hash=action.task_hash, function_id=action.function_id,
                               result=action.result, now_ms=int(time.time() * 1000))
         except TaskArgumentError as exc:
-            return self.core.on_result_signed(action, None, now, error=str(exc))
-        return self.core.on_result_signed(action, obj, now)
+            return self.core.on_result_signed(action, None, at, error=str(exc))
+        return self.core.on_result_signed(action, obj, at)
 
     async def _publish(self, action: Publish) -> None:
         link = self._links.get(action.channel)

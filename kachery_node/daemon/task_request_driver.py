@@ -7,6 +7,10 @@ on the channel's link (reporting failures back as
 bucket (at most ``timeouts.bucket`` seconds each), records assignments in ``tasks.db``, emits
 status lines to the caller, and waits for the ``offer`` and ``taskStatus`` messages that the
 exchange routes here by request ID, or for the core's next deadline.
+
+Unlike the provider's timer, this is not an :class:`~.action_loop.ActionLoop`: the requester core
+takes the next message only once the actions of the last event are done (a status that comes
+while a result is being read waits in the request's queue), which the loop does not promise.
 """
 
 from __future__ import annotations

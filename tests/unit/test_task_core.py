@@ -721,3 +721,59 @@ def test_the_states_a_request_passes_through():
     states.append(core.state("lab", "r-000000001"))
     assert states == [None, TaskState.OFFERED, TaskState.ACCEPTING, TaskState.QUEUED,
                       TaskState.RUNNING, TaskState.FINISHED, None]
+
+
+
+
+TASK_CORE_MODULES = ["task_messages", "task_requester", "task_provider", "task_actions",
+                     "task_registrations", "canonical_json"]
+NO_IO = {"anyio", "trio", "httpx", "sqlite3", "time", "asyncio", "socket"}
+
+
+def _module_source(name: str) -> str | None:
+    """The source of module ``name`` of this project, or None (not a module, a package's
+    ``__init__``, or someone else's)."""
+    import importlib.util
+
+    if name.split(".")[0] not in ("kachery_node", "kachery_feeds"):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a name imported from a module, not a module
+        return None
+    origin = spec.origin if spec else None
+    if origin is None or not origin.endswith(".py") or origin.endswith("__init__.py"):
+        return None
+    with open(origin, encoding="utf-8") as f:
+        return f.read()
+
+
+def test_the_task_cores_import_no_io():
+    """The tasks flow's modules in protocol/ import no I/O or clock (issue 12), neither directly
+    nor through the project modules they import, followed to the end (read from the sources;
+    the packages' ``__init__`` facades, which load the node's whole public API, are not
+    followed)."""
+    import ast
+
+    seen: set[str] = set()
+    todo = [f"kachery_node.protocol.{name}" for name in TASK_CORE_MODULES]
+    while todo:
+        module = todo.pop()
+        text = None if module in seen else _module_source(module)
+        seen.add(module)
+        if text is None:
+            continue
+        package = module.split(".")[:-1]
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parts = package[: len(package) - node.level + 1] if node.level else []
+                base = ".".join(parts + ([node.module] if node.module else []))
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in NO_IO, f"{module} imports {name}"
+            todo += names
+    assert "kachery_node.protocol.bucket_layout" in seen  # the walk did follow the imports
