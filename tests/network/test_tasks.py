@@ -195,7 +195,8 @@ def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
     # A well-signed result from a node that does not hold provide-tasks on the channel.
     h2 = task_hash("test.echo.1", {"value": "x"})
     forger = Keypair.generate()
-    forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!")
+    forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!",
+                         now_ms=int(time.time() * 1000))
     path2 = tl.lab.bucket_object(task_result_path("lab", h2))
     path2.parent.mkdir(parents=True, exist_ok=True)
     path2.write_bytes(encode_result_object(forged))
