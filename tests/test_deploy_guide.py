@@ -99,7 +99,7 @@ class GuideRun:
         command = command.replace("DNS:hub.lab.example", f"DNS:hub.lab.example,IP:{HUB_HOST}")
         command = command.replace("https://hub.lab.example:8443", self.hub_url)
         command = command.replace("/opt/kachery/bin/kachery", KACHERY)
-        command = command.replace("kachery/deploy/", f"{ROOT}/deploy/")
+        command = command.replace("kachery-node/deploy/", f"{ROOT}/deploy/")
         command = command.replace("/var/lib", str(self.var_lib))
         command = command.replace("/etc/", f"{self.etc}/")
         command = command.replace("/local/", f"{self.local}/")
@@ -202,7 +202,7 @@ def _step(run: GuideRun, command: str) -> None:
     until the cluster section sets it; the node backup is alice's again)."""
     if command.startswith(("openssl ", "sudo install ")):
         run.sh(command)
-    elif command.startswith("sudo cp kachery/deploy/systemd/kachery-hub.service"):
+    elif command.startswith("sudo cp kachery-node/deploy/systemd/kachery-hub.service"):
         (run.etc / "systemd/system").mkdir(parents=True)
         run.sh(command)
     elif command == "sudo systemctl daemon-reload && sudo systemctl enable --now kachery-hub":
