@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from .config import default_storage_dir
-from .daemon.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 from .daemon.local_tokens import read_browser_token, read_client_token
 from .daemon.paths import INFO_FILE, default_port
+from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 
 DEFAULT_TIMEOUT = 10.0
 

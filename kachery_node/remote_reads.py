@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from .daemon.errors import DaemonError, DaemonNotRunningError
 from .daemon_client import DaemonClient
-from .errors import NotFoundError
+from .errors import DaemonError, DaemonNotRunningError, NotFoundError
 
 FETCH_TIMEOUT = httpx.Timeout(None, connect=5.0, read=120.0)  # a stalled stream fails; a long one does not
 

@@ -41,8 +41,8 @@ import httpx
 import orjson
 
 from ..config import default_storage_dir
-from ..daemon.errors import DaemonError, DaemonNotRunningError
 from ..daemon_client import DaemonClient
+from ..errors import DaemonError, DaemonNotRunningError
 from ..protocol.task_messages import (
     FUNCTION_TYPES,
     NoProviderError,

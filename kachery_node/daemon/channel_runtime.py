@@ -34,9 +34,8 @@ import trio_websocket
 
 import kachery_feeds as kf
 
-from ..errors import KacheryError, NotFoundError
+from ..errors import HubRequestError, KacheryError, NotFoundError
 from ..identity import Keypair
-from ..protocol.channel_errors import HubRequestError
 from ..protocol.membership import Membership, MembershipError
 from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
 from ..protocol.roles import ROLE_BANDS, band_name, split_band_name
@@ -116,7 +115,7 @@ class ChannelRuntime:
             )
         if self._pubsub is None:
             raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
-        data = seal(self.keypair, channel=self.channel, band=band, body=body)
+        data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms())
         await self._pubsub.publish(band_name(self.channel, ROLE_BANDS[band][0]), data.decode())
 
     def _require_bucket(self) -> HttpBucket:
@@ -336,12 +335,13 @@ class ChannelRuntime:
             band = _ROLE_OF_BAND[short]
             if not isinstance(message.data, str):
                 raise EnvelopeError("message data is not a string")
-            env = open_envelope(message.data.encode(), channel=self.channel, band=band)
+            now_ms = _wall_ms()
+            env = open_envelope(message.data.encode(), channel=self.channel, band=band, now_ms=now_ms)
             if env.sender != message.sender:
                 raise EnvelopeError(
                     f"relay says {message.sender[:12]}… sent a message signed by {env.sender[:12]}…"
                 )
-            self._replays.check(env)
+            self._replays.check(env, now_ms=now_ms)
         except (EnvelopeError, KacheryError, KeyError) as exc:
             log.info("%s: dropped a message: %s", self.channel, exc)
             return
@@ -388,6 +388,11 @@ _RETRYABLE = (
     MembershipError,
     httpx.HTTPError,
 )
+
+
+def _wall_ms() -> int:
+    """The wall clock in ms, for signed messages' ``time_ms`` (they are compared across nodes)."""
+    return int(time.time() * 1000)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

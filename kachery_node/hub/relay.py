@@ -48,7 +48,7 @@ import orjson
 import trio
 from starlette.websockets import WebSocket
 
-from ..protocol.channel_errors import (
+from ..errors import (
     ChannelProtocolError,
     ExpiredError,
     InvalidTokenError,

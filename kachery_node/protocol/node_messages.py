@@ -18,31 +18,35 @@ Whether the sender *may* send on that band is the membership's business
 
 from __future__ import annotations
 
-import hashlib
-import re
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import JsonTextError
 from kachery_feeds.jsontext import loads as loads_json
 
-from ..identity import Keypair, verify_signature
+from ..errors import LocalProtocolError, RemoteProtocolError
+from ..identity import Keypair
+from . import signing
 
 CONTEXT = b"kachery-pubsub-v1\x00"
-MAX_SKEW_MS = 60_000
+MAX_SKEW_MS = signing.MAX_SKEW_MS
 MAX_ENVELOPE_BYTES = 256 * 1024
-_HEX = frozenset(b"0123456789abcdef")
-#: The nonce alphabet and length (spec/node-protocol.md, Envelopes); ``seal`` writes 24 hex.
-_NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+#: Nonces are 8-64 characters of ``[A-Za-z0-9_-]`` (spec/node-protocol.md, Envelopes);
+#: ``seal`` writes 24 hex.
+NONCE_MIN_CHARS = 8
 
 
-class EnvelopeError(Exception):
-    """A pub-sub message is malformed, forged, misdirected, stale or replayed."""
+class EnvelopeError(RemoteProtocolError):
+    """A pub-sub message is malformed, forged, misdirected, stale or replayed (the sender's
+    fault, or whoever tampered with it on the way)."""
+
+
+class MessageTooLargeError(LocalProtocolError):
+    """A body to seal is over :data:`MAX_ENVELOPE_BYTES` (the caller should have split it, or
+    sent it through the bucket)."""
 
 
 @dataclass(frozen=True)
@@ -55,32 +59,25 @@ class Envelope:
         return self.body["type"]
 
 
-def _signing_input(body: bytes) -> bytes:
-    return CONTEXT + hashlib.sha256(body).digest()
-
-
-def seal(
-    keypair: Keypair, *, channel: str, band: str, body: dict[str, Any], now_ms: int | None = None
-) -> bytes:
-    """Sign ``body`` (which must have a ``type``) for sending on ``channel``/``band``."""
+def seal(keypair: Keypair, *, channel: str, band: str, body: dict[str, Any], now_ms: int,
+         nonce: str | None = None) -> bytes:
+    """Sign ``body`` (which must have a ``type``) for sending on ``channel``/``band`` at
+    ``now_ms`` (the sender's wall clock); ``nonce`` defaults to 24 random hex characters."""
     if "type" not in body:
-        raise ValueError("an envelope body needs a 'type'")
-    full = {
-        **body,
-        "channel": channel,
-        "band": band,
-        "time_ms": int(time.time() * 1000) if now_ms is None else now_ms,
-        "nonce": secrets.token_hex(12),
-    }
+        raise LocalProtocolError("an envelope body needs a 'type'")
+    full = {**body, "channel": channel, "band": band, "time_ms": now_ms,
+            "nonce": secrets.token_hex(12) if nonce is None else nonce}
     raw = orjson.dumps(full, option=orjson.OPT_SORT_KEYS)
     if len(raw) > MAX_ENVELOPE_BYTES:
-        raise EnvelopeError(f"message of {len(raw)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
-    sig = keypair.sign(_signing_input(raw))
+        raise MessageTooLargeError(
+            f"message of {len(raw)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
+    sig = signing.sign(keypair, CONTEXT, raw)
     return raw + b"\t" + keypair.public_hex.encode() + b"\t" + sig.hex().encode()
 
 
-def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = None) -> Envelope:
-    """Verify a received envelope's shape, signature, binding and freshness (not replay).
+def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int) -> Envelope:
+    """Verify a received envelope's shape, signature, binding and freshness (not replay: see
+    :class:`ReplayGuard`) at ``now_ms`` (the receiver's wall clock).
 
     The line splits at its last two TABs into body, sender and signature; the body is at most
     :data:`MAX_ENVELOPE_BYTES` and is read by kachery's JSON rules (kachery_feeds.jsontext)."""
@@ -92,11 +89,10 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = 
     raw, sender_b, sig_b = parts
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"message body is over the {MAX_ENVELOPE_BYTES}-byte limit")
-    well_formed = len(sender_b) == 64 and len(sig_b) == 128
-    if not well_formed or not _HEX.issuperset(sender_b) or not _HEX.issuperset(sig_b):
+    if not signing.is_id(sender_b) or not signing.is_signature_hex(sig_b):
         raise EnvelopeError("malformed sender or signature")
     sender = sender_b.decode()
-    if not verify_signature(sender, _signing_input(raw), bytes.fromhex(sig_b.decode())):
+    if not signing.verify(sender, CONTEXT, raw, bytes.fromhex(sig_b.decode())):
         raise EnvelopeError(f"bad signature on a message claiming to be from {sender[:12]}…")
     try:
         body = loads_json(raw)
@@ -109,30 +105,20 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = 
             f"message for {body.get('channel')!r}/{body.get('band')!r} arrived on {channel!r}/{band!r}"
         )
     t = body.get("time_ms")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if type(t) is not int or not 0 <= t <= MAX_SAFE_INTEGER or abs(now - t) > MAX_SKEW_MS:
+    if not signing.is_time_ms(t) or not signing.is_fresh(t, now_ms):
         raise EnvelopeError("stale message (time_ms is missing or off by more than 60 s)")
-    nonce = body.get("nonce")
-    if type(nonce) is not str or not _NONCE.fullmatch(nonce):
+    if not signing.is_nonce(body.get("nonce"), NONCE_MIN_CHARS):
         raise EnvelopeError("message has no valid nonce (8-64 characters of [A-Za-z0-9_-])")
     return Envelope(sender, body)
 
 
 class ReplayGuard:
-    """Remembers (sender, nonce) pairs for the freshness window; a repeat is a replay."""
+    """Refuses an envelope whose (sender, nonce) was seen within the replay window
+    (:class:`~kachery_node.protocol.signing.ReplayLedger`)."""
 
-    def __init__(self, window_ms: int = 2 * MAX_SKEW_MS, max_entries: int = 200_000) -> None:
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._window_ms = window_ms
-        self._max = max_entries
+    def __init__(self, window_ms: int = signing.REPLAY_WINDOW_MS, max_entries: int = 200_000) -> None:
+        self._ledger = signing.ReplayLedger(window_ms, max_entries)
 
-    def check(self, env: Envelope, now_ms: int | None = None) -> None:
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        while self._seen and (
-            len(self._seen) > self._max or next(iter(self._seen.values())) < now - self._window_ms
-        ):
-            self._seen.popitem(last=False)
-        key = (env.sender, env.body["nonce"])
-        if key in self._seen:
+    def check(self, env: Envelope, *, now_ms: int) -> None:
+        if not self._ledger.record(env.sender, env.body["nonce"], now_ms=now_ms):
             raise EnvelopeError(f"replayed message from {env.sender[:12]}…")
-        self._seen[key] = now

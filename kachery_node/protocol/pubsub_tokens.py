@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..errors import ExpiredError, InvalidTokenError
 from ..identity import Keypair, verify_signature
-from .channel_errors import ExpiredError, InvalidTokenError
 
 DEFAULT_TOKEN_TTL_MS = 30 * 60 * 1000
 _PREFIX = b"kachery-pubsub-token-v1\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .channel_errors import InvalidPathError, MalformedRequestError, NotAllowedError
+from ..errors import InvalidPathError, MalformedRequestError, NotAllowedError
 
 # role -> (band it publishes on, band it subscribes to); the only place this rule lives.
 ROLE_BANDS: dict[str, tuple[str, str]] = {
@@ -87,7 +87,7 @@ def capabilities(channel: str, roles: Iterable[str]) -> dict[str, list[str]]:
 
 def check_capability(capability: dict[str, list[str]], band: str, op: str) -> None:
     """Raise :class:`~.errors.CapabilityError` unless ``capability`` allows ``op`` on ``band``."""
-    from .channel_errors import CapabilityError
+    from ..errors import CapabilityError
 
     if op not in capability.get(band, ()):
         raise CapabilityError(f"token does not allow {op} on band {band!r}")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError
 from kachery_node.transport.hub_client import HubClient
 from kachery_node.transport.pubsub.ably_backend import token_request_mac
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub

@@ -9,7 +9,7 @@ import time
 import pytest
 import trio
 
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError
 from kachery_node.transport.pubsub import nats_jwt
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.hub.conftest import Actor, HubProcess

@@ -30,6 +30,7 @@ the signing path is exercised. What is simulated:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,9 @@ class MemoryChannel:
             if link.handler is None or not link.attached:
                 continue
             try:
-                env = open_envelope(raw, channel=self.name, band=band)
-                link.replay_guard.check(env)
+                now_ms = int(time.time() * 1000)
+                env = open_envelope(raw, channel=self.name, band=band, now_ms=now_ms)
+                link.replay_guard.check(env, now_ms=now_ms)
             except Exception as exc:  # a forged or replayed message: what a runtime would drop
                 self.handler_errors.append(exc)
                 continue
@@ -147,8 +149,9 @@ class MemoryLink:
         self._check_attached()
         if band not in self.roles:  # a band is named after the role that publishes on it
             raise PermissionError(f"this node may not publish on {self.channel}/{band}")
-        raw = seal(self.keypair, channel=self.channel, band=band, body=body)
-        sealed = open_envelope(raw, channel=self.channel, band=band).body
+        now_ms = int(time.time() * 1000)
+        raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms)
+        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms).body
         self.hub.published.append((self.node_id, band, sealed))
         await self.hub._deliver(raw, band)
 

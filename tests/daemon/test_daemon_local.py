@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.daemon.errors import DaemonConnectionLostError, DaemonNotRunningError
 from kachery_node.daemon_client import DaemonClient
+from kachery_node.errors import DaemonConnectionLostError, DaemonNotRunningError
 from tests.nodes import TestNode, free_port
 
 

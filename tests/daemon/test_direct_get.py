@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kachery_node.errors import NotFoundError
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError, NotFoundError
 from kachery_node.transport.bucket.direct_get import DirectGet, DirectGetAborted, DirectGetUnsupported
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # several 1 MiB buffers and a remainder

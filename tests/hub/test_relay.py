@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio_websocket
 
+from kachery_node.errors import HubRequestError
 from kachery_node.identity import Keypair
-from kachery_node.protocol.channel_errors import HubRequestError
 from kachery_node.protocol.pubsub_tokens import issue_token
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 

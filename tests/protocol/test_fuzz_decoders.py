@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kachery_feeds as kf
+from kachery_node.errors import ChannelProtocolError
 from kachery_node.identity import Keypair
-from kachery_node.protocol import feed_bucket
+from kachery_node.protocol import feed_bucket, signing
 from kachery_node.protocol import hub_requests as hub_envelope
 from kachery_node.protocol import membership as mb
 from kachery_node.protocol import node_messages as envelope
 from kachery_node.protocol import pubsub_tokens as tokens
 from kachery_node.protocol import task_messages as tasks
-from kachery_node.protocol.channel_errors import ChannelProtocolError
 
 FUZZ = settings(max_examples=int(os.environ.get("KACHERY_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -86,7 +86,7 @@ def _sealed_body() -> dict:
 
 
 def _sign_envelope(raw: bytes) -> bytes:
-    sig = KEY.sign(envelope._signing_input(raw))
+    sig = signing.sign(KEY, envelope.CONTEXT, raw)
     return raw + b"\t" + KEY.public_hex.encode() + b"\t" + sig.hex().encode()
 
 

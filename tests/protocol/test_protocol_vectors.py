@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kachery_node.errors import MalformedRequestError
 from kachery_node.protocol import bucket_layout
-from kachery_node.protocol.channel_errors import MalformedRequestError
 from kachery_node.protocol.feed_bucket import HeadError, parse_head
 from kachery_node.protocol.hub_requests import verify_request
 from kachery_node.protocol.node_messages import EnvelopeError, open_envelope
@@ -48,7 +48,7 @@ def test_valid_hub_requests(case):
 
 @pytest.mark.parametrize("case", HUB["invalid"], ids=lambda c: c["why"])
 def test_invalid_hub_requests(case):
-    from kachery_node.protocol.channel_errors import BadSignatureError, StaleRequestError
+    from kachery_node.errors import BadSignatureError, StaleRequestError
 
     with pytest.raises((MalformedRequestError, BadSignatureError, StaleRequestError)):
         verify_request(case["kind"], case["body"].encode(), case["headers"],

@@ -24,8 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ...errors import NotFoundError
-from ...protocol.channel_errors import HubRequestError
+from ...errors import HubRequestError, NotFoundError
 from ..tls import ssl_context
 
 BUFFER_BYTES = 1 << 20

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ...protocol.channel_errors import MalformedRequestError
+from ...errors import MalformedRequestError
 from ...protocol.signed_urls import validate_object_key
 from .bucket_interface import BucketBackend, ObjectInfo
 from .http_bucket import HttpBucket, _raise_for

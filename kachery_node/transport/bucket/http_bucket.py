@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from ...errors import NotFoundError
+from ...errors import HubRequestError, NotFoundError
 from ...identity import Keypair
-from ...protocol.channel_errors import HubRequestError
 from ...protocol.signed_urls import sign_upload_url, validate_object_key
 from ..tls import require_secure_url, ssl_context
 from .bucket_interface import Bucket, BucketBackend, ObjectInfo

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import trio
 
-from ...protocol.channel_errors import HubRequestError, MalformedRequestError
+from ...errors import HubRequestError, MalformedRequestError
 from .asyncio_thread import AsyncioThread
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .received_queue import ReceivedQueue

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 import trio
 
-from ...protocol.channel_errors import HubRequestError, MalformedRequestError
+from ...errors import HubRequestError, MalformedRequestError
 from . import nats_jwt
 from .asyncio_thread import AsyncioThread
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer

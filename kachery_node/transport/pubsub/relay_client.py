@@ -19,8 +19,8 @@ import orjson
 import trio
 import trio_websocket
 
+from ...errors import HubRequestError
 from ...identity import Keypair
-from ...protocol.channel_errors import HubRequestError
 from ...protocol.pubsub_tokens import issue_token
 from ..tls import require_secure_url, ssl_context
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
