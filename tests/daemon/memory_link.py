@@ -38,9 +38,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from kachery_node.daemon.channel_link import PARTNER_BAND, BucketObjectMissing, MessageHandler
+from kachery_node.daemon.channel_link import BucketObjectMissing, MessageHandler
 from kachery_node.identity import Keypair
 from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal
+from kachery_node.protocol.roles import partner_role
 
 log = logging.getLogger("tests.memory_link")
 
@@ -105,7 +106,7 @@ class MemoryChannel:
                 self.handler_errors.append(exc)
                 continue
             if self.runtime_checks:
-                if not any(PARTNER_BAND[r] == band for r in link.roles):
+                if not any(partner_role(r) == band for r in link.roles):
                     continue  # not subscribed to that band
                 if band not in self.membership.get(env.sender, frozenset()):
                     continue  # the sender may not publish there
