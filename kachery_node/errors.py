@@ -150,11 +150,12 @@ class PickleTooLargeError(UnsafePickleError):
 # ----------------------------------------------------------------------------- the local daemon
 class DaemonError(KacheryError):
     """The daemon answered with an error, or could not be started or stopped. ``status`` is the
-    HTTP status of its answer, when there was one."""
+    HTTP status of its answer and ``reason`` its own message, when there was one."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 class DaemonNotRunningError(DaemonError):

@@ -114,3 +114,22 @@ def test_no_two_modules_share_a_file_name():
         if sorted(p.split("/")[0] for p in paths) == ["kachery_feeds", "kachery_node"]:
             del shared[name]  # one in each package: allowed
     assert shared == {}
+
+
+#: Where kachery_node may use an HTTP client: the daemon's one client, and the transports to hubs,
+#: buckets and pub-sub services (the hub serves HTTP, and its tests use clients of their own).
+HTTP_CLIENT_HOMES = ("kachery_node.daemon_client", "kachery_node.transport", "kachery_node.hub")
+
+
+def test_one_daemon_client():
+    """The daemon's local API is reached through kachery_node.daemon_client.DaemonClient only:
+    no other module (API, remote reads, task apps, CLI) builds its own HTTP client."""
+    bad = []
+    for path in python_files("kachery_node"):
+        name = module_name(path)
+        if any(name == home or name.startswith(home + ".") for home in HTTP_CLIENT_HOMES):
+            continue
+        found = imported_modules(path.read_text(), name, is_package=path.name == "__init__.py")
+        if violations(found, ("httpx", "requests", "urllib.request", "http.client")):
+            bad.append(name)
+    assert bad == []

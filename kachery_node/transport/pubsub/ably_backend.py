@@ -119,8 +119,11 @@ async def exchange_token_request(rest_url: str, token_request: dict[str, Any]) -
     import httpx
 
     url = f"{rest_url.rstrip('/')}/keys/{token_request['keyName']}/requestToken"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(REPLY_TIMEOUT_S)) as client:
-        resp = await client.post(url, json=token_request)
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(REPLY_TIMEOUT_S)) as client:
+            resp = await client.post(url, json=token_request)
+    except httpx.HTTPError as exc:
+        raise HubRequestError(0, "unreachable", f"cannot reach Ably at {rest_url}: {exc}") from exc
     if resp.status_code >= 400:
         try:
             err = resp.json()["error"]
