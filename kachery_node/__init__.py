@@ -78,6 +78,7 @@ from .errors import (
     UnknownChannelError,
     UnknownNodeError,
     UnsafePickleError,
+    UnsupportedVersionError,
     UsageError,
 )
 from .legacy.storage_dir import OriginalFeedsDatabaseError, OriginalStorageError
@@ -132,6 +133,7 @@ __all__ = [
     "UnknownChannelError",
     "UnknownNodeError",
     "UnsafePickleError",
+    "UnsupportedVersionError",
     "UsageError",
     "build_uri",
     "create_feed",

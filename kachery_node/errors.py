@@ -295,3 +295,9 @@ class RateLimitedError(ChannelProtocolError):
     """Too many messages on one connection; slow down."""
 
     status, code = 429, "rate_limited"
+
+
+class UnsupportedVersionError(ChannelProtocolError):
+    """The peer speaks another version of the protocol (a pub-sub v1 client at a v2 relay)."""
+
+    status, code = 426, "unsupported_version"

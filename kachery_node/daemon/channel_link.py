@@ -39,8 +39,9 @@ class ChannelLink(Protocol):
     #: Effective roles of this node on the channel (granted ∩ requested).
     roles: frozenset[str]
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
-        """Seal ``body`` (adds channel, band, time, nonce, signature) and publish it on ``band``.
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
+        """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes
+        signed with it and carried as they are, e.g. wire lines), and publish it on ``band``.
 
         Raises PermissionError if this node may not publish there."""
 

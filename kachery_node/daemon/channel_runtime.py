@@ -106,7 +106,7 @@ class ChannelRuntime:
     def may(self, node_id: str, role: str) -> bool:
         return self.membership is not None and self.membership.may(node_id, role)
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         if band not in self.roles:
             raise PermissionError(
                 f"this node may not publish on {self.channel}/{band} "
@@ -114,8 +114,9 @@ class ChannelRuntime:
             )
         if self._pubsub is None:
             raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
-        data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms())
-        await self._pubsub.publish(band_name(self.channel, pubsub_band(band)), data.decode())
+        data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms(),
+                    attachment=attachment)
+        await self._pubsub.publish(band_name(self.channel, pubsub_band(band)), data)
 
     def _require_bucket(self) -> Bucket:
         if self._bucket is None:
@@ -254,10 +255,8 @@ class ChannelRuntime:
         its band's flow (files, feeds or tasks), as a task of ``nursery``."""
         try:
             band = role_of_pubsub_band(split_band_name(message.band, self.channel))
-            if not isinstance(message.data, str):
-                raise EnvelopeError("message data is not a string")
             now_ms = _wall_ms()
-            env = open_envelope(message.data.encode(), channel=self.channel, band=band, now_ms=now_ms)
+            env = open_envelope(message.data, channel=self.channel, band=band, now_ms=now_ms)
             if env.sender != message.sender:
                 raise EnvelopeError(
                     f"relay says {message.sender[:12]}… sent a message signed by {env.sender[:12]}…"

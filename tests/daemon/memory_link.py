@@ -62,6 +62,8 @@ class MemoryChannel:
         self.links: list[MemoryLink] = []
         #: Every published message, in order: (sender node ID, band, body as sealed).
         self.published: list[tuple[str, str, dict[str, Any]]] = []
+        #: The attachment of each published message (None: none), in the same order.
+        self.published_attachments: list[bytes | None] = []
         #: Completed uploads: (node ID, path). And downloads: (node ID, path).
         self.uploads: list[tuple[str, str]] = []
         self.downloads: list[tuple[str, str]] = []
@@ -146,14 +148,16 @@ class MemoryLink:
         if not self.attached:
             raise ConnectionError(f"node {self.node_id[:12]} is detached from {self.channel}")
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         self._check_attached()
         if band not in self.roles:  # a band is named after the role that publishes on it
             raise PermissionError(f"this node may not publish on {self.channel}/{band}")
         now_ms = int(time.time() * 1000)
-        raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms)
-        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms).body
-        self.hub.published.append((self.node_id, band, sealed))
+        raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms,
+                   attachment=attachment)
+        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms)
+        self.hub.published.append((self.node_id, band, sealed.body))
+        self.hub.published_attachments.append(sealed.attachment)
         await self.hub._deliver(raw, band)
 
     def may(self, node_id: str, role: str) -> bool:

@@ -50,7 +50,7 @@ def runtime(tmp_path):
 def _message(band: str, kind: str, sender: Keypair = PEER) -> PubSubMessage:
     now = int(time.time() * 1000)
     data = seal(sender, channel="lab", band=band, body={"type": kind}, now_ms=now)
-    return PubSubMessage(band_name("lab", pubsub_band(band)), sender.public_hex, data.decode(), now)
+    return PubSubMessage(band_name("lab", pubsub_band(band)), sender.public_hex, data, now)
 
 
 @pytest.mark.trio

@@ -1,5 +1,5 @@
 """The wire decoders of the node protocol raise their own typed errors on any input (issue 11,
-defect 12): pub-sub envelopes (EnvelopeError), signed hub requests and pub-sub tokens
+defect 12): node messages (EnvelopeError), signed hub requests and pub-sub tokens
 (ChannelProtocolError), membership segments and messages (kachery_feeds errors,
 MembershipError), task-result objects (InvalidTaskResultError), bucket heads (HeadError) and
 segments (kachery_feeds errors).
@@ -81,23 +81,26 @@ def loads_leniently(raw: bytes):
 
 # ----------------------------------------------------------------------------- pub-sub envelopes
 def _sealed_body() -> dict:
-    return {"type": "requestFile", "sha1": "ab" * 20, "channel": "lab", "band": "requestFiles",
-            "time_ms": NOW, "nonce": "n" * 24}
+    return {"type": "requestFile", "sha1": "ab" * 20, "time_ms": NOW, "nonce": "n" * 16}
 
 
 def _sign_envelope(raw: bytes) -> bytes:
-    sig = signing.sign(KEY, envelope.CONTEXT, raw)
-    return raw + b"\t" + KEY.public_hex.encode() + b"\t" + sig.hex().encode()
+    """A v2 node message signed over ``raw`` (body, and LF + attachment if any), whatever it holds."""
+    sig = signing.sign(KEY, envelope.context("lab", "requestFiles"), raw)
+    return b"\x02" + bytes.fromhex(KEY.public_hex) + sig + raw
 
 
 @FUZZ
 @given(st.data())
 def test_open_envelope(data) -> None:
-    kind = data.draw(st.sampled_from(["re-signed", "mutated", "arbitrary"]))
+    kind = data.draw(st.sampled_from(["re-signed", "re-signed with attachment", "mutated", "arbitrary"]))
     if kind == "re-signed":
         wire = _sign_envelope(mutate_object(_sealed_body(), data))
+    elif kind == "re-signed with attachment":
+        attachment = data.draw(st.binary(max_size=200))
+        wire = _sign_envelope(mutate_object(_sealed_body(), data) + b"\n" + attachment)
     elif kind == "mutated":
-        wire = mutate_bytes(_sign_envelope(orjson.dumps(_sealed_body())), data)
+        wire = mutate_bytes(_sign_envelope(orjson.dumps(_sealed_body()) + b"\nlines\n"), data)
     else:
         wire = data.draw(st.one_of(st.binary(max_size=300), st.text(max_size=20), st.none()))
     try:
@@ -105,6 +108,7 @@ def test_open_envelope(data) -> None:
     except envelope.EnvelopeError:
         return
     assert env.sender == KEY.public_hex and isinstance(env.type, str)
+    assert env.attachment is None or (isinstance(env.attachment, bytes) and env.attachment)
 
 
 def test_a_valid_envelope_opens() -> None:
