@@ -3,7 +3,7 @@ attachment, in a binary relay record, never as JSON strings inside JSON. A relay
 most 1.1x the wire lines it carries.
 
 Before (node messages v1, pub-sub v1): 10 small messages, 4,011 bytes of wire lines, became a
-5,466-byte relay op (1.36x): each line a JSON string in the envelope's body, the envelope a JSON
+5,478-byte relay op (1.37x): each line a JSON string in the envelope's body, the envelope a JSON
 string in the relay's JSON op. The figures are in bench/README.md (``bench/bench_framing.py``).
 """
 
