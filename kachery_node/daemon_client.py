@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -88,9 +89,23 @@ class DaemonClient:
                 "start one with `kachery node start`")
         if isinstance(exc, httpx.TimeoutException):
             return DaemonError(f"the daemon at {self.base_url} did not answer {what} in time ({exc})")
-        # Reset or closed mid-request: the daemon died (or is dying) while answering.
+        # Reset or closed mid-request: the daemon died (or is dying) while answering. If nothing
+        # listens any more it is simply not running (a connection the kernel had queued for a
+        # daemon killed a moment ago is reset, not refused).
+        if not self._listening():
+            return DaemonNotRunningError(
+                f"no kachery daemon at {self.base_url} for {self.storage_dir} (it stopped during "
+                f"{what}): start one with `kachery node start`")
         return DaemonConnectionLostError(f"the daemon at {self.base_url} dropped the connection "
                                          f"during {what}: {exc}")
+
+    def _listening(self) -> bool:
+        """Whether something accepts connections on the daemon's port now."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT):
+                return True
+        except OSError:  # refused, unreachable, or no answer in time
+            return False
 
     @staticmethod
     def _refusal(r: httpx.Response, method: str, path: str) -> DaemonError:

@@ -281,6 +281,32 @@ def test_connection_dropped_mid_request_is_a_typed_error(tmp_path):
     listener.close()
 
 
+def test_a_daemon_gone_while_answering_is_not_running(tmp_path):
+    """A daemon killed with a connection still queued resets it and then listens no more: that
+    is a daemon not running, not a lost connection (tests/daemon/test_daemon_local.py::
+    test_sigterm_and_sigkill_leave_a_usable_storage failed so under load)."""
+    import socket
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def stop_listening_then_reset() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        listener.close()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    t = threading.Thread(target=stop_listening_then_reset, daemon=True)
+    t.start()
+    client = DaemonClient(tmp_path, port=listener.getsockname()[1])
+    with pytest.raises(DaemonNotRunningError, match="kachery node start"):
+        client.status()
+    t.join(5)
+
+
 def test_one_client_for_json_and_streamed_answers(node, tmp_path):
     """DaemonClient.stream: NDJSON lines decoded; a refusal typed (with the daemon's status and
     words) before any line; a connection lost midway typed too (issue 12: one daemon client)."""
