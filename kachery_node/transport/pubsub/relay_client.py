@@ -10,10 +10,9 @@ operations and records are batched per frame (at most :data:`MAX_FRAME_BYTES`) b
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -62,7 +61,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._ws = ws
         self.credentials = credentials
         self._renew = renew
-        self._ids = itertools.count(1)
+        self._ids = _request_ids()
         self._pending: dict[int, tuple[trio.Event, list]] = {}
         self._send_q: list[tuple[bool, bytes]] = []  # (binary, event): a publish record, or JSON
         self._send_wake = trio.Event()
@@ -80,7 +79,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._send_wake.set()
 
     def _next_id(self) -> int:
-        return next(self._ids) % relay_frames.MAX_ID or next(self._ids)  # a u32, never 0
+        return next(self._ids)
 
     async def _request(self, op: dict | None = None, record: tuple[str, bytes] | None = None) -> dict:
         """Send a JSON operation, or a publish record (band, message), and wait for its reply."""
@@ -203,6 +202,14 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
 
     async def aclose(self) -> None:
         await self._ws.aclose()
+
+
+def _request_ids(start: int = 1) -> Iterator[int]:
+    """Ids for requests: ``start``, ... up to the largest u32, then from 1 again (a publish
+    record's id is a u32, and 0 asks for no reply)."""
+    yield from range(start, relay_frames.MAX_ID + 1)
+    while True:
+        yield from range(1, relay_frames.MAX_ID + 1)
 
 
 def _frames(queued: list[tuple[bool, bytes]]) -> list[tuple[bool, bytes]]:
