@@ -142,7 +142,7 @@ async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int) -> d
                     now = time.perf_counter()
                     counts[i] += 1
                     if state["measure"]:
-                        latencies.append(now - msg.data["t"])
+                        latencies.append(now - orjson.loads(msg.data)["t"])
                     if sum(counts) >= state["target"]:
                         state["last"] = now
                         state["done"].set()
@@ -155,7 +155,7 @@ async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int) -> d
             # warm-up
             state["target"] = n_nodes * 20
             for _ in range(20):
-                await pub.publish(band, {**PAYLOAD, "t": 0})
+                await pub.publish(band, orjson.dumps({**PAYLOAD, "t": 0}))
             with trio.fail_after(60):
                 await state["done"].wait()
             # throughput
@@ -163,7 +163,7 @@ async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int) -> d
             state["target"], state["done"] = base + n_nodes * n_messages, trio.Event()
             t0 = time.perf_counter()
             for _ in range(n_messages):
-                await pub.publish(band, {**PAYLOAD, "t": 0})
+                await pub.publish(band, orjson.dumps({**PAYLOAD, "t": 0}))
             with trio.fail_after(120):
                 await state["done"].wait()
             results["deliveries_per_s"] = n_nodes * n_messages / (state["last"] - t0)
@@ -171,7 +171,7 @@ async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int) -> d
             state["measure"] = True
             for _ in range(rounds):
                 state["target"], state["done"] = sum(counts) + n_nodes, trio.Event()
-                await pub.publish(band, {**PAYLOAD, "t": time.perf_counter()})
+                await pub.publish(band, orjson.dumps({**PAYLOAD, "t": time.perf_counter()}))
                 with trio.fail_after(30):
                     await state["done"].wait()
         results["p50_us"] = pct(latencies, 0.5) * 1e6

@@ -1,27 +1,53 @@
-"""Talking to the local daemon: find it, authenticate, start, stop, ask for its status.
+"""Talking to the local daemon: find it, authenticate, start, stop, ask for its status, and
+every request of the CLI, the Python API, task backends and task requests.
 
-Used by the CLI and the Python API. Every request has a timeout; a daemon that is not running
-raises :class:`DaemonNotRunningError` with the command that starts one.
+:class:`DaemonClient` is the one HTTP client of the daemon's local API (spec/node-protocol.md,
+Local API): :meth:`~DaemonClient.request` for a JSON answer, :meth:`~DaemonClient.stream` for a
+streamed one (NDJSON lines: a fetch's progress, a task's statuses). All of a process's requests
+share one connection pool. Every request has a timeout; failures are typed: a daemon that is not
+running raises :class:`DaemonNotRunningError` (with the command that starts one), one that drops
+the connection :class:`DaemonConnectionLostError`, an error answer :class:`DaemonError` with its
+HTTP ``status``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from .config import default_storage_dir
-from .daemon.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 from .daemon.local_tokens import read_browser_token, read_client_token
 from .daemon.paths import INFO_FILE, default_port
+from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 
 DEFAULT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+
+_pool: httpx.Client | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> httpx.Client:
+    """One connection pool for all daemon requests of this process (a new client costs ~20 ms;
+    task backends post updates from many threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = httpx.Client(timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
+                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        return _pool
 
 
 def daemon_address(storage_dir: Path) -> tuple[str, int]:
@@ -42,34 +68,102 @@ class DaemonClient:
         self.host, self.port = host, port or found_port
         self.base_url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, json_body: bool = False) -> dict[str, str]:
         token = read_client_token(self.storage_dir)
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    @staticmethod
+    def _encode(json_body: Any) -> bytes | None:
+        # orjson: numpy values in task arguments and results serialize; anything else that is not
+        # JSON raises TypeError here, before a request is sent.
+        return None if json_body is None else orjson.dumps(json_body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _failure(self, exc: httpx.HTTPError, what: str) -> DaemonError:
+        """The typed error for a request that did not get an answer."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return DaemonNotRunningError(
+                f"no kachery daemon at {self.base_url} for {self.storage_dir}: "
+                "start one with `kachery node start`")
+        if isinstance(exc, httpx.TimeoutException):
+            return DaemonError(f"the daemon at {self.base_url} did not answer {what} in time ({exc})")
+        # Reset or closed mid-request: the daemon died (or is dying) while answering. If nothing
+        # listens any more it is simply not running (a connection the kernel had queued for a
+        # daemon killed a moment ago is reset, not refused).
+        if not self._listening():
+            return DaemonNotRunningError(
+                f"no kachery daemon at {self.base_url} for {self.storage_dir} (it stopped during "
+                f"{what}): start one with `kachery node start`")
+        return DaemonConnectionLostError(f"the daemon at {self.base_url} dropped the connection "
+                                         f"during {what}: {exc}")
+
+    def _listening(self) -> bool:
+        """Whether something accepts connections on the daemon's port now."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT):
+                return True
+        except OSError:  # refused, unreachable, or no answer in time
+            return False
+
+    @staticmethod
+    def _refusal(r: httpx.Response, method: str, path: str) -> DaemonError:
+        try:
+            message = str(r.json().get("error", r.text))
+        except (ValueError, AttributeError):
+            message = r.text
+        return DaemonError(f"daemon refused {method} {path}: {message}", status=r.status_code,
+                           reason=message)
 
     def request(self, method: str, path: str, *, json_body: Any = None,
                 params: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """One request; its JSON answer. Raises DaemonError (``status`` set for an error answer)."""
         try:
-            r = httpx.request(method, self.base_url + path, json=json_body, params=params,
-                              headers=self._headers(), timeout=timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise DaemonNotRunningError(
-                f"no kachery daemon at {self.base_url} for {self.storage_dir}: "
-                "start one with `kachery node start`"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise DaemonError(f"the daemon at {self.base_url} did not answer within {timeout} s") from exc
-        except httpx.TransportError as exc:
-            # Reset or closed mid-request: the daemon died (or is dying) while answering.
-            raise DaemonConnectionLostError(
-                f"the daemon at {self.base_url} dropped the connection: {exc}"
-            ) from exc
+            r = _shared_pool().request(method, self.base_url + path, content=self._encode(json_body),
+                                       params=params, headers=self._headers(json_body is not None),
+                                       timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise self._failure(exc, f"{method} {path}") from exc
         if r.status_code >= 400:
-            try:
-                message = r.json().get("error", r.text)
-            except ValueError:
-                message = r.text
-            raise DaemonError(f"daemon refused {method} {path}: {message}", status=r.status_code)
-        return r.json()
+            raise self._refusal(r, method, path)
+        try:
+            return r.json()
+        except ValueError as exc:
+            raise DaemonError(f"the daemon's answer to {method} {path} is not JSON") from exc
+
+    @contextmanager
+    def stream(self, method: str, path: str, *, json_body: Any = None,
+               read_timeout: float | None = 120.0) -> Iterator[Iterator[dict[str, Any]]]:
+        """A streamed answer, as an iterator of its NDJSON lines (decoded), inside a ``with``::
+
+            with client.stream("POST", "/api/files/fetch", json_body={"uri": uri}) as lines:
+                for line in lines: ...
+
+        ``read_timeout``: the longest silence between two lines (None: no limit); the whole
+        stream may last longer. An error answer raises :class:`DaemonError` (``status`` set)
+        before anything is yielded; a connection lost midway, :class:`DaemonConnectionLostError`.
+        """
+        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT, read=read_timeout)
+        what = f"{method} {path}"
+        try:
+            with _shared_pool().stream(method, self.base_url + path, content=self._encode(json_body),
+                                       headers=self._headers(json_body is not None),
+                                       timeout=timeout) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise self._refusal(r, method, path)
+                yield self._lines(r, what)
+        except httpx.HTTPError as exc:
+            raise self._failure(exc, what) from exc
+
+    def _lines(self, r: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
+        for raw in r.iter_lines():
+            if raw:
+                try:
+                    yield orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise DaemonError(f"the daemon's answer to {what} has a line that is not JSON") from exc
 
     def probe(self, timeout: float = 2.0) -> dict:
         """The daemon's ``/probe`` answer; raises DaemonNotRunningError if nothing answers."""

@@ -22,12 +22,15 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from .errors import ConfigError
+
 NODE_KEY_FILENAME = "node.key"
 USER_KEY_FILENAME = "user.key"
 
 
-class IdentityError(Exception):
-    """A key file is missing, unreadable, malformed or too widely readable."""
+class IdentityError(ConfigError):
+    """A key file is missing, unreadable, malformed or too widely readable (a configuration
+    problem: fix the file or run ``kachery init``)."""
 
 
 @dataclass(frozen=True)

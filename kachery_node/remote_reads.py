@@ -12,14 +12,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-import orjson
-
-from .daemon.errors import DaemonError, DaemonNotRunningError
 from .daemon_client import DaemonClient
-from .errors import NotFoundError
+from .errors import DaemonError, NotFoundError
 
-FETCH_TIMEOUT = httpx.Timeout(None, connect=5.0, read=120.0)  # a stalled stream fails; a long one does not
+FETCH_READ_TIMEOUT = 120.0  # a stalled stream fails; a long one does not
 
 _ERRORS: dict[str, type[Exception]] = {"NotFoundError": NotFoundError}
 
@@ -40,15 +36,9 @@ def fetch_file(storage_dir: str | os.PathLike, uri: str, *, channel: str | None 
     client = DaemonClient(Path(storage_dir))
     body = {"uri": uri, **({"channel": channel} if channel else {})}
     try:
-        with httpx.stream("POST", client.base_url + "/api/files/fetch", json=body,
-                          headers=client._headers(), timeout=FETCH_TIMEOUT) as resp:
-            if resp.status_code >= 400:
-                message = orjson.loads(resp.read()).get("error", resp.text)
-                if resp.status_code == 404:
-                    raise NotFoundError(message, uri=uri)
-                raise DaemonError(message, status=resp.status_code)
-            for line in resp.iter_lines():
-                event = orjson.loads(line)
+        with client.stream("POST", "/api/files/fetch", json_body=body,
+                           read_timeout=FETCH_READ_TIMEOUT) as events:
+            for event in events:
                 if event["type"] == "progress" and progress:
                     progress(event["done"], event["total"])
                 elif event["type"] == "finished":
@@ -56,10 +46,10 @@ def fetch_file(storage_dir: str | os.PathLike, uri: str, *, channel: str | None 
                 elif event["type"] == "error":
                     kind = _ERRORS.get(event.get("kind", ""), DaemonError)
                     raise kind(event["error"], uri=uri) if kind is NotFoundError else kind(event["error"])
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise DaemonNotRunningError(f"no kachery daemon for {storage_dir}") from exc
-    except httpx.HTTPError as exc:
-        raise DaemonError(f"fetching {uri} through the daemon failed: {exc}") from exc
+    except DaemonError as exc:
+        if exc.status == 404:  # refused before streaming: content or channel not there
+            raise NotFoundError(exc.reason or str(exc), uri=uri) from None
+        raise
     raise DaemonError(f"the daemon stopped answering while fetching {uri}")
 
 

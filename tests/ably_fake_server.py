@@ -1,14 +1,17 @@
 # ruff: noqa: E501
 """A small server speaking the part of Ably's protocol that kachery uses, for the Ably tests.
 
-Not Ably: no history, presence, resume, recovery or msgpack. What it does, like Ably:
+Not Ably: no history, presence, resume or recovery. What it does, like Ably:
 
 * REST ``POST /keys/<keyName>/requestToken`` (its own port): checks the token request's ``mac``
   (HMAC-SHA256 with the key's secret over ``keyName ttl capability clientId timestamp nonce``,
   newline-terminated, as Ably documents), its ``timestamp`` (±60 s) and ``nonce`` (once), then
   issues a token with that capability, client ID and expiry; refusals are Ably error objects
   (``40101`` bad MAC, ``40104`` stale or replayed, ``40400`` unknown key).
-* Realtime WebSocket (JSON protocol, ``?accessToken=``): CONNECTED(4) for a valid token, else
+* Realtime WebSocket, JSON or binary protocol (``?format=msgpack``: every protocol message is a
+  MessagePack binary frame, and binary ``data`` travels as bytes; over JSON, binary data is
+  base64 with ``encoding: "base64"``, converted as Ably does when a message goes from one kind of
+  connection to the other), ``?accessToken=``: CONNECTED(4) for a valid token, else
   ERROR(9) ``40140``/``40142``; ATTACH(10) → ATTACHED(11), or ERROR ``40160`` on a channel the
   token has no capability for; MESSAGE(15) → ACK(1) and fan-out to attached connections with the
   ``subscribe`` capability (publishers hear themselves, as on Ably), or NACK(2) ``40160`` without
@@ -42,6 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import msgpack  # the ably SDK's own dependency (its binary protocol)
 import websockets
 from websockets.asyncio.server import serve
 
@@ -133,9 +137,18 @@ class State:
         return 201, details
 
 
+def encode(msg: dict, binary: bool) -> str | bytes:
+    return msgpack.packb(msg, use_bin_type=True) if binary else json.dumps(msg)
+
+
+def decode(raw: str | bytes) -> dict:
+    return msgpack.unpackb(raw, raw=False) if isinstance(raw, bytes) else json.loads(raw)
+
+
 class Connection:
-    def __init__(self, state: State, ws, token: dict) -> None:
+    def __init__(self, state: State, ws, token: dict, binary: bool = False) -> None:
         self.state, self.ws, self.token = state, ws, token
+        self.binary = binary  # the MessagePack protocol (format=msgpack)
         self.attached: set[str] = set()
         self.id = secrets.token_hex(6)
 
@@ -149,9 +162,24 @@ class Connection:
 
     async def send(self, msg: dict) -> None:
         try:
-            await self.ws.send(json.dumps(msg))
+            await self.ws.send(encode(msg, self.binary))
         except websockets.ConnectionClosed:
             pass
+
+    def deliverable(self, message: dict) -> dict:
+        """A message as this connection's protocol carries it (binary data: bytes over
+        MessagePack, base64 over JSON)."""
+        data, encoding = message.get("data"), message.get("encoding") or ""
+        if self.binary and encoding.endswith("base64") and isinstance(data, str):
+            rest = encoding[: -len("base64")].rstrip("/")
+            message = {**message, "data": base64.b64decode(data)}
+            message.pop("encoding")
+            return {**message, "encoding": rest} if rest else message
+        if not self.binary and isinstance(data, bytes | bytearray):
+            return {**message, "data": base64.b64encode(data).decode(),
+                    "encoding": "/".join(e for e in (encoding, "base64") if e)}
+        return message
+
 
     def connected_message(self) -> dict:
         return {"action": CONNECTED, "connectionId": self.id, "connectionKey": self.id,
@@ -162,14 +190,16 @@ class Connection:
 
 async def realtime(ws, state: State) -> None:
     query = parse_qs(urlparse(ws.request.path).query)
+    binary = (query.get("format") or ["json"])[0] == "msgpack"
     token = state.tokens.get((query.get("accessToken") or query.get("access_token") or [""])[0])
     if token is None or token["expires"] < time.time() * 1000 or state.is_revoked(token):
         code = 40140 if token is None else 40141 if state.is_revoked(token) else 40142
         log("refused connection:", code)
-        await ws.send(json.dumps({"action": ERROR, "error": error(code, 401, "Token invalid, expired or revoked")}))
+        await ws.send(encode({"action": ERROR, "error": error(code, 401, "Token invalid, expired or revoked")},
+                             binary))
         await ws.close()
         return
-    conn = Connection(state, ws, token)
+    conn = Connection(state, ws, token, binary)
     state.connections.add(conn)
     await conn.send(conn.connected_message())
 
@@ -187,8 +217,7 @@ async def realtime(ws, state: State) -> None:
     watchdog = asyncio.create_task(expiry_and_heartbeats())
     try:
         async for raw in ws:
-            msg = json.loads(raw)
-            await handle(conn, msg)
+            await handle(conn, decode(raw))
     except websockets.ConnectionClosed:
         pass
     finally:
@@ -232,7 +261,7 @@ async def handle(conn: Connection, msg: dict) -> None:
         await conn.send({"action": ACK, "msgSerial": serial, "count": 1})
         for other in list(conn.state.connections):
             if channel in other.attached and other.may(channel, "subscribe"):
-                await other.send(out)
+                await other.send({**out, "messages": [other.deliverable(m) for m in out["messages"]]})
     elif action == AUTH:
         new = conn.state.tokens.get(((msg.get("auth") or {}).get("accessToken")) or "")
         if (new is None or new["clientId"] != conn.token.get("clientId") or new["expires"] < time.time() * 1000

@@ -114,13 +114,26 @@ test('a fork proof made by Python verifies; a tampered one does not', async () =
   await assert.rejects(k.verifyForkProof(JSON.stringify(same)), /do not conflict/);
 });
 
-test('a signed envelope and a hub request made by Python', async () => {
-  const body = JSON.parse(fx.envelope.split('\t')[0]);
-  const env = await k.openEnvelope(fx.envelope, { channel: fx.channel, band: 'provide-feeds', nowMs: body.time_ms + 1000 });
+test('a signed node message (v2) and a hub request made by Python', async () => {
+  const message = k.fromHex(fx.envelope_hex, fx.envelope_hex.length / 2);
+  const at = { channel: fx.channel, band: 'provide-feeds', nowMs: fx.envelope_time_ms + 1000 };
+  const env = await k.openEnvelope(message, at);
   assert.equal(env.sender, fx.node_id);
   assert.equal(env.body.count, fx.count);
-  await assert.rejects(k.openEnvelope(fx.envelope.replace(`"count":${fx.count}`, '"count":1'), { channel: fx.channel, band: 'provide-feeds', nowMs: body.time_ms }), /bad signature/);
-  await assert.rejects(k.openEnvelope(fx.envelope, { channel: fx.channel, band: 'provide-files', nowMs: body.time_ms }), k.VerificationError);
+  assert.equal(env.attachment, null);
+  const body = new TextDecoder().decode(message.subarray(97)).replace(`"count":${fx.count}`, '"count":1');
+  const tampered = new Uint8Array([...message.subarray(0, 97), ...k.utf8(body)]);
+  await assert.rejects(k.openEnvelope(tampered, at), /bad signature/);
+  await assert.rejects(k.openEnvelope(message, { ...at, band: 'provide-files' }), k.VerificationError);
+  // newSubfeedMessages: the wire lines travel as the attachment, and verify as a range.
+  const withLines = k.fromHex(fx.envelope_with_lines_hex, fx.envelope_with_lines_hex.length / 2);
+  const news = await k.openEnvelope(withLines, at);
+  assert.equal(news.body.type, 'newSubfeedMessages');
+  assert.equal(new TextDecoder().decode(news.attachment), fx.attached_lines);
+  const msgs = await k.verifyRange(k.decodeSegment(news.attachment), fx.feed_id, news.body.subfeed_hash);
+  assert.equal(msgs.length, 1);
+  const cut = withLines.slice(0, -1);
+  await assert.rejects(k.openEnvelope(cut, at), /bad signature/);
   const h = fx.hub_request;
   const hb = JSON.parse(h.body);
   const r = await k.verifyHubRequest('node', h.body, h.headers, { hubId: h.hub_id, nowMs: hb.time_ms });

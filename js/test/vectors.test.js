@@ -100,16 +100,19 @@ test('tasks: every invalid case is refused', async () => {
   }
 });
 
-test('protocol: envelopes', async () => {
+test('protocol: node messages (v2)', async () => {
   const E = proto.envelopes;
   for (const c of E.valid) {
-    const env = await k.openEnvelope(c.line, { channel: E.channel, band: E.band, nowMs: E.now_ms });
-    assert.equal(env.sender, c.sender);
-    assert.deepEqual(env.body, c.body);
+    const env = await k.openEnvelope(hex(c.message_hex), { channel: E.channel, band: E.band, nowMs: E.now_ms });
+    assert.equal(env.sender, c.sender, c.why);
+    assert.deepEqual(env.body, c.body, c.why);
+    assert.equal(env.attachment === null ? null : k.toHex(env.attachment), c.attachment_hex ?? null, c.why);
   }
   for (const c of E.invalid) {
-    await assert.rejects(k.openEnvelope(c.line, { channel: c.channel ?? E.channel, band: c.band ?? E.band, nowMs: E.now_ms }), k.VerificationError, c.why);
+    await assert.rejects(k.openEnvelope(hex(c.message_hex), { channel: c.channel ?? E.channel, band: c.band ?? E.band, nowMs: E.now_ms }), k.VerificationError, c.why);
   }
+  const v1 = E.invalid.find((c) => c.why.startsWith('a version 1'));
+  await assert.rejects(k.openEnvelope(hex(v1.message_hex), { channel: E.channel, band: E.band, nowMs: E.now_ms }), /version 1/);
 });
 
 test('protocol: hub requests', async () => {

@@ -37,12 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
-
 from ..config import default_storage_dir
-from ..daemon.errors import DaemonError, DaemonNotRunningError
 from ..daemon_client import DaemonClient
+from ..errors import DaemonError, DaemonNotRunningError
 from ..protocol.task_messages import (
     FUNCTION_TYPES,
     NoProviderError,
@@ -203,8 +200,7 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
     slot_freed = threading.Event()
     backoff = BACKOFF_MIN
     warned = False
-    with ThreadPoolExecutor(max_concurrency, thread_name_prefix="kachery-task") as pool, \
-            httpx.Client(timeout=httpx.Timeout(POLL_SECONDS + 15, connect=5)) as http:
+    with ThreadPoolExecutor(max_concurrency, thread_name_prefix="kachery-task") as pool:
         while not stop.is_set():
             client = DaemonClient(storage)  # re-read: a restarted daemon may listen elsewhere
             with lock:
@@ -216,11 +212,9 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
             body = {"backend_id": backend_id, "functions": registered, "running": busy,
                     "max_tasks": free, "timeout": POLL_SECONDS if free else 0}
             try:
-                r = http.post(client.base_url + "/api/tasks/poll", json=body, headers=client._headers())
-                if r.status_code >= 400:
-                    raise DaemonError(_error_text(r), status=r.status_code)
-                tasks = r.json()["tasks"]
-            except (httpx.HTTPError, DaemonError, ValueError, KeyError) as exc:
+                tasks = client.request("POST", "/api/tasks/poll", json_body=body,
+                                       timeout=POLL_SECONDS + 15)["tasks"]
+            except (DaemonError, KeyError, TypeError) as exc:
                 if not warned:
                     log.warning("task backend: cannot reach the daemon (%s); retrying", exc)
                     warned = True
@@ -239,14 +233,7 @@ def _serve(storage: Path, backend_id: str, table: dict[str, TaskFunction], regis
 
 
 def _post(client: DaemonClient, path: str, body: dict[str, Any]) -> None:
-    try:
-        r = _shared_http().post(
-            client.base_url + path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-            headers={**client._headers(), "Content-Type": "application/json"})
-    except httpx.HTTPError as exc:
-        raise DaemonError(f"cannot reach the daemon: {exc}") from exc
-    if r.status_code >= 400:
-        raise DaemonError(_error_text(r), status=r.status_code)
+    client.request("POST", path, json_body=body, timeout=60.0)
 
 
 def _run_one(client: DaemonClient, backend_id: str, table: dict[str, TaskFunction],
@@ -293,27 +280,6 @@ def _run_one(client: DaemonClient, backend_id: str, table: dict[str, TaskFunctio
         with lock:
             running.pop(key, None)
             slot_freed.set()
-
-
-_http: httpx.Client | None = None
-_http_lock = threading.Lock()
-
-
-def _shared_http() -> httpx.Client:
-    """One connection pool for all requests of this process (a new client costs ~20 ms)."""
-    global _http
-    with _http_lock:
-        if _http is None:
-            _http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0),
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
-        return _http
-
-
-def _error_text(r: httpx.Response) -> str:
-    try:
-        return r.json().get("error", r.text)
-    except ValueError:
-        return r.text
 
 
 # ----------------------------------------------------------------------------- requesting
@@ -368,25 +334,22 @@ class TaskHandle:
 
     def _stream(self, body: dict[str, Any]) -> None:
         try:
-            with _shared_http().stream(
-                    "POST", self._client.base_url + "/api/tasks/request", content=orjson.dumps(body),
-                    headers={**self._client._headers(), "Content-Type": "application/json"},
-                    timeout=httpx.Timeout(None, connect=5.0, read=self.timeout + 30)) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise DaemonError(_error_text(r), status=r.status_code)
-                for raw in r.iter_lines():
-                    if raw:
-                        self._line(orjson.loads(raw))
+            with self._client.stream("POST", "/api/tasks/request", json_body=body,
+                                     read_timeout=self.timeout + 30) as lines:
+                for line in lines:
+                    self._line(line)
                     if self._done.is_set():
                         return
             raise DaemonError(f"the daemon stopped answering while running {self.function_id}")
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except DaemonNotRunningError:
             self._fail(DaemonNotRunningError(
                 f"no kachery daemon is running for {self._storage_dir}: start one with "
                 "`kachery node start`"))
-        except httpx.HTTPError as exc:
-            self._fail(DaemonError(f"requesting {self.function_id} through the daemon failed: {exc}"))
+        except DaemonError as exc:
+            if exc.status is not None:  # the daemon refused the request: its own words
+                self._fail(DaemonError(exc.reason or str(exc), status=exc.status, reason=exc.reason))
+            else:
+                self._fail(DaemonError(f"requesting {self.function_id} through the daemon failed: {exc}"))
         except Exception as exc:
             self._fail(exc)
 

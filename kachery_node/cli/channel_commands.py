@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..protocol.channel_errors import MalformedRequestError
+from ..errors import MalformedRequestError
 from ..protocol.roles import ROLES
 from .hub_commands import SizeType, hub_option, user_client
 from .output import CommandGroup, echo_json, json_option

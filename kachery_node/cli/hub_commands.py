@@ -25,8 +25,8 @@ class SizeType(click.ParamType):
     name = "SIZE"
 
     def convert(self, value, param, ctx):
+        from ..errors import MalformedRequestError
         from ..hub.bucket_quota import parse_size
-        from ..protocol.channel_errors import MalformedRequestError
 
         if value is None or isinstance(value, int):
             return value

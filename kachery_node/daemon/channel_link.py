@@ -7,7 +7,8 @@ without touching them.
 
 Bands are named by the role that publishes on them: ``request-files`` carries file requests
 (published by nodes with the request-files role, heard by providers), ``provide-files`` carries
-providers' status messages (heard by requesters), and likewise for feeds and tasks.
+providers' status messages (heard by requesters), and likewise for feeds and tasks. The table of
+roles and bands is :mod:`kachery_node.protocol.roles`.
 """
 
 from __future__ import annotations
@@ -16,25 +17,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import NotFoundError
 from ..identity import Keypair
 from ..protocol.node_messages import Envelope
+from ..transport.bucket.bucket_interface import ByteSink, Destination, ProgressCallback
 
-ROLES = (
-    "request-files", "provide-files",
-    "request-feeds", "provide-feeds",
-    "request-tasks", "provide-tasks",
-)
-#: The band a role publishes on is named after the role; it listens on its partner's band.
-PARTNER_BAND = {
-    "request-files": "provide-files", "provide-files": "request-files",
-    "request-feeds": "provide-feeds", "provide-feeds": "request-feeds",
-    "request-tasks": "provide-tasks", "provide-tasks": "request-tasks",
-}
-
-ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
+__all__ = ["BucketObjectMissing", "ByteSink", "ChannelLink", "Destination", "MessageHandler",
+           "ProgressCallback"]
 
 
-class BucketObjectMissing(Exception):
+class BucketObjectMissing(NotFoundError):
     """The bucket has no object at that path."""
 
 
@@ -47,8 +39,9 @@ class ChannelLink(Protocol):
     #: Effective roles of this node on the channel (granted ∩ requested).
     roles: frozenset[str]
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
-        """Seal ``body`` (adds channel, band, time, nonce, signature) and publish it on ``band``.
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
+        """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes
+        signed with it and carried as they are, e.g. wire lines), and publish it on ``band``.
 
         Raises PermissionError if this node may not publish there."""
 
@@ -61,12 +54,13 @@ class ChannelLink(Protocol):
     async def bucket_get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (all of it by default); raises BucketObjectMissing."""
 
-    async def bucket_download(self, path: str, dest: Path, progress: ProgressCallback | None = None) -> int:
-        """Stream the whole object into ``dest``; returns its size. ``dest`` is a path for a new
-        file, or path-like with an async ``write_piece(bytes)`` and a blocking
-        ``write_blocking(bytes)`` for worker threads (files_partial.ChunkSink: a chunk written to
-        its range of the file being fetched and hashed as it streams), which a link should feed
-        the body to instead; one that only writes files may use its path."""
+    async def bucket_download(self, path: str, dest: Destination, progress: ProgressCallback | None = None,
+                              *, start: int | None = None, end: int | None = None) -> int:
+        """Stream the object at ``path`` (or its bytes ``[start, end)``) into ``dest``; returns how
+        many bytes came; raises BucketObjectMissing. ``dest`` is the path of a new file, or a
+        :class:`ByteSink` (``write_blocking(piece)``, called from a worker thread: e.g. a sink that
+        hashes as it writes), which then gets every byte instead of a file. ``progress(done,
+        total)`` is called as bytes arrive."""
 
     async def upload(self, path: str, data: bytes | Path, *,
                      progress: ProgressCallback | None = None) -> None:

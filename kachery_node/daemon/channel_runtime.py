@@ -21,31 +21,33 @@ up on what was missed.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import trio
 import trio_websocket
 
 import kachery_feeds as kf
 
-from ..errors import KacheryError, NotFoundError
+from ..errors import HubRequestError, KacheryError, NotFoundError
 from ..identity import Keypair
-from ..protocol.channel_errors import HubRequestError
 from ..protocol.membership import Membership, MembershipError
 from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
-from ..protocol.roles import ROLE_BANDS, band_name, split_band_name
-from ..transport.bucket.direct_get import DirectGet, DirectGetUnsupported
-from ..transport.bucket.http_bucket import HttpBucket
-from ..transport.bucket.open_bucket import open_bucket
+from ..protocol.roles import (
+    band_name,
+    flow_of,
+    heard_pubsub_band,
+    pubsub_band,
+    role_of_pubsub_band,
+    split_band_name,
+)
+from ..transport.bucket.bucket_interface import Bucket, Destination
+from ..transport.bucket.open_bucket import bucket_spec, open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
-from ..transport.tls import require_secure_url, ssl_context
 from .channel_link import BucketObjectMissing, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
@@ -55,10 +57,6 @@ MEMBERSHIP_MIN_REFRESH_SECONDS = 1.0
 UPLOAD_URLS_PER_REQUEST = 500  # the hub accepts up to 1000 objects per upload_urls request
 BACKOFF_MIN_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
-HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-
-# "requestFiles" -> "request-files": the exchanges name bands after the role publishing on them.
-_ROLE_OF_BAND = {bands[0]: role for role, bands in ROLE_BANDS.items()}
 
 
 class ChannelRuntime:
@@ -71,7 +69,7 @@ class ChannelRuntime:
         entry: dict[str, Any],
         node_key: Keypair,
         store: kf.Store,
-        handlers: list[MessageHandler],
+        handlers: Mapping[str, MessageHandler],
         on_connected: Callable[[ChannelRuntime], Awaitable[None]] | None = None,
     ) -> None:
         self.channel = channel
@@ -88,8 +86,8 @@ class ChannelRuntime:
         self._on_connected = on_connected
         self._hub = HubClient(self.hub_url, node_key=node_key)
         self._pubsub = None
-        self._bucket: HttpBucket | None = None
-        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=ssl_context())
+        self._bucket: Bucket | None = None
+        self._bucket_spec: dict[str, Any] | None = None
         self._replays = ReplayGuard()
         self._last_refresh = 0.0
         self.connected = anyio.Event()
@@ -108,7 +106,7 @@ class ChannelRuntime:
     def may(self, node_id: str, role: str) -> bool:
         return self.membership is not None and self.membership.may(node_id, role)
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         if band not in self.roles:
             raise PermissionError(
                 f"this node may not publish on {self.channel}/{band} "
@@ -116,10 +114,11 @@ class ChannelRuntime:
             )
         if self._pubsub is None:
             raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
-        data = seal(self.keypair, channel=self.channel, band=band, body=body)
-        await self._pubsub.publish(band_name(self.channel, ROLE_BANDS[band][0]), data.decode())
+        data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms(),
+                    attachment=attachment)
+        await self._pubsub.publish(band_name(self.channel, pubsub_band(band)), data)
 
-    def _require_bucket(self) -> HttpBucket:
+    def _require_bucket(self) -> Bucket:
         if self._bucket is None:
             raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
         return self._bucket
@@ -134,71 +133,13 @@ class ChannelRuntime:
         except NotFoundError:
             raise BucketObjectMissing(path) from None
 
-    async def bucket_download(self, path: str, dest: Path, progress: ProgressCallback | None = None) -> int:
-        url = self._require_bucket().url(path)
+    async def bucket_download(self, path: str, dest: Destination, progress: ProgressCallback | None = None,
+                              *, start: int | None = None, end: int | None = None) -> int:
         try:
-            return await self._direct_download(url, path, dest, progress)
-        except DirectGetUnsupported as why:
-            log.debug("downloading %s with httpx: %s", path, why)
-        return await self._httpx_download(url, path, dest, progress)
-
-    async def _direct_download(self, url: str, path: str, dest: Path,
-                               progress: ProgressCallback | None) -> int:
-        """The download off the socket in a worker thread (transport/bucket/direct_get.py: a third of
-        httpx's CPU for large objects). Raises DirectGetUnsupported before writing anything."""
-        get = DirectGet(url, connect_timeout=HTTP_TIMEOUT.connect or 10.0,
-                        read_timeout=HTTP_TIMEOUT.read or 60.0)
-        write_blocking = getattr(dest, "write_blocking", None)
-        out = None if write_blocking is not None else open(dest, "xb")  # noqa: SIM115 (closed below)
-        report = None
-        if progress is not None:
-            def report(done: int, total: int) -> None:  # in the worker thread
-                trio.from_thread.run_sync(progress, done, total)
-        try:
-            try:
-                return await trio.to_thread.run_sync(get.run, write_blocking or out.write, report,
-                                                     abandon_on_cancel=True)
-            except BaseException:
-                get.abort()  # the abandoned thread neither writes nor reports any more
-                raise
+            return await self._require_bucket().download(path, dest, start=start, end=end,
+                                                          progress=progress)
         except NotFoundError:
             raise BucketObjectMissing(path) from None
-        except DirectGetUnsupported:
-            if out is not None:
-                out.close()
-                os.unlink(dest)  # empty: the fallback creates it again
-                out = None
-            raise
-        finally:
-            if out is not None:
-                out.close()
-
-    async def _httpx_download(self, url: str, path: str, dest: Path,
-                              progress: ProgressCallback | None) -> int:
-        done = 0
-        async with self._http.stream("GET", url) as resp:
-            if resp.status_code == 404:
-                raise BucketObjectMissing(path)
-            if resp.status_code >= 400:
-                raise HubRequestError(resp.status_code, "http_error", f"GET {path}: HTTP {resp.status_code}")
-            total = int(resp.headers.get("content-length", 0))
-            # A sink that takes the bytes itself (files_partial.ChunkSink: a chunk written to
-            # its place in the file being fetched, hashed as it streams, in a worker thread).
-            write_piece = getattr(dest, "write_piece", None)
-            if write_piece is not None:
-                async for chunk in resp.aiter_bytes(1 << 20):
-                    await write_piece(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-                return done
-            with open(dest, "xb") as f:
-                async for chunk in resp.aiter_bytes(1 << 20):
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-        return done
 
     def _relative(self, path: str) -> str:
         prefix = self.channel + "/"
@@ -211,48 +152,25 @@ class ChannelRuntime:
         (url,) = await trio.to_thread.run_sync(
             lambda: self._hub.upload_urls(self.channel, [{"path": self._relative(path), "size": size}])
         )
-        await self._put(url, path, data, size, progress)
+        await self._require_bucket().put(url, data, progress=progress)
 
     async def upload_many(self, items: list[tuple[str, bytes]], *, parallel: int = 8) -> None:
         """Upload several objects: one hub request for all their signed URLs, PUTs in parallel
         (a subfeed's segments: one round trip to the hub instead of one per segment)."""
+        bucket = self._require_bucket()
         limiter = trio.CapacityLimiter(parallel)
         for start in range(0, len(items), UPLOAD_URLS_PER_REQUEST):
             batch = items[start : start + UPLOAD_URLS_PER_REQUEST]
             wanted = [{"path": self._relative(path), "size": len(data)} for path, data in batch]
             urls = await trio.to_thread.run_sync(self._hub.upload_urls, self.channel, wanted)
 
-            async def put(url: str, path: str, data: bytes) -> None:
+            async def put(url: str, data: bytes) -> None:
                 async with limiter:
-                    await self._put(url, path, data, len(data), None)
+                    await bucket.put(url, data)
 
             async with trio.open_nursery() as nursery:
-                for (path, data), url in zip(batch, urls, strict=True):
-                    nursery.start_soon(put, url, path, data)
-
-    async def _put(
-        self, url: str, path: str, data: bytes | Path, size: int, progress: ProgressCallback | None
-    ) -> None:
-        require_secure_url(url, "a signed upload")  # before connecting (embedded bucket: the hub's URL)
-        # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
-        content = (
-            _file_chunks(Path(data), size, progress)
-            if isinstance(data, Path)
-            else _byte_chunks(data, progress)
-        )
-        resp = await self._http.put(
-            url,
-            content=content,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        )
-        if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                raise HubRequestError(resp.status_code, err["code"], err["message"])
-            except (ValueError, KeyError, TypeError):
-                raise HubRequestError(
-                    resp.status_code, "http_error", f"PUT {path}: HTTP {resp.status_code}"
-                ) from None
+                for (_path, data), url in zip(batch, urls, strict=True):
+                    nursery.start_soon(put, url, data)
 
     # ------------------------------------------------------------------ running
     async def refresh_membership(self) -> None:
@@ -293,8 +211,10 @@ class ChannelRuntime:
         self.state = "fetching membership"
         await self.refresh_membership()
         info = await trio.to_thread.run_sync(self._hub.channel_info, self.channel)
-        if self._bucket is None or self._bucket.base_url != info["bucket_url"].rstrip("/"):
-            self._bucket = open_bucket(info, self._http)
+        if self._bucket is None or bucket_spec(info) != self._bucket_spec:
+            if self._bucket is not None:
+                await self._bucket.aclose()  # the owner moved the channel's bucket
+            self._bucket, self._bucket_spec = open_bucket(info), bucket_spec(info)
         if not self.roles:
             self.state = "no effective roles (ask the channel owner to grant some)"
             await trio.sleep(MEMBERSHIP_REFRESH_SECONDS)
@@ -307,7 +227,7 @@ class ChannelRuntime:
 
         async with open_pubsub(credentials, renew=renew) as pubsub:
             for role in sorted(self.roles):
-                await pubsub.subscribe(band_name(self.channel, ROLE_BANDS[role][1]))
+                await pubsub.subscribe(band_name(self.channel, heard_pubsub_band(role)))
             self._pubsub = pubsub
             self.state = "connected"
             self.connected_since = time.monotonic()
@@ -331,18 +251,18 @@ class ChannelRuntime:
                 return
 
     async def _dispatch(self, message: Any, nursery: trio.Nursery) -> None:
+        """Open a received message, check it and its sender, and hand it to the one exchange of
+        its band's flow (files, feeds or tasks), as a task of ``nursery``."""
         try:
-            short = split_band_name(message.band, self.channel)
-            band = _ROLE_OF_BAND[short]
-            if not isinstance(message.data, str):
-                raise EnvelopeError("message data is not a string")
-            env = open_envelope(message.data.encode(), channel=self.channel, band=band)
+            band = role_of_pubsub_band(split_band_name(message.band, self.channel))
+            now_ms = _wall_ms()
+            env = open_envelope(message.data, channel=self.channel, band=band, now_ms=now_ms)
             if env.sender != message.sender:
                 raise EnvelopeError(
                     f"relay says {message.sender[:12]}… sent a message signed by {env.sender[:12]}…"
                 )
-            self._replays.check(env)
-        except (EnvelopeError, KacheryError, KeyError) as exc:
+            self._replays.check(env, now_ms=now_ms)
+        except KacheryError as exc:
             log.info("%s: dropped a message: %s", self.channel, exc)
             return
         if not self.may(env.sender, band) and not await self._may_after_refresh(env.sender, band):
@@ -354,9 +274,13 @@ class ChannelRuntime:
                 band,
             )
             return
-        for handler in self._handlers:
-            # Each handler runs as its own task: a slow upload must not hold up the next message.
-            nursery.start_soon(_guarded, handler, self, band, env)
+        handler = self._handlers.get(flow_of(band))
+        if handler is None:
+            log.info("%s: dropped %s on %s: no exchange here handles %s", self.channel, env.type,
+                     band, flow_of(band))
+            return
+        # Each message is its own task: a slow upload must not hold up the next message.
+        nursery.start_soon(_guarded, handler, self, band, env)
 
     async def _may_after_refresh(self, node_id: str, role: str) -> bool:
         """Re-read the membership (at most every MEMBERSHIP_MIN_REFRESH_SECONDS) and ask again:
@@ -372,7 +296,8 @@ class ChannelRuntime:
         return self.may(node_id, role)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._bucket is not None:
+            await self._bucket.aclose()
         self._hub.close()
 
 
@@ -386,8 +311,12 @@ _RETRYABLE = (
     trio.TooSlowError,
     kf.FeedError,
     MembershipError,
-    httpx.HTTPError,
 )
+
+
+def _wall_ms() -> int:
+    """The wall clock in ms, for signed messages' ``time_ms`` (they are compared across nodes)."""
+    return int(time.time() * 1000)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -401,24 +330,3 @@ async def _guarded(handler: MessageHandler, link: ChannelRuntime, band: str, env
         await handler(link, band, env)
     except Exception:
         log.exception("%s: handler failed on %s from %s", link.channel, env.type, env.sender[:12])
-
-
-async def _byte_chunks(data: bytes, progress: ProgressCallback | None):
-    view = memoryview(data)
-    for pos in range(0, len(data), 1 << 20):
-        piece = view[pos : pos + (1 << 20)]
-        yield bytes(piece)
-        if progress:
-            progress(pos + len(piece), len(data))
-    if not data and progress:
-        progress(0, 0)
-
-
-async def _file_chunks(path: Path, size: int, progress: ProgressCallback | None):
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := await trio.to_thread.run_sync(f.read, 1 << 20):
-            done += len(chunk)
-            if progress:
-                progress(done, size)
-            yield chunk

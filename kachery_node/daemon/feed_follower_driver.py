@@ -152,7 +152,8 @@ class FollowerDriver:
             log.log(action.severity, "%s", action.text)
         elif isinstance(action, Publish):
             try:
-                await link.publish(action.band, action.message.to_body())
+                await link.publish(action.band, action.message.to_body(),
+                                   attachment=action.message.attachment())
             except Exception as exc:  # the runtime reconnects; the core tries again at the renewal
                 log.info("publishing %s on %s failed (%s); retrying later",
                          type(action.message).__name__, link.channel, exc)

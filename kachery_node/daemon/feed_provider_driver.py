@@ -117,7 +117,8 @@ class ProviderDriver:
     async def _publish(self, action: Publish) -> bool:
         link = self._links[action.channel]
         try:
-            await link.publish(action.band, action.message.to_body())
+            await link.publish(action.band, action.message.to_body(),
+                               attachment=action.message.attachment())
             return True
         except Exception as exc:  # the readers' renewals re-sync them
             log.info("publishing %s on %s failed: %s", type(action.message).__name__, link.channel, exc)

@@ -76,7 +76,7 @@ class FeedExchange:
         if band not in (feed_messages.REQUEST_BAND, feed_messages.PROVIDE_BAND):
             return  # file and task messages reach every exchange; they are not ours to judge
         try:
-            message = feed_messages.parse(band, env.body)
+            message = feed_messages.parse(band, env.body, env.attachment)
         except MalformedFeedMessage as exc:
             log.info("ignoring %s from %s: %s", env.body.get("type"), env.sender[:12], exc)
             return

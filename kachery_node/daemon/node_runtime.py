@@ -102,7 +102,9 @@ class NodeRuntime:
                 entry=entry,
                 node_key=self.node_key,
                 store=self.storage.feeds,
-                handlers=[self.feeds.on_message, self.files.on_message, self.tasks.on_message],
+                # Each message goes to the one exchange of its band's flow (protocol/roles.py).
+                handlers={"files": self.files.on_message, "feeds": self.feeds.on_message,
+                          "tasks": self.tasks.on_message},
                 on_connected=self._on_connected,
             )
             self.channels[name] = runtime

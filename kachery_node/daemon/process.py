@@ -27,8 +27,8 @@ import hypercorn.trio
 import trio
 
 from ..config import load_node_config, read_settings
+from ..errors import DaemonError
 from ..storage.node_storage import Storage
-from .errors import DaemonError
 from .legacy_api import write_client_files
 from .local_api import DaemonContext, build_app
 from .local_tokens import load_or_create_tokens

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..protocol.node_messages import EnvelopeError
+from ..protocol.node_messages import MessageTooLargeError
 from ..protocol.task_actions import (
     Done,
     GiveUp,
@@ -148,7 +148,7 @@ class TaskRequests:
                        link: ChannelLink) -> list[RequesterAction]:
         try:
             await link.publish(action.message.BAND, action.message.to_body())
-        except EnvelopeError as exc:
+        except MessageTooLargeError as exc:
             return core.on_publish_failed(action, PublishFailure.TOO_LARGE, str(exc),
                                           anyio.current_time())
         except (PermissionError, ConnectionError) as exc:

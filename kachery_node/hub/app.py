@@ -13,7 +13,7 @@ API (spec/hub.md): three signed endpoints dispatch on the body's ``type``, like 
 * ``POST /api/node``           signed by a registered node's key;
 * ``POST /api/register-node``  signed by both the node key and its owner's user key.
 
-Every refusal is a :class:`~kachery_node.protocol.channel_errors.ChannelProtocolError`: it is answered
+Every refusal is a :class:`~kachery_node.errors.ChannelProtocolError`: it is answered
 with its status and ``{"error": {"code", "message"}}``, logged, and changes nothing (checks come
 before writes; the nonce is recorded only once the request is authentic and fresh).
 """
@@ -35,13 +35,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ..protocol.bucket_layout import upload_prefix
-from ..protocol.channel_errors import (
+from ..errors import (
     ChannelProtocolError,
     MalformedRequestError,
     NotAllowedError,
     TooLargeError,
 )
+from ..protocol.bucket_layout import upload_prefix
 from ..protocol.channel_names import validate_channel_name
 from ..protocol.hub_requests import verify_request, verify_signature_headers
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..protocol.channel_errors import MalformedRequestError
+from ..errors import MalformedRequestError
 
 PUBSUB_BACKENDS = ("embedded", "nats", "ably")
 BUCKET_BACKENDS = ("embedded", "gcs")

@@ -5,7 +5,7 @@ a write would take the channel over it, the channel's *re-fetchable* objects (``
 contents and chunks, which a provider uploads again when a requester asks) are removed least
 recently used first until the new object fits; heads, segments and task results are never
 removed to make room. If even removing every re-fetchable object would not make room, the write
-is refused with :class:`~kachery_node.protocol.channel_errors.QuotaExceededError` (507) and
+is refused with :class:`~kachery_node.errors.QuotaExceededError` (507) and
 nothing is removed. spec/bucket.md §6 says the same for clients.
 """
 
@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from ..protocol.channel_errors import MalformedRequestError, QuotaExceededError
+from ..errors import MalformedRequestError, QuotaExceededError
 from .object_files import ObjectFiles
 from .object_index import ObjectIndex, is_refetchable
 

@@ -14,7 +14,7 @@ Signed requests are checked only once their body is read, so the body must be bo
   hub/server.py, as is the bound on concurrent connections.)
 
 :class:`RequestLimits` is a plain ASGI middleware: it wraps ``receive``, so refusals raised while
-a handler reads the body are :class:`~kachery_node.protocol.channel_errors.ChannelProtocolError`\\ s,
+a handler reads the body are :class:`~kachery_node.errors.ChannelProtocolError`\\ s,
 answered like any other refusal. WebSocket traffic passes untouched (the relay bounds it).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import trio
 from starlette.responses import JSONResponse
 
-from ..protocol.channel_errors import ChannelProtocolError, TooLargeError
+from ..errors import ChannelProtocolError, TooLargeError
 
 log = logging.getLogger("kachery.hub")
 KiB = 1024

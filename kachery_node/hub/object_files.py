@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..protocol.channel_errors import InvalidPathError
+from ..errors import InvalidPathError
 from ..protocol.signed_urls import validate_object_key
 
 log = logging.getLogger("kachery.hub.bucket")

@@ -29,7 +29,7 @@ import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from ..protocol.channel_errors import (
+from ..errors import (
     HashMismatchError,
     InvalidPathError,
     MalformedRequestError,

@@ -2,12 +2,15 @@
 
 Theory of operation
 -------------------
-A node connects to ``/pubsub`` and must first send ``{"op": "auth", "token": ...}`` with a
-hub-signed token (kachery_node.protocol.pubsub_tokens). From then on every ``subscribe`` and
-``publish`` is checked against the token's capability, band by band; a later ``auth`` on the
-same connection replaces the token (renewal) and drops subscriptions the new token no longer
-allows. The relay fans each published message out to the band's subscribers (including the
-publisher if it subscribed, like Ably's default echo), serializing it once.
+A node connects to ``/pubsub`` and must first send ``{"op": "auth", "token": ..., "v": 2}``
+with a hub-signed token (kachery_node.protocol.pubsub_tokens); ``v`` is the pub-sub protocol
+version (2: messages in binary frames; a client without it is refused ``unsupported_version`` and
+closed with 4026). From then on every ``subscribe`` and ``publish`` is checked against the token's
+capability, band by band; a later ``auth`` on the same connection replaces the token (renewal)
+and drops subscriptions the new token no longer allows. Control operations are JSON in text
+frames; messages travel in binary frames (:mod:`kachery_node.protocol.relay_frames`) as the
+bytes they are. The relay fans each published message out to the band's subscribers (including
+the publisher if it subscribed, like Ably's default echo), encoding the record once.
 
 Rules
 -----
@@ -29,10 +32,11 @@ Rules
   connection and on a renewal; the hub narrows live connections itself (:meth:`Relay.restrict`).
 * Every refusal is answered with ``{"op": "error", "code", "message", "id"}`` and logged; it
   changes nothing.
-* Outgoing events queued while the socket is busy go out together (a JSON array per frame):
-  batching is what lets one Python process deliver thousands of messages per second. A frame
-  holds at most ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so
-  a paused subscriber's backlog goes out in several frames, never one it would refuse.
+* Outgoing events queued while the socket is busy go out together (control operations as a JSON
+  array per text frame, messages as records back to back in a binary frame): batching is what
+  lets one Python process deliver thousands of messages per second. A frame holds at most
+  ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so a paused
+  subscriber's backlog goes out in several frames, never one it would refuse.
 """
 
 from __future__ import annotations
@@ -48,17 +52,22 @@ import orjson
 import trio
 from starlette.websockets import WebSocket
 
-from ..protocol.channel_errors import (
+from ..errors import (
     ChannelProtocolError,
     ExpiredError,
     InvalidTokenError,
     MalformedRequestError,
     RateLimitedError,
     TooLargeError,
+    UnsupportedVersionError,
 )
+from ..protocol import relay_frames
 from ..protocol.pubsub_tokens import TokenClaims, verify_token
 from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
 from .relay_traffic import RelayTraffic
+
+#: The pub-sub protocol version this relay speaks (spec/pubsub.md §3).
+PROTOCOL_VERSION = 2
 
 log = logging.getLogger("kachery.hub.relay")
 
@@ -116,7 +125,7 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
-        self.out: deque[bytes] = deque()
+        self.out: deque[tuple[bool, bytes]] = deque()  # (binary, event): a message record, or JSON
         self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
         self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
@@ -132,7 +141,8 @@ class _Connection:
         return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
 
     # ---------------------------------------------------------------- outgoing
-    def push(self, event: bytes) -> None:
+    def push(self, event: bytes, *, binary: bool = False) -> None:
+        """Queue ``event``: a JSON operation, or (``binary``) a message record."""
         if self.close_request is not None:
             return  # closing: nothing more goes out (what was queued before still does)
         cost = len(event) + _EVENT_OVERHEAD
@@ -145,7 +155,7 @@ class _Connection:
                 self.relay.unsubscribe(self, band)
             self.close(4008, f"slow consumer: over {limit} bytes undelivered")
             return
-        self.out.append(event)
+        self.out.append((binary, event))
         self.queued_bytes += cost
         self.wake.set()
 
@@ -163,28 +173,35 @@ class _Connection:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.out:
-                frame, self.inflight_bytes = self._take_frame()
-                await self.ws.send_text(frame.decode())
+                binary, frame, self.inflight_bytes = self._take_frame()
+                if binary:
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_text(frame.decode())
                 self.inflight_bytes = 0
                 self.relay.frames_out += 1
             if self.close_request is not None:
                 raise self.close_request
 
-    def _take_frame(self) -> tuple[bytes, int]:
-        """The oldest queued events, as many as fit in one frame of at most ``max_frame_bytes``
-        (a backlog goes out in several frames, each one the client accepts; an event is never
-        split, so one larger than the limit, possible only with a message limit near it, goes
-        alone), and what they cost in :attr:`queued_bytes`."""
+    def _take_frame(self) -> tuple[bool, bytes, int]:
+        """The oldest queued events of one kind (binary records or JSON operations), as many as
+        fit in one frame of at most ``max_frame_bytes`` (a backlog goes out in several frames,
+        each one the client accepts; an event is never split, so one larger than the limit,
+        possible only with a message limit near it, goes alone): (binary, frame, what they cost
+        in :attr:`queued_bytes`)."""
         limit = self.relay.limits.max_frame_bytes
-        batch = [self.out.popleft()]
-        size = len(batch[0]) + 2
-        while self.out and size + len(self.out[0]) + 1 <= limit:
-            event = self.out.popleft()
+        binary, first = self.out.popleft()
+        batch = [first]
+        separator = 0 if binary else 1  # records follow one another; JSON needs "[", ",", "]"
+        size = len(first) + 2 * separator
+        while self.out and self.out[0][0] == binary and size + len(self.out[0][1]) + separator <= limit:
+            event = self.out.popleft()[1]
             batch.append(event)
-            size += len(event) + 1
+            size += len(event) + separator
         cost = sum(len(event) for event in batch) + _EVENT_OVERHEAD * len(batch)
         self.queued_bytes -= cost
-        return b"[" + b",".join(batch) + b"]", cost
+        frame = b"".join(batch) if binary else b"[" + b",".join(batch) + b"]"
+        return binary, frame, cost
 
     async def ticker(self) -> None:
         limits = self.relay.limits
@@ -212,14 +229,16 @@ class _Connection:
             if msg["type"] == "websocket.disconnect":
                 return
             self.last_recv = time.monotonic()
-            raw = msg.get("text")
-            if raw is None:
-                raw = (msg.get("bytes") or b"").decode("utf-8", "replace")
-            if len(raw) > limits.max_frame_bytes:
+            text, data = msg.get("text"), msg.get("bytes")
+            if len(text if text is not None else data or b"") > limits.max_frame_bytes:
                 self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
                 return
+            if text is None:
+                if not self.handle_binary(data or b""):
+                    return
+                continue
             try:
-                ops = orjson.loads(raw)
+                ops = orjson.loads(text)
             except orjson.JSONDecodeError:
                 self.refuse(MalformedRequestError("frame is not valid JSON"), None)
                 continue
@@ -228,13 +247,37 @@ class _Connection:
                 try:
                     self.handle(op)
                 except ChannelProtocolError as exc:
-                    self.refuse(exc, op_id)
-                    if self.claims is None and isinstance(exc, _TooManyConnections):
-                        self.close(4029, str(exc))
+                    if not self.refuse_or_close(exc, op_id):
                         return
-                    if isinstance(exc, InvalidTokenError | ExpiredError) and self.claims is None:
-                        self.close(4001, str(exc))
-                        return
+
+    def refuse_or_close(self, exc: ChannelProtocolError, op_id: Any) -> bool:
+        """Answer a refusal; False if the connection must close for it (before a good auth)."""
+        self.refuse(exc, op_id)
+        if self.claims is None:
+            for kind, code in ((_TooManyConnections, 4029), (UnsupportedVersionError, 4026),
+                               (InvalidTokenError, 4001), (ExpiredError, 4001)):
+                if isinstance(exc, kind):
+                    self.close(code, str(exc))
+                    return False
+        return True
+
+    def handle_binary(self, frame: bytes) -> bool:
+        """Publish each record of a binary frame; a malformed record refuses the rest of the
+        frame (the records before it were published). False if the connection must close."""
+        records = relay_frames.decode_publishes(frame)
+        while True:
+            record_id = None
+            try:
+                record = next(records, None)
+                if record is None:
+                    return True
+                record_id = record.id or None
+                self.publish_record(record)
+            except ChannelProtocolError as exc:
+                if not self.refuse_or_close(exc, record_id):
+                    return False
+                if record_id is None:
+                    return True  # the frame itself is malformed: nothing after it can be read
 
     def refuse(self, exc: ChannelProtocolError, op_id: Any) -> None:
         self.relay.refusals += 1
@@ -253,6 +296,10 @@ class _Connection:
             raise MalformedRequestError("each operation must be an object with an 'op'")
         kind, op_id = op["op"], op.get("id")
         if kind == "auth":
+            if op.get("v") != PROTOCOL_VERSION:
+                raise UnsupportedVersionError(
+                    f"this relay speaks pub-sub v{PROTOCOL_VERSION} (messages in binary frames, "
+                    f"spec/pubsub.md); the client sent v{op.get('v', 1)}: upgrade kachery")
             self.authenticate(op.get("token"), op_id)
             return
         if kind in ("pong", "ping"):
@@ -268,8 +315,9 @@ class _Connection:
         if not isinstance(band, str):
             raise MalformedRequestError(f"{kind!r} needs a 'band'")
         if kind == "publish":
-            self.publish(band, op, now_ms)
-        elif kind == "subscribe":
+            raise MalformedRequestError(f"pub-sub v{PROTOCOL_VERSION}: a publish travels as a record in a "
+                                        "binary frame, not as a JSON operation (spec/pubsub.md §3)")
+        if kind == "subscribe":
             check_capability(self.claims.capability, band, SUBSCRIBE)
             self.subs.add(band)
             self.relay.bands.setdefault(band, set()).add(self)
@@ -295,11 +343,16 @@ class _Connection:
             if SUBSCRIBE not in claims.capability.get(band, ()):
                 self.relay.unsubscribe(self, band)
                 self.send_op(op="unsubscribed", band=band, reason="capability withdrawn")
-        self.send_op(op="connected", id=op_id, node=claims.node, channel=claims.channel,
-                     capability=claims.capability, expires_ms=claims.expires_ms)
+        self.send_op(op="connected", id=op_id, v=PROTOCOL_VERSION, node=claims.node,
+                     channel=claims.channel, capability=claims.capability, expires_ms=claims.expires_ms)
 
-    def publish(self, band: str, op: dict, now_ms: float) -> None:
-        assert self.claims is not None
+    def publish_record(self, record: relay_frames.PublishRecord) -> None:
+        if self.claims is None:
+            raise InvalidTokenError("send {'op': 'auth', 'token': ..., 'v': 2} first")
+        now_ms = time.time() * 1000
+        if now_ms >= self.claims.expires_ms:
+            raise ExpiredError("token expired; renew it with a new 'auth'")
+        band = record.band
         check_capability(self.claims.capability, band, PUBLISH)
         assert self.node is not None
         limits = self.relay.limits
@@ -308,16 +361,14 @@ class _Connection:
         if node.allowance < 1:
             raise RateLimitedError(f"over {limits.publish_rate:g} messages/s for this node on "
                                    f"{self.claims.channel!r} (all its connections together)")
-        data = orjson.dumps(op.get("data"))
-        if len(data) > limits.max_message_bytes:
-            raise TooLargeError(
-                f"message of {len(data)} bytes is over the {limits.max_message_bytes}-byte limit")
+        if len(record.message) > limits.max_message_bytes:
+            raise TooLargeError(f"message of {len(record.message)} bytes is over the "
+                                f"{limits.max_message_bytes}-byte limit")
         node.allowance -= 1
-        event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
-                 + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
-        self.relay.traffic.count(self.claims.channel, len(data), self.relay.fan_out(band, event))
-        if op.get("id") is not None:
-            self.send_op(op="ack", id=op["id"])
+        event = relay_frames.encode_message(band, self.claims.node, int(now_ms), record.message)
+        self.relay.traffic.count(self.claims.channel, len(record.message), self.relay.fan_out(band, event))
+        if record.id:
+            self.send_op(op="ack", id=record.id)
 
 
 # (channel, node) -> the time of the last revocation concerning them (0: none).
@@ -374,7 +425,7 @@ class Relay:
         if not subs:
             return 0
         for conn in list(subs):
-            conn.push(event)
+            conn.push(event, binary=True)
         self.delivered += len(subs)
         return len(subs)
 

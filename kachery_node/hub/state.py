@@ -36,19 +36,19 @@ import orjson
 
 import kachery_feeds as kf
 
-from ..identity import Keypair, load_or_create_key
-from ..local_filesystem import require_local_filesystem
-from ..protocol import membership as mb
-from ..protocol.channel_errors import (
+from ..errors import (
     ConflictError,
     NotAllowedError,
     ReplayedRequestError,
     UnknownChannelError,
     UnknownNodeError,
 )
+from ..identity import Keypair, load_or_create_key
+from ..local_filesystem import require_local_filesystem
+from ..protocol import membership as mb
 from ..protocol.channel_names import validate_channel_name
-from ..protocol.hub_requests import MAX_SKEW_MS
 from ..protocol.roles import validate_roles
+from ..protocol.signing import REPLAY_WINDOW_MS
 
 LOGIN_TOKEN_TTL_MS = 5 * 60 * 1000
 SESSION_TTL_MS = 12 * 3600 * 1000
@@ -163,12 +163,13 @@ class HubState:
     def use_nonce(self, signer: str, nonce: str, now_ms: int) -> None:
         """Record (signer, nonce) for the replay window; raise if it was seen.
 
-        Kept in SQLite, so a restart does not reopen the window.
+        The same ledger as :class:`kachery_node.protocol.signing.ReplayLedger` (same window),
+        kept in SQLite, so that a restart does not reopen the window.
         """
         with self._tx() as c:
             c.execute("DELETE FROM nonces WHERE expires_ms < ?", (now_ms,))
             try:
-                c.execute("INSERT INTO nonces VALUES (?,?,?)", (signer, nonce, now_ms + 2 * MAX_SKEW_MS))
+                c.execute("INSERT INTO nonces VALUES (?,?,?)", (signer, nonce, now_ms + REPLAY_WINDOW_MS))
             except sqlite3.IntegrityError:
                 raise ReplayedRequestError("this request (nonce) was already used") from None
 

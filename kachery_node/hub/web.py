@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..protocol.channel_errors import ChannelProtocolError, MalformedRequestError, NotAllowedError
+from ..errors import ChannelProtocolError, MalformedRequestError, NotAllowedError
 from ..protocol.channel_names import validate_channel_name
 from ..protocol.roles import ROLES
 

@@ -1,7 +1,7 @@
 """What the original kachery (kachery-daemon 1.2 and kachery-client 1.2) left behind, read by
 this node: its storage directories, its signed subfeeds and its JSON spellings.
 
-* :mod:`.canonical_json`: the original daemon's deterministic JSON (JavaScript semantics), behind
+* :mod:`.original_canonical_json`: the original daemon's deterministic JSON (JavaScript semantics), behind
   its signatures and its mutable keys;
 * :mod:`.original_messages`: the original's signed subfeed messages and the rules to verify them;
 * :mod:`.link_files`: ``sha1/aa/bb/cc/<sha1>.link`` files (links registered by the original);

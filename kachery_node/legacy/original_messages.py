@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The original daemon stored each message of a subfeed as the canonical JSON
-(:mod:`.canonical_json`) of a *SignedSubfeedMessage*::
+(:mod:`.original_canonical_json`) of a *SignedSubfeedMessage*::
 
     {"body": {"message": <payload>, "messageNumber": n, "previousSignature": <128 hex>,
               "timestamp": <ms>},
@@ -38,7 +38,7 @@ import nacl.bindings
 import nacl.exceptions
 
 from ..errors import KacheryError
-from .canonical_json import NotCanonicalizableError, canonical_json
+from .original_canonical_json import NotCanonicalizableError, canonical_json
 
 _HEX128 = re.compile(r"[0-9a-fA-F]{128}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .channel_errors import InvalidPathError
+from ..errors import InvalidPathError
 
 SEGMENT_SIZE = 1000
 _HEX = re.compile(r"[0-9a-f]+")
@@ -74,7 +74,7 @@ def task_result_path(channel: str, task_hash: str) -> str:
 def upload_prefix(path: object) -> str:
     """The top-level prefix (``sha1``, ``feeds`` or ``task_results``) of ``path``, a path
     relative to the channel's prefix, if it has one of the shapes of spec/bucket.md §1; else
-    raise :class:`~kachery_node.protocol.channel_errors.InvalidPathError` naming the shapes.
+    raise :class:`~kachery_node.errors.InvalidPathError` naming the shapes.
 
     ``p(h)`` must be the hash's own first three byte pairs, hashes have their exact lengths
     (SHA-1 40 hex; feed IDs and task hashes 64), segment indexes are decimal without leading

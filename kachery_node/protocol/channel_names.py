@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .channel_errors import InvalidChannelNameError
+from ..errors import InvalidChannelNameError
 
 MIN_CHANNEL_NAME = 3
 MAX_CHANNEL_NAME = 40

@@ -23,13 +23,14 @@ import kachery_feeds as kf
 from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
 from kachery_feeds.jsontext import loads as loads_json
 
+from ..errors import RemoteProtocolError
 from .bucket_layout import SEGMENT_SIZE
 
 _HEAD_KEYS = frozenset({"v", "count", "segmentSize", "tail"})
 
 
-class HeadError(ValueError):
-    """A head object is malformed."""
+class HeadError(RemoteProtocolError, ValueError):
+    """A head object from the bucket is malformed (the peer's fault: whoever uploaded it)."""
 
 
 @dataclass(frozen=True)

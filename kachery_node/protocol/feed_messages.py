@@ -1,7 +1,8 @@
 """The feed flow's messages and actions, as data (spec/node-protocol.md §Feeds).
 
-Pure logic, no I/O. The envelope (channel, band, time, nonce, signature) is added by
-:func:`kachery_node.protocol.node_messages.seal`; these are the bodies:
+Pure logic, no I/O. The envelope (time, nonce, and a signature bound to channel and band) is
+added by :func:`kachery_node.protocol.node_messages.seal`; these are the bodies (and the one
+attachment):
 
 * ``subscribeToSubfeed`` on band ``request-feeds`` (published by a reader)::
 
@@ -10,17 +11,19 @@ Pure logic, no I/O. The envelope (channel, band, time, nonce, signature) is adde
 
 * ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
 
-      {"type": "newSubfeedMessages", "feed_id": ..., "subfeed_hash": ..., "messages": [<wire line>, ...]}
+      {"type": "newSubfeedMessages", "feed_id": ..., "subfeed_hash": ...}
+      attachment: the wire lines in segment form (each followed by LF), as they are
 
 * ``subfeedUploaded`` on band ``provide-feeds``::
 
       {"type": "subfeedUploaded", "feed_id": ..., "subfeed_hash": ..., "count": int >= 0}
 
-Rules: :func:`parse` is the only place a body is read and each message's ``to_body`` the only
-place one is written. How wire lines travel inside ``newSubfeedMessages`` is decided by
-:func:`_lines_to_wire` / :func:`_lines_from_wire` alone (today: JSON strings), so a change of
-framing touches those two functions. Fields the spec does not name (the envelope's ``channel``,
-``band``, ``time_ms``, ``nonce``, or a later version's additions) are ignored.
+Rules: :func:`parse` is the only place a body (and attachment) is read and each message's
+``to_body`` and ``attachment`` the only place one is written. How wire lines travel inside
+``newSubfeedMessages`` is decided by :func:`_lines_to_wire` / :func:`_lines_from_wire` alone
+(node messages v2: the envelope's attachment in segment form, never JSON strings inside the
+JSON body). Fields the spec does not name (the envelope's ``time_ms``, ``nonce``, or a later
+version's additions) are ignored.
 
 The second half of the module holds the *actions* the follower and provider cores
 (:mod:`.feed_follower`, :mod:`.feed_provider`) return for their driver to carry out.
@@ -34,7 +37,13 @@ from typing import Any
 
 import orjson
 
-from kachery_feeds import InvalidUriError, normalize_feed_id
+from kachery_feeds import (
+    InvalidUriError,
+    VerificationError,
+    decode_segment,
+    encode_segment,
+    normalize_feed_id,
+)
 from kachery_feeds import subfeed_hash as _subfeed_hash
 
 from ..errors import KacheryError
@@ -100,6 +109,10 @@ class SubscribeToSubfeed:
             body["bucket_rejected"] = True
         return body
 
+    def attachment(self) -> None:
+        """None: a subscription has no attachment."""
+        return None
+
 
 @dataclass(frozen=True)
 class NewSubfeedMessages:
@@ -111,12 +124,16 @@ class NewSubfeedMessages:
     band = PROVIDE_BAND
 
     def to_body(self) -> dict[str, Any]:
-        return {"type": NEW_MESSAGES, "feed_id": self.feed_id, "subfeed_hash": self.subfeed_hash,
-                "messages": _lines_to_wire(self.lines)}
+        return {"type": NEW_MESSAGES, "feed_id": self.feed_id, "subfeed_hash": self.subfeed_hash}
 
-    def body_size(self) -> int:
-        """Bytes of the body as published (before the envelope's few added fields)."""
-        return len(orjson.dumps(self.to_body()))
+    def attachment(self) -> bytes:
+        """The wire lines, carried as the envelope's attachment."""
+        return _lines_to_wire(self.lines)
+
+    def size(self) -> int:
+        """Bytes of the body and attachment as sealed (before the envelope's header, time and
+        nonce)."""
+        return len(orjson.dumps(self.to_body())) + 1 + len(self.attachment())
 
 
 @dataclass(frozen=True)
@@ -132,21 +149,26 @@ class SubfeedUploaded:
         return {"type": UPLOADED, "feed_id": self.feed_id, "subfeed_hash": self.subfeed_hash,
                 "count": self.count}
 
+    def attachment(self) -> None:
+        """None: the bucket holds the lines."""
+        return None
+
 
 FeedMessage = SubscribeToSubfeed | NewSubfeedMessages | SubfeedUploaded
 
 
-def _lines_to_wire(lines: tuple[bytes, ...]) -> list[str]:
-    return [line.decode() for line in lines]
+def _lines_to_wire(lines: tuple[bytes, ...]) -> bytes:
+    return encode_segment(list(lines))
 
 
-def _lines_from_wire(value: Any) -> tuple[bytes, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
-        raise MalformedFeedMessage("'messages' must be a non-empty list of wire lines (strings)")
+def _lines_from_wire(attachment: bytes | None) -> tuple[bytes, ...]:
     try:
-        return tuple(x.encode() for x in value)
-    except UnicodeEncodeError:
-        raise MalformedFeedMessage("'messages' holds text that is not Unicode") from None
+        lines = decode_segment(attachment or b"")
+    except VerificationError as exc:
+        raise MalformedFeedMessage(f"the attached wire lines are not in segment form: {exc}") from None
+    if not lines:
+        raise MalformedFeedMessage("newSubfeedMessages needs its wire lines attached")
+    return tuple(lines)
 
 
 def _count(body: dict[str, Any], name: str) -> int:
@@ -170,9 +192,10 @@ def _names(body: dict[str, Any]) -> tuple[str, str]:
 _TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE,), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
 
 
-def parse(band: str, body: dict[str, Any]) -> FeedMessage:
-    """The feed message ``body`` heard on ``band``; raises :class:`MalformedFeedMessage` if it is
-    not one of the types published there, or a field is missing or ill-typed."""
+def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> FeedMessage:
+    """The feed message ``body`` (with the envelope's ``attachment``) heard on ``band``; raises
+    :class:`MalformedFeedMessage` if it is not one of the types published there, or a field is
+    missing or ill-typed."""
     kind = body.get("type")
     if kind not in _TYPES_BY_BAND.get(band, ()):
         raise MalformedFeedMessage(f"{kind!r} is not a feed message of band {band!r}")
@@ -183,7 +206,7 @@ def parse(band: str, body: dict[str, Any]) -> FeedMessage:
             raise MalformedFeedMessage("'bucket_rejected' must be true or false")
         return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"), rejected)
     if kind == NEW_MESSAGES:
-        return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(body.get("messages")))
+        return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(attachment))
     return SubfeedUploaded(feed_id, subfeed_hash, _count(body, "count"))
 
 

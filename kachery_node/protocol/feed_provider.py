@@ -162,7 +162,7 @@ class InlineSplitter:
     def _cut(self) -> NewSubfeedMessages | TooBigToPush:
         piece = NewSubfeedMessages(self.feed_id, self.subfeed_hash, tuple(self._batch))
         self._batch, self._size = [], 0
-        if piece.body_size() > INLINE_MAX_BODY_BYTES:
+        if piece.size() > INLINE_MAX_BODY_BYTES:
             return TooBigToPush(len(piece.lines))
         return piece
 

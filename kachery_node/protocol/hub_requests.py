@@ -19,31 +19,28 @@ signer travel in headers:
 :data:`MAX_SKEW_MS` of the hub's clock, and the hub remembers each (signer, nonce) for that
 window, so a captured request cannot be replayed (fixing original-protocol §10.1).
 
-This module is pure: the caller passes the clock and keeps the nonce ledger.
+This module is pure: the caller passes the clock and keeps the nonce ledger; signing input,
+hex checks, time window and replay window come from :mod:`.signing`, shared with node messages.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import secrets
-import time
 from typing import Any, Literal
 
 import orjson
 
-from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import JsonTextError
 from kachery_feeds.jsontext import loads as loads_json
 
-from ..identity import Keypair, verify_signature
-from .channel_errors import BadSignatureError, MalformedRequestError, StaleRequestError
+from ..errors import BadSignatureError, MalformedRequestError, StaleRequestError
+from ..identity import Keypair
+from . import signing
 
 Kind = Literal["node", "user"]
-MAX_SKEW_MS = 60_000
+MAX_SKEW_MS = signing.MAX_SKEW_MS
 MAX_BODY_BYTES = 256 * 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX128 = re.compile(r"[0-9a-f]{128}")
-_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+NONCE_MIN_CHARS = 16
 
 HEADERS: dict[str, tuple[str, str]] = {
     "node": ("Kachery-Node-Id", "Kachery-Node-Signature"),
@@ -51,12 +48,13 @@ HEADERS: dict[str, tuple[str, str]] = {
 }
 
 
+def context(kind: Kind) -> bytes:
+    """The signing context of a ``kind`` request: ``"kachery-hub-request-v1 <kind>" LF``."""
+    return b"kachery-hub-request-v1 " + kind.encode() + b"\n"
+
+
 def _signed_bytes(kind: Kind, body: bytes) -> bytes:
-    return b"kachery-hub-request-v1 " + kind.encode() + b"\n" + hashlib.sha256(body).digest()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+    return signing.signing_input(context(kind), body)
 
 
 def new_nonce() -> str:
@@ -64,18 +62,18 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def make_body(type_: str, hub_id: str, *, time_ms: int | None = None, nonce: str | None = None,
+def make_body(type_: str, hub_id: str, *, time_ms: int, nonce: str | None = None,
               **fields: Any) -> bytes:
-    """Serialize a request body once (sorted keys), ready to sign and send."""
-    body = {"type": type_, "hub": hub_id, "time_ms": now_ms() if time_ms is None else time_ms,
-            "nonce": nonce or new_nonce(), **fields}
+    """Serialize a request body once (sorted keys), ready to sign and send; ``time_ms`` is the
+    sender's wall clock."""
+    body = {"type": type_, "hub": hub_id, "time_ms": time_ms, "nonce": nonce or new_nonce(), **fields}
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def sign_body(keypair: Keypair, kind: Kind, body: bytes) -> dict[str, str]:
     """The two headers that sign ``body`` as ``kind`` with ``keypair``."""
     id_header, sig_header = HEADERS[kind]
-    return {id_header: keypair.public_hex, sig_header: keypair.sign(_signed_bytes(kind, body)).hex()}
+    return {id_header: keypair.public_hex, sig_header: signing.sign(keypair, context(kind), body).hex()}
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -91,9 +89,9 @@ def parse_body(body: bytes) -> dict[str, Any]:
     for key, typ in (("type", str), ("hub", str), ("time_ms", int), ("nonce", str)):
         if type(obj.get(key)) is not typ:
             raise MalformedRequestError(f"request body needs {key!r} ({typ.__name__})")
-    if not 0 <= obj["time_ms"] <= MAX_SAFE_INTEGER:
+    if not signing.is_time_ms(obj["time_ms"]):
         raise MalformedRequestError("time_ms must be an integer in [0, 2^53-1]")
-    if not _NONCE.fullmatch(obj["nonce"]):
+    if not signing.is_nonce(obj["nonce"], NONCE_MIN_CHARS):
         raise MalformedRequestError("nonce must be 16-64 characters of [A-Za-z0-9_-]")
     return obj
 
@@ -105,9 +103,9 @@ def verify_signature_headers(kind: Kind, body: bytes, headers: Any) -> str:
     if not signer or not sig:
         raise BadSignatureError(f"missing {id_header} / {sig_header} headers")
     signer, sig = signer.strip().lower(), sig.strip().lower()
-    if not _HEX64.fullmatch(signer) or not _HEX128.fullmatch(sig):
+    if not signing.is_id(signer) or not signing.is_signature_hex(sig):
         raise BadSignatureError(f"{id_header} must be 64 hex and {sig_header} 128 hex")
-    if not verify_signature(signer, _signed_bytes(kind, body), bytes.fromhex(sig)):
+    if not signing.verify(signer, context(kind), body, bytes.fromhex(sig)):
         raise BadSignatureError(f"{kind} signature does not verify")
     return signer
 
@@ -117,7 +115,8 @@ def verify_request(kind: Kind, body: bytes, headers: Any, *, hub_id: str, now: i
     """Verify a signed request; return ``(signer, body)``.
 
     Checks, in order: shape, signature, hub, type, time window. The caller then checks and
-    records the nonce (:class:`~kachery_node.hub.state.HubState` keeps the ledger).
+    records the nonce (:class:`~kachery_node.hub.state.HubState` keeps the ledger, for
+    :data:`~kachery_node.protocol.signing.REPLAY_WINDOW_MS`).
     """
     obj = parse_body(body)
     signer = verify_signature_headers(kind, body, headers)
@@ -125,8 +124,8 @@ def verify_request(kind: Kind, body: bytes, headers: Any, *, hub_id: str, now: i
         raise BadSignatureError("request was signed for another hub")
     if expected_type is not None and obj["type"] != expected_type:
         raise MalformedRequestError(f"expected a {expected_type!r} request here, got {obj['type']!r}")
-    skew = obj["time_ms"] - now
-    if abs(skew) > MAX_SKEW_MS:
+    if not signing.is_fresh(obj["time_ms"], now):
+        skew = signing.skew_ms(obj["time_ms"], now)
         raise StaleRequestError(
             f"request time is {skew / 1000:+.0f} s from the hub's clock (allowed ±{MAX_SKEW_MS // 1000} s)")
     return signer, obj

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import KacheryError
+from ..errors import KacheryError, RemoteProtocolError
 from .roles import effective_roles, validate_roles
 
 MEMBERSHIP_SUBFEED = "membership"
 
 
-class MembershipError(KacheryError):
-    """The membership feed holds a message that does not follow the rules above."""
+class MembershipError(RemoteProtocolError):
+    """The membership feed holds a message that does not follow the rules above (the peer's
+    fault: whoever wrote or served the feed)."""
 
 
 def channel_message(channel: str, owner: str, config: dict, time_ms: int) -> dict:

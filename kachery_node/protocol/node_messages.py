@@ -1,138 +1,150 @@
-"""Signed node messages on a channel's pub-sub bands (spec/node-protocol.md §2).
+"""Signed node messages on a channel's pub-sub bands (spec/node-protocol.md, Envelopes), v2.
 
-Wire form (one line of UTF-8 bytes)::
+Wire form (bytes; the pub-sub service carries them as they are, spec/pubsub.md)::
 
-    <body JSON> TAB <sender node ID, 64 hex> TAB <Ed25519 signature, 128 hex>
+    0x02 | sender's node key (32 bytes) | signature (64 bytes) | body JSON [ LF attachment ]
 
-``signature = Ed25519(node key, CONTEXT || SHA-256(body))`` with
-``CONTEXT = "kachery-pubsub-v1" 0x00``. The body is a JSON object that always carries
-``type``, ``channel``, ``band``, ``time_ms`` and ``nonce``: a message is bound to where and when
-it was sent, so it cannot be replayed on another channel or band, or later (the original signed
-only the body and had none of these, original-protocol.md §10.1, §10.6).
+``signature = Ed25519(node key, "kachery-pubsub-v2" 0x00 channel 0x00 band 0x00 ||
+SHA-256(everything after the signature))``: the body and the attachment are signed together,
+and the signature binds them to the channel and band they were sent on (a message replayed on
+another channel or band does not verify there). The body is a JSON object (no LF byte in it)
+that always carries ``type``, ``time_ms`` and ``nonce``, so a message is also bound to when it was
+sent and cannot be replayed later (the original signed only the body and had none of these,
+original-protocol.md §10.1, §10.6). The optional *attachment* is bytes that the message type
+defines (``newSubfeedMessages``: wire lines in segment form), carried as they are instead of as
+JSON strings inside the JSON body.
 
-A receiver checks, in order: shape, signature, channel and band equal to where it arrived,
-``|now - time_ms| <= MAX_SKEW_MS``, and that ``(sender, nonce)`` was not seen in the window.
-Whether the sender *may* send on that band is the membership's business
-(:mod:`kachery_node.protocol.membership`), checked by the caller.
+A receiver checks, in order: version, shape, signature (for the channel and band where it
+arrived), ``|now - time_ms| <= MAX_SKEW_MS``, and (:class:`ReplayGuard`) that ``(sender,
+nonce)`` was not seen in the window. Whether the sender *may* send on that band is the
+membership's business (:mod:`kachery_node.protocol.membership`), checked by the caller.
+
+Version 1 (a text line ``<body> TAB <sender hex> TAB <signature hex>`` sent as a JSON string)
+is refused with an error that says so.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from kachery_feeds.jsontext import MAX_SAFE_INTEGER, JsonTextError
+from kachery_feeds.jsontext import JsonTextError
 from kachery_feeds.jsontext import loads as loads_json
 
-from ..identity import Keypair, verify_signature
+from ..errors import LocalProtocolError, RemoteProtocolError
+from ..identity import Keypair
+from . import signing
 
-CONTEXT = b"kachery-pubsub-v1\x00"
-MAX_SKEW_MS = 60_000
+VERSION = 2
+CONTEXT = b"kachery-pubsub-v2\x00"  # then the channel, 0x00, the band, 0x00 (:func:`context`)
+MAX_SKEW_MS = signing.MAX_SKEW_MS
+#: The signed part (body, LF and attachment) is at most this long.
 MAX_ENVELOPE_BYTES = 256 * 1024
-_HEX = frozenset(b"0123456789abcdef")
-#: The nonce alphabet and length (spec/node-protocol.md, Envelopes); ``seal`` writes 24 hex.
-_NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+HEADER_BYTES = 1 + 32 + 64
+#: Nonces are 8-64 characters of ``[A-Za-z0-9_-]`` (spec/node-protocol.md, Envelopes);
+#: ``seal`` writes 16 (12 random bytes, base64url).
+NONCE_MIN_CHARS = 8
+_V1_START = ord("{")  # a version 1 envelope began with its JSON body
 
 
-class EnvelopeError(Exception):
-    """A pub-sub message is malformed, forged, misdirected, stale or replayed."""
+class EnvelopeError(RemoteProtocolError):
+    """A pub-sub message is malformed, forged, misdirected, stale or replayed (the sender's
+    fault, or whoever tampered with it on the way)."""
+
+
+class MessageTooLargeError(LocalProtocolError):
+    """A body (with its attachment) to seal is over :data:`MAX_ENVELOPE_BYTES` (the caller should
+    have split it, or sent it through the bucket)."""
 
 
 @dataclass(frozen=True)
 class Envelope:
+    """An opened node message: who signed it, its body, and its attachment (None: none)."""
+
     sender: str
     body: dict[str, Any]
+    attachment: bytes | None = None
 
     @property
     def type(self) -> str:
         return self.body["type"]
 
 
-def _signing_input(body: bytes) -> bytes:
-    return CONTEXT + hashlib.sha256(body).digest()
+def context(channel: str, band: str) -> bytes:
+    """What a node message's signature is bound to, before the digest of its bytes:
+    ``"kachery-pubsub-v2" 0x00 channel 0x00 band 0x00``."""
+    if "\x00" in channel or "\x00" in band:
+        raise LocalProtocolError("a channel or band name never contains NUL")
+    return CONTEXT + channel.encode() + b"\x00" + band.encode() + b"\x00"
 
 
-def seal(
-    keypair: Keypair, *, channel: str, band: str, body: dict[str, Any], now_ms: int | None = None
-) -> bytes:
-    """Sign ``body`` (which must have a ``type``) for sending on ``channel``/``band``."""
+def seal(keypair: Keypair, *, channel: str, band: str, body: dict[str, Any], now_ms: int,
+         nonce: str | None = None, attachment: bytes | None = None) -> bytes:
+    """Sign ``body`` (which must have a ``type``), and ``attachment`` if any, for sending on
+    ``channel``/``band`` at ``now_ms`` (the sender's wall clock); ``nonce`` defaults to 16
+    random characters. An empty attachment is written as none."""
     if "type" not in body:
-        raise ValueError("an envelope body needs a 'type'")
-    full = {
-        **body,
-        "channel": channel,
-        "band": band,
-        "time_ms": int(time.time() * 1000) if now_ms is None else now_ms,
-        "nonce": secrets.token_hex(12),
-    }
-    raw = orjson.dumps(full, option=orjson.OPT_SORT_KEYS)
-    if len(raw) > MAX_ENVELOPE_BYTES:
-        raise EnvelopeError(f"message of {len(raw)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
-    sig = keypair.sign(_signing_input(raw))
-    return raw + b"\t" + keypair.public_hex.encode() + b"\t" + sig.hex().encode()
+        raise LocalProtocolError("an envelope body needs a 'type'")
+    full = {**body, "time_ms": now_ms, "nonce": secrets.token_urlsafe(12) if nonce is None else nonce}
+    signed = orjson.dumps(full, option=orjson.OPT_SORT_KEYS)  # never contains a LF byte
+    if attachment:
+        signed += b"\n" + bytes(attachment)
+    if len(signed) > MAX_ENVELOPE_BYTES:
+        raise MessageTooLargeError(
+            f"message of {len(signed)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
+    sig = signing.sign(keypair, context(channel, band), signed)
+    return bytes([VERSION]) + keypair.signing_key.verify_key.encode() + sig + signed
 
 
-def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int | None = None) -> Envelope:
-    """Verify a received envelope's shape, signature, binding and freshness (not replay).
+def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int) -> Envelope:
+    """Verify a received message's version, shape, signature, binding and freshness at
+    ``now_ms`` (the receiver's wall clock); not replays (:class:`ReplayGuard`).
 
-    The line splits at its last two TABs into body, sender and signature; the body is at most
-    :data:`MAX_ENVELOPE_BYTES` and is read by kachery's JSON rules (kachery_feeds.jsontext)."""
-    if not isinstance(data, bytes | bytearray) or len(data) > MAX_ENVELOPE_BYTES + 194:
-        raise EnvelopeError("message is not bytes or is too large")
-    parts = bytes(data).rsplit(b"\t", 2)
-    if len(parts) != 3:
-        raise EnvelopeError("malformed message: expected '<body>\\t<node id>\\t<signature>'")
-    raw, sender_b, sig_b = parts
-    if len(raw) > MAX_ENVELOPE_BYTES:
-        raise EnvelopeError(f"message body is over the {MAX_ENVELOPE_BYTES}-byte limit")
-    well_formed = len(sender_b) == 64 and len(sig_b) == 128
-    if not well_formed or not _HEX.issuperset(sender_b) or not _HEX.issuperset(sig_b):
-        raise EnvelopeError("malformed sender or signature")
-    sender = sender_b.decode()
-    if not verify_signature(sender, _signing_input(raw), bytes.fromhex(sig_b.decode())):
-        raise EnvelopeError(f"bad signature on a message claiming to be from {sender[:12]}…")
+    The body is read by kachery's JSON rules (kachery_feeds.jsontext)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise EnvelopeError("message is not bytes")
+    data = bytes(data)
+    if data[:1] != bytes([VERSION]):
+        if data[:1] == bytes([_V1_START]):
+            raise EnvelopeError("a version 1 node message (a JSON text line): this node speaks node "
+                                "messages v2 (binary, spec/node-protocol.md); upgrade the sender")
+        raise EnvelopeError(f"unknown node message version {data[:1].hex() or 'none'} (expected 02)")
+    if len(data) <= HEADER_BYTES:
+        raise EnvelopeError("malformed message: shorter than its header")
+    signed = data[HEADER_BYTES:]
+    if len(signed) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(f"message is over the {MAX_ENVELOPE_BYTES}-byte limit")
+    sender = data[1:33].hex()
+    if not signing.verify(sender, context(channel, band), signed, data[33:HEADER_BYTES]):
+        raise EnvelopeError(f"bad signature on a message claiming to be from {sender[:12]}… (forged, "
+                            f"tampered with, or signed for another channel or band than {channel}/{band})")
+    raw, lf, attachment = signed.partition(b"\n")
+    if lf and not attachment:
+        raise EnvelopeError("malformed message: a LF after the body but no attachment")
     try:
         body = loads_json(raw)
     except JsonTextError as exc:
         raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
     if type(body) is not dict or not isinstance(body.get("type"), str):
         raise EnvelopeError("message body must be an object with a 'type'")
-    if body.get("channel") != channel or body.get("band") != band:
-        raise EnvelopeError(
-            f"message for {body.get('channel')!r}/{body.get('band')!r} arrived on {channel!r}/{band!r}"
-        )
     t = body.get("time_ms")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if type(t) is not int or not 0 <= t <= MAX_SAFE_INTEGER or abs(now - t) > MAX_SKEW_MS:
+    if not signing.is_time_ms(t) or not signing.is_fresh(t, now_ms):
         raise EnvelopeError("stale message (time_ms is missing or off by more than 60 s)")
-    nonce = body.get("nonce")
-    if type(nonce) is not str or not _NONCE.fullmatch(nonce):
+    if not signing.is_nonce(body.get("nonce"), NONCE_MIN_CHARS):
         raise EnvelopeError("message has no valid nonce (8-64 characters of [A-Za-z0-9_-])")
-    return Envelope(sender, body)
+    return Envelope(sender, body, attachment if lf else None)
 
 
 class ReplayGuard:
-    """Remembers (sender, nonce) pairs for the freshness window; a repeat is a replay."""
+    """Refuses an envelope whose (sender, nonce) was seen within the replay window
+    (:class:`~kachery_node.protocol.signing.ReplayLedger`)."""
 
-    def __init__(self, window_ms: int = 2 * MAX_SKEW_MS, max_entries: int = 200_000) -> None:
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._window_ms = window_ms
-        self._max = max_entries
+    def __init__(self, window_ms: int = signing.REPLAY_WINDOW_MS, max_entries: int = 200_000) -> None:
+        self._ledger = signing.ReplayLedger(window_ms, max_entries)
 
-    def check(self, env: Envelope, now_ms: int | None = None) -> None:
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        while self._seen and (
-            len(self._seen) > self._max or next(iter(self._seen.values())) < now - self._window_ms
-        ):
-            self._seen.popitem(last=False)
-        key = (env.sender, env.body["nonce"])
-        if key in self._seen:
+    def check(self, env: Envelope, *, now_ms: int) -> None:
+        if not self._ledger.record(env.sender, env.body["nonce"], now_ms=now_ms):
             raise EnvelopeError(f"replayed message from {env.sender[:12]}…")
-        self._seen[key] = now

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 from dataclasses import dataclass
 
 import orjson
 
-from ..identity import Keypair, verify_signature
-from .channel_errors import ExpiredError, InvalidTokenError
+from ..errors import ExpiredError, InvalidTokenError
+from ..identity import Keypair
+from . import signing
 
 DEFAULT_TOKEN_TTL_MS = 30 * 60 * 1000
 _PREFIX = b"kachery-pubsub-token-v1\n"
@@ -61,7 +61,7 @@ def issue_token(hub_key: Keypair, *, node_id: str, channel: str, capability: dic
         "capability": capability, "issued_ms": now_ms, "expires_ms": now_ms + ttl_ms,
         "id": secrets.token_hex(8),
     }, option=orjson.OPT_SORT_KEYS)
-    sig = hub_key.sign(_PREFIX + hashlib.sha256(payload).digest())
+    sig = signing.sign(hub_key, _PREFIX, payload)
     return _b64(payload) + "." + _b64(sig)
 
 
@@ -82,6 +82,8 @@ def _claims(obj: object) -> TokenClaims:
             or not _is_capability(obj.get("capability"))):
         raise InvalidTokenError("token payload is malformed: a claim is missing or of the wrong type")
     hub, node, channel, token_id = strings
+    if not signing.is_id(node):
+        raise InvalidTokenError("token payload is malformed: the node is not a 64-hex node ID")
     return TokenClaims(hub, node, channel, obj["capability"], times[0], times[1], token_id)
 
 
@@ -94,7 +96,7 @@ def verify_token(token: object, *, hub_id: str, now_ms: int) -> TokenClaims:
         payload, sig = _unb64(p64), _unb64(s64)
     except (binascii.Error, ValueError):
         raise InvalidTokenError("token is not base64url") from None
-    if not verify_signature(hub_id, _PREFIX + hashlib.sha256(payload).digest(), sig):
+    if not signing.verify(hub_id, _PREFIX, payload, sig):
         raise InvalidTokenError("token signature does not verify with this hub's key")
     try:
         obj = orjson.loads(payload)

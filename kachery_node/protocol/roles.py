@@ -2,9 +2,12 @@
 
 Six roles per channel (request/provide × files/feeds/tasks). A node's *effective* roles are the
 intersection of what the channel owner granted and what the node's own owner requested. Each
-role maps to publishing on one band and subscribing on its partner (kachery-doc/node.md; the
-original's Ably capability table, original-protocol §4.1). Band names keep the original's form
-``<channel>-requestFiles`` so that an Ably backend can use them unchanged.
+role maps to publishing on one band and subscribing on its partner's (the original's Ably
+capability table, original-protocol §4.1). Band names on the pub-sub service keep the original's
+form ``<channel>-requestFiles`` so that an Ably backend can use them unchanged; inside signed
+node messages a band is named after the role that publishes on it (``request-files``).
+
+:data:`ROLE_BANDS` is the one table; everything else here is derived from it.
 
 Everything here is pure: no I/O, no clocks.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .channel_errors import InvalidPathError, MalformedRequestError, NotAllowedError
+from ..errors import InvalidPathError, MalformedRequestError, NotAllowedError
 
 # role -> (band it publishes on, band it subscribes to); the only place this rule lives.
 ROLE_BANDS: dict[str, tuple[str, str]] = {
@@ -25,8 +28,10 @@ ROLE_BANDS: dict[str, tuple[str, str]] = {
     "provide-tasks": ("provideTasks", "requestTasks"),
 }
 ROLES: tuple[str, ...] = tuple(ROLE_BANDS)
-BANDS: tuple[str, ...] = ("requestFiles", "provideFiles", "requestFeeds", "provideFeeds",
-                          "requestTasks", "provideTasks")
+BANDS: tuple[str, ...] = tuple(pub for pub, _sub in ROLE_BANDS.values())
+#: The three flows; a role, and the band named after it, belongs to the flow its name ends with.
+FLOWS: tuple[str, ...] = ("files", "feeds", "tasks")
+_ROLE_OF_PUBSUB_BAND = {pub: role for role, (pub, _sub) in ROLE_BANDS.items()}
 PUBLISH, SUBSCRIBE = "publish", "subscribe"
 
 # Top-level object prefixes in a channel's bucket, and the role that may upload under each.
@@ -36,6 +41,38 @@ UPLOAD_ROLE_BY_PREFIX: dict[str, str] = {
     "feeds": "provide-feeds",
     "task_results": "provide-tasks",
 }
+
+
+def pubsub_band(role: str) -> str:
+    """The pub-sub band that ``role`` publishes on: ``pubsub_band("request-files") == "requestFiles"``."""
+    return ROLE_BANDS[role][0]
+
+
+def heard_pubsub_band(role: str) -> str:
+    """The pub-sub band that ``role`` subscribes to: its partner's."""
+    return ROLE_BANDS[role][1]
+
+
+def role_of_pubsub_band(band: str) -> str:
+    """The role publishing on pub-sub band ``band`` (``"requestFiles"`` -> ``"request-files"``),
+    which is also the band's name in node messages."""
+    try:
+        return _ROLE_OF_PUBSUB_BAND[band]
+    except KeyError:
+        raise MalformedRequestError(f"unknown band {band!r}; bands are: {' '.join(BANDS)}") from None
+
+
+def partner_role(role: str) -> str:
+    """The role whose band ``role`` hears: ``partner_role("request-files") == "provide-files"``."""
+    return role_of_pubsub_band(heard_pubsub_band(role))
+
+
+def flow_of(role: str) -> str:
+    """The flow of a role, or of the node-message band named after it: ``"files"``, ``"feeds"``
+    or ``"tasks"``."""
+    if role not in ROLE_BANDS:
+        raise MalformedRequestError(f"unknown role {role!r}; roles are: {' '.join(ROLES)}")
+    return role.rsplit("-", 1)[1]
 
 
 def validate_roles(roles: object) -> list[str]:
@@ -87,7 +124,7 @@ def capabilities(channel: str, roles: Iterable[str]) -> dict[str, list[str]]:
 
 def check_capability(capability: dict[str, list[str]], band: str, op: str) -> None:
     """Raise :class:`~.errors.CapabilityError` unless ``capability`` allows ``op`` on ``band``."""
-    from .channel_errors import CapabilityError
+    from ..errors import CapabilityError
 
     if op not in capability.get(band, ()):
         raise CapabilityError(f"token does not allow {op} on band {band!r}")

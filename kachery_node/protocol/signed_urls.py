@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from ..errors import BadSignatureError, ExpiredError, InvalidPathError, MalformedRequestError
 from ..identity import Keypair, verify_signature
-from .channel_errors import BadSignatureError, ExpiredError, InvalidPathError, MalformedRequestError
 
 _PREFIX = b"kachery-bucket-upload-v1\n"
 _SEGMENT = re.compile(r"[A-Za-z0-9_~=+,@-][A-Za-z0-9._~=+,@-]*")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidDataError, NotFoundError
-from ..legacy.canonical_json import NotCanonicalizableError, canonical_json
+from ..legacy.original_canonical_json import NotCanonicalizableError, canonical_json
 from ..legacy.storage_dir import is_original_mutables_table
 from .data_objects import decode_json, encode_json
 from .private_files import create_private_file

@@ -257,7 +257,7 @@ def repair(storage: Storage, report: StorageReport, *, channel: str,
     daemon serves the storage (nothing is deleted then).
     """
     from .. import remote_reads as remote
-    from ..daemon.errors import DaemonNotRunningError
+    from ..errors import DaemonNotRunningError
 
     if remote.daemon_for(storage.directory) is None:
         raise DaemonNotRunningError(

@@ -2,7 +2,7 @@
 
 Every call builds a fresh signed request (new time and nonce,
 :mod:`~kachery_node.protocol.hub_requests`), posts it, and raises
-:class:`~kachery_node.protocol.channel_errors.HubRequestError` if the hub refuses. Example::
+:class:`~kachery_node.errors.HubRequestError` if the hub refuses. Example::
 
     hub = HubClient("http://127.0.0.1:8080", user_key=load_user_key())
     hub.create_channel("lab")
@@ -11,17 +11,22 @@ Every call builds a fresh signed request (new time and nonce,
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 
+from ..errors import HubRequestError
 from ..identity import Keypair
-from ..protocol.channel_errors import HubRequestError
 from ..protocol.hub_requests import make_body, sign_body
 from .tls import describe_tls_failure, require_secure_url, ssl_context
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 SECRETS = "signed requests (and the secrets they carry)"  # what require_secure_url protects here
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _check(resp: httpx.Response) -> httpx.Response:
@@ -86,13 +91,13 @@ class HubClient:
     def user_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         if self.user_key is None:
             raise ValueError("this request needs the user key")
-        body = make_body(type_, self.hub_id, **fields)
+        body = make_body(type_, self.hub_id, time_ms=_now_ms(), **fields)
         return self._post("/api/user", body, sign_body(self.user_key, "user", body)).json()
 
     def node_request_raw(self, type_: str, **fields: Any) -> httpx.Response:
         if self.node_key is None:
             raise ValueError("this request needs the node key")
-        body = make_body(type_, self.hub_id, **fields)
+        body = make_body(type_, self.hub_id, time_ms=_now_ms(), **fields)
         return self._post("/api/node", body, sign_body(self.node_key, "node", body))
 
     def node_request(self, type_: str, **fields: Any) -> dict[str, Any]:
@@ -103,7 +108,7 @@ class HubClient:
         """Register the node to the user, proving possession of both keys."""
         if self.user_key is None or self.node_key is None:
             raise ValueError("registering a node needs both the node key and the user key")
-        body = make_body("register_node", self.hub_id, node=self.node_key.public_hex,
+        body = make_body("register_node", self.hub_id, time_ms=_now_ms(), node=self.node_key.public_hex,
                          user=self.user_key.public_hex, label=label)
         headers = {**sign_body(self.node_key, "node", body), **sign_body(self.user_key, "user", body)}
         return self._post("/api/register-node", body, headers).json()

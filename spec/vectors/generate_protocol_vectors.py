@@ -1,6 +1,8 @@
-"""Regenerate spec/vectors/protocol-v1.json: node envelopes, hub requests, task results,
-subfeed heads and bucket keys (spec/node-protocol.md, spec/hub.md, spec/tasks.md,
-spec/bucket.md). Deterministic: fixed keys, times and nonces.
+# ruff: noqa: E501
+"""Regenerate spec/vectors/protocol-v1.json: node messages (v2, with attachments), the relay's
+binary frames, hub requests, task results, subfeed heads and bucket keys (spec/node-protocol.md,
+spec/pubsub.md, spec/hub.md, spec/tasks.md, spec/bucket.md). Deterministic: fixed keys, times
+and nonces.
 
 Run: .venv/bin/python spec/vectors/generate_protocol_vectors.py > spec/vectors/protocol-v1.json
 Checked by tests/protocol/test_protocol_vectors.py (Python) and js/test/vectors.test.js.
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import nacl.signing
 import orjson
 
+from kachery_node.protocol import relay_frames
 from kachery_node.protocol.bucket_layout import (
     file_path,
     subfeed_head_path,
@@ -22,7 +26,7 @@ from kachery_node.protocol.bucket_layout import (
     task_result_path,
 )
 from kachery_node.protocol.hub_requests import _signed_bytes as hub_signed_bytes
-from kachery_node.protocol.node_messages import CONTEXT as ENVELOPE_CONTEXT
+from kachery_node.protocol.node_messages import context as envelope_context
 from kachery_node.protocol.task_messages import RESULT_CONTEXT, task_hash
 
 NODE_SEED = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
@@ -41,52 +45,127 @@ def sign(key: nacl.signing.SigningKey, data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- envelopes
-def envelope(body: bytes | str, key: nacl.signing.SigningKey = NODE, sender: str | None = None,
-             sig: str | None = None) -> str:
-    raw = body.encode() if isinstance(body, str) else body
-    sig = sig or sign(key, ENVELOPE_CONTEXT + hashlib.sha256(raw).digest())
-    return raw.decode() + "\t" + (sender or key.verify_key.encode().hex()) + "\t" + sig
+FEEDS = json.loads((Path(__file__).parent / "feeds-v1.json").read_text())
+
+
+def envelope(signed: bytes | str, key: nacl.signing.SigningKey = NODE, sender: bytes | None = None,
+             sig: bytes | None = None, version: int = 2, band: str = "provide-tasks") -> str:
+    """A v2 node message (hex) signed over ``signed`` (the body, and LF + attachment if any) for
+    CHANNEL and ``band``."""
+    raw = signed.encode() if isinstance(signed, str) else signed
+    to_sign = envelope_context(CHANNEL, band) + hashlib.sha256(raw).digest()
+    sig = sig if sig is not None else key.sign(to_sign).signature
+    return (bytes([version]) + (sender if sender is not None else key.verify_key.encode()) + sig + raw).hex()
 
 
 def env_body(**over: object) -> str:
-    d = {"type": "offer", "request_id": "r0123456789", "function_id": "f.1", "channel": CHANNEL,
-         "band": "provide-tasks", "time_ms": NOW, "nonce": "0123456789abcdef01234567", **over}
+    d = {"type": "offer", "request_id": "r0123456789", "function_id": "f.1", "time_ms": NOW,
+         "nonce": "Zm9yIHRoZSB2ZWN0b3Jz", **over}
     return orjson.dumps({k: v for k, v in d.items() if v is not None},
                         option=orjson.OPT_SORT_KEYS).decode()
 
 
 def envelopes() -> dict:
     good = env_body()
+    # newSubfeedMessages: the wire lines of spec/vectors/feeds-v1.json's segment, attached as they are.
+    lines = FEEDS["segment"].encode()
+    news = env_body(type="newSubfeedMessages", request_id=None, function_id=None,
+                    feed_id=FEEDS["feed_id"], subfeed_hash=FEEDS["subfeed_hash"])
+    with_lines = news.encode() + b"\n" + lines
+    v1_body = env_body(channel=CHANNEL, band="provide-tasks")
+    v1_sig = NODE.sign(b"kachery-pubsub-v1\x00" + hashlib.sha256(v1_body.encode()).digest()).signature.hex()
+    v1_line = (v1_body + "\t" + NODE_ID + "\t" + v1_sig).encode().hex()
+    signed = envelope(good)
+    body_at = 2 * (1 + 32 + 64)
     return {
-        "now_ms": NOW, "channel": CHANNEL, "band": "provide-tasks",
+        "version": 2, "now_ms": NOW, "channel": CHANNEL, "band": "provide-tasks",
         "valid": [
-            {"why": "an offer", "line": envelope(good), "sender": NODE_ID, "body": json.loads(good)},
-            {"why": "body with TAB and space whitespace (split at the last two TABs)",
-             "line": envelope(good.replace(',"channel"', ',\t "channel"')), "sender": NODE_ID,
+            {"why": "an offer", "message_hex": signed, "sender": NODE_ID, "body": json.loads(good)},
+            {"why": "body with TAB and space whitespace",
+             "message_hex": envelope(good.replace(',"nonce"', ',\t "nonce"')), "sender": NODE_ID,
              "body": json.loads(good)},
             {"why": "nonce of 8 characters of the whole alphabet",
-             "line": envelope(env_body(nonce="aZ09_-xY")), "sender": NODE_ID,
+             "message_hex": envelope(env_body(nonce="aZ09_-xY")), "sender": NODE_ID,
              "body": json.loads(env_body(nonce="aZ09_-xY"))},
+            {"why": "newSubfeedMessages: wire lines attached in segment form, signed with the body",
+             "message_hex": envelope(with_lines), "sender": NODE_ID, "body": json.loads(news),
+             "attachment_hex": lines.hex()},
+            {"why": "an attachment of any bytes (LF, TAB, NUL, 0xff included)",
+             "message_hex": envelope(good.encode() + b"\n" + bytes(range(256)) + b"\n\n"),
+             "sender": NODE_ID, "body": json.loads(good), "attachment_hex": (bytes(range(256)) + b"\n\n").hex()},
         ],
         "invalid": [
-            {"why": "body changed after signing", "line": envelope(good).replace('"f.1"', '"f.2"')},
-            {"why": "arrived on another channel", "line": envelope(good), "channel": "lab.other"},
-            {"why": "arrived on another band", "line": envelope(good), "band": "request-tasks"},
-            {"why": "stale: time_ms 60001 ms from now", "line": envelope(env_body(time_ms=NOW - 60001))},
-            {"why": "time_ms written as a float", "line": envelope(good.replace(str(NOW), f"{NOW}.0"))},
-            {"why": "nonce of 7 characters", "line": envelope(env_body(nonce="abcdefg"))},
-            {"why": "nonce of 65 characters", "line": envelope(env_body(nonce="a" * 65))},
+            {"why": "a version 1 message (a text line: body TAB sender TAB signature)", "message_hex": v1_line},
+            {"why": "version byte 3", "message_hex": envelope(good, version=3)},
+            {"why": "body changed after signing",
+             "message_hex": signed[:body_at] + good.replace('"f.1"', '"f.2"').encode().hex()},
+            {"why": "attachment changed after signing",
+             "message_hex": envelope(with_lines)[:-2] + ("00" if envelope(with_lines)[-2:] != "00" else "01")},
+            {"why": "attachment cut off (the signature covers it)",
+             "message_hex": envelope(with_lines)[: -2 * len(lines)]},
+            {"why": "a LF after the body and no attachment", "message_hex": envelope(good + "\n")},
+            {"why": "a LF inside the body (the body ends at the first LF)",
+             "message_hex": envelope(good.replace(',"nonce"', ',\n"nonce"'))},
+            {"why": "arrived on another channel (the signature binds the channel)", "message_hex": signed,
+             "channel": "lab.other"},
+            {"why": "arrived on another band (the signature binds the band)", "message_hex": signed,
+             "band": "request-tasks"},
+            {"why": "signed for another band", "message_hex": envelope(good, band="request-tasks")},
+            {"why": "stale: time_ms 60001 ms from now", "message_hex": envelope(env_body(time_ms=NOW - 60001))},
+            {"why": "time_ms written as a float", "message_hex": envelope(good.replace(str(NOW), f"{NOW}.0"))},
+            {"why": "nonce of 7 characters", "message_hex": envelope(env_body(nonce="abcdefg"))},
+            {"why": "nonce of 65 characters", "message_hex": envelope(env_body(nonce="a" * 65))},
             {"why": "nonce with a character outside [A-Za-z0-9_-]",
-             "line": envelope(env_body(nonce="abcd.efgh"))},
-            {"why": "duplicate key type", "line": envelope(good.replace('"type":"offer"',
-                                                                        '"type":"offer","type":"offer"'))},
-            {"why": "no type", "line": envelope(env_body(type=None))},
-            {"why": "sender in uppercase hex",
-             "line": envelope(good, sender=NODE_ID.upper())},
-            {"why": "two fields only", "line": good + "\t" + NODE_ID},
+             "message_hex": envelope(env_body(nonce="abcd.efgh"))},
+            {"why": "duplicate key type",
+             "message_hex": envelope(good.replace('"type":"offer"', '"type":"offer","type":"offer"'))},
+            {"why": "no type", "message_hex": envelope(env_body(type=None))},
+            {"why": "signed by another key than the sender's", "message_hex": envelope(good, key=OTHER,
+                                                                                       sender=NODE.verify_key.encode())},
+            {"why": "header only, no body", "message_hex": signed[:body_at]},
             {"why": "sender and R are the identity, S = 0 (Ed25519 small-order rule)",
-             "line": envelope(good, sender=IDENTITY, sig=IDENTITY + "00" * 32)},
-            {"why": "body is a JSON array", "line": envelope("[" + good + "]")},
+             "message_hex": envelope(good, sender=bytes.fromhex(IDENTITY),
+                                     sig=bytes.fromhex(IDENTITY) + bytes(32))},
+            {"why": "body is a JSON array", "message_hex": envelope("[" + good + "]")},
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- relay frames
+def relay_frames_vectors() -> dict:
+    band = f"{CHANNEL}-provideFeeds"
+    m1, m2 = bytes.fromhex(envelope(env_body())), b"\x02any bytes\n\x00"
+    p1, p2 = relay_frames.encode_publish(7, band, m1), relay_frames.encode_publish(0, band, m2)
+    d1 = relay_frames.encode_message(band, NODE_ID, NOW, m1)
+    d2 = relay_frames.encode_message(band, OTHER.verify_key.encode().hex(), NOW + 1, m2)
+    return {
+        "publish": [
+            {"why": "one publish record asking for an ack (id 7)", "frame_hex": p1.hex(),
+             "records": [{"id": 7, "band": band, "message_hex": m1.hex()}]},
+            {"why": "two records back to back, the second without an ack (id 0)", "frame_hex": (p1 + p2).hex(),
+             "records": [{"id": 7, "band": band, "message_hex": m1.hex()},
+                         {"id": 0, "band": band, "message_hex": m2.hex()}]},
+        ],
+        "message": [
+            {"why": "two delivered messages", "frame_hex": (d1 + d2).hex(),
+             "records": [{"band": band, "sender": NODE_ID, "ts_ms": NOW, "message_hex": m1.hex()},
+                         {"band": band, "sender": OTHER.verify_key.encode().hex(), "ts_ms": NOW + 1,
+                          "message_hex": m2.hex()}]},
+        ],
+        "invalid_publish": [
+            {"why": "empty frame", "frame_hex": ""},
+            {"why": "cut inside the message", "frame_hex": p1[:-1].hex()},
+            {"why": "cut inside the header", "frame_hex": p1[:3].hex()},
+            {"why": "a message record where a publish is expected", "frame_hex": d1.hex()},
+            {"why": "an empty band name", "frame_hex": (bytes([1]) + (7).to_bytes(4, "big") + b"\x00"
+                                                         + len(m2).to_bytes(4, "big") + m2).hex()},
+            {"why": "a band name that is not UTF-8", "frame_hex": (bytes([1, 0, 0, 0, 0, 1, 0xff])
+                                                                  + (0).to_bytes(4, "big")).hex()},
+            {"why": "a good record followed by garbage", "frame_hex": (p1 + b"\x09").hex()},
+        ],
+        "invalid_message": [
+            {"why": "a publish record where a message is expected", "frame_hex": p1.hex()},
+            {"why": "cut inside the publisher key", "frame_hex": d1[:2 + len(band) + 10].hex()},
         ],
     }
 
@@ -219,9 +298,11 @@ def bucket_keys() -> dict:
 
 
 def main() -> None:
-    print(json.dumps({"description": "kachery protocol v1 vectors: envelopes, hub requests, task "
-                                     "results, subfeed heads, bucket keys",
-                      "envelopes": envelopes(), "hub_requests": hub_requests(),
+    print(json.dumps({"description": "kachery protocol vectors: node messages (v2), the relay's binary "
+                                     "frames (pub-sub v2), hub requests, task results, subfeed heads, "
+                                     "bucket keys",
+                      "envelopes": envelopes(), "relay_frames": relay_frames_vectors(),
+                      "hub_requests": hub_requests(),
                       "task_results": task_results(), "heads": heads(),
                       "bucket_keys": bucket_keys()}, indent=1, ensure_ascii=False))
 

@@ -9,10 +9,11 @@ import stat
 import time
 
 import httpx
+import orjson
 import pytest
 import trio
 
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError
 from kachery_node.transport.hub_client import HubClient
 from kachery_node.transport.pubsub.ably_backend import token_request_mac
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
@@ -20,6 +21,14 @@ from tests.hub.conftest import Actor, HubProcess
 from tests.standins import AblyFake
 
 pytestmark = pytest.mark.trio
+
+
+#: Messages are bytes (pub-sub v2): these tests send small JSON documents as their bytes.
+j = orjson.dumps
+
+
+def data(message) -> object:
+    return orjson.loads(message.data)
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +100,20 @@ async def test_fan_out_and_refusals_through_the_sdk(ably_hub, ably):
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await prov.subscribe(f"{ch}-requestFiles")
         await req.subscribe(f"{ch}-provideFiles")
-        await req.publish(f"{ch}-requestFiles", {"want": 1}, ack=True)
+        await req.publish(f"{ch}-requestFiles", j({"want": 1}), ack=True)
         m = await prov.receive(5)
-        assert (m.band, m.sender, m.data) == (f"{ch}-requestFiles", a["req"].node_id, {"want": 1})
-        await prov.publish(f"{ch}-provideFiles", {"have": 1})
+        assert (m.band, m.sender, data(m)) == (f"{ch}-requestFiles", a["req"].node_id, {"want": 1})
+        await prov.publish(f"{ch}-provideFiles", j({"have": 1}))
         m = await req.receive(5)
-        assert m.sender == a["prov"].node_id and m.data == {"have": 1}
+        assert m.sender == a["prov"].node_id and data(m) == {"have": 1}
         with pytest.raises(HubRequestError) as e:
-            await req.publish(f"{ch}-provideFiles", {"fake": 1}, ack=True)
+            await req.publish(f"{ch}-provideFiles", j({"fake": 1}), ack=True)
         assert e.value.code == "capability_denied" and "40160" in e.value.message
         with pytest.raises(HubRequestError) as e:
             await req.subscribe(f"{ch}-other")
         assert e.value.code == "capability_denied"
-        await req.publish(f"{ch}-requestFiles", {"want": 2}, ack=True)  # still fine after refusals
-        assert (await prov.receive(5)).data == {"want": 2}
+        await req.publish(f"{ch}-requestFiles", j({"want": 2}), ack=True)  # still fine after refusals
+        assert data(await prov.receive(5)) == {"want": 2}
     assert "refused publish" in ably.log()
 
 
@@ -122,8 +131,8 @@ async def test_expired_tokens_are_refused_and_renewal_is_in_band(ably_hub, ably)
         started = time.monotonic()
         i = 0
         while time.monotonic() - started < 7:  # past two 3 s tokens
-            await req.publish(f"{ch}-requestFiles", {"i": i}, ack=True)
-            assert (await prov.receive(5)).data == {"i": i}
+            await req.publish(f"{ch}-requestFiles", j({"i": i}), ack=True)
+            assert data(await prov.receive(5)) == {"i": i}
             i += 1
             await trio.sleep(0.5)
 
@@ -139,15 +148,15 @@ async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
         assert not [x for x in owner.client.show_channel(ch)["activity"] if x["kind"] == "revoke_credentials"]
         async with open_pubsub(await creds(a["prov"], ch)) as prov, open_pubsub(await creds(a["req"], ch)) as req:
             await prov.subscribe(f"{ch}-requestFiles")
-            await req.publish(f"{ch}-requestFiles", {"before": 1}, ack=True)
-            assert (await prov.receive(5)).data == {"before": 1}
+            await req.publish(f"{ch}-requestFiles", j({"before": 1}), ack=True)
+            assert data(await prov.receive(5)) == {"before": 1}
             await trio.to_thread.run_sync(owner.client.revoke, ch, a["prov"].node_id, ["provide-files"])
             with trio.fail_after(5), pytest.raises(HubRequestError) as e:  # not in an hour: now
                 await prov.receive(timeout=5)
             # Ably says 40141 (token revoked); the SDK then asks for a new token, which this
             # client (no renewer) cannot get: the connection ends with 401.
             assert e.value.status == 401, e.value
-            await req.publish(f"{ch}-requestFiles", {"after": 1}, ack=True)  # others carry on
+            await req.publish(f"{ch}-requestFiles", j({"after": 1}), ack=True)  # others carry on
         assert f"disconnecting revoked {a['prov'].node_id}" in ably.log()
         activity = [x["detail"] for x in owner.client.show_channel(ch)["activity"]]
         assert f"ably revoked node {a['prov'].node_id[:12]}…'s credentials" in activity, activity
@@ -166,7 +175,7 @@ async def test_a_revocation_makes_ably_drop_the_node_at_once(ably, tmp_path):
                 while revoked not in [x["detail"] for x in owner.client.show_channel(ch)["activity"]]:
                     await trio.sleep(0.05)
             await trio.sleep(0.3)
-            await req.publish(f"{ch}-requestFeeds", {"still": "connected"}, ack=True)
+            await req.publish(f"{ch}-requestFeeds", j({"still": "connected"}), ack=True)
         # Only the channel's API key may revoke: Ably's 40101 for anything else.
         key_name = ably.api_key.split(":")[0]
         resp = httpx.post(f"{ably.rest_url}/keys/{key_name}/revokeTokens", auth=(key_name, "wrong"),
@@ -192,8 +201,8 @@ async def test_a_revocation_outlives_an_ably_outage_and_a_killed_hub(tmp_path):
                 while not any(f"could not revoke node {short}'s credentials yet" in x["detail"]
                               for x in owner.client.show_channel(ch)["activity"]):
                     await trio.sleep(0.05)
-            await req.publish(f"{ch}-requestFiles", {"during": "outage"}, ack=True)
-            assert (await prov.receive(5)).data == {"during": "outage"}  # Ably still lets it in
+            await req.publish(f"{ch}-requestFiles", j({"during": "outage"}), ack=True)
+            assert data(await prov.receive(5)) == {"during": "outage"}  # Ably still lets it in
 
             hub.proc.kill()  # SIGKILL: nothing is flushed at exit
             hub.proc.wait(10)

@@ -133,7 +133,7 @@ def test_upload_urls_are_v4_signed_and_bound_to_path_size_and_expiry(gcs_hub, gc
     assert httpx.put(url, content=data, headers=headers, timeout=10).status_code == 200
     assert httpx.get(f"{gcs.endpoint}/{bucket}/{ch}/{path}", timeout=10).content == data
     # The hub still refuses upload URLs outside the node's roles.
-    from kachery_node.protocol.channel_errors import HubRequestError
+    from kachery_node.errors import HubRequestError
 
     with pytest.raises(HubRequestError) as e:
         node.client.upload_urls(ch, [{"path": "feeds/aa/x", "size": 3}])

@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 import trio
 
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError
 from kachery_node.transport.pubsub import nats_jwt
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.hub.conftest import Actor, HubProcess
 from tests.standins import NatsCluster
 
 pytestmark = pytest.mark.trio
+
+
+#: Messages are bytes (pub-sub v2): these tests send small JSON documents as their bytes.
+j = orjson.dumps
+
+
+def data(message) -> object:
+    return orjson.loads(message.data)
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +87,13 @@ async def test_fan_out_and_the_server_vouches_for_the_sender(nats_hub, nats):
         for p in (p1, p2):
             await p.subscribe(f"{ch}-requestFiles")
         await req.subscribe(f"{ch}-provideFiles")
-        await req.publish(f"{ch}-requestFiles", {"want": "x"}, ack=True)
+        await req.publish(f"{ch}-requestFiles", j({"want": "x"}), ack=True)
         for p in (p1, p2):
             m = await p.receive(5)
-            assert (m.band, m.sender, m.data) == (f"{ch}-requestFiles", a["req"].node_id, {"want": "x"})
-        await p1.publish(f"{ch}-provideFiles", {"have": "x"})
+            assert (m.band, m.sender, data(m)) == (f"{ch}-requestFiles", a["req"].node_id, {"want": "x"})
+        await p1.publish(f"{ch}-provideFiles", j({"have": "x"}))
         m = await req.receive(5)
-        assert m.sender == a["p1"].node_id and m.data == {"have": "x"}
+        assert m.sender == a["p1"].node_id and data(m) == {"have": "x"}
 
 
 async def test_the_server_refuses_publish_and_subscribe_outside_the_capability(nats_hub, nats):
@@ -92,7 +101,7 @@ async def test_the_server_refuses_publish_and_subscribe_outside_the_capability(n
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await prov.subscribe(f"{ch}-requestFiles")
         with pytest.raises(HubRequestError) as e:  # a requester may not provide
-            await req.publish(f"{ch}-provideFiles", {"fake": 1}, ack=True)
+            await req.publish(f"{ch}-provideFiles", j({"fake": 1}), ack=True)
         assert e.value.code == "capability_denied" and "permissions violation" in e.value.message.lower()
         with pytest.raises(HubRequestError) as e:  # nor listen to other requesters
             await req.subscribe(f"{ch}-requestFiles")
@@ -101,12 +110,12 @@ async def test_the_server_refuses_publish_and_subscribe_outside_the_capability(n
         forged = {**await creds(a["req"], ch), "node": a["prov"].node_id}
         async with open_pubsub(forged) as liar:
             with pytest.raises(HubRequestError) as e:
-                await liar.publish(f"{ch}-requestFiles", {"as": "prov"}, ack=True)
+                await liar.publish(f"{ch}-requestFiles", j({"as": "prov"}), ack=True)
             assert e.value.code == "capability_denied"
         # The refusals changed nothing: the connection works, the provider heard only the real request.
-        await req.publish(f"{ch}-requestFiles", {"real": 1}, ack=True)
+        await req.publish(f"{ch}-requestFiles", j({"real": 1}), ack=True)
         m = await prov.receive(5)
-        assert m.data == {"real": 1} and m.sender == a["req"].node_id
+        assert data(m) == {"real": 1} and m.sender == a["req"].node_id
     assert "Publish Violation" in (nats.root / "nats-0.log").read_text()
 
 
@@ -153,10 +162,10 @@ async def test_renewal_keeps_a_connection_past_expiry(nats_hub, nats):
         await prov.subscribe(f"{ch}-requestFiles")
         first = req.credentials["user_jwt"]
         for i in range(8):  # 8 s: well past the 3 s tokens
-            await req.publish(f"{ch}-requestFiles", {"i": i}, ack=True)
+            await req.publish(f"{ch}-requestFiles", j({"i": i}), ack=True)
             m = await prov.receive(5)
-            while m.data != {"i": i}:  # a message may arrive on both connections while they overlap
-                assert m.data["i"] < i
+            while data(m) != {"i": i}:  # a message may arrive on both connections while they overlap
+                assert data(m)["i"] < i
                 m = await prov.receive(5)
             await trio.sleep(1)
         assert req.credentials["user_jwt"] != first

@@ -30,6 +30,7 @@ the signing path is exercised. What is simulated:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from kachery_node.daemon.channel_link import PARTNER_BAND, BucketObjectMissing, MessageHandler
+from kachery_node.daemon.channel_link import BucketObjectMissing, MessageHandler
 from kachery_node.identity import Keypair
 from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal
+from kachery_node.protocol.roles import partner_role
 
 log = logging.getLogger("tests.memory_link")
 
@@ -60,6 +62,8 @@ class MemoryChannel:
         self.links: list[MemoryLink] = []
         #: Every published message, in order: (sender node ID, band, body as sealed).
         self.published: list[tuple[str, str, dict[str, Any]]] = []
+        #: The attachment of each published message (None: none), in the same order.
+        self.published_attachments: list[bytes | None] = []
         #: Completed uploads: (node ID, path). And downloads: (node ID, path).
         self.uploads: list[tuple[str, str]] = []
         self.downloads: list[tuple[str, str]] = []
@@ -97,13 +101,14 @@ class MemoryChannel:
             if link.handler is None or not link.attached:
                 continue
             try:
-                env = open_envelope(raw, channel=self.name, band=band)
-                link.replay_guard.check(env)
+                now_ms = int(time.time() * 1000)
+                env = open_envelope(raw, channel=self.name, band=band, now_ms=now_ms)
+                link.replay_guard.check(env, now_ms=now_ms)
             except Exception as exc:  # a forged or replayed message: what a runtime would drop
                 self.handler_errors.append(exc)
                 continue
             if self.runtime_checks:
-                if not any(PARTNER_BAND[r] == band for r in link.roles):
+                if not any(partner_role(r) == band for r in link.roles):
                     continue  # not subscribed to that band
                 if band not in self.membership.get(env.sender, frozenset()):
                     continue  # the sender may not publish there
@@ -143,13 +148,16 @@ class MemoryLink:
         if not self.attached:
             raise ConnectionError(f"node {self.node_id[:12]} is detached from {self.channel}")
 
-    async def publish(self, band: str, body: dict[str, Any]) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         self._check_attached()
         if band not in self.roles:  # a band is named after the role that publishes on it
             raise PermissionError(f"this node may not publish on {self.channel}/{band}")
-        raw = seal(self.keypair, channel=self.channel, band=band, body=body)
-        sealed = open_envelope(raw, channel=self.channel, band=band).body
-        self.hub.published.append((self.node_id, band, sealed))
+        now_ms = int(time.time() * 1000)
+        raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms,
+                   attachment=attachment)
+        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms)
+        self.hub.published.append((self.node_id, band, sealed.body))
+        self.hub.published_attachments.append(sealed.attachment)
         await self.hub._deliver(raw, band)
 
     def may(self, node_id: str, role: str) -> bool:

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 import kachery_feeds as kf
-from kachery_node.daemon.errors import DaemonConnectionLostError, DaemonNotRunningError
 from kachery_node.daemon_client import DaemonClient
+from kachery_node.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
 from tests.nodes import TestNode, free_port
 
 
@@ -277,5 +277,75 @@ def test_connection_dropped_mid_request_is_a_typed_error(tmp_path):
     with pytest.raises(DaemonConnectionLostError, match="dropped the connection"):
         client.status()
     assert client.is_running() is False
+    t.join(5)
+    listener.close()
+
+
+def test_a_daemon_gone_while_answering_is_not_running(tmp_path):
+    """A daemon killed with a connection still queued resets it and then listens no more: that
+    is a daemon not running, not a lost connection (tests/daemon/test_daemon_local.py::
+    test_sigterm_and_sigkill_leave_a_usable_storage failed so under load)."""
+    import socket
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def stop_listening_then_reset() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        listener.close()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    t = threading.Thread(target=stop_listening_then_reset, daemon=True)
+    t.start()
+    client = DaemonClient(tmp_path, port=listener.getsockname()[1])
+    with pytest.raises(DaemonNotRunningError, match="kachery node start"):
+        client.status()
+    t.join(5)
+
+
+def test_one_client_for_json_and_streamed_answers(node, tmp_path):
+    """DaemonClient.stream: NDJSON lines decoded; a refusal typed (with the daemon's status and
+    words) before any line; a connection lost midway typed too (issue 12: one daemon client)."""
+    import socket
+    import struct
+
+    import kachery_node as kn
+
+    uri = kn.open_storage(node.storage_dir).store_text("streamed")
+    with node.client.stream("POST", "/api/files/fetch", json_body={"uri": uri}) as lines:
+        events = list(lines)
+    assert events[-1]["type"] == "finished" and events[-1]["path"]
+    bad = {"uri": "http://example.org/x"}
+    with pytest.raises(DaemonError) as refused, node.client.stream("POST", "/api/files/fetch", json_body=bad):
+        raise AssertionError("a refused request yields nothing")
+    assert refused.value.status == 400 and refused.value.reason
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    line = b'{"type": "progress", "done": 1, "total": 2}\n'
+
+    def one_line_then_reset() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(line), line))
+        time.sleep(0.3)
+        # SO_LINGER 0: close() sends a TCP reset, as a killed daemon's kernel does.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    t = threading.Thread(target=one_line_then_reset, daemon=True)
+    t.start()
+    client = DaemonClient(tmp_path, port=listener.getsockname()[1])
+    got = []
+    with (pytest.raises(DaemonConnectionLostError, match="dropped the connection"),
+          client.stream("POST", "/api/files/fetch", json_body={"uri": uri}) as lines):
+        got.extend(lines)
+    assert got == [{"type": "progress", "done": 1, "total": 2}]
     t.join(5)
     listener.close()

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kachery_node.errors import NotFoundError
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError, NotFoundError
 from kachery_node.transport.bucket.direct_get import DirectGet, DirectGetAborted, DirectGetUnsupported
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # several 1 MiB buffers and a remainder
@@ -80,6 +79,23 @@ def test_a_whole_object_arrives_in_order_with_progress(serve):
     request = server.requests[0].decode()
     assert request.startswith("GET /bucket/lab/sha1/ab/cd/ef/x HTTP/1.1\r\n")
     assert "\r\nHost: 127.0.0.1:" in request and "Accept-Encoding: identity" in request
+
+
+def test_a_range_is_asked_for_and_its_206_taken_directly(serve):
+    part = BODY[1000:1_500_000]
+    head = (b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n"
+            b"Content-Range: bytes 1000-1499999/%d\r\n\r\n" % (len(part), len(BODY)))
+    server = serve(lambda c: c.sendall(head + part))
+    got, write = collect()
+    ranged = DirectGet(server.url, connect_timeout=5, read_timeout=10, start=1000, end=1_500_000)
+    assert ranged.run(write) == len(part)
+    assert b"".join(got) == part
+    assert "\r\nRange: bytes=1000-1499999\r\n" in server.requests[0].decode()
+    ignored = serve(lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY))
+    got, write = collect()
+    with pytest.raises(DirectGetUnsupported, match="range"):  # the server ignored the range
+        DirectGet(ignored.url, connect_timeout=5, read_timeout=10, start=1000).run(write)
+    assert got == []
 
 
 def test_error_statuses_are_typed(serve):

@@ -110,8 +110,10 @@ async def test_a_follower_catches_up_through_the_bucket_then_live(tmp_path):
             source.append_message({"live": i})
             await wait_until(lambda i=i: replica.get_num_local_messages() == 2501 + i)
         assert replica.get_messages(2500) == [{"live": i} for i in range(3)]
-        pushes = [b for _s, band, b in ch.published if b["type"] == "newSubfeedMessages"]
-        assert [len(b["messages"]) for b in pushes] == [1, 1, 1]
+        sent = zip(ch.published, ch.published_attachments, strict=True)
+        pushes = [kf.decode_segment(lines) for (_s, _band, b), lines in sent
+                  if b["type"] == "newSubfeedMessages"]  # the wire lines travel as the attachment
+        assert [len(lines) for lines in pushes] == [1, 1, 1]
         assert ch.handler_errors == []
 
 

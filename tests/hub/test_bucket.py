@@ -176,7 +176,7 @@ def test_keys_outside_the_layout_are_refused_and_feeds_still_flow(hub, all_provi
     """Issue 11, defect 1: a member planted `feeds/ab` (a file where the directory of every
     `feeds/ab/…` object must go) and blocked the channel's feeds. The hub signs only the layout's
     shapes (spec/bucket.md §1)."""
-    from kachery_node.protocol.channel_errors import HubRequestError
+    from kachery_node.errors import HubRequestError
 
     ch, owner, squatter = all_providers
     source = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")

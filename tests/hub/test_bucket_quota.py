@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from kachery_node.errors import HubRequestError, MalformedRequestError, QuotaExceededError
 from kachery_node.hub.bucket_quota import BucketQuota, format_size, parse_size
 from kachery_node.hub.object_files import ObjectFiles
 from kachery_node.hub.object_index import INDEX_NAME, ObjectIndex
 from kachery_node.protocol.bucket_layout import pathify
-from kachery_node.protocol.channel_errors import HubRequestError, MalformedRequestError, QuotaExceededError
 from tests.nodes import free_port
 
 from .conftest import HubProcess

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
+from kachery_node.errors import InvalidPathError
 from kachery_node.hub.object_files import ObjectFiles
 from kachery_node.identity import Keypair
-from kachery_node.protocol.channel_errors import InvalidPathError
 from kachery_node.protocol.signed_urls import sign_upload_url
 from kachery_node.transport.hub_client import HubClient
 

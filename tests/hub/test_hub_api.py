@@ -9,11 +9,15 @@ import httpx
 import pytest
 
 import kachery_feeds as kf
+from kachery_node.errors import HubRequestError
 from kachery_node.identity import Keypair
-from kachery_node.protocol.channel_errors import HubRequestError
-from kachery_node.protocol.hub_requests import make_body, now_ms, sign_body
+from kachery_node.protocol.hub_requests import make_body, sign_body
 from kachery_node.protocol.membership import Membership, import_segment
 from kachery_node.protocol.roles import capabilities
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _refused(code: str, status: int):
@@ -125,7 +129,7 @@ def test_unknown_and_unregistered(hub, make_actor, channel_name):
 def test_registration_needs_both_keys(hub):
     node, user, other = Keypair.generate(), Keypair.generate(), Keypair.generate()
     hub_id = hub.hub_id
-    body = make_body("register_node", hub_id, node=node.public_hex, user=user.public_hex, label="x")
+    body = make_body("register_node", hub_id, time_ms=now_ms(), node=node.public_hex, user=user.public_hex, label="x")
     # only the node signature
     r = _post(hub, "/api/register-node", body, sign_body(node, "node", body))
     assert (r.status_code, r.json()["error"]["code"]) == (401, "bad_signature")
@@ -135,14 +139,14 @@ def test_registration_needs_both_keys(hub):
     r = _post(hub, "/api/register-node", body, headers)
     assert (r.status_code, r.json()["error"]["code"]) == (401, "bad_signature")
     # the body names someone else than the signers
-    body2 = make_body("register_node", hub_id, node=node.public_hex, user=other.public_hex, label="x")
+    body2 = make_body("register_node", hub_id, time_ms=now_ms(), node=node.public_hex, user=other.public_hex, label="x")
     r = _post(hub, "/api/register-node", body2, {**sign_body(node, "node", body2), **sign_body(user, "user", body2)})
     assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_request")
     # both: fine
     r = _post(hub, "/api/register-node", body, {**sign_body(node, "node", body), **sign_body(user, "user", body)})
     assert r.status_code == 200 and r.json()["created"] is True
     # another person cannot take the node over, even holding the node key
-    body3 = make_body("register_node", hub_id, node=node.public_hex, user=other.public_hex, label="x")
+    body3 = make_body("register_node", hub_id, time_ms=now_ms(), node=node.public_hex, user=other.public_hex, label="x")
     r = _post(hub, "/api/register-node", body3, {**sign_body(node, "node", body3), **sign_body(other, "user", body3)})
     assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict")
 
@@ -150,7 +154,7 @@ def test_registration_needs_both_keys(hub):
 def test_replayed_stale_foreign_and_malformed_requests(hub, make_actor, channel_name):
     owner = make_actor("owner")
     hub_id = hub.hub_id
-    body = make_body("create_channel", hub_id, channel=channel_name)
+    body = make_body("create_channel", hub_id, time_ms=now_ms(), channel=channel_name)
     headers = sign_body(owner.user_key, "user", body)
     assert _post(hub, "/api/user", body, headers).status_code == 200
     r = _post(hub, "/api/user", body, headers)  # the same bytes again
@@ -162,7 +166,7 @@ def test_replayed_stale_foreign_and_malformed_requests(hub, make_actor, channel_
     future = make_body("list_channels", hub_id, time_ms=now_ms() + 120_000)
     assert _post(hub, "/api/user", future, sign_body(owner.user_key, "user", future)).status_code == 401
 
-    other_hub = make_body("list_channels", Keypair.generate().public_hex)
+    other_hub = make_body("list_channels", Keypair.generate().public_hex, time_ms=now_ms())
     r = _post(hub, "/api/user", other_hub, sign_body(owner.user_key, "user", other_hub))
     assert (r.status_code, r.json()["error"]["code"]) == (401, "bad_signature")
 
@@ -174,7 +178,7 @@ def test_replayed_stale_foreign_and_malformed_requests(hub, make_actor, channel_
     assert (r.status_code, r.json()["error"]["code"]) == (401, "bad_signature")
 
     # a user signature does not pass as a node signature (domain separation)
-    nb = make_body("pubsub_token", hub_id, channel=channel_name)
+    nb = make_body("pubsub_token", hub_id, time_ms=now_ms(), channel=channel_name)
     us = sign_body(owner.node_key, "user", nb)
     r = _post(hub, "/api/node", nb, {"Kachery-Node-Id": owner.node_id,
                                      "Kachery-Node-Signature": us["Kachery-User-Signature"]})
@@ -183,7 +187,7 @@ def test_replayed_stale_foreign_and_malformed_requests(hub, make_actor, channel_
     for bad in (b"{not json", b"[1,2]", b'{"type":"list_channels"}', b"\xff\xfe"):
         r = _post(hub, "/api/user", bad, sign_body(owner.user_key, "user", bad))
         assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_request"), bad
-    unknown = make_body("make_me_admin", hub_id)
+    unknown = make_body("make_me_admin", hub_id, time_ms=now_ms())
     r = _post(hub, "/api/user", unknown, sign_body(owner.user_key, "user", unknown))
     assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_request")
     log = hub.log()
@@ -232,7 +236,7 @@ def test_restart_loses_nothing_and_keeps_nonces(hub, make_actor, channel_name):
     owner.client.create_channel(channel_name)
     node.client.request_roles(channel_name, node.node_id, ["request-files"])
     owner.client.grant(channel_name, node.node_id, ["request-files"])
-    body = make_body("list_channels", hub.hub_id)
+    body = make_body("list_channels", hub.hub_id, time_ms=now_ms())
     headers = sign_body(owner.user_key, "user", body)
     assert _post(hub, "/api/user", body, headers).status_code == 200
     hub_id = hub.hub_id

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.errors import HubRequestError
 from kachery_node.protocol.hub_requests import make_body, sign_body
 from kachery_node.transport.pubsub.nats_jwt import new_seed
 from tests.standins import fake_service_account
 
 from .conftest import Actor
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 NATS = {"backend": "nats", "url": "nats://127.0.0.1:4222"}
 ABLY = {"backend": "ably"}
@@ -123,7 +128,7 @@ def test_arbitrary_json_config_and_secrets_never_give_a_500(hub, fuzz_owner, con
     if configure:
         fuzz_owner.client.create_channel(name)
     kind = "configure_channel" if configure else "create_channel"
-    body = make_body(kind, hub.hub_id, channel=name, config=config, secrets=secrets)
+    body = make_body(kind, hub.hub_id, time_ms=now_ms(), channel=name, config=config, secrets=secrets)
     r = httpx.post(f"{hub.url}/api/user", content=body, headers=sign_body(fuzz_owner.user_key, "user", body), timeout=30)
     assert r.status_code in (200, 400), (r.status_code, r.text)
     if r.status_code == 400:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kachery_node.identity import Keypair
-from kachery_node.protocol import membership as mb
-from kachery_node.protocol.channel_errors import (
+from kachery_node.errors import (
     BadSignatureError,
     CapabilityError,
     ExpiredError,
@@ -17,6 +15,8 @@ from kachery_node.protocol.channel_errors import (
     MalformedRequestError,
     StaleRequestError,
 )
+from kachery_node.identity import Keypair
+from kachery_node.protocol import membership as mb
 from kachery_node.protocol.channel_names import validate_channel_name
 from kachery_node.protocol.hub_requests import make_body, sign_body, verify_request
 from kachery_node.protocol.membership import Membership, MembershipError

@@ -11,14 +11,36 @@ import pytest
 import trio
 import trio_websocket
 
+from kachery_node.errors import HubRequestError
 from kachery_node.identity import Keypair
-from kachery_node.protocol.channel_errors import HubRequestError
+from kachery_node.protocol import relay_frames
 from kachery_node.protocol.pubsub_tokens import issue_token
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 
 from .conftest import Actor, HubProcess
 
 pytestmark = pytest.mark.trio
+
+#: Messages are bytes (pub-sub v2); these tests send small JSON documents as their bytes.
+j = orjson.dumps
+
+
+def data(message) -> object:
+    return orjson.loads(message.data)
+
+
+def ops_of(frame: str | bytes) -> list[dict]:
+    """A raw frame from the relay as a list of operations: JSON ones from a text frame, and
+    ``{"op": "message", ...}`` for each record of a binary frame."""
+    if isinstance(frame, bytes):
+        return [{"op": "message", "band": r.band, "from": r.sender, "data": orjson.loads(r.message)}
+                for r in relay_frames.decode_messages(frame)]
+    ops = orjson.loads(frame)
+    return ops if isinstance(ops, list) else [ops]
+
+
+def auth_op(token: object, **extra: object) -> str:
+    return orjson.dumps({"op": "auth", "token": token, "v": 2, **extra}).decode()
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +89,14 @@ async def test_fan_out_between_requesters_and_providers(relay_hub):
         await p1.subscribe(req_band)
         await p2.subscribe(req_band)
         for i in range(20):
-            await req.publish(req_band, {"type": "requestFile", "i": i})
+            await req.publish(req_band, j({"type": "requestFile", "i": i}))
         for p in (p1, p2):
             got = [await p.receive(timeout=5) for _ in range(20)]
-            assert [m.data["i"] for m in got] == list(range(20))
+            assert [data(m)["i"] for m in got] == list(range(20))
             assert {m.sender for m in got} == {a["req"].node_id} and {m.band for m in got} == {req_band}
-        await p1.publish(prov_band, {"type": "uploadFileStatus", "status": "finished"}, ack=True)
+        await p1.publish(prov_band, j({"type": "uploadFileStatus", "status": "finished"}), ack=True)
         m = await req.receive(timeout=5)
-        assert (m.sender, m.data["status"]) == (a["p1"].node_id, "finished")
+        assert (m.sender, data(m)["status"]) == (a["p1"].node_id, "finished")
 
 
 async def test_capabilities_are_enforced_per_band(relay_hub):
@@ -88,11 +110,11 @@ async def test_capabilities_are_enforced_per_band(relay_hub):
             assert info.value.code == "capability_denied"
         for band in (f"{ch}-provideFiles", f"{ch}-requestTasks", f"{other}-requestFiles"):
             with pytest.raises(HubRequestError) as info:
-                await req.publish(band, {"sneaky": True}, ack=True)
+                await req.publish(band, j({"sneaky": True}), ack=True)
             assert info.value.code == "capability_denied"
-        await req.publish(f"{ch}-requestFiles", {"ok": 1}, ack=True)
+        await req.publish(f"{ch}-requestFiles", j({"ok": 1}), ack=True)
         m = await prov.receive(timeout=5)
-        assert m.data == {"ok": 1}  # the refused publishes were never delivered
+        assert data(m) == {"ok": 1}  # the refused publishes were never delivered
     assert "capability_denied" in relay_hub.log()
 
 
@@ -102,13 +124,13 @@ async def test_oversized_messages_and_rate_limit(relay_hub):
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await prov.subscribe(band)
         with pytest.raises(HubRequestError) as info:
-            await req.publish(band, {"blob": "x" * 3000}, ack=True)
+            await req.publish(band, j({"blob": "x" * 3000}), ack=True)
         assert info.value.code == "too_large"
-        await req.publish(band, {"after": "too_large"}, ack=True)  # the connection is still fine
-        assert (await prov.receive(timeout=5)).data == {"after": "too_large"}
+        await req.publish(band, j({"after": "too_large"}), ack=True)  # the connection is still fine
+        assert data(await prov.receive(timeout=5)) == {"after": "too_large"}
         # 50/s with a burst of 100: 300 at once must hit the limit
         for i in range(300):
-            await req.publish(band, {"i": i})
+            await req.publish(band, j({"i": i}))
         with pytest.raises(HubRequestError) as info:
             async for _ in req.messages():
                 pass
@@ -146,20 +168,54 @@ async def test_auth_is_required_and_checked(relay_hub):
     tampered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + sig
     for token in (forged, tampered, "garbage", 12):
         async with trio_websocket.open_websocket_url(url) as ws:
-            await ws.send_message(orjson.dumps({"op": "auth", "token": token, "id": 1}).decode())
+            await ws.send_message(auth_op(token, id=1))
             reply = orjson.loads(await ws.get_message())[0]
             assert (reply["op"], reply["code"]) == ("error", "invalid_token"), token
             assert await _expect_close(ws, 5) == 4001
     async with trio_websocket.open_websocket_url(url) as ws:  # malformed frames: error, connection kept
-        await ws.send_message(orjson.dumps({"op": "auth", "token": good, "id": 1}).decode())
+        await ws.send_message(auth_op(good, id=1))
         assert orjson.loads(await ws.get_message())[0]["op"] == "connected"
-        for bad in ("{nope", "[1]", '{"op": "fly"}', '{"op": "publish"}'):
+        v1_publish = orjson.dumps({"op": "publish", "band": f"{ch}-requestFiles", "data": "x"}).decode()
+        record = relay_frames.encode_publish(0, f"{ch}-requestFiles", b"m")
+        for bad in ("{nope", "[1]", '{"op": "fly"}', '{"op": "publish"}', v1_publish,
+                    b"", b"\x07garbage", record[:-1], record + b"\x01"):
             await ws.send_message(bad)
             while True:
                 reply = orjson.loads(await ws.get_message())[0]
                 if reply["op"] != "heartbeat":
                     break
             assert (reply["op"], reply["code"]) == ("error", "malformed_request"), bad
+            if bad == v1_publish:
+                assert "binary frame" in reply["message"]
+    async with trio_websocket.open_websocket_url(url) as ws:  # binary publish before auth
+        await ws.send_message(relay_frames.encode_publish(3, f"{ch}-requestFiles", b"m"))
+        reply = orjson.loads(await ws.get_message())[0]
+        assert (reply["op"], reply["code"], reply["id"]) == ("error", "invalid_token", 3)
+        assert await _expect_close(ws, 5) == 4001
+
+
+async def test_a_version_1_client_is_told_to_upgrade(relay_hub):
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"]})
+    good = (await creds(a["req"], ch))["token"]
+    async with trio_websocket.open_websocket_url("ws" + relay_hub.url[4:] + "/pubsub") as ws:
+        await ws.send_message(orjson.dumps({"op": "auth", "token": good, "id": 1}).decode())  # no "v"
+        reply = orjson.loads(await ws.get_message())[0]
+        assert (reply["op"], reply["code"], reply["status"]) == ("error", "unsupported_version", 426)
+        assert "v2" in reply["message"] and "upgrade" in reply["message"]
+        assert await _expect_close(ws, 5) == 4026
+
+
+async def test_messages_travel_as_the_bytes_they_are(relay_hub):
+    """Binary frames: a message's bytes arrive unchanged (no JSON escaping on the way), with
+    the publisher the relay vouches for."""
+    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    message = bytes(range(256)) + b'"\\\n\t' * 100
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await prov.subscribe(band)
+        await req.publish(band, message, ack=True)
+        m = await prov.receive(timeout=5)
+        assert (m.band, m.sender, m.data) == (band, a["req"].node_id, message)
 
 
 async def test_dead_connections_are_dropped_but_live_ones_kept(relay_hub):
@@ -168,17 +224,17 @@ async def test_dead_connections_are_dropped_but_live_ones_kept(relay_hub):
     url = "ws" + relay_hub.url[4:] + "/pubsub"
     async with open_pubsub(c) as live:  # answers heartbeats automatically
         async with trio_websocket.open_websocket_url(url) as silent:
-            await silent.send_message(orjson.dumps({"op": "auth", "token": c["token"]}).decode())
+            await silent.send_message(auth_op(c["token"]))
             beats = 0
             with trio.fail_after(5):
                 try:
                     while True:
-                        ops = orjson.loads(await silent.get_message())
+                        ops = ops_of(await silent.get_message())
                         beats += sum(op["op"] == "heartbeat" for op in ops)
                 except trio_websocket.ConnectionClosed as exc:
                     code = exc.reason.code
             assert code == 4002 and beats >= 1
-        await live.publish(f"{ch}-requestFiles", {"still": "here"}, ack=True)
+        await live.publish(f"{ch}-requestFiles", j({"still": "here"}), ack=True)
     assert "connection presumed dead" in relay_hub.log()
 
 
@@ -188,7 +244,7 @@ async def test_expired_token_and_in_band_renewal(short_hub):
     async with open_pubsub(await creds(a["req"], ch)) as doomed:
         await trio.sleep(2.3)
         with pytest.raises(HubRequestError) as info:
-            await doomed.publish(band, {"late": True}, ack=True)
+            await doomed.publish(band, j({"late": True}), ack=True)
         assert info.value.code in ("expired", "token_expired", "connection_closed")
 
     async def renew():
@@ -199,9 +255,9 @@ async def test_expired_token_and_in_band_renewal(short_hub):
         await kept.subscribe(band)
         await prov.subscribe(band)
         await trio.sleep(4.5)  # two token lifetimes
-        await kept.publish(band, {"renewed": True}, ack=True)
-        assert (await prov.receive(timeout=5)).data == {"renewed": True}
-        assert (await kept.receive(timeout=5)).data == {"renewed": True}  # echo: it subscribed too
+        await kept.publish(band, j({"renewed": True}), ack=True)
+        assert data(await prov.receive(timeout=5)) == {"renewed": True}
+        assert data(await kept.receive(timeout=5)) == {"renewed": True}  # echo: it subscribed too
         # the owner withdraws provide-files: at the next renewal the subscription goes
         await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, a["req"].node_id, ["provide-files"]))
         with pytest.raises(HubRequestError) as info:
@@ -218,15 +274,15 @@ async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await req.subscribe(prov_band)
         await prov.subscribe(req_band)
-        await req.publish(req_band, {"n": 1}, ack=True)
-        assert (await prov.receive(timeout=5)).data == {"n": 1}
+        await req.publish(req_band, j({"n": 1}), ack=True)
+        assert data(await prov.receive(timeout=5)) == {"n": 1}
         # the owner revokes: the live connection loses the capability now, not at token expiry
         await trio.to_thread.run_sync(lambda: owner.client.revoke(ch, a["req"].node_id, ["request-files"]))
         with pytest.raises(HubRequestError) as info:
             await req.receive(timeout=5)
         assert info.value.code == "unsubscribed"
         with pytest.raises(HubRequestError) as info:
-            await req.publish(req_band, {"n": 2}, ack=True)
+            await req.publish(req_band, j({"n": 2}), ack=True)
         assert info.value.code == "capability_denied"
         # deleting the channel withdraws everything from everyone
         await trio.to_thread.run_sync(lambda: owner.client.delete_channel(ch))
@@ -234,7 +290,7 @@ async def test_revocation_and_deletion_take_effect_at_once(relay_hub):
             await prov.receive(timeout=5)
         assert info.value.code == "unsubscribed"
         with pytest.raises(HubRequestError) as info:
-            await prov.publish(prov_band, {"n": 3}, ack=True)
+            await prov.publish(prov_band, j({"n": 3}), ack=True)
         assert info.value.code == "capability_denied"
     with pytest.raises(HubRequestError) as info:
         await creds(a["prov"], ch)
@@ -335,10 +391,10 @@ async def subscribed_socket(hub, credentials: dict, band: str):
     async with trio_websocket.open_websocket_url(
             "ws" + hub.url[4:] + "/pubsub", max_message_size=CLIENT_MAX_FRAME, message_queue_size=1,
             connect_timeout=10, disconnect_timeout=2) as ws:
-        await ws.send_message(orjson.dumps([{"op": "auth", "token": credentials["token"]},
+        await ws.send_message(orjson.dumps([{"op": "auth", "token": credentials["token"], "v": 2},
                                             {"op": "subscribe", "band": band, "id": 1}]).decode())
         with trio.fail_after(10):
-            while not any(op.get("op") == "subscribed" for op in orjson.loads(await ws.get_message())):
+            while not any(op.get("op") == "subscribed" for op in ops_of(await ws.get_message())):
                 pass
         yield ws
 
@@ -348,7 +404,7 @@ async def publish_bulk(pub, band: str, count: int, size: int) -> None:
     unacknowledged publishes into one frame, which must stay under the relay's 1 MiB)."""
     blob = "x" * size
     for i in range(count):
-        await pub.publish(band, {"i": i, "blob": blob}, ack=(i % 15 == 14 or i == count - 1))
+        await pub.publish(band, j({"i": i, "blob": blob}), ack=(i % 15 == 14 or i == count - 1))
 
 
 async def test_a_paused_subscribers_backlog_comes_in_frames_its_client_accepts(bulk_hub):
@@ -363,8 +419,8 @@ async def test_a_paused_subscribers_backlog_comes_in_frames_its_client_accepts(b
         with trio.fail_after(60):
             while len(got) < count:
                 frame = await sub.get_message()  # ConnectionClosed (1009) if a frame is too large
-                largest = max(largest, len(frame.encode()))
-                got += [op["data"]["i"] for op in orjson.loads(frame) if op["op"] == "message"]
+                largest = max(largest, len(frame if isinstance(frame, bytes) else frame.encode()))
+                got += [op["data"]["i"] for op in ops_of(frame) if op["op"] == "message"]
         assert got == list(range(count))
         assert largest <= RELAY_MAX_FRAME, largest
 
@@ -401,11 +457,11 @@ async def test_a_stalled_subscriber_is_dropped_and_the_hub_stays_small(tmp_path)
             received = 0
             with trio.fail_after(30), pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 while True:
-                    received += sum(op["op"] == "message" for op in orjson.loads(await sub.get_message()))
+                    received += sum(op["op"] == "message" for op in ops_of(await sub.get_message()))
             assert closed.value.reason.code == 4008
             assert received < count
             # The publisher and the relay carry on.
-            await pub.publish(band, {"after": "drop"}, ack=True)
+            await pub.publish(band, j({"after": "drop"}), ack=True)
         grew = (peak - base) / 2**20
         assert grew < 48, f"hub grew by {grew:.0f} MiB"
     finally:
@@ -422,12 +478,12 @@ async def test_the_publish_rate_is_per_node_whatever_its_connections(relay_hub):
         # 5 connections x 100: each alone is within the burst (100), together they are not.
         for i in range(100):
             for k, pub in enumerate(pubs):
-                await pub.publish(band, {"k": k, "i": i})
+                await pub.publish(band, j({"k": k, "i": i}))
         for k, pub in enumerate(pubs):  # a last message on each, accepted once allowance returns
             with trio.fail_after(10):
                 while True:
                     try:
-                        await pub.publish(band, {"k": k, "done": True}, ack=True)
+                        await pub.publish(band, j({"k": k, "done": True}), ack=True)
                         break
                     except HubRequestError as exc:
                         assert exc.code == "rate_limited"
@@ -437,8 +493,8 @@ async def test_the_publish_rate_is_per_node_whatever_its_connections(relay_hub):
         with trio.fail_after(10):
             while done < len(pubs):  # each connection's last message follows its accepted ones
                 m = await prov.receive(timeout=10)
-                done += m.data.get("done", False)
-                flood += "i" in m.data
+                done += data(m).get("done", False)
+                flood += "i" in data(m)
         assert 100 <= flood <= 100 + 50 * elapsed + 10, (flood, elapsed)
     assert "all its connections together" in relay_hub.log()
 
@@ -452,12 +508,12 @@ async def test_connections_per_node_are_capped(relay_hub):
         assert await refusal(await creds(a["req"], ch)) == "rate_limited"  # a new token too
         url = "ws" + relay_hub.url[4:] + "/pubsub"
         async with trio_websocket.open_websocket_url(url) as ws:
-            await ws.send_message(orjson.dumps({"op": "auth", "token": token["token"], "id": 1}).decode())
+            await ws.send_message(auth_op(token["token"], id=1))
             reply = orjson.loads(await ws.get_message())[0]
             assert (reply["op"], reply["code"]) == ("error", "rate_limited")
             assert await _expect_close(ws, 5) == 4029
         async with open_pubsub(await creds(a["other"], ch)) as other:  # other nodes are not affected
-            await other.publish(f"{ch}-requestFiles", {"ok": 1}, ack=True)
+            await other.publish(f"{ch}-requestFiles", j({"ok": 1}), ack=True)
         await conns[0].aclose()
         with trio.fail_after(10):  # the relay notices the close, then has room for one more
             while (code := await try_open(token)) == "rate_limited":

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kachery_node.legacy.canonical_json import NotCanonicalizableError, canonical_json, js_number
+from kachery_node.legacy.original_canonical_json import NotCanonicalizableError, canonical_json, js_number
 from kachery_node.legacy.original_messages import (
     OriginalMessageError,
     sign_body,

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import trio
@@ -106,7 +108,7 @@ def test_providers_drop_requests_the_signed_membership_does_not_allow(make_lab, 
 async def _publish_request_as(credentials, key, sha1: str) -> str | None:
     """Publish a signed requestFile as the holder of ``credentials``; the relay's refusal or None."""
     body = FileRequest(sha1, new_request_id(), None, None, False).to_body()
-    data = seal(key, channel="lab", band="request-files", body=body).decode()
+    data = seal(key, channel="lab", band="request-files", body=body, now_ms=int(time.time() * 1000))
     try:
         with trio.fail_after(10):
             async with open_pubsub(credentials) as pubsub:

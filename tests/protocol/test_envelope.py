@@ -1,13 +1,22 @@
-"""Signed pub-sub envelopes: bound to channel, band and time; forgeries and replays refused."""
+"""Signed node messages (v2): bound to channel, band and time; body and attachment signed
+together; forgeries, replays and version 1 messages refused."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
 from kachery_node.identity import Keypair
-from kachery_node.protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
+from kachery_node.protocol.node_messages import (
+    HEADER_BYTES,
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    MessageTooLargeError,
+    ReplayGuard,
+    open_envelope,
+    seal,
+)
+
+NOW = 1_700_000_000_000
 
 
 @pytest.fixture
@@ -16,41 +25,80 @@ def key():
 
 
 def test_round_trip(key):
-    data = seal(key, channel="lab", band="request-files", body={"type": "requestFile", "sha1": "ab" * 20})
-    env = open_envelope(data, channel="lab", band="request-files")
+    data = seal(key, channel="lab", band="request-files", body={"type": "requestFile", "sha1": "ab" * 20},
+                now_ms=NOW)
+    assert data[0] == 2 and data[1:33] == bytes.fromhex(key.public_hex)
+    env = open_envelope(data, channel="lab", band="request-files", now_ms=NOW)
     assert env.sender == key.public_hex and env.type == "requestFile" and env.body["sha1"] == "ab" * 20
+    assert env.attachment is None
+
+
+def test_an_attachment_is_signed_with_the_body_and_carried_as_it_is(key):
+    lines = b'{"n":0}\tsig\n{"n":1}\t\n' + bytes(range(256))  # any bytes, LF and TAB included
+    data = seal(key, channel="lab", band="provide-feeds", body={"type": "newSubfeedMessages"},
+                now_ms=NOW, attachment=lines)
+    assert data.endswith(b"\n" + lines)  # after the body, not escaped into it
+    env = open_envelope(data, channel="lab", band="provide-feeds", now_ms=NOW)
+    assert env.attachment == lines and env.body["type"] == "newSubfeedMessages"
+    for tampered in (data[:-1] + bytes([data[-1] ^ 1]), data[:-1], data + b"x"):
+        with pytest.raises(EnvelopeError, match="bad signature"):
+            open_envelope(tampered, channel="lab", band="provide-feeds", now_ms=NOW)
+    # An empty attachment is written as none.
+    assert seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW, nonce="n" * 24,
+                attachment=b"") == seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW,
+                                        nonce="n" * 24)
 
 
 def test_refusals(key):
-    data = seal(key, channel="lab", band="request-files", body={"type": "x", "v": 1})
-    body, sender, sig = data.rsplit(b"\t", 2)
+    data = seal(key, channel="lab", band="request-files", body={"type": "x", "v": 1}, now_ms=NOW)
+    header, signed = data[:HEADER_BYTES], data[HEADER_BYTES:]
     other = Keypair.generate()
     cases = {
-        "tampered body": body.replace(b'"v":1', b'"v":2') + b"\t" + sender + b"\t" + sig,
-        "other sender": body + b"\t" + other.public_hex.encode() + b"\t" + sig,
-        "bad signature": body + b"\t" + sender + b"\t" + b"0" * 128,
-        "truncated": body,
-        "not hex": body + b"\t" + b"z" * 64 + b"\t" + sig,
-        "huge": b"x" * 400_000,
+        "tampered body": header + signed.replace(b'"v":1', b'"v":2'),
+        "other sender": data[:1] + bytes.fromhex(other.public_hex) + data[33:],
+        "bad signature": data[:33] + bytes(64) + signed,
+        "header only": header,
+        "truncated": data[:50],
+        "huge": b"\x02" + bytes(96) + b"x" * (MAX_ENVELOPE_BYTES + 1),
+        "empty": b"",
+        "not bytes": "text",
+        "unknown version": b"\x03" + data[1:],
     }
-    for _name, bad in cases.items():
+    for bad in cases.values():
         with pytest.raises(EnvelopeError):
-            open_envelope(bad, channel="lab", band="request-files")
-    with pytest.raises(EnvelopeError, match="arrived on"):
-        open_envelope(data, channel="other-lab", band="request-files")
-    with pytest.raises(EnvelopeError, match="arrived on"):
-        open_envelope(data, channel="lab", band="provide-files")
-    old = seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=int(time.time() * 1000) - 120_000)
+            open_envelope(bad, channel="lab", band="request-files", now_ms=NOW)
+    # The signature binds the channel and the band: elsewhere the message does not verify.
+    with pytest.raises(EnvelopeError, match="another channel or band"):
+        open_envelope(data, channel="other-lab", band="request-files", now_ms=NOW)
+    with pytest.raises(EnvelopeError, match="another channel or band"):
+        open_envelope(data, channel="lab", band="provide-files", now_ms=NOW)
+    with pytest.raises(EnvelopeError):  # "la" + "b..." is not "lab" + "...": the NULs separate them
+        open_envelope(data, channel="la", band="brequest-files", now_ms=NOW)
+    old = seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW - 120_000)
     with pytest.raises(EnvelopeError, match="stale"):
-        open_envelope(old, channel="lab", band="b")
+        open_envelope(old, channel="lab", band="b", now_ms=NOW)
+
+
+def test_a_version_1_message_is_refused_with_an_error_that_says_so(key):
+    v1 = (b'{"band":"b","channel":"lab","nonce":"0123456789abcdef01234567","time_ms":1700000000000,'
+          b'"type":"x"}\t' + key.public_hex.encode() + b"\t" + b"0" * 128)  # as v1 wrote them
+    with pytest.raises(EnvelopeError, match="version 1 node message"):
+        open_envelope(v1, channel="lab", band="b", now_ms=NOW)
+
+
+def test_too_large_to_seal_is_the_callers_fault(key):
+    with pytest.raises(MessageTooLargeError):
+        seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW,
+             attachment=b"x" * MAX_ENVELOPE_BYTES)
 
 
 def test_replay_guard(key):
     guard = ReplayGuard()
-    data = seal(key, channel="lab", band="b", body={"type": "x"})
-    guard.check(open_envelope(data, channel="lab", band="b"))
+    data = seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW)
+    guard.check(open_envelope(data, channel="lab", band="b", now_ms=NOW), now_ms=NOW)
     with pytest.raises(EnvelopeError, match="replayed"):
-        guard.check(open_envelope(data, channel="lab", band="b"))
-    guard.check(
-        open_envelope(seal(key, channel="lab", band="b", body={"type": "x"}), channel="lab", band="b")
-    )
+        guard.check(open_envelope(data, channel="lab", band="b", now_ms=NOW), now_ms=NOW)
+    fresh = seal(key, channel="lab", band="b", body={"type": "x"}, now_ms=NOW)
+    guard.check(open_envelope(fresh, channel="lab", band="b", now_ms=NOW), now_ms=NOW)
+    # Past the window the pair is forgotten (and the message too old to open anyway).
+    guard.check(open_envelope(data, channel="lab", band="b", now_ms=NOW), now_ms=NOW + 120_001)

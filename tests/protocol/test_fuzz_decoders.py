@@ -1,5 +1,6 @@
 """The wire decoders of the node protocol raise their own typed errors on any input (issue 11,
-defect 12): pub-sub envelopes (EnvelopeError), signed hub requests and pub-sub tokens
+defect 12): node messages (EnvelopeError), the relay's binary frames (MalformedRequestError),
+signed hub requests and pub-sub tokens
 (ChannelProtocolError), membership segments and messages (kachery_feeds errors,
 MembershipError), task-result objects (InvalidTaskResultError), bucket heads (HeadError) and
 segments (kachery_feeds errors).
@@ -22,14 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kachery_feeds as kf
+from kachery_node.errors import ChannelProtocolError, MalformedRequestError
 from kachery_node.identity import Keypair
-from kachery_node.protocol import feed_bucket
+from kachery_node.protocol import feed_bucket, relay_frames, signing
 from kachery_node.protocol import hub_requests as hub_envelope
 from kachery_node.protocol import membership as mb
 from kachery_node.protocol import node_messages as envelope
 from kachery_node.protocol import pubsub_tokens as tokens
 from kachery_node.protocol import task_messages as tasks
-from kachery_node.protocol.channel_errors import ChannelProtocolError
 
 FUZZ = settings(max_examples=int(os.environ.get("KACHERY_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -81,23 +82,26 @@ def loads_leniently(raw: bytes):
 
 # ----------------------------------------------------------------------------- pub-sub envelopes
 def _sealed_body() -> dict:
-    return {"type": "requestFile", "sha1": "ab" * 20, "channel": "lab", "band": "requestFiles",
-            "time_ms": NOW, "nonce": "n" * 24}
+    return {"type": "requestFile", "sha1": "ab" * 20, "time_ms": NOW, "nonce": "n" * 16}
 
 
 def _sign_envelope(raw: bytes) -> bytes:
-    sig = KEY.sign(envelope._signing_input(raw))
-    return raw + b"\t" + KEY.public_hex.encode() + b"\t" + sig.hex().encode()
+    """A v2 node message signed over ``raw`` (body, and LF + attachment if any), whatever it holds."""
+    sig = signing.sign(KEY, envelope.context("lab", "requestFiles"), raw)
+    return b"\x02" + bytes.fromhex(KEY.public_hex) + sig + raw
 
 
 @FUZZ
 @given(st.data())
 def test_open_envelope(data) -> None:
-    kind = data.draw(st.sampled_from(["re-signed", "mutated", "arbitrary"]))
+    kind = data.draw(st.sampled_from(["re-signed", "re-signed with attachment", "mutated", "arbitrary"]))
     if kind == "re-signed":
         wire = _sign_envelope(mutate_object(_sealed_body(), data))
+    elif kind == "re-signed with attachment":
+        attachment = data.draw(st.binary(max_size=200))
+        wire = _sign_envelope(mutate_object(_sealed_body(), data) + b"\n" + attachment)
     elif kind == "mutated":
-        wire = mutate_bytes(_sign_envelope(orjson.dumps(_sealed_body())), data)
+        wire = mutate_bytes(_sign_envelope(orjson.dumps(_sealed_body()) + b"\nlines\n"), data)
     else:
         wire = data.draw(st.one_of(st.binary(max_size=300), st.text(max_size=20), st.none()))
     try:
@@ -105,12 +109,60 @@ def test_open_envelope(data) -> None:
     except envelope.EnvelopeError:
         return
     assert env.sender == KEY.public_hex and isinstance(env.type, str)
+    assert env.attachment is None or (isinstance(env.attachment, bytes) and env.attachment)
 
 
 def test_a_valid_envelope_opens() -> None:
     env = envelope.open_envelope(_sign_envelope(orjson.dumps(_sealed_body())), channel="lab",
                                  band="requestFiles", now_ms=NOW)
     assert env.body["sha1"] == "ab" * 20
+
+
+# ----------------------------------------------------------------------------- relay frames
+bands = st.text(min_size=1, max_size=12).filter(lambda b: len(b.encode()) <= relay_frames.MAX_BAND_BYTES)
+
+
+def _publish_records(data: st.DataObject) -> bytes:
+    records = data.draw(st.lists(st.tuples(st.integers(0, relay_frames.MAX_ID), bands,
+                                           st.binary(max_size=40)), min_size=1, max_size=3))
+    return b"".join(relay_frames.encode_publish(*r) for r in records)
+
+
+def _message_records(data: st.DataObject) -> bytes:
+    records = data.draw(st.lists(st.tuples(bands, st.binary(min_size=32, max_size=32).map(bytes.hex),
+                                           st.integers(0, 2**64 - 1), st.binary(max_size=40)),
+                                 min_size=1, max_size=3))
+    return b"".join(relay_frames.encode_message(*r) for r in records)
+
+
+@FUZZ
+@given(st.data())
+def test_relay_frames(data) -> None:
+    """Both record decoders: any bytes either decode to records that encode back to the very
+    frame, or raise MalformedRequestError (never another exception)."""
+    kind = data.draw(st.sampled_from(["publish", "message"]))
+    valid = _publish_records(data) if kind == "publish" else _message_records(data)
+    how = data.draw(st.sampled_from(["as is", "mutated", "arbitrary", "other kind"]))
+    if how == "mutated":
+        frame = mutate_bytes(valid, data)
+    elif how == "arbitrary":
+        frame = data.draw(st.binary(max_size=120))
+    elif how == "other kind":  # a relay's records where a node's are expected, and back
+        frame = _message_records(data) if kind == "publish" else _publish_records(data)
+    else:
+        frame = valid
+    try:
+        if kind == "publish":
+            records = list(relay_frames.decode_publishes(frame))
+            again = b"".join(relay_frames.encode_publish(r.id, r.band, r.message) for r in records)
+        else:
+            records = list(relay_frames.decode_messages(frame))
+            again = b"".join(relay_frames.encode_message(r.band, r.sender, r.ts_ms, r.message)
+                             for r in records)
+    except MalformedRequestError:
+        assert how != "as is"
+        return
+    assert records and again == frame
 
 
 # ----------------------------------------------------------------------------- hub requests

@@ -1,5 +1,6 @@
 """spec/vectors/protocol-v1.json checked against the implementation: every valid vector is
-accepted and every invalid one refused (envelopes, hub requests, task results, heads, keys)."""
+accepted and every invalid one refused (node messages, relay frames, hub requests, task results,
+heads, keys)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kachery_node.protocol import bucket_layout
-from kachery_node.protocol.channel_errors import MalformedRequestError
+from kachery_node.errors import MalformedRequestError
+from kachery_node.protocol import bucket_layout, relay_frames
 from kachery_node.protocol.feed_bucket import HeadError, parse_head
 from kachery_node.protocol.hub_requests import verify_request
 from kachery_node.protocol.node_messages import EnvelopeError, open_envelope
@@ -24,19 +25,58 @@ from kachery_node.protocol.task_messages import (
 PATH = Path(__file__).parents[2] / "spec/vectors/protocol-v1.json"
 V = json.loads(PATH.read_text())
 ENV, HUB, RES, HEADS = V["envelopes"], V["hub_requests"], V["task_results"], V["heads"]
+FRAMES = V["relay_frames"]
 
 
 @pytest.mark.parametrize("case", ENV["valid"], ids=lambda c: c["why"])
 def test_valid_envelopes(case):
-    env = open_envelope(case["line"].encode(), channel=ENV["channel"], band=ENV["band"], now_ms=ENV["now_ms"])
+    env = open_envelope(bytes.fromhex(case["message_hex"]), channel=ENV["channel"], band=ENV["band"],
+                        now_ms=ENV["now_ms"])
     assert env.sender == case["sender"] and env.body == case["body"]
+    assert env.attachment == (bytes.fromhex(case["attachment_hex"]) if "attachment_hex" in case else None)
 
 
 @pytest.mark.parametrize("case", ENV["invalid"], ids=lambda c: c["why"])
 def test_invalid_envelopes(case):
     with pytest.raises(EnvelopeError):
-        open_envelope(case["line"].encode(), channel=case.get("channel", ENV["channel"]),
+        open_envelope(bytes.fromhex(case["message_hex"]), channel=case.get("channel", ENV["channel"]),
                       band=case.get("band", ENV["band"]), now_ms=ENV["now_ms"])
+
+
+def test_a_version_1_envelope_is_named_as_such():
+    v1 = next(c for c in ENV["invalid"] if "version 1" in c["why"])
+    with pytest.raises(EnvelopeError, match="version 1"):
+        open_envelope(bytes.fromhex(v1["message_hex"]), channel=ENV["channel"], band=ENV["band"],
+                      now_ms=ENV["now_ms"])
+
+
+@pytest.mark.parametrize("case", FRAMES["publish"], ids=lambda c: c["why"])
+def test_publish_frames(case):
+    frame = bytes.fromhex(case["frame_hex"])
+    got = [{"id": r.id, "band": r.band, "message_hex": r.message.hex()}
+           for r in relay_frames.decode_publishes(frame)]
+    assert got == case["records"]
+    assert b"".join(relay_frames.encode_publish(r["id"], r["band"], bytes.fromhex(r["message_hex"]))
+                    for r in case["records"]) == frame
+
+
+@pytest.mark.parametrize("case", FRAMES["message"], ids=lambda c: c["why"])
+def test_message_frames(case):
+    frame = bytes.fromhex(case["frame_hex"])
+    got = [{"band": r.band, "sender": r.sender, "ts_ms": r.ts_ms, "message_hex": r.message.hex()}
+           for r in relay_frames.decode_messages(frame)]
+    assert got == case["records"]
+    encoded = [relay_frames.encode_message(r["band"], r["sender"], r["ts_ms"],
+                                           bytes.fromhex(r["message_hex"])) for r in case["records"]]
+    assert b"".join(encoded) == frame
+
+
+@pytest.mark.parametrize("kind", ["publish", "message"])
+def test_invalid_frames(kind):
+    decode = relay_frames.decode_publishes if kind == "publish" else relay_frames.decode_messages
+    for case in FRAMES[f"invalid_{kind}"]:
+        with pytest.raises(MalformedRequestError):
+            list(decode(bytes.fromhex(case["frame_hex"])))
 
 
 @pytest.mark.parametrize("case", HUB["valid"], ids=lambda c: c["why"])
@@ -48,7 +88,7 @@ def test_valid_hub_requests(case):
 
 @pytest.mark.parametrize("case", HUB["invalid"], ids=lambda c: c["why"])
 def test_invalid_hub_requests(case):
-    from kachery_node.protocol.channel_errors import BadSignatureError, StaleRequestError
+    from kachery_node.errors import BadSignatureError, StaleRequestError
 
     with pytest.raises((MalformedRequestError, BadSignatureError, StaleRequestError)):
         verify_request(case["kind"], case["body"].encode(), case["headers"],

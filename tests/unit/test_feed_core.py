@@ -83,9 +83,12 @@ def test_messages_round_trip_through_their_bodies():
     for message in (sub, push, uploaded):
         envelope = {**message.to_body(), "channel": "lab", "band": message.band, "time_ms": 1,
                     "nonce": "x" * 24}
-        assert parse(message.band, envelope) == message  # the envelope's own fields are ignored
-    assert push.to_body()["messages"] == [line.decode() for line in push.lines]
-    assert push.body_size() == len(orjson.dumps(push.to_body()))
+        # the envelope's own fields are ignored
+        assert parse(message.band, envelope, message.attachment()) == message
+    # The wire lines are the attachment, as they are (segment form), not JSON inside the body.
+    assert "messages" not in push.to_body() and push.attachment() == b"".join(x + b"\n" for x in push.lines)
+    assert sub.attachment() is None and uploaded.attachment() is None
+    assert push.size() == len(orjson.dumps(push.to_body())) + 1 + len(push.attachment())
     upper = parse("request-feeds", {**sub.to_body(), "feed_id": FEED.upper()})
     assert upper.feed_id == FEED
 
@@ -113,17 +116,16 @@ def test_malformed_subscriptions_are_the_peers_fault(band, change):
         parse(band, body)
 
 
-@pytest.mark.parametrize("change", [
-    {"messages": []}, {"messages": "line"}, {"messages": [1, 2]}, {"messages": None},
-    {"messages": ["\ud800"]},  # a lone surrogate has no UTF-8 form
-    {"type": "subfeedUploaded", "count": -3}, {"type": "subfeedUploaded", "count": "3"},
+@pytest.mark.parametrize("change, attachment", [
+    ({}, None),  # no lines attached
+    ({}, b"x"),  # not in segment form: the last line has no LF
+    ({"messages": ["x"]}, None),  # v1 put them in the body as JSON strings: not read any more
+    ({"type": "subfeedUploaded", "count": -3}, None), ({"type": "subfeedUploaded", "count": "3"}, None),
 ])
-def test_malformed_provider_messages_are_the_peers_fault(change):
+def test_malformed_provider_messages_are_the_peers_fault(change, attachment):
     body = {**NewSubfeedMessages(FEED, SUB, (b"x",)).to_body(), **change}
-    if body["type"] == "subfeedUploaded":
-        del body["messages"]
     with pytest.raises(MalformedFeedMessage):
-        parse("provide-feeds", body)
+        parse("provide-feeds", body, attachment)
 
 
 # ============================================================================ follower

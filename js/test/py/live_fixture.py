@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import kachery_feeds as kf
@@ -90,17 +91,23 @@ def main() -> None:
     store2.close()
 
     node = Keypair.generate()
+    now_ms = int(time.time() * 1000)
     envelope = seal(node, channel=CHANNEL, band="provide-feeds",
                     body={"type": "subfeedUploaded", "feed_id": fid, "subfeed_hash": sf.subfeed_hash,
-                          "count": count}).decode()
+                          "count": count}, now_ms=now_ms).hex()
+    attached = kf.encode_segment([lines[0].encode()])  # message 0: signed, so it verifies alone
+    envelope_with_lines = seal(node, channel=CHANNEL, band="provide-feeds",
+                               body={"type": "newSubfeedMessages", "feed_id": fid,
+                                     "subfeed_hash": sf.subfeed_hash},
+                               now_ms=now_ms, attachment=attached).hex()
     hub_id = Keypair.generate().public_hex
-    hub_body = make_body("channel_info", hub_id, channel=CHANNEL)
+    hub_body = make_body("channel_info", hub_id, channel=CHANNEL, time_ms=now_ms)
     hub_headers = sign_body(node, "node", hub_body)
 
     kwargs = {"n": 3, "name": "é", "xs": [1.5, 2]}
     th = task_hash("lab.square.1", kwargs)
     result_obj = sign_result(node, task_hash=th, function_id="lab.square.1", result={"y": [2.25, 4]},
-                           now_ms=1_700_000_000_000)
+                             now_ms=now_ms)
     put(bucket, bl.task_result_path(CHANNEL, th), encode_result_object(result_obj))
 
     small_file = b"Hello, world!"
@@ -120,7 +127,8 @@ def main() -> None:
     print(json.dumps({
         "channel": CHANNEL, "bucket_dir": str(bucket), "feed_id": fid, **described,
         "fork_proof": fork_proof, "fork_position": fork_position,
-        "envelope": envelope, "node_id": node.public_hex,
+        "envelope_hex": envelope, "envelope_with_lines_hex": envelope_with_lines,
+        "attached_lines": attached.decode(), "envelope_time_ms": now_ms, "node_id": node.public_hex,
         "hub_request": {"body": hub_body.decode(), "headers": hub_headers, "hub_id": hub_id},
         "task": {"task_hash": th, "function_id": "lab.square.1", "kwargs": kwargs,
                  "object": encode_result_object(result_obj).decode()},

@@ -7,8 +7,30 @@ from :func:`kachery_node.transport.bucket.open_bucket.open_bucket`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+#: ``progress(bytes done, bytes total)``, called in the event loop's thread as a transfer goes.
+ProgressCallback = Callable[[int, int], None]
+
+
+@runtime_checkable
+class ByteSink(Protocol):
+    """Where a download's bytes can go instead of a new file: :meth:`write_blocking` is called
+    with each piece in order, from a worker thread (the piece may be a view of a buffer that is
+    reused once it returns). Example: the chunk sink of a partial file, which writes each piece at
+    its place in the file being fetched and hashes it as it goes."""
+
+    def write_blocking(self, data: bytes | memoryview) -> None:
+        """Take the next piece (blocking is fine: this runs in a worker thread)."""
+
+
+#: A download's destination: a sink, or the path of a file to create (it must not exist).
+Destination = ByteSink | str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -47,15 +69,25 @@ class Bucket(ABC):
 
     @abstractmethod
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """Bytes ``[start, end)`` of the object (all of it by default); NotFoundError if absent."""
+        """Bytes ``[start, end)`` of the object (all of it by default), in memory (small objects:
+        a head, a segment); NotFoundError if absent."""
+
+    @abstractmethod
+    async def download(self, key: str, dest: Destination, *, start: int | None = None,
+                       end: int | None = None, progress: ProgressCallback | None = None) -> int:
+        """Stream the object, or its bytes ``[start, end)``, into ``dest`` (a :class:`ByteSink`,
+        or the path of a new file) without holding it in memory; returns how many bytes came.
+        NotFoundError if absent, HubRequestError if refused or cut short."""
 
     @abstractmethod
     async def head(self, key: str) -> ObjectInfo | None:
         """Size and ETag of the object, or None if it does not exist."""
 
     @abstractmethod
-    async def put(self, signed_url: str, data: bytes) -> None:
-        """Upload ``data`` with a signed URL; raises HubRequestError if refused."""
+    async def put(self, signed_url: str, data: bytes | Path, *,
+                  progress: ProgressCallback | None = None) -> None:
+        """Upload ``data`` (bytes, or a file's whole content, streamed) with a signed URL;
+        raises HubRequestError if refused."""
 
     @abstractmethod
     async def list(self, prefix: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Whole-object downloads from a bucket straight off a socket, in a worker thread.
+"""Bucket downloads (whole objects or byte ranges) straight off a socket, in a worker thread.
 
 Why not httpx for these: a bucket object of 20 MB or more (a chunk of a large file) arrives in
 64 KiB pieces, each passed through h11, httpcore and the event loop; measured on this machine,
@@ -7,11 +7,12 @@ Why not httpx for these: a bucket object of 20 MB or more (a chunk of a large fi
 buffer, which the caller's ``write`` consumes (hash and ``pwrite``, both releasing the GIL)
 before the next ``recv_into``: one copy from the kernel, none in Python.
 
-Only the plain case is handled: ``GET`` of a whole object over HTTP/1.1 (``https`` with SNI,
-certificates checked as by every other client: :func:`~kachery_node.transport.tls.ssl_context`),
-a response with ``Content-Length`` and no transfer or content coding, no proxy configured.
-Anything else raises :class:`DirectGetUnsupported` before a byte reaches ``write``, and the
-caller uses its general HTTP client instead.
+Only the plain case is handled: ``GET`` of a whole object (``200``), or of a byte range
+(``Range: bytes=a-b``, answered ``206``), over HTTP/1.1 (``https`` with SNI, certificates checked
+as by every other client: :func:`~kachery_node.transport.tls.ssl_context`), a response with
+``Content-Length`` and no transfer or content coding, no proxy configured. Anything else raises
+:class:`DirectGetUnsupported` before a byte reaches ``write``, and the caller uses its general
+HTTP client instead (:mod:`.http_transfer` does both).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ...errors import NotFoundError
-from ...protocol.channel_errors import HubRequestError
+from ...errors import HubRequestError, InvalidDataError, NotFoundError
 from ..tls import ssl_context
 
 BUFFER_BYTES = 1 << 20
@@ -47,11 +47,22 @@ def proxy_configured() -> bool:
     return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS)
 
 
-class DirectGet:
-    """One GET of ``url``; :meth:`run` blocks (call it in a worker thread), :meth:`abort` stops it
-    from any thread and returns only once ``write`` is no longer running nor called again."""
+def range_header(start: int | None, end: int | None) -> str | None:
+    """The ``Range`` header value for bytes ``[start, end)`` (None: the whole object)."""
+    if start is None and end is None:
+        return None
+    if (start or 0) < 0 or (end is not None and end <= (start or 0)):
+        raise InvalidDataError(f"not a non-empty byte range: [{start}, {end})")
+    return f"bytes={start or 0}-{'' if end is None else end - 1}"
 
-    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float) -> None:
+
+class DirectGet:
+    """One GET of ``url`` (bytes ``[start, end)`` of it if either is given); :meth:`run` blocks
+    (call it in a worker thread), :meth:`abort` stops it from any thread and returns only once
+    ``write`` is no longer running nor called again."""
+
+    def __init__(self, url: str, *, connect_timeout: float, read_timeout: float,
+                 start: int | None = None, end: int | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DirectGetUnsupported(f"not an http(s) URL: {url}")
@@ -62,6 +73,7 @@ class DirectGet:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._range = range_header(start, end)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._lock = threading.Lock()  # held while ``write`` runs; abort() takes it
@@ -80,7 +92,8 @@ class DirectGet:
 
     def run(self, write: Callable[[memoryview], None],
             progress: Callable[[int, int], None] | None = None) -> int:
-        """Download the object, handing its bytes to ``write`` in order; returns its size.
+        """Download the object (or the range), handing its bytes to ``write`` in order; returns
+        how many bytes that was.
 
         Raises NotFoundError (404), HubRequestError (another error status, or the connection
         ending early), DirectGetUnsupported (nothing written yet), DirectGetAborted, or OSError
@@ -94,15 +107,17 @@ class DirectGet:
             host = self._host if ":" not in self._host else f"[{self._host}]"
             default_port = 443 if self._https else 80
             host_header = host if self._port == default_port else f"{host}:{self._port}"
+            range_line = f"Range: {self._range}\r\n" if self._range else ""
             sock.sendall(f"GET {self._target} HTTP/1.1\r\nHost: {host_header}\r\n"
-                         "Accept-Encoding: identity\r\nConnection: close\r\n"
+                         f"Accept-Encoding: identity\r\n{range_line}Connection: close\r\n"
                          "User-Agent: kachery\r\n\r\n".encode("latin-1"))
             status, headers, body_start = self._read_head(sock)
             length = _content_length(headers)
             if status >= 400:
                 raise self._error(sock, status, headers, body_start, length)
-            if status != 200:
-                raise DirectGetUnsupported(f"HTTP {status}")
+            # A range is answered 206; a server that ignored it (200) is left to the full client.
+            if status != (206 if self._range else 200):
+                raise DirectGetUnsupported(f"HTTP {status}" + (" to a range request" if self._range else ""))
             if length is None:
                 raise DirectGetUnsupported("no Content-Length")
             return self._read_body(sock, body_start, length, write, progress)

@@ -10,8 +10,9 @@ Theory of operation.
   content type and an expiry (``X-Goog-Expires``).
 * Node side (:class:`GcsBucket`). The bucket is publicly readable: ``GET <endpoint>/<bucket>/<key>``
   with ``Range`` (XML API), object metadata and listing through the JSON API
-  (``<endpoint>/storage/v1/b/<bucket>/o``), all with httpx, natively under trio; the node needs
-  no Google library and no credential to read. Uploads are plain PUTs to the signed URL.
+  (``<endpoint>/storage/v1/b/<bucket>/o``); the node needs no Google library and no credential to
+  read. Downloads and uploads (plain PUTs to the signed URL) are the embedded bucket's
+  (:mod:`.http_transfer`: straight off the socket when it can, httpx otherwise).
 * Verification. GCS does not know that ``sha1/<h>`` must hash to ``h``, and a stand-in may check
   nothing at all (gcp-storage-emulator ignores signatures); the node verifies every download
   (file hashes, feed signatures) before storing it, which is what makes a public bucket safe.
@@ -28,10 +29,11 @@ from urllib.parse import quote
 
 import httpx
 
-from ...protocol.channel_errors import MalformedRequestError
+from ...errors import MalformedRequestError
 from ...protocol.signed_urls import validate_object_key
 from .bucket_interface import BucketBackend, ObjectInfo
-from .http_bucket import HttpBucket, _raise_for
+from .http_bucket import HttpBucket
+from .http_transfer import raise_for_status
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 _SERVICE_ACCOUNT_FIELDS = ("type", "private_key", "client_email")
@@ -99,10 +101,11 @@ class GcsBucket(HttpBucket):
         self.api_url = api_url.rstrip("/")
 
     async def head(self, key: str) -> ObjectInfo | None:
-        resp = await self._client.get(f"{self.api_url}/o/{quote(validate_object_key(key), safe='')}")
+        resp = await self._request("GET", f"{self.api_url}/o/{quote(validate_object_key(key), safe='')}",
+                                   f"metadata of {key}")
         if resp.status_code == 404:
             return None
-        _raise_for(resp, f"metadata of {key}")
+        raise_for_status(resp, f"metadata of {key}")
         meta = resp.json()
         return ObjectInfo(key, int(meta["size"]), meta.get("etag", ""))
 
@@ -110,8 +113,8 @@ class GcsBucket(HttpBucket):
         keys: list[str] = []
         params = {"prefix": prefix, "fields": "items(name),nextPageToken"}
         while True:
-            resp = await self._client.get(f"{self.api_url}/o", params=params)
-            _raise_for(resp, "list")
+            resp = await self._request("GET", f"{self.api_url}/o", "list", params=params)
+            raise_for_status(resp, "list")
             page = resp.json()
             keys += [item["name"] for item in page.get("items", [])]
             token = page.get("nextPageToken")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from ...errors import NotFoundError
 from ...identity import Keypair
-from ...protocol.channel_errors import HubRequestError
 from ...protocol.signed_urls import sign_upload_url, validate_object_key
-from ..tls import require_secure_url, ssl_context
-from .bucket_interface import Bucket, BucketBackend, ObjectInfo
-
-HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+from ..tls import ssl_context
+from . import http_transfer
+from .bucket_interface import Bucket, BucketBackend, Destination, ObjectInfo, ProgressCallback
+from .http_transfer import HTTP_TIMEOUT, raise_for_status, unreachable
 
 
 class EmbeddedBucketBackend(BucketBackend):
@@ -31,58 +32,63 @@ class EmbeddedBucketBackend(BucketBackend):
                                node_id=node_id)
 
 
-def _raise_for(resp: httpx.Response, what: str) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        err = resp.json()["error"]
-        raise HubRequestError(resp.status_code, err["code"], err["message"])
-    except (ValueError, KeyError, TypeError):
-        raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
-
-
 class HttpBucket(Bucket):
     """Reads and writes a bucket over HTTP(S) (the embedded bucket; public GCS reads too).
 
     Reads are public (everything read is verified by hash or signature), so any URL is fine for
     them; a signed upload goes only where :func:`~kachery_node.transport.tls.require_secure_url`
-    allows."""
+    allows (:func:`.http_transfer.put`). It owns its connection pool unless given ``client``;
+    :meth:`aclose` closes what it owns."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=ssl_context())
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     def url(self, key: str) -> str:
         return f"{self.base_url}/{validate_object_key(key)}"
+
+    async def _request(self, method: str, url: str, what: str, **kw) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise unreachable(what, exc) from exc
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         headers = {}
         if start is not None or end is not None:
             headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
-        resp = await self._client.get(self.url(key), headers=headers)
+        resp = await self._request("GET", self.url(key), f"GET {key}", headers=headers)
         if resp.status_code == 404:
             raise NotFoundError(f"{key} is not in the bucket")
-        _raise_for(resp, f"GET {key}")
+        raise_for_status(resp, f"GET {key}")
         return resp.content
 
+    async def download(self, key: str, dest: Destination, *, start: int | None = None,
+                       end: int | None = None, progress: ProgressCallback | None = None) -> int:
+        try:
+            return await http_transfer.download(self._client, self.url(key), dest, start=start,
+                                                end=end, progress=progress)
+        except NotFoundError:
+            raise NotFoundError(f"{key} is not in the bucket") from None
+
     async def head(self, key: str) -> ObjectInfo | None:
-        resp = await self._client.head(self.url(key))
+        resp = await self._request("HEAD", self.url(key), f"HEAD {key}")
         if resp.status_code == 404:
             return None
-        _raise_for(resp, f"HEAD {key}")
+        raise_for_status(resp, f"HEAD {key}")
         return ObjectInfo(key, int(resp.headers["content-length"]), resp.headers.get("etag", ""))
 
-    async def put(self, signed_url: str, data: bytes) -> None:
-        require_secure_url(signed_url, "a signed upload")
-        resp = await self._client.put(signed_url, content=data,
-                                      headers={"Content-Type": "application/octet-stream"})
-        _raise_for(resp, "PUT")
+    async def put(self, signed_url: str, data: bytes | Path, *,
+                  progress: ProgressCallback | None = None) -> None:
+        await http_transfer.put(self._client, signed_url, data, progress=progress)
 
     async def list(self, prefix: str) -> list[str]:
         base = self.base_url[: -len("/bucket")] if self.base_url.endswith("/bucket") else self.base_url
-        resp = await self._client.get(f"{base}/bucket-list", params={"prefix": prefix})
-        _raise_for(resp, "list")
+        resp = await self._request("GET", f"{base}/bucket-list", "list", params={"prefix": prefix})
+        raise_for_status(resp, "list")
         return resp.json()["keys"]

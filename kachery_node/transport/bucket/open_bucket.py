@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from ...protocol.channel_errors import MalformedRequestError
+from ...errors import MalformedRequestError
 from .http_bucket import HttpBucket
 
 

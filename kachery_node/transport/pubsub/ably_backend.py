@@ -15,6 +15,10 @@ on a private asyncio loop (:mod:`.asyncio_thread`). Renewal is in-band (Ably's A
 ``auth.authorize()``): the SDK's ``auth_callback`` asks the hub for a fresh token request. The
 config may name ``endpoint`` (realtime host[:port]) and ``rest_url``; tests point both at
 tests/ably_fake_server.py.
+
+Messages are Ably *binary* data: the SDK runs Ably's binary protocol (MessagePack,
+``use_binary_protocol=True``), so a node message's bytes travel as they are (with the JSON
+protocol the SDK would base64 them).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import orjson
 import trio
 
-from ...protocol.channel_errors import HubRequestError, MalformedRequestError
+from ...errors import HubRequestError, MalformedRequestError
 from .asyncio_thread import AsyncioThread
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .received_queue import ReceivedQueue
@@ -119,8 +123,11 @@ async def exchange_token_request(rest_url: str, token_request: dict[str, Any]) -
     import httpx
 
     url = f"{rest_url.rstrip('/')}/keys/{token_request['keyName']}/requestToken"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(REPLY_TIMEOUT_S)) as client:
-        resp = await client.post(url, json=token_request)
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(REPLY_TIMEOUT_S)) as client:
+            resp = await client.post(url, json=token_request)
+    except httpx.HTTPError as exc:
+        raise HubRequestError(0, "unreachable", f"cannot reach Ably at {rest_url}: {exc}") from exc
     if resp.status_code >= 400:
         try:
             err = resp.json()["error"]
@@ -176,7 +183,7 @@ class AblyPubSub(ReceivedQueue, PubSub):
         self._realtime = AblyRealtime(
             auth_callback=self._auth_callback, client_id=creds["node"], endpoint=endpoint,
             tls=not creds.get("rest_url", DEFAULT_REST_URL).startswith("http://"),
-            use_binary_protocol=False, auto_connect=False)
+            use_binary_protocol=True, auto_connect=False)
         state_changes: list[Any] = []
 
         def on_state(change: Any) -> None:
@@ -213,7 +220,7 @@ class AblyPubSub(ReceivedQueue, PubSub):
             channel.unsubscribe(listener)
         await channel.detach()
 
-    async def _publish(self, band: str, payload: str) -> None:
+    async def _publish(self, band: str, payload: bytes) -> None:
         await self._realtime.channels.get(band).publish("m", payload)
 
     async def _authorize(self) -> None:
@@ -225,10 +232,10 @@ class AblyPubSub(ReceivedQueue, PubSub):
             await realtime.close()
 
     def _deliver(self, band: str, message: Any) -> None:
-        try:
-            data = orjson.loads(message.data)
-        except (TypeError, orjson.JSONDecodeError):
-            return
+        data = message.data
+        if not isinstance(data, bytes | bytearray):
+            return  # not a node message (those are binary): another client's text or JSON
+        data = bytes(data)
         ts = int(message.timestamp or time.time() * 1000)
         self._thread.to_trio(self._put, PubSubMessage(band, message.client_id or "", data, ts))
 
@@ -276,8 +283,8 @@ class AblyPubSub(ReceivedQueue, PubSub):
         except Exception as exc:
             raise HubRequestError(502, "pubsub_unreachable", f"cannot connect to Ably: {exc!r}") from exc
 
-    async def publish(self, band: str, data: Any, *, ack: bool = False) -> None:
-        payload = orjson.dumps(data).decode()
+    async def publish(self, band: str, data: bytes, *, ack: bool = False) -> None:
+        payload = bytes(data)  # binary data: carried as it is by the MessagePack protocol
         if ack:
             await self._call(self._publish, band, payload)
         else:

@@ -21,7 +21,7 @@ Theory of operation.
 * Runtime. nats-py is asyncio-only: it runs on a private asyncio loop in a thread
   (:mod:`.asyncio_thread`); this module's :class:`NatsPubSub` is the trio face.
 
-Messages carry the JSON ``data`` as their payload; ``ts_ms`` is the receiver's clock (NATS
+A message's bytes are the NATS payload, as they are; ``ts_ms`` is the receiver's clock (NATS
 stamps nothing). Revocation takes effect when the node's credentials are renewed (tokens are
 short-lived, ``--token-ttl``) or at once for a daemon, which reconnects when its verified
 membership changes.
@@ -35,10 +35,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import trio
 
-from ...protocol.channel_errors import HubRequestError, MalformedRequestError
+from ...errors import HubRequestError, MalformedRequestError
 from . import nats_jwt
 from .asyncio_thread import AsyncioThread
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
@@ -203,9 +202,9 @@ class NatsPubSub(ReceivedQueue, PubSub):
     def _deliver(self, subj: str, payload: bytes) -> None:
         try:
             band, sender = band_of_subject(subj)
-            msg = PubSubMessage(band, sender, orjson.loads(payload), int(time.time() * 1000))
-        except (MalformedRequestError, orjson.JSONDecodeError):
+        except MalformedRequestError:
             return
+        msg = PubSubMessage(band, sender, bytes(payload), int(time.time() * 1000))
         self._thread.to_trio(self._put, msg)
 
     def _put(self, item: PubSubMessage | HubRequestError) -> None:
@@ -234,10 +233,10 @@ class NatsPubSub(ReceivedQueue, PubSub):
         with trio.fail_after(CONNECT_TIMEOUT_S + 1):
             await self._thread.run(self._conn.connect)
 
-    async def publish(self, band: str, data: Any, *, ack: bool = False) -> None:
+    async def publish(self, band: str, data: bytes, *, ack: bool = False) -> None:
         self._check_open()
         subj = subject(band, self.credentials["node"])
-        payload = orjson.dumps(data)
+        payload = bytes(data)  # NATS payloads are bytes: the message as it is
         if ack:
             with trio.fail_after(REPLY_TIMEOUT_S + 1):
                 self._denied(await self._thread.run(self._conn.publish, subj, payload, True))

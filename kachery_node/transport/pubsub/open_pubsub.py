@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ...protocol.channel_errors import MalformedRequestError
+from ...errors import MalformedRequestError
 from .pubsub_interface import PubSub, Renewer
 
 BACKENDS = ("embedded", "nats", "ably")

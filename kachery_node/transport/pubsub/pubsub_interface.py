@@ -2,6 +2,10 @@
 to publish and subscribe. Backends: ``embedded`` (the hub's WebSocket relay, this package),
 ``ably`` (token requests with capabilities) and ``nats`` (per-node user JWTs), chosen by the
 channel's config ``{"pubsub": {"backend": ...}}`` without changing protocol code.
+
+Messages are bytes (pub-sub v2): a node publishes its signed node messages
+(spec/node-protocol.md) as they are, and receives them as they were sent; every backend carries
+them natively (binary frames on the embedded relay, NATS payloads, Ably binary data).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PubSubMessage:
-    """A message received on a band: who published it (per the relay's token check) and when."""
+    """A message received on a band: its bytes, who published it (the node ID the service
+    vouches for: the relay's token check, the NATS subject, Ably's client ID) and when (the
+    service's clock, or the receiver's)."""
 
     band: str
     sender: str
-    data: Any
+    data: bytes
     ts_ms: int
 
 
@@ -55,8 +61,9 @@ class PubSub(ABC):
     """Node side: one connection to a channel's pub-sub service."""
 
     @abstractmethod
-    async def publish(self, band: str, data: Any, *, ack: bool = False) -> None:
-        """Publish JSON ``data`` on ``band`` (full band name); with ``ack``, wait for the relay."""
+    async def publish(self, band: str, data: bytes, *, ack: bool = False) -> None:
+        """Publish ``data`` on ``band`` (full band name); with ``ack``, wait until the service
+        took it (or refused it: HubRequestError)."""
 
     @abstractmethod
     async def subscribe(self, band: str) -> None:

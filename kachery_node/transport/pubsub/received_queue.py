@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from ...protocol.channel_errors import HubRequestError
+from ...errors import HubRequestError
 from .pubsub_interface import PubSubMessage
 
 RECEIVE_TIMEOUT_S = 10.0

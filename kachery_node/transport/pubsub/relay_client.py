@@ -1,17 +1,18 @@
 """The embedded backend: credentials for, and a trio client of, the hub's WebSocket relay.
 
-Wire protocol (spec/pubsub.md): every frame is a JSON array of operations (a single object is
-accepted too). The client sends ``auth``, ``subscribe``, ``unsubscribe``, ``publish``, ``pong``;
-the relay sends ``connected``, ``subscribed``, ``unsubscribed``, ``message``, ``ack``,
-``error``, ``heartbeat``. Outgoing publishes are batched per frame by the writer task.
+Wire protocol (spec/pubsub.md §3, v2): control operations are JSON arrays in text frames (the
+client sends ``auth``, ``subscribe``, ``unsubscribe``, ``pong``; the relay sends ``connected``,
+``subscribed``, ``unsubscribed``, ``ack``, ``error``, ``heartbeat``); messages travel as binary
+records (:mod:`kachery_node.protocol.relay_frames`): ``publish`` records from the client,
+``message`` records from the relay, carrying each message's bytes as they are. Outgoing
+operations and records are batched per frame (at most :data:`MAX_FRAME_BYTES`) by the writer task.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,8 +20,9 @@ import orjson
 import trio
 import trio_websocket
 
+from ...errors import HubRequestError, MalformedRequestError
 from ...identity import Keypair
-from ...protocol.channel_errors import HubRequestError
+from ...protocol import relay_frames
 from ...protocol.pubsub_tokens import issue_token
 from ..tls import require_secure_url, ssl_context
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
@@ -29,6 +31,8 @@ from .received_queue import ReceivedQueue
 CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
 RENEW_AT_FRACTION = 0.8  # renew when 80 % of the token's life has passed
+PROTOCOL_VERSION = 2  # the relay's wire protocol (spec/pubsub.md §3)
+MAX_FRAME_BYTES = 1 << 20  # what the relay accepts from a client
 
 
 class EmbeddedPubSubBackend(PubSubBackend):
@@ -57,9 +61,9 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._ws = ws
         self.credentials = credentials
         self._renew = renew
-        self._ids = itertools.count(1)
+        self._ids = _request_ids()
         self._pending: dict[int, tuple[trio.Event, list]] = {}
-        self._send_q: list[bytes] = []
+        self._send_q: list[tuple[bool, bytes]] = []  # (binary, event): a publish record, or JSON
         self._send_wake = trio.Event()
         self._recv_send, self._recv = trio.open_memory_channel[PubSubMessage | HubRequestError](math.inf)
         self.connected: dict[str, Any] = {}
@@ -67,16 +71,27 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
 
     # ------------------------------------------------------------------ plumbing
     def _queue(self, op: dict) -> None:
-        self._send_q.append(orjson.dumps(op))
+        self._send_q.append((False, orjson.dumps(op)))
         self._send_wake.set()
 
-    async def _request(self, op: dict) -> dict:
+    def _queue_record(self, record: bytes) -> None:
+        self._send_q.append((True, record))
+        self._send_wake.set()
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    async def _request(self, op: dict | None = None, record: tuple[str, bytes] | None = None) -> dict:
+        """Send a JSON operation, or a publish record (band, message), and wait for its reply."""
         if self._closed is not None:
             raise self._closed
-        op_id = next(self._ids)
+        op_id = self._next_id()
         event, box = trio.Event(), []
         self._pending[op_id] = (event, box)
-        self._queue({**op, "id": op_id})
+        if record is not None:
+            self._queue_record(relay_frames.encode_publish(op_id, *record))
+        else:
+            self._queue({**(op or {}), "id": op_id})
         with trio.fail_after(REPLY_TIMEOUT_S):
             await event.wait()
         reply = box[0]
@@ -89,37 +104,45 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         while True:
             await self._send_wake.wait()
             self._send_wake = trio.Event()
-            batch, self._send_q = self._send_q, []
-            if batch:
-                try:
-                    await self._ws.send_message((b"[" + b",".join(batch) + b"]").decode())
-                except trio_websocket.ConnectionClosed:
-                    return  # the reader reports why
+            queued, self._send_q = self._send_q, []
+            try:
+                for binary, frame in _frames(queued):
+                    await self._ws.send_message(frame if binary else frame.decode())
+            except trio_websocket.ConnectionClosed:
+                return  # the reader reports why
 
     async def _reader(self) -> None:
         try:
             while True:
                 frame = await self._ws.get_message()
+                if isinstance(frame, bytes):
+                    for m in relay_frames.decode_messages(frame):
+                        self._recv_send.send_nowait(PubSubMessage(m.band, m.sender, m.message, m.ts_ms))
+                    continue
                 ops = orjson.loads(frame)
                 for op in ops if isinstance(ops, list) else [ops]:
                     self._dispatch(op)
         except trio_websocket.ConnectionClosed as exc:
             reason = exc.reason
-            err = HubRequestError(400, "connection_closed",
-                                  f"relay closed the connection ({reason.code}: {reason.reason})")
-            self._closed = err
-            self._recv_send.send_nowait(err)
-            for event, box in self._pending.values():
-                box.append({"op": "error", "code": "connection_closed", "message": str(err)})
-                event.set()
+            self._end(HubRequestError(400, "connection_closed",
+                                      f"relay closed the connection ({reason.code}: {reason.reason})"))
+        except (MalformedRequestError, orjson.JSONDecodeError) as exc:
+            self._end(HubRequestError(502, "malformed_frame", f"the relay sent a malformed frame: {exc}"))
+            await self._ws.aclose()
         finally:
             self._recv_send.close()
 
+    def _end(self, err: HubRequestError) -> None:
+        """The connection is over: ``err`` for every waiting request and for the reader."""
+        self._closed = err
+        self._recv_send.send_nowait(err)
+        for event, box in self._pending.values():
+            box.append({"op": "error", "code": err.code, "message": str(err)})
+            event.set()
+
     def _dispatch(self, op: dict) -> None:
         kind = op.get("op")
-        if kind == "message":
-            self._recv_send.send_nowait(PubSubMessage(op["band"], op["from"], op.get("data"), op["ts_ms"]))
-        elif kind == "heartbeat":
+        if kind == "heartbeat":
             self._queue({"op": "pong"})
         elif "id" in op and op["id"] in self._pending:
             event, box = self._pending.pop(op["id"])
@@ -141,8 +164,16 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
 
     # ------------------------------------------------------------------ API
     async def authenticate(self) -> dict:
-        self.connected = await self._request({"op": "auth", "token": self.credentials["token"]})
+        self.connected = await self._auth(self.credentials["token"])
         return self.connected
+
+    async def _auth(self, token: str) -> dict:
+        reply = await self._request({"op": "auth", "token": token, "v": PROTOCOL_VERSION})
+        if reply.get("v") != PROTOCOL_VERSION:
+            raise HubRequestError(426, "unsupported_version",
+                                  f"the relay at {self.credentials.get('url')} speaks pub-sub "
+                                  f"v{reply.get('v', 1)}, this node v{PROTOCOL_VERSION}: upgrade the hub")
+        return reply
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Replace the token on the open connection (in-band, like Ably's AUTH)."""
@@ -150,15 +181,15 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
             raise HubRequestError(409, "backend_changed",
                                   f"the channel now uses the {credentials.get('backend')!r} pub-sub backend")
         self.credentials = credentials
-        self.connected = await self._request({"op": "auth", "token": credentials["token"]})
+        self.connected = await self._auth(credentials["token"])
 
-    async def publish(self, band: str, data: Any, *, ack: bool = False) -> None:
+    async def publish(self, band: str, data: bytes, *, ack: bool = False) -> None:
         if ack:
-            await self._request({"op": "publish", "band": band, "data": data})
+            await self._request(record=(band, data))
         else:
             if self._closed is not None:
                 raise self._closed
-            self._queue({"op": "publish", "band": band, "data": data})
+            self._queue_record(relay_frames.encode_publish(0, band, data))
             await trio.lowlevel.checkpoint()
 
     async def subscribe(self, band: str) -> None:
@@ -171,6 +202,39 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
 
     async def aclose(self) -> None:
         await self._ws.aclose()
+
+
+def _request_ids(start: int = 1) -> Iterator[int]:
+    """Ids for requests: ``start``, ... up to the largest u32, then from 1 again (a publish
+    record's id is a u32, and 0 asks for no reply)."""
+    yield from range(start, relay_frames.MAX_ID + 1)
+    while True:
+        yield from range(1, relay_frames.MAX_ID + 1)
+
+
+def _frames(queued: list[tuple[bool, bytes]]) -> list[tuple[bool, bytes]]:
+    """Queued events as frames: consecutive events of one kind together (JSON operations as an
+    array, records back to back), each frame at most :data:`MAX_FRAME_BYTES` unless a single
+    event is larger (the relay then refuses it as too large)."""
+    frames: list[tuple[bool, bytes]] = []
+    batch: list[bytes] = []
+    size = 0
+    binary = False
+
+    def flush() -> None:
+        if batch:
+            frames.append((binary, b"".join(batch) if binary else b"[" + b",".join(batch) + b"]"))
+            batch.clear()
+
+    for is_binary, event in queued:
+        if batch and (is_binary != binary or size + len(event) + 1 > MAX_FRAME_BYTES):
+            flush()
+        if not batch:
+            binary, size = is_binary, 2
+        batch.append(event)
+        size += len(event) + 1
+    flush()
+    return frames
 
 
 @asynccontextmanager

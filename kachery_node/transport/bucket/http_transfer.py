@@ -1,0 +1,174 @@
+"""Streamed transfers between a node and a bucket over HTTP, shared by every HTTP bucket client
+(the hub's embedded store, Google Cloud Storage).
+
+* **Downloads** go straight off the socket in a worker thread (:mod:`.direct_get`: a third of
+  httpx's CPU for large objects), and through httpx when that cannot be done (a proxy, a chunked
+  or encoded answer, a server that ignores ``Range``). Either way the bytes go, piece by piece,
+  to a :class:`~.bucket_interface.ByteSink` or into a new file, and are never held whole in
+  memory; ``progress(done, total)`` follows them.
+* **Uploads** are PUTs to a signed URL, streamed in 1 MiB pieces from bytes or a file, with the
+  exact ``Content-Length`` (a signed URL allows one size) and live progress.
+
+Failures are typed: :class:`~kachery_node.errors.NotFoundError` (404),
+:class:`~kachery_node.errors.HubRequestError` (another refusal, a body cut short, or the bucket
+unreachable: code ``unreachable``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import httpx
+
+from ...errors import HubRequestError, NotFoundError
+from ..tls import require_secure_url
+from .bucket_interface import ByteSink, Destination, ProgressCallback
+from .direct_get import DirectGet, DirectGetUnsupported, range_header
+
+log = logging.getLogger("kachery.bucket")
+
+HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+PIECE_BYTES = 1 << 20
+
+Write = Callable[[bytes | memoryview], object]
+
+
+def raise_for_status(resp: httpx.Response, what: str) -> None:
+    """Raise :class:`HubRequestError` for an error answer, with the bucket's own code and message
+    when it gave them (``{"error": {"code", "message"}}``)."""
+    if resp.status_code < 400:
+        return
+    try:
+        err = resp.json()["error"]
+        raise HubRequestError(resp.status_code, err["code"], err["message"])
+    except (ValueError, KeyError, TypeError):
+        raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
+
+
+def unreachable(what: str, exc: BaseException) -> HubRequestError:
+    """The error for a bucket that could not be reached or broke off (a network failure)."""
+    return HubRequestError(0, "unreachable", f"{what}: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _writer(dest: Destination) -> Iterator[Write]:
+    """A blocking ``write(piece)`` for ``dest``: the sink's own, or a new file's."""
+    if isinstance(dest, ByteSink):
+        yield dest.write_blocking
+        return
+    with open(os.fspath(dest), "xb") as f:
+        yield f.write
+
+
+async def download(client: httpx.AsyncClient, url: str, dest: Destination, *,
+                   start: int | None = None, end: int | None = None,
+                   progress: ProgressCallback | None = None,
+                   timeout: httpx.Timeout = HTTP_TIMEOUT) -> int:
+    """Stream ``url`` (bytes ``[start, end)`` of it if given) into ``dest``; returns the byte count."""
+    if end is not None and end == (start or 0):
+        return 0  # an empty range: HTTP cannot ask for it, and there is nothing to fetch
+    with _writer(dest) as write:
+        try:
+            return await _direct(url, write, start, end, progress, timeout)
+        except DirectGetUnsupported as why:
+            log.debug("downloading %s with httpx: %s", url, why)  # nothing was written
+        return await _with_httpx(client, url, write, start, end, progress)
+
+
+async def _direct(url: str, write: Write, start: int | None, end: int | None,
+                  progress: ProgressCallback | None, timeout: httpx.Timeout) -> int:
+    get = DirectGet(url, connect_timeout=timeout.connect or 10.0, read_timeout=timeout.read or 60.0,
+                    start=start, end=end)
+    report = None
+    if progress is not None:
+        def report(done: int, total: int) -> None:  # in the worker thread
+            anyio.from_thread.run_sync(progress, done, total)
+    try:
+        return await anyio.to_thread.run_sync(get.run, write, report, abandon_on_cancel=True)
+    except OSError as exc:  # a network failure or a timeout
+        get.abort()
+        raise unreachable(f"GET {url}", exc) from exc
+    except BaseException:
+        get.abort()  # cancelled: the abandoned thread neither writes nor reports any more
+        raise
+
+
+async def _with_httpx(client: httpx.AsyncClient, url: str, write: Write, start: int | None,
+                      end: int | None, progress: ProgressCallback | None) -> int:
+    wanted = range_header(start, end)
+    headers = {"Range": wanted} if wanted else {}
+    done = 0
+    try:
+        async with client.stream("GET", url, headers=headers) as resp:
+            if resp.status_code == 404:
+                raise NotFoundError(f"{url}: no such object")
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise_for_status(resp, f"GET {url}")
+            # A server that ignored the range (200) sends the whole object: keep [start, end).
+            skip = (start or 0) if wanted and resp.status_code == 200 else 0
+            limit = None if end is None or not (wanted and resp.status_code == 200) else end - (start or 0)
+            length = int(resp.headers.get("content-length", 0))
+            total = min(max(length - skip, 0), limit) if limit is not None else max(length - skip, 0)
+            async for piece in resp.aiter_bytes(PIECE_BYTES):
+                if skip:
+                    cut = min(skip, len(piece))
+                    piece, skip = piece[cut:], skip - cut
+                if limit is not None:
+                    piece = piece[: max(limit - done, 0)]
+                if piece:
+                    await anyio.to_thread.run_sync(write, piece)
+                    done += len(piece)
+                    if progress:
+                        progress(done, total)
+                if limit is not None and done >= limit:
+                    break
+    except httpx.HTTPError as exc:
+        raise unreachable(f"GET {url}", exc) from exc
+    return done
+
+
+async def put(client: httpx.AsyncClient, url: str, data: bytes | Path, *,
+              progress: ProgressCallback | None = None, what: str = "PUT") -> None:
+    """PUT ``data`` (bytes, or the whole content of a file) to a signed upload URL, streamed;
+    only where :func:`~kachery_node.transport.tls.require_secure_url` allows (checked before
+    connecting)."""
+    require_secure_url(url, "a signed upload")
+    size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+    # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
+    content = (_byte_pieces(data, progress) if isinstance(data, bytes)
+               else _file_pieces(Path(data), size, progress))
+    try:
+        resp = await client.put(url, content=content, headers={
+            "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+    except httpx.HTTPError as exc:
+        raise unreachable(what, exc) from exc
+    raise_for_status(resp, what)
+
+
+async def _byte_pieces(data: bytes, progress: ProgressCallback | None) -> AsyncIterator[bytes]:
+    view = memoryview(data)
+    for pos in range(0, len(data), PIECE_BYTES):
+        piece = view[pos : pos + PIECE_BYTES]
+        yield bytes(piece)
+        if progress:
+            progress(pos + len(piece), len(data))
+    if not data and progress:
+        progress(0, 0)
+
+
+async def _file_pieces(path: Path, size: int, progress: ProgressCallback | None) -> AsyncIterator[bytes]:
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := await anyio.to_thread.run_sync(f.read, PIECE_BYTES):
+            done += len(chunk)
+            if progress:
+                progress(done, size)
+            yield chunk
