@@ -30,6 +30,21 @@ class EmbeddedBucketBackend(BucketBackend):
                                node_id=node_id)
 
 
+def xml_error(body: bytes) -> tuple[str, str] | None:
+    """(code, message) of an S3-style XML error body (``<Error><Code>…</Code><Message>…``, what S3
+    and GCS's XML API answer), or None if ``body`` is not one."""
+    if not body.lstrip().startswith(b"<"):
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    code = root.findtext("Code") if root.tag == "Error" else None
+    return (code, root.findtext("Message") or code) if code else None
+
+
 def _raise_for(resp: httpx.Response, what: str) -> None:
     if resp.status_code < 400:
         return
@@ -37,7 +52,11 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
         err = resp.json()["error"]
         raise HubRequestError(resp.status_code, err["code"], err["message"])
     except (ValueError, KeyError, TypeError):
-        raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
+        pass
+    s3 = xml_error(resp.content)
+    if s3 is not None:  # an object store's own refusal: keep its code (SignatureDoesNotMatch, …)
+        raise HubRequestError(resp.status_code, s3[0], f"{what}: {s3[1]}") from None
+    raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
 
 
 class HttpBucket(Bucket):
