@@ -196,8 +196,9 @@ class MotoS3:
         resp = httpx.put(f"{self.endpoint}/{name}", timeout=10)
         assert resp.status_code == 200, resp.text
         if public_read:
+            # S3 authorizes HEAD with s3:GetObject; moto looks for an action it calls s3:HeadObject.
             policy = {"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+                {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject"],
                  "Resource": [f"arn:aws:s3:::{name}/*"]},
                 {"Effect": "Allow", "Principal": "*", "Action": ["s3:ListBucket"],
                  "Resource": [f"arn:aws:s3:::{name}"]}]}
@@ -207,7 +208,8 @@ class MotoS3:
         return name
 
     @staticmethod
-    def key_file(path: Path, key_id: str = "AKIAKACHERYTEST00001", secret: str = "kachery/test+secret") -> Path:
+    def key_file(path: Path, key_id: str = "AKIAKACHERYTEST00001",
+                 secret: str = "kachery/test+secret") -> Path:
         """An access key file as ``--s3-key-file`` takes it (ID, then secret; 0600)."""
         path.write_text(f"{key_id}\n{secret}\n")
         path.chmod(0o600)
