@@ -24,10 +24,11 @@ import trio
 
 from kachery_node.errors import NotFoundError
 from kachery_node.protocol.channel_errors import HubRequestError
-from kachery_node.transport.bucket.http_bucket import xml_error
+from kachery_node.transport.bucket.direct_get import DirectGet
 from kachery_node.transport.bucket.open_bucket import open_bucket
 from kachery_node.transport.bucket.s3_backend import S3Bucket
 from kachery_node.transport.bucket.s3_signing import presign_url
+from kachery_node.transport.bucket.xml_errors import xml_error
 from tests.cloud.test_gcs import _script
 from tests.hub.conftest import Actor, HubProcess
 from tests.network.conftest import ALL_ROLES, Lab
@@ -230,11 +231,16 @@ def test_a_refused_put_is_a_typed_error_with_s3s_code(case):
             try:
                 with pytest.raises(HubRequestError) as e:
                     await b.put(f"http://127.0.0.1:{port}/bkt/lab/x?X-Amz-Signature=00", b"abc")
+                # The daemon's direct-socket download reads the same refusal the same way.
+                get = DirectGet(f"http://127.0.0.1:{port}/bkt/lab/x", connect_timeout=5, read_timeout=5)
+                with pytest.raises(HubRequestError) as e_get:
+                    await trio.to_thread.run_sync(get.run, lambda piece: None)
             finally:
                 await b.aclose()
             nursery.cancel_scope.cancel()
         assert (e.value.status, e.value.code) == (status, code)
         assert xml_error(body)[1] in e.value.message and "PUT" in e.value.message
+        assert (e_get.value.status, e_get.value.code) == (status, code)
 
     trio.run(main)
 

@@ -9,6 +9,7 @@ from ...identity import Keypair
 from ...protocol.channel_errors import HubRequestError
 from ...protocol.signed_urls import sign_upload_url, validate_object_key
 from .bucket_interface import Bucket, BucketBackend, ObjectInfo
+from .xml_errors import xml_error
 
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -28,21 +29,6 @@ class EmbeddedBucketBackend(BucketBackend):
     def signed_upload_url(self, key: str, *, max_size: int, expires: int, node_id: str) -> str:
         return sign_upload_url(self.hub_key, self.base_url, key, max_size=max_size, expires=expires,
                                node_id=node_id)
-
-
-def xml_error(body: bytes) -> tuple[str, str] | None:
-    """(code, message) of an S3-style XML error body (``<Error><Code>…</Code><Message>…``, what S3
-    and GCS's XML API answer), or None if ``body`` is not one."""
-    if not body.lstrip().startswith(b"<"):
-        return None
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    code = root.findtext("Code") if root.tag == "Error" else None
-    return (code, root.findtext("Message") or code) if code else None
 
 
 def _raise_for(resp: httpx.Response, what: str) -> None:

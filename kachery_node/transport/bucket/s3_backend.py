@@ -22,7 +22,7 @@ Theory of operation (the GCS backend's, with S3's names).
 * Errors. S3 answers a refusal with ``<Error><Code>…</Code><Message>…</Message></Error>``; the
   node raises HubRequestError with that code (``SignatureDoesNotMatch`` for a wrong secret or a
   PUT of another size, ``InvalidAccessKeyId`` for an unknown key, ``AccessDenied`` with "Request
-  has expired" for an expired URL), see :func:`~.http_bucket.xml_error`.
+  has expired" for an expired URL), see :mod:`.xml_errors`.
 
 Key file (``kachery channel create --s3-key-file FILE``): two lines, the access key ID then the
 secret access key, as S3 services show them when a key is made; blank lines and surrounding
