@@ -207,9 +207,10 @@ class MotoS3:
             assert resp.status_code in (200, 204), resp.text
         return name
 
+    KEY_ID, SECRET = "AKIAKACHERYTEST00001", "kachery/test+secret"  # moto takes any key
+
     @staticmethod
-    def key_file(path: Path, key_id: str = "AKIAKACHERYTEST00001",
-                 secret: str = "kachery/test+secret") -> Path:
+    def key_file(path: Path, key_id: str = KEY_ID, secret: str = SECRET) -> Path:
         """An access key file as ``--s3-key-file`` takes it (ID, then secret; 0600)."""
         path.write_text(f"{key_id}\n{secret}\n")
         path.chmod(0o600)

@@ -59,8 +59,9 @@ class GcsObject:
 
 @dataclass(frozen=True)
 class S3Object:
-    """One object of a moto S3 bucket, read and written behind the hub's back (moto takes
-    unsigned PUTs); the same methods as :class:`GcsObject`."""
+    """One object of a moto S3 bucket, read and written behind the hub's back (with a URL
+    presigned with the channel's key: what someone holding it could do); the same methods as
+    :class:`GcsObject`."""
 
     endpoint: str
     bucket: str
@@ -81,7 +82,13 @@ class S3Object:
         return resp.content
 
     def write_bytes(self, data: bytes) -> None:
-        httpx.put(self.url, content=data, timeout=30).raise_for_status()
+        from kachery_node.transport.bucket.s3_signing import presign_url
+        from tests.standins import MotoS3
+
+        url = presign_url(f"{self.endpoint}/{self.bucket}/{self.key}", method="PUT",
+                          access_key_id=MotoS3.KEY_ID, secret=MotoS3.SECRET, region="us-east-1", expires_s=60,
+                          headers={"content-length": str(len(data))})
+        httpx.put(url, content=data, timeout=30).raise_for_status()
 
 
 class Lab:
