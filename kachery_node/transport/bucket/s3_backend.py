@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ...protocol.channel_errors import MalformedRequestError
 from ...protocol.signed_urls import validate_object_key
 from .bucket_interface import BucketBackend
@@ -145,9 +143,6 @@ _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 class S3Bucket(HttpBucket):
     """Reads a public S3 bucket over HTTP: GET (with ranges) and HEAD from :class:`HttpBucket`,
     listing with ListObjectsV2; writes are PUTs to the hub's presigned URLs."""
-
-    def __init__(self, read_url: str, client: httpx.AsyncClient | None = None) -> None:
-        super().__init__(read_url, client)
 
     async def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
