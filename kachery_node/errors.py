@@ -79,3 +79,13 @@ class NotInitializedError(KacheryError):
 
 class ConfigError(KacheryError):
     """The node's config.toml is unreadable or holds a bad value."""
+
+
+class InsecureUrlError(ConfigError):
+    """A secret (a bearer token, a signed request or upload, a channel's cloud secret) would go
+    over plain HTTP to another machine; refused before connecting. ``url`` is the refused URL.
+    Use https, or ``--insecure-http`` / ``KACHERY_INSECURE_HTTP=1`` if you really mean it."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url

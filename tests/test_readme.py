@@ -55,3 +55,15 @@ def test_readme_uses_only_channels_it_created_before():
         if used != "NAME":  # the backends section's placeholder
             line = README[: match.start()].count("\n") + 1
             assert used in created, f"README line {line} uses channel {used!r} before creating it"
+
+
+def test_readme_unit_suite_command_runs_in_seconds():
+    """README's unit-suite command works as written and selects the pure tests only."""
+    block = next(b for b in _blocks("bash") if "-m e2e" in b)
+    unit_command = block.splitlines()[0].split("#")[0].split()
+    assert unit_command[:2] == ["pytest", "-q"], unit_command
+    result = subprocess.run([sys.executable, "-m", *unit_command, "-p", "no:cacheprovider"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    seconds = float(re.search(r"passed in ([\d.]+)s", result.stdout).group(1))
+    assert seconds < 60, result.stdout[-500:]  # README says seconds; 60 leaves room for a loaded CI machine

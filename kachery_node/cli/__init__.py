@@ -24,6 +24,7 @@ from .file_commands import cat, link, load, store, upload
 from .mutable_commands import mutable
 from .node_commands import info, init
 from .output import CommandGroup
+from .tls_options import tls_options
 
 
 class _Group(CommandGroup):
@@ -59,6 +60,7 @@ class _Group(CommandGroup):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kachery")
+@tls_options
 def main() -> None:
     """kachery: share files, live feeds and task results between computers.
 

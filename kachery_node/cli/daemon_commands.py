@@ -11,7 +11,9 @@ import click
 
 from ..config import default_storage_dir
 from ..daemon_client import DaemonClient, start_daemon
+from ..transport.tls import ssl_context
 from .output import CommandGroup, echo_json, json_option
+from .tls_options import tls_options
 
 
 @click.group(cls=CommandGroup)
@@ -20,6 +22,7 @@ def node() -> None:
 
 
 @node.command()
+@tls_options
 @click.option("--port", type=int, default=None,
               help="Local API port (default $KACHERY_DAEMON_PORT or 20431).")
 @click.option("--foreground", is_flag=True, help="Run in this process instead of detaching.")
@@ -30,6 +33,7 @@ def start(port: int | None, foreground: bool, as_json: bool) -> None:
 
     storage_dir = default_storage_dir()
     load_node_config(storage_dir)  # NotInitializedError: "run `kachery init`", before spawning anything
+    ssl_context()  # ConfigError naming a bad $KACHERY_CA_FILE, here rather than in the daemon's log
     if foreground:
         from ..daemon.process import run  # trio, hypercorn, httpx: only when running it here
 

@@ -9,6 +9,7 @@ import click
 
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
 from .output import CommandGroup, echo_json, json_option
+from .tls_options import tls_options
 
 
 class _HubOption(click.Option):
@@ -18,8 +19,14 @@ class _HubOption(click.Option):
         return f"{super().get_error_hint(ctx)} (or set KACHERY_HUB_URL, e.g. http://127.0.0.1:8080)"
 
 
-hub_option = click.option("--hub", "hub_url", cls=_HubOption, envvar="KACHERY_HUB_URL", required=True,
-                          help="The hub's URL (or $KACHERY_HUB_URL), e.g. http://127.0.0.1:8080.")
+_hub_url_option = click.option("--hub", "hub_url", cls=_HubOption, envvar="KACHERY_HUB_URL", required=True,
+                               help="The hub's URL (or $KACHERY_HUB_URL), e.g. https://hub.lab.example "
+                                    "or http://127.0.0.1:8080.")
+
+
+def hub_option(f):
+    """``--hub URL``, with ``--ca-file`` and ``--insecure-http`` (cli/tls_options.py)."""
+    return tls_options(_hub_url_option(f))
 
 
 def user_client(hub_url: str, node: bool = False):
@@ -47,10 +54,17 @@ def hub() -> None:
               show_default="~/kachery-hub",
               help="Where the hub keeps its key, database, feeds and bucket (or $KACHERY_HUB_DIR).")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (loopback by default; put a TLS proxy in front to expose it).")
+              help="Address to listen on (loopback by default; to expose it, serve TLS with "
+                   "--tls-cert/--tls-key or put a TLS proxy in front).")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free port).")
 @click.option("--public-url",
-              help="The URL nodes and browsers use to reach this hub (default: the bound address).")
+              help="The URL nodes and browsers use to reach this hub (default: the bound address), "
+                   "e.g. https://hub.lab.example:8443.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve HTTPS (and wss:// for the relay) with this PEM certificate (chain); "
+                   "needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The PEM private key of --tls-cert (keep it readable only by the hub's user).")
 @click.option("--token-ttl", type=float, default=DEFAULT_TOKEN_TTL_MS / 1000, show_default=True,
               help="Lifetime of pub-sub tokens, seconds.")
 @click.option("--max-message-bytes", type=int, default=64 * 1024, show_default=True,
@@ -64,10 +78,14 @@ def hub() -> None:
               help="Undelivered bytes a relay subscriber may fall behind before it is dropped (4008).")
 @click.option("--max-connections-per-node", type=click.IntRange(min=1), default=8, show_default=True,
               help="Relay connections one node may hold open on one channel.")
-def serve(hub_dir: Path, host: str, port: int, public_url: str | None, token_ttl: float,
-          max_message_bytes: int, max_publish_rate: float, heartbeat: float, max_queue_bytes: int,
-          max_connections_per_node: int) -> None:
+def serve(hub_dir: Path, host: str, port: int, public_url: str | None, tls_cert: Path | None,
+          tls_key: Path | None, token_ttl: float, max_message_bytes: int, max_publish_rate: float,
+          heartbeat: float, max_queue_bytes: int, max_connections_per_node: int) -> None:
     """Serve the hub API, web UI, pub-sub relay and bucket in one process."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together (the certificate and its key)")
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise click.BadParameter("an http:// or https:// URL", param_hint="--public-url")
     from ..hub.app import HubSettings
     from ..hub.relay import RelayLimits
     from ..hub.serve import run_hub
@@ -77,7 +95,8 @@ def serve(hub_dir: Path, host: str, port: int, public_url: str | None, token_ttl
                          idle_timeout_s=3 * heartbeat, max_queue_bytes=max_queue_bytes,
                          max_connections_per_node=max_connections_per_node)
     settings = HubSettings(token_ttl_ms=int(token_ttl * 1000), relay=limits)
-    run_hub(hub_dir, host, port, public_url, settings)
+    run_hub(hub_dir, host, port, public_url, settings,
+            (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None)
 
 
 @hub.command()

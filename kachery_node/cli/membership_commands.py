@@ -16,6 +16,7 @@ from ..protocol.roles import ROLES, validate_roles
 from .daemon_commands import node  # re-exported: cli/__init__ loads the node group from here
 from .hub_commands import hub_option, user_client
 from .output import echo_json, json_option
+from .tls_options import tls_options
 
 
 def _parse_roles(values: tuple[str, ...]) -> list[str]:
@@ -78,6 +79,7 @@ def join(channel: str, hub_url: str, role_values: tuple[str, ...], add_values: t
 @click.argument("channel")
 @click.option("--hub", "hub_url", envvar="KACHERY_HUB_URL",
               help="The hub's URL (default: the one the node joined CHANNEL on).")
+@tls_options
 def leave(channel: str, hub_url: str | None) -> None:
     """Leave CHANNEL: the node asks for no roles there any more and forgets the channel."""
     from ..config import default_storage_dir, load_node_config

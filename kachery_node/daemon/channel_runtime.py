@@ -45,6 +45,7 @@ from ..transport.bucket.http_bucket import HttpBucket
 from ..transport.bucket.open_bucket import open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
+from ..transport.tls import require_secure_url, ssl_context
 from .channel_link import BucketObjectMissing, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
@@ -88,7 +89,7 @@ class ChannelRuntime:
         self._hub = HubClient(self.hub_url, node_key=node_key)
         self._pubsub = None
         self._bucket: HttpBucket | None = None
-        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=ssl_context())
         self._replays = ReplayGuard()
         self._last_refresh = 0.0
         self.connected = anyio.Event()
@@ -232,6 +233,7 @@ class ChannelRuntime:
     async def _put(
         self, url: str, path: str, data: bytes | Path, size: int, progress: ProgressCallback | None
     ) -> None:
+        require_secure_url(url, "a signed upload")  # before connecting (embedded bucket: the hub's URL)
         # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
         content = (
             _file_chunks(Path(data), size, progress)

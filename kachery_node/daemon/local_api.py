@@ -1,6 +1,6 @@
 """The daemon's local HTTP API on 127.0.0.1, for the Python client, the CLI and local web pages.
 
-Authentication (``tokens.py``): requests carry ``Authorization: Bearer <token>``. The client
+Authentication (:mod:`.local_tokens`): requests carry ``Authorization: Bearer <token>``. The client
 token allows everything and travels only in that header; the browser token allows only the
 read-only endpoints marked ``browser`` below, and may also travel as ``?token=<token>`` (for
 ``EventSource``, which cannot set headers). The client token in a URL is refused (403): URLs end
@@ -21,8 +21,15 @@ Endpoints (JSON unless noted):
 ``POST /api/stop``                     client   graceful shutdown
 ``GET  /api/feeds/messages``           browser  ``?uri=&start=&end=`` records of a subfeed
 ``GET  /api/feeds/stream``             browser  ``?uri=&start=`` Server-Sent Events, resumable
+``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
+``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
+                                                from a channel, then its local path
+``POST /api/files/upload``             client   upload a stored file to a channel's bucket
 ``GET  /viewer``                       none     the built-in live viewer page (HTML)
 =====================================  =======  ============================================
+
+The task endpoints (``/api/tasks/poll``, ``/update``, ``/request``) are in
+:mod:`.local_api_tasks`, with their own table.
 
 The stream sends one SSE event per message: ``id`` is the message number (so a reconnecting
 ``EventSource`` resumes after the last one it saw through ``Last-Event-ID``) and ``data`` is the
@@ -347,7 +354,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/files/upload", upload, methods=["POST"]),
         Route("/viewer", viewer, methods=["GET"]),
     ]
-    # -- tasks (issue 6): the endpoints live in tasks_api.py
+    # The task endpoints live in local_api_tasks.py.
     from .local_api_tasks import task_routes
 
     routes += task_routes(ctx)

@@ -1,5 +1,10 @@
 """``kachery hub serve``: run the hub (API, web UI, relay, bucket) in one trio process.
 
+With ``tls=(certificate, key)`` (PEM files; ``--tls-cert``/``--tls-key``) the hub serves HTTPS and
+its relay ``wss://`` itself (hypercorn's TLS; the certificate file may hold the chain). Without,
+it serves plain HTTP: fine on loopback or behind a TLS proxy, and nodes refuse to send it secrets
+from another machine (transport/tls.py).
+
 Once bound, the hub writes ``<hub dir>/hub.json`` (``url``, ``hub_id``, ``pid``) and prints one
 line ``kachery hub <hub_id> listening at <url>`` on stdout, so scripts and tests can start it on
 port 0 and find it. SIGINT/SIGTERM shut it down cleanly.
@@ -22,6 +27,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..transport.tls import is_loopback_host
 from .app import Hub, HubSettings, create_app
 from .http_limits import RequestLimits
 from .state import HubState
@@ -86,10 +92,26 @@ def _setup_logging(hub_dir: Path) -> None:
         root.addHandler(handler)
 
 
+def check_tls_files(cert: Path, key: Path) -> None:
+    """Load the certificate and key once, so that a wrong file is a clear error at start
+    (:class:`~kachery_node.errors.ConfigError`), not a failure of every connection later."""
+    import ssl
+
+    from ..errors import ConfigError
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot serve TLS with --tls-cert {cert} --tls-key {key}: {exc} (both are "
+                          "PEM files; the key must match the certificate's first entry)") from exc
+
+
 async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
                     public_url: str | None = None, settings: HubSettings | None = None,
+                    tls: tuple[Path, Path] | None = None,
                     *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until cancelled (or SIGINT/SIGTERM)."""
+    """Serve until cancelled (or SIGINT/SIGTERM); over TLS with ``tls=(cert file, key file)``."""
     state = HubState(hub_dir)
     hub = Hub(state, settings)
     limits = hub.settings.http
@@ -102,6 +124,10 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
     # Hypercorn's keep-alive timeout runs from a connection's start (or its previous response)
     # until a request's headers are complete: it is the header deadline, and the idle limit.
     config.keep_alive_timeout = limits.header_timeout_s
+    if tls is not None:
+        check_tls_files(*tls)
+        config.certfile, config.keyfile = str(tls[0]), str(tls[1])
+        config.ssl_handshake_timeout = limits.header_timeout_s  # a stalled handshake holds a slot too
     max_connections = connection_bound(limits.max_connections)
     _BoundedTCPServer.slots = trio.CapacityLimiter(max_connections)
     shutdown = trio.Event()
@@ -117,6 +143,10 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
             os.replace(tmp, hub_dir / "hub.json")
             log.info("hub %s listening at %s (dir %s; at most %d connections)", state.hub_id, hub.public_url,
                      hub_dir, max_connections)
+            if tls is None and not is_loopback_host(host) and not hub.public_url.startswith("https:"):
+                log.warning("serving plain HTTP on %s: nodes on other machines will refuse to send "
+                            "this hub secrets; use --tls-cert/--tls-key, or a TLS proxy and "
+                            "--public-url https://…", host)
             print(f"kachery hub {state.hub_id} listening at {hub.public_url}", flush=True)
             task_status.started(hub)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -129,7 +159,10 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
         state.close()
 
 
-def run_hub(hub_dir: Path, host: str, port: int, public_url: str | None, settings: HubSettings) -> None:
+def run_hub(hub_dir: Path, host: str, port: int, public_url: str | None, settings: HubSettings,
+            tls: tuple[Path, Path] | None = None) -> None:
+    if tls is not None:
+        check_tls_files(*tls)  # before creating anything
     hub_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(hub_dir)
-    trio.run(serve_hub, hub_dir, host, port, public_url, settings)
+    trio.run(serve_hub, hub_dir, host, port, public_url, settings, tls)

@@ -18,8 +18,10 @@ import httpx
 from ..identity import Keypair
 from ..protocol.channel_errors import HubRequestError
 from ..protocol.hub_requests import make_body, sign_body
+from .tls import describe_tls_failure, require_secure_url, ssl_context
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+SECRETS = "signed requests (and the secrets they carry)"  # what require_secure_url protects here
 
 
 def _check(resp: httpx.Response) -> httpx.Response:
@@ -35,14 +37,19 @@ def _check(resp: httpx.Response) -> httpx.Response:
 
 class HubClient:
     """Signed requests to one hub. Pass ``user_key`` for a person's requests, ``node_key`` for a
-    node's; registering a node needs both."""
+    node's; registering a node needs both.
+
+    Every request first checks that ``url`` may carry signed requests (https, or http to this
+    machine: :func:`~kachery_node.transport.tls.require_secure_url`), before connecting; ``https``
+    hubs are verified with :func:`~kachery_node.transport.tls.ssl_context` (system store, or the
+    lab's CA from ``$KACHERY_CA_FILE``)."""
 
     def __init__(self, url: str, *, user_key: Keypair | None = None, node_key: Keypair | None = None,
                  http: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
         self.user_key = user_key
         self.node_key = node_key
-        self._http = http or httpx.Client(timeout=TIMEOUT)
+        self._http = http or httpx.Client(timeout=TIMEOUT, verify=ssl_context())
         self._hub_id: str | None = None
 
     def close(self) -> None:
@@ -61,12 +68,15 @@ class HubClient:
         return self._hub_id
 
     def info(self) -> dict[str, Any]:
+        # Checked here too: the hub ID this answers is what the signed requests that follow sign.
+        require_secure_url(self.url, SECRETS)
         try:
             return _check(self._http.get(f"{self.url}/api/hub")).json()
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        require_secure_url(self.url, SECRETS)
         try:
             return _check(self._http.post(f"{self.url}{path}", content=body,
                                           headers={**headers, "Content-Type": "application/json"}))
@@ -167,6 +177,9 @@ class HubClient:
 
 def _unreachable(url: str, exc: httpx.HTTPError) -> HubRequestError:
     """No answer from the hub at all (status 0): say what was tried and what to check."""
+    tls = describe_tls_failure(exc, url)
+    if tls is not None:
+        return HubRequestError(0, "tls_failed", tls)
     why = str(exc) or type(exc).__name__
     return HubRequestError(0, "unreachable", f"cannot reach the hub at {url} ({why}): is "
                            "`kachery hub serve` running there, and is the URL right (--hub or "

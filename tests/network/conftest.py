@@ -96,8 +96,9 @@ class Lab:
 
     def __init__(self, root, hub: HubProcess, channel: str = "lab", create_args: tuple[str, ...] = (),
                  backends: str = "embedded+embedded", gcs: tuple[str, str] | None = None,
-                 s3: tuple[str, str] | None = None) -> None:
+                 s3: tuple[str, str] | None = None, node_env: dict[str, str] | None = None) -> None:
         self.root, self.hub, self.channel = root, hub, channel
+        self.node_env = node_env or {}  # added to every node's environment (e.g. KACHERY_CA_FILE)
         self.create_args = create_args  # `kachery channel create` options choosing the backends
         self.backends = backends
         self.gcs = gcs  # (emulator endpoint, bucket name) when the channel's bucket is GCS
@@ -108,6 +109,7 @@ class Lab:
     def add_node(self, label: str, roles: list[str], *, grant: list[str] | None = None,
                  start: bool = True) -> TestNode:
         node = TestNode(self.root, label)
+        node.env.update(self.node_env)
         node.env["KACHERY_HUB_URL"] = self.hub.url
         if self.owner is None:
             self.owner = node

@@ -7,17 +7,17 @@ Why not httpx for these: a bucket object of 20 MB or more (a chunk of a large fi
 buffer, which the caller's ``write`` consumes (hash and ``pwrite``, both releasing the GIL)
 before the next ``recv_into``: one copy from the kernel, none in Python.
 
-Only the plain case is handled: ``GET`` of a whole object over HTTP/1.1 (``https`` with the
-system's CA store and SNI), a response with ``Content-Length`` and no transfer or content
-coding, no proxy configured. Anything else raises :class:`DirectGetUnsupported` before a byte
-reaches ``write``, and the caller uses its general HTTP client instead.
+Only the plain case is handled: ``GET`` of a whole object over HTTP/1.1 (``https`` with SNI,
+certificates checked as by every other client: :func:`~kachery_node.transport.tls.ssl_context`),
+a response with ``Content-Length`` and no transfer or content coding, no proxy configured.
+Anything else raises :class:`DirectGetUnsupported` before a byte reaches ``write``, and the
+caller uses its general HTTP client instead.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ import orjson
 
 from ...errors import NotFoundError
 from ...protocol.channel_errors import HubRequestError
+from ..tls import ssl_context
 from .xml_errors import xml_error
 
 BUFFER_BYTES = 1 << 20
@@ -118,7 +119,7 @@ class DirectGet:
             sock.settimeout(self._read_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._https:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+                sock = ssl_context().wrap_socket(sock, server_hostname=self._host)
         except BaseException:
             sock.close()
             raise

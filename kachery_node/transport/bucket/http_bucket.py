@@ -8,6 +8,7 @@ from ...errors import NotFoundError
 from ...identity import Keypair
 from ...protocol.channel_errors import HubRequestError
 from ...protocol.signed_urls import sign_upload_url, validate_object_key
+from ..tls import require_secure_url, ssl_context
 from .bucket_interface import Bucket, BucketBackend, ObjectInfo
 from .xml_errors import xml_error
 
@@ -46,11 +47,15 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
 
 
 class HttpBucket(Bucket):
-    """Reads and writes a bucket over plain HTTP (the embedded bucket; public GCS reads too)."""
+    """Reads and writes a bucket over HTTP(S) (the embedded bucket; public GCS reads too).
+
+    Reads are public (everything read is verified by hash or signature), so any URL is fine for
+    them; a signed upload goes only where :func:`~kachery_node.transport.tls.require_secure_url`
+    allows."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        self._client = client or httpx.AsyncClient(timeout=HTTP_TIMEOUT, verify=ssl_context())
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -76,6 +81,7 @@ class HttpBucket(Bucket):
         return ObjectInfo(key, int(resp.headers["content-length"]), resp.headers.get("etag", ""))
 
     async def put(self, signed_url: str, data: bytes) -> None:
+        require_secure_url(signed_url, "a signed upload")
         resp = await self._client.put(signed_url, content=data,
                                       headers={"Content-Type": "application/octet-stream"})
         _raise_for(resp, "PUT")

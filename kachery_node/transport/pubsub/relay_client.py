@@ -22,6 +22,7 @@ import trio_websocket
 from ...identity import Keypair
 from ...protocol.channel_errors import HubRequestError
 from ...protocol.pubsub_tokens import issue_token
+from ..tls import require_secure_url, ssl_context
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .received_queue import ReceivedQueue
 
@@ -31,7 +32,8 @@ RENEW_AT_FRACTION = 0.8  # renew when 80 % of the token's life has passed
 
 
 class EmbeddedPubSubBackend(PubSubBackend):
-    """Issues hub-signed tokens for the relay at ``relay_url`` (``ws://host:port/pubsub``)."""
+    """Issues hub-signed tokens for the relay at ``relay_url`` (``wss://host:port/pubsub``;
+    ``ws://`` without TLS)."""
 
     name = "embedded"
 
@@ -177,10 +179,14 @@ async def open_embedded_pubsub(credentials: dict[str, Any], renew: Renewer | Non
     """Connect to the relay named in ``credentials``, authenticate, and yield the connection.
 
     With ``renew`` (a coroutine returning fresh credentials), the token is renewed in-band
-    before it expires.
+    before it expires. The token is a bearer token: it goes only over ``wss://`` or to this
+    machine (transport/tls.py), checked before connecting.
     """
+    url = credentials["url"]
+    require_secure_url(url, "a pub-sub token")
+    tls = ssl_context() if url.lower().startswith("wss:") else None
     async with trio_websocket.open_websocket_url(
-            credentials["url"], max_message_size=16 << 20, connect_timeout=CONNECT_TIMEOUT_S,
+            url, ssl_context=tls, max_message_size=16 << 20, connect_timeout=CONNECT_TIMEOUT_S,
             disconnect_timeout=2) as ws, trio.open_nursery() as nursery:
         client = EmbeddedPubSub(ws, credentials, renew)
         nursery.start_soon(client._writer)

@@ -1,0 +1,58 @@
+"""bucket/direct_get.py over TLS: its own socket trusts what every other client trusts
+(transport/tls.py: the system's store plus the lab's CA from KACHERY_CA_FILE), against a real
+TLS server on 127.0.0.2 with a certificate from the test's own CA."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+
+from kachery_node.transport.bucket.direct_get import DirectGet
+from tests.tls_certs import TestCA
+
+BODY = b"x" * 300_000
+
+
+def _tls_server(cert, key) -> tuple[socket.socket, int]:
+    """A one-object HTTPS server in a thread (answers every connection with BODY)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    sock = socket.socket()
+    sock.bind(("127.0.0.2", 0))
+    sock.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BODY) + BODY)
+            except (OSError, ssl.SSLError):
+                pass  # a client that refused our certificate
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, sock.getsockname()[1]
+
+
+def test_direct_get_trusts_the_lab_ca_and_only_it(tmp_path, monkeypatch):
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("bucket", ["127.0.0.2"])
+    sock, port = _tls_server(server.cert, server.key)
+    url = f"https://127.0.0.2:{port}/bucket/lab/sha1/ab/cd/ef/x"
+    try:
+        monkeypatch.delenv("KACHERY_CA_FILE", raising=False)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            DirectGet(url, connect_timeout=5, read_timeout=5).run(lambda piece: None)
+        monkeypatch.setenv("KACHERY_CA_FILE", str(ca.cert))
+        got = bytearray()
+        assert DirectGet(url, connect_timeout=5, read_timeout=5).run(got.extend) == len(BODY)
+        assert bytes(got) == BODY
+    finally:
+        sock.close()
