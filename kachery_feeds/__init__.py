@@ -17,11 +17,13 @@ from .errors import (
     InvalidPayloadError,
     InvalidUriError,
     MissingMessagesError,
+    NotAStoreError,
     NotWriteableError,
     StoreVersionError,
     UnknownFeedError,
     VerificationError,
 )
+from .filesystems import NetworkFileSystemError
 from .forks import ForkProofInfo, verify_fork_proof
 from .messages import (
     FORMAT_VERSION,
@@ -49,6 +51,8 @@ __all__ = [
     "InvalidUriError",
     "MessageRecord",
     "MissingMessagesError",
+    "NetworkFileSystemError",
+    "NotAStoreError",
     "NotWriteableError",
     "ParsedMessage",
     "Problem",

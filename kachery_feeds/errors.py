@@ -73,3 +73,9 @@ class InvalidPayloadError(FeedError, ValueError):
 
 class StoreVersionError(FeedError):
     """The store was written by a newer version of kachery_feeds than this one."""
+
+
+class NotAStoreError(FeedError):
+    """The file is an SQLite database, but not a kachery_feeds store (it has tables and no
+    schema version: another program's database, such as the original kachery's feeds.db).
+    It is left unchanged: not migrated, not switched to WAL."""

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,10 +36,12 @@ from .errors import (
     InvalidPayloadError,
     InvalidUriError,
     MissingMessagesError,
+    NotAStoreError,
     NotWriteableError,
     UnknownFeedError,
     short_repr,
 )
+from .filesystems import require_local_filesystem
 from .forks import build_fork_proof
 from .messages import (
     build_body,
@@ -79,6 +81,20 @@ def _make_private_dirs(directory: Path) -> None:
             pass
 
 
+def _refuse_foreign_database(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise :class:`NotAStoreError` for a database that holds tables but no store schema
+    version: someone else's (the original kachery's feeds.db has ``feeds`` too). Checked before
+    anything is written, so such a file is neither migrated nor switched to WAL."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] != 0:
+        return
+    tables = sorted(r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"))
+    if tables:
+        raise NotAStoreError(
+            f"{path} is an SQLite database but not a kachery_feeds store (it has the tables "
+            f"{', '.join(tables[:5])} and no schema version); it was left unchanged")
+
+
 class _Fork(Exception):
     """Internal: raised inside a write transaction to roll it back and report a fork."""
 
@@ -94,6 +110,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, durability: Literal["normal", "full"] = "normal"):
         self.path = Path(path).absolute()
+        require_local_filesystem(self.path.parent, f"the feed store {self.path.name}",
+                                 "Open the store at a path on a local disk")
         _make_private_dirs(self.path.parent)
         if not self.path.exists():
             # Create it owner-only first: it holds private keys, and SQLite gives the -wal and
@@ -102,6 +120,11 @@ class Store:
         self._conn = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
         )
+        try:
+            _refuse_foreign_database(self._conn, self.path)
+        except BaseException:
+            self._conn.close()
+            raise
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._lock = threading.RLock()
@@ -211,6 +234,47 @@ class Store:
         self._secret_keys.pop(feed_id, None)
         for key in [k for k in self._subfeed_ids if k[0] == feed_id]:
             del self._subfeed_ids[key]
+
+    # ------------------------------------------------------------------ several subfeeds at once
+    def new_messages(self, watches: Mapping[str, Subfeed | tuple[Subfeed, int]], *,
+                     max_num_messages: int = 0, signed: bool = False) -> dict[str, list[Any]]:
+        """Without waiting: for each watch ``name: (subfeed, position)`` (or a bare subfeed, at
+        its cursor) that has messages at or after its position, ``name: [payloads]`` (at most
+        ``max_num_messages`` each, if > 0; ``signed=True`` as in
+        :meth:`Subfeed.get_next_messages`). Watches without news are left out."""
+        from .subfeed import _decoder
+
+        decode = _decoder(signed)
+        found: dict[str, list[Any]] = {}
+        for name, (sf, position) in _watch_items(watches):
+            end = None if max_num_messages <= 0 else position + max_num_messages
+            rows = self._rows(sf.feed_id, sf.subfeed_hash, position, end)
+            if rows:
+                found[name] = [decode(*row) for row in rows]
+        return found
+
+    def watch_for_new_messages(self, watches: Mapping[str, Subfeed | tuple[Subfeed, int]],
+                               wait_msec: float = 0, *, max_num_messages: int = 0,
+                               signed: bool = False) -> dict[str, list[Any]]:
+        """The original's ``watch_for_new_messages``: the new messages of several subfeeds in
+        one call. Returns at once if any watch has some, else when one gets some (any process
+        appending or importing), else after ``wait_msec``. Every watch name is in the result,
+        with ``[]`` when it has nothing new. Cursors are not moved (positions are the caller's).
+
+        Example::
+
+            news = store.watch_for_new_messages({"a": (sf_a, 10), "b": (sf_b, 0)}, wait_msec=5000)
+        """
+        items = _watch_items(watches)  # checked before any wait
+        deadline = time.monotonic() + wait_msec / 1000
+        with self.watcher() as watcher:
+            while True:
+                found = self.new_messages(dict(items), max_num_messages=max_num_messages,
+                                          signed=signed)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return {name: found.get(name, []) for name, _ in items}
+                watcher.wait(remaining)
 
     def has_private_key(self, feed_id: str) -> bool:
         return self._secret_key_or_none(feed_id) is not None
@@ -336,13 +400,10 @@ class Store:
             )
         if not payloads:
             raise InvalidPayloadError("append_messages needs at least one message")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidPayloadError("metadata must be a JSON object (dict)")
-        meta_json = None if metadata is None else encode_json(metadata)
-        extra = _BODY_OVERHEAD + (len(meta_json) if meta_json else 0)
+        metas = _metadata_per_message(metadata, len(payloads))
         encoded = [encode_json(p) for p in payloads]
-        for pj in encoded:
-            if len(pj) + extra > MAX_MESSAGE_BYTES:
+        for pj, mj in zip(encoded, metas, strict=True):
+            if len(pj) + _BODY_OVERHEAD + (len(mj) if mj else 0) > MAX_MESSAGE_BYTES:
                 raise InvalidPayloadError(
                     f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
                     "store large data as a file and append its URI"
@@ -352,7 +413,7 @@ class Store:
             ts = _now_ms()
             n = count
             rows = []
-            for pj in encoded:
+            for pj, meta_json in zip(encoded, metas, strict=True):
                 body = build_body(feed_id, sh, n, prev, ts, pj, meta_json)
                 prev = message_hash(body)
                 rows.append((sid, n, body, None))
@@ -449,6 +510,39 @@ class Store:
             if sig is not None:
                 break
         return chain
+
+
+def _metadata_per_message(metadata: Any, count: int) -> list[bytes | None]:
+    """Encoded metadata for each of ``count`` messages: one dict for all, or a list of dicts
+    (or None) with one entry per message."""
+    if isinstance(metadata, list):
+        if len(metadata) != count:
+            raise InvalidPayloadError(
+                f"metadata has {len(metadata)} entries for {count} messages (give one per message)")
+        items = metadata
+    else:
+        items = [metadata] * count
+    for m in items:
+        if m is not None and not isinstance(m, dict):
+            raise InvalidPayloadError("metadata must be a JSON object (dict)")
+    cache: dict[int, bytes] = {}  # one dict shared by all messages is encoded once
+    return [None if m is None else cache.setdefault(id(m), encode_json(m)) for m in items]
+
+
+def _watch_items(watches: Mapping[str, Any]) -> list[tuple[str, tuple[Subfeed, int]]]:
+    """``[(name, (subfeed, position))]`` from a watches mapping, or InvalidUriError."""
+    if not isinstance(watches, Mapping):
+        raise InvalidUriError("watches map names to subfeeds or (subfeed, position) pairs")
+    items = []
+    for name, watch in watches.items():
+        sf, position = (watch, watch.position) if isinstance(watch, Subfeed) else (
+            watch if isinstance(watch, tuple) and len(watch) == 2 else (None, None))
+        if not isinstance(sf, Subfeed) or type(position) is not int or position < 0:
+            raise InvalidUriError(
+                f"watch {short_repr(name)}: expected a subfeed or (subfeed, position >= 0), "
+                f"got {short_repr(watch)}")
+        items.append((name, (sf, position)))
+    return items
 
 
 def open_store(path: str | os.PathLike, durability: Literal["normal", "full"] = "normal") -> Store:

@@ -41,6 +41,17 @@ def _payload(body: bytes) -> Any:
     return orjson.loads(body)["payload"]
 
 
+def _signed(body: bytes, sig: bytes | None) -> dict[str, Any]:
+    """A message as the original's ``signed=True`` gave it: ``{"body", "signature"}``, here with
+    this format's body (spec/feeds.md §2) and the signature as hex, or None inside a batch (the
+    batch's last message signs it). The exact signed bytes are :meth:`Subfeed.get_signed_messages`."""
+    return {"body": orjson.loads(body), "signature": sig.hex() if sig else None}
+
+
+def _decoder(signed: bool):
+    return (lambda _n, body, sig: _signed(body, sig)) if signed else (lambda _n, body, _sig: _payload(body))
+
+
 class Feed:
     """A feed: an Ed25519 identity that owns any number of subfeeds."""
 
@@ -57,9 +68,12 @@ class Feed:
         """True if this store holds the feed's private key."""
         return self._store.has_private_key(self.feed_id)
 
-    def load_subfeed(self, name: str | dict | list) -> Subfeed:
-        """The subfeed named ``name`` (a string, a JSON object or list, or ``~<40-hex hash>``)."""
-        return Subfeed(self._store, self.feed_id, name)
+    def load_subfeed(self, name: str | dict | list, *, position: int = 0) -> Subfeed:
+        """The subfeed named ``name`` (a string, a JSON object or list, or ``~<40-hex hash>``),
+        with its reading cursor at ``position`` (the original's keyword)."""
+        sf = Subfeed(self._store, self.feed_id, name)
+        sf.set_position(position)
+        return sf
 
     def get_subfeed_hashes(self) -> list[str]:
         """Hashes of the subfeeds of this feed that have messages in this store."""
@@ -133,8 +147,10 @@ class Subfeed:
         """Sign and store one message; returns its number once it is committed."""
         return self._store._append(self.feed_id, self.subfeed_hash, self._name_json, [payload], metadata)
 
-    def append_messages(self, payloads: Iterable[Any], metadata: dict | None = None) -> int:
-        """Store several messages in one transaction (signing the last); returns the last number."""
+    def append_messages(self, payloads: Iterable[Any],
+                        metadata: dict | list[dict | None] | None = None) -> int:
+        """Store several messages in one transaction (signing the last); returns the last number.
+        ``metadata``: one object for every message, or a list with one (or None) per message."""
         return self._store._append(
             self.feed_id, self.subfeed_hash, self._name_json, list(payloads), metadata
         )
@@ -163,23 +179,64 @@ class Subfeed:
             raise ValueError("position must be >= 0")
         self._position = position
 
-    def get_next_messages(self, wait_msec: float = 0, max_num_messages: int = 0) -> list[Any]:
-        """Payloads after the cursor, waiting up to ``wait_msec`` for at least one; advances it."""
+    def get_next_messages(self, wait_msec: float = 0, max_num_messages: int = 0, *,
+                          signed: bool = False, advance_position: bool = True) -> list[Any]:
+        """Payloads after the cursor, waiting up to ``wait_msec`` for at least one; advances it
+        (unless ``advance_position=False``). ``signed=True`` gives ``{"body", "signature"}``
+        objects instead of payloads, as the original did (with this format's body)."""
         end = None if max_num_messages <= 0 else self._position + max_num_messages
+        decode = _decoder(signed)
         deadline = time.monotonic() + wait_msec / 1000
         with self._store.watcher() as watcher:
             while True:
-                msgs = self.get_messages(self._position, end)
+                rows = self._store._rows(self.feed_id, self.subfeed_hash, self._position, end)
                 remaining = deadline - time.monotonic()
-                if msgs or remaining <= 0:
-                    self._position += len(msgs)
-                    return msgs
+                if rows or remaining <= 0:
+                    if advance_position:
+                        self._position += len(rows)
+                    return [decode(*row) for row in rows]
                 watcher.wait(remaining)
 
-    def get_next_message(self, wait_msec: float = 0) -> Any | None:
+    def get_next_message(self, wait_msec: float = 0, *, signed: bool = False,
+                         advance_position: bool = True) -> Any | None:
         """The next payload, or None if none arrives within ``wait_msec``; advances the cursor."""
-        msgs = self.get_next_messages(wait_msec=wait_msec, max_num_messages=1)
+        msgs = self.get_next_messages(wait_msec=wait_msec, max_num_messages=1, signed=signed,
+                                      advance_position=advance_position)
         return msgs[0] if msgs else None
+
+    def message_stream(self, *, signed: bool = False, timeout: float | None = None) -> Iterator[Any]:
+        """The original's endless iterator: payloads from the cursor on, then live, advancing
+        the cursor as it yields. Ends after ``timeout`` seconds without a new message (never, if
+        None). ``signed=True`` as in :meth:`get_next_messages`."""
+        decode = _decoder(signed)
+        idle_since = time.monotonic()
+        with self._store.watcher() as watcher:
+            while True:
+                start = self._position
+                rows = self._store._rows(self.feed_id, self.subfeed_hash, start, start + PAGE_SIZE)
+                for row in rows:
+                    self._position = row[0] + 1
+                    yield decode(*row)
+                if rows:
+                    idle_since = time.monotonic()
+                    continue
+                if timeout is None:
+                    watcher.wait(None)
+                    continue
+                remaining = timeout - (time.monotonic() - idle_since)
+                if remaining <= 0:
+                    return
+                watcher.wait(remaining)
+
+    def print_messages(self, *, signed: bool = False, timeout: float | None = None) -> None:
+        """Print each message from the cursor on, then live, as the original did (forever,
+        unless ``timeout`` seconds pass without a new one)."""
+        for msg in self.message_stream(signed=signed, timeout=timeout):
+            print(msg)
+
+    def print_signed_messages(self, *, timeout: float | None = None) -> None:
+        """:meth:`print_messages` with ``signed=True``."""
+        self.print_messages(signed=True, timeout=timeout)
 
     def follow(
         self, start: int = 0, timeout: float | None = None, *, records: bool = False

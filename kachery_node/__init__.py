@@ -9,10 +9,14 @@ Files, data objects, mutables and feeds; see README.md and spec/storage.md.
 """
 
 from .api import (
+    LOCAL_ONLY,
     create_feed,
     default_storage,
     delete,
+    delete_feed,
     get,
+    get_feed_id,
+    get_node_id,
     link_file,
     load_bytes,
     load_feed,
@@ -30,6 +34,11 @@ from .api import (
     store_pkl,
     store_text,
     upload_file,
+    upload_json,
+    upload_npy,
+    upload_pkl,
+    upload_text,
+    watch_for_new_messages,
 )
 from .config import NodeConfig, init_node, load_node_config
 from .daemon.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
@@ -40,15 +49,23 @@ from .errors import (
     InvalidUriError,
     KacheryError,
     LinkedFileChangedError,
+    NetworkFileSystemError,
     NotFoundError,
     NotInitializedError,
     PickleTooLargeError,
     UnsafePickleError,
 )
+from .legacy.storage_dir import OriginalFeedsDatabaseError, OriginalStorageError
 from .storage.file_uris import FileUri, build_uri, parse_uri
 from .storage.node_storage import Storage
 
+#: The distribution (``pip install kachery-node``) that ships kachery_node and kachery_feeds.
+#: Not ``kachery``: that name on PyPI belongs to the successor line (2.0.x), another program.
+DISTRIBUTION = "kachery-node"
+
 __all__ = [
+    "DISTRIBUTION",
+    "LOCAL_ONLY",
     "ConfigError",
     "CorruptedFileError",
     "DaemonConnectionLostError",
@@ -59,9 +76,12 @@ __all__ = [
     "InvalidUriError",
     "KacheryError",
     "LinkedFileChangedError",
+    "NetworkFileSystemError",
     "NodeConfig",
     "NotFoundError",
     "NotInitializedError",
+    "OriginalFeedsDatabaseError",
+    "OriginalStorageError",
     "PickleTooLargeError",
     "Storage",
     "UnsafePickleError",
@@ -69,7 +89,10 @@ __all__ = [
     "create_feed",
     "default_storage",
     "delete",
+    "delete_feed",
     "get",
+    "get_feed_id",
+    "get_node_id",
     "init_node",
     "link_file",
     "load_bytes",
@@ -90,15 +113,22 @@ __all__ = [
     "store_pkl",
     "store_text",
     "upload_file",
+    "upload_json",
+    "upload_npy",
+    "upload_pkl",
+    "upload_text",
+    "watch_for_new_messages",
 ]
 
 # Tasks (kachery_node/apps/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
 # They load httpx and the daemon client, so they are imported on first use (`kachery` starts fast).
 _LAZY = {name: "kachery_node.apps.tasks" for name in (
-    "NoProviderError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
+    "NoProviderError", "TaskArgumentError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
     "request_task", "run_task_backend", "task_hash", "taskfunction")}
 _LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
               "accept_submissions": "kachery_node.apps.feed_submissions"})
+# Listed too, so that `from kachery_node import *` and completion (Jupyter, IDEs) offer them.
+__all__ += sorted(_LAZY)
 
 
 def __dir__() -> list[str]:
@@ -108,6 +138,10 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # importlib.metadata costs ~10 ms: only when asked
+        from importlib.metadata import version
+
+        return version(DISTRIBUTION)
     if name in _LAZY:
         import importlib
 

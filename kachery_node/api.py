@@ -110,6 +110,26 @@ def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:
     return uri
 
 
+def upload_text(text: str, *, channel: str, basename: str | None = None) -> str:
+    """:func:`store_text`, then :func:`upload_file` to ``channel`` (the original's name)."""
+    return upload_file(store_text(text, basename), channel=channel)
+
+
+def upload_json(obj: Any, *, channel: str, basename: str | None = None) -> str:
+    """:func:`store_json`, then :func:`upload_file` to ``channel`` (the original's name)."""
+    return upload_file(store_json(obj, basename), channel=channel)
+
+
+def upload_npy(array: Any, *, channel: str, basename: str | None = None) -> str:
+    """:func:`store_npy`, then :func:`upload_file` to ``channel`` (the original's name)."""
+    return upload_file(store_npy(array, basename), channel=channel)
+
+
+def upload_pkl(obj: Any, *, channel: str, basename: str | None = None) -> str:
+    """:func:`store_pkl`, then :func:`upload_file` to ``channel`` (the original's name)."""
+    return upload_file(store_pkl(obj, basename), channel=channel)
+
+
 # -- data objects -------------------------------------------------------------------------------
 def store_text(text: str, basename: str | None = None) -> str:
     """Store a string; return its URI (default basename ``file.txt``)."""
@@ -117,7 +137,9 @@ def store_text(text: str, basename: str | None = None) -> str:
 
 
 def store_json(obj: Any, basename: str | None = None) -> str:
-    """Store a JSON value; numpy arrays become lists, numpy scalars numbers. NaN is refused."""
+    """Store a JSON value; numpy arrays become lists, numpy scalars numbers. NaN is refused.
+    The bytes are the original kachery's (compact, keys in the caller's order, non-ASCII
+    escaped), so the same value has the same URI in both."""
     return default_storage().store_json(obj, basename)
 
 
@@ -152,8 +174,11 @@ def load_pkl(uri: str, *, channel: str | None = None, max_bytes: int | None = No
 
 
 # -- mutables -----------------------------------------------------------------------------------
-def set(key: Any, value: Any, *, overwrite: bool = True) -> bool:
-    """Set a local mutable (JSON key and value). Returns True if written."""
+def set(key: Any, value: Any, *, overwrite: bool = True, update: bool | None = None) -> bool:
+    """Set a local mutable (JSON key and value). Returns True if written; with
+    ``overwrite=False`` (the original's ``update=False``) an existing value is kept."""
+    if update is not None:
+        overwrite = update
     return default_storage().mutables.set(key, value, overwrite=overwrite)
 
 
@@ -169,23 +194,104 @@ def delete(key: Any) -> bool:
 
 
 # -- feeds --------------------------------------------------------------------------------------
-def create_feed() -> kachery_feeds.Feed:
-    """A new writeable feed in ``<storage>/feeds.db``."""
-    return default_storage().create_feed()
+#: ``channel`` value meaning "this node's store only; do not ask the daemon" (the original's).
+LOCAL_ONLY = "*local*"
 
 
-def load_feed(uri: str) -> kachery_feeds.Feed:
-    """A feed by ``feed://<id>`` or id."""
-    return default_storage().load_feed(uri)
+def create_feed(name: str | None = None) -> kachery_feeds.Feed:
+    """A new writeable feed in ``<storage>/feeds.db``, optionally with a local ``name`` (1-100
+    characters, unique on this node) to load it by later: ``load_feed(name)``."""
+    storage = default_storage()
+    if name is not None:
+        _refuse_taken_name(storage, name)
+    return storage.feeds.create_feed(name)
 
 
-def load_subfeed(uri: str, *, channel: str | None = None) -> kachery_feeds.Subfeed:
-    """A subfeed by ``feed://<id>/<name>``. For a feed this node does not own, a running daemon
-    is asked to follow it on its channels (all joined, or ``channel``): the subfeed's messages
-    then arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+def _refuse_taken_name(storage: Storage, name: str) -> None:
+    import kachery_feeds
+
+    from .legacy.feed_names import feed_id_for_name
+
+    if isinstance(name, str) and feed_id_for_name(storage, name) is not None:
+        raise kachery_feeds.InvalidUriError(f"a feed named {name!r} already exists on this node")
+
+
+def get_feed_id(name: str, *, create: bool = False) -> str:
+    """The ID of the local feed named ``name``; with ``create=True`` a new feed of that name
+    is created if there is none. Raises :class:`kachery_feeds.UnknownFeedError` otherwise (never
+    returns None). Names given with kachery-client 1.2.0 on this node are found too, and lead
+    to the feed ``kachery feed import-legacy`` made of the original's (spec/legacy.md §3)."""
+    import kachery_feeds
+
+    from .legacy.feed_names import feed_id_for_name
+
+    storage = default_storage()
+    if not isinstance(name, str) or name.startswith("feed://"):
+        raise kachery_feeds.InvalidUriError(f"get_feed_id takes a feed's local name, not {name!r}")
+    _as_name(name)
+    feed_id = feed_id_for_name(storage, name)
+    if feed_id is not None:
+        return feed_id
+    if create:
+        return storage.feeds.create_feed(name).feed_id
+    raise kachery_feeds.UnknownFeedError(f"no feed named {name!r} on this node")
+
+
+def _as_name(name: str) -> str:
+    """A name that load_feed cannot mistake for a feed ID (a 64-hex name would be one)."""
+    import kachery_feeds
+
+    try:
+        kachery_feeds.normalize_feed_id(name)
+    except kachery_feeds.InvalidUriError:
+        return name
+    raise kachery_feeds.InvalidUriError(f"{name!r} is a feed ID, not a name")
+
+
+def load_feed(uri_or_name: str, *, create: bool = False) -> kachery_feeds.Feed:
+    """A feed by ``feed://<id>``, id, or local name (``create=True``: create the named feed if
+    there is none, as the original did; only with a name)."""
+    import kachery_feeds
+
+    if isinstance(uri_or_name, str) and not uri_or_name.startswith("feed://"):
+        try:
+            kachery_feeds.normalize_feed_id(uri_or_name)
+        except kachery_feeds.InvalidUriError:
+            return default_storage().load_feed(get_feed_id(uri_or_name, create=create))
+    if create:
+        raise kachery_feeds.InvalidUriError("create=True needs a feed name, not a feed URI or ID")
+    return default_storage().load_feed(uri_or_name)
+
+
+def delete_feed(uri_or_name: str) -> None:
+    """Delete a feed (by ``feed://`` URI, ID or local name) with its key and messages from this
+    node. Raises :class:`kachery_feeds.UnknownFeedError` if there is no such feed here."""
+    storage = default_storage()
+    feed = load_feed(uri_or_name)
+    storage.feeds.delete_feed(feed.feed_id)
+    if isinstance(uri_or_name, str) and not uri_or_name.startswith("feed://"):
+        from .legacy.feed_names import original_name_key
+
+        storage.mutables.delete(original_name_key(uri_or_name))
+
+
+def get_node_id() -> str:
+    """This node's ID (the public half of ``<storage>/node.key``); raises
+    :class:`~kachery_node.NotInitializedError` before ``kachery init``."""
+    from .config import load_node_config
+
+    return load_node_config(default_storage().directory).node_id
+
+
+def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``. For a feed this node
+    does not own, a running daemon is asked to follow it on its channels (all joined, or
+    ``channel``; ``"*local*"``: none, this node's copy only): the subfeed's messages then
+    arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
     storage = default_storage()
     subfeed = storage.load_subfeed(uri)
-    if not subfeed.is_writeable:
+    subfeed.set_position(position)
+    if not subfeed.is_writeable and channel != LOCAL_ONLY:
         from . import remote_reads as remote
 
         if remote.daemon_for(storage.directory) is not None:
@@ -194,3 +300,39 @@ def load_subfeed(uri: str, *, channel: str | None = None) -> kachery_feeds.Subfe
             raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
                                 f"for {storage.directory} (start one with `kachery node start`)")
     return subfeed
+
+
+def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float = 0,
+                           channel: str | None = None, signed: bool = False,
+                           max_num_messages: int = 0) -> dict[str, list[Any]]:
+    """New messages of several subfeeds in one call (the original's function).
+
+    ``subfeed_watches`` maps names to ``{"feedId", "subfeedName" or "subfeedHash", "position"}``
+    (the original's form), to ``{"uri": "feed://…/…", "position"}``, or to a Subfeed (at its
+    cursor). Returns at once if any has messages at or after its position, else as soon as one
+    gets some, else after ``wait_msec``: ``{name: [payloads]}`` for every name (``[]`` without
+    news). Cursors are not moved. Feeds of other nodes are followed as by :func:`load_subfeed`.
+    """
+    import kachery_feeds
+
+    if not isinstance(subfeed_watches, dict):
+        raise kachery_feeds.InvalidUriError("subfeed_watches maps names to watches (a dict)")
+    watches: dict[str, tuple[kachery_feeds.Subfeed, int]] = {}
+    for name, watch in subfeed_watches.items():
+        if isinstance(watch, kachery_feeds.Subfeed):
+            watches[name] = (watch, watch.position)
+            continue
+        if not isinstance(watch, dict):
+            raise kachery_feeds.InvalidUriError(f"watch {name!r}: expected a dict or a Subfeed")
+        if "uri" in watch:
+            uri = watch["uri"]
+        elif "feedId" in watch and ("subfeedHash" in watch or "subfeedName" in watch):
+            feed_id = kachery_feeds.normalize_feed_id(watch["feedId"])
+            sub = "~" + str(watch["subfeedHash"]) if "subfeedHash" in watch else watch["subfeedName"]
+            uri = kachery_feeds.subfeed_uri(feed_id, sub)
+        else:
+            raise kachery_feeds.InvalidUriError(
+                f"watch {name!r}: needs 'uri', or 'feedId' with 'subfeedName' or 'subfeedHash'")
+        watches[name] = (load_subfeed(uri, channel=channel), watch.get("position", 0))
+    return default_storage().feeds.watch_for_new_messages(
+        watches, wait_msec, max_num_messages=max_num_messages, signed=signed)

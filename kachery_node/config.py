@@ -112,6 +112,25 @@ def write_settings(storage_dir: Path, settings: dict) -> None:
     os.replace(tmp, path)
 
 
+def _adopt_original_node_key(storage_dir: Path, created: list[str]) -> None:
+    """Write node.key from the original's private.pem when there is no node.key yet, so the node
+    keeps its ID. Both formats hold the same Ed25519 seed; the key signs nothing here in the
+    original's formats (ours sign with a context prefix, the original signed SHA-1 digests)."""
+    from .legacy.storage_dir import PRIVATE_PEM, node_seed_from_private_pem
+
+    node_path = storage_dir / identity.NODE_KEY_FILENAME
+    pem = storage_dir / PRIVATE_PEM
+    if node_path.exists() or not pem.exists():
+        return
+    keypair = identity.Keypair.from_seed_hex(node_seed_from_private_pem(pem).hex())
+    try:
+        identity.write_key_file(node_path, keypair)
+    except FileExistsError:
+        return  # another process initialised it meanwhile
+    created.append(f"node key {node_path} from the original kachery's {PRIVATE_PEM} (node ID "
+                   f"{keypair.public_hex} kept; {PRIVATE_PEM} left as it is)")
+
+
 def init_node(
     storage_dir: Path | str | None = None,
     *,
@@ -123,10 +142,18 @@ def init_node(
 
     Idempotent: existing keys are kept; ``label`` and ``max_cache_size_gib`` update the config
     when given. Returns the config and a list of what was created, for the CLI to report.
+
+    In a storage directory of the original kachery, the node key is taken from its
+    ``private.pem`` (so the node keeps its ID; the file is left as it is) and the cache cap from
+    its ``kachery.yaml`` (spec/legacy.md §2).
     """
     storage_dir = Path(storage_dir) if storage_dir is not None else default_storage_dir()
+    from .local_filesystem import require_local_storage  # imports kachery_feeds: only when used
+
+    require_local_storage(storage_dir)  # its databases will be SQLite: not on NFS & co.
     make_private_dirs(storage_dir)  # 0700: nobody else reads a person's storage
     created: list[str] = []
+    _adopt_original_node_key(storage_dir, created)
     try:
         node_key, new = identity.load_or_create_key(storage_dir / identity.NODE_KEY_FILENAME)
         if new:
@@ -150,6 +177,14 @@ def init_node(
         settings["owner"] = user_key.public_hex
     if max_cache_size_gib is not None:
         settings["max_cache_size_gib"] = max_cache_size_gib
+    elif "max_cache_size_gib" not in settings:
+        from .legacy.storage_dir import original_cache_cap_gib
+
+        original_cap = original_cache_cap_gib(storage_dir)
+        if original_cap is not None:
+            settings["max_cache_size_gib"] = original_cap
+            created.append(f"cache cap max_cache_size_gib = {original_cap:g} in {CONFIG_FILENAME}, "
+                           "from the original's kachery.yaml")
     _cache_cap(settings, storage_dir / CONFIG_FILENAME)
     write_settings(storage_dir, settings)
     return load_node_config(storage_dir), created

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import reprlib
 
+import kachery_feeds.filesystems as _feeds_filesystems
+
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 100
 _REPR.maxlevel = 3
@@ -89,3 +91,9 @@ class InsecureUrlError(ConfigError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
         self.url = url
+
+
+class NetworkFileSystemError(KacheryError, _feeds_filesystems.NetworkFileSystemError):
+    """A storage's or hub's SQLite databases would be on a network file system (NFS, SMB,
+    sshfs, Lustre, …), where WAL mode is unsafe; the message says where to put them instead
+    (see :mod:`kachery_feeds.filesystems`; ``KACHERY_ALLOW_NETWORK_FS=1`` overrides)."""

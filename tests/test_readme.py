@@ -67,3 +67,19 @@ def test_readme_unit_suite_command_runs_in_seconds():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     seconds = float(re.search(r"passed in ([\d.]+)s", result.stdout).group(1))
     assert seconds < 60, result.stdout[-500:]  # README says seconds; 60 leaves room for a loaded CI machine
+
+
+def test_readme_installs_our_distribution_not_the_successor():
+    """`kachery` on PyPI is the successor line (2.0.x), another program: README's install
+    commands name our distribution, kachery-node, and both command names are installed."""
+    installs = re.findall(r"pip install([^\n`&;|#]*)", README)  # the arguments only
+    assert installs
+    for command in installs:
+        assert not re.search(r"""(?<![\w.-])['"]?kachery(?![\w-])""", command), command
+    assert any("kachery-node[" in c for c in installs)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'name = "kachery-node"' in pyproject
+    for script in ("kachery", "kachery-node"):
+        result = subprocess.run([str(Path(sys.executable).parent / script), "--version"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("kachery-node, version"), result

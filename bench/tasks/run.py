@@ -9,7 +9,10 @@ Measures (node B's script -> B's daemon -> relay -> A's daemon -> A's backend an
   verifies the signed result; A is not involved);
 * requests per second with 4 concurrent requesters (threads on B, fresh arguments).
 
-    .venv/bin/python bench/tasks/run.py [--n 50] [--seconds 10]
+    .venv/bin/python bench/tasks/run.py [--n 50] [--seconds 10] [--json out.json]
+
+``--json`` also writes the figures (milliseconds, requests per second) for scripts such as
+``bench/compare_revisions.py``.
 """
 
 from __future__ import annotations
@@ -58,10 +61,15 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _stats_ms(xs: list[float]) -> dict:
+    return {"median_ms": statistics.median(xs) * 1000, "p90_ms": _percentile(xs, 0.9) * 1000, "n": len(xs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50, help="round trips per RTT measurement")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of the throughput run")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kachery-bench-tasks-"))
     hub = backend = None
@@ -153,6 +161,15 @@ def main() -> None:
         print(row("cache hit round trip", hit))
         print(f"{'4 concurrent requesters':<28} {len(done) / elapsed:7.1f} requests/s (cache misses, "
               f"{len(done)} in {elapsed:.1f} s; median {statistics.median(done) * 1000:.1f} ms each)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "commit": commit, "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                "cache_miss": _stats_ms(miss), "cache_hit": _stats_ms(hit),
+                "cache_miss_status_median_ms": {k: statistics.median(v) * 1000 for k, v in phases.items()},
+                "concurrent": {"requesters": 4, "requests": len(done), "seconds": elapsed,
+                               "requests_per_s": len(done) / elapsed,
+                               "median_ms": statistics.median(done) * 1000},
+            }, indent=2) + "\n")
     finally:
         if backend is not None:
             backend.send_signal(signal.SIGINT)

@@ -104,9 +104,15 @@ def taskfunction(function_id: str, *, type: str = "pure-calculation") -> Callabl
     validate_function_type(type)
 
     def wrap(fn: Callable) -> TaskFunction:
-        return TaskFunction(function_id, type, fn)
+        task_function = TaskFunction(function_id, type, fn)
+        _DECORATED[function_id] = task_function  # for run_task_backend(task_function_ids=...)
+        return task_function
 
     return wrap
+
+
+#: Every function decorated in this process, by ID: the original's run_task_backend took IDs.
+_DECORATED: dict[str, TaskFunction] = {}
 
 
 _current = threading.local()
@@ -153,12 +159,29 @@ def _functions_of(functions: Iterable[TaskFunction] | dict[str, TaskFunction]) -
 
 # ----------------------------------------------------------------------------- backend
 def run_task_backend(*, channels: list[str] | None = None,
-                     functions: Iterable[TaskFunction] | dict[str, TaskFunction],
+                     functions: Iterable[TaskFunction] | dict[str, TaskFunction] | None = None,
                      max_concurrency: int = 4, storage_dir: str | os.PathLike | None = None,
-                     stop: threading.Event | None = None) -> None:
+                     stop: threading.Event | None = None,
+                     task_function_ids: Iterable[str] | None = None) -> None:
     """Offer ``functions`` on ``channels`` (all joined channels if None) through this node's
     daemon, running at most ``max_concurrency`` tasks at once, until ``stop`` is set or the
-    process is interrupted. A daemon that is down or restarting is waited for (with backoff)."""
+    process is interrupted. A daemon that is down or restarting is waited for (with backoff).
+
+    ``task_function_ids`` (the original's keyword) names functions decorated with
+    :func:`taskfunction` in this process instead of passing them."""
+    if task_function_ids is not None:
+        if functions is not None:
+            raise TaskArgumentError("give functions= or task_function_ids=, not both")
+        if isinstance(task_function_ids, str):
+            raise TaskArgumentError("task_function_ids is a list of function IDs, not one string")
+        unknown = [i for i in task_function_ids if i not in _DECORATED]
+        if unknown:
+            raise TaskArgumentError(
+                f"no function decorated with @kn.taskfunction has the ID {unknown[0]!r} in this "
+                f"process (decorated: {', '.join(sorted(_DECORATED)) or 'none'})")
+        functions = [_DECORATED[i] for i in task_function_ids]
+    if functions is None:
+        raise TaskArgumentError("run_task_backend needs functions= (or task_function_ids=)")
     table = _functions_of(functions)
     if max_concurrency < 1:
         raise TaskArgumentError("max_concurrency must be at least 1")
@@ -400,10 +423,27 @@ class TaskHandle:
     def error(self) -> Exception | None:
         return self._error
 
-    def wait(self, timeout: float | None = None) -> Any:
-        """The result; raises TaskError (the remote message), NoProviderError or TaskTimeoutError.
+    @property
+    def result(self) -> Any:
+        """The result of a finished task (the original's property). Raises the task's error if
+        it failed, and :class:`TaskError` if it has not finished yet (use :meth:`wait`)."""
+        if not self._done.is_set():
+            raise TaskError(f"{self.function_id} has not finished (status: {self.status}); "
+                            "use handle.wait() to wait for its result")
+        if self._error is not None:
+            raise self._error
+        return self._result
 
-        ``timeout`` defaults to the request's timeout (plus a margin for the daemon's answer)."""
+    def wait(self, timeout: float | None = None, *, timeout_sec: float | None = None) -> Any:
+        """The result; raises TaskError (the remote message), NoProviderError or TaskTimeoutError
+        (never returns None for "not yet", unlike the original).
+
+        ``timeout`` (or the original's ``timeout_sec``) defaults to the request's timeout (plus
+        a margin for the daemon's answer)."""
+        if timeout_sec is not None:
+            if timeout is not None:
+                raise TaskArgumentError("give timeout= or timeout_sec=, not both")
+            timeout = timeout_sec
         limit = self.timeout + 10 if timeout is None else timeout
         if not self._done.wait(limit):
             raise TaskTimeoutError(f"{self.function_id}: no result within {limit:g} s "
@@ -413,17 +453,26 @@ class TaskHandle:
         return self._result
 
 
-def request_task(function_id: str, kwargs: dict[str, Any] | None = None, *,
+def request_task(function_id: str | None = None, kwargs: dict[str, Any] | None = None, *,
                  channel: str | None = None, timeout: float = 30.0,
                  function_type: str | None = None, request_id: str | None = None,
-                 storage_dir: str | os.PathLike | None = None) -> TaskHandle:
+                 storage_dir: str | os.PathLike | None = None,
+                 task_function_id: str | None = None, task_kwargs: dict[str, Any] | None = None,
+                 task_function_type: str | None = None) -> TaskHandle:
     """Request ``function_id(**kwargs)`` from the node's channels (all joined, or ``channel``)
     through the local daemon; returns a :class:`TaskHandle` at once.
 
     ``function_type`` is optional: by default the provider's registration says what the
     function is (and a pure calculation's next request looks in the bucket cache first). A
     request that names a type is refused by a provider whose function has another.
-    ``request_id`` makes retries safe: an action runs at most once per request ID."""
+    ``request_id`` makes retries safe: an action runs at most once per request ID.
+    ``task_function_id``, ``task_kwargs`` and ``task_function_type`` are the original's names
+    for the first three."""
+    function_id = _one_of("function_id", function_id, "task_function_id", task_function_id)
+    kwargs = _one_of("kwargs", kwargs, "task_kwargs", task_kwargs)
+    function_type = _one_of("function_type", function_type, "task_function_type", task_function_type)
+    if function_id is None:
+        raise TaskArgumentError("request_task needs a function ID")
     validate_function_id(function_id)
     if function_type is not None and function_type not in FUNCTION_TYPES:
         validate_function_type(function_type)
@@ -435,6 +484,15 @@ def request_task(function_id: str, kwargs: dict[str, Any] | None = None, *,
     return TaskHandle(function_id, kwargs, function_type=function_type, channel=channel,
                       timeout=float(timeout), request_id=request_id or secrets.token_hex(12),
                       storage_dir=storage)
+
+
+def _one_of(name: str, value: Any, original_name: str, original_value: Any) -> Any:
+    """A parameter given under our name or the original's, not both."""
+    if original_value is None:
+        return value
+    if value is not None:
+        raise TaskArgumentError(f"give {name}= or {original_name}=, not both")
+    return original_value
 
 
 def wait_all(handles: Iterable[TaskHandle], timeout: float | None = None) -> list[Any]:

@@ -18,6 +18,7 @@ import sys
 
 import click
 
+from .. import DISTRIBUTION
 from ..errors import KacheryError
 from .feed_commands import feed
 from .file_commands import cat, link, load, store, upload
@@ -59,7 +60,7 @@ class _Group(CommandGroup):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kachery")
+@click.version_option(package_name=DISTRIBUTION, prog_name=DISTRIBUTION)
 @tls_options
 def main() -> None:
     """kachery: share files, live feeds and task results between computers.

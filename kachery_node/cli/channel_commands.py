@@ -1,4 +1,4 @@
-"""``kachery channel create|list|show|grant|revoke|delete``: manage channels on a hub.
+"""``kachery channel create|configure|quota|list|show|grant|revoke|delete``: manage channels on a hub.
 
 These are a person's requests, signed with the user key ($KACHERY_USER_DIR/user.key).
 """
@@ -13,7 +13,7 @@ import click
 
 from ..protocol.channel_errors import MalformedRequestError
 from ..protocol.roles import ROLES
-from .hub_commands import hub_option, user_client
+from .hub_commands import SizeType, hub_option, user_client
 from .output import CommandGroup, echo_json, json_option
 
 role_args = click.argument("roles", nargs=-1, required=True, type=click.Choice(ROLES))
@@ -143,16 +143,19 @@ def channel() -> None:
 @channel.command()
 @click.argument("name")
 @backend_options
+@click.option("--quota", type=SizeType(), default=None,
+              help="Disk the channel may take in the hub's embedded bucket (e.g. 20GB; default: the "
+                   "hub's); over it, file contents are evicted least recently used first.")
 @hub_option
 @json_option
-def create(name: str, hub_url: str, as_json: bool, **backends: Any) -> None:
+def create(name: str, hub_url: str, as_json: bool, quota: int | None, **backends: Any) -> None:
     """Create channel NAME, owned by you (3-40 characters: dot-separated [A-Za-z0-9_-] segments).
 
     Its backends are the hub's embedded relay and bucket unless --pubsub/--bucket say otherwise.
     """
     config, secrets = backend_config(**backends)
     with user_client(hub_url) as client:
-        info = client.create_channel(name, config=config, secrets=secrets or None)
+        info = client.create_channel(name, config=config, secrets=secrets or None, quota=quota)
     if as_json:
         echo_json(info)
     else:
@@ -178,6 +181,37 @@ def configure(name: str, hub_url: str, as_json: bool, **backends: Any) -> None:
         echo_json(info)
     else:
         click.echo(f"channel {name}: {_describe_backends(info['config'])}")
+
+
+@channel.command()
+@click.argument("name")
+@click.argument("size", metavar="SIZE|default")
+@hub_option
+@json_option
+def quota(name: str, size: str, hub_url: str, as_json: bool) -> None:
+    """Set how much disk channel NAME may take in the hub's embedded bucket (you must own it).
+
+    SIZE is e.g. 500MB, 20GB or 1.5TiB (K/M/G/T decimal, KiB/MiB/GiB/TiB binary); `default`
+    uses the hub's (`kachery hub serve --channel-quota`, unlimited unless set). When a write would
+    go over it, the hub evicts the channel's file contents least recently used first (providers
+    upload them again when asked); feed heads, segments and task results are never evicted."""
+    from ..hub.bucket_quota import format_size, parse_size
+
+    try:
+        quota_bytes = None if size == "default" else parse_size(size)
+    except MalformedRequestError as exc:
+        raise click.BadParameter(exc.message, param_hint="SIZE") from None
+    if size != "default" and quota_bytes is None:
+        raise click.BadParameter("a channel's own quota is a size; `default` takes the hub's "
+                                 "(which may be unlimited)", param_hint="SIZE")
+    with user_client(hub_url) as client:
+        result = client.set_quota(name, quota_bytes)
+    if as_json:
+        echo_json(result)
+        return
+    b = result["bucket"]
+    click.echo(f"channel {name}: quota {format_size(b['quota_bytes'])} ({b['quota_from']}); "
+               f"using {format_size(b['bytes'])}")
 
 
 @channel.command(name="list")

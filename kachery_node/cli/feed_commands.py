@@ -172,3 +172,33 @@ def feed_info(uri: str, as_json: bool) -> None:
                 click.echo(f"  {label}: {s['num_messages']} messages")
         else:
             click.echo(f"{k + ':':13} {v}")
+
+
+@feed.command("import-legacy")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
+              help="An original feeds.db to import (default: this storage's own; it is then "
+                   "moved to feeds.original.db, unchanged).")
+@click.option("--feed", "feed_ids", multiple=True, metavar="FEED_ID",
+              help="Import only this original feed (repeatable; default: all).")
+@json_option
+def import_legacy(source: str | None, feed_ids: tuple[str, ...], as_json: bool) -> None:
+    """Import the original kachery's feeds (its feeds.db), verified, as feeds of this node.
+
+    Every subfeed is first checked under the original's rules (numbering, signature chain,
+    Ed25519 signatures); if one fails, nothing is imported. Each original feed becomes a new
+    feed here (keeping its local name when free); each subfeed keeps its name and starts with a
+    message saying where it came from, followed by the original messages, each carrying the
+    original's signed text so its signature stays checkable. Running it again imports only what
+    is not imported yet. Prints one line per feed: original ID, then the new feed's URI.
+    """
+    from ..legacy.feeds_import import import_original_feeds
+
+    results = import_original_feeds(open_storage(), source, feed_ids=list(feed_ids) or None)
+    if as_json:
+        echo_json({"feeds": [r.to_json() for r in results]})
+        return
+    for r in results:
+        what = ("already imported" if r.already_imported else
+                f"{len(r.subfeeds)} subfeeds, {sum(s.messages for s in r.subfeeds)} messages")
+        name = f" (name {r.name})" if r.name else ""
+        click.echo(f"{r.original_feed_id} -> {r.uri}{name}: {what}")

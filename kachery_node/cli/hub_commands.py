@@ -1,4 +1,4 @@
-"""``kachery hub serve|login``: run a hub, and sign in to its web UI."""
+"""``kachery hub serve|login|status``: run a hub, sign in to its web UI, see its health."""
 
 from __future__ import annotations
 
@@ -17,6 +17,23 @@ class _HubOption(click.Option):
 
     def get_error_hint(self, ctx: click.Context) -> str:
         return f"{super().get_error_hint(ctx)} (or set KACHERY_HUB_URL, e.g. http://127.0.0.1:8080)"
+
+
+class SizeType(click.ParamType):
+    """A size such as ``500MB``, ``10G``, ``1.5GiB`` (or ``none``: no limit), in bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from ..hub.bucket_quota import parse_size
+        from ..protocol.channel_errors import MalformedRequestError
+
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except MalformedRequestError as exc:
+            self.fail(exc.message, param, ctx)
 
 
 _hub_url_option = click.option("--hub", "hub_url", cls=_HubOption, envvar="KACHERY_HUB_URL", required=True,
@@ -78,9 +95,13 @@ def hub() -> None:
               help="Undelivered bytes a relay subscriber may fall behind before it is dropped (4008).")
 @click.option("--max-connections-per-node", type=click.IntRange(min=1), default=8, show_default=True,
               help="Relay connections one node may hold open on one channel.")
+@click.option("--channel-quota", type=SizeType(), default="none", show_default=True,
+              help="Disk a channel's objects may take in the embedded bucket (e.g. 50GB) unless its "
+                   "owner set its own; over it, file contents are evicted least recently used first.")
 def serve(hub_dir: Path, host: str, port: int, public_url: str | None, tls_cert: Path | None,
           tls_key: Path | None, token_ttl: float, max_message_bytes: int, max_publish_rate: float,
-          heartbeat: float, max_queue_bytes: int, max_connections_per_node: int) -> None:
+          heartbeat: float, max_queue_bytes: int, max_connections_per_node: int,
+          channel_quota: int | None) -> None:
     """Serve the hub API, web UI, pub-sub relay and bucket in one process."""
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together (the certificate and its key)")
@@ -94,7 +115,8 @@ def serve(hub_dir: Path, host: str, port: int, public_url: str | None, tls_cert:
                          publish_burst=2 * max_publish_rate, heartbeat_s=heartbeat,
                          idle_timeout_s=3 * heartbeat, max_queue_bytes=max_queue_bytes,
                          max_connections_per_node=max_connections_per_node)
-    settings = HubSettings(token_ttl_ms=int(token_ttl * 1000), relay=limits)
+    settings = HubSettings(token_ttl_ms=int(token_ttl * 1000), relay=limits,
+                           channel_quota=channel_quota)
     run_hub(hub_dir, host, port, public_url, settings,
             (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None)
 
@@ -110,3 +132,35 @@ def login(hub_url: str, as_json: bool) -> None:
         echo_json({"url": url})
     else:
         click.echo(f"Open this link within 5 minutes to sign in (it works once):\n{url}")
+
+
+@hub.command()
+@hub_option
+@json_option
+def status(hub_url: str, as_json: bool) -> None:
+    """Show disk use and quota, connected nodes and relay traffic of the channels you own."""
+    from ..hub.bucket_quota import format_size
+
+    with user_client(hub_url) as client:
+        result = client.hub_status()
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"hub {result['hub_id']} at {result['url']}; default channel quota "
+               f"{format_size(result['channel_quota_default'])}")
+    if not result["channels"]:
+        click.echo("you own no channels on this hub")
+    for ch in result["channels"]:
+        b, r = ch["bucket"], ch["relay"]
+        disk = (f"{format_size(b['bytes'])} in {b['objects']} object(s) of "
+                f"{format_size(b['quota_bytes'])} ({b['quota_from']}); "
+                f"{format_size(b['refetchable_bytes'])} evictable")
+        if b["backend"] != "embedded":
+            disk += f" (the channel's files are in its {b['backend']} bucket, not here)"
+        click.echo(f"{ch['channel']}\n    disk:  {disk}\n"
+                   f"    nodes: {ch['online']} of {len(ch['nodes'])} online"
+                   + "".join(f"\n      {n['label'] or '?'} ({n['node'][:12]}…) "
+                             f"{'online' if n['online'] else 'offline'}, "
+                             f"{n['relay_connections']} relay connection(s)" for n in ch["nodes"])
+                   + f"\n    relay: {r['messages_in']} message(s) in ({format_size(r['bytes_in'])}), "
+                   f"{r['messages_out']} out ({format_size(r['bytes_out'])}) since the hub started")

@@ -31,16 +31,44 @@ def init(label: str | None, max_cache_size_gib: float | None, as_json: bool) -> 
     Creates the node key (<storage>/node.key, readable only by you), your user key
     ($KACHERY_USER_DIR/user.key) if you have none, and <storage>/config.toml. Running it again
     keeps the keys and updates --label / --max-cache-size-gib.
+
+    In a storage directory of the original kachery it changes none of the original's files:
+    the node key comes from its private.pem (the node ID stays the same), the cache cap from its
+    kachery.yaml, and it says what it does with the rest (feeds.db, mutables.db, sha1/).
     """
-    cfg, created = init_node(default_storage_dir(), label=label,
-                             max_cache_size_gib=max_cache_size_gib)
+    from ..legacy.storage_dir import inspect_storage
+
+    storage_dir = default_storage_dir()
+    original = inspect_storage(Path(storage_dir))  # before init adds files of its own
+    cfg, created = init_node(storage_dir, label=label, max_cache_size_gib=max_cache_size_gib)
+    notes = original.notes(node_id_kept=any("private.pem" in c for c in created)
+                           or _pem_node_id(original) == cfg.node_id)
     if as_json:
         echo_json({"node_id": cfg.node_id, "owner": cfg.owner, "label": cfg.label,
-                   "storage_dir": str(cfg.storage_dir), "created": created})
+                   "storage_dir": str(cfg.storage_dir), "created": created,
+                   "original_kachery": notes})
         return
     for item in created:
         click.echo(f"created {item}")
+    if notes:
+        click.echo(f"original kachery storage found in {cfg.storage_dir}; nothing of it was changed:")
+        for note in notes:
+            click.echo(f"  {note}")
     click.echo(f"node {cfg.label} ({cfg.node_id}) in {cfg.storage_dir}")
+
+
+def _pem_node_id(original) -> str | None:
+    """The node ID of the original's private.pem, if it holds a usable key."""
+    from ..identity import Keypair
+    from ..legacy.storage_dir import PRIVATE_PEM, OriginalStorageError, node_seed_from_private_pem
+
+    if not original.node_key_pem:
+        return None
+    try:
+        return Keypair.from_seed_hex(
+            node_seed_from_private_pem(original.directory / PRIVATE_PEM).hex()).public_hex
+    except (OriginalStorageError, OSError):
+        return None
 
 
 @click.command()

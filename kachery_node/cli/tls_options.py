@@ -46,6 +46,7 @@ def tls_options(f: Callable) -> Callable:
     return click.option(
         # --insecure is the (and a newcomer's) word; --insecure-http says what it allows
         # (curl's --insecure skips certificate checks, which this never does).
-        "--insecure-http", "--insecure", is_flag=True, expose_value=False, is_eager=True, callback=_set_insecure,
+        "--insecure-http", "--insecure", is_flag=True, expose_value=False, is_eager=True,
+        callback=_set_insecure,
         help=f"Allow sending tokens and signed requests over plain HTTP to a hub on another machine "
              f"(or ${INSECURE_ENV}=1); only on a network you trust end to end.")(f)

@@ -31,6 +31,9 @@ Endpoints (JSON unless noted):
 The task endpoints (``/api/tasks/poll``, ``/update``, ``/request``) are in
 :mod:`.local_api_tasks`, with their own table.
 
+The original daemon's routes that kachery-client 1.2.0 uses (``/store``, ``/feed/*``,
+``/mutable/*``, ...) are served by ``legacy_api.py`` with the original's credential.
+
 The stream sends one SSE event per message: ``id`` is the message number (so a reconnecting
 ``EventSource`` resumes after the last one it saw through ``Last-Event-ID``) and ``data`` is the
 record as JSON: ``{"number", "timestamp_ms", "payload", "metadata"}``.
@@ -91,6 +94,8 @@ class DaemonContext:
     shutdown: anyio.Event = field(default_factory=anyio.Event)
     started_at: float = field(default_factory=time.time)
     node: NodeRuntime | None = None
+    #: kachery-client 1.2.0's credential (``<storage>/client-auth``), see legacy_api.py
+    legacy_auth_code: str = ""
 
 
 class ApiError(Exception):
@@ -201,10 +206,15 @@ def _record_json(r: kachery_feeds.MessageRecord) -> bytes:
 
 def build_app(ctx: DaemonContext) -> Starlette:
     """The ASGI application serving the local API for ``ctx``."""
+    # The original daemon's API for kachery-client 1.2.0 (legacy_api.py): its /probe fields too.
+    from .legacy_api import legacy_routes, probe_fields
+
+    original_probe = probe_fields(ctx)
 
     async def probe(request: Request) -> Response:
         return _json(
-            {"ok": True, "kachery_daemon": True, "api_version": API_VERSION, "node_id": ctx.config.node_id}
+            {"ok": True, "kachery_daemon": True, "api_version": API_VERSION,
+             "node_id": ctx.config.node_id, **original_probe}
         )
 
     async def status(request: Request) -> Response:
@@ -358,6 +368,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
     from .local_api_tasks import task_routes
 
     routes += task_routes(ctx)
+    routes += legacy_routes(ctx)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ApiError):

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from ..errors import KacheryError
 from ..protocol.task_messages import TaskArgumentError
+from ..protocol.task_registrations import registration_table
 from .local_api import ApiError, DaemonContext, _channel_arg, _json, _json_body, _node, _require
-from .tasks_exchange import registration_table
 
 MAX_POLL_SECONDS = 15.0
 MAX_REQUEST_SECONDS = 24 * 3600.0

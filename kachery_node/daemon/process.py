@@ -29,6 +29,7 @@ import trio
 from ..config import load_node_config, read_settings
 from ..storage.node_storage import Storage
 from .errors import DaemonError
+from .legacy_api import write_client_files
 from .local_api import DaemonContext, build_app
 from .local_tokens import load_or_create_tokens
 from .node_runtime import NodeRuntime
@@ -84,6 +85,8 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
             cors_origins=cors_origins(storage_dir),
             changes=ChangeBroadcaster(storage.feeds),
         )
+        # For kachery-client 1.2.0 (legacy_api.py); after the storage opened without error.
+        ctx.legacy_auth_code = write_client_files(storage_dir, config.node_id)
         hc = hypercorn.config.Config()
         hc.bind = [f"{host}:{port}"]
         hc.accesslog = None

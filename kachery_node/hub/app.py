@@ -51,7 +51,9 @@ from ..transport.bucket.bucket_interface import BucketBackend
 from ..transport.bucket.http_bucket import EmbeddedBucketBackend
 from ..transport.pubsub.pubsub_interface import PubSubBackend
 from ..transport.pubsub.relay_client import EmbeddedPubSubBackend
+from . import status
 from .backends import SecretStore, keep_unchanged_secrets, validate_backends
+from .bucket_quota import validate_quota
 from .http_limits import HttpLimits
 from .object_store import FilesystemBucket
 from .relay import Relay, RelayLimits
@@ -71,6 +73,7 @@ class HubSettings:
     upload_url_ttl_s: int = DEFAULT_URL_TTL_S
     relay: RelayLimits = field(default_factory=RelayLimits)
     http: HttpLimits = field(default_factory=HttpLimits)
+    channel_quota: int | None = None  # embedded-bucket bytes of a channel whose owner set none
 
 
 class Hub:
@@ -81,12 +84,27 @@ class Hub:
         self.settings = settings or HubSettings()
         self.public_url = ""  # set once the server is bound
         self.relay = Relay(state.hub_id, self.settings.relay, state.tokens_revoked_before)
-        self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id)
+        self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id, self.quota_of)
         self.secrets = SecretStore(state.dir)
         self._backends: dict[tuple[str, str, bytes], Any] = {}
         # Revocations for external pub-sub services, kept in hub.db; sent by the server's task.
         self.revocations = RevocationQueue(state, self._make_pubsub)
         state.on_roles_changed = self._narrow_relay
+
+    def quota_of(self, channel: str) -> int | None:
+        """``channel``'s quota on the embedded bucket: its owner's, else the hub's default (None:
+        no limit); UnknownChannelError when there is no such channel (nothing may be written)."""
+        own = self.state.channel(channel).quota_bytes
+        return own if own is not None else self.settings.channel_quota
+
+    def close(self) -> None:
+        self.bucket.close()
+
+    def channel_created(self, name: str) -> None:
+        """A channel was created: objects or figures left under its name (by a channel deleted
+        before the hub removed them) are not its own."""
+        self.bucket.remove_channel(name)
+        self.relay.traffic.forget(name)
 
     def presence(self, channel: str, node: str, now_ms: int) -> dict[str, Any]:
         """``last_seen_ms`` (its last signed request, or None) and ``online``: connected to the
@@ -203,10 +221,26 @@ def _login_link(hub: Hub, user: str, body: dict, now: int) -> dict:
 def _create_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     name = validate_channel_name(body.get("channel"))
     config, secrets = validate_backends(body.get("config"), body.get("secrets"))
-    hub.state.create_channel(name, user, config, now)
+    quota = validate_quota(body.get("quota"))
+    hub.state.create_channel(name, user, config, now, quota)
     hub.secrets.put(name, secrets)
     hub._backends.clear()  # a channel of this name may have existed before
+    hub.channel_created(name)
     return hub.channel_info(name)
+
+
+def _set_quota(hub: Hub, user: str, body: dict, now: int) -> dict:
+    """The owner sets the channel's embedded-bucket quota (null: the hub's default); a lower
+    quota is enforced at the next write (which evicts as much as it needs)."""
+    name = validate_channel_name(body.get("channel"))
+    if "quota" not in body:
+        raise MalformedRequestError("request needs 'quota' (bytes, or null for the hub's default)")
+    hub.state.set_quota(name, validate_quota(body["quota"]), user, now)
+    return status.channel_status(hub, hub.state.channel(name), now)
+
+
+def _hub_status(hub: Hub, user: str, body: dict, now: int) -> dict:
+    return status.hub_status(hub, user, now)
 
 
 def _configure_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
@@ -270,6 +304,8 @@ def _delete_channel(hub: Hub, user: str, body: dict, now: int) -> dict:
     hub.state.delete_channel(name, user, now)
     hub.secrets.delete(name)
     hub._backends.clear()
+    hub.bucket.remove_channel(name)
+    hub.relay.traffic.forget(name)
     return {"deleted": name}
 
 
@@ -299,6 +335,8 @@ USER_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
     "delete_channel": _delete_channel,
     "request_roles": _request_roles,
     "list_nodes": _list_nodes,
+    "set_quota": _set_quota,
+    "hub_status": _hub_status,
 }
 
 

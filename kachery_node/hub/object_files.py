@@ -7,8 +7,10 @@ directory at once, and whoever wrote first would block the other (issue 11). Key
 contain ``#``, so every directory name is a key segment and every file name ends with ``#``: the
 two never meet, whatever keys are written, in whatever order.
 
-``<root>/.tmp/`` holds uploads in progress and ``<root>/.layout`` records the on-disk layout
-(no key segment starts with ``.``). A bucket written before the suffix (files named by their
+``<root>/.tmp/`` holds uploads in progress, ``<root>/.trash/`` deleted channels' directories
+until they are removed (in the background, and at the next start), ``<root>/.index.db`` the
+objects' sizes and access times (hub/object_index.py) and ``<root>/.layout`` records the on-disk
+layout (no key segment starts with ``.``). A bucket written before the suffix (files named by their
 key) is migrated when it is opened: each such file is renamed to its ``#`` name (idempotent, so
 an interrupted migration resumes at the next start), then ``.layout`` is written.
 """
@@ -18,6 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..protocol.channel_errors import InvalidPathError
@@ -45,6 +50,9 @@ class ObjectFiles:
         self.tmp.mkdir(exist_ok=True)
         for stale in self.tmp.iterdir():  # partial uploads of a previous run
             stale.unlink(missing_ok=True)
+        self.trash = self.root / ".trash"
+        if self.trash.exists():  # deleted channels whose removal a stop interrupted
+            shutil.rmtree(self.trash, ignore_errors=True)
         marker = self.root / ".layout"
         if not marker.exists():
             moved = self._migrate_unsuffixed()
@@ -67,6 +75,48 @@ class ObjectFiles:
         final = self.path_of(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
+
+    def remove(self, key: str) -> None:
+        """Delete object ``key`` (absent: nothing to do) and the directories it leaves empty, up
+        to the channel's own directory (p(h) makes up to 16 million of them over time)."""
+        path = self.path_of(key)
+        path.unlink(missing_ok=True)
+        top = self.root / key.split("/", 1)[0]
+        parent = path.parent
+        while parent != top and parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or gone): the directories above are not empty either
+                break
+            parent = parent.parent
+
+    def remove_channel(self, channel: str) -> None:
+        """Delete every object of ``channel`` (a channel name: one key segment). Its directory
+        is moved aside at once (a channel created again under this name starts empty) and
+        deleted by a background thread."""
+        top = self.path_of(f"{channel}/x").parent
+        if not top.is_dir():
+            return
+        self.trash.mkdir(exist_ok=True)
+        aside = self.trash / f"{channel}.{secrets.token_hex(6)}"
+        os.replace(top, aside)
+        threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
+                         name="bucket-remove-channel", daemon=True).start()
+
+    def objects(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every object's key and file status, channel by channel (for rebuilding an index)."""
+        for top in sorted(self.root.iterdir()):
+            if top.name.startswith(".") or not top.is_dir():
+                continue
+            for dirpath, _dirnames, filenames in os.walk(top):
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                for name in filenames:
+                    if name.endswith(OBJECT_SUFFIX):
+                        path = os.path.join(dirpath, name)
+                        try:
+                            yield f"{rel}/{name[:-len(OBJECT_SUFFIX)]}", os.stat(path)
+                        except FileNotFoundError:
+                            continue
 
     def keys(self, prefix: str, limit: int) -> tuple[list[str], bool]:
         """Keys starting with ``prefix``, at most ``limit`` of them, and whether more were left

@@ -12,7 +12,10 @@ Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
 Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key can take, since
 key segments never start with ``.``) and is renamed into place only when complete and
 verified, so a reader sees the old object, or the whole new one, never a partial one. Where
-each object lives on disk is :class:`~kachery_node.hub.object_files.ObjectFiles`' concern.
+each object lives on disk is :class:`~kachery_node.hub.object_files.ObjectFiles`' concern; sizes
+and access times are :class:`~kachery_node.hub.object_index.ObjectIndex`'s, and each channel's
+quota (evicting re-fetchable objects to make room) :class:`~kachery_node.hub.bucket_quota.BucketQuota`'s.
+A write to a channel that does not exist (any more) is refused ``404 unknown_channel``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from ..protocol.channel_errors import (
     TooLargeError,
 )
 from ..protocol.signed_urls import verify_upload
+from .bucket_quota import BucketQuota, QuotaOf
 from .object_files import ObjectFiles
+from .object_index import ObjectIndex
 
 log = logging.getLogger("kachery.hub.bucket")
 MAX_LIST = 10_000
@@ -48,15 +53,26 @@ class FilesystemBucket:
     """The bucket's HTTP endpoints over :class:`ObjectFiles` under ``root``; keys come from the
     URL and are validated, never trusted."""
 
-    def __init__(self, root: Path | str, hub_id: str) -> None:
+    def __init__(self, root: Path | str, hub_id: str, quota_of: QuotaOf = lambda channel: None) -> None:
         self.files = ObjectFiles(root)
+        self.index = ObjectIndex(self.files)
+        self.quota = BucketQuota(self.files, self.index, quota_of)
         self.hub_id = hub_id
+
+    def close(self) -> None:
+        self.index.close()
+
+    def remove_channel(self, channel: str) -> None:
+        """Delete every object of a deleted channel (a new channel of that name starts empty)."""
+        self.files.remove_channel(channel)
+        self.index.forget_channel(channel)
 
     async def get(self, request: Request) -> Response:
         key = request.path_params["key"]
         path = self.files.path_of(key)
         if not path.is_file():
             return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404)
+        self.index.note_access(key)  # GET and HEAD: the object is in use (kept from eviction)
         return _BigChunkFileResponse(path, media_type="application/octet-stream")
 
     async def put(self, request: Request) -> Response:
@@ -71,6 +87,8 @@ class FilesystemBucket:
             if declared_n > grant.max_size:
                 raise TooLargeError(f"upload of {declared_n} bytes is over the signed size {grant.max_size}")
         parts = key.split("/")
+        channel = parts[0]
+        self.quota.check(channel, key, declared_n if declared is not None else 0)
         want_sha1 = parts[-1] if len(parts) >= 3 and parts[1] == "sha1" else None
         if want_sha1 is not None and (len(want_sha1) != 40 or want_sha1.strip("0123456789abcdef")):
             raise InvalidPathError("objects under sha1/ must be named by their 40-hex SHA-1")
@@ -103,11 +121,15 @@ class FilesystemBucket:
                     absorb(pending)
             if h is not None and h.hexdigest() != want_sha1:
                 raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")
+            # No await from here to the index update: the quota decision, the evictions and the
+            # rename happen together, whatever other uploads of the channel are in flight.
+            evicted = self.quota.make_room(channel, key, size)
             self.files.commit(tmp, key)
+            self.index.record(key, size)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("bucket stored %s (%d bytes) for node %s…", key, size, grant.node[:12])
-        return JSONResponse({"key": key, "size": size})
+        return JSONResponse({"key": key, "size": size, **({"evicted": len(evicted)} if evicted else {})})
 
     async def list(self, request: Request) -> Response:
         prefix = request.query_params.get("prefix", "")

@@ -58,6 +58,7 @@ from ..protocol.channel_errors import (
 )
 from ..protocol.pubsub_tokens import TokenClaims, verify_token
 from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
+from .relay_traffic import RelayTraffic
 
 log = logging.getLogger("kachery.hub.relay")
 
@@ -314,7 +315,7 @@ class _Connection:
         node.allowance -= 1
         event = (b'{"op":"message","band":' + orjson.dumps(band) + b',"from":"' + self.claims.node.encode()
                  + b'","ts_ms":' + str(int(now_ms)).encode() + b',"data":' + data + b"}")
-        self.relay.fan_out(band, event)
+        self.relay.traffic.count(self.claims.channel, len(data), self.relay.fan_out(band, event))
         if op.get("id") is not None:
             self.send_op(op="ack", id=op["id"])
 
@@ -342,6 +343,7 @@ class Relay:
         self.delivered = 0
         self.frames_out = 0
         self.refusals = 0
+        self.traffic = RelayTraffic()  # per channel, for `kachery hub status`
 
     def admit(self, channel: str, node: str) -> _NodeLimits:
         """Count a newly authenticated connection of ``node`` on ``channel``; refuse it when the
@@ -366,13 +368,15 @@ class Relay:
             if state.connections == 0 and state.refill(self.limits) >= self.limits.publish_burst:
                 del self.nodes[key]
 
-    def fan_out(self, band: str, event: bytes) -> None:
+    def fan_out(self, band: str, event: bytes) -> int:
+        """Queue ``event`` to ``band``'s subscribers; returns how many there were."""
         subs = self.bands.get(band)
         if not subs:
-            return
+            return 0
         for conn in list(subs):
             conn.push(event)
         self.delivered += len(subs)
+        return len(subs)
 
     def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
         """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.

@@ -30,7 +30,7 @@ from hypercorn.trio import serve
 from ..transport.tls import is_loopback_host
 from .app import Hub, HubSettings, create_app
 from .http_limits import RequestLimits
-from .state import HubState
+from .state import HubState, require_local_hub_dir
 
 log = logging.getLogger("kachery.hub")
 FD_RESERVE = 128  # descriptors kept for the hub's own files (SQLite, bucket objects, logs)
@@ -156,11 +156,13 @@ async def serve_hub(hub_dir: Path, host: str = "127.0.0.1", port: int = 8080,
                     hub.revocations.close()
                     break
     finally:
+        hub.close()
         state.close()
 
 
 def run_hub(hub_dir: Path, host: str, port: int, public_url: str | None, settings: HubSettings,
             tls: tuple[Path, Path] | None = None) -> None:
+    require_local_hub_dir(hub_dir)  # before the log file is created there
     if tls is not None:
         check_tls_files(*tls)  # before creating anything
     hub_dir.mkdir(parents=True, exist_ok=True)

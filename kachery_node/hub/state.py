@@ -11,7 +11,8 @@ Files under ``<hub dir>``:
   tokens issued before that (:meth:`HubState.tokens_revoked_before`);
 * ``feeds.db``  the channels' membership feeds (their keys never leave the hub);
 * ``secrets/``  each channel's service secrets (0600, hub/backends.py);
-* ``bucket/``   the embedded bucket's objects; ``hub.log`` the log.
+* ``bucket/``   the embedded bucket's objects (and their index ``.index.db``, hub/object_index.py);
+  ``hub.log`` the log.
 
 The membership feed is the source of truth for roles: grants, revocations and role requests are
 appended there first and the effective roles are computed by replaying it with the same
@@ -36,6 +37,7 @@ import orjson
 import kachery_feeds as kf
 
 from ..identity import Keypair, load_or_create_key
+from ..local_filesystem import require_local_filesystem
 from ..protocol import membership as mb
 from ..protocol.channel_errors import (
     ConflictError,
@@ -80,6 +82,12 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def require_local_hub_dir(hub_dir: Path) -> None:
+    """Refuse a hub directory on a network file system (its databases are WAL SQLite)."""
+    require_local_filesystem(hub_dir, "the hub's databases (hub.db, feeds.db, bucket/.index.db)",
+                             "Give `kachery hub serve --dir` (or KACHERY_HUB_DIR) a local directory")
+
+
 @dataclass(frozen=True)
 class Channel:
     """A channel as the hub records it."""
@@ -89,6 +97,7 @@ class Channel:
     feed_id: str
     config: dict
     created_ms: int
+    quota_bytes: int | None = None  # the owner's quota for the embedded bucket; None: hub default
 
     @property
     def membership_uri(self) -> str:
@@ -100,6 +109,7 @@ class HubState:
 
     def __init__(self, hub_dir: Path | str) -> None:
         self.dir = Path(hub_dir)
+        require_local_hub_dir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key: Keypair = load_or_create_key(self.dir / "hub.key")[0]
         self.hub_id = self.key.public_hex
@@ -123,6 +133,9 @@ class HubState:
         columns = {r["name"] for r in self.db.execute("PRAGMA table_info(nodes)")}
         if "last_seen_ms" not in columns:  # hub.db from before last-seen times
             self.db.execute("ALTER TABLE nodes ADD COLUMN last_seen_ms INTEGER")
+        if "quota_bytes" not in {r["name"] for r in self.db.execute("PRAGMA table_info(channels)")}:
+            # hub.db from before quotas: NULL is "the hub's default" (hub serve --channel-quota)
+            self.db.execute("ALTER TABLE channels ADD COLUMN quota_bytes INTEGER")
         # node -> last signed request (every connected daemon asks for its membership every
         # 10 s); written to hub.db at most every SEEN_SAVE_INTERVAL_MS, so a restarted hub
         # still knows roughly when each node was last there.
@@ -200,7 +213,8 @@ class HubState:
         return row["label"] if row else ""
 
     # ------------------------------------------------------------------ channels
-    def create_channel(self, name: str, owner_id: str, config: dict | None, now_ms: int) -> Channel:
+    def create_channel(self, name: str, owner_id: str, config: dict | None, now_ms: int,
+                       quota_bytes: int | None = None) -> Channel:
         validate_channel_name(name)
         config = dict(config or DEFAULT_CONFIG)
         if self.db.execute("SELECT 1 FROM channels WHERE name=?", (name,)).fetchone():
@@ -211,8 +225,9 @@ class HubState:
         try:
             with self._tx() as c:
                 c.execute("INSERT OR IGNORE INTO users VALUES (?,?)", (owner_id, now_ms))
-                c.execute("INSERT INTO channels VALUES (?,?,?,?,?)",
-                          (name, owner_id, feed.feed_id, orjson.dumps(config).decode(), now_ms))
+                c.execute("INSERT INTO channels (name, owner_id, feed_id, config, created_ms, quota_bytes)"
+                          " VALUES (?,?,?,?,?,?)",
+                          (name, owner_id, feed.feed_id, orjson.dumps(config).decode(), now_ms, quota_bytes))
         except sqlite3.IntegrityError:
             feed.delete()
             raise ConflictError(f"channel {name!r} already exists") from None
@@ -224,7 +239,7 @@ class HubState:
         if row is None:
             raise UnknownChannelError(f"no channel named {name!r} on this hub")
         return Channel(row["name"], row["owner_id"], row["feed_id"], orjson.loads(row["config"]),
-                       row["created_ms"])
+                       row["created_ms"], row["quota_bytes"])
 
     def channels(self, owner_id: str | None = None) -> list[Channel]:
         if owner_id is None:
@@ -252,6 +267,13 @@ class HubState:
             self._revoke_tokens(name, None, now_ms)  # the relay's tokens belong to the old service
         self.log(name, "config", by, f"backends: pub-sub {config['pubsub']['backend']}, "
                  f"bucket {config['bucket']['backend']}", now_ms)
+
+    def set_quota(self, name: str, quota_bytes: int | None, by: str, now_ms: int) -> None:
+        """The owner sets the channel's quota on the embedded bucket (None: the hub's default)."""
+        self.require_owner(name, by)
+        self.db.execute("UPDATE channels SET quota_bytes=? WHERE name=?", (quota_bytes, name))
+        what = "the hub's default" if quota_bytes is None else f"{quota_bytes} bytes"
+        self.log(name, "quota", by, f"bucket quota set to {what}", now_ms)
 
     def delete_channel(self, name: str, by: str, now_ms: int) -> None:
         ch = self.require_owner(name, by)

@@ -6,7 +6,9 @@ was requested with their user key). The session cookie is HttpOnly and SameSite=
 every state-changing call also carries the session's CSRF token in a header. Pages: the
 person's channels and nodes with a form to create a channel; per channel, a table of nodes ×
 roles with checkboxes (granted by the owner), the roles each node's owner requested, the
-effective roles, the channel's backends, and recent activity.
+effective roles, the channel's backends, its health for its owner (disk use and quota of the
+embedded bucket, nodes online, relay traffic since the hub started: hub/status.py), and recent
+activity.
 
 Backends are shown from the channel's public ``config`` through a whitelist of fields
 (:data:`_PUBLIC_FIELDS`); secrets live in ``<hub dir>/secrets/`` and this module never reads them.
@@ -171,6 +173,28 @@ def _backend_html(config: dict, part: str) -> str:
     return f"<b>{e(name)}</b> " + " · ".join(shown)
 
 
+def _health_html(figures: dict) -> str:
+    """The owner's view of a channel's disk, nodes and relay traffic (hub/status.py's figures)."""
+    from .bucket_quota import format_size
+
+    b, r = figures["bucket"], figures["relay"]
+    quota = b["quota_bytes"]
+    used = (f"{format_size(b['bytes'])} of {format_size(quota)}"
+            + (f" ({100 * b['bytes'] / quota:.0f} %)" if quota else "") + f" · {b['objects']} object(s)")
+    where = "" if b["backend"] == "embedded" else (
+        f' <span class="small muted">(the channel\'s objects are in its {e(b["backend"])} bucket)</span>')
+    rows = [
+        ("health-disk", "Disk", f"{e(used)}{where}<br><span class='small muted'>quota: {e(b['quota_from'])}; "
+         f"{e(format_size(b['refetchable_bytes']))} of file contents may be evicted (least recently used "
+         "first) when a write needs room; feeds and task results never are</span>"),
+        ("health-nodes", "Nodes", f"{figures['online']} of {len(figures['nodes'])} online"),
+        ("health-relay", "Relay", f"{r['messages_in']} message(s) in ({e(format_size(r['bytes_in']))}), "
+         f"{r['messages_out']} delivered ({e(format_size(r['bytes_out']))}) since the hub started"),
+    ]
+    return "<table>" + "".join(f'<tr id="{i}"><th style="width:100px">{label}</th><td>{v}</td></tr>'
+                               for i, label, v in rows) + "</table>"
+
+
 def web_routes(hub: Hub) -> list[Route]:
     state = hub.state
 
@@ -264,6 +288,14 @@ def web_routes(hub: Hub) -> list[Route]:
         backends = "".join(f'<tr id="backend-{part}"><th style="width:100px">{label}</th>'
                            f"<td>{_backend_html(ch.config, part)}</td></tr>"
                            for part, label in (("pubsub", "Pub-sub"), ("bucket", "Bucket")))
+        health = ""
+        if is_owner:  # the figures are the owner's only (hub/status.py)
+            from .status import channel_status
+
+            health = (f"<h2>Health</h2><div class=card id=health>"
+                      f"{_health_html(channel_status(hub, ch, now))}<p class='small muted'>The owner sets "
+                      f"the quota with <code>kachery channel quota {e(name)} SIZE --hub {e(hub.public_url)}"
+                      "</code>.</p></div>")
         body = f"""<h1>{e(name)}</h1>
 <p class=muted>Owner <span class=mono>{e(ch.owner_id[:16])}…</span>{" (you)" if is_owner else ""} ·
 membership feed <span class=mono>{e(ch.feed_id[:16])}…</span></p>
@@ -275,7 +307,7 @@ A node acts only in roles that are both granted and requested by its own owner (
 --hub {e(hub.public_url)} --pubsub embedded|nats://HOST:PORT|ably --bucket embedded|gcs://BUCKET|s3://BUCKET</code>
 (plus <code>--nats-account-seed</code>, <code>--ably-key-file</code> or <code>--gcs-key-file</code>/<code>--s3-key-file</code>: secrets
 stay on the hub); nodes move at their next connection.</p></div>
-<h2>Recent activity</h2><div class=card>{activity}</div>"""
+{health}<h2>Recent activity</h2><div class=card>{activity}</div>"""
         return _page(name, body, user, csrf)
 
     async def login(request: Request) -> Response:
@@ -316,6 +348,7 @@ stay on the hub); nodes move at their next connection.</p></div>
             if action == "create-channel":
                 name = validate_channel_name(body.get("channel"))
                 state.create_channel(name, user, None, now)
+                hub.channel_created(name)
                 return JSONResponse({"channel": name})
             if action == "grant":
                 name = validate_channel_name(body.get("channel"))

@@ -115,6 +115,13 @@ class HashMismatchError(ChannelProtocolError):
     status, code = 422, "hash_mismatch"
 
 
+class QuotaExceededError(ChannelProtocolError):
+    """A bucket write does not fit in the channel's quota on the hub, even after evicting every
+    re-fetchable object (spec/bucket.md §6)."""
+
+    status, code = 507, "quota_exceeded"
+
+
 class RateLimitedError(ChannelProtocolError):
     """Too many messages on one connection; slow down."""
 

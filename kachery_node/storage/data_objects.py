@@ -1,11 +1,12 @@
 """Encoding and decoding of the data objects behind store_text/json/npy/pkl and load_*.
 
 * text: UTF-8.
-* JSON: compact (``,`` and ``:``), keys in the caller's order, UTF-8 (non-ASCII kept as is).
-  numpy arrays become nested lists, numpy scalars become Python numbers and bools. NaN and
-  ±Infinity are refused (:class:`InvalidDataError`): JSON has no such values and silently
-  writing ``NaN`` or ``null`` produces files other tools misread. Loading returns plain Python
-  objects (lists, not arrays).
+* JSON: the original kachery's bytes (its ``simplejson.dumps(obj, separators=(',', ':'))``):
+  compact, keys in the caller's order, non-ASCII characters escaped (``\u00e9``), so the same
+  value gets the same ``sha1://`` URI in both. numpy arrays become nested lists, numpy scalars
+  become Python numbers and bools. NaN and ±Infinity are refused (:class:`InvalidDataError`):
+  JSON has no such values and silently writing ``NaN`` or ``null`` produces files other tools
+  misread. Loading returns plain Python objects (lists, not arrays).
 * npy: ``numpy.save`` with ``allow_pickle=False``; object arrays are refused (use store_pkl).
 * pkl: pickle protocol 4, loaded with the restricted unpickler of :mod:`.safe_pickle`.
 
@@ -46,7 +47,8 @@ def _json_default(obj: Any) -> Any:
 
 def encode_json(obj: Any) -> bytes:
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+        # ensure_ascii, as the original's simplejson: equal values, equal bytes, equal URIs.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
                           default=_json_default).encode()
     except ValueError as exc:
         if "Out of range float" in str(exc):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import NodeConfig, default_storage_dir, load_node_config, max_cache_bytes
 from ..errors import CorruptedFileError, InvalidDataError, KacheryError, LinkedFileChangedError, NotFoundError
+from ..local_filesystem import require_local_storage
 from . import cache_limit as cache
 from . import data_objects
 from .file_index import (
@@ -97,6 +98,8 @@ class Storage:
         self._index: FileIndex | None = None
         self._mutables: Mutables | None = None
         self._feeds: kachery_feeds.Store | None = None
+        # Before anything is written: its databases are WAL SQLite, unsafe on NFS & co.
+        require_local_storage(self.directory)
 
     def __repr__(self) -> str:
         return f"Storage({str(self.directory)!r})"
@@ -129,12 +132,23 @@ class Storage:
 
     @property
     def feeds(self) -> kachery_feeds.Store:
-        """The kachery_feeds store in ``<storage>/feeds.db``."""
+        """The kachery_feeds store in ``<storage>/feeds.db``. Raises
+        :class:`~kachery_node.legacy.storage_dir.OriginalFeedsDatabaseError` (saying what to do)
+        while that file is the original kachery's, which is left unchanged."""
         with self._lock:
             if self._feeds is None:
                 import kachery_feeds
 
-                self._feeds = kachery_feeds.open_store(self.directory / "feeds.db")
+                path = self.directory / "feeds.db"
+                try:
+                    self._feeds = kachery_feeds.open_store(path)
+                except kachery_feeds.NotAStoreError:
+                    from ..legacy.storage_dir import feeds_db_error, original_feeds_db
+
+                    found = original_feeds_db(path)
+                    if found is None:
+                        raise
+                    raise feeds_db_error(self.directory, found) from None
             return self._feeds
 
     def close(self) -> None:
@@ -402,6 +416,9 @@ class Storage:
                 self.index.put_link(key.sha1, rec.path, rec.size, rec.manifest_sha1, sig)
                 return LocalFile(key.sha1, Path(rec.path), st.st_size, True, sig)
             changed.append(rec.path)
+        original = self._locate_original_link(key.sha1, changed)
+        if original is not None:
+            return original
         if changed:
             raise LinkedFileChangedError(
                 f"sha1://{key.sha1} was linked from {', '.join(changed)}, which changed after it "
@@ -412,6 +429,33 @@ class Storage:
             f"sha1://{key.sha1} is not in the local storage {self.directory} (never stored "
             "or linked here, or evicted from the cache). Store it with `kachery store`, or check "
             "KACHERY_STORAGE_DIR.", uri=str(uri))
+
+    def _locate_original_link(self, sha1: str, changed: list[str]) -> LocalFile | None:
+        """A file the original kachery linked (``sha1/aa/bb/cc/<sha1>.link``, see
+        :mod:`~kachery_node.legacy.link_files`), hashed once and then kept in the index like a
+        link of ours; None if there is no such link. A target that no longer hashes to ``sha1``
+        is added to ``changed`` (never served). The ``.link`` file is left as it is."""
+        from ..legacy.link_files import link_file_path, read_link_file
+
+        link_path = link_file_path(self.path_for(sha1))
+        link = read_link_file(link_path)
+        if link is None:
+            return None
+        real = os.path.realpath(link.path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            changed.append(f"{link.path} (deleted; linked by {link_path})")
+            return None
+        sig = stat_signature(st)
+        if not stat.S_ISREG(st.st_mode) or hash_file(Path(real), chunked=False).sha1 != sha1:
+            changed.append(f"{link.path} (linked by {link_path})")
+            return None
+        manifest_sha1 = link.manifest_sha1
+        if manifest_sha1 is not None and not self._have_stored(manifest_sha1):
+            manifest_sha1 = None
+        self.index.put_link(sha1, real, st.st_size, manifest_sha1, sig)
+        return LocalFile(sha1, Path(real), st.st_size, True, sig)
 
     def _discard_corrupted(self, lf: LocalFile, actual: str) -> CorruptedFileError:
         with contextlib.suppress(FileNotFoundError):

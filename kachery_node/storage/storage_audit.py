@@ -103,7 +103,13 @@ def verify_storage(storage: Storage, *, hashes: bool = False, feeds: bool = True
         _check_unindexed_files(storage, report, indexed)
     _check_links(storage, report, hashes)
     if feeds and (storage.directory / "feeds.db").exists():
-        report.feeds = storage.feeds.verify()
+        from ..legacy.storage_dir import OriginalFeedsDatabaseError
+
+        try:
+            report.feeds = storage.feeds.verify()
+        except OriginalFeedsDatabaseError as exc:  # not ours to check; import-legacy verifies it
+            report.problems.append(StorageProblem("database", str(exc),
+                                                  path=str(storage.directory / "feeds.db")))
     return report
 
 

@@ -112,9 +112,12 @@ class HubClient:
         return self.user_request("login_link")["url"]
 
     def create_channel(self, channel: str, config: dict | None = None,
-                       secrets: dict | None = None) -> dict[str, Any]:
-        """Create ``channel``; ``config``/``secrets`` choose its backends (hub/backends.py)."""
+                       secrets: dict | None = None, quota: int | None = None) -> dict[str, Any]:
+        """Create ``channel``; ``config``/``secrets`` choose its backends (hub/backends.py),
+        ``quota`` its bytes on the embedded bucket (None: the hub's default)."""
         fields: dict[str, Any] = {"channel": channel}
+        if quota is not None:
+            fields["quota"] = quota
         if config is not None:
             fields["config"] = config
         if secrets is not None:
@@ -148,6 +151,14 @@ class HubClient:
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.user_request("list_nodes")["nodes"]
+
+    def set_quota(self, channel: str, quota: int | None) -> dict[str, Any]:
+        """Set the channel's embedded-bucket quota in bytes (None: the hub's default); owner only."""
+        return self.user_request("set_quota", channel=channel, quota=quota)
+
+    def hub_status(self) -> dict[str, Any]:
+        """Disk use and quota, connected nodes and relay traffic of each channel you own."""
+        return self.user_request("hub_status")
 
     # ------------------------------------------------------------------ nodes
     def pubsub_credentials(self, channel: str) -> dict[str, Any]:

@@ -109,7 +109,7 @@ async def test_requester_rejects_a_result_signed_by_a_non_provider(tmp_path):
     outsider = Keypair.generate()
     h = task_hash("t.add.1", {"a": 5, "b": 5})
     ch.bucket[f"lab/task_results/{h[:2]}/{h[2:4]}/{h[4:6]}/{h}"] = encode_result_object(
-        sign_result(outsider, task_hash=h, function_id="t.add.1", result=999))
+        sign_result(outsider, task_hash=h, function_id="t.add.1", result=999, now_ms=1_700_000_000_000))
     runs: list = []
     async with anyio.create_task_group() as tg:
         await tg.start(prov.run)

@@ -17,6 +17,7 @@ from kachery_node.hub.object_files import ObjectFiles
 from kachery_node.identity import Keypair
 from kachery_node.protocol.channel_errors import InvalidPathError
 from kachery_node.protocol.signed_urls import sign_upload_url
+from kachery_node.transport.hub_client import HubClient
 
 from .conftest import HubProcess
 
@@ -76,6 +77,8 @@ def own_hub(tmp_path_factory):
 def test_hub_bucket_holds_a_key_below_another(own_hub):
     """Before the fix, the second PUT got 500: ``feeds/ab`` was a file where a directory had to go."""
     hub_key = Keypair.from_seed_hex((own_hub.dir / "hub.key").read_text().strip())
+    with HubClient(own_hub.url, user_key=Keypair.generate()) as owner:
+        owner.create_channel("lab")  # the bucket writes only into existing channels
     node = Keypair.generate().public_hex
     base = f"{own_hub.url}/bucket"
     keys = ["lab/feeds/ab", "lab/feeds/ab/cd/head", "lab/task_results/00/11", "lab/task_results/00"]

@@ -157,3 +157,30 @@ def test_onboarding_by_label_prefix_and_added_roles(tmp_path, hub):
     fresh = {**a.env, "KACHERY_STORAGE_DIR": str(tmp_path / "never-initialized")}
     p = subprocess.run([KACHERY, "node", "start"], env=fresh, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "kachery init" in p.stderr
+
+
+def test_quota_and_hub_status_commands(tmp_path, hub):
+    """Issue 13 item 6: a channel's quota from `channel create --quota` and `channel quota`, its
+    figures in `hub status` for its owner only; sizes a person writes, and bad ones refused."""
+    owner, other = Person(tmp_path, "owner", hub.url), Person(tmp_path, "other", hub.url)
+    owner.run("channel", "create", "quota.test", "--quota", "1.5GiB")
+    other.run("node", "join", "quota.test", "--roles", "request-files")
+    [ch] = [c for c in json.loads(owner.run("hub", "status", "--json").stdout)["channels"]
+            if c["channel"] == "quota.test"]
+    assert ch["bucket"]["quota_bytes"] == 1_610_612_736 and ch["bucket"]["bytes"] == 0
+    assert [n["label"] for n in ch["nodes"]] == ["other"]
+    text = owner.run("hub", "status").stdout
+    assert "quota.test\n    disk:  0 B in 0 object(s) of 1.61 GB (channel)" in text, text
+    assert "quota.test" not in other.run("hub", "status").stdout
+
+    bad = owner.run("channel", "quota", "quota.test", "lots", check=False)
+    assert bad.returncode == 2 and "'lots' is not a size" in bad.stderr
+    bad = owner.run("channel", "quota", "quota.test", "none", check=False)
+    assert bad.returncode == 2 and "`default` takes the hub's" in bad.stderr
+    bad = owner.run("channel", "create", "quota.bad", "--quota", "-3", check=False)
+    assert bad.returncode == 2 and "not a size" in bad.stderr
+    refused = other.run("channel", "quota", "quota.test", "1TB", check=False)
+    assert refused.returncode == 1 and "only the owner" in refused.stderr
+    assert "quota 20 GB (channel)" in owner.run("channel", "quota", "quota.test", "20GB").stdout
+    assert "quota unlimited (hub default)" in owner.run("channel", "quota", "quota.test", "default").stdout
+    assert "quota.bad" not in owner.run("channel", "list").stdout

@@ -184,6 +184,10 @@ def test_slow_clients_are_cut_within_the_timeouts(own_hub):
     hub_key_seed = (own_hub.dir / "hub.key").read_text().strip()
     from kachery_node.identity import Keypair
     from kachery_node.protocol.signed_urls import sign_upload_url
+    from kachery_node.transport.hub_client import HubClient
+
+    with HubClient(own_hub.url, user_key=Keypair.generate()) as owner:
+        owner.create_channel("lab")  # the bucket writes only into existing channels
 
     put_url = urlsplit(sign_upload_url(Keypair.from_seed_hex(hub_key_seed), "http://x/bucket", "lab/feeds/slow",
                                        max_size=10**6, expires=int(time.time()) + 600, node_id="0" * 64))

@@ -189,3 +189,37 @@ def test_channel_page_shows_who_is_online_and_folds_repeated_activity(hub, chrom
     tokens = [line for line in lines if "token" in line]
     assert len(tokens) == 1 and "×5" in tokens[0], lines
     page.screenshot(artifacts / "hub-channel-presence.png")
+
+
+def test_channel_page_shows_its_owner_disk_nodes_and_relay(hub, chromium, channel_name, artifacts):
+    """Issue 13 item 6: the owner sees the channel's disk use against its quota, nodes online and
+    relay traffic; the owner of a member node sees the channel, not these figures."""
+    import hashlib
+    import os
+
+    from kachery_node.protocol.bucket_layout import pathify
+
+    owner = Actor(hub.url, "owner")
+    owner.client.create_channel(channel_name, quota=4_000_000)
+    member = Actor(hub.url, "member")
+    member.client.register_node("member")
+    member.client.request_roles(channel_name, member.node_id, ["provide-files"])
+    owner.client.grant(channel_name, member.node_id, ["provide-files"])
+    data = os.urandom(1_000_000)
+    [url] = member.client.upload_urls(channel_name, [{"path": "sha1/" + pathify(hashlib.sha1(data).hexdigest()),
+                                                      "size": len(data)}])
+    httpx.put(url, content=data, timeout=30).raise_for_status()
+
+    page = _signed_in_page(chromium, owner)
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    disk = page.evaluate("document.getElementById('health-disk').innerText")
+    assert "1 MB of 4 MB (25 %) · 1 object(s)" in disk and "quota: channel" in disk, disk
+    assert page.evaluate("document.getElementById('health-nodes').innerText").endswith("1 of 1 online")
+    assert "since the hub started" in page.evaluate("document.getElementById('health-relay').innerText")
+    assert f"kachery channel quota {channel_name} SIZE" in page.evaluate("document.getElementById('health').innerText")
+    page.screenshot(artifacts / "hub-channel-health.png")
+
+    other = _signed_in_page(chromium, member)
+    other.navigate(f"{hub.url}/channels/{channel_name}")
+    assert channel_name in other.evaluate("document.querySelector('h1').innerText")
+    assert other.evaluate("document.getElementById('health')") is None

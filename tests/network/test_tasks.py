@@ -195,7 +195,8 @@ def test_tampered_or_forged_cached_results_are_ignored_and_reported(tl):
     # A well-signed result from a node that does not hold provide-tasks on the channel.
     h2 = task_hash("test.echo.1", {"value": "x"})
     forger = Keypair.generate()
-    forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!")
+    forged = sign_result(forger, task_hash=h2, function_id="test.echo.1", result="forged!",
+                         now_ms=int(time.time() * 1000))
     path2 = tl.lab.bucket_object(task_result_path("lab", h2))
     path2.parent.mkdir(parents=True, exist_ok=True)
     path2.write_bytes(encode_result_object(forged))
@@ -373,3 +374,32 @@ def test_requester_needs_no_function_type(tl):
     second = request(tl.bob, "test.add.1", {"a": 40, "b": 2}, type=None)
     assert second.startswith("ok 42 True False ['finished']"), second
     assert sum("40+2" in line for line in tl.backend.runs("add")) == 1
+
+
+def test_the_original_clients_names_work(tl, tmp_path):
+    """kachery-client's keywords (issue 17): run_task_backend(task_function_ids=...) with
+    decorated functions, request_task(task_function_id=, task_kwargs=, task_function_type=),
+    handle.wait(timeout_sec=), handle.result and handle.status."""
+    code = tmp_path / "original_backend.py"
+    code.write_text(
+        "import kachery_node as kn\n"
+        "@kn.taskfunction('test.original-names.1', type='query')\n"
+        "def shout(*, text):\n"
+        "    return text.upper()\n"
+        "kn.run_task_backend(channels=['lab'], task_function_ids=['test.original-names.1'])\n")
+    before = {b["backend_id"] for b in task_backends(tl.alice)}
+    proc = subprocess.Popen([sys.executable, str(code)], env=tl.alice.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(b["backend_id"] not in before for b in task_backends(tl.alice)),
+                 what="the task_function_ids backend to register")
+        out = script(tl.bob, """
+import kachery_node as kn
+h = kn.request_task(task_function_id="test.original-names.1", task_kwargs={"text": "hi"},
+                    task_function_type="query", channel="lab")
+print(h.wait(timeout_sec=30), h.result, h.status)
+""")
+        assert out.split() == ["HI", "HI", "finished"], out
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

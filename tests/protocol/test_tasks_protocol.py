@@ -64,7 +64,7 @@ def test_bad_arguments_get_a_typed_error():
 def test_results_verify_and_tampering_is_caught():
     key = Keypair.generate()
     h = task_hash("f.1", {"x": 1})
-    obj = sign_result(key, task_hash=h, function_id="f.1", result={"y": [1, 2]})
+    obj = sign_result(key, task_hash=h, function_id="f.1", result={"y": [1, 2]}, now_ms=1_700_000_000_000)
     res = verify_result(obj, task_hash=h, function_id="f.1")
     assert res.result == {"y": [1, 2]} and res.provider == key.public_hex
     tampered = {**obj, "body": obj["body"].replace("[1,2]", "[1,3]")}

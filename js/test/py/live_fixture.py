@@ -99,7 +99,8 @@ def main() -> None:
 
     kwargs = {"n": 3, "name": "é", "xs": [1.5, 2]}
     th = task_hash("lab.square.1", kwargs)
-    result_obj = sign_result(node, task_hash=th, function_id="lab.square.1", result={"y": [2.25, 4]})
+    result_obj = sign_result(node, task_hash=th, function_id="lab.square.1", result={"y": [2.25, 4]},
+                           now_ms=1_700_000_000_000)
     put(bucket, bl.task_result_path(CHANNEL, th), encode_result_object(result_obj))
 
     small_file = b"Hello, world!"
