@@ -1,8 +1,8 @@
 """Live-feed latency and file throughput through each backend combination, side by side.
 
 For each combination ("<pub-sub>+<bucket>": embedded, NATS via nats-server, Ably via
-tests/ably_fake_server.py, GCS via gcp-storage-emulator) this starts a hub and two real node
-daemons (the test suite's Lab), then measures:
+tests/ably_fake_server.py, GCS via gcp-storage-emulator, S3 via moto's server mode) this starts
+a hub and two real node daemons (the test suite's Lab), then measures:
 
 * pub-sub round trip: two clients of the backend (``open_pubsub``, hub-minted credentials),
   publish -> the other receives, one message in flight, median and p99 over N messages;
@@ -12,7 +12,8 @@ daemons (the test suite's Lab), then measures:
   bucket, download, verify): MB/s.
 
 Stand-ins are local processes on this machine, so the numbers compare the client paths and the
-relays' costs, not the cloud services. Run: ``python bench/bench_backends.py [--size-mb 50]``.
+relays' costs, not the cloud services. Run: ``python bench/bench_backends.py [--size-mb 50]
+[--rounds 3]`` (with several rounds: min / median / max of each number over the rounds).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from kachery_node.transport.hub_client import HubClient  # noqa: E402
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub  # noqa: E402
 from tests.hub.conftest import HubProcess  # noqa: E402
 from tests.network.conftest import ALL_ROLES, Lab  # noqa: E402
-from tests.standins import AblyFake, GcsEmulator, NatsCluster, fake_service_account  # noqa: E402
+from tests.standins import AblyFake, GcsEmulator, MotoS3, NatsCluster, fake_service_account  # noqa: E402
 
 #: Messages are bytes (pub-sub v2): these tests send small JSON documents as their bytes.
 j = orjson.dumps
@@ -49,7 +50,10 @@ j = orjson.dumps
 def data(message) -> object:
     return orjson.loads(message.data)
 
-COMBINATIONS = ["embedded+embedded", "nats+embedded", "ably+embedded", "embedded+gcs", "nats+gcs"]
+
+COMBINATIONS = ["embedded+embedded", "nats+embedded", "ably+embedded", "embedded+gcs", "nats+gcs",
+                "embedded+s3"]
+METRICS = ["pubsub_p50_ms", "pubsub_p99_ms", "live_p50_ms", "live_p99_ms", "file_MBps"]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -75,6 +79,11 @@ def create_args(combo: str, root: Path, standins: dict) -> list[str]:
         fake_service_account(root / "sa.json")
         args += ["--bucket", f"gcs://{name}", "--gcs-endpoint", g.endpoint,
                  "--gcs-key-file", str(root / "sa.json")]
+    if bucket == "s3":
+        s3 = standins["s3"]
+        name = s3.new_bucket(f"bench-{root.name.lower().replace('_', '-')}"[:63])
+        args += ["--bucket", f"s3://{name}", "--s3-endpoint", s3.endpoint,
+                 "--s3-key-file", str(s3.key_file(root / "s3.key"))]
     return args
 
 
@@ -166,21 +175,32 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=50)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--only", nargs="*", default=COMBINATIONS)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-standins-") as d:
         standins = {"nats": NatsCluster(Path(d) / "nats"), "gcs": GcsEmulator(Path(d) / "gcs"),
-                    "ably": AblyFake(Path(d) / "ably")}
+                    "ably": AblyFake(Path(d) / "ably"), "s3": MotoS3(Path(d) / "s3")}
         try:
-            rows = [run_combo(c, standins, args) for c in args.only]
+            rounds = [[run_combo(c, standins, args) for c in args.only] for _ in range(args.rounds)]
         finally:
             for s in standins.values():
                 s.stop()
     print(f"\n{'pub-sub+bucket':<20}{'pub-sub p50/p99 ms':>22}{'live feed p50/p99 ms':>24}"
           f"{f'file {args.size_mb} MB, MB/s':>22}")
-    for r in rows:
-        print(f"{r['combo']:<20}{r['pubsub_p50_ms']:>11.2f} /{r['pubsub_p99_ms']:>7.2f}"
-              f"{r['live_p50_ms']:>14.2f} /{r['live_p99_ms']:>7.2f}{r['file_MBps']:>20.1f}")
-    print(json.dumps(rows))
+    for i, r in enumerate(rounds[0]):
+        runs = [rnd[i] for rnd in rounds]
+        print(f"{r['combo']:<20}{_spread(runs, 'pubsub_p50_ms')} /{_spread(runs, 'pubsub_p99_ms')}"
+              f"   {_spread(runs, 'live_p50_ms')} /{_spread(runs, 'live_p99_ms')}"
+              f"   {_spread(runs, 'file_MBps')}")
+    print(json.dumps(rounds))
+
+
+def _spread(runs: list[dict], metric: str) -> str:
+    """One number, or min/median/max over the rounds."""
+    values = sorted(r[metric] for r in runs)
+    if len(values) == 1:
+        return f"{values[0]:>8.2f}"
+    return f" {values[0]:.2f}/{statistics.median(values):.2f}/{values[-1]:.2f}"
 
 
 if __name__ == "__main__":

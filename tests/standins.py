@@ -4,6 +4,7 @@
   generated operator and account; one server or several clustered.
 * :class:`GcsEmulator`: gcp-storage-emulator (PyPI) with a default bucket.
 * :func:`fake_service_account`: a service-account key (fresh RSA key) as Google hands them out.
+* :class:`MotoS3`: moto's S3 server mode (PyPI ``moto[server]``), public-read buckets made on demand.
 * :class:`AblyFake`: tests/ably_fake_server.py, a small server speaking the part of Ably's
   protocol we use.
 
@@ -161,6 +162,59 @@ class GcsEmulator:
             if time.monotonic() > deadline:
                 raise RuntimeError("gcp-storage-emulator is not healthy")
             time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class MotoS3:
+    """moto's server mode as its own process: an S3-compatible endpoint (in memory).
+
+    Like gcp-storage-emulator it checks no signature, expiry or size on a presigned PUT (moto
+    verifies only header-signed requests, and only with IAM auth on, which refuses anonymous
+    reads), so tests/cloud/test_s3.py checks the hub's URLs the way S3 does with botocore, and the
+    node's own verification catches what the stand-in lets in."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            pytest.skip("moto[server] is not installed (pip install -e '.[test]')")
+        log = self.root / "moto.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                          "-p", str(self.port)], stdout=out, stderr=out)
+        _wait_port(self.proc, self.port, log)
+
+    def new_bucket(self, name: str, *, public_read: bool = True) -> str:
+        """Create bucket ``name``; ``public_read``: with the policy spec/bucket.md asks for
+        (anyone may GetObject and ListBucket)."""
+        resp = httpx.put(f"{self.endpoint}/{name}", timeout=10)
+        assert resp.status_code == 200, resp.text
+        if public_read:
+            # S3 authorizes HEAD with s3:GetObject; moto looks for an action it calls s3:HeadObject.
+            policy = {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject"],
+                 "Resource": [f"arn:aws:s3:::{name}/*"]},
+                {"Effect": "Allow", "Principal": "*", "Action": ["s3:ListBucket"],
+                 "Resource": [f"arn:aws:s3:::{name}"]}]}
+            resp = httpx.put(f"{self.endpoint}/{name}", params={"policy": ""}, content=json.dumps(policy),
+                             timeout=10)
+            assert resp.status_code in (200, 204), resp.text
+        return name
+
+    KEY_ID, SECRET = "AKIAKACHERYTEST00001", "kachery/test+secret"  # moto takes any key
+
+    @staticmethod
+    def key_file(path: Path, key_id: str = KEY_ID, secret: str = SECRET) -> Path:
+        """An access key file as ``--s3-key-file`` takes it (ID, then secret; 0600)."""
+        path.write_text(f"{key_id}\n{secret}\n")
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -60,12 +60,17 @@ def backend_options(fn):
                      help="File with the Ably API key (<app>.<key id>:<secret>)."),
         click.option("--ably-endpoint", default=None, help="Ably realtime host[:port] (default: Ably's)."),
         click.option("--ably-rest-url", default=None, help="Ably REST URL (default: https://rest.ably.io)."),
-        click.option("--bucket", "bucket", default=None, metavar="embedded|gcs://BUCKET",
+        click.option("--bucket", "bucket", default=None, metavar="embedded|gcs://BUCKET|s3://BUCKET",
                      help="Bucket backend (default: the hub's embedded bucket)."),
         click.option("--gcs-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Service-account key (JSON) allowed to write the GCS bucket."),
         click.option("--gcs-endpoint", default=None,
                      help="GCS endpoint (default https://storage.googleapis.com; an emulator in tests)."),
+        click.option("--s3-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="File: the S3 access key ID, then its secret (two lines); may write the bucket."),
+        click.option("--s3-endpoint", default=None, metavar="URL",
+                     help="S3-compatible endpoint, e.g. https://minio.lab.example:9000 (default: AWS's)."),
+        click.option("--s3-region", default=None, help="S3 region (default us-east-1; R2 uses auto)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -74,7 +79,8 @@ def backend_options(fn):
 
 def backend_config(pubsub: str | None, nats_account_seed: Path | None, ably_key_file: Path | None,
                    ably_endpoint: str | None, ably_rest_url: str | None, bucket: str | None,
-                   gcs_key_file: Path | None, gcs_endpoint: str | None
+                   gcs_key_file: Path | None, gcs_endpoint: str | None, s3_key_file: Path | None = None,
+                   s3_endpoint: str | None = None, s3_region: str | None = None,
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config, secrets) for a create/configure request, from the backend options."""
     from ..transport.bucket.gcs_backend import parse_gcs_url
@@ -100,6 +106,13 @@ def backend_config(pubsub: str | None, nats_account_seed: Path | None, ably_key_
     bucket = bucket or "embedded"
     if bucket == "embedded":
         config["bucket"] = {"backend": "embedded"}
+    elif bucket.startswith("s3://"):
+        from ..transport.bucket.s3_backend import s3_config
+
+        try:
+            config["bucket"], secrets["bucket"] = s3_config(bucket, s3_key_file, s3_endpoint, s3_region)
+        except MalformedRequestError as exc:
+            raise click.UsageError(exc.message) from None
     else:
         try:
             name = parse_gcs_url(bucket)
@@ -117,8 +130,8 @@ def _describe_backends(config: dict) -> str:
     pubsub, bucket = config.get("pubsub", {}), config.get("bucket", {})
     where = {"nats": pubsub.get("url"), "ably": pubsub.get("endpoint")}.get(pubsub.get("backend"))
     pubsub_text = pubsub.get("backend", "embedded") + (f" ({where})" if where else "")
-    gcs = bucket.get("backend") == "gcs"
-    bucket_text = f"gcs://{bucket['bucket']}" if gcs else bucket.get("backend", "embedded")
+    cloud = bucket.get("backend") in ("gcs", "s3")
+    bucket_text = f"{bucket['backend']}://{bucket['bucket']}" if cloud else bucket.get("backend", "embedded")
     return f"pub-sub {pubsub_text}, bucket {bucket_text}"
 
 

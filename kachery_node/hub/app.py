@@ -175,6 +175,10 @@ class Hub:
                 from ..transport.bucket.gcs_backend import GcsBucketBackend
 
                 return GcsBucketBackend(spec["bucket"], secret["service_account"], spec["endpoint"])
+            if name == "s3":
+                from ..transport.bucket.s3_backend import S3BucketBackend
+
+                return S3BucketBackend(spec, secret)
             raise MalformedRequestError(f"this hub has no bucket backend {name!r}")
         return self._cached("bucket", channel, config, make)
 

@@ -11,12 +11,13 @@ config                                                     secret (kept on the h
 ``{"pubsub": {"backend": "ably", "endpoint"?, "rest_url"?}}``  ``{"api_key": "<app>.<key id>:<secret>"}``
 ``{"bucket": {"backend": "embedded"}}``                    –
 ``{"bucket": {"backend": "gcs", "bucket", "endpoint"?}}``  ``{"service_account": {...key JSON...}}``
+``{"bucket": {"backend": "s3", "bucket", "endpoint"?, "region"?}}``  ``{"access_key_id", "secret_acc…"}``
 =========================================================  =====================================
 
 Secrets come with the owner's signed ``create_channel``/``configure_channel`` request and are
 stored in ``<hub dir>/secrets/<channel>.json`` (0600); they are never in an answer, a log line or
 the membership feed. The hub uses them only to mint narrow credentials (NATS user JWTs, Ably token
-requests, GCS signed URLs).
+requests, GCS and S3 signed URLs).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ import orjson
 from ..errors import MalformedRequestError
 
 PUBSUB_BACKENDS = ("embedded", "nats", "ably")
-BUCKET_BACKENDS = ("embedded", "gcs")
+BUCKET_BACKENDS = ("embedded", "gcs", "s3")
 PARTS = ("pubsub", "bucket")
 _SECRET_SHAPES = {"pubsub": '{"account_seed": "SA…"} (nats) or {"api_key": "<app>.<key id>:<secret>"} (ably)',
-                  "bucket": '{"service_account": {…key JSON…}} (gcs)'}
+                  "bucket": '{"service_account": {…key JSON…}} (gcs) or '
+                            '{"access_key_id": "…", "secret_access_key": "…"} (s3)'}
 
 
 def _part(config: dict, part: str) -> dict:
@@ -137,6 +139,10 @@ def validate_backends(config: Any, secrets: Any) -> tuple[dict, dict]:
                                         f"{type(exc).__name__}") from None
         bucket = {"backend": "gcs", "bucket": bucket["bucket"], "endpoint": endpoint}
         out_secrets["bucket"] = {"service_account": sa}
+    elif name == "s3":
+        from ..transport.bucket.s3_backend import validate_s3
+
+        bucket, out_secrets["bucket"] = validate_s3(bucket, secrets.get("bucket", {}))
     else:
         raise MalformedRequestError(f"unknown bucket backend {name!r} (known: {', '.join(BUCKET_BACKENDS)})")
     return {"pubsub": pubsub, "bucket": bucket}, out_secrets

@@ -143,6 +143,7 @@ _PUBLIC_FIELDS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
     ("pubsub", "nats"): (("url", ""),),
     ("pubsub", "ably"): (("endpoint", "endpoint "), ("rest_url", "REST ")),
     ("bucket", "gcs"): (("bucket", ""), ("endpoint", "endpoint ")),
+    ("bucket", "s3"): (("bucket", ""), ("endpoint", "endpoint "), ("region", "region ")),
 }
 
 
@@ -165,7 +166,7 @@ def _backend_html(config: dict, part: str) -> str:
         v = value.get(key)
         if not isinstance(v, str) or not v:
             continue
-        values = v.split(",") if key == "url" else [f"gcs://{v}" if key == "bucket" else v]
+        values = v.split(",") if key == "url" else [f"{name}://{v}" if key == "bucket" else v]
         shown.append(label + " ".join(f"<code>{e(x.strip())}</code>" for x in values if x.strip()))
     if name == "ably" and not value.get("endpoint"):
         shown.insert(0, "Ably's default endpoint")
@@ -303,8 +304,8 @@ A node acts only in roles that are both granted and requested by its own owner (
 {table}<div id=grant-msg class=msg></div></div>
 <h2>Backends</h2><div class=card id=backends><table>{backends}</table>
 <p class="small muted">The channel's owner changes them with <code>kachery channel configure {e(name)}
---hub {e(hub.public_url)} --pubsub embedded|nats://HOST:PORT|ably --bucket embedded|gcs://BUCKET</code>
-(plus <code>--nats-account-seed</code>, <code>--ably-key-file</code> or <code>--gcs-key-file</code>: secrets
+--hub {e(hub.public_url)} --pubsub embedded|nats://HOST:PORT|ably --bucket embedded|gcs://BUCKET|s3://BUCKET</code>
+(plus <code>--nats-account-seed</code>, <code>--ably-key-file</code> or <code>--gcs-key-file</code>/<code>--s3-key-file</code>: secrets
 stay on the hub); nodes move at their next connection.</p></div>
 {health}<h2>Recent activity</h2><div class=card>{activity}</div>"""
         return _page(name, body, user, csrf)

@@ -150,6 +150,17 @@ def test_channel_page_shows_nats_gcs_and_ably_backends_but_no_secret(hub, chromi
     assert "ably + gcs" in _channel_row(page, channel_name)
     assert_no_secret(page, seed, api_key, "s3cr3t")
 
+    # And the bucket to S3-compatible storage: endpoint and region shown, the secret key not.
+    s3_secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    owner.client.configure_channel(
+        channel_name, {"pubsub": {"backend": "ably", "endpoint": "127.0.0.1:9024", "rest_url": "http://127.0.0.1:9025"},
+                       "bucket": {"backend": "s3", "bucket": "lab-bucket", "endpoint": "http://127.0.0.1:9026"}},
+        {"bucket": {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": s3_secret}})
+    page.navigate(f"{hub.url}/channels/{channel_name}")
+    assert page.evaluate("document.querySelector('#backend-bucket td').innerText") == (
+        "s3 s3://lab-bucket · endpoint http://127.0.0.1:9026 · region us-east-1")
+    assert_no_secret(page, seed, api_key, s3_secret, "secret_access_key")
+
 
 def test_channel_page_shows_who_is_online_and_folds_repeated_activity(hub, chromium, channel_name, artifacts):
     """The page showed neither whether a node is there nor when it was last seen, and its activity

@@ -2,7 +2,8 @@
 
 The channel's backends are a parameter: the shared end-to-end suite (:data:`SHARED_SUITE`) runs
 once per backend combination in :data:`BACKEND_COMBINATIONS` (embedded relay and bucket, NATS,
-Google Cloud Storage through its emulator, Ably through tests/ably_fake_server.py), the same
+Google Cloud Storage through its emulator, S3 through moto's server mode, Ably through
+tests/ably_fake_server.py), the same
 test functions each time. Other tests get the embedded default. The stand-ins (tests/standins.py)
 start once per session; each lab gets its own bucket.
 """
@@ -56,17 +57,52 @@ class GcsObject:
         httpx.put(self.url, content=data, timeout=30).raise_for_status()
 
 
+@dataclass(frozen=True)
+class S3Object:
+    """One object of a moto S3 bucket, read and written behind the hub's back (with a URL
+    presigned with the channel's key: what someone holding it could do); the same methods as
+    :class:`GcsObject`."""
+
+    endpoint: str
+    bucket: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.endpoint}/{self.bucket}/{quote(self.key)}"
+
+    def exists(self) -> bool:
+        resp = httpx.head(self.url, timeout=10)
+        assert resp.status_code in (200, 404), resp
+        return resp.status_code == 200
+
+    def read_bytes(self) -> bytes:
+        resp = httpx.get(self.url, timeout=30)
+        resp.raise_for_status()
+        return resp.content
+
+    def write_bytes(self, data: bytes) -> None:
+        from kachery_node.transport.bucket.s3_signing import presign_url
+        from tests.standins import MotoS3
+
+        url = presign_url(f"{self.endpoint}/{self.bucket}/{self.key}", method="PUT",
+                          access_key_id=MotoS3.KEY_ID, secret=MotoS3.SECRET, region="us-east-1", expires_s=60,
+                          headers={"content-length": str(len(data))})
+        httpx.put(url, content=data, timeout=30).raise_for_status()
+
+
 class Lab:
     """A hub, a channel owned by the first node's user, and member nodes."""
 
     def __init__(self, root, hub: HubProcess, channel: str = "lab", create_args: tuple[str, ...] = (),
                  backends: str = "embedded+embedded", gcs: tuple[str, str] | None = None,
-                 node_env: dict[str, str] | None = None) -> None:
+                 s3: tuple[str, str] | None = None, node_env: dict[str, str] | None = None) -> None:
         self.root, self.hub, self.channel = root, hub, channel
         self.node_env = node_env or {}  # added to every node's environment (e.g. KACHERY_CA_FILE)
         self.create_args = create_args  # `kachery channel create` options choosing the backends
         self.backends = backends
         self.gcs = gcs  # (emulator endpoint, bucket name) when the channel's bucket is GCS
+        self.s3 = s3  # (moto endpoint, bucket name) when it is S3
         self.nodes: dict[str, TestNode] = {}
         self.owner: TestNode | None = None
 
@@ -98,12 +134,14 @@ class Lab:
                 raise AssertionError(f"{node.label} did not connect: {channels}\n{node.log()[-3000:]}")
             time.sleep(0.1)
 
-    def bucket_object(self, key: str) -> Path | GcsObject:
+    def bucket_object(self, key: str) -> Path | GcsObject | S3Object:
         """The channel bucket's object ``key`` (``<channel>/sha1/…``), whatever the backend:
         ``exists()``, ``read_bytes()`` and ``write_bytes()`` reach the storage directly, so that
         tests can check what landed there and tamper with it."""
         if self.gcs is not None:
             return GcsObject(*self.gcs, key)
+        if self.s3 is not None:
+            return S3Object(*self.s3, key)
         return object_file(self.hub.dir / "bucket", key)
 
     def stop(self) -> None:
@@ -122,7 +160,8 @@ class Lab:
 # `make_lab` tests run against. All but the default are marked `backends` (-m "not backends" skips
 # them). Each backend's own refusals (capabilities, expired tokens, bad signatures or signed URLs)
 # are in tests/cloud/.
-ALL_COMBINATIONS = ["embedded+embedded", "nats+embedded", "embedded+gcs", "nats+gcs", "ably+embedded"]
+ALL_COMBINATIONS = ["embedded+embedded", "nats+embedded", "embedded+gcs", "nats+gcs", "ably+embedded",
+                    "embedded+s3"]
 SHARED_SUITE = {
     "test_live_feeds": ALL_COMBINATIONS,
     "test_files": ALL_COMBINATIONS,
@@ -166,6 +205,15 @@ def gcs_emulator(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.standins import MotoS3
+
+    server = MotoS3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def ably_server(tmp_path_factory):
     from tests.standins import AblyFake
 
@@ -177,9 +225,9 @@ def ably_server(tmp_path_factory):
 _buckets = itertools.count()
 
 
-def backend_args(request, backends: str, secrets_dir) -> tuple[list[str], tuple[str, str] | None]:
+def backend_args(request, backends: str, secrets_dir) -> tuple[list[str], dict]:
     """`kachery channel create` options for a backend combination, starting its stand-ins, and
-    the (emulator endpoint, bucket name) of a GCS bucket."""
+    ``{"gcs"|"s3": (stand-in endpoint, bucket name)}`` for a cloud bucket."""
     from tests.standins import fake_service_account
 
     pubsub, bucket = backends.split("+")
@@ -204,7 +252,13 @@ def backend_args(request, backends: str, secrets_dir) -> tuple[list[str], tuple[
         args += ["--bucket", f"gcs://{name}", "--gcs-endpoint", emulator.endpoint,
                  "--gcs-key-file", str(secrets_dir / "gcs.json")]
         gcs = (emulator.endpoint, name)
-    return args, gcs
+    if bucket == "s3":
+        server = request.getfixturevalue("s3_server")
+        name = server.new_bucket(f"lab-{next(_buckets)}")
+        args += ["--bucket", f"s3://{name}", "--s3-endpoint", server.endpoint,
+                 "--s3-key-file", str(server.key_file(secrets_dir / "s3.key"))]
+        return args, {"s3": (server.endpoint, name)}
+    return args, {"gcs": gcs} if gcs else {}
 
 
 @pytest.fixture
@@ -215,9 +269,9 @@ def make_lab(tmp_path, request, lab_backends):
 
     def make(*hub_args: str) -> Lab:
         assert not labs, "one lab per test"
-        args, gcs = backend_args(request, lab_backends, tmp_path / "backend-secrets")
+        args, buckets = backend_args(request, lab_backends, tmp_path / "backend-secrets")
         labs.append(Lab(tmp_path, HubProcess(tmp_path / "hub", *hub_args), create_args=tuple(args),
-                        backends=lab_backends, gcs=gcs))
+                        backends=lab_backends, **buckets))
         return labs[0]
 
     yield make

@@ -27,6 +27,7 @@ import orjson
 
 from ...errors import HubRequestError, InvalidDataError, NotFoundError
 from ..tls import ssl_context
+from .xml_errors import xml_error
 
 BUFFER_BYTES = 1 << 20
 MAX_HEADER_BYTES = 64 << 10
@@ -186,7 +187,11 @@ class DirectGet:
             err = orjson.loads(body)["error"]
             return HubRequestError(status, str(err["code"]), str(err["message"]))
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return HubRequestError(status, "http_error", f"GET {self.url}: HTTP {status}")
+            pass
+        s3 = xml_error(body)  # an object store's own refusal (S3: AccessDenied, …)
+        if s3 is not None:
+            return HubRequestError(status, s3[0], f"GET {self.url}: {s3[1]}")
+        return HubRequestError(status, "http_error", f"GET {self.url}: HTTP {status}")
 
     def _read_body(self, sock: socket.socket, first: bytes, length: int,
                    write: Callable[[memoryview], None], progress: Callable[[int, int], None] | None) -> int:

@@ -31,6 +31,7 @@ from ...errors import HubRequestError, NotFoundError
 from ..tls import require_secure_url
 from .bucket_interface import ByteSink, Destination, ProgressCallback
 from .direct_get import DirectGet, DirectGetUnsupported, range_header
+from .xml_errors import xml_error
 
 log = logging.getLogger("kachery.bucket")
 
@@ -42,14 +43,19 @@ Write = Callable[[bytes | memoryview], object]
 
 def raise_for_status(resp: httpx.Response, what: str) -> None:
     """Raise :class:`HubRequestError` for an error answer, with the bucket's own code and message
-    when it gave them (``{"error": {"code", "message"}}``)."""
+    when it gave them (the embedded bucket's ``{"error": {"code", "message"}}``, or an S3-style
+    XML ``<Error><Code>…``)."""
     if resp.status_code < 400:
         return
     try:
         err = resp.json()["error"]
         raise HubRequestError(resp.status_code, err["code"], err["message"])
     except (ValueError, KeyError, TypeError):
-        raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
+        pass
+    s3 = xml_error(resp.content)
+    if s3 is not None:  # an object store's own refusal: keep its code (SignatureDoesNotMatch, …)
+        raise HubRequestError(resp.status_code, s3[0], f"{what}: {s3[1]}") from None
+    raise HubRequestError(resp.status_code, "http_error", f"{what}: HTTP {resp.status_code}") from None
 
 
 def unreachable(what: str, exc: BaseException) -> HubRequestError:

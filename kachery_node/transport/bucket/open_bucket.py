@@ -1,6 +1,6 @@
 """The node's bucket client for a channel, chosen by what the hub's ``channel_info`` says.
 
-``info["bucket"]`` is ``{"backend": "embedded" | "gcs", "read_url": ..., ...}`` (never a secret:
+``info["bucket"]`` is ``{"backend": "embedded" | "gcs" | "s3", "read_url": ..., ...}`` (never a secret:
 reads are public, writes need signed URLs from the hub). Hubs older than the backend choice send
 only ``bucket_url``: that is the embedded bucket.
 """
@@ -30,4 +30,8 @@ def open_bucket(info: dict[str, Any], client: httpx.AsyncClient | None = None) -
         from .gcs_backend import GcsBucket
 
         return GcsBucket(spec["read_url"], spec["api_url"], client)
-    raise MalformedRequestError(f"unknown bucket backend {backend!r} (known: embedded, gcs)")
+    if backend == "s3":
+        from .s3_backend import S3Bucket
+
+        return S3Bucket(spec["read_url"], client)
+    raise MalformedRequestError(f"unknown bucket backend {backend!r} (known: embedded, gcs, s3)")
