@@ -21,9 +21,8 @@ from unittest import mock
 import httpx
 import pytest
 import trio
-from kachery_node.protocol.channel_errors import HubRequestError
 
-from kachery_node.errors import NotFoundError
+from kachery_node.errors import HubRequestError, NotFoundError
 from kachery_node.transport.bucket.direct_get import DirectGet
 from kachery_node.transport.bucket.open_bucket import open_bucket
 from kachery_node.transport.bucket.s3_backend import S3Bucket

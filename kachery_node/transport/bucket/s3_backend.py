@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...protocol.channel_errors import MalformedRequestError
+from ...errors import MalformedRequestError
 from ...protocol.signed_urls import validate_object_key
 from .bucket_interface import BucketBackend
 from .http_bucket import HttpBucket
