@@ -62,7 +62,7 @@ def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | N
 
         if remote.daemon_for(storage.directory) is None:
             raise NotFoundError(
-                f"{exc} (no kachery daemon is running for {storage.directory}, so no channel was "
+                f"{exc} (no daemon is running for {storage.directory}, so no channel was "
                 "asked; start one with `kachery node start`)", uri=uri) from None
         path = remote.fetch_file(storage.directory, uri, channel=channel)
         return load(storage) if fetched is None else fetched(path)

@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 import orjson
 
-from .config import default_storage_dir
+from .config import default_storage_dir, load_node_config
 from .daemon.local_tokens import read_browser_token, read_client_token
-from .daemon.paths import INFO_FILE, default_port
-from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
+from .daemon.paths import INFO_FILE
+from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError, KacheryError
 
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
@@ -50,13 +50,33 @@ def _shared_pool() -> httpx.Client:
         return _pool
 
 
-def daemon_address(storage_dir: Path) -> tuple[str, int]:
-    """Where the daemon for ``storage_dir`` listens: its daemon.json, else the default port."""
+def daemon_address(storage_dir: Path) -> tuple[str, int] | None:
+    """Where the daemon of ``storage_dir`` said it listens (its daemon.json), or None.
+
+    Only this storage's own daemon.json is read: a well-known port may be another storage's
+    daemon (another person's on a shared server), which must never get this storage's token.
+    """
     try:
         info = json.loads((Path(storage_dir) / INFO_FILE).read_text())
-        return info["host"], int(info["port"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return "127.0.0.1", default_port()
+        return str(info["host"]), int(info["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _expected_node_id(storage_dir: Path) -> str | None:
+    """The node ID of ``storage_dir`` (its config), else the one its daemon.json names."""
+    try:
+        return load_node_config(storage_dir).node_id
+    except KacheryError:
+        pass
+    try:
+        return str(json.loads((storage_dir / INFO_FILE).read_text())["node_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: (storage directory, base URL) pairs whose daemon's node ID was checked in this process.
+_verified: set[tuple[str, str]] = set()
 
 
 class DaemonClient:
@@ -64,12 +84,34 @@ class DaemonClient:
 
     def __init__(self, storage_dir: str | os.PathLike | None = None, *, port: int | None = None) -> None:
         self.storage_dir = Path(storage_dir) if storage_dir else default_storage_dir()
-        host, found_port = daemon_address(self.storage_dir)
+        found = daemon_address(self.storage_dir)
+        host, found_port = found if found else ("127.0.0.1", None)
         self.host, self.port = host, port or found_port
-        self.base_url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        self.base_url = (f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+                         if self.port else None)
 
-    def _headers(self, json_body: bool = False) -> dict[str, str]:
-        token = read_client_token(self.storage_dir)
+    def _not_running(self, why: str = "") -> DaemonNotRunningError:
+        return DaemonNotRunningError(
+            f"no daemon is running for {self.storage_dir}{why}: start one with `kachery node start`")
+
+    def _ready(self, path: str, timeout: float) -> str:
+        """The URL for ``path``, once it is known that this storage's own daemon answers there:
+        before this storage's token leaves the process, the node ID at ``/probe`` must be this
+        storage's (not another storage's daemon that took the port since)."""
+        if self.base_url is None:
+            raise self._not_running()
+        key = (str(self.storage_dir), self.base_url)
+        if path != "/probe" and key not in _verified:
+            answer = self.probe(timeout=min(timeout, 5.0)) if timeout else self.probe()
+            if answer.get("node_id") != _expected_node_id(self.storage_dir):
+                raise self._not_running(f" (the daemon at {self.base_url} serves another node; "
+                                        "this storage's daemon.json is out of date)")
+            _verified.add(key)
+        return self.base_url + path
+
+    def _headers(self, json_body: bool = False, path: str = "") -> dict[str, str]:
+        # /probe is asked before the daemon is known to be ours: it never gets the token.
+        token = read_client_token(self.storage_dir) if path != "/probe" else None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if json_body:
             headers["Content-Type"] = "application/json"
@@ -84,9 +126,8 @@ class DaemonClient:
     def _failure(self, exc: httpx.HTTPError, what: str) -> DaemonError:
         """The typed error for a request that did not get an answer."""
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return DaemonNotRunningError(
-                f"no kachery daemon at {self.base_url} for {self.storage_dir}: "
-                "start one with `kachery node start`")
+            _verified.discard((str(self.storage_dir), self.base_url))
+            return self._not_running(f" (nothing answers at {self.base_url})")
         if isinstance(exc, httpx.TimeoutException):
             return DaemonError(f"the daemon at {self.base_url} did not answer {what} in time ({exc})")
         # Reset or closed mid-request: the daemon died (or is dying) while answering. If nothing
@@ -120,8 +161,8 @@ class DaemonClient:
                 params: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """One request; its JSON answer. Raises DaemonError (``status`` set for an error answer)."""
         try:
-            r = _shared_pool().request(method, self.base_url + path, content=self._encode(json_body),
-                                       params=params, headers=self._headers(json_body is not None),
+            r = _shared_pool().request(method, self._ready(path, timeout), content=self._encode(json_body),
+                                       params=params, headers=self._headers(json_body is not None, path),
                                        timeout=timeout)
         except httpx.HTTPError as exc:
             raise self._failure(exc, f"{method} {path}") from exc
@@ -147,8 +188,9 @@ class DaemonClient:
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT, read=read_timeout)
         what = f"{method} {path}"
         try:
-            with _shared_pool().stream(method, self.base_url + path, content=self._encode(json_body),
-                                       headers=self._headers(json_body is not None),
+            with _shared_pool().stream(method, self._ready(path, CONNECT_TIMEOUT),
+                                       content=self._encode(json_body),
+                                       headers=self._headers(json_body is not None, path),
                                        timeout=timeout) as r:
                 if r.status_code >= 400:
                     r.read()
@@ -170,11 +212,16 @@ class DaemonClient:
         return self.request("GET", "/probe", timeout=timeout)
 
     def is_running(self) -> bool:
-        """Whether a daemon answers the probe now (one that drops the connection does not)."""
+        """Whether this storage's own daemon answers now (another storage's daemon on the
+        recorded port, or one that drops the connection, does not count)."""
+        if self.base_url is None:
+            return False
         try:
-            return bool(self.probe().get("kachery_daemon"))
+            answer = self.probe()
         except DaemonError:
             return False
+        return bool(answer.get("kachery_daemon")) and answer.get("node_id") == _expected_node_id(
+            self.storage_dir)
 
     def status(self) -> dict:
         return self.request("GET", "/api/status")
@@ -209,8 +256,8 @@ def start_daemon(storage_dir: str | os.PathLike | None = None, *, port: int | No
     """
     storage_dir = Path(storage_dir) if storage_dir else default_storage_dir()
     client = DaemonClient(storage_dir, port=port)
-    if client.is_running() and client.probe().get("node_id"):
-        raise DaemonError(f"a daemon is already answering at {client.base_url}")
+    if client.is_running():
+        raise DaemonError(f"a daemon is already running for {storage_dir}, at {client.base_url}")
     cmd = [sys.executable, "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir)]
     if port is not None:
         cmd += ["--port", str(port)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,70 @@ def _end_session_processes(tmp_path_factory):
     processes.set_basetemp(tmp_path_factory.getbasetemp())
     yield
     processes.end_all()
+
+
+#: The port an installed kachery daemon takes by default (the original's, for kachery-client).
+DEFAULT_DAEMON_PORT = 20431
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _an_unrelated_daemon_on_the_default_port(request, tmp_path_factory):
+    """Hold the default daemon port with another storage's daemon while the e2e suite runs.
+
+    A developer's or user's machine usually runs its own daemon there; the suite must pass
+    anyway, and no test may reach that daemon (issue 13). So the suite makes it true itself: if
+    the port is free, one test process starts a daemon of an unrelated storage on it.
+    """
+    wanted = any(item.get_closest_marker("e2e") for item in request.session.items)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if not wanted or worker != "gw0" or not _port_is_free(DEFAULT_DAEMON_PORT):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("unrelated-daemon")
+    env = {**os.environ, "KACHERY_STORAGE_DIR": str(root / "storage"),
+           "KACHERY_USER_DIR": str(root / "user"), "KACHERY_DAEMON_PORT": str(DEFAULT_DAEMON_PORT)}
+    kachery = Path(sys.executable).parent / "kachery"
+    subprocess.run([str(kachery), "init", "--label", "unrelated"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    with open(root / "daemon.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kachery_node.daemon", "--storage-dir",
+                                 str(root / "storage")], env=env, stdout=out, stderr=out)
+    owner = _PopenOwner(proc)
+    processes.register(owner)  # stopped at the session's end in any case
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (root / "storage" / "daemon.json").exists():
+                break
+            time.sleep(0.05)
+        yield proc
+    finally:
+        owner.stop()
+
+
+class _PopenOwner:
+    """A process started with Popen, as tests/processes.py's registry wants it."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture(autouse=True)

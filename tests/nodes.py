@@ -96,9 +96,8 @@ class TestNode:
 
     @property
     def client(self) -> DaemonClient:
-        # The node's own port: without daemon.json a client would try the default port, where
-        # some other daemon of this machine may answer.
-        return DaemonClient(self.storage_dir, port=self.port)
+        # Found as users' scripts find it: through the storage's daemon.json only.
+        return DaemonClient(self.storage_dir)
 
     def _recorded_pid(self) -> int | None:
         try:

@@ -85,7 +85,9 @@ class GuideRun:
             home.mkdir(parents=True)
             self.env[name] = {**base, "HOME": str(home), "USER": "alice",
                               "KACHERY_DAEMON_PORT": str(free_port())}  # hermetic: never 20431
-        self.env["cluster"] = dict(self.env["alice"])  # the shared home: same HOME, same user key
+        # The shared home: same HOME, same user key. No port: as the guide says, the cluster
+        # node's daemon finds a free one by itself beside the others on that machine.
+        self.env["cluster"] = {k: v for k, v in self.env["alice"].items() if k != "KACHERY_DAEMON_PORT"}
         self.port = free_port()
         self.hub_url = f"https://{HUB_HOST}:{self.port}"
         self.machine = "alice"  # whose commands the guide is showing
@@ -152,7 +154,7 @@ class GuideRun:
     def daemon(self, machine: str) -> DaemonClient:
         env = self.env[machine]
         storage = env.get("KACHERY_STORAGE_DIR") or f"{env['HOME']}/kachery-storage"
-        return DaemonClient(Path(storage), port=int(env["KACHERY_DAEMON_PORT"]))
+        return DaemonClient(Path(storage))  # found through the storage's daemon.json
 
     def wait_connected(self, machine: str) -> None:
         deadline = time.monotonic() + 30
@@ -216,10 +218,6 @@ def _step(run: GuideRun, command: str) -> None:
     elif command.startswith("export KACHERY_STORAGE_DIR=/local/"):
         run.machine = "cluster"
         _export(run, command, "cluster")
-    elif command.startswith("export KACHERY_DAEMON_PORT="):
-        _export(run, command, "cluster")
-        assert 20000 <= int(run.env["cluster"]["KACHERY_DAEMON_PORT"]) < 30000
-        run.env["cluster"]["KACHERY_DAEMON_PORT"] = str(free_port())  # hermetic: a port free now
     elif command == "kachery node stop":
         run.machine = "alice"
         run.sh(command, "alice")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..config import default_storage_dir
+from ..daemon.paths import configured_port
 from ..daemon_client import DaemonClient, start_daemon
 from ..transport.tls import ssl_context
 from .output import CommandGroup, echo_json, json_option
@@ -24,7 +25,8 @@ def node() -> None:
 @node.command()
 @tls_options
 @click.option("--port", type=int, default=None,
-              help="Local API port (default $KACHERY_DAEMON_PORT or 20431).")
+              help="Local API port (default: $KACHERY_DAEMON_PORT; else 20431 if free, else any free "
+                   "loopback port).")
 @click.option("--foreground", is_flag=True, help="Run in this process instead of detaching.")
 @json_option
 def start(port: int | None, foreground: bool, as_json: bool) -> None:
@@ -34,6 +36,7 @@ def start(port: int | None, foreground: bool, as_json: bool) -> None:
     storage_dir = default_storage_dir()
     load_node_config(storage_dir)  # NotInitializedError: "run `kachery init`", before spawning anything
     ssl_context()  # ConfigError naming a bad $KACHERY_CA_FILE, here rather than in the daemon's log
+    configured_port()  # likewise a bad $KACHERY_DAEMON_PORT
     if foreground:
         from ..daemon.process import run  # trio, hypercorn, httpx: only when running it here
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import hypercorn.config
@@ -33,7 +34,7 @@ from .legacy_api import write_client_files
 from .local_api import DaemonContext, build_app
 from .local_tokens import load_or_create_tokens
 from .node_runtime import NodeRuntime
-from .paths import INFO_FILE, LOCK_FILE, default_port
+from .paths import DEFAULT_PORT, INFO_FILE, LOCK_FILE, configured_port
 from .store_changes import ChangeBroadcaster
 
 log = logging.getLogger("kachery.daemon")
@@ -71,7 +72,12 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise DaemonError(f"the daemon listens on loopback only, not on {host!r}")
     config = load_node_config(storage_dir)  # raises NotInitializedError before `kachery init`
-    port = default_port() if port is None else port
+    if port is None:
+        port = configured_port()
+    # A port the person chose is insisted on; otherwise 20431 (the original's, which
+    # kachery-client 1.2.0 looks for) if free, else any free loopback port: a second storage on
+    # the machine (another person, another node) gets its own daemon instead of an error.
+    choices = [port] if port is not None else [DEFAULT_PORT, 0]
     lock = _Lock(storage_dir / LOCK_FILE)
     storage = Storage(storage_dir)
     info_path = storage_dir / INFO_FILE
@@ -88,7 +94,6 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         # For kachery-client 1.2.0 (legacy_api.py); after the storage opened without error.
         ctx.legacy_auth_code = write_client_files(storage_dir, config.node_id)
         hc = hypercorn.config.Config()
-        hc.bind = [f"{host}:{port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("kachery.http")
         hc.graceful_timeout = 1.0
@@ -99,13 +104,12 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
             ctx.node = NodeRuntime(storage, config, ctx.changes)
             await nursery.start(ctx.node.run)
             nursery.start_soon(_watch_signals, ctx)
-            try:
-                binds = await nursery.start(_serve_http, build_app(ctx), hc, ctx, server_done)
-            except OSError as exc:
-                raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-            info_path.write_text(
-                json.dumps({"pid": os.getpid(), "host": host, "port": port, "node_id": config.node_id})
-            )
+            sock = _bind(host, choices)
+            port = sock.getsockname()[1]
+            hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
+            binds = await nursery.start(_serve_http, build_app(ctx), hc, ctx, server_done)
+            _write_info(info_path, {"pid": os.getpid(), "host": host, "port": port,
+                                    "node_id": config.node_id, "storage_dir": str(storage_dir.resolve())})
             log.info(
                 "kachery daemon for node %s (%s) listening on %s",
                 config.node_id[:12],
@@ -127,6 +131,36 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         storage.close()
         lock.release()
         log.info("stopped")
+
+
+def _bind(host: str, choices: list[int]) -> socket.socket:
+    """A TCP socket bound to the first of ``choices`` that is free on ``host`` (0: any port).
+
+    Bound here rather than by hypercorn so that "taken" is known at once and the next choice
+    tried, without a race between probing a port and binding it."""
+    for i, port in enumerate(choices):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as hypercorn does
+        try:
+            sock.bind((host, port))
+            return sock
+        except OSError as exc:
+            sock.close()
+            if i + 1 < len(choices):
+                log.info("port %d is taken (%s): taking a free port instead", port, exc.strerror or exc)
+                continue
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    raise AssertionError("no port to try")  # choices is never empty
+
+
+def _write_info(path: Path, info: dict) -> None:
+    """Write daemon.json atomically (a client never reads half of it), readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info))
+    os.replace(tmp, path)
 
 
 async def _serve_http(

@@ -243,7 +243,7 @@ def test_bad_daemon_port_variable_is_a_clear_error(tmp_path):
     n = TestNode(tmp_path, "port")
     for bad in ["\u00b2", "99999", "0", "1_0"]:
         n.env["KACHERY_DAEMON_PORT"] = bad
-        result = n.run("node", "status", check=False)
+        result = n.run("node", "start", check=False)
         assert result.returncode == 1 and "KACHERY_DAEMON_PORT must be a port number" in result.stderr, (
             bad, result.stderr)
 
@@ -330,6 +330,14 @@ def test_one_client_for_json_and_streamed_answers(node, tmp_path):
     line = b'{"type": "progress", "done": 1, "total": 2}\n'
 
     def one_line_then_reset() -> None:
+        # First the probe (the client checks whose daemon answers before it sends a token)...
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        probe = json.dumps({"kachery_daemon": True, "node_id": node.node_id}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(probe), probe))
+        conn.close()
+        # ... then the stream: one line, and the connection reset.
         conn, _ = listener.accept()
         conn.recv(65536)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
@@ -341,7 +349,7 @@ def test_one_client_for_json_and_streamed_answers(node, tmp_path):
 
     t = threading.Thread(target=one_line_then_reset, daemon=True)
     t.start()
-    client = DaemonClient(tmp_path, port=listener.getsockname()[1])
+    client = DaemonClient(node.storage_dir, port=listener.getsockname()[1])
     got = []
     with (pytest.raises(DaemonConnectionLostError, match="dropped the connection"),
           client.stream("POST", "/api/files/fetch", json_body={"uri": uri}) as lines):
