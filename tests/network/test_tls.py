@@ -209,3 +209,48 @@ def test_hub_serve_checks_its_certificate_and_key_before_starting(tmp_path, ca):
                     "--tls-cert", str(one.cert), "--tls-key", str(other.key), check=False)
     assert proc.returncode == 1 and "cannot serve TLS" in proc.stderr and "Traceback" not in proc.stderr
     assert not Path(tmp_path / "hub").exists()  # nothing created
+
+
+def test_a_lab_on_one_machine_tls_hub_and_three_storages_each_with_its_own_daemon(tls_lab, tmp_path):
+    """Issue 13's whole picture on one machine: a TLS hub on 127.0.0.2; three storages (each with
+    its own user directory: three people), two of them started without naming a port while
+    20431 is held by an unrelated daemon (tests/conftest.py) or free; a file and a live feed
+    move between them; no storage ever reaches another's daemon."""
+    owner = tls_lab.add_node("owner", ALL_ROLES)  # a port named in KACHERY_DAEMON_PORT
+    roles = ["request-files", "provide-files", "request-feeds", "provide-feeds"]
+    workstation = tls_lab.add_node("workstation", roles, start=False)
+    laptop = tls_lab.add_node("laptop", roles, start=False)
+    for node in (workstation, laptop):
+        node.env.pop("KACHERY_DAEMON_PORT")
+        said = node.run("node", "start").stdout
+        port = json.loads((node.storage_dir / "daemon.json").read_text())["port"]
+        assert f"127.0.0.1:{port}" in said  # it says where it listens
+        tls_lab.wait_connected(node)
+    ports = {json.loads((n.storage_dir / "daemon.json").read_text())["port"]
+             for n in (owner, workstation, laptop)}
+    assert len(ports) == 3
+    for node in (owner, workstation, laptop):
+        assert node.json("node", "status")["node_id"] == node.node_id
+
+    # A file from the workstation reaches the laptop (asked for on the channel over TLS).
+    data = tmp_path / "spikes.bin"
+    data.write_bytes(bytes(range(251)) * 3000)
+    uri = workstation.run("store", str(data)).stdout.strip()
+    assert laptop.run("load", uri).stdout.strip()
+    assert kn.open_storage(laptop.storage_dir).load_bytes(uri) == data.read_bytes()
+
+    # A live feed from the laptop reaches the owner's node and the workstation.
+    source = kf.open_store(laptop.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+    source.append_message({"n": 1})
+    for reader in (owner, workstation):
+        reader.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    source.append_message({"n": 2})
+    for reader in (owner, workstation):
+        replica = kf.open_store(reader.storage_dir / "feeds.db").load_subfeed(source.uri)
+        got = [m for _, m in zip(range(2), replica.follow(start=0, timeout=20), strict=False)]
+        assert got == [{"n": 1}, {"n": 2}], reader.log()[-2000:]
+
+    # Every daemon saw only its own storage's token: no request was refused as unauthenticated.
+    for node in (owner, workstation, laptop):
+        log = node.log()
+        assert " -> 401 " not in log and " -> 403 " not in log, log[-2000:]
