@@ -12,5 +12,5 @@ this node: its storage directories, its signed subfeeds and its JSON spellings.
 
 Pure logic and read-only file access, except :mod:`.feeds_import`, which writes only to this
 node's own store. The formats are in ``spec/legacy.md``; the facts about the original come from
-``original-protocol.md`` and kachery-client 1.2.0's source.
+spec/legacy.md, written from the original's public documentation and kachery-client 1.2.0's source.
 """

@@ -2,7 +2,7 @@
 
 A link to a file with SHA-1 ``h`` is the JSON file ``sha1/aa/bb/cc/<h>.link`` next to where the
 stored copy would be. Two writers made them, with two spellings of the manifest field
-(original-protocol.md §8.2, kachery-client 1.2.0 ``_local_kachery_storage.py``)::
+(spec/legacy.md; kachery-client 1.2.0 ``_local_kachery_storage.py``)::
 
     {"path": "/abs/file", "manifestSha1": "<40 hex>" | null, "stat": {"size": N, "mtime": S},
      "_writingProcess": "daemon"}                                     (the daemon, /linkFile)

@@ -13,7 +13,7 @@ The original daemon stored each message of a subfeed as the canonical JSON
 appear in ``body``; no other keys are allowed anywhere. The signature is Ed25519 by the feed's
 key (the feed ID is its public key) over ``SHA-1(UTF-8(canonical_json(body)))``, the 20 raw
 bytes; signatures from kachery-p2p sign the canonical JSON bytes themselves ("legacy" form), and
-a faithful verifier accepts both (original-protocol.md §1.3, §2.2).
+a faithful verifier accepts both (spec/legacy.md §1).
 
 Rules (:func:`verify_chain`), all of them checked, for a whole subfeed read from position 0:
 

@@ -1,6 +1,6 @@
 """Recognising a storage directory of the original kachery, without changing anything in it.
 
-The original daemon kept in ``$KACHERY_STORAGE_DIR`` (original-protocol.md §8.3): ``sha1/``
+The original daemon kept in ``$KACHERY_STORAGE_DIR`` (spec/legacy.md): ``sha1/``
 (files, and ``.link`` files), ``feeds.db``, ``mutables.db``, ``private.pem`` and
 ``public.pem`` (the node key), ``kachery-node-id``, ``owner``, ``client-auth`` and
 ``kachery.yaml`` (``maxCacheSizeGiB``). What this node does with each (spec/legacy.md §2):

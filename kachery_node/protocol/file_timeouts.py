@@ -16,7 +16,7 @@ PARALLEL_CHUNKS = 5
 @dataclass(frozen=True)
 class FileTimeouts:
     """How long the exchange waits for each thing (seconds). The defaults follow the original
-    (3 s without an answer, 30 s without progress, original-protocol.md §4.4); tests shrink them.
+    (3 s without an answer, 30 s without progress: the original kachery's values); tests shrink them.
 
     ``FileTimeouts(answer=0.2)`` with ``backoff_max`` left at 0.05 s is refused: a provider that
     just failed backs off up to ``2 x backoff_max``, and its answer must still come in time."""

@@ -9,8 +9,8 @@ SHA-256(everything after the signature))``: the body and the attachment are sign
 and the signature binds them to the channel and band they were sent on (a message replayed on
 another channel or band does not verify there). The body is a JSON object (no LF byte in it)
 that always carries ``type``, ``time_ms`` and ``nonce``, so a message is also bound to when it was
-sent and cannot be replayed later (the original signed only the body and had none of these,
-original-protocol.md §10.1, §10.6). The optional *attachment* is bytes that the message type
+sent and cannot be replayed later (the original kachery signed only the body and had none of
+these). The optional *attachment* is bytes that the message type
 defines (``newSubfeedMessages``: wire lines in segment form), carried as they are instead of as
 JSON strings inside the JSON body.
 
