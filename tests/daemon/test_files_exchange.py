@@ -404,9 +404,17 @@ async def test_resume_rejects_a_damaged_partial_chunk(lab, a, b, medium_file):
 
 
 async def _two_providers(net: Network, lab: MemoryChannel, data: bytes) -> tuple[Node, Node, Node, str]:
-    """Providers a (backs off first) and c (later), both holding ``data``, and requester b."""
-    a = await net.node("a", lab, backoff=0.0)
-    b = await net.node("b", lab)
+    """Providers a (backs off first) and c (later), both holding ``data``, and requester b.
+
+    After a failure of its own, a backs off ``backoff_max`` longer (the recent-failure penalty):
+    1.5 s here (``answer`` must exceed twice that), ten times c's 0.15 s, so that c's
+    ``started`` reaches a in time even on a loaded machine (with FAST's 0.3 s, a sometimes tried,
+    and failed, a second time)."""
+    a = await net.node("a", lab, backoff=0.0, timeouts=replace(FAST, backoff_max=1.5, answer=3.2))
+    # b waits up to 2 s for an answer to its re-request (FAST's 0.8 s was sometimes too short
+    # for c's back-off, HEAD and `started` on a loaded machine), and 4 s of a silent upload
+    # before it asks again: a takeover well under that owes nothing to b's stall timeout.
+    b = await net.node("b", lab, timeouts=replace(FAST, answer=2.0, stall=4.0))
     c = await net.node("c", lab, backoff=0.5)
     uri = a.storage.store_bytes(data)
     c.storage.store_bytes(data)
@@ -459,7 +467,7 @@ async def test_provider_upload_fails_another_takes_over_at_once(net, lab):
     assert [s for s, _ in failed] == [a.keypair.public_hex]
     assert "disk on fire" in failed[0][1]["error"]
     assert lab.uploads == [(c.keypair.public_hex, file_path("lab", sha1(data)))]
-    assert elapsed < FAST.stall  # no stall timeout was needed
+    assert elapsed < 2.0  # no stall timeout was needed (b's is 4 s; c takes over at once)
 
 
 @pytest.mark.trio
