@@ -18,5 +18,5 @@ export {
 export { canonicalJson, taskHash, verifyTaskResult } from './tasks.js';
 export { openEnvelope, verifyHubRequest } from './envelope.js';
 export { BucketReader, parseHead, parseManifest, parseSha1Uri, keys, pathify, SEGMENT_SIZE, CHUNK_SIZE } from './bucket.js';
-export { followFromDaemon, sseEvents, wireLineOf } from './daemon.js';
+export { followFromDaemon, sseEvents, wireLineOf, DaemonRefusedError, UnverifiableStreamError } from './daemon.js';
 export { toHex, fromHex, utf8, sha1Hex } from './bytes.js';

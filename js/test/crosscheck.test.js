@@ -205,7 +205,7 @@ test('following through a daemon-style SSE stream of wire lines; records without
   let mode = 'wire';
   const sse = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
-    if (req.headers.authorization !== 'Bearer t') {
+    if (req.headers.authorization !== 'Bearer t' && url.searchParams.get('token') !== 't') {
       res.writeHead(401).end('bad token');
       return;
     }
@@ -244,6 +244,72 @@ test('following through a daemon-style SSE stream of wire lines; records without
     }, /no signed wire lines/);
     ac.abort();
   } finally {
+    sse.close();
+  }
+});
+
+test('daemon events (record fields + wire): a tampered event is reported as rejected, never yielded', async () => {
+  // The daemon's event format (local_api.py): {number, timestamp_ms, payload, metadata, wire}.
+  // A man in the middle alters message 1500's line (signed alone) the first `tamperings` times,
+  // and claims a different payload in the unsigned record fields of message 3.
+  let tamperings = 2;
+  let connections = 0;
+  const sse = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    if (url.searchParams.get('token') !== 't') {
+      res.writeHead(403, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: 'origin http://evil.example is not allowed', kind: 'OriginNotAllowed' }));
+      return;
+    }
+    connections += 1;
+    const start = Number(url.searchParams.get('start'));
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    let tampered = false;
+    for (let n = start; n < fx.lines.length; n++) {
+      let wire = fx.lines[n];
+      if (n === 1500 && tamperings > 0) {
+        wire = wire.replace('"by":"test"', '"by":"evil"');
+        tampered = true;
+      }
+      const payload = n === 3 ? { forged: true } : fx.payloads[n];
+      res.write(`id: ${n}\ndata: ${JSON.stringify({ number: n, timestamp_ms: 0, payload, metadata: null, wire })}\n\n`);
+    }
+    if (tampered) tamperings -= 1;
+    // Keep the connection open, as the daemon does, until the client drops it.
+  });
+  await new Promise((r) => sse.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${sse.address().port}`;
+  try {
+    const ac = new AbortController();
+    const got = [];
+    const rejected = [];
+    const states = [];
+    for await (const m of k.followFromDaemon(url, fx.uri, {
+      token: 't', signal: ac.signal, retryMs: 20,
+      onRejected: (r) => rejected.push(r), onStatus: (s) => states.push(s),
+    })) {
+      got.push(m);
+      if (got.length === fx.lines.length) break;
+    }
+    ac.abort();
+    assert.deepEqual(got.map((m) => m.number), [...Array(fx.lines.length).keys()]);
+    assert.deepEqual(got.map((m) => m.payload), fx.payloads); // not the record's forged payload
+    assert.deepEqual(got[1500].metadata, { by: 'test' });
+    assert.equal(rejected.length, 2);
+    for (const r of rejected) {
+      assert.equal(r.number, 1500);
+      assert.match(r.reason, /bad signature on message 1500/);
+      assert.ok(r.error instanceof k.VerificationError);
+    }
+    assert.equal(connections, 3); // reopened from message 1500 after each rejection
+    assert.ok(states.includes('live'));
+    // A refusal (403) says why at once instead of retrying.
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 'x' })) { /* consume */ }
+    }, (err) => err instanceof k.DaemonRefusedError && err.status === 403
+      && err.kind === 'OriginNotAllowed' && /evil\.example is not allowed/.test(err.message));
+  } finally {
+    sse.closeAllConnections();
     sse.close();
   }
 });

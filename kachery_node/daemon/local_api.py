@@ -36,7 +36,10 @@ The original daemon's routes that kachery-client 1.2.0 uses (``/store``, ``/feed
 
 The stream sends one SSE event per message: ``id`` is the message number (so a reconnecting
 ``EventSource`` resumes after the last one it saw through ``Last-Event-ID``) and ``data`` is the
-record as JSON: ``{"number", "timestamp_ms", "payload", "metadata"}``.
+record as JSON: ``{"number", "timestamp_ms", "payload", "metadata", "wire"}``, where ``wire`` is
+the message's signed wire line (spec/feeds.md §3) as a string, so that a page verifies what it
+shows (kachery.js ``followFromDaemon``) instead of trusting the other fields. Each batch of events
+ends at a signed message (a batch signature covers the messages before it).
 """
 
 from __future__ import annotations
@@ -204,6 +207,16 @@ def _record_json(r: kachery_feeds.MessageRecord) -> bytes:
     )
 
 
+def _wire_event(wire: bytes) -> tuple[int, bytes]:
+    """(message number, the SSE ``data`` of a stored wire line): the record's fields for old
+    clients plus ``wire``, the signed line itself, which a page verifies (kachery.js)."""
+    body = wire[: wire.rindex(b"\t")]  # stored lines are well-formed: verified when written
+    d = orjson.loads(body)
+    data = orjson.dumps({"number": d["n"], "timestamp_ms": d["ts"], "payload": d["payload"],
+                         "metadata": d.get("meta"), "wire": wire.decode()})
+    return d["n"], data
+
+
 def build_app(ctx: DaemonContext) -> Starlette:
     """The ASGI application serving the local API for ``ctx``."""
     # The original daemon's API for kachery-client 1.2.0 (legacy_api.py): its /probe fields too.
@@ -270,11 +283,11 @@ def build_app(ctx: DaemonContext) -> Starlette:
             yield b"retry: 1000\n\n"
             while True:
                 changed = ctx.changes.current()
-                records = sf.get_records(position, position + STREAM_PAGE)
-                if records:
-                    chunk = b"".join(b"id: %d\ndata: %s\n\n" % (r.number, _record_json(r)) for r in records)
-                    position = records[-1].number + 1
-                    yield chunk
+                # Extended to end at a signed message, so a page can verify every event it got.
+                events = [_wire_event(w) for w in sf.get_signed_messages(position, position + STREAM_PAGE)]
+                if events:
+                    yield b"".join(b"id: %d\ndata: %s\n\n" % e for e in events)
+                    position = events[-1][0] + 1
                     continue
                 with anyio.move_on_after(KEEPALIVE_SECONDS) as scope:
                     await changed.wait()

@@ -180,6 +180,9 @@ def test_subfeed_stream_is_live_and_resumable(node):
         events += _read_events(lines, 1)
     assert [e[0] for e in events] == [2, 3, 4, 5]
     assert events[-1][1]["payload"] == {"t": 5, "value": 25}
+    # Each event carries the signed wire line, so a page can verify it (spec/feeds.md §3).
+    wires = [e[1]["wire"].encode() for e in events]
+    assert wires == sf.get_signed_messages(2, 6)
     # EventSource reconnects with Last-Event-ID: the stream resumes after it.
     with httpx.stream("GET", f"{base}/api/feeds/stream", params=params,
                       headers={"Last-Event-ID": "3"}, timeout=10) as r:
