@@ -487,6 +487,7 @@ def create_app(hub: Hub) -> Starlette:
         Route("/api/register-node", register_node, methods=["POST"]),
         Route("/bucket/{key:path}", hub.bucket.get, methods=["GET", "HEAD"]),
         Route("/bucket/{key:path}", hub.bucket.put, methods=["PUT"]),
+        Route("/bucket/{key:path}", hub.bucket.preflight, methods=["OPTIONS"]),
         Route("/bucket-list", hub.bucket.list, methods=["GET"]),
         WebSocketRoute("/pubsub", hub.relay.endpoint),
         *web_routes(hub),
