@@ -106,13 +106,16 @@ function claimedNumber(ev, wire) {
  * connection cut) are retried after `retryMs`. `onStatus(state, detail)` hears 'connecting',
  * 'live' and 'reconnecting' (detail: the error).
  *
+ * `follow: true` asks the daemon to follow the subfeed from its channels first (`channel`
+ * narrows to one), for a remote subfeed the node does not follow yet.
+ *
  * The token (the daemon's read-only browser token) goes in the query string by default
  * (`tokenIn: 'query'`): a GET without custom headers needs no CORS preflight, so a refusal's
  * message reaches the page; `tokenIn: 'header'` sends `Authorization: Bearer` instead.
  */
 export async function* followFromDaemon(daemonUrl, uri, {
   token, start = 0, signal, retryMs = 1000, maxRetryMs = 30_000, onRejected, onError, onStatus,
-  tokenIn = 'query', fetch: f,
+  tokenIn = 'query', follow = false, channel = null, fetch: f,
 } = {}) {
   const fetchFn = f ?? globalThis.fetch.bind(globalThis);
   const { feedId, subfeedHash } = await parseFeedUri(uri);
@@ -125,6 +128,8 @@ export async function* followFromDaemon(daemonUrl, uri, {
     verifier.pending = [];
     const q = new URLSearchParams({ uri, start: String(verifier.next) });
     const headers = {};
+    if (follow) q.set('follow', '1'); // the daemon follows a remote subfeed (its web-safe limits apply)
+    if (channel) q.set('channel', channel);
     if (token && tokenIn === 'query') q.set('token', token);
     if (token && tokenIn === 'header') headers.Authorization = `Bearer ${token}`;
     const conn = new AbortController();

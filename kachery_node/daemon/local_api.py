@@ -95,7 +95,7 @@ KEEPALIVE_SECONDS = 15.0
 MAX_POSITION = 2**53 - 1
 #: js/ of the repository (a symlink in the package, so that wheels carry it: pyproject.toml)
 _JS_DIR = Path(__file__).resolve().parent / "kachery_js"
-_JS_PATH = re.compile(r"(src|vendor)/[A-Za-z0-9_-]{1,64}\.js")
+_JS_PATH = re.compile(r"(src|vendor|web)/[A-Za-z0-9_-]{1,64}\.js")
 _ASCII_DIGITS = re.compile(r"[0-9]{1,16}")  # str.isdigit() and int() also take '²', '٣', '1_0', ' 1'
 
 
