@@ -193,13 +193,31 @@ export class BucketReader {
       if (seg === null) throw new VerificationError(`segment ${i} is missing although the head counts ${head.count}`);
       const lines = decodeSegment(seg);
       if (lines.length !== SEGMENT_SIZE) throw new VerificationError(`segment ${i} does not hold ${SEGMENT_SIZE} messages`);
-      const batch = await verifier.add(lines.slice(have(i * SEGMENT_SIZE)));
-      if (batch.length) yield batch;
+      yield* addVerifiedPrefix(verifier, lines.slice(have(i * SEGMENT_SIZE)));
     }
-    const batch = await verifier.add(head.tail.slice(have(full * SEGMENT_SIZE)));
+    yield* addVerifiedPrefix(verifier, head.tail.slice(have(full * SEGMENT_SIZE)));
     if (verifier.pending.length) throw new VerificationError("the bucket's messages do not end at a signed message");
-    if (batch.length) yield batch;
   }
+}
+
+/**
+ * Add `lines` to `verifier`, yielding the verified batches; if the lines fail as a whole, the
+ * messages before the bad one are still released (added one at a time) and the error is raised
+ * after them, so one tampered message does not hide the good ones before it.
+ */
+async function* addVerifiedPrefix(verifier, lines) {
+  let batch;
+  try {
+    batch = await verifier.add(lines);
+  } catch (err) {
+    if (!(err instanceof VerificationError)) throw err;
+    for (const line of lines) {
+      const one = await verifier.add([line]); // raises at the first message that fails
+      if (one.length) yield one;
+    }
+    throw err; // not reached unless the batch failed only as a whole
+  }
+  if (batch.length) yield batch;
 }
 
 function sleep(ms, signal) {
