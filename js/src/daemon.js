@@ -12,6 +12,8 @@
  */
 import { InvalidArgumentError, VerificationError } from './errors.js';
 import { parseFeedUri, SubfeedVerifier } from './feeds.js';
+import { parseManifest, parseSha1Uri } from './bucket.js';
+import { sha1Hex } from './bytes.js';
 
 /** Parse an SSE byte stream into {id, data} events (WHATWG "server-sent events" rules). */
 export async function* sseEvents(body) {
@@ -52,7 +54,7 @@ export class UnverifiableStreamError extends VerificationError {
 /** The daemon refused the request (HTTP 4xx: wrong token, origin not allowed, limit). */
 export class DaemonRefusedError extends InvalidArgumentError {
   constructor(status, message, kind) {
-    super(`daemon refused the stream (HTTP ${status}): ${message}`);
+    super(`daemon refused the request (HTTP ${status}): ${message}`);
     this.name = 'DaemonRefusedError';
     this.status = status;
     this.kind = kind ?? null;
@@ -173,4 +175,52 @@ export async function* followFromDaemon(daemonUrl, uri, {
       signal?.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
     });
   }
+}
+
+/**
+ * Bytes [start, end) of a `sha1://` file (whole file if `end` is omitted) read through the
+ * daemon's `GET /api/files/read` with its browser token, verified in the page as
+ * BucketReader.readFileRange does: a file without a manifest is read whole and hashed; with a
+ * manifest (`?manifest=`), the manifest is read and hashed, then only the chunks covering the
+ * range, each hashed. The daemon fetches a file it does not store within its limit for pages
+ * (`[daemon] browser_max_fetch_bytes`): a bigger one raises DaemonRefusedError (413) with the
+ * daemon's message. Returns a Uint8Array.
+ */
+export async function readFileFromDaemon(daemonUrl, uri, { token, start = 0, end, channel, signal, fetch: f } = {}) {
+  const fetchFn = f ?? globalThis.fetch.bind(globalThis);
+  const { sha1, manifest } = parseSha1Uri(uri);
+  const base = daemonUrl.replace(/\/+$/, '');
+  const read = async (u, from, to) => {
+    const q = new URLSearchParams({ uri: u });
+    if (from !== undefined) q.set('start', String(from));
+    if (to !== undefined) q.set('end', String(to));
+    if (channel) q.set('channel', channel);
+    if (token) q.set('token', token);
+    const resp = await fetchFn(`${base}/api/files/read?${q}`, { signal, cache: 'no-store' });
+    if (resp.status >= 400 && resp.status < 500) throw await refusal(resp);
+    if (!resp.ok) throw new Error(`daemon file read: HTTP ${resp.status}`);
+    return new Uint8Array(await resp.arrayBuffer());
+  };
+  const verified = async (data, expected, what) => {
+    if ((await sha1Hex(data)) !== expected) throw new VerificationError(`${what} ${expected} from the daemon does not hash to its name`);
+    return data;
+  };
+  if (!(Number.isSafeInteger(start) && start >= 0 && (end === undefined || (Number.isSafeInteger(end) && end >= start)))) {
+    throw new InvalidArgumentError('need 0 <= start <= end');
+  }
+  if (!manifest) {
+    const all = await verified(await read(uri), sha1, 'file');
+    return all.slice(start, end ?? all.length);
+  }
+  const m = parseManifest(await verified(await read(`sha1://${manifest}`), manifest, 'manifest'), sha1);
+  const stop = Math.min(end ?? m.size, m.size);
+  const out = new Uint8Array(Math.max(0, stop - start));
+  for (const c of m.chunks) {
+    if (c.end <= start || c.start >= stop) continue;
+    const data = await verified(await read(uri, c.start, c.end), c.sha1, 'chunk');
+    const from = Math.max(start, c.start);
+    const to = Math.min(stop, c.end);
+    out.set(data.subarray(from - c.start, to - c.start), from - start);
+  }
+  return out;
 }

@@ -4,7 +4,7 @@
  * Feeds (spec/feeds.md): parseWireLine, verifyRange, checkChain, decodeSegment, SubfeedVerifier,
  * verifyForkProof, subfeedHash, subfeedUri, parseFeedUri. Bucket (spec/bucket.md): BucketReader
  * (files, byte ranges, heads, task results, following a subfeed), parseHead, keys. Daemon:
- * followFromDaemon. Node messages and hub requests: openEnvelope, verifyHubRequest. Tasks
+ * followFromDaemon, readFileFromDaemon. Node messages and hub requests: openEnvelope, verifyHubRequest. Tasks
  * (spec/tasks.md): canonicalJson, taskHash, verifyTaskResult. Ed25519 with libsodium's rules:
  * verifyEd25519. JSON by spec/feeds.md §2.1: parseJson.
  */
@@ -18,5 +18,7 @@ export {
 export { canonicalJson, taskHash, verifyTaskResult } from './tasks.js';
 export { openEnvelope, verifyHubRequest } from './envelope.js';
 export { BucketReader, parseHead, parseManifest, parseSha1Uri, keys, pathify, SEGMENT_SIZE, CHUNK_SIZE } from './bucket.js';
-export { followFromDaemon, sseEvents, wireLineOf, DaemonRefusedError, UnverifiableStreamError } from './daemon.js';
+export {
+  followFromDaemon, readFileFromDaemon, sseEvents, wireLineOf, DaemonRefusedError, UnverifiableStreamError,
+} from './daemon.js';
 export { toHex, fromHex, utf8, sha1Hex } from './bytes.js';

@@ -314,3 +314,60 @@ test('daemon events (record fields + wire): a tampered event is reported as reje
     sse.close();
   }
 });
+
+test('files and ranges read through a daemon (GET /api/files/read) are verified in the page', async () => {
+  // A stand-in for the daemon's file endpoint over the objects Python wrote: bytes [start, end)
+  // of a stored file (the big one assembled from its chunks). `corrupt` flips a byte of what it
+  // serves; `limit` answers 413 as the daemon does for a page asking more than its limit.
+  const objects = (sha1) => readFileSync(join(fx.bucket_dir, ...k.keys.file(fx.channel, sha1).split('/')));
+  let corrupt = false;
+  let limit = Infinity;
+  const seen = [];
+  const daemon = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    seen.push(url.searchParams.toString());
+    if (url.pathname !== '/api/files/read' || url.searchParams.get('token') !== 't') {
+      res.writeHead(403, { 'content-type': 'application/json' }).end('{"error":"bad token","kind":"ApiError"}');
+      return;
+    }
+    const { sha1, manifest } = k.parseSha1Uri(url.searchParams.get('uri'));
+    let data;
+    if (manifest) {
+      const m = JSON.parse(objects(manifest).toString());
+      data = Buffer.concat(m.chunks.map((c) => objects(c.sha1)));
+    } else {
+      data = objects(sha1);
+    }
+    if (data.length > limit) {
+      res.writeHead(413, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: `at least ${data.length} bytes, more than a page may make this node download`, kind: 'ApiError' }));
+      return;
+    }
+    const start = Number(url.searchParams.get('start') ?? 0);
+    const end = Math.min(Number(url.searchParams.get('end') ?? data.length), data.length);
+    const out = Buffer.from(data.subarray(start, end));
+    if (corrupt && out.length) out[0] ^= 1;
+    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(out);
+  });
+  await new Promise((r) => daemon.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${daemon.address().port}`;
+  try {
+    const text = (b) => new TextDecoder().decode(b);
+    assert.equal(text(await k.readFileFromDaemon(url, fx.small_file.uri, { token: 't' })), fx.small_file.text);
+    assert.equal(text(await k.readFileFromDaemon(url, fx.small_file.uri, { token: 't', start: 7, end: 12 })), 'world');
+    const [a, b] = fx.big_file.range;
+    seen.length = 0;
+    assert.equal(k.toHex(await k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: a, end: b })), fx.big_file.range_hex);
+    assert.equal(seen.length, 3); // the manifest, then only the two chunks the range spans
+    corrupt = true;
+    await assert.rejects(k.readFileFromDaemon(url, fx.small_file.uri, { token: 't' }), k.VerificationError);
+    await assert.rejects(k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: a, end: b }), /does not hash/);
+    corrupt = false;
+    limit = 1000;
+    await assert.rejects(k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: 0, end: 10 }),
+      (err) => err instanceof k.DaemonRefusedError && err.status === 413 && /more than a page/.test(err.message));
+    await assert.rejects(k.readFileFromDaemon(url, fx.small_file.uri, { token: 'x' }), /HTTP 403/);
+  } finally {
+    daemon.close();
+  }
+});

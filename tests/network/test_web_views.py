@@ -165,10 +165,10 @@ def _plotted(page, field: str) -> list[float]:
 
 def test_pages_from_another_origin_follow_a_remote_subfeed_through_the_daemon(lab, chromium, artifacts):
     alice = lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-feeds"], start=False)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"], start=False)
     with _static_server(REPO) as port:
         page_origin = f"http://127.0.0.1:{port}"
-        _configure(bob, cors_origins=[page_origin])
+        _configure(bob, cors_origins=[page_origin], browser_max_fetch_bytes=200_000)
         bob.start()
         lab.wait_connected(bob)
         sf = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("sensor")
@@ -185,6 +185,22 @@ def test_pages_from_another_origin_follow_a_remote_subfeed_through_the_daemon(la
         assert _plotted(page, "temperature") == [20 + i % 3 for i in range(10)] + [30] * 5
         assert "temperature [°C]" in _text(page, "legend") and "pressure [hPa]" in _text(page, "legend")
         page.screenshot(artifacts / "web-daemon-other-origin.png")
+
+        # The same page reads a file of alice's through bob, verified in the page; one over
+        # bob's limit for pages is refused with bob's reason.
+        alice_storage = kn.open_storage(alice.storage_dir)
+        small, big = os.urandom(60_000), os.urandom(300_000)
+        small_uri = alice_storage.store_bytes(small, "small.bin")
+        big_uri = alice_storage.store_bytes(big, "big.bin")
+        read = """(async () => {{ const k = await import('/js/src/index.js');
+            try {{ const options = {{token: {token!r}, start: 100, end: 110}};
+                   return Array.from(await k.readFileFromDaemon({daemon!r}, {uri!r}, options)); }}
+            catch (e) {{ return e.name + ': ' + e.message; }} }})()"""
+        got = page.evaluate(read.format(daemon=bob.client.base_url, uri=small_uri, token=token))
+        assert got == list(small[100:110]), got
+        got = page.evaluate(read.format(daemon=bob.client.base_url, uri=big_uri, token=token))
+        assert got.startswith("DaemonRefusedError: daemon refused the request (HTTP 413)"), got
+        assert "browser_max_fetch_bytes" in got
 
         # A page from an origin bob does not allow gets bob's reason, not "reconnecting…".
         other = f"http://localhost:{port}"
