@@ -135,8 +135,10 @@ def test_cors_allow_list(tmp_path):
         base = n.client.base_url
         ok = httpx.get(f"{base}/probe", headers={"Origin": "http://localhost:3000"})
         assert ok.headers.get("access-control-allow-origin") == "http://localhost:3000"
+        # Another origin gets only the refusal (readable, so a page can say why), never the answer.
         other = httpx.get(f"{base}/probe", headers={"Origin": "http://attacker.example"})
-        assert "access-control-allow-origin" not in other.headers
+        assert other.status_code == 403 and other.json()["kind"] == "OriginNotAllowed"
+        assert n.node_id not in other.text
     finally:
         n.stop()
 
