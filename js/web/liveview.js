@@ -108,7 +108,7 @@ export class LiveView {
     this.count = 0;
     this.rejections = new Map(); // "number|reason" -> {number, reason, times}
     this.paused = false;
-    this.xMode = 'time';
+    this.xMode = 'auto'; // time, unless most messages share a timestamp (a batch): then number
     this.pending = false;
     if (!document.getElementById('kv-style')) document.head.append(el('style', { id: 'kv-style' }, STYLE));
     this.statusEl = el('span', { id: 'status', class: 'kv-status' }, 'connecting…');
@@ -116,7 +116,8 @@ export class LiveView {
     this.rejectedCountEl = el('span', { id: 'rejected-count', class: 'kv-rejected-count' }, '0');
     this.pauseEl = el('button', { id: 'pause', class: 'kv-pause', onclick: () => this.togglePause() }, 'Pause');
     this.xaxisEl = el('select', { id: 'xaxis', onchange: () => { this.xMode = this.xaxisEl.value; this.schedule(); } },
-      el('option', { value: 'time' }, 'x: time'), el('option', { value: 'number' }, 'x: message #'));
+      el('option', { value: 'auto' }, 'x: auto'), el('option', { value: 'time' }, 'x: time'),
+      el('option', { value: 'number' }, 'x: message #'));
     this.errorEl = el('div', { id: 'error', class: 'kv-error' });
     this.legendEl = el('div', { id: 'legend', class: 'kv-fields' });
     this.canvas = el('canvas', { id: 'plot', class: 'kv-canvas' });
@@ -206,6 +207,13 @@ export class LiveView {
     requestAnimationFrame(() => { this.pending = false; this.draw(); });
   }
 
+  /** 0 (time) or 1 (number): number when fewer than half the points have distinct times. */
+  autoAxis(shown) {
+    const pts = this.series.get(shown[0]);
+    const times = new Set(pts.map((p) => p[0]));
+    return times.size * 2 >= pts.length ? 0 : 1;
+  }
+
   draw() {
     const names = [...this.series.keys()];
     const shown = names.filter((n) => this.selected.has(n));
@@ -224,7 +232,7 @@ export class LiveView {
       g.fillText(names.length ? 'no field selected' : 'waiting for numeric fields…', 70, 40);
       return;
     }
-    const xi = this.xMode === 'time' ? 0 : 1;
+    const xi = this.xMode === 'time' ? 0 : this.xMode === 'number' ? 1 : this.autoAxis(shown);
     let x0 = Infinity;
     let x1 = -Infinity;
     for (const n of shown) for (const p of this.series.get(n)) { x0 = Math.min(x0, p[xi]); x1 = Math.max(x1, p[xi]); }

@@ -226,6 +226,14 @@ def test_pages_from_another_origin_follow_a_remote_subfeed_through_the_daemon(la
             assert _plotted(page, "temperature") == [20 + i % 3 for i in range(10)] + [30] * 2
             page.screenshot(artifacts / "web-daemon-tampered-rejected.png")
 
+        # bob's own viewer (kachery node viewer) follows another remote subfeed of alice's.
+        other_sf = kf.open_store(alice.storage_dir / "feeds.db").load_feed(sf.feed_id).load_subfeed("other")
+        other_sf.append_messages([{"level": i * 0.5} for i in range(7)])
+        page = _open(chromium, bob.run("node", "viewer", other_sf.uri).stdout.strip())
+        page.wait_for("document.querySelectorAll('#rows tr').length === 7", timeout=30)
+        assert _text(page, "status") == "live" and _plotted(page, "level") == [i * 0.5 for i in range(7)]
+        page.screenshot(artifacts / "web-daemon-viewer-remote.png")
+
 
 def test_a_page_with_no_daemon_follows_a_published_subfeed_from_the_embedded_bucket(lab, chromium, artifacts):
     alice = lab.add_node("alice", ALL_ROLES)
@@ -236,7 +244,7 @@ def test_a_page_with_no_daemon_follows_a_published_subfeed_from_the_embedded_buc
     bob.client.request("POST", "/api/feeds/follow", json_body={"uri": sf.uri})
     head = lab.bucket_object(subfeed_head_path(lab.channel, sf.feed_id, sf.subfeed_hash))
     _wait(lambda: head.exists() and json.loads(head.read_bytes())["count"] == 10, "the head in the bucket")
-    bob.stop()  # no daemon is needed from here on
+    # The page uses no daemon: it reads the hub's bucket (bob only keeps alice publishing).
     with _static_server(REPO) as port:
         url = (f"http://127.0.0.1:{port}/{PLOT}?bucket={lab.hub.url}/bucket&channel={lab.channel}"
                f"&uri={sf.uri}&units=temperature:°C")
@@ -244,21 +252,26 @@ def test_a_page_with_no_daemon_follows_a_published_subfeed_from_the_embedded_buc
         page.wait_for("document.getElementById('count').textContent === '10'", timeout=30)
         assert _plotted(page, "temperature") == [20 + i % 3 for i in range(10)]
         assert _text(page, "rejected-count") == "0"
+        # Live: alice appends, republishes the head (bob follows), the page polls it.
+        for i in range(10, 13):
+            sf.append_message({"t": i, "temperature": 25})
+        page.wait_for("document.getElementById('count').textContent === '13'", timeout=30)
+        _wait(lambda: json.loads(head.read_bytes())["count"] == 13, "the head to settle")
         page.screenshot(artifacts / "web-bucket-no-daemon.png")
 
         # (c) Someone with write access to the bucket's disk appends a forged message to the head.
         d = json.loads(head.read_bytes())
         last_body = d["tail"][-1].rsplit("\t", 1)[0].encode()
-        forged = build_body(sf.feed_id, sf.subfeed_hash, 10, hashlib.sha256(last_body).digest(),
-                            int(time.time() * 1000), b'{"t":10,"temperature":99}')
+        forged = build_body(sf.feed_id, sf.subfeed_hash, 13, hashlib.sha256(last_body).digest(),
+                            int(time.time() * 1000), b'{"t":13,"temperature":99}')
         _public, forger_key = nacl.bindings.crypto_sign_keypair()  # not the feed's key
         signature = sign_hash(forger_key, hashlib.sha256(forged).digest())
         d["tail"].append(forged.decode() + "\t" + signature.hex())
         d["count"] += 1
         head.write_bytes(json.dumps(d).encode())
         page.wait_for("document.getElementById('rejected-count').textContent === '1'", timeout=30)
-        assert "bad signature on message 10" in _text(page, "rejected")
-        assert _text(page, "count") == "10" and 99 not in _plotted(page, "temperature")
+        assert "bad signature on message 13" in _text(page, "rejected")
+        assert _text(page, "count") == "13" and 99 not in _plotted(page, "temperature")
         page.screenshot(artifacts / "web-bucket-tampered-rejected.png")
 
 
