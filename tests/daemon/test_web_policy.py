@@ -98,6 +98,9 @@ def test_browser_token_reads_stored_files_and_ranges_but_follows_within_limits(t
         r = httpx.post(f"{base}/api/files/upload", headers={"Authorization": f"Bearer {token}"},
                        json={"uri": uri, "channel": "x"}, timeout=10)
         assert r.status_code == 403
+        for path in ("/api/tasks/request", "/api/feeds/follow", "/api/stop"):  # nor tasks, nor stopping
+            r = httpx.post(f"{base}{path}", headers={"Authorization": f"Bearer {token}"}, json={}, timeout=10)
+            assert r.status_code == 403, path
         remote = "feed://" + "ab" * 32 + "/sensor"
         r = httpx.get(f"{base}/api/feeds/stream", params={"uri": remote, "token": token, "follow": "1"},
                       timeout=10)
