@@ -54,7 +54,9 @@ def test_a_page_cannot_make_the_node_download_more_than_its_limit(lab):
     r = httpx.get(f"{base}/api/files/read", params={"uri": big_uri, "token": token}, timeout=60)
     assert r.status_code == 413, r.text
     assert "browser_max_fetch_bytes" in r.json()["error"] and "100000" in r.json()["error"]
-    assert not kn.open_storage(bob.storage_dir).has_file(big_uri)  # nothing kept
+    assert not kn.open_storage(bob.storage_dir).has_file(big_uri)  # nothing kept,
+    tmp = bob.storage_dir / "tmp"
+    assert not tmp.exists() or not any(tmp.iterdir())  # not even the partial download
     r = httpx.get(f"{base}/api/files/read", params={"uri": small_uri, "token": token, "start": 10,
                                                       "end": 20}, timeout=60)
     assert r.status_code == 200 and r.content == small[10:20], r.text
