@@ -202,3 +202,73 @@ def import_legacy(source: str | None, feed_ids: tuple[str, ...], as_json: bool) 
                 f"{len(r.subfeeds)} subfeeds, {sum(s.messages for s in r.subfeeds)} messages")
         name = f" (name {r.name})" if r.name else ""
         click.echo(f"{r.original_feed_id} -> {r.uri}{name}: {what}")
+
+
+# ----------------------------------------------------------------------------- key backups
+@feed.command("export-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="File to write the backup to (created owner-only; refuses to overwrite).")
+def export_key(feed_ref: str, out_path: str) -> None:
+    """Write a backup of the key that signs FEED (a secret: whoever holds it can append).
+
+    Restore it on another machine with `kachery feed restore FILE`."""
+    import os
+
+    storage = open_storage()
+    backup = storage.feeds.export_key(storage.load_feed(feed_ref).feed_id)
+    try:
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{out_path} exists; choose another file") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(backup + b"\n")
+    click.echo(out_path)
+
+
+@feed.command("restore")
+@click.argument("backup", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", "resume_feed", metavar="FEED", default=None,
+              help="Continue the restore of a feed whose key was already taken from a backup.")
+@click.option("--channel", default=None, help="Catch up only on this channel (default: all joined).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds to wait for the newest messages to arrive.")
+@click.option("--offline-ok", is_flag=True,
+              help="End the restore WITHOUT catching up (only if no other machine wrote to the feed "
+                   "after the backup was made: otherwise appending here forks the feed).")
+@json_option
+def restore(backup: str | None, resume_feed: str | None, channel: str | None, timeout: float,
+            offline_ok: bool, as_json: bool) -> None:
+    """Restore a feed's key from a backup (`kachery feed export-key`) without forking the feed.
+
+    The feed is read-only here until this node has caught up, through its running daemon, with
+    the newest messages its channels hold of every subfeed of the feed (what the old machine
+    wrote after the backup); then it can append after them. If that cannot be done now, the feed
+    stays restoring: run `kachery feed restore --resume FEED` later."""
+    from ..feed_restore import catch_up, restore_from_backup
+
+    if (backup is None) == (resume_feed is None):
+        raise click.ClickException("give either a BACKUP file or --resume FEED")
+    storage = open_storage()
+    if backup is not None:
+        feed_id = restore_from_backup(storage, backup).feed_id
+    else:
+        feed_id = storage.load_feed(resume_feed).feed_id
+        if not storage.feeds.has_private_key(feed_id):
+            raise click.ClickException(f"this node holds no key of feed {feed_id}: restore a backup first")
+    if not storage.feeds.is_restoring(feed_id):
+        doc = {"feed_id": feed_id, "uri": f"feed://{feed_id}", "restoring": False, "caught_up": {}}
+        echo_json(doc) if as_json else click.echo(f"feed://{feed_id}: ready to append")
+        return
+    if offline_ok:
+        click.echo(f"WARNING: ending the restore of feed {feed_id} without catching up. If another "
+                   "machine appended to it after this backup was made, appending here FORKS the feed.",
+                   err=True)
+        storage.feeds.finish_restore(feed_id, {}, unchecked=True)
+        known: dict[str, int] = {}
+    else:
+        known = catch_up(storage, feed_id, channel=channel, timeout=timeout).known
+    if as_json:
+        echo_json({"feed_id": feed_id, "uri": f"feed://{feed_id}", "restoring": False, "caught_up": known})
+        return
+    click.echo(f"feed://{feed_id}: caught up with {len(known)} subfeeds; ready to append")

@@ -1,0 +1,95 @@
+"""Catching a feed up with what the channels hold of it: every subfeed, to its newest known head.
+
+Used by a fork-safe restore (spec/feeds.md §8): a node that took a feed's key from a backup asks
+its daemon which subfeeds of the feed exist on its channels and how many messages each is known
+to hold (:func:`newest_known_heads`), and follows each of them, so the bucket's copies and the
+providers' live pushes (the old machine's, a follower's) bring the store up to date. The caller
+then waits until the store holds at least those counts and ends the restore
+(:meth:`kachery_feeds.Store.finish_restore`).
+
+Where the newest known head comes from is decided in :func:`newest_known_heads` alone: today the
+subfeed heads in the channels' buckets; witnessed checkpoints (issue 18 part 1) plug in there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+import kachery_feeds as kf
+
+from ..protocol.bucket_layout import pathify, subfeed_head_path
+from ..protocol.feed_bucket import HeadError, parse_head
+from .channel_link import BucketObjectMissing
+
+log = logging.getLogger("kachery.feeds")
+
+#: How long one channel's listing and head reads may take before it counts as unreachable.
+CHANNEL_TIMEOUT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class KnownHead:
+    """The newest message count of one subfeed known on one channel."""
+
+    channel: str
+    subfeed_hash: str
+    count: int
+
+
+def subfeed_list_prefix(channel: str, feed_id: str) -> str:
+    """The bucket prefix under which every published subfeed of ``feed_id`` has its head
+    (spec/bucket.md §3.1)."""
+    return f"{channel}/feeds/{pathify(feed_id)}/subfeeds/"
+
+
+def subfeed_hashes_from_keys(channel: str, feed_id: str, keys: list[str]) -> list[str]:
+    """The subfeed hashes whose heads are among ``keys`` (a listing of
+    :func:`subfeed_list_prefix`); other keys (segments, anything malformed) are ignored."""
+    prefix = subfeed_list_prefix(channel, feed_id)
+    found: dict[str, None] = {}
+    for key in keys:
+        if not key.startswith(prefix) or not key.endswith("/head"):
+            continue
+        parts = key[len(prefix):].split("/")
+        if len(parts) == 5 and len(parts[3]) == 40 and key == subfeed_head_path(channel, feed_id, parts[3]):
+            found[parts[3]] = None
+    return list(found)
+
+
+async def _heads_on(link, feed_id: str) -> list[KnownHead]:
+    """The heads of ``feed_id``'s subfeeds in ``link``'s bucket (malformed ones are skipped: a
+    bucket is not trusted, and the import of its data verifies everything anyway)."""
+    keys = await link._require_bucket().list(subfeed_list_prefix(link.channel, feed_id))
+    heads = []
+    for sh in subfeed_hashes_from_keys(link.channel, feed_id, keys):
+        try:
+            head = parse_head(await link.bucket_get(subfeed_head_path(link.channel, feed_id, sh)))
+        except (BucketObjectMissing, HeadError) as exc:
+            log.info("catch-up of %s on %s: skipping subfeed %s: %s", feed_id[:12], link.channel, sh, exc)
+            continue
+        heads.append(KnownHead(link.channel, sh, head.count))
+    return heads
+
+
+async def newest_known_heads(links, feed_id: str) -> tuple[list[KnownHead], dict[str, str]]:
+    """Every subfeed of ``feed_id`` known on ``links`` with its newest known count, and the
+    channels that could not be asked (channel -> why).
+
+    The one place that decides what "newest known" means. Today: the subfeed heads in each
+    channel's bucket (found by listing it, spec/bucket.md §3.1); providers bring the buckets up
+    to date when the subfeeds are followed. With witnessed checkpoints this becomes the newest
+    witnessed checkpoint of each subfeed.
+    """
+    kf.normalize_feed_id(feed_id)
+    heads: list[KnownHead] = []
+    failed: dict[str, str] = {}
+    for link in links:
+        try:
+            with anyio.fail_after(CHANNEL_TIMEOUT_SECONDS):
+                heads += await _heads_on(link, feed_id)
+        except Exception as exc:  # transport of any kind: this channel says nothing
+            failed[link.channel] = f"{type(exc).__name__}: {exc}"
+    return heads, failed
