@@ -71,12 +71,17 @@ def build_fork_proof(
 def verify_fork_proof(proof: bytes) -> ForkProofInfo:
     """Check a fork proof independently of any store; raise VerificationError if it is not one.
 
-    The proof must have exactly the keys of spec/feeds.md §6; ``position`` is informational
+    A succession violation proof (spec/feeds.md §9.4) is checked too. Otherwise the proof
+    must have exactly the keys of spec/feeds.md §6; ``position`` is informational
     (a non-negative integer; the proven position is recomputed from the chains)."""
     try:
         d = loads_json(proof)
     except JsonTextError as exc:
         raise VerificationError(f"malformed fork proof: {exc}") from None
+    if type(d) is dict and d.get("type") == "kachery-succession-violation":  # spec/feeds.md §9.4
+        from .succession import verify_violation_proof
+
+        return ForkProofInfo(*verify_violation_proof(proof))
     if type(d) is not dict or d.keys() != _KEYS:
         raise VerificationError(f"malformed fork proof: expected exactly the keys {sorted(_KEYS)}")
     if d["type"] != "kachery-fork-proof" or d["v"] != 1 or type(d["v"]) is not int:

@@ -57,6 +57,7 @@ from .messages import (
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_json
 from .schema import migrate
+from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
@@ -106,7 +107,7 @@ class _Fork(Exception):
         self.position, self.local, self.incoming = position, local, incoming
 
 
-class Store:
+class Store(SuccessionMixin):
     """A feed store in one SQLite file. Open it with :func:`open_store`.
 
     Any number of processes and threads may use the same file at once.
@@ -137,6 +138,7 @@ class Store:
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
+        self._verified_chains = {}  # key successions, see store_succession.py
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -308,17 +310,16 @@ class Store:
                 "SELECT private_key, name FROM feeds WHERE feed_id=?", (feed_id,)).fetchone()
         if row is None or row[0] is None:
             raise NotWriteableError(f"this store ({self.path}) does not hold the key of feed {feed_id}")
-        return encode_backup(KeyBackup(feed_id, bytes(row[0]), row[1], ()))
+        return encode_backup(KeyBackup(feed_id, bytes(row[0]), row[1], tuple(self.key_succession(feed_id))))
 
     def restore_key(self, backup: bytes | str) -> Feed:
         """Take a feed's key from a backup (:meth:`export_key`). The feed starts *restoring*:
         appends raise :class:`FeedRestoringError` until :meth:`finish_restore`. If this store
         already holds that key, nothing changes (and a restore under way stays under way)."""
         parsed = parse_backup(backup)
-        if parsed.succession:
-            raise VerificationError("this backup hands the feed to a newer key (key succession); "
-                                    "restore it with a kachery that implements spec/feeds.md §9")
         with self._write() as c:
+            if parsed.succession:  # the seed is a newer key: keep the records that vouch for it
+                self._restore_records(c, parsed.feed_id, parsed.succession, parsed.seed)
             row = c.execute("SELECT private_key FROM feeds WHERE feed_id=?", (parsed.feed_id,)).fetchone()
             if row is not None and row[0] is not None:
                 if bytes(row[0]) != parsed.seed:
@@ -497,11 +498,13 @@ class Store:
                 )
         with self._write() as c:
             sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
+            sk, carry = self._succession_for_append(c, feed_id, sid, sk)  # spec/feeds.md §9
             ts = _now_ms()
             n = count
             rows = []
             for pj, meta_json in zip(encoded, metas, strict=True):
-                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json)
+                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json, carry)
+                carry = None  # only the first message carries the succession
                 prev = message_hash(body)
                 rows.append((sid, n, body, None))
                 n += 1
@@ -519,10 +522,16 @@ class Store:
         msgs = [parse_wire(line, feed_id, sh) for line in lines]
         if not msgs:
             return 0
-        check_chain(msgs, bytes.fromhex(feed_id))
+        chain = self._succession_for_import(feed_id, msgs)  # None: never changed keys (§9)
+        if chain is None:
+            check_chain(msgs, bytes.fromhex(feed_id))
+        else:
+            self._check_import(msgs, chain, feed_id, sh)
         first = msgs[0][0]
         try:
             with self._write() as c:
+                if chain is not None:
+                    self._adopt_chain(c, feed_id, chain)
                 sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
                 if first > count:
                     raise MissingMessagesError(
@@ -563,6 +572,8 @@ class Store:
                     (new[-1][0] + 1, new[-1][2], sid),
                 )
                 return len(new)
+        except ViolationFound as found:
+            raise self._report_violation(found, feed_id) from None
         except _Fork as fork:
             proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming)
             with self._write() as c:

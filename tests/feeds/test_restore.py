@@ -72,13 +72,18 @@ def test_a_damaged_backup_is_refused_and_changes_nothing(owner, tmp_path, change
 
 
 def test_a_version_1_store_is_migrated(tmp_path):
+    import sqlite_utils
+
+    from kachery_feeds.schema import MIGRATIONS
+
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE feeds (feed_id TEXT PRIMARY KEY, private_key BLOB, name TEXT, created_ms INTEGER)")
-    conn.execute("INSERT INTO feeds VALUES ('ab', NULL, NULL, 1)")
+    MIGRATIONS[0](sqlite_utils.Database(conn))  # the schema as version 1 left it
+    conn.execute("INSERT INTO feeds(feed_id, created_ms) VALUES ('ab', 1)")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
     kf.open_store(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT restoring_since_ms FROM feeds").fetchall() == [(None,)]
+    assert conn.execute("SELECT count(*) FROM feed_successions").fetchone() == (0,)
