@@ -78,3 +78,29 @@ def parse_backup(data: bytes | str) -> KeyBackup:
         if public.hex() != feed_id:
             raise VerificationError("this key backup's seed is not the key of its feed (damaged backup?)")
     return KeyBackup(feed_id, seed_bytes, name, tuple(r.encode("utf-8") for r in succession))
+
+
+RECOVERY_TYPE = "kachery-feed-recovery-key"
+_RECOVERY_KEYS = frozenset({"type", "v", "feed", "seed"})
+
+
+def encode_recovery_key(feed_id: str, seed: bytes) -> bytes:
+    """A recovery key file: ``{"type":"kachery-feed-recovery-key","v":1,"feed","seed"}``
+    (spec/feeds.md §9.5). A secret, to keep apart from the feed's own key."""
+    return orjson.dumps({"type": RECOVERY_TYPE, "v": 1, "feed": feed_id, "seed": seed.hex()})
+
+
+def parse_recovery_key(data: bytes | str) -> tuple[str, bytes]:
+    """``(feed ID, seed)`` of a recovery key file; raises VerificationError if it is not one."""
+    try:
+        d = loads_json(data.encode("utf-8") if isinstance(data, str) else data)
+    except (JsonTextError, UnicodeEncodeError) as exc:
+        raise VerificationError(f"not a kachery recovery key file: {exc}") from None
+    if (type(d) is not dict or d.keys() != _RECOVERY_KEYS or d["type"] != RECOVERY_TYPE
+            or type(d["v"]) is not int or d["v"] != 1):
+        raise VerificationError(
+            f"not a kachery recovery key file (expected the keys {sorted(_RECOVERY_KEYS)})")
+    for k in ("feed", "seed"):
+        if type(d[k]) is not str or not _HEX64.fullmatch(d[k]):
+            raise VerificationError(f"malformed recovery key file: {k!r} is not 64 lowercase hex")
+    return d["feed"], bytes.fromhex(d["seed"])

@@ -272,3 +272,117 @@ def restore(backup: str | None, resume_feed: str | None, channel: str | None, ti
         echo_json({"feed_id": feed_id, "uri": f"feed://{feed_id}", "restoring": False, "caught_up": known})
         return
     click.echo(f"feed://{feed_id}: caught up with {len(known)} subfeeds; ready to append")
+
+
+# ----------------------------------------------------------------------------- key succession
+def _write_secret(path: str, data: bytes) -> None:
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; choose another file") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data + b"\n")
+
+
+@feed.command("rotate-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--recovery-public-key", default=None, metavar="HEX",
+              help="Commit this recovery key for the new key (default: keep the one committed before).")
+@json_option
+def rotate_key(feed_ref: str, recovery_public_key: str | None, as_json: bool) -> None:
+    """Hand FEED to a fresh key, signed by its current key; its URI stays.
+
+    Followers accept the new key's messages from the next append on; messages the old key signs
+    after this point are refused everywhere the succession is known, and reported as a fork. A
+    backup of the old key can no longer append: export a new one (`kachery feed export-key`)."""
+    from kachery_feeds.succession import KeyChain
+
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    kwargs = {}
+    if recovery_public_key is not None:
+        kwargs["recovery_key"] = _public_key(recovery_public_key)
+    record = storage.feeds.rotate_key(feed_id, **kwargs)
+    chain = KeyChain.verify(feed_id, storage.feeds.key_succession(feed_id))
+    doc = {"feed_id": feed_id, "uri": f"feed://{feed_id}", "key": chain.current_key.hex(),
+           "seq": len(chain.records), "record": record.decode()}
+    if as_json:
+        echo_json(doc)
+    else:
+        click.echo(f"feed://{feed_id} is now signed by key {doc['key']} (succession {doc['seq']}); "
+                   "export a new key backup: the old one can no longer append")
+
+
+def _public_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise click.ClickException("a public key is 64 hex characters")
+    return key
+
+
+@feed.command("set-recovery-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Make a fresh recovery key and write it to this file (keep it offline).")
+@click.option("--public-key", "public_hex", default=None, metavar="HEX",
+              help="Commit an existing recovery key, given by its public key.")
+@json_option
+def set_recovery_key(feed_ref: str, out_path: str | None, public_hex: str | None, as_json: bool) -> None:
+    """Commit a recovery key for FEED: if its current key is lost, the recovery key can hand the
+    feed to a new key (`kachery feed recover`). Readers learn the commitment with the feed's next
+    message."""
+    import os
+
+    from kachery_feeds.key_backup import encode_recovery_key
+    from kachery_feeds.succession import public_key_of
+
+    if (out_path is None) == (public_hex is None):
+        raise click.ClickException("give either --out FILE (a fresh key) or --public-key HEX")
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    if out_path is not None:
+        seed = os.urandom(32)
+        _write_secret(out_path, encode_recovery_key(feed_id, seed))
+        public = public_key_of(seed)
+    else:
+        public = _public_key(public_hex or "")
+    storage.feeds.set_recovery_key(feed_id, public)
+    if as_json:
+        echo_json({"feed_id": feed_id, "recovery_public_key": public.hex(), "file": out_path})
+    else:
+        click.echo(f"recovery key {public.hex()} committed for feed://{feed_id}")
+
+
+@feed.command("recover")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--recovery-key", "key_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The recovery key file written by `kachery feed set-recovery-key --out`.")
+@json_option
+def recover(feed_ref: str, key_path: str, as_json: bool) -> None:
+    """Hand FEED to a fresh key held by this node, signed by its committed recovery key (when the
+    current key is lost). This node should hold the newest messages of the feed (follow it
+    first): messages the lost key signed after those this node holds are refused from now on."""
+    from pathlib import Path
+
+    import kachery_feeds as kf
+    from kachery_feeds.key_backup import parse_recovery_key
+    from kachery_feeds.succession import KeyChain
+
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    key_feed, seed = parse_recovery_key(Path(key_path).read_bytes())
+    if key_feed != feed_id:
+        raise kf.VerificationError(f"{key_path} is a recovery key of feed {key_feed}, not {feed_id}")
+    storage.feeds.recover_key(feed_id, seed)
+    chain = KeyChain.verify(feed_id, storage.feeds.key_succession(feed_id))
+    if as_json:
+        echo_json({"feed_id": feed_id, "uri": f"feed://{feed_id}", "key": chain.current_key.hex(),
+                   "seq": len(chain.records)})
+    else:
+        click.echo(f"feed://{feed_id} is now signed by this node's key {chain.current_key.hex()}; "
+                   "export a key backup (`kachery feed export-key`)")
