@@ -63,7 +63,7 @@ class SuccessionMixin:
         """The feed's succession records (wire lines, oldest first); empty if it never changed keys."""
         feed_id = normalize_feed_id(feed_id)
         with self._lock:  # type: ignore[attr-defined]
-            return [bytes(r[0]) for r in self._conn.execute(
+            return [_as_bytes(r[0]) for r in self._conn.execute(
                 "SELECT record FROM feed_successions WHERE feed_id=? ORDER BY seq", (feed_id,))]
 
     def current_key(self, feed_id: str) -> bytes:
@@ -144,7 +144,7 @@ class SuccessionMixin:
 
     # ------------------------------------------------------------------ appending
     def _chain_in(self, c: sqlite3.Connection, feed_id: str) -> KeyChain:
-        lines = tuple(bytes(r[0]) for r in c.execute(
+        lines = tuple(_as_bytes(r[0]) for r in c.execute(
             "SELECT record FROM feed_successions WHERE feed_id=? ORDER BY seq", (feed_id,)))
         cache = self._verified_chains
         hit = cache.get(feed_id)
@@ -257,6 +257,11 @@ def message_hash_at(c: sqlite3.Connection, sid: int, n: int) -> bytes:
 
     (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=?", (sid, n)).fetchone()
     return message_hash(bytes(body))
+
+
+def _as_bytes(value: object) -> bytes:
+    """A BLOB column as bytes (an edit with SQL string functions turns it into TEXT)."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
 
 
 def _fresh_seed() -> bytes:

@@ -160,6 +160,10 @@ def feed_info(uri: str, as_json: bool) -> None:
     else:
         f = storage.load_feed(uri)
         doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
+               # spec/feeds.md §8-9: a restored key waiting to catch up; the key signing it now
+               "restoring": storage.feeds.is_restoring(f.feed_id),
+               "current_key": storage.feeds.current_key(f.feed_id).hex(),
+               "key_successions": len(storage.feeds.key_succession(f.feed_id)),
                "subfeeds": f.list_subfeeds()}
     if as_json:
         echo_json(doc)

@@ -174,3 +174,21 @@ def test_a_store_holding_a_superseded_key_refuses_to_append_and_backups_carry_th
     _sync(sf, new_machine)
     new_machine.finish_restore(sf.feed_id, {sf.subfeed_hash: 2})
     assert new_machine.load_subfeed(sf.uri).append_message(2) == 2
+
+
+def test_the_audit_checks_messages_against_the_key_chain(stores):
+    import sqlite3
+
+    owner, _reader, _ = stores
+    sf = owner.create_feed().load_subfeed("main")
+    sf.append_message(0)
+    owner.rotate_key(sf.feed_id)
+    sf.append_message(1)
+    assert owner.verify().ok
+    conn = sqlite3.connect(owner.path)
+    conn.execute("UPDATE feed_successions SET record = replace(record, '\"ts\":', '\"ts\":1')")
+    conn.commit()
+    conn.close()
+    problems = [p.message for p in owner.verify().problems]
+    assert any("key succession is invalid" in p for p in problems), problems
+    assert any(p == "bad signature" for p in problems), problems  # message 1: not K0's
