@@ -575,7 +575,8 @@ class Store(SuccessionMixin):
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None
         except _Fork as fork:
-            proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming)
+            proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming,
+                                     chain.lines() if chain is not None else None)
             with self._write() as c:
                 c.execute(
                     "INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, "

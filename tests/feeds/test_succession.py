@@ -192,3 +192,22 @@ def test_the_audit_checks_messages_against_the_key_chain(stores):
     problems = [p.message for p in owner.verify().problems]
     assert any("key succession is invalid" in p for p in problems), problems
     assert any(p == "bad signature" for p in problems), problems  # message 1: not K0's
+
+
+def test_a_fork_by_the_new_key_is_proven_with_the_succession_it_needs(stores):
+    owner, reader, tmp_path = stores
+    sf = owner.create_feed().load_subfeed("main")
+    sf.append_message(0)
+    owner.rotate_key(sf.feed_id)
+    second = kf.open_store(tmp_path / "second.db")  # the new key, restored twice: a real fork
+    second.restore_key(owner.export_key(sf.feed_id))
+    _sync(sf, second)
+    second.finish_restore(sf.feed_id, {sf.subfeed_hash: 1})
+    sf.append_message("one way")
+    second.load_subfeed(sf.uri).append_message("another way")
+    _sync(sf, reader)
+    with pytest.raises(kf.ForkError) as info:
+        reader.load_subfeed(sf.uri).add_signed_messages(second.load_subfeed(sf.uri).get_signed_messages(1))
+    assert b'"kachery-fork-proof"' in info.value.proof and b'"succession"' in info.value.proof
+    assert kf.verify_fork_proof(info.value.proof).position == 1
+    assert reader.verify().ok
