@@ -186,7 +186,9 @@ class SuccessionMixin:
         if not carried and not stored.records:
             return None
         chain = stored
-        for lines in carried:
+        for lines in dict.fromkeys(tuple(x) for x in carried):  # each distinct chain verified once
+            if chain.lines()[: len(lines)] == list(lines):
+                continue  # already known (and verified)
             chain = merge(chain, KeyChain.verify(feed_id, lines))
         return chain
 
