@@ -322,9 +322,11 @@ class Store(SuccessionMixin):
                 self._restore_records(c, parsed.feed_id, parsed.succession, parsed.seed)
             row = c.execute("SELECT private_key FROM feeds WHERE feed_id=?", (parsed.feed_id,)).fetchone()
             if row is not None and row[0] is not None:
-                if bytes(row[0]) != parsed.seed:
+                if bytes(row[0]) == parsed.seed:
+                    return Feed(self, parsed.feed_id)
+                if not self._replaced_key(c, parsed.feed_id, bytes(row[0])):
                     raise VerificationError(f"this store holds another key for feed {parsed.feed_id}")
-                return Feed(self, parsed.feed_id)
+                self._secret_keys.pop(parsed.feed_id, None)  # a replaced key gives way to the backup's
             name = parsed.name
             if name is not None and c.execute(
                     "SELECT 1 FROM feeds WHERE name=? AND feed_id<>?", (name, parsed.feed_id)).fetchone():

@@ -142,6 +142,12 @@ class SuccessionMixin:
             raise VerificationError("this key backup's seed is not the newest key of its feed")
         self._store_chain(c, feed_id, chain)
 
+    def _replaced_key(self, c: sqlite3.Connection, feed_id: str, seed: bytes) -> bool:
+        """True if ``seed`` is the seed of a key the feed's succession has replaced."""
+        chain = self._chain_in(c, feed_id)
+        replaced = [bytes.fromhex(feed_id)] + [r.key for r in chain.records]
+        return public_key_of(seed) in replaced and public_key_of(seed) != chain.current_key
+
     # ------------------------------------------------------------------ appending
     def _chain_in(self, c: sqlite3.Connection, feed_id: str) -> KeyChain:
         lines = tuple(_as_bytes(r[0]) for r in c.execute(

@@ -211,3 +211,23 @@ def test_a_fork_by_the_new_key_is_proven_with_the_succession_it_needs(stores):
     assert b'"kachery-fork-proof"' in info.value.proof and b'"succession"' in info.value.proof
     assert kf.verify_fork_proof(info.value.proof).position == 1
     assert reader.verify().ok
+
+
+def test_a_backup_of_the_new_key_replaces_a_replaced_key_and_nothing_else(stores):
+    owner, _reader, tmp_path = stores
+    sf = owner.create_feed().load_subfeed("main")
+    sf.append_message(0)
+    old_backup = owner.export_key(sf.feed_id)
+    old_machine = kf.open_store(tmp_path / "old.db")
+    old_machine.restore_key(old_backup)
+    _sync(sf, old_machine)
+    old_machine.finish_restore(sf.feed_id, {sf.subfeed_hash: 1})
+    owner.rotate_key(sf.feed_id)
+    sf.append_message(1)
+    with pytest.raises(kf.VerificationError, match="another key"):
+        owner.restore_key(old_backup)  # the current key never gives way to an old one
+    assert owner.load_subfeed(sf.uri).append_message(2) == 2
+    old_machine.restore_key(owner.export_key(sf.feed_id))  # its K0 was replaced: it takes K1
+    _sync(sf, old_machine)
+    old_machine.finish_restore(sf.feed_id, {sf.subfeed_hash: 3})
+    assert old_machine.load_subfeed(sf.uri).append_message(3) == 3
