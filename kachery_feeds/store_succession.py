@@ -11,6 +11,8 @@ hot paths in :mod:`kachery_feeds.store`, which call in here only for feeds that 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import time
 from typing import TYPE_CHECKING
@@ -19,13 +21,14 @@ import nacl.bindings
 import orjson
 
 from .errors import ForkError, NotWriteableError, VerificationError
-from .messages import signature_is_valid, to_wire
+from .messages import message_hash, signature_is_valid, to_wire
 from .succession import (
     KeyChain,
     Violation,
     build_record,
     build_violation_proof,
     carried_chains,
+    check_chain_with_keys,
     merge,
     public_key_of,
 )
@@ -201,8 +204,6 @@ class SuccessionMixin:
     def _check_import(self, msgs: list, chain: KeyChain, feed_id: str, subfeed_hash: str) -> None:
         """Check a range against the chain, outside any transaction; a violation is recorded and
         raised as ForkError."""
-        from .succession import check_chain_with_keys
-
         violation: Violation | None = check_chain_with_keys(msgs, chain, subfeed_hash)
         if violation is not None:
             line = next(to_wire(m[3], m[4]) for m in msgs if m[0] == violation.position)
@@ -230,8 +231,6 @@ class SuccessionMixin:
                 if row is None:
                     continue
                 n, body, sig = row
-                from .messages import message_hash
-
                 h = message_hash(bytes(body))
                 if signature_is_valid(chain.key_for(sh, n), h, bytes(sig)):
                     continue
@@ -245,8 +244,6 @@ class SuccessionMixin:
 
     def _report_violation(self, found: ViolationFound, feed_id: str) -> ForkError:
         """Record a violation proof (like a fork proof) and return the ForkError to raise."""
-        import hashlib
-
         proof = build_violation_proof(feed_id, found.subfeed_hash, found.position, found.chain, found.lines)
         with self._write() as c:
             c.execute("INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, proof_sha256, "
@@ -261,8 +258,6 @@ class SuccessionMixin:
 
 
 def message_hash_at(c: sqlite3.Connection, sid: int, n: int) -> bytes:
-    from .messages import message_hash
-
     (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=?", (sid, n)).fetchone()
     return message_hash(bytes(body))
 
@@ -273,6 +268,4 @@ def _as_bytes(value: object) -> bytes:
 
 
 def _fresh_seed() -> bytes:
-    import os
-
     return os.urandom(32)
