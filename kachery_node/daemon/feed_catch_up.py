@@ -26,7 +26,8 @@ from .channel_link import BucketObjectMissing
 
 log = logging.getLogger("kachery.feeds")
 
-#: How long one channel's listing and head reads may take before it counts as unreachable.
+#: How long one channel may take to connect, list and read its heads before it counts as
+#: unreachable.
 CHANNEL_TIMEOUT_SECONDS = 20.0
 
 
@@ -89,6 +90,7 @@ async def newest_known_heads(links, feed_id: str) -> tuple[list[KnownHead], dict
     for link in links:
         try:
             with anyio.fail_after(CHANNEL_TIMEOUT_SECONDS):
+                await link.connected.wait()  # a daemon just started: its channels are coming up
                 heads += await _heads_on(link, feed_id)
         except Exception as exc:  # transport of any kind: this channel says nothing
             failed[link.channel] = f"{type(exc).__name__}: {exc}"

@@ -61,8 +61,7 @@ def test_an_old_backup_restored_elsewhere_catches_up_before_appending(lab, tmp_p
     assert main_c.get_num_local_messages() == 0
 
     # With its daemon up, c catches up with every subfeed the channel knows, then may append.
-    c.start()
-    lab.wait_connected(c)
+    c.start()  # right after the start: the catch-up waits for the channel to connect
     done = json.loads(c.run("feed", "restore", "--resume", "notebook", "--timeout", "60", "--json").stdout)
     assert done["restoring"] is False
     assert done["caught_up"] == {main_a.subfeed_hash: 5, later_a.subfeed_hash: 1}
