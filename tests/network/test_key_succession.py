@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import kachery_feeds as kf
+from kachery_node.protocol.bucket_layout import subfeed_head_path
+from kachery_node.protocol.feed_bucket import parse_head
 from tests.network.conftest import ALL_ROLES
 
 
@@ -40,6 +42,18 @@ def test_a_rotated_feed_keeps_its_uri_and_followers_and_refuses_the_old_key(lab,
     b_store = kf.open_store(b.storage_dir / "feeds.db")
     assert b_store.current_key(replica.feed_id).hex() == rotated["key"]
     assert b_store.verify().ok  # every stored signature checks out under the key chain
+
+    # A reader that starts now gets it all from the bucket: the carried records come along.
+    head = lab.bucket_object(subfeed_head_path(lab.channel, replica.feed_id, replica.subfeed_hash))
+    _wait(lambda: head.exists() and parse_head(head.read_bytes()).count == 5, "no bucket copy", a)
+    d = lab.add_node("d", ["request-feeds"])
+    d.client.request("POST", "/api/feeds/follow", json_body={"uri": uri})
+    d_store = kf.open_store(d.storage_dir / "feeds.db")
+    d_replica = d_store.load_subfeed(uri)
+    _wait(lambda: d_replica.get_num_local_messages() == 5, "d did not catch up from the bucket", d)
+    assert "from the lab bucket" in d.log()  # the bucket, not inline pushes, brought them
+    assert d_store.key_succession(replica.feed_id) == b_store.key_succession(replica.feed_id)
+    d.stop()
 
     # Someone with the leaked old key writes their own continuation and provides it.
     m = lab.add_node("m", ALL_ROLES, start=False)
