@@ -14,6 +14,7 @@ subfeed heads in the channels' buckets; witnessed checkpoints (issue 18 part 1) 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import anyio
@@ -26,6 +27,7 @@ from .channel_link import BucketObjectMissing
 
 log = logging.getLogger("kachery.feeds")
 
+_HEX40 = re.compile(r"[0-9a-f]{40}")
 #: How long one channel may take to connect, list and read its heads before it counts as
 #: unreachable.
 CHANNEL_TIMEOUT_SECONDS = 20.0
@@ -55,7 +57,8 @@ def subfeed_hashes_from_keys(channel: str, feed_id: str, keys: list[str]) -> lis
         if not key.startswith(prefix) or not key.endswith("/head"):
             continue
         parts = key[len(prefix):].split("/")
-        if len(parts) == 5 and len(parts[3]) == 40 and key == subfeed_head_path(channel, feed_id, parts[3]):
+        if (len(parts) == 5 and _HEX40.fullmatch(parts[3])
+                and key == subfeed_head_path(channel, feed_id, parts[3])):
             found[parts[3]] = None
     return list(found)
 
