@@ -13,7 +13,6 @@ subfeed heads in the channels' buckets; witnessed checkpoints (issue 18 part 1) 
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 
@@ -24,8 +23,6 @@ import kachery_feeds as kf
 from ..protocol.bucket_layout import pathify, subfeed_head_path
 from ..protocol.feed_bucket import HeadError, parse_head
 from .channel_link import BucketObjectMissing
-
-log = logging.getLogger("kachery.feeds")
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 #: How long one channel may take to connect, list and read its heads before it counts as
@@ -63,24 +60,26 @@ def subfeed_hashes_from_keys(channel: str, feed_id: str, keys: list[str]) -> lis
     return list(found)
 
 
-async def _heads_on(link, feed_id: str) -> list[KnownHead]:
-    """The heads of ``feed_id``'s subfeeds in ``link``'s bucket (malformed ones are skipped: a
-    bucket is not trusted, and the import of its data verifies everything anyway)."""
+async def _heads_on(link, feed_id: str) -> tuple[list[KnownHead], list[str]]:
+    """The heads of ``feed_id``'s subfeeds in ``link``'s bucket, and what was wrong. A head that
+    cannot be read still names its subfeed (count 0, so that it is followed and its providers
+    are asked to rewrite it), but the channel's answer is then incomplete: a restore must not
+    end on it."""
     keys = await link._require_bucket().list(subfeed_list_prefix(link.channel, feed_id))
-    heads = []
+    heads, problems = [], []
     for sh in subfeed_hashes_from_keys(link.channel, feed_id, keys):
         try:
-            head = parse_head(await link.bucket_get(subfeed_head_path(link.channel, feed_id, sh)))
+            count = parse_head(await link.bucket_get(subfeed_head_path(link.channel, feed_id, sh))).count
         except (BucketObjectMissing, HeadError) as exc:
-            log.info("catch-up of %s on %s: skipping subfeed %s: %s", feed_id[:12], link.channel, sh, exc)
-            continue
-        heads.append(KnownHead(link.channel, sh, head.count))
-    return heads
+            problems.append(f"the head of subfeed {sh} cannot be read ({exc})")
+            count = 0
+        heads.append(KnownHead(link.channel, sh, count))
+    return heads, problems
 
 
 async def newest_known_heads(links, feed_id: str) -> tuple[list[KnownHead], dict[str, str]]:
     """Every subfeed of ``feed_id`` known on ``links`` with its newest known count, and the
-    channels that could not be asked (channel -> why).
+    channels that could not be asked or answered incompletely (channel -> why).
 
     The one place that decides what "newest known" means. Today: the subfeed heads in each
     channel's bucket (found by listing it, spec/bucket.md §3.1); providers bring the buckets up
@@ -94,7 +93,10 @@ async def newest_known_heads(links, feed_id: str) -> tuple[list[KnownHead], dict
         try:
             with anyio.fail_after(CHANNEL_TIMEOUT_SECONDS):
                 await link.connected.wait()  # a daemon just started: its channels are coming up
-                heads += await _heads_on(link, feed_id)
+                found, problems = await _heads_on(link, feed_id)
+            heads += found
+            if problems:
+                failed[link.channel] = "; ".join(problems)
         except Exception as exc:  # transport of any kind: this channel says nothing
             failed[link.channel] = f"{type(exc).__name__}: {exc}"
     return heads, failed

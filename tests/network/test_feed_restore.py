@@ -87,3 +87,29 @@ def test_offline_ok_ends_a_restore_without_catching_up_and_warns(lab, tmp_path):
     done = c.run("feed", "restore", str(backup), "--offline-ok")
     assert "WARNING" in done.stderr and "FORKS" in done.stderr
     assert c.run("feed", "append", f"{feed_uri}/main", "2").stdout.strip() == "0"  # knew nothing
+
+
+def test_an_unreadable_head_keeps_the_feed_restoring_until_it_is_rewritten(lab, tmp_path):
+    a = lab.add_node("a", ALL_ROLES)
+    b = lab.add_node("b", ["request-feeds"])
+    feed_uri = a.run("feed", "create").stdout.strip()
+    feed_id = feed_uri.removeprefix("feed://")
+    backup = tmp_path / "k"
+    a.run("feed", "export-key", feed_uri, "--out", str(backup))
+    a.run("feed", "append", f"{feed_uri}/main", "1", "2")
+    sf = kf.open_store(a.storage_dir / "feeds.db").load_subfeed(f"{feed_uri}/main")
+    b.client.request("POST", "/api/feeds/follow", json_body={"uri": sf.uri})
+    _wait_bucket_count(lab, feed_id, sf.subfeed_hash, 2)
+    head = lab.bucket_object(subfeed_head_path(lab.channel, feed_id, sf.subfeed_hash))
+    head.write_bytes(b"not a head")  # someone with write access to the bucket
+
+    c = lab.add_node("c", ALL_ROLES)
+    failed = c.run("feed", "restore", str(backup), "--timeout", "30", check=False)
+    assert failed.returncode != 0 and "cannot be read" in failed.stderr, failed.stderr
+    assert kf.open_store(c.storage_dir / "feeds.db").is_restoring(feed_id)
+    # c's follower rejected the head, so the owner rewrites it; then the restore goes through.
+    deadline = time.monotonic() + 30
+    while c.run("feed", "restore", "--resume", feed_id, "--timeout", "30", check=False).returncode:
+        assert time.monotonic() < deadline, c.log()[-3000:]
+        time.sleep(0.5)
+    assert c.run("feed", "append", f"{feed_uri}/main", "3").stdout.strip() == "2"
