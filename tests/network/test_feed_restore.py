@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 import kachery_feeds as kf
+from kachery_node.errors import DaemonError
 from kachery_node.protocol.bucket_layout import subfeed_head_path
 from kachery_node.protocol.feed_bucket import parse_head
 from tests.network.conftest import ALL_ROLES
@@ -113,3 +116,7 @@ def test_an_unreadable_head_keeps_the_feed_restoring_until_it_is_rewritten(lab, 
         assert time.monotonic() < deadline, c.log()[-3000:]
         time.sleep(0.5)
     assert c.run("feed", "append", f"{feed_uri}/main", "3").stdout.strip() == "2"
+    for bad in ({"feed": "nope"}, {}, {"feed": feed_id, "channel": "not-joined"}):
+        with pytest.raises(DaemonError) as refused:
+            c.client.request("POST", "/api/feeds/catch-up", json_body=bad)
+        assert refused.value.status in (400, 404) and refused.value.reason
