@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -54,8 +55,8 @@ class SuccessionMixin:
 
     path: Path
     _conn: sqlite3.Connection
+    _lock: threading.RLock
     _secret_keys: dict[str, bytes]
-
     _verified_chains: dict[str, tuple[tuple[bytes, ...], KeyChain]]
 
     if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class SuccessionMixin:
     def key_succession(self, feed_id: str) -> list[bytes]:
         """The feed's succession records (wire lines, oldest first); empty if it never changed keys."""
         feed_id = normalize_feed_id(feed_id)
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             return [_as_bytes(r[0]) for r in self._conn.execute(
                 "SELECT record FROM feed_successions WHERE feed_id=? ORDER BY seq", (feed_id,))]
 
@@ -109,7 +110,11 @@ class SuccessionMixin:
                                         "(`kachery feed restore --resume`)")
             chain = self._chain_in(c, feed_id)
             if recovery_seed is not None:
-                if chain.current_recovery is None or public_key_of(recovery_seed) != chain.current_recovery:
+                if chain.current_recovery is None:
+                    raise NotWriteableError(
+                        f"this store knows of no recovery key committed for feed {feed_id}: follow the "
+                        "feed first (the commitment travels with its messages)")
+                if public_key_of(recovery_seed) != chain.current_recovery:
                     raise NotWriteableError(f"that is not the recovery key committed for feed {feed_id}")
                 signer, by = recovery_seed, "recovery"
             else:
@@ -190,7 +195,7 @@ class SuccessionMixin:
         """The key chain an imported range is checked against: the stored one merged with any the
         range carries; None when the feed has none (the plain, fast path)."""
         carried = carried_chains([m[3] for m in msgs])
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             stored = self._chain_in(self._conn, feed_id)
         if not carried and not stored.records:
             return None
