@@ -236,8 +236,10 @@ class Store(SuccessionMixin):
                 (feed_id,),
             )
             c.execute("DELETE FROM subfeeds WHERE feed_id=?", (feed_id,))
+            c.execute("DELETE FROM feed_successions WHERE feed_id=?", (feed_id,))
             c.execute("DELETE FROM feeds WHERE feed_id=?", (feed_id,))
         self._secret_keys.pop(feed_id, None)
+        self._verified_chains.pop(feed_id, None)
         for key in [k for k in self._subfeed_ids if k[0] == feed_id]:
             del self._subfeed_ids[key]
 

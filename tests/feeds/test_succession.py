@@ -231,3 +231,16 @@ def test_a_backup_of_the_new_key_replaces_a_replaced_key_and_nothing_else(stores
     _sync(sf, old_machine)
     old_machine.finish_restore(sf.feed_id, {sf.subfeed_hash: 3})
     assert old_machine.load_subfeed(sf.uri).append_message(3) == 3
+
+
+def test_deleting_a_feed_forgets_its_succession(stores):
+    owner, reader, _ = stores
+    sf = owner.create_feed().load_subfeed("main")
+    sf.append_message(0)
+    owner.rotate_key(sf.feed_id)
+    sf.append_message(1)
+    _sync(sf, reader)
+    reader.load_feed(sf.feed_id).delete()
+    assert reader.key_succession(sf.feed_id) == []
+    assert _sync(sf, reader).get_messages() == [0, 1]  # learned again from the messages
+    assert len(reader.key_succession(sf.feed_id)) == 1
