@@ -166,6 +166,12 @@ class DaemonConnectionLostError(DaemonError):
     """The daemon dropped the connection before answering (it was stopped or killed meanwhile)."""
 
 
+class RestoreNotCaughtUpError(KacheryError):
+    """A feed restored from a key backup could not be caught up with the network (no daemon, a
+    channel unreachable, messages still missing at the deadline): it stays restoring, and
+    appends stay refused (spec/feeds.md §8)."""
+
+
 # ----------------------------------------------------------------------------- channels (hub, relay, bucket)
 class HubRequestError(KacheryError):
     """The hub, relay or bucket refused a request: ``status``, ``code`` and its message."""

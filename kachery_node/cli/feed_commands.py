@@ -160,6 +160,10 @@ def feed_info(uri: str, as_json: bool) -> None:
     else:
         f = storage.load_feed(uri)
         doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
+               # spec/feeds.md §8-9: a restored key waiting to catch up; the key signing it now
+               "restoring": storage.feeds.is_restoring(f.feed_id),
+               "current_key": storage.feeds.current_key(f.feed_id).hex(),
+               "key_successions": len(storage.feeds.key_succession(f.feed_id)),
                "subfeeds": f.list_subfeeds()}
     if as_json:
         echo_json(doc)
@@ -202,3 +206,187 @@ def import_legacy(source: str | None, feed_ids: tuple[str, ...], as_json: bool) 
                 f"{len(r.subfeeds)} subfeeds, {sum(s.messages for s in r.subfeeds)} messages")
         name = f" (name {r.name})" if r.name else ""
         click.echo(f"{r.original_feed_id} -> {r.uri}{name}: {what}")
+
+
+# ----------------------------------------------------------------------------- key backups
+@feed.command("export-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="File to write the backup to (created owner-only; refuses to overwrite).")
+def export_key(feed_ref: str, out_path: str) -> None:
+    """Write a backup of the key that signs FEED (a secret: whoever holds it can append).
+
+    Restore it on another machine with `kachery feed restore FILE`."""
+    import os
+
+    storage = open_storage()
+    backup = storage.feeds.export_key(storage.load_feed(feed_ref).feed_id)
+    try:
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{out_path} exists; choose another file") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(backup + b"\n")
+    click.echo(out_path)
+
+
+@feed.command("restore")
+@click.argument("backup", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", "resume_feed", metavar="FEED", default=None,
+              help="Continue the restore of a feed whose key was already taken from a backup.")
+@click.option("--channel", default=None, help="Catch up only on this channel (default: all joined).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds to wait for the newest messages to arrive.")
+@click.option("--offline-ok", is_flag=True,
+              help="End the restore WITHOUT catching up (only if no other machine wrote to the feed "
+                   "after the backup was made: otherwise appending here forks the feed).")
+@json_option
+def restore(backup: str | None, resume_feed: str | None, channel: str | None, timeout: float,
+            offline_ok: bool, as_json: bool) -> None:
+    """Restore a feed's key from a backup (`kachery feed export-key`) without forking the feed.
+
+    The feed is read-only here until this node has caught up, through its running daemon, with
+    the newest messages its channels hold of every subfeed of the feed (what the old machine
+    wrote after the backup); then it can append after them. If that cannot be done now, the feed
+    stays restoring: run `kachery feed restore --resume FEED` later."""
+    from ..feed_restore import catch_up, restore_from_backup
+
+    if (backup is None) == (resume_feed is None):
+        raise click.ClickException("give either a BACKUP file or --resume FEED")
+    storage = open_storage()
+    if backup is not None:
+        feed_id = restore_from_backup(storage, backup).feed_id
+    else:
+        feed_id = storage.load_feed(resume_feed).feed_id
+        if not storage.feeds.has_private_key(feed_id):
+            raise click.ClickException(f"this node holds no key of feed {feed_id}: restore a backup first")
+    if not storage.feeds.is_restoring(feed_id):
+        doc = {"feed_id": feed_id, "uri": f"feed://{feed_id}", "restoring": False, "caught_up": {}}
+        echo_json(doc) if as_json else click.echo(f"feed://{feed_id}: ready to append")
+        return
+    if offline_ok:
+        click.echo(f"WARNING: ending the restore of feed {feed_id} without catching up. If another "
+                   "machine appended to it after this backup was made, appending here FORKS the feed.",
+                   err=True)
+        storage.feeds.finish_restore(feed_id, {}, unchecked=True)
+        known: dict[str, int] = {}
+    else:
+        known = catch_up(storage, feed_id, channel=channel, timeout=timeout).known
+    if as_json:
+        echo_json({"feed_id": feed_id, "uri": f"feed://{feed_id}", "restoring": False, "caught_up": known})
+        return
+    click.echo(f"feed://{feed_id}: caught up with {len(known)} subfeeds; ready to append")
+
+
+# ----------------------------------------------------------------------------- key succession
+def _write_secret(path: str, data: bytes) -> None:
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; choose another file") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data + b"\n")
+
+
+@feed.command("rotate-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--recovery-public-key", default=None, metavar="HEX",
+              help="Commit this recovery key for the new key (default: keep the one committed before).")
+@json_option
+def rotate_key(feed_ref: str, recovery_public_key: str | None, as_json: bool) -> None:
+    """Hand FEED to a fresh key, signed by its current key; its URI stays.
+
+    Followers accept the new key's messages from the next append on; messages the old key signs
+    after this point are refused everywhere the succession is known, and reported as a fork. A
+    backup of the old key can no longer append: export a new one (`kachery feed export-key`)."""
+    from kachery_feeds.succession import KeyChain
+
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    kwargs = {}
+    if recovery_public_key is not None:
+        kwargs["recovery_key"] = _public_key(recovery_public_key)
+    record = storage.feeds.rotate_key(feed_id, **kwargs)
+    chain = KeyChain.verify(feed_id, storage.feeds.key_succession(feed_id))
+    doc = {"feed_id": feed_id, "uri": f"feed://{feed_id}", "key": chain.current_key.hex(),
+           "seq": len(chain.records), "record": record.decode()}
+    if as_json:
+        echo_json(doc)
+    else:
+        click.echo(f"feed://{feed_id} is now signed by key {doc['key']} (succession {doc['seq']}); "
+                   "export a new key backup: the old one can no longer append")
+
+
+def _public_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise click.ClickException("a public key is 64 hex characters")
+    return key
+
+
+@feed.command("set-recovery-key")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Make a fresh recovery key and write it to this file (keep it offline).")
+@click.option("--public-key", "public_hex", default=None, metavar="HEX",
+              help="Commit an existing recovery key, given by its public key.")
+@json_option
+def set_recovery_key(feed_ref: str, out_path: str | None, public_hex: str | None, as_json: bool) -> None:
+    """Commit a recovery key for FEED: if its current key is lost, the recovery key can hand the
+    feed to a new key (`kachery feed recover`). Readers learn the commitment with the feed's next
+    message."""
+    import os
+
+    from kachery_feeds.key_backup import encode_recovery_key
+    from kachery_feeds.succession import public_key_of
+
+    if (out_path is None) == (public_hex is None):
+        raise click.ClickException("give either --out FILE (a fresh key) or --public-key HEX")
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    if out_path is not None:
+        seed = os.urandom(32)
+        _write_secret(out_path, encode_recovery_key(feed_id, seed))
+        public = public_key_of(seed)
+    else:
+        public = _public_key(public_hex or "")
+    storage.feeds.set_recovery_key(feed_id, public)
+    if as_json:
+        echo_json({"feed_id": feed_id, "recovery_public_key": public.hex(), "file": out_path})
+    else:
+        click.echo(f"recovery key {public.hex()} committed for feed://{feed_id}")
+
+
+@feed.command("recover")
+@click.argument("feed_ref", metavar="FEED")
+@click.option("--recovery-key", "key_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The recovery key file written by `kachery feed set-recovery-key --out`.")
+@json_option
+def recover(feed_ref: str, key_path: str, as_json: bool) -> None:
+    """Hand FEED to a fresh key held by this node, signed by its committed recovery key (when the
+    current key is lost). This node should hold the newest messages of the feed (follow it
+    first): messages the lost key signed after those this node holds are refused from now on."""
+    from pathlib import Path
+
+    import kachery_feeds as kf
+    from kachery_feeds.key_backup import parse_recovery_key
+    from kachery_feeds.succession import KeyChain
+
+    storage = open_storage()
+    feed_id = storage.load_feed(feed_ref).feed_id
+    key_feed, seed = parse_recovery_key(Path(key_path).read_bytes())
+    if key_feed != feed_id:
+        raise kf.VerificationError(f"{key_path} is a recovery key of feed {key_feed}, not {feed_id}")
+    storage.feeds.recover_key(feed_id, seed)
+    chain = KeyChain.verify(feed_id, storage.feeds.key_succession(feed_id))
+    if as_json:
+        echo_json({"feed_id": feed_id, "uri": f"feed://{feed_id}", "key": chain.current_key.hex(),
+                   "seq": len(chain.records)})
+    else:
+        click.echo(f"feed://{feed_id} is now signed by this node's key {chain.current_key.hex()}; "
+                   "export a key backup (`kachery feed export-key`)")

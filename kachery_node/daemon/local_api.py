@@ -29,6 +29,9 @@ Endpoints (JSON unless noted):
                                                 Events, resumable; ``follow=1`` follows a
                                                 remote subfeed first (web-safe limit)
 ``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
+``POST /api/feeds/catch-up``           client   ``{"feed", "channel"?}``: follow every subfeed
+                                                of a feed the channels know, and say the newest
+                                                known count of each (fork-safe restore)
 ``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
                                                 from a channel, then its local path
 ``POST /api/files/upload``             client   upload a stored file to a channel's bucket
@@ -406,6 +409,28 @@ def build_app(ctx: DaemonContext) -> Starlette:
         channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
         return _json({"following": channels, "local": False})
 
+    async def catch_up(request: Request) -> Response:
+        """Follow every subfeed of a feed known on the channels (also one whose key this store
+        holds: it may be restoring) and answer their newest known counts (spec/feeds.md §8)."""
+        from .feed_catch_up import newest_known_heads
+
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        try:
+            raw = body.get("feed")
+            feed_id = kachery_feeds.normalize_feed_id(raw if isinstance(raw, str) else "")
+        except kachery_feeds.InvalidUriError as exc:
+            raise ApiError(400, f"catch-up needs a feed ID: {exc}") from exc
+        links = _node(ctx).links(_channel_arg(body))
+        heads, unreachable = await newest_known_heads(links, feed_id)
+        for head in heads:
+            _node(ctx).feeds.follow([link for link in links if link.channel == head.channel],
+                                    feed_id, head.subfeed_hash)
+        return _json({"feed": feed_id, "channels": [link.channel for link in links],
+                      "heads": [{"channel": h.channel, "subfeed_hash": h.subfeed_hash, "count": h.count}
+                                for h in heads],
+                      "unreachable": unreachable})
+
     async def fetch_file(request: Request) -> Response:
         """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
         _require(ctx, request, "client")
@@ -498,6 +523,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/feeds/messages", messages, methods=["GET"]),
         Route("/api/feeds/stream", stream, methods=["GET"]),
         Route("/api/feeds/follow", follow, methods=["POST"]),
+        Route("/api/feeds/catch-up", catch_up, methods=["POST"]),
         Route("/api/files/fetch", fetch_file, methods=["POST"]),
         Route("/api/files/upload", upload, methods=["POST"]),
         Route("/api/files/read", read_file, methods=["GET"]),
