@@ -238,6 +238,13 @@ test('succession: an old key signing after the hand-over is a violation, with th
     await assert.rejects(k.verifyRange([...c.range.slice(0, c.position), ...c.then], succ.feed, succ.subfeed, { succession: succ.records }),
       k.SuccessionViolationError, c.why);
   }
+  // A follower that never saw the records takes K0's message 2 (spec §9.3: detection, not
+  // prevention); the honest messages after it then fail to link (js/README.md).
+  const c = succ.violations[1];
+  const blind = new k.SubfeedVerifier(succ.feed, succ.subfeed);
+  assert.equal((await blind.add([...c.range.slice(0, 2), ...c.then])).length, 3);
+  assert.equal((await blind.add([c.range[2]])).length, 0); // a re-push of position 2: skipped
+  await assert.rejects(blind.add([c.range[3]]), /does not link to the verified chain/);
   // A tampered violation proof is refused.
   const d = JSON.parse(succ.violations[0].proof);
   d.chain = [succ.messages[4]]; // signed by the right key: no violation
