@@ -302,6 +302,70 @@ def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0) -> 
     return subfeed
 
 
+def publish(uri: str, *, channel: str) -> str:
+    """Keep a feed of this node (``feed://<id>``: every subfeed, also ones created later) or one
+    of its subfeeds (``feed://<id>/<name>``) current in ``channel``'s bucket, whether or not
+    anyone follows it, so readers catch up while this node is offline. Remembered in
+    ``<storage>/published-feeds.json``; the daemon (now, if it runs; else when it starts)
+    uploads what the bucket lacks and then every new message. Returns the URI published.
+
+    >>> sf = kn.create_feed().load_subfeed("readings")
+    >>> kn.publish(sf.uri, channel="lab")                      # doctest: +SKIP
+    """
+    from .feed_publications import load_publications, parse_publication, save_publications
+    from .joined_channels import load_memberships
+
+    storage = default_storage()
+    pub = parse_publication(uri, channel)
+    if not storage.feeds.has_private_key(pub.feed_id):
+        raise NotFoundError(f"cannot publish {uri}: this node does not own feed {pub.feed_id} "
+                            "(only a feed's owner publishes it)", uri=uri)
+    joined = load_memberships(storage.directory)
+    if channel not in joined:
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node has not joined it (joined: "
+                         f"{', '.join(joined) or 'none'}); run `kachery node join {channel}`")
+    pubs = load_publications(storage.directory)
+    if pub not in pubs:
+        save_publications(storage.directory, [*pubs, pub])
+    _tell_daemon_publications_changed(storage)
+    return pub.uri
+
+
+def unpublish(uri: str, *, channel: str | None = None) -> int:
+    """Stop keeping ``uri`` (as given to :func:`publish`) current in ``channel``'s bucket (every
+    channel, if None). What is already in the bucket stays. Returns how many publications
+    were removed (0: it was not published)."""
+    from .feed_publications import load_publications, parse_publication, save_publications
+
+    storage = default_storage()
+    target = parse_publication(uri, channel or "")
+    pubs = load_publications(storage.directory)
+    kept = [p for p in pubs if not (p.feed_id == target.feed_id and p.subfeed_hash == target.subfeed_hash
+                                    and channel in (None, p.channel))]
+    if len(kept) != len(pubs):
+        save_publications(storage.directory, kept)
+        _tell_daemon_publications_changed(storage)
+    return len(pubs) - len(kept)
+
+
+def list_published() -> list[dict[str, str]]:
+    """What this node publishes: ``{"uri", "channel"}`` per publication (:func:`publish`)."""
+    from .feed_publications import load_publications
+
+    return [{"uri": p.uri, "channel": p.channel} for p in load_publications(default_storage().directory)]
+
+
+def _tell_daemon_publications_changed(storage: Storage) -> None:
+    """A running daemon takes up the change now, not at its next look at the file (2 s)."""
+    from . import remote_reads as remote
+
+    daemon = remote.daemon_for(storage.directory)
+    if daemon is not None:
+        daemon.request("POST", "/api/feeds/published")
+
+
 def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float = 0,
                            channel: str | None = None, signed: bool = False,
                            max_num_messages: int = 0) -> dict[str, list[Any]]:

@@ -1,4 +1,4 @@
-"""``kachery feed create|append|tail|info``: feeds in ``<storage>/feeds.db`` (kachery_feeds)."""
+"""``kachery feed``: create, append, tail, info, publish, unpublish, published (kachery_feeds)."""
 
 from __future__ import annotations
 
@@ -140,6 +140,74 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     else:
         for i, payload in enumerate(sf.follow(start=start, timeout=timeout)):
             emit(start + i, payload)
+
+
+def _feed_or_subfeed_uri(arg: str) -> str:
+    """A feed (``feed://<id>``, ID or local name) or subfeed (as :func:`_subfeed_uri`) argument."""
+    if arg.startswith("feed://"):
+        return arg
+    if "/" in arg:
+        return _subfeed_uri(arg)
+    return open_storage().load_feed(arg).uri
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", required=True, help="The channel whose bucket keeps the copy.")
+@json_option
+def publish(uri: str, channel: str, as_json: bool) -> None:
+    """Keep a feed of this node (every subfeed, also later ones) or one subfeed current in a
+    channel's bucket, whether or not anyone follows it, so that readers catch up while this
+    node is offline. Remembered across restarts; the daemon does the uploading (now if it
+    runs, else when it starts)."""
+    from .. import api
+
+    published = api.publish(_feed_or_subfeed_uri(uri), channel=channel)
+    running = _daemon_running()
+    if as_json:
+        echo_json({"uri": published, "channel": channel, "daemon_running": running})
+        return
+    click.echo(f"published {published} to {channel}")
+    if not running:
+        click.echo("no daemon runs for this storage: the bucket is updated once one starts "
+                   "(`kachery node start`)", err=True)
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", default=None, help="Only on this channel (default: every channel).")
+@json_option
+def unpublish(uri: str, channel: str | None, as_json: bool) -> None:
+    """Stop keeping a feed or subfeed current in the bucket (what is there stays)."""
+    from .. import api
+
+    removed = api.unpublish(_feed_or_subfeed_uri(uri), channel=channel)
+    if as_json:
+        echo_json({"removed": removed})
+        return
+    if not removed:
+        raise click.ClickException(f"{uri} is not published{f' to {channel}' if channel else ''}")
+    click.echo(f"unpublished {uri} ({removed} publication{'s' if removed != 1 else ''})")
+
+
+@feed.command()
+@json_option
+def published(as_json: bool) -> None:
+    """List what this node publishes: one line per publication, URI then channel."""
+    from .. import api
+
+    rows = api.list_published()
+    if as_json:
+        echo_json({"published": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['uri']}\t{row['channel']}")
+
+
+def _daemon_running() -> bool:
+    from ..remote_reads import daemon_for
+
+    return daemon_for(open_storage().directory) is not None
 
 
 @feed.command("info")

@@ -22,6 +22,7 @@ Endpoints (JSON unless noted):
 ``GET  /api/feeds/messages``           browser  ``?uri=&start=&end=`` records of a subfeed
 ``GET  /api/feeds/stream``             browser  ``?uri=&start=`` Server-Sent Events, resumable
 ``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
+``POST /api/feeds/published``          client   re-read published-feeds.json now; list what is kept current
 ``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
                                                 from a channel, then its local path
 ``POST /api/files/upload``             client   upload a stored file to a channel's bucket
@@ -301,6 +302,15 @@ def build_app(ctx: DaemonContext) -> Starlette:
         channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
         return _json({"following": channels, "local": False})
 
+    async def published(request: Request) -> Response:
+        """Take up a change of ``published-feeds.json`` now (not at the next poll); answer the
+        published subfeeds that are kept current (on channels that are up)."""
+        _require(ctx, request, "client")
+        node = _node(ctx)
+        node.reload_publications(force=True)
+        return _json({"published": [{"channel": w.channel, "uri": w.uri}
+                                    for w in node.feeds.providing.core.published()]})
+
     async def fetch_file(request: Request) -> Response:
         """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
         _require(ctx, request, "client")
@@ -360,6 +370,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/feeds/messages", messages, methods=["GET"]),
         Route("/api/feeds/stream", stream, methods=["GET"]),
         Route("/api/feeds/follow", follow, methods=["POST"]),
+        Route("/api/feeds/published", published, methods=["POST"]),
         Route("/api/files/fetch", fetch_file, methods=["POST"]),
         Route("/api/files/upload", upload, methods=["POST"]),
         Route("/viewer", viewer, methods=["GET"]),

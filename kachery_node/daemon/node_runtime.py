@@ -6,7 +6,9 @@ channel in ``<storage>/channels.json`` (re-read every :data:`CHANNELS_POLL_SECON
 the :class:`FileExchange`. Subfeeds that local clients asked to follow are remembered in
 ``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them; other
 nodes' live subscriptions to subfeeds provided here are kept in
-``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them.
+``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them. The
+feeds this node publishes (``<storage>/published-feeds.json``, kachery_node/feed_publications.py)
+are re-read when that file changes, like channels.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import trio
 
 from ..config import NodeConfig, read_settings
 from ..errors import ConfigError, KacheryError
+from ..feed_publications import load_publications, publications_path
 from ..identity import load_node_key
 from ..joined_channels import load_memberships
 from ..storage.node_storage import Storage
@@ -59,6 +62,7 @@ class NodeRuntime:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._channels_mtime: float | None = None
+        self._publications_mtime: float | None = None
         self._followed_path = storage.directory / FOLLOWED_FILE
         self._followed: dict[tuple[str, str], str | None] = self._load_followed()
 
@@ -70,10 +74,28 @@ class NodeRuntime:
             await nursery.start(self.files.run)
             await nursery.start(self.tasks.run)  # tasks (issue 6)
             self._sync_channels()
+            self.reload_publications()
             task_status.started()
             while True:
                 await trio.sleep(CHANNELS_POLL_SECONDS)
                 self._sync_channels()
+                self.reload_publications()
+
+    def reload_publications(self, *, force: bool = False) -> None:
+        """Hand the feed exchange the node's publications if their file changed (or ``force``)."""
+        try:
+            mtime: float | None = publications_path(self.storage.directory).stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._publications_mtime and not force:
+            return
+        self._publications_mtime = mtime
+        try:
+            publications = load_publications(self.storage.directory)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return
+        self.feeds.providing.set_publications(publications)
 
     def _sync_channels(self) -> None:
         path = self.storage.directory / "channels.json"
