@@ -46,6 +46,7 @@ from .api import (
 from .config import NodeConfig, init_node, load_node_config
 from .errors import (
     BadSignatureError,
+    BucketDataRejectedError,
     CapabilityError,
     ChannelProtocolError,
     ConfigError,
@@ -77,6 +78,7 @@ from .errors import (
     RemoteProtocolError,
     ReplayedRequestError,
     StaleRequestError,
+    SubfeedNotFoundError,
     TooLargeError,
     UnknownChannelError,
     UnknownNodeError,
@@ -96,6 +98,7 @@ __all__ = [
     "DISTRIBUTION",
     "LOCAL_ONLY",
     "BadSignatureError",
+    "BucketDataRejectedError",
     "CapabilityError",
     "ChannelProtocolError",
     "ConfigError",
@@ -131,6 +134,7 @@ __all__ = [
     "RemoteProtocolError",
     "ReplayedRequestError",
     "StaleRequestError",
+    "SubfeedNotFoundError",
     "Storage",
     "TooLargeError",
     "UnknownChannelError",

@@ -117,6 +117,30 @@ class NotFoundError(KacheryError, LookupError):
         self.uri = uri
 
 
+class SubfeedNotFoundError(NotFoundError):
+    """A subfeed of another node could not be read from anywhere: not in the local store, and
+    neither the daemon (if one runs) nor any channel's bucket delivered a message. ``attempts``
+    lists what was tried, one line each (also in the message), for example
+    ``"channel lab's bucket: nothing published (no head)"``.
+
+    Catch it to tolerate absence, or ask for a live wait (``load_subfeed(uri, live=True)``)."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message, uri=uri)
+        self.attempts = list(attempts or [])
+
+
+class BucketDataRejectedError(RemoteProtocolError):
+    """What a channel's bucket holds for a subfeed failed verification (a tampered or malformed
+    segment or head), and no other source delivered it. Nothing of it was stored. ``attempts``
+    lists what was tried, as in :class:`SubfeedNotFoundError`."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.attempts = list(attempts or [])
+
+
 class CorruptedFileError(KacheryError):
     """A stored file no longer matches its SHA-1. The bad copy has been deleted."""
 
