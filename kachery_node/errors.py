@@ -63,6 +63,11 @@ class RemoteProtocolError(KacheryError):
     It was refused, and nothing was changed because of it."""
 
 
+class TamperedDataError(RemoteProtocolError):
+    """Bytes read from elsewhere (an object of a channel's bucket, a chunk) do not hash to what
+    they were asked for: tampered with or broken on the way. Nothing was stored."""
+
+
 class UsageError(KacheryError, ValueError):
     """The user's input: a value or argument that cannot be used as given."""
 
@@ -103,6 +108,11 @@ class InvalidDataError(UsageError):
 # ----------------------------------------------------------------------------- configuration
 class NotInitializedError(ConfigError):
     """The storage directory has no identity or config yet: run ``kachery init``."""
+
+
+class ChannelNotJoinedError(ConfigError):
+    """A channel was named (``channel=``, ``--channel``) that this node has not joined
+    (``kachery node join CHANNEL``)."""
 
 
 # ----------------------------------------------------------------------------- conditions
