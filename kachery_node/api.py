@@ -283,22 +283,30 @@ def get_node_id() -> str:
     return load_node_config(default_storage().directory).node_id
 
 
-def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0) -> kachery_feeds.Subfeed:
-    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``. For a feed this node
-    does not own, a running daemon is asked to follow it on its channels (all joined, or
-    ``channel``; ``"*local*"``: none, this node's copy only): the subfeed's messages then
-    arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0,
+                 live: bool = False) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``.
+
+    For a feed this node does not own, the channels (``channel``, or every joined one in turn;
+    ``"*local*"``: none, this node's copy only) are asked, in this order
+    (kachery_node/remote_subfeeds.py): with a daemon running for this storage, it follows the
+    subfeed (catches up from the buckets, subscribes, and the owner's new messages arrive live);
+    without one, each channel's bucket is read directly over HTTP, verified, and
+    :meth:`~kachery_feeds.Subfeed.follow` keeps polling the buckets for new messages.
+
+    Raises :class:`~kachery_node.SubfeedNotFoundError` (a :class:`~kachery_node.NotFoundError`)
+    when no message is found anywhere, saying what was tried, and
+    :class:`~kachery_node.BucketDataRejectedError` when a bucket's copy fails verification,
+    unless ``live=True``: then it returns the subfeed even if it is still empty, for a caller
+    who waits for messages (``follow()``).
+    """
+    from . import remote_subfeeds
+
     storage = default_storage()
     subfeed = storage.load_subfeed(uri)
     subfeed.set_position(position)
     if not subfeed.is_writeable and channel != LOCAL_ONLY:
-        from . import remote_reads as remote
-
-        if remote.daemon_for(storage.directory) is not None:
-            remote.follow_subfeed(storage.directory, subfeed.uri, channel)
-        elif channel is not None:
-            raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
-                                f"for {storage.directory} (start one with `kachery node start`)")
+        remote_subfeeds.reach(storage, subfeed, channel, live=live)
     return subfeed
 
 
@@ -397,6 +405,6 @@ def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float 
         else:
             raise kachery_feeds.InvalidUriError(
                 f"watch {name!r}: needs 'uri', or 'feedId' with 'subfeedName' or 'subfeedHash'")
-        watches[name] = (load_subfeed(uri, channel=channel), watch.get("position", 0))
+        watches[name] = (load_subfeed(uri, channel=channel, live=True), watch.get("position", 0))
     return default_storage().feeds.watch_for_new_messages(
         watches, wait_msec, max_num_messages=max_num_messages, signed=signed)

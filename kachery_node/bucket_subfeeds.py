@@ -24,7 +24,7 @@ from typing import Protocol
 
 import kachery_feeds as kf
 
-from .errors import NotFoundError
+from .errors import InvalidDataError, NotFoundError
 from .protocol import feed_bucket
 from .protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
 
@@ -64,10 +64,12 @@ def catch_up(subfeed: kf.Subfeed, buckets: Iterable[BucketReader]) -> CatchUp:
             added, count = catch_up_from(subfeed, bucket)
         except NotFoundError:
             result.attempts.append(f"{name}: nothing published (no head)")
-        except (kf.VerificationError, kf.MissingMessagesError, feed_bucket.HeadError) as exc:
+        except (kf.VerificationError, kf.MissingMessagesError, feed_bucket.HeadError,
+                InvalidDataError) as exc:  # InvalidDataError: an object far too large to be ours
             result.rejected = True
             result.attempts.append(f"{name}: refused, it failed verification ({type(exc).__name__}: {exc})")
-            log.warning("the %s bucket's copy of %s failed verification: %s", bucket.channel, subfeed.uri, exc)
+            log.warning("the %s bucket's copy of %s failed verification: %s",
+                        bucket.channel, subfeed.uri, exc)
         except Exception as exc:  # transport: unreachable hub or bucket, timeouts
             result.attempts.append(f"{name}: unreachable ({type(exc).__name__}: {exc})")
         else:

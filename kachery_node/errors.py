@@ -140,7 +140,7 @@ class SubfeedNotFoundError(NotFoundError):
         self.attempts = list(attempts or [])
 
 
-class BucketDataRejectedError(RemoteProtocolError):
+class BucketDataRejectedError(TamperedDataError):
     """What a channel's bucket holds for a subfeed failed verification (a tampered or malformed
     segment or head), and no other source delivered it. Nothing of it was stored. ``attempts``
     lists what was tried, as in :class:`SubfeedNotFoundError`."""

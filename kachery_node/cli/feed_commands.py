@@ -112,10 +112,23 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones.
 
     For a feed this node does not own, the daemon (if running) follows it on the node's
-    channels, so its messages arrive here, verified, as they are appended."""
+    channels, so its messages arrive here, verified, as they are appended; with no daemon,
+    the channels' buckets are read directly (and polled, with --follow). If no message can be
+    found anywhere, it fails saying what was tried; with --follow it says so in one line on
+    stderr and waits."""
     from ..api import load_subfeed
+    from ..errors import BucketDataRejectedError, SubfeedNotFoundError
 
-    sf = load_subfeed(_subfeed_uri(subfeed_uri), channel=channel)
+    uri = _subfeed_uri(subfeed_uri)
+    try:
+        sf = load_subfeed(uri, channel=channel)
+    except (SubfeedNotFoundError, BucketDataRejectedError) as exc:
+        if not follow:
+            raise
+        why = ("the bucket's copy failed verification" if isinstance(exc, BucketDataRejectedError)
+               else "owner offline; nothing published yet")
+        click.echo(f"{why}; waiting (tried: {'; '.join(exc.attempts)})", err=True)
+        sf = load_subfeed(uri, channel=channel, live=True)
     if start is None:
         start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
 

@@ -4,12 +4,19 @@ follows it, so a reader catches up while the owner is offline, even with no daem
 from __future__ import annotations
 
 import json
+import queue
+import subprocess
+import sys
+import threading
 import time
+
+import pytest
 
 import kachery_feeds as kf
 from kachery_node.protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
 from kachery_node.protocol.feed_bucket import parse_head
 from tests.network.conftest import ALL_ROLES
+from tests.nodes import KACHERY
 
 
 def wait_bucket_count(lab, node, feed_id: str, subfeed_hash: str, count: int, timeout: float = 20) -> None:
@@ -75,3 +82,138 @@ def test_publish_refuses_what_it_cannot_do(lab):
     assert json.loads(alice.run("feed", "published", "--json").stdout) == {"published": []}
     proc = alice.run("feed", "unpublish", sf.uri, check=False)
     assert proc.returncode != 0 and "not published" in proc.stderr
+
+
+def _script(node, code: str, timeout: float = 120) -> str:
+    """Run a Python script as ``node`` (its storage, no daemon unless the node's runs)."""
+    result = subprocess.run([sys.executable, "-c", code], env=node.env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr + node.log()[-2000:]
+    return result.stdout
+
+
+def _published_and_owner_offline(lab, count: int):
+    """alice owns and publishes a subfeed of ``count`` messages, then goes offline."""
+    alice = lab.add_node("alice", ALL_ROLES)
+    sf = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+    sf.append_messages([{"i": i} for i in range(count)])
+    alice.run("feed", "publish", sf.uri, "--channel", lab.channel)
+    wait_bucket_count(lab, alice, sf.feed_id, sf.subfeed_hash, count)
+    alice.stop()
+    return alice, sf
+
+
+def test_a_published_subfeed_is_read_with_no_daemon_while_its_owner_is_offline(lab):
+    _alice, sf = _published_and_owner_offline(lab, 2500)
+    bob = lab.add_node("bob", ["request-feeds"], start=False)  # bob never runs a daemon
+    out = _script(bob, f"""
+import kachery_node as kn
+sf = kn.load_subfeed({sf.uri!r})
+msgs = sf.get_messages()
+print(len(msgs), msgs[0], msgs[-1], sf.is_writeable)
+""")
+    assert out.split(" ", 1)[0] == "2500" and out.strip().endswith("{'i': 2499} False"), out
+    # Stored, verified (the chain checks out in bob's own store).
+    replica = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(sf.uri)
+    assert replica.get_num_local_messages() == 2500
+    assert kf.open_store(bob.storage_dir / "feeds.db").verify().ok
+
+
+def _tamper(obj, old: bytes, new: bytes) -> bytes:
+    """Replace ``old`` by ``new`` (same length) in a bucket object; returns the original bytes."""
+    data = obj.read_bytes()
+    assert old in data and len(old) == len(new)
+    obj.write_bytes(data.replace(old, new, 1))
+    return data
+
+
+@pytest.mark.parametrize("what", ["segment", "head"])
+def test_a_tampered_bucket_copy_is_refused_with_a_typed_error(lab, what):
+    _alice, sf = _published_and_owner_offline(lab, 1500)  # segment 0 and a tail of 500 in the head
+    bob = lab.add_node("bob", ["request-feeds"], start=False)
+    if what == "segment":
+        obj = lab.bucket_object(subfeed_segment_path(lab.channel, sf.feed_id, sf.subfeed_hash, 0))
+        _tamper(obj, b'{"i":7}', b'{"i":8}')
+    else:
+        obj = lab.bucket_object(subfeed_head_path(lab.channel, sf.feed_id, sf.subfeed_hash))
+        _tamper(obj, b'{\\"i\\":1234}', b'{\\"i\\":4321}')
+    out = _script(bob, f"""
+import kachery_node as kn
+try:
+    kn.load_subfeed({sf.uri!r})
+except kn.TamperedDataError as exc:
+    print(type(exc).__name__, isinstance(exc, kn.RemoteProtocolError))
+    print(exc)
+""")
+    kind, message = out.split("\n", 1)
+    assert kind == "BucketDataRejectedError True", out
+    assert "failed verification" in message and "channel lab's bucket" in message, message
+    stored = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(sf.uri).get_num_local_messages()
+    assert stored == 0  # one batch of 1500, signed at its end: nothing verifies, nothing is stored
+
+
+def test_feed_tail_of_an_unreachable_subfeed_fails_saying_what_it_tried(lab):
+    alice = lab.add_node("alice", ALL_ROLES)
+    sf = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("quiet")
+    sf.append_message("never published")
+    alice.stop()
+    bob = lab.add_node("bob", ["request-feeds"], start=False)
+    proc = bob.run("feed", "tail", sf.uri, check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    for said in ("local store: no messages", "daemon: none running",
+                 "channel lab's bucket: nothing published", "kachery feed publish"):
+        assert said in proc.stderr, proc.stderr
+    # The Python API raises the same, typed.
+    out = _script(bob, f"""
+import kachery_node as kn
+try:
+    kn.load_subfeed({sf.uri!r})
+except kn.NotFoundError as exc:
+    print(type(exc).__name__, exc.attempts)
+""")
+    assert out.startswith("SubfeedNotFoundError ['local store: no messages'"), out
+
+
+class _Lines:
+    """The lines of a child's pipe, read by a thread (select on a buffered pipe misses lines
+    already read into its buffer)."""
+
+    def __init__(self, pipe) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(line) for line in pipe], daemon=True).start()
+
+    def take(self, n: int, timeout: float) -> list[str]:
+        lines, deadline = [], time.monotonic() + timeout
+        try:
+            while len(lines) < n:
+                lines.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())).strip())
+        except queue.Empty:
+            raise AssertionError(f"only {lines} within {timeout} s") from None
+        return lines
+
+
+@pytest.mark.parametrize("reader_daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_feed_tail_follow_waits_for_an_offline_owner_then_gets_live_messages(lab, reader_daemon):
+    alice = lab.add_node("alice", ALL_ROLES)
+    sf = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("later")
+    sf.append_message({"n": 0})
+    alice.stop()
+    if not reader_daemon:  # with no daemon to subscribe, only the bucket can bring messages:
+        alice.run("feed", "publish", sf.uri, "--channel", lab.channel)  # uploaded once she is back
+    bob = lab.add_node("bob", ["request-feeds"], start=reader_daemon)
+    proc = subprocess.Popen([KACHERY, "feed", "tail", sf.uri, "--follow"], env=bob.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = _Lines(proc.stdout), _Lines(proc.stderr)
+    try:
+        [status] = stderr.take(1, 30)
+        assert status.startswith("owner offline; nothing published yet; waiting"), status
+        alice.start()  # the owner is back: her daemon uploads the publication / answers bob's
+        assert stdout.take(1, 60) == ['{"n": 0}']
+        source = kf.open_store(alice.storage_dir / "feeds.db").load_subfeed(sf.uri)
+        source.append_messages([{"n": 1}, {"n": 2}])
+        assert stdout.take(2, 60) == ['{"n": 1}', '{"n": 2}']
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert stderr.queue.empty()  # one status line, nothing else
