@@ -310,6 +310,16 @@ def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0,
     return subfeed
 
 
+def unfollow(uri: str) -> bool:
+    """Stop following another node's subfeed (``feed://<id>/<name>``) on every channel: the
+    daemon no longer subscribes to it; the messages already here stay readable. Returns False if
+    it was not followed. (A followed subfeed nobody reads is unfollowed by itself after
+    ``[daemon.feeds] unfollow_idle`` seconds, config.toml; default 7 days.)"""
+    from . import remote_subfeeds
+
+    return remote_subfeeds.unfollow(default_storage(), uri)
+
+
 def publish(uri: str, *, channel: str) -> str:
     """Keep a feed of this node (``feed://<id>``: every subfeed, also ones created later) or one
     of its subfeeds (``feed://<id>/<name>``) current in ``channel``'s bucket, whether or not

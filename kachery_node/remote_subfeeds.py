@@ -21,12 +21,17 @@ and no bucket delivered, a typed error says what was tried (:class:`SubfeedNotFo
 
 from __future__ import annotations
 
+import logging
+import os
+
 import kachery_feeds as kf
 
 from . import remote_reads
 from .bucket_subfeeds import BucketPoller, buckets_for, catch_up
 from .errors import BucketDataRejectedError, SubfeedNotFoundError
 from .storage.node_storage import Storage
+
+log = logging.getLogger("kachery.feeds")
 
 #: With a daemon, how long load_subfeed waits for the first messages of a subfeed it has none of.
 FIRST_MESSAGES_WAIT_SECONDS = 5.0
@@ -41,6 +46,7 @@ def reach(storage: Storage, subfeed: kf.Subfeed, channel: str | None, *, live: b
     if daemon is not None:
         channels = remote_reads.follow_subfeed(storage.directory, subfeed.uri, channel)
         asked = f"the providers on {', '.join(channels)}" if channels else "no channel (none joined)"
+        subfeed.set_poller(DaemonKeepalive(storage, channel))
         if local or live or _first_messages(storage, subfeed, FIRST_MESSAGES_WAIT_SECONDS):
             return  # the daemon keeps the store current from now on
         attempts.append(f"daemon: following it, asked {asked}: nothing within "
@@ -64,6 +70,48 @@ def reach(storage: Storage, subfeed: kf.Subfeed, channel: str | None, *, live: b
         "Its owner may be offline and never have published it (`kachery feed publish`); to wait "
         "for it, use load_subfeed(uri, live=True) or `kachery feed tail --follow`",
         uri=subfeed.uri, attempts=attempts)
+
+
+class DaemonKeepalive:
+    """The poller of a subfeed the daemon follows: the daemon imports its messages, so this
+    only tells the daemon, now and then while ``follow()`` waits, that the subfeed is still
+    being read (a followed subfeed nobody reads is unfollowed after ``[daemon.feeds]
+    unfollow_idle``), and has it follow the subfeed again if it stopped meanwhile."""
+
+    def __init__(self, storage: Storage, channel: str | None) -> None:
+        self.storage_dir = storage.directory
+        self.channel = channel
+
+    def __call__(self, subfeed: kf.Subfeed) -> int:
+        try:
+            remote_reads.follow_subfeed(self.storage_dir, subfeed.uri, self.channel)
+        except Exception as exc:  # the daemon stopped or restarts: the next poll tries again
+            log.debug("could not tell the daemon that %s is read: %s", subfeed.uri, exc)
+        return 0
+
+
+def unfollow(storage: Storage, uri: str) -> bool:
+    """Stop following a remote subfeed: through the daemon, or in its file if none runs."""
+    import json
+
+    parsed = kf.parse_feed_uri(uri)
+    if parsed.subfeed_hash is None:
+        raise kf.InvalidUriError(f"unfollow needs a subfeed URI (feed://<feedId>/<subfeed>), not {uri}")
+    if remote_reads.daemon_for(storage.directory) is not None:
+        return remote_reads.unfollow_subfeed(storage.directory, uri)
+    path = storage.directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    target = (parsed.feed_id, parsed.subfeed_hash)
+    kept = [r for r in rows if (r.get("feed_id"), r.get("subfeed_hash")) != target]
+    if len(kept) == len(rows):
+        return False
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(kept, indent=1))
+    os.replace(tmp, path)
+    return True
 
 
 def _first_messages(storage: Storage, subfeed: kf.Subfeed, seconds: float) -> bool:

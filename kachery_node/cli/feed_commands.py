@@ -1,4 +1,4 @@
-"""``kachery feed``: create, append, tail, info, publish, unpublish, published (kachery_feeds)."""
+"""``kachery feed``: create, append, tail, info, publish, unpublish, published, unfollow."""
 
 from __future__ import annotations
 
@@ -215,6 +215,25 @@ def published(as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['uri']}\t{row['channel']}")
+
+
+@feed.command()
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@json_option
+def unfollow(subfeed_uri: str, as_json: bool) -> None:
+    """Stop following another node's subfeed (its messages stay here). A followed subfeed that
+    nobody reads is unfollowed by itself after [daemon.feeds] unfollow_idle seconds
+    (config.toml; default 7 days)."""
+    from .. import api
+
+    uri = _subfeed_uri(subfeed_uri)
+    done = api.unfollow(uri)
+    if as_json:
+        echo_json({"uri": uri, "unfollowed": done})
+        return
+    if not done:
+        raise click.ClickException(f"{uri} is not followed")
+    click.echo(f"unfollowed {uri}")
 
 
 def _daemon_running() -> bool:

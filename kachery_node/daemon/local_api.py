@@ -22,6 +22,7 @@ Endpoints (JSON unless noted):
 ``GET  /api/feeds/messages``           browser  ``?uri=&start=&end=`` records of a subfeed
 ``GET  /api/feeds/stream``             browser  ``?uri=&start=`` Server-Sent Events, resumable
 ``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
+``POST /api/feeds/unfollow``           client   stop following a remote subfeed (messages stay)
 ``POST /api/feeds/published``          client   re-read published-feeds.json now; list what is kept current
 ``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
                                                 from a channel, then its local path
@@ -138,9 +139,12 @@ def _subfeed(ctx: DaemonContext, request: Request) -> kachery_feeds.Subfeed:
     if not uri:
         raise ApiError(400, "missing 'uri' query parameter (feed://<feedId>/<subfeed>)")
     try:
-        return ctx.storage.feeds.load_subfeed(uri)
+        sf = ctx.storage.feeds.load_subfeed(uri)
     except kachery_feeds.InvalidUriError as exc:
         raise ApiError(400, str(exc)) from exc
+    if ctx.node is not None:
+        ctx.node.touch(sf.feed_id, sf.subfeed_hash)  # read: a followed subfeed is not idle
+    return sf
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -302,6 +306,17 @@ def build_app(ctx: DaemonContext) -> Starlette:
         channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
         return _json({"following": channels, "local": False})
 
+    async def unfollow(request: Request) -> Response:
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        try:
+            parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
+        except kachery_feeds.InvalidUriError as exc:
+            raise ApiError(400, str(exc)) from exc
+        if parsed.subfeed_hash is None:
+            raise ApiError(400, "unfollow needs a subfeed URI (feed://<feedId>/<subfeed>)")
+        return _json({"unfollowed": _node(ctx).unfollow(parsed.feed_id, parsed.subfeed_hash)})
+
     async def published(request: Request) -> Response:
         """Take up a change of ``published-feeds.json`` now (not at the next poll); answer the
         published subfeeds that are kept current (on channels that are up)."""
@@ -370,6 +385,7 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/feeds/messages", messages, methods=["GET"]),
         Route("/api/feeds/stream", stream, methods=["GET"]),
         Route("/api/feeds/follow", follow, methods=["POST"]),
+        Route("/api/feeds/unfollow", unfollow, methods=["POST"]),
         Route("/api/feeds/published", published, methods=["POST"]),
         Route("/api/files/fetch", fetch_file, methods=["POST"]),
         Route("/api/files/upload", upload, methods=["POST"]),
