@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +219,15 @@ def test_feed_tail_follow_waits_for_an_offline_owner_then_gets_live_messages(lab
         proc.kill()
         proc.wait(10)
     assert stderr.queue.empty()  # one status line, nothing else
+
+
+def test_readme_reader_example_runs_with_no_daemon_while_the_owner_is_offline(lab):
+    """README's daemon-less reader (the ```py block of "Feeds across nodes") as written, with a
+    real subfeed's URI in place of feed://…/readings."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Feeds across nodes", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+    _alice, sf = _published_and_owner_offline(lab, 1200)
+    bob = lab.add_node("bob", ["request-feeds"], start=False)
+    out = _script(bob, block.replace("feed://…/readings", sf.uri))
+    assert out.splitlines() == ["1200 messages; the last: {'i': 1199}", "{'i': 1199}"], out
