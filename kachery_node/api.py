@@ -5,8 +5,9 @@ Every function works on the default storage, ``$KACHERY_STORAGE_DIR`` (or
 :class:`~kachery_node.storage.node_storage.Storage` (``kn.open_storage(path)``): it has the same methods.
 
 All loads go through :func:`_locally_or_fetched`: it looks in the local storage and, when the
-content is not there, asks the node's running daemon to fetch it from its channels. Keep every
-load path going through it.
+content is not there, asks the node's running daemon to fetch it from its channels, or, with no
+daemon, reads the channels' buckets itself (verified, then stored). Keep every load path going
+through it.
 """
 
 from __future__ import annotations
@@ -49,23 +50,37 @@ def default_storage() -> Storage:
 
 
 def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None, *,
-                        fetched: Callable[[str], T] | None = None) -> T:
-    """Run a load against the default storage; if the content is not here and a daemon serves
-    this storage, have it fetch the content from its channels, then load again, or, with
-    ``fetched``, call it with the path of the copy the daemon just verified and stored (no
-    second look-up in the storage)."""
+                        fetched: Callable[[str], T] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> T:
+    """Run a load against the default storage. If the content is not here: a daemon serving
+    this storage fetches it from its channels; with no daemon, the channels' buckets are read
+    directly (:mod:`.bucket_file_reads`). Then load again, or, with ``fetched``, call it with the
+    path of the copy just verified and stored (no second look-up in the storage). The
+    NotFoundError says what was tried: the local storage, the daemon or its absence, and each
+    channel."""
     storage = default_storage()
     try:
         return load(storage)
     except NotFoundError as exc:
-        from . import remote_reads as remote
+        local = str(exc)
+    from . import remote_reads as remote
 
-        if remote.daemon_for(storage.directory) is None:
-            raise NotFoundError(
-                f"{exc} (no daemon is running for {storage.directory}, so no channel was "
-                "asked; start one with `kachery node start`)", uri=uri) from None
-        path = remote.fetch_file(storage.directory, uri, channel=channel)
-        return load(storage) if fetched is None else fetched(path)
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            path = remote.fetch_file(storage.directory, uri, channel=channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+    else:
+        from .bucket_file_reads import fetch_from_buckets
+
+        try:
+            path = fetch_from_buckets(storage, uri, channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no "
+                                f"node was asked), and the channels' buckets were read: {exc}",
+                                uri=uri) from None
+    return load(storage) if fetched is None else fetched(path)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -80,10 +95,16 @@ def link_file(path: str | os.PathLike, basename: str | None = None) -> str:
     return default_storage().link_file(path, basename)
 
 
-def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None) -> str:
-    """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
-    channels (all joined, or ``channel``) through the daemon if it is not here; raises
-    :class:`~kachery_node.NotFoundError` when it is not available."""
+def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> str:
+    """Local path of the content of ``uri`` (or a copy at ``dest``). Content not here is fetched
+    from the node's channels (all joined in turn, or ``channel``): through the daemon if one runs
+    for this storage, else straight from the channels' buckets (no daemon needed); either way it
+    is verified, then stored. Raises :class:`~kachery_node.NotFoundError` when it is not
+    available (saying what was tried), :class:`~kachery_node.TamperedDataError` when only copies
+    that do not match the hash were found (nothing is stored),
+    :class:`~kachery_node.ChannelNotJoinedError` for a ``channel`` this node has not joined.
+    ``progress(done, total)`` follows a download in bytes."""
 
     def fetched(path: str) -> str:
         if dest is None:
@@ -91,7 +112,8 @@ def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str |
         shutil.copyfile(path, dest)
         return str(dest)
 
-    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched)
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched,
+                               progress=progress)
 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
