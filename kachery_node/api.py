@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import default_storage_dir
 from .errors import NotFoundError
 from .storage import data_objects
+from .storage.file_uris import FileUri, build_uri, parse_uri
+from .storage.manifest import Manifest, check_range, parse_manifest
 from .storage.node_storage import Storage
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | N
             path = fetch_from_buckets(storage, uri, channel, progress=progress)
         except NotFoundError as exc:
             raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no "
-                                f"node was asked), and the channels' buckets were read: {exc}",
+                                f"node was asked; `kachery node start` runs one), and the channels' "
+                                f"buckets were read: {exc}",
                                 uri=uri) from None
     return load(storage) if fetched is None else fetched(path)
 
@@ -117,8 +120,60 @@ def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str |
 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
-    """Bytes ``[start, end)`` of the content of ``uri`` (fetched like :func:`load_file`)."""
-    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    """Bytes ``[start, end)`` of the content of ``uri`` (``end=None``: to its end), fetched like
+    :func:`load_file` if it is not here. Of a large file (``?manifest=``) only the 20 MB chunks
+    covering the range are fetched, each verified by its hash, and kept as a partial copy that
+    later reads (and a later :func:`load_file`) reuse."""
+    storage = default_storage()
+    try:
+        return storage.load_bytes(uri, start, end)
+    except NotFoundError as exc:
+        local = str(exc)
+    key = parse_uri(uri)
+    manifest = _stored_manifest(storage, key)
+    if manifest is None and key.manifest_sha1 is not None:
+        # The manifest first (a small file), to know which chunks cover the range.
+        _locally_or_fetched(build_uri(key.manifest_sha1), lambda s: s.load_file(build_uri(key.manifest_sha1)),
+                            channel)
+        manifest = _stored_manifest(storage, key)
+    if manifest is None or (start == 0 and end in (None, manifest.size)):
+        return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    from .bucket_file_reads import fetch_range_from_buckets
+    from .storage.partial_files import read_partial_range
+
+    stop = check_range(manifest, start, end)
+    if stop == start:
+        return b""
+    data = read_partial_range(storage.directory, manifest, start, stop)
+    if data is not None:
+        return data
+    from . import remote_reads as remote
+
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            remote.fetch_file(storage.directory, uri, channel=channel, start=start, end=stop)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+        data = read_partial_range(storage.directory, manifest, start, stop)
+        return data if data is not None else storage.load_bytes(uri, start, stop)
+    try:
+        return fetch_range_from_buckets(storage, uri, start, stop, channel)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no node "
+                            f"was asked; `kachery node start` runs one), and the channels' buckets "
+                            f"were read: {exc}", uri=uri) from None
+
+
+def _stored_manifest(storage: Storage, key: FileUri) -> Manifest | None:
+    """The manifest of ``key``'s file if it is stored here (verified), else None."""
+    if key.manifest_sha1 is None or key.chunk_of is not None:
+        return None
+    try:
+        data = Path(storage.load_file(build_uri(key.manifest_sha1))).read_bytes()
+    except NotFoundError:
+        return None
+    return parse_manifest(data, expected_sha1=key.sha1)
 
 
 def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:

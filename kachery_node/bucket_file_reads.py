@@ -39,7 +39,7 @@ from .errors import (
 )
 from .protocol.bucket_layout import file_path
 from .storage.file_uris import FileUri, build_uri, parse_uri
-from .storage.manifest import Chunk, Manifest, parse_manifest
+from .storage.manifest import Chunk, Manifest, check_range, parse_manifest
 from .storage.node_storage import Storage
 from .storage.partial_files import IncomingFile, PartialFile
 from .storage.private_files import make_private_dirs
@@ -84,7 +84,65 @@ def fetch_from_buckets(storage: Storage, uri: str, channel: str | None = None, *
     if tampered:
         raise TamperedDataError(f"{uri}: no channel's bucket had a good copy ({tried}); "
                                 "nothing was stored")
-    raise NotFoundError(f"{uri} is in no bucket of the channels tried ({tried})", uri=uri)
+    raise NotFoundError(f"{uri} could not be read from the bucket of any channel tried ({tried})",
+                        uri=uri)
+
+
+def fetch_range_from_buckets(storage: Storage, uri: str, start: int, end: int | None,
+                             channel: str | None = None, *, progress: Progress | None = None,
+                             max_parallel: int = PARALLEL_CHUNKS) -> bytes:
+    """Bytes ``[start, end)`` (``end=None``: to the end) of the large file ``uri`` (it must
+    have ``?manifest=``): its manifest, then only the chunks covering the range that are not
+    verified here yet, from ``channel``'s bucket or each joined channel's in turn, into the
+    file's partial copy (where later reads find them; once every chunk is there the file is
+    stored whole). Raises as :func:`fetch_from_buckets`, and InvalidDataError for a range
+    outside the file."""
+    key = parse_uri(uri)
+    if key.manifest_sha1 is None:
+        raise ValueError(f"{uri} has no ?manifest=: fetch the whole file")
+    buckets = channel_bucket_readers(storage.directory, channel)
+    if not buckets:
+        raise NotFoundError(f"{uri}: this node has joined no channel, so no bucket was read "
+                            "(`kachery node join CHANNEL`)", uri=uri)
+    reasons: list[str] = []
+    tampered: list[str] = []
+    for bucket in buckets:
+        try:
+            return _fetch_range(storage, bucket, key, start, end, progress, max_parallel)
+        except NotFoundError as exc:
+            reasons.append(f"{bucket.channel}: {exc}")
+        except TamperedDataError as exc:
+            tampered.append(f"{bucket.channel}: {exc}")
+        except (HubRequestError, OSError) as exc:
+            reasons.append(f"{bucket.channel}: {exc}")
+    tried = "; ".join(tampered + reasons)
+    if tampered:
+        raise TamperedDataError(f"{uri}: no channel's bucket had a good copy of the chunks of bytes "
+                                f"[{start}, {end}) ({tried}); nothing was stored")
+    raise NotFoundError(f"bytes [{start}, {end}) of {uri} could not be read from the bucket of any "
+                        f"channel tried ({tried})", uri=uri)
+
+
+def _fetch_range(storage: Storage, bucket: ChannelBucket, key: FileUri, start: int, end: int | None,
+                 progress: Progress | None, max_parallel: int) -> bytes:
+    manifest = fetch_manifest(storage, bucket, key)
+    end = check_range(manifest, start, end)
+    if end == start:
+        return b""
+    with partial_file_lock(storage, key.sha1):
+        if storage.has_file(key):  # stored whole meanwhile
+            return storage.load_bytes(key, start, end)
+        partial = PartialFile(storage.directory, manifest)
+        try:
+            missing = partial.open_chunks(manifest.covering(start, end))
+            fetch_chunks(bucket, partial, missing, progress=progress, max_parallel=max_parallel)
+            data = partial.read(start, end)
+            complete = partial.all_marked()
+        finally:
+            partial.close()
+    if complete:  # the range reads fetched every chunk: store the file whole
+        _fetch_large(storage, bucket, key, None, max_parallel)
+    return data
 
 
 def _local(storage: Storage, sha1: str) -> str | None:
@@ -221,4 +279,5 @@ def _fetch_large(storage: Storage, bucket: ChannelBucket, key: FileUri, progress
     return str(storage.path_for(key.sha1))
 
 
-__all__ = ["fetch_chunks", "fetch_from_buckets", "fetch_manifest", "partial_file_lock"]
+__all__ = ["fetch_chunks", "fetch_from_buckets", "fetch_manifest", "fetch_range_from_buckets",
+           "partial_file_lock"]

@@ -22,7 +22,8 @@ Endpoints (JSON unless noted):
 ``GET  /api/feeds/messages``           browser  ``?uri=&start=&end=`` records of a subfeed
 ``GET  /api/feeds/stream``             browser  ``?uri=&start=`` Server-Sent Events, resumable
 ``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
-``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
+``POST /api/files/fetch``              client   NDJSON progress lines while a file (or the
+                                                chunks covering a ``range`` of it) is fetched
                                                 from a channel, then its local path
 ``POST /api/files/upload``             client   upload a stored file to a channel's bucket
 ``GET  /viewer``                       none     the built-in live viewer page (HTML)
@@ -181,9 +182,19 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return _position(raw, name)
 
 
-def _file_uri(value: Any) -> FileUri:
-    """Parse the ``sha1://`` URI of a whole file from a request body, or answer 400 (before any
-    stream starts)."""
+def _range_arg(value: Any) -> tuple[int, int | None] | None:
+    """The optional ``"range": {"start": int, "end": int | null}`` of a fetch, or answer 400."""
+    if value is None:
+        return None
+    start, end = (value.get("start"), value.get("end")) if isinstance(value, dict) else (None, None)
+    if not (type(start) is int and start >= 0 and (end is None or (type(end) is int and end >= start))):
+        raise ApiError(400, "'range' must be {\"start\": int >= 0, \"end\": int >= start or null}")
+    return start, end
+
+
+def _file_uri(value: Any, *, chunk_allowed: bool = False) -> FileUri:
+    """Parse the ``sha1://`` URI of a whole file (or, if ``chunk_allowed``, of a chunk:
+    ``?chunkOf=``) from a request body, or answer 400 (before any stream starts)."""
     if not isinstance(value, str):
         raise ApiError(400, "missing 'uri' (sha1://<40 hex>/<name>)")
     try:
@@ -192,7 +203,7 @@ def _file_uri(value: Any) -> FileUri:
         raise ApiError(400, str(exc)) from exc
     except ValueError as exc:  # a decoder that still lets a ValueError out is the client's fault too
         raise ApiError(400, f"invalid URI {value[:200]!r}: {exc}") from exc
-    if key.chunk_of is not None:
+    if key.chunk_of is not None and not chunk_allowed:
         raise ApiError(400, f"{value} names a chunk of sha1://{key.chunk_of.file_sha1}; "
                             "name the file itself (with its ?manifest=)")
     return key
@@ -302,11 +313,14 @@ def build_app(ctx: DaemonContext) -> Starlette:
         return _json({"following": channels, "local": False})
 
     async def fetch_file(request: Request) -> Response:
-        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
+        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line.
+        With ``"range": {"start", "end"}`` only the chunks covering those bytes of a large file
+        are fetched (into its partial copy, whose path is then returned)."""
         _require(ctx, request, "client")
         body = await _json_body(request)
         uri = body.get("uri")
-        _file_uri(uri)
+        _file_uri(uri, chunk_allowed=True)
+        byte_range = _range_arg(body.get("range"))
         links = _node(ctx).links(_channel_arg(body))
         send, receive = anyio.create_memory_object_stream[bytes](100)
 
@@ -319,7 +333,9 @@ def build_app(ctx: DaemonContext) -> Starlette:
         async def run_fetch() -> None:
             async with send:
                 try:
-                    path = await _node(ctx).files.fetch(links, uri, progress=progress)
+                    files = _node(ctx).files
+                    path = (await files.fetch(links, uri, progress=progress) if byte_range is None
+                            else await files.fetch_range(links, uri, *byte_range, progress=progress))
                     line = {"type": "finished", "path": path}
                 except KacheryError as exc:
                     line = {"type": "error", "error": str(exc), "kind": type(exc).__name__}

@@ -159,3 +159,79 @@ def test_a_large_file_comes_by_chunks_resumes_and_refuses_a_tampered_chunk(lab, 
     with open(path, "rb") as f:
         assert hashlib.sha1(f.read()).hexdigest() == key.sha1
     assert not partial.exists()
+
+
+def _markers(node, sha1: str) -> list[str]:
+    partial = node.storage_dir / "tmp" / "partial" / sha1
+    return sorted((p.name.split(".")[0] for p in partial.glob("*.ok")), key=lambda r: int(r.split("-")[0]))
+
+
+def test_a_byte_range_of_a_large_remote_file_moves_only_its_chunks(lab, reader, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    content = os.urandom(45_000_123)
+    (tmp_path / "big.dat").write_bytes(content)
+    (uri,) = _upload(alice, f"print(kn.upload_file({str(tmp_path / 'big.dat')!r}, channel='lab'))")
+    alice.stop()
+    key = parse_uri(uri)
+    storage = kn.open_storage(reader.storage_dir)
+
+    assert kn.load_bytes(uri, 25_000_000, 25_000_100) == content[25_000_000:25_000_100]
+    assert _markers(reader, key.sha1) == ["20000000-40000000"]  # one chunk moved, verified
+    assert not storage.has_file(uri)
+    # Read again: from the partial copy (the bucket's copy, spoiled now, is not read).
+    manifest = parse_manifest(lab.bucket_object(file_path("lab", key.manifest_sha1)).read_bytes())
+    middle = lab.bucket_object(file_path("lab", manifest.chunks[1].sha1))
+    good = middle.read_bytes()
+    middle.write_bytes(b"spoiled")
+    assert kn.load_bytes(uri, 30_000_000, 30_000_010, channel="lab") == content[30_000_000:30_000_010]
+    middle.write_bytes(good)
+    with pytest.raises(kn.InvalidDataError, match="outside"):
+        kn.load_bytes(uri, 45_000_000, 45_000_200)
+    # A range across a chunk boundary takes both chunks; a later load_file only the last one.
+    assert kn.load_bytes(uri, 19_999_990, 20_000_010) == content[19_999_990:20_000_010]
+    assert _markers(reader, key.sha1) == ["0-20000000", "20000000-40000000"]
+    seen: list[tuple[int, int]] = []
+    path = kn.load_file(uri, progress=lambda done, total: seen.append((done, total)))
+    assert {total for _, total in seen} == {5_000_123}
+    assert Path(path).read_bytes() == content
+
+
+def test_chunk_uris_are_served_without_a_daemon(lab, reader, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    content = os.urandom(25_000_000)
+    (tmp_path / "big.dat").write_bytes(content)
+    (uri,) = _upload(alice, f"print(kn.upload_file({str(tmp_path / 'big.dat')!r}, channel='lab'))")
+    alice.stop()
+    key = parse_uri(uri)
+    chunk = parse_manifest(lab.bucket_object(file_path("lab", key.manifest_sha1)).read_bytes()).chunks[1]
+    chunk_uri = f"sha1://{chunk.sha1}?chunkOf={key.sha1}~{chunk.start}~{chunk.end}"
+    assert kn.load_bytes(chunk_uri, 0, 100) == content[chunk.start:chunk.start + 100]
+    assert Path(kn.load_file(chunk_uri)).read_bytes() == content[chunk.start:chunk.end]
+    # With the file here, any range of it is served under its own hash, cut from the file.
+    kn.load_file(uri)
+    piece = content[123:4567]
+    piece_uri = f"sha1://{hashlib.sha1(piece).hexdigest()}?chunkOf={key.sha1}~123~4567"
+    assert kn.load_bytes(piece_uri) == piece
+    wrong = f"sha1://{'ab' * 20}?chunkOf={key.sha1}~123~4567"
+    with pytest.raises(kn.InvalidUriError, match="are not that chunk"):
+        kn.load_bytes(wrong)
+
+
+def test_through_a_daemon_a_range_comes_from_a_provider_one_chunk_only(lab, reader, tmp_path):
+    alice = lab.add_node("alice", ALL_ROLES)
+    reader.start()
+    lab.wait_connected(reader)
+    content = os.urandom(45_000_123)
+    (tmp_path / "big.dat").write_bytes(content)
+    uri = kn.open_storage(alice.storage_dir).store_file(tmp_path / "big.dat")  # not uploaded
+    key = parse_uri(uri)
+    manifest = parse_manifest(Path(kn.open_storage(alice.storage_dir).load_file(
+        f"sha1://{key.manifest_sha1}")).read_bytes())
+
+    assert kn.load_bytes(uri, 41_000_000, 41_000_100) == content[41_000_000:41_000_100]
+    assert _markers(reader, key.sha1) == ["40000000-45000123"]
+    in_bucket = [c for c in manifest.chunks if lab.bucket_object(file_path("lab", c.sha1)).exists()]
+    assert in_bucket == [manifest.chunks[2]]  # the provider uploaded that chunk only
+    chunk = manifest.chunks[0]
+    chunk_uri = f"sha1://{chunk.sha1}?chunkOf={key.sha1}~{chunk.start}~{chunk.end}"
+    assert kn.load_bytes(chunk_uri, 10, 20) == content[10:20]
