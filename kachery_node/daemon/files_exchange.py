@@ -55,7 +55,7 @@ from ..storage.file_uris import FileUri, build_uri, parse_uri
 from ..storage.manifest import CHUNK_SIZE, check_range, parse_manifest
 from ..storage.node_storage import Storage
 from ..storage.partial_files import IncomingFile, PartialFile, remove_stale_partials
-from .channel_link import ChannelLink, ProgressCallback
+from .channel_link import ChannelLink, ProgressCallback, refresh_if_lacking
 from .chunked_fetch import fetch_chunks, fetch_large_file
 from .file_provider_driver import ProviderConversation
 from .file_requester_driver import DownloadSink, ObjectFetch
@@ -202,6 +202,7 @@ class FileExchange:
             local = await anyio.to_thread.run_sync(self._local_path, key)
             if local is not None:
                 return local
+            await refresh_if_lacking(links, "request-files")  # granted a moment ago?
             if key.chunk_of is not None:  # a chunk of a large file, named by its own SHA-1
                 return await self._fetch_chunk_of(links, key, uri, progress)
             if key.manifest_sha1 is not None:
