@@ -193,6 +193,9 @@ _LAZY = {name: "kachery_node.apps.tasks" for name in (
     "request_task", "run_task_backend", "task_hash", "taskfunction")}
 _LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
               "accept_submissions": "kachery_node.apps.feed_submissions"})
+# The async API (kachery_node/async_api.py): it loads anyio, so it too is imported on first use.
+_LAZY.update({name: "kachery_node.async_api" for name in (
+    "aload_bytes", "aload_file", "aload_json", "aload_npy", "aload_pkl", "aload_text", "arequest_task")})
 # Listed too, so that `from kachery_node import *` and completion (Jupyter, IDEs) offer them.
 __all__ += sorted(_LAZY)
 

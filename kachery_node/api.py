@@ -5,8 +5,9 @@ Every function works on the default storage, ``$KACHERY_STORAGE_DIR`` (or
 :class:`~kachery_node.storage.node_storage.Storage` (``kn.open_storage(path)``): it has the same methods.
 
 All loads go through :func:`_locally_or_fetched`: it looks in the local storage and, when the
-content is not there, asks the node's running daemon to fetch it from its channels. Keep every
-load path going through it.
+content is not there, asks the node's running daemon to fetch it from its channels, or, with no
+daemon, reads the channels' buckets itself (verified, then stored). Keep every load path going
+through it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import default_storage_dir
 from .errors import NotFoundError
 from .storage import data_objects
+from .storage.file_uris import FileUri, build_uri, parse_uri
+from .storage.manifest import Manifest, check_range, parse_manifest
 from .storage.node_storage import Storage
 
 if TYPE_CHECKING:
@@ -49,23 +52,38 @@ def default_storage() -> Storage:
 
 
 def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None, *,
-                        fetched: Callable[[str], T] | None = None) -> T:
-    """Run a load against the default storage; if the content is not here and a daemon serves
-    this storage, have it fetch the content from its channels, then load again, or, with
-    ``fetched``, call it with the path of the copy the daemon just verified and stored (no
-    second look-up in the storage)."""
+                        fetched: Callable[[str], T] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> T:
+    """Run a load against the default storage. If the content is not here: a daemon serving
+    this storage fetches it from its channels; with no daemon, the channels' buckets are read
+    directly (:mod:`.bucket_file_reads`). Then load again, or, with ``fetched``, call it with the
+    path of the copy just verified and stored (no second look-up in the storage). The
+    NotFoundError says what was tried: the local storage, the daemon or its absence, and each
+    channel."""
     storage = default_storage()
     try:
         return load(storage)
     except NotFoundError as exc:
-        from . import remote_reads as remote
+        local = str(exc)
+    from . import remote_reads as remote
 
-        if remote.daemon_for(storage.directory) is None:
-            raise NotFoundError(
-                f"{exc} (no daemon is running for {storage.directory}, so no channel was "
-                "asked; start one with `kachery node start`)", uri=uri) from None
-        path = remote.fetch_file(storage.directory, uri, channel=channel)
-        return load(storage) if fetched is None else fetched(path)
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            path = remote.fetch_file(storage.directory, uri, channel=channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+    else:
+        from .bucket_file_reads import fetch_from_buckets
+
+        try:
+            path = fetch_from_buckets(storage, uri, channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no "
+                                f"node was asked; `kachery node start` runs one), and the channels' "
+                                f"buckets were read: {exc}",
+                                uri=uri) from None
+    return load(storage) if fetched is None else fetched(path)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -80,10 +98,16 @@ def link_file(path: str | os.PathLike, basename: str | None = None) -> str:
     return default_storage().link_file(path, basename)
 
 
-def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None) -> str:
-    """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
-    channels (all joined, or ``channel``) through the daemon if it is not here; raises
-    :class:`~kachery_node.NotFoundError` when it is not available."""
+def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> str:
+    """Local path of the content of ``uri`` (or a copy at ``dest``). Content not here is fetched
+    from the node's channels (all joined in turn, or ``channel``): through the daemon if one runs
+    for this storage, else straight from the channels' buckets (no daemon needed); either way it
+    is verified, then stored. Raises :class:`~kachery_node.NotFoundError` when it is not
+    available (saying what was tried), :class:`~kachery_node.TamperedDataError` when only copies
+    that do not match the hash were found (nothing is stored),
+    :class:`~kachery_node.ChannelNotJoinedError` for a ``channel`` this node has not joined.
+    ``progress(done, total)`` follows a download in bytes."""
 
     def fetched(path: str) -> str:
         if dest is None:
@@ -91,12 +115,65 @@ def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str |
         shutil.copyfile(path, dest)
         return str(dest)
 
-    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched)
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched,
+                               progress=progress)
 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
-    """Bytes ``[start, end)`` of the content of ``uri`` (fetched like :func:`load_file`)."""
-    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    """Bytes ``[start, end)`` of the content of ``uri`` (``end=None``: to its end), fetched like
+    :func:`load_file` if it is not here. Of a large file (``?manifest=``) only the 20 MB chunks
+    covering the range are fetched, each verified by its hash, and kept as a partial copy that
+    later reads (and a later :func:`load_file`) reuse."""
+    storage = default_storage()
+    try:
+        return storage.load_bytes(uri, start, end)
+    except NotFoundError as exc:
+        local = str(exc)
+    key = parse_uri(uri)
+    manifest = _stored_manifest(storage, key)
+    if manifest is None and key.manifest_sha1 is not None:
+        # The manifest first (a small file), to know which chunks cover the range.
+        _locally_or_fetched(build_uri(key.manifest_sha1), lambda s: s.load_file(build_uri(key.manifest_sha1)),
+                            channel)
+        manifest = _stored_manifest(storage, key)
+    if manifest is None or (start == 0 and end in (None, manifest.size)):
+        return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    from .bucket_file_reads import fetch_range_from_buckets
+    from .storage.partial_files import read_partial_range
+
+    stop = check_range(manifest, start, end)
+    if stop == start:
+        return b""
+    data = read_partial_range(storage.directory, manifest, start, stop)
+    if data is not None:
+        return data
+    from . import remote_reads as remote
+
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            remote.fetch_file(storage.directory, uri, channel=channel, start=start, end=stop)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+        data = read_partial_range(storage.directory, manifest, start, stop)
+        return data if data is not None else storage.load_bytes(uri, start, stop)
+    try:
+        return fetch_range_from_buckets(storage, uri, start, stop, channel)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no node "
+                            f"was asked; `kachery node start` runs one), and the channels' buckets "
+                            f"were read: {exc}", uri=uri) from None
+
+
+def _stored_manifest(storage: Storage, key: FileUri) -> Manifest | None:
+    """The manifest of ``key``'s file if it is stored here (verified), else None."""
+    if key.manifest_sha1 is None or key.chunk_of is not None:
+        return None
+    try:
+        data = Path(storage.load_file(build_uri(key.manifest_sha1))).read_bytes()
+    except NotFoundError:
+        return None
+    return parse_manifest(data, expected_sha1=key.sha1)
 
 
 def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:

@@ -24,7 +24,8 @@ Endpoints (JSON unless noted):
 ``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
 ``POST /api/feeds/unfollow``           client   stop following a remote subfeed (messages stay)
 ``POST /api/feeds/published``          client   re-read published-feeds.json now; list what is kept current
-``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
+``POST /api/files/fetch``              client   NDJSON progress lines while a file (or the
+                                                chunks covering a ``range`` of it) is fetched
                                                 from a channel, then its local path
 ``POST /api/files/upload``             client   upload a stored file to a channel's bucket
 ``GET  /viewer``                       none     the built-in live viewer page (HTML)
@@ -186,9 +187,19 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return _position(raw, name)
 
 
-def _file_uri(value: Any) -> FileUri:
-    """Parse the ``sha1://`` URI of a whole file from a request body, or answer 400 (before any
-    stream starts)."""
+def _range_arg(value: Any) -> tuple[int, int | None] | None:
+    """The optional ``"range": {"start": int, "end": int | null}`` of a fetch, or answer 400."""
+    if value is None:
+        return None
+    start, end = (value.get("start"), value.get("end")) if isinstance(value, dict) else (None, None)
+    if not (type(start) is int and start >= 0 and (end is None or (type(end) is int and end >= start))):
+        raise ApiError(400, "'range' must be {\"start\": int >= 0, \"end\": int >= start or null}")
+    return start, end
+
+
+def _file_uri(value: Any, *, chunk_allowed: bool = False) -> FileUri:
+    """Parse the ``sha1://`` URI of a whole file (or, if ``chunk_allowed``, of a chunk:
+    ``?chunkOf=``) from a request body, or answer 400 (before any stream starts)."""
     if not isinstance(value, str):
         raise ApiError(400, "missing 'uri' (sha1://<40 hex>/<name>)")
     try:
@@ -197,7 +208,7 @@ def _file_uri(value: Any) -> FileUri:
         raise ApiError(400, str(exc)) from exc
     except ValueError as exc:  # a decoder that still lets a ValueError out is the client's fault too
         raise ApiError(400, f"invalid URI {value[:200]!r}: {exc}") from exc
-    if key.chunk_of is not None:
+    if key.chunk_of is not None and not chunk_allowed:
         raise ApiError(400, f"{value} names a chunk of sha1://{key.chunk_of.file_sha1}; "
                             "name the file itself (with its ?manifest=)")
     return key
@@ -327,11 +338,14 @@ def build_app(ctx: DaemonContext) -> Starlette:
                                     for w in node.feeds.providing.core.published()]})
 
     async def fetch_file(request: Request) -> Response:
-        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
+        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line.
+        With ``"range": {"start", "end"}`` only the chunks covering those bytes of a large file
+        are fetched (into its partial copy, whose path is then returned)."""
         _require(ctx, request, "client")
         body = await _json_body(request)
         uri = body.get("uri")
-        _file_uri(uri)
+        _file_uri(uri, chunk_allowed=True)
+        byte_range = _range_arg(body.get("range"))
         links = _node(ctx).links(_channel_arg(body))
         send, receive = anyio.create_memory_object_stream[bytes](100)
 
@@ -344,7 +358,9 @@ def build_app(ctx: DaemonContext) -> Starlette:
         async def run_fetch() -> None:
             async with send:
                 try:
-                    path = await _node(ctx).files.fetch(links, uri, progress=progress)
+                    files = _node(ctx).files
+                    path = (await files.fetch(links, uri, progress=progress) if byte_range is None
+                            else await files.fetch_range(links, uri, *byte_range, progress=progress))
                     line = {"type": "finished", "path": path}
                 except KacheryError as exc:
                     line = {"type": "error", "error": str(exc), "kind": type(exc).__name__}
