@@ -421,6 +421,12 @@ def publish(uri: str, *, channel: str) -> str:
 
         raise UsageError(f"cannot publish to {channel!r}: this node has not joined it (joined: "
                          f"{', '.join(joined) or 'none'}); run `kachery node join {channel}`")
+    if "provide-feeds" not in joined[channel].get("roles", []):
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node did not ask for the provide-feeds "
+                         f"role there, which uploading to its bucket needs; run `kachery node join "
+                         f"{channel} --add-roles provide-feeds` (and have the channel's owner grant it)")
     pubs = load_publications(storage.directory)
     if pub not in pubs:
         save_publications(storage.directory, [*pubs, pub])

@@ -81,6 +81,11 @@ def test_publish_refuses_what_it_cannot_do(lab):
     # A channel not joined: refused.
     proc = alice.run("feed", "publish", sf.uri, "--channel", "elsewhere", check=False)
     assert proc.returncode != 0 and "not joined" in proc.stderr, proc.stderr
+    # A channel where this node did not ask for provide-feeds (needed to upload): refused.
+    carol = lab.add_node("carol", ["request-feeds"], start=False)
+    mine = kf.open_store(carol.storage_dir / "feeds.db").create_feed().load_subfeed("x")
+    proc = carol.run("feed", "publish", mine.uri, "--channel", lab.channel, check=False)
+    assert proc.returncode != 0 and "--add-roles provide-feeds" in proc.stderr, proc.stderr
     assert json.loads(alice.run("feed", "published", "--json").stdout) == {"published": []}
     proc = alice.run("feed", "unpublish", sf.uri, check=False)
     assert proc.returncode != 0 and "not published" in proc.stderr
