@@ -111,7 +111,7 @@ def _published_and_owner_offline(lab, count: int):
 
 
 def test_a_published_subfeed_is_read_with_no_daemon_while_its_owner_is_offline(lab):
-    _alice, sf = _published_and_owner_offline(lab, 2500)
+    alice, sf = _published_and_owner_offline(lab, 2500)
     bob = lab.add_node("bob", ["request-feeds"], start=False)  # bob never runs a daemon
     out = _script(bob, f"""
 import kachery_node as kn
@@ -123,6 +123,19 @@ print(len(msgs), msgs[0], msgs[-1], sf.is_writeable)
     # Stored, verified (the chain checks out in bob's own store).
     replica = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(sf.uri)
     assert replica.get_num_local_messages() == 2500
+    assert kf.open_store(bob.storage_dir / "feeds.db").verify().ok
+    # The owner comes back for a while and appends across a segment boundary: the next read
+    # takes only what is new (segments 2 and 3, then the tail).
+    alice.start()
+    sf.append_messages([{"i": i} for i in range(2500, 4200)])
+    wait_bucket_count(lab, alice, sf.feed_id, sf.subfeed_hash, 4200)
+    alice.stop()
+    out = _script(bob, f"""
+import kachery_node as kn
+sf = kn.load_subfeed({sf.uri!r})
+print(sf.get_num_local_messages(), sf.get_messages(4199)[0])
+""")
+    assert out.strip() == "4200 {'i': 4199}", out
     assert kf.open_store(bob.storage_dir / "feeds.db").verify().ok
 
 
