@@ -117,7 +117,8 @@ def upload(path_or_uri: str, channel: str, as_json: bool) -> None:
 def cat(uri: str, start: int, end: int | None, channel: str | None) -> None:
     """Write the content of a sha1:// URI, or bytes [--start, --end) of it, to stdout
     (fetched from the node's channels if it is not here, as `kachery load` does)."""
-    _fetch_if_missing(uri, channel, False)
+    if end is None:  # to the end: the whole file (a range fetches only the chunks covering it)
+        _fetch_if_missing(uri, channel, False)
     out = sys.stdout.buffer
     if end is None:
         with open(load_file(uri, channel=channel), "rb") as f:

@@ -207,13 +207,16 @@ class PartialFile:
         os.utime(self.directory)  # still in use: keep remove_stale_partials away
         return missing
 
-    def open_chunks(self, chunks: list[Chunk]) -> list[Chunk]:
-        """Open (or create, sparse, at the file's full size) ``content`` for a byte range: return
-        those of ``chunks`` not verified here yet, re-verifying only those marked (not the whole
-        file, as :meth:`open` does). For fetching and reading part of a large file."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def open_chunks(self, chunks: list[Chunk], *, create: bool = True) -> list[Chunk]:
+        """Open (or, if ``create``, create, sparse, at the file's full size) ``content`` for a
+        byte range: return those of ``chunks`` not verified here yet, re-verifying only those
+        marked (not the whole file, as :meth:`open` does). For fetching and reading part of a
+        large file. FileNotFoundError if there is no ``content`` and not ``create``."""
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
         if self._fd is None:
-            self._fd = os.open(self.content_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            self._fd = os.open(self.content_path, flags, 0o600)
         if os.fstat(self._fd).st_size != self.manifest.size:
             os.ftruncate(self._fd, self.manifest.size)
         missing = []
@@ -367,16 +370,40 @@ def read_partial_range(storage_dir: Path, manifest: Manifest, start: int, end: i
     (re-hashing those chunks first), else None. Later range reads reuse what an earlier one
     fetched this way."""
     partial = PartialFile(storage_dir, manifest)
-    if not partial.content_path.is_file():
-        return None
     try:
-        if partial.open_chunks(manifest.covering(start, end)):
+        st = os.stat(partial.content_path)
+    except FileNotFoundError:
+        return None
+    # Chunks re-hashed since ``content`` last changed are not hashed again (a reader going through
+    # a range in small blocks would otherwise hash its 20 MB chunk once per block).
+    version = (str(partial.content_path), st.st_ino, st.st_mtime_ns, st.st_size)
+    chunks = manifest.covering(start, end)
+    with _recently_verified_lock:
+        known = _recently_verified.get(version, set())
+        unchecked = [c for c in chunks if c.start not in known]
+    if not unchecked and all(partial._marker(c).exists() for c in chunks):
+        try:
+            with open(partial.content_path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), end - start, start)
+            return data if len(data) == end - start else None
+        except FileNotFoundError:
             return None
+    try:
+        if partial.open_chunks(unchecked, create=False):
+            return None
+        with _recently_verified_lock:
+            if len(_recently_verified) > 64:
+                _recently_verified.clear()
+            _recently_verified.setdefault(version, set()).update(c.start for c in chunks)
         return partial.read(start, end) if end > start else b""
     except FileNotFoundError:  # removed meanwhile (assembled into the storage, or swept)
         return None
     finally:
         partial.close()
+
+
+_recently_verified: dict[tuple[str, int, int, int], set[int]] = {}
+_recently_verified_lock = threading.Lock()
 
 
 def remove_stale_partials(storage_dir: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:

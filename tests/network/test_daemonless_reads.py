@@ -6,6 +6,7 @@ one; the reader is this test process (a user's script)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,29 @@ def test_through_a_daemon_a_range_comes_from_a_provider_one_chunk_only(lab, read
     chunk = manifest.chunks[0]
     chunk_uri = f"sha1://{chunk.sha1}?chunkOf={key.sha1}~{chunk.start}~{chunk.end}"
     assert kn.load_bytes(chunk_uri, 10, 20) == content[10:20]
+    with pytest.raises(kn.NotFoundError) as err:  # what was tried, through the daemon
+        kn.load_file("sha1://" + "ab" * 20, channel="lab")
+    assert "is not in the local storage" in str(err.value)
+    assert f"the daemon running for {reader.storage_dir} asked its channels" in str(err.value)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("lab_backends", ["embedded+gcs", "embedded+s3"], indirect=True)
+def test_cloud_buckets_are_read_without_a_daemon(lab, reader, tmp_path):
+    """The read URL of a GCS or S3 channel comes from the hub's channel info (saved at join); a
+    large file by chunks, a range, and a tampered object refused, as with the embedded bucket."""
+    assert json.loads((reader.storage_dir / "channels.json").read_text())["channels"]["lab"]["bucket"][
+        "backend"] == lab.backends.split("+")[1]
+    alice = lab.add_node("alice", ALL_ROLES)
+    content = os.urandom(25_000_000)
+    (tmp_path / "big.dat").write_bytes(content)
+    big, small = _upload(alice, f"""
+print(kn.upload_file({str(tmp_path / 'big.dat')!r}, channel='lab'))
+print(kn.upload_text('in the cloud', channel='lab'))
+""")
+    alice.stop()
+    assert kn.load_bytes(big, 21_000_000, 21_000_100) == content[21_000_000:21_000_100]
+    assert Path(kn.load_file(big)).read_bytes() == content
+    lab.bucket_object(file_path("lab", parse_uri(small).sha1)).write_bytes(b"not in the cloud")
+    with pytest.raises(kn.TamperedDataError):
+        kn.load_text(small)
