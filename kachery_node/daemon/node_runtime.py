@@ -208,9 +208,13 @@ class NodeRuntime:
                 f"this subfeed on: {where}; the channel owner can grant it with "
                 f"`kachery channel grant <channel> {self.config.node_id} request-feeds`"
             )
-        self._followed[(feed_id, subfeed_hash)] = channel
-        self._last_read[(feed_id, subfeed_hash)] = time.time()
-        self._save_followed()
+        key = (feed_id, subfeed_hash)
+        if self._followed.get(key, False) == channel:
+            self.touch(feed_id, subfeed_hash)  # followed already: a read (saved now and then)
+        else:
+            self._followed[key] = channel
+            self._last_read[key] = time.time()
+            self._save_followed()
         self.feeds.follow(links, feed_id, subfeed_hash)
         return [link.channel for link in links]
 
