@@ -407,7 +407,7 @@ def publish(uri: str, *, channel: str) -> str:
     >>> sf = kn.create_feed().load_subfeed("readings")
     >>> kn.publish(sf.uri, channel="lab")                      # doctest: +SKIP
     """
-    from .feed_publications import load_publications, parse_publication, save_publications
+    from .feed_publications import parse_publication, update_publications
     from .joined_channels import load_memberships
 
     storage = default_storage()
@@ -427,9 +427,7 @@ def publish(uri: str, *, channel: str) -> str:
         raise UsageError(f"cannot publish to {channel!r}: this node did not ask for the provide-feeds "
                          f"role there, which uploading to its bucket needs; run `kachery node join "
                          f"{channel} --add-roles provide-feeds` (and have the channel's owner grant it)")
-    pubs = load_publications(storage.directory)
-    if pub not in pubs:
-        save_publications(storage.directory, [*pubs, pub])
+    update_publications(storage.directory, lambda pubs: pubs if pub in pubs else [*pubs, pub])
     _tell_daemon_publications_changed(storage)
     return pub.uri
 
@@ -438,17 +436,20 @@ def unpublish(uri: str, *, channel: str | None = None) -> int:
     """Stop keeping ``uri`` (as given to :func:`publish`) current in ``channel``'s bucket (every
     channel, if None). What is already in the bucket stays. Returns how many publications
     were removed (0: it was not published)."""
-    from .feed_publications import load_publications, parse_publication, save_publications
+    from .feed_publications import Publication, parse_publication, update_publications
 
     storage = default_storage()
     target = parse_publication(uri, channel or "")
-    pubs = load_publications(storage.directory)
-    kept = [p for p in pubs if not (p.feed_id == target.feed_id and p.subfeed_hash == target.subfeed_hash
-                                    and channel in (None, p.channel))]
-    if len(kept) != len(pubs):
-        save_publications(storage.directory, kept)
+
+    def matches(p: Publication) -> bool:
+        same = (p.feed_id, p.subfeed_hash) == (target.feed_id, target.subfeed_hash)
+        return same and channel in (None, p.channel)
+
+    before = update_publications(storage.directory, lambda pubs: [p for p in pubs if not matches(p)])
+    removed = sum(1 for p in before if matches(p))
+    if removed:
         _tell_daemon_publications_changed(storage)
-    return len(pubs) - len(kept)
+    return removed
 
 
 def list_published() -> list[dict[str, str]]:

@@ -14,8 +14,11 @@ brought up to date after every append).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +78,28 @@ def save_publications(storage_dir: str | os.PathLike, pubs: list[Publication]) -
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps([p.to_json() for p in dict.fromkeys(pubs)], indent=1))
     os.replace(tmp, path)
+
+
+def update_publications(storage_dir: str | os.PathLike,
+                        change: Callable[[list[Publication]], list[Publication]]) -> list[Publication]:
+    """Read, change and write the publications under a lock, so that two processes publishing
+    at once do not lose one's change; returns what was read (before the change)."""
+    with _locked(publications_path(storage_dir).with_suffix(".lock")):
+        before = load_publications(storage_dir)
+        after = change(list(before))
+        if after != before:
+            save_publications(storage_dir, after)
+        return before
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def parse_publication(uri: str, channel: str) -> Publication:

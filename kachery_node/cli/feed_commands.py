@@ -125,8 +125,12 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     except (SubfeedNotFoundError, BucketDataRejectedError) as exc:
         if not follow:
             raise
-        why = ("the bucket's copy failed verification" if isinstance(exc, BucketDataRejectedError)
-               else "owner offline; nothing published yet")
+        if isinstance(exc, BucketDataRejectedError):
+            why = "the bucket's copy failed verification"
+        elif any(a.startswith("channel ") and ": unreachable" in a for a in exc.attempts):
+            why = "owner offline; a channel's bucket could not be reached"
+        else:
+            why = "owner offline; nothing published yet"
         click.echo(f"{why}; waiting (tried: {'; '.join(exc.attempts)})", err=True)
         sf = load_subfeed(uri, channel=channel, live=True)
     if start is None:

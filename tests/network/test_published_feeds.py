@@ -249,3 +249,16 @@ def test_readme_reader_example_runs_with_no_daemon_while_the_owner_is_offline(la
     bob = lab.add_node("bob", ["request-feeds"], start=False)
     out = _script(bob, block.replace("feed://…/readings", sf.uri))
     assert out.splitlines() == ["1200 messages; the last: {'i': 1199}", "{'i': 1199}"], out
+
+
+def test_publishes_at_the_same_time_are_all_kept(lab):
+    alice = lab.add_node("alice", ALL_ROLES, start=False)
+    feed = kf.open_store(alice.storage_dir / "feeds.db").create_feed()
+    uris = [feed.load_subfeed(f"s{i}").uri for i in range(6)]
+    procs = [subprocess.Popen([KACHERY, "feed", "publish", uri, "--channel", lab.channel], env=alice.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for uri in uris]
+    for proc in procs:
+        assert proc.wait(60) == 0, proc.stderr.read()
+    listed = alice.json("feed", "published")["published"]
+    hashes = {kf.parse_feed_uri(row["uri"]).subfeed_hash for row in listed}
+    assert hashes == {kf.parse_feed_uri(uri).subfeed_hash for uri in uris}
