@@ -1,4 +1,4 @@
-"""``kachery feed``: create, append, tail, info, publish, unpublish, published, unfollow."""
+"""``kachery feed``: create, append, tail, info; publish, unpublish, published; unfollow, followed."""
 
 from __future__ import annotations
 
@@ -238,6 +238,32 @@ def unfollow(subfeed_uri: str, as_json: bool) -> None:
     if not done:
         raise click.ClickException(f"{uri} is not followed")
     click.echo(f"unfollowed {uri}")
+
+
+@feed.command()
+@json_option
+def followed(as_json: bool) -> None:
+    """List the other nodes' subfeeds this node's daemon follows: URI, channel (or "all") and
+    when it was last read (a subfeed unread for [daemon.feeds] unfollow_idle is unfollowed)."""
+    import datetime
+
+    path = open_storage().directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        rows = []
+    except ValueError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+    out = [{"uri": f"feed://{r['feed_id']}/~{r['subfeed_hash']}", "channel": r.get("channel"),
+            "last_read": r.get("last_read")} for r in rows]
+    if as_json:
+        echo_json({"followed": out})
+        return
+    for row in out:
+        last = row["last_read"]
+        when = "-" if last is None else datetime.datetime.fromtimestamp(last, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC")
+        click.echo(f"{row['uri']}\t{row['channel'] or 'all'}\t{when}")
 
 
 def _daemon_running() -> bool:

@@ -87,6 +87,9 @@ def test_publish_refuses_what_it_cannot_do(lab):
     proc = carol.run("feed", "publish", mine.uri, "--channel", lab.channel, check=False)
     assert proc.returncode != 0 and "--add-roles provide-feeds" in proc.stderr, proc.stderr
     assert json.loads(alice.run("feed", "published", "--json").stdout) == {"published": []}
+    # Reading from a channel not joined: a configuration error, before anything is asked.
+    proc = bob.run("feed", "tail", sf.uri, "--channel", "elsewhere", check=False)
+    assert proc.returncode != 0 and "has not joined channel 'elsewhere'" in proc.stderr, proc.stderr
     proc = alice.run("feed", "unpublish", sf.uri, check=False)
     assert proc.returncode != 0 and "not published" in proc.stderr
 
