@@ -28,9 +28,11 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from .channel_buckets import ChannelBucket, channel_bucket_readers
 from .errors import (
+    ConfigError,
     CorruptedFileError,
     HubRequestError,
     LinkedFileChangedError,
@@ -49,6 +51,8 @@ log = logging.getLogger("kachery.bucket_reads")
 #: Chunks downloaded at once (each a worker thread streaming into its range of the file).
 PARALLEL_CHUNKS = 3
 
+T = TypeVar("T")
+
 #: ``progress(done, total)``: bytes of the file (all of it, or the chunks fetched) so far.
 Progress = Callable[[int, int], None]
 
@@ -63,29 +67,13 @@ def fetch_from_buckets(storage: Storage, uri: str, channel: str | None = None, *
     key = parse_uri(uri)
     if key.chunk_of is not None:  # a chunk is an object of its own in the buckets
         key = FileUri(key.sha1)
-    buckets = channel_bucket_readers(storage.directory, channel)
-    if not buckets:
-        raise NotFoundError(f"{uri}: this node has joined no channel, so no bucket was read "
-                            "(`kachery node join CHANNEL`)", uri=uri)
-    reasons: list[str] = []
-    tampered: list[str] = []
-    for bucket in buckets:
-        try:
-            if key.manifest_sha1 is not None:
-                return _fetch_large(storage, bucket, key, progress, max_parallel)
-            return _fetch_whole(storage, bucket, key.sha1, progress)
-        except NotFoundError as exc:
-            reasons.append(f"{bucket.channel}: {exc}")
-        except TamperedDataError as exc:
-            tampered.append(f"{bucket.channel}: {exc}")
-        except (HubRequestError, OSError) as exc:  # unreachable, refused, cut short
-            reasons.append(f"{bucket.channel}: {exc}")
-    tried = "; ".join(tampered + reasons)
-    if tampered:
-        raise TamperedDataError(f"{uri}: no channel's bucket had a good copy ({tried}); "
-                                "nothing was stored")
-    raise NotFoundError(f"{uri} could not be read from the bucket of any channel tried ({tried})",
-                        uri=uri)
+
+    def attempt(bucket: ChannelBucket) -> str:
+        if key.manifest_sha1 is not None:
+            return _fetch_large(storage, bucket, key, progress, max_parallel)
+        return _fetch_whole(storage, bucket, key.sha1, progress)
+
+    return _from_each_bucket(storage, uri, channel, attempt, uri)
 
 
 def fetch_range_from_buckets(storage: Storage, uri: str, start: int, end: int | None,
@@ -100,27 +88,36 @@ def fetch_range_from_buckets(storage: Storage, uri: str, start: int, end: int | 
     key = parse_uri(uri)
     if key.manifest_sha1 is None:
         raise ValueError(f"{uri} has no ?manifest=: fetch the whole file")
+    return _from_each_bucket(
+        storage, uri, channel,
+        lambda bucket: _fetch_range(storage, bucket, key, start, end, progress, max_parallel),
+        f"bytes [{start}, {end}) of {uri}")
+
+
+def _from_each_bucket(storage: Storage, uri: str, channel: str | None,
+                      attempt: Callable[[ChannelBucket], T], what: str) -> T:
+    """``attempt(bucket)`` on ``channel``'s bucket, or each joined channel's in turn, until one
+    succeeds; else NotFoundError (or TamperedDataError if a bucket had a bad copy) saying what
+    each channel answered. Errors of the caller's (a range outside the file) go through."""
     buckets = channel_bucket_readers(storage.directory, channel)
     if not buckets:
-        raise NotFoundError(f"{uri}: this node has joined no channel, so no bucket was read "
+        raise NotFoundError(f"{what}: this node has joined no channel, so no bucket was read "
                             "(`kachery node join CHANNEL`)", uri=uri)
     reasons: list[str] = []
     tampered: list[str] = []
     for bucket in buckets:
         try:
-            return _fetch_range(storage, bucket, key, start, end, progress, max_parallel)
-        except NotFoundError as exc:
-            reasons.append(f"{bucket.channel}: {exc}")
+            return attempt(bucket)
         except TamperedDataError as exc:
             tampered.append(f"{bucket.channel}: {exc}")
-        except (HubRequestError, OSError) as exc:
-            reasons.append(f"{bucket.channel}: {exc}")
+        except (NotFoundError, HubRequestError, ConfigError, OSError) as exc:
+            reasons.append(f"{bucket.channel}: {exc}")  # absent, unreachable, refused, cut short
     tried = "; ".join(tampered + reasons)
     if tampered:
-        raise TamperedDataError(f"{uri}: no channel's bucket had a good copy of the chunks of bytes "
-                                f"[{start}, {end}) ({tried}); nothing was stored")
-    raise NotFoundError(f"bytes [{start}, {end}) of {uri} could not be read from the bucket of any "
-                        f"channel tried ({tried})", uri=uri)
+        raise TamperedDataError(f"{what}: no channel's bucket had a good copy ({tried}); "
+                                "nothing was stored")
+    raise NotFoundError(f"{what} could not be read from the bucket of any channel tried ({tried})",
+                        uri=uri)
 
 
 def _fetch_range(storage: Storage, bucket: ChannelBucket, key: FileUri, start: int, end: int | None,

@@ -591,7 +591,12 @@ class Storage:
         return data
 
     def has_file(self, uri: str | FileUri) -> bool:
-        """True if the content is here (a stored copy, or an unchanged link). Does not hash."""
+        """True if the content is here (a stored copy, or an unchanged link). Does not hash.
+        A ``?chunkOf=`` URI is here if the chunk is stored, or its file (it is cut from it when
+        loaded)."""
+        key = _as_key(uri)
+        if key.chunk_of is not None:
+            return self.has_file(FileUri(key.sha1)) or self.has_file(FileUri(key.chunk_of.file_sha1))
         try:
             self.locate(uri)
             return True
