@@ -63,6 +63,11 @@ class RemoteProtocolError(KacheryError):
     It was refused, and nothing was changed because of it."""
 
 
+class TamperedDataError(RemoteProtocolError):
+    """Bytes read from elsewhere (an object of a channel's bucket, a chunk) do not hash to what
+    they were asked for: tampered with or broken on the way. Nothing was stored."""
+
+
 class UsageError(KacheryError, ValueError):
     """The user's input: a value or argument that cannot be used as given."""
 
@@ -105,6 +110,11 @@ class NotInitializedError(ConfigError):
     """The storage directory has no identity or config yet: run ``kachery init``."""
 
 
+class ChannelNotJoinedError(ConfigError):
+    """A channel was named (``channel=``, ``--channel``) that this node has not joined
+    (``kachery node join CHANNEL``)."""
+
+
 # ----------------------------------------------------------------------------- conditions
 class NotFoundError(KacheryError, LookupError):
     """The content (or mutable key) is not available here.
@@ -115,6 +125,30 @@ class NotFoundError(KacheryError, LookupError):
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
+
+
+class SubfeedNotFoundError(NotFoundError):
+    """A subfeed of another node could not be read from anywhere: not in the local store, and
+    neither the daemon (if one runs) nor any channel's bucket delivered a message. ``attempts``
+    lists what was tried, one line each (also in the message), for example
+    ``"channel lab's bucket: nothing published (no head)"``.
+
+    Catch it to tolerate absence, or ask for a live wait (``load_subfeed(uri, live=True)``)."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message, uri=uri)
+        self.attempts = list(attempts or [])
+
+
+class BucketDataRejectedError(TamperedDataError):
+    """What a channel's bucket holds for a subfeed failed verification (a tampered or malformed
+    segment or head), and no other source delivered it. Nothing of it was stored. ``attempts``
+    lists what was tried, as in :class:`SubfeedNotFoundError`."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.attempts = list(attempts or [])
 
 
 class CorruptedFileError(KacheryError):

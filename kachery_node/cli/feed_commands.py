@@ -1,4 +1,4 @@
-"""``kachery feed create|append|tail|info``: feeds in ``<storage>/feeds.db`` (kachery_feeds)."""
+"""``kachery feed``: create, append, tail, info; publish, unpublish, published; unfollow, followed."""
 
 from __future__ import annotations
 
@@ -112,10 +112,27 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones.
 
     For a feed this node does not own, the daemon (if running) follows it on the node's
-    channels, so its messages arrive here, verified, as they are appended."""
+    channels, so its messages arrive here, verified, as they are appended; with no daemon,
+    the channels' buckets are read directly (and polled, with --follow). If no message can be
+    found anywhere, it fails saying what was tried; with --follow it says so in one line on
+    stderr and waits."""
     from ..api import load_subfeed
+    from ..errors import BucketDataRejectedError, SubfeedNotFoundError
 
-    sf = load_subfeed(_subfeed_uri(subfeed_uri), channel=channel)
+    uri = _subfeed_uri(subfeed_uri)
+    try:
+        sf = load_subfeed(uri, channel=channel)
+    except (SubfeedNotFoundError, BucketDataRejectedError) as exc:
+        if not follow:
+            raise
+        if isinstance(exc, BucketDataRejectedError):
+            why = "the bucket's copy failed verification"
+        elif any(a.startswith("channel ") and ": unreachable" in a for a in exc.attempts):
+            why = "owner offline; a channel's bucket could not be reached"
+        else:
+            why = "owner offline; nothing published yet"
+        click.echo(f"{why}; waiting (tried: {'; '.join(exc.attempts)})", err=True)
+        sf = load_subfeed(uri, channel=channel, live=True)
     if start is None:
         start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
 
@@ -140,6 +157,119 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     else:
         for i, payload in enumerate(sf.follow(start=start, timeout=timeout)):
             emit(start + i, payload)
+
+
+def _feed_or_subfeed_uri(arg: str) -> str:
+    """A feed (``feed://<id>``, ID or local name) or subfeed (as :func:`_subfeed_uri`) argument."""
+    if arg.startswith("feed://"):
+        return arg
+    if "/" in arg:
+        return _subfeed_uri(arg)
+    return open_storage().load_feed(arg).uri
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", required=True, help="The channel whose bucket keeps the copy.")
+@json_option
+def publish(uri: str, channel: str, as_json: bool) -> None:
+    """Keep a feed of this node (every subfeed, also later ones) or one subfeed current in a
+    channel's bucket, whether or not anyone follows it, so that readers catch up while this
+    node is offline. Remembered across restarts; the daemon does the uploading (now if it
+    runs, else when it starts)."""
+    from .. import api
+
+    published = api.publish(_feed_or_subfeed_uri(uri), channel=channel)
+    running = _daemon_running()
+    if as_json:
+        echo_json({"uri": published, "channel": channel, "daemon_running": running})
+        return
+    click.echo(f"published {published} to {channel}")
+    if not running:
+        click.echo("no daemon runs for this storage: the bucket is updated once one starts "
+                   "(`kachery node start`)", err=True)
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", default=None, help="Only on this channel (default: every channel).")
+@json_option
+def unpublish(uri: str, channel: str | None, as_json: bool) -> None:
+    """Stop keeping a feed or subfeed current in the bucket (what is there stays)."""
+    from .. import api
+
+    removed = api.unpublish(_feed_or_subfeed_uri(uri), channel=channel)
+    if as_json:
+        echo_json({"removed": removed})
+        return
+    if not removed:
+        raise click.ClickException(f"{uri} is not published{f' to {channel}' if channel else ''}")
+    click.echo(f"unpublished {uri} ({removed} publication{'s' if removed != 1 else ''})")
+
+
+@feed.command()
+@json_option
+def published(as_json: bool) -> None:
+    """List what this node publishes: one line per publication, URI then channel."""
+    from .. import api
+
+    rows = api.list_published()
+    if as_json:
+        echo_json({"published": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['uri']}\t{row['channel']}")
+
+
+@feed.command()
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@json_option
+def unfollow(subfeed_uri: str, as_json: bool) -> None:
+    """Stop following another node's subfeed (its messages stay here). A followed subfeed that
+    nobody reads is unfollowed by itself after [daemon.feeds] unfollow_idle seconds
+    (config.toml; default 7 days)."""
+    from .. import api
+
+    uri = _subfeed_uri(subfeed_uri)
+    done = api.unfollow(uri)
+    if as_json:
+        echo_json({"uri": uri, "unfollowed": done})
+        return
+    if not done:
+        raise click.ClickException(f"{uri} is not followed")
+    click.echo(f"unfollowed {uri}")
+
+
+@feed.command()
+@json_option
+def followed(as_json: bool) -> None:
+    """List the other nodes' subfeeds this node's daemon follows: URI, channel (or "all") and
+    when it was last read (a subfeed unread for [daemon.feeds] unfollow_idle is unfollowed)."""
+    import datetime
+
+    path = open_storage().directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        rows = []
+    except ValueError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+    out = [{"uri": f"feed://{r['feed_id']}/~{r['subfeed_hash']}", "channel": r.get("channel"),
+            "last_read": r.get("last_read")} for r in rows]
+    if as_json:
+        echo_json({"followed": out})
+        return
+    for row in out:
+        last = row["last_read"]
+        when = "-" if last is None else datetime.datetime.fromtimestamp(last, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC")
+        click.echo(f"{row['uri']}\t{row['channel'] or 'all'}\t{when}")
+
+
+def _daemon_running() -> bool:
+    from ..remote_reads import daemon_for
+
+    return daemon_for(open_storage().directory) is not None
 
 
 @feed.command("info")

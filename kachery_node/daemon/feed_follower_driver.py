@@ -51,6 +51,7 @@ class _Conversation:
     subfeed: kf.Subfeed
     pending: deque[FollowerAction] = field(default_factory=deque)
     wake: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled: unfollowed
 
     def give(self, actions: Iterable[FollowerAction]) -> None:
         self.pending.extend(actions)
@@ -87,6 +88,14 @@ class FollowerDriver:
 
     def followed(self) -> list[tuple[str, str]]:
         return list(self._followed)
+
+    def unfollow(self, feed_id: str, subfeed_hash: str) -> bool:
+        """Stop following a subfeed on every channel (its stored messages stay); False if it
+        was not followed. Its providers' subscriptions lapse, unrenewed."""
+        known = self._followed.pop((feed_id, subfeed_hash), False) is None
+        for where in [w for w in self._conversations if w.subfeed == (feed_id, subfeed_hash)]:
+            self._conversations.pop(where).scope.cancel()
+        return known
 
     def on_reconnect(self, link: ChannelLink) -> None:
         """``link``'s channel came (back) up: every follower there catches up and re-subscribes now."""
@@ -131,6 +140,10 @@ class FollowerDriver:
 
     # ------------------------------------------------------------------ one follower's task
     async def _drive(self, conversation: _Conversation) -> None:
+        with conversation.scope:  # entered cancelled if unfollowed before it started
+            await self._converse(conversation)
+
+    async def _converse(self, conversation: _Conversation) -> None:
         follower, link = conversation.follower, conversation.link
         conversation.give(follower.start(anyio.current_time(), may_request="request-feeds" in link.roles))
         while True:

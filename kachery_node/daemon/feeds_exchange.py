@@ -61,6 +61,10 @@ class FeedExchange:
         """Start following a remote subfeed on ``links`` (idempotent; keeps running)."""
         self.following.follow(links, feed_id, subfeed_hash)
 
+    def unfollow(self, feed_id: str, subfeed_hash: str) -> bool:
+        """Stop following a remote subfeed (its messages stay stored); False if not followed."""
+        return self.following.unfollow(feed_id, subfeed_hash)
+
     def followed(self) -> list[tuple[str, str]]:
         """The subfeeds followed, as (feed ID, subfeed hash)."""
         return self.following.followed()

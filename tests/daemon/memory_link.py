@@ -163,6 +163,10 @@ class MemoryLink:
     def may(self, node_id: str, role: str) -> bool:
         return role in self.hub.membership.get(node_id, frozenset())
 
+    async def refresh_roles(self) -> frozenset[str]:
+        await anyio.lowlevel.checkpoint()
+        return self.roles  # its roles are what it joined with
+
     async def bucket_head(self, path: str) -> int | None:
         await anyio.lowlevel.checkpoint()
         data = self.hub.bucket.get(path)
