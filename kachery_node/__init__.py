@@ -80,6 +80,7 @@ from .errors import (
     UnsafePickleError,
     UnsupportedVersionError,
     UsageError,
+    WitnessRefusedError,
 )
 from .legacy.storage_dir import OriginalFeedsDatabaseError, OriginalStorageError
 from .storage.file_uris import FileUri, build_uri, parse_uri
@@ -97,6 +98,7 @@ __all__ = [
     "ChannelProtocolError",
     "ConfigError",
     "ConflictError",
+    "WitnessRefusedError",
     "CorruptedFileError",
     "DaemonConnectionLostError",
     "DaemonError",
