@@ -70,6 +70,10 @@ class ChannelLink(Protocol):
     async def upload_many(self, items: list[tuple[str, bytes]]) -> None:
         """Put several small objects (path, bytes) at once (one request for their URLs)."""
 
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """A request to the channel's hub as witness (spec/witness.md §4), ``channel`` added;
+        raises HubRequestError (``WitnessRefusedError``'s ``details`` in ``.details``)."""
+
 
 #: Handlers receive verified envelopes: signature, channel/band binding, freshness and replay
 #: have been checked, and the sender holds the role that publishes on the band.

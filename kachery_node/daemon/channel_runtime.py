@@ -172,6 +172,10 @@ class ChannelRuntime:
                 for (_path, data), url in zip(batch, urls, strict=True):
                     nursery.start_soon(put, url, data)
 
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(
+            lambda: self._hub.witness_request(type_, channel=self.channel, **fields))
+
     # ------------------------------------------------------------------ running
     async def refresh_membership(self) -> None:
         """Fetch new membership messages (verified into the local store) and recompute roles."""

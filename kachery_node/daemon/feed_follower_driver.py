@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -60,8 +60,9 @@ class _Conversation:
 class FollowerDriver:
     """Follows remote subfeeds on the daemon's channels."""
 
-    def __init__(self, store: kf.Store) -> None:
+    def __init__(self, store: kf.Store, on_fork: Callable[[ChannelLink, bytes], None] | None = None) -> None:
         self.store = store
+        self._on_fork = on_fork  # a fork found on import: its proof goes to the channel
         self._conversations: dict[SubfeedOnChannel, _Conversation] = {}
         self._followed: dict[tuple[str, str], None] = {}  # (feed ID, subfeed hash), in order
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -115,6 +116,8 @@ class FollowerDriver:
             outcome = InlineOutcome.GAP
         except kf.ForkError as exc:
             outcome, detail = InlineOutcome.FORK, str(exc)
+            if self._on_fork is not None:
+                self._on_fork(link, exc.proof)
         except kf.VerificationError as exc:
             outcome, detail = InlineOutcome.REJECTED, str(exc)
         conversation = self._conversation(link, message.feed_id, message.subfeed_hash)
@@ -179,6 +182,8 @@ class FollowerDriver:
                     added = await _import_from_bucket(link, subfeed, action)
             except kf.ForkError as exc:
                 failure, detail = CatchUpFailure.FORK, str(exc)
+                if self._on_fork is not None:
+                    self._on_fork(link, exc.proof)
             except (kf.VerificationError, kf.MissingMessagesError) as exc:
                 failure, detail = CatchUpFailure.REJECTED, str(exc)
             except Exception as exc:  # transport errors (a missing segment among them)

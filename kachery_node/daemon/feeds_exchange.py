@@ -11,7 +11,9 @@
   remembers subscriptions across restarts (``provided_subscriptions.py``).
 
 Every message is verified by kachery_feeds before it is stored; a fork raises ForkError, whose
-proof is recorded in the store and logged.
+proof is recorded in the store, logged and spread on the channel; the **witness** side
+(``witness_driver.py``, spec/witness.md) gets provided subfeeds' checkpoints cosigned by the hub
+and checks the checkpoints and fork notices other members publish.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 import kachery_feeds as kf
 
-from ..protocol import feed_messages
+from ..protocol import feed_messages, witness_messages
 from ..protocol.feed_messages import (
     MalformedFeedMessage,
     NewSubfeedMessages,
@@ -36,6 +39,7 @@ from .channel_link import ChannelLink
 from .feed_follower_driver import FollowerDriver
 from .feed_provider_driver import ProviderDriver
 from .store_changes import ChangeBroadcaster
+from .witness_driver import WitnessDriver
 
 log = logging.getLogger("kachery.feeds")
 
@@ -47,12 +51,16 @@ class FeedExchange:
         self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None = None
     ) -> None:
         self.store = store
-        self.following = FollowerDriver(store)
-        self.providing = ProviderDriver(store, changes, subscriptions_path)
+        self.witnessing = WitnessDriver(store, self._checkpoint_ahead)
+        self.following = FollowerDriver(store, self._fork_found)
+        self.providing = ProviderDriver(store, changes, subscriptions_path,
+                                        self.witnessing.on_head_uploaded)
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Run both sides until cancelled."""
         async with anyio.create_task_group() as tg:
+            self._task_group = tg
             await tg.start(self.following.run)
             await tg.start(self.providing.run)
             task_status.started()
@@ -75,6 +83,9 @@ class FeedExchange:
         """Handle a verified envelope from ``band`` of ``link``'s channel."""
         if band not in (feed_messages.REQUEST_BAND, feed_messages.PROVIDE_BAND):
             return  # file and task messages reach every exchange; they are not ours to judge
+        if env.body.get("type") in witness_messages.TYPES:
+            await self._on_witness_message(link, band, env)
+            return
         try:
             message = feed_messages.parse(band, env.body, env.attachment)
         except MalformedFeedMessage as exc:
@@ -86,3 +97,23 @@ class FeedExchange:
             self.following.on_new_messages(link, env.sender, message)
         elif isinstance(message, SubfeedUploaded):
             self.following.on_subfeed_uploaded(link, message)
+
+    async def _on_witness_message(self, link: ChannelLink, band: str, env: Envelope) -> None:
+        try:
+            message = witness_messages.parse(env.body, env.attachment)
+        except MalformedFeedMessage as exc:
+            log.info("ignoring %s from %s: %s", env.body.get("type"), env.sender[:12], exc)
+            return
+        if isinstance(message, witness_messages.ForkProof):
+            await self.witnessing.on_fork_proof(link, env.sender, message)
+        elif band == feed_messages.PROVIDE_BAND:  # checkpoints come from providers only
+            await self.witnessing.on_checkpoint(link, env.sender, message)
+
+    def _fork_found(self, link: ChannelLink, proof: bytes) -> None:
+        """An import found a fork: spread its proof (in a task: the import path does not wait)."""
+        if self._task_group is not None:
+            self._task_group.start_soon(self.witnessing.on_fork_found, link, proof)
+
+    def _checkpoint_ahead(self, link: ChannelLink, feed_id: str, subfeed_hash: str, size: int) -> None:
+        """A witnessed checkpoint beyond the local copy: catch up as after ``subfeedUploaded``."""
+        self.following.on_subfeed_uploaded(link, SubfeedUploaded(feed_id, subfeed_hash, size))

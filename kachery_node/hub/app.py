@@ -417,6 +417,7 @@ NODE_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dict]]
 
 # ---------------------------------------------------------------------------- witness requests
 MAX_WITNESS_LINES = 10_000
+WITNESS_BODY_BYTES = 4096 * 1024  # as http_limits.API_BODY_LIMITS["/api/witness"]
 
 
 def _witnessed_subfeed(hub: Hub, node: str, body: dict) -> tuple[str, str, str]:
@@ -524,7 +525,8 @@ def create_app(hub: Hub) -> Starlette:
     async def witness_api(request: Request) -> Response:
         body = await request.body()
         now = _now_ms()
-        node, obj = verify_request("node", body, request.headers, hub_id=state.hub_id, now=now)
+        node, obj = verify_request("node", body, request.headers, hub_id=state.hub_id, now=now,
+                                   max_body_bytes=WITNESS_BODY_BYTES)
         handler = WITNESS_REQUESTS.get(obj["type"])
         if handler is None:
             raise MalformedRequestError(f"unknown witness request type {obj['type']!r}; "

@@ -199,6 +199,9 @@ class MemoryLink:
         self.hub.downloads.append((self.node_id, path))
         return len(data)
 
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        raise ConnectionError("the in-memory channel has no hub to witness")
+
     async def upload(self, path: str, data: bytes | Path, *,
                      progress: Callable[[int, int], None] | None = None) -> None:
         self._check_attached()

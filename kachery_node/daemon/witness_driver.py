@@ -1,0 +1,283 @@
+"""Witnessed checkpoints and forks on a node's channels (spec/witness.md §4-6).
+
+* **Providing.** After a provider has brought a bucket's head up to date (count ``N``), it asks
+  the channel's hub, the default witness, to cosign the checkpoint at ``N``, sending the wire
+  lines the witness lacks (first only message ``N - 1``; a refusal says how many the witness
+  holds, and the next request starts there; long ranges go in pieces, each ending at a signed
+  message). The cosignature goes into the bucket's ``.../checkpoint`` object (merged with other
+  witnesses' cosignatures of the same checkpoint) and out on pub-sub as ``subfeedCheckpoint``.
+* **Following.** A ``subfeedCheckpoint`` heard is verified and compared with the local copy: if
+  the local messages determine a different hash for its last position (or the one before), the
+  owner showed two histories: a fork, proven with the local chain and the checkpoint's last
+  message.
+* **Forks.** A fork found here (an import, a witness's refusal, a checkpoint) or heard from
+  another member (``forkProof``, verified) is recorded in the store, after which the store
+  accepts no message of that subfeed at or past the fork; it is reported to the hub's witness
+  (which then cosigns neither branch past it), uploaded to the bucket's ``.../fork`` where this
+  node may, and published on every feed band this node may publish on. A proof heard for a fork
+  already known is not passed on again, so notices do not echo around the channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+import kachery_feeds as kf
+from kachery_feeds.checkpoints import (
+    CheckpointError,
+    WitnessedCheckpoint,
+    checkpoint_from_last,
+    parse_cosignature_line,
+    parse_witnessed_checkpoint,
+    witnessed,
+)
+from kachery_feeds.forks import build_fork_proof
+
+from ..errors import HubRequestError
+from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
+from ..protocol.feed_messages import PROVIDE_BAND, REQUEST_BAND, SubfeedOnChannel
+from ..protocol.witness_messages import ForkProof, SubfeedCheckpoint, inline
+from .channel_link import BucketObjectMissing, ChannelLink
+
+log = logging.getLogger("kachery.feeds")
+
+MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSON may escape lines
+MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
+
+
+class WitnessDriver:
+    """Checkpoints cosigned by the hub and forks made channel knowledge, for one node."""
+
+    def __init__(self, store: kf.Store, on_checkpoint_ahead: Callable[[ChannelLink, str, str, int], None]
+                 | None = None) -> None:
+        self.store = store
+        self._witness_counts: dict[tuple[str, str, str], int] = {}  # (channel, feed, sub) -> held
+        self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
+        #: newest witnessed checkpoint seen or made, per subfeed (verified)
+        self.latest: dict[tuple[str, str], WitnessedCheckpoint] = {}
+        self._on_checkpoint_ahead = on_checkpoint_ahead
+
+    # ------------------------------------------------------------------ provider side
+    async def on_head_uploaded(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+        """The bucket's head of ``where`` now says ``count``: get that checkpoint witnessed,
+        store the cosignature beside the head and announce it. Never raises (logs)."""
+        if count == 0:
+            return
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:  # one witnessing of a subfeed per channel at a time, in order
+            try:
+                await self._witness(link, where, count)
+            except Exception as exc:  # the hub unreachable, the link down: next upload retries
+                log.info("witnessing %s at %d on %s failed: %s", where.uri, count, where.channel, exc)
+
+    async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+        subfeed = self._subfeed(where.feed_id, where.subfeed_hash)
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        start = self._witness_counts.get(key, count - 1)
+        answer = None
+        for _round in range(MAX_WITNESS_ROUNDS):
+            try:
+                answer = await self._send_from(link, where, subfeed, start, count)
+                break
+            except HubRequestError as exc:
+                details = exc.details
+                reason = details.get("reason")
+                if reason == "missing_messages" and isinstance(details.get("size"), int):
+                    start = min(details["size"], count - 1)
+                    continue
+                if reason == "stale_checkpoint":
+                    log.info("the witness holds a larger checkpoint of %s than %d", where.uri, count)
+                    return
+                if reason in ("fork", "forked") and isinstance(details.get("proof"), str):
+                    log.error("the witness refused %s at %d: %s", where.uri, count, exc.message)
+                    await self.on_fork_found(link, details["proof"].encode())
+                    return
+                raise
+        if answer is None:
+            return
+        self._witness_counts[key] = count
+        last = subfeed.get_signed_messages(count - 1, count)[0]
+        checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
+        cosignature = parse_cosignature_line(answer["cosignature"])
+        mine = witnessed(checkpoint, last, [cosignature])
+        if not mine.cosignatures:
+            log.warning("the hub's cosignature of %s at %d does not verify", where.uri, count)
+            return
+        obj = await self._merge_into_bucket(link, where, mine)
+        self._remember(obj)
+        await link.publish(PROVIDE_BAND, SubfeedCheckpoint(
+            where.feed_id, where.subfeed_hash, count, None).to_body(), attachment=inline(obj.encode()))
+
+    async def _send_from(self, link: ChannelLink, where: SubfeedOnChannel, subfeed: kf.Subfeed,
+                         start: int, count: int) -> dict:
+        """Send messages ``[start, count)`` in pieces that each end at a signed message and stay
+        under the request limit; the witness's answer to the last piece."""
+        answer: dict = {}
+        position, piece, size = start, [], 0
+        while position < count:
+            lines = subfeed.get_signed_messages(position, min(position + 1000, count))
+            if not lines:
+                break
+            for i, line in enumerate(lines):
+                piece.append(line)
+                size += len(line) * 2 + 4
+                signed = not line.endswith(b"\t")
+                if signed and size >= MAX_WITNESS_REQUEST_BYTES and position + i + 1 < count:
+                    answer = await self._request(link, where, piece)
+                    piece, size = [], 0
+            position += len(lines)
+        if piece:
+            answer = await self._request(link, where, piece)
+        return answer
+
+    @staticmethod
+    async def _request(link: ChannelLink, where: SubfeedOnChannel, lines: list[bytes]) -> dict:
+        return await link.witness_request("cosign_checkpoint", feed_id=where.feed_id,
+                                          subfeed_hash=where.subfeed_hash,
+                                          lines=[x.decode("utf-8") for x in lines])
+
+    async def _merge_into_bucket(self, link: ChannelLink, where: SubfeedOnChannel,
+                                 mine: WitnessedCheckpoint) -> WitnessedCheckpoint:
+        """Write ``mine`` to the bucket's ``.../checkpoint`` unless it holds a larger one; merge
+        cosignatures of the same checkpoint (other witnesses'). Returns what was written."""
+        path = subfeed_checkpoint_path(where.channel, where.feed_id, where.subfeed_hash)
+        try:
+            there = parse_witnessed_checkpoint(await link.bucket_get(path))
+        except (BucketObjectMissing, CheckpointError):
+            there = None
+        if there is not None and there.checkpoint.size > mine.checkpoint.size:
+            return mine  # another provider is ahead: leave its object be
+        obj = mine.merged(there) if there is not None and there.checkpoint == mine.checkpoint else mine
+        await link.upload(path, obj.encode())
+        return obj
+
+    # ------------------------------------------------------------------ follower side
+    async def on_checkpoint(self, link: ChannelLink, sender: str, message: SubfeedCheckpoint) -> None:
+        """A witnessed checkpoint heard on pub-sub: verify it, detect a split view."""
+        data = message.witnessed
+        if data is None:
+            try:
+                data = await link.bucket_get(subfeed_checkpoint_path(
+                    link.channel, message.feed_id, message.subfeed_hash))
+            except Exception as exc:
+                log.info("could not read the checkpoint of %s: %s", message.feed_id[:12], exc)
+                return
+        try:
+            obj = parse_witnessed_checkpoint(data)
+        except CheckpointError as exc:
+            log.warning("ignoring a checkpoint from %s: %s", sender[:12], exc)
+            return
+        cp = obj.checkpoint
+        if (cp.feed_id, cp.subfeed_hash) != (message.feed_id, message.subfeed_hash):
+            log.warning("ignoring a checkpoint from %s: not of the subfeed it names", sender[:12])
+            return
+        proof = self.conflict_with_local(obj)
+        if proof is not None:
+            log.error("FORK in feed://%s/~%s: a witnessed checkpoint from %s conflicts with this "
+                      "node's copy", cp.feed_id, cp.subfeed_hash, sender[:12])
+            await self.on_fork_found(link, proof)
+            return
+        self._remember(obj)
+        local = self._subfeed(cp.feed_id, cp.subfeed_hash).get_num_local_messages()
+        if cp.size > local and self._on_checkpoint_ahead is not None:
+            self._on_checkpoint_ahead(link, cp.feed_id, cp.subfeed_hash, cp.size)
+
+    def conflict_with_local(self, obj: WitnessedCheckpoint) -> bytes | None:
+        """A fork proof if the local copy determines another hash than ``obj`` for its last
+        position or the one before; None if consistent (or too short to tell)."""
+        cp = obj.checkpoint
+        subfeed = self._subfeed(cp.feed_id, cp.subfeed_hash)
+        local_count = subfeed.get_num_local_messages()
+        first = max(0, cp.size - 2)
+        if local_count <= first:
+            return None
+        local = subfeed.get_signed_messages(first, min(local_count, cp.size))
+        proof = build_fork_proof(cp.feed_id, cp.subfeed_hash, cp.size - 1, local, [obj.last])
+        try:
+            kf.verify_fork_proof(proof)
+        except kf.VerificationError:
+            return None
+        return proof
+
+    # ------------------------------------------------------------------ forks
+    async def on_fork_found(self, link: ChannelLink, proof: bytes) -> None:
+        """A fork found by this node: record, tell the witness, store in the bucket, publish
+        (once: a proof already recorded, such as the one an import past a known fork raises
+        with, is not spread again)."""
+        try:
+            info = kf.verify_fork_proof(proof)
+        except kf.VerificationError as exc:
+            log.warning("not publishing an invalid fork proof: %s", exc)
+            return
+        if proof in self._subfeed(info.feed_id, info.subfeed_hash).get_fork_proofs():
+            return
+        try:
+            info = self.store.record_fork_proof(proof)
+        except kf.VerificationError as exc:
+            log.warning("not publishing an invalid fork proof: %s", exc)
+            return
+        await self._spread(link, info, proof, bands=(REQUEST_BAND, PROVIDE_BAND))
+
+    async def on_fork_proof(self, link: ChannelLink, sender: str, message: ForkProof) -> None:
+        """A fork notice heard: verify it; if it is news, record it and pass it on."""
+        proof = message.proof
+        if proof is None:
+            try:
+                proof = await link.bucket_get(subfeed_fork_path(link.channel, message.feed_id,
+                                                                message.subfeed_hash))
+            except Exception as exc:
+                log.info("could not read the fork proof of %s: %s", message.feed_id[:12], exc)
+                return
+        try:
+            info = kf.verify_fork_proof(proof)
+        except kf.VerificationError as exc:
+            log.warning("ignoring a fork notice from %s: %s", sender[:12], exc)
+            return
+        if (info.feed_id, info.subfeed_hash) != (message.feed_id, message.subfeed_hash):
+            log.warning("ignoring a fork notice from %s: not of the subfeed it names", sender[:12])
+            return
+        known = self._subfeed(info.feed_id, info.subfeed_hash).get_fork_proofs()
+        if any(kf.verify_fork_proof(p).position <= info.position for p in known):
+            return  # not news: it was spread when it was
+        self.store.record_fork_proof(proof)
+        log.error("FORK in feed://%s/~%s at message %d, proven by %s: no message at or past it is "
+                  "accepted", info.feed_id, info.subfeed_hash, info.position, sender[:12])
+        await self._spread(link, info, proof, bands=(PROVIDE_BAND,))
+
+    async def _spread(self, link: ChannelLink, info: kf.ForkProofInfo, proof: bytes,
+                      bands: tuple[str, ...]) -> None:
+        """Tell the hub's witness, put the proof in the bucket, publish it (where allowed)."""
+        try:
+            await link.witness_request("report_fork", proof=proof.decode("utf-8"))
+        except Exception as exc:
+            log.info("reporting the fork of %s to the hub failed: %s", info.feed_id[:12], exc)
+        if "provide-feeds" in link.roles:
+            try:
+                await link.upload(subfeed_fork_path(link.channel, info.feed_id, info.subfeed_hash), proof)
+            except Exception as exc:
+                log.info("uploading the fork proof of %s failed: %s", info.feed_id[:12], exc)
+        message = ForkProof(info.feed_id, info.subfeed_hash, info.position, None)
+        for band in bands:
+            if band in link.roles:
+                try:
+                    await link.publish(band, message.to_body(), attachment=inline(proof))
+                except Exception as exc:
+                    log.info("publishing the fork proof on %s failed: %s", band, exc)
+
+    # ------------------------------------------------------------------ helpers
+    def _remember(self, obj: WitnessedCheckpoint) -> None:
+        key = (obj.checkpoint.feed_id, obj.checkpoint.subfeed_hash)
+        had = self.latest.get(key)
+        if had is None or had.checkpoint.size < obj.checkpoint.size:
+            self.latest[key] = obj
+        elif had.checkpoint == obj.checkpoint:
+            self.latest[key] = had.merged(obj)
+
+    def _subfeed(self, feed_id: str, subfeed_hash: str) -> kf.Subfeed:
+        return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+
+
