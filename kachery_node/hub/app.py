@@ -425,11 +425,15 @@ def _witnessed_subfeed(hub: Hub, node: str, body: dict) -> tuple[str, str, str]:
     channel (witnessing costs the hub work; the channel's members are who may ask)."""
     name = _member_channel(hub, node, body)
     require_role(hub.state.roles(name, node)["effective"], "provide-feeds", "asking the hub to witness")
+    return (name, *_subfeed_fields(body))
+
+
+def _subfeed_fields(body: dict) -> tuple[str, str]:
     feed_id, sub = _field(body, "feed_id"), _field(body, "subfeed_hash")
     hexes = "0123456789abcdef"
     if len(feed_id) != 64 or feed_id.strip(hexes) or len(sub) != 40 or sub.strip(hexes):
         raise MalformedRequestError("feed_id must be 64 and subfeed_hash 40 lowercase hex")
-    return name, feed_id, sub
+    return feed_id, sub
 
 
 def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
@@ -464,9 +468,26 @@ def _report_fork(hub: Hub, node: str, body: dict, now: int) -> dict:
     return {"feed_id": info.feed_id, "subfeed_hash": info.subfeed_hash, "position": info.position}
 
 
+MAX_HISTORY = 10_000
+
+
+def _witness_history(hub: Hub, node: str, body: dict, now: int) -> dict:
+    """Every cosignature the hub made for a subfeed (oldest first, at most the newest
+    :data:`MAX_HISTORY`): with the messages' hashes from their own copy, readers verify each
+    one, and so learn by when each message existed. Any member may ask."""
+    _member_channel(hub, node, body)
+    feed_id, sub = _subfeed_fields(body)
+    rows = hub.witness.history_rows(feed_id, sub, MAX_HISTORY)
+    proofs = hub.witness.fork_proofs(feed_id, sub)
+    return {"witness": hub.witness.public_hex,
+            "cosignatures": [{"size": size, "cosignature": line} for size, line in rows],
+            "fork_proofs": [p.decode() for p in proofs[:1]]}
+
+
 WITNESS_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
     "cosign_checkpoint": _cosign_checkpoint,
     "report_fork": _report_fork,
+    "witness_history": _witness_history,
 }
 
 

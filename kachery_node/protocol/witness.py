@@ -110,6 +110,12 @@ class Witness:
                                 "ORDER BY rowid", (feed_id, subfeed_hash)).fetchall()
         return [parse_cosignature_line(r[0]) for r in rows]
 
+    def history_rows(self, feed_id: str, subfeed_hash: str, limit: int) -> list[tuple[int, str]]:
+        """(size, cosignature line) of the newest ``limit`` cosignatures, oldest first."""
+        rows = self._db.execute("SELECT size, line FROM cosignatures WHERE feed_id=? AND subfeed_hash=? "
+                                "ORDER BY rowid DESC LIMIT ?", (feed_id, subfeed_hash, limit)).fetchall()
+        return [(size, line) for size, line in reversed(rows)]
+
     def fork_proofs(self, feed_id: str, subfeed_hash: str) -> list[bytes]:
         return self._subfeed(feed_id, subfeed_hash).get_fork_proofs()
 

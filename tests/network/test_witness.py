@@ -95,3 +95,56 @@ def test_a_split_view_is_detected_and_proven_channel_wide(lab):
     info = bob.json("feed", "info", source.uri, "--json")
     assert info["fork"]["position"] == 3, info
     assert "FORK" in bob.run("feed", "info", source.uri).stdout
+
+
+def _join_other(lab, label: str, channel: str, roles: list[str]):
+    """A node on a second channel of the same hub (the owner's user creates it first)."""
+    from tests.nodes import TestNode
+
+    node = TestNode(lab.root, label)
+    node.env["KACHERY_HUB_URL"] = lab.hub.url
+    node.run("node", "join", channel, "--roles", ",".join(roles))
+    lab.owner.run("channel", "grant", channel, node.node_id, *roles)
+    lab.nodes[label] = node
+    node.start()
+    lab.wait_connected(node)
+    return node
+
+
+def test_the_witness_catches_a_split_view_across_channels(lab):
+    """The owner shows one history on channel lab (to bob) and another on channel other (to
+    dave): no member sees both, but both channels' providers ask the same witness, the hub."""
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"])
+    alice.run("channel", "create", "other")
+    carol = _join_other(lab, "carol", "other", ALL_ROLES)
+    dave = _join_other(lab, "dave", "other", ["request-feeds", "request-files"])
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+    source.append_messages([{"i": i} for i in range(3)])
+    restored = _restore_key(source, carol.storage_dir / "feeds.db")
+    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    dave.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+
+    def witnessed_at(channel: str, size: int):
+        obj = lab.bucket_object(subfeed_checkpoint_path(channel, source.feed_id, source.subfeed_hash))
+        return obj.exists() and parse_witnessed_checkpoint(obj.read_bytes()).checkpoint.size == size
+
+    _wait("both channels' checkpoints at 3", lambda: witnessed_at("lab", 3) and witnessed_at("other", 3),
+          logs=[alice, carol])
+    source.append_message({"i": 3, "to": "bob"})
+    _wait("bob's branch witnessed", lambda: witnessed_at("lab", 4), logs=[alice])
+    restored.append_message({"i": 3, "to": "dave"})
+    # The witness refuses carol's branch with a proof, which carol spreads on her channel.
+    _wait("the witness to refuse carol", lambda: "the witness refused" in carol.log(), logs=[carol])
+    other_fork = lab.bucket_object(subfeed_fork_path("other", source.feed_id, source.subfeed_hash))
+    _wait("the proof in the other bucket", other_fork.exists, logs=[carol])
+    assert kf.verify_fork_proof(other_fork.read_bytes()).position == 3
+    dave_store = kf.open_store(dave.storage_dir / "feeds.db")
+    _wait("dave to know the fork", lambda: dave_store.get_fork_proofs(source.feed_id), logs=[dave])
+    # Channel lab learns when alice's branch next asks the witness, which now refuses it too.
+    source.append_message({"i": 4, "to": "bob"})
+    lab_fork = lab.bucket_object(subfeed_fork_path("lab", source.feed_id, source.subfeed_hash))
+    _wait("the proof in the lab bucket", lab_fork.exists, logs=[alice])
+    bob_store = kf.open_store(bob.storage_dir / "feeds.db")
+    _wait("bob to know the fork", lambda: bob_store.get_fork_proofs(source.feed_id), logs=[bob])
+    assert "FORK at message 3" in bob.run("feed", "verify", source.uri, check=False).stdout
