@@ -13,17 +13,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 import kachery_feeds as kf
 from kachery_feeds.checkpoints import CheckpointError, WitnessedCheckpoint, parse_witnessed_checkpoint
 
 from .errors import RemoteProtocolError
 from .joined_channels import load_memberships
 from .protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
-from .transport.tls import ssl_context
+from .transport.bucket.public_reads import BucketReadError, PublicBucketReader
 
-READ_TIMEOUT_SECONDS = 10.0
 MAX_OBJECT_BYTES = 8 * 1024 * 1024  # a witnessed checkpoint or fork proof: a few wire lines
 
 
@@ -31,32 +28,22 @@ class BadWitnessObjectError(RemoteProtocolError):
     """The bucket's checkpoint or fork object is malformed or does not verify."""
 
 
-def _get(bucket_url: str, key: str, client: httpx.Client | None) -> bytes | None:
-    url = f"{bucket_url.rstrip('/')}/{key}"
-    own = client is None
-    http = client or httpx.Client(timeout=READ_TIMEOUT_SECONDS, verify=ssl_context())
-    try:
-        resp = http.get(url)
-        if resp.status_code == 404:
-            return None
-        resp.raise_for_status()
-        if len(resp.content) > MAX_OBJECT_BYTES:
-            raise BadWitnessObjectError(f"{key} is over {MAX_OBJECT_BYTES} bytes")
-        return resp.content
-    finally:
-        if own:
-            http.close()
+def _get(bucket_url: str, key: str, reader: PublicBucketReader | None) -> bytes | None:
+    if reader is not None:
+        return reader.get(bucket_url, key, MAX_OBJECT_BYTES)
+    with PublicBucketReader() as own:
+        return own.get(bucket_url, key, MAX_OBJECT_BYTES)
 
 
 def newest_witnessed_checkpoint(bucket_url: str, channel: str, feed_id: str, subfeed_hash: str, *,
-                                client: httpx.Client | None = None) -> WitnessedCheckpoint | None:
+                                reader: PublicBucketReader | None = None) -> WitnessedCheckpoint | None:
     """The newest witnessed checkpoint of subfeed ``subfeed_hash`` of ``feed_id`` in
     ``channel``'s bucket (read at ``bucket_url``), verified: its last message is the owner's
     signed message ``size - 1`` and only cosignatures that verify are kept (the caller decides
     which witnesses it trusts: :meth:`WitnessedCheckpoint.witnesses`). None if the bucket holds
     none. Raises :class:`BadWitnessObjectError` for an object that does not verify, and
-    ``httpx.HTTPError`` when the bucket cannot be read."""
-    data = _get(bucket_url, subfeed_checkpoint_path(channel, feed_id, subfeed_hash), client)
+    :class:`BucketReadError` when the bucket cannot be read (``reader``: reuse a connection)."""
+    data = _get(bucket_url, subfeed_checkpoint_path(channel, feed_id, subfeed_hash), reader)
     if data is None:
         return None
     try:
@@ -69,9 +56,9 @@ def newest_witnessed_checkpoint(bucket_url: str, channel: str, feed_id: str, sub
 
 
 def fork_proof_in_bucket(bucket_url: str, channel: str, feed_id: str, subfeed_hash: str, *,
-                         client: httpx.Client | None = None) -> tuple[bytes, kf.ForkProofInfo] | None:
+                         reader: PublicBucketReader | None = None) -> tuple[bytes, kf.ForkProofInfo] | None:
     """The fork proof of the subfeed in ``channel``'s bucket, verified, or None."""
-    data = _get(bucket_url, subfeed_fork_path(channel, feed_id, subfeed_hash), client)
+    data = _get(bucket_url, subfeed_fork_path(channel, feed_id, subfeed_hash), reader)
     if data is None:
         return None
     try:
@@ -99,7 +86,7 @@ def newest_witnessed_checkpoints(storage_dir: str | os.PathLike, feed_id: str, s
     """For every channel this storage joined (or just ``channel``): its bucket's newest witnessed
     checkpoint of the subfeed and any fork proof, verified."""
     views = []
-    with httpx.Client(timeout=READ_TIMEOUT_SECONDS, verify=ssl_context()) as client:
+    with PublicBucketReader() as reader:
         for name, entry in sorted(load_memberships(Path(storage_dir)).items()):
             if channel is not None and name != channel:
                 continue
@@ -108,9 +95,9 @@ def newest_witnessed_checkpoints(storage_dir: str | os.PathLike, feed_id: str, s
                 views.append(ChannelWitnessView(name, error="no bucket URL recorded (join again)"))
                 continue
             try:
-                cp = newest_witnessed_checkpoint(url, name, feed_id, subfeed_hash, client=client)
-                fork = fork_proof_in_bucket(url, name, feed_id, subfeed_hash, client=client)
-            except (httpx.HTTPError, BadWitnessObjectError) as exc:
+                cp = newest_witnessed_checkpoint(url, name, feed_id, subfeed_hash, reader=reader)
+                fork = fork_proof_in_bucket(url, name, feed_id, subfeed_hash, reader=reader)
+            except (BucketReadError, BadWitnessObjectError) as exc:
                 views.append(ChannelWitnessView(name, error=f"{type(exc).__name__}: {exc}"))
                 continue
             views.append(ChannelWitnessView(name, cp, fork[1] if fork else None, fork[0] if fork else None))

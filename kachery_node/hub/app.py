@@ -52,7 +52,8 @@ from ..protocol.hub_requests import verify_request, verify_signature_headers
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
 from ..protocol.roles import ROLES, capabilities, require_role, upload_role, validate_roles
 from ..protocol.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
-from ..protocol.witness import Witness, WitnessRefusal
+from ..protocol.witness import WitnessRefusal
+from ..storage.witness_state import Witness
 from ..transport.bucket.bucket_interface import BucketBackend
 from ..transport.bucket.http_bucket import EmbeddedBucketBackend
 from ..transport.pubsub.pubsub_interface import PubSubBackend

@@ -18,7 +18,8 @@ from kachery_feeds.checkpoints import (
     verify_cosignature,
     witnessed,
 )
-from kachery_node.protocol.witness import RefusalReason, Witness, WitnessRefusal
+from kachery_node.protocol.witness import RefusalReason, WitnessRefusal
+from kachery_node.storage.witness_state import Witness
 
 KEY = nacl.signing.SigningKey(b"\x07" * 32)
 
