@@ -35,6 +35,7 @@ from ..protocol.feed_messages import (
     SubscribeToSubfeed,
 )
 from ..protocol.node_messages import Envelope
+from ..storage.witness_state import Witness
 from .channel_link import ChannelLink
 from .feed_follower_driver import FollowerDriver
 from .feed_provider_driver import ProviderDriver
@@ -48,10 +49,12 @@ class FeedExchange:
     """Follows remote subfeeds and provides local ones over the daemon's channels."""
 
     def __init__(
-        self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None = None
+        self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None = None,
+        node_witness: Witness | None = None,
     ) -> None:
         self.store = store
-        self.witnessing = WitnessDriver(store, self._checkpoint_ahead)
+        self.witnessing = WitnessDriver(store, self._checkpoint_ahead, node_witness=node_witness,
+                                        follow=self._follow_one, spawn=self._spawn)
         self.following = FollowerDriver(store, self._fork_found)
         self.providing = ProviderDriver(store, changes, subscriptions_path,
                                         self.witnessing.on_head_uploaded)
@@ -106,8 +109,19 @@ class FeedExchange:
             return
         if isinstance(message, witness_messages.ForkProof):
             await self.witnessing.on_fork_proof(link, env.sender, message)
+        elif isinstance(message, witness_messages.CheckpointCosignature):
+            if band == feed_messages.REQUEST_BAND:  # node witnesses publish as readers
+                self._spawn(self.witnessing.on_cosignature, link, env.sender, message)
         elif band == feed_messages.PROVIDE_BAND:  # checkpoints come from providers only
             await self.witnessing.on_checkpoint(link, env.sender, message)
+
+    def _spawn(self, fn, *args) -> None:
+        if self._task_group is not None:
+            self._task_group.start_soon(fn, *args)
+
+    def _follow_one(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> None:
+        """A node witness follows what it witnesses (on the channel it heard of it)."""
+        self.following.follow([link], feed_id, subfeed_hash)
 
     def _fork_found(self, link: ChannelLink, proof: bytes) -> None:
         """An import found a fork: spread its proof (in a task: the import path does not wait)."""

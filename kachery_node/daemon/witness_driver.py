@@ -10,6 +10,11 @@
   the local messages determine a different hash for its last position (or the one before), the
   owner showed two histories: a fork, proven with the local chain and the checkpoint's last
   message.
+* **Node witness** (opt-in: ``kachery node witness on``). A node whose owner opted in cosigns
+  the checkpoints it hears once its own copy holds them (following the subfeed if needed), with
+  its node key and its own witness state (``<storage>/witness/``), and publishes the
+  cosignature (``checkpointCosignature``); providers verify it against their copy, merge it into
+  the bucket's checkpoint object and publish that again.
 * **Forks.** A fork found here (an import, a witness's refusal, a checkpoint) or heard from
   another member (``forkProof``, verified) is recorded in the store, after which the store
   accepts no message of that subfeed at or past the fork; it is reported to the hub's witness
@@ -21,6 +26,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import anyio
@@ -39,21 +45,31 @@ from kachery_feeds.forks import build_fork_proof
 from ..errors import HubRequestError
 from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
 from ..protocol.feed_messages import PROVIDE_BAND, REQUEST_BAND, SubfeedOnChannel
-from ..protocol.witness_messages import ForkProof, SubfeedCheckpoint, inline
+from ..protocol.witness import WitnessRefusal
+from ..protocol.witness_messages import CheckpointCosignature, ForkProof, SubfeedCheckpoint, inline
+from ..storage.witness_state import Witness
 from .channel_link import BucketObjectMissing, ChannelLink
 
 log = logging.getLogger("kachery.feeds")
 
 MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSON may escape lines
 MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
+NODE_WITNESS_CATCH_UP_SECONDS = 30.0  # a node witness waits this long for its copy to catch up
+
+Spawn = Callable[..., None]  # start an async function as a task: spawn(fn, *args)
 
 
 class WitnessDriver:
     """Checkpoints cosigned by the hub and forks made channel knowledge, for one node."""
 
     def __init__(self, store: kf.Store, on_checkpoint_ahead: Callable[[ChannelLink, str, str, int], None]
-                 | None = None) -> None:
+                 | None = None, *, node_witness: Witness | None = None,
+                 follow: Callable[[ChannelLink, str, str], None] | None = None,
+                 spawn: Spawn | None = None) -> None:
         self.store = store
+        self.node_witness = node_witness  # this node cosigns checkpoints it hears (opt-in)
+        self._follow = follow
+        self._spawn = spawn
         self._witness_counts: dict[tuple[str, str, str], int] = {}  # (channel, feed, sub) -> held
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
         #: newest witnessed checkpoint seen or made, per subfeed (verified)
@@ -107,7 +123,7 @@ class WitnessDriver:
         if not mine.cosignatures:
             log.warning("the hub's cosignature of %s at %d does not verify", where.uri, count)
             return
-        obj = await self._merge_into_bucket(link, where, mine)
+        obj, _written = await self._merge_into_bucket(link, where, mine)
         self._remember(obj)
         await link.publish(PROVIDE_BAND, SubfeedCheckpoint(
             where.feed_id, where.subfeed_hash, count, None).to_body(), attachment=inline(obj.encode()))
@@ -141,19 +157,22 @@ class WitnessDriver:
                                           lines=[x.decode("utf-8") for x in lines])
 
     async def _merge_into_bucket(self, link: ChannelLink, where: SubfeedOnChannel,
-                                 mine: WitnessedCheckpoint) -> WitnessedCheckpoint:
+                                 mine: WitnessedCheckpoint) -> tuple[WitnessedCheckpoint, bool]:
         """Write ``mine`` to the bucket's ``.../checkpoint`` unless it holds a larger one; merge
-        cosignatures of the same checkpoint (other witnesses'). Returns what was written."""
+        cosignatures of the same checkpoint (other witnesses'). Returns the newest object for
+        ``mine``'s checkpoint and whether it was written."""
         path = subfeed_checkpoint_path(where.channel, where.feed_id, where.subfeed_hash)
         try:
             there = parse_witnessed_checkpoint(await link.bucket_get(path))
         except (BucketObjectMissing, CheckpointError):
             there = None
         if there is not None and there.checkpoint.size > mine.checkpoint.size:
-            return mine  # another provider is ahead: leave its object be
+            return mine, False  # another provider is ahead: leave its object be
         obj = mine.merged(there) if there is not None and there.checkpoint == mine.checkpoint else mine
+        if obj == there:
+            return obj, False  # nothing new to write
         await link.upload(path, obj.encode())
-        return obj
+        return obj, True
 
     # ------------------------------------------------------------------ follower side
     async def on_checkpoint(self, link: ChannelLink, sender: str, message: SubfeedCheckpoint) -> None:
@@ -185,6 +204,86 @@ class WitnessDriver:
         local = self._subfeed(cp.feed_id, cp.subfeed_hash).get_num_local_messages()
         if cp.size > local and self._on_checkpoint_ahead is not None:
             self._on_checkpoint_ahead(link, cp.feed_id, cp.subfeed_hash, cp.size)
+        if self.node_witness is not None and self._spawn is not None:
+            latest = self.node_witness.latest(cp.feed_id, cp.subfeed_hash)
+            if latest is None or latest[0] < cp.size:
+                self._spawn(self._cosign_as_node, link, obj)
+
+    # ------------------------------------------------------------------ node witness
+    async def _cosign_as_node(self, link: ChannelLink, obj: WitnessedCheckpoint) -> None:
+        """Cosign ``obj``'s checkpoint as this node's witness once the local copy holds it."""
+        assert self.node_witness is not None
+        cp = obj.checkpoint
+        subfeed = self._subfeed(cp.feed_id, cp.subfeed_hash)
+        if subfeed.get_num_local_messages() < cp.size:
+            if self._follow is not None:
+                self._follow(link, cp.feed_id, cp.subfeed_hash)
+            with anyio.move_on_after(NODE_WITNESS_CATCH_UP_SECONDS):
+                while subfeed.get_num_local_messages() < cp.size:
+                    await anyio.sleep(0.05)
+            if subfeed.get_num_local_messages() < cp.size:
+                log.info("not witnessing %s at %d: this node's copy did not catch up", subfeed.uri, cp.size)
+                return
+        proof = self.conflict_with_local(obj)
+        if proof is not None:
+            await self.on_fork_found(link, proof)
+            return
+        witness = self.node_witness
+        start = min(witness.count(cp.feed_id, cp.subfeed_hash), cp.size - 1)
+        lines = subfeed.get_signed_messages(start, cp.size)
+        try:
+            done = await anyio.to_thread.run_sync(
+                witness.cosign, cp.feed_id, cp.subfeed_hash, lines, int(time.time()))
+        except WitnessRefusal as refusal:
+            if refusal.proof is not None:
+                await self.on_fork_found(link, refusal.proof)
+            else:
+                log.info("this node's witness did not cosign %s at %d: %s", subfeed.uri, cp.size, refusal)
+            return
+        message = CheckpointCosignature(cp.feed_id, cp.subfeed_hash, done.checkpoint.size,
+                                        done.cosignature.line())
+        try:
+            await link.publish(REQUEST_BAND, message.to_body())
+        except Exception as exc:
+            log.info("publishing this node's cosignature of %s failed: %s", subfeed.uri, exc)
+
+    async def on_cosignature(self, link: ChannelLink, sender: str, message: CheckpointCosignature) -> None:
+        """A node witness's cosignature: a provider holding the checkpoint's messages verifies
+        it against its copy and merges it into the bucket's checkpoint object."""
+        if "provide-feeds" not in link.roles:
+            return
+        try:
+            cosignature = parse_cosignature_line(message.cosignature)
+        except CheckpointError as exc:
+            log.info("ignoring a cosignature from %s: %s", sender[:12], exc)
+            return
+        if cosignature.witness != sender:
+            log.info("ignoring a cosignature from %s: signed by another key", sender[:12])
+            return
+        subfeed = self._subfeed(message.feed_id, message.subfeed_hash)
+        if subfeed.get_num_local_messages() < message.size:
+            return  # cannot check it; a provider that holds the messages will
+        last = subfeed.get_signed_messages(message.size - 1, message.size)[0]
+        try:
+            checkpoint = checkpoint_from_last(message.feed_id, message.subfeed_hash, last)
+        except CheckpointError:
+            return  # our copy holds message size - 1 unsigned: another provider will do
+        mine = witnessed(checkpoint, last, [cosignature])
+        if not mine.cosignatures:
+            log.warning("a cosignature from %s does not verify against this node's copy", sender[:12])
+            return
+        where = SubfeedOnChannel(link.channel, message.feed_id, message.subfeed_hash)
+        lock = self._locks.setdefault((where.channel, where.feed_id, where.subfeed_hash), anyio.Lock())
+        async with lock:
+            try:
+                obj, written = await self._merge_into_bucket(link, where, mine)
+                if written:
+                    self._remember(obj)
+                    await link.publish(PROVIDE_BAND, SubfeedCheckpoint(
+                        where.feed_id, where.subfeed_hash, checkpoint.size, None).to_body(),
+                        attachment=inline(obj.encode()))
+            except Exception as exc:
+                log.info("merging a cosignature of %s failed: %s", where.uri, exc)
 
     def conflict_with_local(self, obj: WitnessedCheckpoint) -> bytes | None:
         """A fork proof if the local copy determines another hash than ``obj`` for its last

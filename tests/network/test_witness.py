@@ -148,3 +148,32 @@ def test_the_witness_catches_a_split_view_across_channels(lab):
     bob_store = kf.open_store(bob.storage_dir / "feeds.db")
     _wait("bob to know the fork", lambda: bob_store.get_fork_proofs(source.feed_id), logs=[bob])
     assert "FORK at message 3" in bob.run("feed", "verify", source.uri, check=False).stdout
+
+
+def test_nodes_that_opt_in_witness_too(lab):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"])
+    witnesses = []
+    for label in ("wit1", "wit2"):
+        node = lab.add_node(label, ["request-feeds"], start=False)
+        assert "is a witness" in node.run("node", "witness", "on").stdout
+        node.start()
+        lab.wait_connected(node)
+        witnesses.append(node)
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+    source.append_messages([{"i": i} for i in range(20)])
+    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    expected = {lab_hub_id(lab), *(w.node_id for w in witnesses)}
+    cp = _wait("three witnesses", lambda: (c := _checkpoint(lab, source)) and set(c.witnesses()) == expected
+               and c, logs=[alice, *witnesses])
+    assert cp.checkpoint.size == 20
+    out = bob.run("feed", "verify", source.uri, "--witnesses").stdout
+    assert "newest witnessed checkpoint: 20 messages, witnessed by the hub and 2 nodes" in out, out
+    # the witnesses followed the subfeed to check it, and recorded what they signed
+    for w in witnesses:
+        copy = kf.open_store(w.storage_dir / "feeds.db").load_subfeed(source.uri)
+        assert copy.get_num_local_messages() == 20
+
+
+def lab_hub_id(lab) -> str:
+    return httpx.get(f"{lab.hub.url}/api/hub", timeout=10).json()["hub_id"]
