@@ -192,6 +192,25 @@ def _witnessed_by(witnesses, hub_ids: set[str]) -> str:
     return " and ".join(parts) or "nobody"
 
 
+@feed.command("require-witnesses")
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@click.argument("witnesses", type=click.IntRange(0, 64))
+def require_witnesses(subfeed_uri: str, witnesses: int) -> None:
+    """As the feed's owner, require WITNESSES cosignatures (the channel's hub, or nodes of the
+    channel that witness) before followers accept SUBFEED's messages; 0 lifts it. Recorded as a
+    signed message of the feed's "kachery.witness-policy" subfeed (spec/witness.md §4.4)."""
+    from ..protocol.witness_gate import POLICY_SUBFEED, policy_payload
+
+    storage = open_storage()
+    sf = storage.load_subfeed(_subfeed_uri(subfeed_uri))
+    if not sf.is_writeable:
+        raise click.ClickException(f"only the owner of {sf.feed_id} (who holds its key) can set this")
+    policy = storage.feeds.load_feed(sf.feed_id).load_subfeed(POLICY_SUBFEED)
+    policy.append_message(policy_payload(sf.subfeed_hash, witnesses))
+    click.echo(f"{sf.uri}: followers now accept messages witnessed by {witnesses} witness"
+               f"{'es' if witnesses != 1 else ''}" if witnesses else f"{sf.uri}: no witnesses required")
+
+
 @feed.command("verify")
 @click.argument("uri")
 @click.option("--witnesses", is_flag=True,

@@ -38,6 +38,8 @@ class ChannelLink(Protocol):
     keypair: Keypair
     #: Effective roles of this node on the channel (granted ∩ requested).
     roles: frozenset[str]
+    #: The channel's hub ID, which is also its witness key (spec/witness.md §4.1).
+    hub_id: str
 
     async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes

@@ -76,6 +76,7 @@ class ChannelRuntime:
         self.node_id = node_key.public_hex
         self.keypair = node_key
         self.hub_url: str = entry["hub_url"]
+        self.hub_id: str = str(entry.get("hub_id", ""))
         self.membership_feed_id: str = entry["feed_id"]
         self.roles: frozenset[str] = frozenset()
         self.membership: Membership | None = None

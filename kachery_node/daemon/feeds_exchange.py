@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 
 import kachery_feeds as kf
+from kachery_feeds.checkpoints import WitnessedCheckpoint
 
 from ..protocol import feed_messages, witness_messages
 from ..protocol.feed_messages import (
@@ -35,9 +36,10 @@ from ..protocol.feed_messages import (
     SubscribeToSubfeed,
 )
 from ..protocol.node_messages import Envelope
+from ..protocol.witness_gate import WitnessGate
 from ..storage.witness_state import Witness
 from .channel_link import ChannelLink
-from .feed_follower_driver import FollowerDriver
+from .feed_follower_driver import FollowerDriver, trusted_witness
 from .feed_provider_driver import ProviderDriver
 from .store_changes import ChangeBroadcaster
 from .witness_driver import WitnessDriver
@@ -53,9 +55,10 @@ class FeedExchange:
         node_witness: Witness | None = None,
     ) -> None:
         self.store = store
-        self.witnessing = WitnessDriver(store, self._checkpoint_ahead, node_witness=node_witness,
+        self.gate = WitnessGate()
+        self.witnessing = WitnessDriver(store, self._verified_checkpoint, node_witness=node_witness,
                                         follow=self._follow_one, spawn=self._spawn)
-        self.following = FollowerDriver(store, self._fork_found)
+        self.following = FollowerDriver(store, self._fork_found, self.gate)
         self.providing = ProviderDriver(store, changes, subscriptions_path,
                                         self.witnessing.on_head_uploaded)
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -128,6 +131,13 @@ class FeedExchange:
         if self._task_group is not None:
             self._task_group.start_soon(self.witnessing.on_fork_found, link, proof)
 
-    def _checkpoint_ahead(self, link: ChannelLink, feed_id: str, subfeed_hash: str, size: int) -> None:
-        """A witnessed checkpoint beyond the local copy: catch up as after ``subfeedUploaded``."""
-        self.following.on_subfeed_uploaded(link, SubfeedUploaded(feed_id, subfeed_hash, size))
+    def _verified_checkpoint(self, link: ChannelLink, obj: WitnessedCheckpoint) -> None:
+        """A witnessed checkpoint consistent with the local copy: messages waiting for their
+        witnesses may go in now; beyond the local copy, catch up as after ``subfeedUploaded``."""
+        feed_id, subfeed_hash, size = obj.checkpoint.feed_id, obj.checkpoint.subfeed_hash, obj.checkpoint.size
+        if self.following.witnesses_required(feed_id, subfeed_hash) and self.gate.on_checkpoint(
+                obj, lambda w: trusted_witness(link, w)):
+            self.following.release(link, feed_id, subfeed_hash)
+        local = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash).get_num_local_messages()
+        if size > local:
+            self.following.on_subfeed_uploaded(link, SubfeedUploaded(feed_id, subfeed_hash, size))

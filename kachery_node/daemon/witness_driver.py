@@ -62,8 +62,9 @@ Spawn = Callable[..., None]  # start an async function as a task: spawn(fn, *arg
 class WitnessDriver:
     """Checkpoints cosigned by the hub and forks made channel knowledge, for one node."""
 
-    def __init__(self, store: kf.Store, on_checkpoint_ahead: Callable[[ChannelLink, str, str, int], None]
-                 | None = None, *, node_witness: Witness | None = None,
+    def __init__(self, store: kf.Store,
+                 on_verified_checkpoint: Callable[[ChannelLink, WitnessedCheckpoint], None] | None = None,
+                 *, node_witness: Witness | None = None,
                  follow: Callable[[ChannelLink, str, str], None] | None = None,
                  spawn: Spawn | None = None) -> None:
         self.store = store
@@ -74,7 +75,7 @@ class WitnessDriver:
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
         #: newest witnessed checkpoint seen or made, per subfeed (verified)
         self.latest: dict[tuple[str, str], WitnessedCheckpoint] = {}
-        self._on_checkpoint_ahead = on_checkpoint_ahead
+        self._on_verified_checkpoint = on_verified_checkpoint
 
     # ------------------------------------------------------------------ provider side
     async def on_head_uploaded(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
@@ -201,9 +202,8 @@ class WitnessDriver:
             await self.on_fork_found(link, proof)
             return
         self._remember(obj)
-        local = self._subfeed(cp.feed_id, cp.subfeed_hash).get_num_local_messages()
-        if cp.size > local and self._on_checkpoint_ahead is not None:
-            self._on_checkpoint_ahead(link, cp.feed_id, cp.subfeed_hash, cp.size)
+        if self._on_verified_checkpoint is not None:
+            self._on_verified_checkpoint(link, obj)
         if self.node_witness is not None and self._spawn is not None:
             latest = self.node_witness.latest(cp.feed_id, cp.subfeed_hash)
             if latest is None or latest[0] < cp.size:

@@ -136,6 +136,7 @@ class MemoryLink:
         self.keypair = keypair
         self.node_id = keypair.public_hex
         self.roles = roles
+        self.hub_id = "0" * 64  # no hub: nothing here is witnessed by one
         self.handler = handler
         self.attached = True
         self.replay_guard = ReplayGuard()

@@ -177,3 +177,32 @@ def test_nodes_that_opt_in_witness_too(lab):
 
 def lab_hub_id(lab) -> str:
     return httpx.get(f"{lab.hub.url}/api/hub", timeout=10).json()["hub_id"]
+
+
+def test_an_owner_can_require_witnesses(lab):
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"])
+    wit = lab.add_node("wit", ["request-feeds"], start=False)
+    wit.run("node", "witness", "on")
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("notes")
+    source.append_message({"i": 0})
+    out = alice.run("feed", "require-witnesses", source.uri, "2").stdout
+    assert "witnessed by 2 witnesses" in out
+    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    bob_store = kf.open_store(bob.storage_dir / "feeds.db")
+    policy = bob_store.load_feed(source.feed_id).load_subfeed("kachery.witness-policy")
+    _wait("bob to learn the policy", lambda: policy.get_num_local_messages() == 1, logs=[bob])
+    source.append_messages([{"i": i} for i in range(1, 5)])
+    # Only the hub witnesses: the checkpoint at 5 is published, and bob still waits for a second.
+    _wait("the hub's checkpoint at 5", lambda: (c := _checkpoint(lab, source)) and c.checkpoint.size == 5,
+          logs=[alice])
+    replica = bob_store.load_subfeed(source.uri)
+    assert replica.get_num_local_messages() < 5
+    # A second witness arrives: it cosigns, and bob accepts the messages.
+    wit.start()
+    lab.wait_connected(wit)
+    source.append_message({"i": 5})
+    _wait("bob to accept the witnessed messages", lambda: replica.get_num_local_messages() == 6,
+          logs=[bob, wit, alice])
+    cp = _checkpoint(lab, source)
+    assert cp.checkpoint.size == 6 and len(cp.witnesses()) == 2
