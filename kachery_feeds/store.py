@@ -159,6 +159,9 @@ class Store:
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                # A subfeed row created in the rolled-back transaction is gone, and SQLite may give
+                # its id to the next subfeed created: forget every cached id (they are re-read).
+                self._subfeed_ids.clear()
                 raise
         self._notifier.notify()
 
@@ -327,7 +330,8 @@ class Store:
         """Inside a write transaction: (id, count, head hash), creating the rows if needed."""
         sid = self._subfeed_ids.get((feed_id, sh))
         if sid is not None:
-            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=?", (sid,)).fetchone()
+            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=? AND feed_id=? AND "
+                            "subfeed_hash=?", (sid, feed_id, sh)).fetchone()
             if row is not None:
                 return sid, row[0], row[1]
             self._subfeed_ids.pop((feed_id, sh), None)  # deleted by another process
