@@ -110,7 +110,7 @@ def bench_latency(lab: Lab, alice: Node, bob: Node, required: int, rounds: int) 
     deadline = time.monotonic() + 60
     while replica.get_num_local_messages() < 1 or (required and policy.get_num_local_messages() < 1):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"bob did not catch up:\n{bob.log()[-3000:]}\n{alice.log()[-3000:]}")
+            raise RuntimeError(f"bob did not catch up:\n{_logs(lab)}")
         time.sleep(0.01)
     latencies = []
     for i in range(rounds):
@@ -119,10 +119,14 @@ def bench_latency(lab: Lab, alice: Node, bob: Node, required: int, rounds: int) 
         source.append_message({"live": i})
         while replica.get_num_local_messages() <= n:
             if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"message {i} not accepted in 60 s:\n{bob.log()[-3000:]}\n{alice.log()[-5000:]}")
+                raise RuntimeError(f"message {i} not accepted in 60 s:\n{_logs(lab)}")
             time.sleep(0.001)
         latencies.append((time.monotonic() - t0) * 1000)
     return latencies
+
+
+def _logs(lab: Lab) -> str:
+    return "\n".join(f"===== {n.label}\n{n.log()[-2500:]}" for n in lab.nodes.values())
 
 
 def pct(values: list[float], p: float) -> float:

@@ -58,7 +58,10 @@ class FeedExchange:
         self.gate = WitnessGate()
         self.witnessing = WitnessDriver(store, self._verified_checkpoint, node_witness=node_witness,
                                         follow=self._follow_one, spawn=self._spawn)
-        self.following = FollowerDriver(store, self._fork_found, self.gate)
+        # A witness node checks messages before anyone has cosigned them: gating its own copy
+        # on cosignatures (its own among them) would never let them in (spec/witness.md §4.4).
+        self.following = FollowerDriver(store, self._fork_found,
+                                        self.gate if node_witness is None else None)
         self.providing = ProviderDriver(store, changes, subscriptions_path,
                                         self.witnessing.on_head_uploaded)
         self._task_group: anyio.abc.TaskGroup | None = None
