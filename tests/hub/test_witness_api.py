@@ -91,3 +91,27 @@ def test_bad_witness_requests_change_nothing(hub, provider, channel_name, make_a
     reader = make_actor("reader")
     err = _refusal(lambda: reader.client.witness_request("cosign_checkpoint", **where, lines=_lines(sf)))
     assert err.code == "not_allowed"
+
+
+def test_the_channel_page_shows_forks(hub, make_actor, channel_name, tmp_path):
+    import httpx
+
+    owner, node = make_actor("owner"), make_actor("node")
+    owner.client.create_channel(channel_name)
+    node.client.request_roles(channel_name, node.node_id, ["provide-feeds"])
+    owner.client.grant(channel_name, node.node_id, ["provide-feeds"])
+    sf = kf.open_store(tmp_path / "f.db").create_feed().load_subfeed("s")
+    sf.append_message({"i": 0})
+    with sqlite3.connect(sf._store.path) as src, sqlite3.connect(tmp_path / "clone.db") as dst:
+        src.backup(dst)
+    clone = kf.open_store(tmp_path / "clone.db").load_subfeed(sf.uri)
+    sf.append_message({"i": "a"})
+    clone.append_message({"i": "b"})
+    where = {"channel": channel_name, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash}
+    with httpx.Client(base_url=hub.url, timeout=10) as browser:
+        browser.get(owner.client.login_link().removeprefix(hub.url), follow_redirects=True)
+        assert 'id=forks' not in browser.get(f"/channels/{channel_name}").text
+        node.client.witness_request("cosign_checkpoint", **where, lines=_lines(sf))
+        _refusal(lambda: node.client.witness_request("cosign_checkpoint", **where, lines=_lines(clone, 1)))
+        page = browser.get(f"/channels/{channel_name}").text
+    assert "id=forks" in page and f"feed://{sf.feed_id}/~{sf.subfeed_hash}" in page and "message 1" in page
