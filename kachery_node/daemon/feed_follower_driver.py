@@ -22,7 +22,7 @@ import kachery_feeds as kf
 from kachery_feeds.checkpoints import CheckpointError, parse_witnessed_checkpoint
 
 from ..protocol import feed_bucket
-from ..protocol.bucket_layout import subfeed_checkpoint_path
+from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
 from ..protocol.feed_follower import CatchUpFailure, FeedFollower, InlineOutcome, inline_report
 from ..protocol.feed_messages import (
     FollowerAction,
@@ -41,6 +41,7 @@ from .channel_link import BucketObjectMissing, ChannelLink
 log = logging.getLogger("kachery.feeds")
 
 SEGMENT_DOWNLOADS_AHEAD = 4
+FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 
 
 
@@ -183,6 +184,8 @@ class FollowerDriver:
     # ------------------------------------------------------------------ one follower's task
     async def _drive(self, conversation: _Conversation) -> None:
         follower, link = conversation.follower, conversation.link
+        with anyio.move_on_after(FORK_READ_TIMEOUT_SECONDS):
+            await self._learn_bucket_fork(link, conversation.subfeed)
         conversation.give(follower.start(anyio.current_time(), may_request="request-feeds" in link.roles))
         while True:
             conversation.wake = anyio.Event()  # before taking actions: a later give() wakes us
@@ -249,6 +252,29 @@ class FollowerDriver:
             return follower.on_head(now, head, count)
         return follower.on_imported(now, added, count)
 
+
+    async def _learn_bucket_fork(self, link: ChannelLink, subfeed: kf.Subfeed) -> None:
+        """Before following a subfeed on a channel, learn a fork proven there while this node was
+        away (the bucket's ``.../fork``, spec/witness.md §5): verified and recorded, so nothing
+        past the fork is accepted."""
+        path = subfeed_fork_path(link.channel, subfeed.feed_id, subfeed.subfeed_hash)
+        try:
+            proof = await link.bucket_get(path)
+        except Exception:  # absent (the usual case), or the bucket unreachable: the catch-up says
+            return
+        try:
+            info = kf.verify_fork_proof(proof)
+        except kf.VerificationError as exc:
+            log.warning("ignoring the %s bucket's fork proof of %s: %s", link.channel, subfeed.uri, exc)
+            return
+        if (info.feed_id, info.subfeed_hash) != (subfeed.feed_id, subfeed.subfeed_hash):
+            log.warning("ignoring the %s bucket's fork proof of %s: another subfeed's", link.channel,
+                        subfeed.uri)
+            return
+        if proof not in subfeed.get_fork_proofs():
+            self.store.record_fork_proof(proof)
+            log.error("FORK in %s at message %d (proven in the %s bucket): no message at or past it "
+                      "is accepted", subfeed.uri, info.position, link.channel)
 
     async def _read_witnessed_checkpoint(self, link: ChannelLink, where: SubfeedOnChannel) -> None:
         """Tell the gate about the bucket's witnessed checkpoint (a gated follower catching up)."""

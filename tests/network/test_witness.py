@@ -95,6 +95,12 @@ def test_a_split_view_is_detected_and_proven_channel_wide(lab):
     info = bob.json("feed", "info", source.uri, "--json")
     assert info["fork"]["position"] == 3, info
     assert "FORK" in bob.run("feed", "info", source.uri).stdout
+    # A member who was not there learns it from the bucket when it starts following.
+    erin = lab.add_node("erin", ["request-feeds", "request-files"])
+    erin.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    erin_store = kf.open_store(erin.storage_dir / "feeds.db")
+    _wait("erin to learn the fork", lambda: erin_store.get_fork_proofs(source.feed_id), logs=[erin])
+    assert erin_store.load_subfeed(source.uri).get_num_local_messages() <= 3
 
 
 def _join_other(lab, label: str, channel: str, roles: list[str]):
