@@ -100,6 +100,10 @@ class Hub:
         # The hub is every channel's default witness (spec/witness.md), with the hub's key; its
         # copies of witnessed subfeeds and its cosignatures live in <hub dir>/witness/.
         self.witness = Witness(state.dir / "witness", state.key.signing_key)
+        # Witness work (verifying up to 4 MiB of wire lines) runs in a worker thread, one request
+        # at a time: the relay and other requests are not held up, and the witness's checks and
+        # records of one subfeed never interleave.
+        self.witness_lock = trio.Lock()
 
     def quota_of(self, channel: str) -> int | None:
         """``channel``'s quota on the embedded bucket: its owner's, else the hub's default (None:
@@ -437,15 +441,17 @@ def _subfeed_fields(body: dict) -> tuple[str, str]:
     return feed_id, sub
 
 
-def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
+async def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
     """Cosign the checkpoint ending at the last of ``lines`` (spec/witness.md §4)."""
     name, feed_id, sub = _witnessed_subfeed(hub, node, body)
     lines = body.get("lines")
     if (not isinstance(lines, list) or not 1 <= len(lines) <= MAX_WITNESS_LINES
             or not all(isinstance(x, str) for x in lines)):
         raise MalformedRequestError(f"lines must be a list of 1-{MAX_WITNESS_LINES} wire lines (strings)")
+    encoded = [x.encode() for x in lines]
     try:
-        done = hub.witness.cosign(feed_id, sub, [x.encode() for x in lines], now // 1000)
+        async with hub.witness_lock:
+            done = await trio.to_thread.run_sync(hub.witness.cosign, feed_id, sub, encoded, now // 1000)
     except WitnessRefusal as refusal:
         if refusal.proof is not None:
             hub.state.log(name, "fork", node, f"fork of feed://{feed_id}/~{sub}: {refusal.detail}", now)
@@ -456,12 +462,13 @@ def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
             "cosignature": done.cosignature.line()}
 
 
-def _report_fork(hub: Hub, node: str, body: dict, now: int) -> dict:
+async def _report_fork(hub: Hub, node: str, body: dict, now: int) -> dict:
     """A member found a fork: the hub verifies the proof and then cosigns neither branch past it."""
     name = _member_channel(hub, node, body)
     proof = _field(body, "proof")
     try:
-        info = hub.witness.report_fork(proof.encode())
+        async with hub.witness_lock:
+            info = await trio.to_thread.run_sync(hub.witness.report_fork, proof.encode())
     except kf.VerificationError as exc:
         raise MalformedRequestError(f"not a valid fork proof: {exc}") from None
     hub.state.log(name, "fork", node, f"fork of feed://{info.feed_id}/~{info.subfeed_hash} "
@@ -485,7 +492,7 @@ def _witness_history(hub: Hub, node: str, body: dict, now: int) -> dict:
             "fork_proofs": [p.decode() for p in proofs[:1]]}
 
 
-WITNESS_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict]] = {
+WITNESS_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dict]]] = {
     "cosign_checkpoint": _cosign_checkpoint,
     "report_fork": _report_fork,
     "witness_history": _witness_history,
@@ -556,7 +563,8 @@ def create_app(hub: Hub) -> Starlette:
         state.node_owner(node)
         state.use_nonce(node, obj["nonce"], now)
         state.note_seen(node, now)
-        return JSONResponse(handler(hub, node, obj, now))
+        answer = handler(hub, node, obj, now)
+        return JSONResponse(await answer if inspect.isawaitable(answer) else answer)
 
     async def register_node(request: Request) -> Response:
         body = await request.body()

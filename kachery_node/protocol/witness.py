@@ -32,18 +32,15 @@ class RefusalReason(enum.Enum):
     INVALID = "invalid"  # the lines do not verify
 
 
-@dataclass(frozen=True)
 class WitnessRefusal(Exception):
     """Why the witness did not cosign: ``size`` is its count (MISSING) or its largest cosigned
-    size (STALE); ``proof`` a fork proof (FORK, FORKED)."""
+    size (STALE); ``proof`` a fork proof (FORK, FORKED). (A plain exception, not a frozen
+    dataclass: raising sets ``__traceback__``, also when re-raised from a worker thread.)"""
 
-    reason: RefusalReason
-    detail: str
-    size: int | None = None
-    proof: bytes | None = None
-
-    def __str__(self) -> str:
-        return f"{self.reason.value}: {self.detail}"
+    def __init__(self, reason: RefusalReason, detail: str, size: int | None = None,
+                 proof: bytes | None = None) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason, self.detail, self.size, self.proof = reason, detail, size, proof
 
 
 @dataclass(frozen=True)
