@@ -147,9 +147,18 @@ class FollowerDriver:
                 log.log(report.severity, "%s", report.text)
 
     def witnesses_required(self, feed_id: str, subfeed_hash: str) -> int:
+        """How many witnesses the owner requires for the subfeed before this follower accepts
+        its messages (0 without a gate); tells the gate."""
+        if self.gate is None:
+            return 0
+        k = self.policy_requirement(feed_id, subfeed_hash)
+        self.gate.set_required((feed_id, subfeed_hash), k)
+        return k
+
+    def policy_requirement(self, feed_id: str, subfeed_hash: str) -> int:
         """How many witnesses the owner requires for the subfeed, per the local copy of the
-        feed's policy subfeed (re-read when it grew); 0 without a gate."""
-        if self.gate is None or subfeed_hash == POLICY_SUBFEED_HASH:
+        feed's policy subfeed (re-read when it grew)."""
+        if subfeed_hash == POLICY_SUBFEED_HASH:
             return 0
         policy_subfeed = self.store.load_feed(feed_id).load_subfeed("~" + POLICY_SUBFEED_HASH)
         count = policy_subfeed.get_num_local_messages()
@@ -157,9 +166,7 @@ class FollowerDriver:
         if count != read:
             policy = required_witnesses(policy_subfeed.get_messages())
             self._policies[feed_id] = (count, policy)
-        k = policy.get(subfeed_hash, 0)
-        self.gate.set_required((feed_id, subfeed_hash), k)
-        return k
+        return policy.get(subfeed_hash, 0)
 
     def release(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> None:
         """A checkpoint with enough witnesses arrived: import what was waiting for it."""

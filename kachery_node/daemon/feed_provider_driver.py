@@ -52,9 +52,10 @@ class ProviderDriver:
     """Provides local subfeeds to the subscribers on the daemon's channels."""
 
     def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None,
-                 on_head_uploaded: HeadUploaded | None = None) -> None:
+                 on_head_uploaded: HeadUploaded | None = None, on_pushed: HeadUploaded | None = None) -> None:
         self.store = store
         self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
+        self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
         self.changes = changes
         self._subscriptions_path = subscriptions_path
         self.core = FeedProvider(load_subscriptions(subscriptions_path))
@@ -144,7 +145,9 @@ class ProviderDriver:
             position += len(lines)
             if not await self._publish_pieces(where, splitter.add(lines)):
                 return
-        await self._publish_pieces(where, splitter.finish())
+        if await self._publish_pieces(where, splitter.finish()) and self._on_pushed is not None:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._on_pushed, self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
                               pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:

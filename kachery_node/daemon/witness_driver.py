@@ -72,6 +72,9 @@ class WitnessDriver:
         self._follow = follow
         self._spawn = spawn
         self._witness_counts: dict[tuple[str, str, str], int] = {}  # (channel, feed, sub) -> held
+        self._wanted: dict[tuple[str, str, str], int] = {}  # the count to get witnessed next
+        self._asked: dict[tuple[str, str, str], int] = {}  # the last count asked for
+        self._running: set[tuple[str, str, str]] = set()
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
         #: newest witnessed checkpoint seen or made, per subfeed (verified)
         self.latest: dict[tuple[str, str], WitnessedCheckpoint] = {}
@@ -81,15 +84,30 @@ class WitnessDriver:
     async def on_head_uploaded(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
         """The bucket's head of ``where`` now says ``count``: get that checkpoint witnessed,
         store the cosignature beside the head and announce it. Never raises (logs)."""
+        await self.witness(link, where, count)
+
+    async def witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+        """Get the checkpoint at ``count`` (or a later one) witnessed, written to the bucket and
+        announced. Coalesced: while one request for the subfeed on this channel is out, later
+        calls only raise the count the next one asks for, so a fast writer costs the witness
+        one request per round trip, not one per message. Never raises (logs)."""
         if count == 0:
             return
         key = (where.channel, where.feed_id, where.subfeed_hash)
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:  # one witnessing of a subfeed per channel at a time, in order
-            try:
-                await self._witness(link, where, count)
-            except Exception as exc:  # the hub unreachable, the link down: next upload retries
-                log.info("witnessing %s at %d on %s failed: %s", where.uri, count, where.channel, exc)
+        self._wanted[key] = max(self._wanted.get(key, 0), count)
+        if key in self._running:
+            return
+        self._running.add(key)
+        try:
+            while self._wanted.get(key, 0) > self._asked.get(key, 0):
+                target = self._wanted[key]
+                self._asked[key] = target
+                try:
+                    await self._witness(link, where, target)
+                except Exception as exc:  # the hub unreachable, the link down: the next one retries
+                    log.info("witnessing %s at %d on %s failed: %s", where.uri, target, where.channel, exc)
+        finally:
+            self._running.discard(key)
 
     async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
         subfeed = self._subfeed(where.feed_id, where.subfeed_hash)
