@@ -119,7 +119,8 @@ def bench_latency(lab: Lab, alice: Node, bob: Node, required: int, rounds: int) 
         source.append_message({"live": i})
         while replica.get_num_local_messages() <= n:
             if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"message {i} not accepted in 60 s:\n{_logs(lab)}")
+                raise RuntimeError(f"message {i} not accepted in 60 s ({required} witnesses "
+                                   f"required):\n{_logs(lab)}")
             time.sleep(0.001)
         latencies.append((time.monotonic() - t0) * 1000)
     return latencies

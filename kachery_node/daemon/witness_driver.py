@@ -54,6 +54,7 @@ log = logging.getLogger("kachery.feeds")
 
 MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSON may escape lines
 MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
+BUCKET_READ_ATTEMPTS = 3  # reading the checkpoint object, which other providers rewrite
 NODE_WITNESS_CATCH_UP_SECONDS = 30.0  # a node witness waits this long for its copy to catch up
 
 Spawn = Callable[..., None]  # start an async function as a task: spawn(fn, *args)
@@ -100,12 +101,14 @@ class WitnessDriver:
         self._running.add(key)
         try:
             while self._wanted.get(key, 0) > self._asked.get(key, 0):
-                target = self._wanted[key]
+                target, before = self._wanted[key], self._asked.get(key, 0)
                 self._asked[key] = target
                 try:
                     await self._witness(link, where, target)
-                except Exception as exc:  # the hub unreachable, the link down: the next one retries
+                except Exception as exc:  # the hub unreachable, the link down: the next call retries
                     log.info("witnessing %s at %d on %s failed: %s", where.uri, target, where.channel, exc)
+                    self._asked[key] = before  # so that a later call for the same count asks again
+                    break
         finally:
             self._running.discard(key)
 
@@ -181,10 +184,18 @@ class WitnessDriver:
         cosignatures of the same checkpoint (other witnesses'). Returns the newest object for
         ``mine``'s checkpoint and whether it was written."""
         path = subfeed_checkpoint_path(where.channel, where.feed_id, where.subfeed_hash)
-        try:
-            there = parse_witnessed_checkpoint(await link.bucket_get(path))
-        except (BucketObjectMissing, CheckpointError):
-            there = None
+        there = None
+        for attempt in range(BUCKET_READ_ATTEMPTS):
+            try:
+                there = parse_witnessed_checkpoint(await link.bucket_get(path))
+            except (BucketObjectMissing, CheckpointError):
+                break
+            except Exception:  # e.g. a read racing another provider's write of the object: again
+                if attempt == BUCKET_READ_ATTEMPTS - 1:
+                    raise
+                await anyio.sleep(0.05)
+            else:
+                break
         if there is not None and there.checkpoint.size > mine.checkpoint.size:
             return mine, False  # another provider is ahead: leave its object be
         obj = mine.merged(there) if there is not None and there.checkpoint == mine.checkpoint else mine
