@@ -141,3 +141,26 @@ def test_merge_keeps_latest_per_witness(owner):
     merged = a.merged(b)
     assert isinstance(merged, WitnessedCheckpoint)
     assert sorted(c.timestamp for c in merged.cosignatures) == [3, 9]
+
+
+def test_a_checkpoint_of_another_branch_is_a_fork_proof(tmp_path, owner):
+    """A follower holding one branch proves the split view from a checkpoint of the other
+    (kachery_node.daemon.witness_driver: the check on every subfeedCheckpoint heard)."""
+    from kachery_node.daemon.witness_driver import WitnessDriver
+
+    clone = _clone(tmp_path, owner)
+    owner.append_messages([{"i": "a5"}, {"i": "a6"}])
+    clone.append_message({"i": "b5"})
+    follower = kf.open_store(tmp_path / "f.db")
+    follower.load_subfeed(owner.uri).add_signed_messages(owner.get_signed_messages())
+    driver = WitnessDriver(follower)
+    last = clone.get_signed_messages(5)[0]
+    theirs = witnessed(checkpoint_from_last(owner.feed_id, owner.subfeed_hash, last), last, [])
+    proof = driver.conflict_with_local(theirs)
+    assert proof is not None and kf.verify_fork_proof(proof).position == 5
+    ours = owner.get_signed_messages(6)[0]
+    same = witnessed(checkpoint_from_last(owner.feed_id, owner.subfeed_hash, ours), ours, [])
+    assert driver.conflict_with_local(same) is None
+    ahead = owner.get_signed_messages(4)  # a checkpoint within our copy, consistent
+    prefix = witnessed(checkpoint_from_last(owner.feed_id, owner.subfeed_hash, ahead[0]), ahead[0], [])
+    assert driver.conflict_with_local(prefix) is None
