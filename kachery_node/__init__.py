@@ -89,6 +89,7 @@ from .errors import (
     UnsafePickleError,
     UnsupportedVersionError,
     UsageError,
+    WitnessRefusedError,
 )
 from .legacy.storage_dir import OriginalFeedsDatabaseError, OriginalStorageError
 from .storage.file_uris import FileUri, build_uri, parse_uri
@@ -149,6 +150,7 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedVersionError",
     "UsageError",
+    "WitnessRefusedError",
     "build_uri",
     "create_feed",
     "default_storage",

@@ -210,12 +210,13 @@ class RestoreNotCaughtUpError(KacheryError):
 class HubRequestError(KacheryError):
     """The hub, relay or bucket refused a request: ``status``, ``code`` and its message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None) -> None:
         # status 0: no HTTP answer at all (the host could not be reached): no "HTTP 0" to show
         super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details or {}  # a refusal's machine-readable extras (a witness's size, proof)
 
 
 class ChannelProtocolError(RemoteProtocolError):
@@ -292,6 +293,20 @@ class ConflictError(ChannelProtocolError):
     """The request conflicts with existing state (channel exists, node owned by someone else)."""
 
     status, code = 409, "conflict"
+
+
+class WitnessRefusedError(ConflictError):
+    """A witness will not cosign a checkpoint (spec/witness.md §4): ``details`` says why in
+    ``reason`` and carries the witness's ``size`` or a fork ``proof``."""
+
+    code = "witness_refused"
+
+    def __init__(self, message: str, details: dict) -> None:
+        super().__init__(message)
+        self.details = details
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
 class InvalidTokenError(ChannelProtocolError):

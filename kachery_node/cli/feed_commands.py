@@ -1,4 +1,5 @@
-"""``kachery feed``: create, append, tail, info; publish, unpublish, published; unfollow, followed."""
+"""``kachery feed``: create, append, tail, info, verify; publish, unpublish, published; unfollow,
+followed; key backup, restore and succession."""
 
 from __future__ import annotations
 
@@ -287,6 +288,9 @@ def feed_info(uri: str, as_json: bool) -> None:
         sf = storage.load_subfeed(_subfeed_uri(uri))
         doc = {"uri": sf.uri, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash,
                "is_writeable": sf.is_writeable, "num_messages": sf.get_num_local_messages()}
+        forks = [kf.verify_fork_proof(p).position for p in sf.get_fork_proofs()]
+        if forks:  # channel knowledge (spec/witness.md §5): shown, and nothing past it accepted
+            doc["fork"] = {"position": min(forks), "proofs": len(forks)}
     else:
         f = storage.load_feed(uri)
         doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
@@ -299,13 +303,138 @@ def feed_info(uri: str, as_json: bool) -> None:
         echo_json(doc)
         return
     for k, v in doc.items():
-        if k == "subfeeds":
+        if k == "fork":
+            click.echo(f"FORK:         at message {v['position']}: the owner signed two histories "
+                       "(proof verified); nothing at or past it is accepted")
+        elif k == "subfeeds":
             click.echo(f"subfeeds:     {len(v)}")
             for s in v:
                 label = json.dumps(s["name"]) if s["name"] is not None else "~" + s["subfeed_hash"]
                 click.echo(f"  {label}: {s['num_messages']} messages")
         else:
             click.echo(f"{k + ':':13} {v}")
+
+
+def _witness_label(witness: str, hub_ids: set[str]) -> str:
+    return "the hub" if witness in hub_ids else f"node {witness[:12]}"
+
+
+def _witnessed_by(witnesses, hub_ids: set[str]) -> str:
+    hubs = [w for w in witnesses if w in hub_ids]
+    nodes = [w for w in witnesses if w not in hub_ids]
+    parts = (["the hub"] if hubs else []) + ([f"{len(nodes)} node{'s' if len(nodes) > 1 else ''}"]
+                                            if nodes else [])
+    return " and ".join(parts) or "nobody"
+
+
+@feed.command("require-witnesses")
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@click.argument("witnesses", type=click.IntRange(0, 64))
+def require_witnesses(subfeed_uri: str, witnesses: int) -> None:
+    """As the feed's owner, require WITNESSES cosignatures (the channel's hub, or nodes of the
+    channel that witness) before followers accept SUBFEED's messages; 0 lifts it. Recorded as a
+    signed message of the feed's "kachery.witness-policy" subfeed (spec/witness.md §4.4)."""
+    from ..protocol.witness_gate import POLICY_SUBFEED, policy_payload
+
+    storage = open_storage()
+    sf = storage.load_subfeed(_subfeed_uri(subfeed_uri))
+    if not sf.is_writeable:
+        raise click.ClickException(f"only the owner of {sf.feed_id} (who holds its key) can set this")
+    policy = storage.feeds.load_feed(sf.feed_id).load_subfeed(POLICY_SUBFEED)
+    policy.append_message(policy_payload(sf.subfeed_hash, witnesses))
+    click.echo(f"{sf.uri}: followers now accept messages witnessed by {witnesses} witness"
+               f"{'es' if witnesses != 1 else ''}" if witnesses else f"{sf.uri}: no witnesses required")
+
+
+@feed.command("verify")
+@click.argument("uri")
+@click.option("--witnesses", is_flag=True,
+              help="Also show what the channels' witnesses signed: the newest witnessed checkpoint "
+                   "in each joined channel's bucket and, from the hub's record of its cosignatures "
+                   "checked against this copy, by when each message existed.")
+@click.option("--channel", default=None, help="Only this joined channel (default: all).")
+@click.option("--all", "show_all", is_flag=True, help="Print every timeline entry (default: the last 20).")
+@json_option
+def feed_verify(uri: str, witnesses: bool, channel: str | None, show_all: bool, as_json: bool) -> None:
+    """Re-check the local copy of a subfeed (chain, signatures, counts) and report forks; with
+    --witnesses, print its provable timeline ("message 120 existed by 2026-12-03T10:04:00Z,
+    witnessed by the hub"). Exits with status 1 if the copy is damaged or the subfeed forked."""
+    import datetime
+
+    import kachery_feeds as kf
+
+    from ..identity import load_node_key
+    from ..joined_channels import load_memberships
+    from ..transport.hub_client import HubClient
+    from ..witness_reads import newest_witnessed_checkpoints, provable_timeline
+
+    storage = open_storage()
+    sf = storage.load_subfeed(_subfeed_uri(uri))
+    report = storage.feeds.verify((sf.feed_id, sf.subfeed_hash))
+    count = sf.get_num_local_messages()
+    forks = [kf.verify_fork_proof(p).position for p in sf.get_fork_proofs()]
+    doc: dict[str, Any] = {"uri": sf.uri, "num_messages": count,
+                           "problems": [str(p) for p in report.problems],
+                           "fork_position": min(forks) if forks else None}
+    memberships = load_memberships(storage.directory)
+    hub_ids = {e.get("hub_id") for e in memberships.values() if isinstance(e.get("hub_id"), str)}
+    if witnesses:
+        channels = []
+        history: list[tuple[int, str]] = []
+        for view in newest_witnessed_checkpoints(storage.directory, sf.feed_id, sf.subfeed_hash, channel):
+            entry: dict[str, Any] = {"channel": view.channel, "error": view.error}
+            if view.checkpoint is not None:
+                cp = view.checkpoint
+                entry["checkpoint"] = {"size": cp.checkpoint.size, "witnesses": cp.witnesses(),
+                                       "times": [c.timestamp for c in cp.cosignatures]}
+                history += [(cp.checkpoint.size, c.line()) for c in cp.cosignatures]
+            if view.fork is not None:
+                entry["fork_position"] = view.fork.position
+                if doc["fork_position"] is None or view.fork.position < doc["fork_position"]:
+                    doc["fork_position"] = view.fork.position
+            hub_url = memberships.get(view.channel, {}).get("hub_url")
+            try:
+                with HubClient(hub_url, node_key=load_node_key(storage.directory)) as hub:
+                    answer = hub.witness_request("witness_history", channel=view.channel,
+                                                 feed_id=sf.feed_id, subfeed_hash=sf.subfeed_hash)
+                history += [(row["size"], row["cosignature"]) for row in answer["cosignatures"]]
+            except Exception as exc:  # the hub unreachable: the bucket's checkpoint still stands
+                entry["history_error"] = f"{type(exc).__name__}: {exc}"
+            channels.append(entry)
+        doc["channels"] = channels
+        doc["timeline"] = [{"message": e.size - 1, "existed_by": e.time, "witnesses": list(e.witnesses)}
+                           for e in provable_timeline(sf, history)]
+    if as_json:
+        echo_json(doc)
+    else:
+        def iso(t: int) -> str:
+            return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        state = "verified" if not report.problems else f"{len(report.problems)} PROBLEM(S)"
+        click.echo(f"{sf.uri}: {count} messages, {state}")
+        for p in doc["problems"]:
+            click.echo(f"  {p}")
+        if doc["fork_position"] is not None:
+            click.echo(f"FORK at message {doc['fork_position']}: the owner signed two histories "
+                       "(proof verified); nothing at or past it is accepted")
+        for entry in doc.get("channels", []):
+            if entry.get("error"):
+                click.echo(f"{entry['channel']}: {entry['error']}")
+            elif "checkpoint" in entry:
+                c = entry["checkpoint"]
+                click.echo(f"{entry['channel']}: newest witnessed checkpoint: {c['size']} messages, "
+                           f"witnessed by {_witnessed_by(c['witnesses'], hub_ids)}")
+            else:
+                click.echo(f"{entry['channel']}: no witnessed checkpoint")
+        timeline = doc.get("timeline", [])
+        shown = timeline if show_all else timeline[-20:]
+        if len(shown) < len(timeline):
+            click.echo(f"  ... {len(timeline) - len(shown)} earlier entries (--all)")
+        for e in shown:
+            click.echo(f"  message {e['message']} existed by {iso(e['existed_by'])}, witnessed by "
+                       f"{_witnessed_by(e['witnesses'], hub_ids)}")
+    if report.problems or doc["fork_position"] is not None:
+        sys.exit(1)
 
 
 @feed.command("import-legacy")

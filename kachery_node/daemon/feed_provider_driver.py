@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import anyio
@@ -44,6 +44,9 @@ from .store_changes import ChangeBroadcaster
 
 log = logging.getLogger("kachery.feeds")
 
+#: Called (as a task of its own) after a bucket job wrote a head: (link, subfeed, its count).
+HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
+
 STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 
@@ -51,8 +54,11 @@ SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for
 class ProviderDriver:
     """Provides local subfeeds to the subscribers on the daemon's channels."""
 
-    def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None) -> None:
+    def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None,
+                 on_head_uploaded: HeadUploaded | None = None, on_pushed: HeadUploaded | None = None) -> None:
         self.store = store
+        self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
+        self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
         self.changes = changes
         self._subscriptions_path = subscriptions_path
         self.core = FeedProvider(load_subscriptions(subscriptions_path))
@@ -170,7 +176,9 @@ class ProviderDriver:
             position += len(lines)
             if not await self._publish_pieces(where, splitter.add(lines)):
                 return
-        await self._publish_pieces(where, splitter.finish())
+        if await self._publish_pieces(where, splitter.finish()) and self._on_pushed is not None:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._on_pushed, self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
                               pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
@@ -198,6 +206,9 @@ class ProviderDriver:
                 local_head = feed_bucket.head_at(subfeed, count)
             else:
                 await _upload_segments(link, subfeed, action)
+                if self._on_head_uploaded is not None:
+                    assert self._task_group is not None
+                    self._task_group.start_soon(self._on_head_uploaded, link, where, action.head_count)
         except Exception as exc:  # transport errors; PermissionError without provide-feeds
             answer = self.core.on_bucket_failed(anyio.current_time(), where, f"{type(exc).__name__}: {exc}")
         else:

@@ -31,6 +31,7 @@ from ..feed_publications import load_publications, publications_path
 from ..identity import load_node_key
 from ..joined_channels import load_memberships
 from ..storage.node_storage import Storage
+from ..storage.witness_state import Witness
 from .channel_runtime import ChannelRuntime
 from .feeds_exchange import FeedExchange
 from .files_exchange import FileExchange, file_timeouts_from_settings
@@ -81,7 +82,12 @@ class NodeRuntime:
         self.storage = storage
         self.config = config
         self.node_key = load_node_key(storage.directory)
-        self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE)
+        settings = read_settings(storage.directory)
+        node_witness = None
+        if settings.get("witness") is True:  # `kachery node witness on` (spec/witness.md §4.3)
+            node_witness = Witness(storage.directory / "witness", self.node_key.signing_key)
+        self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE,
+                                  node_witness)
         self.files = FileExchange(
             storage, timeouts=file_timeouts_from_settings(read_settings(storage.directory))
         )
