@@ -26,7 +26,7 @@ from .errors import (
     VerificationError,
 )
 from .filesystems import NetworkFileSystemError
-from .forks import ForkProofInfo, verify_fork_proof
+from .forks import ForkProofInfo, is_succession_violation, verify_fork_proof
 from .messages import (
     FORMAT_VERSION,
     SIGNATURE_CONTEXT,
@@ -68,6 +68,7 @@ __all__ = [
     "VerificationError",
     "decode_segment",
     "encode_segment",
+    "is_succession_violation",
     "normalize_feed_id",
     "open_store",
     "parse_feed_uri",

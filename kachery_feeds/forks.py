@@ -82,6 +82,19 @@ def _key_chain(feed_id: str, succession: object) -> KeyChain | None:
     return KeyChain.verify(feed_id, [x.encode("utf-8") for x in succession])
 
 
+def is_succession_violation(proof: bytes) -> bool:
+    """Whether ``proof`` is a succession violation proof (spec/feeds.md §9.4) rather than a fork
+    proof (§6). A violation proves that a *replaced* key signed a message; the key that governs
+    the position is known, so its branch stays valid and readers keep accepting it. A fork
+    proof shows the governing key signed two histories: neither branch is accepted past it
+    (spec/witness.md §5). Does not verify the proof (see :func:`verify_fork_proof`)."""
+    try:
+        d = loads_json(proof)
+    except JsonTextError:
+        return False
+    return type(d) is dict and d.get("type") == "kachery-succession-violation"
+
+
 def verify_fork_proof(proof: bytes) -> ForkProofInfo:
     """Check a fork proof independently of any store; raise VerificationError if it is not one.
 

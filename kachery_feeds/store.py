@@ -45,7 +45,7 @@ from .errors import (
     short_repr,
 )
 from .filesystems import require_local_filesystem
-from .forks import ForkProofInfo, build_fork_proof, verify_fork_proof
+from .forks import ForkProofInfo, build_fork_proof, is_succession_violation, verify_fork_proof
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
     build_body,
@@ -577,7 +577,7 @@ class Store(SuccessionMixin):
                     # past its position is accepted any more, from either branch.
                     (proof,) = c.execute(
                         "SELECT proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
-                        "ORDER BY position, id LIMIT 1", (feed_id, sh)).fetchone()
+                        "AND position=? ORDER BY id LIMIT 1", (feed_id, sh, forked_at)).fetchone()
                     raise ForkError(
                         f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
                         "message at or past the fork is accepted (the proof is attached)",
@@ -612,9 +612,14 @@ class Store(SuccessionMixin):
 
     @staticmethod
     def _fork_position(c: sqlite3.Connection, feed_id: str, sh: str) -> int | None:
-        (position,) = c.execute("SELECT MIN(position) FROM fork_proofs WHERE feed_id=? AND "
-                                "subfeed_hash=?", (feed_id, sh)).fetchone()
-        return position
+        """The first position of a proven fork of the subfeed, or None. Succession violations
+        are recorded in the same table but do not count: the new key's branch goes on."""
+        for position, proof in c.execute(
+                "SELECT position, proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
+                "ORDER BY position, id", (feed_id, sh)):
+            if not is_succession_violation(proof):
+                return position
+        return None
 
     def record_fork_proof(self, proof: bytes) -> ForkProofInfo:
         """Verify a fork proof found elsewhere (a peer's notice, a witness's refusal) and record

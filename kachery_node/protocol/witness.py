@@ -54,6 +54,7 @@ class Cosigned:
 
 def check_not_forked(checkpoint: Checkpoint, fork_proofs: list[bytes]) -> None:
     """Refuse (FORKED) a checkpoint past the position of a known fork of its subfeed."""
+    fork_proofs = [p for p in fork_proofs if not kf.is_succession_violation(p)]
     if not fork_proofs:
         return
     position = min(kf.verify_fork_proof(p).position for p in fork_proofs)

@@ -87,6 +87,13 @@ def test_an_old_key_message_after_the_succession_is_refused_and_proven(stores):
     prev2 = message_hash(sf.get_signed_messages(2)[0].rsplit(b"\t", 1)[0])
     with pytest.raises(kf.ForkError):
         replica.add_signed_messages([_forge(old, sf.feed_id, sf, 3, prev2, "branch")])
+    # A violation is not a fork of the owner: the new key's message 4 is still taken (a recorded
+    # fork proof stops a subfeed; this proof must not), also after a peer's copy of the proof.
+    reader.record_fork_proof(proof)
+    sf.append_message(4)
+    replica.add_signed_messages(sf.get_signed_messages(4))
+    assert replica.get_num_local_messages() == 5 and reader.verify().ok
+    assert kf.is_succession_violation(proof) and not kf.is_succession_violation(b"{}")
 
 
 def test_old_key_messages_stored_before_the_succession_arrived_are_found(stores):
