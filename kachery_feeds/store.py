@@ -9,8 +9,8 @@ Rules:
    followers in every process wake.
 3. Received messages are verified completely (:mod:`kachery_feeds.messages`) before the write
    transaction starts; inside it they are only compared with local state.
-4. Hot paths (append, import, read) use plain ``sqlite3``; sqlite-utils builds the schema and
-   answers the occasional listing query.
+4. Everything uses plain ``sqlite3``; :attr:`Store.db` (sqlite-utils, imported on first use)
+   is there for ad-hoc inspection only, so ``import kachery_feeds`` stays cheap.
 
 ``synchronous=NORMAL`` (the default ``durability``) means a commit survives the process being
 killed but may be lost if the machine loses power before the WAL reaches the disk;
@@ -19,6 +19,7 @@ killed but may be lost if the machine loses power before the WAL reaches the dis
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
-import sqlite_utils
 
 from .errors import (
     ForkError,
@@ -58,6 +58,8 @@ from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from .audit import StoreReport
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
@@ -129,7 +131,6 @@ class Store:
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._lock = threading.RLock()
         migrate(self._conn)
-        self.db = sqlite_utils.Database(self._conn)
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
@@ -148,6 +149,22 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<kachery_feeds.Store {self.path}>"
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """A `sqlite-utils <https://sqlite-utils.datasette.io>`_ view of the store's connection,
+        for ad-hoc inspection. sqlite-utils (and numpy, which it pulls in) is imported on first
+        use only: it costs ~0.1 s and the store itself reads and writes with plain sqlite3."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self._conn)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        """All rows of a small read (a few columns, by name), under the store's lock."""
+        with self._lock:
+            cursor = self._conn.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -216,7 +233,7 @@ class Store:
         """Feeds known to this store: ``feed_id``, ``name``, ``is_writeable``."""
         return [
             {"feed_id": r["feed_id"], "name": r["name"], "is_writeable": r["private_key"] is not None}
-            for r in self.db["feeds"].rows_where(order_by="created_ms")
+            for r in self._query("SELECT feed_id, name, private_key FROM feeds ORDER BY created_ms")
         ]
 
     def delete_feed(self, feed_id: str) -> None:
@@ -281,10 +298,12 @@ class Store:
 
     def get_fork_proofs(self, feed_id: str | None = None) -> list[bytes]:
         """Fork proofs recorded by this store (all, or for one feed), oldest first."""
-        where, args = ("feed_id = ?", [normalize_feed_id(feed_id)]) if feed_id else (None, None)
-        return [
-            r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
-        ]
+        if feed_id:
+            rows = self._query("SELECT proof FROM fork_proofs WHERE feed_id = ? ORDER BY id",
+                              (normalize_feed_id(feed_id),))
+        else:
+            rows = self._query("SELECT proof FROM fork_proofs ORDER BY id")
+        return [r["proof"] for r in rows]
 
     def verify(self, subfeed: tuple[str, str] | None = None) -> StoreReport:
         """Re-check every stored chain, signature, count and key (local reads never do), or

@@ -79,17 +79,18 @@ class Feed:
         """Hashes of the subfeeds of this feed that have messages in this store."""
         return [
             r["subfeed_hash"]
-            for r in self._store.db["subfeeds"].rows_where(
-                "feed_id = ? AND count > 0", [self.feed_id], order_by="id"
-            )
+            for r in self._store._query(
+                "SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+                (self.feed_id,))
         ]
 
     def list_subfeeds(self) -> list[dict[str, Any]]:
         """The subfeeds of this feed that have messages in this store, in the order they began:
         ``subfeed_hash``, ``name`` (the subfeed's name when this store knows it, else None: a
         replica learns only hashes from the network) and ``num_messages``."""
-        rows = self._store.db["subfeeds"].rows_where(
-            "feed_id = ? AND count > 0", [self.feed_id], order_by="id")
+        rows = self._store._query(
+            "SELECT subfeed_hash, name, count FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+            (self.feed_id,))
         return [{"subfeed_hash": r["subfeed_hash"],
                  "name": orjson.loads(r["name"]) if r["name"] else None,
                  "num_messages": r["count"]} for r in rows]
@@ -298,9 +299,9 @@ class Subfeed:
         """Fork proofs recorded for this subfeed."""
         return [
             r["proof"]
-            for r in self._store.db["fork_proofs"].rows_where(
-                "feed_id = ? AND subfeed_hash = ?", [self.feed_id, self.subfeed_hash], order_by="id"
-            )
+            for r in self._store._query(
+                "SELECT proof FROM fork_proofs WHERE feed_id = ? AND subfeed_hash = ? ORDER BY id",
+                (self.feed_id, self.subfeed_hash))
         ]
 
 
