@@ -16,9 +16,11 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   for later readers, debounced by :data:`BUCKET_DEBOUNCE_SECONDS`.
 * A *bucket job* (one per subfeed and channel, never two at once) reads the bucket's head and
   uploads the full segments the bucket lacks, then the head, so the head never points past its
-  segments (:func:`plan_bucket_update`). A head that claims our count but differs from ours
-  (tampered, or truncated) is replaced. Requests that arrive while a job runs are merged into
-  the next one.
+  segments (:func:`plan_bucket_update`). A long upload also writes provisional heads as it goes
+  (each a valid prefix ending at a signed message), and a job that announces publishes
+  ``subfeedUploaded`` for each (``on_bucket_progress``), so readers import while it builds.
+  A head that claims our count but differs from ours (tampered, or truncated) is replaced.
+  Requests that arrive while a job runs are merged into the next one.
 * A subscription with ``bucket_rejected`` (at most once per :data:`REPAIR_MIN_INTERVAL_SECONDS`
   per subfeed and channel) rewrites the segments from the reader's position and the head,
   without trusting what the bucket holds.
@@ -305,8 +307,18 @@ class FeedProvider:
         if plan.replaces_bad_head:
             actions.append(Report(Severity.WARNING,
                                   f"replacing a bad head of {where.uri} in the {where.channel} bucket"))
-        actions.append(UploadSegments(where, plan.segments, local_count))
+        actions.append(UploadSegments(where, plan.segments, local_count, provisional_heads=True))
         return actions
+
+    def on_bucket_progress(self, now: float, where: SubfeedOnChannel, count: int) -> list[ProviderAction]:
+        """A running :class:`UploadSegments` put a provisional head for ``count`` messages in
+        the bucket: a reader waiting for this job hears of it now, not after the last segment."""
+        job = self._job(where)
+        if job.state is not BucketJobState.UPLOADING:
+            raise FeedProtocolMisuse(f"bucket job: progress reported while {job.state.value}")
+        if not job.announce:
+            return []
+        return [Publish(where.channel, SubfeedUploaded(where.feed_id, where.subfeed_hash, count))]
 
     def on_bucket_done(self, now: float, where: SubfeedOnChannel) -> list[ProviderAction]:
         """The :class:`UploadSegments` succeeded."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update
+from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update, signed_count_in_segment
 from kachery_node.protocol.feed_follower import (
     CATCH_UP_TIMEOUT_SECONDS,
     REJECTED_RETRY_SECONDS,
@@ -347,7 +347,7 @@ def test_a_reader_far_behind_is_served_through_the_bucket_and_told_so():
     p2 = FeedProvider()
     subscribe(p2, T0, 0, 2500)
     [upload] = p2.on_bucket_state(T0, HERE, None, 2500, head(2500))
-    assert upload == UploadSegments(HERE, range(0, 2), 2500)
+    assert upload == UploadSegments(HERE, range(0, 2), 2500, provisional_heads=True)
     assert published(p2.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 2500)]
 
 
@@ -389,11 +389,11 @@ def test_bucket_updates_are_debounced_and_merged():
     assert p.on_timer(T0 + 1.6) == []  # due, but merged into the running job's successor
     p.on_local_counts(T0 + 1.7, {(FEED, SUB): 9})
     [upload] = p.on_bucket_state(T0 + 1.8, HERE, head(5), 7, head(7))
-    assert upload == UploadSegments(HERE, range(0, 0), 7)
+    assert upload == UploadSegments(HERE, range(0, 0), 7, provisional_heads=True)
     assert p.on_bucket_done(T0 + 1.9, HERE) == [ReadBucketState(HERE)]  # no announce: nobody asked
     assert p.on_timer(T0 + 2.2) == []  # the change at 1.7: queued behind the running job
-    assert finish_sync(p, T0 + 2.3, 9, head(7)) == [UploadSegments(HERE, range(0, 0), 9),
-                                                    ReadBucketState(HERE)]
+    assert finish_sync(p, T0 + 2.3, 9, head(7)) == [
+        UploadSegments(HERE, range(0, 0), 9, provisional_heads=True), ReadBucketState(HERE)]
     assert finish_sync(p, T0 + 2.4, 9, head(9)) == []  # up to date; no announce: nobody asked
     assert p.next_deadline() == T0 + SUBSCRIPTION_TTL_SECONDS  # nothing left but the expiry
 
@@ -435,6 +435,43 @@ def test_which_segments_and_heads_are_uploaded(local, bucket, upload, segments, 
     assert any("replacing a bad head" in r.text for r in of(Report, actions)) is bad_head
     if not upload:  # done at once, announcing what we hold (if anything)
         assert published(actions) == ([SubfeedUploaded(FEED, SUB, local)] if local else [])
+
+
+def test_a_long_upload_announces_its_provisional_heads_to_a_waiting_reader_only():
+    p = FeedProvider()
+    subscribe(p, T0, 0, 20_000)  # far behind: the job announces
+    [upload] = p.on_bucket_state(T0, HERE, None, 20_000, head(20_000))
+    assert upload == UploadSegments(HERE, range(0, 20), 20_000, provisional_heads=True)
+    assert published(p.on_bucket_progress(T0 + 0.1, HERE, 1000)) == [SubfeedUploaded(FEED, SUB, 1000)]
+    assert published(p.on_bucket_progress(T0 + 0.2, HERE, 2999)) == [SubfeedUploaded(FEED, SUB, 2999)]
+    assert published(p.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 20_000)]
+    with pytest.raises(FeedProtocolMisuse):
+        p.on_bucket_progress(T0 + 1.1, HERE, 3000)  # no upload runs
+    # A debounced update (nobody waits) uploads provisional heads too, but announces none.
+    q = FeedProvider()
+    subscribe(q, T0, 5, 5)
+    q.on_local_counts(T0 + 0.1, {(FEED, SUB): 20_000})
+    assert q.on_timer(T0 + 1) == [ReadBucketState(HERE)]
+    [upload] = q.on_bucket_state(T0 + 1, HERE, head(5), 20_000, head(20_000))
+    assert upload.provisional_heads
+    with pytest.raises(FeedProtocolMisuse):
+        q.on_bucket_progress(T0 + 1.05, SubfeedOnChannel("other", FEED, SUB), 1000)  # no job there
+    assert q.on_bucket_progress(T0 + 1.1, HERE, 1000) == []
+
+
+def test_the_provisional_count_ends_at_a_segments_last_signed_message():
+    unsigned, signed = b'{"n":1}\t', b'{"n":1}\tsig'
+    every = b"".join(signed + b"\n" for _ in range(1000))
+    assert signed_count_in_segment(every, 0) == 1000
+    assert signed_count_in_segment(every, 7) == 8000
+    last_at_998 = b"".join((signed if i == 998 else unsigned) + b"\n" for i in range(1000))
+    assert signed_count_in_segment(last_at_998, 2) == 2999
+    first_only = b"".join((signed if i == 0 else unsigned) + b"\n" for i in range(1000))
+    assert signed_count_in_segment(first_only, 0) == 1
+    none = b"".join(unsigned + b"\n" for _ in range(1000))
+    assert signed_count_in_segment(none, 3) is None
+    with pytest.raises(ValueError):
+        signed_count_in_segment(b"".join(unsigned + b"\n" for _ in range(10)), 0)
 
 
 def test_a_rejected_bucket_copy_is_rewritten_at_most_once_per_interval():
