@@ -45,9 +45,8 @@ from .filesystems import require_local_filesystem
 from .forks import build_fork_proof
 from .messages import (
     build_body,
-    check_chain,
     message_hash,
-    parse_wire,
+    parse_range,
     sign_hash,
     to_wire,
 )
@@ -447,12 +446,10 @@ class Store:
         return n - 1
 
     def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
-        # Plain (number, previous_hash, hash, body, signature) tuples: see parse_wire.
-        msgs = [parse_wire(line, feed_id, sh) for line in lines]
-        if not msgs:
+        if not lines:
             return 0
-        check_chain(msgs, bytes.fromhex(feed_id))
-        first = msgs[0][0]
+        # One pass: parsed, chained, signatures checked, rows ready to insert (see parse_range).
+        first, previous_hash, rows, last_hash = parse_range(lines, feed_id, sh, bytes.fromhex(feed_id))
         try:
             with self._write() as c:
                 sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
@@ -464,36 +461,29 @@ class Store:
                     )
                 if first > 0:
                     local_prev = head if first == count else self._local_hash(c, sid, first - 1)
-                    if msgs[0][1] != local_prev:
-                        raise _Fork(
-                            first - 1,
-                            self._local_chain(c, sid, first - 1),
-                            [to_wire(m[3], m[4]) for m in msgs],
-                        )
-                overlap_end = min(count, msgs[-1][0] + 1)
+                    if previous_hash != local_prev:
+                        incoming = [bytes(x) for x in lines]
+                        raise _Fork(first - 1, self._local_chain(c, sid, first - 1), incoming)
+                last = rows[-1][0]
+                overlap_end = min(count, last + 1)
                 if first < overlap_end:
                     local = c.execute(
                         "SELECT n, body FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
                         (sid, first, overlap_end),
                     ).fetchall()
-                    for (n, body), m in zip(local, msgs, strict=False):
-                        if message_hash(body) != m[2]:
-                            raise _Fork(
-                                n,
-                                self._local_chain(c, sid, n),
-                                [to_wire(x[3], x[4]) for x in msgs[n - first :]],
-                            )
-                new = msgs[overlap_end - first :]
-                if not new:
+                    for (n, body), row in zip(local, rows, strict=False):
+                        if body != row[1]:  # the same body bytes <=> the same hash
+                            incoming = [bytes(x) for x in lines[n - first :]]
+                            raise _Fork(n, self._local_chain(c, sid, n), incoming)
+                if overlap_end > last:
                     return 0
+                new = rows[overlap_end - first :] if overlap_end > first else rows
+                # sid is this store's own integer key, so it can be part of the statement and
+                # the rows go to executemany as parse_range built them.
                 c.executemany(
-                    "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
-                    [(sid, m[0], m[3], m[4]) for m in new],
-                )
+                    f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,?)", new)
                 c.execute(
-                    "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?",
-                    (new[-1][0] + 1, new[-1][2], sid),
-                )
+                    "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (last + 1, last_hash, sid))
                 return len(new)
         except _Fork as fork:
             proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming)
