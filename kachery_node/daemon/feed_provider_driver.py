@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -188,7 +189,20 @@ class ProviderDriver:
         return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
 
     def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
-        return {s: self._subfeed(s).get_num_local_messages() for s in subfeeds}
+        """Local counts, one query per feed: this runs every second (the store watch's safety
+        re-check) for every provided subfeed, so N subscriptions must not cost N queries."""
+        by_feed: dict[str, list[str]] = defaultdict(list)
+        for feed_id, subfeed_hash in subfeeds:
+            by_feed[feed_id].append(subfeed_hash)
+        counts: dict[Subfeed, int] = {}
+        for feed_id, hashes in by_feed.items():
+            if len(hashes) == 1:
+                counts[(feed_id, hashes[0])] = self._subfeed((feed_id, hashes[0])).get_num_local_messages()
+                continue
+            listed = self.store.load_feed(feed_id).list_subfeeds()
+            held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+            counts.update(((feed_id, h), held.get(h, 0)) for h in hashes)
+        return counts
 
     def _deadline_may_have_moved(self) -> None:
         """Wake the store watch early if the core's next deadline is now sooner than its wait."""

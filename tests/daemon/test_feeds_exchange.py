@@ -207,3 +207,25 @@ async def test_a_long_upload_publishes_provisional_heads_and_the_reader_imports_
         assert any(0 < p < 30_000 for p in positions), positions  # caught up in several steps
         assert replica.get_messages(29_990) == [{"i": i} for i in range(29_990, 30_000)]
         assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_many_subfeeds_of_one_feed_are_pushed_live(tmp_path):
+    """The provider reads the counts of a feed's subfeeds in one query: each still gets its own
+    new messages pushed, and a subfeed not written to gets nothing."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        feed = alice.store.create_feed()
+        sources = [feed.load_subfeed(f"s{i}") for i in range(5)]
+        for i, source in enumerate(sources):
+            source.append_message({"s": i, "k": 0})
+        replicas = [bob.follow(source.uri) for source in sources]
+        await wait_until(lambda: all(r.get_num_local_messages() == 1 for r in replicas))
+        for i, source in enumerate(sources[:4]):
+            source.append_messages([{"s": i, "k": k} for k in range(1, i + 2)])
+        await wait_until(lambda: [r.get_num_local_messages() for r in replicas] == [2, 3, 4, 5, 1])
+        for i, replica in enumerate(replicas):
+            assert replica.get_messages() == sources[i].get_messages()
+        assert ch.handler_errors == []
