@@ -154,8 +154,9 @@ class NodeRuntime:
                 f"this subfeed on: {where}; the channel owner can grant it with "
                 f"`kachery channel grant <channel> {self.config.node_id} request-feeds`"
             )
-        self._followed[(feed_id, subfeed_hash)] = channel
-        self._save_followed()
+        if self._followed.get((feed_id, subfeed_hash), "unset") != channel:  # a repeat writes nothing
+            self._followed[(feed_id, subfeed_hash)] = channel
+            self._save_followed()
         self.feeds.follow(links, feed_id, subfeed_hash)
         return [link.channel for link in links]
 
