@@ -122,11 +122,18 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kachery-scale-", dir=args.tmp))
     load0 = os.getloadavg()
     results = []
+    failed: dict[int, str] = {}
     try:
         for n in sizes:
-            results.append(measure_size(n, args.window, args.rounds, tmp))
+            try:
+                results.append(measure_size(n, args.window, args.rounds, tmp))
+            except Exception as exc:  # report the sizes that were measured, and why this one was not
+                failed[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                log(f"N={n} failed: {failed[n]}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not results:
+        raise SystemExit(f"no size was measured: {failed}")
     keys = list(results[0]["windows"][0])
     print(f"\nkachery at rest, one daemon following N subfeeds; {args.rounds} windows of "
           f"{args.window:g} s per N (min / median / max); load average at start "
@@ -143,6 +150,8 @@ def main() -> None:
         k = growth_exponent([r["n"] for r in results], medians)
         print(f"| {key} | " + " | ".join(cells) + f" | {k} |")
     print("| catch-up of all N (s) | " + " | ".join(f"{r['caught_up_s']:.1f}" for r in results) + " | |")
+    for n, why in failed.items():
+        print(f"\nN = {n:,}: not measured ({why})")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "loadavg_start": load0}, indent=2))
 
