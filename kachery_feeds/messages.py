@@ -155,7 +155,11 @@ def _hex_bytes(value: object, nbytes: int) -> bytes | None:
 WireMessage = tuple  # (number, previous_hash, hash, body, signature)
 
 
-def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
+def _parse_fields(line: bytes, feed_id: str, subfeed_hash: str
+                  ) -> tuple[int, object, bytes, bytes | None, dict]:
+    """Every check of one line but its previous hash: ``(number, prev as decoded, body,
+    signature, decoded body)``. The previous hash is left to the caller, which either checks its
+    hex (:func:`_parse`) or compares it with the hash of the message before (:func:`parse_range`)."""
     if type(line) is not bytes:
         if isinstance(line, bytearray | memoryview):
             line = bytes(line)
@@ -206,21 +210,85 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
     ts = d["ts"]
     if type(ts) is not int or not 0 <= ts <= MAX_SAFE_INTEGER:
         raise VerificationError(f"timestamp {short_repr(ts)} is not an integer in [0, 2^53-1]")
-    prev = d["prev"]
-    if prev is None:
-        if number != 0:
-            raise VerificationError(f"message {number} has no previous hash")
-        previous_hash = None
-    else:
-        previous_hash = _hex_bytes(prev, 32) if number > 0 else None
-        if previous_hash is None:
-            raise VerificationError(f"message {number} has an invalid previous hash {short_repr(prev)}")
     if "meta" in d and type(d["meta"]) is not dict:
         raise VerificationError("message metadata is not a JSON object (absent when unused, never null)")
     if "succession" in d and (type(d["succession"]) is not list or not d["succession"]
                               or not all(type(x) is str for x in d["succession"])):
         raise VerificationError("message field 'succession' is not a non-empty list of record lines")
+    return number, d["prev"], body, signature, d
+
+
+def _previous_hash(number: int, prev: object) -> bytes | None:
+    """The checked previous hash of message ``number`` (raw bytes; None for message 0)."""
+    if prev is None:
+        if number != 0:
+            raise VerificationError(f"message {number} has no previous hash")
+        return None
+    previous_hash = _hex_bytes(prev, 32) if number > 0 else None
+    if previous_hash is None:
+        raise VerificationError(f"message {number} has an invalid previous hash {short_repr(prev)}")
+    return previous_hash
+
+
+def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
+    number, prev, body, signature, d = _parse_fields(line, feed_id, subfeed_hash)
+    previous_hash = _previous_hash(number, prev)
     return (number, previous_hash, message_hash(body), body, signature), d
+
+
+class ParsedRange(NamedTuple):
+    """A verified range as :func:`parse_range` returns it, shaped for the store's insert."""
+
+    first: int  # the first message's number
+    previous_hash: bytes | None  # what the first message links to (None: it is message 0)
+    rows: list[tuple[int, bytes, bytes | None]]  # (number, body, signature), ready to insert
+    last_hash: bytes  # the last message's hash: the subfeed's new head
+
+
+def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key: bytes) -> ParsedRange:
+    """Parse and verify a contiguous range of wire messages in one pass: every check of
+    :func:`parse_wire` on each line and of :func:`check_chain` on the range.
+
+    The import path's parser. Each body is hashed once, to hex, and the links are checked by
+    comparing each ``prev`` string with the hex hash of the message before it: no hex is decoded
+    but the first message's link and the signed messages' hashes, and the rows come out as the
+    store inserts them (plain tuples, untracked by the cyclic GC). Raises
+    :class:`~kachery_feeds.VerificationError`; a range with several faults may report a
+    different one first than parsing every line and then checking the chain would.
+    """
+    if not lines:
+        raise ValueError("parse_range needs at least one message")
+    sha256 = hashlib.sha256
+    rows: list[tuple[int, bytes, bytes | None]] = []
+    append = rows.append
+    signed: list[tuple[int, bytes, bytes]] = []
+    number, prev, body, signature, _d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    first, previous_hash = number, _previous_hash(number, prev)
+    prev_n, prev_hex = number, sha256(body).hexdigest()
+    append((number, body, signature))
+    if signature is not None:
+        signed.append((number, bytes.fromhex(prev_hex), signature))
+    for line in lines[1:]:
+        number, prev, body, signature, _d = _parse_fields(line, feed_id, subfeed_hash)
+        if prev != prev_hex:
+            _previous_hash(number, prev)  # malformed: say so, as parse_wire would
+            if number == prev_n + 1:
+                raise VerificationError(f"message {number} does not link to message {prev_n}")
+        if number != prev_n + 1:
+            raise VerificationError(f"message {number} follows message {prev_n}: gap")
+        prev_n, prev_hex = number, sha256(body).hexdigest()
+        append((number, body, signature))
+        if signature is not None:
+            signed.append((number, bytes.fromhex(prev_hex), signature))
+    if signature is None:
+        raise VerificationError(
+            f"range ends at message {prev_n}, which is not signed; "
+            "a transferred range must end at a signed message"
+        )
+    for n, h, sig in signed:
+        if not signature_is_valid(public_key, h, sig):
+            raise VerificationError(f"bad signature on message {n}")
+    return ParsedRange(first, previous_hash, rows, bytes.fromhex(prev_hex))
 
 
 def parse_wire(line: bytes, feed_id: str, subfeed_hash: str) -> WireMessage:

@@ -34,70 +34,65 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-import sqlite_utils
-
 from .errors import StoreVersionError
 
-
-def _v0_to_v1(db: sqlite_utils.Database) -> None:
-    db["feeds"].create(
-        {"feed_id": str, "private_key": bytes, "name": str, "created_ms": int},
-        pk="feed_id",
-        not_null={"created_ms"},
-    )
-    db["feeds"].create_index(["name"], unique=True)
-    db["subfeeds"].create(
-        {
-            "id": int,
-            "feed_id": str,
-            "subfeed_hash": str,
-            "name": str,  # JSON of the subfeed's name, when known
-            "count": int,
-            "head_hash": bytes,
-        },
-        pk="id",
-        not_null={"feed_id", "subfeed_hash", "count"},
-        defaults={"count": 0},
-    )
-    db["subfeeds"].create_index(["feed_id", "subfeed_hash"], unique=True)
-    # sqlite-utils cannot declare WITHOUT ROWID tables, hence plain SQL here.
-    db.execute(
-        """CREATE TABLE messages (
+# The statements are exactly those sqlite-utils generated when it built this schema (so stores
+# made before and after read the same in ``sqlite_master``); plain SQL here keeps sqlite-utils
+# (and numpy, which it imports: ~0.1 s) out of ``import kachery_feeds`` and of store creation.
+_V1_STATEMENTS = (
+    'CREATE TABLE "feeds" (\n'
+    '   "feed_id" TEXT PRIMARY KEY,\n'
+    '   "private_key" BLOB,\n'
+    '   "name" TEXT,\n'
+    '   "created_ms" INTEGER NOT NULL\n'
+    ')',
+    'CREATE UNIQUE INDEX "idx_feeds_name"\n    ON "feeds" ("name")',
+    'CREATE TABLE "subfeeds" (\n'
+    '   "id" INTEGER PRIMARY KEY,\n'
+    '   "feed_id" TEXT NOT NULL,\n'
+    '   "subfeed_hash" TEXT NOT NULL,\n'
+    '   "name" TEXT,\n'  # JSON of the subfeed's name, when known
+    '   "count" INTEGER NOT NULL DEFAULT 0,\n'
+    '   "head_hash" BLOB\n'
+    ')',
+    'CREATE UNIQUE INDEX "idx_subfeeds_feed_id_subfeed_hash"\n    ON "subfeeds" ("feed_id", "subfeed_hash")',
+    """CREATE TABLE messages (
                subfeed_id INTEGER NOT NULL,
                n INTEGER NOT NULL,
                body BLOB NOT NULL,
                sig BLOB,
                PRIMARY KEY (subfeed_id, n)
-           ) WITHOUT ROWID"""
-    )
-    db["fork_proofs"].create(
-        {
-            "id": int,
-            "feed_id": str,
-            "subfeed_hash": str,
-            "position": int,
-            "proof_sha256": bytes,
-            "proof": bytes,
-            "detected_ms": int,
-        },
-        pk="id",
-        not_null={"feed_id", "subfeed_hash", "position", "proof", "detected_ms"},
-    )
-    db["fork_proofs"].create_index(["proof_sha256"], unique=True)
+           ) WITHOUT ROWID""",
+    'CREATE TABLE "fork_proofs" (\n'
+    '   "id" INTEGER PRIMARY KEY,\n'
+    '   "feed_id" TEXT NOT NULL,\n'
+    '   "subfeed_hash" TEXT NOT NULL,\n'
+    '   "position" INTEGER NOT NULL,\n'
+    '   "proof_sha256" BLOB,\n'
+    '   "proof" BLOB NOT NULL,\n'
+    '   "detected_ms" INTEGER NOT NULL\n'
+    ')',
+    'CREATE UNIQUE INDEX "idx_fork_proofs_proof_sha256"\n    ON "fork_proofs" ("proof_sha256")',
+)
 
 
-def _v1_to_v2(db: sqlite_utils.Database) -> None:
-    db.execute("ALTER TABLE feeds ADD COLUMN restoring_since_ms INTEGER")
-    db.execute("ALTER TABLE subfeeds ADD COLUMN succession_seq INTEGER NOT NULL DEFAULT 0")
-    db.execute("""CREATE TABLE feed_successions (
-                      feed_id TEXT NOT NULL,
-                      seq INTEGER NOT NULL,
-                      record BLOB NOT NULL,
-                      PRIMARY KEY (feed_id, seq)
-                  ) WITHOUT ROWID""")
+def _v0_to_v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1_STATEMENTS:
+        conn.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v0_to_v1, _v1_to_v2]
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE feeds ADD COLUMN restoring_since_ms INTEGER")
+    conn.execute("ALTER TABLE subfeeds ADD COLUMN succession_seq INTEGER NOT NULL DEFAULT 0")
+    conn.execute("""CREATE TABLE feed_successions (
+                        feed_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        record BLOB NOT NULL,
+                        PRIMARY KEY (feed_id, seq)
+                    ) WITHOUT ROWID""")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -114,9 +109,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                 f"this store has schema version {version}, but this kachery_feeds understands "
                 f"only up to {SCHEMA_VERSION}; upgrade kachery"
             )
-        db = sqlite_utils.Database(conn)
         for step in MIGRATIONS[version:]:
-            step(db)
+            step(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -9,8 +9,8 @@ Rules:
    followers in every process wake.
 3. Received messages are verified completely (:mod:`kachery_feeds.messages`) before the write
    transaction starts; inside it they are only compared with local state.
-4. Hot paths (append, import, read) use plain ``sqlite3``; sqlite-utils builds the schema and
-   answers the occasional listing query.
+4. Everything uses plain ``sqlite3``; :attr:`Store.db` (sqlite-utils, imported on first use)
+   is there for ad-hoc inspection only, so ``import kachery_feeds`` stays cheap.
 
 ``synchronous=NORMAL`` (the default ``durability``) means a commit survives the process being
 killed but may be lost if the machine loses power before the WAL reaches the disk;
@@ -19,6 +19,7 @@ killed but may be lost if the machine loses power before the WAL reaches the dis
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.bindings
-import sqlite_utils
 
 from .errors import (
     FeedRestoringError,
@@ -49,9 +49,7 @@ from .forks import ForkProofInfo, build_fork_proof, is_succession_violation, ver
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
     build_body,
-    check_chain,
     message_hash,
-    parse_wire,
     sign_hash,
     to_wire,
 )
@@ -63,6 +61,8 @@ from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from .audit import StoreReport
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
@@ -134,7 +134,6 @@ class Store(SuccessionMixin):
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._lock = threading.RLock()
         migrate(self._conn)
-        self.db = sqlite_utils.Database(self._conn)
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
@@ -154,6 +153,22 @@ class Store(SuccessionMixin):
 
     def __repr__(self) -> str:
         return f"<kachery_feeds.Store {self.path}>"
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """A `sqlite-utils <https://sqlite-utils.datasette.io>`_ view of the store's connection,
+        for ad-hoc inspection. sqlite-utils (and numpy, which it pulls in) is imported on first
+        use only: it costs ~0.1 s and the store itself reads and writes with plain sqlite3."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self._conn)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        """All rows of a small read (a few columns, by name), under the store's lock."""
+        with self._lock:
+            cursor = self._conn.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -225,7 +240,7 @@ class Store(SuccessionMixin):
         """Feeds known to this store: ``feed_id``, ``name``, ``is_writeable``."""
         return [
             {"feed_id": r["feed_id"], "name": r["name"], "is_writeable": r["private_key"] is not None}
-            for r in self.db["feeds"].rows_where(order_by="created_ms")
+            for r in self._query("SELECT feed_id, name, private_key FROM feeds ORDER BY created_ms")
         ]
 
     def delete_feed(self, feed_id: str) -> None:
@@ -292,10 +307,12 @@ class Store(SuccessionMixin):
 
     def get_fork_proofs(self, feed_id: str | None = None) -> list[bytes]:
         """Fork proofs recorded by this store (all, or for one feed), oldest first."""
-        where, args = ("feed_id = ?", [normalize_feed_id(feed_id)]) if feed_id else (None, None)
-        return [
-            r["proof"] for r in self.db["fork_proofs"].rows_where(where, args, order_by="id")
-        ]
+        if feed_id:
+            rows = self._query("SELECT proof FROM fork_proofs WHERE feed_id = ? ORDER BY id",
+                              (normalize_feed_id(feed_id),))
+        else:
+            rows = self._query("SELECT proof FROM fork_proofs ORDER BY id")
+        return [r["proof"] for r in rows]
 
     def verify(self, subfeed: tuple[str, str] | None = None) -> StoreReport:
         """Re-check every stored chain, signature, count and key (local reads never do), or
@@ -526,16 +543,11 @@ class Store(SuccessionMixin):
         return n - 1
 
     def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
-        # Plain (number, previous_hash, hash, body, signature) tuples: see parse_wire.
-        msgs = [parse_wire(line, feed_id, sh) for line in lines]
-        if not msgs:
+        if not lines:
             return 0
-        chain = self._succession_for_import(feed_id, msgs)  # None: never changed keys (§9)
-        if chain is None:
-            check_chain(msgs, bytes.fromhex(feed_id))
-        else:
-            self._check_import(msgs, chain, feed_id, sh)
-        first = msgs[0][0]
+        # One pass when the feed never changed keys: parsed, chained, signatures checked,
+        # rows ready to insert (see parse_range); else checked against its key chain (§9).
+        (first, previous_hash, rows, last_hash), chain = self._parse_import(feed_id, sh, lines)
         try:
             with self._write() as c:
                 if chain is not None:
@@ -549,30 +561,25 @@ class Store(SuccessionMixin):
                     )
                 if first > 0:
                     local_prev = head if first == count else self._local_hash(c, sid, first - 1)
-                    if msgs[0][1] != local_prev:
-                        raise _Fork(
-                            first - 1,
-                            self._local_chain(c, sid, first - 1),
-                            [to_wire(m[3], m[4]) for m in msgs],
-                        )
-                overlap_end = min(count, msgs[-1][0] + 1)
+                    if previous_hash != local_prev:
+                        incoming = [bytes(x) for x in lines]
+                        raise _Fork(first - 1, self._local_chain(c, sid, first - 1), incoming)
+                last = rows[-1][0]
+                overlap_end = min(count, last + 1)
                 if first < overlap_end:
                     local = c.execute(
                         "SELECT n, body FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
                         (sid, first, overlap_end),
                     ).fetchall()
-                    for (n, body), m in zip(local, msgs, strict=False):
-                        if message_hash(body) != m[2]:
-                            raise _Fork(
-                                n,
-                                self._local_chain(c, sid, n),
-                                [to_wire(x[3], x[4]) for x in msgs[n - first :]],
-                            )
-                new = msgs[overlap_end - first :]
-                if not new:
+                    for (n, body), row in zip(local, rows, strict=False):
+                        if body != row[1]:  # the same body bytes <=> the same hash
+                            incoming = [bytes(x) for x in lines[n - first :]]
+                            raise _Fork(n, self._local_chain(c, sid, n), incoming)
+                if overlap_end > last:
                     return 0
+                new = rows[overlap_end - first :] if overlap_end > first else rows
                 forked_at = self._fork_position(c, feed_id, sh)
-                if forked_at is not None and new[-1][0] >= forked_at:
+                if forked_at is not None and last >= forked_at:
                     # A proven fork is channel knowledge (spec/witness.md §5): nothing at or
                     # past its position is accepted any more, from either branch.
                     (proof,) = c.execute(
@@ -582,14 +589,12 @@ class Store(SuccessionMixin):
                         f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
                         "message at or past the fork is accepted (the proof is attached)",
                         proof=proof, position=forked_at)
+                # sid is this store's own integer key, so it can be part of the statement and
+                # the rows go to executemany as parse_range built them.
                 c.executemany(
-                    "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
-                    [(sid, m[0], m[3], m[4]) for m in new],
-                )
+                    f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,?)", new)
                 c.execute(
-                    "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?",
-                    (new[-1][0] + 1, new[-1][2], sid),
-                )
+                    "UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (last + 1, last_hash, sid))
                 return len(new)
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None

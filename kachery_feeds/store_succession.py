@@ -22,7 +22,15 @@ import nacl.bindings
 import orjson
 
 from .errors import ForkError, NotWriteableError, VerificationError
-from .messages import message_hash, signature_is_valid, to_wire
+from .messages import (
+    ParsedRange,
+    check_chain,
+    message_hash,
+    parse_range,
+    parse_wire,
+    signature_is_valid,
+    to_wire,
+)
 from .succession import (
     KeyChain,
     Violation,
@@ -191,6 +199,27 @@ class SuccessionMixin:
         return secret_key, orjson.dumps([x.decode("utf-8") for x in chain.lines()])
 
     # ------------------------------------------------------------------ importing
+    def _parse_import(self, feed_id: str, subfeed_hash: str, lines: list[bytes]
+                      ) -> tuple[ParsedRange, KeyChain | None]:
+        """Parse and verify a range for import, outside any transaction. A feed that never
+        changed keys (none stored, none carried) takes :func:`parse_range`'s one pass against
+        the feed ID's key; otherwise each message is checked against the key that governs its
+        position (a violation is recorded and raised as ForkError). Returns the range and the
+        chain it was checked against (None: the plain path)."""
+        if not any(b'"succession"' in line for line in lines):  # cheap: nothing carried
+            with self._lock:
+                stored = self._chain_in(self._conn, feed_id)
+            if not stored.records:
+                return parse_range(lines, feed_id, subfeed_hash, bytes.fromhex(feed_id)), None
+        msgs = [parse_wire(line, feed_id, subfeed_hash) for line in lines]
+        chain = self._succession_for_import(feed_id, msgs)
+        if chain is None:
+            check_chain(msgs, bytes.fromhex(feed_id))
+        else:
+            self._check_import(msgs, chain, feed_id, subfeed_hash)
+        rows = [(m[0], m[3], m[4]) for m in msgs]
+        return ParsedRange(msgs[0][0], msgs[0][1], rows, msgs[-1][2]), chain
+
     def _succession_for_import(self, feed_id: str, msgs: list) -> KeyChain | None:
         """The key chain an imported range is checked against: the stored one merged with any the
         range carries; None when the feed has none (the plain, fast path)."""

@@ -87,17 +87,18 @@ class Feed:
         """Hashes of the subfeeds of this feed that have messages in this store."""
         return [
             r["subfeed_hash"]
-            for r in self._store.db["subfeeds"].rows_where(
-                "feed_id = ? AND count > 0", [self.feed_id], order_by="id"
-            )
+            for r in self._store._query(
+                "SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+                (self.feed_id,))
         ]
 
     def list_subfeeds(self) -> list[dict[str, Any]]:
         """The subfeeds of this feed that have messages in this store, in the order they began:
         ``subfeed_hash``, ``name`` (the subfeed's name when this store knows it, else None: a
         replica learns only hashes from the network) and ``num_messages``."""
-        rows = self._store.db["subfeeds"].rows_where(
-            "feed_id = ? AND count > 0", [self.feed_id], order_by="id")
+        rows = self._store._query(
+            "SELECT subfeed_hash, name, count FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+            (self.feed_id,))
         return [{"subfeed_hash": r["subfeed_hash"],
                  "name": orjson.loads(r["name"]) if r["name"] else None,
                  "num_messages": r["count"]} for r in rows]
@@ -119,7 +120,8 @@ class Feed:
 class Subfeed:
     """An append-only, signed log inside a feed.
 
-    Reading: :meth:`get_messages`, :meth:`get_records`, the original's cursor API
+    Reading: :meth:`get_messages`, :meth:`get_records` (whole ranges in memory),
+    :meth:`iter_messages` (streaming, bounded memory), the original's cursor API
     (:meth:`set_position`, :meth:`get_next_messages`) and live following (:meth:`follow`,
     :meth:`afollow`). Writing (only where the store holds the feed's key):
     :meth:`append_message`, :meth:`append_messages`. Replication:
@@ -175,14 +177,42 @@ class Subfeed:
         return self._store._count(self.feed_id, self.subfeed_hash)
 
     def get_messages(self, start: int = 0, end: int | None = None) -> list[Any]:
-        """Payloads of messages ``start`` ≤ n < ``end`` (to the last one if ``end`` is None)."""
+        """Payloads of messages ``start`` ≤ n < ``end`` (to the last one if ``end`` is None).
+
+        Loads the whole range into one list: about 1 KB of memory for a message with a 256-byte
+        payload (a million of them take over a gigabyte). For long subfeeds use
+        :meth:`iter_messages`, which holds one page at a time."""
         rows = self._store._rows(self.feed_id, self.subfeed_hash, start, end)
         return [_payload(body) for _n, body, _s in rows]
 
     def get_records(self, start: int = 0, end: int | None = None) -> list[MessageRecord]:
-        """Like :meth:`get_messages` with number, timestamp and metadata."""
+        """Like :meth:`get_messages` with number, timestamp and metadata (and, like it, loads
+        the whole range: see :meth:`iter_messages` with ``records=True``)."""
         rows = self._store._rows(self.feed_id, self.subfeed_hash, start, end)
         return [_record(n, body) for n, body, _s in rows]
+
+    def iter_messages(self, start: int = 0, end: int | None = None, *,
+                      records: bool = False) -> Iterator[Any]:
+        """Yield the payloads of messages ``start`` ≤ n < ``end`` in order, reading
+        :data:`PAGE_SIZE` messages at a time: memory stays bounded however long the subfeed.
+
+        ``end`` None: up to the last message stored when the iteration gets there (messages
+        appended meanwhile are included; it does not wait for more: :meth:`follow` does).
+        ``records=True`` yields :class:`MessageRecord` instead of bare payloads. Each page is
+        read in its own transaction, so the store is not held between pages."""
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"invalid range [{start}, {end})")
+        decode = _record if records else (lambda _n, body: _payload(body))
+        position = start
+        while end is None or position < end:
+            stop = position + PAGE_SIZE if end is None else min(end, position + PAGE_SIZE)
+            rows = self._store._rows(self.feed_id, self.subfeed_hash, position, stop)
+            if not rows:
+                return
+            for n, body, _sig in rows:
+                yield decode(n, body)
+            position = rows[-1][0] + 1
+            del rows
 
     # The original kachery's cursor API.
     @property
@@ -327,9 +357,9 @@ class Subfeed:
         """Fork proofs recorded for this subfeed."""
         return [
             r["proof"]
-            for r in self._store.db["fork_proofs"].rows_where(
-                "feed_id = ? AND subfeed_hash = ?", [self.feed_id, self.subfeed_hash], order_by="id"
-            )
+            for r in self._store._query(
+                "SELECT proof FROM fork_proofs WHERE feed_id = ? AND subfeed_hash = ? ORDER BY id",
+                (self.feed_id, self.subfeed_hash))
         ]
 
 

@@ -12,7 +12,6 @@ touch the notify file (the sqlite3 shell) is still noticed, a little later.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import select
@@ -32,9 +31,11 @@ _IN_CLOEXEC = 0o2000000
 
 _libc = None
 try:  # pragma: no branch
-    _libname = ctypes.util.find_library("c")
-    if _libname and hasattr(ctypes.CDLL(_libname), "inotify_init1"):
-        _libc = ctypes.CDLL(_libname, use_errno=True)
+    # The process's own symbols (dlopen(NULL)) include the C library's: no ctypes.util, whose
+    # find_library imports subprocess and runs ldconfig (~10 ms at every import).
+    _libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(_libc, "inotify_init1"):  # not Linux: poll instead
+        _libc = None
 except OSError:  # pragma: no cover - exotic systems
     _libc = None
 

@@ -22,15 +22,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from .config import default_storage_dir, load_node_config
 from .daemon.local_tokens import read_browser_token, read_client_token
 from .daemon.paths import INFO_FILE
 from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError, KacheryError
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: it costs ~25 ms, which `kachery --help` need not pay
 
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
@@ -43,6 +45,8 @@ def _shared_pool() -> httpx.Client:
     """One connection pool for all daemon requests of this process (a new client costs ~20 ms;
     task backends post updates from many threads)."""
     global _pool
+    import httpx
+
     with _pool_lock:
         if _pool is None:
             _pool = httpx.Client(timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
@@ -125,6 +129,8 @@ class DaemonClient:
 
     def _failure(self, exc: httpx.HTTPError, what: str) -> DaemonError:
         """The typed error for a request that did not get an answer."""
+        import httpx
+
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             _verified.discard((str(self.storage_dir), self.base_url))
             return self._not_running(f" (nothing answers at {self.base_url})")
@@ -160,6 +166,8 @@ class DaemonClient:
     def request(self, method: str, path: str, *, json_body: Any = None,
                 params: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """One request; its JSON answer. Raises DaemonError (``status`` set for an error answer)."""
+        import httpx
+
         try:
             r = _shared_pool().request(method, self._ready(path, timeout), content=self._encode(json_body),
                                        params=params, headers=self._headers(json_body is not None, path),
@@ -185,6 +193,8 @@ class DaemonClient:
         stream may last longer. An error answer raises :class:`DaemonError` (``status`` set)
         before anything is yielded; a connection lost midway, :class:`DaemonConnectionLostError`.
         """
+        import httpx
+
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT, read=read_timeout)
         what = f"{method} {path}"
         try:

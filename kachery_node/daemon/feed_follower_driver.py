@@ -217,7 +217,10 @@ class FollowerDriver:
             deadline = follower.next_deadline()
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
                 await conversation.wake.wait()
-            conversation.give(follower.on_timer(anyio.current_time()))
+            now = anyio.current_time()
+            due = follower.next_deadline()
+            if due is not None and now >= due:  # a renewal carries the store's count
+                conversation.give(follower.on_timer(now, conversation.subfeed.get_num_local_messages()))
 
     async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
         """Do ``action``; returns what the follower answers to its outcome."""

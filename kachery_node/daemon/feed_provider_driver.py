@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import kachery_feeds as kf
 
 from ..feed_publications import Publication
 from ..protocol import feed_bucket
+from ..protocol.bucket_layout import SEGMENT_SIZE
 from ..protocol.feed_messages import (
     NewSubfeedMessages,
     ProviderAction,
@@ -205,7 +207,7 @@ class ProviderDriver:
                 count = subfeed.get_num_local_messages()
                 local_head = feed_bucket.head_at(subfeed, count)
             else:
-                await _upload_segments(link, subfeed, action)
+                await _upload_segments(link, subfeed, action, self._on_progress)
                 if self._on_head_uploaded is not None:
                     assert self._task_group is not None
                     self._task_group.start_soon(self._on_head_uploaded, link, where, action.head_count)
@@ -219,13 +221,30 @@ class ProviderDriver:
                 answer = self.core.on_bucket_done(now, where)
         await self._carry_out(answer)
 
+    async def _on_progress(self, where: SubfeedOnChannel, count: int) -> None:
+        """A provisional head for ``count`` messages is in the bucket."""
+        await self._carry_out(self.core.on_bucket_progress(anyio.current_time(), where, count))
+
     # ------------------------------------------------------------------ helpers
     def _subfeed(self, subfeed: Subfeed) -> kf.Subfeed:
         feed_id, subfeed_hash = subfeed
         return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
 
     def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
-        return {s: self._subfeed(s).get_num_local_messages() for s in subfeeds}
+        """Local counts, one query per feed: this runs every second (the store watch's safety
+        re-check) for every provided subfeed, so N subscriptions must not cost N queries."""
+        by_feed: dict[str, list[str]] = defaultdict(list)
+        for feed_id, subfeed_hash in subfeeds:
+            by_feed[feed_id].append(subfeed_hash)
+        counts: dict[Subfeed, int] = {}
+        for feed_id, hashes in by_feed.items():
+            if len(hashes) == 1:
+                counts[(feed_id, hashes[0])] = self._subfeed((feed_id, hashes[0])).get_num_local_messages()
+                continue
+            listed = self.store.load_feed(feed_id).list_subfeeds()
+            held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+            counts.update(((feed_id, h), held.get(h, 0)) for h in hashes)
+        return counts
 
     def _deadline_may_have_moved(self) -> None:
         """Wake the store watch early if the core's next deadline is now sooner than its wait."""
@@ -234,15 +253,36 @@ class ProviderDriver:
             self._wait.deadline = deadline
 
 
-async def _upload_segments(link: ChannelLink, subfeed: kf.Subfeed, action: UploadSegments) -> None:
-    """Upload the action's segments, a few at a time, each built from the store in a worker
-    thread when its turn comes; then the head (so the head never points past its segments)."""
+async def _upload_segments(link: ChannelLink, subfeed: kf.Subfeed, action: UploadSegments,
+                           on_progress: Callable[[SubfeedOnChannel, int], Awaitable[None]] | None = None
+                           ) -> None:
+    """Upload the action's segments a window at a time, each window built from the store in a
+    worker thread when its turn comes (memory holds one window, whatever the subfeed's length);
+    then the head (so the head never points past its segments).
+
+    Windows grow 1, 2, 4 … :data:`SEGMENTS_PER_UPLOAD` segments, so the first one is in the
+    bucket soon. With ``action.provisional_heads``, after each window but the last a head for
+    the messages up to the last signed one uploaded goes up too, and ``on_progress`` hears its
+    count: readers start importing while later windows are built."""
     where, indices = action.where, action.segments
-    for first in range(indices.start, indices.stop, SEGMENTS_PER_UPLOAD):
-        batch = range(first, min(first + SEGMENTS_PER_UPLOAD, indices.stop))
+    first, window = indices.start, 1
+    while first < indices.stop:
+        batch = range(first, min(first + window, indices.stop))
         built = await anyio.to_thread.run_sync(_build_segments, subfeed, batch)
         await link.upload_many([(where.segment_path(i), data) for i, data in zip(batch, built, strict=True)])
-    await link.upload(where.head_path, feed_bucket.head_at(subfeed, action.head_count))
+        first, window = batch.stop, min(window * 2, SEGMENTS_PER_UPLOAD)
+        if action.provisional_heads and first < indices.stop:
+            count = feed_bucket.signed_count_in_segment(built[-1], batch[-1])
+            del built
+            # At least the first segment's end: the bucket's own head was below it (the plan
+            # starts at the segment holding it), so a provisional head never rolls it back.
+            if count is not None and (indices.start + 1) * SEGMENT_SIZE <= count < action.head_count:
+                head = await anyio.to_thread.run_sync(feed_bucket.head_at, subfeed, count)
+                await link.upload(where.head_path, head)
+                if on_progress is not None:
+                    await on_progress(where, count)
+    head = await anyio.to_thread.run_sync(feed_bucket.head_at, subfeed, action.head_count)
+    await link.upload(where.head_path, head)
 
 
 def _build_segments(subfeed: kf.Subfeed, indices: range) -> list[bytes]:

@@ -93,6 +93,20 @@ def segment_for(subfeed: kf.Subfeed, index: int) -> bytes:
     return kf.encode_segment(lines[:SEGMENT_SIZE])
 
 
+def signed_count_in_segment(segment: bytes, index: int) -> int | None:
+    """The count that ends at the last signed message of full segment ``index`` (encoded as
+    :func:`segment_for` does), or None if none of its messages is signed (a batch runs on)."""
+    end = len(segment) - 1  # the LF after the last line
+    for back in range(SEGMENT_SIZE):
+        start = segment.rfind(b"\n", 0, end) + 1
+        if start <= 0 and back < SEGMENT_SIZE - 1:
+            raise ValueError("not a full segment")
+        if segment[end - 1:end] != b"\t":
+            return index * SEGMENT_SIZE + SEGMENT_SIZE - back
+        end = start - 1
+    return None
+
+
 def segments_to_upload(local_count: int, bucket_count: int) -> range:
     """Full segments present locally but not (fully) in the bucket yet."""
     return range(bucket_count // SEGMENT_SIZE, local_count // SEGMENT_SIZE)

@@ -10,7 +10,11 @@ A follower loops through three steps for as long as the subfeed is followed:
 2. **Subscribe**: publish ``subscribeToSubfeed`` with the local count.
 3. **Wait** :data:`RENEW_SECONDS`, or less if *nudged*: the channel (re)connected, a provider
    said the bucket holds more than we have (``subfeedUploaded``), or an inline push did not
-   chain onto the local end (a gap). Then go to 1.
+   chain onto the local end (a gap). Nudged, go to 1. At the renewal, go to 1 if the bucket was
+   last read :data:`BUCKET_RECHECK_SECONDS` ago or more; otherwise publish the subscription
+   again with the local count (a provider pushes or announces what a reader lacks, so the head
+   need not be read every time: N followed subfeeds cost N bucket reads per 5 minutes, not per
+   20 s) and wait again.
 
 If the bucket's data fails verification (a malformed head, a bad signature or chain), the
 follower waits :data:`REJECTED_RETRY_SECONDS` (so as not to spin) and then subscribes with
@@ -51,6 +55,9 @@ from .feed_messages import (
 RENEW_SECONDS = 20.0
 CATCH_UP_TIMEOUT_SECONDS = 60.0
 REJECTED_RETRY_SECONDS = 1.0  # after rejecting bucket data, before the next subscription
+#: A renewal reads the bucket's head again only if the last read is this old (a safety net for
+#: pushes lost while no provider answered); other renewals only re-publish the subscription.
+BUCKET_RECHECK_SECONDS = 300.0
 
 
 class FollowerState(enum.Enum):
@@ -74,6 +81,7 @@ class Step(enum.Enum):
     FAILED = "catch-up failed (transport, timeout, fork)"
     RETRY_DUE = "pause after rejection over"
     CATCH_UP_DUE = "renewal due or nudged"
+    RENEW = "renewal due, bucket read recently"
 
 
 TRANSITIONS: dict[tuple[FollowerState, Step], FollowerState] = {
@@ -88,6 +96,7 @@ TRANSITIONS: dict[tuple[FollowerState, Step], FollowerState] = {
     (FollowerState.IMPORTING, Step.FAILED): FollowerState.SUBSCRIBED,
     (FollowerState.BACKING_OFF, Step.RETRY_DUE): FollowerState.SUBSCRIBED,
     (FollowerState.SUBSCRIBED, Step.CATCH_UP_DUE): FollowerState.READING_HEAD,
+    (FollowerState.SUBSCRIBED, Step.RENEW): FollowerState.SUBSCRIBED,
 }
 
 
@@ -140,6 +149,7 @@ class FeedFollower:
         self._rejected = False  # the next subscription says bucket_rejected
         self._due: float | None = None  # renewal (SUBSCRIBED) or end of pause (BACKING_OFF)
         self._position = 0  # the local count the last catch-up left, for the next subscription
+        self._read_at: float | None = None  # when the last catch-up (bucket read) began
 
     # ------------------------------------------------------------------ events
     def start(self, now: float, *, may_request: bool) -> list[FollowerAction]:
@@ -218,13 +228,18 @@ class FeedFollower:
         report = inline_report(self.where.uri, outcome, sender, detail)
         return [report] if report is not None else []
 
-    def on_timer(self, now: float) -> list[FollowerAction]:
-        """Call when :meth:`next_deadline` has passed (calling early does nothing)."""
+    def on_timer(self, now: float, local_count: int | None = None) -> list[FollowerAction]:
+        """Call when :meth:`next_deadline` has passed (calling early does nothing), with the
+        store's count: a renewal soon after a bucket read only re-publishes the subscription
+        (without ``local_count`` every renewal reads the bucket)."""
         if self._due is None or now < self._due:
             return []
         if self.state is FollowerState.BACKING_OFF:
             return self._subscribe(now, Step.RETRY_DUE, None)
         if self.state is FollowerState.SUBSCRIBED:
+            recent = self._read_at is not None and now - self._read_at < BUCKET_RECHECK_SECONDS
+            if local_count is not None and recent:
+                return self._subscribe(now, Step.RENEW, local_count)
             return self._catch_up(now, Step.CATCH_UP_DUE)
         return []
 
@@ -239,6 +254,7 @@ class FeedFollower:
         self._move(step)
         self._nudged = False
         self._due = None
+        self._read_at = now
         return [ReadHead(self.where, now + CATCH_UP_TIMEOUT_SECONDS)]
 
     def _subscribe(self, now: float, step: Step, local_count: int | None) -> list[FollowerAction]:

@@ -293,11 +293,17 @@ class ReadBucketState:
 class UploadSegments:
     """Upload the full ``segments`` (indices; each built from the store when uploaded), then
     the head for the first ``head_count`` messages; answer ``on_bucket_done`` or
-    ``on_bucket_failed``."""
+    ``on_bucket_failed``.
+
+    ``provisional_heads``: while uploading, also upload a head after each window of segments,
+    for the messages up to the last signed one uploaded so far (never below the first segment's
+    end, so never below the head the bucket had), and tell the core with
+    ``on_bucket_progress``: readers can import while the rest is built."""
 
     where: SubfeedOnChannel
     segments: range
     head_count: int
+    provisional_heads: bool = False
 
 
 @dataclass(frozen=True)

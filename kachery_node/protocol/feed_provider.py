@@ -16,9 +16,11 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   for later readers, debounced by :data:`BUCKET_DEBOUNCE_SECONDS`.
 * A *bucket job* (one per subfeed and channel, never two at once) reads the bucket's head and
   uploads the full segments the bucket lacks, then the head, so the head never points past its
-  segments (:func:`plan_bucket_update`). A head that claims our count but differs from ours
-  (tampered, or truncated) is replaced. Requests that arrive while a job runs are merged into
-  the next one.
+  segments (:func:`plan_bucket_update`). A long upload also writes provisional heads as it goes
+  (each a valid prefix ending at a signed message), and a job that announces publishes
+  ``subfeedUploaded`` for each (``on_bucket_progress``), so readers import while it builds.
+  A head that claims our count but differs from ours (tampered, or truncated) is replaced.
+  Requests that arrive while a job runs are merged into the next one.
 * A subscription with ``bucket_rejected`` (at most once per :data:`REPAIR_MIN_INTERVAL_SECONDS`
   per subfeed and channel) rewrites the segments from the reader's position and the head,
   without trusting what the bucket holds.
@@ -28,9 +30,10 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   (debounced) its bucket copy is brought up to date; nothing is pushed inline for it (readers
   who subscribe get their pushes as usual).
 * Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
-  is made or renewed; when a channel (re)connects, those saved by a previous run are taken up
-  again, and for each live one there the bucket is brought up to date and ``subfeedUploaded``
-  announced, so a reader that missed pushes catches up now, not at its next renewal.
+  is made or renewed, at most once per :data:`SAVE_MIN_INTERVAL_SECONDS` (a save writes them
+  all); when a channel (re)connects, those saved by a previous run are taken up again, and for
+  each live one there the bucket is brought up to date and ``subfeedUploaded`` announced, so a
+  reader that missed pushes catches up now, not at its next renewal.
 
 Rules
 -----
@@ -74,6 +77,9 @@ INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by 
 INLINE_MAX_BODY_BYTES = INLINE_MAX_BYTES + 8_000  # a piece over this goes through the bucket
 BUCKET_DEBOUNCE_SECONDS = 0.5
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
+#: Subscriptions are saved at most this often: each save writes them all, and N readers renewing
+#: every 20 s would otherwise cost O(N) writes of O(N) rows per renewal period.
+SAVE_MIN_INTERVAL_SECONDS = 5.0
 
 Subfeed = tuple[str, str]  # (feed ID, subfeed hash)
 
@@ -186,6 +192,15 @@ class FeedProvider:
         self._flush_at: float | None = None
         self._repaired: dict[SubfeedOnChannel, float] = {}  # -> when last rewritten
         self._published: dict[SubfeedOnChannel, int] = {}  # -> the local count last synced
+        self._saved_at: float | None = None  # when subscriptions were last saved
+        self._save_at: float | None = None  # a save put off by SAVE_MIN_INTERVAL_SECONDS
+        self._wall_offset = 0.0  # wall clock minus monotonic clock, as last reported
+        # The count each bucket copy was last found at or brought to: a renewal at that count
+        # needs no bucket job (N readers renewing every 20 s would cost N head reads).
+        self._bucket_counts: dict[SubfeedOnChannel, int] = {}
+        # No subscription expires before this (a lower bound, made exact by _expire): the min
+        # over all subscriptions at every event would cost O(N) per renewal.
+        self._earliest_expiry: float | None = None
 
     # ------------------------------------------------------------------ queries
     def subfeeds(self, channel: str | None = None) -> set[Subfeed]:
@@ -207,9 +222,7 @@ class FeedProvider:
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` has something to do: a debounced bucket update, an expiry."""
-        times = [sub.expires for sub in self._subscriptions.values()]
-        if self._flush_at is not None:
-            times.append(self._flush_at)
+        times = [t for t in (self._earliest_expiry, self._flush_at, self._save_at) if t is not None]
         return min(times, default=None)
 
     # ------------------------------------------------------------------ events
@@ -235,15 +248,19 @@ class FeedProvider:
         if sub is None:
             sub = self._subscriptions[where] = _Subscription(pushed=local_count, expires=now)
         sub.expires = now + SUBSCRIPTION_TTL_SECONDS
+        if self._earliest_expiry is None:
+            self._earliest_expiry = sub.expires
         self._saved.pop(where, None)  # superseded by the live one
-        actions.append(self._save(now, wall_now))
+        self._wall_offset = wall_now - now
+        actions += self._save_soon(now)
         if position < local_count:
             if local_count - position <= INLINE_MAX_MESSAGES:
                 actions.append(PushRange(where, position, local_count))
             else:
                 actions += self._request_sync(where, announce=True)
         sub.pushed = max(sub.pushed, local_count)
-        self._mark_dirty(now, where)
+        if self._bucket_counts.get(where) != local_count:
+            self._mark_dirty(now, where)
         return actions
 
     def on_local_counts(self, now: float, counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
@@ -294,6 +311,9 @@ class FeedProvider:
             if expires_wall > wall_now and where not in self._subscriptions:
                 self._subscriptions[where] = _Subscription(
                     pushed=counts.get(where.subfeed, 0), expires=now + expires_wall - wall_now)
+                expires = self._subscriptions[where].expires
+                if self._earliest_expiry is None or expires < self._earliest_expiry:
+                    self._earliest_expiry = expires
         actions: list[ProviderAction] = []
         for where, sub in self._subscriptions.items():
             count = counts.get(where.subfeed, 0)
@@ -316,15 +336,19 @@ class FeedProvider:
                 *self._request_sync(where, announce=True)]
 
     def on_timer(self, now: float) -> list[ProviderAction]:
-        """Expire subscriptions and start the debounced bucket updates that are due."""
+        """Expire subscriptions, save them if a save was put off, and start the debounced
+        bucket updates that are due."""
         self._expire(now)
+        saves: list[ProviderAction] = []
+        if self._save_at is not None and now >= self._save_at:
+            saves = self._save_soon(now)
         for where, when in list(self._repaired.items()):
             if now - when >= REPAIR_MIN_INTERVAL_SECONDS:
                 del self._repaired[where]
         if self._flush_at is None or now < self._flush_at:
-            return []
+            return saves
         dirty, self._dirty, self._flush_at = self._dirty, {}, None
-        actions: list[ProviderAction] = []
+        actions: list[ProviderAction] = saves
         for where in dirty:
             actions += self._request_sync(where, announce=False)
         return actions
@@ -337,6 +361,7 @@ class FeedProvider:
         if not plan.upload:
             job.move(BucketStep.UP_TO_DATE)
             job.count = local_count
+            self._bucket_counts[where] = local_count
             return self._finish(where, job)
         job.move(BucketStep.UPLOAD)
         job.count = local_count
@@ -344,19 +369,31 @@ class FeedProvider:
         if plan.replaces_bad_head:
             actions.append(Report(Severity.WARNING,
                                   f"replacing a bad head of {where.uri} in the {where.channel} bucket"))
-        actions.append(UploadSegments(where, plan.segments, local_count))
+        actions.append(UploadSegments(where, plan.segments, local_count, provisional_heads=True))
         return actions
+
+    def on_bucket_progress(self, now: float, where: SubfeedOnChannel, count: int) -> list[ProviderAction]:
+        """A running :class:`UploadSegments` put a provisional head for ``count`` messages in
+        the bucket: a reader waiting for this job hears of it now, not after the last segment."""
+        job = self._job(where)
+        if job.state is not BucketJobState.UPLOADING:
+            raise FeedProtocolMisuse(f"bucket job: progress reported while {job.state.value}")
+        if not job.announce:
+            return []
+        return [Publish(where.channel, SubfeedUploaded(where.feed_id, where.subfeed_hash, count))]
 
     def on_bucket_done(self, now: float, where: SubfeedOnChannel) -> list[ProviderAction]:
         """The :class:`UploadSegments` succeeded."""
         job = self._job(where)
         job.move(BucketStep.DONE)
+        self._bucket_counts[where] = job.count
         return self._finish(where, job)
 
     def on_bucket_failed(self, now: float, where: SubfeedOnChannel, detail: str) -> list[ProviderAction]:
         """Reading or uploading failed (transport): the readers' renewals will re-sync them."""
         job = self._job(where)
         job.move(BucketStep.FAILED)
+        self._bucket_counts.pop(where, None)
         job.announce = False
         return [Report(Severity.INFO, f"bucket update of {where.uri} on {where.channel} failed: {detail}"),
                 *self._finish(where, job)]
@@ -416,8 +453,21 @@ class FeedProvider:
             self._flush_at = now + BUCKET_DEBOUNCE_SECONDS
 
     def _expire(self, now: float) -> None:
-        for where in [w for w, sub in self._subscriptions.items() if sub.expires <= now]:
+        expired = [w for w, sub in self._subscriptions.items() if sub.expires <= now]
+        for where in expired:
             del self._subscriptions[where]
+            self._bucket_counts.pop(where, None)
+        self._earliest_expiry = min((sub.expires for sub in self._subscriptions.values()), default=None)
+
+    def _save_soon(self, now: float) -> list[ProviderAction]:
+        """Save now, or once :data:`SAVE_MIN_INTERVAL_SECONDS` have passed since the last save
+        (a restart within that time forgets at most the newest subscriptions, which their
+        readers' next renewal brings back)."""
+        if self._saved_at is not None and now - self._saved_at < SAVE_MIN_INTERVAL_SECONDS:
+            self._save_at = self._saved_at + SAVE_MIN_INTERVAL_SECONDS
+            return []
+        self._saved_at, self._save_at = now, None
+        return [self._save(now, now + self._wall_offset)]
 
     def _save(self, now: float, wall_now: float) -> SaveSubscriptions:
         rows = [SavedSubscription(w.channel, w.feed_id, w.subfeed_hash, expires)

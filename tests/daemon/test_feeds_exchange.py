@@ -51,8 +51,9 @@ class Node:
         self.exchange = FeedExchange(self.store, self.changes, root / f"{name}-subscriptions.json")
         self.link: FeedLink | None = None
 
-    def join(self, channel: MemoryChannel, roles=FEED_ROLES) -> FeedLink:
-        link = self.link = FeedLink(channel, self.keypair, frozenset(roles), self.exchange.on_message)
+    def join(self, channel: MemoryChannel, roles=FEED_ROLES, link_class: type[FeedLink] = FeedLink
+             ) -> FeedLink:
+        link = self.link = link_class(channel, self.keypair, frozenset(roles), self.exchange.on_message)
         channel.membership[self.keypair.public_hex] = frozenset(roles)
         channel.links.append(link)
         return link
@@ -161,3 +162,70 @@ async def test_a_gap_sends_the_reader_back_to_the_bucket(tmp_path):
         source.append_message({"i": 15})  # pushed alone: starts past bob's end
         await wait_until(lambda: replica.get_num_local_messages() == 16)
         assert replica.get_messages() == source.get_messages()
+
+
+class SlowSegmentsLink(FeedLink):
+    """Segments take ``delay`` seconds each to upload (a slow bucket); every head uploaded is
+    recorded with its count, in order."""
+
+    delay = 0.02
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_counts: list[int] = []
+
+    async def upload(self, path, data, *, progress=None) -> None:
+        if "/segments/" in path:
+            await anyio.sleep(self.delay)
+        await super().upload(path, data, progress=progress)
+        if path.endswith("/head"):
+            self.head_counts.append(parse_head(data).count)
+
+
+@pytest.mark.trio
+async def test_a_long_upload_publishes_provisional_heads_and_the_reader_imports_at_once(tmp_path):
+    """30 segments, uploaded in windows of 1, 2, 4, 8, 8, 7: after each window but the last a
+    head for what is up so far goes up and is announced, so the reader starts importing while
+    the owner still uploads."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        link = alice.join(ch, link_class=SlowSegmentsLink)
+        assert isinstance(link, SlowSegmentsLink)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 30_000)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() > 0)
+        # Bob has messages, and the owner has not uploaded its last head yet.
+        assert 30_000 not in link.head_counts, link.head_counts
+        await wait_until(lambda: replica.get_num_local_messages() == 30_000, timeout=30)
+        assert link.head_counts[:6] == [1000, 3000, 7000, 15_000, 23_000, 30_000]
+        announced = [b["count"] for s, _band, b in ch.published
+                     if s == alice.keypair.public_hex and b["type"] == "subfeedUploaded"]
+        assert announced[:6] == [1000, 3000, 7000, 15_000, 23_000, 30_000]
+        positions = [b["position"] for s, _band, b in ch.published
+                     if s == bob.keypair.public_hex and b["type"] == "subscribeToSubfeed"]
+        assert any(0 < p < 30_000 for p in positions), positions  # caught up in several steps
+        assert replica.get_messages(29_990) == [{"i": i} for i in range(29_990, 30_000)]
+        assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_many_subfeeds_of_one_feed_are_pushed_live(tmp_path):
+    """The provider reads the counts of a feed's subfeeds in one query: each still gets its own
+    new messages pushed, and a subfeed not written to gets nothing."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        feed = alice.store.create_feed()
+        sources = [feed.load_subfeed(f"s{i}") for i in range(5)]
+        for i, source in enumerate(sources):
+            source.append_message({"s": i, "k": 0})
+        replicas = [bob.follow(source.uri) for source in sources]
+        await wait_until(lambda: all(r.get_num_local_messages() == 1 for r in replicas))
+        for i, source in enumerate(sources[:4]):
+            source.append_messages([{"s": i, "k": k} for k in range(1, i + 2)])
+        await wait_until(lambda: [r.get_num_local_messages() for r in replicas] == [2, 3, 4, 5, 1])
+        for i, replica in enumerate(replicas):
+            assert replica.get_messages() == sources[i].get_messages()
+        assert ch.handler_errors == []

@@ -288,6 +288,32 @@ def test_add_signed_messages(data) -> None:
     assert replica.get_messages() == m.source.get_messages(0, replica.get_num_local_messages())
 
 
+@FUZZ
+@given(st.data())
+def test_the_one_pass_parser_agrees_with_parsing_then_checking_the_chain(data) -> None:
+    """``parse_range`` (the import path) accepts exactly the ranges that ``parse_wire`` on each
+    line and then ``check_chain`` accept, and gives the same rows (issue 15)."""
+    from kachery_feeds.messages import check_chain, parse_range, parse_wire
+
+    m = material()
+    lines = list(m.lines)
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(lines) - 1))
+        lines[i] = _mutated_line(data) if data.draw(st.booleans()) else data.draw(st.sampled_from(m.lines))
+    lines = lines[data.draw(st.integers(0, len(lines) - 1)):]
+    feed_id, sh, key = m.source.feed_id, m.source.subfeed_hash, bytes.fromhex(m.source.feed_id)
+    try:
+        parsed = [parse_wire(line, feed_id, sh) for line in lines]
+        check_chain(parsed, key)
+    except kf.VerificationError:
+        with pytest.raises(kf.VerificationError):
+            parse_range(lines, feed_id, sh, key)
+        return
+    first, previous_hash, rows, last_hash = parse_range(lines, feed_id, sh, key)
+    assert (first, previous_hash, last_hash) == (parsed[0][0], parsed[0][1], parsed[-1][2])
+    assert rows == [(p[0], p[3], p[4]) for p in parsed]
+
+
 # ----------------------------------------------------------------------------- fork proofs
 @FUZZ
 @given(st.data())

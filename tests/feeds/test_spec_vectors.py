@@ -88,12 +88,15 @@ def test_valid_ranges_import(tmp_path, case):
 @pytest.mark.parametrize("case", VECTORS["invalid_ranges"], ids=lambda c: c["why"])
 def test_every_invalid_range_is_refused_by_the_parser_too(case):
     """Each line is refused alone (parse or signature), or the range fails check_chain."""
-    from kachery_feeds.messages import check_chain, parse_wire
+    from kachery_feeds.messages import check_chain, parse_range, parse_wire
 
     feed_id = case.get("feed_id", VECTORS["feed_id"])
     with pytest.raises(kf.VerificationError):
         msgs = [parse_wire(line, feed_id, VECTORS["subfeed_hash"]) for line in _wire(case)]
         check_chain(msgs, bytes.fromhex(feed_id))
+    if _wire(case):  # and by the import path's one-pass parser
+        with pytest.raises(kf.VerificationError):
+            parse_range(_wire(case), feed_id, VECTORS["subfeed_hash"], bytes.fromhex(feed_id))
 
 
 

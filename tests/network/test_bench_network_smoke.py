@@ -51,7 +51,7 @@ def test_network_bench_quick_runs(tmp_path):
     assert k["latency"]["p50_ms"] > 0
     assert k["catchup"]["msgs_per_s"] > 0
     assert k["file"]["mb_per_s"] > 0
-    assert k["memory"]["peak_rss_mb"] > 0
-    assert len(result["rows"]) == 5
+    assert k["memory"]["peak_rss_mb"] > 0 and k["memory"]["serving_peak_rss_mb"] > 0
+    assert len(result["rows"]) == 6  # the serving daemon's RSS has its own row
     # everything it made under --tmp is gone (its temporary folder is removed)
     assert not left_behind

@@ -7,8 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update
+from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update, signed_count_in_segment
 from kachery_node.protocol.feed_follower import (
+    BUCKET_RECHECK_SECONDS,
     CATCH_UP_TIMEOUT_SECONDS,
     REJECTED_RETRY_SECONDS,
     RENEW_SECONDS,
@@ -43,6 +44,7 @@ from kachery_node.protocol.feed_provider import (
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
     REPAIR_MIN_INTERVAL_SECONDS,
+    SAVE_MIN_INTERVAL_SECONDS,
     SUBSCRIPTION_TTL_SECONDS,
     FeedProvider,
     InlineSplitter,
@@ -159,6 +161,24 @@ def test_follower_reads_the_head_then_subscribes_and_renews():
     assert f.on_timer(renewal) == [ReadHead(HERE, renewal + CATCH_UP_TIMEOUT_SECONDS)]
     # Pushes arrived meanwhile: the renewal carries the store's count.
     assert published(f.on_head(T0 + 21, head(40), 40)) == [SubscribeToSubfeed(FEED, SUB, 40)]
+
+
+def test_renewals_republish_the_subscription_and_read_the_bucket_only_every_few_minutes():
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)  # reads the head at T0
+    f.on_head(T0, None, 0)
+    t = T0
+    while t + RENEW_SECONDS < T0 + BUCKET_RECHECK_SECONDS:
+        t += RENEW_SECONDS
+        # Pushes arrived meanwhile: the renewal carries the store's count, no bucket read.
+        assert f.on_timer(t, 7) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 7))]
+        assert f.state is FollowerState.SUBSCRIBED and f.next_deadline() == t + RENEW_SECONDS
+    t += RENEW_SECONDS  # the last read is BUCKET_RECHECK_SECONDS old: read the head again
+    assert f.on_timer(t, 7) == [ReadHead(HERE, t + CATCH_UP_TIMEOUT_SECONDS)]
+    f.on_head(t, None, 7)
+    assert of(Publish, f.on_timer(t + RENEW_SECONDS, 7))  # and publish-only renewals again
+    # A nudge still reads the bucket at once, whenever the last read was.
+    assert of(ReadHead, f.on_nudge(t + RENEW_SECONDS + 1))
 
 
 def test_follower_behind_the_bucket_imports_its_missing_segments_and_tail():
@@ -296,6 +316,7 @@ def test_every_transition_of_the_table_happens():
     b.on_nudge(T0 + 4)
     b.on_head(T0 + 4, head(9), 5)
     track(b, lambda: b.on_catch_up_failed(T0 + 4, CatchUpFailure.TIMED_OUT, 5))
+    track(b, lambda: b.on_timer(T0 + 4 + RENEW_SECONDS, 5))  # renewal: publish only
     assert {(s, t) for (s, _step), t in TRANSITIONS.items()} <= seen
 
 
@@ -342,13 +363,56 @@ def test_a_reader_far_behind_is_served_through_the_bucket_and_told_so():
     p = FeedProvider()
     actions = subscribe(p, T0, 0, INLINE_MAX_MESSAGES + 1)
     assert not of(PushRange, actions) and of(ReadBucketState, actions) == [ReadBucketState(HERE)]
-    assert subscribe(p, T0, 200, 201) == [of(SaveSubscriptions, subscribe(p, T0, 200, 201))[0],
-                                          PushRange(HERE, 200, 201)]
+    assert subscribe(p, T0, 200, 201) == [PushRange(HERE, 200, 201)]  # saved at most every 5 s
     p2 = FeedProvider()
     subscribe(p2, T0, 0, 2500)
     [upload] = p2.on_bucket_state(T0, HERE, None, 2500, head(2500))
-    assert upload == UploadSegments(HERE, range(0, 2), 2500)
+    assert upload == UploadSegments(HERE, range(0, 2), 2500, provisional_heads=True)
     assert published(p2.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 2500)]
+
+
+def test_subscriptions_are_saved_at_most_once_per_interval_and_a_put_off_save_comes():
+    p = FeedProvider()
+    assert of(SaveSubscriptions, subscribe(p, T0, 5, 5))  # the first: saved at once
+    others = [SubscribeToSubfeed(FEED, f"{i:040x}", 5) for i in range(50)]
+    for i, message in enumerate(others):  # fifty more readers within a second: no save each
+        actions = p.on_subscribe(T0 + i / 100, WALL0 + i / 100, "lab", READER, message,
+                                 may_provide=True, sender_allowed=True, local_count=5, owns_feed=True)
+        assert not of(SaveSubscriptions, actions)
+    assert p.next_deadline() <= T0 + SAVE_MIN_INTERVAL_SECONDS  # the driver wakes for it
+    assert not of(SaveSubscriptions, p.on_timer(T0 + SAVE_MIN_INTERVAL_SECONDS - 0.1))
+    [save] = of(SaveSubscriptions, p.on_timer(T0 + SAVE_MIN_INTERVAL_SECONDS))
+    assert len(save.rows) == 51  # all of them, with their wall-clock expiries
+    assert {row.subfeed_hash for row in save.rows} == {SUB} | {m.subfeed_hash for m in others}
+    assert min(row.expires for row in save.rows) == WALL0 + SUBSCRIPTION_TTL_SECONDS
+    assert not of(SaveSubscriptions, p.on_timer(T0 + 2 * SAVE_MIN_INTERVAL_SECONDS))  # nothing new
+    later = T0 + 3 * SAVE_MIN_INTERVAL_SECONDS
+    assert of(SaveSubscriptions, subscribe(p, later, 5, 5))  # a renewal after a quiet spell
+
+
+def test_renewals_at_the_count_the_bucket_holds_start_no_bucket_job():
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]  # the first: is the bucket up to date?
+    finish_sync(p, T0 + 1.1, 5, head(5))
+    for t in (T0 + 20, T0 + 40, T0 + 60):  # renewals while nothing changes: no head read
+        subscribe(p, t, 5, 5)
+        assert not of(ReadBucketState, p.on_timer(t + 1))
+    p.on_local_counts(T0 + 61, {(FEED, SUB): 6})  # new messages: the copy is brought up to date
+    assert p.on_timer(T0 + 62) == [ReadBucketState(HERE)]
+    assert of(UploadSegments, p.on_bucket_state(T0 + 62, HERE, head(5), 6, head(6)))
+    [_failed_report] = p.on_bucket_failed(T0 + 63, HERE, "refused")  # not known good any more
+    subscribe(p, T0 + 80, 6, 6)
+    assert p.on_timer(T0 + 81) == [ReadBucketState(HERE)]
+    # A subscription expires on time even though the earliest expiry is only tracked lazily.
+    q = FeedProvider()
+    subscribe(q, T0, 5, 5)
+    subscribe(q, T0 + 30, 5, 5)  # renewed: now expires at T0 + 90
+    assert q.next_deadline() <= T0 + SUBSCRIPTION_TTL_SECONDS  # a wake that may find nothing
+    q.on_timer(T0 + SUBSCRIPTION_TTL_SECONDS)
+    assert q.subscriptions(T0 + SUBSCRIPTION_TTL_SECONDS) == [HERE]
+    q.on_timer(T0 + 30 + SUBSCRIPTION_TTL_SECONDS)
+    assert q.subscriptions(T0 + 30 + SUBSCRIPTION_TTL_SECONDS) == [] and q.next_deadline() is None
 
 
 def test_a_reader_that_is_up_to_date_gets_nothing_but_a_renewed_subscription():
@@ -389,11 +453,11 @@ def test_bucket_updates_are_debounced_and_merged():
     assert p.on_timer(T0 + 1.6) == []  # due, but merged into the running job's successor
     p.on_local_counts(T0 + 1.7, {(FEED, SUB): 9})
     [upload] = p.on_bucket_state(T0 + 1.8, HERE, head(5), 7, head(7))
-    assert upload == UploadSegments(HERE, range(0, 0), 7)
+    assert upload == UploadSegments(HERE, range(0, 0), 7, provisional_heads=True)
     assert p.on_bucket_done(T0 + 1.9, HERE) == [ReadBucketState(HERE)]  # no announce: nobody asked
     assert p.on_timer(T0 + 2.2) == []  # the change at 1.7: queued behind the running job
-    assert finish_sync(p, T0 + 2.3, 9, head(7)) == [UploadSegments(HERE, range(0, 0), 9),
-                                                    ReadBucketState(HERE)]
+    assert finish_sync(p, T0 + 2.3, 9, head(7)) == [
+        UploadSegments(HERE, range(0, 0), 9, provisional_heads=True), ReadBucketState(HERE)]
     assert finish_sync(p, T0 + 2.4, 9, head(9)) == []  # up to date; no announce: nobody asked
     assert p.next_deadline() == T0 + SUBSCRIPTION_TTL_SECONDS  # nothing left but the expiry
 
@@ -435,6 +499,43 @@ def test_which_segments_and_heads_are_uploaded(local, bucket, upload, segments, 
     assert any("replacing a bad head" in r.text for r in of(Report, actions)) is bad_head
     if not upload:  # done at once, announcing what we hold (if anything)
         assert published(actions) == ([SubfeedUploaded(FEED, SUB, local)] if local else [])
+
+
+def test_a_long_upload_announces_its_provisional_heads_to_a_waiting_reader_only():
+    p = FeedProvider()
+    subscribe(p, T0, 0, 20_000)  # far behind: the job announces
+    [upload] = p.on_bucket_state(T0, HERE, None, 20_000, head(20_000))
+    assert upload == UploadSegments(HERE, range(0, 20), 20_000, provisional_heads=True)
+    assert published(p.on_bucket_progress(T0 + 0.1, HERE, 1000)) == [SubfeedUploaded(FEED, SUB, 1000)]
+    assert published(p.on_bucket_progress(T0 + 0.2, HERE, 2999)) == [SubfeedUploaded(FEED, SUB, 2999)]
+    assert published(p.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 20_000)]
+    with pytest.raises(FeedProtocolMisuse):
+        p.on_bucket_progress(T0 + 1.1, HERE, 3000)  # no upload runs
+    # A debounced update (nobody waits) uploads provisional heads too, but announces none.
+    q = FeedProvider()
+    subscribe(q, T0, 5, 5)
+    q.on_local_counts(T0 + 0.1, {(FEED, SUB): 20_000})
+    assert q.on_timer(T0 + 1) == [ReadBucketState(HERE)]
+    [upload] = q.on_bucket_state(T0 + 1, HERE, head(5), 20_000, head(20_000))
+    assert upload.provisional_heads
+    with pytest.raises(FeedProtocolMisuse):
+        q.on_bucket_progress(T0 + 1.05, SubfeedOnChannel("other", FEED, SUB), 1000)  # no job there
+    assert q.on_bucket_progress(T0 + 1.1, HERE, 1000) == []
+
+
+def test_the_provisional_count_ends_at_a_segments_last_signed_message():
+    unsigned, signed = b'{"n":1}\t', b'{"n":1}\tsig'
+    every = b"".join(signed + b"\n" for _ in range(1000))
+    assert signed_count_in_segment(every, 0) == 1000
+    assert signed_count_in_segment(every, 7) == 8000
+    last_at_998 = b"".join((signed if i == 998 else unsigned) + b"\n" for i in range(1000))
+    assert signed_count_in_segment(last_at_998, 2) == 2999
+    first_only = b"".join((signed if i == 0 else unsigned) + b"\n" for i in range(1000))
+    assert signed_count_in_segment(first_only, 0) == 1
+    none = b"".join(unsigned + b"\n" for _ in range(1000))
+    assert signed_count_in_segment(none, 3) is None
+    with pytest.raises(ValueError):
+        signed_count_in_segment(b"".join(unsigned + b"\n" for _ in range(10)), 0)
 
 
 def test_a_rejected_bucket_copy_is_rewritten_at_most_once_per_interval():

@@ -1,0 +1,99 @@
+"""Start-up time (issue 15 item 6): ``kachery --help`` and ``import kachery_feeds``.
+
+Each command runs ``--runs`` times per round (after one warm-up run, so the page cache holds the
+files), ``--rounds`` rounds; the table gives min / median / max of the per-round medians, wall
+time of the whole process, like hyperfine. The floor in the same run is a bare interpreter
+(``python -c pass``). The packages' bytecode is compiled first (``compileall``), as
+for an installed package. Also printed: the self-reported import time (``python -X importtime``,
+the cumulative figure of the top-level import) and the heaviest top-level imports, which say
+what to make lazy next.
+
+    .venv/bin/python bench/bench_startup.py [--rounds 3] [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+#: name -> (target ms, judged on the whole process's wall time, or on the time above the floor).
+#: A command's user waits for the whole process; an import's cost is what it adds to a program.
+TARGETS_MS = {"kachery --help": (150.0, "wall"), "import kachery_feeds": (60.0, "above the floor")}
+
+
+def commands() -> dict[str, list[str]]:
+    return {
+        "python -c pass (floor)": [sys.executable, "-c", "pass"],
+        "import kachery_feeds": [sys.executable, "-c", "import kachery_feeds"],
+        "kachery --help": [str(BIN / "kachery"), "--help"],
+    }
+
+
+def wall_ms(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    return (time.perf_counter() - t0) * 1000
+
+
+def import_time_ms(code: str) -> tuple[float, list[tuple[float, str]]]:
+    """(cumulative µs of the outermost import as ms, [(ms, name)] of the heaviest ones)."""
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
+                         text=True, check=False, timeout=60).stderr
+    rows = []
+    for line in err.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)) / 1000, len(m.group(3)), m.group(4)))
+    top = [(ms, name) for ms, depth, name in rows if depth <= 3]
+    outer = max((ms for ms, depth, _ in rows if depth == 1), default=0.0)
+    return outer, sorted(top, reverse=True)[:6]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    # An installed package has its bytecode cached; a checkout run with PYTHONDONTWRITEBYTECODE
+    # (as this machine's shells are) would compile every module on every start: ~40 ms more.
+    root = Path(__file__).resolve().parents[1]
+    for package in ("kachery_feeds", "kachery_node"):
+        compileall.compile_dir(root / package, quiet=1)
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+          f"{args.rounds} rounds x {args.runs} runs (each round's median counts)")
+    medians: dict[str, list[float]] = {name: [] for name in commands()}
+    for _ in range(args.rounds):
+        for name, argv in commands().items():
+            wall_ms(argv)  # warm-up
+            medians[name].append(statistics.median(wall_ms(argv) for _ in range(args.runs)))
+    floor = statistics.median(medians["python -c pass (floor)"])
+    print("\n| command | wall ms min / median / max | median above the floor | target | met? |")
+    print("|---|---|---|---|---|")
+    for name, values in medians.items():
+        lo, mid, hi = min(values), statistics.median(values), max(values)
+        target, judged = TARGETS_MS.get(name, (None, ""))
+        figure = mid if judged == "wall" else mid - floor
+        met = "" if target is None else ("yes" if figure <= target else "**NO**")
+        print(f"| {name} | {lo:.0f} / **{mid:.0f}** / {hi:.0f} | {mid - floor:.0f} | "
+              f"{'' if target is None else f'<= {target:.0f} ms ({judged})'} | {met} |")
+    print()
+    for name, code in [("import kachery_feeds", "import kachery_feeds"),
+                       ("kachery --help", "import sys; sys.argv = ['kachery', '--help']\n"
+                                          "from kachery_node.cli import main\n"
+                                          "try:\n    main()\nexcept SystemExit:\n    pass")]:
+        outer, heavy = import_time_ms(code)
+        print(f"{name}: -X importtime {outer:.0f} ms; heaviest: "
+              + ", ".join(f"{n} {ms:.0f}" for ms, n in heavy))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

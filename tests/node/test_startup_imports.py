@@ -1,0 +1,99 @@
+"""Start-up stays cheap (issue 15 item 6): ``kachery --help`` and ``import kachery_feeds`` load
+no server, event loop or heavy library. Each check runs in a fresh interpreter and reads its
+``sys.modules``; the time itself is measured by ``bench/bench_startup.py`` (not a test: timing
+on a shared machine is noise)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import kachery_feeds as kf
+
+#: Modules (or packages) that only the daemon, the hub or a network command needs.
+SERVER_MODULES = (
+    "trio", "hypercorn", "httpx", "h11", "h2", "starlette", "sqlite_utils", "numpy",
+    "kachery_node.daemon.process", "kachery_node.daemon.node_runtime", "kachery_node.daemon.local_api",
+    "kachery_node.daemon.feeds_exchange", "kachery_node.hub", "kachery_node.transport.pubsub",
+    "kachery_node.transport.bucket",
+)
+
+
+def _modules_after(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          "print(json.dumps(sorted(sys.modules)), file=sys.stderr)"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stderr.strip().splitlines()[-1])
+
+
+def _loaded(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+def test_kachery_help_imports_no_server_module():
+    modules = _modules_after(
+        "import sys\nsys.argv = ['kachery', '--help']\nfrom kachery_node.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n")
+    assert "kachery_node.cli.daemon_commands" in modules  # --help did list every command
+    assert _loaded(modules, SERVER_MODULES) == []
+
+
+def test_import_kachery_feeds_loads_neither_sqlite_utils_nor_numpy():
+    modules = _modules_after("import kachery_feeds")
+    assert _loaded(modules, ("sqlite_utils", "numpy", "kachery_node", "httpx", "trio")) == []
+
+
+def test_creating_and_using_a_store_does_not_import_sqlite_utils(tmp_path):
+    modules = _modules_after(
+        "import kachery_feeds as kf\n"
+        f"s = kf.open_store({str(tmp_path / 'feeds.db')!r})\n"
+        "f = s.create_feed(); sf = f.load_subfeed('x'); sf.append_message({'a': 1})\n"
+        "assert s.list_feeds() and f.list_subfeeds() and f.get_subfeed_hashes()\n"
+        "assert s.get_fork_proofs() == [] and sf.get_fork_proofs() == []\n")
+    assert _loaded(modules, ("sqlite_utils", "numpy")) == []
+
+
+def _v1_schema_as_sqlite_utils_built_it(conn: sqlite3.Connection) -> None:
+    """The schema migration as it was written with sqlite-utils (before issue 15)."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    db["feeds"].create({"feed_id": str, "private_key": bytes, "name": str, "created_ms": int},
+                       pk="feed_id", not_null={"created_ms"})
+    db["feeds"].create_index(["name"], unique=True)
+    db["subfeeds"].create({"id": int, "feed_id": str, "subfeed_hash": str, "name": str, "count": int,
+                           "head_hash": bytes},
+                          pk="id", not_null={"feed_id", "subfeed_hash", "count"}, defaults={"count": 0})
+    db["subfeeds"].create_index(["feed_id", "subfeed_hash"], unique=True)
+    db.execute("""CREATE TABLE messages (
+               subfeed_id INTEGER NOT NULL,
+               n INTEGER NOT NULL,
+               body BLOB NOT NULL,
+               sig BLOB,
+               PRIMARY KEY (subfeed_id, n)
+           ) WITHOUT ROWID""")
+    db["fork_proofs"].create({"id": int, "feed_id": str, "subfeed_hash": str, "position": int,
+                              "proof_sha256": bytes, "proof": bytes, "detected_ms": int},
+                             pk="id", not_null={"feed_id", "subfeed_hash", "position", "proof",
+                                                "detected_ms"})
+    db["fork_proofs"].create_index(["proof_sha256"], unique=True)
+
+
+def test_plain_sql_schema_is_exactly_the_one_sqlite_utils_built(tmp_path):
+    kf.open_store(tmp_path / "new.db").close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    _v1_schema_as_sqlite_utils_built_it(old)
+    master = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    new = sqlite3.connect(tmp_path / "new.db")
+    assert new.execute(master).fetchall() == old.execute(master).fetchall()
+    old.close()
+    new.close()
+
+
+def test_store_db_still_offers_sqlite_utils(tmp_path):
+    with kf.open_store(tmp_path / "feeds.db") as store:
+        feed = store.create_feed(name="lab")
+        assert [r["name"] for r in store.db["feeds"].rows] == ["lab"]
+        assert feed.feed_id == store.list_feeds()[0]["feed_id"]
