@@ -206,7 +206,8 @@ class SuccessionMixin:
         the feed ID's key; otherwise each message is checked against the key that governs its
         position (a violation is recorded and raised as ForkError). Returns the range and the
         chain it was checked against (None: the plain path)."""
-        if not any(b'"succession"' in line for line in lines):  # cheap: nothing carried
+        # Cheap: no line can carry records (a line that is not bytes is refused by either path).
+        if not any(type(line) is not bytes or b'"succession"' in line for line in lines):
             with self._lock:
                 stored = self._chain_in(self._conn, feed_id)
             if not stored.records:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import kachery_feeds as kf
+from kachery_feeds import schema
 
 #: Modules (or packages) that only the daemon, the hub or a network command needs.
 SERVER_MODULES = (
@@ -85,6 +86,8 @@ def test_plain_sql_schema_is_exactly_the_one_sqlite_utils_built(tmp_path):
     kf.open_store(tmp_path / "new.db").close()
     old = sqlite3.connect(tmp_path / "old.db")
     _v1_schema_as_sqlite_utils_built_it(old)
+    for later_step in schema.MIGRATIONS[1:]:  # v2 on: plain SQL on both sides
+        later_step(old)
     master = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
     new = sqlite3.connect(tmp_path / "new.db")
     assert new.execute(master).fetchall() == old.execute(master).fetchall()
