@@ -29,6 +29,7 @@ import nacl.exceptions
 from .errors import FeedError
 from .forks import verify_fork_proof
 from .messages import message_hash, parse_wire, signature_is_valid, to_wire
+from .succession import KeyChain
 from .uris import subfeed_hash
 
 if TYPE_CHECKING:
@@ -131,9 +132,10 @@ def _check_database(conn: sqlite3.Connection, report: StoreReport) -> None:
         report.problems.append(Problem(None, None, None, "SQLite: " + "; ".join(result[:5])))
 
 
-def _check_feeds(conn: sqlite3.Connection, report: StoreReport) -> dict[str, bytes | None]:
-    """Each feed's public key (None if its ID is malformed), checking held private keys."""
-    keys: dict[str, bytes | None] = {}
+def _check_feeds(conn: sqlite3.Connection, report: StoreReport) -> dict[str, bytes | KeyChain | None]:
+    """Each feed's public key, or its key chain if it changed keys (None if its ID is malformed),
+    checking held private keys."""
+    keys: dict[str, bytes | KeyChain | None] = {}
     for feed_id, private_key in conn.execute("SELECT feed_id, private_key FROM feeds"):
         report.feeds += 1
         try:
@@ -145,18 +147,30 @@ def _check_feeds(conn: sqlite3.Connection, report: StoreReport) -> dict[str, byt
             keys[feed_id] = None
             continue
         keys[feed_id] = public
+        held_may_be = {public}
+        records = [_blob(r[0]) or b"" for r in conn.execute(
+            "SELECT record FROM feed_successions WHERE feed_id=? ORDER BY seq", (feed_id,))]
+        if records:  # spec/feeds.md §9: signatures are checked against the key chain
+            try:
+                chain = KeyChain.verify(feed_id, records)
+                keys[feed_id], public = chain, chain.current_key
+                # A store that learned the succession may still hold a replaced key (it then
+                # refuses to append): that is the feed's key history, not damage.
+                held_may_be = {bytes.fromhex(feed_id)} | {r.key for r in chain.records}
+            except FeedError as exc:
+                report.problems.append(Problem(feed_id, None, None, f"its key succession is invalid: {exc}"))
         if private_key is not None:
             try:
                 derived, _ = nacl.bindings.crypto_sign_seed_keypair(bytes(private_key))
             except (nacl.exceptions.ValueError, nacl.exceptions.TypeError, TypeError):
                 derived = None
-            if derived != public:
+            if derived not in held_may_be:
                 report.problems.append(Problem(feed_id, None, None,
                                                "the private key stored for this feed is not its key"))
     return keys
 
 
-def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str, bytes | None],
+def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str, bytes | KeyChain | None],
                    sid: int, feed_id: str, sh: str, name: str | None, count: int,
                    head: bytes | None) -> None:
     problems: list[Problem] = []
@@ -204,8 +218,9 @@ def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str
             if n > 0 and prev_hash is not None and previous != prev_hash:
                 problem(n - 1, f"messages {n - 1} and {n} do not link (hash chain broken: one of "
                                "them was changed)")
-            if signature is not None and public is not None and not signature_is_valid(
-                    public, h, signature):
+            key = public.key_for(sh, n) if isinstance(public, KeyChain) else public
+            if signature is not None and key is not None and not signature_is_valid(
+                    key, h, signature):
                 problem(n, "bad signature")
             prev_hash, last_signed = h, signature is not None
     if expected and not last_signed:

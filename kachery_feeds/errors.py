@@ -56,6 +56,25 @@ class NotWriteableError(FeedError):
     """Appending to a feed whose private key this store does not hold."""
 
 
+class FeedRestoringError(NotWriteableError):
+    """Appending to a feed whose key was restored from a backup before the store caught up with
+    the newest messages the network holds of it (spec/feeds.md §8): appending now could fork the
+    feed. ``feed_id`` names the feed."""
+
+    def __init__(self, message: str, feed_id: str) -> None:
+        super().__init__(message)
+        self.feed_id = feed_id
+
+
+class RestoreIncompleteError(FeedError):
+    """Ending a restore while the store still lacks messages the network is known to hold.
+    ``missing`` maps subfeed hashes to ``(local count, known count)``."""
+
+    def __init__(self, message: str, missing: dict[str, tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
 class InvalidUriError(FeedError, ValueError):
     """A feed URI, feed ID or subfeed name is malformed."""
 

@@ -22,6 +22,7 @@ from .errors import VerificationError
 from .jsontext import MAX_SAFE_INTEGER, JsonTextError
 from .jsontext import loads as loads_json
 from .messages import ParsedMessage, check_chain, parse_message
+from .succession import KeyChain, check_chain_with_keys
 
 _KEYS = frozenset({"type", "v", "feed", "subfeed", "position", "a", "b"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -53,31 +54,50 @@ def conflict_position(a: list[ParsedMessage], b: list[ParsedMessage]) -> int | N
 
 
 def build_fork_proof(
-    feed_id: str, subfeed_hash: str, position: int, a: list[bytes], b: list[bytes]
+    feed_id: str, subfeed_hash: str, position: int, a: list[bytes], b: list[bytes],
+    succession: list[bytes] | None = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "type": "kachery-fork-proof",
-            "v": 1,
-            "feed": feed_id,
-            "subfeed": subfeed_hash,
-            "position": position,
-            "a": [line.decode("utf-8") for line in a],
-            "b": [line.decode("utf-8") for line in b],
-        }
-    )
+    """``succession``: the feed's key succession records, for a feed that changed keys (the
+    chains' signatures are then checked against them, spec/feeds.md §9)."""
+    proof = {
+        "type": "kachery-fork-proof",
+        "v": 1,
+        "feed": feed_id,
+        "subfeed": subfeed_hash,
+        "position": position,
+        "a": [line.decode("utf-8") for line in a],
+        "b": [line.decode("utf-8") for line in b],
+    }
+    if succession:
+        proof["succession"] = [line.decode("utf-8") for line in succession]
+    return orjson.dumps(proof)
+
+
+def _key_chain(feed_id: str, succession: object) -> KeyChain | None:
+    """The verified key chain a fork proof of a feed that changed keys carries (§9), or None."""
+    if succession is None:
+        return None
+    if type(succession) is not list or not succession or not all(type(x) is str for x in succession):
+        raise VerificationError("malformed fork proof: 'succession' is not a non-empty list of records")
+    return KeyChain.verify(feed_id, [x.encode("utf-8") for x in succession])
 
 
 def verify_fork_proof(proof: bytes) -> ForkProofInfo:
     """Check a fork proof independently of any store; raise VerificationError if it is not one.
 
-    The proof must have exactly the keys of spec/feeds.md §6; ``position`` is informational
+    A succession violation proof (spec/feeds.md §9.4) is checked too. Otherwise the proof
+    must have exactly the keys of spec/feeds.md §6 (and ``succession`` for a feed that changed
+    keys); ``position`` is informational
     (a non-negative integer; the proven position is recomputed from the chains)."""
     try:
         d = loads_json(proof)
     except JsonTextError as exc:
         raise VerificationError(f"malformed fork proof: {exc}") from None
-    if type(d) is not dict or d.keys() != _KEYS:
+    if type(d) is dict and d.get("type") == "kachery-succession-violation":  # spec/feeds.md §9.4
+        from .succession import verify_violation_proof
+
+        return ForkProofInfo(*verify_violation_proof(proof))
+    if type(d) is not dict or d.keys() - {"succession"} != _KEYS:
         raise VerificationError(f"malformed fork proof: expected exactly the keys {sorted(_KEYS)}")
     if d["type"] != "kachery-fork-proof" or d["v"] != 1 or type(d["v"]) is not int:
         raise VerificationError("not a kachery fork proof (v1)")
@@ -94,12 +114,17 @@ def verify_fork_proof(proof: bytes) -> ForkProofInfo:
             raise VerificationError(f"malformed fork proof: {k!r} is not a list of wire lines")
         chains.append([line.encode("utf-8") for line in d[k]])
     public_key = bytes.fromhex(feed_id)
+    keys = _key_chain(feed_id, d.get("succession"))
     parsed = []
     for chain in chains:
         if not chain:
             raise VerificationError("a fork proof chain is empty")
         msgs = [parse_message(line, feed_id, sub) for line in chain]
-        check_chain(msgs, public_key)
+        if keys is None:
+            check_chain(msgs, public_key)
+        elif check_chain_with_keys(msgs, keys, sub) is not None:
+            raise VerificationError("a fork proof chain is signed by a key its succession replaced "
+                                    "(a succession violation, not a fork)")
         parsed.append(msgs)
     position = conflict_position(parsed[0], parsed[1])
     if position is None:

@@ -40,7 +40,8 @@ FORMAT_VERSION = 1
 #: Prefix of every signed input, so a feed signature can never be mistaken for another kind.
 SIGNATURE_CONTEXT = b"kachery-feed-message-v1\x00"
 _REQUIRED_KEYS = frozenset({"feed", "n", "payload", "prev", "subfeed", "ts", "v"})
-_ALL_KEYS = _REQUIRED_KEYS | {"meta"}
+#: "succession": the key succession records a message carries (spec/feeds.md §9.3).
+_ALL_KEYS = _REQUIRED_KEYS | {"meta", "succession"}
 _MAX_LINE = MAX_MESSAGE_BYTES + 1 + 128
 
 
@@ -68,6 +69,7 @@ def build_body(
     timestamp_ms: int,
     payload_json: bytes,
     metadata_json: bytes | None = None,
+    succession_json: bytes | None = None,
 ) -> bytes:
     """Serialize a body from already-checked JSON fragments, keys in sorted order.
 
@@ -83,7 +85,8 @@ def build_body(
             b',"payload":', payload_json,
             b',"prev":', prev,
             b',"subfeed":"', subfeed_hash.encode(),
-            b'","ts":', str(timestamp_ms).encode(),
+            b'"', b"" if succession_json is None else b',"succession":' + succession_json,
+            b',"ts":', str(timestamp_ms).encode(),
             b',"v":1}',
         )
     )  # fmt: skip
@@ -214,6 +217,9 @@ def _parse(line: bytes, feed_id: str, subfeed_hash: str) -> tuple[tuple, dict]:
             raise VerificationError(f"message {number} has an invalid previous hash {short_repr(prev)}")
     if "meta" in d and type(d["meta"]) is not dict:
         raise VerificationError("message metadata is not a JSON object (absent when unused, never null)")
+    if "succession" in d and (type(d["succession"]) is not list or not d["succession"]
+                              or not all(type(x) is str for x in d["succession"])):
+        raise VerificationError("message field 'succession' is not a non-empty list of record lines")
     return (number, previous_hash, message_hash(body), body, signature), d
 
 

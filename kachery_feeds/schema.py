@@ -15,6 +15,18 @@ Tables (version 1):
   ``WITHOUT ROWID`` keeps the rows in one B-tree ordered by (subfeed, number): appends go to
   the end of it and range reads are sequential.
 * ``fork_proofs``: evidence of forks detected on import (see :mod:`kachery_feeds.forks`).
+
+Version 2 (fork-safe restore, spec/feeds.md §8):
+
+* ``feeds.restoring_since_ms``: set while a feed whose key was restored from a backup has not
+  caught up with the network yet; appends are refused until it is cleared.
+
+Version 2 also holds key successions (spec/feeds.md §9):
+
+* ``feed_successions``: the verified succession records of each feed, ``seq`` 1, 2, …; the
+  feed's ``private_key`` is then the seed of the newest key.
+* ``subfeeds.succession_seq``: how many records the subfeed's own messages have carried, so
+  that the next append carries the chain when a newer record exists.
 """
 
 from __future__ import annotations
@@ -74,7 +86,18 @@ def _v0_to_v1(db: sqlite_utils.Database) -> None:
     db["fork_proofs"].create_index(["proof_sha256"], unique=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v0_to_v1]
+def _v1_to_v2(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE feeds ADD COLUMN restoring_since_ms INTEGER")
+    db.execute("ALTER TABLE subfeeds ADD COLUMN succession_seq INTEGER NOT NULL DEFAULT 0")
+    db.execute("""CREATE TABLE feed_successions (
+                      feed_id TEXT NOT NULL,
+                      seq INTEGER NOT NULL,
+                      record BLOB NOT NULL,
+                      PRIMARY KEY (feed_id, seq)
+                  ) WITHOUT ROWID""")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v0_to_v1, _v1_to_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

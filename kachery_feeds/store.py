@@ -32,17 +32,21 @@ import nacl.bindings
 import sqlite_utils
 
 from .errors import (
+    FeedRestoringError,
     ForkError,
     InvalidPayloadError,
     InvalidUriError,
     MissingMessagesError,
     NotAStoreError,
     NotWriteableError,
+    RestoreIncompleteError,
     UnknownFeedError,
+    VerificationError,
     short_repr,
 )
 from .filesystems import require_local_filesystem
-from .forks import build_fork_proof
+from .forks import ForkProofInfo, build_fork_proof, verify_fork_proof
+from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
     build_body,
     check_chain,
@@ -53,6 +57,7 @@ from .messages import (
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_json
 from .schema import migrate
+from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
 from .watch import ChangeNotifier, ChangeWatcher
@@ -102,7 +107,7 @@ class _Fork(Exception):
         self.position, self.local, self.incoming = position, local, incoming
 
 
-class Store:
+class Store(SuccessionMixin):
     """A feed store in one SQLite file. Open it with :func:`open_store`.
 
     Any number of processes and threads may use the same file at once.
@@ -133,6 +138,7 @@ class Store:
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
+        self._verified_chains = {}  # key successions, see store_succession.py
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -159,6 +165,9 @@ class Store:
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                # A subfeed row created in the rolled-back transaction is gone, and SQLite may give
+                # its id to the next subfeed created: forget every cached id (they are re-read).
+                self._subfeed_ids.clear()
                 raise
         self._notifier.notify()
 
@@ -230,8 +239,10 @@ class Store:
                 (feed_id,),
             )
             c.execute("DELETE FROM subfeeds WHERE feed_id=?", (feed_id,))
+            c.execute("DELETE FROM feed_successions WHERE feed_id=?", (feed_id,))
             c.execute("DELETE FROM feeds WHERE feed_id=?", (feed_id,))
         self._secret_keys.pop(feed_id, None)
+        self._verified_chains.pop(feed_id, None)
         for key in [k for k in self._subfeed_ids if k[0] == feed_id]:
             del self._subfeed_ids[key]
 
@@ -294,19 +305,95 @@ class Store:
 
         return verify_store(self, subfeed)
 
+    # ------------------------------------------------------------------ key backups and restore
+    # spec/feeds.md §8: a restored key cannot append until the store has caught up.
+    def export_key(self, feed_id: str) -> bytes:
+        """A backup of the key that signs ``feed_id`` (a secret: see :mod:`kachery_feeds.key_backup`)."""
+        feed_id = normalize_feed_id(feed_id)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT private_key, name FROM feeds WHERE feed_id=?", (feed_id,)).fetchone()
+        if row is None or row[0] is None:
+            raise NotWriteableError(f"this store ({self.path}) does not hold the key of feed {feed_id}")
+        return encode_backup(KeyBackup(feed_id, bytes(row[0]), row[1], tuple(self.key_succession(feed_id))))
+
+    def restore_key(self, backup: bytes | str) -> Feed:
+        """Take a feed's key from a backup (:meth:`export_key`). The feed starts *restoring*:
+        appends raise :class:`FeedRestoringError` until :meth:`finish_restore`. If this store
+        already holds that key, nothing changes (and a restore under way stays under way)."""
+        parsed = parse_backup(backup)
+        with self._write() as c:
+            if parsed.succession:  # the seed is a newer key: keep the records that vouch for it
+                self._restore_records(c, parsed.feed_id, parsed.succession, parsed.seed)
+            row = c.execute("SELECT private_key FROM feeds WHERE feed_id=?", (parsed.feed_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                if bytes(row[0]) == parsed.seed:
+                    return Feed(self, parsed.feed_id)
+                if not self._replaced_key(c, parsed.feed_id, bytes(row[0])):
+                    raise VerificationError(f"this store holds another key for feed {parsed.feed_id}")
+                self._secret_keys.pop(parsed.feed_id, None)  # a replaced key gives way to the backup's
+            name = parsed.name
+            if name is not None and c.execute(
+                    "SELECT 1 FROM feeds WHERE name=? AND feed_id<>?", (name, parsed.feed_id)).fetchone():
+                name = None  # the local name is taken here: the feed is still known by its ID
+            c.execute("INSERT OR IGNORE INTO feeds(feed_id, created_ms) VALUES (?, ?)",
+                      (parsed.feed_id, _now_ms()))
+            c.execute("UPDATE feeds SET private_key=?, name=COALESCE(name, ?), restoring_since_ms=? "
+                      "WHERE feed_id=?", (parsed.seed, name, _now_ms(), parsed.feed_id))
+        return Feed(self, parsed.feed_id)
+
+    def is_restoring(self, feed_id: str) -> bool:
+        """True while ``feed_id``'s key is restored but the store has not caught up (§8)."""
+        return self._key_state(normalize_feed_id(feed_id))[1]
+
+    def finish_restore(self, feed_id: str, known_counts: Mapping[str, int], *,
+                       unchecked: bool = False) -> None:
+        """End the restore of ``feed_id``: ``known_counts`` maps every subfeed hash the network
+        is known to hold of the feed to its newest known message count; the store must hold at
+        least that many of each, else :class:`RestoreIncompleteError` (nothing changes).
+        ``unchecked=True`` ends it without that check (the caller's explicit risk)."""
+        feed_id = normalize_feed_id(feed_id)
+        with self._write() as c:
+            row = c.execute("SELECT private_key FROM feeds WHERE feed_id=?", (feed_id,)).fetchone()
+            if row is None or row[0] is None:
+                raise NotWriteableError(f"this store ({self.path}) does not hold the key of feed {feed_id}")
+            missing: dict[str, tuple[int, int]] = {}
+            if not unchecked:
+                for sh, known in known_counts.items():
+                    local = c.execute("SELECT count FROM subfeeds WHERE feed_id=? AND subfeed_hash=?",
+                                      (feed_id, sh)).fetchone()
+                    have = local[0] if local else 0
+                    if have < known:
+                        missing[sh] = (have, known)
+            if missing:
+                some = ", ".join(f"{sh[:12]}… {have}/{known}"
+                                 for sh, (have, known) in list(missing.items())[:5])
+                raise RestoreIncompleteError(
+                    f"feed {feed_id} is still restoring: this store lacks messages the network holds "
+                    f"({some}); it stays read-only until they arrive", missing)
+            c.execute("UPDATE feeds SET restoring_since_ms=NULL WHERE feed_id=?", (feed_id,))
+
     # ------------------------------------------------------------------ internals
     def _secret_key_or_none(self, feed_id: str) -> bytes | None:
+        return self._key_state(feed_id)[0]
+
+    def _key_state(self, feed_id: str) -> tuple[bytes | None, bool]:
+        """(secret key or None, restoring). The key is cached only once the feed is not
+        restoring: another process may end the restore, and then appends here may go ahead."""
         sk = self._secret_keys.get(feed_id)
-        if sk is None:
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT private_key FROM feeds WHERE feed_id=?", (feed_id,)
-                ).fetchone()
-            if row is None or row[0] is None:
-                return None
-            _pk, sk = nacl.bindings.crypto_sign_seed_keypair(row[0])
-            self._secret_keys[feed_id] = sk
-        return sk
+        if sk is not None:
+            return sk, False
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT private_key, restoring_since_ms FROM feeds WHERE feed_id=?", (feed_id,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None, False
+        _pk, sk = nacl.bindings.crypto_sign_seed_keypair(row[0])
+        if row[1] is not None:
+            return sk, True
+        self._secret_keys[feed_id] = sk
+        return sk, False
 
     def _subfeed_id(self, feed_id: str, sh: str) -> int | None:
         key = (feed_id, sh)
@@ -327,7 +414,8 @@ class Store:
         """Inside a write transaction: (id, count, head hash), creating the rows if needed."""
         sid = self._subfeed_ids.get((feed_id, sh))
         if sid is not None:
-            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=?", (sid,)).fetchone()
+            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=? AND feed_id=? AND "
+                            "subfeed_hash=?", (sid, feed_id, sh)).fetchone()
             if row is not None:
                 return sid, row[0], row[1]
             self._subfeed_ids.pop((feed_id, sh), None)  # deleted by another process
@@ -392,12 +480,20 @@ class Store:
         payloads: list[Any],
         metadata: dict | None,
     ) -> int:
-        sk = self._secret_key_or_none(feed_id)
+        sk, restoring = self._key_state(feed_id)
         if sk is None:
             raise NotWriteableError(
                 f"cannot append to feed {feed_id}: this store ({self.path}) does not hold its "
                 "private key (only the feed's owner can append)"
             )
+        if restoring:
+            raise FeedRestoringError(
+                f"cannot append to feed {feed_id} yet: its key was restored from a backup and this "
+                "store has not caught up with the newest messages the network holds of it, so an "
+                "append now could fork the feed. Run `kachery feed restore --resume "
+                f"{feed_id}` with the daemon running (it fetches them from the channels), or, if "
+                "no other machine ever wrote to this feed after the backup, `kachery feed restore "
+                f"--resume {feed_id} --offline-ok`", feed_id)
         if not payloads:
             raise InvalidPayloadError("append_messages needs at least one message")
         metas = _metadata_per_message(metadata, len(payloads))
@@ -410,11 +506,13 @@ class Store:
                 )
         with self._write() as c:
             sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
+            sk, carry = self._succession_for_append(c, feed_id, sid, sk)  # spec/feeds.md §9
             ts = _now_ms()
             n = count
             rows = []
             for pj, meta_json in zip(encoded, metas, strict=True):
-                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json)
+                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json, carry)
+                carry = None  # only the first message carries the succession
                 prev = message_hash(body)
                 rows.append((sid, n, body, None))
                 n += 1
@@ -432,10 +530,16 @@ class Store:
         msgs = [parse_wire(line, feed_id, sh) for line in lines]
         if not msgs:
             return 0
-        check_chain(msgs, bytes.fromhex(feed_id))
+        chain = self._succession_for_import(feed_id, msgs)  # None: never changed keys (§9)
+        if chain is None:
+            check_chain(msgs, bytes.fromhex(feed_id))
+        else:
+            self._check_import(msgs, chain, feed_id, sh)
         first = msgs[0][0]
         try:
             with self._write() as c:
+                if chain is not None:
+                    self._adopt_chain(c, feed_id, chain)
                 sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
                 if first > count:
                     raise MissingMessagesError(
@@ -467,6 +571,17 @@ class Store:
                 new = msgs[overlap_end - first :]
                 if not new:
                     return 0
+                forked_at = self._fork_position(c, feed_id, sh)
+                if forked_at is not None and new[-1][0] >= forked_at:
+                    # A proven fork is channel knowledge (spec/witness.md §5): nothing at or
+                    # past its position is accepted any more, from either branch.
+                    (proof,) = c.execute(
+                        "SELECT proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
+                        "ORDER BY position, id LIMIT 1", (feed_id, sh)).fetchone()
+                    raise ForkError(
+                        f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
+                        "message at or past the fork is accepted (the proof is attached)",
+                        proof=proof, position=forked_at)
                 c.executemany(
                     "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
                     [(sid, m[0], m[3], m[4]) for m in new],
@@ -476,8 +591,11 @@ class Store:
                     (new[-1][0] + 1, new[-1][2], sid),
                 )
                 return len(new)
+        except ViolationFound as found:
+            raise self._report_violation(found, feed_id) from None
         except _Fork as fork:
-            proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming)
+            proof = build_fork_proof(feed_id, sh, fork.position, fork.local, fork.incoming,
+                                     chain.lines() if chain is not None else None)
             with self._write() as c:
                 c.execute(
                     "INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, "
@@ -491,6 +609,26 @@ class Store:
                 proof=proof,
                 position=fork.position,
             ) from None
+
+    @staticmethod
+    def _fork_position(c: sqlite3.Connection, feed_id: str, sh: str) -> int | None:
+        (position,) = c.execute("SELECT MIN(position) FROM fork_proofs WHERE feed_id=? AND "
+                                "subfeed_hash=?", (feed_id, sh)).fetchone()
+        return position
+
+    def record_fork_proof(self, proof: bytes) -> ForkProofInfo:
+        """Verify a fork proof found elsewhere (a peer's notice, a witness's refusal) and record
+        it like one found on import: from then on the subfeed accepts no message at or past its
+        position. Raises VerificationError if it is not a valid proof; recording the same proof
+        twice is a no-op. Returns what it proves."""
+        info = verify_fork_proof(proof)
+        with self._write() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, "
+                "proof_sha256, proof, detected_ms) VALUES (?,?,?,?,?,?)",
+                (info.feed_id, info.subfeed_hash, info.position, message_hash(proof), proof, _now_ms()),
+            )
+        return info
 
     @staticmethod
     def _local_hash(c: sqlite3.Connection, sid: int, n: int) -> bytes:

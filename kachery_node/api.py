@@ -360,23 +360,112 @@ def get_node_id() -> str:
     return load_node_config(default_storage().directory).node_id
 
 
-def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0) -> kachery_feeds.Subfeed:
-    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``. For a feed this node
-    does not own, a running daemon is asked to follow it on its channels (all joined, or
-    ``channel``; ``"*local*"``: none, this node's copy only): the subfeed's messages then
-    arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0,
+                 live: bool = False) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``.
+
+    For a feed this node does not own, the channels (``channel``, or every joined one in turn;
+    ``"*local*"``: none, this node's copy only) are asked, in this order
+    (kachery_node/remote_subfeeds.py): with a daemon running for this storage, it follows the
+    subfeed (catches up from the buckets, subscribes, and the owner's new messages arrive live);
+    without one, each channel's bucket is read directly over HTTP, verified, and
+    :meth:`~kachery_feeds.Subfeed.follow` keeps polling the buckets for new messages.
+
+    Raises :class:`~kachery_node.SubfeedNotFoundError` (a :class:`~kachery_node.NotFoundError`)
+    when no message is found anywhere, saying what was tried, and
+    :class:`~kachery_node.BucketDataRejectedError` when a bucket's copy fails verification,
+    unless ``live=True``: then it returns the subfeed even if it is still empty, for a caller
+    who waits for messages (``follow()``).
+    """
+    from . import remote_subfeeds
+
     storage = default_storage()
     subfeed = storage.load_subfeed(uri)
     subfeed.set_position(position)
     if not subfeed.is_writeable and channel != LOCAL_ONLY:
-        from . import remote_reads as remote
-
-        if remote.daemon_for(storage.directory) is not None:
-            remote.follow_subfeed(storage.directory, subfeed.uri, channel)
-        elif channel is not None:
-            raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
-                                f"for {storage.directory} (start one with `kachery node start`)")
+        remote_subfeeds.reach(storage, subfeed, channel, live=live)
     return subfeed
+
+
+def unfollow(uri: str) -> bool:
+    """Stop following another node's subfeed (``feed://<id>/<name>``) on every channel: the
+    daemon no longer subscribes to it; the messages already here stay readable. Returns False if
+    it was not followed. (A followed subfeed nobody reads is unfollowed by itself after
+    ``[daemon.feeds] unfollow_idle`` seconds, config.toml; default 7 days.)"""
+    from . import remote_subfeeds
+
+    return remote_subfeeds.unfollow(default_storage(), uri)
+
+
+def publish(uri: str, *, channel: str) -> str:
+    """Keep a feed of this node (``feed://<id>``: every subfeed, also ones created later) or one
+    of its subfeeds (``feed://<id>/<name>``) current in ``channel``'s bucket, whether or not
+    anyone follows it, so readers catch up while this node is offline. Remembered in
+    ``<storage>/published-feeds.json``; the daemon (now, if it runs; else when it starts)
+    uploads what the bucket lacks and then every new message. Returns the URI published.
+
+    >>> sf = kn.create_feed().load_subfeed("readings")
+    >>> kn.publish(sf.uri, channel="lab")                      # doctest: +SKIP
+    """
+    from .feed_publications import parse_publication, update_publications
+    from .joined_channels import load_memberships
+
+    storage = default_storage()
+    pub = parse_publication(uri, channel)
+    if not storage.feeds.has_private_key(pub.feed_id):
+        raise NotFoundError(f"cannot publish {uri}: this node does not own feed {pub.feed_id} "
+                            "(only a feed's owner publishes it)", uri=uri)
+    joined = load_memberships(storage.directory)
+    if channel not in joined:
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node has not joined it (joined: "
+                         f"{', '.join(joined) or 'none'}); run `kachery node join {channel}`")
+    if "provide-feeds" not in joined[channel].get("roles", []):
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node did not ask for the provide-feeds "
+                         f"role there, which uploading to its bucket needs; run `kachery node join "
+                         f"{channel} --add-roles provide-feeds` (and have the channel's owner grant it)")
+    update_publications(storage.directory, lambda pubs: pubs if pub in pubs else [*pubs, pub])
+    _tell_daemon_publications_changed(storage)
+    return pub.uri
+
+
+def unpublish(uri: str, *, channel: str | None = None) -> int:
+    """Stop keeping ``uri`` (as given to :func:`publish`) current in ``channel``'s bucket (every
+    channel, if None). What is already in the bucket stays. Returns how many publications
+    were removed (0: it was not published)."""
+    from .feed_publications import Publication, parse_publication, update_publications
+
+    storage = default_storage()
+    target = parse_publication(uri, channel or "")
+
+    def matches(p: Publication) -> bool:
+        same = (p.feed_id, p.subfeed_hash) == (target.feed_id, target.subfeed_hash)
+        return same and channel in (None, p.channel)
+
+    before = update_publications(storage.directory, lambda pubs: [p for p in pubs if not matches(p)])
+    removed = sum(1 for p in before if matches(p))
+    if removed:
+        _tell_daemon_publications_changed(storage)
+    return removed
+
+
+def list_published() -> list[dict[str, str]]:
+    """What this node publishes: ``{"uri", "channel"}`` per publication (:func:`publish`)."""
+    from .feed_publications import load_publications
+
+    return [{"uri": p.uri, "channel": p.channel} for p in load_publications(default_storage().directory)]
+
+
+def _tell_daemon_publications_changed(storage: Storage) -> None:
+    """A running daemon takes up the change now, not at its next look at the file (2 s)."""
+    from . import remote_reads as remote
+
+    daemon = remote.daemon_for(storage.directory)
+    if daemon is not None:
+        daemon.request("POST", "/api/feeds/published")
 
 
 def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float = 0,
@@ -410,6 +499,6 @@ def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float 
         else:
             raise kachery_feeds.InvalidUriError(
                 f"watch {name!r}: needs 'uri', or 'feedId' with 'subfeedName' or 'subfeedHash'")
-        watches[name] = (load_subfeed(uri, channel=channel), watch.get("position", 0))
+        watches[name] = (load_subfeed(uri, channel=channel, live=True), watch.get("position", 0))
     return default_storage().feeds.watch_for_new_messages(
         watches, wait_msec, max_num_messages=max_num_messages, signed=signed)

@@ -67,6 +67,12 @@ def follow_subfeed(storage_dir: str | os.PathLike, uri: str, channel: str | None
     return DaemonClient(Path(storage_dir)).request("POST", "/api/feeds/follow", json_body=body)["following"]
 
 
+def unfollow_subfeed(storage_dir: str | os.PathLike, uri: str) -> bool:
+    """Ask the daemon to stop following a remote subfeed; False if it did not follow it."""
+    answer = DaemonClient(Path(storage_dir)).request("POST", "/api/feeds/unfollow", json_body={"uri": uri})
+    return answer["unfollowed"]
+
+
 def upload_file(storage_dir: str | os.PathLike, uri: str, channel: str) -> dict:
     """Ask the daemon to push stored content to ``channel``'s bucket."""
     return DaemonClient(Path(storage_dir)).request(

@@ -114,6 +114,131 @@ test('a fork proof made by Python verifies; a tampered one does not', async () =
   await assert.rejects(k.verifyForkProof(JSON.stringify(same)), /do not conflict/);
 });
 
+test('a feed whose key Python rotated and recovered: verified under the key of each position', async () => {
+  const R = fx.rotated;
+  const msgs = await k.verifyRange(R.lines, R.feed_id, R.subfeed_hash);
+  assert.deepEqual(msgs.map((m) => m.payload), R.payloads);
+  assert.deepEqual(msgs.map((m) => m.succession?.length ?? 0), [0, 0, 0, 0, 0, 1, 0, 2, 3]);
+  const v = new k.SubfeedVerifier(R.feed_id, R.subfeed_hash);
+  assert.equal((await v.add(R.lines)).length, 9);
+  assert.deepEqual(v.chain.lines(), R.succession);
+  const chain = await k.KeyChain.verify(R.feed_id, R.succession);
+  assert.deepEqual(chain.records.map((r) => r.by), ['key', 'key', 'recovery']);
+  assert.notEqual(chain.keyFor(R.subfeed_hash, 4), chain.keyFor(R.subfeed_hash, 5));
+  assert.notEqual(chain.keyFor(R.subfeed_hash, 7), chain.keyFor(R.subfeed_hash, 8));
+  assert.equal(chain.keyFor(R.subfeed_hash, 4), R.feed_id);
+});
+
+test('a tampered copy of the rotated feed is refused: the replaced key signing after the hand-over', async () => {
+  const R = fx.rotated;
+  const tampered = [...R.lines.slice(0, 8), R.old_key_line];
+  const err = await k.verifyRange(tampered, R.feed_id, R.subfeed_hash).then(() => null, (e) => e);
+  assert.ok(err instanceof k.SuccessionViolationError, String(err));
+  assert.equal(err.position, 8);
+  assert.match(err.message, /message 8 is signed by a key that the feed's key succession replaced/);
+  // The proof kachery.js builds verifies in kachery.js and in Python.
+  assert.deepEqual(await k.verifyForkProof(err.proof), { feedId: R.feed_id, subfeedHash: R.subfeed_hash, position: 8 });
+  assert.deepEqual(await command(`verify-proof ${Buffer.from(err.proof).toString('hex')}`), { ok: true, position: 8 });
+  // Records altered in the copy, or dropped from it: refused.
+  const forgedRecord = R.lines.map((l, i) => (i === 5 ? l.replace('\\"by\\":\\"key\\"', '\\"by\\":\\"recovery\\"') : l));
+  assert.notDeepEqual(forgedRecord, R.lines);
+  await assert.rejects(k.verifyRange(forgedRecord, R.feed_id, R.subfeed_hash), k.VerificationError);
+  const v = new k.SubfeedVerifier(R.feed_id, R.subfeed_hash);
+  await v.add(R.lines.slice(0, 5));
+  await assert.rejects(v.add([R.old_key_line.replace('"n":8', '"n":5')]), k.VerificationError);
+  // Limit (spec/feeds.md §9.3): a reader that never saw the records cannot tell.
+  await k.verifyRange([R.old_key_line], R.feed_id, R.subfeed_hash);
+});
+
+test('a fork proof of the rotated feed carries its succession; Python made it, kachery.js checks it', async () => {
+  const R = fx.rotated;
+  const d = JSON.parse(R.fork_proof);
+  assert.deepEqual(d.succession, R.succession);
+  assert.deepEqual(await k.verifyForkProof(R.fork_proof), { feedId: R.feed_id, subfeedHash: R.subfeed_hash, position: R.fork_position });
+  const without = { ...d };
+  delete without.succession;
+  await assert.rejects(k.verifyForkProof(JSON.stringify(without)), /bad signature/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: d.succession.slice(0, 1) })), /bad signature/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: [] })), /'succession'/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: d.succession.slice(1) })), /succession record/);
+});
+
+test('following the rotated feed from the bucket and through a daemon stream; the old key is rejected', async () => {
+  const R = fx.rotated;
+  const bucket = new k.BucketReader(bucketUrl, fx.channel);
+  const headKey = k.keys.head(fx.channel, R.feed_id, R.subfeed_hash);
+  const real = readFileSync(join(fx.bucket_dir, ...headKey.split('/')), 'utf8');
+  const h = JSON.parse(real);
+  h.tail[8] = R.old_key_line;
+  overrides.set(headKey, Buffer.from(JSON.stringify(h)));
+  const ac = new AbortController();
+  const errors = [];
+  const got = [];
+  try {
+    for await (const m of bucket.follow(R.uri, { pollMs: 50, signal: ac.signal, onError: (e) => { errors.push(e); overrides.clear(); } })) {
+      got.push(m);
+      if (got.length === 9) break;
+    }
+  } finally {
+    overrides.clear();
+  }
+  assert.deepEqual(got.map((m) => m.payload), R.payloads); // the old key's message 8 was never yielded
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof k.SuccessionViolationError && errors[0].position === 8, String(errors[0]));
+  // Starting after the key changes: the records carried before `start` are found in the bucket.
+  assert.deepEqual(await bucket.findSuccession(R.uri, 9), R.succession);
+  assert.deepEqual(await bucket.findSuccession(R.uri, 7), R.succession.slice(0, 1));
+  assert.deepEqual(await bucket.findSuccession(R.uri, 5), []);
+  const late = [];
+  for await (const m of bucket.follow(R.uri, { start: 8, pollMs: 50, signal: ac.signal })) {
+    late.push(m.payload);
+    break;
+  }
+  assert.deepEqual(late, [{ r: 8 }]);
+
+  // Through a daemon-style stream: the old key's line is rejected (onRejected), then the honest
+  // one is accepted on the reopened stream.
+  let tamper = true;
+  const sse = createServer((req, res) => {
+    const start = Number(new URL(req.url, 'http://x').searchParams.get('start'));
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (let n = start; n < R.lines.length; n++) {
+      const wire = n === 8 && tamper ? R.old_key_line : R.lines[n];
+      res.write(`id: ${n}\ndata: ${JSON.stringify({ number: n, wire })}\n\n`);
+    }
+    tamper = false;
+  });
+  await new Promise((r) => sse.listen(0, '127.0.0.1', r));
+  try {
+    const rejected = [];
+    const fromDaemon = [];
+    for await (const m of k.followFromDaemon(`http://127.0.0.1:${sse.address().port}`, R.uri, {
+      token: 't', signal: ac.signal, retryMs: 20, onRejected: (r) => rejected.push(r),
+    })) {
+      fromDaemon.push(m.payload);
+      if (fromDaemon.length === 9) break;
+    }
+    assert.deepEqual(fromDaemon, R.payloads);
+    assert.equal(rejected.length, 1);
+    assert.equal(rejected[0].number, 8);
+    assert.ok(rejected[0].error instanceof k.SuccessionViolationError);
+    assert.match(rejected[0].reason, /replaced/);
+    // From a later start, with the records passed in.
+    const later = [];
+    for await (const m of k.followFromDaemon(`http://127.0.0.1:${sse.address().port}`, R.uri, {
+      token: 't', start: 6, succession: R.succession, signal: ac.signal,
+    })) {
+      later.push(m.payload);
+      if (later.length === 3) break;
+    }
+    assert.deepEqual(later, R.payloads.slice(6));
+  } finally {
+    ac.abort();
+    sse.closeAllConnections();
+    sse.close();
+  }
+});
+
 test('a signed node message (v2) and a hub request made by Python', async () => {
   const message = k.fromHex(fx.envelope_hex, fx.envelope_hex.length / 2);
   const at = { channel: fx.channel, band: 'provide-feeds', nowMs: fx.envelope_time_ms + 1000 };
@@ -179,8 +304,8 @@ test('following a subfeed from the bucket by polling the head, and refusing tamp
     if (got.length === fx.count) break;
   }
   assert.deepEqual(got.map((m) => m.payload), fx.payloads);
-  // Live: Python appends, republishes the head; the follower picks it up. A tampered head in
-  // between is reported and yields nothing.
+  // Live: Python appends, republishes the head; the follower picks it up. A tampered message
+  // in the head is reported and never yielded.
   const headKey = k.keys.head(fx.channel, fx.feed_id, fx.subfeed_hash);
   const follower = bucket.follow(fx.uri, { start: fx.count, pollMs: 50, signal: ac.signal, onError: (e) => errors.push(e) });
   const { count } = await command('append 2');
@@ -189,12 +314,13 @@ test('following a subfeed from the bucket by polling the head, and refusing tamp
   const h = JSON.parse(real);
   h.tail[h.tail.length - 1] = h.tail[h.tail.length - 1].replace('"more":1', '"more":7');
   overrides.set(headKey, Buffer.from(JSON.stringify(h)));
-  const first = follower.next();
+  // The good message before the tampered one is still released; the tampered one is not.
+  const m1 = (await follower.next()).value;
+  const second = follower.next();
   await new Promise((r) => setTimeout(r, 300));
   assert.ok(errors.some((e) => e instanceof k.VerificationError), 'the tampered head was reported');
   overrides.clear();
-  const m1 = (await first).value;
-  const m2 = (await follower.next()).value;
+  const m2 = (await second).value;
   assert.deepEqual([m1.number, m1.payload, m2.payload], [fx.count, { more: 0 }, { more: 1 }]);
   ac.abort();
 });
@@ -205,7 +331,7 @@ test('following through a daemon-style SSE stream of wire lines; records without
   let mode = 'wire';
   const sse = createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
-    if (req.headers.authorization !== 'Bearer t') {
+    if (req.headers.authorization !== 'Bearer t' && url.searchParams.get('token') !== 't') {
       res.writeHead(401).end('bad token');
       return;
     }
@@ -245,5 +371,128 @@ test('following through a daemon-style SSE stream of wire lines; records without
     ac.abort();
   } finally {
     sse.close();
+  }
+});
+
+test('daemon events (record fields + wire): a tampered event is reported as rejected, never yielded', async () => {
+  // The daemon's event format (local_api.py): {number, timestamp_ms, payload, metadata, wire}.
+  // A man in the middle alters message 1500's line (signed alone) the first `tamperings` times,
+  // and claims a different payload in the unsigned record fields of message 3.
+  let tamperings = 2;
+  let connections = 0;
+  const sse = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    if (url.searchParams.get('token') !== 't') {
+      res.writeHead(403, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: 'origin http://evil.example is not allowed', kind: 'OriginNotAllowed' }));
+      return;
+    }
+    connections += 1;
+    const start = Number(url.searchParams.get('start'));
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    let tampered = false;
+    for (let n = start; n < fx.lines.length; n++) {
+      let wire = fx.lines[n];
+      if (n === 1500 && tamperings > 0) {
+        wire = wire.replace('"by":"test"', '"by":"evil"');
+        tampered = true;
+      }
+      const payload = n === 3 ? { forged: true } : fx.payloads[n];
+      res.write(`id: ${n}\ndata: ${JSON.stringify({ number: n, timestamp_ms: 0, payload, metadata: null, wire })}\n\n`);
+    }
+    if (tampered) tamperings -= 1;
+    // Keep the connection open, as the daemon does, until the client drops it.
+  });
+  await new Promise((r) => sse.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${sse.address().port}`;
+  try {
+    const ac = new AbortController();
+    const got = [];
+    const rejected = [];
+    const states = [];
+    for await (const m of k.followFromDaemon(url, fx.uri, {
+      token: 't', signal: ac.signal, retryMs: 20,
+      onRejected: (r) => rejected.push(r), onStatus: (s) => states.push(s),
+    })) {
+      got.push(m);
+      if (got.length === fx.lines.length) break;
+    }
+    ac.abort();
+    assert.deepEqual(got.map((m) => m.number), [...Array(fx.lines.length).keys()]);
+    assert.deepEqual(got.map((m) => m.payload), fx.payloads); // not the record's forged payload
+    assert.deepEqual(got[1500].metadata, { by: 'test' });
+    assert.equal(rejected.length, 2);
+    for (const r of rejected) {
+      assert.equal(r.number, 1500);
+      assert.match(r.reason, /bad signature on message 1500/);
+      assert.ok(r.error instanceof k.VerificationError);
+    }
+    assert.equal(connections, 3); // reopened from message 1500 after each rejection
+    assert.ok(states.includes('live'));
+    // A refusal (403) says why at once instead of retrying.
+    await assert.rejects(async () => {
+      for await (const _m of k.followFromDaemon(url, fx.uri, { token: 'x' })) { /* consume */ }
+    }, (err) => err instanceof k.DaemonRefusedError && err.status === 403
+      && err.kind === 'OriginNotAllowed' && /evil\.example is not allowed/.test(err.message));
+  } finally {
+    sse.closeAllConnections();
+    sse.close();
+  }
+});
+
+test('files and ranges read through a daemon (GET /api/files/read) are verified in the page', async () => {
+  // A stand-in for the daemon's file endpoint over the objects Python wrote: bytes [start, end)
+  // of a stored file (the big one assembled from its chunks). `corrupt` flips a byte of what it
+  // serves; `limit` answers 413 as the daemon does for a page asking more than its limit.
+  const objects = (sha1) => readFileSync(join(fx.bucket_dir, ...k.keys.file(fx.channel, sha1).split('/')));
+  let corrupt = false;
+  let limit = Infinity;
+  const seen = [];
+  const daemon = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    seen.push(url.searchParams.toString());
+    if (url.pathname !== '/api/files/read' || url.searchParams.get('token') !== 't') {
+      res.writeHead(403, { 'content-type': 'application/json' }).end('{"error":"bad token","kind":"ApiError"}');
+      return;
+    }
+    const { sha1, manifest } = k.parseSha1Uri(url.searchParams.get('uri'));
+    let data;
+    if (manifest) {
+      const m = JSON.parse(objects(manifest).toString());
+      data = Buffer.concat(m.chunks.map((c) => objects(c.sha1)));
+    } else {
+      data = objects(sha1);
+    }
+    if (data.length > limit) {
+      res.writeHead(413, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: `at least ${data.length} bytes, more than a page may make this node download`, kind: 'ApiError' }));
+      return;
+    }
+    const start = Number(url.searchParams.get('start') ?? 0);
+    const end = Math.min(Number(url.searchParams.get('end') ?? data.length), data.length);
+    const out = Buffer.from(data.subarray(start, end));
+    if (corrupt && out.length) out[0] ^= 1;
+    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(out);
+  });
+  await new Promise((r) => daemon.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${daemon.address().port}`;
+  try {
+    const text = (b) => new TextDecoder().decode(b);
+    assert.equal(text(await k.readFileFromDaemon(url, fx.small_file.uri, { token: 't' })), fx.small_file.text);
+    assert.equal(text(await k.readFileFromDaemon(url, fx.small_file.uri, { token: 't', start: 7, end: 12 })), 'world');
+    const [a, b] = fx.big_file.range;
+    seen.length = 0;
+    assert.equal(k.toHex(await k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: a, end: b })), fx.big_file.range_hex);
+    assert.equal(seen.length, 3); // the manifest, then only the two chunks the range spans
+    corrupt = true;
+    await assert.rejects(k.readFileFromDaemon(url, fx.small_file.uri, { token: 't' }), k.VerificationError);
+    await assert.rejects(k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: a, end: b }), /does not hash/);
+    corrupt = false;
+    limit = 1000;
+    await assert.rejects(k.readFileFromDaemon(url, fx.big_file.uri, { token: 't', start: 0, end: 10 }),
+      (err) => err instanceof k.DaemonRefusedError && err.status === 413 && /more than a page/.test(err.message));
+    await assert.rejects(k.readFileFromDaemon(url, fx.small_file.uri, { token: 'x' }), /HTTP 403/);
+  } finally {
+    daemon.close();
   }
 });

@@ -38,6 +38,8 @@ class ChannelLink(Protocol):
     keypair: Keypair
     #: Effective roles of this node on the channel (granted ∩ requested).
     roles: frozenset[str]
+    #: The channel's hub ID, which is also its witness key (spec/witness.md §4.1).
+    hub_id: str
 
     async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes
@@ -73,6 +75,10 @@ class ChannelLink(Protocol):
 
     async def upload_many(self, items: list[tuple[str, bytes]]) -> None:
         """Put several small objects (path, bytes) at once (one request for their URLs)."""
+
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """A request to the channel's hub as witness (spec/witness.md §4), ``channel`` added;
+        raises HubRequestError (``WitnessRefusedError``'s ``details`` in ``.details``)."""
 
 
 async def refresh_if_lacking(links: Sequence[ChannelLink], role: str) -> None:

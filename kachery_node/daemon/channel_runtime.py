@@ -84,6 +84,7 @@ class ChannelRuntime:
         self.node_id = node_key.public_hex
         self.keypair = node_key
         self.hub_url: str = entry["hub_url"]
+        self.hub_id: str = str(entry.get("hub_id", ""))
         self.membership_feed_id: str = entry["feed_id"]
         self.roles: frozenset[str] = frozenset()
         self.membership: Membership | None = None
@@ -217,6 +218,10 @@ class ChannelRuntime:
             async with trio.open_nursery() as nursery:
                 for (_path, data), url in zip(batch, urls, strict=True):
                     nursery.start_soon(put, url, data)
+
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(
+            lambda: self._hub.witness_request(type_, channel=self.channel, **fields))
 
     # ------------------------------------------------------------------ running
     async def refresh_membership(self) -> None:

@@ -31,7 +31,7 @@ from ..config import load_node_config, read_settings
 from ..errors import DaemonError
 from ..storage.node_storage import Storage
 from .legacy_api import write_client_files
-from .local_api import DaemonContext, build_app
+from .local_api import BrowserPolicy, DaemonContext, build_app
 from .local_tokens import load_or_create_tokens
 from .node_runtime import NodeRuntime
 from .paths import DEFAULT_PORT, INFO_FILE, LOCK_FILE, configured_port
@@ -49,6 +49,22 @@ def cors_origins(storage_dir: Path) -> list[str]:
     env = os.environ.get("KACHERY_CORS_ORIGINS", "")
     origins += [o.strip() for o in env.split(",") if o.strip()]
     return origins
+
+
+def browser_policy(storage_dir: Path) -> BrowserPolicy:
+    """The web-safe limits for pages: ``[daemon] browser_max_fetch_bytes`` and
+    ``browser_max_follows`` in config.toml (defaults in :class:`BrowserPolicy`)."""
+    settings = read_settings(storage_dir).get("daemon", {})
+    values = {}
+    for name, field_name in (("browser_max_fetch_bytes", "max_fetch_bytes"),
+                             ("browser_max_follows", "max_follows")):
+        if name in settings:
+            value = settings[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DaemonError(f"[daemon] {name} in config.toml must be a non-negative integer, "
+                                  f"not {value!r}")
+            values[field_name] = value
+    return BrowserPolicy(**values)
 
 
 class _Lock:
@@ -89,6 +105,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
             client_token=client_token,
             browser_token=browser_token,
             cors_origins=cors_origins(storage_dir),
+            browser_policy=browser_policy(storage_dir),
             changes=ChangeBroadcaster(storage.feeds),
         )
         # For kachery-client 1.2.0 (legacy_api.py); after the storage opened without error.

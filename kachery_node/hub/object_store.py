@@ -2,7 +2,8 @@
 
 Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
 
-* ``GET``/``HEAD /bucket/<key>``: public, with ``Range``, ``ETag``, ``Content-Length``.
+* ``GET``/``HEAD /bucket/<key>``: public, with ``Range``, ``ETag``, ``Content-Length``, readable
+  by web pages from any origin (CORS, answering ``OPTIONS`` preflights).
 * ``PUT /bucket/<key>?expires=&max_size=&node=&sig=``: only with a hub-signed URL for exactly
   this key, before its expiry, within its size (checked against ``Content-Length`` first, then
   while streaming). Objects under ``<channel>/sha1/`` must hash to the SHA-1 their name ends
@@ -45,6 +46,20 @@ MAX_LIST = 10_000
 WRITE_BLOCK = 4 << 20
 
 
+#: Objects are public (spec/hub.md §7): any web page may read them, so that a page verifies a
+#: channel's files and feeds with no daemon (kachery.js). Only reads: PUT sends no CORS headers.
+CORS_READ_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Content-Range, Content-Length, ETag, Accept-Ranges",
+}
+_CORS_PREFLIGHT_HEADERS = {
+    **CORS_READ_HEADERS,
+    "Access-Control-Allow-Methods": "GET, HEAD",
+    "Access-Control-Allow-Headers": "Range, If-None-Match, If-Match",
+    "Access-Control-Max-Age": "86400",
+}
+
+
 class _BigChunkFileResponse(FileResponse):
     chunk_size = 4 << 20  # 64 KiB (the default) costs a thread hop and an ASGI event per chunk
 
@@ -71,9 +86,14 @@ class FilesystemBucket:
         key = request.path_params["key"]
         path = self.files.path_of(key)
         if not path.is_file():
-            return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404)
+            return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404,
+                                headers=CORS_READ_HEADERS)
         self.index.note_access(key)  # GET and HEAD: the object is in use (kept from eviction)
-        return _BigChunkFileResponse(path, media_type="application/octet-stream")
+        return _BigChunkFileResponse(path, media_type="application/octet-stream", headers=CORS_READ_HEADERS)
+
+    async def preflight(self, request: Request) -> Response:
+        """A browser's CORS preflight (``OPTIONS``) before a cross-origin read with ``Range``."""
+        return Response(status_code=204, headers=_CORS_PREFLIGHT_HEADERS)
 
     async def put(self, request: Request) -> Response:
         key = request.path_params["key"]

@@ -135,8 +135,10 @@ def test_cors_allow_list(tmp_path):
         base = n.client.base_url
         ok = httpx.get(f"{base}/probe", headers={"Origin": "http://localhost:3000"})
         assert ok.headers.get("access-control-allow-origin") == "http://localhost:3000"
+        # Another origin gets only the refusal (readable, so a page can say why), never the answer.
         other = httpx.get(f"{base}/probe", headers={"Origin": "http://attacker.example"})
-        assert "access-control-allow-origin" not in other.headers
+        assert other.status_code == 403 and other.json()["kind"] == "OriginNotAllowed"
+        assert n.node_id not in other.text
     finally:
         n.stop()
 
@@ -180,6 +182,9 @@ def test_subfeed_stream_is_live_and_resumable(node):
         events += _read_events(lines, 1)
     assert [e[0] for e in events] == [2, 3, 4, 5]
     assert events[-1][1]["payload"] == {"t": 5, "value": 25}
+    # Each event carries the signed wire line, so a page can verify it (spec/feeds.md §3).
+    wires = [e[1]["wire"].encode() for e in events]
+    assert wires == sf.get_signed_messages(2, 6)
     # EventSource reconnects with Last-Event-ID: the stream resumes after it.
     with httpx.stream("GET", f"{base}/api/feeds/stream", params=params,
                       headers={"Last-Event-ID": "3"}, timeout=10) as r:

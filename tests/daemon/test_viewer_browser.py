@@ -31,6 +31,16 @@ def test_viewer_shows_table_and_plot_live(tmp_path, chromium, artifacts):
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()""")
         assert inked > 500
+        # Each field its own panel (own scale, ticks); the picker hides one; pause freezes.
+        assert page.evaluate("document.getElementById('count').textContent") == "15"
+        assert page.evaluate("document.getElementById('rejected-count').textContent") == "0"
+        tall = page.evaluate("document.getElementById('plot').clientHeight")
+        page.evaluate("document.querySelector('#legend input[data-field=\"t\"]').click()")
+        page.wait_for(f"document.getElementById('plot').clientHeight < {tall}")
+        page.evaluate("document.getElementById('pause').click()")
+        assert page.evaluate("document.getElementById('status').textContent") == "paused (live)"
+        page.evaluate("document.getElementById('pause').click()")
+        assert page.evaluate("document.getElementById('status').textContent") == "live"
         page.screenshot(artifacts / "daemon-viewer.png")
     finally:
         node.stop()
@@ -44,7 +54,12 @@ def test_viewer_without_token_reports_error(tmp_path, chromium):
         sf.append_message({"v": 1})
         url = node.run("node", "viewer", sf.uri).stdout.strip().split("#")[0]  # drop the token
         page = chromium.new_page(url)
-        page.wait_for("document.getElementById('status').className === 'error'")
+        page.wait_for("document.getElementById('status').classList.contains('error')")
+        assert "no token" in page.evaluate("document.getElementById('error').textContent")
         assert page.evaluate("document.querySelectorAll('#rows tr').length") == 0
+        # A wrong token: the daemon's refusal is shown, not "reconnecting…" forever.
+        page = chromium.new_page(url + "#token=" + "0" * 64)
+        page.wait_for("document.getElementById('error').textContent.includes('HTTP 403')")
+        assert page.evaluate("document.getElementById('status').textContent") == "error"
     finally:
         node.stop()

@@ -63,6 +63,34 @@ def test_put_then_public_get_range_head(hub, provider):
     assert f"{ch}/{path}" in r.json()["keys"]
 
 
+def test_objects_are_readable_by_pages_from_any_origin(hub, provider):
+    """CORS (spec/hub.md §7): a page on another origin reads objects and ranges, and sees why
+    an object is absent; uploads stay without CORS headers."""
+    ch, p = provider
+    data = os.urandom(50_000)
+    path = sha1_path(data)
+    [url] = p.client.upload_urls(ch, [{"path": path, "size": len(data)}])
+    r = httpx.put(url, content=data, timeout=30, headers={"Origin": "http://page.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    obj = f"{hub.url}/bucket/{ch}/{path}"
+    origin = {"Origin": "http://page.example:8000"}
+    preflight = httpx.options(obj, timeout=30, headers={
+        **origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert {"GET", "HEAD"} <= set(preflight.headers["access-control-allow-methods"].replace(" ", "").split(","))
+    assert "range" in preflight.headers["access-control-allow-headers"].lower()
+    r = httpx.get(obj, timeout=30, headers={**origin, "Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == data[10:20]
+    assert r.headers["access-control-allow-origin"] == "*"
+    exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+    assert {"content-range", "content-length", "etag"} <= exposed
+    r = httpx.head(obj, timeout=30, headers=origin)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    r = httpx.get(f"{hub.url}/bucket/{ch}/sha1/00/00/00/" + "0" * 40, timeout=30, headers=origin)
+    assert r.status_code == 404 and r.headers["access-control-allow-origin"] == "*"
+
+
 def _refused(r: httpx.Response, status: int, code: str) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
 

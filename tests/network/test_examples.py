@@ -35,7 +35,7 @@ def test_follow_remote_feed_script(lab):
 def test_live_plot_page_plots_a_remote_feed(lab, chromium, artifacts):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(EXAMPLES)],
+                               "--directory", str(EXAMPLES.parent)],  # the page imports ../js/
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         alice = lab.add_node("alice", ALL_ROLES)
@@ -47,7 +47,7 @@ def test_live_plot_page_plots_a_remote_feed(lab, chromium, artifacts):
         sf.append_messages([{"t": i, "temperature": 20 + i % 3} for i in range(10)])
         bob.client.request("POST", "/api/feeds/follow", json_body={"uri": sf.uri})
         token = (bob.storage_dir / "browser-token").read_text().strip()
-        url = (f"http://127.0.0.1:{port}/live_plot.html?daemon={bob.client.base_url}"
+        url = (f"http://127.0.0.1:{port}/examples/live_plot.html?daemon={bob.client.base_url}"
                f"&uri={sf.uri}#token={token}")
         deadline = time.monotonic() + 20
         while True:  # wait for the static server
@@ -62,7 +62,7 @@ def test_live_plot_page_plots_a_remote_feed(lab, chromium, artifacts):
         for i in range(10, 15):
             sf.append_message({"t": i, "temperature": 30})
         page.wait_for("document.getElementById('count').textContent === '15'")
-        assert page.evaluate("document.getElementById('state').textContent") == "live"
+        assert page.evaluate("document.getElementById('status').textContent") == "live"
         assert "temperature" in page.evaluate("document.getElementById('legend').textContent")
         page.screenshot(artifacts / "example-live-plot.png")
     finally:
