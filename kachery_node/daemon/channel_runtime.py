@@ -147,7 +147,12 @@ class ChannelRuntime:
         """Re-read the membership now (unless it was read less than
         :data:`MEMBERSHIP_MIN_REFRESH_SECONDS` ago) and return this node's effective roles; if
         they changed, the channel reconnects at once with a token for them. For a request made
-        just after a grant, before the periodic refresh saw it."""
+        just after a grant, before the periodic refresh saw it. A membership read less than
+        that long ago may predate the grant: wait out the rest of the interval (under a second)
+        rather than refuse a request the owner has just allowed."""
+        since = time.monotonic() - self._last_refresh
+        if since < MEMBERSHIP_MIN_REFRESH_SECONDS:
+            await anyio.sleep(MEMBERSHIP_MIN_REFRESH_SECONDS - since)
         if time.monotonic() - self._last_refresh >= MEMBERSHIP_MIN_REFRESH_SECONDS:
             try:
                 await self.refresh_membership()
