@@ -65,8 +65,10 @@ class ProviderDriver:
             while True:
                 changed = self.changes.current()  # before reading: no change is missed
                 now = anyio.current_time()
-                await self._carry_out(self.core.on_timer(now))
+                # New messages go out first: the debounced bucket updates that on_timer starts
+                # (HTTP to the hub, segments built in a thread) must not delay a push.
                 await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
+                await self._carry_out(self.core.on_timer(now))
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
                 with anyio.CancelScope(deadline=deadline) as self._wait:
