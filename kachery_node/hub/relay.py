@@ -37,6 +37,10 @@ Rules
   lets one Python process deliver thousands of messages per second. A frame holds at most
   ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so a paused
   subscriber's backlog goes out in several frames, never one it would refuse.
+* The fast path: a message for a subscriber with nothing queued or being written is written
+  into its socket at once, from the publisher's task, as one frame built once for all
+  subscribers (:mod:`.direct_send`; no task switch, no ASGI layers); what the socket does not
+  take goes out through the writer first, so order and the queue bound hold as above.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from ..errors import (
 from ..protocol import relay_frames
 from ..protocol.pubsub_tokens import TokenClaims, verify_token
 from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
+from . import direct_send
 from .relay_traffic import RelayTraffic
 
 #: The pub-sub protocol version this relay speaks (spec/pubsub.md §3).
@@ -125,7 +130,9 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
-        self.out: deque[tuple[bool, bytes]] = deque()  # (binary, event): a message record, or JSON
+        # (binary, event): a message record, or JSON; (None, bytes): the rest of a frame that
+        # send_direct began writing, always first in the queue
+        self.out: deque[tuple[bool | None, bytes]] = deque()
         self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
         self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
@@ -135,6 +142,7 @@ class _Connection:
         self.refused_here = 0
         self.connected_at = time.monotonic()
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        self.direct: direct_send.DirectSender | None = None  # set once accepted (if plain TCP)
 
     @property
     def who(self) -> str:
@@ -148,9 +156,14 @@ class _Connection:
         cost = len(event) + _EVENT_OVERHEAD
         limit = self.relay.limits.max_queue_bytes
         if self.queued_bytes + self.inflight_bytes + cost > limit:
-            # Drop the backlog now (not when the socket drains: a stalled peer may never read).
+            # Drop the backlog now (not when the socket drains: a stalled peer may never read),
+            # except the rest of a frame begun in the socket (the close must follow a whole frame).
+            head = self.out[0] if self.out and self.out[0][0] is None else None
             self.out.clear()
             self.queued_bytes = 0
+            if head is not None:
+                self.out.append(head)
+                self.queued_bytes = len(head[1]) + _EVENT_OVERHEAD
             for band in list(self.subs):
                 self.relay.unsubscribe(self, band)
             self.close(4008, f"slow consumer: over {limit} bytes undelivered")
@@ -158,6 +171,30 @@ class _Connection:
         self.out.append((binary, event))
         self.queued_bytes += cost
         self.wake.set()
+
+    def idle_for_direct(self) -> bool:
+        """Whether a message may be written into the socket now: nothing queued or being
+        written by :meth:`writer` (so it cannot overtake anything), and not closing."""
+        return (self.direct is not None and not self.out and not self.inflight_bytes
+                and self.close_request is None)
+
+    def send_direct(self, frame: bytes, event: bytes) -> None:
+        """Write the WebSocket ``frame`` of the message record ``event`` into the socket (only
+        when :meth:`idle_for_direct`); what the socket does not take is queued for the writer."""
+        assert self.direct is not None
+        sent = self.direct.try_send(frame)
+        if sent == len(frame):
+            self.relay.frames_out += 1
+            self.relay.direct_frames += 1
+        elif sent > 0:  # a partial frame: its rest must go out before anything else
+            rest = frame[sent:]
+            self.out.append((None, rest))
+            self.queued_bytes += len(rest) + _EVENT_OVERHEAD
+            self.wake.set()
+        else:
+            if sent < 0:
+                self.direct = None  # closed or broken: the ordinary path reports it
+            self.push(event, binary=True)
 
     def send_op(self, **op: Any) -> None:
         self.push(orjson.dumps(op))
@@ -173,6 +210,15 @@ class _Connection:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.out:
+                if self.out[0][0] is None:  # the rest of a frame written directly
+                    rest = self.out.popleft()[1]
+                    self.inflight_bytes = cost = len(rest) + _EVENT_OVERHEAD
+                    self.queued_bytes -= cost
+                    assert self.direct is not None
+                    await self.direct.send(rest)
+                    self.inflight_bytes = 0
+                    self.relay.frames_out += 1
+                    continue
                 binary, frame, self.inflight_bytes = self._take_frame()
                 if binary:
                     await self.ws.send_bytes(frame)
@@ -194,7 +240,7 @@ class _Connection:
         batch = [first]
         separator = 0 if binary else 1  # records follow one another; JSON needs "[", ",", "]"
         size = len(first) + 2 * separator
-        while self.out and self.out[0][0] == binary and size + len(self.out[0][1]) + separator <= limit:
+        while self.out and self.out[0][0] is binary and size + len(self.out[0][1]) + separator <= limit:
             event = self.out.popleft()[1]
             batch.append(event)
             size += len(event) + separator
@@ -393,6 +439,7 @@ class Relay:
         self.nodes: dict[tuple[str, str], _NodeLimits] = {}  # (channel, node) -> shared limits
         self.delivered = 0
         self.frames_out = 0
+        self.direct_frames = 0  # of frames_out: written straight into the socket by fan_out
         self.refusals = 0
         self.traffic = RelayTraffic()  # per channel, for `kachery hub status`
 
@@ -424,8 +471,14 @@ class Relay:
         subs = self.bands.get(band)
         if not subs:
             return 0
+        frame = None  # the WebSocket frame, built once for every subscriber that takes it now
         for conn in list(subs):
-            conn.push(event, binary=True)
+            if conn.idle_for_direct():
+                if frame is None:
+                    frame = direct_send.binary_frame(event)
+                conn.send_direct(frame, event)
+            else:
+                conn.push(event, binary=True)
         self.delivered += len(subs)
         return len(subs)
 
@@ -461,6 +514,7 @@ class Relay:
         """Serve one WebSocket connection until it closes or is closed."""
         await websocket.accept()
         conn = _Connection(self, websocket)
+        conn.direct = direct_send.sender_for(websocket.scope)
         self.connections.add(conn)
         close: _Close | None = None
         try:
