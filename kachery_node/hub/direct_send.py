@@ -4,10 +4,10 @@ path).
 Sent the ordinary way, each delivered message costs every subscriber's connection a trip through
 Starlette, hypercorn's ASGI stream, wsproto's framing, hypercorn's send lock and trio's socket
 stream, with several scheduler round trips: about 0.1-0.3 ms of the hub's one core per
-subscriber (bench/bench_relay.py, py-spy). A server's WebSocket frames are not masked, so the
-frame of a message is the same bytes for every subscriber: the relay builds it once
-(:func:`binary_frame`) and, when nothing else is being sent on a connection, writes it with one
-non-blocking ``os.write`` on the socket, with no task switch (:meth:`DirectSender.try_send`).
+subscriber (bench/bench_relay.py, py-spy). A server's WebSocket frames are not masked, so
+framing is a header before the payload (:func:`binary_frame`); when nothing else is being sent
+on a connection, the relay writes the frame with one non-blocking ``os.write`` on the socket,
+with no task switch (:meth:`DirectSender.try_send`).
 What the socket does not take (a full send buffer) goes out through hypercorn's own send path
 (:meth:`DirectSender.send`, under its send lock), in order.
 

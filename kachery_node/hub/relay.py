@@ -37,10 +37,10 @@ Rules
   lets one Python process deliver thousands of messages per second. A frame holds at most
   ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so a paused
   subscriber's backlog goes out in several frames, never one it would refuse.
-* The fast path: a message for a subscriber with nothing queued or being written is written
-  into its socket at once, from the publisher's task, as one frame built once for all
-  subscribers (:mod:`.direct_send`; no task switch, no ASGI layers); what the socket does not
-  take goes out through the writer first, so order and the queue bound hold as above.
+* The fast path: messages for a subscriber with nothing queued or being written are written
+  into its socket by the publisher's task as soon as the publisher's frame is handled, batched
+  as above (:mod:`.direct_send`: no task switch, no ASGI layers); what the socket does not take
+  goes out through the writer first, so order and the queue bound hold as above.
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ class _Connection:
         return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
 
     # ---------------------------------------------------------------- outgoing
-    def push(self, event: bytes, *, binary: bool = False) -> None:
-        """Queue ``event``: a JSON operation, or (``binary``) a message record."""
+    def push(self, event: bytes, *, binary: bool = False, wake: bool = True) -> None:
+        """Queue ``event``: a JSON operation, or (``binary``) a message record; ``wake=False``:
+        the caller flushes it (:meth:`flush_direct`) instead of the writer."""
         if self.close_request is not None:
             return  # closing: nothing more goes out (what was queued before still does)
         cost = len(event) + _EVENT_OVERHEAD
@@ -170,7 +171,8 @@ class _Connection:
             return
         self.out.append((binary, event))
         self.queued_bytes += cost
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def idle_for_direct(self) -> bool:
         """Whether a message may be written into the socket now: nothing queued or being
@@ -178,23 +180,31 @@ class _Connection:
         return (self.direct is not None and not self.out and not self.inflight_bytes
                 and self.close_request is None)
 
-    def send_direct(self, frame: bytes, event: bytes) -> None:
-        """Write the WebSocket ``frame`` of the message record ``event`` into the socket (only
-        when :meth:`idle_for_direct`); what the socket does not take is queued for the writer."""
-        assert self.direct is not None
-        sent = self.direct.try_send(frame)
-        if sent == len(frame):
-            self.relay.frames_out += 1
-            self.relay.direct_frames += 1
-        elif sent > 0:  # a partial frame: its rest must go out before anything else
-            rest = frame[sent:]
-            self.out.append((None, rest))
-            self.queued_bytes += len(rest) + _EVENT_OVERHEAD
+    def flush_direct(self) -> None:
+        """Write what :meth:`Relay.fan_out` queued here without waking the writer into the
+        socket now, batched as the writer would (see :meth:`_take_frame`); what the socket does
+        not take, and anything else queued, is left to the writer, in order."""
+        while (self.direct is not None and not self.inflight_bytes and self.close_request is None
+               and self.out and self.out[0][0] is True):
+            _binary, records, _cost = self._take_frame()
+            frame = direct_send.binary_frame(records)
+            sent = self.direct.try_send(frame)
+            if sent == len(frame):
+                self.relay.frames_out += 1
+                self.relay.direct_frames += 1
+                continue
+            if sent > 0:  # a frame begun in the socket: its rest goes out before anything else
+                rest = frame[sent:]
+                self.out.appendleft((None, rest))
+                self.queued_bytes += len(rest) + _EVENT_OVERHEAD
+            else:  # not now (0), or never (-1: closed or broken; the writer will find out)
+                if sent < 0:
+                    self.direct = None
+                self.out.appendleft((True, records))  # records back to back are one event
+                self.queued_bytes += len(records) + _EVENT_OVERHEAD
+            break
+        if self.out:
             self.wake.set()
-        else:
-            if sent < 0:
-                self.direct = None  # closed or broken: the ordinary path reports it
-            self.push(event, binary=True)
 
     def send_op(self, **op: Any) -> None:
         self.push(orjson.dumps(op))
@@ -280,8 +290,11 @@ class _Connection:
                 self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
                 return
             if text is None:
-                if not self.handle_binary(data or b""):
-                    return
+                try:
+                    if not self.handle_binary(data or b""):
+                        return
+                finally:
+                    self.relay.flush_direct()
                 continue
             try:
                 ops = orjson.loads(text)
@@ -440,6 +453,7 @@ class Relay:
         self.delivered = 0
         self.frames_out = 0
         self.direct_frames = 0  # of frames_out: written straight into the socket by fan_out
+        self._to_flush: set[_Connection] = set()  # idle connections with messages to write
         self.refusals = 0
         self.traffic = RelayTraffic()  # per channel, for `kachery hub status`
 
@@ -471,16 +485,22 @@ class Relay:
         subs = self.bands.get(band)
         if not subs:
             return 0
-        frame = None  # the WebSocket frame, built once for every subscriber that takes it now
         for conn in list(subs):
-            if conn.idle_for_direct():
-                if frame is None:
-                    frame = direct_send.binary_frame(event)
-                conn.send_direct(frame, event)
+            # An idle connection's messages wait for flush_direct at the end of the frame being
+            # handled (so a burst still goes out batched), then are written into its socket.
+            if conn in self._to_flush or conn.idle_for_direct():
+                self._to_flush.add(conn)
+                conn.push(event, binary=True, wake=False)
             else:
                 conn.push(event, binary=True)
         self.delivered += len(subs)
         return len(subs)
+
+    def flush_direct(self) -> None:
+        """Write the messages :meth:`fan_out` left for idle connections into their sockets."""
+        conns, self._to_flush = self._to_flush, set()
+        for conn in conns:
+            conn.flush_direct()
 
     def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
         """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.
