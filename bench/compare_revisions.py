@@ -139,8 +139,8 @@ class RevisionTree:
         marker.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True, timeout=300)
         # psutil: bench/network/run.py samples CPU and memory with it (a test extra, not a
-        # dependency of the package).
-        for args in (["-e", str(self.tree)], ["psutil"]):
+        # dependency of the package); nats-py: bench/bench_relay.py's NATS side (the bench extra).
+        for args in (["-e", str(self.tree)], ["psutil", "nats-py>=2.6"]):
             r = subprocess.run(
                 [str(self.python), "-m", "pip", "install", "-q", *args],
                 capture_output=True, text=True, timeout=900,

@@ -37,9 +37,10 @@ Rules
   lets one Python process deliver thousands of messages per second. A frame holds at most
   ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so a paused
   subscriber's backlog goes out in several frames, never one it would refuse.
-* The fast path: messages for a subscriber with nothing queued or being written are written
-  into its socket by the publisher's task as soon as the publisher's frame is handled, batched
-  as above (:mod:`.direct_send`: no task switch, no ASGI layers); what the socket does not take
+* The fast path: messages for a subscriber with nothing queued or being written, and no
+  direct write in the last ``DIRECT_MIN_INTERVAL_S``, are written into its socket by the
+  publisher's task as soon as the publisher's frame is handled (:mod:`.direct_send`: no task
+  switch, no ASGI layers); bursts go through the writer, batched. What the socket does not take
   goes out through the writer first, so order and the queue bound hold as above.
 """
 
@@ -95,6 +96,11 @@ class RelayLimits:
 # What a queued event costs besides its bytes (the bytes object and its place in the deque):
 # counted so that many tiny events cannot outgrow max_queue_bytes.
 _EVENT_OVERHEAD = 64
+# A subscriber's messages are written straight into its socket (flush_direct) at most once in
+# this long; more frequent ones go through its writer, batched: one frame per message costs its
+# client more than a frame of many (bench/bench_relay.py: 22k instead of 47k deliveries/s to 50
+# subscribers in one process, when every message went out in its own frame).
+DIRECT_MIN_INTERVAL_S = 0.002
 
 
 @dataclass
@@ -143,6 +149,7 @@ class _Connection:
         self.connected_at = time.monotonic()
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
         self.direct: direct_send.DirectSender | None = None  # set once accepted (if plain TCP)
+        self.last_direct = 0.0  # monotonic time of the last frame written by flush_direct
 
     @property
     def who(self) -> str:
@@ -192,6 +199,7 @@ class _Connection:
             if sent == len(frame):
                 self.relay.frames_out += 1
                 self.relay.direct_frames += 1
+                self.last_direct = time.monotonic()
                 continue
             if sent > 0:  # a frame begun in the socket: its rest goes out before anything else
                 rest = frame[sent:]
@@ -485,10 +493,13 @@ class Relay:
         subs = self.bands.get(band)
         if not subs:
             return 0
+        now = time.monotonic()
         for conn in list(subs):
             # An idle connection's messages wait for flush_direct at the end of the frame being
-            # handled (so a burst still goes out batched), then are written into its socket.
-            if conn in self._to_flush or conn.idle_for_direct():
+            # handled, then are written into its socket; within DIRECT_MIN_INTERVAL_S of its last
+            # direct write (a burst) the writer batches them, as it batches a backlog.
+            if conn in self._to_flush or (conn.idle_for_direct()
+                                          and now - conn.last_direct >= DIRECT_MIN_INTERVAL_S):
                 self._to_flush.add(conn)
                 conn.push(event, binary=True, wake=False)
             else:

@@ -530,6 +530,7 @@ async def test_fan_out_writes_straight_into_idle_subscribers_sockets_in_order(tm
     whole and in order."""
     from types import SimpleNamespace
 
+    from kachery_node.hub.relay import DIRECT_MIN_INTERVAL_S
     from kachery_node.hub.serve import serve_hub
 
     async with trio.open_nursery() as nursery:
@@ -541,16 +542,19 @@ async def test_fan_out_writes_straight_into_idle_subscribers_sockets_in_order(tm
         async with subscribed_socket(where, await creds(a["s1"], ch), band) as s1, \
                 subscribed_socket(where, await creds(a["s2"], ch), band) as s2, \
                 open_pubsub(await creds(a["pub"], ch)) as pub:
-            # 1. One message at a time, each received before the next: all written directly.
+            # 1. One message at a time, each received before the next and spaced by more than
+            # the relay's DIRECT_MIN_INTERVAL_S: all written directly.
             for i in range(20):
+                await trio.sleep(DIRECT_MIN_INTERVAL_S * 1.5)
                 await pub.publish(band, j({"i": i}), ack=True)
                 for sub in (s1, s2):
                     with trio.fail_after(10):
                         assert [op["data"]["i"] for op in ops_of(await sub.get_message())
                                 if op["op"] == "message"] == [i]
             assert hub.relay.direct_frames >= 40
-            # 2. 6 MB to s2 while it does not read (s1 reads): its socket fills, a frame is
-            # begun in it, the rest queue behind; then it reads everything, in order.
+            # 2. 6 MB to s2 while it does not read (s1 reads): its socket fills, a frame may be
+            # begun in it, the rest queue behind (a burst: batched by the writers); then it reads
+            # everything, in order.
             got1: list[int] = []
 
             async def read_s1() -> None:
