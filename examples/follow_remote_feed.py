@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None, help="stop after this many idle seconds")
     args = parser.parse_args()
 
-    subfeed = kn.load_subfeed(args.uri, channel=args.channel)
+    # live=True: wait for messages even if none can be found yet (else SubfeedNotFoundError
+    # would say what was tried: the owner offline and nothing published).
+    subfeed = kn.load_subfeed(args.uri, channel=args.channel, live=True)
     print(f"following {subfeed.uri}", flush=True)
     for i, record in enumerate(subfeed.follow(start=args.start, timeout=args.timeout, records=True), 1):
         age_ms = time.time() * 1000 - record.timestamp_ms

@@ -61,7 +61,7 @@ def submit(uri: str, action: str, channel: str) -> None:
 
 
 def replay(uri: str, count: int, channel: str | None, timeout: float) -> dict:
-    log = kn.load_subfeed(uri, channel=channel)  # a member's daemon follows the owner's feed
+    log = kn.load_subfeed(uri, channel=channel, live=True)  # a member's daemon follows the owner's feed
     state: dict = {"labels": {}, "merges": [], "by": {}}
     seen = 0
     for record in log.follow(start=0, timeout=timeout, records=True):

@@ -45,7 +45,7 @@ from .errors import (
     short_repr,
 )
 from .filesystems import require_local_filesystem
-from .forks import build_fork_proof
+from .forks import ForkProofInfo, build_fork_proof, verify_fork_proof
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
     build_body,
@@ -165,6 +165,9 @@ class Store(SuccessionMixin):
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                # A subfeed row created in the rolled-back transaction is gone, and SQLite may give
+                # its id to the next subfeed created: forget every cached id (they are re-read).
+                self._subfeed_ids.clear()
                 raise
         self._notifier.notify()
 
@@ -411,7 +414,8 @@ class Store(SuccessionMixin):
         """Inside a write transaction: (id, count, head hash), creating the rows if needed."""
         sid = self._subfeed_ids.get((feed_id, sh))
         if sid is not None:
-            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=?", (sid,)).fetchone()
+            row = c.execute("SELECT count, head_hash FROM subfeeds WHERE id=? AND feed_id=? AND "
+                            "subfeed_hash=?", (sid, feed_id, sh)).fetchone()
             if row is not None:
                 return sid, row[0], row[1]
             self._subfeed_ids.pop((feed_id, sh), None)  # deleted by another process
@@ -567,6 +571,17 @@ class Store(SuccessionMixin):
                 new = msgs[overlap_end - first :]
                 if not new:
                     return 0
+                forked_at = self._fork_position(c, feed_id, sh)
+                if forked_at is not None and new[-1][0] >= forked_at:
+                    # A proven fork is channel knowledge (spec/witness.md §5): nothing at or
+                    # past its position is accepted any more, from either branch.
+                    (proof,) = c.execute(
+                        "SELECT proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
+                        "ORDER BY position, id LIMIT 1", (feed_id, sh)).fetchone()
+                    raise ForkError(
+                        f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
+                        "message at or past the fork is accepted (the proof is attached)",
+                        proof=proof, position=forked_at)
                 c.executemany(
                     "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)",
                     [(sid, m[0], m[3], m[4]) for m in new],
@@ -594,6 +609,26 @@ class Store(SuccessionMixin):
                 proof=proof,
                 position=fork.position,
             ) from None
+
+    @staticmethod
+    def _fork_position(c: sqlite3.Connection, feed_id: str, sh: str) -> int | None:
+        (position,) = c.execute("SELECT MIN(position) FROM fork_proofs WHERE feed_id=? AND "
+                                "subfeed_hash=?", (feed_id, sh)).fetchone()
+        return position
+
+    def record_fork_proof(self, proof: bytes) -> ForkProofInfo:
+        """Verify a fork proof found elsewhere (a peer's notice, a witness's refusal) and record
+        it like one found on import: from then on the subfeed accepts no message at or past its
+        position. Raises VerificationError if it is not a valid proof; recording the same proof
+        twice is a no-op. Returns what it proves."""
+        info = verify_fork_proof(proof)
+        with self._write() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO fork_proofs(feed_id, subfeed_hash, position, "
+                "proof_sha256, proof, detected_ms) VALUES (?,?,?,?,?,?)",
+                (info.feed_id, info.subfeed_hash, info.position, message_hash(proof), proof, _now_ms()),
+            )
+        return info
 
     @staticmethod
     def _local_hash(c: sqlite3.Connection, sid: int, n: int) -> bytes:

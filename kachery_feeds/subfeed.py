@@ -7,7 +7,7 @@ several objects (or processes) for one subfeed always agree.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 #: Messages read per database query while following (bounds memory on huge subfeeds).
 PAGE_SIZE = 1000
+#: With a poller (:meth:`Subfeed.set_poller`), follow() polls this long after the last news,
+#: then twice as long each time nothing came, up to POLL_MAX_SECONDS.
+POLL_FIRST_SECONDS = 1.0
+POLL_MAX_SECONDS = 30.0
+
+#: A function that fetches a subfeed's new messages from elsewhere into the store (verified,
+#: with add_signed_messages) and returns how many it added.
+Poller = Callable[["Subfeed"], int]
 
 
 class MessageRecord(NamedTuple):
@@ -129,6 +137,13 @@ class Subfeed:
             else subfeed_name_json(name)
         )
         self._position = 0
+        self._poller: Poller | None = None
+
+    def set_poller(self, poller: Poller | None) -> None:
+        """Have :meth:`follow` and :meth:`afollow` call ``poller(self)`` while they wait, for a
+        subfeed whose new messages nobody pushes into this store (kachery_node sets one when no
+        daemon runs: it reads the channels' buckets). None: wait for the store only."""
+        self._poller = poller
 
     # ------------------------------------------------------------------ identity
     @property
@@ -245,6 +260,13 @@ class Subfeed:
 
         Ends when no message arrives for ``timeout`` seconds (never, if None). With
         ``records=True`` yields :class:`MessageRecord` instead of bare payloads.
+
+        New messages of another node's subfeed arrive in this store when a daemon follows it.
+        When none runs, kachery_node's ``load_subfeed`` gives the subfeed a poller
+        (:meth:`set_poller`) and this keeps polling the channels' buckets for the subfeed's
+        head while it waits: :data:`POLL_FIRST_SECONDS` after the last news, then backing off
+        (doubling) to at most :data:`POLL_MAX_SECONDS`, so a reader without a daemon sees a new
+        message within that time of its owner publishing it.
         """
         cursor = _FollowCursor(self, start, timeout, records)
         with self._store.watcher() as watcher:
@@ -254,13 +276,18 @@ class Subfeed:
                     yield from batch
                 elif cursor.idle_expired():
                     return
+                elif cursor.poll_due():
+                    cursor.polled(self._poller(self))  # type: ignore[misc]
                 else:
                     watcher.wait(cursor.wait_limit())
 
     async def afollow(
         self, start: int = 0, timeout: float | None = None, *, records: bool = False
     ) -> AsyncIterator[Any]:
-        """Async :meth:`follow` for trio or asyncio programs (via anyio)."""
+        """Async :meth:`follow` for trio or asyncio programs (via anyio); a poller runs in a
+        worker thread, so the event loop never blocks on it."""
+        import anyio.to_thread
+
         cursor = _FollowCursor(self, start, timeout, records)
         with self._store.watcher() as watcher:
             while True:
@@ -270,6 +297,8 @@ class Subfeed:
                         yield item
                 elif cursor.idle_expired():
                     return
+                elif cursor.poll_due():
+                    cursor.polled(await anyio.to_thread.run_sync(self._poller, self))  # type: ignore[arg-type]
                 else:
                     await watcher.wait_async(cursor.wait_limit())
 
@@ -313,6 +342,8 @@ class _FollowCursor:
         self._timeout = timeout
         self._decode = _record if records else (lambda _n, body: _payload(body))
         self._idle_since = time.monotonic()
+        self._poll_interval = POLL_FIRST_SECONDS
+        self._poll_at = time.monotonic() + POLL_FIRST_SECONDS
 
     def next_page(self) -> list[Any]:
         """Up to PAGE_SIZE decoded messages after the position (bounded memory on huge feeds)."""
@@ -321,13 +352,26 @@ class _FollowCursor:
         if rows:
             self._position = rows[-1][0] + 1
             self._idle_since = time.monotonic()
+            self._poll_interval = POLL_FIRST_SECONDS
+            self._poll_at = self._idle_since + POLL_FIRST_SECONDS
         return [self._decode(n, body) for n, body, _sig in rows]
 
+    def poll_due(self) -> bool:
+        return self._subfeed._poller is not None and time.monotonic() >= self._poll_at
+
+    def polled(self, added: int) -> None:
+        """After a poll: soon again if it brought news, else back off."""
+        if not added:
+            self._poll_interval = min(self._poll_interval * 2, POLL_MAX_SECONDS)
+        self._poll_at = time.monotonic() + self._poll_interval
+
     def wait_limit(self) -> float | None:
-        if self._timeout is None:
-            return None
-        return self._timeout - (time.monotonic() - self._idle_since)
+        limits = []
+        if self._timeout is not None:
+            limits.append(self._timeout - (time.monotonic() - self._idle_since))
+        if self._subfeed._poller is not None:
+            limits.append(self._poll_at - time.monotonic())
+        return min(limits) if limits else None
 
     def idle_expired(self) -> bool:
-        limit = self.wait_limit()
-        return limit is not None and limit <= 0
+        return self._timeout is not None and time.monotonic() - self._idle_since >= self._timeout

@@ -18,6 +18,7 @@ from .api import (
     get_feed_id,
     get_node_id,
     link_file,
+    list_published,
     load_bytes,
     load_feed,
     load_file,
@@ -27,12 +28,15 @@ from .api import (
     load_subfeed,
     load_text,
     open_storage,
+    publish,
     set,
     store_file,
     store_json,
     store_npy,
     store_pkl,
     store_text,
+    unfollow,
+    unpublish,
     upload_file,
     upload_json,
     upload_npy,
@@ -43,7 +47,9 @@ from .api import (
 from .config import NodeConfig, init_node, load_node_config
 from .errors import (
     BadSignatureError,
+    BucketDataRejectedError,
     CapabilityError,
+    ChannelNotJoinedError,
     ChannelProtocolError,
     ConfigError,
     ConflictError,
@@ -75,12 +81,15 @@ from .errors import (
     ReplayedRequestError,
     RestoreNotCaughtUpError,
     StaleRequestError,
+    SubfeedNotFoundError,
+    TamperedDataError,
     TooLargeError,
     UnknownChannelError,
     UnknownNodeError,
     UnsafePickleError,
     UnsupportedVersionError,
     UsageError,
+    WitnessRefusedError,
 )
 from .legacy.storage_dir import OriginalFeedsDatabaseError, OriginalStorageError
 from .storage.file_uris import FileUri, build_uri, parse_uri
@@ -94,7 +103,9 @@ __all__ = [
     "DISTRIBUTION",
     "LOCAL_ONLY",
     "BadSignatureError",
+    "BucketDataRejectedError",
     "CapabilityError",
+    "ChannelNotJoinedError",
     "ChannelProtocolError",
     "ConfigError",
     "ConflictError",
@@ -131,12 +142,15 @@ __all__ = [
     "RestoreNotCaughtUpError",
     "StaleRequestError",
     "Storage",
+    "SubfeedNotFoundError",
+    "TamperedDataError",
     "TooLargeError",
     "UnknownChannelError",
     "UnknownNodeError",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "UsageError",
+    "WitnessRefusedError",
     "build_uri",
     "create_feed",
     "default_storage",
@@ -147,6 +161,7 @@ __all__ = [
     "get_node_id",
     "init_node",
     "link_file",
+    "list_published",
     "load_bytes",
     "load_feed",
     "load_file",
@@ -158,12 +173,15 @@ __all__ = [
     "load_text",
     "open_storage",
     "parse_uri",
+    "publish",
     "set",
     "store_file",
     "store_json",
     "store_npy",
     "store_pkl",
     "store_text",
+    "unfollow",
+    "unpublish",
     "upload_file",
     "upload_json",
     "upload_npy",
@@ -179,6 +197,9 @@ _LAZY = {name: "kachery_node.apps.tasks" for name in (
     "request_task", "run_task_backend", "task_hash", "taskfunction")}
 _LAZY.update({"submit_message": "kachery_node.apps.feed_submissions",
               "accept_submissions": "kachery_node.apps.feed_submissions"})
+# The async API (kachery_node/async_api.py): it loads anyio, so it too is imported on first use.
+_LAZY.update({name: "kachery_node.async_api" for name in (
+    "aload_bytes", "aload_file", "aload_json", "aload_npy", "aload_pkl", "aload_text", "arequest_task")})
 # Listed too, so that `from kachery_node import *` and completion (Jupyter, IDEs) offer them.
 __all__ += sorted(_LAZY)
 

@@ -5,8 +5,9 @@ Every function works on the default storage, ``$KACHERY_STORAGE_DIR`` (or
 :class:`~kachery_node.storage.node_storage.Storage` (``kn.open_storage(path)``): it has the same methods.
 
 All loads go through :func:`_locally_or_fetched`: it looks in the local storage and, when the
-content is not there, asks the node's running daemon to fetch it from its channels. Keep every
-load path going through it.
+content is not there, asks the node's running daemon to fetch it from its channels, or, with no
+daemon, reads the channels' buckets itself (verified, then stored). Keep every load path going
+through it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .config import default_storage_dir
 from .errors import NotFoundError
 from .storage import data_objects
+from .storage.file_uris import FileUri, build_uri, parse_uri
+from .storage.manifest import Manifest, check_range, parse_manifest
 from .storage.node_storage import Storage
 
 if TYPE_CHECKING:
@@ -49,23 +52,38 @@ def default_storage() -> Storage:
 
 
 def _locally_or_fetched(uri: str, load: Callable[[Storage], T], channel: str | None = None, *,
-                        fetched: Callable[[str], T] | None = None) -> T:
-    """Run a load against the default storage; if the content is not here and a daemon serves
-    this storage, have it fetch the content from its channels, then load again, or, with
-    ``fetched``, call it with the path of the copy the daemon just verified and stored (no
-    second look-up in the storage)."""
+                        fetched: Callable[[str], T] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> T:
+    """Run a load against the default storage. If the content is not here: a daemon serving
+    this storage fetches it from its channels; with no daemon, the channels' buckets are read
+    directly (:mod:`.bucket_file_reads`). Then load again, or, with ``fetched``, call it with the
+    path of the copy just verified and stored (no second look-up in the storage). The
+    NotFoundError says what was tried: the local storage, the daemon or its absence, and each
+    channel."""
     storage = default_storage()
     try:
         return load(storage)
     except NotFoundError as exc:
-        from . import remote_reads as remote
+        local = str(exc)
+    from . import remote_reads as remote
 
-        if remote.daemon_for(storage.directory) is None:
-            raise NotFoundError(
-                f"{exc} (no daemon is running for {storage.directory}, so no channel was "
-                "asked; start one with `kachery node start`)", uri=uri) from None
-        path = remote.fetch_file(storage.directory, uri, channel=channel)
-        return load(storage) if fetched is None else fetched(path)
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            path = remote.fetch_file(storage.directory, uri, channel=channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+    else:
+        from .bucket_file_reads import fetch_from_buckets
+
+        try:
+            path = fetch_from_buckets(storage, uri, channel, progress=progress)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no "
+                                f"node was asked; `kachery node start` runs one), and the channels' "
+                                f"buckets were read: {exc}",
+                                uri=uri) from None
+    return load(storage) if fetched is None else fetched(path)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -80,10 +98,16 @@ def link_file(path: str | os.PathLike, basename: str | None = None) -> str:
     return default_storage().link_file(path, basename)
 
 
-def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None) -> str:
-    """Local path of the content of ``uri`` (or a copy at ``dest``), fetched from the node's
-    channels (all joined, or ``channel``) through the daemon if it is not here; raises
-    :class:`~kachery_node.NotFoundError` when it is not available."""
+def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> str:
+    """Local path of the content of ``uri`` (or a copy at ``dest``). Content not here is fetched
+    from the node's channels (all joined in turn, or ``channel``): through the daemon if one runs
+    for this storage, else straight from the channels' buckets (no daemon needed); either way it
+    is verified, then stored. Raises :class:`~kachery_node.NotFoundError` when it is not
+    available (saying what was tried), :class:`~kachery_node.TamperedDataError` when only copies
+    that do not match the hash were found (nothing is stored),
+    :class:`~kachery_node.ChannelNotJoinedError` for a ``channel`` this node has not joined.
+    ``progress(done, total)`` follows a download in bytes."""
 
     def fetched(path: str) -> str:
         if dest is None:
@@ -91,12 +115,65 @@ def load_file(uri: str, dest: str | os.PathLike | None = None, *, channel: str |
         shutil.copyfile(path, dest)
         return str(dest)
 
-    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched)
+    return _locally_or_fetched(uri, lambda s: s.load_file(uri, dest=dest), channel, fetched=fetched,
+                               progress=progress)
 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None, *, channel: str | None = None) -> bytes:
-    """Bytes ``[start, end)`` of the content of ``uri`` (fetched like :func:`load_file`)."""
-    return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    """Bytes ``[start, end)`` of the content of ``uri`` (``end=None``: to its end), fetched like
+    :func:`load_file` if it is not here. Of a large file (``?manifest=``) only the 20 MB chunks
+    covering the range are fetched, each verified by its hash, and kept as a partial copy that
+    later reads (and a later :func:`load_file`) reuse."""
+    storage = default_storage()
+    try:
+        return storage.load_bytes(uri, start, end)
+    except NotFoundError as exc:
+        local = str(exc)
+    key = parse_uri(uri)
+    manifest = _stored_manifest(storage, key)
+    if manifest is None and key.manifest_sha1 is not None:
+        # The manifest first (a small file), to know which chunks cover the range.
+        _locally_or_fetched(build_uri(key.manifest_sha1), lambda s: s.load_file(build_uri(key.manifest_sha1)),
+                            channel)
+        manifest = _stored_manifest(storage, key)
+    if manifest is None or (start == 0 and end in (None, manifest.size)):
+        return _locally_or_fetched(uri, lambda s: s.load_bytes(uri, start, end), channel)
+    from .bucket_file_reads import fetch_range_from_buckets
+    from .storage.partial_files import read_partial_range
+
+    stop = check_range(manifest, start, end)
+    if stop == start:
+        return b""
+    data = read_partial_range(storage.directory, manifest, start, stop)
+    if data is not None:
+        return data
+    from . import remote_reads as remote
+
+    if remote.daemon_for(storage.directory) is not None:
+        try:
+            remote.fetch_file(storage.directory, uri, channel=channel, start=start, end=stop)
+        except NotFoundError as exc:
+            raise NotFoundError(f"{local}; the daemon running for {storage.directory} asked its "
+                                f"channels: {exc}", uri=uri) from None
+        data = read_partial_range(storage.directory, manifest, start, stop)
+        return data if data is not None else storage.load_bytes(uri, start, stop)
+    try:
+        return fetch_range_from_buckets(storage, uri, start, stop, channel)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{local}; no daemon is running for {storage.directory} (so no node "
+                            f"was asked; `kachery node start` runs one), and the channels' buckets "
+                            f"were read: {exc}", uri=uri) from None
+
+
+def _stored_manifest(storage: Storage, key: FileUri) -> Manifest | None:
+    """The manifest of ``key``'s file if it is stored here (verified), else None."""
+    if key.manifest_sha1 is None or key.chunk_of is not None:
+        return None
+    try:
+        data = Path(storage.load_file(build_uri(key.manifest_sha1))).read_bytes()
+    except NotFoundError:
+        return None
+    return parse_manifest(data, expected_sha1=key.sha1)
 
 
 def upload_file(path_or_uri: str | os.PathLike, *, channel: str) -> str:
@@ -283,23 +360,112 @@ def get_node_id() -> str:
     return load_node_config(default_storage().directory).node_id
 
 
-def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0) -> kachery_feeds.Subfeed:
-    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``. For a feed this node
-    does not own, a running daemon is asked to follow it on its channels (all joined, or
-    ``channel``; ``"*local*"``: none, this node's copy only): the subfeed's messages then
-    arrive, verified, and :meth:`~kachery_feeds.Subfeed.follow` yields them live."""
+def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0,
+                 live: bool = False) -> kachery_feeds.Subfeed:
+    """A subfeed by ``feed://<id>/<name>``, its cursor at ``position``.
+
+    For a feed this node does not own, the channels (``channel``, or every joined one in turn;
+    ``"*local*"``: none, this node's copy only) are asked, in this order
+    (kachery_node/remote_subfeeds.py): with a daemon running for this storage, it follows the
+    subfeed (catches up from the buckets, subscribes, and the owner's new messages arrive live);
+    without one, each channel's bucket is read directly over HTTP, verified, and
+    :meth:`~kachery_feeds.Subfeed.follow` keeps polling the buckets for new messages.
+
+    Raises :class:`~kachery_node.SubfeedNotFoundError` (a :class:`~kachery_node.NotFoundError`)
+    when no message is found anywhere, saying what was tried, and
+    :class:`~kachery_node.BucketDataRejectedError` when a bucket's copy fails verification,
+    unless ``live=True``: then it returns the subfeed even if it is still empty, for a caller
+    who waits for messages (``follow()``).
+    """
+    from . import remote_subfeeds
+
     storage = default_storage()
     subfeed = storage.load_subfeed(uri)
     subfeed.set_position(position)
     if not subfeed.is_writeable and channel != LOCAL_ONLY:
-        from . import remote_reads as remote
-
-        if remote.daemon_for(storage.directory) is not None:
-            remote.follow_subfeed(storage.directory, subfeed.uri, channel)
-        elif channel is not None:
-            raise NotFoundError(f"cannot follow {uri} on {channel!r}: no kachery daemon is running "
-                                f"for {storage.directory} (start one with `kachery node start`)")
+        remote_subfeeds.reach(storage, subfeed, channel, live=live)
     return subfeed
+
+
+def unfollow(uri: str) -> bool:
+    """Stop following another node's subfeed (``feed://<id>/<name>``) on every channel: the
+    daemon no longer subscribes to it; the messages already here stay readable. Returns False if
+    it was not followed. (A followed subfeed nobody reads is unfollowed by itself after
+    ``[daemon.feeds] unfollow_idle`` seconds, config.toml; default 7 days.)"""
+    from . import remote_subfeeds
+
+    return remote_subfeeds.unfollow(default_storage(), uri)
+
+
+def publish(uri: str, *, channel: str) -> str:
+    """Keep a feed of this node (``feed://<id>``: every subfeed, also ones created later) or one
+    of its subfeeds (``feed://<id>/<name>``) current in ``channel``'s bucket, whether or not
+    anyone follows it, so readers catch up while this node is offline. Remembered in
+    ``<storage>/published-feeds.json``; the daemon (now, if it runs; else when it starts)
+    uploads what the bucket lacks and then every new message. Returns the URI published.
+
+    >>> sf = kn.create_feed().load_subfeed("readings")
+    >>> kn.publish(sf.uri, channel="lab")                      # doctest: +SKIP
+    """
+    from .feed_publications import parse_publication, update_publications
+    from .joined_channels import load_memberships
+
+    storage = default_storage()
+    pub = parse_publication(uri, channel)
+    if not storage.feeds.has_private_key(pub.feed_id):
+        raise NotFoundError(f"cannot publish {uri}: this node does not own feed {pub.feed_id} "
+                            "(only a feed's owner publishes it)", uri=uri)
+    joined = load_memberships(storage.directory)
+    if channel not in joined:
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node has not joined it (joined: "
+                         f"{', '.join(joined) or 'none'}); run `kachery node join {channel}`")
+    if "provide-feeds" not in joined[channel].get("roles", []):
+        from .errors import UsageError
+
+        raise UsageError(f"cannot publish to {channel!r}: this node did not ask for the provide-feeds "
+                         f"role there, which uploading to its bucket needs; run `kachery node join "
+                         f"{channel} --add-roles provide-feeds` (and have the channel's owner grant it)")
+    update_publications(storage.directory, lambda pubs: pubs if pub in pubs else [*pubs, pub])
+    _tell_daemon_publications_changed(storage)
+    return pub.uri
+
+
+def unpublish(uri: str, *, channel: str | None = None) -> int:
+    """Stop keeping ``uri`` (as given to :func:`publish`) current in ``channel``'s bucket (every
+    channel, if None). What is already in the bucket stays. Returns how many publications
+    were removed (0: it was not published)."""
+    from .feed_publications import Publication, parse_publication, update_publications
+
+    storage = default_storage()
+    target = parse_publication(uri, channel or "")
+
+    def matches(p: Publication) -> bool:
+        same = (p.feed_id, p.subfeed_hash) == (target.feed_id, target.subfeed_hash)
+        return same and channel in (None, p.channel)
+
+    before = update_publications(storage.directory, lambda pubs: [p for p in pubs if not matches(p)])
+    removed = sum(1 for p in before if matches(p))
+    if removed:
+        _tell_daemon_publications_changed(storage)
+    return removed
+
+
+def list_published() -> list[dict[str, str]]:
+    """What this node publishes: ``{"uri", "channel"}`` per publication (:func:`publish`)."""
+    from .feed_publications import load_publications
+
+    return [{"uri": p.uri, "channel": p.channel} for p in load_publications(default_storage().directory)]
+
+
+def _tell_daemon_publications_changed(storage: Storage) -> None:
+    """A running daemon takes up the change now, not at its next look at the file (2 s)."""
+    from . import remote_reads as remote
+
+    daemon = remote.daemon_for(storage.directory)
+    if daemon is not None:
+        daemon.request("POST", "/api/feeds/published")
 
 
 def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float = 0,
@@ -333,6 +499,6 @@ def watch_for_new_messages(subfeed_watches: dict[str, Any], *, wait_msec: float 
         else:
             raise kachery_feeds.InvalidUriError(
                 f"watch {name!r}: needs 'uri', or 'feedId' with 'subfeedName' or 'subfeedHash'")
-        watches[name] = (load_subfeed(uri, channel=channel), watch.get("position", 0))
+        watches[name] = (load_subfeed(uri, channel=channel, live=True), watch.get("position", 0))
     return default_storage().feeds.watch_for_new_messages(
         watches, wait_msec, max_num_messages=max_num_messages, signed=signed)

@@ -130,7 +130,7 @@ for i in range({n}):
 
 _FOLLOWER = """
 import json, time, kachery_node as kn
-sf = kn.load_subfeed({uri!r})                          # the daemon follows it on the channel
+sf = kn.load_subfeed({uri!r}, live=True)               # the daemon follows it; still empty
 print("ready", flush=True)
 for record in sf.follow(start=0, timeout=30, records=True):
     p = record.payload

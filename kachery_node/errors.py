@@ -63,6 +63,11 @@ class RemoteProtocolError(KacheryError):
     It was refused, and nothing was changed because of it."""
 
 
+class TamperedDataError(RemoteProtocolError):
+    """Bytes read from elsewhere (an object of a channel's bucket, a chunk) do not hash to what
+    they were asked for: tampered with or broken on the way. Nothing was stored."""
+
+
 class UsageError(KacheryError, ValueError):
     """The user's input: a value or argument that cannot be used as given."""
 
@@ -105,6 +110,11 @@ class NotInitializedError(ConfigError):
     """The storage directory has no identity or config yet: run ``kachery init``."""
 
 
+class ChannelNotJoinedError(ConfigError):
+    """A channel was named (``channel=``, ``--channel``) that this node has not joined
+    (``kachery node join CHANNEL``)."""
+
+
 # ----------------------------------------------------------------------------- conditions
 class NotFoundError(KacheryError, LookupError):
     """The content (or mutable key) is not available here.
@@ -115,6 +125,30 @@ class NotFoundError(KacheryError, LookupError):
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
+
+
+class SubfeedNotFoundError(NotFoundError):
+    """A subfeed of another node could not be read from anywhere: not in the local store, and
+    neither the daemon (if one runs) nor any channel's bucket delivered a message. ``attempts``
+    lists what was tried, one line each (also in the message), for example
+    ``"channel lab's bucket: nothing published (no head)"``.
+
+    Catch it to tolerate absence, or ask for a live wait (``load_subfeed(uri, live=True)``)."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message, uri=uri)
+        self.attempts = list(attempts or [])
+
+
+class BucketDataRejectedError(TamperedDataError):
+    """What a channel's bucket holds for a subfeed failed verification (a tampered or malformed
+    segment or head), and no other source delivered it. Nothing of it was stored. ``attempts``
+    lists what was tried, as in :class:`SubfeedNotFoundError`."""
+
+    def __init__(self, message: str, *, uri: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.attempts = list(attempts or [])
 
 
 class CorruptedFileError(KacheryError):
@@ -176,12 +210,13 @@ class RestoreNotCaughtUpError(KacheryError):
 class HubRequestError(KacheryError):
     """The hub, relay or bucket refused a request: ``status``, ``code`` and its message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None) -> None:
         # status 0: no HTTP answer at all (the host could not be reached): no "HTTP 0" to show
         super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details or {}  # a refusal's machine-readable extras (a witness's size, proof)
 
 
 class ChannelProtocolError(RemoteProtocolError):
@@ -258,6 +293,20 @@ class ConflictError(ChannelProtocolError):
     """The request conflicts with existing state (channel exists, node owned by someone else)."""
 
     status, code = 409, "conflict"
+
+
+class WitnessRefusedError(ConflictError):
+    """A witness will not cosign a checkpoint (spec/witness.md §4): ``details`` says why in
+    ``reason`` and carries the witness's ``size`` or a fork ``proof``."""
+
+    code = "witness_refused"
+
+    def __init__(self, message: str, details: dict) -> None:
+        super().__init__(message)
+        self.details = details
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
 class InvalidTokenError(ChannelProtocolError):

@@ -5,7 +5,12 @@ Written by ``kachery node join`` / ``leave``; read by the daemon. One entry per 
     {"channels": {"lab": {"hub_url": "http://127.0.0.1:8080", "hub_id": "<64 hex>",
                           "feed_id": "<64 hex: the channel's membership feed>",
                           "roles": ["request-files", ...],           # what the owner asked for
+                          "bucket_url": "<where the bucket's objects are read>",
+                          "bucket": {"backend": "embedded", "read_url": ...},  # channel_info's
                           "joined_ms": 1700000000000}}}
+
+``bucket`` (saved since daemon-less reads; :mod:`kachery_node.channel_buckets` fills it in from
+the hub when it is missing) lets a process with no daemon read the channel's bucket.
 """
 
 from __future__ import annotations

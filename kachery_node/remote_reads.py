@@ -27,14 +27,22 @@ def daemon_for(storage_dir: str | os.PathLike) -> DaemonClient | None:
 
 
 def fetch_file(storage_dir: str | os.PathLike, uri: str, *, channel: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> str:
+               progress: Callable[[int, int], None] | None = None, start: int | None = None,
+               end: int | None = None) -> str:
     """Have the daemon fetch ``uri`` from its channels into the storage; returns the local path.
+
+    With ``start``/``end`` (a large file's byte range), only the chunks covering bytes
+    ``[start, end)`` are fetched, into the file's partial copy
+    (:func:`~kachery_node.storage.partial_files.read_partial_range` reads them); the path
+    returned is then that copy's, or the stored file's if it is complete.
 
     Raises :class:`~kachery_node.NotFoundError` when no channel delivers it (the message says
     which channels were tried and why), and DaemonNotRunningError if no daemon runs.
     """
     client = DaemonClient(Path(storage_dir))
-    body = {"uri": uri, **({"channel": channel} if channel else {})}
+    body: dict = {"uri": uri, **({"channel": channel} if channel else {})}
+    if start is not None or end is not None:
+        body["range"] = {"start": start or 0, "end": end}
     try:
         with client.stream("POST", "/api/files/fetch", json_body=body,
                            read_timeout=FETCH_READ_TIMEOUT) as events:
@@ -57,6 +65,12 @@ def follow_subfeed(storage_dir: str | os.PathLike, uri: str, channel: str | None
     """Ask the daemon to follow a remote subfeed (it keeps doing so, also after restarts)."""
     body = {"uri": uri, **({"channel": channel} if channel else {})}
     return DaemonClient(Path(storage_dir)).request("POST", "/api/feeds/follow", json_body=body)["following"]
+
+
+def unfollow_subfeed(storage_dir: str | os.PathLike, uri: str) -> bool:
+    """Ask the daemon to stop following a remote subfeed; False if it did not follow it."""
+    answer = DaemonClient(Path(storage_dir)).request("POST", "/api/feeds/unfollow", json_body={"uri": uri})
+    return answer["unfollowed"]
 
 
 def upload_file(storage_dir: str | os.PathLike, uri: str, channel: str) -> dict:

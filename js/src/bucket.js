@@ -6,7 +6,8 @@
 import { InvalidArgumentError, VerificationError } from './errors.js';
 import { asBytes, decodeUtf8, sha1Hex } from './bytes.js';
 import { integerMember, parseJson } from './json.js';
-import { decodeSegment, normalizeFeedId, parseFeedUri, SubfeedVerifier } from './feeds.js';
+import { decodeSegment, normalizeFeedId, parseFeedUri, parseWireLine, SubfeedVerifier } from './feeds.js';
+import { KeyChain } from './succession.js';
 import { verifyTaskResult } from './tasks.js';
 
 export const SEGMENT_SIZE = 1000;
@@ -161,11 +162,19 @@ export class BucketReader {
    * Follow a subfeed by polling its head: yields verified messages from `start` on, in order,
    * forever (until `signal` aborts). Bad bucket data (tampered segment or head) raises
    * VerificationError, or, with `onError`, is reported there and retried after `pollMs`.
+   *
+   * A feed that changed keys (spec/feeds.md §9): the records the messages carry are verified
+   * and each message is checked under the key of its position; one signed by a key the
+   * succession had replaced there is a SuccessionViolationError (reported like any bad data,
+   * never yielded). Starting at `start > 0`, the records carried before `start` are needed:
+   * pass them as `succession`, or they are looked up in the bucket (findSuccession) the first
+   * time a message fails under the keys known.
    */
-  async *follow(uri, { start = 0, pollMs = 1000, signal, onError } = {}) {
+  async *follow(uri, { start = 0, pollMs = 1000, signal, onError, succession = [] } = {}) {
     const { feedId, subfeedHash } = await parseFeedUri(uri);
     if (!subfeedHash) throw new InvalidArgumentError(`${uri} names a feed, not a subfeed`);
-    const verifier = new SubfeedVerifier(feedId, subfeedHash, { start });
+    const verifier = new SubfeedVerifier(feedId, subfeedHash, { start, succession });
+    let lookedBack = start === 0 || succession.length > 0;
     while (!signal?.aborted) {
       let got = 0;
       try {
@@ -174,11 +183,54 @@ export class BucketReader {
           yield* batch;
         }
       } catch (err) {
-        if (!(err instanceof VerificationError) || !onError) throw err;
+        if (!(err instanceof VerificationError)) throw err;
+        if (!lookedBack && verifier.chain.records.length === 0) {
+          // Maybe signed by a later key whose records were carried before `start`: look once.
+          lookedBack = true;
+          const found = await this.findSuccession(uri, start, { signal });
+          if (found.length) {
+            await verifier.learnSuccession(found);
+            continue;
+          }
+        }
+        if (!onError) throw err;
         onError(err);
       }
       if (!got) await sleep(pollMs, signal);
     }
+  }
+
+  /**
+   * The key succession records (spec/feeds.md §9.3) carried by the last message before
+   * position `before` of a subfeed that carries any, verified from the feed's key; [] if none
+   * does. Reads the bucket backwards, one segment at a time (the messages are only scanned for
+   * the records, which verify on their own).
+   */
+  async findSuccession(uri, before, { signal } = {}) {
+    const { feedId, subfeedHash } = await parseFeedUri(uri);
+    if (!subfeedHash) throw new InvalidArgumentError(`${uri} names a feed, not a subfeed`);
+    const head = await this.readHead(feedId, subfeedHash, { signal });
+    if (head === null) return [];
+    const end = Math.min(before, head.count);
+    const full = Math.floor(head.count / SEGMENT_SIZE);
+    for (let i = Math.floor((end - 1) / SEGMENT_SIZE); i >= 0 && end > 0; i--) {
+      let lines;
+      if (i >= full) {
+        lines = head.tail;
+      } else {
+        const seg = await this.get(keys.segment(this.channel, feedId, subfeedHash, i), { signal });
+        if (seg === null) throw new VerificationError(`segment ${i} is missing although the head counts ${head.count}`);
+        lines = decodeSegment(seg);
+      }
+      for (let j = Math.min(lines.length, end - i * SEGMENT_SIZE) - 1; j >= 0; j--) {
+        const line = lines[j];
+        const text = typeof line === 'string' ? line : decodeUtf8(line, 'wire line');
+        if (!text.includes('"succession"')) continue; // cheap filter; parsing decides
+        const m = await parseWireLine(line, feedId, subfeedHash);
+        if (m.succession !== null) return (await KeyChain.verify(feedId, m.succession)).lines();
+      }
+    }
+    return [];
   }
 
   async *#catchUp(verifier, feedId, subfeedHash, signal) {

@@ -108,6 +108,12 @@ function claimedNumber(ev, wire) {
  * connection cut) are retried after `retryMs`. `onStatus(state, detail)` hears 'connecting',
  * 'live' and 'reconnecting' (detail: the error).
  *
+ * A feed that changed keys (spec/feeds.md §9): each message is checked under the key of its
+ * position, learnt from the records the messages carry; one signed by a key the succession
+ * had replaced there is rejected as a SuccessionViolationError (a VerificationError with the
+ * `position` and a violation `proof`). Starting at `start > 0`, pass the records carried
+ * before `start` as `succession` (BucketReader.findSuccession finds them in a bucket).
+ *
  * `follow: true` asks the daemon to follow the subfeed from its channels first (`channel`
  * narrows to one), for a remote subfeed the node does not follow yet.
  *
@@ -117,13 +123,13 @@ function claimedNumber(ev, wire) {
  */
 export async function* followFromDaemon(daemonUrl, uri, {
   token, start = 0, signal, retryMs = 1000, maxRetryMs = 30_000, onRejected, onError, onStatus,
-  tokenIn = 'query', follow = false, channel = null, fetch: f,
+  tokenIn = 'query', follow = false, channel = null, fetch: f, succession = [],
 } = {}) {
   const fetchFn = f ?? globalThis.fetch.bind(globalThis);
   const { feedId, subfeedHash } = await parseFeedUri(uri);
   if (!subfeedHash) throw new InvalidArgumentError(`${uri} names a feed, not a subfeed`);
   if (tokenIn !== 'query' && tokenIn !== 'header') throw new InvalidArgumentError("tokenIn is 'query' or 'header'");
-  const verifier = new SubfeedVerifier(feedId, subfeedHash, { start });
+  const verifier = new SubfeedVerifier(feedId, subfeedHash, { start, succession });
   const base = daemonUrl.replace(/\/+$/, '');
   let delay = retryMs;
   while (!signal?.aborted) {

@@ -8,12 +8,16 @@ import {
 } from './bytes.js';
 import { integerMember, MAX_SAFE_INTEGER, parseJson } from './json.js';
 import { verifyEd25519 } from './ed25519.js';
+import {
+  KeyChain, learnCarried, SuccessionViolationError, verifyViolationProof, violationProof,
+} from './succession.js';
 
 export const MAX_MESSAGE_BYTES = 1 << 20;
 export const MAX_LINE_BYTES = MAX_MESSAGE_BYTES + 129;
 /** "kachery-feed-message-v1" || 0x00 */
 export const SIGNATURE_CONTEXT = concat(utf8('kachery-feed-message-v1'), new Uint8Array([0]));
 const REQUIRED = ['feed', 'n', 'payload', 'prev', 'subfeed', 'ts', 'v'];
+const OPTIONAL = ['meta', 'succession'];
 const HEX64 = /^[0-9a-f]{64}$/;
 const HEX40 = /^[0-9a-f]{40}$/;
 const TAB = 0x09;
@@ -30,8 +34,10 @@ export function normalizeFeedId(feedId) {
 /**
  * Parse one wire line (bytes, or a string whose UTF-8 form is the line) and check it belongs to
  * `feedId`/`subfeedHash` (spec/feeds.md §3, §5 step 1). Signatures and the chain are checked by
- * verifyRange. Returns {number, prev, hash, body, signature, timestampMs, payload, metadata}
- * where prev/hash are 64-hex strings (prev null for n = 0) and body/signature are bytes.
+ * verifyRange. Returns {number, prev, hash, body, signature, timestampMs, payload, metadata,
+ * succession} where prev/hash are 64-hex strings (prev null for n = 0), body/signature are
+ * bytes and succession is the key succession records the message carries (spec/feeds.md §9.3:
+ * an array of record lines, verified by verifyRange/SubfeedVerifier) or null.
  */
 export async function parseWireLine(line, feedId, subfeedHash) {
   const bytes = asBytes(line, 'wire line');
@@ -49,7 +55,7 @@ export async function parseWireLine(line, feedId, subfeedHash) {
   const d = parseJson(body, 'message body');
   if (d === null || typeof d !== 'object' || Array.isArray(d)) throw new VerificationError('message body is not a JSON object');
   for (const k of REQUIRED) if (!Object.hasOwn(d, k)) throw new VerificationError(`message body lacks '${k}'`);
-  for (const k of Object.keys(d)) if (!REQUIRED.includes(k) && k !== 'meta') throw new VerificationError(`message body has an unknown key '${k}'`);
+  for (const k of Object.keys(d)) if (!REQUIRED.includes(k) && !OPTIONAL.includes(k)) throw new VerificationError(`message body has an unknown key '${k}'`);
   if (integerMember(d, 'v', 1, 1) !== 1) throw new VerificationError(`unsupported message format version ${JSON.stringify(d.v)}`);
   if (d.feed !== feedId) throw new VerificationError(`message belongs to feed ${JSON.stringify(d.feed)}, not ${feedId}`);
   if (d.subfeed !== subfeedHash) throw new VerificationError(`message belongs to subfeed ${JSON.stringify(d.subfeed)}, not ${subfeedHash}`);
@@ -70,23 +76,39 @@ export async function parseWireLine(line, feedId, subfeedHash) {
   if (hasMeta && (d.meta === null || typeof d.meta !== 'object' || Array.isArray(d.meta))) {
     throw new VerificationError('message metadata is not a JSON object (absent when unused, never null)');
   }
+  const hasSuccession = Object.hasOwn(d, 'succession');
+  if (hasSuccession && (!Array.isArray(d.succession) || d.succession.length === 0
+      || !d.succession.every((x) => typeof x === 'string'))) {
+    throw new VerificationError("message field 'succession' is not a non-empty list of record lines");
+  }
   return {
     number, prev, hash: toHex(await sha256(body)), body, signature, timestampMs,
-    payload: d.payload, metadata: hasMeta ? d.meta : null,
+    payload: d.payload, metadata: hasMeta ? d.meta : null, succession: hasSuccession ? d.succession : null,
   };
 }
 
-/** Verify one message's signature (spec/feeds.md §3, §3.1). */
-export async function signatureIsValid(feedId, hashHex, signature) {
-  return verifyEd25519(fromHex(feedId, 32), concat(SIGNATURE_CONTEXT, fromHex(hashHex, 32)), signature);
+/** Verify one message's signature (spec/feeds.md §3, §3.1) under `publicKey` (64 hex: the feed
+ * ID, or for a feed that changed keys the key of the message's position, §9.2). */
+export async function signatureIsValid(publicKey, hashHex, signature) {
+  return verifyEd25519(fromHex(publicKey, 32), concat(SIGNATURE_CONTEXT, fromHex(hashHex, 32)), signature);
+}
+
+/** A parsed message's wire line (its body and signature, byte for byte) as a string. */
+function wireOf(m) {
+  return decodeUtf8(m.body, 'message body') + '\t' + (m.signature === null ? '' : toHex(m.signature));
 }
 
 /**
  * Check parsed messages as a range on its own (spec/feeds.md §5 step 2): contiguous numbers,
  * linked hashes, last one signed, every present signature valid. `previousHash` (optional) is
  * the known hash of the message before the first, to continue a verified chain.
+ *
+ * `chain` (a verified KeyChain, optional) and `subfeedHash`: for a feed that changed keys
+ * (spec/feeds.md §9.2) each signature is checked under the key of its position and the hashes
+ * the records pin must hold; a valid signature by a key the succession replaced there raises
+ * SuccessionViolationError (a VerificationError with `position` and a violation `proof`).
  */
-export async function checkChain(messages, feedId, previousHash = undefined) {
+export async function checkChain(messages, feedId, previousHash = undefined, { chain = null, subfeedHash: sh = null } = {}) {
   if (messages.length === 0) return;
   if (previousHash !== undefined && messages[0].prev !== previousHash) {
     throw new VerificationError(`message ${messages[0].number} does not link to the verified chain`);
@@ -101,18 +123,49 @@ export async function checkChain(messages, feedId, previousHash = undefined) {
   if (last.signature === null) {
     throw new VerificationError(`range ends at message ${last.number}, which is not signed`);
   }
-  for (const m of messages) {
-    if (m.signature !== null && !(await signatureIsValid(feedId, m.hash, m.signature))) {
-      throw new VerificationError(`bad signature on message ${m.number}`);
+  if (chain === null || chain.records.length === 0) {
+    for (const m of messages) {
+      if (m.signature !== null && !(await signatureIsValid(feedId, m.hash, m.signature))) {
+        throw new VerificationError(`bad signature on message ${m.number}`);
+      }
     }
+    return;
+  }
+  const first = messages[0].number;
+  for (const [position, pinnedHash] of chain.pinned(sh)) {
+    const i = position - first;
+    const got = i >= 0 && i < messages.length ? messages[i].hash
+      : i + 1 >= 0 && i + 1 < messages.length ? messages[i + 1].prev : null;
+    if (got !== null && got !== pinnedHash) {
+      throw new VerificationError(`message ${position} contradicts the key succession of feed ${feedId}, which pins another message there`);
+    }
+  }
+  for (const m of messages) {
+    if (m.signature === null || await signatureIsValid(chain.keyFor(sh, m.number), m.hash, m.signature)) continue;
+    for (const old of chain.supersededBefore(sh, m.number)) {
+      if (await signatureIsValid(old, m.hash, m.signature)) {
+        throw new SuccessionViolationError(
+          `message ${m.number} is signed by a key that the feed's key succession replaced before it `
+          + `(record ${chain.records.length} or earlier): the old key signed after handing the feed over `
+          + '(a compromised or restored old key); refused', {
+            position: m.number, proof: violationProof(feedId, sh, m.number, chain, [wireOf(m)]),
+          });
+      }
+    }
+    throw new VerificationError(`bad signature on message ${m.number}`);
   }
 }
 
-/** Parse and verify a range of wire lines of one subfeed; returns the parsed messages. */
-export async function verifyRange(lines, feedId, subfeedHash) {
+/**
+ * Parse and verify a range of wire lines of one subfeed; returns the parsed messages. The key
+ * succession records the messages carry (spec/feeds.md §9.3) are verified, merged with
+ * `succession` (record lines known before, optional) and the range is checked against them.
+ */
+export async function verifyRange(lines, feedId, subfeedHash, { succession = [] } = {}) {
   const msgs = [];
   for (const line of lines) msgs.push(await parseWireLine(line, feedId, subfeedHash));
-  await checkChain(msgs, feedId);
+  const chain = await learnCarried(await KeyChain.verify(feedId, succession), msgs);
+  await checkChain(msgs, feedId, undefined, { chain, subfeedHash });
   return msgs;
 }
 
@@ -136,19 +189,39 @@ export function decodeSegment(data) {
  * Follows one subfeed: lines arrive in pieces (a stream, bucket segments, a head's tail) and
  * are released only once a signature covers them, linked to everything released before.
  * add() is atomic: if any check fails nothing changes and a VerificationError is raised.
+ *
+ * Key succession (spec/feeds.md §9): the records carried by the messages it checks are
+ * verified and kept (`chain`), and every signature is checked under the key of its position.
+ * A follower starting at `start > 0` has not seen the messages that carried the records
+ * before it: pass them as `succession` (record lines, e.g. from an earlier session), else a
+ * message signed by a later key is refused as a bad signature (the error says so).
  */
 export class SubfeedVerifier {
-  constructor(feedId, subfeedHash, { start = 0, maxPending = 200_000 } = {}) {
+  constructor(feedId, subfeedHash, { start = 0, maxPending = 200_000, succession = [] } = {}) {
     this.feedId = normalizeFeedId(feedId);
     this.subfeedHash = subfeedHash;
+    this.start = start;
     this.next = start; // number of the next message to release
     this.lastHash = undefined; // hash of message next-1 once known
     this.pending = []; // parsed, unsigned, not yet covered by a signature
     this.maxPending = maxPending;
+    this.chain = new KeyChain(this.feedId); // verified succession records known so far
+    this.initialSuccession = succession; // verified by the first add()
+  }
+
+  /** Learn (verify and merge) key succession records known from elsewhere, e.g. found before
+   * `start` (spec/feeds.md §9.3). Raises VerificationError and changes nothing if they are
+   * invalid or diverge from the records already known. */
+  async learnSuccession(lines) {
+    this.chain = await learnCarried(this.chain, [{ succession: lines }]);
   }
 
   /** Add wire lines in order; returns the newly verified messages (maybe none). */
   async add(lines) {
+    if (this.initialSuccession.length) {
+      await this.learnSuccession(this.initialSuccession);
+      this.initialSuccession = [];
+    }
     const parsed = [];
     for (const line of lines) parsed.push(await parseWireLine(line, this.feedId, this.subfeedHash));
     let queue = this.pending.concat(parsed);
@@ -169,7 +242,18 @@ export class SubfeedVerifier {
     const ready = queue.slice(0, lastSigned + 1);
     const rest = queue.slice(lastSigned + 1);
     if (rest.length > this.maxPending) throw new VerificationError(`more than ${this.maxPending} unsigned messages in a row`);
-    if (ready.length) await checkChain(ready, this.feedId, this.lastHash);
+    const chain = await learnCarried(this.chain, ready);
+    if (ready.length) {
+      try {
+        await checkChain(ready, this.feedId, this.lastHash, { chain, subfeedHash: this.subfeedHash });
+      } catch (err) {
+        if (this.start > 0 && chain.records.length === 0 && /^bad signature/.test(err.message)) {
+          err.message += ` (or the feed changed keys before message ${this.start}: a follower starting there `
+            + 'needs the key succession records carried before it, spec/feeds.md §9.3)';
+        }
+        throw err;
+      }
+    }
     if (rest.length) {
       // Not yet covered by a signature, but must at least continue the chain.
       const linkTo = ready.length ? ready[ready.length - 1] : null;
@@ -180,6 +264,7 @@ export class SubfeedVerifier {
     if (ready.length) {
       this.next = ready[ready.length - 1].number + 1;
       this.lastHash = ready[ready.length - 1].hash;
+      this.chain = chain;
     }
     this.pending = rest;
     return ready;
@@ -317,6 +402,7 @@ export async function parseFeedUri(uri) {
 
 // ----------------------------------------------------------------------------- fork proofs
 const PROOF_KEYS = ['a', 'b', 'feed', 'position', 'subfeed', 'type', 'v'];
+const PROOF_KEYS_WITH_SUCCESSION = [...PROOF_KEYS, 'succession'].sort();
 
 function exactKeys(obj, keys) {
   const k = Object.keys(obj).sort();
@@ -332,21 +418,46 @@ function determined(chain) {
   return m;
 }
 
-/** Check a fork proof (spec/feeds.md §6); returns {feedId, subfeedHash, position}. */
+/**
+ * Check a fork proof (spec/feeds.md §6; with `succession` for a feed that changed keys, its
+ * chains checked under the key of each position, §9.2) or a succession violation proof (§9.4);
+ * returns {feedId, subfeedHash, position}.
+ */
 export async function verifyForkProof(proof) {
   const d = parseJson(asBytes(proof, 'fork proof'), 'fork proof');
-  if (d === null || typeof d !== 'object' || Array.isArray(d) || !exactKeys(d, PROOF_KEYS)) {
+  if (d !== null && typeof d === 'object' && !Array.isArray(d) && d.type === 'kachery-succession-violation') {
+    return verifyViolationProof(proof, { parseWireLine, signatureIsValid });
+  }
+  if (d === null || typeof d !== 'object' || Array.isArray(d)
+      || !(exactKeys(d, PROOF_KEYS) || exactKeys(d, PROOF_KEYS_WITH_SUCCESSION))) {
     throw new VerificationError(`malformed fork proof: expected exactly the keys ${PROOF_KEYS.join(', ')}`);
   }
   if (d.type !== 'kachery-fork-proof' || integerMember(d, 'v', 1, 1) !== 1) throw new VerificationError('not a kachery fork proof (v1)');
   if (typeof d.feed !== 'string' || !HEX64.test(d.feed)) throw new VerificationError("malformed fork proof: 'feed'");
   if (typeof d.subfeed !== 'string' || !HEX40.test(d.subfeed)) throw new VerificationError("malformed fork proof: 'subfeed'");
   if (integerMember(d, 'position') === undefined) throw new VerificationError("malformed fork proof: 'position'");
+  let keys = null;
+  if (Object.hasOwn(d, 'succession')) {
+    if (!Array.isArray(d.succession) || d.succession.length === 0 || !d.succession.every((x) => typeof x === 'string')) {
+      throw new VerificationError("malformed fork proof: 'succession' is not a non-empty list of records");
+    }
+    keys = await KeyChain.verify(d.feed, d.succession);
+  }
   const chains = [];
   for (const k of ['a', 'b']) {
     if (!Array.isArray(d[k]) || !d[k].every((x) => typeof x === 'string')) throw new VerificationError(`malformed fork proof: '${k}'`);
     if (d[k].length === 0) throw new VerificationError('a fork proof chain is empty');
-    chains.push(await verifyRange(d[k], d.feed, d.subfeed));
+    const msgs = [];
+    for (const line of d[k]) msgs.push(await parseWireLine(line, d.feed, d.subfeed));
+    try {
+      await checkChain(msgs, d.feed, undefined, { chain: keys, subfeedHash: d.subfeed });
+    } catch (err) {
+      if (err instanceof SuccessionViolationError) {
+        throw new VerificationError('a fork proof chain is signed by a key its succession replaced (a succession violation, not a fork)');
+      }
+      throw err;
+    }
+    chains.push(msgs);
   }
   const ha = determined(chains[0]);
   const hb = determined(chains[1]);

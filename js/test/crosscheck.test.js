@@ -114,6 +114,131 @@ test('a fork proof made by Python verifies; a tampered one does not', async () =
   await assert.rejects(k.verifyForkProof(JSON.stringify(same)), /do not conflict/);
 });
 
+test('a feed whose key Python rotated and recovered: verified under the key of each position', async () => {
+  const R = fx.rotated;
+  const msgs = await k.verifyRange(R.lines, R.feed_id, R.subfeed_hash);
+  assert.deepEqual(msgs.map((m) => m.payload), R.payloads);
+  assert.deepEqual(msgs.map((m) => m.succession?.length ?? 0), [0, 0, 0, 0, 0, 1, 0, 2, 3]);
+  const v = new k.SubfeedVerifier(R.feed_id, R.subfeed_hash);
+  assert.equal((await v.add(R.lines)).length, 9);
+  assert.deepEqual(v.chain.lines(), R.succession);
+  const chain = await k.KeyChain.verify(R.feed_id, R.succession);
+  assert.deepEqual(chain.records.map((r) => r.by), ['key', 'key', 'recovery']);
+  assert.notEqual(chain.keyFor(R.subfeed_hash, 4), chain.keyFor(R.subfeed_hash, 5));
+  assert.notEqual(chain.keyFor(R.subfeed_hash, 7), chain.keyFor(R.subfeed_hash, 8));
+  assert.equal(chain.keyFor(R.subfeed_hash, 4), R.feed_id);
+});
+
+test('a tampered copy of the rotated feed is refused: the replaced key signing after the hand-over', async () => {
+  const R = fx.rotated;
+  const tampered = [...R.lines.slice(0, 8), R.old_key_line];
+  const err = await k.verifyRange(tampered, R.feed_id, R.subfeed_hash).then(() => null, (e) => e);
+  assert.ok(err instanceof k.SuccessionViolationError, String(err));
+  assert.equal(err.position, 8);
+  assert.match(err.message, /message 8 is signed by a key that the feed's key succession replaced/);
+  // The proof kachery.js builds verifies in kachery.js and in Python.
+  assert.deepEqual(await k.verifyForkProof(err.proof), { feedId: R.feed_id, subfeedHash: R.subfeed_hash, position: 8 });
+  assert.deepEqual(await command(`verify-proof ${Buffer.from(err.proof).toString('hex')}`), { ok: true, position: 8 });
+  // Records altered in the copy, or dropped from it: refused.
+  const forgedRecord = R.lines.map((l, i) => (i === 5 ? l.replace('\\"by\\":\\"key\\"', '\\"by\\":\\"recovery\\"') : l));
+  assert.notDeepEqual(forgedRecord, R.lines);
+  await assert.rejects(k.verifyRange(forgedRecord, R.feed_id, R.subfeed_hash), k.VerificationError);
+  const v = new k.SubfeedVerifier(R.feed_id, R.subfeed_hash);
+  await v.add(R.lines.slice(0, 5));
+  await assert.rejects(v.add([R.old_key_line.replace('"n":8', '"n":5')]), k.VerificationError);
+  // Limit (spec/feeds.md §9.3): a reader that never saw the records cannot tell.
+  await k.verifyRange([R.old_key_line], R.feed_id, R.subfeed_hash);
+});
+
+test('a fork proof of the rotated feed carries its succession; Python made it, kachery.js checks it', async () => {
+  const R = fx.rotated;
+  const d = JSON.parse(R.fork_proof);
+  assert.deepEqual(d.succession, R.succession);
+  assert.deepEqual(await k.verifyForkProof(R.fork_proof), { feedId: R.feed_id, subfeedHash: R.subfeed_hash, position: R.fork_position });
+  const without = { ...d };
+  delete without.succession;
+  await assert.rejects(k.verifyForkProof(JSON.stringify(without)), /bad signature/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: d.succession.slice(0, 1) })), /bad signature/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: [] })), /'succession'/);
+  await assert.rejects(k.verifyForkProof(JSON.stringify({ ...d, succession: d.succession.slice(1) })), /succession record/);
+});
+
+test('following the rotated feed from the bucket and through a daemon stream; the old key is rejected', async () => {
+  const R = fx.rotated;
+  const bucket = new k.BucketReader(bucketUrl, fx.channel);
+  const headKey = k.keys.head(fx.channel, R.feed_id, R.subfeed_hash);
+  const real = readFileSync(join(fx.bucket_dir, ...headKey.split('/')), 'utf8');
+  const h = JSON.parse(real);
+  h.tail[8] = R.old_key_line;
+  overrides.set(headKey, Buffer.from(JSON.stringify(h)));
+  const ac = new AbortController();
+  const errors = [];
+  const got = [];
+  try {
+    for await (const m of bucket.follow(R.uri, { pollMs: 50, signal: ac.signal, onError: (e) => { errors.push(e); overrides.clear(); } })) {
+      got.push(m);
+      if (got.length === 9) break;
+    }
+  } finally {
+    overrides.clear();
+  }
+  assert.deepEqual(got.map((m) => m.payload), R.payloads); // the old key's message 8 was never yielded
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof k.SuccessionViolationError && errors[0].position === 8, String(errors[0]));
+  // Starting after the key changes: the records carried before `start` are found in the bucket.
+  assert.deepEqual(await bucket.findSuccession(R.uri, 9), R.succession);
+  assert.deepEqual(await bucket.findSuccession(R.uri, 7), R.succession.slice(0, 1));
+  assert.deepEqual(await bucket.findSuccession(R.uri, 5), []);
+  const late = [];
+  for await (const m of bucket.follow(R.uri, { start: 8, pollMs: 50, signal: ac.signal })) {
+    late.push(m.payload);
+    break;
+  }
+  assert.deepEqual(late, [{ r: 8 }]);
+
+  // Through a daemon-style stream: the old key's line is rejected (onRejected), then the honest
+  // one is accepted on the reopened stream.
+  let tamper = true;
+  const sse = createServer((req, res) => {
+    const start = Number(new URL(req.url, 'http://x').searchParams.get('start'));
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (let n = start; n < R.lines.length; n++) {
+      const wire = n === 8 && tamper ? R.old_key_line : R.lines[n];
+      res.write(`id: ${n}\ndata: ${JSON.stringify({ number: n, wire })}\n\n`);
+    }
+    tamper = false;
+  });
+  await new Promise((r) => sse.listen(0, '127.0.0.1', r));
+  try {
+    const rejected = [];
+    const fromDaemon = [];
+    for await (const m of k.followFromDaemon(`http://127.0.0.1:${sse.address().port}`, R.uri, {
+      token: 't', signal: ac.signal, retryMs: 20, onRejected: (r) => rejected.push(r),
+    })) {
+      fromDaemon.push(m.payload);
+      if (fromDaemon.length === 9) break;
+    }
+    assert.deepEqual(fromDaemon, R.payloads);
+    assert.equal(rejected.length, 1);
+    assert.equal(rejected[0].number, 8);
+    assert.ok(rejected[0].error instanceof k.SuccessionViolationError);
+    assert.match(rejected[0].reason, /replaced/);
+    // From a later start, with the records passed in.
+    const later = [];
+    for await (const m of k.followFromDaemon(`http://127.0.0.1:${sse.address().port}`, R.uri, {
+      token: 't', start: 6, succession: R.succession, signal: ac.signal,
+    })) {
+      later.push(m.payload);
+      if (later.length === 3) break;
+    }
+    assert.deepEqual(later, R.payloads.slice(6));
+  } finally {
+    ac.abort();
+    sse.closeAllConnections();
+    sse.close();
+  }
+});
+
 test('a signed node message (v2) and a hub request made by Python', async () => {
   const message = k.fromHex(fx.envelope_hex, fx.envelope_hex.length / 2);
   const at = { channel: fx.channel, band: 'provide-feeds', nowMs: fx.envelope_time_ms + 1000 };

@@ -160,3 +160,115 @@ test('the vendored @noble/ed25519 is the pinned npm package, byte for byte', (t)
   assert.equal(pkg.version, want);
   assert.equal(readFileSync(new URL('../vendor/noble-ed25519.js', import.meta.url), 'utf8'), readFileSync(installed + 'index.js', 'utf8'));
 });
+
+// ----------------------------------------------------------------------------- key succession
+const succ = JSON.parse(readFileSync(SPEC + 'succession-v1.json', 'utf8'));
+const seedKey = async (label) => {
+  const ed = await import('../vendor/noble-ed25519.js');
+  return k.toHex(await ed.getPublicKeyAsync(hex(succ.seeds[label])));
+};
+
+test('succession: the chain verifies from the feed ID; record hashes and the key of each position', async () => {
+  assert.equal(await seedKey('K0'), succ.feed);
+  const chain = await k.KeyChain.verify(succ.feed, succ.records);
+  assert.deepEqual(chain.records.map((r) => r.bodyHash), succ.record_hashes);
+  assert.equal(chain.currentKey, await seedKey('K2'));
+  assert.equal(chain.currentRecovery, null);
+  assert.equal(chain.records[0].recovery, await seedKey('Q'));
+  for (const c of succ.key_for) assert.equal(chain.keyFor(succ.subfeed, c.position), c.key, `position ${c.position}`);
+  assert.equal(await k.subfeedHash(succ.subfeed_name), succ.subfeed);
+});
+
+test('succession: the messages verify as a range, learning the chain they carry', async () => {
+  const msgs = await k.verifyRange(succ.messages, succ.feed, succ.subfeed);
+  assert.deepEqual(msgs.map((m) => m.payload), ['zero', 'one', 'two', 'three', 'four']);
+  assert.deepEqual(msgs[4].succession, succ.records);
+  assert.equal(msgs[3].succession, null);
+  // Followed one message at a time, and from a later start with the records passed in.
+  const v = new k.SubfeedVerifier(succ.feed, succ.subfeed);
+  for (const line of succ.messages) assert.equal((await v.add([line])).length, 1);
+  assert.equal(v.chain.records.length, 3);
+  const late = new k.SubfeedVerifier(succ.feed, succ.subfeed, { start: 3, succession: succ.records.slice(0, 2) });
+  assert.deepEqual((await late.add(succ.messages.slice(3))).map((m) => m.payload), ['three', 'four']);
+  // Without the records, a follower starting after the key change cannot tell K1 from a forger.
+  const blind = new k.SubfeedVerifier(succ.feed, succ.subfeed, { start: 3 });
+  await assert.rejects(blind.add([succ.messages[3]]), /bad signature on message 3 \(or the feed changed keys/);
+  // A range that carries no records is checked under the feed's own key only.
+  await assert.rejects(k.verifyRange(succ.messages.slice(3, 4), succ.feed, succ.subfeed), /bad signature on message 3/);
+  await k.verifyRange(succ.messages.slice(3, 4), succ.feed, succ.subfeed, { succession: succ.records });
+});
+
+test('succession: every invalid chain is refused, alone and carried by a message', async () => {
+  assert.ok(succ.invalid_chains.length >= 6);
+  for (const c of succ.invalid_chains) {
+    await assert.rejects(k.KeyChain.verify(succ.feed, c.records), k.VerificationError, c.why);
+    await assert.rejects(k.verifyRange(succ.messages, succ.feed, succ.subfeed, { succession: c.records }), k.VerificationError, c.why);
+  }
+  // A message carrying a chain with a forged record: the record's signature fails, whatever
+  // the message's.
+  const r1 = succ.records[0];
+  const forged = r1.replace(/"ts":(\d+)/, (_m, d) => `"ts":${Number(d) + 1}`);
+  await assert.rejects(k.KeyChain.verify(succ.feed, [forged]), /bad signature on succession record 1/);
+  // Two valid chains that diverge (K0 signed two different records 1) are refused.
+  const ed = await import('../vendor/noble-ed25519.js');
+  const body = `{"by":"key","feed":"${succ.feed}","heads":{},"key":"${succ.feed}","prev":null,"recovery":null,"seq":1,"ts":1,"type":"kachery-feed-succession","v":1}`;
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', k.utf8(body)));
+  const sig = await ed.signAsync(new Uint8Array([...k.SUCCESSION_CONTEXT, ...digest]), hex(succ.seeds.K0));
+  const other = `${body}\t${k.toHex(sig)}`;
+  assert.equal((await k.KeyChain.verify(succ.feed, [other])).records.length, 1);
+  await assert.rejects(k.verifyRange(succ.messages, succ.feed, succ.subfeed, { succession: [other] }), /two different key successions/);
+});
+
+test('succession: an old key signing after the hand-over is a violation, with the vector proof', async () => {
+  assert.equal(succ.violations.length, 2);
+  for (const c of succ.violations) {
+    assert.deepEqual(await k.verifyForkProof(c.proof), { feedId: succ.feed, subfeedHash: succ.subfeed, position: c.position });
+    // A follower that knows the records (from `range`, which carries them) and has taken the
+    // messages before the position is then offered `then`.
+    const v = new k.SubfeedVerifier(succ.feed, succ.subfeed, { succession: succ.records });
+    await v.add(c.range.slice(0, c.position));
+    const err = await v.add(c.then).then(() => null, (e) => e);
+    assert.ok(err instanceof k.SuccessionViolationError, c.why);
+    assert.ok(err instanceof k.VerificationError);
+    assert.equal(err.position, c.position);
+    assert.equal(err.proof, c.proof, c.why);
+    assert.match(err.message, new RegExp(`message ${c.position} is signed by a key that the feed's key succession replaced`));
+    assert.equal(v.next, c.position); // nothing released
+    // The same as one range.
+    await assert.rejects(k.verifyRange([...c.range.slice(0, c.position), ...c.then], succ.feed, succ.subfeed, { succession: succ.records }),
+      k.SuccessionViolationError, c.why);
+  }
+  // A follower that never saw the records takes K0's message 2 (spec §9.3: detection, not
+  // prevention); the honest messages after it then fail to link (js/README.md).
+  const c = succ.violations[1];
+  const blind = new k.SubfeedVerifier(succ.feed, succ.subfeed);
+  assert.equal((await blind.add([...c.range.slice(0, 2), ...c.then])).length, 3);
+  assert.equal((await blind.add([c.range[2]])).length, 0); // a re-push of position 2: skipped
+  await assert.rejects(blind.add([c.range[3]]), /does not link to the verified chain/);
+  // A tampered violation proof is refused.
+  const d = JSON.parse(succ.violations[0].proof);
+  d.chain = [succ.messages[4]]; // signed by the right key: no violation
+  await assert.rejects(k.verifyForkProof(JSON.stringify(d)), /no violation/);
+  d.chain = [succ.violations[0].then[0].replace('found by', 'lost by')];
+  await assert.rejects(k.verifyForkProof(JSON.stringify(d)), /not signed by a key the succession replaced/);
+});
+
+test('succession: a range contradicting a hash the records pin is refused', async () => {
+  // Record 2 pins message 1's hash. K0 signs another message 1 and K1 (the new key) signs a
+  // message 2 after it that carries records 1-2: every signature is valid, the pin is not.
+  const ed = await import('../vendor/noble-ed25519.js');
+  const sign = async (seed, body) => {
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', k.utf8(body)));
+    return { line: `${body}\t${k.toHex(await ed.signAsync(new Uint8Array([...k.SIGNATURE_CONTEXT, ...digest]), hex(seed)))}`, hash: k.toHex(digest) };
+  };
+  const m0 = await k.parseWireLine(succ.messages[0], succ.feed, succ.subfeed);
+  const other1 = await sign(succ.seeds.K0, `{"feed":"${succ.feed}","n":1,"payload":"ONE","prev":"${m0.hash}","subfeed":"${succ.subfeed}","ts":1,"v":1}`);
+  const other2 = await sign(succ.seeds.K1, `{"feed":"${succ.feed}","n":2,"payload":"two","prev":"${other1.hash}","subfeed":"${succ.subfeed}","succession":${JSON.stringify(succ.records.slice(0, 2))},"ts":2,"v":1}`);
+  const chain = await k.KeyChain.verify(succ.feed, succ.records);
+  assert.deepEqual(chain.pinned(succ.subfeed).map((p) => p[0]), [1, 3]);
+  await assert.rejects(k.verifyRange([succ.messages[0], other1.line, other2.line], succ.feed, succ.subfeed), /message 1 contradicts the key succession/);
+  await assert.rejects(k.verifyRange([other2.line], succ.feed, succ.subfeed), /message 1 contradicts the key succession/);
+  const v = new k.SubfeedVerifier(succ.feed, succ.subfeed);
+  await v.add([succ.messages[0], other1.line]);
+  await assert.rejects(v.add([other2.line]), /message 1 contradicts the key succession/);
+});

@@ -26,6 +26,7 @@ hold the provide-tasks role in the channel's signed membership.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -414,6 +415,18 @@ class TaskHandle:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+    async def await_result(self, timeout: float | None = None) -> Any:
+        """:meth:`wait`, awaited without blocking the event loop (asyncio or trio): for
+        notebooks and web apps. Cancelling the awaiting task stops the wait, not the task."""
+        import anyio
+        import anyio.to_thread
+
+        # Its own limiter: a thread per waiting handle, never counted against (nor starved by)
+        # the default limiter that file loads share.
+        return await anyio.to_thread.run_sync(functools.partial(self.wait, timeout),
+                                              abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
 
 
 def request_task(function_id: str | None = None, kwargs: dict[str, Any] | None = None, *,

@@ -51,6 +51,26 @@ def start(port: int | None, foreground: bool, as_json: bool) -> None:
                    f"{client.base_url}; log: {Path(storage_dir) / 'daemon.log'}")
 
 
+@node.command("witness")
+@click.argument("state", type=click.Choice(["on", "off", "status"]), default="status")
+def witness(state: str) -> None:
+    """Make this node a witness (on), or not (off): it then cosigns the checkpoints of the
+    subfeeds it hears about on its channels once its own copy holds them (following them if
+    needed), refusing any that conflict with what it cosigned before (spec/witness.md §4.3).
+    Needs the request-feeds role; takes effect when the daemon (re)starts."""
+    from ..config import load_node_config, read_settings, write_settings
+
+    storage_dir = default_storage_dir()
+    load_node_config(storage_dir)
+    settings = read_settings(storage_dir)
+    if state != "status":
+        settings["witness"] = state == "on"
+        write_settings(storage_dir, settings)
+    on = settings.get("witness") is True
+    click.echo(f"this node is {'a' if on else 'not a'} witness"
+               + (" (restart the daemon for the change to take effect)" if state != "status" else ""))
+
+
 @node.command()
 def stop() -> None:
     """Stop the daemon (waits until it has shut down)."""

@@ -1,4 +1,5 @@
-"""``kachery feed create|append|tail|info``: feeds in ``<storage>/feeds.db`` (kachery_feeds)."""
+"""``kachery feed``: create, append, tail, info, verify; publish, unpublish, published; unfollow,
+followed; key backup, restore and succession."""
 
 from __future__ import annotations
 
@@ -112,10 +113,27 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
     """Print a subfeed's messages as JSON lines; with --follow, keep printing new ones.
 
     For a feed this node does not own, the daemon (if running) follows it on the node's
-    channels, so its messages arrive here, verified, as they are appended."""
+    channels, so its messages arrive here, verified, as they are appended; with no daemon,
+    the channels' buckets are read directly (and polled, with --follow). If no message can be
+    found anywhere, it fails saying what was tried; with --follow it says so in one line on
+    stderr and waits."""
     from ..api import load_subfeed
+    from ..errors import BucketDataRejectedError, SubfeedNotFoundError
 
-    sf = load_subfeed(_subfeed_uri(subfeed_uri), channel=channel)
+    uri = _subfeed_uri(subfeed_uri)
+    try:
+        sf = load_subfeed(uri, channel=channel)
+    except (SubfeedNotFoundError, BucketDataRejectedError) as exc:
+        if not follow:
+            raise
+        if isinstance(exc, BucketDataRejectedError):
+            why = "the bucket's copy failed verification"
+        elif any(a.startswith("channel ") and ": unreachable" in a for a in exc.attempts):
+            why = "owner offline; a channel's bucket could not be reached"
+        else:
+            why = "owner offline; nothing published yet"
+        click.echo(f"{why}; waiting (tried: {'; '.join(exc.attempts)})", err=True)
+        sf = load_subfeed(uri, channel=channel, live=True)
     if start is None:
         start = 0 if last_n is None else max(0, sf.get_num_local_messages() - last_n)
 
@@ -142,6 +160,119 @@ def tail(subfeed_uri: str, start: int | None, last_n: int | None, follow: bool,
             emit(start + i, payload)
 
 
+def _feed_or_subfeed_uri(arg: str) -> str:
+    """A feed (``feed://<id>``, ID or local name) or subfeed (as :func:`_subfeed_uri`) argument."""
+    if arg.startswith("feed://"):
+        return arg
+    if "/" in arg:
+        return _subfeed_uri(arg)
+    return open_storage().load_feed(arg).uri
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", required=True, help="The channel whose bucket keeps the copy.")
+@json_option
+def publish(uri: str, channel: str, as_json: bool) -> None:
+    """Keep a feed of this node (every subfeed, also later ones) or one subfeed current in a
+    channel's bucket, whether or not anyone follows it, so that readers catch up while this
+    node is offline. Remembered across restarts; the daemon does the uploading (now if it
+    runs, else when it starts)."""
+    from .. import api
+
+    published = api.publish(_feed_or_subfeed_uri(uri), channel=channel)
+    running = _daemon_running()
+    if as_json:
+        echo_json({"uri": published, "channel": channel, "daemon_running": running})
+        return
+    click.echo(f"published {published} to {channel}")
+    if not running:
+        click.echo("no daemon runs for this storage: the bucket is updated once one starts "
+                   "(`kachery node start`)", err=True)
+
+
+@feed.command()
+@click.argument("uri")
+@click.option("--channel", default=None, help="Only on this channel (default: every channel).")
+@json_option
+def unpublish(uri: str, channel: str | None, as_json: bool) -> None:
+    """Stop keeping a feed or subfeed current in the bucket (what is there stays)."""
+    from .. import api
+
+    removed = api.unpublish(_feed_or_subfeed_uri(uri), channel=channel)
+    if as_json:
+        echo_json({"removed": removed})
+        return
+    if not removed:
+        raise click.ClickException(f"{uri} is not published{f' to {channel}' if channel else ''}")
+    click.echo(f"unpublished {uri} ({removed} publication{'s' if removed != 1 else ''})")
+
+
+@feed.command()
+@json_option
+def published(as_json: bool) -> None:
+    """List what this node publishes: one line per publication, URI then channel."""
+    from .. import api
+
+    rows = api.list_published()
+    if as_json:
+        echo_json({"published": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['uri']}\t{row['channel']}")
+
+
+@feed.command()
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@json_option
+def unfollow(subfeed_uri: str, as_json: bool) -> None:
+    """Stop following another node's subfeed (its messages stay here). A followed subfeed that
+    nobody reads is unfollowed by itself after [daemon.feeds] unfollow_idle seconds
+    (config.toml; default 7 days)."""
+    from .. import api
+
+    uri = _subfeed_uri(subfeed_uri)
+    done = api.unfollow(uri)
+    if as_json:
+        echo_json({"uri": uri, "unfollowed": done})
+        return
+    if not done:
+        raise click.ClickException(f"{uri} is not followed")
+    click.echo(f"unfollowed {uri}")
+
+
+@feed.command()
+@json_option
+def followed(as_json: bool) -> None:
+    """List the other nodes' subfeeds this node's daemon follows: URI, channel (or "all") and
+    when it was last read (a subfeed unread for [daemon.feeds] unfollow_idle is unfollowed)."""
+    import datetime
+
+    path = open_storage().directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        rows = []
+    except ValueError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+    out = [{"uri": f"feed://{r['feed_id']}/~{r['subfeed_hash']}", "channel": r.get("channel"),
+            "last_read": r.get("last_read")} for r in rows]
+    if as_json:
+        echo_json({"followed": out})
+        return
+    for row in out:
+        last = row["last_read"]
+        when = "-" if last is None else datetime.datetime.fromtimestamp(last, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC")
+        click.echo(f"{row['uri']}\t{row['channel'] or 'all'}\t{when}")
+
+
+def _daemon_running() -> bool:
+    from ..remote_reads import daemon_for
+
+    return daemon_for(open_storage().directory) is not None
+
+
 @feed.command("info")
 @click.argument("uri")
 @json_option
@@ -157,6 +288,9 @@ def feed_info(uri: str, as_json: bool) -> None:
         sf = storage.load_subfeed(_subfeed_uri(uri))
         doc = {"uri": sf.uri, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash,
                "is_writeable": sf.is_writeable, "num_messages": sf.get_num_local_messages()}
+        forks = [kf.verify_fork_proof(p).position for p in sf.get_fork_proofs()]
+        if forks:  # channel knowledge (spec/witness.md §5): shown, and nothing past it accepted
+            doc["fork"] = {"position": min(forks), "proofs": len(forks)}
     else:
         f = storage.load_feed(uri)
         doc = {"uri": f.uri, "feed_id": f.feed_id, "is_writeable": f.is_writeable,
@@ -169,13 +303,138 @@ def feed_info(uri: str, as_json: bool) -> None:
         echo_json(doc)
         return
     for k, v in doc.items():
-        if k == "subfeeds":
+        if k == "fork":
+            click.echo(f"FORK:         at message {v['position']}: the owner signed two histories "
+                       "(proof verified); nothing at or past it is accepted")
+        elif k == "subfeeds":
             click.echo(f"subfeeds:     {len(v)}")
             for s in v:
                 label = json.dumps(s["name"]) if s["name"] is not None else "~" + s["subfeed_hash"]
                 click.echo(f"  {label}: {s['num_messages']} messages")
         else:
             click.echo(f"{k + ':':13} {v}")
+
+
+def _witness_label(witness: str, hub_ids: set[str]) -> str:
+    return "the hub" if witness in hub_ids else f"node {witness[:12]}"
+
+
+def _witnessed_by(witnesses, hub_ids: set[str]) -> str:
+    hubs = [w for w in witnesses if w in hub_ids]
+    nodes = [w for w in witnesses if w not in hub_ids]
+    parts = (["the hub"] if hubs else []) + ([f"{len(nodes)} node{'s' if len(nodes) > 1 else ''}"]
+                                            if nodes else [])
+    return " and ".join(parts) or "nobody"
+
+
+@feed.command("require-witnesses")
+@click.argument("subfeed_uri", metavar="SUBFEED")
+@click.argument("witnesses", type=click.IntRange(0, 64))
+def require_witnesses(subfeed_uri: str, witnesses: int) -> None:
+    """As the feed's owner, require WITNESSES cosignatures (the channel's hub, or nodes of the
+    channel that witness) before followers accept SUBFEED's messages; 0 lifts it. Recorded as a
+    signed message of the feed's "kachery.witness-policy" subfeed (spec/witness.md §4.4)."""
+    from ..protocol.witness_gate import POLICY_SUBFEED, policy_payload
+
+    storage = open_storage()
+    sf = storage.load_subfeed(_subfeed_uri(subfeed_uri))
+    if not sf.is_writeable:
+        raise click.ClickException(f"only the owner of {sf.feed_id} (who holds its key) can set this")
+    policy = storage.feeds.load_feed(sf.feed_id).load_subfeed(POLICY_SUBFEED)
+    policy.append_message(policy_payload(sf.subfeed_hash, witnesses))
+    click.echo(f"{sf.uri}: followers now accept messages witnessed by {witnesses} witness"
+               f"{'es' if witnesses != 1 else ''}" if witnesses else f"{sf.uri}: no witnesses required")
+
+
+@feed.command("verify")
+@click.argument("uri")
+@click.option("--witnesses", is_flag=True,
+              help="Also show what the channels' witnesses signed: the newest witnessed checkpoint "
+                   "in each joined channel's bucket and, from the hub's record of its cosignatures "
+                   "checked against this copy, by when each message existed.")
+@click.option("--channel", default=None, help="Only this joined channel (default: all).")
+@click.option("--all", "show_all", is_flag=True, help="Print every timeline entry (default: the last 20).")
+@json_option
+def feed_verify(uri: str, witnesses: bool, channel: str | None, show_all: bool, as_json: bool) -> None:
+    """Re-check the local copy of a subfeed (chain, signatures, counts) and report forks; with
+    --witnesses, print its provable timeline ("message 120 existed by 2026-12-03T10:04:00Z,
+    witnessed by the hub"). Exits with status 1 if the copy is damaged or the subfeed forked."""
+    import datetime
+
+    import kachery_feeds as kf
+
+    from ..identity import load_node_key
+    from ..joined_channels import load_memberships
+    from ..transport.hub_client import HubClient
+    from ..witness_reads import newest_witnessed_checkpoints, provable_timeline
+
+    storage = open_storage()
+    sf = storage.load_subfeed(_subfeed_uri(uri))
+    report = storage.feeds.verify((sf.feed_id, sf.subfeed_hash))
+    count = sf.get_num_local_messages()
+    forks = [kf.verify_fork_proof(p).position for p in sf.get_fork_proofs()]
+    doc: dict[str, Any] = {"uri": sf.uri, "num_messages": count,
+                           "problems": [str(p) for p in report.problems],
+                           "fork_position": min(forks) if forks else None}
+    memberships = load_memberships(storage.directory)
+    hub_ids = {e.get("hub_id") for e in memberships.values() if isinstance(e.get("hub_id"), str)}
+    if witnesses:
+        channels = []
+        history: list[tuple[int, str]] = []
+        for view in newest_witnessed_checkpoints(storage.directory, sf.feed_id, sf.subfeed_hash, channel):
+            entry: dict[str, Any] = {"channel": view.channel, "error": view.error}
+            if view.checkpoint is not None:
+                cp = view.checkpoint
+                entry["checkpoint"] = {"size": cp.checkpoint.size, "witnesses": cp.witnesses(),
+                                       "times": [c.timestamp for c in cp.cosignatures]}
+                history += [(cp.checkpoint.size, c.line()) for c in cp.cosignatures]
+            if view.fork is not None:
+                entry["fork_position"] = view.fork.position
+                if doc["fork_position"] is None or view.fork.position < doc["fork_position"]:
+                    doc["fork_position"] = view.fork.position
+            hub_url = memberships.get(view.channel, {}).get("hub_url")
+            try:
+                with HubClient(hub_url, node_key=load_node_key(storage.directory)) as hub:
+                    answer = hub.witness_request("witness_history", channel=view.channel,
+                                                 feed_id=sf.feed_id, subfeed_hash=sf.subfeed_hash)
+                history += [(row["size"], row["cosignature"]) for row in answer["cosignatures"]]
+            except Exception as exc:  # the hub unreachable: the bucket's checkpoint still stands
+                entry["history_error"] = f"{type(exc).__name__}: {exc}"
+            channels.append(entry)
+        doc["channels"] = channels
+        doc["timeline"] = [{"message": e.size - 1, "existed_by": e.time, "witnesses": list(e.witnesses)}
+                           for e in provable_timeline(sf, history)]
+    if as_json:
+        echo_json(doc)
+    else:
+        def iso(t: int) -> str:
+            return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        state = "verified" if not report.problems else f"{len(report.problems)} PROBLEM(S)"
+        click.echo(f"{sf.uri}: {count} messages, {state}")
+        for p in doc["problems"]:
+            click.echo(f"  {p}")
+        if doc["fork_position"] is not None:
+            click.echo(f"FORK at message {doc['fork_position']}: the owner signed two histories "
+                       "(proof verified); nothing at or past it is accepted")
+        for entry in doc.get("channels", []):
+            if entry.get("error"):
+                click.echo(f"{entry['channel']}: {entry['error']}")
+            elif "checkpoint" in entry:
+                c = entry["checkpoint"]
+                click.echo(f"{entry['channel']}: newest witnessed checkpoint: {c['size']} messages, "
+                           f"witnessed by {_witnessed_by(c['witnesses'], hub_ids)}")
+            else:
+                click.echo(f"{entry['channel']}: no witnessed checkpoint")
+        timeline = doc.get("timeline", [])
+        shown = timeline if show_all else timeline[-20:]
+        if len(shown) < len(timeline):
+            click.echo(f"  ... {len(timeline) - len(shown)} earlier entries (--all)")
+        for e in shown:
+            click.echo(f"  message {e['message']} existed by {iso(e['existed_by'])}, witnessed by "
+                       f"{_witnessed_by(e['witnesses'], hub_ids)}")
+    if report.problems or doc["fork_position"] is not None:
+        sys.exit(1)
 
 
 @feed.command("import-legacy")

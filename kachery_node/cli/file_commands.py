@@ -67,14 +67,13 @@ channel_option = click.option(
 
 
 def _fetch_if_missing(uri: str, channel: str | None, progress: bool | None) -> None:
-    """If the content is not here, have the daemon fetch it (with a progress bar)."""
-    from .. import remote_reads as remote
-
+    """If the content is not here, fetch it (with a progress bar): through the daemon if one
+    runs for this storage, else straight from the channels' buckets."""
     storage = open_storage()
-    if storage.has_file(uri) or remote.daemon_for(storage.directory) is None:
-        return  # the load below says what is missing and what to do
+    if storage.has_file(uri):
+        return
     with transfer_progress(parse_uri(uri).basename or "download", progress) as cb:
-        remote.fetch_file(storage.directory, uri, channel=channel, progress=cb)
+        load_file(uri, channel=channel, progress=cb)
 
 
 @click.command()
@@ -85,8 +84,9 @@ def _fetch_if_missing(uri: str, channel: str | None, progress: bool | None) -> N
 def load(uri: str, dest: str | None, channel: str | None, progress: bool | None) -> None:
     """Print the local path of a sha1:// URI's content (verified), or copy it to --dest.
 
-    Content that is not here is fetched from the node's channels by its daemon (if one runs).
-    Fails with an error (exit status 1) if the content is not available.
+    Content that is not here is fetched from the node's channels (every joined channel in turn,
+    or --channel), verified and stored: by its daemon if one runs, else straight from the
+    channels' buckets. Fails with an error (exit status 1) if the content is not available.
     """
     _fetch_if_missing(uri, channel, progress)
     click.echo(load_file(uri, dest=dest, channel=channel))
@@ -116,16 +116,17 @@ def upload(path_or_uri: str, channel: str, as_json: bool) -> None:
 @channel_option
 def cat(uri: str, start: int, end: int | None, channel: str | None) -> None:
     """Write the content of a sha1:// URI, or bytes [--start, --end) of it, to stdout
-    (fetched from the node's channels by its daemon if it is not here)."""
-    _fetch_if_missing(uri, channel, False)
+    (fetched from the node's channels if it is not here, as `kachery load` does)."""
+    if end is None:  # to the end: the whole file (a range fetches only the chunks covering it)
+        _fetch_if_missing(uri, channel, False)
     out = sys.stdout.buffer
     if end is None:
-        with open(load_file(uri), "rb") as f:
+        with open(load_file(uri, channel=channel), "rb") as f:
             f.seek(start)
             shutil.copyfileobj(f, out, BLOCK_SIZE)
     elif start >= end:
-        out.write(load_bytes(uri, start, end))  # checks the range
+        out.write(load_bytes(uri, start, end, channel=channel))  # checks the range
     else:
         for pos in range(start, end, BLOCK_SIZE):
-            out.write(load_bytes(uri, pos, min(end, pos + BLOCK_SIZE)))
+            out.write(load_bytes(uri, pos, min(end, pos + BLOCK_SIZE), channel=channel))
     out.flush()

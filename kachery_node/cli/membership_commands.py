@@ -42,6 +42,7 @@ def join(channel: str, hub_url: str, role_values: tuple[str, ...], add_values: t
     from ..api import open_storage
     from ..config import default_storage_dir, load_node_config
     from ..joined_channels import save_membership
+    from ..transport.bucket.open_bucket import bucket_spec
 
     if not role_values and not add_values:
         raise click.UsageError("say which roles this node asks for: --roles (replacing) or --add-roles")
@@ -64,7 +65,8 @@ def join(channel: str, hub_url: str, role_values: tuple[str, ...], add_values: t
         membership = client.fetch_membership(channel, open_storage(storage_dir).feeds, info["feed_id"])
         save_membership(storage_dir, channel, {
             "hub_url": client.url, "hub_id": client.hub_id, "feed_id": info["feed_id"],
-            "roles": roles, "bucket_url": info["bucket_url"], "joined_ms": int(time.time() * 1000)})
+            "roles": roles, "bucket_url": info["bucket_url"], "bucket": bucket_spec(info),
+            "joined_ms": int(time.time() * 1000)})
     effective = membership.roles_of(cfg.node_id)
     if as_json:
         echo_json({"channel": channel, "node": cfg.node_id, "requested": roles,

@@ -13,7 +13,7 @@ roles and bands is :mod:`kachery_node.protocol.roles`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from ..protocol.node_messages import Envelope
 from ..transport.bucket.bucket_interface import ByteSink, Destination, ProgressCallback
 
 __all__ = ["BucketObjectMissing", "ByteSink", "ChannelLink", "Destination", "MessageHandler",
-           "ProgressCallback"]
+           "ProgressCallback", "refresh_if_lacking"]
 
 
 class BucketObjectMissing(NotFoundError):
@@ -38,6 +38,8 @@ class ChannelLink(Protocol):
     keypair: Keypair
     #: Effective roles of this node on the channel (granted ∩ requested).
     roles: frozenset[str]
+    #: The channel's hub ID, which is also its witness key (spec/witness.md §4.1).
+    hub_id: str
 
     async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes
@@ -47,6 +49,10 @@ class ChannelLink(Protocol):
 
     def may(self, node_id: str, role: str) -> bool:
         """Whether ``node_id`` holds ``role`` on this channel per the verified membership feed."""
+
+    async def refresh_roles(self) -> frozenset[str]:
+        """Re-read the membership now (rate-limited) and return this node's effective roles; a
+        role granted a moment ago then counts (the link reconnects for it)."""
 
     async def bucket_head(self, path: str) -> int | None:
         """Size of the object at ``path``, or None if there is none."""
@@ -69,6 +75,18 @@ class ChannelLink(Protocol):
 
     async def upload_many(self, items: list[tuple[str, bytes]]) -> None:
         """Put several small objects (path, bytes) at once (one request for their URLs)."""
+
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """A request to the channel's hub as witness (spec/witness.md §4), ``channel`` added;
+        raises HubRequestError (``WitnessRefusedError``'s ``details`` in ``.details``)."""
+
+
+async def refresh_if_lacking(links: Sequence[ChannelLink], role: str) -> None:
+    """Before a request: re-read the membership of each link where this node lacks ``role``, so
+    that a grant made just before the request counts."""
+    for link in links:
+        if role not in link.roles:
+            await link.refresh_roles()
 
 
 #: Handlers receive verified envelopes: signature, channel/band binding, freshness and replay

@@ -11,7 +11,13 @@ exchanges. Its :meth:`run` task (one per channel, in the daemon's nursery) loops
    replay) and dropped unless its sender holds the role that publishes on that band in the
    verified membership; then it is handed to the exchanges;
 4. meanwhile refresh the membership every :data:`MEMBERSHIP_REFRESH_SECONDS`, so a node removed
-   from the channel stops being served quickly.
+   from the channel stops being served quickly; when this node's own roles change (a grant, a
+   revocation), reconnect at once with a token for them.
+
+A publish waits for the connection (at most :data:`CONNECT_WAIT_SECONDS`): a request made while
+the channel (re)connects, e.g. just after a grant, goes out once it is connected instead of
+failing. A publish on a band this node has no role for first re-reads the membership (at most
+every :data:`MEMBERSHIP_MIN_REFRESH_SECONDS`): a role granted a moment ago counts at once.
 
 Any failure (hub, relay or network down) is logged and retried with exponential backoff
 (:data:`BACKOFF_MAX_SECONDS`); after reconnecting, the exchanges' ``on_reconnect`` hooks catch
@@ -56,6 +62,8 @@ MEMBERSHIP_REFRESH_SECONDS = 10.0
 MEMBERSHIP_MIN_REFRESH_SECONDS = 1.0
 UPLOAD_URLS_PER_REQUEST = 500  # the hub accepts up to 1000 objects per upload_urls request
 BACKOFF_MIN_SECONDS = 0.5
+#: How long a publish waits for the channel to (re)connect before it fails.
+CONNECT_WAIT_SECONDS = 10.0
 BACKOFF_MAX_SECONDS = 30.0
 
 
@@ -76,6 +84,7 @@ class ChannelRuntime:
         self.node_id = node_key.public_hex
         self.keypair = node_key
         self.hub_url: str = entry["hub_url"]
+        self.hub_id: str = str(entry.get("hub_id", ""))
         self.membership_feed_id: str = entry["feed_id"]
         self.roles: frozenset[str] = frozenset()
         self.membership: Membership | None = None
@@ -90,7 +99,10 @@ class ChannelRuntime:
         self._bucket_spec: dict[str, Any] | None = None
         self._replays = ReplayGuard()
         self._last_refresh = 0.0
-        self.connected = anyio.Event()
+        self.connected = anyio.Event()  # set while connected; a fresh one after each disconnection
+        self._connection_scope: trio.CancelScope | None = None  # of the current connection attempt
+        self._connected_roles: frozenset[str] = frozenset()  # the roles that connection is for
+        self._reconnect_now = False
 
     def describe(self) -> dict[str, Any]:
         """What ``kachery node status`` shows about this channel."""
@@ -108,15 +120,50 @@ class ChannelRuntime:
 
     async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
         if band not in self.roles:
+            await self.refresh_roles()  # granted a moment ago?
+        if band not in self.roles:
             raise PermissionError(
                 f"this node may not publish on {self.channel}/{band} "
                 f"(its roles there: {' '.join(sorted(self.roles)) or 'none'})"
             )
-        if self._pubsub is None:
-            raise ConnectionError(f"channel {self.channel} is not connected ({self.state})")
+        pubsub = await self._connected_pubsub()
         data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms(),
                     attachment=attachment)
-        await self._pubsub.publish(band_name(self.channel, pubsub_band(band)), data)
+        await pubsub.publish(band_name(self.channel, pubsub_band(band)), data)
+
+    async def _connected_pubsub(self) -> Any:
+        """The pub-sub connection, waiting for it (at most :data:`CONNECT_WAIT_SECONDS`) while
+        the channel connects or reconnects."""
+        if self._pubsub is None:
+            with trio.move_on_after(CONNECT_WAIT_SECONDS):
+                while self._pubsub is None:
+                    await self.connected.wait()  # unset whenever _pubsub is None
+        if self._pubsub is None:
+            raise ConnectionError(f"channel {self.channel} did not connect within "
+                                  f"{CONNECT_WAIT_SECONDS:g} s (now: {self.state})")
+        return self._pubsub
+
+    async def refresh_roles(self) -> frozenset[str]:
+        """Re-read the membership now (unless it was read less than
+        :data:`MEMBERSHIP_MIN_REFRESH_SECONDS` ago) and return this node's effective roles; if
+        they changed, the channel reconnects at once with a token for them. For a request made
+        just after a grant, before the periodic refresh saw it."""
+        if time.monotonic() - self._last_refresh >= MEMBERSHIP_MIN_REFRESH_SECONDS:
+            try:
+                await self.refresh_membership()
+            except (HubRequestError, KacheryError, OSError) as exc:
+                log.info("%s: membership refresh failed: %s", self.channel, exc)
+            self._reconnect_if_roles_changed()
+        return self.roles
+
+    def _reconnect_if_roles_changed(self) -> None:
+        if self.membership is None or self.roles == self._connected_roles:
+            return
+        self.state = (f"reconnecting (this node's roles are now "
+                      f"{' '.join(sorted(self.roles)) or 'none'})")
+        self._reconnect_now = True
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
 
     def _require_bucket(self) -> Bucket:
         if self._bucket is None:
@@ -172,6 +219,10 @@ class ChannelRuntime:
                 for (_path, data), url in zip(batch, urls, strict=True):
                     nursery.start_soon(put, url, data)
 
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(
+            lambda: self._hub.witness_request(type_, channel=self.channel, **fields))
+
     # ------------------------------------------------------------------ running
     async def refresh_membership(self) -> None:
         """Fetch new membership messages (verified into the local store) and recompute roles."""
@@ -189,8 +240,11 @@ class ChannelRuntime:
         backoff = BACKOFF_MIN_SECONDS
         while True:
             started = time.monotonic()
+            self._reconnect_now = False
             try:
-                await self._connect_and_serve()
+                with trio.CancelScope() as scope:
+                    self._connection_scope = scope
+                    await self._connect_and_serve()
             except* _RETRYABLE as group:
                 # A failure inside the connection's nurseries (the relay going away, a failed
                 # membership refresh) arrives wrapped in an ExceptionGroup: except* unwraps it.
@@ -198,18 +252,31 @@ class ChannelRuntime:
                 self.state = f"reconnecting ({type(exc).__name__}: {exc})"
                 log.warning("%s: %s; retrying in %.1f s", self.channel, exc, backoff)
             finally:
-                self._pubsub = None
-                self.connected_since = None
-                if self.connected.is_set():
-                    self.connected = anyio.Event()  # the next connection sets a fresh one
+                self._connection_scope = None
+                self._disconnected()
+            if self._reconnect_now:  # this node's roles changed: a token for them, at once
+                backoff = BACKOFF_MIN_SECONDS
+                continue
             if time.monotonic() - started > 60:
                 backoff = BACKOFF_MIN_SECONDS  # it had been working: start over quickly
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
+    def _disconnected(self) -> None:
+        """No pub-sub connection any more: say so everywhere at once (no checkpoint here), so
+        that ``state`` never says "connected" while a publish would find no connection."""
+        self._pubsub = None
+        self.connected_since = None
+        if self.connected.is_set():
+            self.connected = anyio.Event()  # the next connection sets a fresh one
+        if self.state == "connected":
+            self.state = "reconnecting (the connection ended)"
+
     async def _connect_and_serve(self) -> None:
         self.state = "fetching membership"
+        self._connected_roles = frozenset()
         await self.refresh_membership()
+        self._connected_roles = self.roles
         info = await trio.to_thread.run_sync(self._hub.channel_info, self.channel)
         if self._bucket is None or bucket_spec(info) != self._bucket_spec:
             if self._bucket is not None:
@@ -226,29 +293,32 @@ class ChannelRuntime:
             return await trio.to_thread.run_sync(self._hub.pubsub_credentials, self.channel)
 
         async with open_pubsub(credentials, renew=renew) as pubsub:
-            for role in sorted(self.roles):
+            for role in sorted(self._connected_roles):
                 await pubsub.subscribe(band_name(self.channel, heard_pubsub_band(role)))
+            if self.roles != self._connected_roles:  # changed meanwhile (refresh_roles)
+                self._reconnect_if_roles_changed()
+                return
             self._pubsub = pubsub
             self.state = "connected"
             self.connected_since = time.monotonic()
             log.info("%s: connected as %s", self.channel, " ".join(sorted(self.roles)))
             self.connected.set()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._refresh_loop, nursery.cancel_scope)
-                if self._on_connected is not None:
-                    nursery.start_soon(self._on_connected, self)
-                async for message in pubsub.messages():
-                    await self._dispatch(message, nursery)
-                raise ConnectionError("the relay closed the connection")
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_loop)
+                    if self._on_connected is not None:
+                        nursery.start_soon(self._on_connected, self)
+                    async for message in pubsub.messages():
+                        await self._dispatch(message, nursery)
+                    raise ConnectionError("the relay closed the connection")
+            finally:
+                self._disconnected()
 
-    async def _refresh_loop(self, scope: trio.CancelScope) -> None:
+    async def _refresh_loop(self) -> None:
         while True:
             await trio.sleep(MEMBERSHIP_REFRESH_SECONDS)
-            before = self.roles
             await self.refresh_membership()
-            if self.roles != before:
-                scope.cancel()  # reconnect, for a token matching the new roles
-                return
+            self._reconnect_if_roles_changed()  # for a token matching the new roles
 
     async def _dispatch(self, message: Any, nursery: trio.Nursery) -> None:
         """Open a received message, check it and its sender, and hand it to the one exchange of

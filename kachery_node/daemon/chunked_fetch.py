@@ -54,7 +54,7 @@ async def fetch_large_file(storage: Storage, links: Sequence[ChannelLink], key: 
     started = now()
     try:
         missing = await anyio.to_thread.run_sync(partial.open)
-        await _fetch_chunks(links, key, uri, progress, partial, missing, obtain, max_parallel)
+        await fetch_chunks(links, key, uri, progress, partial, missing, obtain, max_parallel)
     finally:
         partial.close()
     chunks_done = now()
@@ -79,10 +79,11 @@ async def fetch_large_file(storage: Storage, links: Sequence[ChannelLink], key: 
     return str(storage.path_for(key.sha1))
 
 
-async def _fetch_chunks(links: Sequence[ChannelLink], key: FileUri, uri: str,
-                        progress: ProgressCallback | None, partial: PartialFile,
-                        missing: list[Chunk], obtain: Obtain, max_parallel: int) -> None:
-    """Download the ``missing`` chunks into ``partial``, up to ``max_parallel`` at once."""
+async def fetch_chunks(links: Sequence[ChannelLink], key: FileUri, uri: str,
+                       progress: ProgressCallback | None, partial: PartialFile,
+                       missing: list[Chunk], obtain: Obtain, max_parallel: int) -> None:
+    """Download the ``missing`` chunks into ``partial`` (open), up to ``max_parallel`` at once:
+    all the chunks still missing of a file, or those covering a byte range."""
     manifest = partial.manifest
     if missing:
         log.info("fetching %d of %d chunks of sha1://%s", len(missing), len(manifest.chunks),

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 
 import kachery_feeds as kf
+from kachery_feeds.checkpoints import CheckpointError, parse_witnessed_checkpoint
 
 from ..protocol import feed_bucket
+from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
 from ..protocol.feed_follower import CatchUpFailure, FeedFollower, InlineOutcome, inline_report
 from ..protocol.feed_messages import (
     FollowerAction,
@@ -33,11 +35,13 @@ from ..protocol.feed_messages import (
     SubfeedOnChannel,
     SubfeedUploaded,
 )
+from ..protocol.witness_gate import POLICY_SUBFEED_HASH, WitnessGate, required_witnesses
 from .channel_link import BucketObjectMissing, ChannelLink
 
 log = logging.getLogger("kachery.feeds")
 
 SEGMENT_DOWNLOADS_AHEAD = 4
+FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 
 
 
@@ -51,6 +55,7 @@ class _Conversation:
     subfeed: kf.Subfeed
     pending: deque[FollowerAction] = field(default_factory=deque)
     wake: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled: unfollowed
 
     def give(self, actions: Iterable[FollowerAction]) -> None:
         self.pending.extend(actions)
@@ -60,8 +65,12 @@ class _Conversation:
 class FollowerDriver:
     """Follows remote subfeeds on the daemon's channels."""
 
-    def __init__(self, store: kf.Store) -> None:
+    def __init__(self, store: kf.Store, on_fork: Callable[[ChannelLink, bytes], None] | None = None,
+                 gate: WitnessGate | None = None) -> None:
         self.store = store
+        self._on_fork = on_fork  # a fork found on import: its proof goes to the channel
+        self.gate = gate  # holds messages until the witnesses their owner requires signed them
+        self._policies: dict[str, tuple[int, dict[str, int]]] = {}  # feed -> (count read, policy)
         self._conversations: dict[SubfeedOnChannel, _Conversation] = {}
         self._followed: dict[tuple[str, str], None] = {}  # (feed ID, subfeed hash), in order
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -76,6 +85,9 @@ class FollowerDriver:
     def follow(self, links: Iterable[ChannelLink], feed_id: str, subfeed_hash: str) -> None:
         """Start following a remote subfeed on ``links`` (idempotent; keeps running)."""
         self._followed[(feed_id, subfeed_hash)] = None
+        links = list(links)
+        if self.gate is not None and subfeed_hash != POLICY_SUBFEED_HASH:
+            self.follow(links, feed_id, POLICY_SUBFEED_HASH)  # the owner's witness requirements
         for link in links:
             where = SubfeedOnChannel(link.channel, feed_id, subfeed_hash)
             if where in self._conversations:
@@ -87,6 +99,14 @@ class FollowerDriver:
 
     def followed(self) -> list[tuple[str, str]]:
         return list(self._followed)
+
+    def unfollow(self, feed_id: str, subfeed_hash: str) -> bool:
+        """Stop following a subfeed on every channel (its stored messages stay); False if it
+        was not followed. Its providers' subscriptions lapse, unrenewed."""
+        known = self._followed.pop((feed_id, subfeed_hash), False) is None
+        for where in [w for w in self._conversations if w.subfeed == (feed_id, subfeed_hash)]:
+            self._conversations.pop(where).scope.cancel()
+        return known
 
     def on_reconnect(self, link: ChannelLink) -> None:
         """``link``'s channel came (back) up: every follower there catches up and re-subscribes now."""
@@ -107,14 +127,23 @@ class FollowerDriver:
         if (message.feed_id, message.subfeed_hash) not in self._followed:
             return  # not following it (any more)
         subfeed = self.store.load_feed(message.feed_id).load_subfeed("~" + message.subfeed_hash)
+        lines = list(message.lines)
+        if self.witnesses_required(message.feed_id, message.subfeed_hash):
+            assert self.gate is not None
+            lines = self.gate.admit((message.feed_id, message.subfeed_hash),
+                                    subfeed.get_num_local_messages(), lines)
+            if not lines:
+                return  # waiting for the witnesses (or nothing new)
         detail = ""
         try:
-            subfeed.add_signed_messages(message.lines)
+            subfeed.add_signed_messages(lines)
             outcome = InlineOutcome.STORED
         except kf.MissingMessagesError:
             outcome = InlineOutcome.GAP
         except kf.ForkError as exc:
             outcome, detail = InlineOutcome.FORK, str(exc)
+            if self._on_fork is not None:
+                self._on_fork(link, exc.proof)
         except kf.VerificationError as exc:
             outcome, detail = InlineOutcome.REJECTED, str(exc)
         conversation = self._conversation(link, message.feed_id, message.subfeed_hash)
@@ -126,12 +155,57 @@ class FollowerDriver:
             if report is not None:
                 log.log(report.severity, "%s", report.text)
 
+    def witnesses_required(self, feed_id: str, subfeed_hash: str) -> int:
+        """How many witnesses the owner requires for the subfeed before this follower accepts
+        its messages (0 without a gate); tells the gate."""
+        if self.gate is None:
+            return 0
+        k = self.policy_requirement(feed_id, subfeed_hash)
+        self.gate.set_required((feed_id, subfeed_hash), k)
+        return k
+
+    def policy_requirement(self, feed_id: str, subfeed_hash: str) -> int:
+        """How many witnesses the owner requires for the subfeed, per the local copy of the
+        feed's policy subfeed (re-read when it grew)."""
+        if subfeed_hash == POLICY_SUBFEED_HASH:
+            return 0
+        policy_subfeed = self.store.load_feed(feed_id).load_subfeed("~" + POLICY_SUBFEED_HASH)
+        count = policy_subfeed.get_num_local_messages()
+        read, policy = self._policies.get(feed_id, (0, {}))
+        if count != read:
+            policy = required_witnesses(policy_subfeed.get_messages())
+            self._policies[feed_id] = (count, policy)
+        return policy.get(subfeed_hash, 0)
+
+    def release(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> None:
+        """A checkpoint with enough witnesses arrived: import what was waiting for it."""
+        if self.gate is None or (feed_id, subfeed_hash) not in self._followed:
+            return
+        subfeed = self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+        lines = self.gate.admit((feed_id, subfeed_hash), subfeed.get_num_local_messages())
+        if not lines:
+            return
+        try:
+            subfeed.add_signed_messages(lines)
+        except kf.ForkError as exc:
+            if self._on_fork is not None:
+                self._on_fork(link, exc.proof)
+            log.error("FORK in %s: %s", subfeed.uri, exc)
+        except (kf.VerificationError, kf.MissingMessagesError) as exc:
+            log.warning("witnessed messages of %s not imported: %s", subfeed.uri, exc)
+
     def _conversation(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> _Conversation | None:
         return self._conversations.get(SubfeedOnChannel(link.channel, feed_id, subfeed_hash))
 
     # ------------------------------------------------------------------ one follower's task
     async def _drive(self, conversation: _Conversation) -> None:
+        with conversation.scope:  # entered cancelled if unfollowed before it started
+            await self._converse(conversation)
+
+    async def _converse(self, conversation: _Conversation) -> None:
         follower, link = conversation.follower, conversation.link
+        with anyio.move_on_after(FORK_READ_TIMEOUT_SECONDS):
+            await self._learn_bucket_fork(link, conversation.subfeed)
         conversation.give(follower.start(anyio.current_time(), may_request="request-feeds" in link.roles))
         while True:
             conversation.wake = anyio.Event()  # before taking actions: a later give() wakes us
@@ -173,12 +247,18 @@ class FollowerDriver:
         added = 0
         with anyio.CancelScope(deadline=action.deadline) as scope:
             try:
+                gated = self.witnesses_required(action.where.feed_id, action.where.subfeed_hash)
                 if isinstance(action, ReadHead):
+                    if gated:
+                        await self._read_witnessed_checkpoint(link, action.where)
                     head = await _read_head(link, action.where)
                 else:
-                    added = await _import_from_bucket(link, subfeed, action)
+                    added = await _import_from_bucket(link, subfeed, action,
+                                                      self.gate if gated else None)
             except kf.ForkError as exc:
                 failure, detail = CatchUpFailure.FORK, str(exc)
+                if self._on_fork is not None:
+                    self._on_fork(link, exc.proof)
             except (kf.VerificationError, kf.MissingMessagesError) as exc:
                 failure, detail = CatchUpFailure.REJECTED, str(exc)
             except Exception as exc:  # transport errors (a missing segment among them)
@@ -193,6 +273,48 @@ class FollowerDriver:
         return follower.on_imported(now, added, count)
 
 
+    async def _learn_bucket_fork(self, link: ChannelLink, subfeed: kf.Subfeed) -> None:
+        """Before following a subfeed on a channel, learn a fork proven there while this node was
+        away (the bucket's ``.../fork``, spec/witness.md §5): verified and recorded, so nothing
+        past the fork is accepted."""
+        path = subfeed_fork_path(link.channel, subfeed.feed_id, subfeed.subfeed_hash)
+        try:
+            proof = await link.bucket_get(path)
+        except Exception:  # absent (the usual case), or the bucket unreachable: the catch-up says
+            return
+        try:
+            info = kf.verify_fork_proof(proof)
+        except kf.VerificationError as exc:
+            log.warning("ignoring the %s bucket's fork proof of %s: %s", link.channel, subfeed.uri, exc)
+            return
+        if (info.feed_id, info.subfeed_hash) != (subfeed.feed_id, subfeed.subfeed_hash):
+            log.warning("ignoring the %s bucket's fork proof of %s: another subfeed's", link.channel,
+                        subfeed.uri)
+            return
+        if proof not in subfeed.get_fork_proofs():
+            self.store.record_fork_proof(proof)
+            log.error("FORK in %s at message %d (proven in the %s bucket): no message at or past it "
+                      "is accepted", subfeed.uri, info.position, link.channel)
+
+    async def _read_witnessed_checkpoint(self, link: ChannelLink, where: SubfeedOnChannel) -> None:
+        """Tell the gate about the bucket's witnessed checkpoint (a gated follower catching up)."""
+        assert self.gate is not None
+        try:
+            data = await link.bucket_get(subfeed_checkpoint_path(where.channel, where.feed_id,
+                                                                 where.subfeed_hash))
+            obj = parse_witnessed_checkpoint(data)
+        except (BucketObjectMissing, CheckpointError):
+            return
+        if (obj.checkpoint.feed_id, obj.checkpoint.subfeed_hash) == where.subfeed:
+            self.gate.on_checkpoint(obj, lambda w: trusted_witness(link, w))
+
+
+def trusted_witness(link: ChannelLink, witness: str) -> bool:
+    """Witnesses whose cosignatures count toward an owner's requirement: the channel's hub and
+    members of the channel (spec/witness.md §4.4)."""
+    return witness == link.hub_id or link.may(witness, "request-feeds")
+
+
 async def _read_head(link: ChannelLink, where: SubfeedOnChannel) -> bytes | None:
     try:
         return await link.bucket_get(where.head_path)
@@ -200,9 +322,11 @@ async def _read_head(link: ChannelLink, where: SubfeedOnChannel) -> bytes | None
         return None
 
 
-async def _import_from_bucket(link: ChannelLink, subfeed: kf.Subfeed, action: ImportFromBucket) -> int:
-    """Import the action's segments, then its tail; returns how many messages were new."""
-    importer = feed_bucket.SegmentImporter(subfeed)
+async def _import_from_bucket(link: ChannelLink, subfeed: kf.Subfeed, action: ImportFromBucket,
+                              gate: WitnessGate | None = None) -> int:
+    """Import the action's segments, then its tail; returns how many messages were new. With a
+    ``gate``, only what a checkpoint with enough witnesses covers is imported."""
+    importer = feed_bucket.SegmentImporter(subfeed) if gate is None else _GatedImporter(subfeed, gate)
     try:
         await _download_and_import(link, action.where, action.segments, importer)
     except ExceptionGroup as group:  # the task group wraps even the importer's own error
@@ -242,3 +366,22 @@ async def _download_and_import(link: ChannelLink, where: SubfeedOnChannel, indic
             assert isinstance(data, bytes)
             await anyio.to_thread.run_sync(importer.add_segment, data)
             slots.release()
+
+
+class _GatedImporter(feed_bucket.SegmentImporter):
+    """A SegmentImporter that passes lines through a witness gate first (the rest wait there)."""
+
+    def __init__(self, subfeed: kf.Subfeed, gate: WitnessGate) -> None:
+        super().__init__(subfeed)
+        self._gate = gate
+
+    def add_lines(self, lines: list[bytes]) -> None:
+        key = (self.subfeed.feed_id, self.subfeed.subfeed_hash)
+        local = self.subfeed.get_num_local_messages() + len(self._pending)
+        admitted = self._gate.admit(key, local, lines)
+        if admitted:
+            super().add_lines(admitted)
+
+    def finish(self) -> int:
+        self._pending = []  # lines past the witnessed checkpoint wait in the gate, not here
+        return self.added

@@ -5,7 +5,9 @@ What happens when is the core's business (kachery_node/protocol/feed_provider.py
 reads the store (counts, message ranges, segments, heads) and tells the core, waits for store
 changes and the core's deadlines (anyio, ``anyio.current_time()`` as the core's clock), and
 carries out its actions: inline pushes in order by the task that caused them, bucket jobs as
-tasks of their own (a slow upload holds up no push), saving subscriptions to their file.
+tasks of their own (a slow upload holds up no push), saving subscriptions to their file. It also
+expands the node's publications (whole feeds into their subfeeds, on the channels that are up)
+and hands them to the core, which keeps their bucket copies current.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import anyio
@@ -21,6 +23,7 @@ import anyio.abc
 
 import kachery_feeds as kf
 
+from ..feed_publications import Publication
 from ..protocol import feed_bucket
 from ..protocol.feed_messages import (
     NewSubfeedMessages,
@@ -41,6 +44,9 @@ from .store_changes import ChangeBroadcaster
 
 log = logging.getLogger("kachery.feeds")
 
+#: Called (as a task of its own) after a bucket job wrote a head: (link, subfeed, its count).
+HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
+
 STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 
@@ -48,14 +54,18 @@ SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for
 class ProviderDriver:
     """Provides local subfeeds to the subscribers on the daemon's channels."""
 
-    def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None) -> None:
+    def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None,
+                 on_head_uploaded: HeadUploaded | None = None, on_pushed: HeadUploaded | None = None) -> None:
         self.store = store
+        self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
+        self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
         self.changes = changes
         self._subscriptions_path = subscriptions_path
         self.core = FeedProvider(load_subscriptions(subscriptions_path))
         self._links: dict[str, ChannelLink] = {}  # channel -> its current link
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
+        self._publications: list[Publication] = []
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Push new local messages and keep bucket copies up to date until cancelled."""
@@ -65,15 +75,39 @@ class ProviderDriver:
             while True:
                 changed = self.changes.current()  # before reading: no change is missed
                 now = anyio.current_time()
-                # New messages go out first: the debounced bucket updates that on_timer starts
-                # (HTTP to the hub, segments built in a thread) must not delay a push.
+                # New messages go out first: the bucket work that publications and on_timer
+                # start (HTTP to the hub, segments built in a thread) must not delay a push.
                 await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
+                await self._carry_out(self._update_published(now))
                 await self._carry_out(self.core.on_timer(now))
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
                 with anyio.CancelScope(deadline=deadline) as self._wait:
                     await changed.wait()
                 self._wait = None
+
+    def set_publications(self, publications: Iterable[Publication]) -> None:
+        """The node's publications changed (``<storage>/published-feeds.json``): taken up at the
+        store watch's next turn, which this wakes."""
+        self._publications = list(publications)
+        if self._wait is not None:
+            self._wait.cancel()
+
+    def _update_published(self, now: float) -> list[ProviderAction]:
+        """Expand the publications into subfeeds on channels that are up (a whole feed: each
+        subfeed it has now, so one created later is taken up at the next turn) and hand them to
+        the core."""
+        if not self._publications and not self.core.published():
+            return []
+        wheres: list[SubfeedOnChannel] = []
+        for pub in self._publications:
+            if pub.channel not in self._links or not self.store.has_private_key(pub.feed_id):
+                continue  # not connected (yet); or a feed that is not ours (deleted since)
+            hashes = ([pub.subfeed_hash] if pub.subfeed_hash is not None
+                      else self.store.load_feed(pub.feed_id).get_subfeed_hashes())
+            wheres += [SubfeedOnChannel(pub.channel, pub.feed_id, h) for h in hashes]
+        counts = self._counts({w.subfeed for w in wheres})
+        return self.core.set_published(now, wheres, counts)
 
     # ------------------------------------------------------------------ events from the exchange
     async def on_subscribe(self, link: ChannelLink, sender: str, message: SubscribeToSubfeed) -> None:
@@ -90,8 +124,11 @@ class ProviderDriver:
         await self._carry_out(actions)
 
     def on_connected(self, link: ChannelLink) -> None:
-        """``link``'s channel came (back) up: announce how far each live subscription there goes."""
+        """``link``'s channel came (back) up: announce how far each live subscription there goes,
+        and bring the bucket copies of the subfeeds published there up to date."""
         self._links[link.channel] = link
+        if self._wait is not None:
+            self._wait.cancel()  # a publication on this channel may wait for it: take it up now
         counts = self._counts(self.core.subfeeds(link.channel))
         actions = self.core.on_connected(anyio.current_time(), time.time(), link.channel, counts)
         self._deadline_may_have_moved()
@@ -141,7 +178,9 @@ class ProviderDriver:
             position += len(lines)
             if not await self._publish_pieces(where, splitter.add(lines)):
                 return
-        await self._publish_pieces(where, splitter.finish())
+        if await self._publish_pieces(where, splitter.finish()) and self._on_pushed is not None:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._on_pushed, self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
                               pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
@@ -169,6 +208,9 @@ class ProviderDriver:
                 local_head = feed_bucket.head_at(subfeed, count)
             else:
                 await _upload_segments(link, subfeed, action)
+                if self._on_head_uploaded is not None:
+                    assert self._task_group is not None
+                    self._task_group.start_soon(self._on_head_uploaded, link, where, action.head_count)
         except Exception as exc:  # transport errors; PermissionError without provide-feeds
             answer = self.core.on_bucket_failed(anyio.current_time(), where, f"{type(exc).__name__}: {exc}")
         else:

@@ -26,10 +26,12 @@ Rules
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,6 +43,7 @@ from ..protocol.file_messages import (
     REQUEST_FILE,
     STATUS_BAND,
     UPLOAD_STATUS,
+    ChunkRef,
     FileRequest,
     Ignored,
 )
@@ -48,11 +51,12 @@ from ..protocol.file_provider import RecentFailures, admit_request
 from ..protocol.file_requester import Target, admit_status, short
 from ..protocol.file_timeouts import PARALLEL_CHUNKS, FileTimeouts
 from ..protocol.node_messages import Envelope
-from ..storage.file_uris import FileUri, parse_uri
+from ..storage.file_uris import FileUri, build_uri, parse_uri
+from ..storage.manifest import CHUNK_SIZE, check_range, parse_manifest
 from ..storage.node_storage import Storage
-from ..storage.partial_files import IncomingFile, remove_stale_partials
-from .channel_link import ChannelLink, ProgressCallback
-from .chunked_fetch import fetch_large_file
+from ..storage.partial_files import IncomingFile, PartialFile, remove_stale_partials
+from .channel_link import ChannelLink, ProgressCallback, refresh_if_lacking
+from .chunked_fetch import fetch_chunks, fetch_large_file
 from .file_provider_driver import ProviderConversation
 from .file_requester_driver import DownloadSink, ObjectFetch
 
@@ -194,23 +198,83 @@ class FileExchange:
         ``progress(done, total)`` reports bytes downloaded.
         """
         key = parse_uri(uri)
-        if key.chunk_of is not None:
-            raise InvalidUriError(f"{uri} names a chunk of sha1://{key.chunk_of.file_sha1}; "
-                                  "fetch the file itself (with its ?manifest=)")
-        lock = self._fetch_locks.setdefault(key.sha1, anyio.Lock())
+        async with self._file_lock(key.sha1):  # one fetch per file at a time: the others then find it local
+            local = await anyio.to_thread.run_sync(self._local_path, key)
+            if local is not None:
+                return local
+            await refresh_if_lacking(links, "request-files")  # granted a moment ago?
+            if key.chunk_of is not None:  # a chunk of a large file, named by its own SHA-1
+                return await self._fetch_chunk_of(links, key, uri, progress)
+            if key.manifest_sha1 is not None:
+                return await fetch_large_file(
+                    self.storage, links, key, uri, progress, fetch_file=self.fetch,
+                    obtain=self._obtain, max_parallel=self._max_parallel_chunks)
+            return await self._fetch_whole(links, key, uri, progress)
+
+    async def fetch_range(self, links: Sequence[ChannelLink], uri: str, start: int, end: int | None,
+                          progress: ProgressCallback | None = None) -> str:
+        """Make bytes ``[start, end)`` of the large file ``uri`` (with ``?manifest=``) available
+        here: its manifest, then only the chunks covering them that are not verified yet, into
+        the file's partial copy (:func:`~kachery_node.storage.partial_files.read_partial_range`
+        reads them). Returns the stored file's path if the file is here whole, else the partial
+        copy's. A URI without a manifest is fetched whole (it is one chunk at most). Raises as
+        :meth:`fetch`, and InvalidDataError for a range outside the file."""
+        key = parse_uri(uri)
+        if key.manifest_sha1 is None or key.chunk_of is not None:
+            return await self.fetch(links, uri, progress)
+        manifest_path = await self.fetch(links, build_uri(key.manifest_sha1))
+        data = await anyio.to_thread.run_sync(Path(manifest_path).read_bytes)
+        manifest = parse_manifest(data, expected_sha1=key.sha1)
+        stop = check_range(manifest, start, end)
+        async with self._file_lock(key.sha1):
+            local = await anyio.to_thread.run_sync(self._local_path, key)
+            if local is not None:
+                return local
+            partial = PartialFile(self.storage.directory, manifest)
+            if stop == start:
+                return str(partial.content_path)
+            try:
+                missing = await anyio.to_thread.run_sync(partial.open_chunks,
+                                                         manifest.covering(start, stop))
+                await fetch_chunks(links, key, uri, progress, partial, missing, self._obtain,
+                                   self._max_parallel_chunks)
+            finally:
+                partial.close()
+            return str(partial.content_path)
+
+    @contextlib.asynccontextmanager
+    async def _file_lock(self, sha1: str) -> AsyncIterator[None]:
+        lock = self._fetch_locks.setdefault(sha1, anyio.Lock())
         try:
-            async with lock:  # one fetch per file at a time: the others then find it local
-                local = await anyio.to_thread.run_sync(self._local_path, key)
-                if local is not None:
-                    return local
-                if key.manifest_sha1 is not None:
-                    return await fetch_large_file(
-                        self.storage, links, key, uri, progress, fetch_file=self.fetch,
-                        obtain=self._obtain, max_parallel=self._max_parallel_chunks)
-                return await self._fetch_whole(links, key, uri, progress)
+            async with lock:
+                yield
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._fetch_locks.pop(key.sha1, None)
+                self._fetch_locks.pop(sha1, None)
+
+    async def _fetch_chunk_of(self, links: Sequence[ChannelLink], key: FileUri, uri: str,
+                              progress: ProgressCallback | None) -> str:
+        """A ``?chunkOf=<file>~<start>~<end>`` URI: the chunk's own object from a bucket, or from a
+        provider holding the file (a chunk request, as a large file's fetch makes), verified by
+        the chunk's SHA-1 and stored as a file of its own."""
+        assert key.chunk_of is not None
+        c = key.chunk_of
+        if c.end - c.start > CHUNK_SIZE or c.end == c.start:
+            raise InvalidUriError(f"{uri}: a chunk is 1 to {CHUNK_SIZE} bytes, not {c.end - c.start}")
+        target = Target(key.sha1, f"bytes {c.start}-{c.end} of sha1://{c.file_sha1}", c.end - c.start,
+                        ChunkRef(c.file_sha1, c.start, c.end))
+        tmp = self.storage.directory / "tmp"
+        fetch = ObjectFetch(links, target, self.timeouts,
+                            lambda: IncomingFile(tmp, key.sha1, c.end - c.start), progress, uri)
+        await self._run(fetch)
+        incoming = fetch.sink
+        assert isinstance(incoming, IncomingFile)
+        try:
+            await anyio.to_thread.run_sync(lambda: self.storage.adopt_verified(
+                incoming.path, sha1=key.sha1, fetchable=True))
+        finally:
+            incoming.discard()
+        return str(self.storage.path_for(key.sha1))
 
     def _local_path(self, key: FileUri) -> str | None:
         try:

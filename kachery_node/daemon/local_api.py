@@ -32,7 +32,10 @@ Endpoints (JSON unless noted):
 ``POST /api/feeds/catch-up``           client   ``{"feed", "channel"?}``: follow every subfeed
                                                 of a feed the channels know, and say the newest
                                                 known count of each (fork-safe restore)
-``POST /api/files/fetch``              client   NDJSON progress lines while a file is fetched
+``POST /api/feeds/unfollow``           client   stop following a remote subfeed (messages stay)
+``POST /api/feeds/published``          client   re-read published-feeds.json now; list what is kept current
+``POST /api/files/fetch``              client   NDJSON progress lines while a file (or the
+                                                chunks covering a ``range`` of it) is fetched
                                                 from a channel, then its local path
 ``POST /api/files/upload``             client   upload a stored file to a channel's bucket
 ``GET  /api/files/read``               browser  ``?uri=&start=&end=&channel=`` bytes of a file,
@@ -172,9 +175,12 @@ def _subfeed(ctx: DaemonContext, request: Request) -> kachery_feeds.Subfeed:
     if not uri:
         raise ApiError(400, "missing 'uri' query parameter (feed://<feedId>/<subfeed>)")
     try:
-        return ctx.storage.feeds.load_subfeed(uri)
+        sf = ctx.storage.feeds.load_subfeed(uri)
     except kachery_feeds.InvalidUriError as exc:
         raise ApiError(400, str(exc)) from exc
+    if ctx.node is not None:
+        ctx.node.touch(sf.feed_id, sf.subfeed_hash)  # read: a followed subfeed is not idle
+    return sf
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -216,9 +222,19 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return _position(raw, name)
 
 
-def _file_uri(value: Any) -> FileUri:
-    """Parse the ``sha1://`` URI of a whole file from a request body, or answer 400 (before any
-    stream starts)."""
+def _range_arg(value: Any) -> tuple[int, int | None] | None:
+    """The optional ``"range": {"start": int, "end": int | null}`` of a fetch, or answer 400."""
+    if value is None:
+        return None
+    start, end = (value.get("start"), value.get("end")) if isinstance(value, dict) else (None, None)
+    if not (type(start) is int and start >= 0 and (end is None or (type(end) is int and end >= start))):
+        raise ApiError(400, "'range' must be {\"start\": int >= 0, \"end\": int >= start or null}")
+    return start, end
+
+
+def _file_uri(value: Any, *, chunk_allowed: bool = False) -> FileUri:
+    """Parse the ``sha1://`` URI of a whole file (or, if ``chunk_allowed``, of a chunk:
+    ``?chunkOf=``) from a request body, or answer 400 (before any stream starts)."""
     if not isinstance(value, str):
         raise ApiError(400, "missing 'uri' (sha1://<40 hex>/<name>)")
     try:
@@ -227,7 +243,7 @@ def _file_uri(value: Any) -> FileUri:
         raise ApiError(400, str(exc)) from exc
     except ValueError as exc:  # a decoder that still lets a ValueError out is the client's fault too
         raise ApiError(400, f"invalid URI {value[:200]!r}: {exc}") from exc
-    if key.chunk_of is not None:
+    if key.chunk_of is not None and not chunk_allowed:
         raise ApiError(400, f"{value} names a chunk of sha1://{key.chunk_of.file_sha1}; "
                             "name the file itself (with its ?manifest=)")
     return key
@@ -431,12 +447,35 @@ def build_app(ctx: DaemonContext) -> Starlette:
                                 for h in heads],
                       "unreachable": unreachable})
 
+    async def unfollow(request: Request) -> Response:
+        _require(ctx, request, "client")
+        body = await _json_body(request)
+        try:
+            parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
+        except kachery_feeds.InvalidUriError as exc:
+            raise ApiError(400, str(exc)) from exc
+        if parsed.subfeed_hash is None:
+            raise ApiError(400, "unfollow needs a subfeed URI (feed://<feedId>/<subfeed>)")
+        return _json({"unfollowed": _node(ctx).unfollow(parsed.feed_id, parsed.subfeed_hash)})
+
+    async def published(request: Request) -> Response:
+        """Take up a change of ``published-feeds.json`` now (not at the next poll); answer the
+        published subfeeds that are kept current (on channels that are up)."""
+        _require(ctx, request, "client")
+        node = _node(ctx)
+        node.reload_publications(force=True)
+        return _json({"published": [{"channel": w.channel, "uri": w.uri}
+                                    for w in node.feeds.providing.core.published()]})
+
     async def fetch_file(request: Request) -> Response:
-        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line."""
+        """Stream NDJSON: progress lines, then {"type": "finished", "path"} or an error line.
+        With ``"range": {"start", "end"}`` only the chunks covering those bytes of a large file
+        are fetched (into its partial copy, whose path is then returned)."""
         _require(ctx, request, "client")
         body = await _json_body(request)
         uri = body.get("uri")
-        _file_uri(uri)
+        _file_uri(uri, chunk_allowed=True)
+        byte_range = _range_arg(body.get("range"))
         links = _node(ctx).links(_channel_arg(body))
         send, receive = anyio.create_memory_object_stream[bytes](100)
 
@@ -449,7 +488,9 @@ def build_app(ctx: DaemonContext) -> Starlette:
         async def run_fetch() -> None:
             async with send:
                 try:
-                    path = await _node(ctx).files.fetch(links, uri, progress=progress)
+                    files = _node(ctx).files
+                    path = (await files.fetch(links, uri, progress=progress) if byte_range is None
+                            else await files.fetch_range(links, uri, *byte_range, progress=progress))
                     line = {"type": "finished", "path": path}
                 except KacheryError as exc:
                     line = {"type": "error", "error": str(exc), "kind": type(exc).__name__}
@@ -524,6 +565,8 @@ def build_app(ctx: DaemonContext) -> Starlette:
         Route("/api/feeds/stream", stream, methods=["GET"]),
         Route("/api/feeds/follow", follow, methods=["POST"]),
         Route("/api/feeds/catch-up", catch_up, methods=["POST"]),
+        Route("/api/feeds/unfollow", unfollow, methods=["POST"]),
+        Route("/api/feeds/published", published, methods=["POST"]),
         Route("/api/files/fetch", fetch_file, methods=["POST"]),
         Route("/api/files/upload", upload, methods=["POST"]),
         Route("/api/files/read", read_file, methods=["GET"]),

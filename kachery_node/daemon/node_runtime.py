@@ -4,9 +4,14 @@
 channel in ``<storage>/channels.json`` (re-read every :data:`CHANNELS_POLL_SECONDS`, so
 ``kachery node join``/``leave`` take effect without a restart), the :class:`FeedExchange` and
 the :class:`FileExchange`. Subfeeds that local clients asked to follow are remembered in
-``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them; other
+``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them, with when
+each was last read (asked for by a client, or read through the local API): one nobody has read
+for ``[daemon.feeds] unfollow_idle`` seconds (config.toml; default 7 days) is unfollowed, its
+messages kept. Other
 nodes' live subscriptions to subfeeds provided here are kept in
-``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them.
+``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them. The
+feeds this node publishes (``<storage>/published-feeds.json``, kachery_node/feed_publications.py)
+are re-read when that file changes, like channels.json.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,11 @@ import trio
 
 from ..config import NodeConfig, read_settings
 from ..errors import ConfigError, KacheryError
+from ..feed_publications import load_publications, publications_path
 from ..identity import load_node_key
 from ..joined_channels import load_memberships
 from ..storage.node_storage import Storage
+from ..storage.witness_state import Witness
 from .channel_runtime import ChannelRuntime
 from .feeds_exchange import FeedExchange
 from .files_exchange import FileExchange, file_timeouts_from_settings
@@ -33,8 +41,32 @@ from .tasks_exchange import TaskExchange  # tasks (issue 6)
 log = logging.getLogger("kachery.node")
 
 CHANNELS_POLL_SECONDS = 2.0
+UNFOLLOW_IDLE_SECONDS = 7 * 24 * 3600.0  # default of [daemon.feeds] unfollow_idle
+LAST_READ_SAVE_SECONDS = 60.0  # a read refreshes the saved time at most this often
 FOLLOWED_FILE = "followed-subfeeds.json"
 SUBSCRIPTIONS_FILE = "provided-subscriptions.json"  # other nodes' live subscriptions to our subfeeds
+
+
+def unfollow_idle_from_settings(settings: dict[str, Any]) -> float:
+    """``[daemon.feeds] unfollow_idle`` of config.toml: seconds a followed subfeed may go unread
+    before the daemon stops following it (default :data:`UNFOLLOW_IDLE_SECONDS`)::
+
+        [daemon.feeds]
+        unfollow_idle = 86400   # one day
+
+    Raises ConfigError for an unknown name or a value that is not a positive number."""
+    table = settings.get("daemon", {}).get("feeds", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[daemon.feeds] in config.toml must be a table")
+    unknown = set(table) - {"unfollow_idle"}
+    if unknown:
+        raise ConfigError(f"unknown setting [daemon.feeds] {sorted(unknown)[0]} in config.toml "
+                          "(known: unfollow_idle)")
+    value = table.get("unfollow_idle", UNFOLLOW_IDLE_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"[daemon.feeds] unfollow_idle in config.toml must be a positive number "
+                          f"of seconds, not {value!r}")
+    return float(value)
 
 
 class NotJoinedError(KacheryError):
@@ -50,7 +82,12 @@ class NodeRuntime:
         self.storage = storage
         self.config = config
         self.node_key = load_node_key(storage.directory)
-        self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE)
+        settings = read_settings(storage.directory)
+        node_witness = None
+        if settings.get("witness") is True:  # `kachery node witness on` (spec/witness.md §4.3)
+            node_witness = Witness(storage.directory / "witness", self.node_key.signing_key)
+        self.feeds = FeedExchange(storage.feeds, changes, storage.directory / SUBSCRIPTIONS_FILE,
+                                  node_witness)
         self.files = FileExchange(
             storage, timeouts=file_timeouts_from_settings(read_settings(storage.directory))
         )
@@ -59,8 +96,12 @@ class NodeRuntime:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._channels_mtime: float | None = None
+        self._publications_mtime: float | None = None
         self._followed_path = storage.directory / FOLLOWED_FILE
+        self._last_read: dict[tuple[str, str], float] = {}  # wall-clock seconds
+        self._last_read_saved: dict[tuple[str, str], float] = {}
         self._followed: dict[tuple[str, str], str | None] = self._load_followed()
+        self.unfollow_idle = unfollow_idle_from_settings(read_settings(storage.directory))
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -70,10 +111,29 @@ class NodeRuntime:
             await nursery.start(self.files.run)
             await nursery.start(self.tasks.run)  # tasks (issue 6)
             self._sync_channels()
+            self.reload_publications()
             task_status.started()
             while True:
                 await trio.sleep(CHANNELS_POLL_SECONDS)
                 self._sync_channels()
+                self.reload_publications()
+                self._unfollow_idle()
+
+    def reload_publications(self, *, force: bool = False) -> None:
+        """Hand the feed exchange the node's publications if their file changed (or ``force``)."""
+        try:
+            mtime: float | None = publications_path(self.storage.directory).stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._publications_mtime and not force:
+            return
+        self._publications_mtime = mtime
+        try:
+            publications = load_publications(self.storage.directory)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return
+        self.feeds.providing.set_publications(publications)
 
     def _sync_channels(self) -> None:
         path = self.storage.directory / "channels.json"
@@ -154,10 +214,40 @@ class NodeRuntime:
                 f"this subfeed on: {where}; the channel owner can grant it with "
                 f"`kachery channel grant <channel> {self.config.node_id} request-feeds`"
             )
-        self._followed[(feed_id, subfeed_hash)] = channel
-        self._save_followed()
+        key = (feed_id, subfeed_hash)
+        if self._followed.get(key, False) == channel:
+            self.touch(feed_id, subfeed_hash)  # followed already: a read (saved now and then)
+        else:
+            self._followed[key] = channel
+            self._last_read[key] = time.time()
+            self._save_followed()
         self.feeds.follow(links, feed_id, subfeed_hash)
         return [link.channel for link in links]
+
+    def unfollow(self, feed_id: str, subfeed_hash: str) -> bool:
+        """Stop following a remote subfeed (and forget it across restarts); its messages stay.
+        False if it was not followed."""
+        known = self._followed.pop((feed_id, subfeed_hash), False) is not False
+        self._last_read.pop((feed_id, subfeed_hash), None)
+        self._save_followed()
+        return self.feeds.unfollow(feed_id, subfeed_hash) or known
+
+    def touch(self, feed_id: str, subfeed_hash: str) -> None:
+        """A followed subfeed was read: it is not idle (saved to the file now and then)."""
+        key = (feed_id, subfeed_hash)
+        if key not in self._followed:
+            return
+        now = self._last_read[key] = time.time()
+        if now - self._last_read_saved.get(key, 0.0) >= LAST_READ_SAVE_SECONDS:
+            self._save_followed()
+
+    def _unfollow_idle(self) -> None:
+        cutoff = time.time() - self.unfollow_idle
+        for (feed_id, subfeed_hash), last in list(self._last_read.items()):
+            if last < cutoff:
+                log.info("unfollowing feed://%s/~%s: nobody read it for %g s ([daemon.feeds] "
+                         "unfollow_idle); its messages stay", feed_id, subfeed_hash, self.unfollow_idle)
+                self.unfollow(feed_id, subfeed_hash)
 
     def describe_channels(self) -> list[dict[str, Any]]:
         return [runtime.describe() for runtime in self.channels.values()]
@@ -166,7 +256,12 @@ class NodeRuntime:
     def _load_followed(self) -> dict[tuple[str, str], str | None]:
         try:
             rows = json.loads(self._followed_path.read_text())
-            return {(r["feed_id"], r["subfeed_hash"]): r.get("channel") for r in rows}
+            followed = {(r["feed_id"], r["subfeed_hash"]): r.get("channel") for r in rows}
+            now = time.time()  # a row of an older daemon has no last_read: count from now
+            self._last_read = {(r["feed_id"], r["subfeed_hash"]): float(r.get("last_read", now))
+                               for r in rows}
+            self._last_read_saved = dict(self._last_read)
+            return followed
         except FileNotFoundError:
             return {}
         except (ValueError, KeyError, TypeError) as exc:
@@ -174,7 +269,10 @@ class NodeRuntime:
             return {}
 
     def _save_followed(self) -> None:
-        rows = [{"feed_id": f, "subfeed_hash": s, "channel": c} for (f, s), c in self._followed.items()]
+        now = time.time()
+        rows = [{"feed_id": f, "subfeed_hash": s, "channel": c,
+                 "last_read": self._last_read.get((f, s), now)} for (f, s), c in self._followed.items()]
+        self._last_read_saved = {(r["feed_id"], r["subfeed_hash"]): r["last_read"] for r in rows}
         tmp = Path(str(self._followed_path) + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         os.replace(tmp, self._followed_path)

@@ -37,7 +37,7 @@ from ..protocol.task_actions import (
 )
 from ..protocol.task_messages import TaskOffer, TaskStatus, TaskTimeouts
 from ..protocol.task_requester import FunctionTypes, PublishFailure, RequestChannel, TaskRequester
-from .channel_link import BucketObjectMissing, ChannelLink
+from .channel_link import BucketObjectMissing, ChannelLink, refresh_if_lacking
 from .task_ledger import TaskLedger
 
 log = logging.getLogger("kachery.daemon.tasks")
@@ -80,6 +80,7 @@ class TaskRequests:
         Raises NoProviderError, TaskError (with the remote message) or TaskArgumentError; the
         caller bounds the whole call with its own deadline."""
         request_id = request_id or new_request_id()
+        await refresh_if_lacking(links, "request-tasks")  # granted a moment ago?
         by_name = {link.channel: link for link in links}
         channels = []
         for link in links:

@@ -11,7 +11,9 @@ API (spec/hub.md): three signed endpoints dispatch on the body's ``type``, like 
 
 * ``POST /api/user``           signed by a person's user key;
 * ``POST /api/node``           signed by a registered node's key;
-* ``POST /api/register-node``  signed by both the node key and its owner's user key.
+* ``POST /api/register-node``  signed by both the node key and its owner's user key;
+* ``POST /api/witness``        signed by a node: the hub as the channels' default witness
+  (:data:`WITNESS_REQUESTS`, spec/witness.md §4; a larger body limit, for wire lines).
 
 Every refusal is a :class:`~kachery_node.errors.ChannelProtocolError`: it is answered
 with its status and ``{"error": {"code", "message"}}``, logged, and changes nothing (checks come
@@ -35,11 +37,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+import kachery_feeds as kf
+
 from ..errors import (
     ChannelProtocolError,
     MalformedRequestError,
     NotAllowedError,
     TooLargeError,
+    WitnessRefusedError,
 )
 from ..protocol.bucket_layout import upload_prefix
 from ..protocol.channel_names import validate_channel_name
@@ -47,6 +52,8 @@ from ..protocol.hub_requests import verify_request, verify_signature_headers
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
 from ..protocol.roles import ROLES, capabilities, require_role, upload_role, validate_roles
 from ..protocol.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
+from ..protocol.witness import WitnessRefusal
+from ..storage.witness_state import Witness
 from ..transport.bucket.bucket_interface import BucketBackend
 from ..transport.bucket.http_bucket import EmbeddedBucketBackend
 from ..transport.pubsub.pubsub_interface import PubSubBackend
@@ -90,6 +97,13 @@ class Hub:
         # Revocations for external pub-sub services, kept in hub.db; sent by the server's task.
         self.revocations = RevocationQueue(state, self._make_pubsub)
         state.on_roles_changed = self._narrow_relay
+        # The hub is every channel's default witness (spec/witness.md), with the hub's key; its
+        # copies of witnessed subfeeds and its cosignatures live in <hub dir>/witness/.
+        self.witness = Witness(state.dir / "witness", state.key.signing_key)
+        # Witness work (verifying up to 4 MiB of wire lines) runs in a worker thread, one request
+        # at a time: the relay and other requests are not held up, and the witness's checks and
+        # records of one subfeed never interleave.
+        self.witness_lock = trio.Lock()
 
     def quota_of(self, channel: str) -> int | None:
         """``channel``'s quota on the embedded bucket: its owner's, else the hub's default (None:
@@ -99,6 +113,7 @@ class Hub:
 
     def close(self) -> None:
         self.bucket.close()
+        self.witness.close()
 
     def channel_created(self, name: str) -> None:
         """A channel was created: objects or figures left under its name (by a channel deleted
@@ -405,6 +420,85 @@ NODE_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dict]]
 }
 
 
+# ---------------------------------------------------------------------------- witness requests
+MAX_WITNESS_LINES = 10_000
+WITNESS_BODY_BYTES = 4096 * 1024  # as http_limits.API_BODY_LIMITS["/api/witness"]
+
+
+def _witnessed_subfeed(hub: Hub, node: str, body: dict) -> tuple[str, str, str]:
+    """(channel, feed ID, subfeed hash) of a witness request: the node must provide feeds on the
+    channel (witnessing costs the hub work; the channel's members are who may ask)."""
+    name = _member_channel(hub, node, body)
+    require_role(hub.state.roles(name, node)["effective"], "provide-feeds", "asking the hub to witness")
+    return (name, *_subfeed_fields(body))
+
+
+def _subfeed_fields(body: dict) -> tuple[str, str]:
+    feed_id, sub = _field(body, "feed_id"), _field(body, "subfeed_hash")
+    hexes = "0123456789abcdef"
+    if len(feed_id) != 64 or feed_id.strip(hexes) or len(sub) != 40 or sub.strip(hexes):
+        raise MalformedRequestError("feed_id must be 64 and subfeed_hash 40 lowercase hex")
+    return feed_id, sub
+
+
+async def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
+    """Cosign the checkpoint ending at the last of ``lines`` (spec/witness.md §4)."""
+    name, feed_id, sub = _witnessed_subfeed(hub, node, body)
+    lines = body.get("lines")
+    if (not isinstance(lines, list) or not 1 <= len(lines) <= MAX_WITNESS_LINES
+            or not all(isinstance(x, str) for x in lines)):
+        raise MalformedRequestError(f"lines must be a list of 1-{MAX_WITNESS_LINES} wire lines (strings)")
+    encoded = [x.encode() for x in lines]
+    try:
+        async with hub.witness_lock:
+            done = await trio.to_thread.run_sync(hub.witness.cosign, feed_id, sub, encoded, now // 1000)
+    except WitnessRefusal as refusal:
+        if refusal.proof is not None:
+            hub.state.log(name, "fork", node, f"fork of feed://{feed_id}/~{sub}: {refusal.detail}", now)
+        raise WitnessRefusedError(str(refusal), {
+            "reason": refusal.reason.value, "size": refusal.size,
+            "proof": refusal.proof.decode() if refusal.proof is not None else None}) from None
+    return {"witness": hub.witness.public_hex, "checkpoint": done.checkpoint.text().decode(),
+            "cosignature": done.cosignature.line()}
+
+
+async def _report_fork(hub: Hub, node: str, body: dict, now: int) -> dict:
+    """A member found a fork: the hub verifies the proof and then cosigns neither branch past it."""
+    name = _member_channel(hub, node, body)
+    proof = _field(body, "proof")
+    try:
+        async with hub.witness_lock:
+            info = await trio.to_thread.run_sync(hub.witness.report_fork, proof.encode())
+    except kf.VerificationError as exc:
+        raise MalformedRequestError(f"not a valid fork proof: {exc}") from None
+    hub.state.log(name, "fork", node, f"fork of feed://{info.feed_id}/~{info.subfeed_hash} "
+                                      f"at message {info.position} reported", now)
+    return {"feed_id": info.feed_id, "subfeed_hash": info.subfeed_hash, "position": info.position}
+
+
+MAX_HISTORY = 10_000
+
+
+def _witness_history(hub: Hub, node: str, body: dict, now: int) -> dict:
+    """Every cosignature the hub made for a subfeed (oldest first, at most the newest
+    :data:`MAX_HISTORY`): with the messages' hashes from their own copy, readers verify each
+    one, and so learn by when each message existed. Any member may ask."""
+    _member_channel(hub, node, body)
+    feed_id, sub = _subfeed_fields(body)
+    rows = hub.witness.history_rows(feed_id, sub, MAX_HISTORY)
+    proofs = hub.witness.fork_proofs(feed_id, sub)
+    return {"witness": hub.witness.public_hex,
+            "cosignatures": [{"size": size, "cosignature": line} for size, line in rows],
+            "fork_proofs": [p.decode() for p in proofs[:1]]}
+
+
+WITNESS_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dict]]] = {
+    "cosign_checkpoint": _cosign_checkpoint,
+    "report_fork": _report_fork,
+    "witness_history": _witness_history,
+}
+
+
 # ---------------------------------------------------------------------------- endpoints
 def _refused(request: Request, exc: ChannelProtocolError, who: str = "") -> JSONResponse:
     log.warning("refused %s %s (%d %s)%s: %s", request.method, request.url.path, exc.status, exc.code,
@@ -418,6 +512,7 @@ def create_app(hub: Hub) -> Starlette:
 
     async def info(request: Request) -> Response:
         return JSONResponse({"hub_id": state.hub_id, "url": hub.public_url, "roles": list(ROLES),
+                             "witness": hub.witness.public_hex,
                              "relay_url": "ws" + hub.public_url[len("http"):] + "/pubsub",
                              "bucket_url": hub.public_url + "/bucket"})
 
@@ -456,6 +551,21 @@ def create_app(hub: Hub) -> Starlette:
         answer = handler(hub, node, obj, now)
         return JSONResponse(await answer if inspect.isawaitable(answer) else answer)
 
+    async def witness_api(request: Request) -> Response:
+        body = await request.body()
+        now = _now_ms()
+        node, obj = verify_request("node", body, request.headers, hub_id=state.hub_id, now=now,
+                                   max_body_bytes=WITNESS_BODY_BYTES)
+        handler = WITNESS_REQUESTS.get(obj["type"])
+        if handler is None:
+            raise MalformedRequestError(f"unknown witness request type {obj['type']!r}; "
+                                        f"known: {', '.join(WITNESS_REQUESTS)}")
+        state.node_owner(node)
+        state.use_nonce(node, obj["nonce"], now)
+        state.note_seen(node, now)
+        answer = handler(hub, node, obj, now)
+        return JSONResponse(await answer if inspect.isawaitable(answer) else answer)
+
     async def register_node(request: Request) -> Response:
         body = await request.body()
         now = _now_ms()
@@ -485,6 +595,7 @@ def create_app(hub: Hub) -> Starlette:
         Route("/api/user", user_api, methods=["POST"]),
         Route("/api/node", node_api, methods=["POST"]),
         Route("/api/register-node", register_node, methods=["POST"]),
+        Route("/api/witness", witness_api, methods=["POST"]),
         Route("/bucket/{key:path}", hub.bucket.get, methods=["GET", "HEAD"]),
         Route("/bucket/{key:path}", hub.bucket.put, methods=["PUT"]),
         Route("/bucket/{key:path}", hub.bucket.preflight, methods=["OPTIONS"]),

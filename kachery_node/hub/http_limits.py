@@ -38,6 +38,7 @@ KiB = 1024
 # /api/register-node: a few IDs and a 20-character label (< 1 KiB).
 API_BODY_LIMITS: dict[str, int] = {
     "/api/node": 256 * KiB,
+    "/api/witness": 4096 * KiB,  # wire lines to witness: one largest message (1 MiB), JSON-escaped
     "/api/user": 64 * KiB,
     "/api/register-node": 16 * KiB,
 }

@@ -285,6 +285,13 @@ def web_routes(hub: Hub) -> list[Route]:
                        f"{e(a['kind'])}</span></td><td>{e(a['detail'])}{_repeat_html(a)}</td></tr>"
                        for a in state.grouped_activity(name, 30))
         activity = f"<table>{acts}</table>" if acts else '<p class="muted">Nothing yet.</p>'
+        # Forks the hub's witness found or was told of on this channel (spec/witness.md §5).
+        forks = [a for a in state.activity(name, 2000) if a["kind"] == "fork"]
+        fork_card = ("<h2>Forks</h2><div class=card id=forks><p>A feed's owner signed two different "
+                     "histories of these subfeeds (proven); the hub's witness cosigns neither branch "
+                     "past the fork, and members accept no message past it.</p><table>"
+                     + "".join(f"<tr><td class=small>{_when(a['time_ms'])}</td><td>{e(a['detail'])}</td></tr>"
+                               for a in forks[:20]) + "</table></div>") if forks else ""
         backends = "".join(f'<tr id="backend-{part}"><th style="width:100px">{label}</th>'
                            f"<td>{_backend_html(ch.config, part)}</td></tr>"
                            for part, label in (("pubsub", "Pub-sub"), ("bucket", "Bucket")))
@@ -307,7 +314,7 @@ A node acts only in roles that are both granted and requested by its own owner (
 --hub {e(hub.public_url)} --pubsub embedded|nats://HOST:PORT|ably --bucket embedded|gcs://BUCKET|s3://BUCKET</code>
 (plus <code>--nats-account-seed</code>, <code>--ably-key-file</code> or <code>--gcs-key-file</code>/<code>--s3-key-file</code>: secrets
 stay on the hub); nodes move at their next connection.</p></div>
-{health}<h2>Recent activity</h2><div class=card>{activity}</div>"""
+{fork_card}{health}<h2>Recent activity</h2><div class=card>{activity}</div>"""
         return _page(name, body, user, csrf)
 
     async def login(request: Request) -> Response:

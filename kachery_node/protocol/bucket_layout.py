@@ -2,8 +2,9 @@
 
 * files and chunks: ``<channel>/sha1/aa/bb/cc/<sha1>`` (the original's layout: raw bytes);
 * subfeeds: ``<channel>/feeds/<p(feedId)>/subfeeds/<p(subfeedHash)>/`` holding
-  ``head`` (mutable: count and the messages after the last full segment) and
-  ``segments/<index>`` (immutable: exactly ``SEGMENT_SIZE`` messages);
+  ``head`` (mutable: count and the messages after the last full segment),
+  ``segments/<index>`` (immutable: exactly ``SEGMENT_SIZE`` messages), ``checkpoint`` (the
+  newest witnessed checkpoint) and ``fork`` (a fork proof; spec/witness.md);
 * task results: ``<channel>/task_results/<p(taskHash)>``.
 
 ``p(h) = h[0:2]/h[2:4]/h[4:6]/h`` spreads objects over prefixes as the original did.
@@ -36,10 +37,11 @@ def _p(name: str, length: int) -> str:
 _SHAPES: dict[str, re.Pattern[str]] = {
     "sha1": re.compile(rf"sha1/{_p('s', 40)}"),
     "feeds": re.compile(rf"feeds/{_p('f', 64)}/subfeeds/{_p('s', 40)}"
-                        r"/(?:head|segments/(?:0|[1-9][0-9]{0,14}))"),
+                        r"/(?:head|checkpoint|fork|segments/(?:0|[1-9][0-9]{0,14}))"),
     "task_results": re.compile(rf"task_results/{_p('t', 64)}"),
 }
-_SHAPE_TEXT = ("sha1/<p(sha1)>; feeds/<p(feedId)>/subfeeds/<p(subfeedHash)>/head or …/segments/<i>; "
+_SHAPE_TEXT = ("sha1/<p(sha1)>; feeds/<p(feedId)>/subfeeds/<p(subfeedHash)>/head, …/checkpoint, …/fork "
+               "or …/segments/<i>; "
                "task_results/<p(taskHash)>")
 
 
@@ -59,6 +61,16 @@ def subfeed_prefix(channel: str, feed_id: str, subfeed_hash: str) -> str:
 
 def subfeed_head_path(channel: str, feed_id: str, subfeed_hash: str) -> str:
     return subfeed_prefix(channel, feed_id, subfeed_hash) + "/head"
+
+
+def subfeed_checkpoint_path(channel: str, feed_id: str, subfeed_hash: str) -> str:
+    """The subfeed's newest witnessed checkpoint (spec/witness.md §3), beside its head."""
+    return subfeed_prefix(channel, feed_id, subfeed_hash) + "/checkpoint"
+
+
+def subfeed_fork_path(channel: str, feed_id: str, subfeed_hash: str) -> str:
+    """A proof that the subfeed forked (spec/witness.md §5), beside its head."""
+    return subfeed_prefix(channel, feed_id, subfeed_hash) + "/fork"
 
 
 def subfeed_segment_path(channel: str, feed_id: str, subfeed_hash: str, index: int) -> str:

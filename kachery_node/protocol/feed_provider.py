@@ -22,6 +22,11 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
 * A subscription with ``bucket_rejected`` (at most once per :data:`REPAIR_MIN_INTERVAL_SECONDS`
   per subfeed and channel) rewrites the segments from the reader's position and the head,
   without trusting what the bucket holds.
+* A *published* subfeed (:meth:`FeedProvider.set_published`: the owner asked for its bucket copy
+  to be kept current, ``kachery feed publish``) behaves, for the bucket, as if a reader were
+  always subscribed: when it is published, when its channel (re)connects and after each growth
+  (debounced) its bucket copy is brought up to date; nothing is pushed inline for it (readers
+  who subscribe get their pushes as usual).
 * Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
   is made or renewed; when a channel (re)connects, those saved by a previous run are taken up
   again, and for each live one there the bucket is brought up to date and ``subfeedUploaded``
@@ -180,15 +185,21 @@ class FeedProvider:
         self._dirty: dict[SubfeedOnChannel, None] = {}  # bucket copies to update (ordered set)
         self._flush_at: float | None = None
         self._repaired: dict[SubfeedOnChannel, float] = {}  # -> when last rewritten
+        self._published: dict[SubfeedOnChannel, int] = {}  # -> the local count last synced
 
     # ------------------------------------------------------------------ queries
     def subfeeds(self, channel: str | None = None) -> set[Subfeed]:
         """The subfeeds whose local counts :meth:`on_local_counts` (all live subscriptions) or
         :meth:`on_connected` (``channel``'s, saved ones included) needs."""
         wheres = [w for w in self._subscriptions if channel in (None, w.channel)]
+        wheres += [w for w in self._published if channel in (None, w.channel)]
         if channel is not None:
             wheres += [w for w in self._saved if w.channel == channel]
         return {w.subfeed for w in wheres}
+
+    def published(self) -> list[SubfeedOnChannel]:
+        """The published subfeeds (:meth:`set_published`)."""
+        return list(self._published)
 
     def subscriptions(self, now: float) -> list[SubfeedOnChannel]:
         """The live subscriptions."""
@@ -246,6 +257,29 @@ class FeedProvider:
                 actions.append(PushRange(where, sub.pushed, count))
                 sub.pushed = count
                 self._mark_dirty(now, where)
+        for where, synced in self._published.items():
+            count = counts.get(where.subfeed)
+            if count is not None and count > synced:
+                self._published[where] = count
+                self._mark_dirty(now, where)
+        return actions
+
+    def set_published(self, now: float, wheres: Iterable[SubfeedOnChannel],
+                      counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
+        """The published subfeeds are now ``wheres`` (on channels that are up; ``counts``:
+        their local counts). A newly published one with messages gets its bucket copy brought
+        up to date now; one no longer listed is no longer kept current (its copy stays)."""
+        wanted = dict.fromkeys(wheres)
+        for where in [w for w in self._published if w not in wanted]:
+            del self._published[where]
+        actions: list[ProviderAction] = []
+        for where in wanted:
+            if where in self._published:
+                continue
+            count = counts.get(where.subfeed, 0)
+            self._published[where] = count
+            if count > 0:
+                actions += self._request_sync(where, announce=True)
         return actions
 
     def on_connected(self, now: float, wall_now: float, channel: str,
@@ -267,6 +301,11 @@ class FeedProvider:
                 continue
             actions += self._request_sync(where, announce=True)
             sub.pushed = max(sub.pushed, count)
+        for where in self._published:
+            count = counts.get(where.subfeed, 0)
+            if where.channel == channel and count > 0 and where not in self._subscriptions:
+                self._published[where] = count
+                actions += self._request_sync(where, announce=True)
         return actions
 
     def on_push_oversized(self, now: float, where: SubfeedOnChannel) -> list[ProviderAction]:

@@ -76,10 +76,10 @@ def sign_body(keypair: Keypair, kind: Kind, body: bytes) -> dict[str, str]:
     return {id_header: keypair.public_hex, sig_header: signing.sign(keypair, context(kind), body).hex()}
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
+def parse_body(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """Parse and shape-check a request body; raise :class:`MalformedRequestError`."""
-    if len(body) > MAX_BODY_BYTES:
-        raise MalformedRequestError(f"request body over {MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise MalformedRequestError(f"request body over {max_bytes} bytes")
     try:
         obj = loads_json(body)
     except JsonTextError as exc:
@@ -111,14 +111,15 @@ def verify_signature_headers(kind: Kind, body: bytes, headers: Any) -> str:
 
 
 def verify_request(kind: Kind, body: bytes, headers: Any, *, hub_id: str, now: int,
-                   expected_type: str | None = None) -> tuple[str, dict[str, Any]]:
+                   expected_type: str | None = None,
+                   max_body_bytes: int = MAX_BODY_BYTES) -> tuple[str, dict[str, Any]]:
     """Verify a signed request; return ``(signer, body)``.
 
     Checks, in order: shape, signature, hub, type, time window. The caller then checks and
     records the nonce (:class:`~kachery_node.hub.state.HubState` keeps the ledger, for
     :data:`~kachery_node.protocol.signing.REPLAY_WINDOW_MS`).
     """
-    obj = parse_body(body)
+    obj = parse_body(body, max_body_bytes)
     signer = verify_signature_headers(kind, body, headers)
     if obj["hub"] != hub_id:
         raise BadSignatureError("request was signed for another hub")

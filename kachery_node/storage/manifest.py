@@ -4,7 +4,9 @@ A file larger than :data:`CHUNK_SIZE` bytes is described by a manifest listing i
 the SHA-1 of each 20,000,000-byte chunk (the last one shorter). The manifest is itself stored as
 an ordinary file; its SHA-1 goes in the URI (``?manifest=``) so that another node can fetch and
 verify the file chunk by chunk, and so that a range read verifies only the chunks it covers.
-Chunks are never stored as separate copies: a chunk is a byte range of its parent.
+Chunks are stored as separate copies only when one is asked for by its own URI
+(``?chunkOf=``); otherwise a chunk is a byte range of its parent (or of the parent's partial copy,
+``tmp/partial/``, after a range read).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..errors import CorruptedFileError, short_repr
+from ..errors import CorruptedFileError, InvalidDataError, short_repr
 from .file_uris import is_sha1_hex
 
 CHUNK_SIZE = 20_000_000  # decimal, as the original (KacheryStorageManager.ts)
@@ -47,6 +49,15 @@ class Manifest:
         first = start // CHUNK_SIZE
         last = max(first, (end - 1) // CHUNK_SIZE)
         return list(self.chunks[first : last + 1])
+
+
+def check_range(manifest: Manifest, start: int, end: int | None) -> int:
+    """``end`` (None: the file's size) after checking ``[start, end)`` is inside the file."""
+    end = manifest.size if end is None else end
+    if not (0 <= start <= end <= manifest.size):
+        raise InvalidDataError(f"byte range [{start}, {end}) is outside sha1://{manifest.sha1}, "
+                               f"which has {manifest.size} bytes")
+    return end
 
 
 def needs_manifest(size: int) -> bool:

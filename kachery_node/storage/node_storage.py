@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import NodeConfig, default_storage_dir, load_node_config, max_cache_bytes
-from ..errors import CorruptedFileError, InvalidDataError, KacheryError, LinkedFileChangedError, NotFoundError
+from ..errors import (
+    CorruptedFileError,
+    InvalidDataError,
+    InvalidUriError,
+    KacheryError,
+    LinkedFileChangedError,
+    NotFoundError,
+)
 from ..local_filesystem import require_local_storage
 from . import cache_limit as cache
 from . import data_objects
@@ -49,6 +56,7 @@ from .file_index import (
 from .file_uris import FileUri, build_uri, parse_uri
 from .manifest import Chunk, Manifest, needs_manifest, parse_manifest
 from .mutables import Mutables
+from .partial_files import IncomingFile
 from .private_files import STORED_FILE_MODE, make_private_dirs
 
 if TYPE_CHECKING:
@@ -393,9 +401,7 @@ class Storage:
         copy. Raises NotFoundError, or LinkedFileChangedError if only changed links remain."""
         key = _as_key(uri)
         if key.chunk_of is not None:
-            raise NotFoundError(
-                f"{uri} names a chunk of sha1://{key.chunk_of.file_sha1}; chunks are not stored "
-                "separately here: use load_bytes on the file's URI", uri=str(uri))
+            return self._locate_chunk(key, str(uri))
         dest = self.path_for(key.sha1)
         try:
             st = os.stat(dest)
@@ -430,6 +436,44 @@ class Storage:
             f"sha1://{key.sha1} is not in the local storage {self.directory} (never stored "
             "or linked here, or evicted from the cache). Store it with `kachery store`, or check "
             "KACHERY_STORAGE_DIR.", uri=str(uri))
+
+    def _locate_chunk(self, key: FileUri, uri: str) -> LocalFile:
+        """A ``?chunkOf=<file>~<start>~<end>`` URI: the chunk stored as a file of its own, else
+        cut from its file if that is here (verified by the chunk's SHA-1, then stored as its own
+        file, evictable). NotFoundError if neither is here; InvalidUriError if the file's bytes
+        there do not hash to the chunk's SHA-1 (a wrong URI)."""
+        assert key.chunk_of is not None
+        c = key.chunk_of
+        try:
+            return self.locate(FileUri(key.sha1))
+        except NotFoundError:
+            pass
+        try:
+            parent = self.locate(FileUri(c.file_sha1))
+        except NotFoundError:
+            raise NotFoundError(
+                f"{uri}: neither the chunk sha1://{key.sha1} nor its file sha1://{c.file_sha1} is "
+                f"in the local storage {self.directory}", uri=uri) from None
+        if c.end > parent.size:
+            raise InvalidUriError(f"{uri}: the range ends past sha1://{c.file_sha1} ({parent.size} bytes)")
+        incoming = IncomingFile(self.directory / "tmp", key.sha1, c.end - c.start)
+        try:
+            with open(parent.path, "rb", buffering=0) as f:
+                pos = c.start
+                while pos < c.end:
+                    piece = os.pread(f.fileno(), min(1 << 20, c.end - pos), pos)
+                    if not piece:
+                        break
+                    incoming.write_blocking(piece)
+                    pos += len(piece)
+            why = incoming.commit()
+            if why is not None:
+                raise InvalidUriError(f"{uri}: bytes {c.start}-{c.end} of sha1://{c.file_sha1} are not "
+                                      f"that chunk: {why}")
+            self.adopt_verified(incoming.path, sha1=key.sha1, fetchable=True)
+        finally:
+            incoming.discard()
+        return self.locate(FileUri(key.sha1))
 
     def _locate_original_link(self, sha1: str, changed: list[str]) -> LocalFile | None:
         """A file the original kachery linked (``sha1/aa/bb/cc/<sha1>.link``, see
@@ -597,7 +641,12 @@ class Storage:
         return manifest.covering(start, end) == [Chunk(start, end, chunk_sha1)]
 
     def has_file(self, uri: str | FileUri) -> bool:
-        """True if the content is here (a stored copy, or an unchanged link). Does not hash."""
+        """True if the content is here (a stored copy, or an unchanged link). Does not hash.
+        A ``?chunkOf=`` URI is here if the chunk is stored, or its file (it is cut from it when
+        loaded)."""
+        key = _as_key(uri)
+        if key.chunk_of is not None:
+            return self.has_file(FileUri(key.sha1)) or self.has_file(FileUri(key.chunk_of.file_sha1))
         try:
             self.locate(uri)
             return True

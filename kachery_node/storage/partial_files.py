@@ -20,7 +20,9 @@ resumes. Layout of ``<storage>/tmp/partial/<file sha1>/``:
 
 A marked range is trusted only after its SHA-1 is checked again when a fetch resumes (the disk
 may have been touched meanwhile). A download that fails verification leaves its range unmarked
-(its bytes are never used). As soon as the chunks from the start of the file are verified, they
+(its bytes are never used). A byte range of a large file is fetched the same way, only the chunks
+covering it (:meth:`PartialFile.open_chunks`); later range reads take them from here
+(:func:`read_partial_range`). As soon as the chunks from the start of the file are verified, they
 are read back and fed to a whole-file SHA-1 (:meth:`PartialFile.whole_sha1`), so that when the
 last chunk is marked the file's hash is known without reading it whole again (that took about
 0.5 s a GiB, after the last byte had arrived). ``content`` is then moved into the storage by
@@ -205,6 +207,41 @@ class PartialFile:
         os.utime(self.directory)  # still in use: keep remove_stale_partials away
         return missing
 
+    def open_chunks(self, chunks: list[Chunk], *, create: bool = True) -> list[Chunk]:
+        """Open (or, if ``create``, create, sparse, at the file's full size) ``content`` for a
+        byte range: return those of ``chunks`` not verified here yet, re-verifying only those
+        marked (not the whole file, as :meth:`open` does). For fetching and reading part of a
+        large file. FileNotFoundError if there is no ``content`` and not ``create``."""
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            self._fd = os.open(self.content_path, flags, 0o600)
+        if os.fstat(self._fd).st_size != self.manifest.size:
+            os.ftruncate(self._fd, self.manifest.size)
+        missing = []
+        for chunk in chunks:
+            marker = self._marker(chunk)
+            if marker.exists():
+                if self._range_sha1(chunk) == chunk.sha1:
+                    continue
+                marker.unlink()
+            missing.append(chunk)
+        os.utime(self.directory)  # still in use: keep remove_stale_partials away
+        return missing
+
+    def all_marked(self) -> bool:
+        """Whether every chunk has its verified marker (then :meth:`open` and assemble)."""
+        return all(self._marker(c).exists() for c in self.manifest.chunks)
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``content`` (the caller checked that the chunks covering
+        them are verified: :meth:`open_chunks` returned none of them)."""
+        data = os.pread(self.fd, end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"{self.content_path} is shorter than expected; was it truncated?")
+        return data
+
     def _range_sha1(self, chunk: Chunk) -> str:
         h = hashlib.sha1()
         self._hash_range_into(h, chunk)
@@ -325,6 +362,48 @@ class ChunkSink(os.PathLike):
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._fallback.unlink()
+
+
+def read_partial_range(storage_dir: Path, manifest: Manifest, start: int, end: int) -> bytes | None:
+    """Bytes ``[start, end)`` of the large file ``manifest`` describes, from its partial copy
+    (``<storage>/tmp/partial/<sha1>/``) if every chunk covering them is verified there
+    (re-hashing those chunks first), else None. Later range reads reuse what an earlier one
+    fetched this way."""
+    partial = PartialFile(storage_dir, manifest)
+    try:
+        st = os.stat(partial.content_path)
+    except FileNotFoundError:
+        return None
+    # Chunks re-hashed since ``content`` last changed are not hashed again (a reader going through
+    # a range in small blocks would otherwise hash its 20 MB chunk once per block).
+    version = (str(partial.content_path), st.st_ino, st.st_mtime_ns, st.st_size)
+    chunks = manifest.covering(start, end)
+    with _recently_verified_lock:
+        known = _recently_verified.get(version, set())
+        unchecked = [c for c in chunks if c.start not in known]
+    if not unchecked and all(partial._marker(c).exists() for c in chunks):
+        try:
+            with open(partial.content_path, "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), end - start, start)
+            return data if len(data) == end - start else None
+        except FileNotFoundError:
+            return None
+    try:
+        if partial.open_chunks(unchecked, create=False):
+            return None
+        with _recently_verified_lock:
+            if len(_recently_verified) > 64:
+                _recently_verified.clear()
+            _recently_verified.setdefault(version, set()).update(c.start for c in chunks)
+        return partial.read(start, end) if end > start else b""
+    except FileNotFoundError:  # removed meanwhile (assembled into the storage, or swept)
+        return None
+    finally:
+        partial.close()
+
+
+_recently_verified: dict[tuple[str, int, int, int], set[int]] = {}
+_recently_verified_lock = threading.Lock()
 
 
 def remove_stale_partials(storage_dir: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:

@@ -33,7 +33,8 @@ def _check(resp: httpx.Response) -> httpx.Response:
     if resp.status_code >= 400:
         try:
             err = resp.json()["error"]
-            raise HubRequestError(resp.status_code, err["code"], err["message"])
+            details = err.get("details") if isinstance(err.get("details"), dict) else None
+            raise HubRequestError(resp.status_code, err["code"], err["message"], details)
         except (ValueError, KeyError, TypeError):
             raise HubRequestError(resp.status_code, "http_error",
                                   f"hub answered HTTP {resp.status_code}: {resp.text[:200]}") from None
@@ -102,6 +103,14 @@ class HubClient:
 
     def node_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         return self.node_request_raw(type_, **fields).json()
+
+    def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """A node's request to the hub's witness (``POST /api/witness``, spec/witness.md §4):
+        signed like :meth:`node_request`, with a larger body limit (it carries wire lines)."""
+        if self.node_key is None:
+            raise ValueError("this request needs the node key")
+        body = make_body(type_, self.hub_id, time_ms=_now_ms(), **fields)
+        return self._post("/api/witness", body, sign_body(self.node_key, "node", body)).json()
 
     # ------------------------------------------------------------------ people
     def register_node(self, label: str) -> dict[str, Any]:

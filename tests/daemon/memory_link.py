@@ -136,6 +136,7 @@ class MemoryLink:
         self.keypair = keypair
         self.node_id = keypair.public_hex
         self.roles = roles
+        self.hub_id = "0" * 64  # no hub: nothing here is witnessed by one
         self.handler = handler
         self.attached = True
         self.replay_guard = ReplayGuard()
@@ -162,6 +163,10 @@ class MemoryLink:
 
     def may(self, node_id: str, role: str) -> bool:
         return role in self.hub.membership.get(node_id, frozenset())
+
+    async def refresh_roles(self) -> frozenset[str]:
+        await anyio.lowlevel.checkpoint()
+        return self.roles  # its roles are what it joined with
 
     async def bucket_head(self, path: str) -> int | None:
         await anyio.lowlevel.checkpoint()
@@ -198,6 +203,9 @@ class MemoryLink:
                     await anyio.lowlevel.checkpoint()
         self.hub.downloads.append((self.node_id, path))
         return len(data)
+
+    async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        raise ConnectionError("the in-memory channel has no hub to witness")
 
     async def upload(self, path: str, data: bytes | Path, *,
                      progress: Callable[[int, int], None] | None = None) -> None:

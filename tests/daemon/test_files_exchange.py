@@ -722,7 +722,10 @@ async def test_fetch_without_channels_or_with_a_chunk_uri_fails_clearly(net):
     b = await net.node("b")
     with pytest.raises(kn.NotFoundError, match="joined no channel"):
         await b.fetch("sha1://" + "ab" * 20)
-    with pytest.raises(kn.InvalidUriError, match="names a chunk"):
+    # A chunk URI is fetched like a file (issue 14), so it too needs a channel.
+    with pytest.raises(kn.NotFoundError, match="joined no channel"):
         await b.fetch("sha1://" + "ab" * 20 + "?chunkOf=" + "cd" * 20 + "~0~10")
+    with pytest.raises(kn.InvalidUriError, match="a chunk is 1 to"):
+        await b.fetch("sha1://" + "ab" * 20 + "?chunkOf=" + "cd" * 20 + "~0~20000001")
     with pytest.raises(kn.InvalidUriError):
         await b.fetch("sha1://nothex")

@@ -139,3 +139,32 @@ def test_an_incoming_file_written_by_a_file_link_is_hashed_once_after(tmp_path):
     incoming.discard()
     empty.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_range_reads_from_a_partial_copy_take_only_verified_chunks(tmp_path):
+    """read_partial_range (issue 14): bytes of a partly fetched file, only from marked chunks,
+    re-hashed once per change of the file; a chunk spoiled on disk is refused and unmarked."""
+    from kachery_node.storage.manifest import CHUNK_SIZE
+    from kachery_node.storage.partial_files import read_partial_range
+
+    data = os.urandom(CHUNK_SIZE + 100)
+    partial = _partial(tmp_path, data, CHUNK_SIZE)
+    first, last = partial.manifest.chunks
+    assert read_partial_range(tmp_path, partial.manifest, 5, 10) is None  # nothing yet
+    assert not partial.directory.exists()  # and a read creates nothing
+    assert partial.open_chunks([last]) == [last]
+    sink = partial.sink(last)
+    sink.write_blocking(data[last.start:])
+    assert sink.commit() is None
+    partial.close()
+    assert read_partial_range(tmp_path, partial.manifest, CHUNK_SIZE + 5, CHUNK_SIZE + 50) \
+        == data[CHUNK_SIZE + 5 : CHUNK_SIZE + 50]
+    assert read_partial_range(tmp_path, partial.manifest, CHUNK_SIZE + 50, CHUNK_SIZE + 60) \
+        == data[CHUNK_SIZE + 50 : CHUNK_SIZE + 60]
+    assert read_partial_range(tmp_path, partial.manifest, CHUNK_SIZE - 5, CHUNK_SIZE + 5) is None
+    with open(partial.content_path, "r+b") as f:  # spoiled behind kachery's back
+        f.seek(CHUNK_SIZE + 7)
+        f.write(b"X" if data[CHUNK_SIZE + 7 : CHUNK_SIZE + 8] != b"X" else b"Y")
+    assert read_partial_range(tmp_path, partial.manifest, CHUNK_SIZE + 5, CHUNK_SIZE + 50) is None
+    assert partial.open_chunks([first, last]) == [first, last]  # its marker is gone
+    partial.close()

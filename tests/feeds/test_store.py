@@ -165,3 +165,24 @@ def test_follow_in_process_with_timeout(store):
     sf.append_messages(list(range(2500)))  # more than one page
     assert list(sf.follow(start=0, timeout=0.05)) == list(range(2500))
     assert [r.number for r in sf.follow(start=2498, timeout=0.05, records=True)] == [2498, 2499]
+
+
+def test_a_refused_first_import_leaves_no_stale_subfeed_id(tmp_path):
+    """A subfeed created inside an import that is then refused (rolled back) must not keep its
+    id in the store's cache: SQLite hands the id to the next subfeed created, whose messages
+    the first would then read as its own (found by the witness benchmark: a fork "at message 0"
+    between two subfeeds)."""
+    source = kf.open_store(tmp_path / "src.db").create_feed()
+    a, b = source.load_subfeed("a"), source.load_subfeed("b")
+    a.append_message({"a": 0})
+    a.append_message({"a": 1})
+    b.append_message({"b": 0})
+    replica = kf.open_store(tmp_path / "replica.db")
+    ra = replica.load_feed(source.feed_id).load_subfeed("~" + a.subfeed_hash)
+    with pytest.raises(kf.MissingMessagesError):
+        ra.add_signed_messages(a.get_signed_messages(1))  # starts past the end: refused
+    rb = replica.load_feed(source.feed_id).load_subfeed("~" + b.subfeed_hash)
+    assert rb.add_signed_messages(b.get_signed_messages()) == 1
+    assert ra.get_num_local_messages() == 0
+    assert ra.add_signed_messages(a.get_signed_messages()) == 2
+    assert rb.get_messages() == [{"b": 0}] and ra.get_messages() == [{"a": 0}, {"a": 1}]

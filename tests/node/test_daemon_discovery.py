@@ -67,7 +67,7 @@ def test_a_storage_without_a_daemon_is_told_so_not_answered_by_another(tmp_path)
         out = subprocess.run([sys.executable, "-c", script], env=c.env, capture_output=True, text=True,
                              timeout=60)
         assert "NotFoundError" in out.stderr and f"no daemon is running for {c.storage_dir}" in out.stderr
-        assert "so no channel was asked" in out.stderr
+        assert "so no node was asked" in out.stderr and "joined no channel" in out.stderr
     finally:
         a.stop()
 

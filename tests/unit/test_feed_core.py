@@ -529,3 +529,31 @@ def test_a_piece_too_big_for_pub_sub_goes_through_the_bucket():
     actions = p.on_push_oversized(T0, HERE)
     assert of(ReadBucketState, actions) == [ReadBucketState(HERE)]
     assert published(finish_sync(p, T0, 1)) == [SubfeedUploaded(FEED, SUB, 1)]
+
+
+def test_a_published_subfeed_keeps_its_bucket_copy_current_with_nobody_subscribed():
+    p = FeedProvider()
+    # Published with messages: the bucket is brought up to date at once, and announced.
+    assert p.set_published(T0, [HERE], {(FEED, SUB): 1200}) == [ReadBucketState(HERE)]
+    assert p.subfeeds() == {(FEED, SUB)} and p.subfeeds("lab") == {(FEED, SUB)}
+    assert published(finish_sync(p, T0, 1200)) == [SubfeedUploaded(FEED, SUB, 1200)]
+    assert p.set_published(T0, [HERE], {(FEED, SUB): 1200}) == []  # unchanged: nothing to do
+    # Growth: no inline push (nobody listens), a debounced bucket update.
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 1201}) == []
+    assert p.next_deadline() == T0 + 1 + BUCKET_DEBOUNCE_SECONDS
+    assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]
+    finish_sync(p, T0 + 2, 1201)
+    # The channel reconnects: brought up to date again (appends may have happened offline).
+    assert of(ReadBucketState, p.on_connected(T0 + 3, WALL0 + 3, "lab", {(FEED, SUB): 1205}))
+    finish_sync(p, T0 + 3, 1205)
+    assert p.on_connected(T0 + 4, WALL0 + 4, "other", {(FEED, SUB): 1205}) == []
+    # Unpublished: no more updates.
+    assert p.set_published(T0 + 5, [], {}) == [] and p.subfeeds() == set()
+    assert p.on_local_counts(T0 + 6, {(FEED, SUB): 1300}) == [] and p.next_deadline() is None
+
+
+def test_an_empty_published_subfeed_is_uploaded_once_it_has_messages():
+    p = FeedProvider()
+    assert p.set_published(T0, [HERE], {(FEED, SUB): 0}) == []
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 1}) == []
+    assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]

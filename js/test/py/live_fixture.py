@@ -2,11 +2,14 @@
 
 Usage: python live_fixture.py <workdir>
 Creates real data with kachery_feeds and kachery_node (a feed with single and batch appends,
-segments and heads, a fork proof, node envelopes, a hub request, a task result, files with and
+segments and heads, a fork proof, a feed whose key was rotated, then handed on by a recovery
+key (spec/feeds.md §9: its messages, a message its replaced key signed after the hand-over, and
+a fork proof carrying the succession), node envelopes, a hub request, a task result, files with and
 without a manifest), writes a bucket's objects under <workdir>/bucket in the layout of
 spec/bucket.md, prints one JSON line describing it all, then serves commands on stdin:
 ``append <n>`` appends n single messages and republishes the head (and any new full segment),
-answering ``{"count": N}``; ``quit`` (or EOF) ends.
+answering ``{"count": N}``; ``verify-proof <hex>`` checks a fork or violation proof
+(``kachery_feeds.verify_fork_proof``), answering ``{"ok": bool, "position"|"error"}``; ``quit`` (or EOF) ends.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+import nacl.bindings
+
 import kachery_feeds as kf
+from kachery_feeds.key_backup import parse_backup
+from kachery_feeds.messages import build_body, message_hash, sign_hash, to_wire
 from kachery_node.identity import Keypair
 from kachery_node.protocol import bucket_layout as bl
 from kachery_node.protocol.feed_bucket import head_for, segment_for
@@ -47,6 +54,55 @@ def publish(root: Path, sf: kf.Subfeed, feed_id: str) -> int:
             put(root, key, segment_for(sf, i))
     put(root, bl.subfeed_head_path(CHANNEL, feed_id, sf.subfeed_hash), head)
     return count
+
+
+def rotated_feed(work: Path, bucket: Path) -> dict:
+    """A feed that changed keys twice (spec/feeds.md §9), published to the bucket, with a
+    message its first key signed after the hand-over and a fork proof carrying the succession."""
+    store = kf.open_store(work / "rotated.db")
+    feed = store.create_feed()
+    fid = feed.feed_id
+    k0_seed = parse_backup(store.export_key(fid)).seed
+    sf = feed.load_subfeed("rotated")
+    for i in range(3):
+        sf.append_message({"r": i})
+    sf.append_messages([{"r": 3}, {"r": 4}])  # a batch: message 3 unsigned, 4 signed by K0
+    store.rotate_key(fid)  # record 1: K0 -> K1, boundary 5
+    sf.append_messages([{"r": 5}, {"r": 6}])  # message 5 carries the succession
+    recovery_seed = os.urandom(32)
+    recovery_public = nacl.bindings.crypto_sign_seed_keypair(recovery_seed)[0]
+    store.set_recovery_key(fid, recovery_public)  # record 2: a commitment
+    sf.append_message({"r": 7})
+    store.recover_key(fid, recovery_seed)  # record 3: K1 -> K2, signed by the recovery key
+    sf.append_message({"r": 8})
+    lines = [w.decode() for w in sf.get_signed_messages()]
+    publish(bucket, sf, fid)
+    # The replaced key K0 signs a message 8 after the hand-over (a stolen backup, say).
+    head = sf.get_signed_messages(7, 8)[0]
+    body7 = head.rsplit(b"\t", 1)[0]
+    old_body = build_body(fid, sf.subfeed_hash, 8, message_hash(body7), int(time.time() * 1000),
+                          b'{"r":"the old key"}')
+    _pk, k0_secret = nacl.bindings.crypto_sign_seed_keypair(k0_seed)
+    old_key_line = to_wire(old_body, sign_hash(k0_secret, message_hash(old_body))).decode()
+    # A fork under the current key: a copy of the store appends something else at position 9.
+    store.close()
+    shutil.copy(work / "rotated.db", work / "rotated-copy.db")
+    store = kf.open_store(work / "rotated.db")
+    copy = kf.open_store(work / "rotated-copy.db")
+    store.load_feed(fid).load_subfeed("rotated").append_message({"r": 9})
+    other = copy.load_feed(fid).load_subfeed("rotated")
+    other.append_message({"r": "nine"})
+    try:
+        store.load_feed(fid).load_subfeed("rotated").add_signed_messages(other.get_signed_messages(9, 10))
+        raise SystemExit("expected a fork")
+    except kf.ForkError as exc:
+        fork_proof, fork_position = exc.proof.decode(), exc.position
+    copy.close()
+    succession = [r.decode() for r in store.key_succession(fid)]
+    store.close()
+    return {"feed_id": fid, "uri": sf.uri, "subfeed_hash": sf.subfeed_hash, "lines": lines,
+            "payloads": [{"r": i} for i in range(9)], "succession": succession,
+            "old_key_line": old_key_line, "fork_proof": fork_proof, "fork_position": fork_position}
 
 
 def main() -> None:
@@ -127,6 +183,7 @@ def main() -> None:
     print(json.dumps({
         "channel": CHANNEL, "bucket_dir": str(bucket), "feed_id": fid, **described,
         "fork_proof": fork_proof, "fork_position": fork_position,
+        "rotated": rotated_feed(work, bucket),
         "envelope_hex": envelope, "envelope_with_lines_hex": envelope_with_lines,
         "attached_lines": attached.decode(), "envelope_time_ms": now_ms, "node_id": node.public_hex,
         "hub_request": {"body": hub_body.decode(), "headers": hub_headers, "hub_id": hub_id},
@@ -145,6 +202,13 @@ def main() -> None:
         parts = cmd.split()
         if not parts or parts[0] == "quit":
             break
+        if parts[0] == "verify-proof":  # a proof made by kachery.js, checked by Python
+            try:
+                info = kf.verify_fork_proof(bytes.fromhex(parts[1]))
+                print(json.dumps({"ok": True, "position": info.position}), flush=True)
+            except kf.VerificationError as exc:
+                print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
+            continue
         if parts[0] == "append":
             for i in range(int(parts[1])):
                 s.append_message({"more": i})

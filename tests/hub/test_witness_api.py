@@ -1,0 +1,117 @@
+"""The hub as witness: POST /api/witness (spec/witness.md §4.1), on a real hub process."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+import kachery_feeds as kf
+from kachery_feeds.checkpoints import checkpoint_from_last, parse_cosignature_line, verify_cosignature
+from kachery_node.errors import HubRequestError
+
+
+def _refusal(call) -> HubRequestError:
+    with pytest.raises(HubRequestError) as info:
+        call()
+    return info.value
+
+
+@pytest.fixture
+def provider(hub, make_actor, channel_name):
+    owner, node = make_actor("owner"), make_actor("node")
+    owner.client.create_channel(channel_name)
+    node.client.request_roles(channel_name, node.node_id, ["provide-feeds", "request-feeds"])
+    owner.client.grant(channel_name, node.node_id, ["provide-feeds", "request-feeds"])
+    return node
+
+
+def _lines(sf, start=0, end=None):
+    return [x.decode() for x in sf.get_signed_messages(start, end)]
+
+
+def test_cosign_refusals_and_history(hub, provider, channel_name, make_actor, tmp_path):
+    sf = kf.open_store(tmp_path / "f.db").create_feed().load_subfeed("s")
+    for i in range(4):
+        sf.append_message({"i": i})  # each signed: every count is a checkpoint
+    ask = provider.client.witness_request
+    where = {"channel": channel_name, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash}
+    # The witness holds nothing: sending only the last message is answered with where to start.
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=_lines(sf, 3)))
+    assert (err.status, err.code, err.details["reason"], err.details["size"]) == (
+        409, "witness_refused", "missing_messages", 0)
+    t0 = int(time.time())
+    answer = ask("cosign_checkpoint", **where, lines=_lines(sf))
+    assert answer["witness"] == hub.hub_id
+    cp = checkpoint_from_last(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(3)[0])
+    assert answer["checkpoint"] == cp.text().decode()
+    cos = parse_cosignature_line(answer["cosignature"])
+    assert verify_cosignature(cp, cos) and cos.witness == hub.hub_id and abs(cos.timestamp - t0) <= 2
+    # An older checkpoint is stale; a rival history is a fork, proven.
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=_lines(sf, 0, 2)))
+    assert (err.details["reason"], err.details["size"]) == ("stale_checkpoint", 4)
+    with sqlite3.connect(sf._store.path) as src, sqlite3.connect(tmp_path / "clone.db") as dst:
+        src.backup(dst)
+    clone = kf.open_store(tmp_path / "clone.db").load_subfeed(sf.uri)
+    sf.append_message({"i": "a"})
+    clone.append_message({"i": "b"})
+    ask("cosign_checkpoint", **where, lines=_lines(sf, 4))
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=_lines(clone, 4)))
+    assert err.details["reason"] == "fork"
+    assert kf.verify_fork_proof(err.details["proof"].encode()).position == 4
+    sf.append_message({"i": "a2"})
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=_lines(sf, 5)))
+    assert err.details["reason"] == "forked"
+    history = ask("witness_history", **where)
+    assert [row["size"] for row in history["cosignatures"]] == [4, 5]
+    assert history["fork_proofs"] and kf.verify_fork_proof(history["fork_proofs"][0].encode()).position == 4
+
+
+def test_bad_witness_requests_change_nothing(hub, provider, channel_name, make_actor, tmp_path):
+    sf = kf.open_store(tmp_path / "f.db").create_feed().load_subfeed("s")
+    sf.append_messages([{"i": i} for i in range(2)])
+    ask = provider.client.witness_request
+    where = {"channel": channel_name, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash}
+    for bad in ([], ["not a wire line"], [1], "x"):
+        err = _refusal(lambda b=bad: ask("cosign_checkpoint", **where, lines=b))
+        assert err.status in (400, 409), err
+    err = _refusal(lambda: ask("cosign_checkpoint", **{**where, "feed_id": "AB"}, lines=_lines(sf)))
+    assert err.code == "malformed_request"
+    forged = _lines(sf)
+    forged[-1] = forged[-1][:-4] + "0000"
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=forged))
+    assert err.details["reason"] == "invalid"
+    err = _refusal(lambda: ask("report_fork", channel=channel_name, proof="{}"))
+    assert err.code == "malformed_request"
+    err = _refusal(lambda: ask("nonsense", channel=channel_name))
+    assert err.code == "malformed_request"
+    assert ask("witness_history", **where)["cosignatures"] == []  # nothing was cosigned
+    # Only providers of the channel may ask for cosignatures (and only members for anything).
+    reader = make_actor("reader")
+    err = _refusal(lambda: reader.client.witness_request("cosign_checkpoint", **where, lines=_lines(sf)))
+    assert err.code == "not_allowed"
+
+
+def test_the_channel_page_shows_forks(hub, make_actor, channel_name, tmp_path):
+    import httpx
+
+    owner, node = make_actor("owner"), make_actor("node")
+    owner.client.create_channel(channel_name)
+    node.client.request_roles(channel_name, node.node_id, ["provide-feeds"])
+    owner.client.grant(channel_name, node.node_id, ["provide-feeds"])
+    sf = kf.open_store(tmp_path / "f.db").create_feed().load_subfeed("s")
+    sf.append_message({"i": 0})
+    with sqlite3.connect(sf._store.path) as src, sqlite3.connect(tmp_path / "clone.db") as dst:
+        src.backup(dst)
+    clone = kf.open_store(tmp_path / "clone.db").load_subfeed(sf.uri)
+    sf.append_message({"i": "a"})
+    clone.append_message({"i": "b"})
+    where = {"channel": channel_name, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash}
+    with httpx.Client(base_url=hub.url, timeout=10) as browser:
+        browser.get(owner.client.login_link().removeprefix(hub.url), follow_redirects=True)
+        assert 'id=forks' not in browser.get(f"/channels/{channel_name}").text
+        node.client.witness_request("cosign_checkpoint", **where, lines=_lines(sf))
+        _refusal(lambda: node.client.witness_request("cosign_checkpoint", **where, lines=_lines(clone, 1)))
+        page = browser.get(f"/channels/{channel_name}").text
+    assert "id=forks" in page and f"feed://{sf.feed_id}/~{sf.subfeed_hash}" in page and "message 1" in page
