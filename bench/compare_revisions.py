@@ -21,6 +21,9 @@ sides measure exactly what their code does with their own harness:
 * network: ``bench/network/run.py --no-hypercore --only latency,catchup,file --file-size 256M
   --json``: live latency A -> B through the hub's relay (p50, p99), catch-up of 100k messages by
   a fresh node, a 256 MiB file A -> B;
+* relay: ``bench/bench_relay.py --only pubsub``: the hub's relay fanning out to 50 subscribers
+  (deliveries/s, publish -> receive p50 and p99) and nats-server carrying the same traffic in
+  the same run (its p50: the peer, so that a change of load shows on both sides);
 * tasks: ``bench/tasks/run.py --n 30 --seconds 5`` (``--json`` if the tree's script has it,
   else its printed lines are parsed): cache miss and hit round trips, 4 concurrent requesters.
 
@@ -51,7 +54,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
 DEFAULT_BEFORE = "9d14575^"  # the tree just before issue 12's relayout
-BENCHES = ("feeds", "network", "tasks")
+BENCHES = ("feeds", "network", "tasks", "relay")
 FEEDS_SIZES = {"single": 5000, "batches": 50, "import": 20_000, "repeat": 3}
 TASKS_ARGS = ["--n", "30", "--seconds", "5"]
 CHILD_TIMEOUT = 600.0  # seconds per benchmark run
@@ -72,6 +75,10 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
     "tasks.miss_median_ms": ("tasks: cache miss round trip, median", "ms", False),
     "tasks.hit_median_ms": ("tasks: cache hit round trip, median", "ms", False),
     "tasks.concurrent_per_s": ("tasks: 4 concurrent requesters", "req/s", True),
+    "relay.deliveries_per_s": ("relay: fan-out to 50 subscribers", "msgs/s", True),
+    "relay.p50_ms": ("relay: publish -> 50 subscribers, p50", "ms", False),
+    "relay.p99_ms": ("relay: publish -> 50 subscribers, p99", "ms", False),
+    "relay.nats_p50_ms": ("relay: the same through nats-server, p50", "ms", False),
 }
 NOISE = 0.10  # a median more than 10% worse is called out
 
@@ -132,8 +139,8 @@ class RevisionTree:
         marker.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True, timeout=300)
         # psutil: bench/network/run.py samples CPU and memory with it (a test extra, not a
-        # dependency of the package).
-        for args in (["-e", str(self.tree)], ["psutil"]):
+        # dependency of the package); nats-py: bench/bench_relay.py's NATS side (the bench extra).
+        for args in (["-e", str(self.tree)], ["psutil", "nats-py>=2.6"]):
             r = subprocess.run(
                 [str(self.python), "-m", "pip", "install", "-q", *args],
                 capture_output=True, text=True, timeout=900,
@@ -244,6 +251,22 @@ def bench_network(python: Path, tree: Path, work: Path, file_size: str) -> dict[
         "network.catchup_first_s": k["catchup"]["phases_s"]["first_message_at_c"],
         "network.warm_catchup_msgs_per_s": k["catchup"]["warm_bucket_msgs_per_s"],
         "network.file_mb_per_s": k["file"]["mb_per_s"],
+    }
+
+
+def bench_relay(python: Path, tree: Path, work: Path) -> dict[str, float]:
+    cmd = [str(python), str(tree / "bench" / "bench_relay.py"), "--only", "pubsub"]
+    code, stdout, stderr = run_child(cmd, tree, work, CHILD_TIMEOUT)
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    if not last.startswith("{"):  # bench_relay exits 1 when a target is missed; the JSON decides
+        raise RuntimeError(f"relay exited {code} without its JSON line:\n{stderr[-2000:]}")
+    r = json.loads(last)
+    relay, nats = r["relay"], r["nats"] or {}
+    return {
+        "relay.deliveries_per_s": relay["deliveries_per_s"],
+        "relay.p50_ms": relay["p50_us"] / 1000,
+        "relay.p99_ms": relay["p99_us"] / 1000,
+        "relay.nats_p50_ms": nats["p50_us"] / 1000 if "p50_us" in nats else None,
     }
 
 
@@ -409,6 +432,8 @@ def run_sample(
                 sample["figures"] = bench_feeds(python, tree, attempt_dir)
             elif bench == "network":
                 sample["figures"] = bench_network(python, tree, attempt_dir, file_size)
+            elif bench == "relay":
+                sample["figures"] = bench_relay(python, tree, attempt_dir)
             else:
                 sample["figures"] = bench_tasks(python, tree, attempt_dir)
             log(

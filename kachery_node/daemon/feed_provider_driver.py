@@ -77,9 +77,11 @@ class ProviderDriver:
             while True:
                 changed = self.changes.current()  # before reading: no change is missed
                 now = anyio.current_time()
+                # New messages go out first: the bucket work that publications and on_timer
+                # start (HTTP to the hub, segments built in a thread) must not delay a push.
+                await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
                 await self._carry_out(self._update_published(now))
                 await self._carry_out(self.core.on_timer(now))
-                await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
                 with anyio.CancelScope(deadline=deadline) as self._wait:

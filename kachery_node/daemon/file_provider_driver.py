@@ -5,19 +5,19 @@
 HEAD the bucket object, publish statuses, upload through the channel's
 :class:`~.channel_link.ChannelLink`) and feeds it the results, other providers' statuses and the
 time. What it uploads is read from the verified storage: a chunk is a byte range of the stored
-parent file, checked against the requested SHA-1 before a byte leaves.
+parent file, checked against the requested SHA-1 before a byte leaves (by the parent's recorded
+manifest while the parent is unchanged since it was verified, else by hashing it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
-from ..errors import KacheryError, LinkedFileChangedError, NotFoundError
+from ..errors import LinkedFileChangedError, NotFoundError
 from ..protocol.file_messages import (
     CancelTransfer,
     FileRequest,
@@ -157,15 +157,11 @@ class ProviderConversation:
             return None
 
     def _read_source(self) -> bytes | Path:
-        """The verified content to upload: a byte range of the parent, or the stored file."""
+        """The verified content to upload: a byte range of the parent (hashed against the
+        requested SHA-1 unless the parent's recorded manifest vouches for it:
+        :meth:`Storage.load_chunk`), or the stored file."""
         request = self.core.request
         if request.chunk_of is not None and self.storage.has_file(build_uri(request.chunk_of.sha1)):
             c = request.chunk_of
-            data = self.storage.load_bytes(build_uri(c.sha1), c.start, c.end)
-            actual = hashlib.sha1(data).hexdigest()
-            if actual != request.sha1:
-                raise KacheryError(f"bytes [{c.start}, {c.end}) of sha1://{c.sha1} hash to "
-                                   f"{actual}, not the requested {request.sha1}")
-            return data
+            return self.storage.load_chunk(build_uri(c.sha1), c.start, c.end, request.sha1)
         return Path(self.storage.load_file(build_uri(request.sha1)))
-

@@ -37,6 +37,11 @@ Rules
   lets one Python process deliver thousands of messages per second. A frame holds at most
   ``max_frame_bytes`` (1 MiB, far under the 16 MiB kachery's client accepts), so a paused
   subscriber's backlog goes out in several frames, never one it would refuse.
+* The fast path: messages for a subscriber with nothing queued or being written, and no
+  direct write in the last ``DIRECT_MIN_INTERVAL_S``, are written into its socket by the
+  publisher's task as soon as the publisher's frame is handled (:mod:`.direct_send`: no task
+  switch, no ASGI layers); bursts go through the writer, batched. What the socket does not take
+  goes out through the writer first, so order and the queue bound hold as above.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from ..errors import (
 from ..protocol import relay_frames
 from ..protocol.pubsub_tokens import TokenClaims, verify_token
 from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
+from . import direct_send
 from .relay_traffic import RelayTraffic
 
 #: The pub-sub protocol version this relay speaks (spec/pubsub.md §3).
@@ -90,6 +96,11 @@ class RelayLimits:
 # What a queued event costs besides its bytes (the bytes object and its place in the deque):
 # counted so that many tiny events cannot outgrow max_queue_bytes.
 _EVENT_OVERHEAD = 64
+# A subscriber's messages are written straight into its socket (flush_direct) at most once in
+# this long; more frequent ones go through its writer, batched: one frame per message costs its
+# client more than a frame of many (bench/bench_relay.py: 22k instead of 47k deliveries/s to 50
+# subscribers in one process, when every message went out in its own frame).
+DIRECT_MIN_INTERVAL_S = 0.002
 
 
 @dataclass
@@ -125,7 +136,9 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
-        self.out: deque[tuple[bool, bytes]] = deque()  # (binary, event): a message record, or JSON
+        # (binary, event): a message record, or JSON; (None, bytes): the rest of a frame that
+        # send_direct began writing, always first in the queue
+        self.out: deque[tuple[bool | None, bytes]] = deque()
         self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
         self.inflight_bytes = 0  # the frame the writer is sending
         self.wake = trio.Event()
@@ -135,29 +148,71 @@ class _Connection:
         self.refused_here = 0
         self.connected_at = time.monotonic()
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        self.direct: direct_send.DirectSender | None = None  # set once accepted (if plain TCP)
+        self.last_direct = 0.0  # monotonic time of the last frame written by flush_direct
 
     @property
     def who(self) -> str:
         return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
 
     # ---------------------------------------------------------------- outgoing
-    def push(self, event: bytes, *, binary: bool = False) -> None:
-        """Queue ``event``: a JSON operation, or (``binary``) a message record."""
+    def push(self, event: bytes, *, binary: bool = False, wake: bool = True) -> None:
+        """Queue ``event``: a JSON operation, or (``binary``) a message record; ``wake=False``:
+        the caller flushes it (:meth:`flush_direct`) instead of the writer."""
         if self.close_request is not None:
             return  # closing: nothing more goes out (what was queued before still does)
         cost = len(event) + _EVENT_OVERHEAD
         limit = self.relay.limits.max_queue_bytes
         if self.queued_bytes + self.inflight_bytes + cost > limit:
-            # Drop the backlog now (not when the socket drains: a stalled peer may never read).
+            # Drop the backlog now (not when the socket drains: a stalled peer may never read),
+            # except the rest of a frame begun in the socket (the close must follow a whole frame).
+            head = self.out[0] if self.out and self.out[0][0] is None else None
             self.out.clear()
             self.queued_bytes = 0
+            if head is not None:
+                self.out.append(head)
+                self.queued_bytes = len(head[1]) + _EVENT_OVERHEAD
             for band in list(self.subs):
                 self.relay.unsubscribe(self, band)
             self.close(4008, f"slow consumer: over {limit} bytes undelivered")
             return
         self.out.append((binary, event))
         self.queued_bytes += cost
-        self.wake.set()
+        if wake:
+            self.wake.set()
+
+    def idle_for_direct(self) -> bool:
+        """Whether a message may be written into the socket now: nothing queued or being
+        written by :meth:`writer` (so it cannot overtake anything), and not closing."""
+        return (self.direct is not None and not self.out and not self.inflight_bytes
+                and self.close_request is None)
+
+    def flush_direct(self) -> None:
+        """Write what :meth:`Relay.fan_out` queued here without waking the writer into the
+        socket now, batched as the writer would (see :meth:`_take_frame`); what the socket does
+        not take, and anything else queued, is left to the writer, in order."""
+        while (self.direct is not None and not self.inflight_bytes and self.close_request is None
+               and self.out and self.out[0][0] is True):
+            _binary, records, _cost = self._take_frame()
+            frame = direct_send.binary_frame(records)
+            sent = self.direct.try_send(frame)
+            if sent == len(frame):
+                self.relay.frames_out += 1
+                self.relay.direct_frames += 1
+                self.last_direct = time.monotonic()
+                continue
+            if sent > 0:  # a frame begun in the socket: its rest goes out before anything else
+                rest = frame[sent:]
+                self.out.appendleft((None, rest))
+                self.queued_bytes += len(rest) + _EVENT_OVERHEAD
+            else:  # not now (0), or never (-1: closed or broken; the writer will find out)
+                if sent < 0:
+                    self.direct = None
+                self.out.appendleft((True, records))  # records back to back are one event
+                self.queued_bytes += len(records) + _EVENT_OVERHEAD
+            break
+        if self.out:
+            self.wake.set()
 
     def send_op(self, **op: Any) -> None:
         self.push(orjson.dumps(op))
@@ -173,6 +228,15 @@ class _Connection:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.out:
+                if self.out[0][0] is None:  # the rest of a frame written directly
+                    rest = self.out.popleft()[1]
+                    self.inflight_bytes = cost = len(rest) + _EVENT_OVERHEAD
+                    self.queued_bytes -= cost
+                    assert self.direct is not None
+                    await self.direct.send(rest)
+                    self.inflight_bytes = 0
+                    self.relay.frames_out += 1
+                    continue
                 binary, frame, self.inflight_bytes = self._take_frame()
                 if binary:
                     await self.ws.send_bytes(frame)
@@ -194,7 +258,7 @@ class _Connection:
         batch = [first]
         separator = 0 if binary else 1  # records follow one another; JSON needs "[", ",", "]"
         size = len(first) + 2 * separator
-        while self.out and self.out[0][0] == binary and size + len(self.out[0][1]) + separator <= limit:
+        while self.out and self.out[0][0] is binary and size + len(self.out[0][1]) + separator <= limit:
             event = self.out.popleft()[1]
             batch.append(event)
             size += len(event) + separator
@@ -234,8 +298,11 @@ class _Connection:
                 self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
                 return
             if text is None:
-                if not self.handle_binary(data or b""):
-                    return
+                try:
+                    if not self.handle_binary(data or b""):
+                        return
+                finally:
+                    self.relay.flush_direct()
                 continue
             try:
                 ops = orjson.loads(text)
@@ -393,6 +460,8 @@ class Relay:
         self.nodes: dict[tuple[str, str], _NodeLimits] = {}  # (channel, node) -> shared limits
         self.delivered = 0
         self.frames_out = 0
+        self.direct_frames = 0  # of frames_out: written straight into the socket by fan_out
+        self._to_flush: set[_Connection] = set()  # idle connections with messages to write
         self.refusals = 0
         self.traffic = RelayTraffic()  # per channel, for `kachery hub status`
 
@@ -424,10 +493,25 @@ class Relay:
         subs = self.bands.get(band)
         if not subs:
             return 0
+        now = time.monotonic()
         for conn in list(subs):
-            conn.push(event, binary=True)
+            # An idle connection's messages wait for flush_direct at the end of the frame being
+            # handled, then are written into its socket; within DIRECT_MIN_INTERVAL_S of its last
+            # direct write (a burst) the writer batches them, as it batches a backlog.
+            if conn in self._to_flush or (conn.idle_for_direct()
+                                          and now - conn.last_direct >= DIRECT_MIN_INTERVAL_S):
+                self._to_flush.add(conn)
+                conn.push(event, binary=True, wake=False)
+            else:
+                conn.push(event, binary=True)
         self.delivered += len(subs)
         return len(subs)
+
+    def flush_direct(self) -> None:
+        """Write the messages :meth:`fan_out` left for idle connections into their sockets."""
+        conns, self._to_flush = self._to_flush, set()
+        for conn in conns:
+            conn.flush_direct()
 
     def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
         """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.
@@ -461,6 +545,7 @@ class Relay:
         """Serve one WebSocket connection until it closes or is closed."""
         await websocket.accept()
         conn = _Connection(self, websocket)
+        conn.direct = direct_send.sender_for(websocket.scope)
         self.connections.add(conn)
         close: _Close | None = None
         try:

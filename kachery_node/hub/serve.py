@@ -28,6 +28,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from ..transport.tls import is_loopback_host
+from . import direct_send
 from .app import Hub, HubSettings, create_app
 from .http_limits import RequestLimits
 from .state import HubState, require_local_hub_dir
@@ -63,9 +64,11 @@ class _BoundedTCPServer(hypercorn.trio.tcp_server.TCPServer):
                 await self.stream.send_all(_BUSY)
             await self.stream.aclose()
             return
+        key = direct_send.register(self)  # the relay's fan-out may write to this socket
         try:
             await super().run()
         finally:
+            direct_send.unregister(key, self)
             slots.release()
 
 

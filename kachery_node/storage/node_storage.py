@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -53,7 +54,7 @@ from .file_index import (
     stat_signature,
 )
 from .file_uris import FileUri, build_uri, parse_uri
-from .manifest import Manifest, needs_manifest, parse_manifest
+from .manifest import Chunk, Manifest, needs_manifest, parse_manifest
 from .mutables import Mutables
 from .partial_files import IncomingFile
 from .private_files import STORED_FILE_MODE, make_private_dirs
@@ -589,6 +590,55 @@ class Storage:
         if len(data) != end - start:
             raise KacheryError(f"{lf.path} is shorter than expected; was it truncated?")
         return data
+
+    def load_chunk(self, uri: str | FileUri, start: int, end: int, chunk_sha1: str) -> bytes:
+        """Bytes ``[start, end)`` of the content, which must hash to ``chunk_sha1`` (a
+        requester's claim that they are a chunk of the file: what a provider uploads).
+
+        Not hashed again when the file is unchanged since it was verified (its stat - size,
+        mtime, ctime, inode - is the one recorded then, before and after the read) and its
+        manifest, recorded by this storage, lists exactly this chunk: the bytes were hashed when
+        stored or fetched. Otherwise the range is read as :meth:`load_bytes` reads it (a changed
+        stored file is re-verified, and a corrupted copy deleted) and hashed. Raises
+        :class:`KacheryError` if the bytes do not hash to ``chunk_sha1``."""
+        key = _as_key(uri)
+        lf = self.locate(key)
+        if self._chunk_listed(lf, start, end, chunk_sha1):
+            with open(lf.path, "rb", buffering=0) as f:
+                before = stat_signature(os.fstat(f.fileno()))  # the file locate() saw?
+                f.seek(start)
+                data = f.read(end - start)
+                after = stat_signature(os.fstat(f.fileno()))  # not written meanwhile?
+            if before == after == lf.signature and len(data) == end - start:
+                if not lf.linked:
+                    self.index.touch(lf.sha1)
+                return data
+        data = self.load_bytes(key, start, end)
+        actual = hashlib.sha1(data).hexdigest()
+        if actual != chunk_sha1:
+            raise KacheryError(f"bytes [{start}, {end}) of sha1://{lf.sha1} hash to "
+                               f"{actual}, not the requested {chunk_sha1}")
+        return data
+
+    def _chunk_listed(self, lf: LocalFile, start: int, end: int, chunk_sha1: str) -> bool:
+        """Whether ``lf`` is verified at its current stat and the manifest this storage recorded
+        for it lists the chunk ``[start, end)`` with SHA-1 ``chunk_sha1``."""
+        if lf.linked:  # locate() served the link: its stat is the one recorded (or rehashed)
+            manifest_sha1 = next((r.manifest_sha1 for r in self.index.links_for(lf.sha1)
+                                  if r.path == str(lf.path) and r.stat == lf.signature), None)
+        else:
+            rec = self.index.get_file(lf.sha1)
+            if rec is None or rec.verified_stat != lf.signature or rec.size != lf.size:
+                return False
+            manifest_sha1 = rec.manifest_sha1
+        if manifest_sha1 is None:
+            return False
+        try:
+            data = Path(self.load_file(build_uri(manifest_sha1))).read_bytes()
+            manifest = parse_manifest(data, expected_sha1=lf.sha1)
+        except (NotFoundError, CorruptedFileError, LinkedFileChangedError):
+            return False
+        return manifest.covering(start, end) == [Chunk(start, end, chunk_sha1)]
 
     def has_file(self, uri: str | FileUri) -> bool:
         """True if the content is here (a stored copy, or an unchanged link). Does not hash.

@@ -11,6 +11,7 @@ import itertools
 import os
 import random
 import time
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import anyio.abc
 import pytest
 
 import kachery_node as kn
+from kachery_node.daemon import file_provider_driver
 from kachery_node.daemon.files_exchange import FileExchange
 from kachery_node.identity import load_node_key
 from kachery_node.protocol.bucket_layout import file_path
@@ -269,6 +271,51 @@ async def test_large_file_moves_as_parallel_verified_chunks(lab, a, b, big_file)
     assert b.storage.has_file(f"sha1://{key.manifest_sha1}")
     assert b.storage.load_bytes(uri, CHUNK_SIZE - 5, CHUNK_SIZE + 5) == \
         big_file.read_bytes()[CHUNK_SIZE - 5 : CHUNK_SIZE + 5]
+
+
+@pytest.mark.trio
+async def test_provider_uploads_chunks_its_manifest_vouches_for_without_hashing_them(
+        lab, a, b, big_file, monkeypatch):
+    """A's stored file is unchanged since it was stored (same stat) and its recorded manifest
+    lists each requested chunk: A reads the chunks and uploads them without hashing them again."""
+    uri = a.storage.store_file(big_file)
+    key = kn.parse_uri(uri)
+
+    def no_hash(*args, **kwargs):
+        raise AssertionError("the provider hashed verified content again")
+
+    monkeypatch.setattr(node_storage, "hashlib", types.SimpleNamespace(sha1=no_hash))
+    monkeypatch.setattr(node_storage, "sha1_of_range", no_hash)
+    monkeypatch.setattr(node_storage, "hash_file", no_hash)
+    monkeypatch.setattr(file_provider_driver, "hashlib", types.SimpleNamespace(sha1=no_hash),
+                        raising=False)
+    path = await b.fetch(uri)
+    monkeypatch.undo()
+    assert sha1(Path(path).read_bytes()) == key.sha1
+    assert len([p for _node, p in lab.uploads if p != file_path("lab", key.manifest_sha1)]) == 3
+
+
+@pytest.mark.trio
+async def test_a_stored_file_changed_behind_the_storages_back_is_refused_not_uploaded(
+        lab, a, b, big_file):
+    """Bytes of A's stored copy overwritten in place (same size; its stat changes): A does not
+    trust it, finds the damaged chunk, refuses to upload it and deletes the bad copy."""
+    data = big_file.read_bytes()
+    uri = a.storage.store_file(big_file)
+    key = kn.parse_uri(uri)
+    stored = a.storage.path_for(key.sha1)
+    os.chmod(stored, 0o600)
+    with open(stored, "r+b") as f:
+        f.seek(CHUNK_SIZE + 1000)
+        f.write(b"tampered")
+    damaged = file_path("lab", sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE]))
+    with pytest.raises(kn.NotFoundError):
+        await b.fetch(uri)
+    assert damaged not in lab.bucket
+    assert damaged not in [p for _node, p in lab.uploads]
+    assert any("corrupted" in body.get("error", "") for _s, body in lab.statuses("failed"))
+    assert not stored.exists() and not a.storage.has_file(uri)
+    assert not b.storage.has_file(uri)
 
 
 def _markers(partial: Path) -> list[str]:

@@ -520,3 +520,56 @@ async def test_connections_per_node_are_capped(relay_hub):
                 await trio.sleep(0.05)
         assert code is None
     assert "relay connections on" in relay_hub.log()
+
+
+async def test_fan_out_writes_straight_into_idle_subscribers_sockets_in_order(tmp_path):
+    """A hub served in this process (``serve_hub``, as ``kachery hub serve`` runs it) so that its
+    relay's counters can be read: messages to subscribers with nothing queued are written into
+    their sockets at once (one frame built for all); the ones that arrive while a subscriber is
+    not reading queue behind what its socket did not take; every subscriber gets every message,
+    whole and in order."""
+    from types import SimpleNamespace
+
+    from kachery_node.hub.relay import DIRECT_MIN_INTERVAL_S
+    from kachery_node.hub.serve import serve_hub
+
+    async with trio.open_nursery() as nursery:
+        hub = await nursery.start(serve_hub, tmp_path / "hub", "127.0.0.1", 0)
+        where = SimpleNamespace(url=hub.public_url)
+        ch, _, a = await trio.to_thread.run_sync(setup_channel, where, {
+            "pub": ["request-files"], "s1": ["provide-files"], "s2": ["provide-files"]})
+        band = f"{ch}-requestFiles"
+        async with subscribed_socket(where, await creds(a["s1"], ch), band) as s1, \
+                subscribed_socket(where, await creds(a["s2"], ch), band) as s2, \
+                open_pubsub(await creds(a["pub"], ch)) as pub:
+            # 1. One message at a time, each received before the next and spaced by more than
+            # the relay's DIRECT_MIN_INTERVAL_S: all written directly.
+            for i in range(20):
+                await trio.sleep(DIRECT_MIN_INTERVAL_S * 1.5)
+                await pub.publish(band, j({"i": i}), ack=True)
+                for sub in (s1, s2):
+                    with trio.fail_after(10):
+                        assert [op["data"]["i"] for op in ops_of(await sub.get_message())
+                                if op["op"] == "message"] == [i]
+            assert hub.relay.direct_frames >= 40
+            # 2. 6 MB to s2 while it does not read (s1 reads): its socket fills, a frame may be
+            # begun in it, the rest queue behind (a burst: batched by the writers); then it reads
+            # everything, in order.
+            got1: list[int] = []
+
+            async def read_s1() -> None:
+                while len(got1) < 120:
+                    got1.extend(op["data"]["i"] for op in ops_of(await s1.get_message())
+                                if op["op"] == "message")
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read_s1)
+                with trio.fail_after(60):
+                    await publish_bulk(pub, band, 120, 50_000)
+            got2: list[int] = []
+            with trio.fail_after(60):
+                while len(got2) < 120:
+                    got2.extend(op["data"]["i"] for op in ops_of(await s2.get_message())
+                                if op["op"] == "message")
+            assert got1 == got2 == list(range(120))
+        nursery.cancel_scope.cancel()
