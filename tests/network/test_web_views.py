@@ -238,15 +238,14 @@ def test_pages_from_another_origin_follow_a_remote_subfeed_through_the_daemon(la
 
 
 def test_a_page_with_no_daemon_follows_a_published_subfeed_from_the_embedded_bucket(lab, chromium, artifacts):
-    alice = lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-feeds"])
+    alice = lab.add_node("alice", ALL_ROLES)  # the only node: nobody follows the subfeed
     sf = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("sensor")
     sf.append_messages([{"t": i, "temperature": 20 + i % 3} for i in range(10)])
-    # bob following it makes alice publish its segments and head in the channel's bucket.
-    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": sf.uri})
+    # alice publishes it: her daemon keeps its segments and head current in the channel's bucket.
+    alice.run("feed", "publish", sf.uri, "--channel", lab.channel)
     head = lab.bucket_object(subfeed_head_path(lab.channel, sf.feed_id, sf.subfeed_hash))
     _wait(lambda: head.exists() and json.loads(head.read_bytes())["count"] == 10, "the head in the bucket")
-    # The page uses no daemon: it reads the hub's bucket (bob only keeps alice publishing).
+    # The page uses no daemon: it reads the hub's bucket, over HTTP, from another origin.
     with _static_server(REPO) as port:
         url = (f"http://127.0.0.1:{port}/{PLOT}?bucket={lab.hub.url}/bucket&channel={lab.channel}"
                f"&uri={sf.uri}&units=temperature:°C")
@@ -254,7 +253,7 @@ def test_a_page_with_no_daemon_follows_a_published_subfeed_from_the_embedded_buc
         page.wait_for("document.getElementById('count').textContent === '10'", timeout=30)
         assert _plotted(page, "temperature") == [20 + i % 3 for i in range(10)]
         assert _text(page, "rejected-count") == "0"
-        # Live: alice appends, republishes the head (bob follows), the page polls it.
+        # Live: alice appends, her daemon republishes the head (the publication), the page polls it.
         for i in range(10, 13):
             sf.append_message({"t": i, "temperature": 25})
         page.wait_for("document.getElementById('count').textContent === '13'", timeout=30)
