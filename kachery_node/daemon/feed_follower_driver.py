@@ -220,7 +220,16 @@ class FollowerDriver:
             now = anyio.current_time()
             due = follower.next_deadline()
             if due is not None and now >= due:  # a renewal carries the store's count
-                conversation.give(follower.on_timer(now, conversation.subfeed.get_num_local_messages()))
+                conversation.give(follower.on_timer(now, self._renewal_count(conversation)))
+
+    def _renewal_count(self, conversation: _Conversation) -> int | None:
+        """The store's count for a renewal, or None (the renewal then reads the bucket) while
+        messages wait in the gate: reading the bucket's checkpoint again is how a gated follower
+        learns that a witness it did not trust then (granted since) made the checkpoint count."""
+        where = conversation.follower.where
+        if self.gate is not None and self.gate.waiting(where.subfeed):
+            return None
+        return conversation.subfeed.get_num_local_messages()
 
     async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
         """Do ``action``; returns what the follower answers to its outcome."""

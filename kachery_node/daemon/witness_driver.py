@@ -49,6 +49,7 @@ from ..protocol.witness import WitnessRefusal
 from ..protocol.witness_messages import CheckpointCosignature, ForkProof, SubfeedCheckpoint, inline
 from ..storage.witness_state import Witness
 from .channel_link import BucketObjectMissing, ChannelLink
+from .feed_follower_driver import trusted_witness
 
 log = logging.getLogger("kachery.feeds")
 
@@ -231,6 +232,11 @@ class WitnessDriver:
             await self.on_fork_found(link, proof)
             return
         self._remember(obj)
+        if not all(trusted_witness(link, w) for w in obj.witnesses()):
+            # A node granted request-feeds a moment ago (a witness that just joined) is not in
+            # the membership read before: re-read it (rate-limited), or a gated follower would
+            # count that witness for nothing until it next reads the bucket's checkpoint.
+            await link.refresh_roles()
         if self._on_verified_checkpoint is not None:
             self._on_verified_checkpoint(link, obj)
         if self.node_witness is not None and self._spawn is not None:

@@ -88,6 +88,11 @@ class WitnessGate:
         held = self._held.get(subfeed)
         return held.witnessed.checkpoint.size if held and held.witnessed else 0
 
+    def waiting(self, subfeed: Subfeed) -> bool:
+        """Whether messages of ``subfeed`` wait here for a checkpoint with enough witnesses."""
+        held = self._held.get(subfeed)
+        return self.required(subfeed) > 0 and held is not None and bool(held.pending)
+
     def on_checkpoint(self, obj: WitnessedCheckpoint, trusted: Callable[[str], bool]) -> bool:
         """A verified witnessed checkpoint (consistent with the local copy); True if it moves the
         subfeed's witnessed size forward (then :meth:`admit` lets more through)."""

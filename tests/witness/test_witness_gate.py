@@ -87,3 +87,24 @@ def test_pending_is_bounded(owner):
     gate.admit(key, 0, owner.get_signed_messages())
     gate.on_checkpoint(_checkpoint(owner, 20, [HUB]), TRUSTED.__contains__)
     assert len(gate.admit(key, 0)) == 5  # the rest come again (the bucket) and pass then
+
+
+def test_a_checkpoint_counts_once_its_witness_is_trusted(tmp_path, owner):
+    """A checkpoint heard before its node witness's grant was known counts for nothing then;
+    offered again (the follower re-reads the bucket's checkpoint while messages wait, which
+    ``waiting`` tells it), it lets them in."""
+    owner.append_messages([{"i": i} for i in range(3)])
+    key = (owner.feed_id, owner.subfeed_hash)
+    gate = WitnessGate()
+    gate.set_required(key, 2)
+    assert not gate.waiting(key)
+    assert gate.admit(key, 0, owner.get_signed_messages()) == []
+    assert gate.waiting(key)
+    cp = _checkpoint(owner, 3, [HUB, NODE])
+    hub_only = {HUB.verify_key.encode().hex()}
+    assert not gate.on_checkpoint(cp, hub_only.__contains__)  # NODE not known as a member yet
+    assert gate.admit(key, 0) == [] and gate.waiting(key)
+    assert gate.on_checkpoint(cp, TRUSTED.__contains__)  # the membership now lists NODE
+    replica = kf.open_store(tmp_path / "r.db").load_subfeed(owner.uri)
+    assert replica.add_signed_messages(gate.admit(key, 0)) == 3
+    assert not gate.waiting(key)
