@@ -1,6 +1,6 @@
 /**
  * Following a subfeed through a kachery daemon's Server-Sent Events stream
- * (GET <daemon>/api/feeds/stream?uri=&start=&token=, kachery_node/daemon/local_api.py), verifying
+ * (GET <daemon>/api/feeds/stream?uri=&start=&token=, kachery_node/daemon/local_api_feeds.py), verifying
  * every message in the page.
  *
  * Each event's `data` must carry the signed wire line: either a JSON object with a `wire`

@@ -375,7 +375,7 @@ test('following through a daemon-style SSE stream of wire lines; records without
 });
 
 test('daemon events (record fields + wire): a tampered event is reported as rejected, never yielded', async () => {
-  // The daemon's event format (local_api.py): {number, timestamp_ms, payload, metadata, wire}.
+  // The daemon's event format (local_api_feeds.py): {number, timestamp_ms, payload, metadata, wire}.
   // A man in the middle alters message 1500's line (signed alone) the first `tamperings` times,
   // and claims a different payload in the unsigned record fields of message 3.
   let tamperings = 2;

@@ -1,4 +1,4 @@
-"""The daemon's web-safe policy for pages (local_api.py): the origin allow-list, what the
+"""The daemon's web-safe policy for pages (local_api_browser.py): the origin allow-list, what the
 read-only browser token may make the node do, and kachery.js served at /js/."""
 
 from __future__ import annotations
