@@ -14,8 +14,9 @@ Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key 
 key segments never start with ``.``) and is renamed into place only when complete and
 verified, so a reader sees the old object, or the whole new one, never a partial one. A GET
 answers from the file it opened once: headers and body of one version, however often the object
-is replaced meanwhile. Where each object lives on disk is :class:`~kachery_node.hub.object_files.ObjectFiles`' concern; sizes
-and access times are :class:`~kachery_node.hub.object_index.ObjectIndex`'s, and each channel's
+is replaced meanwhile. Where each object lives on disk is
+:class:`~kachery_node.hub.object_files.ObjectFiles`' concern; sizes and access times are
+:class:`~kachery_node.hub.object_index.ObjectIndex`'s, and each channel's
 quota (evicting re-fetchable objects to make room) :class:`~kachery_node.hub.bucket_quota.BucketQuota`'s.
 A write to a channel that does not exist (any more) is refused ``404 unknown_channel``.
 """
