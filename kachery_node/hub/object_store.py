@@ -12,9 +12,11 @@ Behaves like a public cloud bucket with signed upload URLs (GCS V4 style):
 
 Writes are atomic: the body streams into ``<root>/.tmp/`` (a name no object key can take, since
 key segments never start with ``.``) and is renamed into place only when complete and
-verified, so a reader sees the old object, or the whole new one, never a partial one. Where
-each object lives on disk is :class:`~kachery_node.hub.object_files.ObjectFiles`' concern; sizes
-and access times are :class:`~kachery_node.hub.object_index.ObjectIndex`'s, and each channel's
+verified, so a reader sees the old object, or the whole new one, never a partial one. A GET
+answers from the file it opened once: headers and body of one version, however often the object
+is replaced meanwhile. Where each object lives on disk is
+:class:`~kachery_node.hub.object_files.ObjectFiles`' concern; sizes and access times are
+:class:`~kachery_node.hub.object_index.ObjectIndex`'s, and each channel's
 quota (evicting re-fetchable objects to make room) :class:`~kachery_node.hub.bucket_quota.BucketQuota`'s.
 A write to a channel that does not exist (any more) is refused ``404 unknown_channel``.
 """
@@ -23,12 +25,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 
+import anyio
 import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ..errors import (
     HashMismatchError,
@@ -60,8 +69,39 @@ _CORS_PREFLIGHT_HEADERS = {
 }
 
 
-class _BigChunkFileResponse(FileResponse):
+class _OpenFileResponse(FileResponse):
+    """Starlette's FileResponse (Range → 206/416, multiple ranges, If-Range, HEAD, ETag,
+    Last-Modified) over a file opened once: headers and body both come from that descriptor.
+
+    FileResponse alone stats the path and opens it again later; a mutable object (a subfeed's
+    ``head``) renamed over in between gave a body of another version than its Content-Length (a
+    truncated answer, or a mix). An open descriptor keeps its version, whatever is renamed over
+    the path or evicted meanwhile. The response owns ``file`` and closes it when it has been
+    sent (or abandoned).
+    """
+
     chunk_size = 4 << 20  # 64 KiB (the default) costs a thread hop and an ASGI event per chunk
+
+    def __init__(self, file: BinaryIO, headers: Mapping[str, str]) -> None:
+        self._file = file
+        # The path is only a name here (Starlette needs one); nothing below opens it.
+        super().__init__(file.name, media_type="application/octet-stream", headers=headers,
+                         stat_result=os.fstat(file.fileno()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # "pathsend" would hand the server the path to open itself: the race again.
+        extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != "http.response.pathsend"}
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self._file.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        # Starlette (>= 1.10, pinned in pyproject.toml) opens every body through this hook, once
+        # per response; the ranged paths seek, the whole-file one reads from the current offset.
+        self._file.seek(0)
+        yield anyio.wrap_file(self._file)  # closed by __call__, not here
 
 
 class FilesystemBucket:
@@ -85,11 +125,23 @@ class FilesystemBucket:
     async def get(self, request: Request) -> Response:
         key = request.path_params["key"]
         path = self.files.path_of(key)
-        if not path.is_file():
+        try:
+            # Opened once: this version is what the answer describes and sends (_OpenFileResponse).
+            file = open(path, "rb")  # noqa: SIM115 (the response closes it once sent)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            file = None
+        if file is not None and not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            file.close()
+            file = None
+        if file is None:
             return JSONResponse({"error": {"code": "not_found", "message": f"no object {key}"}}, 404,
                                 headers=CORS_READ_HEADERS)
-        self.index.note_access(key)  # GET and HEAD: the object is in use (kept from eviction)
-        return _BigChunkFileResponse(path, media_type="application/octet-stream", headers=CORS_READ_HEADERS)
+        try:
+            self.index.note_access(key)  # GET and HEAD: the object is in use (kept from eviction)
+            return _OpenFileResponse(file, headers=CORS_READ_HEADERS)
+        except BaseException:
+            file.close()
+            raise
 
     async def preflight(self, request: Request) -> Response:
         """A browser's CORS preflight (``OPTIONS``) before a cross-origin read with ``Range``."""

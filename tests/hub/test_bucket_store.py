@@ -8,6 +8,7 @@ hub itself would refuse to sign such keys; the store must hold them anyway).
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import httpx
@@ -110,3 +111,58 @@ def test_hub_serves_objects_stored_before_the_suffix(tmp_path):
     finally:
         h.stop()
     assert os.path.exists(hub_dir / "bucket" / ".layout")
+
+
+def test_a_reader_gets_one_whole_version_of_an_object_rewritten_meanwhile(own_hub):
+    """A subfeed's ``head`` is rewritten in place (temp file + rename) while readers poll it.
+    Before the fix the hub took the size from one version (stat) and the bytes from another
+    (open): bodies shorter or longer than their Content-Length ("peer closed connection without
+    sending complete message body") or one version's bytes under the other's length."""
+    hub_key = Keypair.from_seed_hex((own_hub.dir / "hub.key").read_text().strip())
+    with HubClient(own_hub.url, user_key=Keypair.generate()) as owner:
+        owner.create_channel("race")
+    key = "race/feeds/ab/cd/head"
+    versions = {b"A": b"A" * 300_000, b"B": b"B" * 100_000}  # two sizes: a mix shows in the length
+    url = sign_upload_url(hub_key, f"{own_hub.url}/bucket", key, max_size=300_000,
+                          expires=int(time.time()) + 600, node_id=Keypair.generate().public_hex)
+    assert httpx.put(url, content=versions[b"A"], timeout=30).status_code == 200
+    target = own_hub.dir / "bucket" / "race" / "feeds" / "ab" / "cd" / "head#"  # spec/hub.md §7
+    assert target.read_bytes() == versions[b"A"]
+    stop = threading.Event()
+    rewrites = 0
+
+    def rewriter() -> None:  # what the hub's own commit does: a complete temp file, renamed over
+        nonlocal rewrites
+        tmp = target.with_name("head.racer")
+        while not stop.is_set():
+            tmp.write_bytes(versions[b"AB"[rewrites % 2:][:1]])
+            os.replace(tmp, target)
+            rewrites += 1
+
+    t = threading.Thread(target=rewriter, name="head-rewriter")
+    t.start()
+    bad: list[str] = []
+    reads = 0
+    try:
+        deadline = time.monotonic() + 5
+        with httpx.Client(timeout=30) as c:
+            while reads < 300 and time.monotonic() < deadline and len(bad) < 5:
+                reads += 1
+                ranged = reads % 3 == 0
+                try:
+                    r = c.get(f"{own_hub.url}/bucket/{key}", headers={"Range": "bytes=0-"} if ranged else {})
+                except httpx.HTTPError as e:  # the body ended before its Content-Length
+                    bad.append(f"read {reads}: {type(e).__name__}: {e}")
+                    continue
+                body = r.content
+                whole = versions.get(body[:1])
+                if r.status_code != (206 if ranged else 200) or body != whole:
+                    bad.append(f"read {reads}: status {r.status_code}, {len(body)} bytes "
+                               f"({body[:1]!r}…{body[-1:]!r}), content-length {r.headers.get('content-length')}")
+                elif ranged and r.headers["content-range"] != f"bytes 0-{len(body) - 1}/{len(body)}":
+                    bad.append(f"read {reads}: content-range {r.headers['content-range']} for {len(body)} bytes")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert rewrites > 10, rewrites  # the object really changed under the readers
+    assert not bad, f"{len(bad)} bad of {reads} reads, {rewrites} rewrites: {bad}"
