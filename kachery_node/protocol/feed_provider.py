@@ -30,7 +30,7 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   (debounced) its bucket copy is brought up to date; nothing is pushed inline for it (readers
   who subscribe get their pushes as usual).
 * Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
-  is made or renewed, at most once per :data:`SAVE_MIN_INTERVAL_SECONDS` (a save writes them
+  is made or renewed (at most once per :data:`SAVE_MIN_INTERVAL_SECONDS`; a save writes them
   all); when a channel (re)connects, those saved by a previous run are taken up again, and for
   each live one there the bucket is brought up to date and ``subfeedUploaded`` announced, so a
   reader that missed pushes catches up now, not at its next renewal.
@@ -79,7 +79,11 @@ BUCKET_DEBOUNCE_SECONDS = 0.5
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
 #: Subscriptions are saved at most this often: each save writes them all, and N readers renewing
 #: every 20 s would otherwise cost O(N) writes of O(N) rows per renewal period.
-SAVE_MIN_INTERVAL_SECONDS = 5.0
+#: Subscriptions are saved at most this often (0: at every subscription and renewal). 0 since
+#: 5 s made a provider killed a few seconds after a reader (re)subscribed forget it at restart,
+#: so the reader waited for its next renewal (tests/network/test_faults.py, under load); a
+#: save writes every subscription, so raise this only with saves that write less.
+SAVE_MIN_INTERVAL_SECONDS = 0.0
 
 Subfeed = tuple[str, str]  # (feed ID, subfeed hash)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from kachery_node.protocol import feed_provider as feed_provider_module
 from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update, signed_count_in_segment
 from kachery_node.protocol.feed_follower import (
     BUCKET_RECHECK_SECONDS,
@@ -44,7 +45,6 @@ from kachery_node.protocol.feed_provider import (
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
     REPAIR_MIN_INTERVAL_SECONDS,
-    SAVE_MIN_INTERVAL_SECONDS,
     SUBSCRIPTION_TTL_SECONDS,
     FeedProvider,
     InlineSplitter,
@@ -363,7 +363,8 @@ def test_a_reader_far_behind_is_served_through_the_bucket_and_told_so():
     p = FeedProvider()
     actions = subscribe(p, T0, 0, INLINE_MAX_MESSAGES + 1)
     assert not of(PushRange, actions) and of(ReadBucketState, actions) == [ReadBucketState(HERE)]
-    assert subscribe(p, T0, 200, 201) == [PushRange(HERE, 200, 201)]  # saved at most every 5 s
+    actions = subscribe(p, T0, 200, 201)
+    assert of(PushRange, actions) == [PushRange(HERE, 200, 201)] and not of(ReadBucketState, actions)
     p2 = FeedProvider()
     subscribe(p2, T0, 0, 2500)
     [upload] = p2.on_bucket_state(T0, HERE, None, 2500, head(2500))
@@ -371,7 +372,15 @@ def test_a_reader_far_behind_is_served_through_the_bucket_and_told_so():
     assert published(p2.on_bucket_done(T0 + 1, HERE)) == [SubfeedUploaded(FEED, SUB, 2500)]
 
 
-def test_subscriptions_are_saved_at_most_once_per_interval_and_a_put_off_save_comes():
+def test_subscriptions_are_saved_at_once_by_default():
+    p = FeedProvider()  # a provider killed right after a reader subscribed must still know it
+    assert of(SaveSubscriptions, subscribe(p, T0, 5, 5))
+    assert of(SaveSubscriptions, subscribe(p, T0 + 0.01, 5, 5))
+
+
+def test_subscriptions_are_saved_at_most_once_per_interval_and_a_put_off_save_comes(monkeypatch):
+    monkeypatch.setattr(feed_provider_module, "SAVE_MIN_INTERVAL_SECONDS", 5.0)  # the tunable
+    SAVE_MIN_INTERVAL_SECONDS = 5.0
     p = FeedProvider()
     assert of(SaveSubscriptions, subscribe(p, T0, 5, 5))  # the first: saved at once
     others = [SubscribeToSubfeed(FEED, f"{i:040x}", 5) for i in range(50)]
