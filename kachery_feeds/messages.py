@@ -309,13 +309,9 @@ def parse_message(line: bytes, feed_id: str, subfeed_hash: str) -> ParsedMessage
     )
 
 
-def check_chain(messages: list[ParsedMessage] | list[WireMessage], public_key: bytes) -> None:
-    """Check a parsed range on its own: contiguous numbers, linked hashes, valid signatures,
-    and a signed last message (which vouches for the others through the chain).
-
-    Takes :class:`ParsedMessage` or :func:`parse_wire` tuples (fields by position)."""
-    if not messages:
-        return
+def check_links(messages: list[ParsedMessage] | list[WireMessage]) -> None:
+    """The signature-free part of :func:`check_chain` on a non-empty range: contiguous numbers,
+    linked hashes, a signed last message (also used by the key-succession check)."""
     prev_n, _, prev_h, _, _ = messages[0][:5]
     for m in messages[1:]:
         n = m[0]
@@ -329,6 +325,16 @@ def check_chain(messages: list[ParsedMessage] | list[WireMessage], public_key: b
             f"range ends at message {messages[-1][0]}, which is not signed; "
             "a transferred range must end at a signed message"
         )
+
+
+def check_chain(messages: list[ParsedMessage] | list[WireMessage], public_key: bytes) -> None:
+    """Check a parsed range on its own: contiguous numbers, linked hashes, valid signatures,
+    and a signed last message (which vouches for the others through the chain).
+
+    Takes :class:`ParsedMessage` or :func:`parse_wire` tuples (fields by position)."""
+    if not messages:
+        return
+    check_links(messages)
     for m in messages:
         if m[4] is not None and not signature_is_valid(public_key, m[2], m[4]):
             raise VerificationError(f"bad signature on message {m[0]}")

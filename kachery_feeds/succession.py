@@ -38,7 +38,7 @@ import orjson
 from .errors import VerificationError, short_repr
 from .jsontext import MAX_SAFE_INTEGER, JsonTextError
 from .jsontext import loads as loads_json
-from .messages import ParsedMessage, parse_message, signature_is_valid
+from .messages import ParsedMessage, check_links, parse_message, signature_is_valid
 
 #: Prefix of every signed record hash: a succession signature can never pass for a message's.
 SUCCESSION_CONTEXT = b"kachery-feed-succession-v1\x00"
@@ -270,17 +270,7 @@ def check_chain_with_keys(messages: list, chain: KeyChain, subfeed_hash: str) ->
     VerificationError for anything else wrong."""
     if not messages:
         return None
-    prev_n, _, prev_h, _, _ = messages[0][:5]
-    for m in messages[1:]:
-        n = m[0]
-        if n != prev_n + 1:
-            raise VerificationError(f"message {n} follows message {prev_n}: gap")
-        if m[1] != prev_h:
-            raise VerificationError(f"message {n} does not link to message {prev_n}")
-        prev_n, prev_h = n, m[2]
-    if messages[-1][4] is None:
-        raise VerificationError(f"range ends at message {messages[-1][0]}, which is not signed; "
-                                "a transferred range must end at a signed message")
+    check_links(messages)
     first = messages[0][0]
     for position, pinned_hash in chain.pinned(subfeed_hash):
         i = position - first

@@ -52,6 +52,17 @@ STREAM_PAGE = 500
 KEEPALIVE_SECONDS = 15.0
 
 
+def _subfeed_uri_arg(body: dict, verb: str) -> kachery_feeds.FeedUri:
+    """The request's ``uri``, which must name a subfeed (400 otherwise)."""
+    try:
+        parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
+    except kachery_feeds.InvalidUriError as exc:
+        raise ApiError(400, str(exc)) from exc
+    if parsed.subfeed_hash is None:
+        raise ApiError(400, f"{verb} needs a subfeed URI (feed://<feedId>/<subfeed>)")
+    return parsed
+
+
 def _subfeed(ctx: DaemonContext, request: Request) -> kachery_feeds.Subfeed:
     uri = request.query_params.get("uri")
     if not uri:
@@ -153,12 +164,7 @@ def feed_routes(ctx: DaemonContext) -> list[Route]:
     async def follow(request: Request) -> Response:
         _require(ctx, request, "client")
         body = await _json_body(request)
-        try:
-            parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
-        except kachery_feeds.InvalidUriError as exc:
-            raise ApiError(400, str(exc)) from exc
-        if parsed.subfeed_hash is None:
-            raise ApiError(400, "follow needs a subfeed URI (feed://<feedId>/<subfeed>)")
+        parsed = _subfeed_uri_arg(body, "follow")
         if ctx.storage.feeds.has_private_key(parsed.feed_id):
             return _json({"following": [], "local": True})
         channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
@@ -189,12 +195,7 @@ def feed_routes(ctx: DaemonContext) -> list[Route]:
     async def unfollow(request: Request) -> Response:
         _require(ctx, request, "client")
         body = await _json_body(request)
-        try:
-            parsed = kachery_feeds.parse_feed_uri(body.get("uri"))
-        except kachery_feeds.InvalidUriError as exc:
-            raise ApiError(400, str(exc)) from exc
-        if parsed.subfeed_hash is None:
-            raise ApiError(400, "unfollow needs a subfeed URI (feed://<feedId>/<subfeed>)")
+        parsed = _subfeed_uri_arg(body, "unfollow")
         return _json({"unfollowed": _node(ctx).unfollow(parsed.feed_id, parsed.subfeed_hash)})
 
     async def published(request: Request) -> Response:
