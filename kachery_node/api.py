@@ -387,6 +387,23 @@ def load_subfeed(uri: str, *, channel: str | None = None, position: int = 0,
     return subfeed
 
 
+def follow(uris: str | list[str], *, channel: str | None = None) -> list[str]:
+    """Have this node's daemon follow other nodes' subfeeds (``feed://<id>/<name>``, one URI or
+    a list of them, sent in one request: following 10,000 costs one call), on ``channel`` or
+    every joined channel; returns the channels used. They catch up from the buckets and stay
+    followed live, also after restarts, until :func:`unfollow` (or nobody reads one for
+    ``[daemon.feeds] unfollow_idle``). The node's own subfeeds among them are skipped. Every URI
+    is checked before any is followed: one bad URI raises :class:`~kachery_node.DaemonError`
+    and follows none. Raises :class:`~kachery_node.DaemonNotRunningError` without a daemon."""
+    from .daemon_client import DaemonClient
+
+    body: dict[str, Any] = {"uris": [uris] if isinstance(uris, str) else list(uris)}
+    if channel is not None:
+        body["channel"] = channel
+    client = DaemonClient(default_storage().directory)
+    return client.request("POST", "/api/feeds/follow", json_body=body, timeout=600)["following"]
+
+
 def unfollow(uri: str) -> bool:
     """Stop following another node's subfeed (``feed://<id>/<name>``) on every channel: the
     daemon no longer subscribes to it; the messages already here stay readable. Returns False if

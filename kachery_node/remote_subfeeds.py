@@ -22,7 +22,6 @@ and no bucket delivered, a typed error says what was tried (:class:`SubfeedNotFo
 from __future__ import annotations
 
 import logging
-import os
 
 import kachery_feeds as kf
 
@@ -91,27 +90,19 @@ class DaemonKeepalive:
 
 
 def unfollow(storage: Storage, uri: str) -> bool:
-    """Stop following a remote subfeed: through the daemon, or in its file if none runs."""
-    import json
-
+    """Stop following a remote subfeed: through the daemon, or in its table if none runs."""
     parsed = kf.parse_feed_uri(uri)
     if parsed.subfeed_hash is None:
         raise kf.InvalidUriError(f"unfollow needs a subfeed URI (feed://<feedId>/<subfeed>), not {uri}")
     if remote_reads.daemon_for(storage.directory) is not None:
         return remote_reads.unfollow_subfeed(storage.directory, uri)
-    path = storage.directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
+    from .storage.followed_subfeeds import FollowedSubfeeds
+
+    table = FollowedSubfeeds(storage.directory)  # the daemon's list (node_runtime.py)
     try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        return False
-    target = (parsed.feed_id, parsed.subfeed_hash)
-    kept = [r for r in rows if (r.get("feed_id"), r.get("subfeed_hash")) != target]
-    if len(kept) == len(rows):
-        return False
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(kept, indent=1))
-    os.replace(tmp, path)
-    return True
+        return table.remove(parsed.feed_id, parsed.subfeed_hash)
+    finally:
+        table.close()
 
 
 def _first_messages(storage: Storage, subfeed: kf.Subfeed, seconds: float) -> bool:

@@ -248,15 +248,10 @@ def followed(as_json: bool) -> None:
     when it was last read (a subfeed unread for [daemon.feeds] unfollow_idle is unfollowed)."""
     import datetime
 
-    path = open_storage().directory / "followed-subfeeds.json"  # kachery_node/daemon/node_runtime.py
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        rows = []
-    except ValueError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
-    out = [{"uri": f"feed://{r['feed_id']}/~{r['subfeed_hash']}", "channel": r.get("channel"),
-            "last_read": r.get("last_read")} for r in rows]
+    from ..storage.followed_subfeeds import read_followed
+
+    out = [{"uri": r.uri, "channel": r.channel, "last_read": r.last_read}
+           for r in read_followed(open_storage().directory)]
     if as_json:
         echo_json({"followed": out})
         return

@@ -3,8 +3,15 @@ followed on a channel, carrying out its actions with the channel's link and the 
 
 What happens when is the core's business (kachery_node/protocol/feed_follower.py); this module
 does the waiting (anyio deadlines, ``anyio.current_time()`` as the core's clock), the bucket
-reads, the verified imports (segments in a worker thread, a few downloads ahead) and the
-publishing, and tells the core how each went.
+reads (at most :data:`CATCH_UPS_AT_ONCE` at a time: following 10,000 subfeeds must not send
+10,000 requests to the hub at once), the verified imports (segments in a worker thread, a few
+downloads ahead) and the publishing, and tells the core how each went.
+
+Subscriptions are not published one by one: each channel's :class:`_SubscriptionBatcher`
+gathers those handed to it within :data:`SUBSCRIBE_BATCH_SECONDS` and publishes them batched
+(:func:`~kachery_node.protocol.feed_messages.batch_subscriptions`: one ``subscribeToSubfeeds``
+per feed and 500 subfeeds). Renewals fall due on a shared grid (the core's ``renewal_due``), so
+N followed subfeeds of one feed cost about N/500 messages per renewal period, not N.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from ..protocol.feed_messages import (
     Report,
     SubfeedOnChannel,
     SubfeedUploaded,
+    SubscribeToSubfeed,
+    batch_subscriptions,
 )
 from ..protocol.witness_gate import POLICY_SUBFEED_HASH, WitnessGate, required_witnesses
 from .channel_link import BucketObjectMissing, ChannelLink
@@ -42,8 +51,8 @@ log = logging.getLogger("kachery.feeds")
 
 SEGMENT_DOWNLOADS_AHEAD = 4
 FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
-
-
+CATCH_UPS_AT_ONCE = 16  # bucket reads and imports under way at once, over all followers
+SUBSCRIBE_BATCH_SECONDS = 0.05  # subscriptions handed over within this time travel together
 
 
 @dataclass
@@ -62,6 +71,33 @@ class _Conversation:
         self.wake.set()
 
 
+class _SubscriptionBatcher:
+    """The subscriptions to publish on one channel: gathered for
+    :data:`SUBSCRIBE_BATCH_SECONDS` after the first, then published batched."""
+
+    def __init__(self, link: ChannelLink) -> None:
+        self.link = link
+        self._pending: list[SubscribeToSubfeed] = []
+        self._wake = anyio.Event()
+
+    def add(self, message: SubscribeToSubfeed) -> None:
+        self._pending.append(message)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()  # before the pause: what comes during it joins this batch
+            await anyio.sleep(SUBSCRIBE_BATCH_SECONDS)
+            pending, self._pending = self._pending, []
+            for message in batch_subscriptions(pending):
+                try:
+                    await self.link.publish(message.band, message.to_body())
+                except Exception as exc:  # the runtime reconnects; the core renews later
+                    log.info("publishing %s on %s failed (%s); retrying at the renewal",
+                             type(message).__name__, self.link.channel, exc)
+
+
 class FollowerDriver:
     """Follows remote subfeeds on the daemon's channels."""
 
@@ -74,6 +110,8 @@ class FollowerDriver:
         self._conversations: dict[SubfeedOnChannel, _Conversation] = {}
         self._followed: dict[tuple[str, str], None] = {}  # (feed ID, subfeed hash), in order
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._batchers: dict[str, _SubscriptionBatcher] = {}  # channel -> its batcher
+        self._catch_ups = anyio.CapacityLimiter(CATCH_UPS_AT_ONCE)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Own the followers' tasks until cancelled."""
@@ -194,6 +232,17 @@ class FollowerDriver:
         except (kf.VerificationError, kf.MissingMessagesError) as exc:
             log.warning("witnessed messages of %s not imported: %s", subfeed.uri, exc)
 
+    def _batcher(self, link: ChannelLink) -> _SubscriptionBatcher:
+        batcher = self._batchers.get(link.channel)
+        if batcher is None or batcher.link is not link:  # (a channel left and joined again)
+            if batcher is not None:
+                batcher.link = link
+            else:
+                batcher = self._batchers[link.channel] = _SubscriptionBatcher(link)
+                assert self._task_group is not None, "FeedExchange.run() must be running"
+                self._task_group.start_soon(batcher.run)
+        return batcher
+
     def _conversation(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> _Conversation | None:
         return self._conversations.get(SubfeedOnChannel(link.channel, feed_id, subfeed_hash))
 
@@ -204,8 +253,9 @@ class FollowerDriver:
 
     async def _converse(self, conversation: _Conversation) -> None:
         follower, link = conversation.follower, conversation.link
-        with anyio.move_on_after(FORK_READ_TIMEOUT_SECONDS):
-            await self._learn_bucket_fork(link, conversation.subfeed)
+        async with self._catch_ups:
+            with anyio.move_on_after(FORK_READ_TIMEOUT_SECONDS):
+                await self._learn_bucket_fork(link, conversation.subfeed)
         conversation.give(follower.start(anyio.current_time(), may_request="request-feeds" in link.roles))
         while True:
             conversation.wake = anyio.Event()  # before taking actions: a later give() wakes us
@@ -236,6 +286,8 @@ class FollowerDriver:
         link = conversation.link
         if isinstance(action, Report):
             log.log(action.severity, "%s", action.text)
+        elif isinstance(action, Publish) and isinstance(action.message, SubscribeToSubfeed):
+            self._batcher(link).add(action.message)
         elif isinstance(action, Publish):
             try:
                 await link.publish(action.band, action.message.to_body(),
@@ -258,23 +310,24 @@ class FollowerDriver:
         head: bytes | None = None
         added = 0
         with anyio.CancelScope(deadline=action.deadline) as scope:
-            try:
-                gated = self.witnesses_required(action.where.feed_id, action.where.subfeed_hash)
-                if isinstance(action, ReadHead):
-                    if gated:
-                        await self._read_witnessed_checkpoint(link, action.where)
-                    head = await _read_head(link, action.where)
-                else:
-                    added = await _import_from_bucket(link, subfeed, action,
-                                                      self.gate if gated else None)
-            except kf.ForkError as exc:
-                failure, detail = CatchUpFailure.FORK, str(exc)
-                if self._on_fork is not None:
-                    self._on_fork(link, exc.proof)
-            except (kf.VerificationError, kf.MissingMessagesError) as exc:
-                failure, detail = CatchUpFailure.REJECTED, str(exc)
-            except Exception as exc:  # transport errors (a missing segment among them)
-                failure, detail = CatchUpFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}"
+            async with self._catch_ups:  # within the deadline: a wait too long times out
+                try:
+                    gated = self.witnesses_required(action.where.feed_id, action.where.subfeed_hash)
+                    if isinstance(action, ReadHead):
+                        if gated:
+                            await self._read_witnessed_checkpoint(link, action.where)
+                        head = await _read_head(link, action.where)
+                    else:
+                        added = await _import_from_bucket(link, subfeed, action,
+                                                          self.gate if gated else None)
+                except kf.ForkError as exc:
+                    failure, detail = CatchUpFailure.FORK, str(exc)
+                    if self._on_fork is not None:
+                        self._on_fork(link, exc.proof)
+                except (kf.VerificationError, kf.MissingMessagesError) as exc:
+                    failure, detail = CatchUpFailure.REJECTED, str(exc)
+                except Exception as exc:  # transport errors (a missing segment among them)
+                    failure, detail = CatchUpFailure.UNREACHABLE, f"{type(exc).__name__}: {exc}"
         if scope.cancelled_caught:
             failure = CatchUpFailure.TIMED_OUT
         follower, now, count = conversation.follower, anyio.current_time(), subfeed.get_num_local_messages()

@@ -37,11 +37,12 @@ from ..protocol.feed_messages import (
     SaveSubscriptions,
     SubfeedOnChannel,
     SubscribeToSubfeed,
+    SubscribeToSubfeeds,
     UploadSegments,
 )
 from ..protocol.feed_provider import INLINE_MAX_MESSAGES, FeedProvider, InlineSplitter, Subfeed, TooBigToPush
 from .channel_link import BucketObjectMissing, ChannelLink
-from .provided_subscriptions import load_subscriptions, save_subscriptions
+from .provided_subscriptions import ProvidedSubscriptions
 from .store_changes import ChangeBroadcaster
 
 log = logging.getLogger("kachery.feeds")
@@ -62,8 +63,8 @@ class ProviderDriver:
         self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
         self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
         self.changes = changes
-        self._subscriptions_path = subscriptions_path
-        self.core = FeedProvider(load_subscriptions(subscriptions_path))
+        self._saved = ProvidedSubscriptions(subscriptions_path)
+        self.core = FeedProvider(self._saved.load())
         self._links: dict[str, ChannelLink] = {}  # channel -> its current link
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
@@ -112,14 +113,17 @@ class ProviderDriver:
         return self.core.set_published(now, wheres, counts)
 
     # ------------------------------------------------------------------ events from the exchange
-    async def on_subscribe(self, link: ChannelLink, sender: str, message: SubscribeToSubfeed) -> None:
+    async def on_subscribe(self, link: ChannelLink, sender: str,
+                           message: SubscribeToSubfeed | SubscribeToSubfeeds) -> None:
+        """A reader's subscription to one subfeed, or to several of one feed (their local
+        counts read in one query)."""
         self._links[link.channel] = link
-        subfeed = self._subfeed((message.feed_id, message.subfeed_hash))
-        actions = self.core.on_subscribe(
-            anyio.current_time(), time.time(), link.channel, sender, message,
+        singles = message.each() if isinstance(message, SubscribeToSubfeeds) else [message]
+        actions = self.core.on_subscribe_many(
+            anyio.current_time(), time.time(), link.channel, sender, singles,
             may_provide="provide-feeds" in link.roles,
             sender_allowed=link.may(sender, "request-feeds"),
-            local_count=subfeed.get_num_local_messages(),
+            local_counts=self._counts({(m.feed_id, m.subfeed_hash) for m in singles}),
             owns_feed=self.store.has_private_key(message.feed_id),
         )
         self._deadline_may_have_moved()
@@ -151,7 +155,7 @@ class ProviderDriver:
                 assert self._task_group is not None, "FeedExchange.run() must be running"
                 self._task_group.start_soon(self._bucket_job, action)
             elif isinstance(action, SaveSubscriptions):
-                save_subscriptions(self._subscriptions_path, action.rows)
+                self._saved.save(action)
             else:
                 raise AssertionError(f"unexpected provider action {action!r}")
 

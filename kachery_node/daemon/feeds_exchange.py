@@ -35,6 +35,7 @@ from ..protocol.feed_messages import (
     SubfeedOnChannel,
     SubfeedUploaded,
     SubscribeToSubfeed,
+    SubscribeToSubfeeds,
 )
 from ..protocol.node_messages import Envelope
 from ..protocol.witness_gate import WitnessGate
@@ -105,7 +106,7 @@ class FeedExchange:
         except MalformedFeedMessage as exc:
             log.info("ignoring %s from %s: %s", env.body.get("type"), env.sender[:12], exc)
             return
-        if isinstance(message, SubscribeToSubfeed):
+        if isinstance(message, SubscribeToSubfeed | SubscribeToSubfeeds):
             await self.providing.on_subscribe(link, env.sender, message)
         elif isinstance(message, NewSubfeedMessages):
             self.following.on_new_messages(link, env.sender, message)

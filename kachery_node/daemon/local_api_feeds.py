@@ -6,7 +6,10 @@ rules and error statuses: :mod:`.local_api`).
 ``GET  /api/feeds/stream``             browser  ``?uri=&start=&follow=&channel=`` Server-Sent
                                                 Events, resumable; ``follow=1`` follows a
                                                 remote subfeed first (web-safe limit)
-``POST /api/feeds/follow``             client   follow a remote subfeed on a channel
+``POST /api/feeds/follow``             client   ``{"uri", "channel"?}``: follow a remote subfeed
+                                                (on a channel, or every joined one);
+                                                ``{"uris": [...], "channel"?}``: many at once
+                                                (at most :data:`MAX_FOLLOW_URIS`, one write)
 ``POST /api/feeds/catch-up``           client   ``{"feed", "channel"?}``: follow every subfeed
                                                 of a feed the channels know, and say the newest
                                                 known count of each (fork-safe restore)
@@ -49,6 +52,7 @@ from .local_api import (
 )
 
 STREAM_PAGE = 500
+MAX_FOLLOW_URIS = 100_000  # URIs in one bulk follow request (~10 MB of JSON)
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -162,13 +166,34 @@ def feed_routes(ctx: DaemonContext) -> list[Route]:
         )
 
     async def follow(request: Request) -> Response:
+        """Follow one subfeed (``uri``: answers ``{"following": channels, "local": bool}``) or
+        many (``uris``: answers ``{"following": channels, "followed": n, "local": [uris]}``,
+        the local ones being this node's own feeds, which need no following). Every URI is
+        checked before any is followed: one bad URI follows none."""
         _require(ctx, request, "client")
         body = await _json_body(request)
-        parsed = _subfeed_uri_arg(body, "follow")
-        if ctx.storage.feeds.has_private_key(parsed.feed_id):
-            return _json({"following": [], "local": True})
-        channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
-        return _json({"following": channels, "local": False})
+        if "uris" not in body:
+            parsed = _subfeed_uri_arg(body, "follow")
+            if ctx.storage.feeds.has_private_key(parsed.feed_id):
+                return _json({"following": [], "local": True})
+            channels = _node(ctx).follow(parsed.feed_id, parsed.subfeed_hash, _channel_arg(body))
+            return _json({"following": channels, "local": False})
+        uris = body["uris"]
+        if "uri" in body or not isinstance(uris, list) or len(uris) > MAX_FOLLOW_URIS:
+            raise ApiError(400, f"'uris' must be a list of at most {MAX_FOLLOW_URIS} subfeed URIs "
+                                "(and no 'uri' beside it)")
+        parsed_all = [_subfeed_uri_arg({"uri": uri}, "follow") for uri in uris]
+        owned: dict[str, bool] = {}
+        local, remote = [], []
+        for parsed in parsed_all:
+            if parsed.feed_id not in owned:
+                owned[parsed.feed_id] = ctx.storage.feeds.has_private_key(parsed.feed_id)
+            if owned[parsed.feed_id]:
+                local.append(f"feed://{parsed.feed_id}/~{parsed.subfeed_hash}")
+            else:
+                remote.append((parsed.feed_id, parsed.subfeed_hash))
+        channels = _node(ctx).follow_many(remote, _channel_arg(body)) if remote else []
+        return _json({"following": channels, "followed": len(set(remote)), "local": local})
 
     async def catch_up(request: Request) -> Response:
         """Follow every subfeed of a feed known on the channels (also one whose key this store

@@ -4,23 +4,23 @@
 channel in ``<storage>/channels.json`` (re-read every :data:`CHANNELS_POLL_SECONDS`, so
 ``kachery node join``/``leave`` take effect without a restart), the :class:`FeedExchange` and
 the :class:`FileExchange`. Subfeeds that local clients asked to follow are remembered in
-``<storage>/followed-subfeeds.json``, so a restarted daemon resumes following them, with when
+``<storage>/followed-subfeeds.db`` (kachery_node/storage/followed_subfeeds.py: one row written
+per follow, not the whole list), so a restarted daemon resumes following them, with when
 each was last read (asked for by a client, or read through the local API): one nobody has read
 for ``[daemon.feeds] unfollow_idle`` seconds (config.toml; default 7 days) is unfollowed, its
 messages kept. Other
 nodes' live subscriptions to subfeeds provided here are kept in
-``<storage>/provided-subscriptions.json``, so a restarted daemon goes on serving them. The
+``<storage>/provided-subscriptions.db`` (provided_subscriptions.py), so a restarted daemon goes
+on serving them. The
 feeds this node publishes (``<storage>/published-feeds.json``, kachery_node/feed_publications.py)
 are re-read when that file changes, like channels.json.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -30,6 +30,7 @@ from ..errors import ConfigError, KacheryError
 from ..feed_publications import load_publications, publications_path
 from ..identity import load_node_key
 from ..joined_channels import load_memberships
+from ..storage.followed_subfeeds import FollowedSubfeed, FollowedSubfeeds
 from ..storage.node_storage import Storage
 from ..storage.witness_state import Witness
 from .channel_runtime import ChannelRuntime
@@ -43,8 +44,7 @@ log = logging.getLogger("kachery.node")
 CHANNELS_POLL_SECONDS = 2.0
 UNFOLLOW_IDLE_SECONDS = 7 * 24 * 3600.0  # default of [daemon.feeds] unfollow_idle
 LAST_READ_SAVE_SECONDS = 60.0  # a read refreshes the saved time at most this often
-FOLLOWED_FILE = "followed-subfeeds.json"
-SUBSCRIPTIONS_FILE = "provided-subscriptions.json"  # other nodes' live subscriptions to our subfeeds
+SUBSCRIPTIONS_FILE = "provided-subscriptions.db"  # other nodes' live subscriptions to our subfeeds
 
 
 def unfollow_idle_from_settings(settings: dict[str, Any]) -> float:
@@ -97,10 +97,12 @@ class NodeRuntime:
         self._nursery: trio.Nursery | None = None
         self._channels_mtime: float | None = None
         self._publications_mtime: float | None = None
-        self._followed_path = storage.directory / FOLLOWED_FILE
-        self._last_read: dict[tuple[str, str], float] = {}  # wall-clock seconds
-        self._last_read_saved: dict[tuple[str, str], float] = {}
-        self._followed: dict[tuple[str, str], str | None] = self._load_followed()
+        self._followed_table = FollowedSubfeeds(storage.directory)
+        rows = self._followed_table.rows()
+        self._followed: dict[tuple[str, str], str | None] = {(r.feed_id, r.subfeed_hash): r.channel
+                                                             for r in rows}
+        self._last_read = {(r.feed_id, r.subfeed_hash): r.last_read for r in rows}  # wall-clock s
+        self._last_read_saved = dict(self._last_read)
         self.unfollow_idle = unfollow_idle_from_settings(read_settings(storage.directory))
 
     # ------------------------------------------------------------------ lifecycle
@@ -203,6 +205,12 @@ class NodeRuntime:
 
     def follow(self, feed_id: str, subfeed_hash: str, channel: str | None = None) -> list[str]:
         """Follow a remote subfeed (remembered across restarts); returns the channels used."""
+        return self.follow_many([(feed_id, subfeed_hash)], channel)
+
+    def follow_many(self, subfeeds: Iterable[tuple[str, str]], channel: str | None = None) -> list[str]:
+        """Follow remote subfeeds, as (feed ID, subfeed hash), on ``channel`` (None: every
+        joined channel); remembered across restarts, all in one write. Returns the channels
+        used."""
         links = self.links(channel)
         # Refuse only when every channel's membership is known: one still connecting may have it.
         if links and all(link.membership is not None and "request-feeds" not in link.roles
@@ -214,32 +222,40 @@ class NodeRuntime:
                 f"this subfeed on: {where}; the channel owner can grant it with "
                 f"`kachery channel grant <channel> {self.config.node_id} request-feeds`"
             )
-        key = (feed_id, subfeed_hash)
-        if self._followed.get(key, False) == channel:
-            self.touch(feed_id, subfeed_hash)  # followed already: a read (saved now and then)
-        else:
-            self._followed[key] = channel
-            self._last_read[key] = time.time()
-            self._save_followed()
-        self.feeds.follow(links, feed_id, subfeed_hash)
+        now = time.time()
+        new: list[FollowedSubfeed] = []
+        subfeeds = list(dict.fromkeys(subfeeds))
+        for key in subfeeds:
+            if self._followed.get(key, False) == channel:
+                self.touch(*key)  # followed already: a read (saved now and then)
+            else:
+                self._followed[key] = channel
+                self._last_read[key] = self._last_read_saved[key] = now
+                new.append(FollowedSubfeed(key[0], key[1], channel, now))
+        self._followed_table.put(new)  # before following: a follow answered is remembered
+        for feed_id, subfeed_hash in subfeeds:
+            self.feeds.follow(links, feed_id, subfeed_hash)
         return [link.channel for link in links]
 
     def unfollow(self, feed_id: str, subfeed_hash: str) -> bool:
         """Stop following a remote subfeed (and forget it across restarts); its messages stay.
         False if it was not followed."""
-        known = self._followed.pop((feed_id, subfeed_hash), False) is not False
-        self._last_read.pop((feed_id, subfeed_hash), None)
-        self._save_followed()
+        key = (feed_id, subfeed_hash)
+        known = self._followed.pop(key, False) is not False
+        self._last_read.pop(key, None)
+        self._last_read_saved.pop(key, None)
+        known = self._followed_table.remove(feed_id, subfeed_hash) or known
         return self.feeds.unfollow(feed_id, subfeed_hash) or known
 
     def touch(self, feed_id: str, subfeed_hash: str) -> None:
-        """A followed subfeed was read: it is not idle (saved to the file now and then)."""
+        """A followed subfeed was read: it is not idle (its row updated now and then)."""
         key = (feed_id, subfeed_hash)
         if key not in self._followed:
             return
         now = self._last_read[key] = time.time()
         if now - self._last_read_saved.get(key, 0.0) >= LAST_READ_SAVE_SECONDS:
-            self._save_followed()
+            self._last_read_saved[key] = now
+            self._followed_table.set_last_read(feed_id, subfeed_hash, now)
 
     def _unfollow_idle(self) -> None:
         cutoff = time.time() - self.unfollow_idle
@@ -251,28 +267,3 @@ class NodeRuntime:
 
     def describe_channels(self) -> list[dict[str, Any]]:
         return [runtime.describe() for runtime in self.channels.values()]
-
-    # ------------------------------------------------------------------ persistence
-    def _load_followed(self) -> dict[tuple[str, str], str | None]:
-        try:
-            rows = json.loads(self._followed_path.read_text())
-            followed = {(r["feed_id"], r["subfeed_hash"]): r.get("channel") for r in rows}
-            now = time.time()  # a row of an older daemon has no last_read: count from now
-            self._last_read = {(r["feed_id"], r["subfeed_hash"]): float(r.get("last_read", now))
-                               for r in rows}
-            self._last_read_saved = dict(self._last_read)
-            return followed
-        except FileNotFoundError:
-            return {}
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring unreadable %s: %s", self._followed_path, exc)
-            return {}
-
-    def _save_followed(self) -> None:
-        now = time.time()
-        rows = [{"feed_id": f, "subfeed_hash": s, "channel": c,
-                 "last_read": self._last_read.get((f, s), now)} for (f, s), c in self._followed.items()]
-        self._last_read_saved = {(r["feed_id"], r["subfeed_hash"]): r["last_read"] for r in rows}
-        tmp = Path(str(self._followed_path) + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, self._followed_path)

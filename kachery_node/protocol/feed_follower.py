@@ -8,7 +8,8 @@ A follower loops through three steps for as long as the subfeed is followed:
    than the local store, download the full segments the store lacks and import them, then the
    tail (:class:`ImportFromBucket`), everything verified by kachery_feeds.
 2. **Subscribe**: publish ``subscribeToSubfeed`` with the local count.
-3. **Wait** :data:`RENEW_SECONDS`, or less if *nudged*: the channel (re)connected, a provider
+3. **Wait** :data:`RENEW_SECONDS` (rounded up to the grid of :data:`RENEW_ALIGN_SECONDS`, see
+   :func:`renewal_due`), or less if *nudged*: the channel (re)connected, a provider
    said the bucket holds more than we have (``subfeedUploaded``), or an inline push did not
    chain onto the local end (a gap). Nudged, go to 1. At the renewal, go to 1 if the bucket was
    last read :data:`BUCKET_RECHECK_SECONDS` ago or more; otherwise publish the subscription
@@ -36,6 +37,7 @@ Rules
 from __future__ import annotations
 
 import enum
+import math
 
 from .feed_bucket import HeadError, parse_head, segments_to_download
 from .feed_messages import (
@@ -53,11 +55,22 @@ from .feed_messages import (
 )
 
 RENEW_SECONDS = 20.0
+#: Renewals fall due on a grid of this many seconds of the driver's clock (:func:`renewal_due`),
+#: so that a node's followers renew together and their subscriptions travel batched, one
+#: ``subscribeToSubfeeds`` per feed; a renewal comes 20 to 25 s after the last subscription,
+#: well within a provider's SUBSCRIPTION_TTL_SECONDS (60).
+RENEW_ALIGN_SECONDS = 5.0
 CATCH_UP_TIMEOUT_SECONDS = 60.0
 REJECTED_RETRY_SECONDS = 1.0  # after rejecting bucket data, before the next subscription
 #: A renewal reads the bucket's head again only if the last read is this old (a safety net for
 #: pushes lost while no provider answered); other renewals only re-publish the subscription.
 BUCKET_RECHECK_SECONDS = 300.0
+
+
+def renewal_due(now: float) -> float:
+    """When a subscription published at ``now`` is renewed: :data:`RENEW_SECONDS` later, rounded
+    up to a multiple of :data:`RENEW_ALIGN_SECONDS` (the same instants for every follower)."""
+    return math.ceil((now + RENEW_SECONDS) / RENEW_ALIGN_SECONDS) * RENEW_ALIGN_SECONDS
 
 
 class FollowerState(enum.Enum):
@@ -139,7 +152,7 @@ class FeedFollower:
         f = FeedFollower(SubfeedOnChannel("lab", feed_id, subfeed_hash))
         [read] = f.start(now, may_request=True)          # ReadHead
         f.on_head(now, None, local_count=0)              # [Publish(subscribeToSubfeed ...)]
-        f.next_deadline()                                # now + RENEW_SECONDS
+        f.next_deadline()                                # renewal_due(now)
     """
 
     def __init__(self, where: SubfeedOnChannel) -> None:
@@ -265,7 +278,7 @@ class FeedFollower:
         message = SubscribeToSubfeed(self.where.feed_id, self.where.subfeed_hash, self._position,
                                      bucket_rejected=self._rejected)
         self._rejected = False
-        self._due = now + RENEW_SECONDS
+        self._due = renewal_due(now)
         actions: list[FollowerAction] = [Publish(self.where.channel, message)]
         if self._nudged:
             actions += self._catch_up(now, Step.CATCH_UP_DUE)

@@ -9,6 +9,13 @@ attachment):
       {"type": "subscribeToSubfeed", "feed_id": <64 hex>, "subfeed_hash": <40 hex>,
        "position": int >= 0, "bucket_rejected"?: true}
 
+* ``subscribeToSubfeeds`` on band ``request-feeds`` (a reader's subscriptions to several
+  subfeeds of one feed, in one message: renewals cost one message per feed and
+  :data:`SUBSCRIBE_MANY_MAX` subfeeds, not one per subfeed)::
+
+      {"type": "subscribeToSubfeeds", "feed_id": <64 hex>,
+       "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...]}   (1 to 500 pairs)
+
 * ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
 
       {"type": "newSubfeedMessages", "feed_id": ..., "subfeed_hash": ...}
@@ -32,6 +39,7 @@ The second half of the module holds the *actions* the follower and provider core
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +60,10 @@ from .bucket_layout import subfeed_head_path, subfeed_segment_path
 REQUEST_BAND = "request-feeds"
 PROVIDE_BAND = "provide-feeds"
 SUBSCRIBE = "subscribeToSubfeed"
+SUBSCRIBE_MANY = "subscribeToSubfeeds"
+#: Subfeeds in one ``subscribeToSubfeeds``: ~55 bytes each, so ~28 KB, well under the relay's
+#: 64 KiB message limit.
+SUBSCRIBE_MANY_MAX = 500
 NEW_MESSAGES = "newSubfeedMessages"
 UPLOADED = "subfeedUploaded"
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -115,6 +127,52 @@ class SubscribeToSubfeed:
 
 
 @dataclass(frozen=True)
+class SubscribeToSubfeeds:
+    """A reader follows several subfeeds of ``feed_id``: ``subfeeds`` holds (subfeed hash,
+    position) pairs, each meaning what the :class:`SubscribeToSubfeed` it stands for means
+    (without ``bucket_rejected``, which travels alone)."""
+
+    feed_id: str
+    subfeeds: tuple[tuple[str, int], ...]
+    band = REQUEST_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": SUBSCRIBE_MANY, "feed_id": self.feed_id,
+                "subfeeds": [[h, position] for h, position in self.subfeeds]}
+
+    def attachment(self) -> None:
+        """None: a subscription has no attachment."""
+        return None
+
+    def each(self) -> list[SubscribeToSubfeed]:
+        """The single subscriptions this one stands for."""
+        return [SubscribeToSubfeed(self.feed_id, h, position) for h, position in self.subfeeds]
+
+
+def batch_subscriptions(messages: Iterable[SubscribeToSubfeed]
+                        ) -> list[SubscribeToSubfeed | SubscribeToSubfeeds]:
+    """The fewest messages that carry ``messages``: those of one feed together in
+    ``subscribeToSubfeeds`` of at most :data:`SUBSCRIBE_MANY_MAX`; one with ``bucket_rejected``,
+    or alone in its feed, as it is (the single form, which every provider understands). A
+    subfeed listed twice keeps its last position."""
+    by_feed: dict[str, dict[str, int]] = {}
+    out: list[SubscribeToSubfeed | SubscribeToSubfeeds] = []
+    for message in messages:
+        if message.bucket_rejected:
+            out.append(message)
+        else:
+            by_feed.setdefault(message.feed_id, {})[message.subfeed_hash] = message.position
+    for feed_id, positions in by_feed.items():
+        pairs = list(positions.items())
+        if len(pairs) == 1:
+            out.append(SubscribeToSubfeed(feed_id, pairs[0][0], pairs[0][1]))
+            continue
+        for start in range(0, len(pairs), SUBSCRIBE_MANY_MAX):
+            out.append(SubscribeToSubfeeds(feed_id, tuple(pairs[start:start + SUBSCRIBE_MANY_MAX])))
+    return out
+
+
+@dataclass(frozen=True)
 class NewSubfeedMessages:
     """Signed messages pushed inline: contiguous wire lines ending at a signed message."""
 
@@ -154,7 +212,7 @@ class SubfeedUploaded:
         return None
 
 
-FeedMessage = SubscribeToSubfeed | NewSubfeedMessages | SubfeedUploaded
+FeedMessage = SubscribeToSubfeed | SubscribeToSubfeeds | NewSubfeedMessages | SubfeedUploaded
 
 
 def _lines_to_wire(lines: tuple[bytes, ...]) -> bytes:
@@ -189,7 +247,26 @@ def _names(body: dict[str, Any]) -> tuple[str, str]:
         raise MalformedFeedMessage(str(exc)) from None
 
 
-_TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE,), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
+def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
+    try:
+        feed_id = normalize_feed_id(body.get("feed_id"))
+    except InvalidUriError as exc:
+        raise MalformedFeedMessage(str(exc)) from None
+    pairs = body.get("subfeeds")
+    if not isinstance(pairs, list) or not 1 <= len(pairs) <= SUBSCRIBE_MANY_MAX:
+        raise MalformedFeedMessage(f"'subfeeds' must be a list of 1 to {SUBSCRIBE_MANY_MAX} "
+                                   "[subfeed_hash, position] pairs")
+    subfeeds = []
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise MalformedFeedMessage(f"each of 'subfeeds' must be a [subfeed_hash, position] pair, "
+                                       f"not {pair!r}")
+        _feed, subfeed_hash = _names({"feed_id": feed_id, "subfeed_hash": pair[0]})
+        subfeeds.append((subfeed_hash, _count({"position": pair[1]}, "position")))
+    return SubscribeToSubfeeds(feed_id, tuple(subfeeds))
+
+
+_TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
 
 
 def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> FeedMessage:
@@ -199,6 +276,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
     kind = body.get("type")
     if kind not in _TYPES_BY_BAND.get(band, ()):
         raise MalformedFeedMessage(f"{kind!r} is not a feed message of band {band!r}")
+    if kind == SUBSCRIBE_MANY:
+        return _subscribe_many(body)
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
         rejected = body.get("bucket_rejected", False)
@@ -322,9 +401,12 @@ class SavedSubscription:
 
 @dataclass(frozen=True)
 class SaveSubscriptions:
-    """Replace the saved subscriptions with ``rows``."""
+    """Save ``rows`` (add them, or replace the saved row of the same subscription), and drop
+    saved rows that expire at or before ``expired_before`` (wall-clock seconds). Only what
+    changed is in ``rows``: a save costs what changed, not every subscription."""
 
     rows: tuple[SavedSubscription, ...]
+    expired_before: float = 0.0
 
 
 FollowerAction = Publish | ReadHead | ImportFromBucket | GiveUp | Report

@@ -30,8 +30,9 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   (debounced) its bucket copy is brought up to date; nothing is pushed inline for it (readers
   who subscribe get their pushes as usual).
 * Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
-  is made or renewed (at most once per :data:`SAVE_MIN_INTERVAL_SECONDS`; a save writes them
-  all); when a channel (re)connects, those saved by a previous run are taken up again, and for
+  is made or renewed (at most once per :data:`SAVE_MIN_INTERVAL_SECONDS`; a save writes only
+  the subscriptions made or renewed since the last one, and drops the expired); when a
+  channel (re)connects, those saved by a previous run are taken up again, and for
   each live one there the bucket is brought up to date and ``subfeedUploaded`` announced, so a
   reader that missed pushes catches up now, not at its next renewal.
 
@@ -77,12 +78,10 @@ INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by 
 INLINE_MAX_BODY_BYTES = INLINE_MAX_BYTES + 8_000  # a piece over this goes through the bucket
 BUCKET_DEBOUNCE_SECONDS = 0.5
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
-#: Subscriptions are saved at most this often: each save writes them all, and N readers renewing
-#: every 20 s would otherwise cost O(N) writes of O(N) rows per renewal period.
-#: Subscriptions are saved at most this often (0: at every subscription and renewal). 0 since
-#: 5 s made a provider killed a few seconds after a reader (re)subscribed forget it at restart,
-#: so the reader waited for its next renewal (tests/network/test_faults.py, under load); a
-#: save writes every subscription, so raise this only with saves that write less.
+#: Subscriptions are saved at most this often (0: at every subscription and renewal, the
+#: default: 5 s made a provider killed a few seconds after a reader (re)subscribed forget it at
+#: restart, so the reader waited for its next renewal; tests/network/test_faults.py). A save
+#: writes only what changed since the last one (a renewal of many subfeeds: one save).
 SAVE_MIN_INTERVAL_SECONDS = 0.0
 
 Subfeed = tuple[str, str]  # (feed ID, subfeed hash)
@@ -198,6 +197,7 @@ class FeedProvider:
         self._published: dict[SubfeedOnChannel, int] = {}  # -> the local count last synced
         self._saved_at: float | None = None  # when subscriptions were last saved
         self._save_at: float | None = None  # a save put off by SAVE_MIN_INTERVAL_SECONDS
+        self._unsaved: dict[SubfeedOnChannel, None] = {}  # made or renewed since the last save
         self._wall_offset = 0.0  # wall clock minus monotonic clock, as last reported
         # The count each bucket copy was last found at or brought to: a renewal at that count
         # needs no bucket job (N readers renewing every 20 s would cost N head reads).
@@ -236,12 +236,35 @@ class FeedProvider:
         """A reader's subscription. ``may_provide``: this node holds provide-feeds on the
         channel; ``sender_allowed``: the membership gives the sender request-feeds;
         ``local_count``: messages of the subfeed here; ``owns_feed``: this node holds its key."""
+        return self.on_subscribe_many(
+            now, wall_now, channel, sender, [message], may_provide=may_provide,
+            sender_allowed=sender_allowed, owns_feed=owns_feed,
+            local_counts={(message.feed_id, message.subfeed_hash): local_count})
+
+    def on_subscribe_many(self, now: float, wall_now: float, channel: str, sender: str,
+                          messages: Iterable[SubscribeToSubfeed], *, may_provide: bool,
+                          sender_allowed: bool, local_counts: Mapping[Subfeed, int],
+                          owns_feed: bool) -> list[ProviderAction]:
+        """A reader's subscriptions to subfeeds of one feed (a ``subscribeToSubfeeds``, or one
+        ``subscribeToSubfeed``), each handled as :meth:`on_subscribe` would, with one save for
+        all of them. ``local_counts``: messages here of each subfeed (absent: 0)."""
         if not may_provide:
             return []
         if not sender_allowed:
             return [Report(Severity.INFO, f"ignoring subscription from {sender[:12]}: "
                                           f"not allowed to request feeds on {channel}")]
-        where = SubfeedOnChannel(channel, message.feed_id, message.subfeed_hash)
+        actions: list[ProviderAction] = []
+        for message in messages:
+            where = SubfeedOnChannel(channel, message.feed_id, message.subfeed_hash)
+            actions += self._subscribe(now, where, message, local_counts.get(where.subfeed, 0),
+                                       owns_feed, sender)
+        if self._unsaved:
+            self._wall_offset = wall_now - now
+            actions[:0] = self._save_soon(now)  # saved before anything is pushed
+        return actions
+
+    def _subscribe(self, now: float, where: SubfeedOnChannel, message: SubscribeToSubfeed,
+                   local_count: int, owns_feed: bool, sender: str) -> list[ProviderAction]:
         position = message.position
         actions: list[ProviderAction] = []
         if message.bucket_rejected and position < local_count:
@@ -255,8 +278,7 @@ class FeedProvider:
         if self._earliest_expiry is None:
             self._earliest_expiry = sub.expires
         self._saved.pop(where, None)  # superseded by the live one
-        self._wall_offset = wall_now - now
-        actions += self._save_soon(now)
+        self._unsaved[where] = None
         if position < local_count:
             if local_count - position <= INLINE_MAX_MESSAGES:
                 actions.append(PushRange(where, position, local_count))
@@ -344,8 +366,10 @@ class FeedProvider:
         bucket updates that are due."""
         self._expire(now)
         saves: list[ProviderAction] = []
-        if self._save_at is not None and now >= self._save_at:
+        if self._save_at is not None and now >= self._save_at and self._unsaved:
             saves = self._save_soon(now)
+        elif self._save_at is not None and now >= self._save_at:
+            self._save_at = None
         for where, when in list(self._repaired.items()):
             if now - when >= REPAIR_MIN_INTERVAL_SECONDS:
                 del self._repaired[where]
@@ -464,9 +488,8 @@ class FeedProvider:
         self._earliest_expiry = min((sub.expires for sub in self._subscriptions.values()), default=None)
 
     def _save_soon(self, now: float) -> list[ProviderAction]:
-        """Save now, or once :data:`SAVE_MIN_INTERVAL_SECONDS` have passed since the last save
-        (a restart within that time forgets at most the newest subscriptions, which their
-        readers' next renewal brings back)."""
+        """Save what changed now, or once :data:`SAVE_MIN_INTERVAL_SECONDS` have passed since
+        the last save."""
         if self._saved_at is not None and now - self._saved_at < SAVE_MIN_INTERVAL_SECONDS:
             self._save_at = self._saved_at + SAVE_MIN_INTERVAL_SECONDS
             return []
@@ -474,8 +497,13 @@ class FeedProvider:
         return [self._save(now, now + self._wall_offset)]
 
     def _save(self, now: float, wall_now: float) -> SaveSubscriptions:
-        rows = [SavedSubscription(w.channel, w.feed_id, w.subfeed_hash, expires)
-                for w, expires in self._saved.items() if expires > wall_now]
-        rows += [SavedSubscription(w.channel, w.feed_id, w.subfeed_hash, sub.expires - now + wall_now)
-                 for w, sub in self._subscriptions.items() if sub.expires > now]
-        return SaveSubscriptions(tuple(rows))
+        """The subscriptions made or renewed since the last save (in wall-clock time); rows
+        saved by a previous run stay saved as they are until they expire."""
+        unsaved, self._unsaved = self._unsaved, {}
+        rows = []
+        for where in unsaved:
+            sub = self._subscriptions.get(where)
+            if sub is not None and sub.expires > now:
+                rows.append(SavedSubscription(where.channel, where.feed_id, where.subfeed_hash,
+                                              sub.expires - now + wall_now))
+        return SaveSubscriptions(tuple(rows), expired_before=wall_now)

@@ -13,12 +13,14 @@ from kachery_node.protocol.feed_follower import (
     BUCKET_RECHECK_SECONDS,
     CATCH_UP_TIMEOUT_SECONDS,
     REJECTED_RETRY_SECONDS,
+    RENEW_ALIGN_SECONDS,
     RENEW_SECONDS,
     TRANSITIONS,
     CatchUpFailure,
     FeedFollower,
     FollowerState,
     InlineOutcome,
+    renewal_due,
 )
 from kachery_node.protocol.feed_messages import (
     FeedProtocolMisuse,
@@ -155,9 +157,10 @@ def test_follower_reads_the_head_then_subscribes_and_renews():
     assert f.next_deadline() is None  # waiting for the driver, who enforces the read's deadline
     # No head in the bucket: nothing was published yet.
     assert f.on_head(T0 + 0.1, None, 0) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 0))]
-    assert f.next_deadline() == T0 + 0.1 + RENEW_SECONDS
-    assert f.on_timer(T0 + RENEW_SECONDS) == []  # early: nothing
-    renewal = T0 + 0.1 + RENEW_SECONDS
+    renewal = renewal_due(T0 + 0.1)  # RENEW_SECONDS later, on the grid every follower shares
+    assert f.next_deadline() == renewal and renewal >= T0 + 0.1 + RENEW_SECONDS
+    assert renewal % RENEW_ALIGN_SECONDS == 0 and renewal < T0 + 0.1 + RENEW_SECONDS + RENEW_ALIGN_SECONDS
+    assert f.on_timer(renewal - 0.01) == []  # early: nothing
     assert f.on_timer(renewal) == [ReadHead(HERE, renewal + CATCH_UP_TIMEOUT_SECONDS)]
     # Pushes arrived meanwhile: the renewal carries the store's count.
     assert published(f.on_head(T0 + 21, head(40), 40)) == [SubscribeToSubfeed(FEED, SUB, 40)]
@@ -167,18 +170,18 @@ def test_renewals_republish_the_subscription_and_read_the_bucket_only_every_few_
     f = FeedFollower(HERE)
     f.start(T0, may_request=True)  # reads the head at T0
     f.on_head(T0, None, 0)
-    t = T0
-    while t + RENEW_SECONDS < T0 + BUCKET_RECHECK_SECONDS:
-        t += RENEW_SECONDS
+    t = renewal_due(T0)
+    while t < T0 + BUCKET_RECHECK_SECONDS:
         # Pushes arrived meanwhile: the renewal carries the store's count, no bucket read.
         assert f.on_timer(t, 7) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 7))]
-        assert f.state is FollowerState.SUBSCRIBED and f.next_deadline() == t + RENEW_SECONDS
-    t += RENEW_SECONDS  # the last read is BUCKET_RECHECK_SECONDS old: read the head again
+        assert f.state is FollowerState.SUBSCRIBED and f.next_deadline() == renewal_due(t)
+        t = renewal_due(t)
+    # the last read is BUCKET_RECHECK_SECONDS old: read the head again
     assert f.on_timer(t, 7) == [ReadHead(HERE, t + CATCH_UP_TIMEOUT_SECONDS)]
     f.on_head(t, None, 7)
-    assert of(Publish, f.on_timer(t + RENEW_SECONDS, 7))  # and publish-only renewals again
+    assert of(Publish, f.on_timer(renewal_due(t), 7))  # and publish-only renewals again
     # A nudge still reads the bucket at once, whenever the last read was.
-    assert of(ReadHead, f.on_nudge(t + RENEW_SECONDS + 1))
+    assert of(ReadHead, f.on_nudge(renewal_due(t) + 1))
 
 
 def test_follower_behind_the_bucket_imports_its_missing_segments_and_tail():
@@ -231,7 +234,7 @@ def test_other_catch_up_failures_subscribe_anyway_and_retry_at_the_renewal(failu
     actions = f.on_catch_up_failed(T0 + 60, failure, 1000, "detail")
     assert of(Report, actions)[0].severity is severity
     assert published(actions) == [SubscribeToSubfeed(FEED, SUB, 1000)]
-    assert f.next_deadline() == T0 + 60 + RENEW_SECONDS
+    assert f.next_deadline() == renewal_due(T0 + 60)
 
 
 def test_a_nudge_during_a_catch_up_starts_one_more_after_it_and_no_nudge_doubles_up():
@@ -316,7 +319,7 @@ def test_every_transition_of_the_table_happens():
     b.on_nudge(T0 + 4)
     b.on_head(T0 + 4, head(9), 5)
     track(b, lambda: b.on_catch_up_failed(T0 + 4, CatchUpFailure.TIMED_OUT, 5))
-    track(b, lambda: b.on_timer(T0 + 4 + RENEW_SECONDS, 5))  # renewal: publish only
+    track(b, lambda: b.on_timer(renewal_due(T0 + 4), 5))  # renewal: publish only
     assert {(s, t) for (s, _step), t in TRANSITIONS.items()} <= seen
 
 
@@ -391,8 +394,9 @@ def test_subscriptions_are_saved_at_most_once_per_interval_and_a_put_off_save_co
     assert p.next_deadline() <= T0 + SAVE_MIN_INTERVAL_SECONDS  # the driver wakes for it
     assert not of(SaveSubscriptions, p.on_timer(T0 + SAVE_MIN_INTERVAL_SECONDS - 0.1))
     [save] = of(SaveSubscriptions, p.on_timer(T0 + SAVE_MIN_INTERVAL_SECONDS))
-    assert len(save.rows) == 51  # all of them, with their wall-clock expiries
-    assert {row.subfeed_hash for row in save.rows} == {SUB} | {m.subfeed_hash for m in others}
+    # Only what changed since the first save (incremental), with their wall-clock expiries.
+    assert len(save.rows) == 50 and save.expired_before == WALL0 + SAVE_MIN_INTERVAL_SECONDS
+    assert {row.subfeed_hash for row in save.rows} == {m.subfeed_hash for m in others}
     assert min(row.expires for row in save.rows) == WALL0 + SUBSCRIPTION_TTL_SECONDS
     assert not of(SaveSubscriptions, p.on_timer(T0 + 2 * SAVE_MIN_INTERVAL_SECONDS))  # nothing new
     later = T0 + 3 * SAVE_MIN_INTERVAL_SECONDS
@@ -596,10 +600,11 @@ def test_saved_subscriptions_are_taken_up_when_their_channel_connects():
     assert p.subscriptions(T0) == [HERE]
     assert p.on_local_counts(T0 + 1, {(FEED, SUB): 9}) == [PushRange(HERE, 7, 9)]
     assert p.on_local_counts(T0 + 30, {(FEED, SUB): 10}) == []  # expired when saved said so
-    # Rows not yet taken up are saved again, with their own expiries; live ones in wall time.
+    # A save writes what changed (live ones in wall time); rows not yet taken up stay saved as
+    # they are, and those expired by now go.
     [save] = of(SaveSubscriptions, subscribe(p, T0 + 31, 10, 10, wall=WALL0 + 31))
     renewed = SavedSubscription("lab", FEED, SUB, WALL0 + 31 + SUBSCRIPTION_TTL_SECONDS)
-    assert set(save.rows) == {later, renewed}
+    assert save.rows == (renewed,) and save.expired_before == WALL0 + 31
 
 
 def test_a_failed_bucket_job_is_reported_and_announces_nothing():
