@@ -52,6 +52,9 @@ HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
 
 STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
+#: Bucket jobs doing I/O at once: 10,000 new subscriptions must not become 10,000 concurrent
+#: requests to the hub (the rest wait their turn; pushes never wait for this).
+BUCKET_JOBS_AT_ONCE = 16
 
 
 class ProviderDriver:
@@ -69,6 +72,8 @@ class ProviderDriver:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
         self._publications: list[Publication] = []
+        self._bucket_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
+        self._witness_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Push new local messages and keep bucket copies up to date until cancelled."""
@@ -204,28 +209,36 @@ class ProviderDriver:
         """One step of a bucket job; the core's answer may start the next."""
         where, link = action.where, self._links[action.where.channel]
         subfeed = self._subfeed(where.subfeed)
-        try:
-            if isinstance(action, ReadBucketState):
-                try:
-                    bucket_head: bytes | None = await link.bucket_get(where.head_path)
-                except BucketObjectMissing:
-                    bucket_head = None
-                count = subfeed.get_num_local_messages()
-                local_head = feed_bucket.head_at(subfeed, count)
+        async with self._bucket_slots:
+            try:
+                if isinstance(action, ReadBucketState):
+                    try:
+                        bucket_head: bytes | None = await link.bucket_get(where.head_path)
+                    except BucketObjectMissing:
+                        bucket_head = None
+                    count = subfeed.get_num_local_messages()
+                    local_head = feed_bucket.head_at(subfeed, count)
+                else:
+                    await _upload_segments(link, subfeed, action, self._on_progress)
+                    if self._on_head_uploaded is not None:
+                        assert self._task_group is not None
+                        self._task_group.start_soon(self._head_uploaded, link, where, action.head_count)
+            except Exception as exc:  # transport errors; PermissionError without provide-feeds
+                answer = self.core.on_bucket_failed(anyio.current_time(), where,
+                                                    f"{type(exc).__name__}: {exc}")
             else:
-                await _upload_segments(link, subfeed, action, self._on_progress)
-                if self._on_head_uploaded is not None:
-                    assert self._task_group is not None
-                    self._task_group.start_soon(self._on_head_uploaded, link, where, action.head_count)
-        except Exception as exc:  # transport errors; PermissionError without provide-feeds
-            answer = self.core.on_bucket_failed(anyio.current_time(), where, f"{type(exc).__name__}: {exc}")
-        else:
-            now = anyio.current_time()
-            if isinstance(action, ReadBucketState):
-                answer = self.core.on_bucket_state(now, where, bucket_head, count, local_head)
-            else:
-                answer = self.core.on_bucket_done(now, where)
+                now = anyio.current_time()
+                if isinstance(action, ReadBucketState):
+                    answer = self.core.on_bucket_state(now, where, bucket_head, count, local_head)
+                else:
+                    answer = self.core.on_bucket_done(now, where)
         await self._carry_out(answer)
+
+    async def _head_uploaded(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+        """Tell ``on_head_uploaded`` (the witness), a bounded number at a time like the jobs."""
+        assert self._on_head_uploaded is not None
+        async with self._witness_slots:
+            await self._on_head_uploaded(link, where, count)
 
     async def _on_progress(self, where: SubfeedOnChannel, count: int) -> None:
         """A provisional head for ``count`` messages is in the bucket."""

@@ -185,11 +185,11 @@ def feed_routes(ctx: DaemonContext) -> list[Route]:
         parsed_all = [_subfeed_uri_arg({"uri": uri}, "follow") for uri in uris]
         owned: dict[str, bool] = {}
         local, remote = [], []
-        for parsed in parsed_all:
+        for uri, parsed in zip(uris, parsed_all, strict=True):
             if parsed.feed_id not in owned:
                 owned[parsed.feed_id] = ctx.storage.feeds.has_private_key(parsed.feed_id)
             if owned[parsed.feed_id]:
-                local.append(f"feed://{parsed.feed_id}/~{parsed.subfeed_hash}")
+                local.append(uri)
             else:
                 remote.append((parsed.feed_id, parsed.subfeed_hash))
         channels = _node(ctx).follow_many(remote, _channel_arg(body)) if remote else []

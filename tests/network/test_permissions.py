@@ -22,6 +22,7 @@ from kachery_node.protocol.bucket_layout import file_path
 from kachery_node.protocol.file_messages import FileRequest, new_request_id
 from kachery_node.protocol.node_messages import seal
 from kachery_node.protocol.roles import ROLE_BANDS, band_name
+from kachery_node.storage.followed_subfeeds import read_followed
 from kachery_node.transport.hub_client import HubClient
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 from tests.network.conftest import ALL_ROLES
@@ -45,7 +46,7 @@ def test_a_node_without_the_request_role_cannot_ask(lab):
                    headers={"Authorization": "Bearer " + _token(carol)}, timeout=10)
     assert r.status_code == 403, r.text
     assert "request-feeds role" in r.json()["error"]
-    assert not (carol.storage_dir / "followed-subfeeds.json").exists()  # not remembered either
+    assert read_followed(carol.storage_dir) == []  # not remembered either
 
 
 def test_a_node_without_the_provide_role_never_sees_requests_and_cannot_upload(lab):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import kachery_feeds as kf
+from kachery_node.storage.followed_subfeeds import read_followed
 from tests.network.conftest import ALL_ROLES
 
 
 def _followed(node) -> list[str]:
-    path = node.storage_dir / "followed-subfeeds.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
-    return [r["subfeed_hash"] for r in rows]
+    return [r.subfeed_hash for r in read_followed(node.storage_dir)]
 
 
 def _wait(predicate, what: str, node, timeout: float = 20) -> None:
