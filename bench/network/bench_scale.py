@@ -2,9 +2,10 @@
 
 For each N (default 100, 1000, 10000), a fresh network of real processes (netlab.py: a hub,
 owner A holding N subfeeds of one message each in one feed, reader B): B follows all N
-(``POST /api/feeds/follow`` each), waits until it holds every message and the bucket work has
-settled, then the network is left idle and measured over ``--rounds`` consecutive windows of
-``--window`` seconds each:
+(``POST /api/feeds/follow {"uris": [...]}``, 1,000 URIs a request; ``--one-by-one``: one
+request per subfeed, as before the bulk form existed), waits until it holds every message and
+the bucket work has settled, then the network is left idle and measured over ``--rounds``
+consecutive windows of ``--window`` seconds each:
 
 * CPU seconds per minute of B's daemon (the follower), A's daemon (the provider) and the hub;
 * B's resident memory (RSS) at the end of the window;
@@ -58,7 +59,10 @@ def relay_messages_in(owner) -> int:
     return sum(ch["relay"]["messages_in"] for ch in status["channels"])
 
 
-def measure_size(n: int, window: float, rounds: int, tmp: Path) -> dict[str, Any]:
+FOLLOW_CHUNK = 1000  # URIs per bulk follow request
+
+
+def measure_size(n: int, window: float, rounds: int, tmp: Path, one_by_one: bool = False) -> dict[str, Any]:
     lab = Lab(tmp / f"net-{n}")
     try:
         a = lab.add_node("A", ALL_ROLES)
@@ -73,8 +77,15 @@ def measure_size(n: int, window: float, rounds: int, tmp: Path) -> dict[str, Any
         log(f"N={n}: B follows {n} subfeeds")
         t0 = time.monotonic()
         client = b.client
-        for uri in uris:
-            client.request("POST", "/api/feeds/follow", json_body={"uri": uri}, timeout=60)
+        if one_by_one:
+            for uri in uris:
+                client.request("POST", "/api/feeds/follow", json_body={"uri": uri}, timeout=60)
+        else:
+            for start in range(0, n, FOLLOW_CHUNK):
+                chunk = uris[start:start + FOLLOW_CHUNK]
+                client.request("POST", "/api/feeds/follow", json_body={"uris": chunk}, timeout=120)
+        followed = time.monotonic() - t0
+        log(f"N={n}: follow requests answered after {followed:.1f} s")
         replica_store = kf.open_store(b.storage_dir / "feeds.db")
         replica_feed = replica_store.load_feed(feed.feed_id)
         deadline = time.monotonic() + 120 + n * 0.1
@@ -104,7 +115,7 @@ def measure_size(n: int, window: float, rounds: int, tmp: Path) -> dict[str, Any
             w["rss_mb A (provider)"] = psutil.Process(a.pid).memory_info().rss / 2**20
             windows.append(w)
             log(f"N={n} window {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
-        return {"n": n, "caught_up_s": caught_up, "windows": windows,
+        return {"n": n, "follow_s": followed, "caught_up_s": caught_up, "windows": windows,
                 "loadavg": os.getloadavg()}
     finally:
         lab.stop()
@@ -115,6 +126,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--window", type=float, default=30.0, help="seconds per measured window")
     ap.add_argument("--rounds", type=int, default=3, help="consecutive windows per size")
+    ap.add_argument("--one-by-one", action="store_true",
+                    help="one follow request per subfeed (the only way before the bulk form)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR")
     args = ap.parse_args()
@@ -126,7 +139,7 @@ def main() -> None:
     try:
         for n in sizes:
             try:
-                results.append(measure_size(n, args.window, args.rounds, tmp))
+                results.append(measure_size(n, args.window, args.rounds, tmp, args.one_by_one))
             except Exception as exc:  # report the sizes that were measured, and why this one was not
                 failed[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 log(f"N={n} failed: {failed[n]}")
@@ -149,6 +162,7 @@ def main() -> None:
             cells.append(f"{lo:.2f} / **{mid:.2f}** / {hi:.2f}")
         k = growth_exponent([r["n"] for r in results], medians)
         print(f"| {key} | " + " | ".join(cells) + f" | {k} |")
+    print("| follow requests answered (s) | " + " | ".join(f"{r['follow_s']:.1f}" for r in results) + " | |")
     print("| catch-up of all N (s) | " + " | ".join(f"{r['caught_up_s']:.1f}" for r in results) + " | |")
     for n, why in failed.items():
         print(f"\nN = {n:,}: not measured ({why})")
