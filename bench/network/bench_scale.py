@@ -13,6 +13,9 @@ consecutive windows of ``--window`` seconds each:
   publish by any node; each is also delivered to every other node on the channel);
 * hub HTTP requests per minute are not counted directly; the hub's CPU includes them.
 
+"Settled" (before the first window): the relay carries no more in 10 s than renewals would,
+i.e. the bucket work the follows started is over (at most 15 minutes).
+
 Each figure is printed as min / median / max over the windows, then the growth law between
 the smallest and the largest N: the exponent k of cost ~ N^k (0: flat, 1: linear), from the
 medians. Idle cost that grows with N is the price of keeping N subscriptions alive.
@@ -28,6 +31,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +47,7 @@ from netlab import ALL_ROLES, Lab  # noqa: E402
 import kachery_feeds as kf  # noqa: E402
 
 READER_ROLES = ["request-feeds"]
+pyspy = str(Path(sys.executable).parent / "py-spy")
 
 
 def log(msg: str) -> None:
@@ -62,7 +67,33 @@ def relay_messages_in(owner) -> int:
 FOLLOW_CHUNK = 1000  # URIs per bulk follow request
 
 
-def measure_size(n: int, window: float, rounds: int, tmp: Path, one_by_one: bool = False) -> dict[str, Any]:
+SETTLE_SAMPLE_SECONDS = 10.0
+SETTLE_MAX_SECONDS = 900.0
+
+
+def settle(n: int, owner) -> None:
+    """Wait until the network is at rest: the bucket work the follows started (N heads uploaded,
+    N checkpoints witnessed and announced) is over, seen as the relay carrying no more in
+    :data:`SETTLE_SAMPLE_SECONDS` than renewals would (ceil(N/500) per 5 s tick, and a few)."""
+    started = time.monotonic()
+    quiet = 2 * math.ceil(n / 500) + 10
+    while True:
+        before = relay_messages_in(owner)
+        time.sleep(SETTLE_SAMPLE_SECONDS)
+        carried = relay_messages_in(owner) - before
+        waited = time.monotonic() - started
+        if carried <= quiet:
+            log(f"N={n}: settled after {waited:.0f} s ({carried} relay messages in the last "
+                f"{SETTLE_SAMPLE_SECONDS:g} s)")
+            return
+        if waited > SETTLE_MAX_SECONDS:
+            log(f"N={n}: not settled after {waited:.0f} s ({carried} relay messages in "
+                f"{SETTLE_SAMPLE_SECONDS:g} s); measuring anyway")
+            return
+
+
+def measure_size(n: int, window: float, rounds: int, tmp: Path, one_by_one: bool = False,
+                 pyspy_dir: Path | None = None) -> dict[str, Any]:
     lab = Lab(tmp / f"net-{n}")
     try:
         a = lab.add_node("A", ALL_ROLES)
@@ -97,11 +128,18 @@ def measure_size(n: int, window: float, rounds: int, tmp: Path, one_by_one: bool
                 raise RuntimeError(f"N={n}: B holds {have} of {n} subfeeds\n{b.log()[-3000:]}")
             time.sleep(0.5)
         caught_up = time.monotonic() - t0
-        log(f"N={n}: all caught up after {caught_up:.1f} s; settling 25 s (bucket work, first renewals)")
-        time.sleep(25)
+        settle(n, a)
         pids = {"B (follower)": b.pid, "A (provider)": a.pid, "hub": lab.hub.pid}
         windows = []
         for r in range(rounds):
+            spies = []
+            if pyspy_dir is not None and r == 0:  # where the idle time goes, during the first window
+                for label, node in (("A", a), ("B", b)):
+                    out = pyspy_dir / f"scale-{n}-{label}.txt"
+                    spies.append(subprocess.Popen(
+                        [pyspy, "record", "--pid", str(node.pid), "--format", "raw", "--rate", "100",
+                         "--duration", str(int(window)), "--output", str(out)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             cpu0 = {k: cpu_s(p) for k, p in pids.items()}
             msgs0 = relay_messages_in(a)
             w0 = time.monotonic()
@@ -114,6 +152,8 @@ def measure_size(n: int, window: float, rounds: int, tmp: Path, one_by_one: bool
             w["rss_mb B (follower)"] = psutil.Process(b.pid).memory_info().rss / 2**20
             w["rss_mb A (provider)"] = psutil.Process(a.pid).memory_info().rss / 2**20
             windows.append(w)
+            for spy in spies:
+                spy.wait(timeout=60)
             log(f"N={n} window {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
         return {"n": n, "follow_s": followed, "caught_up_s": caught_up, "windows": windows,
                 "loadavg": os.getloadavg()}
@@ -128,6 +168,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="consecutive windows per size")
     ap.add_argument("--one-by-one", action="store_true",
                     help="one follow request per subfeed (the only way before the bulk form)")
+    ap.add_argument("--py-spy", metavar="DIR", type=Path,
+                    help="record py-spy raw stacks of A and B during each size's first window")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR")
     args = ap.parse_args()
@@ -139,7 +181,8 @@ def main() -> None:
     try:
         for n in sizes:
             try:
-                results.append(measure_size(n, args.window, args.rounds, tmp, args.one_by_one))
+                results.append(measure_size(n, args.window, args.rounds, tmp, args.one_by_one,
+                                            args.py_spy))
             except Exception as exc:  # report the sizes that were measured, and why this one was not
                 failed[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 log(f"N={n} failed: {failed[n]}")

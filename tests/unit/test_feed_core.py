@@ -23,6 +23,7 @@ from kachery_node.protocol.feed_follower import (
     renewal_due,
 )
 from kachery_node.protocol.feed_messages import (
+    SUBSCRIBE_MANY_MAX,
     FeedProtocolMisuse,
     GiveUp,
     ImportFromBucket,
@@ -39,7 +40,9 @@ from kachery_node.protocol.feed_messages import (
     SubfeedOnChannel,
     SubfeedUploaded,
     SubscribeToSubfeed,
+    SubscribeToSubfeeds,
     UploadSegments,
+    batch_subscriptions,
     parse,
 )
 from kachery_node.protocol.feed_provider import (
@@ -130,6 +133,72 @@ def test_malformed_provider_messages_are_the_peers_fault(change, attachment):
     body = {**NewSubfeedMessages(FEED, SUB, (b"x",)).to_body(), **change}
     with pytest.raises(MalformedFeedMessage):
         parse("provide-feeds", body, attachment)
+
+
+def test_subscriptions_to_many_subfeeds_of_one_feed_travel_in_one_message_per_500():
+    hashes = [f"{i:040x}" for i in range(1203)]
+    singles = [SubscribeToSubfeed(FEED, h, i) for i, h in enumerate(hashes)]
+    other_feed = SubscribeToSubfeed("ef" * 32, SUB, 4)  # alone in its feed: the single form
+    rejected = SubscribeToSubfeed(FEED, SUB, 2, bucket_rejected=True)  # travels alone
+    again = SubscribeToSubfeed(FEED, hashes[0], 99)  # listed twice: the last position counts
+    batched = batch_subscriptions([*singles, other_feed, rejected, again])
+    many = [m for m in batched if isinstance(m, SubscribeToSubfeeds)]
+    assert [len(m.subfeeds) for m in many] == [SUBSCRIBE_MANY_MAX, SUBSCRIBE_MANY_MAX, 203]
+    assert {m for m in batched if isinstance(m, SubscribeToSubfeed)} == {other_feed, rejected}
+    expected = [SubscribeToSubfeed(FEED, h, 99 if i == 0 else i) for i, h in enumerate(hashes)]
+    assert [s for m in many for s in m.each()] == expected
+    # Round trip; the envelope's own fields are ignored; one message fits the relay's limit.
+    body = {**many[0].to_body(), "channel": "lab", "band": "request-feeds", "time_ms": 1}
+    assert parse("request-feeds", body) == many[0] and many[0].attachment() is None
+    assert many[0].to_body()["subfeeds"][1] == [hashes[1], 1]
+    assert len(orjson.dumps(many[0].to_body())) < 40_000
+
+
+@pytest.mark.parametrize("change", [
+    {"subfeeds": []},
+    {"subfeeds": [[SUB, 1]] * (SUBSCRIBE_MANY_MAX + 1)},
+    {"subfeeds": {SUB: 1}},
+    {"subfeeds": [[SUB]]},
+    {"subfeeds": [[SUB, 1, 2]]},
+    {"subfeeds": [[SUB, -1]]},
+    {"subfeeds": [[SUB, 1], ["xyz", 1]]},  # one bad pair: the whole message
+    {"subfeeds": [[7, 1]]},
+    {"subfeeds": [[SUB, True]]},
+    {"feed_id": "ab" * 31},
+    {"subfeeds": None},
+])
+def test_malformed_batched_subscriptions_are_the_peers_fault(change):
+    body = {**SubscribeToSubfeeds(FEED, ((SUB, 3),)).to_body(), **change}
+    with pytest.raises(MalformedFeedMessage):
+        parse("request-feeds", body)
+    with pytest.raises(MalformedFeedMessage):  # and only on the reader's band
+        parse("provide-feeds", SubscribeToSubfeeds(FEED, ((SUB, 3),)).to_body())
+
+
+def test_a_batched_renewal_is_handled_as_its_subscriptions_with_one_save():
+    p = FeedProvider()
+    hashes = [f"{i:040x}" for i in range(300)]
+    message = SubscribeToSubfeeds(FEED, tuple((h, 5) for h in hashes))
+    counts = {(FEED, h): 5 for h in hashes} | {(FEED, hashes[0]): 7}  # one is behind: pushed
+    actions = p.on_subscribe_many(T0, WALL0, "lab", READER, message.each(), may_provide=True,
+                                  sender_allowed=True, local_counts=counts, owns_feed=True)
+    [save] = of(SaveSubscriptions, actions)
+    assert len(save.rows) == 300 and isinstance(actions[0], SaveSubscriptions)  # saved first
+    assert of(PushRange, actions) == [PushRange(SubfeedOnChannel("lab", FEED, hashes[0]), 5, 7)]
+    assert len(p.subscriptions(T0)) == 300
+    # Renewed later: one save of the 300 renewed rows again, nothing pushed.
+    actions = p.on_subscribe_many(T0 + 20, WALL0 + 20, "lab", READER,
+                                  SubscribeToSubfeeds(FEED, tuple((h, 7 if i == 0 else 5)
+                                                                  for i, h in enumerate(hashes))).each(),
+                                  may_provide=True, sender_allowed=True, local_counts=counts,
+                                  owns_feed=True)
+    assert [type(a) for a in actions] == [SaveSubscriptions]
+    assert {r.expires for r in actions[0].rows} == {WALL0 + 20 + SUBSCRIPTION_TTL_SECONDS}
+    # A sender not allowed: nothing kept, nothing saved.
+    q = FeedProvider()
+    [report] = q.on_subscribe_many(T0, WALL0, "lab", READER, message.each(), may_provide=True,
+                                   sender_allowed=False, local_counts=counts, owns_feed=True)
+    assert isinstance(report, Report) and q.subscriptions(T0) == []
 
 
 # ============================================================================ follower
