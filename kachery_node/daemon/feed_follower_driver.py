@@ -72,11 +72,15 @@ class _Conversation:
 
 
 class _SubscriptionBatcher:
-    """The subscriptions to publish on one channel: gathered for
-    :data:`SUBSCRIBE_BATCH_SECONDS` after the first, then published batched."""
+    """The subscriptions to publish on one channel. A lone one goes at once (a single follow
+    waits for nothing); when several are pending (followers renewing at the same instant, a
+    bulk follow catching up), those handed over within :data:`SUBSCRIBE_BATCH_SECONDS` travel
+    batched. Each goes with the store's count at sending time if that is higher than the one
+    it was made with (a subscription behind the store would make providers push again)."""
 
-    def __init__(self, link: ChannelLink) -> None:
+    def __init__(self, link: ChannelLink, store: kf.Store) -> None:
         self.link = link
+        self._store = store
         self._pending: list[SubscribeToSubfeed] = []
         self._wake = anyio.Event()
 
@@ -88,14 +92,37 @@ class _SubscriptionBatcher:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()  # before the pause: what comes during it joins this batch
-            await anyio.sleep(SUBSCRIBE_BATCH_SECONDS)
+            await anyio.sleep(0)  # followers woken at the same instant hand theirs over first
+            if len(self._pending) > 1:
+                await anyio.sleep(SUBSCRIBE_BATCH_SECONDS)
             pending, self._pending = self._pending, []
-            for message in batch_subscriptions(pending):
+            for message in batch_subscriptions(self._current(pending)):
                 try:
                     await self.link.publish(message.band, message.to_body())
                 except Exception as exc:  # the runtime reconnects; the core renews later
                     log.info("publishing %s on %s failed (%s); retrying at the renewal",
                              type(message).__name__, self.link.channel, exc)
+
+    def _current(self, pending: list[SubscribeToSubfeed]) -> list[SubscribeToSubfeed]:
+        """``pending`` with positions raised to the store's counts (one query per feed)."""
+        by_feed: dict[str, int] = {}
+        for m in pending:
+            by_feed[m.feed_id] = by_feed.get(m.feed_id, 0) + 1
+        counts: dict[tuple[str, str], int] = {}
+        for feed_id, n in by_feed.items():
+            if n > 1:
+                listed = self._store.load_feed(feed_id).list_subfeeds()
+                counts.update(((feed_id, s["subfeed_hash"]), s["num_messages"]) for s in listed)
+        out = []
+        for m in pending:
+            count = counts.get((m.feed_id, m.subfeed_hash))
+            if count is None and by_feed[m.feed_id] == 1:
+                subfeed = self._store.load_feed(m.feed_id).load_subfeed("~" + m.subfeed_hash)
+                count = subfeed.get_num_local_messages()
+            if count is not None and count > m.position and not m.bucket_rejected:
+                m = SubscribeToSubfeed(m.feed_id, m.subfeed_hash, count)
+            out.append(m)
+        return out
 
 
 class FollowerDriver:
@@ -238,7 +265,7 @@ class FollowerDriver:
             if batcher is not None:
                 batcher.link = link
             else:
-                batcher = self._batchers[link.channel] = _SubscriptionBatcher(link)
+                batcher = self._batchers[link.channel] = _SubscriptionBatcher(link, self.store)
                 assert self._task_group is not None, "FeedExchange.run() must be running"
                 self._task_group.start_soon(batcher.run)
         return batcher

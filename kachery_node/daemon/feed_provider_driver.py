@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,11 +51,37 @@ log = logging.getLogger("kachery.feeds")
 #: Called (as a task of its own) after a bucket job wrote a head: (link, subfeed, its count).
 HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
 
-STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
+STORE_RECHECK_SECONDS = 1.0  # look for store changes at least this often, even without an event
+#: Counts are re-read only when the store's data_version moved (:class:`StoreVersion`), and at
+#: least this often anyway: reading N counts every second cost O(N) CPU at rest.
+FULL_RECOUNT_SECONDS = 30.0
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 #: Bucket jobs doing I/O at once: 10,000 new subscriptions must not become 10,000 concurrent
 #: requests to the hub (the rest wait their turn; pushes never wait for this).
 BUCKET_JOBS_AT_ONCE = 16
+
+
+class StoreVersion:
+    """Whether anything was committed to the feed store since the last look, in O(1): SQLite's
+    ``PRAGMA data_version`` on a connection of our own, which changes with every commit made by
+    any other connection (other processes', and this daemon's own store connection)."""
+
+    def __init__(self, path) -> None:
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:  # then every look says "changed"
+            log.info("cannot watch %s's data_version (%s): re-reading counts every time", path, exc)
+            self._conn = None
+
+    def current(self) -> object:
+        """A value that differs from the last one returned if the store changed since."""
+        if self._conn is None:
+            return object()
+        try:
+            return self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return object()
 
 
 class ProviderDriver:
@@ -73,6 +100,9 @@ class ProviderDriver:
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
         self._publications: list[Publication] = []
         self._bucket_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
+        self._version = StoreVersion(store.path)
+        self._counted: tuple[object, float] | None = None  # (data_version, when) of the last counts
+        self._held: dict[str, tuple[object, dict[str, int]]] = {}  # feed -> (data_version, counts)
         self._witness_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -85,7 +115,11 @@ class ProviderDriver:
                 now = anyio.current_time()
                 # New messages go out first: the bucket work that publications and on_timer
                 # start (HTTP to the hub, segments built in a thread) must not delay a push.
-                await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
+                version = self._version.current()  # before the counts: no commit is missed
+                if self._counted is None or version != self._counted[0] or \
+                        now >= self._counted[1] + FULL_RECOUNT_SECONDS:
+                    self._counted = (version, now)
+                    await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
                 await self._carry_out(self._update_published(now))
                 await self._carry_out(self.core.on_timer(now))
                 due = self.core.next_deadline()
@@ -260,8 +294,14 @@ class ProviderDriver:
             if len(hashes) == 1:
                 counts[(feed_id, hashes[0])] = self._subfeed((feed_id, hashes[0])).get_num_local_messages()
                 continue
-            listed = self.store.load_feed(feed_id).list_subfeeds()
-            held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+            version = self._version.current()
+            cached = self._held.get(feed_id)
+            if cached is not None and cached[0] == version:  # nothing committed since: still true
+                held = cached[1]  # (a renewal of N subfeeds: N/500 messages, one read)
+            else:
+                listed = self.store.load_feed(feed_id).list_subfeeds()
+                held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+                self._held[feed_id] = (version, held)
             counts.update(((feed_id, h), held.get(h, 0)) for h in hashes)
         return counts
 

@@ -103,6 +103,7 @@ class NodeRuntime:
                                                              for r in rows}
         self._last_read = {(r.feed_id, r.subfeed_hash): r.last_read for r in rows}  # wall-clock s
         self._last_read_saved = dict(self._last_read)
+        self._oldest_read: float | None = None  # no last read is older (None: look)
         self.unfollow_idle = unfollow_idle_from_settings(read_settings(storage.directory))
 
     # ------------------------------------------------------------------ lifecycle
@@ -259,6 +260,9 @@ class NodeRuntime:
 
     def _unfollow_idle(self) -> None:
         cutoff = time.time() - self.unfollow_idle
+        if self._oldest_read is not None and self._oldest_read >= cutoff:
+            return  # none can be idle yet: no O(N) scan every 2 s (reads only move times forward)
+        self._oldest_read = min(self._last_read.values(), default=None)
         for (feed_id, subfeed_hash), last in list(self._last_read.items()):
             if last < cutoff:
                 log.info("unfollowing feed://%s/~%s: nobody read it for %g s ([daemon.feeds] "

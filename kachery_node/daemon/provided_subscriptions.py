@@ -49,7 +49,8 @@ class ProvidedSubscriptions:
             log.error("cannot keep subscriptions in %s (they will not survive a restart): %s", path, exc)
             return
         self._conn = conn
-        self._migrate(path.with_suffix(".json"))
+        if path.suffix != ".json":  # (a caller naming the table's file *.json has no older file)
+            self._migrate(path.with_suffix(".json"))
 
     def load(self) -> list[SavedSubscription]:
         """The rows saved (none without a file)."""

@@ -481,6 +481,8 @@ class FeedProvider:
             self._flush_at = now + BUCKET_DEBOUNCE_SECONDS
 
     def _expire(self, now: float) -> None:
+        if self._earliest_expiry is None or now < self._earliest_expiry:
+            return  # nothing can have expired: no O(N) scan at every event
         expired = [w for w, sub in self._subscriptions.items() if sub.expires <= now]
         for where in expired:
             del self._subscriptions[where]
