@@ -38,8 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,6 +96,7 @@ async def _subscribers(job: dict) -> None:
     from kachery_node.transport.pubsub.open_pubsub import open_pubsub
 
     channel = job["channel"]
+    rng = random.Random(job["seed"])
     hear = band_name(channel, heard_pubsub_band("request-feeds"))  # the provide-feeds band
     ask = band_name(channel, pubsub_band("request-feeds"))
     arrivals: list[tuple[int, int, float]] = []  # (subscriber, seq, wall time)
@@ -107,12 +110,18 @@ async def _subscribers(job: dict) -> None:
             await ps.subscribe(hear)
 
             async def renew() -> None:
+                # Independent daemons renew at independent times: the first renewal comes at a
+                # random point of the first period (with --renew off, only the subscription).
+                delay = rng.uniform(0, RENEW_S)
                 while True:
                     body = SubscribeToSubfeed(job["feed_id"], job["subfeed_hash"], positions[i]).to_body()
                     data = seal(key, channel=channel, band="request-feeds", body=body,
                                 now_ms=int(time.time() * 1000))
                     await ps.publish(ask, data)
-                    await trio.sleep(RENEW_S)
+                    if not job["renew"]:
+                        return
+                    await trio.sleep(delay)
+                    delay = RENEW_S
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(renew)
@@ -159,7 +168,7 @@ class Workers:
 
     def report(self) -> list[tuple[int, int, float]]:
         out = []
-        for w, p in enumerate(self.procs):
+        for p in self.procs:
             p.stdin.write("report\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
         for w, p in enumerate(self.procs):
@@ -201,13 +210,22 @@ def measure(backend: str, n: int, args: argparse.Namespace, tmp: Path) -> dict[s
         sf.append_message({"start": True})
         per_proc = -(-n // args.procs)
         jobs = [{"channel": CHANNEL, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash,
-                 "position": 1, "nodes": [x.to_json() for x in nodes[k:k + per_proc]]}
+                 "position": 1, "renew": args.renew == "staggered", "seed": k,
+                 "nodes": [x.to_json() for x in nodes[k:k + per_proc]]}
                 for k in range(0, n, per_proc)]
         workers = Workers(jobs)
         log(f"{backend} N={n}: subscribers connected; settling 2 s")
         time.sleep(2)
         workers.report()  # nothing expected; drop whatever came
         pids = net.pids()
+        spy = None
+        if args.py_spy:
+            out = Path(args.py_spy).resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen([os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy", "record",
+                                    "--pid", str(pids["hub"]), "--format", "raw", "--rate", "200",
+                                    "--output", str(out / f"hub-{backend}-{n}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seq = 0
         rounds = []
         for r in range(args.rounds):
@@ -222,7 +240,7 @@ def measure(backend: str, n: int, args: argparse.Namespace, tmp: Path) -> dict[s
             want = n * len(appended)
             got: list[tuple[int, int, float]] = []
 
-            def complete() -> bool:
+            def complete(got: list = got, want: int = want) -> bool:
                 got.extend(workers.report())
                 return len(got) >= want
 
@@ -257,10 +275,15 @@ def measure(backend: str, n: int, args: argparse.Namespace, tmp: Path) -> dict[s
             row["RSS MB hub"] = psutil.Process(pids["hub"]).memory_info().rss / 2**20
             if "nats-server" in pids:
                 row["RSS MB nats-server"] = psutil.Process(pids["nats-server"]).memory_info().rss / 2**20
-            row["deliveries missing"] = want - sum(1 for _sub, s, _t in got if s in appended)
+            unique = {(sub, s) for sub, s, _t in got if s in appended}
+            row["deliveries missing"] = want - len(unique)
+            row["deliveries repeated"] = sum(1 for _sub, s, _t in got if s in appended) - len(unique)
             rounds.append(row)
             log(f"{backend} N={n} round {r + 1}/{args.rounds}: "
                 + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         return {"backend": backend, "n": n, "rounds": rounds, "loadavg": os.getloadavg()}
     finally:
         if workers is not None:
@@ -291,7 +314,7 @@ def print_table(backend: str, results: list[dict]) -> None:
             medians.append(mid)
             fmt = (lambda v: f"{v:,.0f}") if max(values) >= 100 else (lambda v: f"{v:.3g}")
             cells.append(f"{fmt(lo)} / **{fmt(mid)}** / {fmt(hi)}")
-        k = growth_exponent([r["n"] for r in results], medians) if key != "deliveries missing" else ""
+        k = growth_exponent([r["n"] for r in results], medians) if not key.startswith("deliveries") else ""
         print(f"| {key} | " + " | ".join(cells) + f" | {k} |")
     print("| load average (1 min) at end | " + " | ".join(f"{r['loadavg'][0]:.1f}" for r in results) + " | |")
 
@@ -307,6 +330,12 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=60, help="appends per round")
     ap.add_argument("--interval", type=float, default=0.1, help="seconds between appends")
     ap.add_argument("--procs", type=int, default=2, help="subscriber worker processes")
+    ap.add_argument("--renew", choices=["staggered", "off"], default="staggered",
+                    help="subscribers renew every 20 s, each first at a random time (staggered), or "
+                         "subscribe once (off: the push path alone; the rounds must end within the "
+                         "provider's 60 s subscription)")
+    ap.add_argument("--py-spy", metavar="DIR", help="record the hub's CPU samples during the rounds "
+                    "(py-spy from PATH or $PY_SPY), DIR/hub-<backend>-<N>.txt")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR")
     args = ap.parse_args()
@@ -323,9 +352,9 @@ def main() -> None:
                     log(f"{backend} N={n} failed: {type(exc).__name__}: {str(exc)[:500]}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nOne subfeed, N lightweight subscribers; {args.rounds} rounds of {args.messages} appends "
-          f"{args.interval:g} s apart (min / **median** / max); load average at start {load0[0]:.1f}, "
-          f"at end {os.getloadavg()[0]:.1f} (2 cores)")
+    print(f"\nOne subfeed, N lightweight subscribers (renewals {args.renew}); {args.rounds} rounds of "
+          f"{args.messages} appends {args.interval:g} s apart (min / **median** / max); load average "
+          f"at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} (2 cores)")
     for backend, results in all_results.items():
         if results:
             print_table(backend, results)

@@ -79,9 +79,9 @@ def requesters_main() -> None:
 
 
 async def _requesters(job: dict) -> None:
-    import kachery_feeds as kf
     import trio
 
+    import kachery_feeds as kf
     from kachery_node.daemon.channel_runtime import ChannelRuntime
     from kachery_node.daemon.files_exchange import FileExchange
     from kachery_node.identity import Keypair
@@ -111,7 +111,7 @@ async def _requesters(job: dict) -> None:
             wanted = json.loads(line)["fetch"]
             results: list[dict] = []
 
-            async def fetch(k: int, uri: str) -> None:
+            async def fetch(k: int, uri: str, results: list[dict] = results) -> None:
                 fx, runtime = nodes[k]
                 t0 = time.time()
                 try:

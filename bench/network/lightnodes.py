@@ -86,7 +86,8 @@ class Network:
                 client.register_node(f"{label}-{i}")
                 client.request_roles(self.channel, key.public_hex, roles)
                 self.owner_client.grant(self.channel, key.public_hex, roles)
-                nodes.append(LightNode(key.seed_hex(), key.public_hex, client.pubsub_credentials(self.channel)))
+                credentials = client.pubsub_credentials(self.channel)
+                nodes.append(LightNode(key.seed_hex(), key.public_hex, credentials))
         return nodes
 
     def pids(self) -> dict[str, int]:
