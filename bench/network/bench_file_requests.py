@@ -88,8 +88,21 @@ async def _requesters(job: dict) -> None:
     from kachery_node.storage.node_storage import Storage
 
     nodes = []
+    trace = open(job["trace"], "a") if job.get("trace") else None  # noqa: SIM115
+
+    def traced(k: int, fx: FileExchange):
+        """fx.on_message, first writing when each status reached node ``k`` (and when it was sealed)."""
+        async def on_message(link, band, env) -> None:
+            if trace is not None:
+                b = env.body
+                trace.write(json.dumps({"node": k, "recv": time.time(), "sent": b.get("time_ms", 0) / 1000,
+                                        "type": b.get("type"), "sha1": b.get("sha1"),
+                                        "status": b.get("status")}) + "\n")
+            await fx.on_message(link, band, env)
+        return on_message
+
     async with trio.open_nursery() as nursery:
-        for spec in job["nodes"]:
+        for k, spec in enumerate(job["nodes"]):
             Path(spec["storage_dir"]).mkdir(parents=True, exist_ok=True)
             storage = Storage(spec["storage_dir"])
             fx = FileExchange(storage)
@@ -97,7 +110,15 @@ async def _requesters(job: dict) -> None:
             runtime = ChannelRuntime(channel=job["channel"], entry=job["entry"],
                                      node_key=Keypair.from_seed_hex(spec["seed_hex"]),
                                      store=kf.open_store(Path(spec["storage_dir"]) / "feeds.db"),
-                                     handlers={"files": fx.on_message})
+                                     handlers={"files": traced(k, fx)})
+            if trace is not None:
+                publish = runtime.publish
+
+                async def publish_traced(band, body, *, attachment=None, k=k, publish=publish):
+                    trace.write(json.dumps({"node": k, "pub": time.time(), "type": body.get("type"),
+                                            "sha1": body.get("sha1")}) + "\n")
+                    await publish(band, body, attachment=attachment)
+                runtime.publish = publish_traced  # type: ignore[method-assign]
             nursery.start_soon(runtime.run)
             nodes.append((fx, runtime))
         with trio.fail_after(120):
@@ -127,6 +148,8 @@ async def _requesters(job: dict) -> None:
                     for k, uris in enumerate(wanted):
                         for uri in uris:
                             fetches.start_soon(fetch, k, uri)
+            if trace is not None:
+                trace.flush()
             print(json.dumps(results), flush=True)
         nursery.cancel_scope.cancel()
 
@@ -199,8 +222,9 @@ def measure(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         per_proc = -(-n // args.procs)
         groups = [list(range(k, min(n, k + per_proc))) for k in range(0, n, per_proc)]
         jobs = [{"channel": CHANNEL, "entry": entry,
+                 "trace": f"{args.trace}.{n}.{w}" if args.trace else None,
                  "nodes": [{"seed_hex": nodes[i].seed_hex, "storage_dir": str(root / f"req-{i}")}
-                           for i in group]} for group in groups]
+                           for i in group]} for w, group in enumerate(groups)]
         workers = Workers(jobs)
         log(f"N={n}: requesters connected")
         storage = Storage(a.storage_dir)
@@ -299,6 +323,8 @@ def main() -> None:
     ap.add_argument("--big-mb", type=float, default=50.0)
     ap.add_argument("--procs", type=int, default=2, help="requester worker processes")
     ap.add_argument("--backend", default="embedded", choices=["embedded", "nats"], help="pub-sub")
+    ap.add_argument("--trace", metavar="PREFIX", help="write when each requestFile went out and each "
+                    "status reached each node (and was sealed) to PREFIX.<N>.<worker>, JSON lines")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR")
     args = ap.parse_args()
