@@ -327,6 +327,7 @@ def main() -> None:
                     "status reached each node (and was sealed) to PREFIX.<N>.<worker>, JSON lines")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR")
+    ap.add_argument("--keep", action="store_true", help="keep the networks' directories (logs)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="kachery-filereq-", dir=args.tmp))
@@ -339,7 +340,10 @@ def main() -> None:
             except Exception as exc:
                 log(f"N={n} failed: {type(exc).__name__}: {str(exc)[:800]}")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nN nodes requesting files from one provider ({args.backend} pub-sub, embedded bucket); "
           f"{args.rounds} rounds of {args.small} x {args.small_mb:g} MB + 1 x {args.big_mb:g} MB new files "
           f"(min / **median** / max); load average at start {load0[0]:.1f}, at end "
