@@ -216,6 +216,45 @@ async def test_concurrent_fetches_of_one_file_share_one_request(lab, a, b):
     assert len(lab.requests()) == 1
 
 
+@pytest.mark.parametrize("lab", ["spawned"], indirect=True)
+@pytest.mark.trio
+async def test_fifty_nodes_asking_for_one_file_at_once_make_one_upload(net, lab, a):
+    """Cost as channels grow (issue 15 item 5; bench/network/bench_file_requests.py measures it
+    with real processes): the provider's one conversation per (channel, object) takes every
+    request that comes while it runs, so 50 nodes asking at once cost one upload, and nodes
+    asking once it is done find the object in the bucket without asking."""
+    uri = a.storage.store_bytes(os.urandom(200_000))
+    nodes = [await net.node(f"r{i}", lab, roles=("request-files",)) for i in range(50)]
+    all_asked = anyio.Event()
+
+    async def hold_until_all_asked(link, path) -> None:
+        # The upload is in flight until every node's requestFile went out: all 50 overlap it.
+        with anyio.fail_after(30):
+            await all_asked.wait()
+
+    lab.upload_hook = hold_until_all_asked
+
+    async def watch_requests() -> None:
+        with anyio.fail_after(30):
+            while len({s for s, band, b in lab.published if band == "request-files"}) < 50:
+                await anyio.sleep(0.01)
+        all_asked.set()
+
+    paths: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_requests)
+        for node in nodes:
+            tg.start_soon(_append, paths, node.fetch(uri))
+    assert len(paths) == 50 and {Path(p).read_bytes() for p in paths} == {a.storage.load_bytes(uri)}
+    assert lab.uploads == [(a.keypair.public_hex, file_path("lab", kn.parse_uri(uri).sha1))]
+    late = [await net.node(f"late{i}", lab, roles=("request-files",)) for i in range(5)]
+    asked = len(lab.requests())
+    for node in late:
+        assert Path(await node.fetch(uri)).read_bytes() == a.storage.load_bytes(uri)
+    assert len(lab.requests()) == asked and len(lab.uploads) == 1
+    assert lab.handler_errors == []
+
+
 @pytest.mark.trio
 async def test_falls_through_to_a_channel_that_has_a_provider(net, lab, a):
     empty = MemoryChannel("empty")
