@@ -256,6 +256,35 @@ async def test_fifty_nodes_asking_for_one_file_at_once_make_one_upload(net, lab,
 
 
 @pytest.mark.trio
+async def test_a_request_right_after_an_upload_is_answered_without_a_bucket_head(lab, a, b):
+    """A request whose requester's own HEAD raced the upload comes right after it finished: the
+    provider remembers what it just put in the bucket and answers ``finished`` without asking
+    the hub again (under load that HEAD was slow, and a provider's HEAD may now wait only half
+    of the requester's answer window before it uploads again)."""
+    from kachery_node.protocol.file_messages import FileRequest
+
+    uri = a.storage.store_bytes(os.urandom(5000))
+    await b.fetch(uri)  # a HEADs (absent) and uploads it
+    link = a.links["lab"]
+    heads: list[str] = []
+    bucket_head = link.bucket_head
+
+    async def counting_head(path: str) -> int | None:
+        heads.append(path)
+        return await bucket_head(path)
+
+    link.bucket_head = counting_head  # type: ignore[method-assign]
+    finished = len(lab.statuses("finished"))
+    late = FileRequest(kn.parse_uri(uri).sha1, "late-request-1")
+    await b.links["lab"].publish("request-files", late.to_body())
+    with anyio.fail_after(10):
+        while len(lab.statuses("finished")) == finished:
+            await anyio.sleep(0.01)
+    assert lab.statuses("finished")[-1][1]["request_id"] == "late-request-1"
+    assert heads == [] and len(lab.uploads) == 1
+
+
+@pytest.mark.trio
 async def test_falls_through_to_a_channel_that_has_a_provider(net, lab, a):
     empty = MemoryChannel("empty")
     b = await net.node("b", empty, lab)
