@@ -50,6 +50,10 @@ log = logging.getLogger("kachery.feeds")
 HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
 
 STORE_RECHECK_SECONDS = 1.0  # re-read counts at least this often, even without a change event
+SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
+# A feed with at most this many provided subfeeds has their counts read one by one (a few µs
+# each, by primary key); more, in one query over the feed (list_subfeeds: ~30 µs however few).
+COUNTS_ONE_BY_ONE = 8
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 
 
@@ -68,6 +72,7 @@ class ProviderDriver:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
         self._publications: list[Publication] = []
+        self._subfeed_objects: dict[Subfeed, kf.Subfeed] = {}
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Push new local messages and keep bucket copies up to date until cancelled."""
@@ -79,7 +84,9 @@ class ProviderDriver:
                 now = anyio.current_time()
                 # New messages go out first: the bucket work that publications and on_timer
                 # start (HTTP to the hub, segments built in a thread) must not delay a push.
-                await self._carry_out(self.core.on_local_counts(now, self._counts(self.core.subfeeds())))
+                _c = self._counts(self.core.subfeeds())
+                _a = self.core.on_local_counts(now, _c)
+                await self._carry_out(_a)
                 await self._carry_out(self._update_published(now))
                 await self._carry_out(self.core.on_timer(now))
                 due = self.core.next_deadline()
@@ -229,8 +236,16 @@ class ProviderDriver:
 
     # ------------------------------------------------------------------ helpers
     def _subfeed(self, subfeed: Subfeed) -> kf.Subfeed:
-        feed_id, subfeed_hash = subfeed
-        return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+        """The store's handle of ``subfeed``, reused (making one costs more than the count query
+        a push needs)."""
+        handle = self._subfeed_objects.get(subfeed)
+        if handle is None:
+            if len(self._subfeed_objects) >= SUBFEED_OBJECTS_KEPT:
+                self._subfeed_objects.clear()
+            feed_id, subfeed_hash = subfeed
+            handle = self._subfeed_objects[subfeed] = self.store.load_feed(feed_id).load_subfeed(
+                "~" + subfeed_hash)
+        return handle
 
     def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
         """Local counts, one query per feed: this runs every second (the store watch's safety
@@ -240,8 +255,9 @@ class ProviderDriver:
             by_feed[feed_id].append(subfeed_hash)
         counts: dict[Subfeed, int] = {}
         for feed_id, hashes in by_feed.items():
-            if len(hashes) == 1:
-                counts[(feed_id, hashes[0])] = self._subfeed((feed_id, hashes[0])).get_num_local_messages()
+            if len(hashes) <= COUNTS_ONE_BY_ONE:
+                for h in hashes:
+                    counts[(feed_id, h)] = self._subfeed((feed_id, h)).get_num_local_messages()
                 continue
             listed = self.store.load_feed(feed_id).list_subfeeds()
             held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
