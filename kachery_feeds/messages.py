@@ -92,6 +92,49 @@ def build_body(
     )  # fmt: skip
 
 
+def build_bodies(
+    feed_id: str,
+    subfeed_hash: str,
+    first: int,
+    previous_hash: bytes | None,
+    timestamp_ms: int,
+    payload_jsons: list[bytes],
+    metadata_jsons: list[bytes | None],
+    succession_json: bytes | None = None,
+) -> tuple[list[tuple[int, bytes, None]], bytes]:
+    """The bodies of consecutive messages ``first, first + 1, ...`` (each linked to the one
+    before, the first to ``previous_hash``), all with one timestamp; only the first carries
+    ``succession_json``. Returns ``([(number, body, None)], hash of the last body)``: rows as
+    the store inserts them, the signature slot empty (the caller signs the last).
+
+    Byte for byte what :func:`build_body` writes for each (the tests check this), with what is
+    the same for every message of the batch built once: the append path's builder.
+    """
+    if not payload_jsons:
+        raise ValueError("build_bodies needs at least one payload")
+    sha256 = hashlib.sha256
+    head = b'{"feed":"' + feed_id.encode() + b'",'
+    middle = b',"subfeed":"' + subfeed_hash.encode() + b'"'
+    tail = b',"ts":' + str(timestamp_ms).encode() + b',"v":1}'
+    end = middle + tail
+    first_end = end if succession_json is None else middle + b',"succession":' + succession_json + tail
+    prev = b"null" if previous_hash is None else b'"' + previous_hash.hex().encode() + b'"'
+    out: list[tuple[int, bytes, None]] = []
+    append = out.append
+    n = first
+    for pj, mj in zip(payload_jsons, metadata_jsons, strict=True):
+        e = first_end if n == first else end
+        if mj is None:
+            body = b'%s"n":%d,"payload":%s,"prev":%s%s' % (head, n, pj, prev, e)
+        else:
+            body = b'%s"meta":%s,"n":%d,"payload":%s,"prev":%s%s' % (head, mj, n, pj, prev, e)
+        h = sha256(body)
+        prev = b'"%s"' % h.hexdigest().encode()
+        append((n, body, None))
+        n += 1
+    return out, h.digest()
+
+
 def message_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 

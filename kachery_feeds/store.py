@@ -5,6 +5,11 @@ Rules:
 1. Every write is one ``BEGIN IMMEDIATE`` transaction. The subfeed's count and head hash are
    read *inside* it, so appends from many processes are serialized by SQLite and a subfeed can
    never fork locally; a process killed mid-write leaves nothing behind (SQLite rolls back).
+   An append to the subfeed this store appended to last builds and signs its messages before
+   the transaction, against the count and head it left there, and its first statement inside
+   is a compare-and-set of the subfeed row on exactly those (and on the feed having no key
+   succession); when anything changed in between, the append is redone the usual way inside
+   the same transaction.
 2. After each commit the store touches its notify file (:mod:`kachery_feeds.watch`) so
    followers in every process wake.
 3. Received messages are verified completely (:mod:`kachery_feeds.messages`) before the write
@@ -48,7 +53,7 @@ from .filesystems import require_local_filesystem
 from .forks import ForkProofInfo, build_fork_proof, is_succession_violation, verify_fork_proof
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
-    build_body,
+    build_bodies,
     message_hash,
     sign_hash,
     to_wire,
@@ -67,6 +72,12 @@ if TYPE_CHECKING:
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
+
+# The append fast path's check, inside its write transaction: the subfeed row still holds the
+# count and head this store left, and the feed has no key succession (whose records another
+# process may have added). Sets the new count and head when it does (rowcount 1).
+_APPEND_CAS = ("UPDATE subfeeds SET count=?, head_hash=? WHERE id=? AND count=? AND head_hash IS ? "
+               "AND NOT EXISTS (SELECT 1 FROM feed_successions WHERE feed_id=?)")
 
 
 def _now_ms() -> int:
@@ -137,6 +148,9 @@ class Store(SuccessionMixin):
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
+        # (feed ID, subfeed hash) -> (subfeed row id, count, head hash) as this store's last
+        # append there left them: the append fast path (checked inside its transaction).
+        self._append_heads: dict[tuple[str, str], tuple[int, int, bytes]] = {}
         self._verified_chains = {}  # key successions, see store_succession.py
 
     # ------------------------------------------------------------------ lifecycle
@@ -521,25 +535,46 @@ class Store(SuccessionMixin):
                     f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
                     "store large data as a file and append its URI"
                 )
-        with self._write() as c:
-            sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
-            sk, carry = self._succession_for_append(c, feed_id, sid, sk)  # spec/feeds.md §9
-            ts = _now_ms()
-            n = count
-            rows = []
-            for pj, meta_json in zip(encoded, metas, strict=True):
-                body = build_body(feed_id, sh, n, prev, ts, pj, meta_json, carry)
-                carry = None  # only the first message carries the succession
-                prev = message_hash(body)
-                rows.append((sid, n, body, None))
-                n += 1
-            last = rows[-1]
-            rows[-1] = (sid, last[1], last[2], sign_hash(sk, prev))
-            if len(rows) == 1:
-                c.execute("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)", rows[0])
-            else:
-                c.executemany("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (?,?,?,?)", rows)
-            c.execute("UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (n, prev, sid))
+        key = (feed_id, sh)
+        cached = self._append_heads.get(key)
+        try:
+            if cached is not None:
+                # Fast path: this store appended here last. Build and sign outside the write
+                # lock, against the count and head it left; inside, one compare-and-set of the
+                # subfeed row confirms that nothing changed since (no other append or import,
+                # no deletion, no key succession), else the usual path redoes it under the lock.
+                sid, count, prev = cached
+                rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas)
+                rows[-1] = (rows[-1][0], rows[-1][1], sign_hash(sk, last_hash))
+                n = count + len(rows)
+                with self._write() as c:
+                    if c.execute(_APPEND_CAS, (n, last_hash, sid, count, prev, feed_id)).rowcount == 1:
+                        _insert_rows(c, sid, rows)
+                        self._append_heads[key] = (sid, n, last_hash)
+                        return n - 1
+                    return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
+            with self._write() as c:
+                return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
+        except BaseException:
+            self._append_heads.pop(key, None)
+            raise
+
+    def _append_locked(self, c: sqlite3.Connection, feed_id: str, sh: str, name_json: str | None,
+                       sk: bytes, encoded: list[bytes], metas: list[bytes | None]) -> int:
+        """Inside an append's write transaction: read the subfeed's count and head, build, sign
+        and insert; remembers the new head for the next append's fast path."""
+        sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
+        sk, carry = self._succession_for_append(c, feed_id, sid, sk)  # spec/feeds.md §9
+        rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas, carry)
+        rows[-1] = (rows[-1][0], rows[-1][1], sign_hash(sk, last_hash))
+        n = count + len(rows)
+        _insert_rows(c, sid, rows)
+        c.execute("UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (n, last_hash, sid))
+        succession_lines = self._verified_chains[feed_id][0]  # set by _succession_for_append
+        if not succession_lines:
+            self._append_heads[(feed_id, sh)] = (sid, n, last_hash)
+        else:  # a feed with a key succession always takes this path (the check is here)
+            self._append_heads.pop((feed_id, sh), None)
         return n - 1
 
     def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
@@ -658,6 +693,16 @@ class Store(SuccessionMixin):
             if sig is not None:
                 break
         return chain
+
+
+def _insert_rows(c: sqlite3.Connection, sid: int, rows: list[tuple[int, bytes, bytes | None]]) -> None:
+    """Insert ``(n, body, sig)`` rows of subfeed row ``sid`` (this store's own integer key, so
+    it can be part of the statement and the rows go to SQLite as they were built)."""
+    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,?)"
+    if len(rows) == 1:
+        c.execute(sql, rows[0])
+    else:
+        c.executemany(sql, rows)
 
 
 def _metadata_per_message(metadata: Any, count: int) -> list[bytes | None]:
