@@ -288,37 +288,74 @@ class ParsedRange(NamedTuple):
     last_hash: bytes  # the last message's hash: the subfeed's new head
 
 
-def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key: bytes) -> ParsedRange:
+class CarriesSuccession(Exception):
+    """Raised by :func:`parse_range` with ``plain=True`` when a message of the range carries key
+    succession records (spec/feeds.md §9.3): its signatures are then checked against the key
+    chain instead (the store's slower path). Not a verdict on the range."""
+
+
+def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key: bytes, *,
+                plain: bool = False) -> ParsedRange:
     """Parse and verify a contiguous range of wire messages in one pass: every check of
     :func:`parse_wire` on each line and of :func:`check_chain` on the range.
 
     The import path's parser. Each body is hashed once, to hex, and the links are checked by
     comparing each ``prev`` string with the hex hash of the message before it: no hex is decoded
     but the first message's link and the signed messages' hashes, and the rows come out as the
-    store inserts them (plain tuples, untracked by the cyclic GC). Raises
+    store inserts them (plain tuples, untracked by the cyclic GC). A message of the usual shape
+    (bytes, the seven required fields, compact JSON as orjson writes it, the number and link
+    expected) is checked inline; any other goes through every check of :func:`parse_wire` one
+    by one, which names what is wrong. ``plain=True``: raise :class:`CarriesSuccession`, before
+    any signature is checked, if a message carries key succession records. Raises
     :class:`~kachery_feeds.VerificationError`; a range with several faults may report a
     different one first than parsing every line and then checking the chain would.
     """
     if not lines:
         raise ValueError("parse_range needs at least one message")
     sha256 = hashlib.sha256
+    loads, dumps = orjson.loads, orjson.dumps
     rows: list[tuple[int, bytes, bytes | None]] = []
     append = rows.append
     signed: list[tuple[int, bytes, bytes]] = []
-    number, prev, body, signature, _d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    number, prev, body, signature, d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    carries = "succession" in d
     first, previous_hash = number, _previous_hash(number, prev)
     prev_n, prev_hex = number, sha256(body).hexdigest()
     append((number, body, signature))
     if signature is not None:
         signed.append((number, bytes.fromhex(prev_hex), signature))
+    max_line, max_n = _MAX_LINE, MAX_SAFE_INTEGER
     for line in lines[1:]:
-        number, prev, body, signature, _d = _parse_fields(line, feed_id, subfeed_hash)
-        if prev != prev_hex:
-            _previous_hash(number, prev)  # malformed: say so, as parse_wire would
-            if number == prev_n + 1:
-                raise VerificationError(f"message {number} does not link to message {prev_n}")
-        if number != prev_n + 1:
-            raise VerificationError(f"message {number} follows message {prev_n}: gap")
+        # The usual message, checked inline: every check of _parse_fields and of the link, for
+        # exactly the bodies with the seven required fields (len 7 and each one read: no other
+        # key, no "meta", no "succession") that orjson writes back byte for byte.
+        number = prev_n + 1
+        try:
+            if type(line) is not bytes or len(line) > max_line:
+                raise ValueError
+            body, _tab, sig_hex = line.rpartition(b"\t")
+            d = loads(body)
+            if not (type(d) is dict and len(d) == 7
+                    and d["prev"] == prev_hex and d["n"] == number and type(d["n"]) is int
+                    and number <= max_n and d["feed"] == feed_id and d["subfeed"] == subfeed_hash
+                    and type(d["v"]) is int and d["v"] == 1 and type(d["ts"]) is int
+                    and 0 <= d["ts"] <= max_n and "payload" in d and dumps(d) == body):
+                raise ValueError
+            if sig_hex:
+                signature = _hex_bytes(sig_hex.decode("ascii", "replace"), 64)
+                if signature is None:
+                    raise ValueError
+            else:
+                signature = None
+        except Exception:  # anything unusual: every check one by one, which names the fault
+            number, prev, body, signature, d = _parse_fields(line, feed_id, subfeed_hash)
+            carries = carries or "succession" in d
+            if prev != prev_hex:
+                _previous_hash(number, prev)  # malformed: say so, as parse_wire would
+                if number == prev_n + 1:
+                    raise VerificationError(f"message {number} does not link to message {prev_n}") from None
+            if number != prev_n + 1:
+                raise VerificationError(f"message {number} follows message {prev_n}: gap") from None
         prev_n, prev_hex = number, sha256(body).hexdigest()
         append((number, body, signature))
         if signature is not None:
@@ -328,6 +365,8 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
             f"range ends at message {prev_n}, which is not signed; "
             "a transferred range must end at a signed message"
         )
+    if plain and carries:
+        raise CarriesSuccession
     for n, h, sig in signed:
         if not signature_is_valid(public_key, h, sig):
             raise VerificationError(f"bad signature on message {n}")
