@@ -529,12 +529,14 @@ class Store(SuccessionMixin):
             raise InvalidPayloadError("append_messages needs at least one message")
         metas = _metadata_per_message(metadata, len(payloads))
         encoded = [encode_json(p) for p in payloads]
-        for pj, mj in zip(encoded, metas, strict=True):
-            if len(pj) + _BODY_OVERHEAD + (len(mj) if mj else 0) > MAX_MESSAGE_BYTES:
-                raise InvalidPayloadError(
-                    f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
-                    "store large data as a file and append its URI"
-                )
+        longest_meta = max(len(mj) if mj else 0 for mj in metas) if metadata is not None else 0
+        if max(map(len, encoded)) + _BODY_OVERHEAD + longest_meta > MAX_MESSAGE_BYTES:  # then see which
+            for pj, mj in zip(encoded, metas, strict=True):
+                if len(pj) + _BODY_OVERHEAD + (len(mj) if mj else 0) > MAX_MESSAGE_BYTES:
+                    raise InvalidPayloadError(
+                        f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
+                        "store large data as a file and append its URI"
+                    )
         key = (feed_id, sh)
         cached = self._append_heads.get(key)
         try:
@@ -708,18 +710,29 @@ def _insert_rows(c: sqlite3.Connection, sid: int, rows: list[tuple[int, bytes, b
 def _metadata_per_message(metadata: Any, count: int) -> list[bytes | None]:
     """Encoded metadata for each of ``count`` messages: one dict for all, or a list of dicts
     (or None) with one entry per message."""
-    if isinstance(metadata, list):
-        if len(metadata) != count:
-            raise InvalidPayloadError(
-                f"metadata has {len(metadata)} entries for {count} messages (give one per message)")
-        items = metadata
-    else:
-        items = [metadata] * count
-    for m in items:
+    if metadata is None:
+        return [None] * count
+    if not isinstance(metadata, list):
+        if not isinstance(metadata, dict):
+            raise InvalidPayloadError("metadata must be a JSON object (dict)")
+        return [encode_json(metadata)] * count  # one dict for all messages: encoded once
+    if len(metadata) != count:
+        raise InvalidPayloadError(
+            f"metadata has {len(metadata)} entries for {count} messages (give one per message)")
+    for m in metadata:
         if m is not None and not isinstance(m, dict):
             raise InvalidPayloadError("metadata must be a JSON object (dict)")
-    cache: dict[int, bytes] = {}  # one dict shared by all messages is encoded once
-    return [None if m is None else cache.setdefault(id(m), encode_json(m)) for m in items]
+    cache: dict[int, bytes] = {}  # a dict shared by several messages is encoded once
+    out: list[bytes | None] = []
+    for m in metadata:
+        if m is None:
+            out.append(None)
+        else:
+            encoded = cache.get(id(m))
+            if encoded is None:
+                encoded = cache[id(m)] = encode_json(m)
+            out.append(encoded)
+    return out
 
 
 def _watch_items(watches: Mapping[str, Any]) -> list[tuple[str, tuple[Subfeed, int]]]:

@@ -144,3 +144,30 @@ def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
     assert rows == expected and last == h
     with pytest.raises(ValueError):
         build_bodies(feed_id, sh, 0, None, 1, [], [])
+
+
+def test_metadata_one_for_all_a_list_per_message_or_none(tmp_path):
+    sf = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")
+    shared = {"by": "me"}
+    sf.append_messages([1, 2], metadata=shared)
+    sf.append_messages([3, 4, 5], metadata=[None, shared, {"by": "you"}])
+    sf.append_messages([6])
+    assert [r.metadata for r in sf.get_records()] == [
+        shared, shared, None, shared, {"by": "you"}, None]
+    with pytest.raises(kf.InvalidPayloadError, match="2 entries for 3 messages"):
+        sf.append_messages([7, 8, 9], metadata=[None, None])
+    with pytest.raises(kf.InvalidPayloadError, match="JSON object"):
+        sf.append_messages([7, 8], metadata=[None, "by me"])
+    assert sf.get_num_local_messages() == 6
+
+
+def test_the_size_limit_is_per_message_in_a_batch(tmp_path):
+    sf = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")
+    half = kf.MAX_MESSAGE_BYTES // 2
+    # A large payload and, on another message, a large metadata: each message is under the limit.
+    assert sf.append_messages(["a" * (half + 1000), "b"], metadata=[None, {"m": "c" * (half + 1000)}]) == 1
+    with pytest.raises(kf.InvalidPayloadError, match="over the"):
+        sf.append_messages(["small", "a" * kf.MAX_MESSAGE_BYTES])
+    with pytest.raises(kf.InvalidPayloadError, match="over the"):
+        sf.append_messages(["a" * (half + 1000)], metadata={"m": "c" * (half + 1000)})
+    assert sf.get_num_local_messages() == 2
