@@ -336,10 +336,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
             body, _tab, sig_hex = line.rpartition(b"\t")
             d = loads(body)
             if not (type(d) is dict and len(d) == 7
-                    and d["prev"] == prev_hex and d["n"] == number and type(d["n"]) is int
+                    and d["prev"] == prev_hex and type(n := d["n"]) is int and n == number
                     and number <= max_n and d["feed"] == feed_id and d["subfeed"] == subfeed_hash
-                    and type(d["v"]) is int and d["v"] == 1 and type(d["ts"]) is int
-                    and 0 <= d["ts"] <= max_n and "payload" in d and dumps(d) == body):
+                    and type(v := d["v"]) is int and v == 1 and type(ts := d["ts"]) is int
+                    and 0 <= ts <= max_n and "payload" in d and dumps(d) == body):
                 raise ValueError
             if sig_hex:
                 signature = _hex_bytes(sig_hex.decode("ascii", "replace"), 64)
