@@ -157,12 +157,12 @@ def signature_is_valid(public_key: bytes, body_hash: bytes, signature: bytes) ->
 
 
 def to_wire(body: bytes, signature: bytes | None) -> bytes:
-    return body + b"\t" + (signature.hex().encode() if signature else b"")
+    return b"%s\t%s" % (body, signature.hex().encode()) if signature else body + b"\t"
 
 
 def encode_segment(lines: list[bytes]) -> bytes:
     """Join wire-form messages into one segment (each line followed by a newline)."""
-    return b"".join(line + b"\n" for line in lines)
+    return b"\n".join([*lines, b""]) if lines else b""  # one copy of each line
 
 
 def decode_segment(data: bytes) -> list[bytes]:
