@@ -572,8 +572,8 @@ class Store(SuccessionMixin):
         n = count + len(rows)
         _insert_rows(c, sid, rows)
         c.execute("UPDATE subfeeds SET count=?, head_hash=? WHERE id=?", (n, last_hash, sid))
-        succession_lines = self._verified_chains[feed_id][0]  # set by _succession_for_append
-        if not succession_lines:
+        known = self._verified_chains.get(feed_id)  # as _succession_for_append just read it
+        if known is not None and not known[0]:
             self._append_heads[(feed_id, sh)] = (sid, n, last_hash)
         else:  # a feed with a key succession always takes this path (the check is here)
             self._append_heads.pop((feed_id, sh), None)
