@@ -101,11 +101,11 @@ def build_bodies(
     payload_jsons: list[bytes],
     metadata_jsons: list[bytes | None],
     succession_json: bytes | None = None,
-) -> tuple[list[tuple[int, bytes, None]], bytes]:
+) -> tuple[list[tuple[int, bytes]], bytes]:
     """The bodies of consecutive messages ``first, first + 1, ...`` (each linked to the one
     before, the first to ``previous_hash``), all with one timestamp; only the first carries
-    ``succession_json``. Returns ``([(number, body, None)], hash of the last body)``: rows as
-    the store inserts them, the signature slot empty (the caller signs the last).
+    ``succession_json``. Returns ``([(number, body)], hash of the last body)`` (the caller
+    signs the last).
 
     Byte for byte what :func:`build_body` writes for each (the tests check this), with what is
     the same for every message of the batch built once: the append path's builder.
@@ -119,7 +119,7 @@ def build_bodies(
     end = middle + tail
     first_end = end if succession_json is None else middle + b',"succession":' + succession_json + tail
     prev = b"null" if previous_hash is None else b'"' + previous_hash.hex().encode() + b'"'
-    out: list[tuple[int, bytes, None]] = []
+    out: list[tuple[int, bytes]] = []
     append = out.append
     n = first
     for pj, mj in zip(payload_jsons, metadata_jsons, strict=True):
@@ -130,7 +130,7 @@ def build_bodies(
             body = b'%s"meta":%s,"n":%d,"payload":%s,"prev":%s%s' % (head, mj, n, pj, prev, e)
         h = sha256(body)
         prev = b'"%s"' % h.hexdigest().encode()
-        append((n, body, None))
+        append((n, body))
         n += 1
     return out, h.digest()
 

@@ -139,7 +139,7 @@ def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
     expected, h = [], prev
     for i, (pj, mj) in enumerate(zip(payloads, metas, strict=True)):
         body = build_body(feed_id, sh, first + i, h, 1234, pj, mj, succession if i == 0 else None)
-        expected.append((first + i, body, None))
+        expected.append((first + i, body))
         h = message_hash(body)
     assert rows == expected and last == h
     with pytest.raises(ValueError):
