@@ -102,9 +102,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 # ----------------------------------------------------------------------------- relay side
-def setup_channel(url: str, n_nodes: int) -> tuple[str, HubClient, list[HubClient]]:
+CHANNEL = "bench.relay-channel-with-a-long-name"  # 35 characters: over the original's limit
+
+
+def setup_channel(url: str, n_nodes: int, channel: str = CHANNEL) -> tuple[str, HubClient, list[HubClient]]:
     owner = HubClient(url, user_key=Keypair.generate())
-    channel = "bench.relay-channel-with-a-long-name"  # 35 characters: over the original's limit
     owner.create_channel(channel)
 
     def node(roles: list[str]) -> HubClient:
@@ -119,8 +121,9 @@ def setup_channel(url: str, n_nodes: int) -> tuple[str, HubClient, list[HubClien
     return channel, publisher, subscribers
 
 
-async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int) -> dict:
-    channel, pub_client, sub_clients = setup_channel(url, n_nodes)
+async def bench_relay(url: str, n_nodes: int, n_messages: int, rounds: int, channel: str = CHANNEL) -> dict:
+    """Throughput and one-in-flight latency through the relay at ``url`` (a new ``channel`` there)."""
+    channel, pub_client, sub_clients = setup_channel(url, n_nodes, channel)
     band = f"{channel}-requestFiles"
     pub_creds = pub_client.pubsub_credentials(channel)
     sub_creds = [c.pubsub_credentials(channel) for c in sub_clients]

@@ -92,6 +92,49 @@ def build_body(
     )  # fmt: skip
 
 
+def build_bodies(
+    feed_id: str,
+    subfeed_hash: str,
+    first: int,
+    previous_hash: bytes | None,
+    timestamp_ms: int,
+    payload_jsons: list[bytes],
+    metadata_jsons: list[bytes | None],
+    succession_json: bytes | None = None,
+) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The bodies of consecutive messages ``first, first + 1, ...`` (each linked to the one
+    before, the first to ``previous_hash``), all with one timestamp; only the first carries
+    ``succession_json``. Returns ``([(number, body)], hash of the last body)`` (the caller
+    signs the last).
+
+    Byte for byte what :func:`build_body` writes for each (the tests check this), with what is
+    the same for every message of the batch built once: the append path's builder.
+    """
+    if not payload_jsons:
+        raise ValueError("build_bodies needs at least one payload")
+    sha256 = hashlib.sha256
+    head = b'{"feed":"' + feed_id.encode() + b'",'
+    middle = b',"subfeed":"' + subfeed_hash.encode() + b'"'
+    tail = b',"ts":' + str(timestamp_ms).encode() + b',"v":1}'
+    end = middle + tail
+    first_end = end if succession_json is None else middle + b',"succession":' + succession_json + tail
+    prev = b"null" if previous_hash is None else b'"' + previous_hash.hex().encode() + b'"'
+    out: list[tuple[int, bytes]] = []
+    append = out.append
+    n = first
+    for pj, mj in zip(payload_jsons, metadata_jsons, strict=True):
+        e = first_end if n == first else end
+        if mj is None:
+            body = b'%s"n":%d,"payload":%s,"prev":%s%s' % (head, n, pj, prev, e)
+        else:
+            body = b'%s"meta":%s,"n":%d,"payload":%s,"prev":%s%s' % (head, mj, n, pj, prev, e)
+        h = sha256(body)
+        prev = b'"%s"' % h.hexdigest().encode()
+        append((n, body))
+        n += 1
+    return out, h.digest()
+
+
 def message_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
@@ -114,12 +157,12 @@ def signature_is_valid(public_key: bytes, body_hash: bytes, signature: bytes) ->
 
 
 def to_wire(body: bytes, signature: bytes | None) -> bytes:
-    return body + b"\t" + (signature.hex().encode() if signature else b"")
+    return b"%s\t%s" % (body, signature.hex().encode()) if signature else body + b"\t"
 
 
 def encode_segment(lines: list[bytes]) -> bytes:
     """Join wire-form messages into one segment (each line followed by a newline)."""
-    return b"".join(line + b"\n" for line in lines)
+    return b"\n".join([*lines, b""]) if lines else b""  # one copy of each line
 
 
 def decode_segment(data: bytes) -> list[bytes]:
@@ -245,37 +288,74 @@ class ParsedRange(NamedTuple):
     last_hash: bytes  # the last message's hash: the subfeed's new head
 
 
-def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key: bytes) -> ParsedRange:
+class CarriesSuccession(Exception):
+    """Raised by :func:`parse_range` with ``plain=True`` when a message of the range carries key
+    succession records (spec/feeds.md §9.3): its signatures are then checked against the key
+    chain instead (the store's slower path). Not a verdict on the range."""
+
+
+def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key: bytes, *,
+                plain: bool = False) -> ParsedRange:
     """Parse and verify a contiguous range of wire messages in one pass: every check of
     :func:`parse_wire` on each line and of :func:`check_chain` on the range.
 
     The import path's parser. Each body is hashed once, to hex, and the links are checked by
     comparing each ``prev`` string with the hex hash of the message before it: no hex is decoded
     but the first message's link and the signed messages' hashes, and the rows come out as the
-    store inserts them (plain tuples, untracked by the cyclic GC). Raises
+    store inserts them (plain tuples, untracked by the cyclic GC). A message of the usual shape
+    (bytes, the seven required fields, compact JSON as orjson writes it, the number and link
+    expected) is checked inline; any other goes through every check of :func:`parse_wire` one
+    by one, which names what is wrong. ``plain=True``: raise :class:`CarriesSuccession`, before
+    any signature is checked, if a message carries key succession records. Raises
     :class:`~kachery_feeds.VerificationError`; a range with several faults may report a
     different one first than parsing every line and then checking the chain would.
     """
     if not lines:
         raise ValueError("parse_range needs at least one message")
     sha256 = hashlib.sha256
+    loads, dumps = orjson.loads, orjson.dumps
     rows: list[tuple[int, bytes, bytes | None]] = []
     append = rows.append
     signed: list[tuple[int, bytes, bytes]] = []
-    number, prev, body, signature, _d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    number, prev, body, signature, d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    carries = "succession" in d
     first, previous_hash = number, _previous_hash(number, prev)
     prev_n, prev_hex = number, sha256(body).hexdigest()
     append((number, body, signature))
     if signature is not None:
         signed.append((number, bytes.fromhex(prev_hex), signature))
+    max_line, max_n = _MAX_LINE, MAX_SAFE_INTEGER
     for line in lines[1:]:
-        number, prev, body, signature, _d = _parse_fields(line, feed_id, subfeed_hash)
-        if prev != prev_hex:
-            _previous_hash(number, prev)  # malformed: say so, as parse_wire would
-            if number == prev_n + 1:
-                raise VerificationError(f"message {number} does not link to message {prev_n}")
-        if number != prev_n + 1:
-            raise VerificationError(f"message {number} follows message {prev_n}: gap")
+        # The usual message, checked inline: every check of _parse_fields and of the link, for
+        # exactly the bodies with the seven required fields (len 7 and each one read: no other
+        # key, no "meta", no "succession") that orjson writes back byte for byte.
+        number = prev_n + 1
+        try:
+            if type(line) is not bytes or len(line) > max_line:
+                raise ValueError
+            body, _tab, sig_hex = line.rpartition(b"\t")
+            d = loads(body)
+            if not (type(d) is dict and len(d) == 7
+                    and d["prev"] == prev_hex and type(n := d["n"]) is int and n == number
+                    and number <= max_n and d["feed"] == feed_id and d["subfeed"] == subfeed_hash
+                    and type(v := d["v"]) is int and v == 1 and type(ts := d["ts"]) is int
+                    and 0 <= ts <= max_n and "payload" in d and dumps(d) == body):
+                raise ValueError
+            if sig_hex:
+                signature = _hex_bytes(sig_hex.decode("ascii", "replace"), 64)
+                if signature is None:
+                    raise ValueError
+            else:
+                signature = None
+        except Exception:  # anything unusual: every check one by one, which names the fault
+            number, prev, body, signature, d = _parse_fields(line, feed_id, subfeed_hash)
+            carries = carries or "succession" in d
+            if prev != prev_hex:
+                _previous_hash(number, prev)  # malformed: say so, as parse_wire would
+                if number == prev_n + 1:
+                    raise VerificationError(f"message {number} does not link to message {prev_n}") from None
+            if number != prev_n + 1:
+                raise VerificationError(f"message {number} follows message {prev_n}: gap") from None
         prev_n, prev_hex = number, sha256(body).hexdigest()
         append((number, body, signature))
         if signature is not None:
@@ -285,6 +365,8 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
             f"range ends at message {prev_n}, which is not signed; "
             "a transferred range must end at a signed message"
         )
+    if plain and carries:
+        raise CarriesSuccession
     for n, h, sig in signed:
         if not signature_is_valid(public_key, h, sig):
             raise VerificationError(f"bad signature on message {n}")

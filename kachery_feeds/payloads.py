@@ -39,15 +39,21 @@ def _check(value: Any, depth: int) -> None:
         return
     if depth > _MAX_DEPTH:
         raise InvalidPayloadError(f"payload is nested deeper than {_MAX_DEPTH} levels")
+    # Strings, booleans, None and 64-bit integers inside containers are passed inline (no call
+    # each: a payload is mostly those); anything else gets the full check.
     if t is dict:
         for key, item in value.items():
             if type(key) is not str:
                 raise InvalidPayloadError(f"object key {short_repr(key)} is not a string")
-            _check(item, depth + 1)
+            ti = type(item)
+            if not (ti is str or ti is bool or item is None or (ti is int and _INT_MIN <= item <= _INT_MAX)):
+                _check(item, depth + 1)
         return
     if t is list or t is tuple:
         for item in value:
-            _check(item, depth + 1)
+            ti = type(item)
+            if not (ti is str or ti is bool or item is None or (ti is int and _INT_MIN <= item <= _INT_MAX)):
+                _check(item, depth + 1)
         return
     # Subclasses of the JSON types (IntEnum, OrderedDict, ...) are plain JSON to orjson too.
     if isinstance(value, bool | str):

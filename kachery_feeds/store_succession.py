@@ -23,6 +23,7 @@ import orjson
 
 from .errors import ForkError, NotWriteableError, VerificationError
 from .messages import (
+    CarriesSuccession,
     ParsedRange,
     check_chain,
     message_hash,
@@ -206,12 +207,13 @@ class SuccessionMixin:
         the feed ID's key; otherwise each message is checked against the key that governs its
         position (a violation is recorded and raised as ForkError). Returns the range and the
         chain it was checked against (None: the plain path)."""
-        # Cheap: no line can carry records (a line that is not bytes is refused by either path).
-        if not any(type(line) is not bytes or b'"succession"' in line for line in lines):
-            with self._lock:
-                stored = self._chain_in(self._conn, feed_id)
-            if not stored.records:
-                return parse_range(lines, feed_id, subfeed_hash, bytes.fromhex(feed_id)), None
+        with self._lock:
+            stored = self._chain_in(self._conn, feed_id)
+        if not stored.records:
+            try:  # raises CarriesSuccession, before checking any signature, if a line carries records
+                return parse_range(lines, feed_id, subfeed_hash, bytes.fromhex(feed_id), plain=True), None
+            except CarriesSuccession:
+                pass
         msgs = [parse_wire(line, feed_id, subfeed_hash) for line in lines]
         chain = self._succession_for_import(feed_id, msgs)
         if chain is None:

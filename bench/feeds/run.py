@@ -34,6 +34,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,8 @@ def raw_insert_rate(
 def commit_per_row_rate(tmp: Path, schema: str, rows: list[tuple[bytes, bytes | None]]) -> float:
     """Plain sqlite3: one BEGIN IMMEDIATE / INSERT / COMMIT per row, WAL + NORMAL."""
     path = tmp / "raw-commit-per-row.sqlite"
+    for f in tmp.glob("raw-commit-per-row.sqlite*"):
+        f.unlink()
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA synchronous=NORMAL")
@@ -197,12 +200,12 @@ def small_op_limits(cfg: dict, bodies: list[bytes]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- kachery
-def bench_single(tmp: Path, n: int, repeat: int, durability: str = "normal") -> dict[str, Any]:
+def bench_single(tmp: Path, n: int, repeat: int, durability: str = "normal", tag: str = "") -> dict[str, Any]:
     """Durable single appends: each ``append_message`` returns after its commit. Best of
     ``repeat`` runs, each on a fresh store."""
     runs = []
     for r in range(repeat):
-        store = kf.open_store(tmp / f"single-{durability}-{r}.sqlite", durability=durability)
+        store = kf.open_store(tmp / f"single-{durability}-{tag}{r}.sqlite", durability=durability)
         sf = store.create_feed().load_subfeed("single")
         data = [payload(i) for i in range(n)]
         sf.append_message(payload(-1))  # creates the subfeed row; not timed
@@ -215,11 +218,11 @@ def bench_single(tmp: Path, n: int, repeat: int, durability: str = "normal") -> 
     return {"single_appends": n, "single_appends_per_s": max(runs), "single_appends_runs": runs}
 
 
-def bench_batch(tmp: Path, batches: int, repeat: int) -> dict[str, Any]:
+def bench_batch(tmp: Path, batches: int, repeat: int, tag: str = "") -> dict[str, Any]:
     """``append_messages`` with 1000 payloads per call. Best of ``repeat`` fresh-store runs."""
     runs = []
     for r in range(repeat):
-        store = kf.open_store(tmp / f"batch-{r}.sqlite")
+        store = kf.open_store(tmp / f"batch-{tag}{r}.sqlite")
         sf = store.create_feed().load_subfeed("batch")
         data = [[payload(b * 1000 + i) for i in range(1000)] for b in range(batches)]
         sf.append_message(payload(-1))
@@ -320,12 +323,11 @@ def _writer(db: str, uri: str, n: str, interval_ms: str, out: str) -> None:
     )
 
 
-def bench_import(tmp: Path, n: int) -> dict[str, Any]:
-    """Verified import of n messages into a fresh store: batch-signed and individually signed."""
+def build_import_sources(tmp: Path, n: int) -> dict[str, Any]:
+    """The two import sources (n messages appended in batches of 1000, and one by one), their
+    wire lines and the rows a raw insert writes."""
     src = kf.open_store(tmp / "import-src.sqlite")
     feed = src.create_feed()
-    res: dict[str, Any] = {"import_messages": n}
-
     log(f"  building {n} messages with batch appends of 1000")
     batched = feed.load_subfeed("batched")
     for b in range(0, n, 1000):
@@ -335,45 +337,51 @@ def bench_import(tmp: Path, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     for i in range(n):
         single.append_message(payload(i))
-    res["build_individual_appends_per_s"] = n / (time.perf_counter() - t0)
-
-    schema = messages_schema(tmp / "import-src.sqlite")
+    out: dict[str, Any] = {"n": n, "build_individual_appends_per_s": n / (time.perf_counter() - t0),
+                           "schema": messages_schema(tmp / "import-src.sqlite")}
     for tag, sf in (("batched", batched), ("individual", single)):
         lines = sf.get_signed_messages()
         assert len(lines) == n, (tag, len(lines))
-        rows = rows_from_wire(lines)
-        # Raw insert and import alternate (3 times for the SQLite-bound batch-signed case, twice
-        # for the CPU-bound signed one); the best of each counts: the machine is shared and its
-        # disk writeback noisy, and a limit is a ceiling. CPU-time rates are kept too.
-        raw, raw_cpu, imp, imp_cpu = [], [], [], []
-        for attempt in range(3 if tag == "batched" else 2):
-            wall, cpu = raw_insert_rate(tmp, schema, rows, f"{tag}-{attempt}")
-            raw.append(wall)
-            raw_cpu.append(cpu)
-            dst = kf.open_store(tmp / f"import-dst-{tag}-{attempt}.sqlite")
-            target = dst.load_subfeed(sf.uri)
-            settle()
-            t0, c0 = time.perf_counter(), time.process_time()
-            added = target.add_signed_messages(lines)
-            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-            assert added == n, (tag, added)
-            imp.append(n / secs)
-            imp_cpu.append(n / max(cpu, 1e-9))
-            dst.close()
-        res[f"raw_insert_{tag}_per_s"] = max(raw)
-        res[f"import_{tag}_per_s"] = max(imp)
-        res[f"raw_insert_{tag}_cpu_per_s"] = max(raw_cpu)
-        res[f"import_{tag}_cpu_per_s"] = max(imp_cpu)
-        res[f"raw_insert_{tag}_runs"] = raw
-        res[f"import_{tag}_runs"] = imp
-        res[f"signed_fraction_{tag}"] = sum(1 for _b, s in rows if s) / n
-        if tag == "batched":
-            res["body_bytes_mean"] = sum(len(b) for b, _s in rows) / n
-            res["_bodies"] = [b for b, _s in rows[:1000]]
-            res["_schema"] = schema
-        else:
-            res["_rows"] = rows  # every row signed, like single appends
+        out[tag] = {"uri": sf.uri, "lines": lines, "rows": rows_from_wire(lines)}
     src.close()
+    return out
+
+
+def measure_import(tmp: Path, sources: dict[str, Any], tag: str, attempt: str) -> dict[str, float]:
+    """One raw insert of a source's rows, then one verified import of its lines into a fresh
+    store: wall and CPU rates of each."""
+    src = sources[tag]
+    n = sources["n"]
+    raw_wall, raw_cpu = raw_insert_rate(tmp, sources["schema"], src["rows"], f"{tag}-{attempt}")
+    path = tmp / f"import-dst-{tag}-{attempt}.sqlite"
+    dst = kf.open_store(path)
+    target = dst.load_subfeed(src["uri"])
+    settle()
+    t0, c0 = time.perf_counter(), time.process_time()
+    added = target.add_signed_messages(src["lines"])
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert added == n, (tag, added)
+    dst.close()
+    for f in tmp.glob(f"import-dst-{tag}-{attempt}.sqlite*"):
+        f.unlink()
+    for f in tmp.glob(f"raw-insert-{tag}-{attempt}.sqlite*"):
+        f.unlink()
+    return {"raw": raw_wall, "raw_cpu": raw_cpu, "import": n / secs, "import_cpu": n / max(cpu, 1e-9)}
+
+
+def bench_import(tmp: Path, n: int) -> dict[str, Any]:
+    """Verified import of n messages into a fresh store: batch-signed and individually signed
+    (the raw insert and the import alternate; the best of each counts). Used by
+    bench/compare_revisions.py; the full run measures rounds instead (see main)."""
+    sources = build_import_sources(tmp, n)
+    res: dict[str, Any] = {"import_messages": n,
+                           "build_individual_appends_per_s": sources["build_individual_appends_per_s"]}
+    for tag in ("batched", "individual"):
+        runs = [measure_import(tmp, sources, tag, str(a)) for a in range(3 if tag == "batched" else 2)]
+        for key, name in (("raw", "raw_insert"), ("import", "import")):
+            res[f"{name}_{tag}_per_s"] = max(r[key] for r in runs)
+            res[f"{name}_{tag}_cpu_per_s"] = max(r[key + "_cpu"] for r in runs)
+            res[f"{name}_{tag}_runs"] = [r[key] for r in runs]
     return res
 
 
@@ -451,8 +459,33 @@ def _follow_memory(db: str, uri: str, out: str, how: str = "follow") -> None:
 
 
 # ---------------------------------------------------------------------------------- hypercore
-def run_hypercore(tmp: Path, quick: bool) -> dict[str, Any] | None:
-    return run_hypercore_bench(tmp, ["--quick"] if quick else [], log)
+def run_hypercore(tmp: Path, quick: bool, rounds: int) -> dict[str, Any] | None:
+    """bench.mjs with ``--repeat rounds``: one single-append and one batch run per round."""
+    return run_hypercore_bench(tmp, (["--quick"] if quick else []) + ["--repeat", str(rounds)], log)
+
+
+# ---------------------------------------------------------------------------------- rounds
+def measure_round(tmp: Path, cfg: dict, sources: dict[str, Any], r: int) -> dict[str, float]:
+    """One round: each limit measured right before the kachery figure it bounds, fresh stores."""
+    log(f"round {r + 1}: ed25519 sign/verify, one commit per row, single appends")
+    out: dict[str, float] = {}
+    crypto = crypto_limits(cfg)
+    out["sign_per_s"], out["verify_per_s"] = crypto["ed25519_sign_per_s"], crypto["ed25519_verify_per_s"]
+    out["commit_per_row_per_s"] = commit_per_row_rate(
+        tmp, sources["schema"], sources["individual"]["rows"][: cfg["commit_rows"]])
+    out["sign_commit_per_s"] = 1 / (1 / out["sign_per_s"] + 1 / out["commit_per_row_per_s"])
+    out["single_per_s"] = bench_single(tmp, cfg["single"], 1, tag=f"r{r}")["single_appends_per_s"]
+    log(f"round {r + 1}: batch appends, raw insert + verified import")
+    out["batch_per_s"] = bench_batch(tmp, cfg["batches"], 1, tag=f"r{r}")["batch_messages_per_s"]
+    for tag in ("batched", "individual"):
+        m = measure_import(tmp, sources, tag, f"r{r}")
+        out[f"raw_{tag}_per_s"], out[f"raw_{tag}_cpu_per_s"] = m["raw"], m["raw_cpu"]
+        out[f"import_{tag}_per_s"], out[f"import_{tag}_cpu_per_s"] = m["import"], m["import_cpu"]
+    return out
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -476,90 +509,48 @@ def fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
-def div(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b in (None, 0) else a / b
+def fmt_spread(values: list[float] | None, fmt) -> str:
+    if not values:
+        return "-"
+    lo, mid, hi = spread(values)
+    return f"{fmt(lo)} / {fmt(mid)} / {fmt(hi)}"
 
 
-def build_rows(k: dict, h: dict | None, lim: dict) -> list[dict[str, Any]]:
+def build_rows(rounds: list[dict], h: dict | None) -> list[dict[str, Any]]:
+    """Issue 15's single-node feed rows: per round the kachery figure, its limit from the same
+    round and the ratio; hypercore's run of the same index, and the ratio to it."""
     h = h or {}
     rows = []
 
-    def add(metric, kv, hv, ratio, limit, target, met, kfmt=fmt_rate, hfmt=fmt_rate):
-        rows.append(
-            {
-                "metric": metric,
-                "kachery": kv,
-                "hypercore": hv,
-                "ratio": ratio,
-                "limit": limit,
-                "target": target,
-                "met": met,
-                "_kfmt": kfmt,
-                "_hfmt": hfmt,
-            }
-        )
+    def add(metric, key, limit_key, limit_name, h_runs, target, judge):
+        k = [r[key] for r in rounds]
+        lim = [r[limit_key] for r in rounds]
+        to_limit = [a / b for a, b in zip(k, lim, strict=True)]
+        to_h = [a / b for a, b in zip(k, h_runs, strict=False)] if h_runs else None
+        ratios = to_limit if judge == "limit" else to_h
+        threshold = float(target.split("x")[0].lstrip(">= "))
+        rows.append({
+            "metric": metric, "kachery": k, "limit_name": limit_name, "limit": lim,
+            "ratio_to_limit": to_limit, "hypercore": h_runs or None, "ratio_to_hypercore": to_h,
+            "target": target,
+            "met_median": None if ratios is None else statistics.median(ratios) >= threshold,
+            "met_every_round": None if ratios is None else min(ratios) >= threshold,
+        })
 
-    r = div(k["single_appends_per_s"], h.get("single_appends_per_s"))
-    floor = 1 / (1 / lim["ed25519_sign_per_s"] + 1 / lim["commit_per_row_per_s"])
-    add(
-        "durable single appends/s", k["single_appends_per_s"], h.get("single_appends_per_s"), r,
-        f"sign+commit/row {fmt_rate(floor)} ({fmt_ratio(k['single_appends_per_s'] / floor)})",
-        ">= 2x hypercore", None if r is None else r >= 2,
-    )  # fmt: skip
-    r = div(k["batch_messages_per_s"], h.get("batch_blocks_per_s"))
-    add(
-        "batch appends (1000/call), msgs/s", k["batch_messages_per_s"], h.get("batch_blocks_per_s"),
-        r, f"raw insert {fmt_rate(lim['raw_insert_batched_per_s'])} "
-        f"({fmt_ratio(k['batch_messages_per_s'] / lim['raw_insert_batched_per_s'])})",
-        ">= 1x hypercore", None if r is None else r >= 1,
-    )  # fmt: skip
-    add(
-        "follow latency p50 (cross-process)", k["follow_p50_ms"], h.get("tail_event_p50_ms"),
-        div(k["follow_p50_ms"], h.get("tail_event_p50_ms")), "-", "<= 5 ms (p50)",
-        k["follow_p50_ms"] <= 5, fmt_ms, fmt_ms,
-    )  # fmt: skip
-    add(
-        "follow latency p99 (cross-process)", k["follow_p99_ms"], h.get("tail_event_p99_ms"),
-        div(k["follow_p99_ms"], h.get("tail_event_p99_ms")), "-", "<= 50 ms (p99)",
-        k["follow_p99_ms"] <= 50, fmt_ms, fmt_ms,
-    )  # fmt: skip
-    rl = k["import_batched_per_s"] / k["raw_insert_batched_per_s"]
-    add(
-        f"verified import {k['import_messages'] // 1000}k, batch-signed",
-        k["import_batched_per_s"], h.get("repl_small_blocks_per_s"),
-        div(k["import_batched_per_s"], h.get("repl_small_blocks_per_s")),
-        f"raw insert {fmt_rate(k['raw_insert_batched_per_s'])} ({fmt_ratio(rl)})",
-        ">= 0.5x raw insert", rl >= 0.5,
-    )  # fmt: skip
-    rl = k["import_individual_per_s"] / lim["ed25519_verify_per_s"]
-    add(
-        f"verified import {k['import_messages'] // 1000}k, each signed",
-        k["import_individual_per_s"], None, None,
-        f"ed25519 verify {fmt_rate(lim['ed25519_verify_per_s'])} ({fmt_ratio(rl)})",
-        ">= 0.6x raw verify", rl >= 0.6,
-    )  # fmt: skip
-    mem = k["follow_mem"]
-    add(
-        f"follow {mem['count'] // 1000}k msgs: peak RSS", mem["peak_rss_mb"], None, None,
-        f"baseline {mem['baseline_rss_mb']:.1f} MB, +{mem['delta_rss_mb']:.1f} MB",
-        "<= 100 MB", mem["peak_rss_mb"] <= 100, lambda x: f"{x:.1f} MB", lambda x: "-",
-    )  # fmt: skip
-    for how, what in (("iter", "iter_messages"), ("list", "get_messages")):
-        if how in mem:
-            m = mem[how]
-            add(
-                f"{what} {m['count'] // 1000}k msgs: peak RSS", m["peak_rss_mb"], None, None,
-                f"baseline {m['baseline_rss_mb']:.1f} MB, +{m['delta_rss_mb']:.1f} MB; "
-                f"{fmt_rate(m['read_per_s'])}",
-                "<= 100 MB" if how == "iter" else "(loads all; documented)",
-                m["peak_rss_mb"] <= 100 if how == "iter" else None,
-                lambda x: f"{x:.1f} MB", lambda x: "-",
-            )  # fmt: skip
+    add("durable single append", "single_per_s", "sign_commit_per_s", "sign + one commit",
+        h.get("single_appends_runs"), ">= 0.75x limit", "limit")
+    add("batch append, 1000/call", "batch_per_s", "raw_batched_per_s", "raw SQLite insert",
+        h.get("batch_blocks_runs"), ">= 2x hypercore", "hypercore")
+    add("verified import, batch-signed", "import_batched_per_s", "raw_batched_per_s",
+        "raw insert of the same rows", None, ">= 0.6x limit", "limit")
+    add("verified import, each signed", "import_individual_per_s", "verify_per_s", "Ed25519 verify",
+        None, ">= 0.6x limit", "limit")
     return rows
 
 
 def render(result: dict) -> str:
-    k, h, lim = result["kachery"], result.get("hypercore"), result["limits"]
+    h, lim, x = result.get("hypercore"), result["limits"], result["extra"]
+    rounds = result["rounds"]
     out = []
     m = result["machine"]
     out.append(
@@ -569,92 +560,88 @@ def render(result: dict) -> str:
         + (" — QUICK (smoke sizes, not comparable)" if result["quick"] else "")
     )
     out.append(
-        f"payload {PAYLOAD_BYTES} B JSON (stored body ~{k['body_bytes_mean']:.0f} B); "
-        "hypercore blocks of 256 B"
+        f"commit {result['commit']}; load average {result['loadavg_start'][0]:.2f} at the start, "
+        f"{result['loadavg_end'][0]:.2f} at the end; payload {PAYLOAD_BYTES} B JSON (stored body "
+        f"~{lim['sha256_body_bytes']:.0f} B); hypercore blocks of 256 B"
     )
     out.append("")
-    rows = build_rows(k, h, lim)
+    out.append(f"{len(rounds)} rounds; each cell min / median / max over the rounds. A round measures "
+               "each limit right before the figure it bounds; ratios are per round (round i of "
+               "kachery over round i of its limit, and over hypercore's run i).")
+    rows = build_rows(rounds, h)
+    yes = lambda v: "n/a" if v is None else ("yes" if v else "NO")  # noqa: E731
+    out.append(table(
+        ["metric", "kachery", "limit (same round)", "x limit", "hypercore", "x hypercore", "target",
+         "met (median / every round)"],
+        [[r["metric"], fmt_spread(r["kachery"], fmt_rate),
+          f"{r['limit_name']} {fmt_spread(r['limit'], fmt_rate)}",
+          fmt_spread(r["ratio_to_limit"], fmt_ratio), fmt_spread(r["hypercore"], fmt_rate),
+          fmt_spread(r["ratio_to_hypercore"], fmt_ratio), r["target"],
+          f"{yes(r['met_median'])} / {yes(r['met_every_round'])}"] for r in rows]))
+    cpu_ratio = [r["import_batched_cpu_per_s"] / r["raw_batched_cpu_per_s"] for r in rounds]
     out.append(
-        table(
-            ["metric", "kachery", "hypercore", "ratio", "physical limit (this run)", "target", "met?"],
-            [
-                [
-                    r["metric"],
-                    r["_kfmt"](r["kachery"]),
-                    "-" if r["hypercore"] is None else r["_hfmt"](r["hypercore"]),
-                    "-" if r["ratio"] is None else fmt_ratio(r["ratio"]),
-                    r["limit"],
-                    r["target"],
-                    "n/a" if r["met"] is None else ("yes" if r["met"] else "NO"),
-                ]
-                for r in rows
-            ],
-        )
+        f"verified import batch-signed by CPU time (less sensitive to disk writeback): "
+        f"{fmt_spread([r['import_batched_cpu_per_s'] for r in rounds], fmt_rate)} vs raw insert "
+        f"{fmt_spread([r['raw_batched_cpu_per_s'] for r in rounds], fmt_rate)}, "
+        f"ratio {fmt_spread(cpu_ratio, fmt_ratio)}; per-message cost over the raw insert: "
+        + fmt_spread([1e6 / r["import_batched_per_s"] - 1e6 / r["raw_batched_per_s"] for r in rounds],
+                     lambda v: f"{v:.2f} us")
+    )
+    out.append(
+        "single append cost over sign + one commit: "
+        + fmt_spread([1e6 / r["single_per_s"] - 1e6 / r["sign_commit_per_s"] for r in rounds],
+                     lambda v: f"{v:.1f} us")
     )
     out.append("")
-    out.append(
-        "ratio = kachery / hypercore. Latency: hypercore is in-process (append -> replica "
-        "'append' event), kachery is writer process -> follower process, so the ratio says how "
-        "far we are. Import rows: the hypercore column is its in-process replication of "
-        f"{h['repl_small_blocks'] if h else 'n/a'} 256-B blocks (verify + store), for context; the "
-        "target is judged against the limit."
-    )
-    out.append(
-        f"follow latency: kachery writer append_message itself p50 "
-        f"{fmt_ms(k['follow_writer_append_p50_ms'])}, p99 {fmt_ms(k['follow_writer_append_p99_ms'])}"
-        f"; hypercore replica core.get p50 {fmt_ms(h and h.get('tail_get_p50_ms'))}, "
-        f"p99 {fmt_ms(h and h.get('tail_get_p99_ms'))}"
-    )
-    runs = lambda xs: ", ".join(fmt_rate(x) for x in xs) if xs else "n/a"  # noqa: E731
-    out.append(
-        f"appends, every run (the best counts): single kachery {runs(k['single_appends_runs'])}"
-        f" / hypercore {runs(h and h.get('single_appends_runs'))}; batch kachery "
-        f"{runs(k['batch_messages_runs'])} / hypercore {runs(h and h.get('batch_blocks_runs'))}"
-    )
-    out.append(
-        f"verified import by CPU time instead of wall time (less sensitive to disk writeback): "
-        f"batch-signed {fmt_rate(k['import_batched_cpu_per_s'])} vs raw insert "
-        f"{fmt_rate(k['raw_insert_batched_cpu_per_s'])} "
-        f"({fmt_ratio(k['import_batched_cpu_per_s'] / k['raw_insert_batched_cpu_per_s'])}); "
-        f"runs (wall): import {', '.join(fmt_rate(x) for x in k['import_batched_runs'])}, "
-        f"raw {', '.join(fmt_rate(x) for x in k['raw_insert_batched_runs'])}"
-    )
-    out.append("")
-    out.append("Physical limits, measured in this run (one core, Python):")
-    lrows = [
-        ["Ed25519 sign (nacl.bindings.crypto_sign, 56 B input)", lim["ed25519_sign_per_s"]],
-        ["Ed25519 verify (crypto_sign_open)", lim["ed25519_verify_per_s"]],
-        [f"SHA-256 of one body (~{lim['sha256_body_bytes']:.0f} B)", lim["sha256_per_s"]],
-        ["orjson dumps of one payload (sorted keys)", lim["orjson_dumps_per_s"]],
-        ["sqlite3 insert, same rows, one txn (batch-signed rows)", lim["raw_insert_batched_per_s"]],
-        ["sqlite3 insert, same rows, one txn (signed rows)", lim["raw_insert_individual_per_s"]],
-        ["sqlite3 one commit per row (WAL, NORMAL)", lim["commit_per_row_per_s"]],
-    ]
-    out.append(
-        table(
-            ["limit", "rate", "per op"],
-            [[name, fmt_rate(v), f"{1e6 / v:.2f} us"] for name, v in lrows],
-        )
-    )
-    out.append("")
-    extra = [
-        ["kachery: individual appends building the import source",
-         fmt_rate(k["build_individual_appends_per_s"])],
-        ["kachery: batch appends building the follow subfeed",
-         fmt_rate(k["follow_mem"]["build_batch_per_s"])],
-        ["kachery: follow read rate (start to end)", fmt_rate(k["follow_mem"]["read_per_s"])],
-        ["kachery: single appends with durability='full' (fsync per commit)",
-         fmt_rate(k["single_appends_full_per_s"])],
-    ]  # fmt: skip
-    if h:
-        extra += [
-            [f"hypercore: replication {h['repl_small_blocks'] // 1000}k x 256 B (issue 5)",
-             f"{fmt_rate(h['repl_small_blocks_per_s'])} ({h['repl_small_mb_per_s']:.2f} MB/s)"],
-            [f"hypercore: replication 64 KiB blocks, {h['repl_big_blocks'] * 64 // 1024} MiB (issue 5)",
-             f"{h['repl_big_mb_per_s']:.0f} MB/s"],
-            ["hypercore: append 64 KiB blocks, batches of 16", f"{h['big_append_mb_per_s']:.0f} MB/s"],
+    others = []
+    if "follow_p50_ms" in x:
+        others += [
+            ["follow latency p50 / p99 (writer process -> follower process)",
+             f"{fmt_ms(x['follow_p50_ms'])} / {fmt_ms(x['follow_p99_ms'])}",
+             f"in-process tail: {fmt_ms(h and h.get('tail_event_p50_ms'))} / "
+             f"{fmt_ms(h and h.get('tail_event_p99_ms'))}"],
+            ["writer's own append_message during it, p50 / p99",
+             f"{fmt_ms(x['follow_writer_append_p50_ms'])} / {fmt_ms(x['follow_writer_append_p99_ms'])}", "-"],
         ]  # fmt: skip
-    out.append(table(["other figures", "value"], extra))
+    mem = x.get("follow_mem")
+    if mem:
+        others.append([f"follow {mem['count'] // 1000}k msgs: peak RSS",
+                       f"{mem['peak_rss_mb']:.1f} MB (+{mem['delta_rss_mb']:.1f}); "
+                       f"read {fmt_rate(mem['read_per_s'])}", "-"])
+        for how, what in (("iter", "iter_messages"), ("list", "get_messages")):
+            if how in mem:
+                mm = mem[how]
+                others.append([f"{what} {mm['count'] // 1000}k msgs: peak RSS",
+                               f"{mm['peak_rss_mb']:.1f} MB (+{mm['delta_rss_mb']:.1f}); "
+                               f"{fmt_rate(mm['read_per_s'])}", "-"])
+        others.append(["batch appends building the follow subfeed", fmt_rate(mem["build_batch_per_s"]), "-"])
+    if "single_appends_full_per_s" in x:
+        others.append(["single appends with durability='full' (fsync per commit)",
+                       fmt_rate(x["single_appends_full_per_s"]), "-"])
+    others.append(["individual appends building the import source",
+                   fmt_rate(x["build_individual_appends_per_s"]), "-"])
+    if h:
+        others += [
+            [f"hypercore: replication {h['repl_small_blocks'] // 1000}k x 256 B (issue 5)",
+             f"{fmt_rate(h['repl_small_blocks_per_s'])} ({h['repl_small_mb_per_s']:.2f} MB/s)", "-"],
+            [f"hypercore: replication 64 KiB blocks, {h['repl_big_blocks'] * 64 // 1024} MiB",
+             f"{h['repl_big_mb_per_s']:.0f} MB/s", "-"],
+        ]  # fmt: skip
+    out.append(table(["other figures (one run)", "kachery", "hypercore"], others))
+    out.append("")
+    out.append("Physical limits (one core, Python; per round min / median / max, else once):")
+    lrows = [
+        ["Ed25519 sign (nacl.bindings.crypto_sign, 56 B input)", [r["sign_per_s"] for r in rounds]],
+        ["Ed25519 verify (crypto_sign_open)", [r["verify_per_s"] for r in rounds]],
+        ["sqlite3 one commit per row (WAL, NORMAL)", [r["commit_per_row_per_s"] for r in rounds]],
+        ["sqlite3 insert, same rows, one txn (batch-signed rows)", [r["raw_batched_per_s"] for r in rounds]],
+        ["sqlite3 insert, same rows, one txn (signed rows)", [r["raw_individual_per_s"] for r in rounds]],
+        [f"SHA-256 of one body (~{lim['sha256_body_bytes']:.0f} B)", [lim["sha256_per_s"]]],
+        ["orjson dumps of one payload (sorted keys)", [lim["orjson_dumps_per_s"]]],
+    ]
+    out.append(table(["limit", "rate", "per op (median)"],
+                     [[name, fmt_spread(v, fmt_rate), f"{1e6 / statistics.median(v):.2f} us"]
+                      for name, v in lrows]))
     return "\n".join(out)
 
 
@@ -665,14 +652,28 @@ def machine_info() -> dict[str, Any]:
             "orjson": orjson.__version__}
 
 
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+SECTIONS = ("rounds", "latency", "memory")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test, < 30 s)")
     ap.add_argument("--no-hypercore", action="store_true", help="skip the Node.js hypercore side")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the append and import rows (default 3)")
+    ap.add_argument("--only", help=f"comma-separated subset of: {','.join(SECTIONS)} (default all)")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--tmp", metavar="DIR", help="parent folder for the temporary stores")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
+    only = set((args.only or ",".join(SECTIONS)).split(","))
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="kachery-bench-", dir=args.tmp))
     result: dict[str, Any] = {
@@ -680,47 +681,41 @@ def main() -> None:
         "quick": args.quick,
         "config": cfg,
         "machine": machine_info(),
+        "commit": git_commit(),
+        "loadavg_start": os.getloadavg(),
     }
     try:
         h = None
         if not args.no_hypercore:
             log("hypercore (node)")
-            h = run_hypercore(tmp, args.quick)
+            h = run_hypercore(tmp, args.quick, args.rounds)
         result["hypercore"] = h
-
-        log("physical limits: ed25519")
-        lim: dict[str, Any] = crypto_limits(cfg)
-        k: dict[str, Any] = {}
-        log("kachery: verified import (builds its sources, measures raw inserts of the same rows)")
-        k.update(bench_import(tmp, cfg["import"]))
-        bodies, rows, schema = k.pop("_bodies"), k.pop("_rows"), k.pop("_schema")
-        log("physical limits: sha256, orjson, commit per row")
-        lim.update(small_op_limits(cfg, bodies))
-        lim["commit_per_row_per_s"] = commit_per_row_rate(tmp, schema, rows[: cfg["commit_rows"]])
-        lim["raw_insert_batched_per_s"] = k["raw_insert_batched_per_s"]
-        lim["raw_insert_individual_per_s"] = k["raw_insert_individual_per_s"]
-        log("kachery: single appends")
-        k.update(bench_single(tmp, cfg["single"], cfg["repeat"]))
-        log("kachery: single appends, durability='full'")
-        k["single_appends_full_per_s"] = bench_single(tmp, cfg["single"] // 5, 1, "full")[
-            "single_appends_per_s"
-        ]
-        log("kachery: batch appends")
-        k.update(bench_batch(tmp, cfg["batches"], cfg["repeat"]))
-        log("kachery: follow latency (2 processes)")
-        k.update(bench_follow_latency(tmp, cfg["tail"], cfg["tail_interval_ms"]))
-        log("kachery: follow memory")
-        k["follow_mem"] = bench_follow_memory(tmp, cfg["follow_mem"])
-        result["limits"] = lim
-        result["kachery"] = k
+        log("building the import sources")
+        sources = build_import_sources(tmp, cfg["import"])
+        x: dict[str, Any] = {"build_individual_appends_per_s": sources["build_individual_appends_per_s"]}
+        lim = small_op_limits(cfg, [b for b, _s in sources["batched"]["rows"][:1000]])
+        rounds = []
+        if "rounds" in only:
+            for r in range(args.rounds):
+                rounds.append(measure_round(tmp, cfg, sources, r))
+            log("single appends, durability='full'")
+            x["single_appends_full_per_s"] = bench_single(
+                tmp, cfg["single"] // 5, 1, "full")["single_appends_per_s"]
+        del sources
+        if "latency" in only:
+            log("follow latency (2 processes)")
+            x.update(bench_follow_latency(tmp, cfg["tail"], cfg["tail_interval_ms"]))
+        if "memory" in only:
+            log("follow memory")
+            x["follow_mem"] = bench_follow_memory(tmp, cfg["follow_mem"])
+        result["limits"], result["rounds"], result["extra"] = lim, rounds, x
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result["rows"] = [
-        {key: v for key, v in r.items() if not key.startswith("_")}
-        for r in build_rows(result["kachery"], result["hypercore"], result["limits"])
-    ]
+    result["loadavg_end"] = os.getloadavg()
+    result["rows"] = build_rows(rounds, result["hypercore"]) if rounds else []
     result["seconds"] = time.perf_counter() - t_start
-    print(render(result))
+    if rounds:
+        print(render(result))
     print(f"\n(total {result['seconds']:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -22,8 +22,8 @@ from ..identity import Keypair
 from ..protocol.node_messages import Envelope
 from ..transport.bucket.bucket_interface import ByteSink, Destination, ProgressCallback
 
-__all__ = ["BucketObjectMissing", "ByteSink", "ChannelLink", "Destination", "MessageHandler",
-           "ProgressCallback", "refresh_if_lacking"]
+__all__ = ["BucketObjectMissing", "ByteSink", "ChannelLink", "Destination", "InlineHandler",
+           "MessageHandler", "ProgressCallback", "refresh_if_lacking"]
 
 
 class BucketObjectMissing(NotFoundError):
@@ -92,3 +92,9 @@ async def refresh_if_lacking(links: Sequence[ChannelLink], role: str) -> None:
 #: Handlers receive verified envelopes: signature, channel/band binding, freshness and replay
 #: have been checked, and the sender holds the role that publishes on the band.
 MessageHandler = Callable[[ChannelLink, str, Envelope], Awaitable[None]]
+
+#: A flow's fast path for the messages it can take at once (a live push is verified and stored
+#: without waiting for anything): called by the channel's receiving task itself, it returns True
+#: when it took the message, False to have it go to the flow's MessageHandler in a task of its own
+#: (which costs a task switch). It must not block.
+InlineHandler = Callable[[ChannelLink, str, Envelope], bool]

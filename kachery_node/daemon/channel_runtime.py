@@ -54,7 +54,7 @@ from ..transport.bucket.bucket_interface import Bucket, Destination
 from ..transport.bucket.open_bucket import bucket_spec, open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
-from .channel_link import BucketObjectMissing, MessageHandler, ProgressCallback
+from .channel_link import BucketObjectMissing, InlineHandler, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
 
@@ -79,6 +79,7 @@ class ChannelRuntime:
         store: kf.Store,
         handlers: Mapping[str, MessageHandler],
         on_connected: Callable[[ChannelRuntime], Awaitable[None]] | None = None,
+        inline_handlers: Mapping[str, InlineHandler] | None = None,
     ) -> None:
         self.channel = channel
         self.node_id = node_key.public_hex
@@ -92,6 +93,7 @@ class ChannelRuntime:
         self.connected_since: float | None = None
         self._store = store
         self._handlers = handlers
+        self._inline_handlers = inline_handlers or {}
         self._on_connected = on_connected
         self._hub = HubClient(self.hub_url, node_key=node_key)
         self._pubsub = None
@@ -354,6 +356,14 @@ class ChannelRuntime:
             log.info("%s: dropped %s on %s: no exchange here handles %s", self.channel, env.type,
                      band, flow_of(band))
             return
+        inline = self._inline_handlers.get(flow_of(band))
+        if inline is not None:
+            try:
+                if inline(self, band, env):
+                    return
+            except Exception:
+                log.exception("%s: handler failed on %s from %s", self.channel, env.type, env.sender[:12])
+                return
         # Each message is its own task: a slow upload must not hold up the next message.
         nursery.start_soon(_guarded, handler, self, band, env)
 

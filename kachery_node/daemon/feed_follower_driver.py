@@ -50,6 +50,7 @@ from .channel_link import BucketObjectMissing, ChannelLink
 log = logging.getLogger("kachery.feeds")
 
 SEGMENT_DOWNLOADS_AHEAD = 4
+SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
 FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 CATCH_UPS_AT_ONCE = 16  # bucket reads and imports under way at once, over all followers
 SUBSCRIBE_BATCH_SECONDS = 0.05  # subscriptions handed over within this time travel together
@@ -139,6 +140,7 @@ class FollowerDriver:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._batchers: dict[str, _SubscriptionBatcher] = {}  # channel -> its batcher
         self._catch_ups = anyio.CapacityLimiter(CATCH_UPS_AT_ONCE)
+        self._subfeed_objects: dict[tuple[str, str], kf.Subfeed] = {}
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Own the followers' tasks until cancelled."""
@@ -191,7 +193,7 @@ class FollowerDriver:
         nudges this channel's follower back to the bucket."""
         if (message.feed_id, message.subfeed_hash) not in self._followed:
             return  # not following it (any more)
-        subfeed = self.store.load_feed(message.feed_id).load_subfeed("~" + message.subfeed_hash)
+        subfeed = self._subfeed(message.feed_id, message.subfeed_hash)
         lines = list(message.lines)
         if self.witnesses_required(message.feed_id, message.subfeed_hash):
             assert self.gate is not None
@@ -234,7 +236,7 @@ class FollowerDriver:
         feed's policy subfeed (re-read when it grew)."""
         if subfeed_hash == POLICY_SUBFEED_HASH:
             return 0
-        policy_subfeed = self.store.load_feed(feed_id).load_subfeed("~" + POLICY_SUBFEED_HASH)
+        policy_subfeed = self._subfeed(feed_id, POLICY_SUBFEED_HASH)
         count = policy_subfeed.get_num_local_messages()
         read, policy = self._policies.get(feed_id, (0, {}))
         if count != read:
@@ -269,6 +271,16 @@ class FollowerDriver:
                 assert self._task_group is not None, "FeedExchange.run() must be running"
                 self._task_group.start_soon(batcher.run)
         return batcher
+
+    def _subfeed(self, feed_id: str, subfeed_hash: str) -> kf.Subfeed:
+        """The store's handle of a subfeed, reused (a push needs one, and its policy's)."""
+        handle = self._subfeed_objects.get((feed_id, subfeed_hash))
+        if handle is None:
+            if len(self._subfeed_objects) >= SUBFEED_OBJECTS_KEPT:
+                self._subfeed_objects.clear()
+            handle = self._subfeed_objects[(feed_id, subfeed_hash)] = self.store.load_feed(
+                feed_id).load_subfeed("~" + subfeed_hash)
+        return handle
 
     def _conversation(self, link: ChannelLink, feed_id: str, subfeed_hash: str) -> _Conversation | None:
         return self._conversations.get(SubfeedOnChannel(link.channel, feed_id, subfeed_hash))

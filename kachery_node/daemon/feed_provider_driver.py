@@ -55,6 +55,10 @@ STORE_RECHECK_SECONDS = 1.0  # look for store changes at least this often, even 
 #: Counts are re-read only when the store's data_version moved (:class:`StoreVersion`), and at
 #: least this often anyway: reading N counts every second cost O(N) CPU at rest.
 FULL_RECOUNT_SECONDS = 30.0
+SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
+# A feed with at most this many provided subfeeds has their counts read one by one (a few µs
+# each, by primary key); more, in one query over the feed (list_subfeeds: ~30 µs however few).
+COUNTS_ONE_BY_ONE = 8
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 #: Bucket jobs doing I/O at once: 10,000 new subscriptions must not become 10,000 concurrent
 #: requests to the hub (the rest wait their turn; pushes never wait for this).
@@ -104,6 +108,7 @@ class ProviderDriver:
         self._counted: tuple[object, float] | None = None  # (data_version, when) of the last counts
         self._held: dict[str, tuple[object, dict[str, int]]] = {}  # feed -> (data_version, counts)
         self._witness_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
+        self._subfeed_objects: dict[Subfeed, kf.Subfeed] = {}
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Push new local messages and keep bucket copies up to date until cancelled."""
@@ -280,8 +285,16 @@ class ProviderDriver:
 
     # ------------------------------------------------------------------ helpers
     def _subfeed(self, subfeed: Subfeed) -> kf.Subfeed:
-        feed_id, subfeed_hash = subfeed
-        return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+        """The store's handle of ``subfeed``, reused (making one costs more than the count query
+        a push needs)."""
+        handle = self._subfeed_objects.get(subfeed)
+        if handle is None:
+            if len(self._subfeed_objects) >= SUBFEED_OBJECTS_KEPT:
+                self._subfeed_objects.clear()
+            feed_id, subfeed_hash = subfeed
+            handle = self._subfeed_objects[subfeed] = self.store.load_feed(feed_id).load_subfeed(
+                "~" + subfeed_hash)
+        return handle
 
     def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
         """Local counts, one query per feed: this runs every second (the store watch's safety
@@ -291,8 +304,9 @@ class ProviderDriver:
             by_feed[feed_id].append(subfeed_hash)
         counts: dict[Subfeed, int] = {}
         for feed_id, hashes in by_feed.items():
-            if len(hashes) == 1:
-                counts[(feed_id, hashes[0])] = self._subfeed((feed_id, hashes[0])).get_num_local_messages()
+            if len(hashes) <= COUNTS_ONE_BY_ONE:
+                for h in hashes:
+                    counts[(feed_id, h)] = self._subfeed((feed_id, h)).get_num_local_messages()
                 continue
             version = self._version.current()
             cached = self._held.get(feed_id)

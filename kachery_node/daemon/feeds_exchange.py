@@ -113,6 +113,21 @@ class FeedExchange:
         elif isinstance(message, SubfeedUploaded):
             self.following.on_subfeed_uploaded(link, message)
 
+    def on_message_inline(self, link: ChannelLink, band: str, env: Envelope) -> bool:
+        """Import a live push (``newSubfeedMessages``) at once, in the channel's receiving task
+        (verifying and storing it waits for nothing); False for every other message, which
+        :meth:`on_message` handles in a task of its own."""
+        if band != feed_messages.PROVIDE_BAND or env.body.get("type") != feed_messages.NEW_MESSAGES:
+            return False
+        try:
+            message = feed_messages.parse(band, env.body, env.attachment)
+        except MalformedFeedMessage as exc:
+            log.info("ignoring %s from %s: %s", env.body.get("type"), env.sender[:12], exc)
+            return True
+        assert isinstance(message, NewSubfeedMessages)
+        self.following.on_new_messages(link, env.sender, message)
+        return True
+
     async def _on_witness_message(self, link: ChannelLink, band: str, env: Envelope) -> None:
         try:
             message = witness_messages.parse(env.body, env.attachment)

@@ -7,6 +7,12 @@ HEAD the bucket object, publish statuses, upload through the channel's
 time. What it uploads is read from the verified storage: a chunk is a byte range of the stored
 parent file, checked against the requested SHA-1 before a byte leaves (by the parent's recorded
 manifest while the parent is unchanged since it was verified, else by hashing it).
+
+:class:`RecentlyInBucket` (one per exchange) remembers the objects this node put in (or found in)
+a bucket in the last :data:`IN_BUCKET_MEMORY_S`: a request that comes right after an upload
+finished (its requester's own HEAD raced the upload) is answered ``finished`` without asking the
+hub again, which under load saves a slow HEAD and, since a provider's HEAD may wait only half of
+the requester's answer window, a second upload.
 """
 
 from __future__ import annotations
@@ -39,6 +45,31 @@ from .channel_link import ChannelLink
 
 log = logging.getLogger("kachery.daemon.files")
 
+#: How long a put (or found) bucket object is taken to be there without a HEAD. Short: a request
+#: racing an upload comes within a HEAD's time of its end, and an object the hub evicted since
+#: (it evicts the least recently used first) is only believed there this long.
+IN_BUCKET_MEMORY_S = 15.0
+
+
+class RecentlyInBucket:
+    """(channel, sha1) -> size of the objects this node put in or found in a bucket within
+    :data:`IN_BUCKET_MEMORY_S` (bounded: older entries are dropped as new ones come)."""
+
+    def __init__(self, memory_s: float = IN_BUCKET_MEMORY_S) -> None:
+        self.memory_s = memory_s
+        self._at: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def note(self, key: tuple[str, str], size: int, at: float) -> None:
+        for old in [k for k, (_size, t) in self._at.items() if at - t > self.memory_s]:
+            del self._at[old]
+        self._at[key] = (size, at)
+
+    def size(self, key: tuple[str, str], at: float) -> int | None:
+        """The object's size if it was put or found within the memory, else None."""
+        entry = self._at.get(key)
+        return entry[0] if entry is not None and at - entry[1] <= self.memory_s else None
+
+
 #: Called when a conversation stops listening: (the conversation, a request to serve next).
 OnStop = Callable[["ProviderConversation", FileRequest | None], None]
 
@@ -51,8 +82,10 @@ class ProviderConversation:
 
     def __init__(self, storage: Storage, link: ChannelLink, request: FileRequest, *,
                  timeouts: FileTimeouts, rng: Uniform, failures: RecentFailures,
-                 upload_slots: anyio.CapacityLimiter, on_stop: OnStop) -> None:
+                 upload_slots: anyio.CapacityLimiter, on_stop: OnStop,
+                 in_bucket: RecentlyInBucket | None = None) -> None:
         self.storage = storage
+        self._in_bucket = in_bucket if in_bucket is not None else RecentlyInBucket()
         self.link = link
         self.core = FileProvider(link.channel, request, timeouts, rng, failures)
         self._loop = ActionLoop(self.core)
@@ -110,6 +143,10 @@ class ProviderConversation:
         return None
 
     async def _head(self, action: HeadObject) -> None:
+        size = self._in_bucket.size(self.core.key, now())
+        if size is not None:  # put or found there a moment ago: no need to ask the hub
+            self._loop.feed(self.core.head_result(now(), action.transfer, size))
+            return
         try:
             size = await self.link.bucket_head(action.path)
         except Exception as exc:
@@ -118,6 +155,8 @@ class ProviderConversation:
         if size is not None and size != self.core.size:
             log.info("bucket object %s has %d bytes, not %d: uploading it again",
                      action.path, size, self.core.size)
+        elif size is not None:
+            self._in_bucket.note(self.core.key, size, now())
         self._loop.feed(self.core.head_result(now(), action.transfer, size))
 
     async def _upload(self, action: Upload) -> None:
@@ -138,6 +177,7 @@ class ProviderConversation:
                                                     f"{type(exc).__name__}: {exc}"))
             return
         log.info("uploaded %s (%d bytes) to %s", request.sha1, action.size, channel)
+        self._in_bucket.note(self.core.key, action.size, now())
         self._loop.feed(self.core.upload_finished(now(), action.transfer))
 
     # -- the content (blocking: run in a worker thread) ---------------------------------------------

@@ -57,7 +57,7 @@ from ..storage.node_storage import Storage
 from ..storage.partial_files import IncomingFile, PartialFile, remove_stale_partials
 from .channel_link import ChannelLink, ProgressCallback, refresh_if_lacking
 from .chunked_fetch import fetch_chunks, fetch_large_file
-from .file_provider_driver import ProviderConversation
+from .file_provider_driver import ProviderConversation, RecentlyInBucket
 from .file_requester_driver import DownloadSink, ObjectFetch
 
 log = logging.getLogger("kachery.daemon.files")
@@ -124,6 +124,7 @@ class FileExchange:
         self._fetching: dict[str, set[ObjectFetch]] = {}  # object sha1 -> fetches waiting
         self._providing: dict[tuple[str, str], ProviderConversation] = {}  # (channel, sha1)
         self._recent_failures = RecentFailures()
+        self._in_bucket = RecentlyInBucket()  # objects put or found there a moment ago
         self._fetch_locks: dict[str, anyio.Lock] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -175,7 +176,8 @@ class FileExchange:
             return
         conversation = ProviderConversation(
             self.storage, link, request, timeouts=self.timeouts, rng=self._rng,
-            failures=self._recent_failures, upload_slots=self._upload_slots, on_stop=self._stopped)
+            failures=self._recent_failures, upload_slots=self._upload_slots, on_stop=self._stopped,
+            in_bucket=self._in_bucket)
         self._providing[key] = conversation
         self._tg.start_soon(conversation.run)
 

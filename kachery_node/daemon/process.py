@@ -29,6 +29,7 @@ import trio
 
 from ..config import load_node_config, read_settings
 from ..errors import DaemonError
+from ..server_tuning import tune_for_serving
 from ..storage.node_storage import Storage
 from .legacy_api import write_client_files
 from .local_api import BrowserPolicy, DaemonContext, build_app
@@ -134,6 +135,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
                 ", ".join(binds),
             )
             nursery.start_soon(_watch_storage, ctx, storage_dir, info_path)
+            tune_for_serving()
             await ctx.shutdown.wait()
             log.info("shutting down")
             with trio.move_on_after(hc.graceful_timeout + 2):

@@ -302,7 +302,7 @@ class _Connection:
                     if not self.handle_binary(data or b""):
                         return
                 finally:
-                    self.relay.flush_direct()
+                    self.relay.flush_direct(self)
                 continue
             try:
                 ops = orjson.loads(text)
@@ -507,11 +507,15 @@ class Relay:
         self.delivered += len(subs)
         return len(subs)
 
-    def flush_direct(self) -> None:
-        """Write the messages :meth:`fan_out` left for idle connections into their sockets."""
+    def flush_direct(self, publisher: _Connection | None = None) -> None:
+        """Write the messages :meth:`fan_out` left for idle connections into their sockets; the
+        ``publisher``'s own copies (echo) last, after every other subscriber's."""
         conns, self._to_flush = self._to_flush, set()
         for conn in conns:
-            conn.flush_direct()
+            if conn is not publisher:
+                conn.flush_direct()
+        if publisher in conns:
+            publisher.flush_direct()
 
     def restrict(self, channel: str, node: str | None, capability: dict[str, list[str]] | None) -> None:
         """Narrow live connections of ``node`` (all nodes if None) on ``channel`` to ``capability``.

@@ -27,6 +27,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..server_tuning import tune_for_serving
 from ..transport.tls import is_loopback_host
 from . import direct_send
 from .app import Hub, HubSettings, create_app
@@ -170,4 +171,5 @@ def run_hub(hub_dir: Path, host: str, port: int, public_url: str | None, setting
         check_tls_files(*tls)  # before creating anything
     hub_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(hub_dir)
+    tune_for_serving()  # this process serves only the hub (serve_hub also runs inside tests)
     trio.run(serve_hub, hub_dir, host, port, public_url, settings, tls)

@@ -23,7 +23,8 @@ bytes move, then ``finished`` or ``failed``. So one provider uploads, and a dead
 Rules
 -----
 1. Everything that decides what a provider does lives here; the driver only performs.
-2. Every wait has a deadline: the HEAD, the back-off, standing by (``stall`` of silence, at
+2. Every wait has a deadline: the HEAD (at most half of ``answer``: see
+   :attr:`FileProvider.head_wait`), the back-off, standing by (``stall`` of silence, at
    most ``standby_max``), the upload (no new bytes for ``stall``; before the link reported any
    progress at all, ``stall + size / min_upload_rate``, as some links report only at the end).
 3. The conversation stops taking statuses and requests (:class:`StopListening`) *before* its
@@ -169,6 +170,17 @@ class FileProvider:
     def key(self) -> tuple[str, str]:
         return self.channel, self.request.sha1
 
+    @property
+    def head_wait(self) -> float:
+        """How long the HEAD may take before the object counts as absent: ``bucket_head``, but
+        at most half of ``answer``. Our first status goes out after the HEAD, and whoever asked
+        gives up after ``answer`` without one; a hub slow to answer HEADs (many nodes
+        downloading from it at once) made every requester give up while we were about to
+        upload (bench/network/bench_file_requests.py: 12-67 of 210 fetches at N = 100). An
+        object that was there after all is uploaded again, which is harmless (spec:
+        BACKOFF_MAX)."""
+        return min(self.timeouts.bucket_head, self.timeouts.answer / 2)
+
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must be called next (None: no deadline pending)."""
         return self._deadline
@@ -185,7 +197,7 @@ class FileProvider:
             return self._back_off(now)
         self.state = _S.HEADING
         self._transfer += 1
-        self._deadline = now + self.timeouts.bucket_head
+        self._deadline = now + self.head_wait
         return [HeadObject(self.channel, self.path, self._transfer)]
 
     def source_missing(self, now: float) -> list[ProviderAction]:

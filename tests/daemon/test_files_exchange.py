@@ -216,6 +216,74 @@ async def test_concurrent_fetches_of_one_file_share_one_request(lab, a, b):
     assert len(lab.requests()) == 1
 
 
+@pytest.mark.parametrize("lab", ["spawned"], indirect=True)
+@pytest.mark.trio
+async def test_fifty_nodes_asking_for_one_file_at_once_make_one_upload(net, lab, a):
+    """Cost as channels grow (issue 15 item 5; bench/network/bench_file_requests.py measures it
+    with real processes): the provider's one conversation per (channel, object) takes every
+    request that comes while it runs, so 50 nodes asking at once cost one upload, and nodes
+    asking once it is done find the object in the bucket without asking."""
+    uri = a.storage.store_bytes(os.urandom(200_000))
+    nodes = [await net.node(f"r{i}", lab, roles=("request-files",)) for i in range(50)]
+    all_asked = anyio.Event()
+
+    async def hold_until_all_asked(link, path) -> None:
+        # The upload is in flight until every node's requestFile went out: all 50 overlap it.
+        with anyio.fail_after(30):
+            await all_asked.wait()
+
+    lab.upload_hook = hold_until_all_asked
+
+    async def watch_requests() -> None:
+        with anyio.fail_after(30):
+            while len({s for s, band, b in lab.published if band == "request-files"}) < 50:
+                await anyio.sleep(0.01)
+        all_asked.set()
+
+    paths: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_requests)
+        for node in nodes:
+            tg.start_soon(_append, paths, node.fetch(uri))
+    assert len(paths) == 50 and {Path(p).read_bytes() for p in paths} == {a.storage.load_bytes(uri)}
+    assert lab.uploads == [(a.keypair.public_hex, file_path("lab", kn.parse_uri(uri).sha1))]
+    late = [await net.node(f"late{i}", lab, roles=("request-files",)) for i in range(5)]
+    asked = len(lab.requests())
+    for node in late:
+        assert Path(await node.fetch(uri)).read_bytes() == a.storage.load_bytes(uri)
+    assert len(lab.requests()) == asked and len(lab.uploads) == 1
+    assert lab.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_a_request_right_after_an_upload_is_answered_without_a_bucket_head(lab, a, b):
+    """A request whose requester's own HEAD raced the upload comes right after it finished: the
+    provider remembers what it just put in the bucket and answers ``finished`` without asking
+    the hub again (under load that HEAD was slow, and a provider's HEAD may now wait only half
+    of the requester's answer window before it uploads again)."""
+    from kachery_node.protocol.file_messages import FileRequest
+
+    uri = a.storage.store_bytes(os.urandom(5000))
+    await b.fetch(uri)  # a HEADs (absent) and uploads it
+    link = a.links["lab"]
+    heads: list[str] = []
+    bucket_head = link.bucket_head
+
+    async def counting_head(path: str) -> int | None:
+        heads.append(path)
+        return await bucket_head(path)
+
+    link.bucket_head = counting_head  # type: ignore[method-assign]
+    finished = len(lab.statuses("finished"))
+    late = FileRequest(kn.parse_uri(uri).sha1, "late-request-1")
+    await b.links["lab"].publish("request-files", late.to_body())
+    with anyio.fail_after(10):
+        while len(lab.statuses("finished")) == finished:
+            await anyio.sleep(0.01)
+    assert lab.statuses("finished")[-1][1]["request_id"] == "late-request-1"
+    assert heads == [] and len(lab.uploads) == 1
+
+
 @pytest.mark.trio
 async def test_falls_through_to_a_channel_that_has_a_provider(net, lab, a):
     empty = MemoryChannel("empty")

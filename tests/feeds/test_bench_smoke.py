@@ -25,13 +25,13 @@ def test_bench_quick_prints_table(tmp_path: Path) -> None:
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "| metric" in out and "| kachery" in out and "| met?" in out, out
+    assert "| metric" in out and "| kachery" in out and "| met (median / every round)" in out, out
     for metric in (
-        "durable single appends/s",
-        "batch appends (1000/call)",
-        "follow latency p50",
-        "follow latency p99",
-        "verified import",
+        "durable single append",
+        "batch append, 1000/call",
+        "verified import, batch-signed",
+        "verified import, each signed",
+        "follow latency p50 / p99",
         "peak RSS",
         "Ed25519 verify",
         "sqlite3 one commit per row",
@@ -39,8 +39,12 @@ def test_bench_quick_prints_table(tmp_path: Path) -> None:
         assert metric in out, f"{metric!r} missing from:\n{out}"
     result = json.loads(out_json.read_text())
     assert result["quick"] is True and result["hypercore"] is None
-    assert {r["metric"] for r in result["rows"]} >= {"durable single appends/s"}
-    k = result["kachery"]
-    assert k["follow_received"] == k["follow_messages"]
-    assert k["follow_mem"]["count"] == result["config"]["follow_mem"]
+    assert len(result["rounds"]) == 3  # the default
+    rows = {r["metric"]: r for r in result["rows"]}
+    single = rows["durable single append"]
+    assert len(single["kachery"]) == len(single["limit"]) == len(single["ratio_to_limit"]) == 3
+    assert single["ratio_to_limit"][0] == single["kachery"][0] / single["limit"][0]
+    x = result["extra"]
+    assert x["follow_received"] == x["follow_messages"]
+    assert x["follow_mem"]["count"] == result["config"]["follow_mem"]
     assert elapsed < 60, f"quick bench took {elapsed:.0f} s (should be well under 30 s)"

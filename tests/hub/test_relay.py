@@ -573,3 +573,80 @@ async def test_fan_out_writes_straight_into_idle_subscribers_sockets_in_order(tm
                                 if op["op"] == "message")
             assert got1 == got2 == list(range(120))
         nursery.cancel_scope.cancel()
+
+
+async def test_publishes_are_written_straight_into_the_socket_when_it_is_idle_and_stay_in_order(bulk_hub):
+    """A publish made while the client sends nothing else goes into the socket from the
+    publishing task (no hand-off to the writer task); one that the socket takes only in part
+    (here 30 kB through a send buffer of a few kB) is finished before anything else is sent; a
+    burst goes through the writer. Every message arrives, whole and in order, acknowledged or
+    not; and the client's socket has Nagle off."""
+    import socket
+
+    from kachery_node.transport.pubsub.relay_client import DIRECT_MIN_INTERVAL_S
+
+    ch, _, a = setup_channel(bulk_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
+        await prov.subscribe(band)
+        sock = req._ws._stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        sent: list[int] = []
+
+        async def publish(i: int, size: int = 10, ack: bool = False) -> None:
+            await req.publish(band, j({"i": i, "blob": "x" * size}), ack=ack)
+            sent.append(i)
+
+        for i in range(10):  # spaced: each one written directly
+            await trio.sleep(DIRECT_MIN_INTERVAL_S * 1.5)
+            await publish(i, ack=(i % 2 == 0))
+        assert req.direct_publishes == 10
+        # A small send buffer: each message goes into the socket in part, the rest after it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for i in range(10, 20):
+            await trio.sleep(DIRECT_MIN_INTERVAL_S * 1.5)
+            await publish(i, size=30_000, ack=(i == 15))
+        direct = req.direct_publishes
+        assert direct == 20
+        for i in range(20, 60):  # a burst: mostly through the writer
+            await publish(i, size=100 if i % 3 else 30_000)
+        assert req.direct_publishes < direct + 40
+        got = []
+        with trio.fail_after(30):
+            while len(got) < len(sent):
+                m = await prov.receive(timeout=10)
+                got.append(data(m)["i"])
+        assert got == sent == list(range(60))
+
+
+async def test_the_publisher_hears_its_own_messages_and_the_relay_has_nagle_off(tmp_path):
+    """Echo (spec/pubsub.md): a publisher subscribed to the band gets its messages too (written
+    after the other subscribers', Relay.flush_direct), directly into both sockets; the relay's
+    side of every connection has Nagle off."""
+    import socket
+    from types import SimpleNamespace
+
+    from kachery_node.hub import direct_send
+    from kachery_node.hub.serve import serve_hub
+
+    async with trio.open_nursery() as nursery:
+        hub = await nursery.start(serve_hub, tmp_path / "hub", "127.0.0.1", 0)
+        where = SimpleNamespace(url=hub.public_url)
+        ch, _, a = await trio.to_thread.run_sync(setup_channel, where, {
+            "both": ["request-files", "provide-files"], "other": ["provide-files"]})
+        band = f"{ch}-requestFiles"
+        async with open_pubsub(await creds(a["both"], ch)) as both, \
+                open_pubsub(await creds(a["other"], ch)) as other:
+            await both.subscribe(band)
+            await other.subscribe(band)
+            assert direct_send._servers
+            for server in direct_send._servers.values():
+                assert server.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            before = hub.relay.direct_frames
+            for i in range(5):
+                await trio.sleep(0.01)
+                await both.publish(band, j({"i": i}), ack=True)
+                for sub in (other, both):
+                    assert data(await sub.receive(timeout=10)) == {"i": i}
+            assert hub.relay.direct_frames - before >= 10
+        nursery.cancel_scope.cancel()

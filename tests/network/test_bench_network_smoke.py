@@ -49,6 +49,10 @@ def test_network_bench_quick_runs(tmp_path):
     k = result["kachery"]
     assert k["latency"]["received"] == k["latency"]["messages"]
     assert k["latency"]["p50_ms"] > 0
+    # three rounds (min / median / max printed), with the relay and NATS hops of the same run
+    assert len(k["latency"]["rounds"]) == 3 and len(k["latency"]["spread"]["p50_ms"]) == 3
+    assert k["latency"]["hop"]["relay_p50_us"] > 0
+    assert "hub relay" in proc.stdout
     assert k["catchup"]["msgs_per_s"] > 0
     assert k["file"]["mb_per_s"] > 0
     assert k["memory"]["peak_rss_mb"] > 0 and k["memory"]["serving_peak_rss_mb"] > 0

@@ -358,6 +358,20 @@ def test_a_head_without_answer_counts_as_absent():
     assert only(core.on_timer(T.bucket_head), Upload)
 
 
+def test_a_slow_head_is_given_up_in_time_for_the_requester_to_hear_started():
+    # A requester gives up after T.answer without a status; ours goes out after the HEAD, so
+    # a HEAD that a busy hub answers late counts as absent after half of that, and we upload.
+    core = provider(fraction=0.0)
+    assert core.next_deadline() == pytest.approx(T.answer / 2) and T.answer / 2 < T.bucket_head
+    assert core.on_timer(T.answer / 2 - 0.01) == []
+    assert core.on_timer(T.answer / 2) == [CancelTransfer(1)]
+    actions = core.on_timer(T.answer / 2)
+    assert published(actions) == [UploadStatus(SHA, Status.STARTED, "request001", 1000)]
+    assert only(actions, Upload)
+    quick_head = FileTimeouts(bucket_head=0.5)  # a shorter bucket_head still rules
+    assert provider(timeouts=quick_head).next_deadline() == pytest.approx(0.5)
+
+
 def test_bad_object_uploads_again_without_looking_at_the_bucket():
     core = provider(bad_object=True, fraction=0.0)
     assert only(core.on_timer(0.0), Upload)

@@ -5,7 +5,11 @@ client sends ``auth``, ``subscribe``, ``unsubscribe``, ``pong``; the relay sends
 ``subscribed``, ``unsubscribed``, ``ack``, ``error``, ``heartbeat``); messages travel as binary
 records (:mod:`kachery_node.protocol.relay_frames`): ``publish`` records from the client,
 ``message`` records from the relay, carrying each message's bytes as they are. Outgoing
-operations and records are batched per frame (at most :data:`MAX_FRAME_BYTES`) by the writer task.
+operations and records are batched per frame (at most :data:`MAX_FRAME_BYTES`) by the writer task;
+a publish made while nothing is being sent, and none was written directly in the last
+:data:`DIRECT_MIN_INTERVAL_S`, is written straight into the socket by the publishing task
+(:mod:`.direct_publish`: no task switch before the bytes leave), so a live push goes out at once
+and a burst is still batched.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ...identity import Keypair
 from ...protocol import relay_frames
 from ...protocol.pubsub_tokens import issue_token
 from ..tls import require_secure_url, ssl_context
+from .direct_publish import DirectPublisher, direct_publisher
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .received_queue import ReceivedQueue
 
@@ -33,6 +38,10 @@ REPLY_TIMEOUT_S = 10.0
 RENEW_AT_FRACTION = 0.8  # renew when 80 % of the token's life has passed
 PROTOCOL_VERSION = 2  # the relay's wire protocol (spec/pubsub.md §3)
 MAX_FRAME_BYTES = 1 << 20  # what the relay accepts from a client
+# Publishes are written straight into the socket at most once in this long; more frequent ones
+# go through the writer task, batched (one frame per message costs the relay more than a frame
+# of many), as the relay does for its subscribers (hub/relay.py).
+DIRECT_MIN_INTERVAL_S = 0.002
 
 
 class EmbeddedPubSubBackend(PubSubBackend):
@@ -65,6 +74,9 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._pending: dict[int, tuple[trio.Event, list]] = {}
         self._send_q: list[tuple[bool, bytes]] = []  # (binary, event): a publish record, or JSON
         self._send_wake = trio.Event()
+        self._direct: DirectPublisher | None = direct_publisher(ws)
+        self._last_direct = -math.inf  # trio time of the last publish written directly
+        self.direct_publishes = 0  # publishes written straight into the socket (the rest: the writer)
         self._recv_send, self._recv = trio.open_memory_channel[PubSubMessage | HubRequestError](math.inf)
         self.connected: dict[str, Any] = {}
         self._closed: HubRequestError | None = None
@@ -78,6 +90,24 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._send_q.append((True, record))
         self._send_wake.set()
 
+    async def _send_record(self, record: bytes) -> None:
+        """Write a publish record into the socket now if the connection is idle (see the module
+        docstring), else queue it for the writer; either way behind everything sent before."""
+        direct, now = self._direct, trio.current_time()
+        if (direct is None or self._send_q or now - self._last_direct < DIRECT_MIN_INTERVAL_S
+                or not direct.idle()):
+            self._queue_record(record)
+            await trio.lowlevel.checkpoint()
+            return
+        self._last_direct = now
+        self.direct_publishes += 1
+        try:
+            await direct.send(record)
+        except trio.BrokenResourceError as exc:  # the reader reports the closure to everyone else
+            raise HubRequestError(400, "connection_closed",
+                                  f"publishing to the relay failed: {exc}") from None
+        await trio.lowlevel.checkpoint()
+
     def _next_id(self) -> int:
         return next(self._ids)
 
@@ -89,7 +119,11 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         event, box = trio.Event(), []
         self._pending[op_id] = (event, box)
         if record is not None:
-            self._queue_record(relay_frames.encode_publish(op_id, *record))
+            try:
+                await self._send_record(relay_frames.encode_publish(op_id, *record))
+            except BaseException:
+                self._pending.pop(op_id, None)
+                raise
         else:
             self._queue({**(op or {}), "id": op_id})
         with trio.fail_after(REPLY_TIMEOUT_S):
@@ -189,8 +223,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         else:
             if self._closed is not None:
                 raise self._closed
-            self._queue_record(relay_frames.encode_publish(0, band, data))
-            await trio.lowlevel.checkpoint()
+            await self._send_record(relay_frames.encode_publish(0, band, data))
 
     async def subscribe(self, band: str) -> None:
         await self._request({"op": "subscribe", "band": band})

@@ -1,0 +1,135 @@
+"""parse_range (the import path) checks the usual message inline and every other shape one check
+at a time (issue 15): ranges of correctly signed messages whose bodies are valid but unusual are
+accepted exactly as parse_wire + check_chain accept them, and invalid ones are refused the same.
+The fuzz test in test_fuzz_decoders.py compares the two on random mutations; here each shape at
+the fast path's border is built and signed on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nacl.bindings
+import orjson
+import pytest
+
+import kachery_feeds as kf
+from kachery_feeds.messages import CarriesSuccession, check_chain, parse_range, parse_wire, sign_hash
+
+PK, SK = nacl.bindings.crypto_sign_seed_keypair(bytes(range(32)))
+FEED = PK.hex()
+SUB = "ab" * 20
+
+
+def _range(shape, n_messages: int = 4, signed: str = "last") -> list[bytes]:
+    """Signed wire lines 0..n-1 whose message 2 has body ``shape(fields) -> bytes`` (the others
+    are written as kachery writes them)."""
+    lines, prev = [], None
+    for n in range(n_messages):
+        fields = {"feed": FEED, "n": n, "payload": {"i": n}, "prev": prev.hex() if prev else None,
+                  "subfeed": SUB, "ts": 1000 + n, "v": 1}
+        body = shape(fields) if n == 2 else orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        prev = hashlib.sha256(body).digest()
+        sig = b""
+        if signed == "each" or n == n_messages - 1:
+            sig = sign_hash(SK, prev).hex().encode()
+        lines.append(body + b"\t" + sig)
+    return lines
+
+
+def _both(lines):
+    """(parse_range's result or its error type, parse_wire + check_chain's)."""
+    try:
+        got = parse_range(lines, FEED, SUB, PK)
+    except kf.VerificationError:
+        got = kf.VerificationError
+    try:
+        parsed = [parse_wire(line, FEED, SUB) for line in lines]
+        check_chain(parsed, PK)
+        want = (parsed[0][0], parsed[0][1], [(p[0], p[3], p[4]) for p in parsed], parsed[-1][2])
+    except kf.VerificationError:
+        want = kf.VerificationError
+    return got, want
+
+
+ACCEPTED = {
+    "spaces": lambda f: json.dumps(f).encode(),
+    "other key order": lambda f: orjson.dumps(dict(reversed(f.items()))),
+    "metadata": lambda f: orjson.dumps({**f, "meta": {"by": "x"}}, option=orjson.OPT_SORT_KEYS),
+    "escaped slash": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(b'"i"', b'"\\u0069"'),
+    "payload named succession": lambda f: orjson.dumps(
+        {**f, "payload": {"succession": ["x"]}}, option=orjson.OPT_SORT_KEYS),
+}
+REFUSED = {
+    "extra field": lambda f: orjson.dumps({**f, "x": 1}, option=orjson.OPT_SORT_KEYS),
+    "missing payload": lambda f: orjson.dumps({k: v for k, v in f.items() if k != "payload"}),
+    "v true": lambda f: orjson.dumps({**f, "v": True}, option=orjson.OPT_SORT_KEYS),
+    "v 1.0": lambda f: orjson.dumps({**f, "v": 1.0}, option=orjson.OPT_SORT_KEYS),
+    "n as float": lambda f: orjson.dumps({**f, "n": 2.0}, option=orjson.OPT_SORT_KEYS),
+    "n skips": lambda f: orjson.dumps({**f, "n": 3}, option=orjson.OPT_SORT_KEYS),
+    "ts negative": lambda f: orjson.dumps({**f, "ts": -1}, option=orjson.OPT_SORT_KEYS),
+    "ts too big": lambda f: orjson.dumps({**f, "ts": 2**53}, option=orjson.OPT_SORT_KEYS),
+    "ts as string": lambda f: orjson.dumps({**f, "ts": "5"}, option=orjson.OPT_SORT_KEYS),
+    "prev upper case": lambda f: orjson.dumps({**f, "prev": f["prev"].upper()}, option=orjson.OPT_SORT_KEYS),
+    "other feed": lambda f: orjson.dumps({**f, "feed": "cd" * 32}, option=orjson.OPT_SORT_KEYS),
+    "other subfeed": lambda f: orjson.dumps({**f, "subfeed": "cd" * 20}, option=orjson.OPT_SORT_KEYS),
+    "duplicate key": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS)[:-1] + b',"v":1}',
+    "meta null": lambda f: orjson.dumps({**f, "meta": None}, option=orjson.OPT_SORT_KEYS),
+    "a list": lambda f: orjson.dumps([f]),
+    "newline": lambda f: json.dumps(f, indent=1).encode(),
+}
+
+
+@pytest.mark.parametrize("signed", ["last", "each"])
+@pytest.mark.parametrize("shape", sorted(ACCEPTED))
+def test_unusual_valid_bodies_are_accepted_as_parse_wire_accepts_them(shape, signed):
+    got, want = _both(_range(ACCEPTED[shape], signed=signed))
+    assert want is not kf.VerificationError, "the test's range should be valid"
+    assert got == want
+
+
+@pytest.mark.parametrize("signed", ["last", "each"])
+@pytest.mark.parametrize("shape", sorted(REFUSED))
+def test_invalid_bodies_are_refused_as_parse_wire_refuses_them(shape, signed):
+    got, want = _both(_range(REFUSED[shape], signed=signed))
+    assert got is want is kf.VerificationError
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_lines_that_are_not_bytes_but_bytes_like_are_read_as_bytes(kind):
+    lines = _range(ACCEPTED["metadata"])
+    wrapped = [bytearray(line) if kind == "bytearray" else memoryview(line) for line in lines]
+    got = parse_range(wrapped, FEED, SUB, PK)
+    assert got == parse_range(lines, FEED, SUB, PK)
+    assert all(type(body) is bytes for _n, body, _s in got.rows)
+
+
+@pytest.mark.parametrize("bad", ["str", "upper hex", "short hex", "newline"])
+def test_a_bad_signature_field_in_the_middle_is_refused(bad):
+    lines = _range(lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS), signed="each")
+    body, _tab, sig = lines[2].rpartition(b"\t")
+    lines[2] = {"str": (body + b"\t" + sig).decode(), "upper hex": body + b"\t" + sig.upper(),
+                "short hex": body + b"\t" + sig[:-2], "newline": body + b"\t" + sig[:-1] + b"\n"}[bad]
+    with pytest.raises(kf.VerificationError):
+        parse_range(lines, FEED, SUB, PK)
+
+
+def test_a_range_carrying_succession_records_is_told_before_any_signature_is_checked():
+    def carrying(f):
+        return orjson.dumps({**f, "succession": ["record"]}, option=orjson.OPT_SORT_KEYS)
+
+    lines = _range(carrying)
+    last = lines[-1].rpartition(b"\t")[0]
+    lines[-1] = last + b"\t" + b"00" * 64  # a signature no key made
+    with pytest.raises(CarriesSuccession):
+        parse_range(lines, FEED, SUB, PK, plain=True)
+    with pytest.raises(kf.VerificationError, match="bad signature"):
+        parse_range(lines, FEED, SUB, PK)
+
+
+def test_a_payload_with_a_succession_key_imports_through_the_store(tmp_path):
+    src = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("x")
+    src.append_messages([{"succession": ["not a record"]}, {"n": 1}])
+    dst = kf.open_store(tmp_path / "b.db").load_subfeed(src.uri)
+    assert dst.add_signed_messages(src.get_signed_messages()) == 2
+    assert dst.get_messages() == [{"succession": ["not a record"]}, {"n": 1}]
