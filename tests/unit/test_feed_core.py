@@ -50,7 +50,6 @@ from kachery_node.protocol.feed_provider import (
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
     REPAIR_MIN_INTERVAL_SECONDS,
-    REPUSH_GRACE_SECONDS,
     SUBSCRIPTION_TTL_SECONDS,
     FeedProvider,
     InlineSplitter,
@@ -742,19 +741,3 @@ def test_an_empty_published_subfeed_is_uploaded_once_it_has_messages():
     assert p.set_published(T0, [HERE], {(FEED, SUB): 0}) == []
     assert p.on_local_counts(T0 + 1, {(FEED, SUB): 1}) == []
     assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]
-
-
-def test_a_renewal_that_crossed_pushes_in_flight_is_not_pushed_them_again():
-    # bench/network/bench_fanout.py: with N readers renewing while the owner appends, every
-    # renewal sent just before a push arrived re-pushed that range to all N readers (N^2).
-    p = FeedProvider()
-    subscribe(p, T0, 10, 10)
-    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 12}) == [PushRange(HERE, 10, 12)]
-    # A reader's renewal written before the push reached it: nothing is pushed again.
-    assert not of(PushRange, subscribe(p, T0 + 1.01, 10, 12))
-    assert not of(PushRange, subscribe(p, T0 + 1.5, 11, 12))
-    # A reader further behind than the recent pushes still gets the whole missing range.
-    assert of(PushRange, subscribe(p, T0 + 1.5, 8, 12)) == [PushRange(HERE, 8, 12)]
-    # Once the grace has passed, a reader still behind (it lost the push) gets it again.
-    later = T0 + 1.5 + REPUSH_GRACE_SECONDS + 0.1
-    assert of(PushRange, subscribe(p, later, 10, 12)) == [PushRange(HERE, 10, 12)]
