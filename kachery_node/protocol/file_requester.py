@@ -310,9 +310,11 @@ class FileRequester:
             if why:
                 self._reasons.append((self.channel, why))
             return self._next_bucket(now)
-        if isinstance(outcome, Rejected):
-            # Ask providers to overwrite it, and ignore the 'finished' answers to the requests
-            # so far: they are about the bad object.
+        if not isinstance(outcome, Failed):
+            # Rejected, or missing although a provider said 'finished' (the hub evicted it, or
+            # the provider remembered an upload the bucket no longer holds): ask providers to
+            # upload it again without looking, and ignore the 'finished' answers to the
+            # requests so far: they are about the bad (or gone) object.
             self._bad_object = True
             self._stale.update(self._sent)
         self._history.append(why)
