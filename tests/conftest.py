@@ -58,8 +58,12 @@ def _unit_tests_stay_inside(request, monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def _end_session_processes(tmp_path_factory):
     """At the session's end, kill whatever the tests started and left running
-    (tests/processes.py)."""
-    processes.set_basetemp(tmp_path_factory.getbasetemp())
+    (tests/processes.py); first, stop what runs killed before this one left."""
+    basetemp = tmp_path_factory.getbasetemp()
+    processes.set_basetemp(basetemp)
+    root = processes.numbered_root(basetemp)
+    if root is not None:
+        processes.end_orphans_of_dead_sessions(root)
     yield
     processes.end_all()
 

@@ -13,7 +13,13 @@ Three layers:
    line names a path under this session's base temporary directory (detached daemons are not
    our children, but their ``--storage-dir`` is in our tmp_path).
 3. *The daemon itself* stops when its storage directory is deleted (kachery_node/daemon/process.py),
-   which pytest does to old base temporary directories: even a killed test run's daemons end.
+   which pytest does to old base temporary directories, but only days later when the killed
+   run left its ``.lock`` behind.
+4. *Killed runs* (:func:`end_orphans_of_dead_sessions`, at each session's start): a process
+   whose command line names a path under another session's base temporary directory, whose
+   ``.lock`` names a process that no longer exists, was left by a run killed before its own
+   session end; it is stopped. Live sessions (other checkouts' suites running meanwhile) are
+   left alone.
 """
 
 from __future__ import annotations
@@ -104,6 +110,39 @@ def end_all() -> None:
         except psutil.Error:
             continue
         terminate(proc, timeout=5)
+
+
+def end_orphans_of_dead_sessions(root: Path) -> list[int]:
+    """Stop the processes that name a path under a ``root/pytest-N`` directory whose ``.lock``
+    (pytest writes its session's pid there) names a process that is gone; their pids."""
+    dead = []
+    for numbered in root.glob("pytest-[0-9]*"):
+        try:
+            pid = int((numbered / ".lock").read_text())
+        except (OSError, ValueError):
+            continue  # no lock: pytest already judged it, or it is not a session's directory
+        if not psutil.pid_exists(pid):
+            dead.append(str(numbered.resolve()) + os.sep)
+    if not dead:
+        return []
+    ended = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if any(arg.startswith(prefix) for arg in cmdline for prefix in dead):
+            log.warning("stopping a process a killed test run left: %s %s", proc.pid,
+                        " ".join(cmdline)[:200])
+            terminate(proc, timeout=5)
+            ended.append(proc.pid)
+    return ended
+
+
+def numbered_root(basetemp: Path) -> Path | None:
+    """The folder holding pytest's ``pytest-N`` session directories, from a session's (or an
+    xdist worker's) base temporary directory; None with an explicit ``--basetemp``."""
+    for folder in [basetemp, *basetemp.parents]:
+        if folder.name.startswith("pytest-") and folder.name[7:].isdigit():
+            return folder.parent
+    return None
 
 
 atexit.register(end_all)
