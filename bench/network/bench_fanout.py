@@ -54,7 +54,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from lightnodes import Network, wait_for  # noqa: E402
+from lightnodes import Network, WorkerProcesses, cpu_s, wait_for  # noqa: E402
 
 CHANNEL = "bench.fanout"
 RENEW_S = 20.0  # a follower daemon renews its subscription this often (spec/node-protocol.md)
@@ -68,11 +68,6 @@ def log(msg: str) -> None:
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 # ----------------------------------------------------------------------------- subscriber workers
@@ -151,44 +146,17 @@ async def _subscribers(job: dict) -> None:
         nursery.cancel_scope.cancel()
 
 
-class Workers:
+class Workers(WorkerProcesses):
+    """The subscriber workers."""
+
     def __init__(self, jobs: list[dict]) -> None:
-        self.procs = []
-        for job in jobs:
-            p = subprocess.Popen([sys.executable, __file__, "_subscribers"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-            assert p.stdin is not None
-            p.stdin.write(json.dumps(job) + "\n")
-            p.stdin.flush()
-            self.procs.append(p)
-        for p in self.procs:
-            line = p.stdout.readline()  # type: ignore[union-attr]
-            if line.strip() != "ready":
-                raise RuntimeError(f"a subscriber worker did not start (said {line!r})")
+        super().__init__(__file__, "_subscribers", jobs, stop_line="stop", stop_timeout=20)
 
     def report(self) -> list[tuple[int, int, float]]:
-        out = []
-        for p in self.procs:
-            p.stdin.write("report\n")  # type: ignore[union-attr]
-            p.stdin.flush()  # type: ignore[union-attr]
-        for w, p in enumerate(self.procs):
-            for i, seq, t in json.loads(p.stdout.readline()):  # type: ignore[union-attr]
-                out.append((w * 100_000 + i, seq, t))
-        return out
-
-    def stop(self) -> None:
-        for p in self.procs:
-            try:
-                p.stdin.write("stop\n")  # type: ignore[union-attr]
-                p.stdin.flush()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        """Every (subscriber, seq, arrival) since the last report, subscribers numbered apart
+        per worker."""
+        answers = self.ask(["report"] * len(self.procs))
+        return [(w * 100_000 + i, seq, t) for w, got in enumerate(answers) for i, seq, t in got]
 
 
 # ----------------------------------------------------------------------------- one size

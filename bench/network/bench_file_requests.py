@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_fanout import growth_exponent  # noqa: E402
-from lightnodes import Network  # noqa: E402
+from lightnodes import Network, WorkerProcesses, cpu_s  # noqa: E402
 
 CHANNEL = "bench.files"
 STORED = re.compile(r"bucket stored (\S+) \((\d+) bytes\)")
@@ -59,11 +58,6 @@ STORED = re.compile(r"bucket stored (\S+) \((\d+) bytes\)")
 
 def log(msg: str) -> None:
     print(f"[files] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 # ----------------------------------------------------------------------------- requester workers
@@ -154,42 +148,16 @@ async def _requesters(job: dict) -> None:
         nursery.cancel_scope.cancel()
 
 
-class Workers:
+class Workers(WorkerProcesses):
+    """The requester workers."""
+
     def __init__(self, jobs: list[dict]) -> None:
-        self.procs = []
-        for job in jobs:
-            p = subprocess.Popen([sys.executable, __file__, "_requesters"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-            p.stdin.write(json.dumps(job) + "\n")  # type: ignore[union-attr]
-            p.stdin.flush()  # type: ignore[union-attr]
-            self.procs.append(p)
-        for p in self.procs:
-            line = p.stdout.readline()  # type: ignore[union-attr]
-            if line.strip() != "ready":
-                raise RuntimeError(f"a requester worker did not start (said {line!r})")
+        super().__init__(__file__, "_requesters", jobs, stop_line="", stop_timeout=30)
 
     def fetch(self, wanted_per_proc: list[list[list[str]]]) -> list[dict]:
-        for p, wanted in zip(self.procs, wanted_per_proc, strict=True):
-            p.stdin.write(json.dumps({"fetch": wanted}) + "\n")  # type: ignore[union-attr]
-            p.stdin.flush()  # type: ignore[union-attr]
-        out = []
-        for p in self.procs:
-            out += json.loads(p.stdout.readline())  # type: ignore[union-attr]
-        return out
-
-    def stop(self) -> None:
-        for p in self.procs:
-            try:
-                p.stdin.write("\n")  # type: ignore[union-attr]
-                p.stdin.flush()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        """Each worker fetches its share at once; every fetch's result."""
+        answers = self.ask([json.dumps({"fetch": wanted}) for wanted in wanted_per_proc])
+        return [result for got in answers for result in got]
 
 
 def hub_uploads(hub_log: Path, since: int) -> tuple[list[tuple[str, int]], int]:

@@ -42,6 +42,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from lightnodes import cpu_s  # noqa: E402
 from netlab import ALL_ROLES, Lab  # noqa: E402
 
 import kachery_feeds as kf  # noqa: E402
@@ -52,11 +53,6 @@ pyspy = str(Path(sys.executable).parent / "py-spy")
 
 def log(msg: str) -> None:
     print(f"[scale] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_s(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def relay_messages_in(owner) -> int:

@@ -15,6 +15,7 @@ node (a real daemon, set up with the real CLI, not started yet) with the channel
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -28,6 +29,7 @@ for p in (str(HERE), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import psutil  # noqa: E402
 from netlab import ALL_ROLES, Hub, Node  # noqa: E402
 
 from kachery_node.identity import Keypair, load_user_key  # noqa: E402
@@ -132,3 +134,54 @@ def wait_for(pred, timeout: float, what: str, poll: float = 0.05) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(poll)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds so far of process ``pid`` (all its threads)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+class WorkerProcesses:
+    """The benchmark's worker processes (``script mode``), each holding many lightweight nodes:
+    each is given its job (one JSON line), says ``ready`` once its nodes are up, then answers
+    one line per line asked of it until it reads ``stop_line``."""
+
+    def __init__(self, script: str, mode: str, jobs: list[dict], *, stop_line: str,
+                 stop_timeout: float) -> None:
+        self._stop_line, self._stop_timeout = stop_line, stop_timeout
+        self.procs: list[subprocess.Popen] = []
+        for job in jobs:
+            p = subprocess.Popen([sys.executable, script, mode], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+            self.procs.append(p)
+            self._say(p, json.dumps(job))
+        for p in self.procs:
+            line = p.stdout.readline()  # type: ignore[union-attr]
+            if line.strip() != "ready":
+                raise RuntimeError(f"a {mode} worker did not start (said {line!r})")
+
+    def ask(self, lines: list[str]) -> list[Any]:
+        """Send ``lines[i]`` to worker i (all first, so they work at once), then read each one's
+        JSON answer, in worker order."""
+        for p, line in zip(self.procs, lines, strict=True):
+            self._say(p, line)
+        return [json.loads(p.stdout.readline()) for p in self.procs]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                self._say(p, self._stop_line)
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=self._stop_timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+    @staticmethod
+    def _say(p: subprocess.Popen, line: str) -> None:
+        p.stdin.write(line + "\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
