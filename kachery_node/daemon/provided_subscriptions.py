@@ -22,7 +22,7 @@ from pathlib import Path
 import kachery_feeds as kf
 
 from ..protocol.feed_messages import SavedSubscription, SaveSubscriptions
-from ..storage.private_files import create_private_file
+from ..storage.sqlite_tables import immediate_transaction, open_table_file
 
 log = logging.getLogger("kachery.feeds")
 
@@ -37,10 +37,7 @@ class ProvidedSubscriptions:
         if path is None:
             return
         try:
-            create_private_file(path)
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
+            conn = open_table_file(path)
             conn.execute("CREATE TABLE IF NOT EXISTS subscriptions (channel TEXT NOT NULL, "
                          "feed_id TEXT NOT NULL, subfeed_hash TEXT NOT NULL, expires REAL NOT NULL, "
                          "PRIMARY KEY (channel, feed_id, subfeed_hash)) WITHOUT ROWID")
@@ -66,14 +63,9 @@ class ProvidedSubscriptions:
             return
         values = [(r.channel, r.feed_id, r.subfeed_hash, round(r.expires, 3)) for r in action.rows]
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate_transaction(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?)", values)
                 self._conn.execute("DELETE FROM subscriptions WHERE expires <= ?", (action.expired_before,))
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.warning("could not save subscriptions to %s: %s", self.path, exc)
 

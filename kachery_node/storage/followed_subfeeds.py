@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .private_files import create_private_file
+from .sqlite_tables import immediate_transaction, open_table_file
 
 log = logging.getLogger("kachery.node")
 
@@ -52,11 +51,8 @@ class FollowedSubfeeds:
 
     def __init__(self, storage_dir: Path) -> None:
         self.path = Path(storage_dir) / DB_FILE
-        create_private_file(self.path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
+        self._conn = open_table_file(self.path)
         # rowid keeps the order subfeeds were first followed in (an upsert keeps the row's rowid).
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS followed (feed_id TEXT NOT NULL, subfeed_hash TEXT NOT NULL, "
@@ -78,7 +74,7 @@ class FollowedSubfeeds:
         values = [(r.feed_id, r.subfeed_hash, r.channel, r.last_read) for r in rows]
         if not values:
             return
-        with self._lock, self._transaction():
+        with self._lock, immediate_transaction(self._conn):
             self._conn.executemany(
                 "INSERT INTO followed (feed_id, subfeed_hash, channel, last_read) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (feed_id, subfeed_hash) DO UPDATE SET channel = excluded.channel, "
@@ -96,9 +92,6 @@ class FollowedSubfeeds:
             cursor = self._conn.execute("DELETE FROM followed WHERE feed_id = ? AND subfeed_hash = ?",
                                         (feed_id, subfeed_hash))
         return cursor.rowcount > 0
-
-    def _transaction(self):
-        return _Transaction(self._conn)
 
     def _migrate(self, legacy: Path) -> None:
         """Take in an older daemon's JSON file (once: the table then holds its rows) and remove
@@ -118,7 +111,7 @@ class FollowedSubfeeds:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("ignoring unreadable %s: %s", legacy, exc)
                 rows = []
-            with self._lock, self._transaction():
+            with self._lock, immediate_transaction(self._conn):
                 self._conn.executemany(
                     "INSERT OR IGNORE INTO followed (feed_id, subfeed_hash, channel, last_read) "
                     "VALUES (?, ?, ?, ?)",
@@ -126,19 +119,6 @@ class FollowedSubfeeds:
                 self._conn.execute("PRAGMA user_version = 1")
             log.info("moved %d followed subfeeds from %s to %s", len(rows), legacy.name, self.path.name)
         legacy.unlink(missing_ok=True)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT (ROLLBACK on an exception) on an autocommit connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, exc, tb) -> None:
-        self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def read_followed(storage_dir: Path) -> list[FollowedSubfeed]:
