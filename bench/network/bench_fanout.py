@@ -108,8 +108,12 @@ async def _subscribers(job: dict) -> None:
                 # Independent daemons renew at independent times: the first renewal comes at a
                 # random point of the first period (with --renew off, only the subscription).
                 delay = rng.uniform(0, RENEW_S)
+                renewal = False
                 while True:
                     body = SubscribeToSubfeed(job["feed_id"], job["subfeed_hash"], positions[i]).to_body()
+                    if renewal:  # as a follower daemon says of a plain renewal (set as a field,
+                        body["renewal"] = True  # so that older revisions run this too)
+                    renewal = True
                     data = seal(key, channel=channel, band="request-feeds", body=body,
                                 now_ms=int(time.time() * 1000))
                     await ps.publish(ask, data)

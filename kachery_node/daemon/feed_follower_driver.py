@@ -16,6 +16,7 @@ N followed subfeeds of one feed cost about N/500 messages per renewal period, no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -121,7 +122,7 @@ class _SubscriptionBatcher:
                 subfeed = self._store.load_feed(m.feed_id).load_subfeed("~" + m.subfeed_hash)
                 count = subfeed.get_num_local_messages()
             if count is not None and count > m.position and not m.bucket_rejected:
-                m = SubscribeToSubfeed(m.feed_id, m.subfeed_hash, count)
+                m = dataclasses.replace(m, position=count)
             out.append(m)
         return out
 

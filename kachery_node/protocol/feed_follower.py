@@ -15,7 +15,9 @@ A follower loops through three steps for as long as the subfeed is followed:
    last read :data:`BUCKET_RECHECK_SECONDS` ago or more; otherwise publish the subscription
    again with the local count (a provider pushes or announces what a reader lacks, so the head
    need not be read every time: N followed subfeeds cost N bucket reads per 5 minutes, not per
-   20 s) and wait again.
+   20 s) and wait again. Such a subscription, and only it, says ``renewal``: nothing happened
+   since the last one that a provider's recent pushes would not cover (a gap, or the bucket
+   read that a gap or a nudge leads to, always ends in a subscription without it).
 
 If the bucket's data fails verification (a malformed head, a bad signature or chain), the
 follower waits :data:`REJECTED_RETRY_SECONDS` (so as not to spin) and then subscribes with
@@ -275,8 +277,10 @@ class FeedFollower:
         if local_count is not None:
             self._position = local_count
         self._move(step)
+        # Only a plain renewal says so: one after a catch-up (a gap among them) must be pushed
+        # what the reader lacks even if the provider pushed it a moment ago (spec: `renewal`).
         message = SubscribeToSubfeed(self.where.feed_id, self.where.subfeed_hash, self._position,
-                                     bucket_rejected=self._rejected)
+                                     bucket_rejected=self._rejected, renewal=step is Step.RENEW)
         self._rejected = False
         self._due = renewal_due(now)
         actions: list[FollowerAction] = [Publish(self.where.channel, message)]

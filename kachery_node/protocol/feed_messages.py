@@ -7,14 +7,20 @@ attachment):
 * ``subscribeToSubfeed`` on band ``request-feeds`` (published by a reader)::
 
       {"type": "subscribeToSubfeed", "feed_id": <64 hex>, "subfeed_hash": <40 hex>,
-       "position": int >= 0, "bucket_rejected"?: true}
+       "position": int >= 0, "bucket_rejected"?: true, "renewal"?: true}
 
 * ``subscribeToSubfeeds`` on band ``request-feeds`` (a reader's subscriptions to several
   subfeeds of one feed, in one message: renewals cost one message per feed and
   :data:`SUBSCRIBE_MANY_MAX` subfeeds, not one per subfeed)::
 
       {"type": "subscribeToSubfeeds", "feed_id": <64 hex>,
-       "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...]}   (1 to 500 pairs)
+       "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...],   (1 to 500 pairs)
+       "renewal"?: true}                                                  (of every pair)
+
+  ``renewal: true``: a periodic renewal of a subscription the reader kept without a gap since
+  it last subscribed (no catch-up from the bucket in between, no push it had to drop); a
+  provider may skip re-pushing what it pushed in the last moments (it is in flight). Absent
+  (older readers, and every first subscription or one after a catch-up): pushed as always.
 
 * ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
 
@@ -106,12 +112,14 @@ class SubfeedOnChannel:
 @dataclass(frozen=True)
 class SubscribeToSubfeed:
     """A reader follows ``feed_id``/``subfeed_hash`` and holds its first ``position`` messages;
-    ``bucket_rejected``: what the bucket holds beyond that failed verification."""
+    ``bucket_rejected``: what the bucket holds beyond that failed verification; ``renewal``: a
+    periodic renewal of a subscription kept without a gap (see the module docstring)."""
 
     feed_id: str
     subfeed_hash: str
     position: int
     bucket_rejected: bool = False
+    renewal: bool = False
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
@@ -119,6 +127,8 @@ class SubscribeToSubfeed:
                                 "subfeed_hash": self.subfeed_hash, "position": self.position}
         if self.bucket_rejected:
             body["bucket_rejected"] = True
+        if self.renewal:
+            body["renewal"] = True
         return body
 
     def attachment(self) -> None:
@@ -130,15 +140,19 @@ class SubscribeToSubfeed:
 class SubscribeToSubfeeds:
     """A reader follows several subfeeds of ``feed_id``: ``subfeeds`` holds (subfeed hash,
     position) pairs, each meaning what the :class:`SubscribeToSubfeed` it stands for means
-    (without ``bucket_rejected``, which travels alone)."""
+    (without ``bucket_rejected``, which travels alone); ``renewal`` is said of every pair."""
 
     feed_id: str
     subfeeds: tuple[tuple[str, int], ...]
+    renewal: bool = False
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
-        return {"type": SUBSCRIBE_MANY, "feed_id": self.feed_id,
-                "subfeeds": [[h, position] for h, position in self.subfeeds]}
+        body: dict[str, Any] = {"type": SUBSCRIBE_MANY, "feed_id": self.feed_id,
+                                "subfeeds": [[h, position] for h, position in self.subfeeds]}
+        if self.renewal:
+            body["renewal"] = True  # beside the pairs: an older provider ignores it
+        return body
 
     def attachment(self) -> None:
         """None: a subscription has no attachment."""
@@ -146,29 +160,39 @@ class SubscribeToSubfeeds:
 
     def each(self) -> list[SubscribeToSubfeed]:
         """The single subscriptions this one stands for."""
-        return [SubscribeToSubfeed(self.feed_id, h, position) for h, position in self.subfeeds]
+        return [SubscribeToSubfeed(self.feed_id, h, position, renewal=self.renewal)
+                for h, position in self.subfeeds]
 
 
 def batch_subscriptions(messages: Iterable[SubscribeToSubfeed]
                         ) -> list[SubscribeToSubfeed | SubscribeToSubfeeds]:
     """The fewest messages that carry ``messages``: those of one feed together in
-    ``subscribeToSubfeeds`` of at most :data:`SUBSCRIBE_MANY_MAX`; one with ``bucket_rejected``,
-    or alone in its feed, as it is (the single form, which every provider understands). A
-    subfeed listed twice keeps its last position."""
-    by_feed: dict[str, dict[str, int]] = {}
+    ``subscribeToSubfeeds`` of at most :data:`SUBSCRIBE_MANY_MAX`, renewals apart from the
+    others (``renewal`` is said per message); one with ``bucket_rejected``, or alone in its feed
+    and kind, as it is (the single form, which every provider understands). A subfeed listed
+    twice keeps its last position, and is a renewal only if every listing of it was one."""
+    latest: dict[tuple[str, str], SubscribeToSubfeed] = {}
     out: list[SubscribeToSubfeed | SubscribeToSubfeeds] = []
     for message in messages:
         if message.bucket_rejected:
             out.append(message)
-        else:
-            by_feed.setdefault(message.feed_id, {})[message.subfeed_hash] = message.position
-    for feed_id, positions in by_feed.items():
-        pairs = list(positions.items())
+            continue
+        key = (message.feed_id, message.subfeed_hash)
+        earlier = latest.get(key)  # (replaced where it stands: the first listing's order)
+        if earlier is not None and not earlier.renewal and message.renewal:
+            message = SubscribeToSubfeed(message.feed_id, message.subfeed_hash, message.position)
+        latest[key] = message
+    groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
+    for message in latest.values():
+        groups.setdefault((message.feed_id, message.renewal), []).append(
+            (message.subfeed_hash, message.position))
+    for (feed_id, renewal), pairs in groups.items():
         if len(pairs) == 1:
-            out.append(SubscribeToSubfeed(feed_id, pairs[0][0], pairs[0][1]))
+            out.append(SubscribeToSubfeed(feed_id, pairs[0][0], pairs[0][1], renewal=renewal))
             continue
         for start in range(0, len(pairs), SUBSCRIBE_MANY_MAX):
-            out.append(SubscribeToSubfeeds(feed_id, tuple(pairs[start:start + SUBSCRIBE_MANY_MAX])))
+            out.append(SubscribeToSubfeeds(feed_id, tuple(pairs[start:start + SUBSCRIBE_MANY_MAX]),
+                                           renewal=renewal))
     return out
 
 
@@ -263,7 +287,14 @@ def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
                                        f"not {pair!r}")
         _feed, subfeed_hash = _names({"feed_id": feed_id, "subfeed_hash": pair[0]})
         subfeeds.append((subfeed_hash, _count({"position": pair[1]}, "position")))
-    return SubscribeToSubfeeds(feed_id, tuple(subfeeds))
+    return SubscribeToSubfeeds(feed_id, tuple(subfeeds), renewal=_flag(body, "renewal"))
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if type(value) is not bool:
+        raise MalformedFeedMessage(f"{name!r} must be true or false")
+    return value
 
 
 _TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
@@ -280,10 +311,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
         return _subscribe_many(body)
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
-        rejected = body.get("bucket_rejected", False)
-        if type(rejected) is not bool:
-            raise MalformedFeedMessage("'bucket_rejected' must be true or false")
-        return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"), rejected)
+        return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"),
+                                  _flag(body, "bucket_rejected"), _flag(body, "renewal"))
     if kind == NEW_MESSAGES:
         return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(attachment))
     return SubfeedUploaded(feed_id, subfeed_hash, _count(body, "count"))

@@ -6,7 +6,9 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
 * On ``subscribeToSubfeed`` from a node allowed to request feeds, a provider that holds the
   subfeed (or owns its feed, even while it is empty) keeps the subscription for
   :data:`SUBSCRIPTION_TTL_SECONDS`; renewals extend it. If the reader is behind by at most
-  :data:`INLINE_MAX_MESSAGES`, the missing messages are pushed inline (:class:`PushRange`);
+  :data:`INLINE_MAX_MESSAGES`, the missing messages are pushed inline (:class:`PushRange`),
+  unless the subscription is a ``renewal`` and all of them went out to the channel in the last
+  :data:`REPUSH_GRACE_SECONDS` (it crossed pushes in flight);
   otherwise the bucket is brought up to date and ``subfeedUploaded`` announced.
 * Whenever the local subfeed grows (the driver reports local counts), the new messages are
   pushed inline to every live subscription, cut by :class:`InlineSplitter` into pieces of at
@@ -50,8 +52,9 @@ Rules
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .bucket_layout import SEGMENT_SIZE
 from .feed_bucket import plan_bucket_update
@@ -78,6 +81,13 @@ INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by 
 INLINE_MAX_BODY_BYTES = INLINE_MAX_BYTES + 8_000  # a piece over this goes through the bucket
 BUCKET_DEBOUNCE_SECONDS = 0.5
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
+#: A *renewal* (``SubscribeToSubfeed.renewal``: the reader kept its subscription without a gap
+#: since the last one) whose missing messages all went out to the channel this recently is not
+#: pushed them again: it crossed the pushes in flight, and a re-push would reach every
+#: subscriber (N renewals crossing pushes made N^2 deliveries). A reader that lost them sees a
+#: gap at the next push, catches up and subscribes without ``renewal`` (always pushed); on a
+#: quiet subfeed its next renewal, after this grace, gets the push.
+REPUSH_GRACE_SECONDS = 2.0
 #: Subscriptions are saved at most this often (0: at every subscription and renewal, the
 #: default: 5 s made a provider killed a few seconds after a reader (re)subscribed forget it at
 #: restart, so the reader waited for its next renewal; tests/network/test_faults.py). A save
@@ -136,6 +146,23 @@ class _BucketJob:
 class _Subscription:
     pushed: int  # messages [0, pushed) are known to the channel (pushed, or in the bucket)
     expires: float  # monotonic
+    #: (time, start) of each push of the last :data:`REPUSH_GRACE_SECONDS`, oldest first. Each
+    #: push reached ``pushed`` as it was then, and the later ones go on from there, so together
+    #: they cover [the least start, pushed).
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def pushed_range(self, now: float, start: int) -> None:
+        self.recent.append((now, start))
+        self._forget_before(now - REPUSH_GRACE_SECONDS)
+
+    def pushed_lately(self, now: float, position: int) -> bool:
+        """Whether [position, pushed) went out in the last :data:`REPUSH_GRACE_SECONDS`."""
+        self._forget_before(now - REPUSH_GRACE_SECONDS)
+        return bool(self.recent) and min(start for _, start in self.recent) <= position
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self.recent and self.recent[0][0] < cutoff:
+            self.recent.popleft()
 
 
 # ----------------------------------------------------------------------------- inline pushes
@@ -280,8 +307,11 @@ class FeedProvider:
         self._saved.pop(where, None)  # superseded by the live one
         self._unsaved[where] = None
         if position < local_count:
-            if local_count - position <= INLINE_MAX_MESSAGES:
+            if message.renewal and local_count <= sub.pushed and sub.pushed_lately(now, position):
+                pass  # a renewal that crossed pushes in flight: every subscriber has them coming
+            elif local_count - position <= INLINE_MAX_MESSAGES:
                 actions.append(PushRange(where, position, local_count))
+                sub.pushed_range(now, position)
             else:
                 actions += self._request_sync(where, announce=True)
         sub.pushed = max(sub.pushed, local_count)
@@ -298,6 +328,7 @@ class FeedProvider:
             count = counts.get(where.subfeed)
             if count is not None and count > sub.pushed:
                 actions.append(PushRange(where, sub.pushed, count))
+                sub.pushed_range(now, sub.pushed)
                 sub.pushed = count
                 self._mark_dirty(now, where)
         for where, synced in self._published.items():

@@ -50,6 +50,7 @@ from kachery_node.protocol.feed_provider import (
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
     REPAIR_MIN_INTERVAL_SECONDS,
+    REPUSH_GRACE_SECONDS,
     SUBSCRIPTION_TTL_SECONDS,
     FeedProvider,
     InlineSplitter,
@@ -116,6 +117,8 @@ def test_messages_round_trip_through_their_bodies():
     ("request-feeds", {"position": None}),
     ("request-feeds", {"bucket_rejected": 1}),
     ("request-feeds", {"bucket_rejected": "yes"}),
+    ("request-feeds", {"renewal": 1}),
+    ("request-feeds", {"renewal": None}),
 ])
 def test_malformed_subscriptions_are_the_peers_fault(band, change):
     body = {**SubscribeToSubfeed(FEED, SUB, 3).to_body(), **change}
@@ -154,6 +157,34 @@ def test_subscriptions_to_many_subfeeds_of_one_feed_travel_in_one_message_per_50
     assert len(orjson.dumps(many[0].to_body())) < 40_000
 
 
+def test_renewals_say_so_in_both_forms_and_travel_apart_from_other_subscriptions():
+    # The single form: the flag only when set, read back; an older reader's body has none.
+    renewal = SubscribeToSubfeed(FEED, SUB, 12, renewal=True)
+    assert renewal.to_body()["renewal"] is True
+    assert "renewal" not in SubscribeToSubfeed(FEED, SUB, 12).to_body()
+    assert parse("request-feeds", renewal.to_body()) == renewal
+    assert parse("request-feeds", SubscribeToSubfeed(FEED, SUB, 12).to_body()).renewal is False
+    # The batched form: one flag beside the pairs (an older provider, which reads only the
+    # pairs, still takes every pair), said of each subscription it stands for.
+    hashes = [f"{i:040x}" for i in range(4)]
+    renewals = [SubscribeToSubfeed(FEED, h, 5, renewal=True) for h in hashes[:2]]
+    others = [SubscribeToSubfeed(FEED, h, 5) for h in hashes[2:]]
+    batched = batch_subscriptions([renewals[0], others[0], renewals[1], others[1]])
+    assert batched == [SubscribeToSubfeeds(FEED, ((hashes[0], 5), (hashes[1], 5)), renewal=True),
+                       SubscribeToSubfeeds(FEED, ((hashes[2], 5), (hashes[3], 5)))]
+    body = batched[0].to_body()
+    assert body["renewal"] is True and body["subfeeds"] == [[hashes[0], 5], [hashes[1], 5]]
+    assert "renewal" not in batched[1].to_body()
+    assert parse("request-feeds", body) == batched[0] and batched[0].each() == renewals
+    assert parse("request-feeds", batched[1].to_body()).each() == others
+    # A subfeed listed as a renewal and as another subscription is not a renewal (the other
+    # may follow a gap); alone in its feed and kind it goes in the single form, flag and all.
+    later = batch_subscriptions([others[0], SubscribeToSubfeed(FEED, hashes[2], 6, renewal=True),
+                                 SubscribeToSubfeed("ef" * 32, SUB, 3, renewal=True)])
+    assert later == [SubscribeToSubfeed(FEED, hashes[2], 6),
+                     SubscribeToSubfeed("ef" * 32, SUB, 3, renewal=True)]
+
+
 @pytest.mark.parametrize("change", [
     {"subfeeds": []},
     {"subfeeds": [[SUB, 1]] * (SUBSCRIBE_MANY_MAX + 1)},
@@ -166,6 +197,7 @@ def test_subscriptions_to_many_subfeeds_of_one_feed_travel_in_one_message_per_50
     {"subfeeds": [[SUB, True]]},
     {"feed_id": "ab" * 31},
     {"subfeeds": None},
+    {"renewal": "true"},
 ])
 def test_malformed_batched_subscriptions_are_the_peers_fault(change):
     body = {**SubscribeToSubfeeds(FEED, ((SUB, 3),)).to_body(), **change}
@@ -242,7 +274,7 @@ def test_renewals_republish_the_subscription_and_read_the_bucket_only_every_few_
     t = renewal_due(T0)
     while t < T0 + BUCKET_RECHECK_SECONDS:
         # Pushes arrived meanwhile: the renewal carries the store's count, no bucket read.
-        assert f.on_timer(t, 7) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 7))]
+        assert f.on_timer(t, 7) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 7, renewal=True))]
         assert f.state is FollowerState.SUBSCRIBED and f.next_deadline() == renewal_due(t)
         t = renewal_due(t)
     # the last read is BUCKET_RECHECK_SECONDS old: read the head again
@@ -323,6 +355,30 @@ def test_a_nudge_before_the_start_adds_nothing_to_its_catch_up():
     assert [type(a) for a in f.on_head(T0, None, 0)] == [Publish]
 
 
+def test_only_a_plain_renewal_says_renewal_and_a_subscription_after_a_gap_does_not():
+    # tests/daemon/test_feeds_exchange.py::test_a_gap_sends_the_reader_back_to_the_bucket: a
+    # reader that dropped a push must be pushed it again, even right after it went out.
+    f = FeedFollower(HERE)
+    f.start(T0, may_request=True)
+    assert published(f.on_head(T0, None, 10)) == [SubscribeToSubfeed(FEED, SUB, 10)]
+    t = renewal_due(T0)
+    assert published(f.on_timer(t, 10)) == [SubscribeToSubfeed(FEED, SUB, 10, renewal=True)]
+    # A push past our end: back to the bucket, then a subscription that is no renewal.
+    [read] = f.on_new_messages(t + 1, InlineOutcome.GAP, READER)
+    assert isinstance(read, ReadHead)
+    f.on_head(t + 1.1, head(15), 10)
+    assert published(f.on_imported(t + 1.2, 5, 15)) == [SubscribeToSubfeed(FEED, SUB, 15)]
+    # Nor one after a nudge, a failed catch-up, or a rejected bucket copy.
+    f.on_nudge(t + 2)
+    assert published(f.on_head(t + 2, None, 15)) == [SubscribeToSubfeed(FEED, SUB, 15)]
+    f.on_nudge(t + 3)
+    assert published(f.on_catch_up_failed(t + 3, CatchUpFailure.UNREACHABLE, 15)) == [
+        SubscribeToSubfeed(FEED, SUB, 15)]
+    # The next renewal with nothing in between is one again.
+    t = renewal_due(t + 3)
+    assert published(f.on_timer(t, 16)) == [SubscribeToSubfeed(FEED, SUB, 16, renewal=True)]
+
+
 def test_nudges_reconnects_announcements_and_gaps_catch_up_now():
     f = subscribed_follower(10)
     assert f.on_nudge(T0 + 1) == [ReadHead(HERE, T0 + 1 + CATCH_UP_TIMEOUT_SECONDS)]
@@ -394,8 +450,8 @@ def test_every_transition_of_the_table_happens():
 
 # ============================================================================ provider
 def subscribe(p: FeedProvider, now: float, position: int, count: int, *, rejected=False, owns=True,
-              allowed=True, may_provide=True, channel="lab", wall=None):
-    message = SubscribeToSubfeed(FEED, SUB, position, bucket_rejected=rejected)
+              allowed=True, may_provide=True, channel="lab", wall=None, renewal=False):
+    message = SubscribeToSubfeed(FEED, SUB, position, bucket_rejected=rejected, renewal=renewal)
     return p.on_subscribe(now, WALL0 + (now - T0) if wall is None else wall, channel, READER, message,
                           may_provide=may_provide, sender_allowed=allowed, local_count=count,
                           owns_feed=owns)
@@ -741,3 +797,28 @@ def test_an_empty_published_subfeed_is_uploaded_once_it_has_messages():
     assert p.set_published(T0, [HERE], {(FEED, SUB): 0}) == []
     assert p.on_local_counts(T0 + 1, {(FEED, SUB): 1}) == []
     assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]
+
+
+def test_a_renewal_that_crossed_pushes_in_flight_is_not_pushed_them_again_but_a_reader_after_a_gap_is():
+    # bench/network/bench_fanout.py: with N readers renewing while the owner appends, every
+    # renewal sent just before a push reached it re-pushed that range to all N readers (N^2).
+    p = FeedProvider()
+    subscribe(p, T0, 10, 10)
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 12}) == [PushRange(HERE, 10, 12)]
+    # A reader's renewal written before the push reached it: nothing is pushed again.
+    assert not of(PushRange, subscribe(p, T0 + 1.01, 10, 12, renewal=True))
+    assert not of(PushRange, subscribe(p, T0 + 1.5, 11, 12, renewal=True))
+    # A reader that dropped the push (a gap) and caught up from a bucket still behind
+    # subscribes without `renewal`: pushed at once, however recent the push.
+    assert of(PushRange, subscribe(p, T0 + 1.5, 10, 12)) == [PushRange(HERE, 10, 12)]
+    # So is every subscription of an older reader (it never says `renewal`).
+    assert of(PushRange, subscribe(p, T0 + 1.6, 11, 12)) == [PushRange(HERE, 11, 12)]
+    # A renewal further behind than the recent pushes still gets the whole missing range.
+    assert of(PushRange, subscribe(p, T0 + 1.7, 8, 12, renewal=True)) == [PushRange(HERE, 8, 12)]
+    # ... and that push counts as recent for the next renewals.
+    assert not of(PushRange, subscribe(p, T0 + 1.8, 9, 12, renewal=True))
+    # Once the grace has passed, a renewal still behind (it lost the push) gets it again.
+    later = T0 + 1.8 + REPUSH_GRACE_SECONDS + 0.1
+    assert of(PushRange, subscribe(p, later, 10, 12, renewal=True)) == [PushRange(HERE, 10, 12)]
+    # Messages the provider has not pushed yet are pushed to a renewal too.
+    assert of(PushRange, subscribe(p, later + 0.1, 12, 13, renewal=True)) == [PushRange(HERE, 12, 13)]
