@@ -7,7 +7,7 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   subfeed (or owns its feed, even while it is empty) keeps the subscription for
   :data:`SUBSCRIPTION_TTL_SECONDS`; renewals extend it. If the reader is behind by at most
   :data:`INLINE_MAX_MESSAGES`, the missing messages are pushed inline (:class:`PushRange`),
-  unless the subscription is a ``renewal`` and all of them went out to the channel in the last
+  except, for a ``renewal``, those that went out to the channel in the last
   :data:`REPUSH_GRACE_SECONDS` (it crossed pushes in flight);
   otherwise the bucket is brought up to date and ``subfeedUploaded`` announced.
 * Whenever the local subfeed grows (the driver reports local counts), the new messages are
@@ -306,10 +306,13 @@ class FeedProvider:
             self._earliest_expiry = sub.expires
         self._saved.pop(where, None)  # superseded by the live one
         self._unsaved[where] = None
+        if message.renewal and position < min(sub.pushed, local_count) \
+                and sub.pushed_lately(now, position):
+            # A renewal that crossed pushes in flight: every subscriber has them coming. Only
+            # what was not pushed yet (the store grew before we heard of it) goes out.
+            position = sub.pushed
         if position < local_count:
-            if message.renewal and local_count <= sub.pushed and sub.pushed_lately(now, position):
-                pass  # a renewal that crossed pushes in flight: every subscriber has them coming
-            elif local_count - position <= INLINE_MAX_MESSAGES:
+            if local_count - position <= INLINE_MAX_MESSAGES:
                 actions.append(PushRange(where, position, local_count))
                 sub.pushed_range(now, position)
             else:
