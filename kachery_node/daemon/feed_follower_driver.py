@@ -41,6 +41,7 @@ from ..protocol.feed_messages import (
     ReadHead,
     Report,
     SubfeedOnChannel,
+    SubfeedsHeld,
     SubfeedUploaded,
     SubscribeToSubfeed,
     batch_subscriptions,
@@ -188,6 +189,24 @@ class FollowerDriver:
         if conversation is not None:
             count = conversation.subfeed.get_num_local_messages()
             conversation.give(conversation.follower.on_subfeed_uploaded(anyio.current_time(), message, count))
+
+    def on_subfeeds_held(self, link: ChannelLink, message: SubfeedsHeld) -> None:
+        """The feed's owner says how many messages of each subfeed it and the bucket hold: each
+        of ours on this channel hears it (the local counts read in one query for the feed)."""
+        conversations = [(c, count) for h, count in message.subfeeds
+                         if (c := self._conversation(link, message.feed_id, h)) is not None]
+        if not conversations:
+            return
+        local: dict[str, int] = {}
+        if len(conversations) > 1:
+            listed = self.store.load_feed(message.feed_id).list_subfeeds()
+            local = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+        now = anyio.current_time()
+        for conversation, count in conversations:
+            held = local.get(conversation.follower.where.subfeed_hash)
+            if held is None:
+                held = conversation.subfeed.get_num_local_messages()
+            conversation.give(conversation.follower.on_subfeed_held(now, count, held))
 
     def on_new_messages(self, link: ChannelLink, sender: str, message: NewSubfeedMessages) -> None:
         """Import an inline push (verified) if we follow its subfeed on any channel; a gap

@@ -33,6 +33,7 @@ from ..protocol.feed_messages import (
     MalformedFeedMessage,
     NewSubfeedMessages,
     SubfeedOnChannel,
+    SubfeedsHeld,
     SubfeedUploaded,
     SubscribeToSubfeed,
     SubscribeToSubfeeds,
@@ -112,6 +113,8 @@ class FeedExchange:
             self.following.on_new_messages(link, env.sender, message)
         elif isinstance(message, SubfeedUploaded):
             self.following.on_subfeed_uploaded(link, message)
+        elif isinstance(message, SubfeedsHeld):
+            self.following.on_subfeeds_held(link, message)
 
     def on_message_inline(self, link: ChannelLink, band: str, env: Envelope) -> bool:
         """Import a live push (``newSubfeedMessages``) at once, in the channel's receiving task

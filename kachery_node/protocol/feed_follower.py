@@ -12,7 +12,9 @@ A follower loops through three steps for as long as the subfeed is followed:
    :func:`renewal_due`), or less if *nudged*: the channel (re)connected, a provider
    said the bucket holds more than we have (``subfeedUploaded``), or an inline push did not
    chain onto the local end (a gap). Nudged, go to 1. At the renewal, go to 1 if the bucket was
-   last read :data:`BUCKET_RECHECK_SECONDS` ago or more; otherwise publish the subscription
+   last read :data:`BUCKET_RECHECK_SECONDS` ago or more and the feed's owner has not said
+   within that time (``subfeedsHeld``) how many messages it and the bucket hold (so a reader
+   whose owner answers reads the bucket only when something changed); otherwise publish the subscription
    again with the local count (a provider pushes or announces what a reader lacks, so the head
    need not be read every time: N followed subfeeds cost N bucket reads per 5 minutes, not per
    20 s) and wait again. Such a subscription, and only it, says ``renewal``: nothing happened
@@ -64,8 +66,9 @@ RENEW_SECONDS = 20.0
 RENEW_ALIGN_SECONDS = 5.0
 CATCH_UP_TIMEOUT_SECONDS = 60.0
 REJECTED_RETRY_SECONDS = 1.0  # after rejecting bucket data, before the next subscription
-#: A renewal reads the bucket's head again only if the last read is this old (a safety net for
-#: pushes lost while no provider answered); other renewals only re-publish the subscription.
+#: A renewal reads the bucket's head again only if the last read, and the owner's last word on
+#: what it holds (``subfeedsHeld``), are this old: a safety net for pushes lost while no
+#: provider answered; other renewals only re-publish the subscription.
 BUCKET_RECHECK_SECONDS = 300.0
 
 
@@ -165,6 +168,7 @@ class FeedFollower:
         self._due: float | None = None  # renewal (SUBSCRIBED) or end of pause (BACKING_OFF)
         self._position = 0  # the local count the last catch-up left, for the next subscription
         self._read_at: float | None = None  # when the last catch-up (bucket read) began
+        self._held_at: float | None = None  # when the owner last said what it and the bucket hold
 
     # ------------------------------------------------------------------ events
     def start(self, now: float, *, may_request: bool) -> list[FollowerAction]:
@@ -235,6 +239,15 @@ class FeedFollower:
             return self.on_nudge(now)
         return []
 
+    def on_subfeed_held(self, now: float, count: int, local_count: int) -> list[FollowerAction]:
+        """The feed's owner says it holds ``count`` messages and the bucket holds them all
+        (``subfeedsHeld``): the next bucket re-read waits, unless that is more than we hold (a
+        push was lost: catch up now)."""
+        self._held_at = now
+        if count > local_count:
+            return self.on_nudge(now)
+        return []
+
     def on_new_messages(self, now: float, outcome: InlineOutcome, sender: str,
                         detail: str = "") -> list[FollowerAction]:
         """An inline push was imported (or not): a gap sends us back to the bucket."""
@@ -252,7 +265,8 @@ class FeedFollower:
         if self.state is FollowerState.BACKING_OFF:
             return self._subscribe(now, Step.RETRY_DUE, None)
         if self.state is FollowerState.SUBSCRIBED:
-            recent = self._read_at is not None and now - self._read_at < BUCKET_RECHECK_SECONDS
+            recent = any(t is not None and now - t < BUCKET_RECHECK_SECONDS
+                         for t in (self._read_at, self._held_at))
             if local_count is not None and recent:
                 return self._subscribe(now, Step.RENEW, local_count)
             return self._catch_up(now, Step.CATCH_UP_DUE)

@@ -31,6 +31,12 @@ attachment):
 
       {"type": "subfeedUploaded", "feed_id": ..., "subfeed_hash": ..., "count": int >= 0}
 
+* ``subfeedsHeld`` on band ``provide-feeds`` (published by a feed's owner in answer to
+  subscriptions: it holds ``count`` messages of each subfeed, and the bucket holds them all)::
+
+      {"type": "subfeedsHeld", "feed_id": ...,
+       "subfeeds": [[<40 hex subfeed hash>, <count: int >= 0>], ...]}      (1 to 500 pairs)
+
 Rules: :func:`parse` is the only place a body (and attachment) is read and each message's
 ``to_body`` and ``attachment`` the only place one is written. How wire lines travel inside
 ``newSubfeedMessages`` is decided by :func:`_lines_to_wire` / :func:`_lines_from_wire` alone
@@ -72,6 +78,7 @@ SUBSCRIBE_MANY = "subscribeToSubfeeds"
 SUBSCRIBE_MANY_MAX = 500
 NEW_MESSAGES = "newSubfeedMessages"
 UPLOADED = "subfeedUploaded"
+HELD = "subfeedsHeld"
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
@@ -236,7 +243,27 @@ class SubfeedUploaded:
         return None
 
 
-FeedMessage = SubscribeToSubfeed | SubscribeToSubfeeds | NewSubfeedMessages | SubfeedUploaded
+@dataclass(frozen=True)
+class SubfeedsHeld:
+    """The owner of ``feed_id`` holds ``count`` messages of each subfeed of ``subfeeds`` ((subfeed
+    hash, count) pairs), and the bucket holds all of them: a reader holding as many has every
+    message there is, without reading the bucket's head."""
+
+    feed_id: str
+    subfeeds: tuple[tuple[str, int], ...]
+    band = PROVIDE_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": HELD, "feed_id": self.feed_id,
+                "subfeeds": [[h, count] for h, count in self.subfeeds]}
+
+    def attachment(self) -> None:
+        """None: counts only."""
+        return None
+
+
+FeedMessage = (SubscribeToSubfeed | SubscribeToSubfeeds | NewSubfeedMessages | SubfeedUploaded
+               | SubfeedsHeld)
 
 
 def _lines_to_wire(lines: tuple[bytes, ...]) -> bytes:
@@ -271,7 +298,8 @@ def _names(body: dict[str, Any]) -> tuple[str, str]:
         raise MalformedFeedMessage(str(exc)) from None
 
 
-def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
+def _subfeed_pairs(body: dict[str, Any], second: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """The feed ID and the 1 to 500 [subfeed_hash, ``second``] pairs of a batched message."""
     try:
         feed_id = normalize_feed_id(body.get("feed_id"))
     except InvalidUriError as exc:
@@ -279,15 +307,20 @@ def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
     pairs = body.get("subfeeds")
     if not isinstance(pairs, list) or not 1 <= len(pairs) <= SUBSCRIBE_MANY_MAX:
         raise MalformedFeedMessage(f"'subfeeds' must be a list of 1 to {SUBSCRIBE_MANY_MAX} "
-                                   "[subfeed_hash, position] pairs")
+                                   f"[subfeed_hash, {second}] pairs")
     subfeeds = []
     for pair in pairs:
         if not isinstance(pair, list) or len(pair) != 2:
-            raise MalformedFeedMessage(f"each of 'subfeeds' must be a [subfeed_hash, position] pair, "
+            raise MalformedFeedMessage(f"each of 'subfeeds' must be a [subfeed_hash, {second}] pair, "
                                        f"not {pair!r}")
         _feed, subfeed_hash = _names({"feed_id": feed_id, "subfeed_hash": pair[0]})
-        subfeeds.append((subfeed_hash, _count({"position": pair[1]}, "position")))
-    return SubscribeToSubfeeds(feed_id, tuple(subfeeds), renewal=_flag(body, "renewal"))
+        subfeeds.append((subfeed_hash, _count({second: pair[1]}, second)))
+    return feed_id, tuple(subfeeds)
+
+
+def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
+    feed_id, subfeeds = _subfeed_pairs(body, "position")
+    return SubscribeToSubfeeds(feed_id, subfeeds, renewal=_flag(body, "renewal"))
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -297,7 +330,8 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-_TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
+_TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY),
+                  PROVIDE_BAND: (NEW_MESSAGES, UPLOADED, HELD)}
 
 
 def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> FeedMessage:
@@ -309,6 +343,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
         raise MalformedFeedMessage(f"{kind!r} is not a feed message of band {band!r}")
     if kind == SUBSCRIBE_MANY:
         return _subscribe_many(body)
+    if kind == HELD:
+        return SubfeedsHeld(*_subfeed_pairs(body, "count"))
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
         return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"),

@@ -31,6 +31,11 @@ Theory of operation (spec/node-protocol.md §Feeds, "Provider")
   always subscribed: when it is published, when its channel (re)connects and after each growth
   (debounced) its bucket copy is brought up to date; nothing is pushed inline for it (readers
   who subscribe get their pushes as usual).
+* The feed's owner answers a subscription of a reader that holds every message, once the bucket
+  is known to hold them too, with ``subfeedsHeld`` (one per subscription message, for all of
+  its subfeeds due; each subfeed at most once per :data:`HELD_MIN_INTERVAL_SECONDS` per
+  channel, for every reader at once): the readers' periodic bucket re-read, a safety net for
+  pushes lost while no provider answered, is not needed while the owner says this.
 * Live subscriptions are saved (:class:`SaveSubscriptions`, wall-clock expiries) whenever one
   is made or renewed (at most once per :data:`SAVE_MIN_INTERVAL_SECONDS`; a save writes only
   the subscriptions made or renewed since the last one, and drops the expired); when a
@@ -59,6 +64,7 @@ from dataclasses import dataclass, field
 from .bucket_layout import SEGMENT_SIZE
 from .feed_bucket import plan_bucket_update
 from .feed_messages import (
+    SUBSCRIBE_MANY_MAX,
     FeedProtocolMisuse,
     NewSubfeedMessages,
     ProviderAction,
@@ -70,6 +76,7 @@ from .feed_messages import (
     SaveSubscriptions,
     Severity,
     SubfeedOnChannel,
+    SubfeedsHeld,
     SubfeedUploaded,
     SubscribeToSubfeed,
     UploadSegments,
@@ -88,6 +95,10 @@ REPAIR_MIN_INTERVAL_SECONDS = 10.0
 #: gap at the next push, catches up and subscribes without ``renewal`` (always pushed); on a
 #: quiet subfeed its next renewal, after this grace, gets the push.
 REPUSH_GRACE_SECONDS = 2.0
+#: The owner says ``subfeedsHeld`` of a subfeed on a channel at most this often: well within the
+#: readers' BUCKET_RECHECK_SECONDS (300), so that one lost message does not cost a re-read, and
+#: rarely enough that N followed subfeeds cost about N/500 messages per this interval.
+HELD_MIN_INTERVAL_SECONDS = 100.0
 #: Subscriptions are saved at most this often (0: at every subscription and renewal, the
 #: default: 5 s made a provider killed a few seconds after a reader (re)subscribed forget it at
 #: restart, so the reader waited for its next renewal; tests/network/test_faults.py). A save
@@ -232,6 +243,7 @@ class FeedProvider:
         # No subscription expires before this (a lower bound, made exact by _expire): the min
         # over all subscriptions at every event would cost O(N) per renewal.
         self._earliest_expiry: float | None = None
+        self._held_said: dict[SubfeedOnChannel, float] = {}  # -> when subfeedsHeld last said it
 
     # ------------------------------------------------------------------ queries
     def subfeeds(self, channel: str | None = None) -> set[Subfeed]:
@@ -281,10 +293,17 @@ class FeedProvider:
             return [Report(Severity.INFO, f"ignoring subscription from {sender[:12]}: "
                                           f"not allowed to request feeds on {channel}")]
         actions: list[ProviderAction] = []
+        held: dict[str, list[tuple[str, int]]] = {}  # feed -> (subfeed hash, count) to say held
         for message in messages:
             where = SubfeedOnChannel(channel, message.feed_id, message.subfeed_hash)
-            actions += self._subscribe(now, where, message, local_counts.get(where.subfeed, 0),
-                                       owns_feed, sender)
+            count = local_counts.get(where.subfeed, 0)
+            actions += self._subscribe(now, where, message, count, owns_feed, sender)
+            if owns_feed and self._may_say_held(now, where, message.position, count):
+                held.setdefault(where.feed_id, []).append((where.subfeed_hash, count))
+        for feed_id, pairs in held.items():
+            for start in range(0, len(pairs), SUBSCRIBE_MANY_MAX):
+                actions.append(Publish(channel, SubfeedsHeld(
+                    feed_id, tuple(pairs[start:start + SUBSCRIBE_MANY_MAX]))))
         if self._unsaved:
             self._wall_offset = wall_now - now
             actions[:0] = self._save_soon(now)  # saved before anything is pushed
@@ -321,6 +340,18 @@ class FeedProvider:
         if self._bucket_counts.get(where) != local_count:
             self._mark_dirty(now, where)
         return actions
+
+    def _may_say_held(self, now: float, where: SubfeedOnChannel, position: int, count: int) -> bool:
+        """Whether to tell ``where``'s readers, now, that we hold ``count`` messages and so does
+        the bucket: the reader holds them all (one behind is pushed instead), the bucket was
+        last found at or brought to that count, and it was not said in the last interval."""
+        if position < count or self._bucket_counts.get(where) != count:
+            return False
+        said = self._held_said.get(where)
+        if said is not None and now - said < HELD_MIN_INTERVAL_SECONDS:
+            return False
+        self._held_said[where] = now
+        return True
 
     def on_local_counts(self, now: float, counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
         """The store changed: ``counts`` of (at least) :meth:`subfeeds`. New messages are pushed
@@ -521,6 +552,7 @@ class FeedProvider:
         for where in expired:
             del self._subscriptions[where]
             self._bucket_counts.pop(where, None)
+            self._held_said.pop(where, None)
         self._earliest_expiry = min((sub.expires for sub in self._subscriptions.values()), default=None)
 
     def _save_soon(self, now: float) -> list[ProviderAction]:

@@ -18,6 +18,7 @@ import kachery_feeds as kf
 from kachery_node.daemon.feeds_exchange import FeedExchange
 from kachery_node.daemon.store_changes import ChangeBroadcaster
 from kachery_node.identity import Keypair
+from kachery_node.protocol import feed_follower, feed_provider
 from kachery_node.protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
 from kachery_node.protocol.feed_bucket import parse_head
 from tests.daemon.memory_link import MemoryChannel, MemoryLink
@@ -162,6 +163,52 @@ async def test_a_gap_sends_the_reader_back_to_the_bucket(tmp_path):
         source.append_message({"i": 15})  # pushed alone: starts past bob's end
         await wait_until(lambda: replica.get_num_local_messages() == 16)
         assert replica.get_messages() == source.get_messages()
+
+
+class HeadReadsLink(FeedLink):
+    """Counts the subfeed heads it reads from the bucket."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_reads = 0
+
+    async def bucket_get(self, path, start=None, end=None) -> bytes:
+        if path.endswith("/head"):
+            self.head_reads += 1
+        return await super().bucket_get(path, start, end)
+
+
+@pytest.mark.trio
+async def test_while_the_owner_says_what_it_holds_the_reader_reads_no_head_and_after_it_does(
+        tmp_path, monkeypatch):
+    """The periodic bucket re-read (a safety net) is put off while the owner answers renewals
+    with subfeedsHeld, and comes back once the owner falls silent. Times scaled down 100x."""
+    monkeypatch.setattr(feed_follower, "RENEW_SECONDS", 0.2)
+    monkeypatch.setattr(feed_follower, "RENEW_ALIGN_SECONDS", 0.05)
+    monkeypatch.setattr(feed_follower, "BUCKET_RECHECK_SECONDS", 1.5)
+    monkeypatch.setattr(feed_provider, "HELD_MIN_INTERVAL_SECONDS", 0.5)
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        owner = alice.join(ch)
+        link = bob.join(ch, ["request-feeds"], link_class=HeadReadsLink)
+        assert isinstance(link, HeadReadsLink)
+        source = source_subfeed(alice, 10)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 10)
+        reads = link.head_reads
+
+        def said() -> list[list]:  # (bob also follows the feed's policy subfeed: 0 messages)
+            return [pair for _s, _band, b in ch.published if b["type"] == "subfeedsHeld"
+                    for pair in b["subfeeds"] if pair[0] == source.subfeed_hash]
+
+        # The owner says it at renewals for two re-read periods: the reader reads no head.
+        await wait_until(lambda: len(said()) >= 7)
+        assert said()[-1] == [source.subfeed_hash, 10]
+        assert link.head_reads == reads
+        # The owner falls silent (its daemon away): the reader re-reads the bucket again.
+        owner.detach()
+        await wait_until(lambda: link.head_reads > reads)
+        assert ch.handler_errors == []
 
 
 class SlowSegmentsLink(FeedLink):

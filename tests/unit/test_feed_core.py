@@ -38,6 +38,7 @@ from kachery_node.protocol.feed_messages import (
     SaveSubscriptions,
     Severity,
     SubfeedOnChannel,
+    SubfeedsHeld,
     SubfeedUploaded,
     SubscribeToSubfeed,
     SubscribeToSubfeeds,
@@ -47,6 +48,7 @@ from kachery_node.protocol.feed_messages import (
 )
 from kachery_node.protocol.feed_provider import (
     BUCKET_DEBOUNCE_SECONDS,
+    HELD_MIN_INTERVAL_SECONDS,
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
     REPAIR_MIN_INTERVAL_SECONDS,
@@ -183,6 +185,19 @@ def test_renewals_say_so_in_both_forms_and_travel_apart_from_other_subscriptions
                                  SubscribeToSubfeed("ef" * 32, SUB, 3, renewal=True)])
     assert later == [SubscribeToSubfeed(FEED, hashes[2], 6),
                      SubscribeToSubfeed("ef" * 32, SUB, 3, renewal=True)]
+
+
+def test_the_owners_word_on_what_it_holds_travels_batched():
+    held = SubfeedsHeld(FEED, ((SUB, 7), ("01" * 20, 0)))
+    assert held.to_body() == {"type": "subfeedsHeld", "feed_id": FEED,
+                              "subfeeds": [[SUB, 7], ["01" * 20, 0]]}
+    assert parse("provide-feeds", held.to_body()) == held and held.attachment() is None
+    for change in ({"subfeeds": []}, {"subfeeds": [[SUB, -1]]}, {"subfeeds": [[SUB]]},
+                   {"subfeeds": [[SUB, 1]] * (SUBSCRIBE_MANY_MAX + 1)}, {"feed_id": 3}):
+        with pytest.raises(MalformedFeedMessage):
+            parse("provide-feeds", {**held.to_body(), **change})
+    with pytest.raises(MalformedFeedMessage):  # a provider's message, not a reader's
+        parse("request-feeds", held.to_body())
 
 
 @pytest.mark.parametrize("change", [
@@ -377,6 +392,27 @@ def test_only_a_plain_renewal_says_renewal_and_a_subscription_after_a_gap_does_n
     # The next renewal with nothing in between is one again.
     t = renewal_due(t + 3)
     assert published(f.on_timer(t, 16)) == [SubscribeToSubfeed(FEED, SUB, 16, renewal=True)]
+
+
+def test_while_the_owner_says_what_it_holds_renewals_read_no_bucket_and_more_catches_up():
+    f = subscribed_follower(7)  # read the bucket at T0
+    t = renewal_due(T0)
+    said = T0
+    while t < T0 + 3 * BUCKET_RECHECK_SECONDS:
+        if t - said >= HELD_MIN_INTERVAL_SECONDS:  # the owner answers a renewal now and then
+            assert f.on_subfeed_held(t, 7, 7) == []
+            said = t
+        # No bucket read, however long since the last: the owner vouches for the bucket.
+        assert published(f.on_timer(t, 7)) == [SubscribeToSubfeed(FEED, SUB, 7, renewal=True)]
+        t = renewal_due(t)
+    # The owner falls silent (offline): BUCKET_RECHECK_SECONDS after its last word, read again.
+    while t - said < BUCKET_RECHECK_SECONDS:
+        assert of(Publish, f.on_timer(t, 7))
+        t = renewal_due(t)
+    assert f.on_timer(t, 7) == [ReadHead(HERE, t + CATCH_UP_TIMEOUT_SECONDS)]
+    f.on_head(t, head(7), 7)
+    # The owner holds more than we do (pushes were lost): catch up at once.
+    assert of(ReadHead, f.on_subfeed_held(t + 1, 9, 7))
 
 
 def test_nudges_reconnects_announcements_and_gaps_catch_up_now():
@@ -824,3 +860,41 @@ def test_a_renewal_that_crossed_pushes_in_flight_is_not_pushed_them_again_but_a_
     # renewal, without the recent ones it crossed; the growth then pushes nothing again.
     assert of(PushRange, subscribe(p, later + 0.1, 11, 13, renewal=True)) == [PushRange(HERE, 12, 13)]
     assert p.on_local_counts(later + 0.2, {(FEED, SUB): 13}) == []
+
+
+def test_the_owner_tells_current_readers_what_it_and_the_bucket_hold_once_an_interval():
+    p = FeedProvider()
+    held = [Publish("lab", SubfeedsHeld(FEED, ((SUB, 5),)))]
+    # Not before the bucket is known to hold the subfeed's messages.
+    assert not of(Publish, subscribe(p, T0, 5, 5))
+    assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]
+    finish_sync(p, T0 + 1.1, 5, head(5))
+    assert of(Publish, subscribe(p, T0 + 20, 5, 5, renewal=True)) == held
+    # Said for every reader of the channel at once: not again within the interval.
+    assert not of(Publish, subscribe(p, T0 + 25, 5, 5, renewal=True))
+    assert not of(Publish, subscribe(p, T0 + 20 + HELD_MIN_INTERVAL_SECONDS - 1, 5, 5))
+    assert of(Publish, subscribe(p, T0 + 20 + HELD_MIN_INTERVAL_SECONDS, 5, 5)) == held
+    # A reader behind is pushed, not told; a replica never says it (others may hold more).
+    later = T0 + 20 + 2 * HELD_MIN_INTERVAL_SECONDS
+    assert of(Publish, subscribe(p, later, 4, 5)) == [] and of(PushRange, subscribe(p, later, 4, 5))
+    q = FeedProvider()
+    subscribe(q, T0, 5, 5, owns=False)
+    q.on_timer(T0 + 1)
+    finish_sync(q, T0 + 1.1, 5, head(5))
+    assert not of(Publish, subscribe(q, T0 + 20, 5, 5, owns=False))
+    # A batched renewal of many subfeeds: one message per 500 of those due.
+    r = FeedProvider()
+    hashes = [f"{i:040x}" for i in range(600)]
+    wheres = [SubfeedOnChannel("lab", FEED, h) for h in hashes]
+    counts = {(FEED, h): 3 for h in hashes}
+    renewal = SubscribeToSubfeeds(FEED, tuple((h, 3) for h in hashes), renewal=True).each()
+    r.on_subscribe_many(T0, WALL0, "lab", READER, renewal, may_provide=True, sender_allowed=True,
+                        local_counts=counts, owns_feed=True)
+    assert len(r.on_timer(T0 + 1)) == 600  # each bucket copy read once
+    for where in wheres:
+        finish_sync(r, T0 + 2, 3, head(3), where)
+    actions = r.on_subscribe_many(T0 + 20, WALL0 + 20, "lab", READER, renewal, may_provide=True,
+                                  sender_allowed=True, local_counts=counts, owns_feed=True)
+    said = [a.message for a in of(Publish, actions)]
+    assert [len(m.subfeeds) for m in said] == [500, 100]
+    assert {pair for m in said for pair in m.subfeeds} == {(h, 3) for h in hashes}
