@@ -93,8 +93,11 @@ REPAIR_MIN_INTERVAL_SECONDS = 10.0
 #: pushed them again: it crossed the pushes in flight, and a re-push would reach every
 #: subscriber (N renewals crossing pushes made N^2 deliveries). A reader that lost them sees a
 #: gap at the next push, catches up and subscribes without ``renewal`` (always pushed); on a
-#: quiet subfeed its next renewal, after this grace, gets the push.
-REPUSH_GRACE_SECONDS = 2.0
+#: quiet subfeed its next renewal, after this grace, gets the push. 2 s was too short on a loaded
+#: machine (bench_fanout, N = 200: a push took over 2 s to reach the last reader, and renewals
+#: that crossed it re-pushed it to all); a lost push on a quiet subfeed waits at most this much
+#: longer for its renewal.
+REPUSH_GRACE_SECONDS = 5.0
 #: The owner says ``subfeedsHeld`` of a subfeed on a channel at most this often: well within the
 #: readers' BUCKET_RECHECK_SECONDS (300), so that one lost message does not cost a re-read, and
 #: rarely enough that N followed subfeeds cost about N/500 messages per this interval.
