@@ -205,6 +205,10 @@ async def test_while_the_owner_says_what_it_holds_the_reader_reads_no_head_and_a
         await wait_until(lambda: len(said()) >= 7)
         assert said()[-1] == [source.subfeed_hash, 10]
         assert link.head_reads == reads
+        # bob's first subscription is no renewal, the ones after it are (the batcher keeps it).
+        subscriptions = [b for s, _band, b in ch.published if s == bob.keypair.public_hex
+                         and b["type"].startswith("subscribeToSubfeed")]
+        assert not subscriptions[0].get("renewal") and subscriptions[-1].get("renewal") is True
         # The owner falls silent (its daemon away): the reader re-reads the bucket again.
         owner.detach()
         await wait_until(lambda: link.head_reads > reads)
