@@ -73,8 +73,10 @@ class ChannelLink(Protocol):
         """Put ``data`` (bytes, or a file's whole content) at ``path`` through a signed upload URL
         from the hub. Raises PermissionError without the matching provide role."""
 
-    async def upload_many(self, items: list[tuple[str, bytes]]) -> None:
-        """Put several small objects (path, bytes) at once (one request for their URLs)."""
+    async def upload_many(self, items: list[tuple[str, bytes]], *,
+                          then: tuple[str, bytes] | None = None) -> None:
+        """Put several small objects (path, bytes) at once (one request for their URLs), then
+        ``then`` (path, bytes) once all of them are in (its URL asked for in the same request)."""
 
     async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         """A request to the channel's hub as witness (spec/witness.md §4), ``channel`` added;

@@ -208,15 +208,22 @@ class ChannelRuntime:
         )
         await self._require_bucket().put(url, data, progress=progress)
 
-    async def upload_many(self, items: list[tuple[str, bytes]], *, parallel: int = 8) -> None:
+    async def upload_many(self, items: list[tuple[str, bytes]], *, then: tuple[str, bytes] | None = None,
+                          parallel: int = 8) -> None:
         """Upload several objects: one hub request for all their signed URLs, PUTs in parallel
-        (a subfeed's segments: one round trip to the hub instead of one per segment)."""
+        (a subfeed's segments: one round trip to the hub instead of one per segment); ``then``
+        goes up once all of them are in (a head that must not point past its segments), its URL
+        asked for in the same request."""
         bucket = self._require_bucket()
         limiter = trio.CapacityLimiter(parallel)
-        for start in range(0, len(items), UPLOAD_URLS_PER_REQUEST):
-            batch = items[start : start + UPLOAD_URLS_PER_REQUEST]
+        everything = items + ([then] if then is not None else [])
+        for start in range(0, len(everything), UPLOAD_URLS_PER_REQUEST):
+            batch = everything[start : start + UPLOAD_URLS_PER_REQUEST]
             wanted = [{"path": self._relative(path), "size": len(data)} for path, data in batch]
             urls = await trio.to_thread.run_sync(self._hub.upload_urls, self.channel, wanted)
+            last_url = None
+            if then is not None and start + len(batch) == len(everything):
+                last_url, batch = urls.pop(), batch[:-1]
 
             async def put(url: str, data: bytes) -> None:
                 async with limiter:
@@ -225,6 +232,9 @@ class ChannelRuntime:
             async with trio.open_nursery() as nursery:
                 for (_path, data), url in zip(batch, urls, strict=True):
                     nursery.start_soon(put, url, data)
+            if last_url is not None:
+                assert then is not None
+                await bucket.put(last_url, then[1])
 
     async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         return await trio.to_thread.run_sync(

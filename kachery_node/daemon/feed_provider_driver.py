@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -326,37 +327,68 @@ class ProviderDriver:
             self._wait.deadline = deadline
 
 
+@dataclass
+class _Window:
+    """Segments ``indices``, built, and the provisional head that may follow them (None: none)."""
+
+    indices: range
+    segments: list[bytes]
+    head: tuple[int, bytes] | None
+
+
+def upload_windows(indices: range) -> list[range]:
+    """``indices`` cut into upload windows of 1, 2, 4 … :data:`SEGMENTS_PER_UPLOAD` segments."""
+    windows, first, size = [], indices.start, 1
+    while first < indices.stop:
+        windows.append(range(first, min(first + size, indices.stop)))
+        first, size = windows[-1].stop, min(size * 2, SEGMENTS_PER_UPLOAD)
+    return windows
+
+
 async def _upload_segments(link: ChannelLink, subfeed: kf.Subfeed, action: UploadSegments,
                            on_progress: Callable[[SubfeedOnChannel, int], Awaitable[None]] | None = None
                            ) -> None:
-    """Upload the action's segments a window at a time, each window built from the store in a
-    worker thread when its turn comes (memory holds one window, whatever the subfeed's length);
-    then the head (so the head never points past its segments).
+    """Upload the action's segments a window at a time (:func:`upload_windows`: the first one is
+    in the bucket soon); then the head (so the head never points past its segments).
 
-    Windows grow 1, 2, 4 … :data:`SEGMENTS_PER_UPLOAD` segments, so the first one is in the
-    bucket soon. With ``action.provisional_heads``, after each window but the last a head for
-    the messages up to the last signed one uploaded goes up too, and ``on_progress`` hears its
-    count: readers start importing while later windows are built."""
-    where, indices = action.where, action.segments
-    first, window = indices.start, 1
-    while first < indices.stop:
-        batch = range(first, min(first + window, indices.stop))
-        built = await anyio.to_thread.run_sync(_build_segments, subfeed, batch)
-        await link.upload_many([(where.segment_path(i), data) for i, data in zip(batch, built, strict=True)])
-        first, window = batch.stop, min(window * 2, SEGMENTS_PER_UPLOAD)
-        if action.provisional_heads and first < indices.stop:
-            count = feed_bucket.signed_count_in_segment(built[-1], batch[-1])
-            del built
-            # At least the first segment's end: the bucket's own head was below it (the plan
-            # starts at the segment holding it), so a provisional head never rolls it back.
-            if count is not None and (indices.start + 1) * SEGMENT_SIZE <= count < action.head_count:
-                head = await anyio.to_thread.run_sync(feed_bucket.head_at, subfeed, count)
-                await link.upload(where.head_path, head)
-                if on_progress is not None:
-                    await on_progress(where, count)
-    head = await anyio.to_thread.run_sync(feed_bucket.head_at, subfeed, action.head_count)
-    await link.upload(where.head_path, head)
+    Each window is built from the store in a worker thread while the one before it uploads, so
+    building and uploading overlap and memory holds at most two windows, whatever the subfeed's
+    length. With ``action.provisional_heads``, after each window but the last a head for the
+    messages up to the last signed one uploaded goes up too (its URL asked for with the
+    window's), and ``on_progress`` hears its count: readers import while later windows are
+    built."""
+    where, windows = action.where, upload_windows(action.segments)
+    send, receive = anyio.create_memory_object_stream[_Window](0)
+
+    async def build_all() -> None:
+        async with send:
+            for batch in windows:
+                # Blocks (holding this window) until the uploader has taken the one before.
+                await send.send(await anyio.to_thread.run_sync(_build_window, subfeed, action, batch))
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(build_all)
+        async for window in receive:
+            items = [(where.segment_path(i), data) for i, data in zip(window.indices, window.segments,
+                                                                       strict=True)]
+            head = window.head
+            await link.upload_many(items, then=None if head is None else (where.head_path, head[1]))
+            del items, window
+            if head is not None and on_progress is not None:
+                await on_progress(where, head[0])
+    head_bytes = await anyio.to_thread.run_sync(feed_bucket.head_at, subfeed, action.head_count)
+    await link.upload(where.head_path, head_bytes)
 
 
-def _build_segments(subfeed: kf.Subfeed, indices: range) -> list[bytes]:
-    return [feed_bucket.segment_for(subfeed, i) for i in indices]
+def _build_window(subfeed: kf.Subfeed, action: UploadSegments, indices: range) -> _Window:
+    """The segments ``indices`` and, with provisional heads and more to come, the head for the
+    messages up to the last signed one among them (in a worker thread)."""
+    built = [feed_bucket.segment_for(subfeed, i) for i in indices]
+    head = None
+    if action.provisional_heads and indices.stop < action.segments.stop:
+        count = feed_bucket.signed_count_in_segment(built[-1], indices[-1])
+        # At least the first segment's end: the bucket's own head was below it (the plan
+        # starts at the segment holding it), so a provisional head never rolls it back.
+        if count is not None and (action.segments.start + 1) * SEGMENT_SIZE <= count < action.head_count:
+            head = (count, feed_bucket.head_at(subfeed, count))
+    return _Window(indices, built, head)

@@ -21,8 +21,9 @@ the signing path is exercised. What is simulated:
 * Handlers run inline, one after the other, in publishing order (deterministic), unless
   ``spawn_handlers_in`` holds a task group: then each delivery runs as its own task, as the
   daemon's channel runtime does, so their order is up to the scheduler.
-* ``bucket_download`` streams into a destination that has ``write_piece`` (a chunk's sink), as
-  the channel runtime does, unless ``stream_downloads`` is False.
+* ``bucket_download`` streams into a destination that has ``write_blocking`` (a ByteSink, as
+  the channel runtime takes) or ``write_piece`` (a chunk's sink), as the channel runtime does,
+  unless ``stream_downloads`` is False (for ``write_piece``).
 * ``upload_hook(link, path)`` is awaited before an upload's bytes are written: block in it to
   simulate a slow or killed provider, raise in it to simulate a failing one.
 """
@@ -188,7 +189,14 @@ class MemoryLink:
         except KeyError:
             raise BucketObjectMissing(path) from None
         write_piece = getattr(dest, "write_piece", None) if self.hub.stream_downloads else None
-        if write_piece is not None:  # as the channel runtime does for a chunk's sink
+        write_blocking = getattr(dest, "write_blocking", None)
+        if write_blocking is not None:  # a ByteSink (e.g. a segment gathered in memory)
+            for pos in range(0, len(data), _BLOCK):
+                write_blocking(data[pos : pos + _BLOCK])
+                if progress:
+                    progress(min(pos + _BLOCK, len(data)), len(data))
+                await anyio.lowlevel.checkpoint()
+        elif write_piece is not None:  # as the channel runtime does for a chunk's sink
             for pos in range(0, len(data), _BLOCK):
                 await write_piece(data[pos : pos + _BLOCK])
                 if progress:

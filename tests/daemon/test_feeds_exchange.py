@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 import kachery_feeds as kf
+from kachery_node.daemon.feed_provider_driver import upload_windows
 from kachery_node.daemon.feeds_exchange import FeedExchange
 from kachery_node.daemon.store_changes import ChangeBroadcaster
 from kachery_node.identity import Keypair
@@ -38,9 +39,11 @@ class FeedLink(MemoryLink):
         self.hub.bucket[path] = bytes(data)
         self.hub.uploads.append((self.node_id, path))
 
-    async def upload_many(self, items) -> None:
+    async def upload_many(self, items, *, then=None) -> None:
         for path, data in items:
             await self.upload(path, data)
+        if then is not None:
+            await self.upload(*then)
 
 
 class Node:
@@ -258,6 +261,49 @@ async def test_a_long_upload_publishes_provisional_heads_and_the_reader_imports_
         assert any(0 < p < 30_000 for p in positions), positions  # caught up in several steps
         assert replica.get_messages(29_990) == [{"i": i} for i in range(29_990, 30_000)]
         assert ch.handler_errors == []
+
+
+class WindowLink(FeedLink):
+    """Records each upload_many call as (segment indices, the count of the head that follows)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.windows: list[tuple[list[int], int | None]] = []
+
+    async def upload_many(self, items, *, then=None) -> None:
+        indices = [int(path.rsplit("/", 1)[1]) for path, _data in items]
+        self.windows.append((indices, None if then is None else parse_head(then[1]).count))
+        await super().upload_many(items, then=then)
+
+
+@pytest.mark.trio
+async def test_each_provisional_head_goes_up_with_its_window_and_segments_come_by_download(tmp_path):
+    """The provider asks for a window's segment URLs and its provisional head's in one
+    upload_many (the head after the segments); the reader fetches segments with bucket_download
+    (straight off the socket in the daemon), not bucket_get."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        link = alice.join(ch, link_class=WindowLink)
+        assert isinstance(link, WindowLink)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 12_500)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 12_500, timeout=30)
+        assert link.windows == [([0], 1000), ([1, 2], 3000), ([3, 4, 5, 6], 7000),
+                                ([7, 8, 9, 10, 11], None)]
+        head = subfeed_head_path("lab", source.feed_id, source.subfeed_hash)
+        assert parse_head(ch.bucket[head]).count == 12_500
+        segments = [p for node, p in ch.downloads if node == bob.keypair.public_hex and "/segments/" in p]
+        assert sorted(int(p.rsplit("/", 1)[1]) for p in segments) == list(range(12))
+        assert replica.get_messages() == source.get_messages()
+        assert ch.handler_errors == []
+
+
+def test_upload_windows_grow_to_their_cap():
+    assert upload_windows(range(0)) == []
+    assert upload_windows(range(5, 6)) == [range(5, 6)]
+    assert upload_windows(range(0, 30)) == [range(0, 1), range(1, 3), range(3, 7), range(7, 15),
+                                            range(15, 23), range(23, 30)]
 
 
 @pytest.mark.trio

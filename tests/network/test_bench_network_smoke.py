@@ -54,8 +54,12 @@ def test_network_bench_quick_runs(tmp_path):
     assert k["latency"]["hop"]["relay_p50_us"] > 0
     assert "hub relay" in proc.stdout
     assert k["catchup"]["msgs_per_s"] > 0
+    # the catch-up runs three rounds too: min / median / max of its rate and first message
+    assert len(k["catchup"]["rounds"]) == 3 and len(k["catchup"]["spread"]["msgs_per_s"]) == 3
+    assert k["catchup"]["spread"]["first_message_s"][0] > 0
+    assert "catch-up: min / median / max over 3 rounds" in proc.stdout
     assert k["file"]["mb_per_s"] > 0
     assert k["memory"]["peak_rss_mb"] > 0 and k["memory"]["serving_peak_rss_mb"] > 0
-    assert len(result["rows"]) == 6  # the serving daemon's RSS has its own row
+    assert len(result["rows"]) == 7  # the serving daemon's RSS and the first message have rows
     # everything it made under --tmp is gone (its temporary folder is removed)
     assert not left_behind
