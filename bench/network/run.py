@@ -187,8 +187,11 @@ def follow(node: Node, uri: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- 1. live latency
-def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) -> dict[str, Any]:
+def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
+                  hub_pid: int | None = None) -> dict[str, Any]:
     out_path = b.storage_dir.parent / "latencies.json"
+    pids = {"hub": hub_pid, "A": a.pid, "B": b.pid}
+    pids = {name: pid for name, pid in pids.items() if pid is not None}
     writer = subprocess.Popen(
         worker("_writer", str(a.storage_dir / "feeds.db"), str(n), str(interval_ms)),
         stdin=subprocess.PIPE,
@@ -212,17 +215,25 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) 
         )
         if follower.stdout.readline().strip() != "ready":
             raise RuntimeError("follower did not start")
+        cpu_before = cpu_seconds(pids)
         writer.stdin.write("go\n")
         writer.stdin.flush()
         writer_stats = json.loads(writer.stdout.readline())
         follower.wait(timeout=timeout)
+        cpu = cpu_used(cpu_before, pids)
         writer.wait(timeout=30)
     finally:
         for p in (writer, follower):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    lat = sorted(json.loads(out_path.read_text()))
+    followed = json.loads(out_path.read_text())
+    lat = sorted(followed["latencies"])
+    # CPU per appended message (µs) of each process over the run (all threads; the daemons'
+    # and hub's include their background work, e.g. the debounced bucket updates).
+    cpu_us = {name: secs / n * 1e6 for name, secs in cpu.items()}
+    cpu_us["writer"] = writer_stats["cpu_s"] / n * 1e6
+    cpu_us["follower"] = followed["cpu_s"] / n * 1e6
     if len(lat) < n:
         log(f"latency: the follower saw {len(lat)} of {n} messages")
     return {
@@ -235,6 +246,7 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) 
         "max_ms": lat[-1] if lat else None,
         "writer_append_p50_ms": writer_stats["append_p50_ms"],
         "writer_append_p99_ms": writer_stats["append_p99_ms"],
+        "cpu_us_per_message": cpu_us,
     }
 
 
@@ -245,6 +257,7 @@ def _writer(db: str, n: str, interval_ms: str) -> None:
     sys.stdin.readline()
     count, step = int(n), float(interval_ms) / 1000
     took = []
+    cpu0 = time.process_time()
     t_next = time.monotonic()
     for i in range(count):
         p = payload(i)
@@ -256,10 +269,10 @@ def _writer(db: str, n: str, interval_ms: str) -> None:
         delay = t_next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+    cpu = time.process_time() - cpu0
     took.sort()
-    print(
-        json.dumps({"append_p50_ms": percentile(took, 50), "append_p99_ms": percentile(took, 99)}), flush=True
-    )
+    print(json.dumps({"append_p50_ms": percentile(took, 50), "append_p99_ms": percentile(took, 99),
+                      "cpu_s": cpu}), flush=True)
 
 
 def _follower(db: str, uri: str, n: str, out: str) -> None:
@@ -267,13 +280,14 @@ def _follower(db: str, uri: str, n: str, out: str) -> None:
     last = int(n) - 1
     lat: list[float] = []
     print("ready", flush=True)
+    cpu0 = time.process_time()
     try:
         for p in sf.follow(start=1, timeout=20):
             lat.append((time.time_ns() - p["t"]) / 1e6)
             if p["i"] >= last:
                 break
     finally:
-        Path(out).write_text(json.dumps(lat))
+        Path(out).write_text(json.dumps({"latencies": lat, "cpu_s": time.process_time() - cpu0}))
 
 
 def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_samples: int) -> dict[str, Any]:
@@ -286,7 +300,8 @@ def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_sampl
         for i in range(rounds):
             load = os.getloadavg()[0]
             log(f"live latency round {i + 1}/{rounds} (load average {load:.2f})")
-            run = bench_latency(a, b, cfg["latency_messages"], cfg["latency_interval_ms"], cfg["timeout"])
+            run = bench_latency(a, b, cfg["latency_messages"], cfg["latency_interval_ms"], cfg["timeout"],
+                                lab.hub.pid)
             run["loadavg"] = load
             runs.append(run)
             if hop_samples:
@@ -305,6 +320,9 @@ def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_sampl
     if rounds > 1:
         out["spread"] = {key: [min(r[key] for r in runs), statistics.median(r[key] for r in runs),
                                max(r[key] for r in runs)] for key in known}
+    cpu_keys = runs[0]["cpu_us_per_message"].keys()
+    out["cpu_us_per_message"] = {key: statistics.median(r["cpu_us_per_message"][key] for r in runs)
+                                 for key in cpu_keys}
     if hops:
         out["hop"] = {key: statistics.median(h[key] for h in hops) for key in hops[0] if key != "nats_error"
                       and all(h.get(key) is not None for h in hops)}
@@ -703,6 +721,12 @@ def render(result: dict) -> str:
                 f"latency: one hub-relay hop in the same run: p50 {hop['relay_p50_us']:.0f} / p99 "
                 f"{hop['relay_p99_us']:.0f} µs (nats-server: {hop.get('nats_error', 'not run')})"
             )
+        cpu = lat.get("cpu_us_per_message")
+        if cpu:
+            out.append("latency: CPU per message (µs, all threads, median of the rounds; the hub and "
+                       "daemons include their background work): "
+                       + ", ".join(f"{name} {us:.0f}" for name, us in cpu.items())
+                       + f"; total {sum(cpu.values()):.0f}")
         out.append(
             f"latency: {lat['received']}/{lat['messages']} messages every {lat['interval_ms']:g} ms; "
             f"p90 {lat['p90_ms']:.2f} ms, max {lat['max_ms']:.2f} ms; the writer's own append "
