@@ -50,6 +50,9 @@ log = logging.getLogger("kachery.feeds")
 
 #: Called (as a task of its own) after a bucket job wrote a head: (link, subfeed, its count).
 HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
+#: Called at once after a range was pushed inline: (link, subfeed, its end). It must not block
+#: (it starts a task itself if it has work: most pushes need none, and a task each cost time).
+Pushed = Callable[[ChannelLink, SubfeedOnChannel, int], None]
 
 STORE_RECHECK_SECONDS = 1.0  # look for store changes at least this often, even without an event
 #: Counts are re-read only when the store's data_version moved (:class:`StoreVersion`), and at
@@ -92,7 +95,7 @@ class ProviderDriver:
     """Provides local subfeeds to the subscribers on the daemon's channels."""
 
     def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None,
-                 on_head_uploaded: HeadUploaded | None = None, on_pushed: HeadUploaded | None = None) -> None:
+                 on_head_uploaded: HeadUploaded | None = None, on_pushed: Pushed | None = None) -> None:
         self.store = store
         self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
         self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
@@ -228,9 +231,10 @@ class ProviderDriver:
             position += len(lines)
             if not await self._publish_pieces(where, splitter.add(lines)):
                 return
-        if await self._publish_pieces(where, splitter.finish()) and self._on_pushed is not None:
-            assert self._task_group is not None
-            self._task_group.start_soon(self._on_pushed, self._links[where.channel], where, position)
+        if not await self._publish_pieces(where, splitter.finish()):
+            return
+        if self._on_pushed is not None:
+            self._on_pushed(self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
                               pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
