@@ -206,11 +206,11 @@ class ProviderDriver:
             else:
                 raise AssertionError(f"unexpected provider action {action!r}")
 
-    async def _publish(self, action: Publish) -> bool:
+    async def _publish(self, action: Publish, *, signed: bool = True) -> bool:
         link = self._links[action.channel]
         try:
             await link.publish(action.band, action.message.to_body(),
-                               attachment=action.message.attachment())
+                               attachment=action.message.attachment(), signed=signed)
             return True
         except Exception as exc:  # the readers' renewals re-sync them
             log.info("publishing %s on %s failed: %s", type(action.message).__name__, link.channel, exc)
@@ -229,22 +229,22 @@ class ProviderDriver:
             if not lines:
                 break
             position += len(lines)
-            if not await self._publish_pieces(where, splitter.add(lines)):
+            if not await self._publish_pieces(where, splitter.add(lines), action.signed):
                 return
-        if not await self._publish_pieces(where, splitter.finish()):
+        if not await self._publish_pieces(where, splitter.finish(), action.signed):
             return
         if self._on_pushed is not None:
             self._on_pushed(self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
-                              pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
+                              pieces: list[NewSubfeedMessages | TooBigToPush], signed: bool = True) -> bool:
         """Publish pieces in order; False if the rest of their range should not follow."""
         for piece in pieces:
             if isinstance(piece, TooBigToPush):
                 await self._carry_out(self.core.on_push_oversized(anyio.current_time(), where))
                 self._deadline_may_have_moved()
                 return False
-            if not await self._publish(Publish(where.channel, piece)):
+            if not await self._publish(Publish(where.channel, piece), signed=signed):
                 return False  # the reader's next renewal re-syncs it
         return True
 

@@ -7,14 +7,18 @@ attachment):
 * ``subscribeToSubfeed`` on band ``request-feeds`` (published by a reader)::
 
       {"type": "subscribeToSubfeed", "feed_id": <64 hex>, "subfeed_hash": <40 hex>,
-       "position": int >= 0, "bucket_rejected"?: true}
+       "position": int >= 0, "bucket_rejected"?: true, "unsigned_pushes"?: true}
 
 * ``subscribeToSubfeeds`` on band ``request-feeds`` (a reader's subscriptions to several
   subfeeds of one feed, in one message: renewals cost one message per feed and
   :data:`SUBSCRIBE_MANY_MAX` subfeeds, not one per subfeed)::
 
       {"type": "subscribeToSubfeeds", "feed_id": <64 hex>,
-       "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...]}   (1 to 500 pairs)
+       "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...],   (1 to 500 pairs)
+       "unsigned_pushes"?: true}
+
+  ``unsigned_pushes: true``: the reader takes ``newSubfeedMessages`` without an envelope
+  signature (node_messages.seal_unsigned_push); this node's readers always say so.
 
 * ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
 
@@ -112,6 +116,9 @@ class SubscribeToSubfeed:
     subfeed_hash: str
     position: int
     bucket_rejected: bool = False
+    #: The reader takes pushes without an envelope signature (a reader of this version always
+    #: does; one that did not say so, e.g. an older node, gets them signed).
+    unsigned_pushes: bool = True
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
@@ -119,6 +126,8 @@ class SubscribeToSubfeed:
                                 "subfeed_hash": self.subfeed_hash, "position": self.position}
         if self.bucket_rejected:
             body["bucket_rejected"] = True
+        if self.unsigned_pushes:
+            body["unsigned_pushes"] = True
         return body
 
     def attachment(self) -> None:
@@ -134,11 +143,15 @@ class SubscribeToSubfeeds:
 
     feed_id: str
     subfeeds: tuple[tuple[str, int], ...]
+    unsigned_pushes: bool = True  # as in SubscribeToSubfeed
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
-        return {"type": SUBSCRIBE_MANY, "feed_id": self.feed_id,
-                "subfeeds": [[h, position] for h, position in self.subfeeds]}
+        body: dict[str, Any] = {"type": SUBSCRIBE_MANY, "feed_id": self.feed_id,
+                                "subfeeds": [[h, position] for h, position in self.subfeeds]}
+        if self.unsigned_pushes:
+            body["unsigned_pushes"] = True
+        return body
 
     def attachment(self) -> None:
         """None: a subscription has no attachment."""
@@ -146,7 +159,8 @@ class SubscribeToSubfeeds:
 
     def each(self) -> list[SubscribeToSubfeed]:
         """The single subscriptions this one stands for."""
-        return [SubscribeToSubfeed(self.feed_id, h, position) for h, position in self.subfeeds]
+        return [SubscribeToSubfeed(self.feed_id, h, position, unsigned_pushes=self.unsigned_pushes)
+                for h, position in self.subfeeds]
 
 
 def batch_subscriptions(messages: Iterable[SubscribeToSubfeed]
@@ -263,7 +277,15 @@ def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
                                        f"not {pair!r}")
         _feed, subfeed_hash = _names({"feed_id": feed_id, "subfeed_hash": pair[0]})
         subfeeds.append((subfeed_hash, _count({"position": pair[1]}, "position")))
-    return SubscribeToSubfeeds(feed_id, tuple(subfeeds))
+    return SubscribeToSubfeeds(feed_id, tuple(subfeeds), _flag(body, "unsigned_pushes"))
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    """An optional boolean field (absent: false)."""
+    value = body.get(name, False)
+    if type(value) is not bool:
+        raise MalformedFeedMessage(f"{name!r} must be true or false")
+    return value
 
 
 _TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY), PROVIDE_BAND: (NEW_MESSAGES, UPLOADED)}
@@ -280,10 +302,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
         return _subscribe_many(body)
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
-        rejected = body.get("bucket_rejected", False)
-        if type(rejected) is not bool:
-            raise MalformedFeedMessage("'bucket_rejected' must be true or false")
-        return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"), rejected)
+        return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"),
+                                  _flag(body, "bucket_rejected"), _flag(body, "unsigned_pushes"))
     if kind == NEW_MESSAGES:
         return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(attachment))
     return SubfeedUploaded(feed_id, subfeed_hash, _count(body, "count"))
@@ -358,6 +378,9 @@ class PushRange:
     where: SubfeedOnChannel
     start: int
     end: int
+    #: With an envelope signature: some reader of the subfeed on the channel did not say it
+    #: takes pushes without one (``unsigned_pushes``) within the last subscription TTL.
+    signed: bool = False
 
 
 @dataclass(frozen=True)
