@@ -215,12 +215,14 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
         )
         if follower.stdout.readline().strip() != "ready":
             raise RuntimeError("follower did not start")
+        relay_before = relay_messages_in(a)
         cpu_before = cpu_seconds(pids)
         writer.stdin.write("go\n")
         writer.stdin.flush()
         writer_stats = json.loads(writer.stdout.readline())
         follower.wait(timeout=timeout)
         cpu = cpu_used(cpu_before, pids)
+        relay_messages = relay_messages_in(a) - relay_before
         writer.wait(timeout=30)
     finally:
         for p in (writer, follower):
@@ -234,6 +236,10 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
     cpu_us = {name: secs / n * 1e6 for name, secs in cpu.items()}
     cpu_us["writer"] = writer_stats["cpu_s"] / n * 1e6
     cpu_us["follower"] = followed["cpu_s"] / n * 1e6
+    # Under load a push carries several messages (the daemons fall behind), which lowers the
+    # CPU per message without any change in the code: the pushes (messages the relay took in,
+    # nearly all of them pushes) say how many there were.
+    pushes = max(1, relay_messages)
     if len(lat) < n:
         log(f"latency: the follower saw {len(lat)} of {n} messages")
     return {
@@ -247,7 +253,15 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
         "writer_append_p50_ms": writer_stats["append_p50_ms"],
         "writer_append_p99_ms": writer_stats["append_p99_ms"],
         "cpu_us_per_message": cpu_us,
+        "relay_messages": relay_messages,
+        "cpu_us_per_relay_message": {name: us * n / pushes for name, us in cpu_us.items()},
     }
+
+
+def relay_messages_in(owner: Node) -> int:
+    """Messages the hub's relay has taken in on the owner's channels so far."""
+    status = json.loads(owner.run("hub", "status", "--json"))
+    return sum(ch["relay"]["messages_in"] for ch in status["channels"])
 
 
 def _writer(db: str, n: str, interval_ms: str) -> None:
@@ -320,9 +334,9 @@ def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_sampl
     if rounds > 1:
         out["spread"] = {key: [min(r[key] for r in runs), statistics.median(r[key] for r in runs),
                                max(r[key] for r in runs)] for key in known}
-    cpu_keys = runs[0]["cpu_us_per_message"].keys()
-    out["cpu_us_per_message"] = {key: statistics.median(r["cpu_us_per_message"][key] for r in runs)
-                                 for key in cpu_keys}
+    for what in ("cpu_us_per_message", "cpu_us_per_relay_message"):
+        out[what] = {key: statistics.median(r[what][key] for r in runs) for key in runs[0][what]}
+    out["relay_messages"] = statistics.median(r["relay_messages"] for r in runs)
     if hops:
         out["hop"] = {key: statistics.median(h[key] for h in hops) for key in hops[0] if key != "nats_error"
                       and all(h.get(key) is not None for h in hops)}
@@ -727,6 +741,11 @@ def render(result: dict) -> str:
                        "daemons include their background work): "
                        + ", ".join(f"{name} {us:.0f}" for name, us in cpu.items())
                        + f"; total {sum(cpu.values()):.0f}")
+            per_push = lat["cpu_us_per_relay_message"]
+            out.append(f"latency: the relay took in {lat['relay_messages']:.0f} messages a round (pushes, "
+                       "and a few renewals and checkpoints); CPU per relay message (µs): "
+                       + ", ".join(f"{name} {us:.0f}" for name, us in per_push.items())
+                       + f"; total {sum(per_push.values()):.0f}")
         out.append(
             f"latency: {lat['received']}/{lat['messages']} messages every {lat['interval_ms']:g} ms; "
             f"p90 {lat['p90_ms']:.2f} ms, max {lat['max_ms']:.2f} ms; the writer's own append "
