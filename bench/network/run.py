@@ -191,8 +191,11 @@ def follow(node: Node, uri: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- 1. live latency
-def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) -> dict[str, Any]:
+def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
+                  hub_pid: int | None = None) -> dict[str, Any]:
     out_path = b.storage_dir.parent / "latencies.json"
+    pids = {"hub": hub_pid, "A": a.pid, "B": b.pid}
+    pids = {name: pid for name, pid in pids.items() if pid is not None}
     writer = subprocess.Popen(
         worker("_writer", str(a.storage_dir / "feeds.db"), str(n), str(interval_ms)),
         stdin=subprocess.PIPE,
@@ -216,17 +219,31 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) 
         )
         if follower.stdout.readline().strip() != "ready":
             raise RuntimeError("follower did not start")
+        relay_before = relay_messages_in(a)
+        cpu_before = cpu_seconds(pids)
         writer.stdin.write("go\n")
         writer.stdin.flush()
         writer_stats = json.loads(writer.stdout.readline())
         follower.wait(timeout=timeout)
+        cpu = cpu_used(cpu_before, pids)
+        relay_messages = relay_messages_in(a) - relay_before
         writer.wait(timeout=30)
     finally:
         for p in (writer, follower):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    lat = sorted(json.loads(out_path.read_text()))
+    followed = json.loads(out_path.read_text())
+    lat = sorted(followed["latencies"])
+    # CPU per appended message (µs) of each process over the run (all threads; the daemons'
+    # and hub's include their background work, e.g. the debounced bucket updates).
+    cpu_us = {name: secs / n * 1e6 for name, secs in cpu.items()}
+    cpu_us["writer"] = writer_stats["cpu_s"] / n * 1e6
+    cpu_us["follower"] = followed["cpu_s"] / n * 1e6
+    # Under load a push carries several messages (the daemons fall behind), which lowers the
+    # CPU per message without any change in the code: the pushes (messages the relay took in,
+    # nearly all of them pushes) say how many there were.
+    pushes = max(1, relay_messages)
     if len(lat) < n:
         log(f"latency: the follower saw {len(lat)} of {n} messages")
     return {
@@ -239,7 +256,16 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float) 
         "max_ms": lat[-1] if lat else None,
         "writer_append_p50_ms": writer_stats["append_p50_ms"],
         "writer_append_p99_ms": writer_stats["append_p99_ms"],
+        "cpu_us_per_message": cpu_us,
+        "relay_messages": relay_messages,
+        "cpu_us_per_relay_message": {name: us * n / pushes for name, us in cpu_us.items()},
     }
+
+
+def relay_messages_in(owner: Node) -> int:
+    """Messages the hub's relay has taken in on the owner's channels so far."""
+    status = json.loads(owner.run("hub", "status", "--json"))
+    return sum(ch["relay"]["messages_in"] for ch in status["channels"])
 
 
 def _writer(db: str, n: str, interval_ms: str) -> None:
@@ -249,6 +275,7 @@ def _writer(db: str, n: str, interval_ms: str) -> None:
     sys.stdin.readline()
     count, step = int(n), float(interval_ms) / 1000
     took = []
+    cpu0 = time.process_time()
     t_next = time.monotonic()
     for i in range(count):
         p = payload(i)
@@ -260,10 +287,10 @@ def _writer(db: str, n: str, interval_ms: str) -> None:
         delay = t_next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+    cpu = time.process_time() - cpu0
     took.sort()
-    print(
-        json.dumps({"append_p50_ms": percentile(took, 50), "append_p99_ms": percentile(took, 99)}), flush=True
-    )
+    print(json.dumps({"append_p50_ms": percentile(took, 50), "append_p99_ms": percentile(took, 99),
+                      "cpu_s": cpu}), flush=True)
 
 
 def _follower(db: str, uri: str, n: str, out: str) -> None:
@@ -271,13 +298,14 @@ def _follower(db: str, uri: str, n: str, out: str) -> None:
     last = int(n) - 1
     lat: list[float] = []
     print("ready", flush=True)
+    cpu0 = time.process_time()
     try:
         for p in sf.follow(start=1, timeout=20):
             lat.append((time.time_ns() - p["t"]) / 1e6)
             if p["i"] >= last:
                 break
     finally:
-        Path(out).write_text(json.dumps(lat))
+        Path(out).write_text(json.dumps({"latencies": lat, "cpu_s": time.process_time() - cpu0}))
 
 
 def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_samples: int) -> dict[str, Any]:
@@ -290,7 +318,8 @@ def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_sampl
         for i in range(rounds):
             load = os.getloadavg()[0]
             log(f"live latency round {i + 1}/{rounds} (load average {load:.2f})")
-            run = bench_latency(a, b, cfg["latency_messages"], cfg["latency_interval_ms"], cfg["timeout"])
+            run = bench_latency(a, b, cfg["latency_messages"], cfg["latency_interval_ms"], cfg["timeout"],
+                                lab.hub.pid)
             run["loadavg"] = load
             runs.append(run)
             if hop_samples:
@@ -309,6 +338,9 @@ def latency_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, hop_sampl
     if rounds > 1:
         out["spread"] = {key: [min(r[key] for r in runs), statistics.median(r[key] for r in runs),
                                max(r[key] for r in runs)] for key in known}
+    for what in ("cpu_us_per_message", "cpu_us_per_relay_message"):
+        out[what] = {key: statistics.median(r[what][key] for r in runs) for key in runs[0][what]}
+    out["relay_messages"] = statistics.median(r["relay_messages"] for r in runs)
     if hops:
         out["hop"] = {key: statistics.median(h[key] for h in hops) for key in hops[0] if key != "nats_error"
                       and all(h.get(key) is not None for h in hops)}
@@ -777,6 +809,17 @@ def render(result: dict) -> str:
                 f"latency: one hub-relay hop in the same run: p50 {hop['relay_p50_us']:.0f} / p99 "
                 f"{hop['relay_p99_us']:.0f} µs (nats-server: {hop.get('nats_error', 'not run')})"
             )
+        cpu = lat.get("cpu_us_per_message")
+        if cpu:
+            out.append("latency: CPU per message (µs, all threads, median of the rounds; the hub and "
+                       "daemons include their background work): "
+                       + ", ".join(f"{name} {us:.0f}" for name, us in cpu.items())
+                       + f"; total {sum(cpu.values()):.0f}")
+            per_push = lat["cpu_us_per_relay_message"]
+            out.append(f"latency: the relay took in {lat['relay_messages']:.0f} messages a round (pushes, "
+                       "and a few renewals and checkpoints); CPU per relay message (µs): "
+                       + ", ".join(f"{name} {us:.0f}" for name, us in per_push.items())
+                       + f"; total {sum(per_push.values()):.0f}")
         out.append(
             f"latency: {lat['received']}/{lat['messages']} messages every {lat['interval_ms']:g} ms; "
             f"p90 {lat['p90_ms']:.2f} ms, max {lat['max_ms']:.2f} ms; the writer's own append "

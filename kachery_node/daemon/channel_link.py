@@ -41,9 +41,12 @@ class ChannelLink(Protocol):
     #: The channel's hub ID, which is also its witness key (spec/witness.md §4.1).
     hub_id: str
 
-    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None,
+                      signed: bool = True) -> None:
         """Seal ``body`` (adds channel, band, time, nonce, signature), with ``attachment`` (bytes
         signed with it and carried as they are, e.g. wire lines), and publish it on ``band``.
+        ``signed=False``: an unsigned push instead (``newSubfeedMessages`` only,
+        :func:`~kachery_node.protocol.node_messages.seal_unsigned_push`).
 
         Raises PermissionError if this node may not publish there."""
 

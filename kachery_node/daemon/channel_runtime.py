@@ -41,7 +41,7 @@ import kachery_feeds as kf
 from ..errors import HubRequestError, KacheryError, NotFoundError
 from ..identity import Keypair
 from ..protocol.membership import Membership, MembershipError
-from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal
+from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal, seal_unsigned_push
 from ..protocol.roles import (
     band_name,
     flow_of,
@@ -120,7 +120,8 @@ class ChannelRuntime:
     def may(self, node_id: str, role: str) -> bool:
         return self.membership is not None and self.membership.may(node_id, role)
 
-    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None,
+                      signed: bool = True) -> None:
         if band not in self.roles:
             await self.refresh_roles()  # granted a moment ago?
         if band not in self.roles:
@@ -129,8 +130,11 @@ class ChannelRuntime:
                 f"(its roles there: {' '.join(sorted(self.roles)) or 'none'})"
             )
         pubsub = await self._connected_pubsub()
-        data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms(),
-                    attachment=attachment)
+        if signed:
+            data = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=_wall_ms(),
+                        attachment=attachment)
+        else:
+            data = seal_unsigned_push(band=band, body=body, attachment=attachment or b"")
         await pubsub.publish(band_name(self.channel, pubsub_band(band)), data)
 
     async def _connected_pubsub(self) -> Any:
@@ -343,7 +347,8 @@ class ChannelRuntime:
         try:
             band = role_of_pubsub_band(split_band_name(message.band, self.channel))
             now_ms = _wall_ms()
-            env = open_envelope(message.data, channel=self.channel, band=band, now_ms=now_ms)
+            env = open_envelope(message.data, channel=self.channel, band=band, now_ms=now_ms,
+                                publisher=message.sender)
             if env.sender != message.sender:
                 raise EnvelopeError(
                     f"relay says {message.sender[:12]}… sent a message signed by {env.sender[:12]}…"

@@ -70,8 +70,12 @@ class _Conversation:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled: unfollowed
 
     def give(self, actions: Iterable[FollowerAction]) -> None:
+        """Queue ``actions`` and wake the follower's task, if there are any: a live push that
+        was stored needs nothing more, and waking the task for it cost a task switch a push."""
+        before = len(self.pending)
         self.pending.extend(actions)
-        self.wake.set()
+        if len(self.pending) > before:
+            self.wake.set()
 
 
 class _SubscriptionBatcher:

@@ -51,6 +51,9 @@ log = logging.getLogger("kachery.feeds")
 
 #: Called (as a task of its own) after a bucket job wrote a head: (link, subfeed, its count).
 HeadUploaded = Callable[[ChannelLink, SubfeedOnChannel, int], Awaitable[None]]
+#: Called at once after a range was pushed inline: (link, subfeed, its end). It must not block
+#: (it starts a task itself if it has work: most pushes need none, and a task each cost time).
+Pushed = Callable[[ChannelLink, SubfeedOnChannel, int], None]
 
 STORE_RECHECK_SECONDS = 1.0  # look for store changes at least this often, even without an event
 #: Counts are re-read only when the store's data_version moved (:class:`StoreVersion`), and at
@@ -93,7 +96,7 @@ class ProviderDriver:
     """Provides local subfeeds to the subscribers on the daemon's channels."""
 
     def __init__(self, store: kf.Store, changes: ChangeBroadcaster, subscriptions_path: Path | None,
-                 on_head_uploaded: HeadUploaded | None = None, on_pushed: HeadUploaded | None = None) -> None:
+                 on_head_uploaded: HeadUploaded | None = None, on_pushed: Pushed | None = None) -> None:
         self.store = store
         self._on_head_uploaded = on_head_uploaded  # e.g. get the checkpoint witnessed
         self._on_pushed = on_pushed  # a range was pushed inline: (link, subfeed, its end)
@@ -204,11 +207,11 @@ class ProviderDriver:
             else:
                 raise AssertionError(f"unexpected provider action {action!r}")
 
-    async def _publish(self, action: Publish) -> bool:
+    async def _publish(self, action: Publish, *, signed: bool = True) -> bool:
         link = self._links[action.channel]
         try:
             await link.publish(action.band, action.message.to_body(),
-                               attachment=action.message.attachment())
+                               attachment=action.message.attachment(), signed=signed)
             return True
         except Exception as exc:  # the readers' renewals re-sync them
             log.info("publishing %s on %s failed: %s", type(action.message).__name__, link.channel, exc)
@@ -227,21 +230,22 @@ class ProviderDriver:
             if not lines:
                 break
             position += len(lines)
-            if not await self._publish_pieces(where, splitter.add(lines)):
+            if not await self._publish_pieces(where, splitter.add(lines), action.signed):
                 return
-        if await self._publish_pieces(where, splitter.finish()) and self._on_pushed is not None:
-            assert self._task_group is not None
-            self._task_group.start_soon(self._on_pushed, self._links[where.channel], where, position)
+        if not await self._publish_pieces(where, splitter.finish(), action.signed):
+            return
+        if self._on_pushed is not None:
+            self._on_pushed(self._links[where.channel], where, position)
 
     async def _publish_pieces(self, where: SubfeedOnChannel,
-                              pieces: list[NewSubfeedMessages | TooBigToPush]) -> bool:
+                              pieces: list[NewSubfeedMessages | TooBigToPush], signed: bool = True) -> bool:
         """Publish pieces in order; False if the rest of their range should not follow."""
         for piece in pieces:
             if isinstance(piece, TooBigToPush):
                 await self._carry_out(self.core.on_push_oversized(anyio.current_time(), where))
                 self._deadline_may_have_moved()
                 return False
-            if not await self._publish(Publish(where.channel, piece)):
+            if not await self._publish(Publish(where.channel, piece), signed=signed):
                 return False  # the reader's next renewal re-syncs it
         return True
 

@@ -145,12 +145,13 @@ class FeedExchange:
         elif band == feed_messages.PROVIDE_BAND:  # checkpoints come from providers only
             await self.witnessing.on_checkpoint(link, env.sender, message)
 
-    async def _pushed(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+    def _pushed(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
         """New messages went out inline: if their owner requires witnesses (this node holds the
         feed's policy), get them witnessed now rather than after the debounced head upload, so
-        followers hold them for one witness round trip instead of half a second more."""
+        followers hold them for one witness round trip instead of half a second more. Called by
+        the push itself: a task only when there is witnessing to do."""
         if self.following.policy_requirement(where.feed_id, where.subfeed_hash):
-            await self.witnessing.witness(link, where, count)
+            self._spawn(self.witnessing.witness, link, where, count)
 
     def _spawn(self, fn, *args) -> None:
         if self._task_group is not None:

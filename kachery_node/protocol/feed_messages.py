@@ -7,7 +7,8 @@ attachment):
 * ``subscribeToSubfeed`` on band ``request-feeds`` (published by a reader)::
 
       {"type": "subscribeToSubfeed", "feed_id": <64 hex>, "subfeed_hash": <40 hex>,
-       "position": int >= 0, "bucket_rejected"?: true, "renewal"?: true}
+       "position": int >= 0, "bucket_rejected"?: true, "renewal"?: true,
+       "unsigned_pushes"?: true}
 
 * ``subscribeToSubfeeds`` on band ``request-feeds`` (a reader's subscriptions to several
   subfeeds of one feed, in one message: renewals cost one message per feed and
@@ -15,12 +16,16 @@ attachment):
 
       {"type": "subscribeToSubfeeds", "feed_id": <64 hex>,
        "subfeeds": [[<40 hex subfeed hash>, <position: int >= 0>], ...],   (1 to 500 pairs)
-       "renewal"?: true}                                                  (of every pair)
+       "renewal"?: true,                                                  (of every pair)
+       "unsigned_pushes"?: true}
 
   ``renewal: true``: a periodic renewal of a subscription the reader kept without a gap since
   it last subscribed (no catch-up from the bucket in between, no push it had to drop); a
   provider may skip re-pushing what it pushed in the last moments (it is in flight). Absent
   (older readers, and every first subscription or one after a catch-up): pushed as always.
+
+  ``unsigned_pushes: true``: the reader takes ``newSubfeedMessages`` without an envelope
+  signature (node_messages.seal_unsigned_push); this node's readers always say so.
 
 * ``newSubfeedMessages`` on band ``provide-feeds`` (published by a provider)::
 
@@ -50,6 +55,7 @@ The second half of the module holds the *actions* the follower and provider core
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -127,6 +133,9 @@ class SubscribeToSubfeed:
     position: int
     bucket_rejected: bool = False
     renewal: bool = False
+    #: The reader takes pushes without an envelope signature (a reader of this version always
+    #: does; one that did not say so, e.g. an older node, gets them signed).
+    unsigned_pushes: bool = True
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
@@ -136,6 +145,8 @@ class SubscribeToSubfeed:
             body["bucket_rejected"] = True
         if self.renewal:
             body["renewal"] = True
+        if self.unsigned_pushes:
+            body["unsigned_pushes"] = True
         return body
 
     def attachment(self) -> None:
@@ -152,6 +163,7 @@ class SubscribeToSubfeeds:
     feed_id: str
     subfeeds: tuple[tuple[str, int], ...]
     renewal: bool = False
+    unsigned_pushes: bool = True  # as in SubscribeToSubfeed
     band = REQUEST_BAND
 
     def to_body(self) -> dict[str, Any]:
@@ -159,6 +171,8 @@ class SubscribeToSubfeeds:
                                 "subfeeds": [[h, position] for h, position in self.subfeeds]}
         if self.renewal:
             body["renewal"] = True  # beside the pairs: an older provider ignores it
+        if self.unsigned_pushes:
+            body["unsigned_pushes"] = True
         return body
 
     def attachment(self) -> None:
@@ -167,7 +181,8 @@ class SubscribeToSubfeeds:
 
     def each(self) -> list[SubscribeToSubfeed]:
         """The single subscriptions this one stands for."""
-        return [SubscribeToSubfeed(self.feed_id, h, position, renewal=self.renewal)
+        return [SubscribeToSubfeed(self.feed_id, h, position, renewal=self.renewal,
+                                   unsigned_pushes=self.unsigned_pushes)
                 for h, position in self.subfeeds]
 
 
@@ -187,19 +202,20 @@ def batch_subscriptions(messages: Iterable[SubscribeToSubfeed]
         key = (message.feed_id, message.subfeed_hash)
         earlier = latest.get(key)  # (replaced where it stands: the first listing's order)
         if earlier is not None and not earlier.renewal and message.renewal:
-            message = SubscribeToSubfeed(message.feed_id, message.subfeed_hash, message.position)
+            message = dataclasses.replace(message, renewal=False)
         latest[key] = message
-    groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
+    groups: dict[tuple[str, bool, bool], list[tuple[str, int]]] = {}
     for message in latest.values():
-        groups.setdefault((message.feed_id, message.renewal), []).append(
+        groups.setdefault((message.feed_id, message.renewal, message.unsigned_pushes), []).append(
             (message.subfeed_hash, message.position))
-    for (feed_id, renewal), pairs in groups.items():
+    for (feed_id, renewal, unsigned_pushes), pairs in groups.items():
         if len(pairs) == 1:
-            out.append(SubscribeToSubfeed(feed_id, pairs[0][0], pairs[0][1], renewal=renewal))
+            out.append(SubscribeToSubfeed(feed_id, pairs[0][0], pairs[0][1], renewal=renewal,
+                                          unsigned_pushes=unsigned_pushes))
             continue
         for start in range(0, len(pairs), SUBSCRIBE_MANY_MAX):
             out.append(SubscribeToSubfeeds(feed_id, tuple(pairs[start:start + SUBSCRIBE_MANY_MAX]),
-                                           renewal=renewal))
+                                           renewal=renewal, unsigned_pushes=unsigned_pushes))
     return out
 
 
@@ -320,10 +336,12 @@ def _subfeed_pairs(body: dict[str, Any], second: str) -> tuple[str, tuple[tuple[
 
 def _subscribe_many(body: dict[str, Any]) -> SubscribeToSubfeeds:
     feed_id, subfeeds = _subfeed_pairs(body, "position")
-    return SubscribeToSubfeeds(feed_id, subfeeds, renewal=_flag(body, "renewal"))
+    return SubscribeToSubfeeds(feed_id, subfeeds, renewal=_flag(body, "renewal"),
+                               unsigned_pushes=_flag(body, "unsigned_pushes"))
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
+    """An optional boolean field (absent: false)."""
     value = body.get(name, False)
     if type(value) is not bool:
         raise MalformedFeedMessage(f"{name!r} must be true or false")
@@ -348,7 +366,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
         return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"),
-                                  _flag(body, "bucket_rejected"), _flag(body, "renewal"))
+                                  _flag(body, "bucket_rejected"), _flag(body, "renewal"),
+                                  _flag(body, "unsigned_pushes"))
     if kind == NEW_MESSAGES:
         return NewSubfeedMessages(feed_id, subfeed_hash, _lines_from_wire(attachment))
     return SubfeedUploaded(feed_id, subfeed_hash, _count(body, "count"))
@@ -423,6 +442,9 @@ class PushRange:
     where: SubfeedOnChannel
     start: int
     end: int
+    #: With an envelope signature: some reader of the subfeed on the channel did not say it
+    #: takes pushes without one (``unsigned_pushes``) within the last subscription TTL.
+    signed: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ Rules
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -160,6 +161,10 @@ class _BucketJob:
 class _Subscription:
     pushed: int  # messages [0, pushed) are known to the channel (pushed, or in the bucket)
     expires: float  # monotonic
+    #: Pushes carry an envelope signature until then (monotonic): a reader that did not say it
+    #: takes unsigned pushes subscribed less than a TTL ago (or, restored from the saved
+    #: subscriptions, it is not known what they said).
+    signed_until: float = math.inf
     #: (time, start) of each push of the last :data:`REPUSH_GRACE_SECONDS`, oldest first. Each
     #: push reached ``pushed`` as it was then, and the later ones go on from there, so together
     #: they cover [the least start, pushed).
@@ -322,8 +327,11 @@ class FeedProvider:
             return actions  # a replica with nothing to provide; the owner keeps even an empty one
         sub = self._subscriptions.get(where)
         if sub is None:
-            sub = self._subscriptions[where] = _Subscription(pushed=local_count, expires=now)
+            sub = self._subscriptions[where] = _Subscription(pushed=local_count, expires=now,
+                                                             signed_until=now)
         sub.expires = now + SUBSCRIPTION_TTL_SECONDS
+        if not message.unsigned_pushes:
+            sub.signed_until = max(sub.signed_until, sub.expires)
         if self._earliest_expiry is None:
             self._earliest_expiry = sub.expires
         self._saved.pop(where, None)  # superseded by the live one
@@ -335,7 +343,7 @@ class FeedProvider:
             position = sub.pushed
         if position < local_count:
             if local_count - position <= INLINE_MAX_MESSAGES:
-                actions.append(PushRange(where, position, local_count))
+                actions.append(PushRange(where, position, local_count, now < sub.signed_until))
                 sub.pushed_range(now, position)
             else:
                 actions += self._request_sync(where, announce=True)
@@ -364,7 +372,7 @@ class FeedProvider:
         for where, sub in self._subscriptions.items():
             count = counts.get(where.subfeed)
             if count is not None and count > sub.pushed:
-                actions.append(PushRange(where, sub.pushed, count))
+                actions.append(PushRange(where, sub.pushed, count, now < sub.signed_until))
                 sub.pushed_range(now, sub.pushed)
                 sub.pushed = count
                 self._mark_dirty(now, where)
@@ -403,8 +411,9 @@ class FeedProvider:
                 continue
             del self._saved[where]
             if expires_wall > wall_now and where not in self._subscriptions:
+                expires = now + expires_wall - wall_now  # signed until then: who knows
                 self._subscriptions[where] = _Subscription(
-                    pushed=counts.get(where.subfeed, 0), expires=now + expires_wall - wall_now)
+                    pushed=counts.get(where.subfeed, 0), expires=expires, signed_until=expires)
                 expires = self._subscriptions[where].expires
                 if self._earliest_expiry is None or expires < self._earliest_expiry:
                     self._earliest_expiry = expires

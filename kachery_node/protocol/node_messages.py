@@ -21,6 +21,14 @@ membership's business (:mod:`kachery_node.protocol.membership`), checked by the 
 
 Version 1 (a text line ``<body> TAB <sender hex> TAB <signature hex>`` sent as a JSON string)
 is refused with an error that says so.
+
+An *unsigned push* (``0x03 | body JSON LF attachment``) is the one message sent without an
+envelope signature: ``newSubfeedMessages`` on ``provide-feeds``, to readers who said they take it
+(``unsigned_pushes`` in their subscriptions). Its sender is the publisher the pub-sub service
+names (every backend authenticates publishers); what it carries is signed already, message by
+message, by the feed's key, and verified on import, and importing twice changes nothing, so
+the envelope signature (~0.1 ms of the live path's CPU, sign and verify) added nothing a push
+needs. Why that is safe, exactly: spec/node-protocol.md, Envelopes.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from ..identity import Keypair
 from . import signing
 
 VERSION = 2
+UNSIGNED_PUSH = 3  # the version byte of an unsigned push
+#: (band, type) of the messages that may travel as unsigned pushes: feed messages that are
+#: signed by their feed's key and verified on import, whose replay is harmless.
+UNSIGNED_TYPES = frozenset({("provide-feeds", "newSubfeedMessages")})
 CONTEXT = b"kachery-pubsub-v2\x00"  # then the channel, 0x00, the band, 0x00 (:func:`context`)
 MAX_SKEW_MS = signing.MAX_SKEW_MS
 #: The signed part (body, LF and attachment) is at most this long.
@@ -67,6 +79,8 @@ class Envelope:
     sender: str
     body: dict[str, Any]
     attachment: bytes | None = None
+    #: False for an unsigned push: ``sender`` is then the publisher named by the pub-sub service.
+    signed: bool = True
 
     @property
     def type(self) -> str:
@@ -99,14 +113,36 @@ def seal(keypair: Keypair, *, channel: str, band: str, body: dict[str, Any], now
     return bytes([VERSION]) + keypair.signing_key.verify_key.encode() + sig + signed
 
 
-def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int) -> Envelope:
+def seal_unsigned_push(*, band: str, body: dict[str, Any], attachment: bytes) -> bytes:
+    """An unsigned push of ``body`` (a type of :data:`UNSIGNED_TYPES` on ``band``) and its
+    ``attachment``: ``0x03 | body JSON | LF | attachment``, no key, time, nonce or signature."""
+    if (band, body.get("type")) not in UNSIGNED_TYPES:
+        raise LocalProtocolError(f"{body.get('type')!r} on {band} is always signed (only "
+                                 "newSubfeedMessages on provide-feeds may go unsigned)")
+    if not attachment:
+        raise LocalProtocolError("an unsigned push carries its messages as an attachment")
+    unsigned = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) + b"\n" + bytes(attachment)
+    if len(unsigned) > MAX_ENVELOPE_BYTES:
+        raise MessageTooLargeError(
+            f"message of {len(unsigned)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
+    return bytes([UNSIGNED_PUSH]) + unsigned
+
+
+def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int,
+                  publisher: str | None = None) -> Envelope:
     """Verify a received message's version, shape, signature, binding and freshness at
     ``now_ms`` (the receiver's wall clock); not replays (:class:`ReplayGuard`).
+
+    An unsigned push (version ``0x03``) is taken only where the pub-sub service named its
+    ``publisher`` (then its sender), on a band and of a type of :data:`UNSIGNED_TYPES`; any
+    other message without a signature is refused.
 
     The body is read by kachery's JSON rules (kachery_feeds.jsontext)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise EnvelopeError("message is not bytes")
     data = bytes(data)
+    if data[:1] == bytes([UNSIGNED_PUSH]):
+        return _open_unsigned_push(data, band=band, publisher=publisher)
     if data[:1] != bytes([VERSION]):
         if data[:1] == bytes([_V1_START]):
             raise EnvelopeError("a version 1 node message (a JSON text line): this node speaks node "
@@ -138,6 +174,26 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int) -> Envel
     return Envelope(sender, body, attachment if lf else None)
 
 
+def _open_unsigned_push(data: bytes, *, band: str, publisher: str | None) -> Envelope:
+    if publisher is None or not signing.is_id(publisher):
+        raise EnvelopeError("an unsigned push whose publisher the pub-sub service did not name")
+    if len(data) - 1 > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(f"message is over the {MAX_ENVELOPE_BYTES}-byte limit")
+    raw, lf, attachment = data[1:].partition(b"\n")
+    if not lf or not attachment:
+        raise EnvelopeError("malformed unsigned push: no attachment")
+    try:
+        body = loads_json(raw)
+    except JsonTextError as exc:
+        raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
+    if type(body) is not dict or not isinstance(body.get("type"), str):
+        raise EnvelopeError("message body must be an object with a 'type'")
+    if (band, body["type"]) not in UNSIGNED_TYPES:
+        raise EnvelopeError(f"an unsigned {body['type']!r} on {band} from {publisher[:12]}…: only "
+                            "newSubfeedMessages on provide-feeds may go unsigned (forged?)")
+    return Envelope(publisher, body, attachment, signed=False)
+
+
 class ReplayGuard:
     """Refuses an envelope whose (sender, nonce) was seen within the replay window
     (:class:`~kachery_node.protocol.signing.ReplayLedger`)."""
@@ -146,5 +202,9 @@ class ReplayGuard:
         self._ledger = signing.ReplayLedger(window_ms, max_entries)
 
     def check(self, env: Envelope, *, now_ms: int) -> None:
+        """Raise :class:`EnvelopeError` if ``env`` was seen already. An unsigned push has no
+        nonce and passes: importing its messages again changes nothing."""
+        if not env.signed:
+            return
         if not self._ledger.record(env.sender, env.body["nonce"], now_ms=now_ms):
             raise EnvelopeError(f"replayed message from {env.sender[:12]}…")

@@ -41,7 +41,7 @@ import anyio.abc
 
 from kachery_node.daemon.channel_link import BucketObjectMissing, MessageHandler
 from kachery_node.identity import Keypair
-from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal
+from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal, seal_unsigned_push
 from kachery_node.protocol.roles import partner_role
 
 log = logging.getLogger("tests.memory_link")
@@ -65,6 +65,8 @@ class MemoryChannel:
         self.published: list[tuple[str, str, dict[str, Any]]] = []
         #: The attachment of each published message (None: none), in the same order.
         self.published_attachments: list[bytes | None] = []
+        #: Whether each published message had an envelope signature (False: an unsigned push).
+        self.published_signed: list[bool] = []
         #: Completed uploads: (node ID, path). And downloads: (node ID, path).
         self.uploads: list[tuple[str, str]] = []
         self.downloads: list[tuple[str, str]] = []
@@ -97,13 +99,16 @@ class MemoryChannel:
                 if band == "provide-files" and b["type"] == "uploadStatus"
                 and (status is None or b["status"] == status)]
 
-    async def _deliver(self, raw: bytes, band: str) -> None:
+    async def _deliver(self, raw: bytes, band: str, publisher: str) -> None:
+        """Deliver ``raw`` to every link that hears it; ``publisher``: who published it, as a
+        pub-sub service that authenticates publishers (all of kachery's) names them."""
         for link in list(self.links):
             if link.handler is None or not link.attached:
                 continue
             try:
                 now_ms = int(time.time() * 1000)
-                env = open_envelope(raw, channel=self.name, band=band, now_ms=now_ms)
+                env = open_envelope(raw, channel=self.name, band=band, now_ms=now_ms,
+                                    publisher=publisher)
                 link.replay_guard.check(env, now_ms=now_ms)
             except Exception as exc:  # a forged or replayed message: what a runtime would drop
                 self.handler_errors.append(exc)
@@ -150,17 +155,23 @@ class MemoryLink:
         if not self.attached:
             raise ConnectionError(f"node {self.node_id[:12]} is detached from {self.channel}")
 
-    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None) -> None:
+    async def publish(self, band: str, body: dict[str, Any], *, attachment: bytes | None = None,
+                      signed: bool = True) -> None:
         self._check_attached()
         if band not in self.roles:  # a band is named after the role that publishes on it
             raise PermissionError(f"this node may not publish on {self.channel}/{band}")
         now_ms = int(time.time() * 1000)
-        raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms,
-                   attachment=attachment)
-        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms)
+        if signed:
+            raw = seal(self.keypair, channel=self.channel, band=band, body=body, now_ms=now_ms,
+                       attachment=attachment)
+        else:
+            raw = seal_unsigned_push(band=band, body=body, attachment=attachment or b"")
+        sealed = open_envelope(raw, channel=self.channel, band=band, now_ms=now_ms,
+                               publisher=self.node_id)
         self.hub.published.append((self.node_id, band, sealed.body))
         self.hub.published_attachments.append(sealed.attachment)
-        await self.hub._deliver(raw, band)
+        self.hub.published_signed.append(sealed.signed)
+        await self.hub._deliver(raw, band, self.node_id)
 
     def may(self, node_id: str, role: str) -> bool:
         return role in self.hub.membership.get(node_id, frozenset())

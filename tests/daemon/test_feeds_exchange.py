@@ -22,6 +22,7 @@ from kachery_node.identity import Keypair
 from kachery_node.protocol import feed_follower, feed_provider
 from kachery_node.protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
 from kachery_node.protocol.feed_bucket import parse_head
+from kachery_node.protocol.feed_messages import NewSubfeedMessages
 from tests.daemon.memory_link import MemoryChannel, MemoryLink
 
 FEED_ROLES = ("request-feeds", "provide-feeds")
@@ -325,4 +326,93 @@ async def test_many_subfeeds_of_one_feed_are_pushed_live(tmp_path):
         await wait_until(lambda: [r.get_num_local_messages() for r in replicas] == [2, 3, 4, 5, 1])
         for i, replica in enumerate(replicas):
             assert replica.get_messages() == sources[i].get_messages()
+        assert ch.handler_errors == []
+
+
+# ---------------------------------------------------------------------------- unsigned pushes
+def pushes_signed(ch: MemoryChannel) -> list[bool]:
+    """Whether each ``newSubfeedMessages`` published on ``ch`` had an envelope signature."""
+    return [signed for (_s, _band, b), signed in zip(ch.published, ch.published_signed, strict=True)
+            if b["type"] == "newSubfeedMessages"]
+
+
+@pytest.mark.trio
+async def test_live_pushes_between_current_nodes_go_without_an_envelope_signature(tmp_path):
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 3)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 3)
+        for i in range(3):
+            source.append_message({"live": i})
+            await wait_until(lambda i=i: replica.get_num_local_messages() == 4 + i)
+        assert replica.get_messages() == source.get_messages()
+        assert pushes_signed(ch) and not any(pushes_signed(ch))
+        assert ch.handler_errors == []
+
+
+class OlderReaderLink(FeedLink):
+    """A reader as nodes before unsigned pushes were: its subscriptions do not say it takes
+    them (and it would drop them: version 0x03 is unknown to it)."""
+
+    async def publish(self, band, body, *, attachment=None, signed=True) -> None:
+        assert signed, "a reader never publishes unsigned"
+        body = {k: v for k, v in body.items() if k != "unsigned_pushes"}
+        await super().publish(band, body, attachment=attachment)
+
+
+@pytest.mark.trio
+async def test_pushes_are_signed_while_an_older_reader_follows(tmp_path):
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "old", "new"]) as (alice, old, new):
+        alice.join(ch)
+        old.join(ch, ["request-feeds"], link_class=OlderReaderLink)
+        new.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 3)
+        replicas = [old.follow(source.uri), new.follow(source.uri)]
+        await wait_until(lambda: all(r.get_num_local_messages() == 3 for r in replicas))
+        before = len(pushes_signed(ch))  # (what was pushed before the older one subscribed: not)
+        source.append_messages([{"live": 0}])
+        await wait_until(lambda: all(r.get_num_local_messages() == 4 for r in replicas))
+        assert pushes_signed(ch)[before:] == [True]  # one push, for both, signed
+        assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_a_forged_unsigned_push_is_rejected_and_a_non_member_is_not_heard(tmp_path):
+    """Without an envelope signature a push is only as good as its messages' feed signatures:
+    a tampered message is rejected by the import and nothing is stored; the very same bytes
+    untampered are taken from any member who may provide feeds (they are the owner's messages;
+    importing them twice changes nothing); a non-member is not heard at all."""
+    ch = MemoryChannel("lab")
+    scratch = kf.open_store(tmp_path / "owner.db").create_feed().load_subfeed("log")
+    for i in range(5):
+        scratch.append_message({"i": i})  # each signed: each verifies alone
+    lines = scratch.get_signed_messages(0, 5)
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        alice.join(ch)  # a provider holding a verified copy of the first 3
+        alice.store.load_subfeed(scratch.uri).add_signed_messages(lines[:3])
+        bob.join(ch, ["request-feeds"])
+        replica = bob.follow(scratch.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 3)
+        mallory = ch.join(Keypair.generate(), ["provide-feeds"])  # a member, not the owner
+        eve = ch.join(Keypair.generate(), ["provide-feeds"], member=False)
+
+        async def push(link: MemoryLink, line: bytes) -> None:
+            message = NewSubfeedMessages(scratch.feed_id, scratch.subfeed_hash, (line,))
+            await link.publish("provide-feeds", message.to_body(), attachment=message.attachment(),
+                               signed=False)  # handled by every reader before this returns
+
+        tampered = lines[3].replace(b'"i":3', b'"i":9')
+        assert tampered != lines[3]
+        await push(mallory, tampered)
+        assert replica.get_num_local_messages() == 3
+        await push(eve, lines[3])
+        assert replica.get_num_local_messages() == 3
+        await push(mallory, lines[3])
+        assert replica.get_num_local_messages() == 4
+        await push(mallory, lines[3])  # a replay: nothing changes
+        assert replica.get_messages() == [{"i": i} for i in range(4)]
         assert ch.handler_errors == []

@@ -3,17 +3,21 @@ together; forgeries, replays and version 1 messages refused."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from kachery_node.errors import LocalProtocolError
 from kachery_node.identity import Keypair
 from kachery_node.protocol.node_messages import (
     HEADER_BYTES,
     MAX_ENVELOPE_BYTES,
+    UNSIGNED_PUSH,
     EnvelopeError,
     MessageTooLargeError,
     ReplayGuard,
     open_envelope,
     seal,
+    seal_unsigned_push,
 )
 
 NOW = 1_700_000_000_000
@@ -102,3 +106,66 @@ def test_replay_guard(key):
     guard.check(open_envelope(fresh, channel="lab", band="b", now_ms=NOW), now_ms=NOW)
     # Past the window the pair is forgotten (and the message too old to open anyway).
     guard.check(open_envelope(data, channel="lab", band="b", now_ms=NOW), now_ms=NOW + 120_001)
+
+
+PUSH_BODY = {"type": "newSubfeedMessages", "feed_id": "ab" * 32, "subfeed_hash": "cd" * 20}
+LINES = b'{"n":0}\tsig\n'
+
+
+def test_an_unsigned_push_opens_with_the_publisher_the_service_names(key):
+    data = seal_unsigned_push(band="provide-feeds", body=PUSH_BODY, attachment=LINES)
+    assert data[0] == UNSIGNED_PUSH == 3 and data.endswith(b"\n" + LINES)
+    assert len(data) < len(seal(key, channel="lab", band="provide-feeds", body=PUSH_BODY, now_ms=NOW,
+                                attachment=LINES)) - 64  # no key, signature, time or nonce
+    env = open_envelope(data, channel="lab", band="provide-feeds", now_ms=NOW, publisher=key.public_hex)
+    assert env.sender == key.public_hex and not env.signed
+    assert env.body == PUSH_BODY and env.attachment == LINES
+    # No nonce to remember: the same push again passes the guard (importing it again changes
+    # nothing), as a signed one does not.
+    guard = ReplayGuard()
+    guard.check(env, now_ms=NOW)
+    guard.check(env, now_ms=NOW)
+    signed = open_envelope(seal(key, channel="lab", band="provide-feeds", body=PUSH_BODY, now_ms=NOW,
+                                attachment=LINES), channel="lab", band="provide-feeds", now_ms=NOW)
+    assert signed.signed
+
+
+def test_only_a_push_may_go_unsigned(key):
+    """Every other message, or a push on another band, without a signature is refused, by the
+    sender and by the receiver (a forged unsigned subscription, request or checkpoint)."""
+    for band, body in [("request-feeds", {"type": "subscribeToSubfeed", "feed_id": "ab" * 32,
+                                          "subfeed_hash": "cd" * 20, "position": 0}),
+                       ("provide-feeds", {"type": "subfeedUploaded", "count": 1}),
+                       ("provide-feeds", {"type": "subfeedCheckpoint"}),
+                       ("request-files", {"type": "newSubfeedMessages"}),
+                       ("provide-files", {"type": "uploadStatus"})]:
+        with pytest.raises(LocalProtocolError, match="always signed"):
+            seal_unsigned_push(band=band, body=body, attachment=LINES)
+        forged = bytes([UNSIGNED_PUSH]) + orjson.dumps(body) + b"\n" + LINES
+        with pytest.raises(EnvelopeError, match="only newSubfeedMessages on provide-feeds"):
+            open_envelope(forged, channel="lab", band=band, now_ms=NOW, publisher=key.public_hex)
+    data = seal_unsigned_push(band="provide-feeds", body=PUSH_BODY, attachment=LINES)
+    with pytest.raises(EnvelopeError, match="only newSubfeedMessages on provide-feeds"):
+        open_envelope(data, channel="lab", band="request-feeds", now_ms=NOW, publisher=key.public_hex)
+
+
+def test_unsigned_push_refusals(key):
+    data = seal_unsigned_push(band="provide-feeds", body=PUSH_BODY, attachment=LINES)
+    # A service that does not name the publisher: nobody vouches for the sender.
+    for publisher in (None, "", "AB" * 32, "ab" * 31):
+        with pytest.raises(EnvelopeError, match="did not name"):
+            open_envelope(data, channel="lab", band="provide-feeds", now_ms=NOW, publisher=publisher)
+    cases = {
+        "no attachment": bytes([UNSIGNED_PUSH]) + orjson.dumps(PUSH_BODY),
+        "empty attachment": bytes([UNSIGNED_PUSH]) + orjson.dumps(PUSH_BODY) + b"\n",
+        "not JSON": bytes([UNSIGNED_PUSH]) + b"{nope\n" + LINES,
+        "not an object": bytes([UNSIGNED_PUSH]) + b"[1]\n" + LINES,
+        "too large": bytes([UNSIGNED_PUSH]) + orjson.dumps(PUSH_BODY) + b"\n" + b"x" * MAX_ENVELOPE_BYTES,
+    }
+    for bad in cases.values():
+        with pytest.raises(EnvelopeError):
+            open_envelope(bad, channel="lab", band="provide-feeds", now_ms=NOW, publisher=key.public_hex)
+    with pytest.raises(LocalProtocolError):
+        seal_unsigned_push(band="provide-feeds", body=PUSH_BODY, attachment=b"")
+    with pytest.raises(MessageTooLargeError):
+        seal_unsigned_push(band="provide-feeds", body=PUSH_BODY, attachment=b"x" * MAX_ENVELOPE_BYTES)

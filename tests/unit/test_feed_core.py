@@ -88,7 +88,7 @@ def test_messages_round_trip_through_their_bodies():
     push = NewSubfeedMessages(FEED, SUB, tuple(lines(3)))
     uploaded = SubfeedUploaded(FEED, SUB, 2500)
     assert sub.to_body() == {"type": "subscribeToSubfeed", "feed_id": FEED, "subfeed_hash": SUB,
-                             "position": 12, "bucket_rejected": True}
+                             "position": 12, "bucket_rejected": True, "unsigned_pushes": True}
     assert "bucket_rejected" not in SubscribeToSubfeed(FEED, SUB, 0).to_body()
     for message in (sub, push, uploaded):
         envelope = {**message.to_body(), "channel": "lab", "band": message.band, "time_ms": 1,
@@ -759,7 +759,8 @@ def test_saved_subscriptions_are_taken_up_when_their_channel_connects():
     actions = p.on_connected(T0, WALL0, "lab", {(FEED, SUB): 7, (FEED, "ef" * 20): 3})
     assert actions == [ReadBucketState(HERE)]
     assert p.subscriptions(T0) == [HERE]
-    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 9}) == [PushRange(HERE, 7, 9)]
+    # signed: what its readers said about unsigned pushes was not saved
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 9}) == [PushRange(HERE, 7, 9, signed=True)]
     assert p.on_local_counts(T0 + 30, {(FEED, SUB): 10}) == []  # expired when saved said so
     # A save writes what changed (live ones in wall time); rows not yet taken up stay saved as
     # they are, and those expired by now go.
@@ -898,3 +899,48 @@ def test_the_owner_tells_current_readers_what_it_and_the_bucket_hold_once_an_int
     said = [a.message for a in of(Publish, actions)]
     assert [len(m.subfeeds) for m in said] == [500, 100]
     assert {pair for m in said for pair in m.subfeeds} == {(h, 3) for h in hashes}
+
+
+# ============================================================================ unsigned pushes
+def test_a_subscription_says_whether_its_reader_takes_unsigned_pushes():
+    """This version's readers always say so; a message that does not (an older node's) parses
+    as not taking them; the flag must be a boolean."""
+    assert SubscribeToSubfeed(FEED, SUB, 3).to_body()["unsigned_pushes"] is True
+    many = SubscribeToSubfeeds(FEED, ((SUB, 3), ("ef" * 20, 4)))
+    assert many.to_body()["unsigned_pushes"] is True
+    assert all(m.unsigned_pushes for m in parse("request-feeds", many.to_body()).each())
+    old = {"type": "subscribeToSubfeed", "feed_id": FEED, "subfeed_hash": SUB, "position": 3}
+    assert parse("request-feeds", old).unsigned_pushes is False
+    old_many = {"type": "subscribeToSubfeeds", "feed_id": FEED, "subfeeds": [[SUB, 3]]}
+    assert not any(m.unsigned_pushes for m in parse("request-feeds", old_many).each())
+    for bad in ("yes", 1, None):
+        with pytest.raises(MalformedFeedMessage, match="unsigned_pushes"):
+            parse("request-feeds", {**old, "unsigned_pushes": bad})
+        with pytest.raises(MalformedFeedMessage, match="unsigned_pushes"):
+            parse("request-feeds", {**old_many, "unsigned_pushes": bad})
+    assert all(m.unsigned_pushes for m in batch_subscriptions([SubscribeToSubfeed(FEED, SUB, 1),
+                                                              SubscribeToSubfeed(FEED, "ef" * 20, 2)])
+               for m in (m.each() if isinstance(m, SubscribeToSubfeeds) else [m]))
+
+
+def test_pushes_are_signed_while_any_reader_did_not_say_it_takes_them_unsigned():
+    p = FeedProvider()
+
+    def sub(now, position, count, *, unsigned, reader=READER):
+        message = SubscribeToSubfeed(FEED, SUB, position, unsigned_pushes=unsigned)
+        return of(PushRange, p.on_subscribe(now, WALL0 + now - T0, "lab", reader, message,
+                                            may_provide=True, sender_allowed=True, local_count=count,
+                                            owns_feed=True))
+
+    assert sub(T0, 3, 5, unsigned=True) == [PushRange(HERE, 3, 5, signed=False)]
+    assert p.on_local_counts(T0 + 1, {(FEED, SUB): 6}) == [PushRange(HERE, 5, 6, signed=False)]
+    # An older reader subscribes too: one push reaches both, so it is signed from now on...
+    assert sub(T0 + 2, 4, 6, unsigned=False, reader="f2" * 32) == [PushRange(HERE, 4, 6, signed=True)]
+    assert p.on_local_counts(T0 + 3, {(FEED, SUB): 7}) == [PushRange(HERE, 6, 7, signed=True)]
+    # ... while the newer one renews ...
+    sub(T0 + 30, 7, 7, unsigned=True)
+    assert p.on_local_counts(T0 + 31, {(FEED, SUB): 8}) == [PushRange(HERE, 7, 8, signed=True)]
+    # ... until the older one's subscription has run out (it did not renew).
+    end = T0 + 2 + SUBSCRIPTION_TTL_SECONDS
+    assert p.on_local_counts(end - 0.5, {(FEED, SUB): 9}) == [PushRange(HERE, 8, 9, signed=True)]
+    assert p.on_local_counts(end, {(FEED, SUB): 10}) == [PushRange(HERE, 9, 10, signed=False)]
