@@ -73,6 +73,13 @@ if TYPE_CHECKING:
 
     from .audit import StoreReport
 
+#: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
+#: database (and both are fsynced) by the commit that takes it past this many pages. SQLite's
+#: default, 1000 pages (4 MB), made checkpoints about 15% of a batch append's CPU time; 4000
+#: pages (16 MB of WAL at most, between checkpoints) copies a page rewritten by several commits
+#: once and fsyncs a quarter as often. Durability is the ``synchronous`` setting's, unchanged.
+WAL_AUTOCHECKPOINT_PAGES = 4000
+
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
 
@@ -150,6 +157,7 @@ class Store(SuccessionMixin):
             raise
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._lock = threading.RLock()
         migrate(self._conn)
         self._notifier = ChangeNotifier(self.path)
