@@ -517,8 +517,9 @@ class Store(SuccessionMixin):
         if sid is None:
             return 0
         with self._lock:
-            row = self._conn.execute(_LAST_MESSAGE, (sid,)).fetchone()
-        return row[0] + 1 if row else 0
+            (last,) = self._conn.execute(
+                "SELECT max(n) FROM messages WHERE subfeed_id=?", (sid,)).fetchone()
+        return 0 if last is None else last + 1
 
     def _rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
         """(n, body, sig) rows for numbers in [start, end)."""
