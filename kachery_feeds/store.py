@@ -681,10 +681,7 @@ class Store(SuccessionMixin):
                         f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
                         "message at or past the fork is accepted (the proof is attached)",
                         proof=proof, position=forked_at)
-                # sid is this store's own integer key, so it can be part of the statement and
-                # the rows go to executemany as parse_range built them.
-                c.executemany(
-                    f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,?)", new)
+                _insert_rows(c, sid, new)
                 return len(new)
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None
@@ -759,6 +756,25 @@ def _last_message(c: sqlite3.Connection, sid: int) -> tuple[int, bytes | None]:
     if type(body) is not bytes:  # damage (an edit with SQL string functions); the audit says so
         body = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
     return row[0] + 1, message_hash(body)
+
+
+def _insert_rows(c: sqlite3.Connection, sid: int,
+                 rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]) -> None:
+    """Insert an import's rows of subfeed row ``sid`` as :func:`parse_range` shapes them:
+    ``(n, body)`` unsigned, ``(n, body, signature)`` signed. Each run of one shape goes to one
+    executemany, in order; the unsigned rows' NULL is in the statement (see
+    :func:`_insert_appended`; ``sid`` is this store's own integer key). The runs are found by a
+    C-speed search over the rows' lengths."""
+    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
+    unsigned, signed = sql + "NULL)", sql + "?)"
+    shapes = bytes(map(len, rows))
+    start, end = 0, len(rows)
+    while start < end:
+        unsigned_run = shapes[start] == 2
+        stop = shapes.find(3 if unsigned_run else 2, start)
+        stop = end if stop < 0 else stop
+        c.executemany(unsigned if unsigned_run else signed, rows[start:stop])
+        start = stop
 
 
 def _insert_appended(c: sqlite3.Connection, sid: int, rows: list[tuple[int, bytes]],
