@@ -58,7 +58,9 @@ from bench_common import PAYLOAD_BYTES, log, payload, table  # noqa: E402
 from bench_common import machine_info as common_machine_info  # noqa: E402
 from hypercore_runner import run_hypercore_bench  # noqa: E402
 
-from kachery_feeds.store import WAL_AUTOCHECKPOINT_PAGES  # noqa: E402
+# The store's checkpoint interval, which the raw limits use too (SQLite's default, 1000 pages, for
+# a kachery_feeds from before the store set one: bench/feeds/ab_cpu.py runs older trees).
+WAL_AUTOCHECKPOINT_PAGES = getattr(kf.store, "WAL_AUTOCHECKPOINT_PAGES", 1000)
 
 FULL = {
     "single": 5000,
