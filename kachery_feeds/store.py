@@ -83,13 +83,14 @@ WAL_AUTOCHECKPOINT_PAGES = 4000
 _BODY_OVERHEAD = 256
 
 # The append fast path's check, inside its write transaction, when another connection (or
-# another write of this store object) committed since this store's last append: the message
-# this store appended last is still the subfeed's last (the same body bytes: a body names its
-# feed, subfeed and number), and the feed has no key succession (whose records another process
-# may have added). Parameters: subfeed row id, the last message's number and body, feed ID.
-_APPEND_CHECK = ("SELECT (SELECT body FROM messages WHERE subfeed_id=?1 AND n=?2) = ?3 "
+# another write of this store object) committed since this store's last append: the body at
+# the number this store appended last, if it is still the subfeed's last message and the feed
+# has no key succession (whose records another process may have added); the caller compares
+# its hash with the head it left (a body names its feed, subfeed and number). Parameters:
+# subfeed row id, that number, feed ID.
+_APPEND_CHECK = ("SELECT body FROM messages WHERE subfeed_id=?1 AND n=?2 "
                  "AND NOT EXISTS (SELECT 1 FROM messages WHERE subfeed_id=?1 AND n>?2) "
-                 "AND NOT EXISTS (SELECT 1 FROM feed_successions WHERE feed_id=?4)")
+                 "AND NOT EXISTS (SELECT 1 FROM feed_successions WHERE feed_id=?3)")
 _LAST_MESSAGE = "SELECT n, body FROM messages WHERE subfeed_id=? ORDER BY n DESC LIMIT 1"
 
 
@@ -207,10 +208,10 @@ class Store(SuccessionMixin):
         self._notifier = ChangeNotifier(self.path)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
-        # (feed ID, subfeed hash) -> (subfeed row id, count, head hash, last body, data_version,
-        # write number) as this store's last append there left them: the append fast path
-        # (checked inside its transaction).
-        self._append_heads: dict[tuple[str, str], tuple[int, int, bytes, bytes, int, int]] = {}
+        # (feed ID, subfeed hash) -> (subfeed row id, count, head hash, data_version, write
+        # number) as this store's last append there left them: the append fast path (checked
+        # inside its transaction). No bodies: memory stays a few dozen bytes per subfeed.
+        self._append_heads: dict[tuple[str, str], tuple[int, int, bytes, int, int]] = {}
         self._write_number = 0  # counts this store object's write transactions (see _append)
         self._verified_chains = {}  # key successions, see store_succession.py
 
@@ -597,17 +598,16 @@ class Store(SuccessionMixin):
                 # connection committed to the file (data_version, a counter in the shared
                 # memory: no page read) and this store's last write was that append; otherwise
                 # one query checks the subfeed's end and the feed's successions.
-                sid, count, prev, last_body, version, write_number = cached
+                sid, count, prev, version, write_number = cached
                 rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas)
                 signature = sign_hash(sk, last_hash)
                 n = count + len(rows)
                 with self._write() as c:
                     (now,) = c.execute("PRAGMA data_version").fetchone()
-                    if (now == version and write_number == self._write_number - 1) or c.execute(
-                            _APPEND_CHECK, (sid, count - 1, last_body, feed_id)).fetchone()[0] == 1:
+                    if (now == version and write_number == self._write_number - 1) or _still_last(
+                            c.execute(_APPEND_CHECK, (sid, count - 1, feed_id)).fetchone(), prev):
                         _insert_appended(c, sid, rows, signature)
-                        self._append_heads[key] = (sid, n, last_hash, rows[-1][1], now,
-                                                   self._write_number)
+                        self._append_heads[key] = (sid, n, last_hash, now, self._write_number)
                         return n - 1
                     return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
             with self._write() as c:
@@ -628,8 +628,7 @@ class Store(SuccessionMixin):
         known = self._verified_chains.get(feed_id)  # as _succession_for_append just read it
         if known is not None and not known[0]:
             (version,) = c.execute("PRAGMA data_version").fetchone()
-            self._append_heads[(feed_id, sh)] = (sid, n, last_hash, rows[-1][1], version,
-                                                 self._write_number)
+            self._append_heads[(feed_id, sh)] = (sid, n, last_hash, version, self._write_number)
         else:  # a feed with a key succession always takes this path (the check is here)
             self._append_heads.pop((feed_id, sh), None)
         return n - 1
@@ -745,6 +744,11 @@ class Store(SuccessionMixin):
             if sig is not None:
                 break
         return chain
+
+
+def _still_last(row: tuple | None, head: bytes) -> bool:
+    """Whether :data:`_APPEND_CHECK` found the message whose hash is ``head`` still last."""
+    return row is not None and type(row[0]) is bytes and message_hash(row[0]) == head
 
 
 def _last_message(c: sqlite3.Connection, sid: int) -> tuple[int, bytes | None]:

@@ -217,3 +217,20 @@ def test_an_append_writes_only_its_messages(two):
     assert sf.get_messages() == [0, 1, 2, 3]
     _check_chain(sf)
     assert a.verify().ok
+
+
+def test_another_message_at_the_same_number_is_seen(two):
+    """The subfeed ends at the number this store appended last, but with another message there
+    (cut behind its back, then appended by another store object): the check compares hashes, so
+    the next append links to the message that is there now."""
+    a, b = two
+    sf_a = a.create_feed().load_subfeed("log")
+    sf_a.append_message(0)
+    sf_a.append_message("mine")
+    with sqlite3.connect(a.path) as c:
+        c.execute("DELETE FROM messages WHERE n=1")
+    assert b.load_subfeed(sf_a.uri).append_message("theirs") == 1
+    assert sf_a.append_message(2) == 2
+    assert sf_a.get_messages() == [0, "theirs", 2]
+    _check_chain(sf_a)
+    assert a.verify().ok
