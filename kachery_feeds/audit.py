@@ -9,8 +9,8 @@ what no longer holds; it changes nothing. It checks:
 * each feed: a 64-hex ID and, where the store holds its key, that the key is the feed's;
 * each subfeed: its name hashes to its hash; its messages are numbered 0, 1, ... without gaps;
   each parses as a message of that feed and subfeed (spec/feeds.md); each links to the hash of
-  the one before; each signature verifies under the feed's key; the last one is signed; the
-  recorded count and head hash are those of the messages;
+  the one before; each signature verifies under the feed's key; the last one is signed (its
+  count and head are those of its last message: schema version 3 records no others);
 * messages that belong to no subfeed, and fork proofs that do not verify.
 
 Memory is bounded: messages are read a page at a time.
@@ -82,7 +82,7 @@ class StoreReport:
 
     def first_bad_position(self, feed_id: str, subfeed: str) -> int | None:
         """The first message number at fault in a subfeed; None if no message is (which does
-        not mean the subfeed is sound: its count or head may be wrong)."""
+        not mean the subfeed is sound: its recorded name may be wrong)."""
         positions = [p.position for p in self.problems if p.position is not None
                      and p.feed_id == feed_id and p.subfeed_hash == subfeed]
         return min(positions) if positions else None
@@ -105,12 +105,11 @@ def verify_store(store: Store, subfeed: tuple[str, str] | None = None) -> StoreR
         conn.execute("BEGIN")  # one snapshot: appends by other processes do not show up midway
         _check_database(conn, report)
         keys = _check_feeds(conn, report)
-        for sid, feed_id, sh, name, count, head in conn.execute(
-                "SELECT id, feed_id, subfeed_hash, name, count, head_hash FROM subfeeds ORDER BY id"
-        ).fetchall():
+        for sid, feed_id, sh, name in conn.execute(
+                "SELECT id, feed_id, subfeed_hash, name FROM subfeeds ORDER BY id").fetchall():
             if subfeed is None or subfeed == (feed_id, sh):
                 report.subfeeds += 1
-                _check_subfeed(conn, report, keys, sid, feed_id, sh, name, count, head)
+                _check_subfeed(conn, report, keys, sid, feed_id, sh, name)
         if subfeed is not None:
             report.problems = [p for p in report.problems if p.feed_id in (None, subfeed[0])]
             return report
@@ -171,8 +170,7 @@ def _check_feeds(conn: sqlite3.Connection, report: StoreReport) -> dict[str, byt
 
 
 def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str, bytes | KeyChain | None],
-                   sid: int, feed_id: str, sh: str, name: str | None, count: int,
-                   head: bytes | None) -> None:
+                   sid: int, feed_id: str, sh: str, name: str | None) -> None:
     problems: list[Problem] = []
 
     def problem(position: int | None, message: str) -> None:
@@ -225,10 +223,6 @@ def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str
             prev_hash, last_signed = h, signature is not None
     if expected and not last_signed:
         problem(expected - 1, "the last message is not signed")
-    if count != expected:
-        problem(None, f"the subfeed records {count} messages; {expected} are stored")
-    if head != (prev_hash if expected else None):
-        problem(None, "the recorded head hash is not the hash of the last message")
     report.problems.extend(problems[:MAX_PROBLEMS_PER_SUBFEED])
     if len(problems) > MAX_PROBLEMS_PER_SUBFEED:
         report.problems.append(Problem(feed_id, sh, None,
@@ -260,8 +254,8 @@ def _check_fork_proofs(conn: sqlite3.Connection, report: StoreReport) -> None:
 def cut_subfeed_for_repair(store: Store, feed_id: str, sh: str, first_bad: int | None) -> int:
     """Repair's first step (not an audit: this changes the store): drop a subfeed's messages
     from ``first_bad`` on, and back to the last signed message before it (a stored range must end
-    signed), then rewrite its count and head hash from what is left, and forget a name that does
-    not hash to it. ``first_bad=None`` keeps every stored message (only the records were off).
+    signed; its count and head follow from what is left), and forget a name that does not hash
+    to it. ``first_bad=None`` keeps every stored message (only the records were off).
     Returns how many messages remain; the rest is to be fetched again from elsewhere."""
     with store._write() as c:
         row = c.execute("SELECT id, name FROM subfeeds WHERE feed_id=? AND subfeed_hash=?",
@@ -277,16 +271,11 @@ def cut_subfeed_for_repair(store: Store, feed_id: str, sh: str, first_bad: int |
             (sid, first_bad)).fetchone()
         keep = 0 if last_signed is None else last_signed + 1
         c.execute("DELETE FROM messages WHERE subfeed_id=? AND n>=?", (sid, keep))
-        head = None
-        if keep:
-            (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=?",
-                                (sid, keep - 1)).fetchone()
-            head = message_hash(_blob(body) or b"")
         try:
             name_ok = name is None or subfeed_hash(json.loads(name)) == sh
         except (ValueError, FeedError):
             name_ok = False
-        c.execute("UPDATE subfeeds SET count=?, head_hash=?, name=? WHERE id=?",
-                  (keep, head, name if name_ok else None, sid))
+        if not name_ok:
+            c.execute("UPDATE subfeeds SET name=NULL WHERE id=?", (sid,))
     store._subfeed_ids.pop((feed_id, sh), None)
     return keep

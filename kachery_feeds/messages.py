@@ -284,7 +284,10 @@ class ParsedRange(NamedTuple):
 
     first: int  # the first message's number
     previous_hash: bytes | None  # what the first message links to (None: it is message 0)
-    rows: list[tuple[int, bytes, bytes | None]]  # (number, body, signature), ready to insert
+    # (number, body) for an unsigned message, (number, body, signature) for a signed one, ready
+    # to insert (the store binds an unsigned row's NULL in the statement: a None parameter costs
+    # sqlite3 an adapter lookup, ~0.3 us a row)
+    rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]
     last_hash: bytes  # the last message's hash: the subfeed's new head
 
 
@@ -314,14 +317,14 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
         raise ValueError("parse_range needs at least one message")
     sha256 = hashlib.sha256
     loads, dumps = orjson.loads, orjson.dumps
-    rows: list[tuple[int, bytes, bytes | None]] = []
+    rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]] = []
     append = rows.append
     signed: list[tuple[int, bytes, bytes]] = []
     number, prev, body, signature, d = _parse_fields(lines[0], feed_id, subfeed_hash)
     carries = "succession" in d
     first, previous_hash = number, _previous_hash(number, prev)
     prev_n, prev_hex = number, sha256(body).hexdigest()
-    append((number, body, signature))
+    append((number, body) if signature is None else (number, body, signature))
     if signature is not None:
         signed.append((number, bytes.fromhex(prev_hex), signature))
     max_line, max_n = _MAX_LINE, MAX_SAFE_INTEGER
@@ -333,7 +336,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
         try:
             if type(line) is not bytes or len(line) > max_line:
                 raise ValueError
-            body, _tab, sig_hex = line.rpartition(b"\t")
+            if line[-1] == 9:  # ends with the tab: unsigned (what rpartition gives, cheaper)
+                body, sig_hex = line[:-1], b""
+            else:
+                body, _tab, sig_hex = line.rpartition(b"\t")
             d = loads(body)
             if not (type(d) is dict and len(d) == 7
                     and d["prev"] == prev_hex and type(n := d["n"]) is int and n == number
@@ -357,8 +363,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
             if number != prev_n + 1:
                 raise VerificationError(f"message {number} follows message {prev_n}: gap") from None
         prev_n, prev_hex = number, sha256(body).hexdigest()
-        append((number, body, signature))
-        if signature is not None:
+        if signature is None:
+            append((number, body))
+        else:
+            append((number, body, signature))
             signed.append((number, bytes.fromhex(prev_hex), signature))
     if signature is None:
         raise VerificationError(

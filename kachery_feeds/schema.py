@@ -27,6 +27,12 @@ Version 2 also holds key successions (spec/feeds.md §9):
   feed's ``private_key`` is then the seed of the newest key.
 * ``subfeeds.succession_seq``: how many records the subfeed's own messages have carried, so
   that the next append carries the chain when a newer record exists.
+
+Version 3 (issue 15): ``subfeeds.count`` and ``subfeeds.head_hash`` are dropped. A subfeed's
+message count and head are those of its last message in ``messages`` (one seek at the end of
+its range of the primary key, :data:`SUBFEED_COUNT`), so an append writes the messages B-tree
+only, not a second page per commit. Stores are numbered 0, 1, … without gaps (the audit checks
+it), so the count is the last number + 1.
 """
 
 from __future__ import annotations
@@ -92,8 +98,19 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
                     ) WITHOUT ROWID""")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    # ALTER TABLE ... DROP COLUMN needs SQLite 3.35 (2021); Python 3.11's builds have newer.
+    conn.execute("ALTER TABLE subfeeds DROP COLUMN count")
+    conn.execute("ALTER TABLE subfeeds DROP COLUMN head_hash")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: The message count of the subfeed row ``subfeeds`` in a query over that table: one seek to the
+#: last entry of the subfeed's range of the messages primary key (SQLite answers ``max`` of an
+#: index prefix without a scan).
+SUBFEED_COUNT = "(SELECT coalesce(max(n) + 1, 0) FROM messages WHERE subfeed_id = subfeeds.id)"
 
 
 def migrate(conn: sqlite3.Connection) -> None:

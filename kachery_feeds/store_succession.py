@@ -32,6 +32,7 @@ from .messages import (
     signature_is_valid,
     to_wire,
 )
+from .schema import SUBFEED_COUNT
 from .succession import (
     KeyChain,
     Violation,
@@ -135,9 +136,12 @@ class SuccessionMixin:
             recovery = chain.current_recovery if recovery_key is _KEEP else recovery_key
             heads: dict[str, tuple[int, bytes]] = {}
             if key != chain.current_key:
-                heads = {sh: (count, bytes(h)) for sh, count, h in c.execute(
-                    "SELECT subfeed_hash, count, head_hash FROM subfeeds WHERE feed_id=? AND count>0",
-                    (feed_id,))}
+                for sid, sh in c.execute("SELECT id, subfeed_hash FROM subfeeds WHERE feed_id=?",
+                                         (feed_id,)).fetchall():
+                    last = c.execute("SELECT n, body FROM messages WHERE subfeed_id=? ORDER BY n "
+                                     "DESC LIMIT 1", (sid,)).fetchone()
+                    if last is not None:
+                        heads[sh] = (last[0] + 1, message_hash(last[1]))
             last = chain.records[-1] if chain.records else None
             line = build_record(feed_id, len(chain.records) + 1, last.body_hash if last else None, key,
                                 recovery, by, heads, time.time_ns() // 1_000_000, signer)  # type: ignore[arg-type]
@@ -220,7 +224,7 @@ class SuccessionMixin:
             check_chain(msgs, bytes.fromhex(feed_id))
         else:
             self._check_import(msgs, chain, feed_id, subfeed_hash)
-        rows = [(m[0], m[3], m[4]) for m in msgs]
+        rows = [(m[0], m[3]) if m[4] is None else (m[0], m[3], m[4]) for m in msgs]
         return ParsedRange(msgs[0][0], msgs[0][1], rows, msgs[-1][2]), chain
 
     def _succession_for_import(self, feed_id: str, msgs: list) -> KeyChain | None:
@@ -254,8 +258,8 @@ class SuccessionMixin:
         chain = merge(stored, chain)
         if len(chain.records) == len(stored.records):
             return
-        subfeeds = c.execute("SELECT id, subfeed_hash, count FROM subfeeds WHERE feed_id=? AND count>0",
-                             (feed_id,)).fetchall()
+        subfeeds = c.execute(f"SELECT * FROM (SELECT id, subfeed_hash, {SUBFEED_COUNT} AS count FROM "
+                             "subfeeds WHERE feed_id=?) WHERE count > 0", (feed_id,)).fetchall()
         for sid, sh, count in subfeeds:
             for position, pinned_hash in chain.pinned(sh):
                 if position < count and message_hash_at(c, sid, position) != pinned_hash:

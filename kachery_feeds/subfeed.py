@@ -14,6 +14,7 @@ import orjson
 
 from .errors import VerificationError
 from .messages import to_wire
+from .schema import SUBFEED_COUNT
 from .uris import subfeed_hash, subfeed_name_json, subfeed_uri
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ class Feed:
         return [
             r["subfeed_hash"]
             for r in self._store._query(
-                "SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+                "SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND EXISTS "
+                "(SELECT 1 FROM messages WHERE subfeed_id = subfeeds.id) ORDER BY id",
                 (self.feed_id,))
         ]
 
@@ -97,7 +99,8 @@ class Feed:
         ``subfeed_hash``, ``name`` (the subfeed's name when this store knows it, else None: a
         replica learns only hashes from the network) and ``num_messages``."""
         rows = self._store._query(
-            "SELECT subfeed_hash, name, count FROM subfeeds WHERE feed_id = ? AND count > 0 ORDER BY id",
+            f"SELECT * FROM (SELECT subfeed_hash, name, {SUBFEED_COUNT} AS count FROM subfeeds "
+            "WHERE feed_id = ? ORDER BY id) WHERE count > 0",
             (self.feed_id,))
         return [{"subfeed_hash": r["subfeed_hash"],
                  "name": orjson.loads(r["name"]) if r["name"] else None,

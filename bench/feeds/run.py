@@ -58,6 +58,10 @@ from bench_common import PAYLOAD_BYTES, log, payload, table  # noqa: E402
 from bench_common import machine_info as common_machine_info  # noqa: E402
 from hypercore_runner import run_hypercore_bench  # noqa: E402
 
+# The store's checkpoint interval, which the raw limits use too (SQLite's default, 1000 pages, for
+# a kachery_feeds from before the store set one: bench/feeds/ab_cpu.py runs older trees).
+WAL_AUTOCHECKPOINT_PAGES = getattr(kf.store, "WAL_AUTOCHECKPOINT_PAGES", 1000)
+
 FULL = {
     "single": 5000,
     "batches": 100,  # x 1000 messages
@@ -118,15 +122,23 @@ def settle() -> None:
     gc.collect()
 
 
-def raw_insert_rate(
-    tmp: Path, schema: str, rows: list[tuple[bytes, bytes | None]], tag: str
-) -> tuple[float, float]:
-    """Plain sqlite3: the same rows, same table, WAL + NORMAL, one transaction.
-    Returns (rows per wall second, rows per CPU second)."""
-    path = tmp / f"raw-insert-{tag}.sqlite"
+def raw_connection(path: Path) -> sqlite3.Connection:
+    """Plain sqlite3 with the store's settings: WAL, synchronous=NORMAL, the store's
+    wal_autocheckpoint (so that the limits checkpoint as often as the store does)."""
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA synchronous=NORMAL")
+    c.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    return c
+
+
+def raw_insert_rate(
+    tmp: Path, schema: str, rows: list[tuple[bytes, bytes | None]], tag: str
+) -> tuple[float, float]:
+    """Plain sqlite3: the same rows, same table, the store's settings, one transaction.
+    Returns (rows per wall second, rows per CPU second)."""
+    path = tmp / f"raw-insert-{tag}.sqlite"
+    c = raw_connection(path)
     c.execute(schema)
     params = [(1, n, body, sig) for n, (body, sig) in enumerate(rows)]
     settle()
@@ -140,13 +152,11 @@ def raw_insert_rate(
 
 
 def commit_per_row_rate(tmp: Path, schema: str, rows: list[tuple[bytes, bytes | None]]) -> float:
-    """Plain sqlite3: one BEGIN IMMEDIATE / INSERT / COMMIT per row, WAL + NORMAL."""
+    """Plain sqlite3: one BEGIN IMMEDIATE / INSERT / COMMIT per row, the store's settings."""
     path = tmp / "raw-commit-per-row.sqlite"
     for f in tmp.glob("raw-commit-per-row.sqlite*"):
         f.unlink()
-    c = sqlite3.connect(path, isolation_level=None)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("PRAGMA synchronous=NORMAL")
+    c = raw_connection(path)
     c.execute(schema)
     settle()
     t0 = time.perf_counter()

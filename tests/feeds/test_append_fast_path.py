@@ -79,8 +79,6 @@ def test_a_truncated_subfeed_is_appended_to_where_it_ends_now(two):
     with sqlite3.connect(a.path) as c:
         (sid,) = c.execute("SELECT id FROM subfeeds").fetchone()
         c.execute("DELETE FROM messages WHERE subfeed_id=? AND n>=3", (sid,))
-        (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=2", (sid,)).fetchone()
-        c.execute("UPDATE subfeeds SET count=3, head_hash=? WHERE id=?", (message_hash(body), sid))
     assert sf.append_message("after the cut") == 3
     assert sf.get_messages() == [0, 1, 2, "after the cut"]
     _check_chain(sf)
@@ -171,3 +169,68 @@ def test_the_size_limit_is_per_message_in_a_batch(tmp_path):
     with pytest.raises(kf.InvalidPayloadError, match="over the"):
         sf.append_messages(["a" * (half + 1000)], metadata={"m": "c" * (half + 1000)})
     assert sf.get_num_local_messages() == 2
+
+
+def test_a_cut_by_this_store_objects_own_repair_is_seen(two):
+    """The store's own writes do not change its connection's data_version: the fast path must
+    notice them another way (a repair through this store object cuts the subfeed back)."""
+    from kachery_feeds.audit import cut_subfeed_for_repair
+
+    a, _b = two
+    feed = a.create_feed()
+    sf = feed.load_subfeed("log")
+    for i in range(5):
+        sf.append_message(i)
+    assert cut_subfeed_for_repair(a, feed.feed_id, sf.subfeed_hash, 3) == 3
+    assert sf.append_message("after the cut") == 3  # not 5: that would leave a gap
+    assert sf.get_messages() == [0, 1, 2, "after the cut"]
+    _check_chain(sf)
+    assert a.verify().ok
+    a.delete_feed(feed.feed_id)  # and a deletion through this store object
+    with pytest.raises(kf.NotWriteableError):
+        sf.append_message("gone")
+
+
+def _statements(store: kf.Store, action) -> list[str]:
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        store._conn.set_trace_callback(None)
+    return seen
+
+
+def test_an_append_writes_only_its_messages(two):
+    """Schema version 3: a fast-path append is BEGIN, the data_version read, the INSERT and
+    COMMIT (no subfeed row to update); after another connection's commit (elsewhere in the file)
+    one query checks the subfeed's end instead, and the append still needs no other write."""
+    a, b = two
+    sf = a.create_feed().load_subfeed("log")
+    sf.append_message(0)
+    sf.append_message(1)
+    quiet = _statements(a, lambda: sf.append_message(2))
+    assert [s.split()[0] for s in quiet] == ["BEGIN", "PRAGMA", "INSERT", "COMMIT"], quiet
+    b.create_feed().load_subfeed("elsewhere").append_message("x")  # another connection commits
+    after = _statements(a, lambda: sf.append_message(3))
+    assert [s.split()[0] for s in after] == ["BEGIN", "PRAGMA", "SELECT", "INSERT", "COMMIT"], after
+    assert sf.get_messages() == [0, 1, 2, 3]
+    _check_chain(sf)
+    assert a.verify().ok
+
+
+def test_another_message_at_the_same_number_is_seen(two):
+    """The subfeed ends at the number this store appended last, but with another message there
+    (cut behind its back, then appended by another store object): the check compares hashes, so
+    the next append links to the message that is there now."""
+    a, b = two
+    sf_a = a.create_feed().load_subfeed("log")
+    sf_a.append_message(0)
+    sf_a.append_message("mine")
+    with sqlite3.connect(a.path) as c:
+        c.execute("DELETE FROM messages WHERE n=1")
+    assert b.load_subfeed(sf_a.uri).append_message("theirs") == 1
+    assert sf_a.append_message(2) == 2
+    assert sf_a.get_messages() == [0, "theirs", 2]
+    _check_chain(sf_a)
+    assert a.verify().ok

@@ -186,3 +186,22 @@ def test_a_refused_first_import_leaves_no_stale_subfeed_id(tmp_path):
     assert ra.get_num_local_messages() == 0
     assert ra.add_signed_messages(a.get_signed_messages()) == 2
     assert rb.get_messages() == [{"b": 0}] and ra.get_messages() == [{"a": 0}, {"a": 1}]
+
+
+def test_an_import_stores_each_signature_or_null_as_its_source_does(tmp_path):
+    """An imported range mixes runs of unsigned and signed messages (parse_range gives them two
+    row shapes, inserted run by run): the copy holds exactly the source's rows, in order."""
+    src = kf.open_store(tmp_path / "src.db").create_feed().load_subfeed("log")
+    src.append_message(0)  # signed
+    src.append_messages([1, 2, 3])  # unsigned, unsigned, signed
+    src.append_message(4)
+    src.append_message(5)  # two signed in a row
+    src.append_messages([6, 7])
+    lines = src.get_signed_messages()
+    assert [line.endswith(b"\t") for line in lines] == [False, True, True, False, False, False, True, False]
+    dst = kf.open_store(tmp_path / "dst.db").load_subfeed(src.uri)
+    assert dst.add_signed_messages(lines[:2] + lines[2:4]) == 4  # 0-3, then the rest on top
+    assert dst.add_signed_messages(lines) == 4
+    assert dst.get_signed_messages() == lines
+    assert dst.get_messages() == list(range(8))
+    assert dst._store.verify().ok

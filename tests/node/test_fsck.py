@@ -153,10 +153,10 @@ def test_fsck_finds_an_edited_feeds_db_row(cli, storage_dir: Path) -> None:
     report = json.loads(cli.run("fsck", "--json", check=False).stdout)
     assert not report["ok"] and report["feeds"]["problems"][0]["position"] == 1
     assert _tree(storage_dir) == before  # fsck without --repair changes nothing
-    # The same for the count, a signature and the key.
-    for sql, words in [("UPDATE subfeeds SET count = 2", "records 2 messages"),
-                       ("UPDATE messages SET sig = zeroblob(64) WHERE sig IS NOT NULL", "bad signature"),
-                       ("UPDATE feeds SET private_key = zeroblob(32)", "private key")]:
+    # The same for any signature, the key and the last signature.
+    for sql, words in [("UPDATE messages SET sig = zeroblob(64) WHERE sig IS NOT NULL", "bad signature"),
+                       ("UPDATE feeds SET private_key = zeroblob(32)", "private key"),
+                       ("UPDATE messages SET sig = NULL WHERE n = 2", "not signed")]:
         _sqlite3(storage_dir / "feeds.db", sql)
         out = cli.run("fsck", check=False)
         assert out.returncode == 1 and words in out.stdout, out.stdout
