@@ -160,18 +160,25 @@ def open_envelope(data: bytes, *, channel: str, band: str, now_ms: int,
     raw, lf, attachment = signed.partition(b"\n")
     if lf and not attachment:
         raise EnvelopeError("malformed message: a LF after the body but no attachment")
-    try:
-        body = loads_json(raw)
-    except JsonTextError as exc:
-        raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
-    if type(body) is not dict or not isinstance(body.get("type"), str):
-        raise EnvelopeError("message body must be an object with a 'type'")
+    body = _parse_body(raw)
     t = body.get("time_ms")
     if not signing.is_time_ms(t) or not signing.is_fresh(t, now_ms):
         raise EnvelopeError("stale message (time_ms is missing or off by more than 60 s)")
     if not signing.is_nonce(body.get("nonce"), NONCE_MIN_CHARS):
         raise EnvelopeError("message has no valid nonce (8-64 characters of [A-Za-z0-9_-])")
     return Envelope(sender, body, attachment if lf else None)
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    """A message body (signed or not): a JSON object with a string ``type``, by kachery's JSON
+    rules; else :class:`EnvelopeError`."""
+    try:
+        body = loads_json(raw)
+    except JsonTextError as exc:
+        raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
+    if type(body) is not dict or not isinstance(body.get("type"), str):
+        raise EnvelopeError("message body must be an object with a 'type'")
+    return body
 
 
 def _open_unsigned_push(data: bytes, *, band: str, publisher: str | None) -> Envelope:
@@ -182,12 +189,7 @@ def _open_unsigned_push(data: bytes, *, band: str, publisher: str | None) -> Env
     raw, lf, attachment = data[1:].partition(b"\n")
     if not lf or not attachment:
         raise EnvelopeError("malformed unsigned push: no attachment")
-    try:
-        body = loads_json(raw)
-    except JsonTextError as exc:
-        raise EnvelopeError(f"message body is not valid JSON: {exc}") from None
-    if type(body) is not dict or not isinstance(body.get("type"), str):
-        raise EnvelopeError("message body must be an object with a 'type'")
+    body = _parse_body(raw)
     if (band, body["type"]) not in UNSIGNED_TYPES:
         raise EnvelopeError(f"an unsigned {body['type']!r} on {band} from {publisher[:12]}…: only "
                             "newSubfeedMessages on provide-feeds may go unsigned (forged?)")
