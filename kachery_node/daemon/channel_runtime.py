@@ -46,6 +46,7 @@ from ..protocol.roles import (
     band_name,
     flow_of,
     heard_pubsub_band,
+    hears_own_messages,
     pubsub_band,
     role_of_pubsub_band,
     split_band_name,
@@ -315,7 +316,8 @@ class ChannelRuntime:
 
         async with open_pubsub(credentials, renew=renew) as pubsub:
             for role in sorted(self._connected_roles):
-                await pubsub.subscribe(band_name(self.channel, heard_pubsub_band(role)))
+                await pubsub.subscribe(band_name(self.channel, heard_pubsub_band(role)),
+                                       echo=hears_own_messages(role))
             if self.roles != self._connected_roles:  # changed meanwhile (refresh_roles)
                 self._reconnect_if_roles_changed()
                 return

@@ -10,7 +10,8 @@ capability, band by band; a later ``auth`` on the same connection replaces the t
 and drops subscriptions the new token no longer allows. Control operations are JSON in text
 frames; messages travel in binary frames (:mod:`kachery_node.protocol.relay_frames`) as the
 bytes they are. The relay fans each published message out to the band's subscribers (including
-the publisher if it subscribed, like Ably's default echo), encoding the record once.
+the publisher if it subscribed, like Ably's default echo, unless it subscribed with
+``"echo": false``), encoding the record once.
 
 Rules
 -----
@@ -136,6 +137,7 @@ class _Connection:
         self.ws = ws
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
+        self.no_echo: set[str] = set()  # subscribed bands where its own messages are not sent back
         # (binary, event): a message record, or JSON; (None, bytes): the rest of a frame that
         # send_direct began writing, always first in the queue
         self.out: deque[tuple[bool | None, bytes]] = deque()
@@ -385,8 +387,15 @@ class _Connection:
             raise MalformedRequestError(f"pub-sub v{PROTOCOL_VERSION}: a publish travels as a record in a "
                                         "binary frame, not as a JSON operation (spec/pubsub.md §3)")
         if kind == "subscribe":
+            echo = op.get("echo", True)
+            if not isinstance(echo, bool):
+                raise MalformedRequestError("'echo' must be true or false")
             check_capability(self.claims.capability, band, SUBSCRIBE)
             self.subs.add(band)
+            if echo:
+                self.no_echo.discard(band)
+            else:
+                self.no_echo.add(band)
             self.relay.bands.setdefault(band, set()).add(self)
             self.send_op(op="subscribed", band=band, id=op_id)
         elif kind == "unsubscribe":
@@ -433,7 +442,8 @@ class _Connection:
                                 f"{limits.max_message_bytes}-byte limit")
         node.allowance -= 1
         event = relay_frames.encode_message(band, self.claims.node, int(now_ms), record.message)
-        self.relay.traffic.count(self.claims.channel, len(record.message), self.relay.fan_out(band, event))
+        delivered = self.relay.fan_out(band, event, self)
+        self.relay.traffic.count(self.claims.channel, len(record.message), delivered)
         if record.id:
             self.send_op(op="ack", id=record.id)
 
@@ -488,13 +498,17 @@ class Relay:
             if state.connections == 0 and state.refill(self.limits) >= self.limits.publish_burst:
                 del self.nodes[key]
 
-    def fan_out(self, band: str, event: bytes) -> int:
-        """Queue ``event`` to ``band``'s subscribers; returns how many there were."""
+    def fan_out(self, band: str, event: bytes, publisher: _Connection | None = None) -> int:
+        """Queue ``event`` to ``band``'s subscribers, except ``publisher`` if it subscribed
+        without echo; returns how many it went to."""
         subs = self.bands.get(band)
         if not subs:
             return 0
+        targets = list(subs)
+        if publisher is not None and band in publisher.no_echo and publisher in subs:
+            targets.remove(publisher)
         now = time.monotonic()
-        for conn in list(subs):
+        for conn in targets:
             # An idle connection's messages wait for flush_direct at the end of the frame being
             # handled, then are written into its socket; within DIRECT_MIN_INTERVAL_S of its last
             # direct write (a burst) the writer batches them, as it batches a backlog.
@@ -504,8 +518,8 @@ class Relay:
                 conn.push(event, binary=True, wake=False)
             else:
                 conn.push(event, binary=True)
-        self.delivered += len(subs)
-        return len(subs)
+        self.delivered += len(targets)
+        return len(targets)
 
     def flush_direct(self, publisher: _Connection | None = None) -> None:
         """Write the messages :meth:`fan_out` left for idle connections into their sockets; the
@@ -539,6 +553,7 @@ class Relay:
 
     def unsubscribe(self, conn: _Connection, band: str) -> None:
         conn.subs.discard(band)
+        conn.no_echo.discard(band)
         subs = self.bands.get(band)
         if subs is not None:
             subs.discard(conn)

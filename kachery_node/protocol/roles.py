@@ -75,6 +75,18 @@ def flow_of(role: str) -> str:
     return role.rsplit("-", 1)[1]
 
 
+#: Flows in which a node must hear its own messages: a node may request a task that it provides
+#: itself, and is answered through the channel like any other requester. A node has no use for
+#: its own file requests or feed messages (a pushed range it sent, its own subscription), so it
+#: subscribes to those bands without echo where the service allows it (spec/pubsub.md).
+FLOWS_HEARING_THEMSELVES: frozenset[str] = frozenset({"tasks"})
+
+
+def hears_own_messages(role: str) -> bool:
+    """Whether a node holding ``role`` needs its own messages on the band that role hears."""
+    return flow_of(role) in FLOWS_HEARING_THEMSELVES
+
+
 def validate_roles(roles: object) -> list[str]:
     """Return the roles sorted in table order; raise for unknown names or a non-list."""
     if not isinstance(roles, list | tuple | set | frozenset) or not all(isinstance(r, str) for r in roles):

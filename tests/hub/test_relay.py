@@ -650,3 +650,35 @@ async def test_the_publisher_hears_its_own_messages_and_the_relay_has_nagle_off(
                     assert data(await sub.receive(timeout=10)) == {"i": i}
             assert hub.relay.direct_frames - before >= 10
         nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_without_echo_is_not_sent_its_own_messages(relay_hub):
+    """``"echo": false`` (spec/pubsub.md): the relay keeps a connection's own publications on that
+    band from it; others still get them, echo stays the default, and subscribing again with
+    echo brings it back. Each connection's messages arrive in publish order, so the other node's
+    message arriving first shows that the own one, published before it, was not sent."""
+    ch, _, a = setup_channel(relay_hub, {"quiet": ["request-files", "provide-files"],
+                                         "loud": ["request-files", "provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["quiet"], ch)) as quiet, \
+            open_pubsub(await creds(a["loud"], ch)) as loud:
+        await quiet.subscribe(band, echo=False)
+        await loud.subscribe(band)
+        await quiet.publish(band, j({"from": "quiet"}), ack=True)
+        await loud.publish(band, j({"from": "loud"}), ack=True)
+        assert [data(await loud.receive(timeout=5)) for _ in range(2)] == [{"from": "quiet"}, {"from": "loud"}]
+        assert data(await quiet.receive(timeout=5)) == {"from": "loud"}
+        await quiet.subscribe(band)  # echo again
+        await quiet.publish(band, j({"from": "quiet", "again": True}), ack=True)
+        assert data(await quiet.receive(timeout=5)) == {"from": "quiet", "again": True}
+    good = (await creds(a["quiet"], ch))["token"]
+    async with trio_websocket.open_websocket_url("ws" + relay_hub.url[4:] + "/pubsub") as ws:
+        await ws.send_message(auth_op(good, id=1))
+        assert orjson.loads(await ws.get_message())[0]["op"] == "connected"
+        for echo in ("no", 0, None):
+            await ws.send_message(orjson.dumps({"op": "subscribe", "band": band, "echo": echo, "id": 2}).decode())
+            while True:
+                reply = orjson.loads(await ws.get_message())[0]
+                if reply["op"] != "heartbeat":
+                    break
+            assert (reply["op"], reply["code"]) == ("error", "malformed_request"), echo

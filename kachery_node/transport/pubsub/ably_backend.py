@@ -292,7 +292,8 @@ class AblyPubSub(ReceivedQueue, PubSub):
             self._thread.submit(self._publish, band, payload)
             await trio.lowlevel.checkpoint()
 
-    async def subscribe(self, band: str) -> None:
+    async def subscribe(self, band: str, *, echo: bool = True) -> None:
+        # Ably echoes per connection (echoMessages), not per channel: ``echo`` is not honoured.
         await self._call(self._subscribe, band)
 
     async def unsubscribe(self, band: str) -> None:

@@ -244,7 +244,8 @@ class NatsPubSub(ReceivedQueue, PubSub):
             self._thread.submit(self._conn.publish, subj, payload, False)
             await trio.lowlevel.checkpoint()
 
-    async def subscribe(self, band: str) -> None:
+    async def subscribe(self, band: str, *, echo: bool = True) -> None:
+        # NATS's no_echo is per connection, not per subject: ``echo`` is not honoured.
         self._check_open()
         with trio.fail_after(REPLY_TIMEOUT_S + 1):
             violation = await self._thread.run(self._conn.subscribe, band)

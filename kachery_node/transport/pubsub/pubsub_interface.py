@@ -66,8 +66,13 @@ class PubSub(ABC):
         took it (or refused it: HubRequestError)."""
 
     @abstractmethod
-    async def subscribe(self, band: str) -> None:
-        """Start receiving messages from ``band``; returns once the service confirmed."""
+    async def subscribe(self, band: str, *, echo: bool = True) -> None:
+        """Start receiving messages from ``band``; returns once the service confirmed.
+
+        ``echo=False`` asks the service not to send this connection's own publications on
+        ``band`` back to it. Only the embedded relay can; NATS (whose ``no_echo`` is per
+        connection) and Ably send them anyway, so a receiver must still tolerate its own
+        messages."""
 
     @abstractmethod
     async def unsubscribe(self, band: str) -> None:

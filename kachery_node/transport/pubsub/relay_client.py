@@ -225,8 +225,10 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
                 raise self._closed
             await self._send_record(relay_frames.encode_publish(0, band, data))
 
-    async def subscribe(self, band: str) -> None:
-        await self._request({"op": "subscribe", "band": band})
+    async def subscribe(self, band: str, *, echo: bool = True) -> None:
+        # Relays before this option ignore the field and echo, which receivers tolerate.
+        await self._request({"op": "subscribe", "band": band} if echo else
+                            {"op": "subscribe", "band": band, "echo": False})
 
     async def unsubscribe(self, band: str) -> None:
         await self._request({"op": "unsubscribe", "band": band})
