@@ -12,11 +12,19 @@ gathers those handed to it within :data:`SUBSCRIBE_BATCH_SECONDS` and publishes 
 (:func:`~kachery_node.protocol.feed_messages.batch_subscriptions`: one ``subscribeToSubfeeds``
 per feed and 500 subfeeds). Renewals fall due on a shared grid (the core's ``renewal_due``), so
 N followed subfeeds of one feed cost about N/500 messages per renewal period, not N.
+
+Followers' timers are not N sleeping tasks: one timer task keeps every follower's next deadline
+in a heap, and at each due instant reads the counts of the due followers (one query per feed
+when there are many), asks each core, and hands plain renewals straight to the batcher. A
+follower's own task is woken only when its core has more to do (a bucket read), so a renewal
+round of 10,000 subfeeds is not 10,000 task wake-ups and 10,000 count queries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import math
 from collections import deque
@@ -56,6 +64,9 @@ SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at
 FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 CATCH_UPS_AT_ONCE = 16  # bucket reads and imports under way at once, over all followers
 SUBSCRIBE_BATCH_SECONDS = 0.05  # subscriptions handed over within this time travel together
+# Renewals of at most this many subfeeds of one feed due at once read their counts one by one
+# (a few µs each, by primary key); more, in one query over the feed.
+COUNTS_ONE_BY_ONE = 8
 
 
 @dataclass
@@ -68,6 +79,7 @@ class _Conversation:
     pending: deque[FollowerAction] = field(default_factory=deque)
     wake: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled: unfollowed
+    scheduled: float | None = None  # the deadline the driver's timer holds for it (None: none)
 
     def give(self, actions: Iterable[FollowerAction]) -> None:
         """Queue ``actions`` and wake the follower's task, if there are any: a live push that
@@ -147,11 +159,17 @@ class FollowerDriver:
         self._batchers: dict[str, _SubscriptionBatcher] = {}  # channel -> its batcher
         self._catch_ups = anyio.CapacityLimiter(CATCH_UPS_AT_ONCE)
         self._subfeed_objects: dict[tuple[str, str], kf.Subfeed] = {}
+        # (deadline, tie-breaker, conversation); an entry whose deadline is no longer the
+        # conversation's ``scheduled`` is stale and skipped when it comes up.
+        self._timers: list[tuple[float, int, _Conversation]] = []
+        self._timer_order = itertools.count()
+        self._timer_wait: anyio.CancelScope | None = None  # the timer task's sleep, while it sleeps
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Own the followers' tasks until cancelled."""
         async with anyio.create_task_group() as tg:
             self._task_group = tg
+            tg.start_soon(self._run_timers)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -327,22 +345,77 @@ class FollowerDriver:
                 if isinstance(action, GiveUp):
                     return
                 conversation.give(await self._carry_out(conversation, action))
-            deadline = follower.next_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
-                await conversation.wake.wait()
-            now = anyio.current_time()
-            due = follower.next_deadline()
-            if due is not None and now >= due:  # a renewal carries the store's count
-                conversation.give(follower.on_timer(now, self._renewal_count(conversation)))
+            self._schedule(conversation)  # its deadline, if any, is the timer task's to keep
+            await conversation.wake.wait()
 
-    def _renewal_count(self, conversation: _Conversation) -> int | None:
-        """The store's count for a renewal, or None (the renewal then reads the bucket) while
-        messages wait in the gate: reading the bucket's checkpoint again is how a gated follower
-        learns that a witness it did not trust then (granted since) made the checkpoint count."""
-        where = conversation.follower.where
-        if self.gate is not None and self.gate.waiting(where.subfeed):
-            return None
-        return conversation.subfeed.get_num_local_messages()
+    # ------------------------------------------------------------------ the followers' timers
+    def _schedule(self, conversation: _Conversation) -> None:
+        """Give the timer task the conversation's next deadline (if it has one and it moved)."""
+        due = conversation.follower.next_deadline()
+        if due == conversation.scheduled:
+            return
+        conversation.scheduled = due
+        if due is None:
+            return  # its old entry, if any, is now stale
+        heapq.heappush(self._timers, (due, next(self._timer_order), conversation))
+        if self._timer_wait is not None and due < self._timer_wait.deadline:
+            self._timer_wait.deadline = due
+
+    async def _run_timers(self) -> None:
+        """Fire followers' deadlines as they come, those due together in one round."""
+        while True:
+            now = anyio.current_time()
+            due: list[_Conversation] = []
+            while self._timers and self._timers[0][0] <= now:
+                deadline, _, conversation = heapq.heappop(self._timers)
+                if conversation.scheduled != deadline or conversation.scope.cancel_called:
+                    continue  # superseded by a later schedule, or unfollowed
+                conversation.scheduled = None
+                due.append(conversation)
+            if due:
+                self._fire(now, due)
+            with anyio.CancelScope(deadline=self._timers[0][0] if self._timers else math.inf) \
+                    as self._timer_wait:
+                await anyio.sleep_forever()
+            self._timer_wait = None
+
+    def _fire(self, now: float, due: list[_Conversation]) -> None:
+        """Tell each core its deadline passed, with the store's count (a renewal carries it): a
+        plain renewal goes straight to the batcher; anything else wakes the follower's task."""
+        counts = self._renewal_counts(due)
+        for conversation in due:
+            actions = conversation.follower.on_timer(now, counts.get(conversation.follower.where.subfeed))
+            rest: list[FollowerAction] = []
+            for action in actions:
+                if isinstance(action, Publish) and isinstance(action.message, SubscribeToSubfeed):
+                    self._batcher(conversation.link).add(action.message)
+                else:
+                    rest.append(action)
+            conversation.give(rest)
+            if not rest:
+                self._schedule(conversation)  # (else its task schedules once it carried them out)
+
+    def _renewal_counts(self, due: list[_Conversation]) -> dict[tuple[str, str], int]:
+        """The store's counts for the renewals of ``due`` (one query per feed when several of
+        it are due); none for a subfeed whose messages wait in the gate: its renewal then reads
+        the bucket, which is how a gated follower learns that a witness it did not trust then
+        (granted since) made the checkpoint count."""
+        by_feed: dict[str, list[_Conversation]] = {}
+        for conversation in due:
+            if self.gate is not None and self.gate.waiting(conversation.follower.where.subfeed):
+                continue
+            by_feed.setdefault(conversation.follower.where.feed_id, []).append(conversation)
+        counts: dict[tuple[str, str], int] = {}
+        for feed_id, conversations in by_feed.items():
+            if len(conversations) > COUNTS_ONE_BY_ONE:
+                listed = self.store.load_feed(feed_id).list_subfeeds()
+                held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+                for c in conversations:
+                    counts[c.follower.where.subfeed] = held.get(c.follower.where.subfeed_hash, 0)
+            else:
+                for c in conversations:
+                    counts[c.follower.where.subfeed] = c.subfeed.get_num_local_messages()
+        return counts
 
     async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
         """Do ``action``; returns what the follower answers to its outcome."""
