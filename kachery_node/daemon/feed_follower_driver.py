@@ -67,6 +67,7 @@ SUBSCRIBE_BATCH_SECONDS = 0.05  # subscriptions handed over within this time tra
 # Renewals of at most this many subfeeds of one feed due at once read their counts one by one
 # (a few µs each, by primary key); more, in one query over the feed.
 COUNTS_ONE_BY_ONE = 8
+TIMERS_PER_TURN = 500  # followers' deadlines fired between two turns of the event loop
 
 
 @dataclass
@@ -373,17 +374,22 @@ class FollowerDriver:
                 conversation.scheduled = None
                 due.append(conversation)
             if due:
-                self._fire(now, due)
+                await self._fire(now, due)
             with anyio.CancelScope(deadline=self._timers[0][0] if self._timers else math.inf) \
                     as self._timer_wait:
                 await anyio.sleep_forever()
             self._timer_wait = None
 
-    def _fire(self, now: float, due: list[_Conversation]) -> None:
+    async def _fire(self, now: float, due: list[_Conversation]) -> None:
         """Tell each core its deadline passed, with the store's count (a renewal carries it): a
-        plain renewal goes straight to the batcher; anything else wakes the follower's task."""
+        plain renewal goes straight to the batcher; anything else wakes the follower's task.
+        Other tasks (a live push) get a turn every :data:`TIMERS_PER_TURN` followers."""
         counts = self._renewal_counts(due)
-        for conversation in due:
+        for i, conversation in enumerate(due):
+            if i and i % TIMERS_PER_TURN == 0:
+                await anyio.sleep(0)
+            if conversation.scope.cancel_called:
+                continue  # unfollowed while others had their turn
             actions = conversation.follower.on_timer(now, counts.get(conversation.follower.where.subfeed))
             rest: list[FollowerAction] = []
             for action in actions:
