@@ -57,6 +57,14 @@ MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSO
 MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
 BUCKET_READ_ATTEMPTS = 3  # reading the checkpoint object, which other providers rewrite
 NODE_WITNESS_CATCH_UP_SECONDS = 30.0  # a node witness waits this long for its copy to catch up
+#: A backlog of more messages than this, of a subfeed whose owner requires no witnesses, is sent
+#: to the witness only after BULK_WITNESS_DELAY (spec/witness.md §4.2): readers catching up the
+#: same backlog from the bucket then get the hub (and this node) first.
+BULK_WITNESS_MESSAGES = 10_000
+#: The delay: as long as readers take to import the backlog at BULK_WITNESS_READER_RATE (a
+#: loaded machine's rate; a quiet one imports 3-5x faster), within these bounds (seconds).
+BULK_WITNESS_READER_RATE = 20_000.0
+BULK_WITNESS_DELAY = (2.0, 60.0)
 
 Spawn = Callable[..., None]  # start an async function as a task: spawn(fn, *args)
 
@@ -68,8 +76,12 @@ class WitnessDriver:
                  on_verified_checkpoint: Callable[[ChannelLink, WitnessedCheckpoint], None] | None = None,
                  *, node_witness: Witness | None = None,
                  follow: Callable[[ChannelLink, str, str], None] | None = None,
-                 spawn: Spawn | None = None) -> None:
+                 spawn: Spawn | None = None,
+                 requirement: Callable[[str, str], int] | None = None) -> None:
         self.store = store
+        #: witnesses the owner requires for a subfeed, per this node's copy of the feed's policy;
+        #: without it every backlog is witnessed at once (never deferred)
+        self._requirement = requirement
         self.node_witness = node_witness  # this node cosigns checkpoints it hears (opt-in)
         self._follow = follow
         self._spawn = spawn
@@ -78,6 +90,7 @@ class WitnessDriver:
         self._asked: dict[tuple[str, str, str], int] = {}  # the last count asked for
         self._running: set[tuple[str, str, str]] = set()
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
+        self._deferred_until: dict[tuple[str, str, str], float] = {}  # bulk backlogs waiting
         #: newest witnessed checkpoint seen or made, per subfeed (verified)
         self.latest: dict[tuple[str, str], WitnessedCheckpoint] = {}
         self._on_verified_checkpoint = on_verified_checkpoint
@@ -105,20 +118,31 @@ class WitnessDriver:
                 target, before = self._wanted[key], self._asked.get(key, 0)
                 self._asked[key] = target
                 try:
-                    await self._witness(link, where, target)
+                    sent = await self._witness(link, where, target)
                 except Exception as exc:  # the hub unreachable, the link down: the next call retries
                     log.info("witnessing %s at %d on %s failed: %s", where.uri, target, where.channel, exc)
                     self._asked[key] = before  # so that a later call for the same count asks again
                     break
+                if not sent:  # deferred: the task that waits out the delay asks again
+                    self._asked[key] = before
+                    break
         finally:
             self._running.discard(key)
 
-    async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+    async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> bool:
+        """One request (in pieces) for the checkpoint at ``count``; False if it was deferred."""
         subfeed = self._subfeed(where.feed_id, where.subfeed_hash)
         key = (where.channel, where.feed_id, where.subfeed_hash)
+        deferred = self._deferred_until.get(key)
+        if deferred is not None:
+            if anyio.current_time() < deferred:
+                return False  # a bulk backlog's delay is running; its task asks when it is over
+            del self._deferred_until[key]  # over: this request goes, whatever its size
         start = self._witness_counts.get(key, count - 1)
         answer = None
         for _round in range(MAX_WITNESS_ROUNDS):
+            if deferred is None and self._defer_bulk(link, where, count - start):
+                return False
             try:
                 answer = await self._send_from(link, where, subfeed, start, count)
                 break
@@ -130,14 +154,14 @@ class WitnessDriver:
                     continue
                 if reason == "stale_checkpoint":
                     log.info("the witness holds a larger checkpoint of %s than %d", where.uri, count)
-                    return
+                    return True
                 if reason in ("fork", "forked") and isinstance(details.get("proof"), str):
                     log.error("the witness refused %s at %d: %s", where.uri, count, exc.message)
                     await self.on_fork_found(link, details["proof"].encode())
-                    return
+                    return True
                 raise
         if answer is None:
-            return
+            return True
         self._witness_counts[key] = count
         last = subfeed.get_signed_messages(count - 1, count)[0]
         checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
@@ -145,11 +169,38 @@ class WitnessDriver:
         mine = witnessed(checkpoint, last, [cosignature])
         if not mine.cosignatures:
             log.warning("the hub's cosignature of %s at %d does not verify", where.uri, count)
-            return
+            return True
         obj, _written = await self._merge_into_bucket(link, where, mine)
         self._remember(obj)
         await link.publish(PROVIDE_BAND, SubfeedCheckpoint(
             where.feed_id, where.subfeed_hash, count, None).to_body(), attachment=inline(obj.encode()))
+        return True
+
+    def _defer_bulk(self, link: ChannelLink, where: SubfeedOnChannel, backlog: int) -> bool:
+        """Whether to send a backlog of ``backlog`` messages later (spec/witness.md §4.2): only
+        when it is long, this node owns the feed (its copy of the policy is the one it wrote)
+        and the policy requires no witnesses for the subfeed, so that no follower waits for
+        the checkpoint. Readers catching up the same backlog from the bucket then do not
+        compete with the hub's witness import of it (a second full verified import) and this
+        node's sending of it. Starts the task that asks again once the delay is over."""
+        if backlog <= BULK_WITNESS_MESSAGES or self._requirement is None or self._spawn is None:
+            return False
+        if not self.store.has_private_key(where.feed_id) or \
+                self._requirement(where.feed_id, where.subfeed_hash) != 0:
+            return False
+        low, high = BULK_WITNESS_DELAY
+        delay = min(high, max(low, backlog / BULK_WITNESS_READER_RATE))
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        self._deferred_until[key] = anyio.current_time() + delay
+        log.info("witnessing %d messages of %s on %s in %.1f s (no witnesses required; readers "
+                 "catch up first)", backlog, where.uri, where.channel, delay)
+        self._spawn(self._witness_later, link, where, delay)
+        return True
+
+    async def _witness_later(self, link: ChannelLink, where: SubfeedOnChannel, delay: float) -> None:
+        await anyio.sleep(delay)
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        await self.witness(link, where, self._wanted.get(key, 0))
 
     async def _send_from(self, link: ChannelLink, where: SubfeedOnChannel, subfeed: kf.Subfeed,
                          start: int, count: int) -> dict:
