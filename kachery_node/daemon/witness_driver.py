@@ -43,9 +43,9 @@ from kachery_feeds.checkpoints import (
 from kachery_feeds.forks import build_fork_proof
 
 from ..errors import HubRequestError
-from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
+from ..protocol.bucket_layout import SEGMENT_SIZE, subfeed_checkpoint_path, subfeed_fork_path
 from ..protocol.feed_messages import PROVIDE_BAND, REQUEST_BAND, SubfeedOnChannel
-from ..protocol.witness import WitnessRefusal
+from ..protocol.witness import MAX_BUCKET_SEGMENTS, WitnessRefusal
 from ..protocol.witness_messages import CheckpointCosignature, ForkProof, SubfeedCheckpoint, inline
 from ..storage.witness_state import Witness
 from .channel_link import BucketObjectMissing, ChannelLink
@@ -55,6 +55,9 @@ log = logging.getLogger("kachery.feeds")
 
 MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSON may escape lines
 MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
+#: A range of at least this many messages in the bucket's segments is read by the hub from its
+#: bucket rather than sent (spec/witness.md §4.1): two segments, about 1 MB of JSON not sent.
+BUCKET_WITNESS_MESSAGES = 2 * SEGMENT_SIZE
 BUCKET_READ_ATTEMPTS = 3  # reading the checkpoint object, which other providers rewrite
 NODE_WITNESS_CATCH_UP_SECONDS = 30.0  # a node witness waits this long for its copy to catch up
 #: A backlog of more messages than this, of a subfeed whose owner requires no witnesses, is sent
@@ -140,18 +143,36 @@ class WitnessDriver:
             del self._deferred_until[key]  # over: this request goes, whatever its size
         start = self._witness_counts.get(key, count - 1)
         answer = None
-        for _round in range(MAX_WITNESS_ROUNDS):
+        rounds, bucket_tried_from, bucket_read = 0, -1, False
+        while rounds < MAX_WITNESS_ROUNDS:
             if deferred is None and self._defer_bulk(link, where, count - start):
                 return False
+            # A long range the bucket holds in segments: the hub reads them from its bucket
+            # (spec/witness.md §4.1, segments_to), once from each start; a hub that did not
+            # (an older one, another bucket, a segment missing) leaves its count where it was,
+            # and the same start then goes as lines.
+            segments_to = count // SEGMENT_SIZE
+            if segments_to * SEGMENT_SIZE - start < BUCKET_WITNESS_MESSAGES or bucket_tried_from == start:
+                segments_to = 0
+            else:
+                bucket_tried_from = start
             try:
-                answer = await self._send_from(link, where, subfeed, start, count)
+                answer = await self._send_from(link, where, subfeed, start, count, segments_to)
+                bucket_read = bucket_read or bool(segments_to)
                 break
             except HubRequestError as exc:
                 details = exc.details
                 reason = details.get("reason")
                 if reason == "missing_messages" and isinstance(details.get("size"), int):
+                    if segments_to and details["size"] > start:
+                        bucket_read = True
+                    else:
+                        rounds += 1  # not progress through the bucket: a round of its own
                     start = min(details["size"], count - 1)
                     continue
+                if reason == "invalid" and segments_to:
+                    continue  # the bucket's copy did not verify: the same start as lines
+                rounds += 1
                 if reason == "stale_checkpoint":
                     log.info("the witness holds a larger checkpoint of %s than %d", where.uri, count)
                     return True
@@ -162,6 +183,9 @@ class WitnessDriver:
                 raise
         if answer is None:
             return True
+        if bucket_read:
+            log.info("the witness of %s on %s read the messages it lacked below %d from its bucket",
+                     where.uri, where.channel, count)
         self._witness_counts[key] = count
         last = subfeed.get_signed_messages(count - 1, count)[0]
         checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
@@ -203,10 +227,20 @@ class WitnessDriver:
         await self.witness(link, where, self._wanted.get(key, 0))
 
     async def _send_from(self, link: ChannelLink, where: SubfeedOnChannel, subfeed: kf.Subfeed,
-                         start: int, count: int) -> dict:
+                         start: int, count: int, segments_to: int = 0) -> dict:
         """Send messages ``[start, count)`` in pieces that each end at a signed message and stay
-        under the request limit; the witness's answer to the last piece."""
+        under the request limit; the witness's answer to the last piece. With ``segments_to``,
+        the first piece asks the hub to read messages ``[start, segments_to * S)`` from the
+        bucket's segments itself, and the lines start after them (with the last message at
+        least: it makes the checkpoint)."""
         answer: dict = {}
+        extra: dict = {}
+        if segments_to:
+            extra = {"segments_to": segments_to}
+            if segments_to - start // SEGMENT_SIZE > MAX_BUCKET_SEGMENTS:
+                start = count - 1  # the hub stops short of segments_to: lines would not join up
+            else:
+                start = max(start, min(segments_to * SEGMENT_SIZE, count - 1))
         position, piece, size = start, [], 0
         while position < count:
             lines = subfeed.get_signed_messages(position, min(position + 1000, count))
@@ -217,18 +251,18 @@ class WitnessDriver:
                 size += len(line) * 2 + 4
                 signed = not line.endswith(b"\t")
                 if signed and size >= MAX_WITNESS_REQUEST_BYTES and position + i + 1 < count:
-                    answer = await self._request(link, where, piece)
-                    piece, size = [], 0
+                    answer = await self._request(link, where, piece, **extra)
+                    piece, size, extra = [], 0, {}
             position += len(lines)
         if piece:
-            answer = await self._request(link, where, piece)
+            answer = await self._request(link, where, piece, **extra)
         return answer
 
     @staticmethod
-    async def _request(link: ChannelLink, where: SubfeedOnChannel, lines: list[bytes]) -> dict:
+    async def _request(link: ChannelLink, where: SubfeedOnChannel, lines: list[bytes], **extra) -> dict:
         return await link.witness_request("cosign_checkpoint", feed_id=where.feed_id,
                                           subfeed_hash=where.subfeed_hash,
-                                          lines=[x.decode("utf-8") for x in lines])
+                                          lines=[x.decode("utf-8") for x in lines], **extra)
 
     async def _merge_into_bucket(self, link: ChannelLink, where: SubfeedOnChannel,
                                  mine: WitnessedCheckpoint) -> tuple[WitnessedCheckpoint, bool]:

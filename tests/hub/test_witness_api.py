@@ -115,3 +115,36 @@ def test_the_channel_page_shows_forks(hub, make_actor, channel_name, tmp_path):
         _refusal(lambda: node.client.witness_request("cosign_checkpoint", **where, lines=_lines(clone, 1)))
         page = browser.get(f"/channels/{channel_name}").text
     assert "id=forks" in page and f"feed://{sf.feed_id}/~{sf.subfeed_hash}" in page and "message 1" in page
+
+
+def test_the_witness_reads_segments_from_the_channels_bucket(hub, provider, channel_name, tmp_path):
+    """spec/witness.md §4.1 ``segments_to``: the hub imports the messages it lacks from the
+    segments in its own bucket (checked as lines are); the request carries only the rest."""
+    import httpx
+
+    from kachery_node.protocol.bucket_layout import pathify
+    from kachery_node.protocol.feed_bucket import segment_for
+
+    sf = kf.open_store(tmp_path / "f.db").create_feed().load_subfeed("s")
+    for start in range(0, 3400, 700):
+        sf.append_messages([{"i": i} for i in range(start, min(3400, start + 700))])
+    ask = provider.client.witness_request
+    where = {"channel": channel_name, "feed_id": sf.feed_id, "subfeed_hash": sf.subfeed_hash}
+    prefix = f"feeds/{pathify(sf.feed_id)}/subfeeds/{pathify(sf.subfeed_hash)}/segments/"
+    for i in range(3):
+        data = segment_for(sf, i)
+        [url] = provider.client.upload_urls(channel_name, [{"path": prefix + str(i), "size": len(data)}])
+        assert httpx.put(url, content=data, timeout=30).status_code == 200
+    # Without the field, lines from 3000 start past the witness's count.
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, lines=_lines(sf, 3000)))
+    assert (err.details["reason"], err.details["size"]) == ("missing_messages", 0)
+    answer = ask("cosign_checkpoint", **where, segments_to=3, lines=_lines(sf, 3000))
+    cp = checkpoint_from_last(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(3399)[0])
+    assert answer["checkpoint"] == cp.text().decode()
+    # A segment the bucket does not hold: the witness says how far it got.
+    sf.append_messages([{"i": i} for i in range(3400, 5200)])
+    err = _refusal(lambda: ask("cosign_checkpoint", **where, segments_to=5, lines=_lines(sf, 5000)))
+    assert (err.details["reason"], err.details["size"]) == ("missing_messages", 3400)
+    for bad in (-1, "3", True, 2**60):
+        err = _refusal(lambda b=bad: ask("cosign_checkpoint", **where, segments_to=b, lines=_lines(sf, 3399)))
+        assert err.code == "malformed_request"

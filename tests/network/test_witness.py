@@ -238,6 +238,8 @@ def test_a_bulk_backlog_is_witnessed_after_its_readers_catch_up(lab):
                lambda: (c := _checkpoint(lab, source)) and c.checkpoint.size == n and c, logs=[alice])
     assert cp.witnesses() == [lab_hub_id(lab)]
     assert f"witnessing {n} messages of feed://{source.feed_id}/" in alice.log()
+    # The hub read the backlog from its bucket's segments rather than receiving it again.
+    assert f"read the messages it lacked below {n} from its bucket" in alice.log()
     # Asked only after the delay, counted from the head's upload (which comes before the
     # witness's first answer tells alice how long the backlog is).
     head = lab.bucket_object(subfeed_head_path(lab.channel, source.feed_id, source.subfeed_hash))
