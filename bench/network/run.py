@@ -28,7 +28,10 @@ A owns the feeds and the file, B (and the fresh nodes C, D) follow or fetch them
    it (C's daemon imports via the bucket, which A's daemon fills on the subscription).
    ``--rounds N`` runs it N times too (a new subfeed and fresh node each time), each round after
    the first with its own hypercore replication run just before it, and prints min / median /
-   max of the rate, the ratio, and the time to C's first message.
+   max of the rate, the ratio, and the time to C's first message. Each round then waits until
+   the bucket's witnessed checkpoint covers the subfeed (the hub's witness imports it too,
+   during the catch-up or, for a backlog whose owner requires no witnesses, after it) and
+   prints the CPU seconds until then: the catch-up's whole cost, wherever it went.
 3. file: a file (1 GiB by default) stored on A with ``Storage.store_file``; B fetches it with
    ``POST /api/files/fetch``; only the transfer is timed.
 4. memory: fresh node D catches up a 1M-message subfeed (appended on A in batches of 1000);
