@@ -28,7 +28,10 @@ A owns the feeds and the file, B (and the fresh nodes C, D) follow or fetch them
    it (C's daemon imports via the bucket, which A's daemon fills on the subscription).
    ``--rounds N`` runs it N times too (a new subfeed and fresh node each time), each round after
    the first with its own hypercore replication run just before it, and prints min / median /
-   max of the rate, the ratio, and the time to C's first message.
+   max of the rate, the ratio, and the time to C's first message. Each round then waits until
+   the bucket's witnessed checkpoint covers the subfeed (the hub's witness imports it too,
+   during the catch-up or, for a backlog whose owner requires no witnesses, after it) and
+   prints the CPU seconds until then: the catch-up's whole cost, wherever it went.
 3. file: a file (1 GiB by default) stored on A with ``Storage.store_file``; B fetches it with
    ``POST /api/files/fetch``; only the transfer is timed.
 4. memory: fresh node D catches up a 1M-message subfeed (appended on A in batches of 1000);
@@ -174,6 +177,27 @@ def bucket_mtimes(hub_dir: Path, channel: str, uri: str) -> dict[str, float | No
         "last_segment": times[-1] if times else None,
         "head": head_time,
     }
+
+
+def wait_witnessed(hub_dir: Path, channel: str, uri: str, n: int, timeout: float) -> float | None:
+    """Wait until the bucket's witnessed checkpoint of ``uri`` says ``n`` (the hub cosigned all
+    of it, spec/witness.md §4.2); the wall time it was seen, None after ``timeout``."""
+    from kachery_feeds.checkpoints import CheckpointError, parse_witnessed_checkpoint
+    from kachery_node.hub.object_files import object_file
+    from kachery_node.protocol.bucket_layout import subfeed_checkpoint_path
+
+    parsed = kf.parse_feed_uri(uri)
+    path = object_file(hub_dir / "bucket",
+                       subfeed_checkpoint_path(channel, parsed.feed_id, parsed.subfeed_hash))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if parse_witnessed_checkpoint(path.read_bytes()).checkpoint.size >= n:
+                return time.time()
+        except (OSError, CheckpointError):
+            pass
+        time.sleep(0.02)
+    return None
 
 
 def append_batches(store_path: Path, name: str, n: int) -> tuple[str, float]:
@@ -408,6 +432,12 @@ def bench_catchup(lab: Lab, a: Node, n: int, timeout: float, suffix: str = "") -
     marks = bucket_mtimes(lab.hub.dir, lab.channel, uri)
     phases = {k: None if v is None else v - t0 for k, v in marks.items()}
     phases["first_message_at_c"] = None if first is None else first - t0
+    # The hub's witness cosigns the whole subfeed after A's head upload (spec/witness.md §4.2),
+    # during the catch-up or (a backlog whose owner requires no witnesses) after it: the CPU
+    # until then is the catch-up's whole cost, wherever it went.
+    witnessed = wait_witnessed(lab.hub.dir, lab.channel, uri, n, timeout)
+    phases["witnessed"] = None if witnessed is None else witnessed - t0
+    cpu_to_witnessed = cpu_used(cpu0, pids)
     # The same again for another fresh node once the bucket is warm: download + import only.
     c.stop()  # an idle follower from here on: one daemon fewer in later rounds
     e = lab.add_node("E" + suffix, READER_ROLES)
@@ -424,6 +454,7 @@ def bench_catchup(lab: Lab, a: Node, n: int, timeout: float, suffix: str = "") -
         "msgs_per_s": n / secs,
         "phases_s": phases,
         "cpu_s": cpu,
+        "cpu_s_to_witnessed": cpu_to_witnessed,
         "warm_bucket_seconds": t1 - t0,
         "warm_bucket_msgs_per_s": n / (t1 - t0),
         "append_on_a_per_s": append_rate,
@@ -861,6 +892,9 @@ def render(result: dict) -> str:
             f"({cu['warm_bucket_msgs_per_s'] / 1000:.1f}k msgs/s, download + verify + import only)"
         )
         out.append("  CPU seconds during the catch-up: " + cpu_text(cu["cpu_s"], cu["seconds"]))
+        if cu.get("cpu_s_to_witnessed") and ph.get("witnessed") is not None:
+            out.append(f"  the hub had witnessed all of it at {at('witnessed')}; CPU seconds until then: "
+                       + cpu_text(cu["cpu_s_to_witnessed"], ph["witnessed"]))
     fi = k.get("file")
     if fi:
         out.append(

@@ -59,12 +59,13 @@ class FeedExchange:
     ) -> None:
         self.store = store
         self.gate = WitnessGate()
-        self.witnessing = WitnessDriver(store, self._verified_checkpoint, node_witness=node_witness,
-                                        follow=self._follow_one, spawn=self._spawn)
         # A witness node checks messages before anyone has cosigned them: gating its own copy
         # on cosignatures (its own among them) would never let them in (spec/witness.md §4.4).
         self.following = FollowerDriver(store, self._fork_found,
                                         self.gate if node_witness is None else None)
+        self.witnessing = WitnessDriver(store, self._verified_checkpoint, node_witness=node_witness,
+                                        follow=self._follow_one, spawn=self._spawn,
+                                        requirement=self.following.policy_requirement)
         self.providing = ProviderDriver(store, changes, subscriptions_path,
                                         self.witnessing.on_head_uploaded, self._pushed)
         self._task_group: anyio.abc.TaskGroup | None = None

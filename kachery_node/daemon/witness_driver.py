@@ -43,9 +43,9 @@ from kachery_feeds.checkpoints import (
 from kachery_feeds.forks import build_fork_proof
 
 from ..errors import HubRequestError
-from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
+from ..protocol.bucket_layout import SEGMENT_SIZE, subfeed_checkpoint_path, subfeed_fork_path
 from ..protocol.feed_messages import PROVIDE_BAND, REQUEST_BAND, SubfeedOnChannel
-from ..protocol.witness import WitnessRefusal
+from ..protocol.witness import MAX_BUCKET_SEGMENTS, WitnessRefusal
 from ..protocol.witness_messages import CheckpointCosignature, ForkProof, SubfeedCheckpoint, inline
 from ..storage.witness_state import Witness
 from .channel_link import BucketObjectMissing, ChannelLink
@@ -55,8 +55,19 @@ log = logging.getLogger("kachery.feeds")
 
 MAX_WITNESS_REQUEST_BYTES = 2_000_000  # the hub's /api/witness takes 4 MiB; JSON may escape lines
 MAX_WITNESS_ROUNDS = 4  # refusals answered (missing messages) before giving up until next time
+#: A range of at least this many messages in the bucket's segments is read by the hub from its
+#: bucket rather than sent (spec/witness.md §4.1): two segments, about 1 MB of JSON not sent.
+BUCKET_WITNESS_MESSAGES = 2 * SEGMENT_SIZE
 BUCKET_READ_ATTEMPTS = 3  # reading the checkpoint object, which other providers rewrite
 NODE_WITNESS_CATCH_UP_SECONDS = 30.0  # a node witness waits this long for its copy to catch up
+#: A backlog of more messages than this, of a subfeed whose owner requires no witnesses, is sent
+#: to the witness only after BULK_WITNESS_DELAY (spec/witness.md §4.2): readers catching up the
+#: same backlog from the bucket then get the hub (and this node) first.
+BULK_WITNESS_MESSAGES = 10_000
+#: The delay: as long as readers take to import the backlog at BULK_WITNESS_READER_RATE (a
+#: loaded machine's rate; a quiet one imports 3-5x faster), within these bounds (seconds).
+BULK_WITNESS_READER_RATE = 20_000.0
+BULK_WITNESS_DELAY = (2.0, 60.0)
 
 Spawn = Callable[..., None]  # start an async function as a task: spawn(fn, *args)
 
@@ -68,8 +79,12 @@ class WitnessDriver:
                  on_verified_checkpoint: Callable[[ChannelLink, WitnessedCheckpoint], None] | None = None,
                  *, node_witness: Witness | None = None,
                  follow: Callable[[ChannelLink, str, str], None] | None = None,
-                 spawn: Spawn | None = None) -> None:
+                 spawn: Spawn | None = None,
+                 requirement: Callable[[str, str], int] | None = None) -> None:
         self.store = store
+        #: witnesses the owner requires for a subfeed, per this node's copy of the feed's policy;
+        #: without it every backlog is witnessed at once (never deferred)
+        self._requirement = requirement
         self.node_witness = node_witness  # this node cosigns checkpoints it hears (opt-in)
         self._follow = follow
         self._spawn = spawn
@@ -78,6 +93,7 @@ class WitnessDriver:
         self._asked: dict[tuple[str, str, str], int] = {}  # the last count asked for
         self._running: set[tuple[str, str, str]] = set()
         self._locks: dict[tuple[str, str, str], anyio.Lock] = {}
+        self._deferred_until: dict[tuple[str, str, str], float] = {}  # bulk backlogs waiting
         #: newest witnessed checkpoint seen or made, per subfeed (verified)
         self.latest: dict[tuple[str, str], WitnessedCheckpoint] = {}
         self._on_verified_checkpoint = on_verified_checkpoint
@@ -105,39 +121,71 @@ class WitnessDriver:
                 target, before = self._wanted[key], self._asked.get(key, 0)
                 self._asked[key] = target
                 try:
-                    await self._witness(link, where, target)
+                    sent = await self._witness(link, where, target)
                 except Exception as exc:  # the hub unreachable, the link down: the next call retries
                     log.info("witnessing %s at %d on %s failed: %s", where.uri, target, where.channel, exc)
                     self._asked[key] = before  # so that a later call for the same count asks again
                     break
+                if not sent:  # deferred: the task that waits out the delay asks again
+                    self._asked[key] = before
+                    break
         finally:
             self._running.discard(key)
 
-    async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> None:
+    async def _witness(self, link: ChannelLink, where: SubfeedOnChannel, count: int) -> bool:
+        """One request (in pieces) for the checkpoint at ``count``; False if it was deferred."""
         subfeed = self._subfeed(where.feed_id, where.subfeed_hash)
         key = (where.channel, where.feed_id, where.subfeed_hash)
+        deferred = self._deferred_until.get(key)
+        if deferred is not None:
+            if anyio.current_time() < deferred:
+                return False  # a bulk backlog's delay is running; its task asks when it is over
+            del self._deferred_until[key]  # over: this request goes, whatever its size
         start = self._witness_counts.get(key, count - 1)
         answer = None
-        for _round in range(MAX_WITNESS_ROUNDS):
+        rounds, bucket_tried_from, bucket_read = 0, -1, False
+        while rounds < MAX_WITNESS_ROUNDS:
+            if deferred is None and self._defer_bulk(link, where, count - start):
+                return False
+            # A long range the bucket holds in segments: the hub reads them from its bucket
+            # (spec/witness.md §4.1, segments_to), once from each start; a hub that did not
+            # (an older one, another bucket, a segment missing) leaves its count where it was,
+            # and the same start then goes as lines.
+            segments_to = count // SEGMENT_SIZE
+            if segments_to * SEGMENT_SIZE - start < BUCKET_WITNESS_MESSAGES or bucket_tried_from == start:
+                segments_to = 0
+            else:
+                bucket_tried_from = start
             try:
-                answer = await self._send_from(link, where, subfeed, start, count)
+                answer = await self._send_from(link, where, subfeed, start, count, segments_to)
+                bucket_read = bucket_read or bool(segments_to)
                 break
             except HubRequestError as exc:
                 details = exc.details
                 reason = details.get("reason")
                 if reason == "missing_messages" and isinstance(details.get("size"), int):
+                    if segments_to and details["size"] > start:
+                        bucket_read = True
+                    else:
+                        rounds += 1  # not progress through the bucket: a round of its own
                     start = min(details["size"], count - 1)
                     continue
+                if reason == "invalid" and segments_to:
+                    continue  # the bucket's copy did not verify: the same start as lines
+                rounds += 1
                 if reason == "stale_checkpoint":
                     log.info("the witness holds a larger checkpoint of %s than %d", where.uri, count)
-                    return
+                    return True
                 if reason in ("fork", "forked") and isinstance(details.get("proof"), str):
                     log.error("the witness refused %s at %d: %s", where.uri, count, exc.message)
                     await self.on_fork_found(link, details["proof"].encode())
-                    return
+                    return True
                 raise
         if answer is None:
-            return
+            return True
+        if bucket_read:
+            log.info("the witness of %s on %s read the messages it lacked below %d from its bucket",
+                     where.uri, where.channel, count)
         self._witness_counts[key] = count
         last = subfeed.get_signed_messages(count - 1, count)[0]
         checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
@@ -145,17 +193,54 @@ class WitnessDriver:
         mine = witnessed(checkpoint, last, [cosignature])
         if not mine.cosignatures:
             log.warning("the hub's cosignature of %s at %d does not verify", where.uri, count)
-            return
+            return True
         obj, _written = await self._merge_into_bucket(link, where, mine)
         self._remember(obj)
         await link.publish(PROVIDE_BAND, SubfeedCheckpoint(
             where.feed_id, where.subfeed_hash, count, None).to_body(), attachment=inline(obj.encode()))
+        return True
+
+    def _defer_bulk(self, link: ChannelLink, where: SubfeedOnChannel, backlog: int) -> bool:
+        """Whether to send a backlog of ``backlog`` messages later (spec/witness.md §4.2): only
+        when it is long, this node owns the feed (its copy of the policy is the one it wrote)
+        and the policy requires no witnesses for the subfeed, so that no follower waits for
+        the checkpoint. Readers catching up the same backlog from the bucket then do not
+        compete with the hub's witness import of it (a second full verified import) and this
+        node's sending of it. Starts the task that asks again once the delay is over."""
+        if backlog <= BULK_WITNESS_MESSAGES or self._requirement is None or self._spawn is None:
+            return False
+        if not self.store.has_private_key(where.feed_id) or \
+                self._requirement(where.feed_id, where.subfeed_hash) != 0:
+            return False
+        low, high = BULK_WITNESS_DELAY
+        delay = min(high, max(low, backlog / BULK_WITNESS_READER_RATE))
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        self._deferred_until[key] = anyio.current_time() + delay
+        log.info("witnessing %d messages of %s on %s in %.1f s (no witnesses required; readers "
+                 "catch up first)", backlog, where.uri, where.channel, delay)
+        self._spawn(self._witness_later, link, where, delay)
+        return True
+
+    async def _witness_later(self, link: ChannelLink, where: SubfeedOnChannel, delay: float) -> None:
+        await anyio.sleep(delay)
+        key = (where.channel, where.feed_id, where.subfeed_hash)
+        await self.witness(link, where, self._wanted.get(key, 0))
 
     async def _send_from(self, link: ChannelLink, where: SubfeedOnChannel, subfeed: kf.Subfeed,
-                         start: int, count: int) -> dict:
+                         start: int, count: int, segments_to: int = 0) -> dict:
         """Send messages ``[start, count)`` in pieces that each end at a signed message and stay
-        under the request limit; the witness's answer to the last piece."""
+        under the request limit; the witness's answer to the last piece. With ``segments_to``,
+        the first piece asks the hub to read messages ``[start, segments_to * S)`` from the
+        bucket's segments itself, and the lines start after them (with the last message at
+        least: it makes the checkpoint)."""
         answer: dict = {}
+        extra: dict = {}
+        if segments_to:
+            extra = {"segments_to": segments_to}
+            if segments_to - start // SEGMENT_SIZE > MAX_BUCKET_SEGMENTS:
+                start = count - 1  # the hub stops short of segments_to: lines would not join up
+            else:
+                start = max(start, min(segments_to * SEGMENT_SIZE, count - 1))
         position, piece, size = start, [], 0
         while position < count:
             lines = subfeed.get_signed_messages(position, min(position + 1000, count))
@@ -166,18 +251,18 @@ class WitnessDriver:
                 size += len(line) * 2 + 4
                 signed = not line.endswith(b"\t")
                 if signed and size >= MAX_WITNESS_REQUEST_BYTES and position + i + 1 < count:
-                    answer = await self._request(link, where, piece)
-                    piece, size = [], 0
+                    answer = await self._request(link, where, piece, **extra)
+                    piece, size, extra = [], 0, {}
             position += len(lines)
         if piece:
-            answer = await self._request(link, where, piece)
+            answer = await self._request(link, where, piece, **extra)
         return answer
 
     @staticmethod
-    async def _request(link: ChannelLink, where: SubfeedOnChannel, lines: list[bytes]) -> dict:
+    async def _request(link: ChannelLink, where: SubfeedOnChannel, lines: list[bytes], **extra) -> dict:
         return await link.witness_request("cosign_checkpoint", feed_id=where.feed_id,
                                           subfeed_hash=where.subfeed_hash,
-                                          lines=[x.decode("utf-8") for x in lines])
+                                          lines=[x.decode("utf-8") for x in lines], **extra)
 
     async def _merge_into_bucket(self, link: ChannelLink, where: SubfeedOnChannel,
                                  mine: WitnessedCheckpoint) -> tuple[WitnessedCheckpoint, bool]:

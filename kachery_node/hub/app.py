@@ -22,6 +22,7 @@ before writes; the nonce is recorded only once the request is authentic and fres
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -46,7 +47,7 @@ from ..errors import (
     TooLargeError,
     WitnessRefusedError,
 )
-from ..protocol.bucket_layout import upload_prefix
+from ..protocol.bucket_layout import subfeed_segment_path, upload_prefix
 from ..protocol.channel_names import validate_channel_name
 from ..protocol.hub_requests import verify_request, verify_signature_headers
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
@@ -449,9 +450,15 @@ async def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
             or not all(isinstance(x, str) for x in lines)):
         raise MalformedRequestError(f"lines must be a list of 1-{MAX_WITNESS_LINES} wire lines (strings)")
     encoded = [x.encode() for x in lines]
+    segments_to = body.get("segments_to", 0)
+    if not isinstance(segments_to, int) or isinstance(segments_to, bool) or not 0 <= segments_to <= 2**53:
+        raise MalformedRequestError("segments_to must be a non-negative integer")
+    reader = _bucket_segments(hub, name, feed_id, sub) if segments_to else None
     try:
         async with hub.witness_lock:
-            done = await trio.to_thread.run_sync(hub.witness.cosign, feed_id, sub, encoded, now // 1000)
+            done = await trio.to_thread.run_sync(functools.partial(
+                hub.witness.cosign, feed_id, sub, encoded, now // 1000,
+                segments=reader, segments_to=segments_to))
     except WitnessRefusal as refusal:
         if refusal.proof is not None:
             hub.state.log(name, "fork", node, f"fork of feed://{feed_id}/~{sub}: {refusal.detail}", now)
@@ -460,6 +467,23 @@ async def _cosign_checkpoint(hub: Hub, node: str, body: dict, now: int) -> dict:
             "proof": refusal.proof.decode() if refusal.proof is not None else None}) from None
     return {"witness": hub.witness.public_hex, "checkpoint": done.checkpoint.text().decode(),
             "cosignature": done.cosignature.line()}
+
+
+def _bucket_segments(hub: Hub, channel: str, feed_id: str, subfeed_hash: str):
+    """A reader of the subfeed's segments in ``channel``'s bucket when that bucket is the hub's
+    own (embedded), else None: the witness then takes only the request's lines. Read in the
+    witness's worker thread, one segment at a time."""
+    spec = hub.state.channel(channel).config.get("bucket") or {"backend": "embedded"}
+    if spec.get("backend") != "embedded":
+        return None
+
+    def read(index: int) -> bytes | None:
+        try:
+            return hub.bucket.files.path_of(
+                subfeed_segment_path(channel, feed_id, subfeed_hash, index)).read_bytes()
+        except OSError:
+            return None
+    return read
 
 
 async def _report_fork(hub: Hub, node: str, body: dict, now: int) -> dict:

@@ -164,7 +164,7 @@ class SegmentImporter:
             if not self._pending[i].endswith(b"\t"):
                 ready, self._pending = self._pending[: i + 1], self._pending[i + 1 :]
                 local = self.subfeed.get_num_local_messages()
-                ready = _skip_known(ready, local)
+                ready = skip_known(ready, local)
                 if ready:
                     self.added += self.subfeed.add_signed_messages(ready)
                 return
@@ -178,7 +178,7 @@ class SegmentImporter:
         return self.added
 
 
-def _skip_known(lines: list[bytes], local_count: int) -> list[bytes]:
+def skip_known(lines: list[bytes], local_count: int) -> list[bytes]:
     """Drop leading lines this store already has (saves re-verifying them).
 
     The first kept line's ``prev`` is still checked against the local chain on import, so a

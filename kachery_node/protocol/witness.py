@@ -23,6 +23,11 @@ from dataclasses import dataclass
 import kachery_feeds as kf
 from kachery_feeds.checkpoints import Checkpoint, Cosignature
 
+#: Segments a witness reads from the channel's bucket for one request at most (spec/witness.md
+#: §4.1, ``segments_to``): 20,000 messages, a few tenths of a second of its import, so the one
+#: witness lock is not held much longer than for a request of lines; the requester asks again.
+MAX_BUCKET_SEGMENTS = 20
+
 
 class RefusalReason(enum.Enum):
     MISSING = "missing_messages"  # the lines start past the witness's count: send from `size`

@@ -23,6 +23,7 @@ what lets a reader later prove *when* a message existed.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import nacl.signing
@@ -36,7 +37,18 @@ from kachery_feeds.checkpoints import (
     parse_cosignature_line,
 )
 
-from ..protocol.witness import Cosigned, RefusalReason, WitnessRefusal, check_not_forked, signing_time
+from ..protocol.bucket_layout import SEGMENT_SIZE
+from ..protocol.feed_bucket import skip_known
+from ..protocol.witness import (
+    MAX_BUCKET_SEGMENTS,
+    Cosigned,
+    RefusalReason,
+    WitnessRefusal,
+    check_not_forked,
+    signing_time,
+)
+
+SegmentReader = Callable[[int], bytes | None]  # segment i of the subfeed in the bucket, or None
 
 
 class Witness:
@@ -93,10 +105,17 @@ class Witness:
         return self._subfeed(feed_id, subfeed_hash).get_fork_proofs()
 
     # ------------------------------------------------------------------ requests
-    def cosign(self, feed_id: str, subfeed_hash: str, lines: list[bytes], now_s: int) -> Cosigned:
+    def cosign(self, feed_id: str, subfeed_hash: str, lines: list[bytes], now_s: int, *,
+               segments: SegmentReader | None = None, segments_to: int = 0) -> Cosigned:
         """Cosign the checkpoint ending at the last of ``lines`` (a chain of the subfeed that
         starts at or before the witness's count), at ``now_s`` (POSIX seconds); raises
-        :class:`WitnessRefusal`."""
+        :class:`WitnessRefusal`.
+
+        With ``segments`` (a reader of the channel's bucket) and ``segments_to``, the messages
+        the witness lacks below ``segments_to`` segments are first read from the bucket's
+        segments (at most :data:`MAX_BUCKET_SEGMENTS`, up to the first one missing), with the
+        same checks as ``lines``: the bucket is not trusted, only spared the requester's
+        sending of the same bytes."""
         if not lines:
             raise WitnessRefusal(RefusalReason.INVALID, "no messages: a checkpoint ends at a signed message")
         try:
@@ -106,6 +125,8 @@ class Witness:
         subfeed = self._subfeed(feed_id, subfeed_hash)
         check_not_forked(checkpoint, subfeed.get_fork_proofs())
         try:
+            if segments is not None and segments_to > 0:
+                lines = self._import_segments(subfeed, segments, segments_to) + lines
             subfeed.add_signed_messages(lines)
         except kf.MissingMessagesError:
             held = subfeed.get_num_local_messages()
@@ -123,6 +144,31 @@ class Witness:
                           timestamp, cosignature.line()))
         return Cosigned(checkpoint, lines[-1], cosignature)
 
+    @staticmethod
+    def _import_segments(subfeed: kf.Subfeed, segments: SegmentReader, segments_to: int) -> list[bytes]:
+        """Import the messages the witness lacks from segments ``held // S .. segments_to - 1``
+        in batches that each end at a signed message; returns the unsigned lines after the
+        last signed one (they go in with the request's lines), or [] when a segment is missing
+        or more than :data:`MAX_BUCKET_SEGMENTS` were wanted (the request's lines then start past
+        the witness's count: *missing messages*, and the requester asks again from there)."""
+        held = subfeed.get_num_local_messages()
+        first = held // SEGMENT_SIZE
+        last = min(segments_to, first + MAX_BUCKET_SEGMENTS)
+        pending: list[bytes] = []
+        for index in range(first, last):
+            data = segments(index)
+            if data is None:
+                return []
+            pending.extend(kf.decode_segment(data))
+            for i in range(len(pending) - 1, -1, -1):
+                if not pending[i].endswith(b"\t"):  # signed: import up to here
+                    ready, pending = pending[: i + 1], pending[i + 1:]
+                    ready = skip_known(ready, subfeed.get_num_local_messages())
+                    if ready:
+                        subfeed.add_signed_messages(ready)
+                    break
+        return pending if last == segments_to else []
+
     def report_fork(self, proof: bytes) -> kf.ForkProofInfo:
         """A fork proof found by someone else: verified and recorded; from then on the witness
         cosigns no checkpoint of that subfeed past its position. Raises VerificationError."""
@@ -130,3 +176,4 @@ class Witness:
 
     def _subfeed(self, feed_id: str, subfeed_hash: str) -> kf.Subfeed:
         return self.feeds.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
+

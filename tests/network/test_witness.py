@@ -212,3 +212,62 @@ def test_an_owner_can_require_witnesses(lab):
           logs=[bob, wit, alice])
     cp = _checkpoint(lab, source)
     assert cp.checkpoint.size == 6 and len(cp.witnesses()) == 2
+
+
+def _mtime(path) -> float:
+    return path.stat().st_mtime
+
+
+def test_a_bulk_backlog_is_witnessed_after_its_readers_catch_up(lab):
+    """spec/witness.md §4.2: an owner that requires no witnesses sends a long backlog to the
+    hub's witness only after a delay (readers catching it up from the bucket go first); the
+    checkpoint still comes, cosigned, and covers all of it."""
+    from kachery_node.daemon.witness_driver import BULK_WITNESS_DELAY, BULK_WITNESS_MESSAGES
+    from kachery_node.protocol.bucket_layout import subfeed_head_path
+
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"])
+    n = BULK_WITNESS_MESSAGES + 2000
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("bulk")
+    for start in range(0, n, 1000):
+        source.append_messages([{"i": i} for i in range(start, start + 1000)])
+    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    replica = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(source.uri)
+    _wait("bob to catch up", lambda: replica.get_num_local_messages() == n, logs=[bob, alice])
+    cp = _wait(f"the hub's checkpoint at {n}",
+               lambda: (c := _checkpoint(lab, source)) and c.checkpoint.size == n and c, logs=[alice])
+    assert cp.witnesses() == [lab_hub_id(lab)]
+    assert f"witnessing {n} messages of feed://{source.feed_id}/" in alice.log()
+    # The hub read the backlog from its bucket's segments rather than receiving it again.
+    assert f"read the messages it lacked below {n} from its bucket" in alice.log()
+    # Asked only after the delay, counted from the head's upload (which comes before the
+    # witness's first answer tells alice how long the backlog is).
+    head = lab.bucket_object(subfeed_head_path(lab.channel, source.feed_id, source.subfeed_hash))
+    checkpoint = lab.bucket_object(subfeed_checkpoint_path(lab.channel, source.feed_id, source.subfeed_hash))
+    assert _mtime(checkpoint) - _mtime(head) >= BULK_WITNESS_DELAY[0] - 0.05
+    # What follows the backlog is witnessed as before, without a delay.
+    source.append_message({"i": "later"})
+    _wait("the checkpoint to follow",
+          lambda: (c := _checkpoint(lab, source)) and c.checkpoint.size == n + 1, logs=[alice])
+    assert alice.log().count("(no witnesses required") == 1
+
+
+def test_a_bulk_backlog_is_witnessed_at_once_when_witnesses_are_required(lab):
+    """A follower that requires a witness waits for the checkpoint: no delay then."""
+    from kachery_node.daemon.witness_driver import BULK_WITNESS_MESSAGES
+
+    alice = lab.add_node("alice", ALL_ROLES)
+    bob = lab.add_node("bob", ["request-feeds", "request-files"])
+    n = BULK_WITNESS_MESSAGES + 2000
+    source = kf.open_store(alice.storage_dir / "feeds.db").create_feed().load_subfeed("bulk")
+    source.append_message({"i": 0})
+    assert "witnessed by 1 witness" in alice.run("feed", "require-witnesses", source.uri, "1").stdout
+    for start in range(1, n, 1000):
+        source.append_messages([{"i": i} for i in range(start, min(n, start + 1000))])
+    bob.client.request("POST", "/api/feeds/follow", json_body={"uri": source.uri})
+    replica = kf.open_store(bob.storage_dir / "feeds.db").load_subfeed(source.uri)
+    _wait("bob to accept the witnessed messages", lambda: replica.get_num_local_messages() == n,
+          logs=[bob, alice])
+    _wait(f"the hub's checkpoint at {n}",
+          lambda: (c := _checkpoint(lab, source)) and c.checkpoint.size == n, logs=[alice])
+    assert "(no witnesses required" not in alice.log()

@@ -164,3 +164,103 @@ def test_a_checkpoint_of_another_branch_is_a_fork_proof(tmp_path, owner):
     ahead = owner.get_signed_messages(4)  # a checkpoint within our copy, consistent
     prefix = witnessed(checkpoint_from_last(owner.feed_id, owner.subfeed_hash, ahead[0]), ahead[0], [])
     assert driver.conflict_with_local(prefix) is None
+
+
+# ---------------------------------------------------------------------------- reading the bucket
+def _bulk(tmp_path, n: int, batch: int = 700) -> kf.Subfeed:
+    """A subfeed of n messages appended in batches (signed once a batch, so segments of 1000
+    end inside a batch: the witness must carry unsigned lines across segment boundaries)."""
+    sf = kf.open_store(tmp_path / "bulk.db").create_feed().load_subfeed("bulk")
+    for start in range(0, n, batch):
+        sf.append_messages([{"i": i} for i in range(start, min(n, start + batch))])
+    return sf
+
+
+def _bucket(sf: kf.Subfeed, count: int) -> dict[int, bytes]:
+    from kachery_node.protocol.feed_bucket import segment_for
+
+    return {i: segment_for(sf, i) for i in range(count // 1000)}
+
+
+def test_witness_reads_the_segments_it_lacks_from_the_bucket(tmp_path):
+    """spec/witness.md §4.1 segments_to: the messages below segments_to * 1000 come from the
+    bucket (with every check), the request's lines only from there on."""
+    sf = _bulk(tmp_path, 5500)
+    bucket = _bucket(sf, 5500)
+    reads: list[int] = []
+
+    def read(i: int) -> bytes | None:
+        reads.append(i)
+        return bucket.get(i)
+
+    w = Witness(tmp_path / "w", KEY)
+    done = w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(5000), 100,
+                    segments=read, segments_to=5)
+    assert done.checkpoint.size == 5500 and w.count(sf.feed_id, sf.subfeed_hash) == 5500
+    assert reads == [0, 1, 2, 3, 4]
+    assert w.feeds.load_subfeed(sf.uri).get_signed_messages() == sf.get_signed_messages()
+    # Later, from the witness's count: only the segments it lacks are read.
+    sf.append_messages([{"i": i} for i in range(5500, 7200)])
+    bucket = _bucket(sf, 7200)
+    reads.clear()
+    done = w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(7000), 101,
+                    segments=read, segments_to=7)
+    assert done.checkpoint.size == 7200 and reads == [5, 6]
+
+
+def test_a_tampered_segment_in_the_bucket_is_refused(tmp_path):
+    sf = _bulk(tmp_path, 3500)
+    bucket = _bucket(sf, 3500)
+    lines = kf.decode_segment(bucket[1])
+    lines[10] = lines[10].replace(b'"i":1010', b'"i":9999')
+    bucket[1] = b"\n".join(lines) + b"\n"
+    w = Witness(tmp_path / "w", KEY)
+    with pytest.raises(WitnessRefusal) as r:
+        w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(3000), 100,
+                 segments=bucket.get, segments_to=3)
+    assert r.value.reason is RefusalReason.INVALID
+    assert w.count(sf.feed_id, sf.subfeed_hash) <= 1010 and w.latest(sf.feed_id, sf.subfeed_hash) is None
+    # The same range as lines (the requester's fallback) is cosigned.
+    held = w.count(sf.feed_id, sf.subfeed_hash)
+    assert w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(held), 101).checkpoint.size == 3500
+
+
+def test_a_missing_or_capped_bucket_read_says_where_to_go_on(tmp_path):
+    from kachery_node.protocol.witness import MAX_BUCKET_SEGMENTS
+
+    n = (MAX_BUCKET_SEGMENTS + 3) * 1000 + 400
+    sf = _bulk(tmp_path, n)
+    bucket = _bucket(sf, n)
+    w = Witness(tmp_path / "w", KEY)
+    last = sf.get_signed_messages(n - 1)
+    # More segments than one request reads: the witness imports what it read and asks for more.
+    with pytest.raises(WitnessRefusal) as r:
+        w.cosign(sf.feed_id, sf.subfeed_hash, last, 100, segments=bucket.get, segments_to=n // 1000)
+    assert r.value.reason is RefusalReason.MISSING
+    assert MAX_BUCKET_SEGMENTS * 1000 - 700 < r.value.size <= MAX_BUCKET_SEGMENTS * 1000
+    # A segment missing from the bucket: the count stays where the segments stopped.
+    gone = dict(bucket)
+    del gone[MAX_BUCKET_SEGMENTS + 1]
+    with pytest.raises(WitnessRefusal) as r2:
+        w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages((n // 1000) * 1000), 101,
+                 segments=gone.get, segments_to=n // 1000)
+    assert r2.value.reason is RefusalReason.MISSING
+    assert r.value.size < r2.value.size <= (MAX_BUCKET_SEGMENTS + 1) * 1000
+    # Complete: the rest of the segments and the lines after them.
+    done = w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages((n // 1000) * 1000), 102,
+                    segments=bucket.get, segments_to=n // 1000)
+    assert done.checkpoint.size == n
+
+
+def test_a_fork_in_the_bucket_is_a_fork(tmp_path):
+    sf = _bulk(tmp_path, 2500)
+    clone = _clone(tmp_path, sf, "rival.db")
+    sf.append_messages([{"i": "a"}] * 600)
+    clone.append_messages([{"i": "b"}] * 600)
+    w = Witness(tmp_path / "w", KEY)
+    w.cosign(sf.feed_id, sf.subfeed_hash, sf.get_signed_messages(), 100)
+    clone.append_messages([{"i": "c"}] * 900)  # the rival branch's segments reach the bucket
+    with pytest.raises(WitnessRefusal) as r:
+        w.cosign(sf.feed_id, sf.subfeed_hash, clone.get_signed_messages(3999), 101,
+                 segments=_bucket(clone, 4000).get, segments_to=4)
+    assert r.value.reason is RefusalReason.FORK and r.value.proof
