@@ -284,9 +284,11 @@ class ParsedRange(NamedTuple):
 
     first: int  # the first message's number
     previous_hash: bytes | None  # what the first message links to (None: it is message 0)
-    # (number, body) for an unsigned message, (number, body, signature) for a signed one, ready
-    # to insert (the store binds an unsigned row's NULL in the statement: a None parameter costs
-    # sqlite3 an adapter lookup, ~0.3 us a row)
+    # (number, wire line) for an unsigned message: its body and the tab after it (``line[:-1]``
+    # is the body: the store inserts it with SQL's substr, so that no body is copied in Python:
+    # 50k new bodies held at once cost ~0.5 us a message in fresh memory); (number, body,
+    # signature) for a signed one. Ready to insert (the store binds an unsigned row's NULL in
+    # the statement: a None parameter costs sqlite3 an adapter lookup, ~0.3 us a row).
     rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]
     last_hash: bytes  # the last message's hash: the subfeed's new head
 
@@ -323,29 +325,46 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
     number, prev, body, signature, d = _parse_fields(lines[0], feed_id, subfeed_hash)
     carries = "succession" in d
     first, previous_hash = number, _previous_hash(number, prev)
-    prev_n, prev_hex = number, sha256(body).hexdigest()
-    append((number, body) if signature is None else (number, body, signature))
+    h = sha256(body)
+    prev_n, prev_hex = number, h.hexdigest().encode()
+    append((number, body + b"\t") if signature is None else (number, body, signature))
     if signature is not None:
-        signed.append((number, bytes.fromhex(prev_hex), signature))
+        signed.append((number, h.digest(), signature))
+    # The usual body, byte for byte as orjson writes it (feed and subfeed as JSON strings, so
+    # that any ID is matched exactly as its canonical encoding):
+    #   {"feed":<feed>,"n":<n>,"payload":<P>,"prev":"<prev hex>","subfeed":<subfeed>,"ts":<ts>,"v":1}
+    head = b'{"feed":' + dumps(feed_id).replace(b"%", b"%%") + b',"n":%d,"payload":'
+    link_of = b',"prev":"%s","subfeed":' + dumps(subfeed_hash).replace(b"%", b"%%") + b',"ts":'
+    link_len = len(link_of % prev_hex)  # a hex hash is always 64 characters
+    tail = b',"v":1}'
     max_line, max_n = _MAX_LINE, MAX_SAFE_INTEGER
     for line in lines[1:]:
-        # The usual message, checked inline: every check of _parse_fields and of the link, for
-        # exactly the bodies with the seven required fields (len 7 and each one read: no other
-        # key, no "meta", no "succession") that orjson writes back byte for byte.
+        # The usual message, checked inline without decoding the fields every message repeats:
+        # the body must be exactly the bytes above with this number, the link to the message
+        # before, a timestamp of 1 to 15 digits (< 2^53, no leading zero) and a payload P that
+        # orjson reads as one JSON value and writes back byte for byte. Such a body is the
+        # compact JSON object of the seven required fields (no "meta", no "succession") that
+        # orjson writes back byte for byte, with every field as parse_wire requires it: the
+        # inline check accepts a subset of what the full one does, and no other body. (The link
+        # is found from the end, where only the timestamp's digits and the tail follow it; a
+        # link found anywhere but right after the payload leaves no payload that parses.)
         number = prev_n + 1
         try:
-            if type(line) is not bytes or len(line) > max_line:
+            if type(line) is not bytes or len(line) > max_line or number > max_n:
                 raise ValueError
             if line[-1] == 9:  # ends with the tab: unsigned (what rpartition gives, cheaper)
                 body, sig_hex = line[:-1], b""
             else:
                 body, _tab, sig_hex = line.rpartition(b"\t")
-            d = loads(body)
-            if not (type(d) is dict and len(d) == 7
-                    and d["prev"] == prev_hex and type(n := d["n"]) is int and n == number
-                    and number <= max_n and d["feed"] == feed_id and d["subfeed"] == subfeed_hash
-                    and type(v := d["v"]) is int and v == 1 and type(ts := d["ts"]) is int
-                    and 0 <= ts <= max_n and "payload" in d and dumps(d) == body):
+            start = head % number
+            colon = body.rfind(b":", 0, -7) + 1  # the timestamp's (its digits hold none)
+            ts = body[colon:-7]
+            at = colon - link_len
+            if not (body.startswith(link_of % prev_hex, at) and body.startswith(start)
+                    and body.endswith(tail) and ts.isdigit() and ts[0] != 48 and len(ts) < 16):
+                raise ValueError
+            payload = body[len(start):at]  # empty (which does not parse) if at is before it
+            if dumps(loads(payload)) != payload:
                 raise ValueError
             if sig_hex:
                 signature = _hex_bytes(sig_hex.decode("ascii", "replace"), 64)
@@ -355,19 +374,21 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
                 signature = None
         except Exception:  # anything unusual: every check one by one, which names the fault
             number, prev, body, signature, d = _parse_fields(line, feed_id, subfeed_hash)
+            line = body + b"\t"  # what an unsigned row holds (see ParsedRange.rows)
             carries = carries or "succession" in d
-            if prev != prev_hex:
+            if prev != prev_hex.decode():
                 _previous_hash(number, prev)  # malformed: say so, as parse_wire would
                 if number == prev_n + 1:
                     raise VerificationError(f"message {number} does not link to message {prev_n}") from None
             if number != prev_n + 1:
                 raise VerificationError(f"message {number} follows message {prev_n}: gap") from None
-        prev_n, prev_hex = number, sha256(body).hexdigest()
+        h = sha256(body)
+        prev_n, prev_hex = number, h.hexdigest().encode()
         if signature is None:
-            append((number, body))
+            append((number, line))  # the line, body and tab (see ParsedRange.rows)
         else:
             append((number, body, signature))
-            signed.append((number, bytes.fromhex(prev_hex), signature))
+            signed.append((number, h.digest(), signature))
     if signature is None:
         raise VerificationError(
             f"range ends at message {prev_n}, which is not signed; "
@@ -375,10 +396,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
         )
     if plain and carries:
         raise CarriesSuccession
-    for n, h, sig in signed:
-        if not signature_is_valid(public_key, h, sig):
+    for n, message_hash_, sig in signed:
+        if not signature_is_valid(public_key, message_hash_, sig):
             raise VerificationError(f"bad signature on message {n}")
-    return ParsedRange(first, previous_hash, rows, bytes.fromhex(prev_hex))
+    return ParsedRange(first, previous_hash, rows, signed[-1][1])
 
 
 def parse_wire(line: bytes, feed_id: str, subfeed_hash: str) -> WireMessage:

@@ -663,7 +663,8 @@ class Store(SuccessionMixin):
                         (sid, first, overlap_end),
                     ).fetchall()
                     for (n, body), row in zip(local, rows, strict=False):
-                        if body != row[1]:  # the same body bytes <=> the same hash
+                        # the same body bytes <=> the same hash (an unsigned row holds its line)
+                        if body != (row[1] if len(row) == 3 else row[1][:-1]):
                             incoming = [bytes(x) for x in lines[n - first :]]
                             raise _Fork(n, self._local_chain(c, sid, n), incoming)
                 if overlap_end > last:
@@ -765,12 +766,13 @@ def _last_message(c: sqlite3.Connection, sid: int) -> tuple[int, bytes | None]:
 def _insert_rows(c: sqlite3.Connection, sid: int,
                  rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]) -> None:
     """Insert an import's rows of subfeed row ``sid`` as :func:`parse_range` shapes them:
-    ``(n, body)`` unsigned, ``(n, body, signature)`` signed. Each run of one shape goes to one
+    ``(n, wire line)`` unsigned, whose body is the line but its last byte (the tab), cut by
+    SQL's substr; ``(n, body, signature)`` signed. Each run of one shape goes to one
     executemany, in order; the unsigned rows' NULL is in the statement (see
     :func:`_insert_appended`; ``sid`` is this store's own integer key). The runs are found by a
     C-speed search over the rows' lengths."""
-    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
-    unsigned, signed = sql + "NULL)", sql + "?)"
+    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},"
+    unsigned, signed = sql + "?1,substr(?2,1,length(?2)-1),NULL)", sql + "?,?,?)"
     shapes = bytes(map(len, rows))
     start, end = 0, len(rows)
     while start < end:
