@@ -112,6 +112,8 @@ def build_bodies(
     """
     if not payload_jsons:
         raise ValueError("build_bodies needs at least one payload")
+    if len(payload_jsons) != len(metadata_jsons):
+        raise ValueError("build_bodies needs one metadata entry (or None) per payload")
     sha256 = hashlib.sha256
     head = b'{"feed":"' + feed_id.encode() + b'",'
     middle = b',"subfeed":"' + subfeed_hash.encode() + b'"'
@@ -119,17 +121,36 @@ def build_bodies(
     end = middle + tail
     first_end = end if succession_json is None else middle + b',"succession":' + succession_json + tail
     prev = b"null" if previous_hash is None else b'"' + previous_hash.hex().encode() + b'"'
-    out: list[tuple[int, bytes]] = []
+    # The first message (its link may be null, it may carry the succession records) ...
+    mj = metadata_jsons[0]
+    if mj is None:
+        body = b'%s"n":%d,"payload":%s,"prev":%s%s' % (head, first, payload_jsons[0], prev, first_end)
+    else:
+        body = b'%s"meta":%s,"n":%d,"payload":%s,"prev":%s%s' % (
+            head, mj, first, payload_jsons[0], prev, first_end)
+    h = sha256(body)
+    out: list[tuple[int, bytes]] = [(first, body)]
+    if len(payload_jsons) == 1:
+        return out, h.digest()
+    # ... then the others, each linked to a hex hash, from one format of the parts they share.
     append = out.append
-    n = first
-    for pj, mj in zip(payload_jsons, metadata_jsons, strict=True):
-        e = first_end if n == first else end
+    n = first + 1
+    head, end = head.replace(b"%", b"%%"), end.replace(b"%", b"%%")  # literal text in a format
+    fmt = head + b'"n":%d,"payload":%s,"prev":"%s"' + end
+    if metadata_jsons.count(None) == len(metadata_jsons):  # no metadata: the usual batch
+        for pj in payload_jsons[1:]:
+            body = fmt % (n, pj, h.hexdigest().encode())
+            h = sha256(body)
+            append((n, body))
+            n += 1
+        return out, h.digest()
+    meta_fmt = head + b'"meta":%s,"n":%d,"payload":%s,"prev":"%s"' + end
+    for pj, mj in zip(payload_jsons[1:], metadata_jsons[1:], strict=True):
         if mj is None:
-            body = b'%s"n":%d,"payload":%s,"prev":%s%s' % (head, n, pj, prev, e)
+            body = fmt % (n, pj, h.hexdigest().encode())
         else:
-            body = b'%s"meta":%s,"n":%d,"payload":%s,"prev":%s%s' % (head, mj, n, pj, prev, e)
+            body = meta_fmt % (mj, n, pj, h.hexdigest().encode())
         h = sha256(body)
-        prev = b'"%s"' % h.hexdigest().encode()
         append((n, body))
         n += 1
     return out, h.digest()

@@ -60,7 +60,7 @@ from .messages import (
     sign_hash,
     to_wire,
 )
-from .payloads import MAX_MESSAGE_BYTES, encode_json
+from .payloads import MAX_MESSAGE_BYTES, encode_each, encode_json
 from .schema import SUBFEED_COUNT, migrate
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
@@ -588,7 +588,7 @@ class Store(SuccessionMixin):
         if not payloads:
             raise InvalidPayloadError("append_messages needs at least one message")
         metas = _metadata_per_message(metadata, len(payloads))
-        encoded = [encode_json(p) for p in payloads]
+        encoded = encode_each(payloads)
         longest_meta = max(len(mj) if mj else 0 for mj in metas) if metadata is not None else 0
         if max(map(len, encoded)) + _BODY_OVERHEAD + longest_meta > MAX_MESSAGE_BYTES:  # then see which
             for pj, mj in zip(encoded, metas, strict=True):

@@ -125,13 +125,19 @@ def test_a_failed_append_leaves_nothing_and_the_next_one_links(two):
     _check_chain(sf)
 
 
-@pytest.mark.parametrize("meta", [None, {"by": "me"}])
+@pytest.mark.parametrize("meta", [None, {"by": "me"}, "some", "only the first"])
 @pytest.mark.parametrize("succession", [None, b'["rec"]'])
 @pytest.mark.parametrize("prev", [None, bytes(range(32))])
-def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
+@pytest.mark.parametrize("count", [1, 4])
+def test_build_bodies_writes_what_build_body_writes(meta, succession, prev, count):
     feed_id, sh = "ab" * 32, "cd" * 20
-    payloads = [orjson.dumps(p) for p in ({"x": 1}, [1, "two"], "three", None)]
-    metas = [None if meta is None else orjson.dumps(meta)] * len(payloads)
+    payloads = [orjson.dumps(p) for p in ({"x": "100%"}, [1, "two"], "three", None)][:count]
+    if meta == "some":  # metadata on some messages (one format each way)
+        metas = [None, b'{"by":"me"}', None, b'{"by":"%d"}'][:count]
+    elif meta == "only the first":
+        metas = [b'{"by":"me"}', None, None, None][:count]
+    else:
+        metas = [None if meta is None else orjson.dumps(meta)] * len(payloads)
     first = 0 if prev is None else 7
     rows, last = build_bodies(feed_id, sh, first, prev, 1234, payloads, metas, succession)
     expected, h = [], prev
@@ -142,6 +148,8 @@ def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
     assert rows == expected and last == h
     with pytest.raises(ValueError):
         build_bodies(feed_id, sh, 0, None, 1, [], [])
+    with pytest.raises(ValueError):
+        build_bodies(feed_id, sh, 0, None, 1, payloads, metas + [None])
 
 
 def test_metadata_one_for_all_a_list_per_message_or_none(tmp_path):
