@@ -65,7 +65,6 @@ from .schema import SUBFEED_COUNT, migrate
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
-from .wal_checkpointer import CHECKPOINT_PAGES, SAFETY_CHECKPOINT_PAGES, WalCheckpointer
 from .watch import ChangeNotifier, ChangeWatcher
 
 if TYPE_CHECKING:
@@ -73,13 +72,12 @@ if TYPE_CHECKING:
 
     from .audit import StoreReport
 
-#: The WAL is copied back into the database (and both are fsynced) about every this many pages,
-#: by the store's checkpoint thread (:mod:`kachery_feeds.wal_checkpointer`), not by the commit
-#: that passes it. SQLite's default interval, 1000 pages (4 MB), made checkpoints about 15% of a
-#: batch append's CPU time; 4000 pages (16 MB of WAL between checkpoints) copies a page rewritten
-#: by several commits once and fsyncs a quarter as often. Durability is the ``synchronous``
-#: setting's, unchanged. (bench/feeds' raw SQLite limits checkpoint inline at this interval.)
-WAL_AUTOCHECKPOINT_PAGES = CHECKPOINT_PAGES
+#: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
+#: database (and both are fsynced) by the commit that takes it past this many pages. SQLite's
+#: default, 1000 pages (4 MB), made checkpoints about 15% of a batch append's CPU time; 4000
+#: pages (16 MB of WAL at most, between checkpoints) copies a page rewritten by several commits
+#: once and fsyncs a quarter as often. Durability is the ``synchronous`` setting's, unchanged.
+WAL_AUTOCHECKPOINT_PAGES = 4000
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
@@ -163,8 +161,6 @@ class _WriteTransaction:
                 except BaseException:
                     self._roll_back()
                     raise
-                store._checkpointer.committed(store._commit_bytes)
-                store._commit_bytes = 0
             else:
                 self._roll_back()
                 return
@@ -174,7 +170,6 @@ class _WriteTransaction:
 
     def _roll_back(self) -> None:
         store = self._store
-        store._commit_bytes = 0
         if store._conn.in_transaction:
             store._conn.execute("ROLLBACK")
         # A subfeed row created in the rolled-back transaction is gone, and SQLite may give its
@@ -206,12 +201,8 @@ class Store(SuccessionMixin):
             self._conn.close()
             raise
         self._conn.execute("PRAGMA journal_mode=WAL")
-        synchronous = "FULL" if durability == "full" else "NORMAL"
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
-        # Checkpoints run on the checkpoint thread; SQLite's own, inline, only past a safety limit.
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
-        self._checkpointer = WalCheckpointer(self.path, synchronous)
-        self._commit_bytes = 0  # rows written by the open write transaction (for the checkpointer)
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._lock = threading.RLock()
         migrate(self._conn)
         self._notifier = ChangeNotifier(self.path)
@@ -226,7 +217,6 @@ class Store(SuccessionMixin):
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        self._checkpointer.close()
         with self._lock:
             self._conn.close()
             self._notifier.close()
@@ -597,7 +587,6 @@ class Store(SuccessionMixin):
                         f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
                         "store large data as a file and append its URI"
                     )
-        nbytes = sum(map(len, encoded)) + 200 * len(encoded)  # the bodies, about (for the checkpointer)
         key = (feed_id, sh)
         cached = self._append_heads.get(key)
         try:
@@ -614,7 +603,6 @@ class Store(SuccessionMixin):
                 signature = sign_hash(sk, last_hash)
                 n = count + len(rows)
                 with self._write() as c:
-                    self._commit_bytes = nbytes
                     (now,) = c.execute("PRAGMA data_version").fetchone()
                     if (now == version and write_number == self._write_number - 1) or _still_last(
                             c.execute(_APPEND_CHECK, (sid, count - 1, feed_id)).fetchone(), prev):
@@ -623,7 +611,6 @@ class Store(SuccessionMixin):
                         return n - 1
                     return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
             with self._write() as c:
-                self._commit_bytes = nbytes
                 return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
         except BaseException:
             self._append_heads.pop(key, None)
@@ -695,7 +682,6 @@ class Store(SuccessionMixin):
                         "message at or past the fork is accepted (the proof is attached)",
                         proof=proof, position=forked_at)
                 _insert_rows(c, sid, new)
-                self._commit_bytes = sum(map(len, lines))
                 return len(new)
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None
