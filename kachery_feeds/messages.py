@@ -44,6 +44,16 @@ _REQUIRED_KEYS = frozenset({"feed", "n", "payload", "prev", "subfeed", "ts", "v"
 _ALL_KEYS = _REQUIRED_KEYS | {"meta", "succession"}
 _MAX_LINE = MAX_MESSAGE_BYTES + 1 + 128
 
+try:  # PyNaCl's own cffi binding of libsodium, which nacl.bindings wraps (see sign_hash)
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _sodium
+
+    _crypto_sign = _sodium.crypto_sign
+    _new_bytes, _buffer, _NULL = _ffi.new, _ffi.buffer, _ffi.NULL
+except (ImportError, AttributeError):  # pragma: no cover - another PyNaCl layout: the wrapper
+    _crypto_sign = None
+_SIGNED_LENGTH = 64 + len(SIGNATURE_CONTEXT) + 32  # signature || context || body hash
+
 
 class ParsedMessage(NamedTuple):
     """One message, parsed from its wire form. ``hash`` and ``previous_hash`` are raw 32 bytes."""
@@ -115,6 +125,13 @@ def build_bodies(
     if len(payload_jsons) != len(metadata_jsons):
         raise ValueError("build_bodies needs one metadata entry (or None) per payload")
     sha256 = hashlib.sha256
+    if len(payload_jsons) == 1 and metadata_jsons[0] is None and succession_json is None:
+        # a single append's message, in one format
+        body = _SINGLE_BODY % (
+            feed_id.encode(), first, payload_jsons[0],
+            b"null" if previous_hash is None else b'"%s"' % previous_hash.hex().encode(),
+            subfeed_hash.encode(), timestamp_ms)  # fmt: skip
+        return [(first, body)], sha256(body).digest()
     head = b'{"feed":"' + feed_id.encode() + b'",'
     middle = b',"subfeed":"' + subfeed_hash.encode() + b'"'
     tail = b',"ts":' + str(timestamp_ms).encode() + b',"v":1}'
@@ -156,6 +173,9 @@ def build_bodies(
     return out, h.digest()
 
 
+_SINGLE_BODY = b'{"feed":"%s","n":%d,"payload":%s,"prev":%s,"subfeed":"%s","ts":%d,"v":1}'
+
+
 def message_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
@@ -166,6 +186,13 @@ def signing_input(body_hash: bytes) -> bytes:
 
 def sign_hash(secret_key: bytes, body_hash: bytes) -> bytes:
     """Sign a body hash with a 64-byte libsodium secret key; returns the 64-byte signature."""
+    if _crypto_sign is not None and len(secret_key) == 64 and len(body_hash) == 32:
+        # libsodium's crypto_sign, called as nacl.bindings.crypto_sign calls it, without its two
+        # output allocations and the copy of the signed message (~1.2 us of a ~17 us signature:
+        # every durable single append signs)
+        out = _new_bytes("unsigned char[]", _SIGNED_LENGTH)
+        if _crypto_sign(out, _NULL, SIGNATURE_CONTEXT + body_hash, _SIGNED_LENGTH - 64, secret_key) == 0:
+            return _buffer(out, 64)[:]
     return nacl.bindings.crypto_sign(signing_input(body_hash), secret_key)[:64]
 
 

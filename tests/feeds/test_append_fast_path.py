@@ -242,3 +242,18 @@ def test_another_message_at_the_same_number_is_seen(two):
     assert sf_a.get_messages() == [0, "theirs", 2]
     _check_chain(sf_a)
     assert a.verify().ok
+
+
+def test_sign_hash_signs_as_pynacl_does():
+    """sign_hash calls libsodium through PyNaCl's own binding (not its wrapper): the signature is
+    the wrapper's, and it verifies."""
+    import nacl.bindings
+
+    from kachery_feeds.messages import SIGNATURE_CONTEXT, sign_hash, signature_is_valid
+
+    for seed in (bytes(32), bytes(range(32))):
+        pk, sk = nacl.bindings.crypto_sign_seed_keypair(seed)
+        for h in (bytes(32), message_hash(b"x")):
+            sig = sign_hash(sk, h)
+            assert sig == nacl.bindings.crypto_sign(SIGNATURE_CONTEXT + h, sk)[:64]
+            assert signature_is_valid(pk, h, sig) and not signature_is_valid(pk, bytes(31) + b"\1", sig)
