@@ -115,7 +115,9 @@ def build_bodies(
     """The bodies of consecutive messages ``first, first + 1, ...`` (each linked to the one
     before, the first to ``previous_hash``), all with one timestamp; only the first carries
     ``succession_json``. Returns ``([(number, body)], hash of the last body)`` (the caller
-    signs the last).
+    signs the last). Each body but a batch's first is a bytearray: sqlite3 binds a bytearray as
+    it is, and looks up an adapter for a bytes parameter (~0.35 µs a row; the format costs
+    ~0.15 µs more).
 
     Byte for byte what :func:`build_body` writes for each (the tests check this), with what is
     the same for every message of the batch built once: the append path's builder.
@@ -126,7 +128,7 @@ def build_bodies(
         raise ValueError("build_bodies needs one metadata entry (or None) per payload")
     sha256 = hashlib.sha256
     if len(payload_jsons) == 1 and metadata_jsons[0] is None and succession_json is None:
-        # a single append's message, in one format
+        # a single append's message, in one format (a bytearray: see above)
         body = _SINGLE_BODY % (
             feed_id.encode(), first, payload_jsons[0],
             b"null" if previous_hash is None else b'"%s"' % previous_hash.hex().encode(),
@@ -153,7 +155,7 @@ def build_bodies(
     append = out.append
     n = first + 1
     head, end = head.replace(b"%", b"%%"), end.replace(b"%", b"%%")  # literal text in a format
-    fmt = head + b'"n":%d,"payload":%s,"prev":"%s"' + end
+    fmt = bytearray(head + b'"n":%d,"payload":%s,"prev":"%s"' + end)  # bodies as bytearrays
     if metadata_jsons.count(None) == len(metadata_jsons):  # no metadata: the usual batch
         for pj in payload_jsons[1:]:
             body = fmt % (n, pj, h.hexdigest().encode())
@@ -161,7 +163,7 @@ def build_bodies(
             append((n, body))
             n += 1
         return out, h.digest()
-    meta_fmt = head + b'"meta":%s,"n":%d,"payload":%s,"prev":"%s"' + end
+    meta_fmt = bytearray(head + b'"meta":%s,"n":%d,"payload":%s,"prev":"%s"' + end)
     for pj, mj in zip(payload_jsons[1:], metadata_jsons[1:], strict=True):
         if mj is None:
             body = fmt % (n, pj, h.hexdigest().encode())
@@ -173,7 +175,7 @@ def build_bodies(
     return out, h.digest()
 
 
-_SINGLE_BODY = b'{"feed":"%s","n":%d,"payload":%s,"prev":%s,"subfeed":"%s","ts":%d,"v":1}'
+_SINGLE_BODY = bytearray(b'{"feed":"%s","n":%d,"payload":%s,"prev":%s,"subfeed":"%s","ts":%d,"v":1}')
 
 
 def message_hash(body: bytes) -> bytes:
