@@ -2,7 +2,8 @@
 
 Rules:
 
-1. Every write is one ``BEGIN IMMEDIATE`` transaction. The subfeed's count and head hash are
+1. Every write is one transaction that takes the write lock when it starts (``BEGIN
+   IMMEDIATE``, or the single statement of the append fast path below). The subfeed's count and head hash are
    read *inside* it, so appends from many processes are serialized by SQLite and a subfeed can
    never fork locally; a process killed mid-write leaves nothing behind (SQLite rolls back).
    A subfeed's count and head are those of its last stored message (schema version 3): an
@@ -12,7 +13,9 @@ Rules:
    data_version`` unchanged and no other write by this store object), or else when one query
    finds its last message still the subfeed's last and the feed without a key succession; when
    anything changed in between, the append is redone the usual way inside the same
-   transaction.
+   transaction. A single append on that path is one statement: an INSERT (its own transaction,
+   which takes the write lock when it starts) that inserts only if ``PRAGMA data_version`` is
+   still what it was (read inside it); when it inserts nothing, the append goes the way above.
 2. After each commit the store touches its notify file (:mod:`kachery_feeds.watch`) so
    followers in every process wake.
 3. Received messages are verified completely (:mod:`kachery_feeds.messages`) before the write
@@ -603,6 +606,8 @@ class Store(SuccessionMixin):
                 rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas)
                 signature = sign_hash(sk, last_hash)
                 n = count + len(rows)
+                if n == count + 1 and self._append_alone(key, cached, rows[0][1], signature, last_hash):
+                    return count
                 with self._write() as c:
                     (now,) = c.execute("PRAGMA data_version").fetchone()
                     if (now == version and write_number == self._write_number - 1) or _still_last(
@@ -616,6 +621,26 @@ class Store(SuccessionMixin):
         except BaseException:
             self._append_heads.pop(key, None)
             raise
+
+    def _append_alone(self, key: tuple[str, str], cached: tuple[int, int, bytes, int, int],
+                      body: bytes | bytearray, signature: bytes, last_hash: bytes) -> bool:
+        """A single append on the fast path, in one statement: an INSERT, its own transaction
+        (which takes the write lock when it starts), whose condition is the fast path's "no
+        other connection committed since" (``data_version``, read inside it); the caller has
+        checked the rest (this store's last write was that append). Returns whether it
+        inserted and committed; if not, nothing was written (the caller goes the usual way).
+        One statement instead of four (BEGIN IMMEDIATE, PRAGMA data_version, INSERT, COMMIT)."""
+        sid, count, _prev, version, write_number = cached
+        with self._lock:
+            if write_number != self._write_number or self._conn.in_transaction:
+                return False
+            self._write_number += 1
+            statement = _append_statements(sid)[2]
+            if self._conn.execute(statement, (count, body, bytearray(signature), version)).rowcount != 1:
+                return False
+            self._append_heads[key] = (sid, count + 1, last_hash, version, self._write_number)
+        self._notifier.notify()
+        return True
 
     def _append_locked(self, c: sqlite3.Connection, feed_id: str, sh: str, name_json: str | None,
                        sk: bytes, encoded: list[bytes], metas: list[bytes | None]) -> int:
@@ -804,7 +829,7 @@ def _insert_appended(c: sqlite3.Connection, sid: int, rows: list[tuple[int, byte
     ``sid`` is this store's own integer key and the unsigned rows' NULL is written in the
     statement: each parameter that is not an int, float, str or bytearray costs sqlite3 an
     adapter lookup per row (about 0.2 µs for the None of every unsigned row)."""
-    unsigned, signed = _append_statements(sid)
+    unsigned, signed, _alone = _append_statements(sid)
     if len(rows) > 1:
         c.executemany(unsigned, rows[:-1])
     n, body = rows[-1]
@@ -812,11 +837,15 @@ def _insert_appended(c: sqlite3.Connection, sid: int, rows: list[tuple[int, byte
 
 
 @functools.lru_cache(maxsize=256)
-def _append_statements(sid: int) -> tuple[str, str]:
-    """The two INSERT statements of :func:`_insert_appended` for subfeed row ``sid`` (unsigned
-    rows, the signed last), built once (sqlite3 then finds each in its statement cache)."""
+def _append_statements(sid: int) -> tuple[str, str, str]:
+    """The INSERT statements of an append to subfeed row ``sid``, built once (sqlite3 then finds
+    each in its statement cache): :func:`_insert_appended`'s two (unsigned rows, the signed
+    last) and :meth:`Store._append_alone`'s, which inserts only if ``data_version`` is still its
+    last parameter."""
     sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
-    return sql + "NULL)", sql + "?)"
+    alone = (f"INSERT INTO messages(subfeed_id, n, body, sig) SELECT {int(sid)},?,?,? "
+             "WHERE (SELECT data_version FROM pragma_data_version) = ?")
+    return sql + "NULL)", sql + "?)", alone
 
 
 def _metadata_per_message(metadata: Any, count: int) -> list[bytes | None]:

@@ -209,20 +209,31 @@ def _statements(store: kf.Store, action) -> list[str]:
     return seen
 
 
+def _top_level(statements: list[str]) -> list[str]:
+    """The first word of each statement run, without those SQLite runs inside them ("-- ...")."""
+    return [s.split()[0] for s in statements if not s.startswith("--")]
+
+
 def test_an_append_writes_only_its_messages(two):
-    """Schema version 3: a fast-path append is BEGIN, the data_version read, the INSERT and
-    COMMIT (no subfeed row to update); after another connection's commit (elsewhere in the file)
-    one query checks the subfeed's end instead, and the append still needs no other write."""
+    """Schema version 3: a fast-path single append is one INSERT whose condition reads
+    data_version (no subfeed row to update), a batch BEGIN, the data_version read, the INSERTs
+    and COMMIT; after another connection's commit (elsewhere in the file) the INSERT inserts
+    nothing and one query checks the subfeed's end instead, and the append still needs no other
+    write."""
     a, b = two
     sf = a.create_feed().load_subfeed("log")
     sf.append_message(0)
     sf.append_message(1)
     quiet = _statements(a, lambda: sf.append_message(2))
-    assert [s.split()[0] for s in quiet] == ["BEGIN", "PRAGMA", "INSERT", "COMMIT"], quiet
+    assert _top_level(quiet) == ["INSERT"], quiet
+    assert "data_version" in quiet[0]
+    batch = _statements(a, lambda: sf.append_messages([3, 4]))
+    assert _top_level(batch) == ["BEGIN", "PRAGMA", "INSERT", "INSERT", "COMMIT"], batch
     b.create_feed().load_subfeed("elsewhere").append_message("x")  # another connection commits
-    after = _statements(a, lambda: sf.append_message(3))
-    assert [s.split()[0] for s in after] == ["BEGIN", "PRAGMA", "SELECT", "INSERT", "COMMIT"], after
-    assert sf.get_messages() == [0, 1, 2, 3]
+    after = _statements(a, lambda: sf.append_message(5))
+    assert _top_level(after) == ["INSERT", "BEGIN", "PRAGMA", "SELECT", "INSERT", "COMMIT"], after
+    assert _top_level(_statements(a, lambda: sf.append_message(6))) == ["INSERT"]
+    assert sf.get_messages() == [0, 1, 2, 3, 4, 5, 6]
     _check_chain(sf)
     assert a.verify().ok
 
