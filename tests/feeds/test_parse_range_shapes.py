@@ -103,6 +103,15 @@ REFUSED = {
     "no payload before the link": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
         b',"payload":{"i":2}', b''),
     "tail twice": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS) + b',"v":1}',
+    # payloads that orjson reads but kachery's JSON rules refuse (spec/feeds.md §2.1)
+    "payload with a duplicate key": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":2,"i":2}'),
+    "payload -0": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":-0}'),
+    "payload integer over 64 bits": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":18446744073709551616}'),
+    "payload lone surrogate": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":"\\ud800"}'),
     "link to message 0": lambda f: orjson.dumps({**f, "prev": hashlib.sha256(b"x").hexdigest()},
                                                 option=orjson.OPT_SORT_KEYS),
 }
