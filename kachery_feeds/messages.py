@@ -335,8 +335,8 @@ class ParsedRange(NamedTuple):
     first: int  # the first message's number
     previous_hash: bytes | None  # what the first message links to (None: it is message 0)
     # (number, wire line) for an unsigned message: its body and the tab after it (``line[:-1]``
-    # is the body: the store inserts it with SQL's substr, so that no body is copied in Python:
-    # 50k new bodies held at once cost ~0.5 us a message in fresh memory); (number, body,
+    # is the body: the store cuts it while it inserts, one row at a time, so that no body is
+    # copied here: 50k new bodies held at once cost ~0.5 us a message in fresh memory); (number, body,
     # signature) for a signed one. Ready to insert (the store binds an unsigned row's NULL in
     # the statement: a None parameter costs sqlite3 an adapter lookup, ~0.3 us a row).
     rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]

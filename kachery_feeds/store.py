@@ -792,8 +792,8 @@ def _last_message(c: sqlite3.Connection, sid: int) -> tuple[int, bytes | None]:
 def _insert_rows(c: sqlite3.Connection, sid: int,
                  rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]) -> None:
     """Insert an import's rows of subfeed row ``sid`` as :func:`parse_range` shapes them:
-    ``(n, wire line)`` unsigned, whose body is the line but its last byte (the tab), cut by
-    SQL's substr; ``(n, body, signature)`` signed. Each run of one shape goes to one
+    ``(n, wire line)`` unsigned, whose body is the line but its last byte (the tab);
+    ``(n, body, signature)`` signed. Each run of one shape goes to one
     executemany, in order; the unsigned rows' NULL is in the statement (see
     :func:`_insert_appended`; ``sid`` is this store's own integer key). The runs are found by a
     C-speed search over the rows' lengths.
@@ -801,9 +801,10 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
     The bytes go to sqlite3 as bytearrays, made one row at a time by C iterators while it
     binds (map, zip: no Python code per row, and each copy's memory is reused by the next):
     sqlite3 binds a bytearray as it is but looks up an adapter for each bytes parameter, which
-    costs more than the copy (~0.35 against ~0.1 µs for a 400-byte body)."""
-    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},"
-    unsigned, signed = sql + "?1,substr(?2,1,length(?2)-1),NULL)", sql + "?,?,?)"
+    costs more than the copy (~0.35 against ~0.1 µs for a 400-byte body). An unsigned line's
+    bytearray is cut before its tab there too (faster than SQL's substr, ~0.15 µs a row)."""
+    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
+    unsigned, signed = sql + "NULL)", sql + "?)"
     shapes = bytes(map(len, rows))
     start, end = 0, len(rows)
     while start < end:
@@ -813,7 +814,8 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
         run = rows[start:stop]
         numbers = map(_first, run)
         if unsigned_run:
-            c.executemany(unsigned, zip(numbers, map(bytearray, map(_second, run)), strict=True))
+            bodies = map(_but_last, map(bytearray, map(_second, run)))  # each line without its tab
+            c.executemany(unsigned, zip(numbers, bodies, strict=True))
         else:
             c.executemany(signed, zip(numbers, map(bytearray, map(_second, run)),
                                       map(bytearray, map(_third, run)), strict=True))
@@ -821,6 +823,7 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
 
 
 _first, _second, _third = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+_but_last = operator.itemgetter(slice(None, -1))
 
 
 def _insert_appended(c: sqlite3.Connection, sid: int, rows: list[tuple[int, bytes]],
