@@ -387,7 +387,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
     link_of = b',"prev":"%s","subfeed":' + dumps(subfeed_hash).replace(b"%", b"%%") + b',"ts":'
     link_len = len(link_of % prev_hex)  # a hex hash is always 64 characters
     tail = b',"v":1}'
-    max_line, max_n = _MAX_LINE, MAX_SAFE_INTEGER
+    max_line = _MAX_LINE
+    # numbers past 2^53 - 1 are refused; the inline check needs no test of its own below it
+    max_n = MAX_SAFE_INTEGER if first + len(lines) - 1 > MAX_SAFE_INTEGER else None
+    checked_ts = None  # the last timestamp checked inline (a batch's messages share theirs)
     for line in lines[1:]:
         # The usual message, checked inline without decoding the fields every message repeats:
         # the body must be exactly the bytes above with this number, the link to the message
@@ -400,7 +403,7 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
         # link found anywhere but right after the payload leaves no payload that parses.)
         number = prev_n + 1
         try:
-            if type(line) is not bytes or len(line) > max_line or number > max_n:
+            if type(line) is not bytes or len(line) > max_line or (max_n and number > max_n):
                 raise ValueError
             if line[-1] == 9:  # ends with the tab: unsigned (what rpartition gives, cheaper)
                 body, sig_hex = line[:-1], b""
@@ -411,8 +414,10 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
             ts = body[colon:-7]
             at = colon - link_len
             if not (body.startswith(link_of % prev_hex, at) and body.startswith(start)
-                    and body.endswith(tail) and ts.isdigit() and ts[0] != 48 and len(ts) < 16):
+                    and body.endswith(tail) and (ts == checked_ts or (
+                        ts.isdigit() and ts[0] != 48 and len(ts) < 16))):
                 raise ValueError
+            checked_ts = ts
             payload = body[len(start):at]  # empty (which does not parse) if at is before it
             if dumps(loads(payload)) != payload:
                 raise ValueError

@@ -170,3 +170,19 @@ def test_a_payload_with_a_succession_key_imports_through_the_store(tmp_path):
     dst = kf.open_store(tmp_path / "b.db").load_subfeed(src.uri)
     assert dst.add_signed_messages(src.get_signed_messages()) == 2
     assert dst.get_messages() == [{"succession": ["not a record"]}, {"n": 1}]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_numbers_stop_at_2_to_the_53_minus_1(count):
+    """A range may end at message 2^53 - 1 (the largest number), not past it."""
+    lines, prev = [], hashlib.sha256(b"before").digest()
+    for n in range(2**53 - 2, 2**53 - 2 + count):
+        body = orjson.dumps({"feed": FEED, "n": n, "payload": n, "prev": prev.hex(), "subfeed": SUB,
+                             "ts": 5, "v": 1}, option=orjson.OPT_SORT_KEYS)
+        prev = hashlib.sha256(body).digest()
+        lines.append(body + b"\t" + sign_hash(SK, prev).hex().encode())
+    got, want = _both(lines)
+    if count == 2:
+        assert want is not kf.VerificationError and got == want
+    else:
+        assert got is want is kf.VerificationError
