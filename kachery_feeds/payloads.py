@@ -87,3 +87,17 @@ def encode_json(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError) as exc:  # e.g. recursion, lone surrogates
         raise InvalidPayloadError(f"payload cannot be serialized as JSON: {exc}") from exc
+
+
+def encode_each(values: list[Any]) -> list[bytes]:
+    """:func:`encode_json` of each value, in one loop (a batch append's payloads)."""
+    check, dumps, sort_keys = _check, orjson.dumps, orjson.OPT_SORT_KEYS
+    out: list[bytes] = []
+    append = out.append
+    try:
+        for value in values:
+            check(value, 0)
+            append(dumps(value, option=sort_keys))
+    except (orjson.JSONEncodeError, TypeError) as exc:  # e.g. recursion, lone surrogates
+        raise InvalidPayloadError(f"payload cannot be serialized as JSON: {exc}") from exc
+    return out

@@ -224,7 +224,7 @@ class SuccessionMixin:
             check_chain(msgs, bytes.fromhex(feed_id))
         else:
             self._check_import(msgs, chain, feed_id, subfeed_hash)
-        rows = [(m[0], m[3]) if m[4] is None else (m[0], m[3], m[4]) for m in msgs]
+        rows = [(m[0], m[3] + b"\t") if m[4] is None else (m[0], m[3], m[4]) for m in msgs]
         return ParsedRange(msgs[0][0], msgs[0][1], rows, msgs[-1][2]), chain
 
     def _succession_for_import(self, feed_id: str, msgs: list) -> KeyChain | None:

@@ -125,13 +125,19 @@ def test_a_failed_append_leaves_nothing_and_the_next_one_links(two):
     _check_chain(sf)
 
 
-@pytest.mark.parametrize("meta", [None, {"by": "me"}])
+@pytest.mark.parametrize("meta", [None, {"by": "me"}, "some", "only the first"])
 @pytest.mark.parametrize("succession", [None, b'["rec"]'])
 @pytest.mark.parametrize("prev", [None, bytes(range(32))])
-def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
+@pytest.mark.parametrize("count", [1, 4])
+def test_build_bodies_writes_what_build_body_writes(meta, succession, prev, count):
     feed_id, sh = "ab" * 32, "cd" * 20
-    payloads = [orjson.dumps(p) for p in ({"x": 1}, [1, "two"], "three", None)]
-    metas = [None if meta is None else orjson.dumps(meta)] * len(payloads)
+    payloads = [orjson.dumps(p) for p in ({"x": "100%"}, [1, "two"], "three", None)][:count]
+    if meta == "some":  # metadata on some messages (one format each way)
+        metas = [None, b'{"by":"me"}', None, b'{"by":"%d"}'][:count]
+    elif meta == "only the first":
+        metas = [b'{"by":"me"}', None, None, None][:count]
+    else:
+        metas = [None if meta is None else orjson.dumps(meta)] * len(payloads)
     first = 0 if prev is None else 7
     rows, last = build_bodies(feed_id, sh, first, prev, 1234, payloads, metas, succession)
     expected, h = [], prev
@@ -142,6 +148,8 @@ def test_build_bodies_writes_what_build_body_writes(meta, succession, prev):
     assert rows == expected and last == h
     with pytest.raises(ValueError):
         build_bodies(feed_id, sh, 0, None, 1, [], [])
+    with pytest.raises(ValueError):
+        build_bodies(feed_id, sh, 0, None, 1, payloads, metas + [None])
 
 
 def test_metadata_one_for_all_a_list_per_message_or_none(tmp_path):
@@ -201,20 +209,31 @@ def _statements(store: kf.Store, action) -> list[str]:
     return seen
 
 
+def _top_level(statements: list[str]) -> list[str]:
+    """The first word of each statement run, without those SQLite runs inside them ("-- ...")."""
+    return [s.split()[0] for s in statements if not s.startswith("--")]
+
+
 def test_an_append_writes_only_its_messages(two):
-    """Schema version 3: a fast-path append is BEGIN, the data_version read, the INSERT and
-    COMMIT (no subfeed row to update); after another connection's commit (elsewhere in the file)
-    one query checks the subfeed's end instead, and the append still needs no other write."""
+    """Schema version 3: a fast-path single append is one INSERT whose condition reads
+    data_version (no subfeed row to update), a batch BEGIN, the data_version read, the INSERTs
+    and COMMIT; after another connection's commit (elsewhere in the file) the INSERT inserts
+    nothing and one query checks the subfeed's end instead, and the append still needs no other
+    write."""
     a, b = two
     sf = a.create_feed().load_subfeed("log")
     sf.append_message(0)
     sf.append_message(1)
     quiet = _statements(a, lambda: sf.append_message(2))
-    assert [s.split()[0] for s in quiet] == ["BEGIN", "PRAGMA", "INSERT", "COMMIT"], quiet
+    assert _top_level(quiet) == ["INSERT"], quiet
+    assert "data_version" in quiet[0]
+    batch = _statements(a, lambda: sf.append_messages([3, 4]))
+    assert _top_level(batch) == ["BEGIN", "PRAGMA", "INSERT", "INSERT", "COMMIT"], batch
     b.create_feed().load_subfeed("elsewhere").append_message("x")  # another connection commits
-    after = _statements(a, lambda: sf.append_message(3))
-    assert [s.split()[0] for s in after] == ["BEGIN", "PRAGMA", "SELECT", "INSERT", "COMMIT"], after
-    assert sf.get_messages() == [0, 1, 2, 3]
+    after = _statements(a, lambda: sf.append_message(5))
+    assert _top_level(after) == ["INSERT", "BEGIN", "PRAGMA", "SELECT", "INSERT", "COMMIT"], after
+    assert _top_level(_statements(a, lambda: sf.append_message(6))) == ["INSERT"]
+    assert sf.get_messages() == [0, 1, 2, 3, 4, 5, 6]
     _check_chain(sf)
     assert a.verify().ok
 
@@ -234,3 +253,18 @@ def test_another_message_at_the_same_number_is_seen(two):
     assert sf_a.get_messages() == [0, "theirs", 2]
     _check_chain(sf_a)
     assert a.verify().ok
+
+
+def test_sign_hash_signs_as_pynacl_does():
+    """sign_hash calls libsodium through PyNaCl's own binding (not its wrapper): the signature is
+    the wrapper's, and it verifies."""
+    import nacl.bindings
+
+    from kachery_feeds.messages import SIGNATURE_CONTEXT, sign_hash, signature_is_valid
+
+    for seed in (bytes(32), bytes(range(32))):
+        pk, sk = nacl.bindings.crypto_sign_seed_keypair(seed)
+        for h in (bytes(32), message_hash(b"x")):
+            sig = sign_hash(sk, h)
+            assert sig == nacl.bindings.crypto_sign(SIGNATURE_CONTEXT + h, sk)[:64]
+            assert signature_is_valid(pk, h, sig) and not signature_is_valid(pk, bytes(31) + b"\1", sig)

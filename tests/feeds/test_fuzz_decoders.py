@@ -10,14 +10,16 @@ Longer hunt: ``KACHERY_FUZZ_EXAMPLES=5000 pytest tests/feeds/test_fuzz_decoders.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import tempfile
 from pathlib import Path
 
+import nacl.bindings
 import orjson
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import kachery_feeds as kf
@@ -311,7 +313,61 @@ def test_the_one_pass_parser_agrees_with_parsing_then_checking_the_chain(data) -
         return
     first, previous_hash, rows, last_hash = parse_range(lines, feed_id, sh, key)
     assert (first, previous_hash, last_hash) == (parsed[0][0], parsed[0][1], parsed[-1][2])
-    assert rows == [(p[0], p[3]) if p[4] is None else (p[0], p[3], p[4]) for p in parsed]
+    # an unsigned row holds its wire line (body and tab), a signed one its body and signature
+    assert rows == [(p[0], p[3] + b"\t") if p[4] is None else (p[0], p[3], p[4]) for p in parsed]
+
+
+_TRICKY_TEXT = st.sampled_from([',"prev":"', '","subfeed":"', ',"ts":', ',"v":1}', ":", "\\", '"', "0"])
+payloads = st.recursive(
+    st.one_of(json_scalars.filter(lambda v: not isinstance(v, float) or (v == v and abs(v) < 1e300)),
+              _TRICKY_TEXT, st.lists(_TRICKY_TEXT, max_size=4).map("".join)),
+    lambda c: st.one_of(st.lists(c, max_size=3),
+                        st.dictionaries(st.one_of(st.text(max_size=3), _TRICKY_TEXT), c, max_size=3)),
+    max_leaves=10)
+
+
+@FUZZ
+@given(st.data())
+def test_the_one_pass_parser_agrees_on_signed_ranges_with_odd_bodies(data) -> None:
+    """Like the test above, with every range correctly chained and signed, so that acceptance is
+    compared too: payloads holding the text of the fields around them, and bodies changed at
+    the byte or field level (then hashed and signed as they are). The inline check of
+    parse_range must accept exactly what parse_wire and check_chain accept, with the same rows."""
+    from kachery_feeds.messages import check_chain, parse_range, parse_wire, sign_hash
+
+    pk, sk = nacl.bindings.crypto_sign_seed_keypair(bytes(range(32)))
+    feed_id, sh = pk.hex(), "ab" * 20
+    ts = data.draw(st.sampled_from([1700000000000, 0, 7, 2**53 - 1]))
+    lines, prev = [], None
+    count = data.draw(st.integers(2, 5))
+    for n in range(count):
+        fields = {"feed": feed_id, "n": n, "payload": data.draw(payloads),
+                  "prev": prev.hex() if prev else None, "subfeed": sh, "ts": ts, "v": 1}
+        try:
+            body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):  # an integer over 64 bits
+            fields["payload"] = None
+            body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        how = data.draw(st.sampled_from(["as written", "as written", "field", "bytes"]))
+        if n and how == "field":
+            body = _mutate_json(body, data)
+        elif n and how == "bytes":
+            body = _mutate_bytes(body, data).replace(b"\t", b" ").replace(b"\n", b" ") or b"{}"
+        prev = hashlib.sha256(body).digest()
+        signed = n == count - 1 or data.draw(st.booleans())
+        lines.append(body + b"\t" + (sign_hash(sk, prev).hex().encode() if signed else b""))
+    try:
+        parsed = [parse_wire(line, feed_id, sh) for line in lines]
+        check_chain(parsed, pk)
+    except kf.VerificationError:
+        event("refused")
+        with pytest.raises(kf.VerificationError):
+            parse_range(lines, feed_id, sh, pk)
+        return
+    event("accepted")
+    first, previous_hash, rows, last_hash = parse_range(lines, feed_id, sh, pk)
+    assert (first, previous_hash, last_hash) == (parsed[0][0], parsed[0][1], parsed[-1][2])
+    assert rows == [(p[0], p[3] + b"\t") if p[4] is None else (p[0], p[3], p[4]) for p in parsed]
 
 
 # ----------------------------------------------------------------------------- fork proofs

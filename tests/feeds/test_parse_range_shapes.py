@@ -46,7 +46,7 @@ def _both(lines):
     try:
         parsed = [parse_wire(line, FEED, SUB) for line in lines]
         check_chain(parsed, PK)
-        rows = [(p[0], p[3]) if p[4] is None else (p[0], p[3], p[4]) for p in parsed]
+        rows = [(p[0], p[3] + b"\t") if p[4] is None else (p[0], p[3], p[4]) for p in parsed]
         want = (parsed[0][0], parsed[0][1], rows, parsed[-1][2])
     except kf.VerificationError:
         want = kf.VerificationError
@@ -60,6 +60,15 @@ ACCEPTED = {
     "escaped slash": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(b'"i"', b'"\\u0069"'),
     "payload named succession": lambda f: orjson.dumps(
         {**f, "payload": {"succession": ["x"]}}, option=orjson.OPT_SORT_KEYS),
+    # at the border of the inline check, which finds the link and the timestamp from the end
+    "payload holding the link's text": lambda f: orjson.dumps(
+        {**f, "payload": {k: f[k] for k in ("prev", "subfeed", "ts", "v")}}, option=orjson.OPT_SORT_KEYS),
+    "payload holding the tail's text": lambda f: orjson.dumps(
+        {**f, "payload": ',"ts":5,"v":1}'}, option=orjson.OPT_SORT_KEYS),
+    "payload with spaces": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{ "i" : 2 }'),
+    "ts of 16 digits": lambda f: orjson.dumps({**f, "ts": 2**53 - 1}, option=orjson.OPT_SORT_KEYS),
+    "ts 0": lambda f: orjson.dumps({**f, "ts": 0}, option=orjson.OPT_SORT_KEYS),
 }
 REFUSED = {
     "extra field": lambda f: orjson.dumps({**f, "x": 1}, option=orjson.OPT_SORT_KEYS),
@@ -78,6 +87,33 @@ REFUSED = {
     "meta null": lambda f: orjson.dumps({**f, "meta": None}, option=orjson.OPT_SORT_KEYS),
     "a list": lambda f: orjson.dumps([f]),
     "newline": lambda f: json.dumps(f, indent=1).encode(),
+    # at the border of the inline check
+    "ts with a leading zero": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"ts":1002', b'"ts":01002'),
+    "ts with a sign": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"ts":1002', b'"ts":+1002'),
+    "ts fraction": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"ts":1002', b'"ts":1002.0'),
+    "two payloads": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":2},"payload":{"i":2}'),
+    "payload cut short": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":2'),
+    "empty payload": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":'),
+    "no payload before the link": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b',"payload":{"i":2}', b''),
+    "tail twice": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS) + b',"v":1}',
+    # payloads that orjson reads but kachery's JSON rules refuse (spec/feeds.md §2.1)
+    "payload with a duplicate key": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":2,"i":2}'),
+    "payload -0": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":-0}'),
+    "payload integer over 64 bits": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":18446744073709551616}'),
+    "payload lone surrogate": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
+        b'"payload":{"i":2}', b'"payload":{"i":"\\ud800"}'),
+    "link to message 0": lambda f: orjson.dumps({**f, "prev": hashlib.sha256(b"x").hexdigest()},
+                                                option=orjson.OPT_SORT_KEYS),
 }
 
 
@@ -134,3 +170,19 @@ def test_a_payload_with_a_succession_key_imports_through_the_store(tmp_path):
     dst = kf.open_store(tmp_path / "b.db").load_subfeed(src.uri)
     assert dst.add_signed_messages(src.get_signed_messages()) == 2
     assert dst.get_messages() == [{"succession": ["not a record"]}, {"n": 1}]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_numbers_stop_at_2_to_the_53_minus_1(count):
+    """A range may end at message 2^53 - 1 (the largest number), not past it."""
+    lines, prev = [], hashlib.sha256(b"before").digest()
+    for n in range(2**53 - 2, 2**53 - 2 + count):
+        body = orjson.dumps({"feed": FEED, "n": n, "payload": n, "prev": prev.hex(), "subfeed": SUB,
+                             "ts": 5, "v": 1}, option=orjson.OPT_SORT_KEYS)
+        prev = hashlib.sha256(body).digest()
+        lines.append(body + b"\t" + sign_hash(SK, prev).hex().encode())
+    got, want = _both(lines)
+    if count == 2:
+        assert want is not kf.VerificationError and got == want
+    else:
+        assert got is want is kf.VerificationError
