@@ -180,3 +180,86 @@ def test_a_malformed_content_length_is_a_typed_error(serve, length):
     server = serve(lambda c: c.sendall(head + b"hello"))
     with pytest.raises(HubRequestError, match="malformed Content-Length"):
         get(server.url).run(collect()[1])
+
+
+class KeepAliveServer:
+    """Answers every request on a connection until the client closes it; counts connections."""
+
+    def __init__(self, body: bytes, extra_headers: bytes = b"") -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/bucket/lab/feeds/x/0"
+        self.connections = 0
+        self.requests = 0
+
+        def answer(conn: socket.socket) -> None:
+            with conn:
+                data = b""
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        piece = conn.recv(65536)
+                        if not piece:
+                            return
+                        data += piece
+                    _request, data = data.split(b"\r\n\r\n", 1)
+                    self.requests += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra_headers)
+                                 + body)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+
+def test_downloads_from_one_origin_share_a_kept_connection():
+    """A catch-up downloads a hundred segments from the hub: one connection, not one each."""
+    server = KeepAliveServer(b"segment" * 1000)
+    try:
+        for _ in range(5):
+            got, write = collect()
+            assert get(server.url).run(write) == 7000 and b"".join(got) == b"segment" * 1000
+        assert (server.connections, server.requests) == (1, 5)
+    finally:
+        server.sock.close()
+
+
+def test_a_connection_the_server_closes_is_not_kept():
+    """``Connection: close`` in the response: the next download connects anew."""
+    server = KeepAliveServer(b"x" * 100, b"Connection: close\r\n")
+    try:
+        for _ in range(3):
+            assert get(server.url).run(collect()[1]) == 100
+        assert server.connections == 3
+    finally:
+        server.sock.close()
+
+
+def test_a_kept_connection_closed_meanwhile_is_replaced_without_an_error(serve):
+    """The server closed the idle connection (this one answers once per connection, without
+    saying so): the next download fails on it before any byte and goes again on a new one."""
+    body = b"y" * 5000
+    server = serve(lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body))
+    for _ in range(3):
+        got, write = collect()
+        assert get(server.url).run(write) == 5000 and b"".join(got) == body
+    assert len(server.requests) == 3
+
+
+def test_an_idle_connection_is_kept_only_for_a_while(monkeypatch):
+    from kachery_node.transport.bucket import direct_get
+    monkeypatch.setattr(direct_get, "IDLE_SECONDS", 0.0)
+    server = KeepAliveServer(b"z" * 10)
+    try:
+        for _ in range(2):
+            assert get(server.url).run(collect()[1]) == 10
+        assert server.connections == 2
+    finally:
+        server.sock.close()

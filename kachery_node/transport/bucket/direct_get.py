@@ -7,6 +7,14 @@ Why not httpx for these: a bucket object of 20 MB or more (a chunk of a large fi
 buffer, which the caller's ``write`` consumes (hash and ``pwrite``, both releasing the GIL)
 before the next ``recv_into``: one copy from the kernel, none in Python.
 
+Connections are kept alive: a response read to its end (status 200 or 206, no ``Connection:
+close``, nothing after its body) leaves its connection in a small pool for the next download
+from the same origin (:data:`IDLE_PER_ORIGIN` at most, each for :data:`IDLE_SECONDS`, below
+common servers' keep-alive timeouts). A catch-up downloads a hundred segments; a new connection
+for each cost the hub an accept and a connection set-up per segment. A kept connection the
+server closed meanwhile fails before any response byte, and the download then goes once more
+on a new connection (a GET changes nothing, and nothing was written yet).
+
 Only the plain case is handled: ``GET`` of a whole object (``200``), or of a byte range
 (``Range: bytes=a-b``, answered ``206``), over HTTP/1.1 (``https`` with SNI, certificates checked
 as by every other client: :func:`~kachery_node.transport.tls.ssl_context`), a response with
@@ -20,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -33,6 +42,8 @@ BUFFER_BYTES = 1 << 20
 MAX_HEADER_BYTES = 64 << 10
 MAX_ERROR_BODY = 64 << 10
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+IDLE_PER_ORIGIN = 8  # kept-alive connections kept per (scheme, host, port)
+IDLE_SECONDS = 2.0  # how long one is kept unused (hypercorn closes after 5 s, S3 after ~20)
 
 
 class DirectGetUnsupported(Exception):
@@ -41,6 +52,48 @@ class DirectGetUnsupported(Exception):
 
 class DirectGetAborted(Exception):
     """:meth:`DirectGet.abort` was called: the download stopped, and ``write`` is not called again."""
+
+
+class _NoResponse(HubRequestError):
+    """The connection ended before a byte of the response: on a kept connection, the server
+    closed it while it was idle, and the request may go again on a new one."""
+
+
+Origin = tuple[bool, str, int]  # (https, host, port)
+
+
+class _IdleConnections:
+    """Connections whose last response was read to its end, per origin, newest last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[Origin, list[tuple[socket.socket, float]]] = {}
+
+    def take(self, origin: Origin) -> socket.socket | None:
+        """The newest connection to ``origin`` idle for less than IDLE_SECONDS, if any."""
+        now = time.monotonic()
+        with self._lock:
+            kept = self._idle.pop(origin, [])
+            fresh = [(sock, since) for sock, since in kept if now - since < IDLE_SECONDS]
+            found = fresh.pop()[0] if fresh else None
+            if fresh:
+                self._idle[origin] = fresh
+        for sock, since in kept:
+            if now - since >= IDLE_SECONDS:
+                sock.close()
+        return found
+
+    def give(self, origin: Origin, sock: socket.socket) -> None:
+        with self._lock:
+            kept = self._idle.setdefault(origin, [])
+            kept.append((sock, time.monotonic()))
+            extra = kept[:-IDLE_PER_ORIGIN] if len(kept) > IDLE_PER_ORIGIN else []
+            del kept[:len(extra)]
+        for old, _since in extra:
+            old.close()
+
+
+_idle_connections = _IdleConnections()
 
 
 def proxy_configured() -> bool:
@@ -99,20 +152,22 @@ class DirectGet:
         Raises NotFoundError (404), HubRequestError (another error status, or the connection
         ending early), DirectGetUnsupported (nothing written yet), DirectGetAborted, or OSError
         (network failure, timeout)."""
-        sock = self._connect()
+        origin = (self._https, self._host, self._port)
+        kept = _idle_connections.take(origin)
+        sock = kept if kept is not None else self._connect()
+        reusable = False
         try:
-            with self._lock:
-                if self._aborted:
-                    raise DirectGetAborted(self.url)
-                self._sock = sock
-            host = self._host if ":" not in self._host else f"[{self._host}]"
-            default_port = 443 if self._https else 80
-            host_header = host if self._port == default_port else f"{host}:{self._port}"
-            range_line = f"Range: {self._range}\r\n" if self._range else ""
-            sock.sendall(f"GET {self._target} HTTP/1.1\r\nHost: {host_header}\r\n"
-                         f"Accept-Encoding: identity\r\n{range_line}Connection: close\r\n"
-                         "User-Agent: kachery\r\n\r\n".encode("latin-1"))
-            status, headers, body_start = self._read_head(sock)
+            self._hold(sock)
+            try:
+                status, headers, body_start = self._ask(sock)
+            except (_NoResponse, ConnectionError):  # (not a timeout: that one is the server's)
+                if kept is None:
+                    raise
+                self._hold(None)  # the server closed the kept connection: once more, anew
+                sock.close()
+                sock = self._connect()
+                self._hold(sock)
+                status, headers, body_start = self._ask(sock)
             length = _content_length(headers)
             if status >= 400:
                 raise self._error(sock, status, headers, body_start, length)
@@ -121,11 +176,35 @@ class DirectGet:
                 raise DirectGetUnsupported(f"HTTP {status}" + (" to a range request" if self._range else ""))
             if length is None:
                 raise DirectGetUnsupported("no Content-Length")
-            return self._read_body(sock, body_start, length, write, progress)
+            done = self._read_body(sock, body_start, length, write, progress)
+            reusable = len(body_start) <= length and _keeps_alive(headers)
+            return done
         finally:
             with self._lock:
                 self._sock = None
-            sock.close()
+                reusable = reusable and not self._aborted  # an abort may be shutting it down
+            if reusable:
+                _idle_connections.give(origin, sock)
+            else:
+                sock.close()
+
+    def _hold(self, sock: socket.socket | None) -> None:
+        """Make ``sock`` the one :meth:`abort` shuts down (raises if aborted already)."""
+        with self._lock:
+            if self._aborted and sock is not None:
+                raise DirectGetAborted(self.url)
+            self._sock = sock
+
+    def _ask(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+        """Send the request and read the response's head."""
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        default_port = 443 if self._https else 80
+        host_header = host if self._port == default_port else f"{host}:{self._port}"
+        range_line = f"Range: {self._range}\r\n" if self._range else ""
+        sock.sendall(f"GET {self._target} HTTP/1.1\r\nHost: {host_header}\r\n"
+                     f"Accept-Encoding: identity\r\n{range_line}"
+                     "User-Agent: kachery\r\n\r\n".encode("latin-1"))
+        return self._read_head(sock)
 
     # ------------------------------------------------------------------ pieces
     def _connect(self) -> socket.socket:
@@ -148,8 +227,8 @@ class DirectGet:
             piece = sock.recv(65536)
             if not piece:
                 self._check_aborted()
-                raise HubRequestError(502, "http_error",
-                                      f"GET {self.url}: connection closed before a response")
+                error = _NoResponse if not data else HubRequestError
+                raise error(502, "http_error", f"GET {self.url}: connection closed before a response")
             data += piece
         head, rest = data.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
@@ -160,7 +239,7 @@ class DirectGet:
             raise HubRequestError(502, "http_error", f"GET {self.url}: malformed status line") from None
         if not version.startswith("HTTP/1."):
             raise DirectGetUnsupported(f"protocol {version}")
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {_VERSION: version}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep:
@@ -224,6 +303,14 @@ class DirectGet:
         with self._lock:
             if self._aborted:
                 raise DirectGetAborted(self.url)
+
+
+_VERSION = ":version"  # the response's HTTP version, kept among its headers (not a header name)
+
+
+def _keeps_alive(headers: dict[str, str]) -> bool:
+    """Whether the server keeps the connection open after this response (HTTP/1.1's default)."""
+    return headers[_VERSION] == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
 
 
 def _content_length(headers: dict[str, str]) -> int | None:
