@@ -145,8 +145,13 @@ class Lab:
         return object_file(self.hub.dir / "bucket", key)
 
     def stop(self) -> None:
-        """Stop every node's daemon (all of them, even if one fails to stop)."""
+        """Stop every node's daemon (all of them, even if one fails to stop), side by side."""
         failures = []
+        for node in self.nodes.values():
+            try:
+                node.begin_stop()
+            except Exception as exc:
+                failures.append(f"{node.label}: {exc!r}")
         for node in self.nodes.values():
             try:
                 node.stop()
