@@ -33,6 +33,8 @@ from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path, su
 from tests.network.conftest import ALL_ROLES, BUCKET_COMBINATIONS, PUBSUB_COMBINATIONS
 from tests.nodes import free_port
 
+pytestmark = pytest.mark.slow  # 10-30 s each
+
 FEED_ROLES = ["request-feeds", "request-files"]
 # A dead uploader is noticed after `stall` s without its heartbeats (default 30 s; 3 s here).
 FAST_FILE_TIMEOUTS = "\n[daemon.files]\nstall = 3\nheartbeat = 0.5\nanswer = 1\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import kachery_feeds as kf
 from kachery_node.storage.followed_subfeeds import read_followed
 from tests.network.conftest import ALL_ROLES
@@ -27,6 +29,7 @@ def _wait(predicate, what: str, node, timeout: float = 20) -> None:
 IDLE_S = 15
 
 
+@pytest.mark.slow
 def test_unfollow_by_hand_and_after_idling(lab):
     alice = lab.add_node("alice", ALL_ROLES)
     feed = kf.open_store(alice.storage_dir / "feeds.db").create_feed()
