@@ -22,13 +22,18 @@ UNIT_FOLDERS = frozenset({"unit", "protocol"})
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark each test `unit` or `e2e` by its folder, so `-m unit` / `-m e2e` select a suite."""
+    """Mark each test `unit` or `e2e` by its folder, so `-m unit` / `-m e2e` select a suite.
+
+    Under pytest-xdist (``-n``), the tests marked `slow` are handed out first: one started last
+    would keep its worker busy for its 20-60 s after the others ran out of tests."""
     for item in items:
         try:
             folder = item.path.relative_to(TESTS).parts[0]
         except ValueError:  # a test outside tests/ (none today)
             folder = ""
         item.add_marker(pytest.mark.unit if folder in UNIT_FOLDERS else pytest.mark.e2e)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike, as xdist requires
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 class UnitTestUsedTheOutsideWorld(AssertionError):

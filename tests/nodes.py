@@ -123,16 +123,22 @@ class TestNode:
         os.kill(info["pid"], signal.SIGKILL)
         return info["pid"]
 
-    def stop(self) -> None:
-        """Stop the daemon if one runs: through its API, else (or if it lingers) by signal."""
+    def begin_stop(self) -> None:
+        """Ask the daemon to stop, without waiting for its process to end (:meth:`stop` waits):
+        a lab's daemons then exit side by side (each takes a second or two)."""
         recorded = self._recorded_pid()
-        pids = self._pids | ({recorded} if recorded is not None else set())
+        if recorded is not None:
+            self._pids.add(recorded)  # daemon.json may be gone once it stopped
         if self.client.is_running():
             try:
                 self.client.stop()
             except Exception:
-                pass  # the signals below end it
-        for pid in pids:
+                pass  # stop()'s signals end it
+
+    def stop(self) -> None:
+        """Stop the daemon if one runs: through its API, else (or if it lingers) by signal."""
+        self.begin_stop()
+        for pid in set(self._pids):
             proc = self._daemon_process(pid)
             if proc is None:
                 continue

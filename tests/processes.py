@@ -37,6 +37,9 @@ log = logging.getLogger("tests.processes")
 
 
 class ProcessOwner(Protocol):
+    """Starts a process and ends it with ``stop()`` (which waits for its exit). It may also have
+    ``begin_stop()``: ask the process to end without waiting, so that several end side by side."""
+
     def stop(self) -> None: ...
 
 
@@ -55,9 +58,17 @@ def mark() -> int:
 
 
 def stop_since(position: int) -> None:
-    """Stop (newest first) and forget the owners registered since ``position``."""
+    """Stop (newest first) and forget the owners registered since ``position``: first ask each
+    that can (``begin_stop``) to end, then wait for each, so that their exits overlap."""
     created = _owners[position:]
     del _owners[position:]
+    for owner in reversed(created):
+        begin_stop = getattr(owner, "begin_stop", None)
+        if begin_stop is not None:
+            try:
+                begin_stop()
+            except Exception:
+                log.exception("asking %r to stop failed", owner)
     for owner in reversed(created):
         try:
             owner.stop()

@@ -30,6 +30,7 @@ class HubProcess:
         self.args = args
         self.script = script
         self.proc: subprocess.Popen | None = None
+        self._terminated = False  # SIGTERM sent to this process
         processes.register(self)  # stopped with the test that made it, pass or fail
         self.start()
 
@@ -41,6 +42,7 @@ class HubProcess:
             command = ([sys.executable, "-c", self.script, str(self.dir)] if self.script else
                        [KACHERY, "hub", "serve", "--dir", str(self.dir), "--port", "0", *self.args])
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+            self._terminated = False
         deadline = time.monotonic() + 20
         while not info_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -50,9 +52,15 @@ class HubProcess:
         info = json.loads(info_path.read_text())
         self.url, self.hub_id = info["url"], info["hub_id"]
 
+    def begin_stop(self) -> None:
+        """SIGTERM without waiting (:meth:`stop` waits); once: a second one could cut its exit short."""
+        if self.proc and self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.begin_stop()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -145,8 +145,13 @@ class Lab:
         return object_file(self.hub.dir / "bucket", key)
 
     def stop(self) -> None:
-        """Stop every node's daemon (all of them, even if one fails to stop)."""
+        """Stop every node's daemon (all of them, even if one fails to stop), side by side."""
         failures = []
+        for node in self.nodes.values():
+            try:
+                node.begin_stop()
+            except Exception as exc:
+                failures.append(f"{node.label}: {exc!r}")
         for node in self.nodes.values():
             try:
                 node.stop()
@@ -171,13 +176,26 @@ SHARED_SUITE = {
 }
 
 
+#: The combinations that vary one side at a time, for a test of the shared suite whose behaviour
+#: depends on only one side (``@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)``): every
+#: pub-sub service over the embedded bucket, or every bucket under the embedded relay.
+PUBSUB_COMBINATIONS = ("embedded+embedded", "nats+embedded", "ably+embedded")
+BUCKET_COMBINATIONS = ("embedded+embedded", "embedded+gcs", "embedded+s3")
+
+
 def pytest_generate_tests(metafunc):
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     uses_lab = "lab" in metafunc.fixturenames or "make_lab" in metafunc.fixturenames
     chosen = any("lab_backends" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
     if uses_lab and module in SHARED_SUITE and not chosen:  # a test may choose its own combinations
+        combinations = SHARED_SUITE[module]
+        narrowed = metafunc.definition.get_closest_marker("lab_combinations")
+        if narrowed is not None:  # a subset of the module's, say which side matters (the test says why)
+            unknown = set(narrowed.args) - set(combinations)
+            assert narrowed.args and not unknown, f"lab_combinations: not in {module}'s: {unknown}"
+            combinations = [c for c in combinations if c in narrowed.args]
         params = [pytest.param(c, id=c, marks=() if c == "embedded+embedded" else pytest.mark.backends)
-                  for c in SHARED_SUITE[module]]
+                  for c in combinations]
         metafunc.parametrize("lab_backends", params, indirect=True)
 
 

@@ -4,6 +4,15 @@ Each test builds a small network (a real `kachery hub serve` and nodes with real
 breaks something the way it breaks in practice (SIGKILL, restart, tampering on disk,
 revocation) and checks what a user would notice: every message present exactly once and in
 order, files intact or a clear error with nothing stored, and the daemon log saying why.
+
+Each scenario runs on the backend combinations where its behaviour depends on the backend
+(tests/network/conftest.py): the pub-sub side for what breaks and heals connections and
+credentials (hub restart, killed daemons, revocation: every pub-sub service over the embedded
+bucket), the bucket side for what is read, rejected and uploaded again (tampered objects,
+uploads cut short: every bucket under the embedded relay). The other side's code is the same
+for every backend there (messages are opaque bytes to the pub-sub service; bucket objects are
+read and written through the same signed-URL HTTP calls whatever carries the messages), and
+nats+gcs, both at once, is in the rest of the shared suite.
 """
 
 from __future__ import annotations
@@ -16,12 +25,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 import kachery_feeds as kf
 import kachery_node as kn
 from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path, subfeed_segment_path
-from tests.network.conftest import ALL_ROLES
+from tests.network.conftest import ALL_ROLES, BUCKET_COMBINATIONS, PUBSUB_COMBINATIONS
 from tests.nodes import free_port
+
+pytestmark = pytest.mark.slow  # 10-30 s each
 
 FEED_ROLES = ["request-feeds", "request-files"]
 # A dead uploader is noticed after `stall` s without its heartbeats (default 30 s; 3 s here).
@@ -65,6 +77,9 @@ def fetch(node, uri: str, timeout: float = 90) -> list[dict]:
 
 
 # ------------------------------------------------------------------ hub and relay restarted
+# Pub-sub: each service's reconnection and re-subscription after the hub (and its relay, or the
+# credentials it issues for NATS and Ably) went away.
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_hub_restart_while_two_nodes_follow_loses_and_duplicates_nothing(make_lab):
     lab = make_lab("--port", str(free_port()))  # the same URL after the restart
     alice = lab.add_node("alice", ALL_ROLES)
@@ -103,6 +118,8 @@ def test_hub_restart_while_two_nodes_follow_loses_and_duplicates_nothing(make_la
 
 
 # ------------------------------------------------------------------ daemons killed and restarted
+# Pub-sub: a restarted daemon connects and subscribes again on each service.
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_killed_daemons_resume_following_where_they_were(lab):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", FEED_ROLES)
@@ -136,6 +153,8 @@ def test_killed_daemons_resume_following_where_they_were(lab):
 
 
 # ------------------------------------------------------------------ tampered bucket objects
+# Bucket: each bucket's reads are checked and rejected, and its object overwritten by a provider.
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_tampered_file_in_the_bucket_is_rejected_and_nothing_is_stored(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-files"])
@@ -166,6 +185,7 @@ def test_tampered_file_in_the_bucket_is_rejected_and_nothing_is_stored(lab, tmp_
     assert obj.read_bytes() == content
 
 
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_tampered_feed_in_the_bucket_is_rejected_and_nothing_is_stored(lab):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", FEED_ROLES)
@@ -203,6 +223,8 @@ def _tamper(data: bytes, old: bytes, new: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------ provider killed mid-upload
+# Bucket: a chunked upload to each bucket cut short, then finished or retried.
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES, start=False)
     carol = lab.add_node("carol", ["provide-files"], start=False)
@@ -260,6 +282,7 @@ def test_provider_killed_mid_upload_another_provider_finishes_it(lab, tmp_path):
     print(f"fetch finished {recovered:.1f} s after the kill")
 
 
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_sole_provider_killed_mid_upload_the_retry_after_its_restart_succeeds(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES, start=False)
     bob = lab.add_node("bob", ["request-files"], start=False)
@@ -311,6 +334,9 @@ def _uploads_in_flight(node) -> set[str]:
 
 
 # ------------------------------------------------------------------ a node removed from the channel
+# Pub-sub: each service learns of the revocation its own way (relay at once, NATS at the token's
+# expiry, Ably through the hub's revokeTokens).
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_removed_node_is_not_served_within_one_token_lifetime(make_lab):
     ttl = 5
     lab = make_lab("--token-ttl", str(ttl))

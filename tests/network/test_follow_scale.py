@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import httpx
+import pytest
 
 import kachery_feeds as kf
 from kachery_node.protocol.bucket_layout import subfeed_checkpoint_path
@@ -53,6 +54,7 @@ def _relay_messages_in(owner) -> int:
     return sum(ch["relay"]["messages_in"] for ch in status["channels"])
 
 
+@pytest.mark.slow
 def test_following_2000_subfeeds_is_one_quick_request_remembered_through_a_kill(lab):
     n = 2000
     alice = lab.add_node("alice", ALL_ROLES)
@@ -101,6 +103,7 @@ def test_a_bad_uri_in_a_bulk_follow_follows_none(lab):
     assert answer == {"following": [], "followed": 0, "local": [subfeeds[0].uri]}
 
 
+@pytest.mark.slow
 def test_renewals_of_many_subfeeds_travel_batched_and_survive_a_provider_kill(lab):
     n = 600  # more than one subscribeToSubfeeds holds (500)
     alice = lab.add_node("alice", ALL_ROLES)

@@ -215,6 +215,7 @@ class _Lines:
         return lines
 
 
+@pytest.mark.slow  # waits for a renewal (20 s) or the bucket poller's backoff
 @pytest.mark.parametrize("reader_daemon", [False, True], ids=["no-daemon", "daemon"])
 def test_feed_tail_follow_waits_for_an_offline_owner_then_gets_live_messages(lab, reader_daemon):
     alice = lab.add_node("alice", ALL_ROLES)

@@ -31,10 +31,11 @@ print(sf.uri)
 """)
     json_uri, sub_uri = out.split()
     got = _script(bob, f"""
+import itertools
 import kachery_node as kn
 print(kn.load_json({json_uri!r}))
 sf = kn.load_subfeed({sub_uri!r})
-print([m["n"] for m in sf.follow(start=0, timeout=5)][:5])
+print([m["n"] for m in itertools.islice(sf.follow(start=0, timeout=5), 5)])  # not 5 s more
 """)
     assert got.splitlines() == ["{'gain': 0.5}", "[0, 1, 2, 3, 4]"]
 
