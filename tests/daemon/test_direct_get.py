@@ -204,8 +204,8 @@ class KeepAliveServer:
                         data += piece
                     _request, data = data.split(b"\r\n\r\n", 1)
                     self.requests += 1
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra_headers)
-                                 + body)
+                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra_headers)
+                    conn.sendall(head + body)
 
         def serve() -> None:
             while True:
