@@ -18,33 +18,47 @@ from kachery_node.transport.bucket.direct_get import DirectGet, DirectGetAborted
 BODY = os.urandom(3 * (1 << 20) + 12345)  # several 1 MiB buffers and a remainder
 
 
-class Server:
-    """Accepts connections and answers each with ``respond(conn)`` (raw bytes, any shape)."""
+class Listener:
+    """A local HTTP server on a free port: :meth:`on_connection` handles each accepted
+    connection, in the accepting thread, until :meth:`close`."""
 
-    def __init__(self, respond: Callable[[socket.socket], None]) -> None:
+    def __init__(self, path: str) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/bucket/lab/sha1/ab/cd/ef/x"
-        self.requests: list[bytes] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+        threading.Thread(target=self._accept, daemon=True).start()
 
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = self.sock.accept()
-                except OSError:
-                    return
-                with conn:
-                    self.requests.append(conn.recv(65536))
-                    try:
-                        respond(conn)
-                    except OSError:
-                        pass
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.on_connection(conn)
 
-        threading.Thread(target=serve, daemon=True).start()
+    def on_connection(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Server(Listener):
+    """Answers each connection's one request with ``respond(conn)`` (raw bytes, any shape)."""
+
+    def __init__(self, respond: Callable[[socket.socket], None]) -> None:
+        self.respond = respond
+        self.requests: list[bytes] = []
+        super().__init__("/bucket/lab/sha1/ab/cd/ef/x")
+
+    def on_connection(self, conn: socket.socket) -> None:
+        with conn:
+            self.requests.append(conn.recv(65536))
+            try:
+                self.respond(conn)
+            except OSError:
+                pass
 
 
 @pytest.fixture
@@ -182,41 +196,31 @@ def test_a_malformed_content_length_is_a_typed_error(serve, length):
         get(server.url).run(collect()[1])
 
 
-class KeepAliveServer:
+class KeepAliveServer(Listener):
     """Answers every request on a connection until the client closes it; counts connections."""
 
     def __init__(self, body: bytes, extra_headers: bytes = b"") -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/bucket/lab/feeds/x/0"
+        self.response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra_headers) + body
         self.connections = 0
         self.requests = 0
+        super().__init__("/bucket/lab/feeds/x/0")
 
-        def answer(conn: socket.socket) -> None:
-            with conn:
-                data = b""
-                while True:
-                    while b"\r\n\r\n" not in data:
-                        piece = conn.recv(65536)
-                        if not piece:
-                            return
-                        data += piece
-                    _request, data = data.split(b"\r\n\r\n", 1)
-                    self.requests += 1
-                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra_headers)
-                    conn.sendall(head + body)
+    def on_connection(self, conn: socket.socket) -> None:
+        self.connections += 1
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
-        def serve() -> None:
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
             while True:
-                try:
-                    conn, _ = self.sock.accept()
-                except OSError:
-                    return
-                self.connections += 1
-                threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=serve, daemon=True).start()
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        return
+                    data += piece
+                _request, data = data.split(b"\r\n\r\n", 1)
+                self.requests += 1
+                conn.sendall(self.response)
 
 
 def test_downloads_from_one_origin_share_a_kept_connection():
@@ -228,7 +232,7 @@ def test_downloads_from_one_origin_share_a_kept_connection():
             assert get(server.url).run(write) == 7000 and b"".join(got) == b"segment" * 1000
         assert (server.connections, server.requests) == (1, 5)
     finally:
-        server.sock.close()
+        server.close()
 
 
 def test_a_connection_the_server_closes_is_not_kept():
@@ -239,7 +243,7 @@ def test_a_connection_the_server_closes_is_not_kept():
             assert get(server.url).run(collect()[1]) == 100
         assert server.connections == 3
     finally:
-        server.sock.close()
+        server.close()
 
 
 def test_a_kept_connection_closed_meanwhile_is_replaced_without_an_error(serve):
@@ -262,4 +266,4 @@ def test_an_idle_connection_is_kept_only_for_a_while(monkeypatch):
             assert get(server.url).run(collect()[1]) == 10
         assert server.connections == 2
     finally:
-        server.sock.close()
+        server.close()

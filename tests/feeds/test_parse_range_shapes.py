@@ -28,7 +28,7 @@ def _range(shape, n_messages: int = 4, signed: str = "last") -> list[bytes]:
     for n in range(n_messages):
         fields = {"feed": FEED, "n": n, "payload": {"i": n}, "prev": prev.hex() if prev else None,
                   "subfeed": SUB, "ts": 1000 + n, "v": 1}
-        body = shape(fields) if n == 2 else orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        body = shape(fields) if n == 2 else canonical(fields)
         prev = hashlib.sha256(body).digest()
         sig = b""
         if signed == "each" or n == n_messages - 1:
@@ -53,67 +53,67 @@ def _both(lines):
     return got, want
 
 
+def canonical(fields: dict) -> bytes:
+    """The body as kachery writes it: compact JSON, keys sorted."""
+    return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+
+
+def changed(**fields):
+    """A shape: the usual body with ``fields`` set (added, or in place of the usual value)."""
+    return lambda f: canonical({**f, **fields})
+
+
+def replaced(old: bytes, new: bytes):
+    """A shape: the usual body's bytes with ``old`` replaced by ``new``."""
+    return lambda f: canonical(f).replace(old, new)
+
+
 ACCEPTED = {
     "spaces": lambda f: json.dumps(f).encode(),
     "other key order": lambda f: orjson.dumps(dict(reversed(f.items()))),
-    "metadata": lambda f: orjson.dumps({**f, "meta": {"by": "x"}}, option=orjson.OPT_SORT_KEYS),
-    "escaped slash": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(b'"i"', b'"\\u0069"'),
-    "payload named succession": lambda f: orjson.dumps(
-        {**f, "payload": {"succession": ["x"]}}, option=orjson.OPT_SORT_KEYS),
+    "metadata": changed(meta={"by": "x"}),
+    "escaped slash": replaced(b'"i"', b'"\\u0069"'),
+    "payload named succession": changed(payload={"succession": ["x"]}),
     # at the border of the inline check, which finds the link and the timestamp from the end
-    "payload holding the link's text": lambda f: orjson.dumps(
-        {**f, "payload": {k: f[k] for k in ("prev", "subfeed", "ts", "v")}}, option=orjson.OPT_SORT_KEYS),
-    "payload holding the tail's text": lambda f: orjson.dumps(
-        {**f, "payload": ',"ts":5,"v":1}'}, option=orjson.OPT_SORT_KEYS),
-    "payload with spaces": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{ "i" : 2 }'),
-    "ts of 16 digits": lambda f: orjson.dumps({**f, "ts": 2**53 - 1}, option=orjson.OPT_SORT_KEYS),
-    "ts 0": lambda f: orjson.dumps({**f, "ts": 0}, option=orjson.OPT_SORT_KEYS),
+    "payload holding the link's text": lambda f: canonical(
+        {**f, "payload": {k: f[k] for k in ("prev", "subfeed", "ts", "v")}}),
+    "payload holding the tail's text": changed(payload=',"ts":5,"v":1}'),
+    "payload with spaces": replaced(b'"payload":{"i":2}', b'"payload":{ "i" : 2 }'),
+    "ts of 16 digits": changed(ts=2**53 - 1),
+    "ts 0": changed(ts=0),
 }
 REFUSED = {
-    "extra field": lambda f: orjson.dumps({**f, "x": 1}, option=orjson.OPT_SORT_KEYS),
+    "extra field": changed(x=1),
     "missing payload": lambda f: orjson.dumps({k: v for k, v in f.items() if k != "payload"}),
-    "v true": lambda f: orjson.dumps({**f, "v": True}, option=orjson.OPT_SORT_KEYS),
-    "v 1.0": lambda f: orjson.dumps({**f, "v": 1.0}, option=orjson.OPT_SORT_KEYS),
-    "n as float": lambda f: orjson.dumps({**f, "n": 2.0}, option=orjson.OPT_SORT_KEYS),
-    "n skips": lambda f: orjson.dumps({**f, "n": 3}, option=orjson.OPT_SORT_KEYS),
-    "ts negative": lambda f: orjson.dumps({**f, "ts": -1}, option=orjson.OPT_SORT_KEYS),
-    "ts too big": lambda f: orjson.dumps({**f, "ts": 2**53}, option=orjson.OPT_SORT_KEYS),
-    "ts as string": lambda f: orjson.dumps({**f, "ts": "5"}, option=orjson.OPT_SORT_KEYS),
-    "prev upper case": lambda f: orjson.dumps({**f, "prev": f["prev"].upper()}, option=orjson.OPT_SORT_KEYS),
-    "other feed": lambda f: orjson.dumps({**f, "feed": "cd" * 32}, option=orjson.OPT_SORT_KEYS),
-    "other subfeed": lambda f: orjson.dumps({**f, "subfeed": "cd" * 20}, option=orjson.OPT_SORT_KEYS),
-    "duplicate key": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS)[:-1] + b',"v":1}',
-    "meta null": lambda f: orjson.dumps({**f, "meta": None}, option=orjson.OPT_SORT_KEYS),
+    "v true": changed(v=True),
+    "v 1.0": changed(v=1.0),
+    "n as float": changed(n=2.0),
+    "n skips": changed(n=3),
+    "ts negative": changed(ts=-1),
+    "ts too big": changed(ts=2**53),
+    "ts as string": changed(ts="5"),
+    "prev upper case": lambda f: canonical({**f, "prev": f["prev"].upper()}),
+    "other feed": changed(feed="cd" * 32),
+    "other subfeed": changed(subfeed="cd" * 20),
+    "duplicate key": lambda f: canonical(f)[:-1] + b',"v":1}',
+    "meta null": changed(meta=None),
     "a list": lambda f: orjson.dumps([f]),
     "newline": lambda f: json.dumps(f, indent=1).encode(),
     # at the border of the inline check
-    "ts with a leading zero": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"ts":1002', b'"ts":01002'),
-    "ts with a sign": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"ts":1002', b'"ts":+1002'),
-    "ts fraction": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"ts":1002', b'"ts":1002.0'),
-    "two payloads": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":2},"payload":{"i":2}'),
-    "payload cut short": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":2'),
-    "empty payload": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":'),
-    "no payload before the link": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b',"payload":{"i":2}', b''),
-    "tail twice": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS) + b',"v":1}',
+    "ts with a leading zero": replaced(b'"ts":1002', b'"ts":01002'),
+    "ts with a sign": replaced(b'"ts":1002', b'"ts":+1002'),
+    "ts fraction": replaced(b'"ts":1002', b'"ts":1002.0'),
+    "two payloads": replaced(b'"payload":{"i":2}', b'"payload":{"i":2},"payload":{"i":2}'),
+    "payload cut short": replaced(b'"payload":{"i":2}', b'"payload":{"i":2'),
+    "empty payload": replaced(b'"payload":{"i":2}', b'"payload":'),
+    "no payload before the link": replaced(b',"payload":{"i":2}', b''),
+    "tail twice": lambda f: canonical(f) + b',"v":1}',
     # payloads that orjson reads but kachery's JSON rules refuse (spec/feeds.md §2.1)
-    "payload with a duplicate key": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":2,"i":2}'),
-    "payload -0": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":-0}'),
-    "payload integer over 64 bits": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":18446744073709551616}'),
-    "payload lone surrogate": lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS).replace(
-        b'"payload":{"i":2}', b'"payload":{"i":"\\ud800"}'),
-    "link to message 0": lambda f: orjson.dumps({**f, "prev": hashlib.sha256(b"x").hexdigest()},
-                                                option=orjson.OPT_SORT_KEYS),
+    "payload with a duplicate key": replaced(b'"payload":{"i":2}', b'"payload":{"i":2,"i":2}'),
+    "payload -0": replaced(b'"payload":{"i":2}', b'"payload":{"i":-0}'),
+    "payload integer over 64 bits": replaced(b'"payload":{"i":2}', b'"payload":{"i":18446744073709551616}'),
+    "payload lone surrogate": replaced(b'"payload":{"i":2}', b'"payload":{"i":"\\ud800"}'),
+    "link to message 0": changed(prev=hashlib.sha256(b"x").hexdigest()),
 }
 
 
@@ -143,7 +143,7 @@ def test_lines_that_are_not_bytes_but_bytes_like_are_read_as_bytes(kind):
 
 @pytest.mark.parametrize("bad", ["str", "upper hex", "short hex", "newline"])
 def test_a_bad_signature_field_in_the_middle_is_refused(bad):
-    lines = _range(lambda f: orjson.dumps(f, option=orjson.OPT_SORT_KEYS), signed="each")
+    lines = _range(lambda f: canonical(f), signed="each")
     body, _tab, sig = lines[2].rpartition(b"\t")
     lines[2] = {"str": (body + b"\t" + sig).decode(), "upper hex": body + b"\t" + sig.upper(),
                 "short hex": body + b"\t" + sig[:-2], "newline": body + b"\t" + sig[:-1] + b"\n"}[bad]
@@ -153,7 +153,7 @@ def test_a_bad_signature_field_in_the_middle_is_refused(bad):
 
 def test_a_range_carrying_succession_records_is_told_before_any_signature_is_checked():
     def carrying(f):
-        return orjson.dumps({**f, "succession": ["record"]}, option=orjson.OPT_SORT_KEYS)
+        return canonical({**f, "succession": ["record"]})
 
     lines = _range(carrying)
     last = lines[-1].rpartition(b"\t")[0]
