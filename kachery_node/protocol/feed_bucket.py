@@ -164,7 +164,7 @@ class SegmentImporter:
             if not self._pending[i].endswith(b"\t"):
                 ready, self._pending = self._pending[: i + 1], self._pending[i + 1 :]
                 local = self.subfeed.get_num_local_messages()
-                ready = skip_known(ready, local)
+                ready = _skip_known(ready, local)
                 if ready:
                     self.added += self.subfeed.add_signed_messages(ready)
                 return
@@ -172,13 +172,18 @@ class SegmentImporter:
     def add_segment(self, data: bytes) -> None:
         self.add_lines(kf.decode_segment(data))
 
+    @property
+    def pending(self) -> list[bytes]:
+        """The unsigned lines after the last signed one, not imported (yet)."""
+        return list(self._pending)
+
     def finish(self) -> int:
         if self._pending:
             raise kf.VerificationError("downloaded messages do not end at a signed message")
         return self.added
 
 
-def skip_known(lines: list[bytes], local_count: int) -> list[bytes]:
+def _skip_known(lines: list[bytes], local_count: int) -> list[bytes]:
     """Drop leading lines this store already has (saves re-verifying them).
 
     The first kept line's ``prev`` is still checked against the local chain on import, so a

@@ -38,7 +38,7 @@ from kachery_feeds.checkpoints import (
 )
 
 from ..protocol.bucket_layout import SEGMENT_SIZE
-from ..protocol.feed_bucket import skip_known
+from ..protocol.feed_bucket import SegmentImporter
 from ..protocol.witness import (
     MAX_BUCKET_SEGMENTS,
     Cosigned,
@@ -154,20 +154,13 @@ class Witness:
         held = subfeed.get_num_local_messages()
         first = held // SEGMENT_SIZE
         last = min(segments_to, first + MAX_BUCKET_SEGMENTS)
-        pending: list[bytes] = []
+        importer = SegmentImporter(subfeed)
         for index in range(first, last):
             data = segments(index)
             if data is None:
                 return []
-            pending.extend(kf.decode_segment(data))
-            for i in range(len(pending) - 1, -1, -1):
-                if not pending[i].endswith(b"\t"):  # signed: import up to here
-                    ready, pending = pending[: i + 1], pending[i + 1:]
-                    ready = skip_known(ready, subfeed.get_num_local_messages())
-                    if ready:
-                        subfeed.add_signed_messages(ready)
-                    break
-        return pending if last == segments_to else []
+            importer.add_segment(data)
+        return importer.pending if last == segments_to else []
 
     def report_fork(self, proof: bytes) -> kf.ForkProofInfo:
         """A fork proof found by someone else: verified and recorded; from then on the witness
