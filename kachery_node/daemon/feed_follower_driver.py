@@ -125,21 +125,14 @@ class _SubscriptionBatcher:
 
     def _current(self, pending: list[SubscribeToSubfeed]) -> list[SubscribeToSubfeed]:
         """``pending`` with positions raised to the store's counts (one query per feed)."""
-        by_feed: dict[str, int] = {}
+        by_feed: dict[str, list[str]] = {}
         for m in pending:
-            by_feed[m.feed_id] = by_feed.get(m.feed_id, 0) + 1
-        counts: dict[tuple[str, str], int] = {}
-        for feed_id, n in by_feed.items():
-            if n > 1:
-                listed = self._store.load_feed(feed_id).list_subfeeds()
-                counts.update(((feed_id, s["subfeed_hash"]), s["num_messages"]) for s in listed)
+            by_feed.setdefault(m.feed_id, []).append(m.subfeed_hash)
+        counts = {feed_id: _local_counts(self._store, feed_id, hashes) for feed_id, hashes in by_feed.items()}
         out = []
         for m in pending:
-            count = counts.get((m.feed_id, m.subfeed_hash))
-            if count is None and by_feed[m.feed_id] == 1:
-                subfeed = self._store.load_feed(m.feed_id).load_subfeed("~" + m.subfeed_hash)
-                count = subfeed.get_num_local_messages()
-            if count is not None and count > m.position and not m.bucket_rejected:
+            count = counts[m.feed_id][m.subfeed_hash]
+            if count > m.position and not m.bucket_rejected:
                 m = dataclasses.replace(m, position=count)
             out.append(m)
         return out
@@ -220,15 +213,11 @@ class FollowerDriver:
                          if (c := self._conversation(link, message.feed_id, h)) is not None]
         if not conversations:
             return
-        local: dict[str, int] = {}
-        if len(conversations) > 1:
-            listed = self.store.load_feed(message.feed_id).list_subfeeds()
-            local = {s["subfeed_hash"]: s["num_messages"] for s in listed}
+        local = _local_counts(self.store, message.feed_id,
+                              [c.follower.where.subfeed_hash for c, _count in conversations], self._subfeed)
         now = anyio.current_time()
         for conversation, count in conversations:
-            held = local.get(conversation.follower.where.subfeed_hash)
-            if held is None:
-                held = conversation.subfeed.get_num_local_messages()
+            held = local[conversation.follower.where.subfeed_hash]
             conversation.give(conversation.follower.on_subfeed_held(now, count, held))
 
     def on_new_messages(self, link: ChannelLink, sender: str, message: NewSubfeedMessages) -> None:
@@ -413,14 +402,9 @@ class FollowerDriver:
             by_feed.setdefault(conversation.follower.where.feed_id, []).append(conversation)
         counts: dict[tuple[str, str], int] = {}
         for feed_id, conversations in by_feed.items():
-            if len(conversations) > COUNTS_ONE_BY_ONE:
-                listed = self.store.load_feed(feed_id).list_subfeeds()
-                held = {s["subfeed_hash"]: s["num_messages"] for s in listed}
-                for c in conversations:
-                    counts[c.follower.where.subfeed] = held.get(c.follower.where.subfeed_hash, 0)
-            else:
-                for c in conversations:
-                    counts[c.follower.where.subfeed] = c.subfeed.get_num_local_messages()
+            local = _local_counts(self.store, feed_id, [c.follower.where.subfeed_hash for c in conversations],
+                                  self._subfeed)
+            counts.update(((feed_id, h), n) for h, n in local.items())
         return counts
 
     async def _carry_out(self, conversation: _Conversation, action: FollowerAction) -> list[FollowerAction]:
@@ -520,6 +504,20 @@ def trusted_witness(link: ChannelLink, witness: str) -> bool:
     """Witnesses whose cosignatures count toward an owner's requirement: the channel's hub and
     members of the channel (spec/witness.md §4.4)."""
     return witness == link.hub_id or link.may(witness, "request-feeds")
+
+
+def _local_counts(store: kf.Store, feed_id: str, hashes: list[str],
+                  subfeed: Callable[[str, str], kf.Subfeed] | None = None) -> dict[str, int]:
+    """The store's count of each subfeed ``hashes`` of feed ``feed_id`` (0 for one it lacks):
+    one by one for a few (an index seek each, through ``subfeed``'s reused handles if given),
+    else in one query over the feed (``list_subfeeds``: more for one, far less for many)."""
+    if len(hashes) <= COUNTS_ONE_BY_ONE:
+        if subfeed is None:
+            feed = store.load_feed(feed_id)
+            return {h: feed.load_subfeed("~" + h).get_num_local_messages() for h in hashes}
+        return {h: subfeed(feed_id, h).get_num_local_messages() for h in hashes}
+    held = {s["subfeed_hash"]: s["num_messages"] for s in store.load_feed(feed_id).list_subfeeds()}
+    return {h: held.get(h, 0) for h in hashes}
 
 
 async def _read_head(link: ChannelLink, where: SubfeedOnChannel) -> bytes | None:
