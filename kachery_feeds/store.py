@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import nacl.bindings
 
 from .errors import (
+    FeedError,
     FeedRestoringError,
     ForkError,
     InvalidPayloadError,
@@ -59,8 +60,10 @@ from .filesystems import require_local_filesystem
 from .forks import ForkProofInfo, build_fork_proof, is_succession_violation, verify_fork_proof
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
+    CarriesSuccession,
     build_bodies,
     message_hash,
+    parse_range,
     sign_hash,
     to_wire,
 )
@@ -216,6 +219,9 @@ class Store(SuccessionMixin):
         # number) as this store's last append there left them: the append fast path (checked
         # inside its transaction). No bodies: memory stays a few dozen bytes per subfeed.
         self._append_heads: dict[tuple[str, str], tuple[int, int, bytes, int, int]] = {}
+        # The same for this store's last import there, in a feed without key succession: the
+        # one-message import's fast path (:meth:`_import_alone`), a live follower's every push.
+        self._import_heads: dict[tuple[str, str], tuple[int, int, bytes, int, int]] = {}
         self._write_number = 0  # counts this store object's write transactions (see _append)
         self._verified_chains = {}  # key successions, see store_succession.py
 
@@ -662,9 +668,11 @@ class Store(SuccessionMixin):
     def _import(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
         if not lines:
             return 0
+        if len(lines) == 1 and self._import_alone(feed_id, sh, lines[0]):
+            return 1
         # One pass when the feed never changed keys: parsed, chained, signatures checked,
         # rows ready to insert (see parse_range); else checked against its key chain (§9).
-        (first, previous_hash, rows, _last_hash), chain = self._parse_import(feed_id, sh, lines)
+        (first, previous_hash, rows, last_hash), chain = self._parse_import(feed_id, sh, lines)
         try:
             with self._write() as c:
                 if chain is not None:
@@ -708,6 +716,10 @@ class Store(SuccessionMixin):
                         "message at or past the fork is accepted (the proof is attached)",
                         proof=proof, position=forked_at)
                 _insert_rows(c, sid, new)
+                if chain is None:  # the plain path: the next one-message import may go fast
+                    (version,) = c.execute("PRAGMA data_version").fetchone()
+                    self._import_heads[(feed_id, sh)] = (sid, last + 1, last_hash, version,
+                                                         self._write_number)
                 return len(new)
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None
@@ -727,6 +739,43 @@ class Store(SuccessionMixin):
                 proof=proof,
                 position=fork.position,
             ) from None
+
+    def _import_alone(self, feed_id: str, sh: str, line: bytes) -> bool:
+        """Import the one message that follows this store's last import of the subfeed (a live
+        push), in one statement, as :meth:`_append_alone` appends: checked against the feed
+        ID's key outside the lock, then inserted by an INSERT that is its own transaction and
+        inserts only if no other connection committed since that import (``data_version``)
+        and this store wrote nothing else since (its write number). Then nothing can have
+        changed what the usual path checks inside its transaction: the subfeed's count and
+        head, a fork proof, a key succession, a deletion. Returns whether it imported the
+        message; if not, nothing was written and the caller goes the usual way, which also
+        reports any error (so one that is not the fast path's business is raised there)."""
+        key = (feed_id, sh)
+        cached = self._import_heads.get(key)
+        if cached is None:
+            return False
+        sid, count, head, version, write_number = cached
+        if write_number != self._write_number:
+            return False
+        try:
+            first, previous_hash, rows, last_hash = parse_range(
+                [line], feed_id, sh, bytes.fromhex(feed_id), plain=True)
+        except (FeedError, CarriesSuccession):  # the usual path says what is wrong, or takes
+            return False                           # the succession in
+        if first != count or previous_hash != head or len(rows[0]) != 3:
+            return False
+        n, body, signature = rows[0]
+        with self._lock:
+            if write_number != self._write_number or self._conn.in_transaction:
+                return False
+            self._write_number += 1
+            statement = _append_statements(sid)[2]
+            if self._conn.execute(statement, (n, bytearray(body), bytearray(signature),
+                                              version)).rowcount != 1:
+                return False
+            self._import_heads[key] = (sid, n + 1, last_hash, version, self._write_number)
+        self._notifier.notify()
+        return True
 
     @staticmethod
     def _fork_position(c: sqlite3.Connection, feed_id: str, sh: str) -> int | None:
