@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 
 import kachery_feeds as kf
+from kachery_feeds.watch import ChangeWatcher
 
 from ..feed_publications import Publication
 from ..protocol import feed_bucket
@@ -116,11 +117,23 @@ class ProviderDriver:
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Push new local messages and keep bucket copies up to date until cancelled."""
+        # A kernel watch of its own: a commit then wakes this task itself, ~30 µs sooner than
+        # through the daemon's broadcaster (whose task would wake first, then wake this one),
+        # and every live push starts here. Without one (no inotify, or the per-user limit of
+        # instances reached) it waits on the broadcaster like every other reader.
+        with self.store.watcher() as watcher:
+            await self._watch(watcher, task_status)
+
+    async def _watch(self, watcher: ChangeWatcher, task_status: anyio.abc.TaskStatus) -> None:
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             task_status.started()
+            own = watcher.uses_inotify
             while True:
-                changed = self.changes.current()  # before reading: no change is missed
+                # Taken before reading, so no change is missed: the broadcaster's event, or the
+                # watch's queue (a commit from now on leaves an event there; one from before
+                # costs at most one turn that finds nothing new).
+                changed = None if own else self.changes.current()
                 now = anyio.current_time()
                 # New messages go out first: the bucket work that publications and on_timer
                 # start (HTTP to the hub, segments built in a thread) must not delay a push.
@@ -134,7 +147,7 @@ class ProviderDriver:
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
                 with anyio.CancelScope(deadline=deadline) as self._wait:
-                    await changed.wait()
+                    await (watcher.wait_async(None) if changed is None else changed.wait())
                 self._wait = None
 
     def set_publications(self, publications: Iterable[Publication]) -> None:
