@@ -232,6 +232,28 @@ async def test_the_relay_closing_the_connection_ends_waiting_requests_and_messag
         nursery.cancel_scope.cancel()
 
 
+async def test_messages_that_came_with_the_close_frame_are_received_before_it():
+    """The relay's refusal and its close often arrive in one read: the refusal is not lost."""
+    async def handler(peer: Peer) -> None:
+        await peer.upgrade()
+        await peer.stream.send_all(encode_frame(OP_TEXT, b"[1]", mask=False)
+                                   + encode_frame(OP_BINARY, b"2", mask=False)
+                                   + encode_frame(OP_CLOSE, close_payload(4001, "bye"), mask=False))
+        await peer.receive()
+
+    async with trio.open_nursery() as nursery:
+        url = await serve(nursery, handler)
+        async with connect_websocket(url) as ws:
+            with trio.fail_after(5):
+                got = []
+                with pytest.raises(WebSocketClosed) as info:
+                    while True:
+                        got += await ws.receive_messages()
+            assert got == [(OP_TEXT, b"[1]"), (OP_BINARY, b"2")]
+            assert (info.value.close_code, info.value.reason) == (4001, "bye")
+        nursery.cancel_scope.cancel()
+
+
 async def test_closing_is_a_close_handshake():
     seen: list[tuple[int, bytes]] = []
 
@@ -265,12 +287,17 @@ async def test_a_frame_the_client_refuses_ends_the_connection_as_a_malformed_fra
     async def handler(peer: Peer) -> None:
         await peer.upgrade()
         await peer.answer_auth()
+        (op,) = await peer.relay_ops()
+        assert op["op"] == "subscribe"  # answered with the bad frame
         await peer.stream.send_all(frame)
         seen.append(await peer.receive())
 
     async with trio.open_nursery() as nursery:
         url = await serve(nursery, handler)
         async with open_pubsub(fake_credentials(url)) as conn:
+            with trio.fail_after(5), pytest.raises(HubRequestError) as info:
+                await conn.subscribe("lab.x-requestFiles")
+            assert info.value.code == "malformed_frame" and str(close_code) in str(info.value)
             with trio.fail_after(5), pytest.raises(HubRequestError) as info:
                 await conn.receive(timeout=5)
             assert info.value.code == "malformed_frame" and str(close_code) in str(info.value)

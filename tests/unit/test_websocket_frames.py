@@ -95,7 +95,7 @@ def test_fragments_are_reassembled_with_control_frames_between_them():
     (raw_frame(OP_BINARY, b"x" * 5, length_bytes=2), 1002),  # a length not minimally encoded
     (raw_frame(OP_BINARY, b"x" * 200, length_bytes=8), 1002),
     (bytes((0x82, 0x7F)) + struct.pack(">Q", 1 << 63), 1002),  # 64-bit length with its top bit set
-])
+], ids=lambda value: str(value) if isinstance(value, int) else "stream")  # masked: random bytes
 def test_protocol_violations_raise_frame_error_with_the_close_code(stream, code):
     with pytest.raises(FrameError) as info:
         MessageReader(masked=False, max_message_bytes=100).feed(stream)

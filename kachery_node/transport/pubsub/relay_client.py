@@ -180,7 +180,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._closed = err
         self._recv_send.send_nowait(err)
         for event, box in self._pending.values():
-            box.append({"op": "error", "code": err.code, "message": str(err)})
+            box.append({"op": "error", "status": err.status, "code": err.code, "message": err.message})
             event.set()
 
     def _dispatch(self, op: dict) -> None:

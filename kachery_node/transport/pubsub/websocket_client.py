@@ -101,6 +101,7 @@ class WebSocketConnection:
         self._received = received  # bytes that came with the handshake's answer
         self._send_lock = trio.StrictFIFOLock()
         self._receiving = False
+        self._drained = False  # the last read of the socket took all there was
         self._close_sent = False
         self._closed: WebSocketClosed | None = None  # set once the connection is over
         self._close_received = trio.Event()  # the server's close frame, or the end of the stream
@@ -136,12 +137,36 @@ class WebSocketConnection:
 
     async def _receive_some(self) -> bytes:
         try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            if self._fd >= 0:
+                data = await self._read_socket()
+            else:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise self._lost(f"the connection to {self.url} was lost ({exc or type(exc).__name__})") from None
         if not data:
             raise self._lost(f"{self.url} closed the connection without a close frame")
         return data
+
+    async def _read_socket(self) -> bytes:
+        """One read of the plain socket. A read that did not fill the buffer drained the socket
+        (a live push is one small frame), so the next one waits until it is readable before
+        reading, instead of trying first as trio's ``receive_some`` does: that try would fail
+        (EAGAIN) almost every time, a system call and an exception per frame."""
+        while True:
+            if self._drained:
+                await trio.lowlevel.wait_readable(self.socket)
+            else:
+                await trio.lowlevel.checkpoint()  # a flood must not starve the consumer
+            fd = self.socket.fileno()  # -1 once closed (by another task meanwhile): never a stale fd
+            if fd < 0:
+                raise trio.ClosedResourceError
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                self._drained = True
+                continue
+            self._drained = len(data) < RECEIVE_BYTES
+            return data
 
     async def _handle_control(self, messages: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         data: list[tuple[int, bytes]] = []
@@ -160,6 +185,8 @@ class WebSocketConnection:
                     await self._fail(exc.close_code, str(exc))
                     raise
                 await self._closed_by_server(code, reason)
+                if data:  # what came before the close first; the next call raises
+                    return data
                 raise self._closed  # type: ignore[misc]
             # OP_PONG: we send no pings; an unsolicited pong is allowed and ignored
         return data
@@ -218,8 +245,11 @@ class WebSocketConnection:
         """Write the whole ``frame`` (the caller holds the send lock)."""
         sent = 0
         if self._fd >= 0:
+            fd = self.socket.fileno()  # -1 once closed: never a stale fd
+            if fd < 0:
+                raise self._lost(f"the connection to {self.url} is closed")
             try:
-                sent = os.write(self._fd, frame)
+                sent = os.write(fd, frame)
             except BlockingIOError:
                 pass
             except OSError as exc:
