@@ -173,7 +173,7 @@ class WebSocketConnection:
         for opcode, payload in messages:
             if opcode in (OP_TEXT, OP_BINARY):
                 data.append((opcode, payload))
-            elif opcode == OP_PING:
+            elif opcode == OP_PING and not self._close_sent:  # nothing more after our close
                 try:
                     await self._send_frame(encode_frame(OP_PONG, payload, mask=True))
                 except WebSocketClosed:
