@@ -326,6 +326,41 @@ async def test_a_16_mib_message_is_accepted_whole():
         nursery.cancel_scope.cancel()
 
 
+async def test_a_frame_the_server_does_not_read_is_aborted_after_the_rest_timeout(monkeypatch):
+    """A publish written straight into the socket that the socket takes only in part: the rest
+    goes out under the send lock, shielded, at most REST_TIMEOUT_S; a server that stops reading
+    makes the connection abort then (a frame cut short cannot be followed by another), and
+    everyone waiting hears ``connection_closed``."""
+    import socket
+
+    from kachery_node.transport.pubsub import websocket_client
+
+    monkeypatch.setattr(websocket_client, "REST_TIMEOUT_S", 0.5)
+    stop_reading = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await peer.upgrade()
+        await peer.answer_auth()
+        stop_reading.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        url = await serve(nursery, handler)
+        async with open_pubsub(fake_credentials(url)) as conn:
+            conn._ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await stop_reading.wait()
+            start = trio.current_time()
+            with trio.fail_after(10), pytest.raises(HubRequestError) as info:
+                await conn.publish("lab.x-requestFiles", b"z" * (32 << 20))
+            assert info.value.code == "connection_closed" and "did not read a frame" in str(info.value)
+            assert conn.direct_publishes == 1 and trio.current_time() - start >= 0.5
+            with trio.fail_after(5), pytest.raises(HubRequestError) as info:
+                await conn.receive(timeout=5)
+            assert info.value.code == "connection_closed"
+        nursery.cancel_scope.cancel()
+
+
 # ------------------------------------------------------------------ a real hub
 async def test_the_relay_client_stops_with_connection_closed_when_the_hub_goes(tmp_path):
     hub = HubProcess(tmp_path / "hub")

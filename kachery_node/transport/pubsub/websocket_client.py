@@ -262,9 +262,10 @@ class WebSocketConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise self._lost(f"writing to {self.url} failed: {exc or type(exc).__name__}") from None
         if scope.cancelled_caught:  # a frame cut short: nothing more can be framed on this stream
+            err = self._lost(f"{self.url} did not read a frame within {REST_TIMEOUT_S:g} s; "
+                             "connection aborted")  # the reason, before the reader sees the close
             await trio.aclose_forcefully(self.stream)
-            raise self._lost(f"{self.url} did not read a frame within {REST_TIMEOUT_S:g} s; "
-                             "connection aborted")
+            raise err
 
     async def _send_close(self, code: int, reason: str) -> None:
         if self._close_sent:
