@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 import trio
-import trio_websocket
 
 import kachery_feeds as kf
 
@@ -55,6 +54,7 @@ from ..transport.bucket.bucket_interface import Bucket, Destination
 from ..transport.bucket.open_bucket import bucket_spec, open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
+from ..transport.pubsub.websocket_client import WebSocketClosed, WebSocketHandshakeError
 from .channel_link import BucketObjectMissing, InlineHandler, MessageHandler, ProgressCallback
 
 log = logging.getLogger("kachery.channel")
@@ -408,8 +408,8 @@ _RETRYABLE = (
     HubRequestError,
     KacheryError,
     OSError,
-    trio_websocket.HandshakeError,
-    trio_websocket.ConnectionClosed,
+    WebSocketHandshakeError,  # (HubRequestErrors: listed to say that the relay's are retried)
+    WebSocketClosed,
     trio.TooSlowError,
     kf.FeedError,
     MembershipError,

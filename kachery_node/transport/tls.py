@@ -120,7 +120,7 @@ def require_secure_url(url: str, what: str, *, insecure: bool | None = None) -> 
 
 def describe_tls_failure(exc: BaseException, url: str) -> str | None:
     """If ``exc`` (or what caused it) is a certificate or TLS handshake failure, a message saying
-    what to do about it; else None. httpx and trio-websocket wrap the ``ssl`` error."""
+    what to do about it; else None. httpx and trio's SSLStream wrap the ``ssl`` error."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:

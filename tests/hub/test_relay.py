@@ -589,7 +589,7 @@ async def test_publishes_are_written_straight_into_the_socket_when_it_is_idle_an
     band = f"{ch}-requestFiles"
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await prov.subscribe(band)
-        sock = req._ws._stream.socket
+        sock = req._ws.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         sent: list[int] = []
 

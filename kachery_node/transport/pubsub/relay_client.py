@@ -8,8 +8,12 @@ records (:mod:`kachery_node.protocol.relay_frames`): ``publish`` records from th
 operations and records are batched per frame (at most :data:`MAX_FRAME_BYTES`) by the writer task;
 a publish made while nothing is being sent, and none was written directly in the last
 :data:`DIRECT_MIN_INTERVAL_S`, is written straight into the socket by the publishing task
-(:mod:`.direct_publish`: no task switch before the bytes leave), so a live push goes out at once
-and a burst is still batched.
+(:meth:`.WebSocketConnection.send_message` while the connection is idle: no task switch before
+the bytes leave), so a live push goes out at once and a burst is still batched.
+
+Receiving: one reader task reads the socket (:mod:`.websocket_client`, our own WebSocket client),
+decodes each binary frame's records and puts the messages on the queue that
+:meth:`~.ReceivedQueue.messages` reads: one task switch from the socket to the consumer.
 """
 
 from __future__ import annotations
@@ -22,18 +26,20 @@ from typing import Any
 
 import orjson
 import trio
-import trio_websocket
 
 from ...errors import HubRequestError, MalformedRequestError
 from ...identity import Keypair
 from ...protocol import relay_frames
 from ...protocol.pubsub_tokens import issue_token
 from ..tls import require_secure_url, ssl_context
-from .direct_publish import DirectPublisher, direct_publisher
+from ..websocket_frames import OP_BINARY, FrameError
 from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
 from .received_queue import ReceivedQueue
+from .websocket_client import WebSocketClosed, WebSocketConnection, connect_websocket
 
 CONNECT_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0
+MAX_RECEIVED_FRAME_BYTES = 16 << 20  # the relay sends at most 1 MiB (spec/pubsub.md §3)
 REPLY_TIMEOUT_S = 10.0
 RENEW_AT_FRACTION = 0.8  # renew when 80 % of the token's life has passed
 PROTOCOL_VERSION = 2  # the relay's wire protocol (spec/pubsub.md §3)
@@ -65,7 +71,7 @@ class EmbeddedPubSubBackend(PubSubBackend):
 class EmbeddedPubSub(ReceivedQueue, PubSub):
     """A connection to the embedded relay. Use :func:`open_embedded_pubsub`."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, credentials: dict[str, Any],
+    def __init__(self, ws: WebSocketConnection, credentials: dict[str, Any],
                  renew: Renewer | None) -> None:
         self._ws = ws
         self.credentials = credentials
@@ -74,7 +80,6 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._pending: dict[int, tuple[trio.Event, list]] = {}
         self._send_q: list[tuple[bool, bytes]] = []  # (binary, event): a publish record, or JSON
         self._send_wake = trio.Event()
-        self._direct: DirectPublisher | None = direct_publisher(ws)
         self._last_direct = -math.inf  # trio time of the last publish written directly
         self.direct_publishes = 0  # publishes written straight into the socket (the rest: the writer)
         self._recv_send, self._recv = trio.open_memory_channel[PubSubMessage | HubRequestError](math.inf)
@@ -93,19 +98,18 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
     async def _send_record(self, record: bytes) -> None:
         """Write a publish record into the socket now if the connection is idle (see the module
         docstring), else queue it for the writer; either way behind everything sent before."""
-        direct, now = self._direct, trio.current_time()
-        if (direct is None or self._send_q or now - self._last_direct < DIRECT_MIN_INTERVAL_S
-                or not direct.idle()):
+        now = trio.current_time()
+        if self._send_q or now - self._last_direct < DIRECT_MIN_INTERVAL_S or not self._ws.idle():
             self._queue_record(record)
             await trio.lowlevel.checkpoint()
             return
         self._last_direct = now
         self.direct_publishes += 1
         try:
-            await direct.send(record)
-        except trio.BrokenResourceError as exc:  # the reader reports the closure to everyone else
+            await self._ws.send_message(record)
+        except WebSocketClosed as exc:  # the reader reports the closure to everyone else
             raise HubRequestError(400, "connection_closed",
-                                  f"publishing to the relay failed: {exc}") from None
+                                  f"publishing to the relay failed: {exc.message}") from None
         await trio.lowlevel.checkpoint()
 
     def _next_id(self) -> int:
@@ -141,28 +145,33 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
             queued, self._send_q = self._send_q, []
             try:
                 for binary, frame in _frames(queued):
-                    await self._ws.send_message(frame if binary else frame.decode())
-            except trio_websocket.ConnectionClosed:
+                    await self._ws.send_message(frame, binary=binary)
+            except WebSocketClosed:
                 return  # the reader reports why
 
     async def _reader(self) -> None:
+        put = self._recv_send.send_nowait
         try:
             while True:
-                frame = await self._ws.get_message()
-                if isinstance(frame, bytes):
-                    for m in relay_frames.decode_messages(frame):
-                        self._recv_send.send_nowait(PubSubMessage(m.band, m.sender, m.message, m.ts_ms))
-                    continue
-                ops = orjson.loads(frame)
-                for op in ops if isinstance(ops, list) else [ops]:
-                    self._dispatch(op)
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
+                for opcode, frame in await self._ws.receive_messages():
+                    if opcode == OP_BINARY:
+                        for m in relay_frames.decode_messages(frame):
+                            put(PubSubMessage(m.band, m.sender, m.message, m.ts_ms))
+                        continue
+                    ops = orjson.loads(frame)  # a text frame: UTF-8 checked here
+                    for op in ops if isinstance(ops, list) else [ops]:
+                        if not isinstance(op, dict):
+                            raise MalformedRequestError(f"an operation that is not an object: {op!r:.80}")
+                        self._dispatch(op)
+        except WebSocketClosed as exc:
             self._end(HubRequestError(400, "connection_closed",
-                                      f"relay closed the connection ({reason.code}: {reason.reason})"))
+                                      f"relay closed the connection ({exc.close_code}: {exc.reason})"))
+        except FrameError as exc:  # the connection is closed already, with exc.close_code
+            self._end(HubRequestError(502, "malformed_frame", f"the relay sent a malformed frame: {exc} "
+                                      f"(closed with {exc.close_code})"))
         except (MalformedRequestError, orjson.JSONDecodeError) as exc:
             self._end(HubRequestError(502, "malformed_frame", f"the relay sent a malformed frame: {exc}"))
-            await self._ws.aclose()
+            await self._ws.aclose(1002 if isinstance(exc, MalformedRequestError) else 1007)
         finally:
             self._recv_send.close()
 
@@ -171,7 +180,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
         self._closed = err
         self._recv_send.send_nowait(err)
         for event, box in self._pending.values():
-            box.append({"op": "error", "code": err.code, "message": str(err)})
+            box.append({"op": "error", "status": err.status, "code": err.code, "message": err.message})
             event.set()
 
     def _dispatch(self, op: dict) -> None:
@@ -284,9 +293,10 @@ async def open_embedded_pubsub(credentials: dict[str, Any], renew: Renewer | Non
     url = credentials["url"]
     require_secure_url(url, "a pub-sub token")
     tls = ssl_context() if url.lower().startswith("wss:") else None
-    async with trio_websocket.open_websocket_url(
-            url, ssl_context=tls, max_message_size=16 << 20, connect_timeout=CONNECT_TIMEOUT_S,
-            disconnect_timeout=2) as ws, trio.open_nursery() as nursery:
+    async with connect_websocket(
+            url, ssl_context=tls, max_message_bytes=MAX_RECEIVED_FRAME_BYTES,
+            connect_timeout=CONNECT_TIMEOUT_S, handshake_timeout=HANDSHAKE_TIMEOUT_S) as ws, \
+            trio.open_nursery() as nursery:
         client = EmbeddedPubSub(ws, credentials, renew)
         nursery.start_soon(client._writer)
         nursery.start_soon(client._reader)
