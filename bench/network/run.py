@@ -9,6 +9,10 @@ Run from the repository root::
     .venv/bin/python bench/network/run.py --json out.json    # also save every figure
     .venv/bin/python bench/network/run.py --profile DIR      # hub + daemons under cProfile
     .venv/bin/python bench/network/run.py --only latency --no-hypercore --rounds 5
+    .venv/bin/python bench/network/run.py --only latency --no-hypercore --loop-stalls 1
+        # also list the hub's and daemons' event-loop steps over 1 ms in the latency rounds
+        # (kachery_node/loop_stalls.py; KACHERY_LOOP_STALLS_SAMPLE=0.5 in the environment adds
+        # sampled stacks to each record, kept with --keep in <tmp>/loop-stalls.jsonl)
 
 This is a benchmark, not a test: it prints a table and never fails on a missed target.
 Everything is real processes on loopback: one hub (``kachery hub serve``: API, pub-sub relay,
