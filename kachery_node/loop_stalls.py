@@ -17,7 +17,7 @@ written as one JSON line (one ``write`` in append mode, so several processes may
 file) or, without a file, logged at WARNING on ``kachery.loop_stalls``::
 
     {"t": <unix s at the step's end>, "pid": ..., "process": "hub", "task": <trio task name>,
-     "cpu_ms": ..., "wall_ms": ..., "gc_ms": <collector time within the step>,
+     "cpu_ms": ..., "wall_ms": ..., "gc_ms": <collector passes within it>,
      "from": [<stack where the step resumed, outermost first>], "to": [<where it suspended>]}
 
 With ``KACHERY_LOOP_STALLS_SAMPLE=<ms>`` too, a thread samples the loop thread's stack every
@@ -47,6 +47,7 @@ ENV_THRESHOLD = "KACHERY_LOOP_STALLS"
 ENV_FILE = "KACHERY_LOOP_STALLS_FILE"
 ENV_SAMPLE = "KACHERY_LOOP_STALLS_SAMPLE"
 MAX_FRAMES = 12  # innermost frames kept per stack: enough to name the code, bounded per record
+MAX_RECORDS_KEPT = 1000
 
 log = logging.getLogger("kachery.loop_stalls")
 
@@ -128,7 +129,8 @@ class LoopStallMonitor(trio.abc.Instrument):
         self._step = 0
         self.process = process
         self.path = path
-        self.records: list[dict[str, Any]] = []  # kept in memory only without a file (tests)
+        #: without a file, the latest records are kept here too (bounded: the daemon runs for weeks)
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_RECORDS_KEPT)
         self._summary: dict[str, list[float]] = {}  # task name -> [count, worst cpu ms, worst wall ms]
         self._cpu0 = self._wall0 = self._gc_ns = self._gc0 = 0
         self._from: list[tuple[Any, int]] = []
