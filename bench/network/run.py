@@ -9,6 +9,10 @@ Run from the repository root::
     .venv/bin/python bench/network/run.py --json out.json    # also save every figure
     .venv/bin/python bench/network/run.py --profile DIR      # hub + daemons under cProfile
     .venv/bin/python bench/network/run.py --only latency --no-hypercore --rounds 5
+    .venv/bin/python bench/network/run.py --only latency --no-hypercore --loop-stalls 1
+        # also list the hub's and daemons' event-loop steps over 1 ms in the latency rounds
+        # (kachery_node/loop_stalls.py; KACHERY_LOOP_STALLS_SAMPLE=0.5 in the environment adds
+        # sampled stacks to each record, kept with --keep in <tmp>/loop-stalls.jsonl)
 
 This is a benchmark, not a test: it prints a table and never fails on a missed target.
 Everything is real processes on loopback: one hub (``kachery hub serve``: API, pub-sub relay,
@@ -245,10 +249,12 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
             raise RuntimeError("follower did not start")
         relay_before = relay_messages_in(a)
         cpu_before = cpu_seconds(pids)
+        t_go = time.time()
         writer.stdin.write("go\n")
         writer.stdin.flush()
         writer_stats = json.loads(writer.stdout.readline())
         follower.wait(timeout=timeout)
+        t_end = time.time()
         cpu = cpu_used(cpu_before, pids)
         relay_messages = relay_messages_in(a) - relay_before
         writer.wait(timeout=30)
@@ -283,7 +289,43 @@ def bench_latency(a: Node, b: Node, n: int, interval_ms: float, timeout: float,
         "cpu_us_per_message": cpu_us,
         "relay_messages": relay_messages,
         "cpu_us_per_relay_message": {name: us * n / pushes for name, us in cpu_us.items()},
+        "window": [t_go, t_end],  # unix seconds: the rounds' part of --loop-stalls records
     }
+
+
+def loop_stalls_in(path: Path, windows: list[list[float]]) -> list[dict[str, Any]]:
+    """The records of ``kachery_node.loop_stalls`` (JSON lines at ``path``) whose step ended
+    within one of ``windows`` ([start, end] unix seconds)."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if any(start <= r["t"] <= end for start, end in windows)]
+
+
+def loop_stalls_text(records: list[dict[str, Any]], threshold_ms: float) -> str:
+    """Per process and task: steps over the threshold in CPU (count, worst CPU and wall, where
+    the worst one ran: innermost frame it resumed at -> the one it suspended at), then the steps
+    over it in wall time only (blocked in a system call, waiting for the GIL, or preempted)."""
+    def where(stack: list[str]) -> str:
+        return stack[-1].rsplit("/", 1)[-1] if stack else "-"
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["process"], r["task"]), []).append(r)
+    headers = ["process", "task", f"CPU >= {threshold_ms:g} ms", "worst CPU ms", "its wall ms", "wall only",
+               "worst wall ms", "worst CPU step: from -> to"]
+    rows = []
+    for (process, task), rs in sorted(groups.items()):
+        cpu = [r for r in rs if r["cpu_ms"] >= threshold_ms]
+        wall_only = [r for r in rs if r["cpu_ms"] < threshold_ms]
+        worst = max(rs, key=lambda r: r["cpu_ms"])
+        rows.append([process, ".".join(task.rsplit(".", 2)[-2:]), str(len(cpu)), f"{worst['cpu_ms']:.2f}",
+                     f"{worst['wall_ms']:.2f}", str(len(wall_only)), f"{max(r['wall_ms'] for r in rs):.2f}",
+                     f"{where(worst['from'])} -> {where(worst['to'])}"])
+    if not rows:
+        return f"loop stalls: no step over {threshold_ms:g} ms in the latency rounds"
+    return (f"loop stalls in the latency rounds (steps over {threshold_ms:g} ms of thread CPU or wall "
+            f"time, kachery_node/loop_stalls.py):\n" + table(headers, rows))
 
 
 def relay_messages_in(owner: Node) -> int:
@@ -971,6 +1013,9 @@ def main() -> None:
         "--py-spy", metavar="DIR", help="sample the hub and daemons with py-spy (all threads), DIR/*.txt"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    ap.add_argument("--loop-stalls", metavar="MS", type=float,
+                    help="record the hub's and daemons' event-loop steps over MS ms (CPU or wall; "
+                         "kachery_node/loop_stalls.py) and list those of the latency rounds")
     ap.add_argument("--rounds", type=int, default=3,
                     help="live-latency and catch-up rounds (min / median / max are printed; default 3)")
     ap.add_argument("--hop-samples", type=int, default=300,
@@ -997,6 +1042,10 @@ def main() -> None:
     k: dict[str, Any] = {}
     result["kachery"] = k
     lab = None
+    stalls_path = tmp / "loop-stalls.jsonl"
+    if args.loop_stalls:  # the hub and the daemons inherit this process's environment
+        os.environ["KACHERY_LOOP_STALLS"] = str(args.loop_stalls)
+        os.environ["KACHERY_LOOP_STALLS_FILE"] = str(stalls_path)
     try:
         if not args.no_hypercore:
             log("hypercore (node): tail latency, replication of small and 64 KiB blocks")
@@ -1031,6 +1080,9 @@ def main() -> None:
     finally:
         if lab is not None:
             lab.stop()
+        if args.loop_stalls and k.get("latency"):
+            windows = [r["window"] for r in k["latency"]["rounds"]]
+            k["loop_stalls"] = loop_stalls_in(stalls_path, windows)
         if args.keep:
             log(f"kept {tmp}")
         else:
@@ -1039,6 +1091,8 @@ def main() -> None:
     result["rows"] = build_rows(k, result["hypercore"])
     result["seconds"] = time.perf_counter() - t_start
     print(render(result))
+    if args.loop_stalls and "loop_stalls" in k:
+        print("\n" + loop_stalls_text(k["loop_stalls"], args.loop_stalls))
     print(f"\n(total {result['seconds']:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -29,6 +29,7 @@ import trio
 
 from ..config import load_node_config, read_settings
 from ..errors import DaemonError
+from ..loop_stalls import install_from_environment as install_loop_stall_monitor
 from ..server_tuning import tune_for_serving
 from ..storage.node_storage import Storage
 from .legacy_api import write_client_files
@@ -89,6 +90,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise DaemonError(f"the daemon listens on loopback only, not on {host!r}")
     config = load_node_config(storage_dir)  # raises NotInitializedError before `kachery init`
+    install_loop_stall_monitor(f"daemon {config.label}")  # only with $KACHERY_LOOP_STALLS set
     if port is None:
         port = configured_port()
     # A port the person chose is insisted on; otherwise 20431 (the original's, which

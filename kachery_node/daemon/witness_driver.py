@@ -187,10 +187,9 @@ class WitnessDriver:
             log.info("the witness of %s on %s read the messages it lacked below %d from its bucket",
                      where.uri, where.channel, count)
         self._witness_counts[key] = count
-        last = subfeed.get_signed_messages(count - 1, count)[0]
-        checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
-        cosignature = parse_cosignature_line(answer["cosignature"])
-        mine = witnessed(checkpoint, last, [cosignature])
+        # Two Ed25519 verifications and the read: in a worker thread, off the event loop that
+        # pushes live messages (libsodium and sqlite3 release the GIL).
+        mine = await anyio.to_thread.run_sync(_own_witnessed, subfeed, where, count, answer["cosignature"])
         if not mine.cosignatures:
             log.warning("the hub's cosignature of %s at %d does not verify", where.uri, count)
             return True
@@ -302,15 +301,16 @@ class WitnessDriver:
                 log.info("could not read the checkpoint of %s: %s", message.feed_id[:12], exc)
                 return
         try:
-            obj = parse_witnessed_checkpoint(data)
+            # Verifying its signatures and the local copy's (a fork proof's check): in a worker
+            # thread, off the event loop that imports live messages (libsodium releases the GIL).
+            obj, proof = await anyio.to_thread.run_sync(self._check_checkpoint, data, message)
         except CheckpointError as exc:
             log.warning("ignoring a checkpoint from %s: %s", sender[:12], exc)
             return
-        cp = obj.checkpoint
-        if (cp.feed_id, cp.subfeed_hash) != (message.feed_id, message.subfeed_hash):
+        if obj is None:
             log.warning("ignoring a checkpoint from %s: not of the subfeed it names", sender[:12])
             return
-        proof = self.conflict_with_local(obj)
+        cp = obj.checkpoint
         if proof is not None:
             log.error("FORK in feed://%s/~%s: a witnessed checkpoint from %s conflicts with this "
                       "node's copy", cp.feed_id, cp.subfeed_hash, sender[:12])
@@ -328,6 +328,16 @@ class WitnessDriver:
             latest = self.node_witness.latest(cp.feed_id, cp.subfeed_hash)
             if latest is None or latest[0] < cp.size:
                 self._spawn(self._cosign_as_node, link, obj)
+
+    def _check_checkpoint(self, data: bytes, message: SubfeedCheckpoint
+                          ) -> tuple[WitnessedCheckpoint | None, bytes | None]:
+        """(the verified object, a fork proof against the local copy or None); (None, None) if
+        it is not of the subfeed ``message`` names. Raises :class:`CheckpointError`."""
+        obj = parse_witnessed_checkpoint(data)
+        cp = obj.checkpoint
+        if (cp.feed_id, cp.subfeed_hash) != (message.feed_id, message.subfeed_hash):
+            return None, None
+        return obj, self.conflict_with_local(obj)
 
     # ------------------------------------------------------------------ node witness
     async def _cosign_as_node(self, link: ChannelLink, obj: WitnessedCheckpoint) -> None:
@@ -500,3 +510,10 @@ class WitnessDriver:
         return self.store.load_feed(feed_id).load_subfeed("~" + subfeed_hash)
 
 
+def _own_witnessed(subfeed: kf.Subfeed, where: SubfeedOnChannel, count: int,
+                   cosignature_line: str) -> WitnessedCheckpoint:
+    """The checkpoint at ``count`` of the local copy with the witness's cosignature, kept only
+    if it verifies (raises :class:`CheckpointError` as its parts do)."""
+    last = subfeed.get_signed_messages(count - 1, count)[0]
+    checkpoint = checkpoint_from_last(where.feed_id, where.subfeed_hash, last)
+    return witnessed(checkpoint, last, [parse_cosignature_line(cosignature_line)])

@@ -47,6 +47,7 @@ from ..errors import (
     TooLargeError,
     WitnessRefusedError,
 )
+from ..loop_stalls import install_from_environment as install_loop_stall_monitor
 from ..protocol.bucket_layout import subfeed_segment_path, upload_prefix
 from ..protocol.channel_names import validate_channel_name
 from ..protocol.hub_requests import verify_request, verify_signature_headers
@@ -105,6 +106,7 @@ class Hub:
         # at a time: the relay and other requests are not held up, and the witness's checks and
         # records of one subfeed never interleave.
         self.witness_lock = trio.Lock()
+        install_loop_stall_monitor("hub")  # a diagnostic, only with $KACHERY_LOOP_STALLS set
 
     def quota_of(self, channel: str) -> int | None:
         """``channel``'s quota on the embedded bucket: its owner's, else the hub's default (None:

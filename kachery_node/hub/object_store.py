@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import anyio
+import anyio._backends._trio  # see below
+import anyio._core._fileio
 import trio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -50,9 +52,16 @@ from .bucket_quota import BucketQuota, QuotaOf
 from .object_files import ObjectFiles
 from .object_index import ObjectIndex
 
+# anyio imports its parts on first use: the two above would otherwise be imported by the first
+# bucket read (its trio backend and file wrapper, ~13 ms of CPU), on the event loop that relays
+# live messages (kachery_node/loop_stalls.py found it). Imported with the hub instead.
+
 log = logging.getLogger("kachery.hub.bucket")
 MAX_LIST = 10_000
 WRITE_BLOCK = 4 << 20
+#: The last blocks of an upload are written in a worker thread too from this size on (a subfeed
+#: head is ~0.5 MB: ~0.25 ms of CPU on the event loop); smaller ones are not worth a thread hop.
+THREAD_WRITE_MIN = 64 << 10
 
 
 #: Objects are public (spec/hub.md §7): any web page may read them, so that a page verifies a
@@ -189,7 +198,9 @@ class FilesystemBucket:
                     if pending_n >= WRITE_BLOCK:
                         await trio.to_thread.run_sync(absorb, pending)
                         pending, pending_n = [], 0
-                if pending:
+                if pending_n >= THREAD_WRITE_MIN:
+                    await trio.to_thread.run_sync(absorb, pending)
+                elif pending:
                     absorb(pending)
             if h is not None and h.hexdigest() != want_sha1:
                 raise HashMismatchError(f"content hashes to {h.hexdigest()}, not {want_sha1}")

@@ -166,6 +166,34 @@ def test_a_checkpoint_of_another_branch_is_a_fork_proof(tmp_path, owner):
     assert driver.conflict_with_local(prefix) is None
 
 
+def test_a_heard_checkpoint_is_checked_whole_in_one_call(tmp_path, owner):
+    """What on_checkpoint hands to a worker thread (verify the object, then the fork check):
+    the same answers as the steps it replaced, one by one."""
+    from kachery_node.daemon.witness_driver import WitnessDriver
+    from kachery_node.protocol.witness_messages import SubfeedCheckpoint
+
+    clone = _clone(tmp_path, owner)
+    owner.append_messages([{"i": "a5"}, {"i": "a6"}])
+    clone.append_message({"i": "b5"})
+    follower = kf.open_store(tmp_path / "f.db")
+    follower.load_subfeed(owner.uri).add_signed_messages(owner.get_signed_messages())
+    driver = WitnessDriver(follower)
+    heard = SubfeedCheckpoint(owner.feed_id, owner.subfeed_hash, 6, None)
+
+    def obj(line: bytes) -> bytes:
+        cp = checkpoint_from_last(owner.feed_id, owner.subfeed_hash, line)
+        return witnessed(cp, line, []).encode()
+
+    theirs, proof = driver._check_checkpoint(obj(clone.get_signed_messages(5)[0]), heard)
+    assert theirs is not None and proof is not None and kf.verify_fork_proof(proof).position == 5
+    ours, proof = driver._check_checkpoint(obj(owner.get_signed_messages(6)[0]), heard)
+    assert ours is not None and ours.checkpoint.size == 7 and proof is None
+    elsewhere = SubfeedCheckpoint(owner.feed_id, "0" * 40, 6, None)
+    assert driver._check_checkpoint(obj(owner.get_signed_messages(6)[0]), elsewhere) == (None, None)
+    with pytest.raises(CheckpointError):
+        driver._check_checkpoint(b"{}", heard)
+
+
 # ---------------------------------------------------------------------------- reading the bucket
 def _bulk(tmp_path, n: int, batch: int = 700) -> kf.Subfeed:
     """A subfeed of n messages appended in batches (signed once a batch, so segments of 1000
