@@ -144,6 +144,14 @@ def plan_bucket_update(local_count: int, local_head: bytes, bucket_head: bytes |
                       replaces_bad_head=local_count == bucket_count)
 
 
+def plan_from_count(local_count: int, bucket_count: int) -> BucketPlan:
+    """:func:`plan_bucket_update` for a bucket whose head is known to be this provider's own at
+    ``bucket_count`` (it read or wrote it lately), without reading it."""
+    if local_count == 0 or local_count <= bucket_count:
+        return BucketPlan(upload=False)
+    return BucketPlan(True, segments_to_upload(local_count, bucket_count))
+
+
 class SegmentImporter:
     """Feeds downloaded segments (in order) and then the tail into a subfeed, verifying all.
 

@@ -450,9 +450,14 @@ class PushRange:
 @dataclass(frozen=True)
 class ReadBucketState:
     """Read the bucket's head object (None if there is none) and the local
-    count and encoded head at that count; answer ``on_bucket_state`` or ``on_bucket_failed``."""
+    count and encoded head at that count; answer ``on_bucket_state`` or ``on_bucket_failed``.
+
+    With ``known_count``, the bucket's head is known to be this provider's own at that count
+    (it read or wrote it lately): read only the local count, and answer ``on_bucket_state``
+    with no heads, or ``on_bucket_planned`` with :func:`~.feed_bucket.plan_from_count`."""
 
     where: SubfeedOnChannel
+    known_count: int | None = None
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .bucket_layout import SEGMENT_SIZE
-from .feed_bucket import plan_bucket_update
+from .feed_bucket import BucketPlan, plan_bucket_update, plan_from_count
 from .feed_messages import (
     SUBSCRIBE_MANY_MAX,
     FeedProtocolMisuse,
@@ -88,6 +88,15 @@ INLINE_MAX_MESSAGES = 200
 INLINE_MAX_BYTES = 40_000  # the embedded relay refuses messages over 64 KiB by default
 INLINE_MAX_BODY_BYTES = INLINE_MAX_BYTES + 8_000  # a piece over this goes through the bucket
 BUCKET_DEBOUNCE_SECONDS = 0.5
+#: A bucket copy this provider found at a count (by reading its head) is then brought up to
+#: date this many times from what the provider itself wrote there, without reading the head
+#: again: under steady appends every debounce interval updates it, and reading a head whose
+#: tail holds up to 999 messages (~0.5 MB) and building the local one to compare cost both the
+#: hub and the provider milliseconds of their event loops each time, while pushes wait. The
+#: next update after that many reads the head again (another node may have rewritten it); a
+#: failed job, a reader's rejection of the copy (repair) or the end of the subfeed's last
+#: subscription make the next one read it at once.
+BUCKET_UPDATES_TRUSTED = 60
 REPAIR_MIN_INTERVAL_SECONDS = 10.0
 #: A *renewal* (``SubscribeToSubfeed.renewal``: the reader kept its subscription without a gap
 #: since the last one) whose missing messages all went out to the channel this recently is not
@@ -148,6 +157,7 @@ class _BucketJob:
     repair_wanted: tuple[int, int] | None = None  # (reader's position, our count)
     announce: bool = False  # the running job publishes subfeedUploaded when done
     count: int = 0  # what the running upload brings the bucket to
+    read_head: bool = False  # the running job planned from the bucket's head (not from trust)
 
     def move(self, step: BucketStep) -> None:
         try:
@@ -248,6 +258,9 @@ class FeedProvider:
         # The count each bucket copy was last found at or brought to: a renewal at that count
         # needs no bucket job (N readers renewing every 20 s would cost N head reads).
         self._bucket_counts: dict[SubfeedOnChannel, int] = {}
+        # How many more updates may plan from that count without reading the head (see
+        # BUCKET_UPDATES_TRUSTED); absent: read it.
+        self._bucket_trust: dict[SubfeedOnChannel, int] = {}
         # No subscription expires before this (a lower bound, made exact by _expire): the min
         # over all subscriptions at every event would cost O(N) per renewal.
         self._earliest_expiry: float | None = None
@@ -405,7 +418,10 @@ class FeedProvider:
                      counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
         """``channel`` came (back) up; ``counts`` of :meth:`subfeeds` (``channel``). Saved
         subscriptions there are taken up again, and every live one there gets the bucket up to
-        date and a ``subfeedUploaded``."""
+        date and a ``subfeedUploaded``, planned from the bucket's heads read again (another node
+        may have written them meanwhile)."""
+        for where in [w for w in self._bucket_trust if w.channel == channel]:
+            del self._bucket_trust[where]
         for where, expires_wall in list(self._saved.items()):
             if where.channel != channel:
                 continue
@@ -460,9 +476,25 @@ class FeedProvider:
 
     def on_bucket_state(self, now: float, where: SubfeedOnChannel, bucket_head: bytes | None,
                         local_count: int, local_head: bytes) -> list[ProviderAction]:
-        """Answer to :class:`ReadBucketState`: upload what the bucket lacks, or finish."""
+        """Answer to :class:`ReadBucketState`: upload what the bucket lacks, or finish.
+        ``bucket_head`` is None when the bucket has none, or when the action said
+        ``known_count`` (the head was not read: ``local_head`` is not needed either)."""
+        action_known = self._jobs.get(where)
+        if action_known is not None and not action_known.read_head:
+            plan = plan_from_count(local_count, self._bucket_counts.get(where, 0))
+        else:
+            plan = plan_bucket_update(local_count, local_head, bucket_head)
+        return self.on_bucket_planned(now, where, plan, local_count)
+
+    def on_bucket_planned(self, now: float, where: SubfeedOnChannel, plan: BucketPlan,
+                          local_count: int) -> list[ProviderAction]:
+        """Answer to :class:`ReadBucketState` with the plan made from it (by
+        :func:`~.feed_bucket.plan_bucket_update` of the head read, or
+        :func:`~.feed_bucket.plan_from_count` of its ``known_count``), e.g. in a worker thread:
+        :meth:`on_bucket_state` does both steps at once."""
         job = self._job(where)
-        plan = plan_bucket_update(local_count, local_head, bucket_head)
+        if job.read_head:
+            self._bucket_trust[where] = BUCKET_UPDATES_TRUSTED
         if not plan.upload:
             job.move(BucketStep.UP_TO_DATE)
             job.count = local_count
@@ -499,6 +531,7 @@ class FeedProvider:
         job = self._job(where)
         job.move(BucketStep.FAILED)
         self._bucket_counts.pop(where, None)
+        self._bucket_trust.pop(where, None)
         job.announce = False
         return [Report(Severity.INFO, f"bucket update of {where.uri} on {where.channel} failed: {detail}"),
                 *self._finish(where, job)]
@@ -518,6 +551,7 @@ class FeedProvider:
 
     def _repair(self, now: float, where: SubfeedOnChannel, position: int, count: int,
                 reporter: str) -> list[ProviderAction]:
+        self._bucket_trust.pop(where, None)  # a reader found the copy bad: read it next time
         last = self._repaired.get(where)
         if last is not None and now - last < REPAIR_MIN_INTERVAL_SECONDS:
             return []
@@ -533,14 +567,19 @@ class FeedProvider:
             return []  # merged into the job after the running one
         if job.repair_wanted is not None:
             position, count = job.repair_wanted
-            job.repair_wanted, job.announce, job.count = None, False, count
+            job.repair_wanted, job.announce, job.count, job.read_head = None, False, count, False
             job.move(BucketStep.REPAIR)
             return [UploadSegments(where, range(position // SEGMENT_SIZE, count // SEGMENT_SIZE), count)]
         if job.sync_wanted:
             job.announce = job.announce_wanted
             job.sync_wanted = job.announce_wanted = False
             job.move(BucketStep.SYNC)
-            return [ReadBucketState(where)]
+            trust, known = self._bucket_trust.get(where, 0), self._bucket_counts.get(where)
+            job.read_head = trust <= 0 or known is None
+            if job.read_head:
+                return [ReadBucketState(where)]
+            self._bucket_trust[where] = trust - 1
+            return [ReadBucketState(where, known_count=known)]
         del self._jobs[where]
         return []
 
@@ -564,6 +603,7 @@ class FeedProvider:
         for where in expired:
             del self._subscriptions[where]
             self._bucket_counts.pop(where, None)
+            self._bucket_trust.pop(where, None)
             self._held_said.pop(where, None)
         self._earliest_expiry = min((sub.expires for sub in self._subscriptions.values()), default=None)
 

@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from kachery_node.protocol import feed_provider as feed_provider_module
-from kachery_node.protocol.feed_bucket import encode_head, plan_bucket_update, signed_count_in_segment
+from kachery_node.protocol.feed_bucket import (
+    BucketPlan,
+    encode_head,
+    plan_bucket_update,
+    plan_from_count,
+    signed_count_in_segment,
+)
 from kachery_node.protocol.feed_follower import (
     BUCKET_RECHECK_SECONDS,
     CATCH_UP_TIMEOUT_SECONDS,
@@ -48,6 +54,7 @@ from kachery_node.protocol.feed_messages import (
 )
 from kachery_node.protocol.feed_provider import (
     BUCKET_DEBOUNCE_SECONDS,
+    BUCKET_UPDATES_TRUSTED,
     HELD_MIN_INTERVAL_SECONDS,
     INLINE_MAX_BYTES,
     INLINE_MAX_MESSAGES,
@@ -573,7 +580,8 @@ def test_renewals_at_the_count_the_bucket_holds_start_no_bucket_job():
         subscribe(p, t, 5, 5)
         assert not of(ReadBucketState, p.on_timer(t + 1))
     p.on_local_counts(T0 + 61, {(FEED, SUB): 6})  # new messages: the copy is brought up to date
-    assert p.on_timer(T0 + 62) == [ReadBucketState(HERE)]
+    # from the count it was found at (the head is not read again: see BUCKET_UPDATES_TRUSTED)
+    assert p.on_timer(T0 + 62) == [ReadBucketState(HERE, known_count=5)]
     assert of(UploadSegments, p.on_bucket_state(T0 + 62, HERE, head(5), 6, head(6)))
     [_failed_report] = p.on_bucket_failed(T0 + 63, HERE, "refused")  # not known good any more
     subscribe(p, T0 + 80, 6, 6)
@@ -628,12 +636,75 @@ def test_bucket_updates_are_debounced_and_merged():
     p.on_local_counts(T0 + 1.7, {(FEED, SUB): 9})
     [upload] = p.on_bucket_state(T0 + 1.8, HERE, head(5), 7, head(7))
     assert upload == UploadSegments(HERE, range(0, 0), 7, provisional_heads=True)
-    assert p.on_bucket_done(T0 + 1.9, HERE) == [ReadBucketState(HERE)]  # no announce: nobody asked
+    # no announce: nobody asked; planned from the count it wrote, the head read at 0.5 s
+    assert p.on_bucket_done(T0 + 1.9, HERE) == [ReadBucketState(HERE, known_count=7)]
     assert p.on_timer(T0 + 2.2) == []  # the change at 1.7: queued behind the running job
     assert finish_sync(p, T0 + 2.3, 9, head(7)) == [
-        UploadSegments(HERE, range(0, 0), 9, provisional_heads=True), ReadBucketState(HERE)]
+        UploadSegments(HERE, range(0, 0), 9, provisional_heads=True), ReadBucketState(HERE, known_count=9)]
     assert finish_sync(p, T0 + 2.4, 9, head(9)) == []  # up to date; no announce: nobody asked
     assert p.next_deadline() == T0 + SUBSCRIPTION_TTL_SECONDS  # nothing left but the expiry
+
+
+def test_a_bucket_copy_is_updated_from_the_count_it_was_brought_to_and_its_head_read_again_now_and_then():
+    """Under steady appends the copy is updated every debounce interval: each update plans from
+    the count the provider found or wrote (no 0.5 MB head read, no local head built), and every
+    BUCKET_UPDATES_TRUSTED + 1-th one reads the head again."""
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    count, t, reads = 5, T0, 0
+    for _ in range(2 * (BUCKET_UPDATES_TRUSTED + 1)):
+        count, t = count + 1, t + 1
+        if t - T0 >= 30:
+            subscribe(p, t - 0.5, count - 1, count - 1)  # a renewal: the subscription lives on
+        p.on_local_counts(t, {(FEED, SUB): count})
+        [read] = of(ReadBucketState, p.on_timer(t + BUCKET_DEBOUNCE_SECONDS))
+        if read.known_count is None:
+            reads += 1
+            actions = p.on_bucket_state(t + 0.6, HERE, head(count - 1), count, head(count))
+        else:
+            assert read.known_count == count - 1  # what the last update wrote
+            actions = p.on_bucket_planned(t + 0.6, HERE, plan_from_count(count, read.known_count), count)
+        upload = UploadSegments(HERE, range(0, 0), count, provisional_heads=True)
+        assert of(UploadSegments, actions) == [upload]
+        assert not of(ReadBucketState, p.on_bucket_done(t + 0.7, HERE))
+    assert reads == 2  # the first update, and the one after BUCKET_UPDATES_TRUSTED trusted ones
+
+
+@pytest.mark.parametrize("distrust", ["failed", "rejected", "reconnected"])
+def test_a_failed_update_a_rejected_copy_or_a_reconnect_makes_the_next_update_read_the_head(distrust):
+    p = FeedProvider()
+    subscribe(p, T0, 5, 5)
+    assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]
+    finish_sync(p, T0 + 1, 5, head(5))
+    p.on_local_counts(T0 + 2, {(FEED, SUB): 6})
+    assert p.on_timer(T0 + 3) == [ReadBucketState(HERE, known_count=5)]
+    after: list = []  # every action from the distrust on
+    if distrust == "failed":
+        after += p.on_bucket_failed(T0 + 3.1, HERE, "refused")
+    else:
+        finish_sync(p, T0 + 3.1, 6)
+        if distrust == "rejected":
+            after += subscribe(p, T0 + 3.2, 2, 6, rejected=True)  # rewritten from message 2
+            assert of(UploadSegments, after) == [UploadSegments(HERE, range(0, 0), 6)]
+            after += p.on_bucket_done(T0 + 3.3, HERE)
+        else:
+            after += p.on_connected(T0 + 3.2, WALL0 + 3.2, "lab", {(FEED, SUB): 6})
+    after += p.on_local_counts(T0 + 4, {(FEED, SUB): 7})
+    after += p.on_timer(T0 + 5)
+    assert of(ReadBucketState, after)[0] == ReadBucketState(HERE)  # the head is read
+
+
+@pytest.mark.parametrize("local, bucket, plan", [
+    (0, 0, BucketPlan(upload=False)),  # nothing to provide
+    (1500, 1500, BucketPlan(upload=False)),  # up to date
+    (1400, 1500, BucketPlan(upload=False)),  # the bucket is ahead: left alone
+    (2500, 1500, BucketPlan(True, range(1, 2))),  # the segment holding 1500 on, then the head
+    (1501, 1500, BucketPlan(True, range(1, 1))),  # the head only
+])
+def test_plan_from_count_is_the_head_plan_when_the_head_is_ours(local, bucket, plan):
+    assert plan_from_count(local, bucket) == plan
+    if plan.upload:
+        assert plan_bucket_update(local, head(local), head(bucket)) == plan
 
 
 def test_an_announcement_asked_for_during_a_job_comes_after_the_next_one():
@@ -641,7 +712,7 @@ def test_an_announcement_asked_for_during_a_job_comes_after_the_next_one():
     subscribe(p, T0, 5, 5)
     assert p.on_timer(T0 + 1) == [ReadBucketState(HERE)]
     assert not of(ReadBucketState, p.on_connected(T0 + 1.1, WALL0, "lab", {(FEED, SUB): 5}))
-    assert finish_sync(p, T0 + 1.2, 5, head(5)) == [ReadBucketState(HERE)]
+    assert finish_sync(p, T0 + 1.2, 5, head(5)) == [ReadBucketState(HERE, known_count=5)]
     assert published(finish_sync(p, T0 + 1.3, 5, head(5))) == [SubfeedUploaded(FEED, SUB, 5)]
 
 
@@ -818,10 +889,12 @@ def test_a_published_subfeed_keeps_its_bucket_copy_current_with_nobody_subscribe
     # Growth: no inline push (nobody listens), a debounced bucket update.
     assert p.on_local_counts(T0 + 1, {(FEED, SUB): 1201}) == []
     assert p.next_deadline() == T0 + 1 + BUCKET_DEBOUNCE_SECONDS
-    assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE)]
+    assert p.on_timer(T0 + 1 + BUCKET_DEBOUNCE_SECONDS) == [ReadBucketState(HERE, known_count=1200)]
     finish_sync(p, T0 + 2, 1201)
-    # The channel reconnects: brought up to date again (appends may have happened offline).
-    assert of(ReadBucketState, p.on_connected(T0 + 3, WALL0 + 3, "lab", {(FEED, SUB): 1205}))
+    # The channel reconnects: brought up to date again (appends may have happened offline),
+    # from the head read again (another node may have written it meanwhile).
+    assert of(ReadBucketState, p.on_connected(T0 + 3, WALL0 + 3, "lab", {(FEED, SUB): 1205})) == [
+        ReadBucketState(HERE)]
     finish_sync(p, T0 + 3, 1205)
     assert p.on_connected(T0 + 4, WALL0 + 4, "other", {(FEED, SUB): 1205}) == []
     # Unpublished: no more updates.
