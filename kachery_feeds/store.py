@@ -213,6 +213,8 @@ class Store(SuccessionMixin):
         self._lock = threading.RLock()
         migrate(self._conn)
         self._notifier = ChangeNotifier(self.path)
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_conn: sqlite3.Connection | None = None  # see checkpoint_wal
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
         # (feed ID, subfeed hash) -> (subfeed row id, count, head hash, data_version, write
@@ -230,6 +232,10 @@ class Store(SuccessionMixin):
         with self._lock:
             self._conn.close()
             self._notifier.close()
+        with self._checkpoint_lock:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
 
     def __enter__(self) -> Store:
         return self
@@ -239,6 +245,26 @@ class Store(SuccessionMixin):
 
     def __repr__(self) -> str:
         return f"<kachery_feeds.Store {self.path}>"
+
+    def checkpoint_wal(self) -> int:
+        """Copy what the write-ahead log holds back into the database file now (SQLite's PASSIVE
+        checkpoint: it waits for no reader or writer), on a connection of its own, so that it
+        may run in a worker thread while this store object appends and imports. Returns how many
+        log frames it copied.
+
+        Without it, the commit that takes the log past :data:`WAL_AUTOCHECKPOINT_PAGES` does
+        this itself, inside the append or import that made it (milliseconds, fsyncs included),
+        in whichever process made it: a long-running process that keeps the log short this way
+        (the daemon does, a few seconds after changes) keeps that pause away from every
+        writer's appends. The next write after a complete checkpoint starts the log again
+        from its beginning."""
+        with self._checkpoint_lock:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            _busy, _log, copied = self._checkpoint_conn.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return max(copied, 0)
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:

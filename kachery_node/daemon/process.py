@@ -1,8 +1,9 @@
 """The daemon process: a trio program serving the local API and, later, its channels.
 
 Shape (structured concurrency): one root nursery holds the store-change broadcaster, the
-HTTP server and one task per joined channel; SIGINT/SIGTERM or ``POST /api/stop`` set the
-shutdown event, the server drains, and cancelling the root stops everything else.
+store's log upkeep (store_upkeep.py), the HTTP server and one task per joined channel;
+SIGINT/SIGTERM or ``POST /api/stop`` set the shutdown event, the server drains, and cancelling
+the root stops everything else.
 
 Only one daemon may serve a storage directory: it holds an exclusive ``flock`` on
 ``<storage>/daemon.lock`` for its whole life, and writes ``<storage>/daemon.json`` (pid, host,
@@ -38,6 +39,7 @@ from .local_tokens import load_or_create_tokens
 from .node_runtime import NodeRuntime
 from .paths import DEFAULT_PORT, INFO_FILE, LOCK_FILE, configured_port
 from .store_changes import ChangeBroadcaster
+from .store_upkeep import keep_wal_short
 
 log = logging.getLogger("kachery.daemon")
 
@@ -121,6 +123,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         server_done = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ctx.changes.run)
+            nursery.start_soon(keep_wal_short, storage.feeds, ctx.changes)
             ctx.node = NodeRuntime(storage, config, ctx.changes)
             await nursery.start(ctx.node.run)
             nursery.start_soon(_watch_signals, ctx)

@@ -362,3 +362,23 @@ def test_one_client_for_json_and_streamed_answers(node, tmp_path):
     assert got == [{"type": "progress", "done": 1, "total": 2}]
     t.join(5)
     listener.close()
+
+
+def test_the_daemon_copies_the_stores_log_back_soon_after_appends(node):
+    """The daemon checkpoints the feed store in the background (daemon/store_upkeep.py), so a
+    script's appends (and the daemon's own imports) never pay for the checkpoint SQLite would
+    otherwise run inside the commit that takes the log past 4000 pages."""
+    db = node.storage_dir / "feeds.db"
+    store = kf.open_store(db)
+    try:
+        sf = store.create_feed().load_subfeed("log")
+        size = db.stat().st_size
+        for i in range(300):  # a few hundred log frames: far from the autocheckpoint
+            sf.append_message({"i": i})
+        deadline = time.monotonic() + 30
+        while db.stat().st_size <= size:  # only a checkpoint writes the database file itself
+            assert time.monotonic() < deadline, "the daemon did not checkpoint the store"
+            time.sleep(0.1)
+        assert sf.get_num_local_messages() == 300
+    finally:
+        store.close()
