@@ -40,7 +40,14 @@ import kachery_feeds as kf
 from ..errors import HubRequestError, KacheryError, NotFoundError
 from ..identity import Keypair
 from ..protocol.membership import Membership, MembershipError
-from ..protocol.node_messages import EnvelopeError, ReplayGuard, open_envelope, seal, seal_unsigned_push
+from ..protocol.node_messages import (
+    Envelope,
+    EnvelopeError,
+    ReplayGuard,
+    open_envelope,
+    seal,
+    seal_unsigned_push,
+)
 from ..protocol.roles import (
     band_name,
     flow_of,
@@ -54,6 +61,7 @@ from ..transport.bucket.bucket_interface import Bucket, Destination
 from ..transport.bucket.open_bucket import bucket_spec, open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
+from ..transport.pubsub.pubsub_interface import PubSubMessage
 from ..transport.pubsub.websocket_client import WebSocketClosed, WebSocketHandshakeError
 from .channel_link import BucketObjectMissing, InlineHandler, MessageHandler, ProgressCallback
 
@@ -101,6 +109,8 @@ class ChannelRuntime:
         self._bucket: Bucket | None = None
         self._bucket_spec: dict[str, Any] | None = None
         self._replays = ReplayGuard()
+        self._nursery: trio.Nursery | None = None  # the connected loop's, for _dispatch_at_once
+        self._dispatch_waiting = False  # _dispatch awaits a membership refresh
         self._last_refresh = 0.0
         self.connected = anyio.Event()  # set while connected; a fresh one after each disconnection
         self._connection_scope: trio.CancelScope | None = None  # of the current connection attempt
@@ -331,10 +341,14 @@ class ChannelRuntime:
                     nursery.start_soon(self._refresh_loop)
                     if self._on_connected is not None:
                         nursery.start_soon(self._on_connected, self)
+                    self._nursery = nursery
+                    pubsub.handle_at_once = self._dispatch_at_once
                     async for message in pubsub.messages():
                         await self._dispatch(message, nursery)
                     raise ConnectionError("the relay closed the connection")
             finally:
+                pubsub.handle_at_once = None
+                self._nursery = None
                 self._disconnected()
 
     async def _refresh_loop(self) -> None:
@@ -343,11 +357,33 @@ class ChannelRuntime:
             await self.refresh_membership()
             self._reconnect_if_roles_changed()  # for a token matching the new roles
 
-    async def _dispatch(self, message: Any, nursery: trio.Nursery) -> None:
-        """Open a received message, check it and its sender, and hand it to the one exchange of
-        its band's flow (files, feeds or tasks), as a task of ``nursery``."""
+    def _dispatch_at_once(self, message: PubSubMessage) -> bool:
+        """The pub-sub client's :attr:`~.ReceivedQueue.handle_at_once`: what :meth:`_dispatch`
+        does, in the client's reader task, for a message from a sender known to have its band's
+        role (a live push is imported with no task switch to this runtime's loop). False, and
+        the message goes the queued way, when the sender's roles must be read again first, or
+        while the loop waits on that for an earlier message (order holds)."""
+        nursery = self._nursery
+        if nursery is None or self._dispatch_waiting:
+            return False
         try:
             band = role_of_pubsub_band(split_band_name(message.band, self.channel))
+        except KacheryError:
+            return False  # the queued way says why it is dropped
+        if not self.may(message.sender, band):
+            return False
+        try:
+            opened = self._open(message, band)
+            if opened is not None:
+                self._hand_over(band, opened, nursery)
+        except Exception:  # never the reader's end: the message is lost, the connection is not
+            log.exception("%s: handling a message from %s failed", self.channel, message.sender[:12])
+        return True
+
+    def _open(self, message: PubSubMessage, band: str) -> Envelope | None:
+        """The message's envelope, opened and checked (its signer is the publisher the relay
+        names; not a replay), or None (logged: dropped)."""
+        try:
             now_ms = _wall_ms()
             env = open_envelope(message.data, channel=self.channel, band=band, now_ms=now_ms,
                                 publisher=message.sender)
@@ -358,16 +394,35 @@ class ChannelRuntime:
             self._replays.check(env, now_ms=now_ms)
         except KacheryError as exc:
             log.info("%s: dropped a message: %s", self.channel, exc)
+            return None
+        return env
+
+    async def _dispatch(self, message: Any, nursery: trio.Nursery) -> None:
+        """Open a received message, check it and its sender, and hand it to the one exchange of
+        its band's flow (files, feeds or tasks), as a task of ``nursery``."""
+        try:
+            band = role_of_pubsub_band(split_band_name(message.band, self.channel))
+        except KacheryError as exc:
+            log.info("%s: dropped a message: %s", self.channel, exc)
             return
-        if not self.may(env.sender, band) and not await self._may_after_refresh(env.sender, band):
-            log.info(
-                "%s: dropped %s from %s: it may not publish on %s",
-                self.channel,
-                env.type,
-                env.sender[:12],
-                band,
-            )
+        env = self._open(message, band)
+        if env is None:
             return
+        if not self.may(env.sender, band):
+            self._dispatch_waiting = True  # later messages queue behind this one
+            try:
+                allowed = await self._may_after_refresh(env.sender, band)
+            finally:
+                self._dispatch_waiting = False
+            if not allowed:
+                log.info("%s: dropped %s from %s: it may not publish on %s", self.channel,
+                         env.type, env.sender[:12], band)
+                return
+        self._hand_over(band, env, nursery)
+
+    def _hand_over(self, band: str, env: Envelope, nursery: trio.Nursery) -> None:
+        """Give an opened message of a sender allowed on ``band`` to its flow's exchange: its
+        inline handler if it takes it, else a task of ``nursery``."""
         handler = self._handlers.get(flow_of(band))
         if handler is None:
             log.info("%s: dropped %s on %s: no exchange here handles %s", self.channel, env.type,

@@ -156,9 +156,9 @@ class AblyPubSub(ReceivedQueue, PubSub):
         self._recv_send, self._recv = trio.open_memory_channel[PubSubMessage | HubRequestError](math.inf)
         self._closed: HubRequestError | None = None
 
-    def _put(self, item: PubSubMessage | HubRequestError) -> None:
+    def _put(self, item: PubSubMessage | HubRequestError) -> None:  # on the trio thread
         try:
-            self._recv_send.send_nowait(item)
+            self._received(item)
         except trio.ClosedResourceError:
             pass
 

@@ -207,9 +207,9 @@ class NatsPubSub(ReceivedQueue, PubSub):
         msg = PubSubMessage(band, sender, bytes(payload), int(time.time() * 1000))
         self._thread.to_trio(self._put, msg)
 
-    def _put(self, item: PubSubMessage | HubRequestError) -> None:
+    def _put(self, item: PubSubMessage | HubRequestError) -> None:  # on the trio thread
         try:
-            self._recv_send.send_nowait(item)
+            self._received(item)
         except trio.ClosedResourceError:
             pass
 

@@ -12,8 +12,10 @@ a publish made while nothing is being sent, and none was written directly in the
 the bytes leave), so a live push goes out at once and a burst is still batched.
 
 Receiving: one reader task reads the socket (:mod:`.websocket_client`, our own WebSocket client),
-decodes each binary frame's records and puts the messages on the queue that
-:meth:`~.ReceivedQueue.messages` reads: one task switch from the socket to the consumer.
+decodes each binary frame's records and hands each message to the consumer's
+:attr:`~.ReceivedQueue.handle_at_once` (the daemon imports a live push there: no task switch
+from the socket to the import), or puts it on the queue that :meth:`~.ReceivedQueue.messages`
+reads (one task switch).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
                 return  # the reader reports why
 
     async def _reader(self) -> None:
-        put = self._recv_send.send_nowait
+        put = self._received
         try:
             while True:
                 for opcode, frame in await self._ws.receive_messages():
