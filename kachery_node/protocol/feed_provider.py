@@ -479,8 +479,8 @@ class FeedProvider:
         """Answer to :class:`ReadBucketState`: upload what the bucket lacks, or finish.
         ``bucket_head`` is None when the bucket has none, or when the action said
         ``known_count`` (the head was not read: ``local_head`` is not needed either)."""
-        action_known = self._jobs.get(where)
-        if action_known is not None and not action_known.read_head:
+        job = self._jobs.get(where)
+        if job is not None and not job.read_head:
             plan = plan_from_count(local_count, self._bucket_counts.get(where, 0))
         else:
             plan = plan_bucket_update(local_count, local_head, bucket_head)
