@@ -19,9 +19,8 @@ nothing can be lost or reordered by the switch:
   socket carries TLS records, not frames);
 * no WebSocket extension was negotiated (Chromium offers permessage-deflate, and wsproto accepts
   it: those frames may be compressed, RSV1 set, which this reader refuses);
-* hypercorn and wsproto hold no bytes of the connection they have not turned into messages, and
-  the relay has taken every message out of its ASGI queue (it handles each before its next
-  ``receive``, so all of them were handled).
+* wsproto holds no part of a frame or of a fragmented message (what it holds otherwise, whole
+  frames and whole messages in the relay's ASGI queue, is taken from it and handled first).
 
 Otherwise the connection stays on the ordinary path, which behaves the same (the relay's checks
 are one per-message handler called by both). Everything the relay sends still goes through
@@ -44,6 +43,7 @@ How a connection on the fast path ends:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from math import inf
 from typing import Any, Protocol
 
@@ -79,12 +79,21 @@ class Receiver(Protocol):
         """Return once the relay's handling of the connection has ended (its close sent)."""
 
 
-def take_over(server: Any, receiver: Receiver, max_message_bytes: int) -> str | None:
+def take_over(server: Any, receiver: Receiver, max_message_bytes: int, asgi_receive: Any,
+              handle_asgi: Callable[[dict[str, Any]], bool]) -> str | None:
     """Let ``server`` (the hypercorn ``TCPServer`` of a connection the relay accepted a
     WebSocket on, from :meth:`.direct_send.DirectSender.server`) deliver its next frames to
-    ``receiver``. Returns None when granted, else why not: ``"pending"`` when hypercorn or the
-    ASGI queue still hold something of the connection (ask again after the next message), or
-    another reason that will not change (the connection stays on the ordinary path)."""
+    ``receiver``, the relay's handling of that WebSocket, whose ASGI ``receive`` is
+    ``asgi_receive``. Returns None when granted, else why not: ``"pending"`` when wsproto holds
+    part of a frame or of a fragmented message (ask again after the next message), or another
+    reason that will not change (the connection stays on the ordinary path).
+
+    What hypercorn already read of the connection is not lost or reordered: the whole messages
+    in the relay's ASGI queue are taken out and given to ``handle_asgi`` (False from it: the
+    connection closes, the rest is dropped), then the bytes wsproto holds (whole frames it has
+    not parsed yet, its reading task being suspended between two of them) are taken from it and
+    parsed here, all in the caller's task before it awaits anything: the fast path's reading
+    task can deliver nothing before."""
     try:
         h11 = server.protocol.protocol
         stream = h11.stream
@@ -93,17 +102,37 @@ def take_over(server: Any, receiver: Receiver, max_message_bytes: int) -> str | 
         if frames.extensions:
             return "extension"
         decoder = frames._frame_decoder
-        pending = (len(h11.connection.buffer) or len(decoder.buffer) or decoder.header is not None
-                   or frames._message_decoder.opcode is not None or stream.buffer.value is not None
-                   or stream.app_put.__self__.statistics().current_buffer_used)
+        held = decoder.buffer  # wsproto's Buffer: bytes received, not parsed yet
+        # (WSStream's message buffer is not looked at: it is cleared only after the message
+        # was put in the queue, so it may hold one that is gone already; a message under way
+        # is wsproto's message decoder's opcode.)
+        pending = (len(h11.connection.buffer) or decoder.header is not None or held.bytes_used
+                   or frames._message_decoder.opcode is not None)
+        queue_used = stream.app_put.__self__.statistics().current_buffer_used
     except AttributeError:  # not hypercorn's HTTP/1.1 WebSocket stream as this module knows it
         return "unknown"
     if stream.closed:
         return "closed"
     if pending:
         return "pending"
+    channel = getattr(asgi_receive, "__self__", None)
+    if queue_used and not isinstance(channel, trio.MemoryReceiveChannel):
+        return "pending"
     reader = MessageReader(masked=True, max_message_bytes=max_message_bytes)
-    server.direct_receiver = _FastPath(receiver, reader)
+    fast = server.direct_receiver = _FastPath(receiver, reader)
+    rest = bytes(held.buffer)
+    del held.buffer[:]  # wsproto's parser, resumed, finds nothing more
+    if queue_used:
+        # Hypercorn's reading task may even be waiting to add one more to a full queue: that
+        # one comes out too, last.
+        while True:
+            try:
+                if not handle_asgi(channel.receive_nowait()):
+                    return None
+            except trio.WouldBlock:
+                break
+    if rest:
+        fast.feed(rest)
     return None
 
 

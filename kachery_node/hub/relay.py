@@ -318,22 +318,29 @@ class _Connection:
         why_not = self.take_over()
         while why_not is not None:
             msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            text, data = msg.get("text"), msg.get("bytes")
-            if not self.receive_message(data or b"" if text is None else text, binary=text is None):
+            if not self.receive_asgi(msg):
                 return
             if why_not == "pending":  # it may be granted now that this message was handled
                 why_not = self.take_over()
         await self.fast_done.wait()
 
     def take_over(self) -> str | None:
-        """Ask for the fast path (:func:`.direct_receive.take_over`): None once granted."""
+        """Ask for the fast path (:func:`.direct_receive.take_over`): None once granted (what
+        hypercorn had read already is handled by then)."""
         if self.direct is None:
             return "not plain TCP"
-        why = direct_receive.take_over(self.direct.server, self, self.relay.limits.max_frame_bytes)
-        self.fast = why is None
-        return why
+        asgi_receive = getattr(self.ws, "_receive", None)  # Starlette's: hypercorn's queue
+        why_not = direct_receive.take_over(self.direct.server, self, self.relay.limits.max_frame_bytes,
+                                           asgi_receive, self.receive_asgi)
+        self.fast = why_not is None
+        return why_not
+
+    def receive_asgi(self, msg: dict[str, Any]) -> bool:
+        """Handle an ASGI event of the ordinary path; False if the connection is over."""
+        if msg["type"] == "websocket.disconnect":
+            return False
+        text, data = msg.get("text"), msg.get("bytes")
+        return self.receive_message(data or b"" if text is None else text, binary=text is None)
 
     def receive_message(self, payload: bytes | str, *, binary: bool) -> bool:
         """Handle one message from the client, whichever path read it: a binary frame of
@@ -369,6 +376,8 @@ class _Connection:
     # ------------------------------------------ the fast path's (direct_receive.Receiver)
     def message(self, opcode: int, payload: bytes) -> bool:
         """One message read off the socket by the relay itself (:mod:`.direct_receive`)."""
+        if self.close_request is not None:
+            return False  # closing (maybe for a message handled before the take-over): no more
         if opcode in (OP_BINARY, OP_TEXT):
             self.relay.direct_receives += 1
             return self.receive_message(payload, binary=opcode == OP_BINARY)
