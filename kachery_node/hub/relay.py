@@ -169,7 +169,7 @@ class _Connection:
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
         self.direct: direct_send.DirectSender | None = None  # set once accepted (if plain TCP)
         self.last_direct = 0.0  # monotonic time of the last frame written by flush_direct
-        self.fast = False  # its frames are read by the relay itself (direct_receive)
+        self.fast = False  # its messages are read by the relay itself now (direct_receive)
         self.fast_done = trio.Event()  # ... and that reading stopped
         self.ended = trio.Event()  # the relay's handling of the connection is over
 
@@ -330,10 +330,8 @@ class _Connection:
         if self.direct is None:
             return "not plain TCP"
         asgi_receive = getattr(self.ws, "_receive", None)  # Starlette's: hypercorn's queue
-        why_not = direct_receive.take_over(self.direct.server, self, self.relay.limits.max_frame_bytes,
-                                           asgi_receive, self.receive_asgi)
-        self.fast = why_not is None
-        return why_not
+        return direct_receive.take_over(self.direct.server, self, self.relay.limits.max_frame_bytes,
+                                        asgi_receive, self.receive_asgi)
 
     def receive_asgi(self, msg: dict[str, Any]) -> bool:
         """Handle an ASGI event of the ordinary path; False if the connection is over."""
@@ -379,6 +377,7 @@ class _Connection:
         if self.close_request is not None:
             return False  # closing (maybe for a message handled before the take-over): no more
         if opcode in (OP_BINARY, OP_TEXT):
+            self.fast = True
             self.relay.direct_receives += 1
             return self.receive_message(payload, binary=opcode == OP_BINARY)
         if opcode == OP_PING:  # answered in order with what the relay sends, never inside a frame

@@ -53,6 +53,7 @@ class RawClient:
         self.response = response  # the handshake's response head (lower case)
         self.reader = MessageReader(masked=False, max_message_bytes=16 << 20)
         self.pending = list(self.reader.feed(leftover)) if leftover else []
+        self.ops: list[dict] = []  # JSON operations received, not returned yet
 
     @classmethod
     async def connect(cls, hub_url: str, *extra_headers: str) -> RawClient:
@@ -94,10 +95,12 @@ class RawClient:
                 self.pending.extend(self.reader.feed(chunk))
 
     async def receive_op(self) -> dict:
-        opcode, payload = await self.receive()
-        assert opcode == OP_TEXT, (opcode, payload)
-        [op] = _ops(payload)
-        return op
+        """The next JSON operation from the hub (the relay may batch several in a frame)."""
+        while not self.ops:
+            opcode, payload = await self.receive()
+            assert opcode == OP_TEXT, (opcode, payload)
+            self.ops += [op for op in _ops(payload) if op.get("op") != "heartbeat"]
+        return self.ops.pop(0)
 
     async def closed_with(self) -> int | None:
         """Read until the hub's close frame, then the end of the stream: the close code."""
@@ -157,6 +160,26 @@ async def test_publishes_from_a_raw_client_are_read_by_the_relay_itself(fast_hub
         await client.aclose()
     relay = relay_figures(owner, ch)
     assert relay["messages_in"] == relay["messages_in_direct"] == 5
+
+
+async def test_frames_sent_with_the_auth_in_one_write_are_handled_in_order(fast_hub):
+    """The auth and 30 publishes in one write, as soon as the handshake is answered: some may
+    reach the HTTP server's WebSocket layer before the relay takes the connection over
+    (direct_receive.take_over hands what it read ahead to the relay first); all are handled,
+    acknowledged and delivered in order, on whichever path."""
+    ch, owner, a = setup_channel(fast_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["sub"], ch)) as sub:
+        await sub.subscribe(band)
+        client = await RawClient.connect(fast_hub.url)
+        token = (await creds(a["pub"], ch))["token"]
+        await client.send_raw(frame(OP_TEXT, orjson.dumps({"op": "auth", "token": token, "v": 2})) + b"".join(
+            frame(OP_BINARY, relay_frames.encode_publish(i, band, j({"i": i}))) for i in range(1, 31)))
+        assert (await client.receive_op())["op"] == "connected"
+        assert [(await client.receive_op())["id"] for _ in range(30)] == list(range(1, 31))
+        assert [data(await sub.receive(timeout=10))["i"] for _ in range(30)] == list(range(1, 31))
+        await client.aclose()
+    assert relay_figures(owner, ch)["messages_in"] == 30
 
 
 async def test_an_unmasked_frame_closes_the_connection_1002(fast_hub):
