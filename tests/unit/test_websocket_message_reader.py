@@ -69,7 +69,9 @@ def test_a_fragmented_message_comes_whole_with_control_frames_in_their_place():
     (bytes((0x82, 0x80 | 126)) + (5).to_bytes(2, "big") + b"\0" * 9, 1002),  # length not minimal
     (frame(OP_BINARY, b"x" * (LIMIT + 1)), 1009),
     (frame(OP_BINARY, b"x" * 3000, fin=False) + frame(OP_CONT, b"x" * 3000), 1009),
-])
+], ids=["unmasked", "rsv1", "rsv3", "data-opcode-3", "control-opcode-b", "fragmented-ping",
+        "long-ping", "lone-continuation", "message-in-message", "non-minimal-length", "too-big",
+        "too-big-in-fragments"])  # (ids: the frames' masking keys are random)
 def test_what_the_reader_refuses_and_with_which_close_code(stream, code):
     with pytest.raises(FrameError) as info:
         read_all(stream)
