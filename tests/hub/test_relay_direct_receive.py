@@ -317,3 +317,30 @@ async def test_the_hub_shuts_down_cleanly_with_connections_on_the_fast_path(tmp_
         assert "Traceback" not in log and " ERROR " not in log, log
     finally:
         hub.stop()
+
+
+async def test_a_tls_connection_keeps_working_the_ordinary_way(tmp_path, monkeypatch):
+    """Over TLS the socket carries TLS records, not frames: the relay leaves the connection to
+    the HTTP server's WebSocket layer (direct_send does not register it either)."""
+    from kachery_node.transport.tls import CA_FILE_ENV
+    from tests.tls_certs import TestCA
+
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("hub", ["127.0.0.2"])
+    monkeypatch.setenv(CA_FILE_ENV, str(ca.cert))
+    hub = HubProcess(tmp_path / "hub", "--host", "127.0.0.2", "--tls-cert", str(server.cert),
+                     "--tls-key", str(server.key))
+    try:
+        assert hub.url.startswith("https://")
+        ch, owner, a = setup_channel(hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+        band = f"{ch}-requestFiles"
+        async with open_pubsub(await creds(a["sub"], ch)) as sub, \
+                open_pubsub(await creds(a["pub"], ch)) as pub:
+            await sub.subscribe(band)
+            for i in range(3):
+                await pub.publish(band, j({"i": i}), ack=True)
+            assert [data(await sub.receive(timeout=10))["i"] for _ in range(3)] == [0, 1, 2]
+        relay = relay_figures(owner, ch)
+        assert (relay["messages_in"], relay["messages_in_direct"]) == (3, 0)
+    finally:
+        hub.stop()
