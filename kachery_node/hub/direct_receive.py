@@ -159,15 +159,18 @@ async def read_data(server: Any) -> None:
     timeout = server.config.read_timeout or inf
     stream = server.stream
     while True:
+        data: bytes | None
         try:
             with trio.fail_after(timeout):
                 data = await stream.receive_some(hypercorn.trio.tcp_server.MAX_RECV)
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-            break
-        fast = server.direct_receiver  # granted while this task waited for the data
-        if fast is not None:
-            await _read_fast(server, fast, data, timeout)
+            data = None
+        fast = server.direct_receiver  # granted while this task waited
+        if fast is not None:  # (None: the end, which the relay must hear of too)
+            await _read_fast(server, fast, data or b"", timeout)
             return
+        if data is None:
+            break
         await server.protocol.handle(RawData(bytes(data)))
         if data == b"":
             break

@@ -344,3 +344,26 @@ async def test_a_tls_connection_keeps_working_the_ordinary_way(tmp_path, monkeyp
         assert (relay["messages_in"], relay["messages_in_direct"]) == (3, 0)
     finally:
         hub.stop()
+
+
+async def test_a_connection_reset_before_its_first_frame_is_dropped_at_once(tmp_path):
+    """A hub in this process, to count the relay's connections: one reset (RST) right after
+    the handshake, with the fast path granted and nothing read yet, is gone at once, not when
+    the auth timeout (10 s) closes it."""
+    import socket
+    import struct
+
+    from kachery_node.hub.serve import serve_hub
+
+    async with trio.open_nursery() as nursery:
+        hub = await nursery.start(serve_hub, tmp_path / "hub", "127.0.0.1", 0)
+        client = await RawClient.connect(hub.public_url)
+        with trio.fail_after(5):
+            while not hub.relay.connections:
+                await trio.sleep(0.01)
+        client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await client.aclose()
+        with trio.fail_after(5):
+            while hub.relay.connections:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
