@@ -81,6 +81,11 @@ class DirectSender:
         self._server = server
         self._sock = server.stream.socket
 
+    @property
+    def server(self) -> Any:
+        """The connection's hypercorn ``TCPServer`` (for :func:`.direct_receive.take_over`)."""
+        return self._server
+
     def try_send(self, frame: bytes) -> int:
         """Write ``frame`` now, without waiting: the number of bytes the socket took (0 when
         hypercorn is sending on it, or its buffer is full), or -1 if the socket is closed or

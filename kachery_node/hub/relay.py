@@ -43,6 +43,12 @@ Rules
   publisher's task as soon as the publisher's frame is handled (:mod:`.direct_send`: no task
   switch, no ASGI layers); bursts go through the writer, batched. What the socket does not take
   goes out through the writer first, so order and the queue bound hold as above.
+* The receive side's fast path: on a plain-TCP connection without WebSocket extensions, the
+  relay reads the client's frames itself, in the connection's reading task (:mod:`.direct_receive`:
+  no wsproto, no ASGI event, no task switch). Both paths hand each message to one handler
+  (:meth:`_Connection.receive_message`), so every rule above holds the same on both; a frame
+  that breaks RFC 6455 closes the connection with 1002 (1007: text that is not UTF-8; 1009: over
+  ``max_frame_bytes``), a ping is answered with a pong, a close with a close.
 """
 
 from __future__ import annotations
@@ -70,7 +76,17 @@ from ..errors import (
 from ..protocol import relay_frames
 from ..protocol.pubsub_tokens import TokenClaims, verify_token
 from ..protocol.roles import PUBLISH, SUBSCRIBE, check_capability
-from . import direct_send
+from ..transport.websocket_frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    encode_frame,
+    parse_close,
+)
+from . import direct_receive, direct_send
 from .relay_traffic import RelayTraffic
 
 #: The pub-sub protocol version this relay speaks (spec/pubsub.md §3).
@@ -138,8 +154,9 @@ class _Connection:
         self.claims: TokenClaims | None = None
         self.subs: set[str] = set()
         self.no_echo: set[str] = set()  # subscribed bands where its own messages are not sent back
-        # (binary, event): a message record, or JSON; (None, bytes): the rest of a frame that
-        # send_direct began writing, always first in the queue
+        # (binary, event): a message record, or JSON; (None, bytes): bytes that are frames
+        # already: the rest of a frame that flush_direct began writing (always first in the
+        # queue), or a pong
         self.out: deque[tuple[bool | None, bytes]] = deque()
         self.queued_bytes = 0  # what self.out costs (see _EVENT_OVERHEAD)
         self.inflight_bytes = 0  # the frame the writer is sending
@@ -152,15 +169,19 @@ class _Connection:
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
         self.direct: direct_send.DirectSender | None = None  # set once accepted (if plain TCP)
         self.last_direct = 0.0  # monotonic time of the last frame written by flush_direct
+        self.fast = False  # its messages are read by the relay itself now (direct_receive)
+        self.fast_done = trio.Event()  # ... and that reading stopped
+        self.ended = trio.Event()  # the relay's handling of the connection is over
 
     @property
     def who(self) -> str:
         return f"node {self.claims.node[:12]}…" if self.claims else f"unauthenticated {self.peer}"
 
     # ---------------------------------------------------------------- outgoing
-    def push(self, event: bytes, *, binary: bool = False, wake: bool = True) -> None:
-        """Queue ``event``: a JSON operation, or (``binary``) a message record; ``wake=False``:
-        the caller flushes it (:meth:`flush_direct`) instead of the writer."""
+    def push(self, event: bytes, *, binary: bool | None = False, wake: bool = True) -> None:
+        """Queue ``event``: a JSON operation, (``binary``) a message record, or (``binary=None``)
+        a whole frame for the socket; ``wake=False``: the caller flushes it (:meth:`flush_direct`)
+        instead of the writer."""
         if self.close_request is not None:
             return  # closing: nothing more goes out (what was queued before still does)
         cost = len(event) + _EVENT_OVERHEAD
@@ -219,9 +240,11 @@ class _Connection:
     def send_op(self, **op: Any) -> None:
         self.push(orjson.dumps(op))
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, quiet: bool = False) -> None:
+        """Close with ``code`` once what is queued has gone out (``quiet``: the client asked,
+        nothing to log)."""
         if self.close_request is None:
-            log.warning("relay closing %s: %s (%d)", self.who, reason, code)
+            (log.debug if quiet else log.warning)("relay closing %s: %s (%d)", self.who, reason, code)
             self.close_request = _Close(code, reason)
             self.wake.set()
 
@@ -230,7 +253,7 @@ class _Connection:
             await self.wake.wait()
             self.wake = trio.Event()
             while self.out:
-                if self.out[0][0] is None:  # the rest of a frame written directly
+                if self.out[0][0] is None:  # frames already: the rest of one written directly, a pong
                     rest = self.out.popleft()[1]
                     self.inflight_bytes = cost = len(rest) + _EVENT_OVERHEAD
                     self.queued_bytes -= cost
@@ -289,35 +312,96 @@ class _Connection:
 
     # ---------------------------------------------------------------- incoming
     async def reader(self) -> None:
-        limits = self.relay.limits
-        while True:
+        """Receive the client's messages until it goes away or the connection must close: read
+        by the connection's own reading task once :func:`.direct_receive.take_over` grants it
+        (at once, usually), through hypercorn's ASGI events until then."""
+        why_not = self.take_over()
+        while why_not is not None:
             msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
+            if not self.receive_asgi(msg):
                 return
-            self.last_recv = time.monotonic()
-            text, data = msg.get("text"), msg.get("bytes")
-            if len(text if text is not None else data or b"") > limits.max_frame_bytes:
-                self.close(1009, f"frame over {limits.max_frame_bytes} bytes")
-                return
-            if text is None:
-                try:
-                    if not self.handle_binary(data or b""):
-                        return
-                finally:
-                    self.relay.flush_direct(self)
-                continue
+            if why_not == "pending":  # it may be granted now that this message was handled
+                why_not = self.take_over()
+        await self.fast_done.wait()
+
+    def take_over(self) -> str | None:
+        """Ask for the fast path (:func:`.direct_receive.take_over`): None once granted (what
+        hypercorn had read already is handled by then)."""
+        if self.direct is None:
+            return "not plain TCP"
+        asgi_receive = getattr(self.ws, "_receive", None)  # Starlette's: hypercorn's queue
+        return direct_receive.take_over(self.direct.server, self, self.relay.limits.max_frame_bytes,
+                                        asgi_receive, self.receive_asgi)
+
+    def receive_asgi(self, msg: dict[str, Any]) -> bool:
+        """Handle an ASGI event of the ordinary path; False if the connection is over."""
+        if msg["type"] == "websocket.disconnect":
+            return False
+        text, data = msg.get("text"), msg.get("bytes")
+        return self.receive_message(data or b"" if text is None else text, binary=text is None)
+
+    def receive_message(self, payload: bytes | str, *, binary: bool) -> bool:
+        """Handle one message from the client, whichever path read it: a binary frame of
+        publish records, or a text frame of JSON operations (``str`` from the ASGI path, UTF-8
+        ``bytes`` not yet checked from the fast path). False if the connection must close."""
+        self.last_recv = time.monotonic()
+        limit = self.relay.limits.max_frame_bytes
+        if len(payload) > limit:
+            self.close(1009, f"frame over {limit} bytes")
+            return False
+        if binary:
             try:
-                ops = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                self.refuse(MalformedRequestError("frame is not valid JSON"), None)
-                continue
-            for op in ops if isinstance(ops, list) else [ops]:
-                op_id = op.get("id") if isinstance(op, dict) else None
-                try:
-                    self.handle(op)
-                except ChannelProtocolError as exc:
-                    if not self.refuse_or_close(exc, op_id):
-                        return
+                return self.handle_binary(payload)  # type: ignore[arg-type]
+            finally:
+                self.relay.flush_direct(self)
+        try:
+            ops = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            if isinstance(payload, bytes) and not _is_utf8(payload):
+                self.close(1007, "text frame is not UTF-8")
+                return False
+            self.refuse(MalformedRequestError("frame is not valid JSON"), None)
+            return True
+        for op in ops if isinstance(ops, list) else [ops]:
+            op_id = op.get("id") if isinstance(op, dict) else None
+            try:
+                self.handle(op)
+            except ChannelProtocolError as exc:
+                if not self.refuse_or_close(exc, op_id):
+                    return False
+        return True
+
+    # ------------------------------------------ the fast path's (direct_receive.Receiver)
+    def message(self, opcode: int, payload: bytes) -> bool:
+        """One message read off the socket by the relay itself (:mod:`.direct_receive`)."""
+        if self.close_request is not None:
+            return False  # closing (maybe for a message handled before the take-over): no more
+        if opcode in (OP_BINARY, OP_TEXT):
+            self.fast = True
+            self.relay.direct_receives += 1
+            return self.receive_message(payload, binary=opcode == OP_BINARY)
+        if opcode == OP_PING:  # answered in order with what the relay sends, never inside a frame
+            self.push(encode_frame(OP_PONG, payload, mask=False), binary=None)
+            return True
+        if opcode == OP_CLOSE:
+            try:
+                code, _reason = parse_close(payload)
+            except FrameError as exc:
+                self.failed(exc.close_code, str(exc))
+                return False
+            self.close(code if code is not None else 1000, "closed by the client", quiet=True)
+            return False
+        return True  # a pong: the relay sends no pings of its own (heartbeats are JSON)
+
+    def failed(self, close_code: int, reason: str) -> None:
+        """The client broke RFC 6455 framing (or, 1011, the relay failed handling a frame)."""
+        self.close(close_code, reason)
+
+    def stopped(self) -> None:
+        self.fast_done.set()
+
+    async def finished(self) -> None:
+        await self.ended.wait()
 
     def refuse_or_close(self, exc: ChannelProtocolError, op_id: Any) -> bool:
         """Answer a refusal; False if the connection must close for it (before a good auth)."""
@@ -443,7 +527,7 @@ class _Connection:
         node.allowance -= 1
         event = relay_frames.encode_message(band, self.claims.node, int(now_ms), record.message)
         delivered = self.relay.fan_out(band, event, self)
-        self.relay.traffic.count(self.claims.channel, len(record.message), delivered)
+        self.relay.traffic.count(self.claims.channel, len(record.message), delivered, direct=self.fast)
         if record.id:
             self.send_op(op="ack", id=record.id)
 
@@ -471,6 +555,7 @@ class Relay:
         self.delivered = 0
         self.frames_out = 0
         self.direct_frames = 0  # of frames_out: written straight into the socket by fan_out
+        self.direct_receives = 0  # messages read off the socket by the relay itself (direct_receive)
         self._to_flush: set[_Connection] = set()  # idle connections with messages to write
         self.refusals = 0
         self.traffic = RelayTraffic()  # per channel, for `kachery hub status`
@@ -564,6 +649,12 @@ class Relay:
         """Serve one WebSocket connection until it closes or is closed."""
         await websocket.accept()
         conn = _Connection(self, websocket)
+        try:
+            await self._serve(conn, websocket)
+        finally:
+            conn.ended.set()  # the fast path's reading task waits for this (direct_receive)
+
+    async def _serve(self, conn: _Connection, websocket: WebSocket) -> None:
         conn.direct = direct_send.sender_for(websocket.scope)
         self.connections.add(conn)
         close: _Close | None = None
@@ -594,6 +685,14 @@ class Relay:
                     await websocket.close(close.code, close.reason)
                 except Exception:
                     pass  # the peer is already gone
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

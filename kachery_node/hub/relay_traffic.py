@@ -19,6 +19,7 @@ class ChannelTraffic:
     bytes_in: int = 0
     messages_out: int = 0
     bytes_out: int = 0
+    messages_in_direct: int = 0  # of messages_in: read off the socket by the relay itself
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
@@ -31,9 +32,9 @@ class RelayTraffic:
         self.started_ms = int(time.time() * 1000)
         self.channels: dict[str, ChannelTraffic] = {}
 
-    def count(self, channel: str, size: int, delivered: int) -> None:
+    def count(self, channel: str, size: int, delivered: int, *, direct: bool = False) -> None:
         """A message of ``size`` bytes was published on ``channel`` and sent to ``delivered``
-        subscribers."""
+        subscribers; ``direct``: the relay read it off the socket itself (hub/direct_receive.py)."""
         t = self.channels.get(channel)
         if t is None:
             t = self.channels[channel] = ChannelTraffic()
@@ -41,6 +42,8 @@ class RelayTraffic:
         t.bytes_in += size
         t.messages_out += delivered
         t.bytes_out += delivered * size
+        if direct:
+            t.messages_in_direct += 1
 
     def of(self, channel: str) -> ChannelTraffic:
         return self.channels.get(channel) or ChannelTraffic()

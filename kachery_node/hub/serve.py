@@ -29,7 +29,7 @@ from hypercorn.trio import serve
 
 from ..server_tuning import tune_for_serving
 from ..transport.tls import is_loopback_host
-from . import direct_send
+from . import direct_receive, direct_send
 from .app import Hub, HubSettings, create_app
 from .http_limits import RequestLimits
 from .state import HubState, require_local_hub_dir
@@ -48,9 +48,15 @@ class _BoundedTCPServer(hypercorn.trio.tcp_server.TCPServer):
     Hypercorn has no such bound, and every accepted connection holds a file descriptor: past the
     process's limit, accept() fails for everyone. A connection over the bound is answered 503 and
     closed at once, so descriptors stay bounded too (slow clients are cut by the timeouts of
-    hub/http_limits.py, which frees their slots)."""
+    hub/http_limits.py, which frees their slots). Each plain-TCP connection is registered for
+    the relay's direct sends (hub/direct_send.py), and its reading loop hands a relay WebSocket's
+    frames to the relay itself once the relay took it over (hub/direct_receive.py)."""
 
     slots: trio.CapacityLimiter | None = None
+    direct_receiver: object | None = None  # set when the relay reads this connection's frames itself
+
+    async def _read_data(self) -> None:
+        await direct_receive.read_data(self)  # hypercorn's loop, plus the relay's fast path
 
     async def run(self) -> None:
         slots = type(self).slots

@@ -147,7 +147,8 @@ def test_only_the_owner_sees_and_sets_a_channels_figures(quota_hub, actors):
     [ch] = owner.client.hub_status()["channels"]
     assert ch["channel"] == "lab" and ch["bucket"]["quota_bytes"] == 10**6
     assert {n["node"] for n in ch["nodes"]} == {node.node_id, other.node_id}
-    assert ch["relay"] == {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0}
+    assert ch["relay"] == {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0,
+                           "messages_in_direct": 0}
 
 
 def test_a_deleted_channels_objects_go_and_a_new_one_starts_empty(quota_hub, actors):

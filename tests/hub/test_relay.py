@@ -79,8 +79,14 @@ async def creds(actor: Actor, channel: str) -> dict:
     return await trio.to_thread.run_sync(actor.client.pubsub_credentials, channel)
 
 
+def relay_figures(owner: Actor, ch: str) -> dict:
+    """The channel's relay figures from ``kachery hub status`` (its owner's view)."""
+    [status] = [c for c in owner.client.hub_status()["channels"] if c["channel"] == ch]
+    return status["relay"]
+
+
 async def test_fan_out_between_requesters_and_providers(relay_hub):
-    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "p1": ["provide-files"], "p2": ["provide-files"]})
+    ch, owner, a = setup_channel(relay_hub, {"req": ["request-files"], "p1": ["provide-files"], "p2": ["provide-files"]})
     req_band, prov_band = f"{ch}-requestFiles", f"{ch}-provideFiles"
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["p1"], ch)) as p1, \
             open_pubsub(await creds(a["p2"], ch)) as p2:
@@ -97,6 +103,9 @@ async def test_fan_out_between_requesters_and_providers(relay_hub):
         await p1.publish(prov_band, j({"type": "uploadFileStatus", "status": "finished"}), ack=True)
         m = await req.receive(timeout=5)
         assert (m.sender, data(m)["status"]) == (a["p1"].node_id, "finished")
+    # The relay read the publishes off the socket itself (hub/direct_receive.py).
+    figures = relay_figures(owner, ch)
+    assert figures["messages_in"] == figures["messages_in_direct"] == 21, figures
 
 
 async def test_capabilities_are_enforced_per_band(relay_hub):
@@ -119,7 +128,7 @@ async def test_capabilities_are_enforced_per_band(relay_hub):
 
 
 async def test_oversized_messages_and_rate_limit(relay_hub):
-    ch, _, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
+    ch, owner, a = setup_channel(relay_hub, {"req": ["request-files"], "prov": ["provide-files"]})
     band = f"{ch}-requestFiles"
     async with open_pubsub(await creds(a["req"], ch)) as req, open_pubsub(await creds(a["prov"], ch)) as prov:
         await prov.subscribe(band)
@@ -142,6 +151,8 @@ async def test_oversized_messages_and_rate_limit(relay_hub):
                 received += 1
         assert 50 <= received < 200
     assert "rate_limited" in relay_hub.log()
+    figures = relay_figures(owner, ch)  # the fast path's too
+    assert figures["messages_in"] == figures["messages_in_direct"] >= received + 1, figures
 
 
 async def _expect_close(ws, within: float) -> int:
