@@ -107,6 +107,7 @@ class ProviderDriver:
         self._links: dict[str, ChannelLink] = {}  # channel -> its current link
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wait: anyio.CancelScope | None = None  # the store watch's wait, while it waits
+        self._idle = False  # that wait does not watch the store: nothing is provided
         self._publications: list[Publication] = []
         self._bucket_slots = anyio.CapacityLimiter(BUCKET_JOBS_AT_ONCE)
         self._version = StoreVersion(store.path)
@@ -146,8 +147,14 @@ class ProviderDriver:
                 await self._carry_out(self.core.on_timer(now))
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
+                # Nothing provided (a node that only reads): its own imports need not wake this
+                # loop; a subscription, publication or reconnect ends the wait (_wake_if_idle).
+                self._idle = not (self.core.has_work() or self._publications)
                 with anyio.CancelScope(deadline=deadline) as self._wait:
-                    await (watcher.wait_async(None) if changed is None else changed.wait())
+                    if self._idle:
+                        await anyio.sleep_forever()
+                    else:
+                        await (watcher.wait_async(None) if changed is None else changed.wait())
                 self._wait = None
 
     def set_publications(self, publications: Iterable[Publication]) -> None:
@@ -188,6 +195,8 @@ class ProviderDriver:
             owns_feed=self.store.has_private_key(message.feed_id),
         )
         self._deadline_may_have_moved()
+        if self._idle and self._wait is not None:
+            self._wait.cancel()  # the store watch has a subscription to watch for now
         await self._carry_out(actions)
 
     def on_connected(self, link: ChannelLink) -> None:

@@ -276,6 +276,11 @@ class FeedProvider:
             wheres += [w for w in self._saved if w.channel == channel]
         return {w.subfeed for w in wheres}
 
+    def has_work(self) -> bool:
+        """Whether store changes concern this provider: a live or saved subscription, a
+        publication, or a bucket job (O(1))."""
+        return bool(self._subscriptions or self._published or self._saved or self._jobs)
+
     def published(self) -> list[SubfeedOnChannel]:
         """The published subfeeds (:meth:`set_published`)."""
         return list(self._published)
