@@ -110,7 +110,9 @@ class ChannelRuntime:
         self._bucket_spec: dict[str, Any] | None = None
         self._replays = ReplayGuard()
         self._nursery: trio.Nursery | None = None  # the connected loop's, for _dispatch_at_once
-        self._dispatch_waiting = False  # _dispatch awaits a membership refresh
+        # A message went the queued way and the loop has not caught up with the queue since
+        # (or it awaits a membership refresh): later ones queue behind it, in order.
+        self._behind = False
         self._last_refresh = 0.0
         self.connected = anyio.Event()  # set while connected; a fresh one after each disconnection
         self._connection_scope: trio.CancelScope | None = None  # of the current connection attempt
@@ -341,10 +343,12 @@ class ChannelRuntime:
                     nursery.start_soon(self._refresh_loop)
                     if self._on_connected is not None:
                         nursery.start_soon(self._on_connected, self)
-                    self._nursery = nursery
+                    self._nursery, self._behind = nursery, pubsub.queued() > 0
                     pubsub.handle_at_once = self._dispatch_at_once
                     async for message in pubsub.messages():
                         await self._dispatch(message, nursery)
+                        if pubsub.queued() == 0:
+                            self._behind = False  # all received so far is handled
                     raise ConnectionError("the relay closed the connection")
             finally:
                 pubsub.handle_at_once = None
@@ -362,15 +366,18 @@ class ChannelRuntime:
         does, in the client's reader task, for a message from a sender known to have its band's
         role (a live push is imported with no task switch to this runtime's loop). False, and
         the message goes the queued way, when the sender's roles must be read again first, or
-        while the loop waits on that for an earlier message (order holds)."""
+        while a message that went that way is not handled yet (so order holds)."""
         nursery = self._nursery
-        if nursery is None or self._dispatch_waiting:
-            return False
-        try:
-            band = role_of_pubsub_band(split_band_name(message.band, self.channel))
-        except KacheryError:
-            return False  # the queued way says why it is dropped
-        if not self.may(message.sender, band):
+        band = None
+        if nursery is not None and not self._behind:
+            try:
+                band = role_of_pubsub_band(split_band_name(message.band, self.channel))
+            except KacheryError:
+                pass  # the queued way says why it is dropped
+        if band is None or not self.may(message.sender, band):
+            # Handed to the loop's waiting receive (or queued): whatever comes next must wait
+            # for it, or it would be handled first.
+            self._behind = True
             return False
         try:
             opened = self._open(message, band)
@@ -409,12 +416,8 @@ class ChannelRuntime:
         if env is None:
             return
         if not self.may(env.sender, band):
-            self._dispatch_waiting = True  # later messages queue behind this one
-            try:
-                allowed = await self._may_after_refresh(env.sender, band)
-            finally:
-                self._dispatch_waiting = False
-            if not allowed:
+            self._behind = True  # later messages queue behind this one meanwhile
+            if not await self._may_after_refresh(env.sender, band):
                 log.info("%s: dropped %s from %s: it may not publish on %s", self.channel,
                          env.type, env.sender[:12], band)
                 return

@@ -148,7 +148,7 @@ class ProviderDriver:
                 due = self.core.next_deadline()
                 deadline = min(math.inf if due is None else due, now + STORE_RECHECK_SECONDS)
                 # Nothing provided (a node that only reads): its own imports need not wake this
-                # loop; a subscription, publication or reconnect ends the wait (_wake_if_idle).
+                # loop; a subscription (on_subscribe), publication or reconnect ends the wait.
                 self._idle = not (self.core.has_work() or self._publications)
                 with anyio.CancelScope(deadline=deadline) as self._wait:
                     if self._idle:

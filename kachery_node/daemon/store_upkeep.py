@@ -35,7 +35,7 @@ async def keep_wal_short(store: kf.Store, changes: ChangeBroadcaster) -> None:
     """Checkpoint ``store`` a little after each change until cancelled (run it in the daemon's
     nursery)."""
     wal = store.path.with_name(store.path.name + "-wal")
-    checkpointed: float | None = None
+    checkpointed: int | None = None  # the log's mtime (ns) at the last checkpoint
     while True:
         await changes.current().wait()  # a commit, or the watcher's periodic safety wake
         await anyio.sleep(CHECKPOINT_DELAY_SECONDS)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 import kachery_feeds as kf
 from kachery_node.daemon.channel_runtime import ChannelRuntime
@@ -75,3 +76,26 @@ async def test_messages_without_an_exchange_or_with_a_bad_band_are_dropped(runti
         await runtime._dispatch(PubSubMessage(band_name("lab", "provideFiles"), moved.sender, moved.data, 0),
                                 nursery)
     assert runtime.calls == []
+
+
+@pytest.mark.trio
+async def test_messages_taken_at_once_keep_their_order_behind_one_that_went_the_queued_way(runtime):
+    """The pub-sub reader hands messages to the runtime at once (no task switch) only while
+    nothing that went the queued way is unhandled: a message from a sender whose roles must be
+    read again first holds back the ones after it, even from senders known to hold their role."""
+    stranger = Keypair.generate()  # not in the membership: its message needs a refresh first
+    async with trio.open_nursery() as nursery:
+        runtime._nursery = nursery
+        assert runtime._dispatch_at_once(_message("request-files", "first"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert runtime.calls == [("files", "request-files", "first")]
+        assert not runtime._dispatch_at_once(_message("request-files", "held", stranger))
+        assert not runtime._dispatch_at_once(_message("request-files", "after"))  # behind "held"
+        # The loop handles the queued ones in order (the stranger's is dropped: no role), and
+        # once it has caught up with its queue, messages are taken at once again.
+        for queued in (_message("request-files", "held", stranger), _message("request-files", "after")):
+            await runtime._dispatch(queued, nursery)
+        runtime._behind = False  # what the loop does when the queue is empty
+        assert runtime._dispatch_at_once(_message("request-files", "later"))
+        await trio.testing.wait_all_tasks_blocked()
+    assert [c[2] for c in runtime.calls] == ["first", "after", "later"]

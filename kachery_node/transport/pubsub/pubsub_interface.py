@@ -60,6 +60,14 @@ Renewer = Callable[[], Awaitable[dict[str, Any]]]
 class PubSub(ABC):
     """Node side: one connection to a channel's pub-sub service."""
 
+    #: Set by the consumer to take messages as they are received, in the client's reader, while
+    #: none waits in the queue (True: handled, not queued); see ``ReceivedQueue``.
+    handle_at_once: Callable[[PubSubMessage], bool] | None = None
+
+    def queued(self) -> int:
+        """How many received messages wait to be read from :meth:`messages`."""
+        return 0
+
     @abstractmethod
     async def publish(self, band: str, data: bytes, *, ack: bool = False) -> None:
         """Publish ``data`` on ``band`` (full band name); with ``ack``, wait until the service

@@ -28,6 +28,10 @@ class ReceivedQueue:
     #: for what needs waiting (the message is queued, in order, for :meth:`messages`).
     handle_at_once: Callable[[PubSubMessage], bool] | None = None
 
+    def queued(self) -> int:
+        """How many received items wait in the queue."""
+        return self._recv_send.statistics().current_buffer_used
+
     def _received(self, item: PubSubMessage | HubRequestError) -> None:
         """Hand over one received item: to :attr:`handle_at_once` if it takes it, else to the
         queue. Only while the queue is empty, so items are handled in the order received."""
