@@ -95,6 +95,7 @@ async def test_messages_taken_at_once_keep_their_order_behind_one_that_went_the_
         # once it has caught up with its queue, messages are taken at once again.
         for queued in (_message("request-files", "held", stranger), _message("request-files", "after")):
             await runtime._dispatch(queued, nursery)
+        await trio.testing.wait_all_tasks_blocked()  # (each handler runs as a task of its own)
         runtime._behind = False  # what the loop does when the queue is empty
         assert runtime._dispatch_at_once(_message("request-files", "later"))
         await trio.testing.wait_all_tasks_blocked()
