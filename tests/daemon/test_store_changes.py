@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import kachery_feeds as kf
 from kachery_node.daemon.store_changes import ChangeBroadcaster
@@ -20,10 +21,12 @@ async def test_a_waiter_is_woken_by_another_connections_commit_and_idle_commits_
     changes = ChangeBroadcaster(store)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(changes.run)
-        await trio.sleep(0.05)  # the broadcaster is waiting to be wanted
+        await trio.testing.wait_all_tasks_blocked()  # the broadcaster is waiting to be wanted
         for i in range(20):  # nobody waits: no wake-ups
             sf.append_message(i)
-        await trio.sleep(0.1)
+        # The kernel watch is readable now: a broadcaster waiting on it would be runnable at the
+        # loop's next I/O check, so "every task blocked" means it was not woken.
+        await trio.testing.wait_all_tasks_blocked()
         assert changes.wakes == 0
         # A waiter takes the event before reading; the commits made before are not lost (it
         # may be woken at once, for them), and the next commit wakes it.

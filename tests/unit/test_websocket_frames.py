@@ -1,5 +1,6 @@
 """The WebSocket frame codec (kachery_node/transport/websocket_frames.py): what RFC 6455 §5 asks of
-a reader, and fuzzing: any split of a valid stream gives the same messages; any bytes give
+a reader, as a client reads a server (unmasked frames) and as the hub's relay reads clients
+(masked, with a size limit), and fuzzing: any split of a valid stream gives the same messages; any bytes give
 messages or a FrameError, never another exception."""
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = Fal
         return head + payload
     key = os.urandom(4)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+SERVER_LIMIT = 4096  # the server side's max_message_bytes in the refusal table below
 
 
 def feed_all(reader: MessageReader, *chunks: bytes) -> list[tuple[int, bytes]]:
@@ -99,6 +103,30 @@ def test_fragments_are_reassembled_with_control_frames_between_them():
 def test_protocol_violations_raise_frame_error_with_the_close_code(stream, code):
     with pytest.raises(FrameError) as info:
         MessageReader(masked=False, max_message_bytes=100).feed(stream)
+    assert info.value.close_code == code
+
+
+@pytest.mark.parametrize("stream, code", [
+    (raw_frame(OP_BINARY, b"x"), 1002),  # a client's frame must be masked
+    (raw_frame(OP_BINARY, b"x", mask=True, rsv=4), 1002),  # RSV1: no extension was negotiated
+    (raw_frame(OP_BINARY, b"x", mask=True, rsv=1), 1002),
+    (raw_frame(0x3, b"x", mask=True), 1002),  # reserved data opcode
+    (raw_frame(0xB, b"x", mask=True), 1002),  # reserved control opcode
+    (raw_frame(OP_PING, b"x", mask=True, fin=False), 1002),  # a fragmented control frame
+    (raw_frame(OP_PING, b"x" * 126, mask=True), 1002),  # a control frame over 125 bytes
+    (raw_frame(OP_CONT, b"x", mask=True), 1002),  # a continuation of nothing
+    (raw_frame(OP_BINARY, b"x", mask=True, fin=False) + raw_frame(OP_TEXT, b"y", mask=True), 1002),
+    (bytes((0x82, 0x80 | 126)) + (5).to_bytes(2, "big") + b"\0" * 9, 1002),  # length not minimal
+    (raw_frame(OP_BINARY, b"x" * (SERVER_LIMIT + 1), mask=True), 1009),
+    (raw_frame(OP_BINARY, b"x" * 3000, mask=True, fin=False) + raw_frame(OP_CONT, b"x" * 3000, mask=True),
+     1009),
+], ids=["unmasked", "rsv1", "rsv3", "data-opcode-3", "control-opcode-b", "fragmented-ping",
+        "long-ping", "lone-continuation", "message-in-message", "non-minimal-length", "too-big",
+        "too-big-in-fragments"])  # (ids: the frames' masking keys are random)
+def test_what_a_server_reading_clients_refuses_and_with_which_close_code(stream, code):
+    """The reader as the hub's relay uses it (masked client frames, a size limit)."""
+    with pytest.raises(FrameError) as info:
+        MessageReader(masked=True, max_message_bytes=SERVER_LIMIT).feed(stream)
     assert info.value.close_code == code
 
 
@@ -184,6 +212,20 @@ def test_random_bytes_give_messages_or_a_frame_error_and_nothing_else(data, mask
                 assert len(payload) <= (125 if opcode & 8 else 200)
     except FrameError as exc:
         assert exc.close_code in (1002, 1007, 1009)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=500), st.lists(st.integers(0, 500), max_size=6), st.integers(0, 600))
+def test_a_server_reader_with_any_limit_gives_messages_or_a_frame_error(data, cuts, limit):
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    r = MessageReader(masked=True, max_message_bytes=limit)
+    try:
+        for opcode, payload in feed_all(r, *(data[a:b] for a, b in zip([0, *points], [*points, len(data)],
+                                                                        strict=True))):
+            assert opcode in (OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CLOSE)
+            assert len(payload) <= (125 if opcode & 0x8 else limit)
+    except FrameError as exc:
+        assert exc.close_code in (1002, 1009)
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,11 +21,11 @@ class ReceivedQueue:
 
     _recv: trio.MemoryReceiveChannel
     _recv_send: trio.MemorySendChannel
-    #: Set by the consumer: called with each received message, in the reader's task, while no
-    #: received item waits in the queue; True means it handled the message (it is not queued).
-    #: A live push is then handled without a task switch to the consumer's loop (one wake-up of
-    #: the scheduler, tens of µs, less on every message). It must not block; it returns False
-    #: for what needs waiting (the message is queued, in order, for :meth:`messages`).
+    #: :attr:`PubSub.handle_at_once` (None there by default): called with each received message,
+    #: in the reader's task, while no received item waits in the queue; True means it handled
+    #: the message (it is not queued). A live push is then handled without a task switch to the
+    #: consumer's loop (one wake-up of the scheduler, tens of µs, less on every message). It must
+    #: not block; it returns False for what needs waiting (queued, in order, for :meth:`messages`).
     handle_at_once: Callable[[PubSubMessage], bool] | None = None
 
     def queued(self) -> int:
