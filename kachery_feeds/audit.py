@@ -29,6 +29,7 @@ import nacl.exceptions
 from .errors import FeedError
 from .forks import verify_fork_proof
 from .messages import message_hash, parse_wire, signature_is_valid, to_wire
+from .schema import key_range
 from .succession import KeyChain
 from .uris import subfeed_hash
 
@@ -192,8 +193,8 @@ def _check_subfeed(conn: sqlite3.Connection, report: StoreReport, keys: dict[str
     last_signed = True
     while True:
         rows = conn.execute(
-            "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? ORDER BY n LIMIT ?",
-            (sid, expected, PAGE_SIZE)).fetchall()
+            "SELECT n, body, sig FROM messages WHERE message_key>=? AND message_key<? "
+            "ORDER BY message_key LIMIT ?", (*key_range(sid, expected), PAGE_SIZE)).fetchall()
         if not rows:
             break
         for n, body, sig in rows:
@@ -263,14 +264,16 @@ def cut_subfeed_for_repair(store: Store, feed_id: str, sh: str, first_bad: int |
         if row is None:
             return 0
         sid, name = row
+        low, high = key_range(sid)
         if first_bad is None:
-            (first_bad,) = c.execute("SELECT coalesce(max(n) + 1, 0) FROM messages WHERE subfeed_id=?",
-                                     (sid,)).fetchone()
+            (last,) = c.execute("SELECT max(message_key) FROM messages WHERE message_key>=? AND "
+                                "message_key<?", (low, high)).fetchone()
+            first_bad = 0 if last is None else last - low + 1
         (last_signed,) = c.execute(
-            "SELECT max(n) FROM messages WHERE subfeed_id=? AND n<? AND sig IS NOT NULL",
-            (sid, first_bad)).fetchone()
+            "SELECT n FROM messages WHERE message_key>=? AND message_key<? AND sig IS NOT NULL "
+            "ORDER BY message_key DESC LIMIT 1", key_range(sid, 0, first_bad)).fetchone() or (None,)
         keep = 0 if last_signed is None else last_signed + 1
-        c.execute("DELETE FROM messages WHERE subfeed_id=? AND n>=?", (sid, keep))
+        c.execute("DELETE FROM messages WHERE message_key>=? AND message_key<?", key_range(sid, keep))
         try:
             name_ok = name is None or subfeed_hash(json.loads(name)) == sh
         except (ValueError, FeedError):

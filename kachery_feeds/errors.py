@@ -90,6 +90,12 @@ class InvalidPayloadError(FeedError, ValueError):
     """A payload or metadata value that is not plain JSON, or a message over the size limit."""
 
 
+class StoreFullError(FeedError):
+    """The store cannot hold this subfeed or message: a subfeed row id past 8,388,606 or a
+    message number past 2^40 - 1 (the bounds of its message keys, spec/feeds.md §7). Nothing
+    was written."""
+
+
 class StoreVersionError(FeedError):
     """The store was written by a newer version of kachery_feeds than this one."""
 

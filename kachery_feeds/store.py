@@ -52,6 +52,7 @@ from .errors import (
     NotAStoreError,
     NotWriteableError,
     RestoreIncompleteError,
+    StoreFullError,
     UnknownFeedError,
     VerificationError,
     short_repr,
@@ -68,7 +69,7 @@ from .messages import (
     to_wire,
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_each, encode_json
-from .schema import SUBFEED_COUNT, migrate
+from .schema import MAX_STORED_NUMBER, MAX_SUBFEED_ROW_ID, SUBFEED_COUNT, key_range, message_key, migrate
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
@@ -93,12 +94,14 @@ _BODY_OVERHEAD = 256
 # another write of this store object) committed since this store's last append: the body at
 # the number this store appended last, if it is still the subfeed's last message and the feed
 # has no key succession (whose records another process may have added); the caller compares
-# its hash with the head it left (a body names its feed, subfeed and number). Parameters:
-# subfeed row id, that number, feed ID.
-_APPEND_CHECK = ("SELECT body FROM messages WHERE subfeed_id=?1 AND n=?2 "
-                 "AND NOT EXISTS (SELECT 1 FROM messages WHERE subfeed_id=?1 AND n>?2) "
+# its hash with the head it left (a body names its feed, subfeed and number). Parameters: that
+# message's key, the end of the subfeed's key range (schema.key_range), feed ID.
+_APPEND_CHECK = ("SELECT body FROM messages WHERE message_key=?1 "
+                 "AND NOT EXISTS (SELECT 1 FROM messages WHERE message_key>?1 AND message_key<?2) "
                  "AND NOT EXISTS (SELECT 1 FROM feed_successions WHERE feed_id=?3)")
-_LAST_MESSAGE = "SELECT n, body FROM messages WHERE subfeed_id=? ORDER BY n DESC LIMIT 1"
+# A subfeed's last message; parameters: its key range.
+_LAST_MESSAGE = ("SELECT n, body FROM messages WHERE message_key>=? AND message_key<? "
+                 "ORDER BY message_key DESC LIMIT 1")
 
 
 def _now_ms() -> int:
@@ -350,10 +353,8 @@ class Store(SuccessionMixin):
         with self._write() as c:
             if not c.execute("SELECT 1 FROM feeds WHERE feed_id=?", (feed_id,)).fetchone():
                 raise UnknownFeedError(f"feed {feed_id} is not in this store")
-            c.execute(
-                "DELETE FROM messages WHERE subfeed_id IN (SELECT id FROM subfeeds WHERE feed_id=?)",
-                (feed_id,),
-            )
+            for (sid,) in c.execute("SELECT id FROM subfeeds WHERE feed_id=?", (feed_id,)).fetchall():
+                c.execute("DELETE FROM messages WHERE message_key>=? AND message_key<?", key_range(sid))
             c.execute("DELETE FROM subfeeds WHERE feed_id=?", (feed_id,))
             c.execute("DELETE FROM feed_successions WHERE feed_id=?", (feed_id,))
             c.execute("DELETE FROM feeds WHERE feed_id=?", (feed_id,))
@@ -546,6 +547,10 @@ class Store(SuccessionMixin):
         (sid,) = c.execute(
             "SELECT id FROM subfeeds WHERE feed_id=? AND subfeed_hash=?", (feed_id, sh)
         ).fetchone()
+        if not 0 < sid <= MAX_SUBFEED_ROW_ID:  # its messages' keys would not fit (schema.py)
+            raise StoreFullError(
+                f"this store ({self.path}) cannot hold another subfeed: its subfeed rows are "
+                f"numbered up to {MAX_SUBFEED_ROW_ID}; start a new store")
         self._subfeed_ids[(feed_id, sh)] = sid
         return (sid, *_last_message(c, sid))
 
@@ -553,10 +558,12 @@ class Store(SuccessionMixin):
         sid = self._subfeed_id(feed_id, sh)
         if sid is None:
             return 0
+        low, high = key_range(sid)
         with self._lock:
             (last,) = self._conn.execute(
-                "SELECT max(n) FROM messages WHERE subfeed_id=?", (sid,)).fetchone()
-        return 0 if last is None else last + 1
+                "SELECT max(message_key) FROM messages WHERE message_key>=? AND message_key<?",
+                (low, high)).fetchone()
+        return 0 if last is None else last - low + 1
 
     def _rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
         """(n, body, sig) rows for numbers in [start, end)."""
@@ -564,15 +571,9 @@ class Store(SuccessionMixin):
         if sid is None:
             return []
         with self._lock:
-            if end is None:
-                return self._conn.execute(
-                    "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? ORDER BY n",
-                    (sid, start),
-                ).fetchall()
             return self._conn.execute(
-                "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
-                (sid, start, end),
-            ).fetchall()
+                "SELECT n, body, sig FROM messages WHERE message_key>=? AND message_key<? "
+                "ORDER BY message_key", key_range(sid, start, end)).fetchall()
 
     def _signed_rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
         """Rows [start, end) extended forward to the first signed message at or after end-1."""
@@ -581,9 +582,9 @@ class Store(SuccessionMixin):
             sid = self._subfeed_id(feed_id, sh)
             with self._lock:
                 signed = self._conn.execute(
-                    "SELECT n FROM messages WHERE subfeed_id=? AND n>=? AND sig IS NOT NULL "
-                    "ORDER BY n LIMIT 1",
-                    (sid, rows[-1][0]),
+                    "SELECT n FROM messages WHERE message_key>=? AND message_key<? "
+                    "AND sig IS NOT NULL ORDER BY message_key LIMIT 1",
+                    key_range(sid, rows[-1][0]),
                 ).fetchone()
             if signed is not None:  # always found: stored ranges end signed
                 rows += self._rows(feed_id, sh, rows[-1][0] + 1, signed[0] + 1)
@@ -635,6 +636,8 @@ class Store(SuccessionMixin):
                 # memory: no page read) and this store's last write was that append; otherwise
                 # one query checks the subfeed's end and the feed's successions.
                 sid, count, prev, version, write_number = cached
+                if count + len(encoded) - 1 > MAX_STORED_NUMBER:
+                    raise _store_full(self.path, count + len(encoded) - 1)
                 rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas)
                 signature = sign_hash(sk, last_hash)
                 n = count + len(rows)
@@ -643,7 +646,8 @@ class Store(SuccessionMixin):
                 with self._write() as c:
                     (now,) = c.execute("PRAGMA data_version").fetchone()
                     if (now == version and write_number == self._write_number - 1) or _still_last(
-                            c.execute(_APPEND_CHECK, (sid, count - 1, feed_id)).fetchone(), prev):
+                            c.execute(_APPEND_CHECK, (message_key(sid, count - 1), key_range(sid)[1],
+                                                      feed_id)).fetchone(), prev):
                         _insert_appended(c, sid, rows, signature)
                         self._append_heads[key] = (sid, n, last_hash, now, self._write_number)
                         return n - 1
@@ -679,6 +683,8 @@ class Store(SuccessionMixin):
         """Inside an append's write transaction: read the subfeed's count and head, build, sign
         and insert; remembers the new head for the next append's fast path."""
         sid, count, prev = self._ensure_subfeed(c, feed_id, sh, name_json)
+        if count + len(encoded) - 1 > MAX_STORED_NUMBER:
+            raise _store_full(self.path, count + len(encoded) - 1)
         sk, carry = self._succession_for_append(c, feed_id, sid, sk)  # spec/feeds.md §9
         rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas, carry)
         n = count + len(rows)
@@ -699,6 +705,8 @@ class Store(SuccessionMixin):
         # One pass when the feed never changed keys: parsed, chained, signatures checked,
         # rows ready to insert (see parse_range); else checked against its key chain (§9).
         (first, previous_hash, rows, last_hash), chain = self._parse_import(feed_id, sh, lines)
+        if rows[-1][0] > MAX_STORED_NUMBER:
+            raise _store_full(self.path, rows[-1][0])
         try:
             with self._write() as c:
                 if chain is not None:
@@ -719,8 +727,8 @@ class Store(SuccessionMixin):
                 overlap_end = min(count, last + 1)
                 if first < overlap_end:
                     local = c.execute(
-                        "SELECT n, body FROM messages WHERE subfeed_id=? AND n>=? AND n<? ORDER BY n",
-                        (sid, first, overlap_end),
+                        "SELECT n, body FROM messages WHERE message_key>=? AND message_key<? "
+                        "ORDER BY message_key", key_range(sid, first, overlap_end),
                     ).fetchall()
                     for (n, body), row in zip(local, rows, strict=False):
                         # the same body bytes <=> the same hash (an unsigned row holds its line)
@@ -788,7 +796,7 @@ class Store(SuccessionMixin):
                 [line], feed_id, sh, bytes.fromhex(feed_id), plain=True)
         except (FeedError, CarriesSuccession):  # the usual path says what is wrong, or takes
             return False                           # the succession in
-        if first != count or previous_hash != head or len(rows[0]) != 3:
+        if first != count or previous_hash != head or len(rows[0]) != 3 or first > MAX_STORED_NUMBER:
             return False
         n, body, signature = rows[0]
         with self._lock:
@@ -831,7 +839,7 @@ class Store(SuccessionMixin):
     @staticmethod
     def _local_hash(c: sqlite3.Connection, sid: int, n: int) -> bytes:
         (body,) = c.execute(
-            "SELECT body FROM messages WHERE subfeed_id=? AND n=?", (sid, n)
+            "SELECT body FROM messages WHERE message_key=?", (message_key(sid, n),)
         ).fetchone()
         return message_hash(body)
 
@@ -839,13 +847,19 @@ class Store(SuccessionMixin):
     def _local_chain(c: sqlite3.Connection, sid: int, start: int) -> list[bytes]:
         """Local wire messages from ``start`` up to the first signed one (a verifiable chain)."""
         chain = []
-        for _n, body, sig in c.execute(
-            "SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? ORDER BY n", (sid, start)
+        for body, sig in c.execute(
+            "SELECT body, sig FROM messages WHERE message_key>=? AND message_key<? "
+            "ORDER BY message_key", key_range(sid, start)
         ):
             chain.append(to_wire(body, sig))
             if sig is not None:
                 break
         return chain
+
+
+def _store_full(path: Path, number: int) -> StoreFullError:
+    return StoreFullError(f"this store ({path}) cannot hold message {number}: a subfeed's messages "
+                          f"in a store are numbered up to {MAX_STORED_NUMBER}")
 
 
 def _still_last(row: tuple | None, head: bytes) -> bool:
@@ -855,7 +869,7 @@ def _still_last(row: tuple | None, head: bytes) -> bool:
 
 def _last_message(c: sqlite3.Connection, sid: int) -> tuple[int, bytes | None]:
     """(count, head hash) of subfeed row ``sid``: from its last message (schema version 3)."""
-    row = c.execute(_LAST_MESSAGE, (sid,)).fetchone()
+    row = c.execute(_LAST_MESSAGE, key_range(sid)).fetchone()
     if row is None:
         return 0, None
     body = row[1]
@@ -878,7 +892,7 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
     sqlite3 binds a bytearray as it is but looks up an adapter for each bytes parameter, which
     costs more than the copy (~0.35 against ~0.1 µs for a 400-byte body). An unsigned line's
     bytearray is cut before its tab there too (faster than SQL's substr, ~0.15 µs a row)."""
-    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
+    sql = f"INSERT INTO messages(message_key, body, sig) VALUES ({message_key(int(sid), 0)} + ?,?,"
     unsigned, signed = sql + "NULL)", sql + "?)"
     shapes = bytes(map(len, rows))
     start, end = 0, len(rows)
@@ -920,8 +934,9 @@ def _append_statements(sid: int) -> tuple[str, str, str]:
     each in its statement cache): :func:`_insert_appended`'s two (unsigned rows, the signed
     last) and :meth:`Store._append_alone`'s, which inserts only if ``data_version`` is still its
     last parameter."""
-    sql = f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES ({int(sid)},?,?,"
-    alone = (f"INSERT INTO messages(subfeed_id, n, body, sig) SELECT {int(sid)},?,?,? "
+    base = message_key(int(sid), 0)  # a message's key is base + its number (schema.py)
+    sql = f"INSERT INTO messages(message_key, body, sig) VALUES ({base} + ?,?,"
+    alone = (f"INSERT INTO messages(message_key, body, sig) SELECT {base} + ?,?,? "
              "WHERE (SELECT data_version FROM pragma_data_version) = ?")
     return sql + "NULL)", sql + "?)", alone
 

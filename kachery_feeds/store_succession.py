@@ -32,7 +32,7 @@ from .messages import (
     signature_is_valid,
     to_wire,
 )
-from .schema import SUBFEED_COUNT
+from .schema import SUBFEED_COUNT, key_range, message_key
 from .succession import (
     KeyChain,
     Violation,
@@ -138,8 +138,9 @@ class SuccessionMixin:
             if key != chain.current_key:
                 for sid, sh in c.execute("SELECT id, subfeed_hash FROM subfeeds WHERE feed_id=?",
                                          (feed_id,)).fetchall():
-                    last = c.execute("SELECT n, body FROM messages WHERE subfeed_id=? ORDER BY n "
-                                     "DESC LIMIT 1", (sid,)).fetchone()
+                    last = c.execute("SELECT n, body FROM messages WHERE message_key>=? AND "
+                                     "message_key<? ORDER BY message_key DESC LIMIT 1",
+                                     key_range(sid)).fetchone()
                     if last is not None:
                         heads[sh] = (last[0] + 1, message_hash(last[1]))
             last = chain.records[-1] if chain.records else None
@@ -267,8 +268,9 @@ class SuccessionMixin:
                         f"the key succession of feed {feed_id} pins another message {position} of subfeed "
                         f"{sh} than this store holds: the old key signed two histories")
             for boundary in sorted(set(chain.boundaries(sh))):
-                row = c.execute("SELECT n, body, sig FROM messages WHERE subfeed_id=? AND n>=? AND sig "
-                                "IS NOT NULL ORDER BY n LIMIT 1", (sid, boundary)).fetchone()
+                row = c.execute("SELECT n, body, sig FROM messages WHERE message_key>=? AND "
+                                "message_key<? AND sig IS NOT NULL ORDER BY message_key LIMIT 1",
+                                key_range(sid, boundary)).fetchone()
                 if row is None:
                     continue
                 n, body, sig = row
@@ -299,7 +301,7 @@ class SuccessionMixin:
 
 
 def message_hash_at(c: sqlite3.Connection, sid: int, n: int) -> bytes:
-    (body,) = c.execute("SELECT body FROM messages WHERE subfeed_id=? AND n=?", (sid, n)).fetchone()
+    (body,) = c.execute("SELECT body FROM messages WHERE message_key=?", (message_key(sid, n),)).fetchone()
     return message_hash(bytes(body))
 
 

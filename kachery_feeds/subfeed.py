@@ -89,8 +89,8 @@ class Feed:
         return [
             r["subfeed_hash"]
             for r in self._store._query(
-                "SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND EXISTS "
-                "(SELECT 1 FROM messages WHERE subfeed_id = subfeeds.id) ORDER BY id",
+                f"SELECT subfeed_hash FROM subfeeds WHERE feed_id = ? AND {SUBFEED_COUNT} > 0 "
+                "ORDER BY id",
                 (self.feed_id,))
         ]
 

@@ -124,6 +124,17 @@ def settle() -> None:
     gc.collect()
 
 
+def raw_insert_sql(schema: str, signed: bool) -> str:
+    """The raw limits' INSERT of one row of subfeed row 1, into the messages table as ``schema``
+    declares it, in the form the store uses: schema version 4's ``message_key`` as a constant
+    base + the number (the store's statement), or the (subfeed_id, n) key of the stores before
+    it (bench/feeds/ab_cpu.py runs older trees)."""
+    sig = "?" if signed else "NULL"
+    if "message_key" in schema:
+        return f"INSERT INTO messages(message_key, body, sig) VALUES ({1 << 40} + ?,?,{sig})"
+    return f"INSERT INTO messages(subfeed_id, n, body, sig) VALUES (1,?,?,{sig})"
+
+
 def raw_connection(path: Path) -> sqlite3.Connection:
     """Plain sqlite3 with the store's settings: WAL, synchronous=NORMAL, the store's
     wal_autocheckpoint (so that the limits checkpoint as often as the store does)."""
@@ -148,8 +159,7 @@ def raw_insert_rate(
     c.execute(schema)
     runs: list[tuple[str, list[tuple]]] = []
     for n, (body, sig) in enumerate(rows):
-        sql = ("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (1,?,?,NULL)" if sig is None
-               else "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (1,?,?,?)")
+        sql = raw_insert_sql(schema, signed=sig is not None)
         if not runs or runs[-1][0] != sql:
             runs.append((sql, []))
         runs[-1][1].append((n, bytearray(body)) if sig is None else (n, bytearray(body), bytearray(sig)))
@@ -177,8 +187,9 @@ def commit_per_row_rate(tmp: Path, schema: str, rows: list[tuple[bytes, bytes | 
               for n, (body, sig) in enumerate(rows)]
     settle()
     t0 = time.perf_counter()
+    insert = raw_insert_sql(schema, signed=True)
     for row in params:
-        c.execute("INSERT INTO messages(subfeed_id, n, body, sig) VALUES (1,?,?,?)", row)
+        c.execute(insert, row)
     secs = time.perf_counter() - t0
     c.close()
     return len(rows) / secs
@@ -201,7 +212,7 @@ def sign_and_commit_rate(tmp: Path, schema: str, rows: list[tuple[bytes, bytes |
     c = raw_connection(path)
     c.execute(schema)
     bodies = [bytearray(body) for body, _sig in rows]
-    sha256, insert = hashlib.sha256, "INSERT INTO messages(subfeed_id, n, body, sig) VALUES (1,?,?,?)"
+    sha256, insert = hashlib.sha256, raw_insert_sql(schema, signed=True)
     settle()
     t0 = time.perf_counter()
     for n, body in enumerate(bodies):

@@ -296,9 +296,7 @@ def _repair_feeds(storage: Storage, feeds_report: kachery_feeds.StoreReport, cha
             result.failed.append(f"{uri}: this node owns the feed, so its daemon fetches it from "
                                  "no channel; restore feeds.db from a backup")
             continue
-        (stored,) = store._conn.execute(
-            "SELECT coalesce(max(n) + 1, 0) FROM messages WHERE subfeed_id = "
-            "(SELECT id FROM subfeeds WHERE feed_id=? AND subfeed_hash=?)", (feed_id, sh)).fetchone()
+        stored = store._count(feed_id, sh)
         cut_subfeed_for_repair(store, feed_id, sh, feeds_report.first_bad_position(feed_id, sh))
         try:
             remote.follow_subfeed(storage.directory, uri, channel)

@@ -89,7 +89,7 @@ def test_a_replaced_private_key_is_found(store) -> None:
 
 
 def test_orphan_messages_and_bad_fork_proofs_are_found(store, tmp_path) -> None:
-    _sql(store, "INSERT INTO messages (subfeed_id, n, body, sig) VALUES (999, 0, x'7b7d', NULL)")
+    _sql(store, "INSERT INTO messages (message_key, body, sig) VALUES (999 << 40, x'7b7d', NULL)")
     _sql(store, "INSERT INTO fork_proofs (feed_id, subfeed_hash, position, proof_sha256, proof, "
                 "detected_ms) VALUES (?, ?, 0, x'00', x'7b7d', 0)",
          args=("ab" * 32, "cd" * 20))

@@ -1,7 +1,8 @@
 """A store made by schema version 2's code (fixtures/store-v2.sqlite, made by
 fixtures/make_store_v2.py at c6c87f5) opens with today's: the subfeed rows lose their recorded
-count and head hash (version 3 reads both from the last message) and everything reads, verifies,
-appends and imports as before."""
+count and head hash (version 3 reads both from the last message), the messages move to a table
+keyed by one integer (version 4), and everything reads, verifies, appends and imports as
+before."""
 
 from __future__ import annotations
 
@@ -33,9 +34,18 @@ def migrated(tmp_path):
 
 def test_a_version_2_store_is_migrated_and_reads_as_before(migrated):
     with sqlite3.connect(migrated.path) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         columns = [r[1] for r in c.execute("PRAGMA table_info(subfeeds)")]
+        # table_xinfo lists generated columns too: (name, primary key position, hidden kind)
+        message_columns = [(r[1], r[5], r[6]) for r in c.execute("PRAGMA table_xinfo(messages)")]
+        # the old columns read as before, computed from the key
+        rows = c.execute("SELECT message_key, subfeed_id, n FROM messages ORDER BY message_key").fetchall()
+        assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'messages_v3'").fetchone() == (0,)
     assert columns == ["id", "feed_id", "subfeed_hash", "name", "succession_seq"]
+    assert message_columns == [("message_key", 1, 0), ("body", 0, 0), ("sig", 0, 0),
+                               ("subfeed_id", 0, 2), ("n", 0, 2)]  # 2: a virtual generated column
+    assert len(rows) == 7 + 1 + 5
+    assert all(key == (sid << 40) + n for key, sid, n in rows)
     assert migrated.verify().ok
     feeds = {f["name"]: f for f in migrated.list_feeds()}
     mine = migrated.load_feed("mine")

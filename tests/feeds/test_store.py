@@ -205,3 +205,40 @@ def test_an_import_stores_each_signature_or_null_as_its_source_does(tmp_path):
     assert dst.get_signed_messages() == lines
     assert dst.get_messages() == list(range(8))
     assert dst._store.verify().ok
+
+
+def test_a_subfeed_row_past_the_message_keys_bound_is_refused_and_nothing_is_written(store):
+    from kachery_feeds.schema import MAX_SUBFEED_ROW_ID
+
+    feed = store.create_feed()
+    feed.load_subfeed("kept").append_message({"i": 0})
+    with sqlite3.connect(store.path) as c:  # the next subfeed row gets the id past the bound
+        c.execute("INSERT INTO subfeeds(id, feed_id, subfeed_hash) VALUES (?, ?, ?)",
+                  (MAX_SUBFEED_ROW_ID, feed.feed_id, kf.subfeed_hash("empty")))
+    with pytest.raises(kf.StoreFullError, match="cannot hold another subfeed"):
+        feed.load_subfeed("new").append_message({"i": 0})
+    assert [s["name"] for s in feed.list_subfeeds()] == ["kept"]
+    with sqlite3.connect(store.path) as c:
+        assert c.execute("SELECT count(*) FROM subfeeds WHERE feed_id = ?", (feed.feed_id,)).fetchone() == (2,)
+    assert store.verify().ok
+
+
+def test_a_message_number_past_the_message_keys_bound_is_refused(tmp_path):
+    from kachery_feeds.schema import MAX_STORED_NUMBER
+
+    path = tmp_path / "feeds.db"
+    store = kf.open_store(path)
+    sf = store.create_feed().load_subfeed("log")
+    sf.append_message({"i": 0})
+    uri = sf.uri
+    store.close()
+    with sqlite3.connect(path) as c:  # as if the subfeed held 2^40 messages: its last is the last key
+        c.execute("UPDATE messages SET message_key = message_key + ?", (MAX_STORED_NUMBER,))
+    store = kf.open_store(path)
+    sf = store.load_subfeed(uri)
+    assert sf.get_num_local_messages() == MAX_STORED_NUMBER + 1
+    for append in (lambda: sf.append_message({"i": 1}), lambda: sf.append_messages([{"i": 1}, {"i": 2}])):
+        with pytest.raises(kf.StoreFullError, match=f"numbered up to {MAX_STORED_NUMBER}"):
+            append()
+    assert sf.get_num_local_messages() == MAX_STORED_NUMBER + 1
+    store.close()
