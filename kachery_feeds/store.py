@@ -73,6 +73,7 @@ from .schema import MAX_STORED_NUMBER, MAX_SUBFEED_ROW_ID, SUBFEED_COUNT, key_ra
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
 from .uris import normalize_feed_id, parse_feed_uri
+from .wal_checkpoints import BackgroundCheckpointer
 from .watch import ChangeNotifier, ChangeWatcher
 
 if TYPE_CHECKING:
@@ -81,11 +82,13 @@ if TYPE_CHECKING:
     from .audit import StoreReport
 
 #: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
-#: database (and both are fsynced) by the commit that takes it past this many pages. SQLite's
-#: default, 1000 pages (4 MB), made checkpoints about 15% of a batch append's CPU time; 4000
-#: pages (16 MB of WAL at most, between checkpoints) copies a page rewritten by several commits
-#: once and fsyncs a quarter as often. Durability is the ``synchronous`` setting's, unchanged.
-WAL_AUTOCHECKPOINT_PAGES = 4000
+#: database (and both are fsynced) by the commit that takes it past this many pages. A store
+#: object checkpoints in a thread of its own long before that (every ~2048 pages of its writes,
+#: :mod:`kachery_feeds.wal_checkpoints`), so that no append or import waits for it; this bound
+#: (64 MB of log) is for a log that thread cannot keep short. SQLite's default, 1000 pages,
+#: made checkpoints inside commits about 15% of a batch append's CPU time (and a quarter of its
+#: wall time at 4000). Durability is the ``synchronous`` setting's, unchanged.
+WAL_AUTOCHECKPOINT_PAGES = 16000
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
@@ -218,6 +221,7 @@ class Store(SuccessionMixin):
         self._notifier = ChangeNotifier(self.path)
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None  # see checkpoint_wal
+        self._checkpointer = BackgroundCheckpointer(self.checkpoint_wal)
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
         # (feed ID, subfeed hash) -> (subfeed row id, count, head hash, data_version, write
@@ -232,6 +236,7 @@ class Store(SuccessionMixin):
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        self._checkpointer.close()
         with self._lock:
             self._conn.close()
             self._notifier.close()
@@ -624,6 +629,13 @@ class Store(SuccessionMixin):
                         f"message of {len(pj)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit; "
                         "store large data as a file and append its URI"
                     )
+        last = self._append_encoded(feed_id, sh, name_json, sk, encoded, metas)
+        self._checkpointer.wrote(len(encoded), sum(map(len, encoded)))
+        return last
+
+    def _append_encoded(self, feed_id: str, sh: str, name_json: str | None, sk: bytes,
+                        encoded: list[bytes], metas: list[bytes | None]) -> int:
+        """:meth:`_append` once the payloads are checked and encoded: returns the last number."""
         key = (feed_id, sh)
         cached = self._append_heads.get(key)
         try:
@@ -701,7 +713,15 @@ class Store(SuccessionMixin):
         if not lines:
             return 0
         if len(lines) == 1 and self._import_alone(feed_id, sh, lines[0]):
+            self._checkpointer.wrote(1, len(lines[0]))
             return 1
+        imported = self._import_range(feed_id, sh, name_json, lines)
+        if imported:
+            self._checkpointer.wrote(imported, sum(map(len, lines)))
+        return imported
+
+    def _import_range(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
+        """:meth:`_import` of a range, the usual way: returns how many messages were new."""
         # One pass when the feed never changed keys: parsed, chained, signatures checked,
         # rows ready to insert (see parse_range); else checked against its key chain (§9).
         (first, previous_hash, rows, last_hash), chain = self._parse_import(feed_id, sh, lines)

@@ -7,8 +7,9 @@ push then takes milliseconds (tens of them on a slow disk) instead of a fraction
 every few thousand messages. The daemon, the one process that runs as long as the store is
 used, checkpoints in a worker thread a few seconds after the store changed instead, so the log
 rarely reaches that size and those pauses stay out of the live path
-(:meth:`kachery_feeds.Store.checkpoint_wal`; the autocheckpoint stays as the bound for bulk
-writes).
+(:meth:`kachery_feeds.Store.checkpoint_wal`). A store object's own checkpoint thread
+(:mod:`kachery_feeds.wal_checkpoints`) copies bulk writes back as they go; this one restarts the
+log short after the trickle of live writes, which never adds up to that thread's bound.
 """
 
 from __future__ import annotations
