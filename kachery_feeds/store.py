@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 
 #: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
 #: database (and both are fsynced) by the commit that takes it past this many pages. A store
-#: object checkpoints in a thread of its own long before that (every ~2048 pages of its writes,
+#: object checkpoints in a thread of its own long before that (every ~4096 pages of its writes,
 #: :mod:`kachery_feeds.wal_checkpoints`), so that no append or import waits for it; this bound
 #: (64 MB of log) is for a log that thread cannot keep short. SQLite's default, 1000 pages,
 #: made checkpoints inside commits about 15% of a batch append's CPU time (and a quarter of its

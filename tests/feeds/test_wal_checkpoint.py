@@ -76,18 +76,18 @@ def test_a_store_checkpoints_its_own_bulk_writes_in_a_thread_of_its_own_and_stop
     store = kf.open_store(db)
     sf = store.create_feed().load_subfeed("log")
     batch = [{"data": "x" * 1000, "i": i} for i in range(1000)]
-    for _ in range(12):  # ~13 MB of log, past CHECKPOINT_EVERY_BYTES and under the autocheckpoint
+    for _ in range(20):  # ~25 MB of log, past CHECKPOINT_EVERY_BYTES and under the autocheckpoint
         sf.append_messages(batch)
     # The thread copies the log back: the database file grows by most of what was appended
     # (without it, nothing would until the autocheckpoint's 64 MB).
     assert _wait_until(lambda: db.stat().st_size > CHECKPOINT_EVERY_BYTES)
     threads = [t for t in threading.enumerate() if t.name == "kachery-wal-checkpoint"]
     assert len(threads) == 1
-    assert sf.get_num_local_messages() == 12_000
+    assert sf.get_num_local_messages() == 20_000
     store.close()
     assert not threads[0].is_alive()
     reopened = kf.open_store(db)
-    assert reopened.verify().ok and reopened.load_subfeed(sf.uri).get_num_local_messages() == 12_000
+    assert reopened.verify().ok and reopened.load_subfeed(sf.uri).get_num_local_messages() == 20_000
     reopened.close()
 
 
