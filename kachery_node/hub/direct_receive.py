@@ -144,13 +144,16 @@ class _FastPath:
         self.reader = reader
 
     def feed(self, data: bytes) -> bool:
-        """Hand the messages ``data`` completes to the receiver; False once it must stop."""
+        """Hand the messages ``data`` completes to the receiver; False once it must stop. When
+        the client broke the framing, the messages it completed before the fault are handled
+        first (they were well formed), then the connection fails."""
+        message = self.receiver.message
         try:
             messages = self.reader.feed(data)
         except FrameError as exc:
-            self.receiver.failed(exc.close_code, str(exc))
+            if all(message(opcode, payload) for opcode, payload in exc.messages):
+                self.receiver.failed(exc.close_code, str(exc))
             return False
-        message = self.receiver.message
         return all(message(opcode, payload) for opcode, payload in messages)
 
 

@@ -35,11 +35,16 @@ _U64 = struct.Struct(">Q")
 
 class FrameError(Exception):
     """The peer broke the framing: the connection must be closed with :attr:`close_code`
-    (1002 protocol error, 1007 invalid payload data, 1009 message too big)."""
+    (1002 protocol error, 1007 invalid payload data, 1009 message too big).
+
+    :attr:`messages`: raised by :meth:`MessageReader.feed`, the messages that the same bytes
+    completed before the fault, as ``feed`` would have returned them: well-formed messages
+    the peer sent before it broke the framing, to be handled before the connection closes."""
 
     def __init__(self, close_code: int, message: str) -> None:
         super().__init__(message)
         self.close_code = close_code
+        self.messages: list[tuple[int, bytes]] = []
 
 
 def _unmask(payload: bytes, key: bytes) -> bytes:
@@ -76,7 +81,16 @@ class MessageReader:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """The messages completed by ``data``, in order: ``(opcode, payload)``; TEXT and BINARY
         whole (reassembled from continuation frames, payload not decoded), PING, PONG and CLOSE
-        as they arrive (also in the middle of a fragmented message). Raises FrameError."""
+        as they arrive (also in the middle of a fragmented message). Raises FrameError, whose
+        ``messages`` are those completed before the fault."""
+        out: list[tuple[int, bytes]] = []
+        try:
+            return self._feed(data, out)
+        except FrameError as exc:
+            exc.messages = out
+            raise
+
+    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         if self._need and self._have + len(data) < self._need:  # still not a whole frame
             self._chunks.append(bytes(data))
             self._have += len(data)
@@ -86,7 +100,6 @@ class MessageReader:
             buf = b"".join(self._chunks)
         else:
             buf = bytes(data)
-        out: list[tuple[int, bytes]] = []
         pos, end, need = 0, len(buf), 0
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]

@@ -182,6 +182,24 @@ async def test_frames_sent_with_the_auth_in_one_write_are_handled_in_order(fast_
     assert relay_figures(owner, ch)["messages_in"] == 30
 
 
+async def test_publishes_before_a_malformed_frame_in_one_write_are_delivered_then_it_closes_1002(fast_hub):
+    """Three publishes and an unmasked frame in one write: the publishes were well formed and
+    reach the subscriber (and are acknowledged); then the connection closes 1002."""
+    ch, owner, a = setup_channel(fast_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+    band = f"{ch}-requestFiles"
+    async with open_pubsub(await creds(a["sub"], ch)) as sub:
+        await sub.subscribe(band)
+        client = await RawClient.connect(fast_hub.url)
+        await client.auth((await creds(a["pub"], ch))["token"])
+        await client.send_raw(b"".join(frame(OP_BINARY, relay_frames.encode_publish(i, band, j({"i": i})))
+                                       for i in range(1, 4)) + frame(OP_BINARY, b"x", mask=False))
+        assert [(await client.receive_op())["id"] for _ in range(3)] == [1, 2, 3]
+        assert await client.closed_with() == 1002
+        assert [data(await sub.receive(timeout=10))["i"] for _ in range(3)] == [1, 2, 3]
+    assert relay_figures(owner, ch)["messages_in_direct"] == 3
+    assert "unmasked frame from a client" in fast_hub.log()
+
+
 async def test_an_unmasked_frame_closes_the_connection_1002(fast_hub):
     ch, _, a = setup_channel(fast_hub, {"pub": ["request-files"]})
     client = await RawClient.connect(fast_hub.url)

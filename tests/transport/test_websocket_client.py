@@ -31,6 +31,7 @@ from kachery_node.transport.websocket_frames import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    FrameError,
     MessageReader,
     close_payload,
     encode_frame,
@@ -251,6 +252,34 @@ async def test_messages_that_came_with_the_close_frame_are_received_before_it():
                         got += await ws.receive_messages()
             assert got == [(OP_TEXT, b"[1]"), (OP_BINARY, b"2")]
             assert (info.value.close_code, info.value.reason) == (4001, "bye")
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_before_a_malformed_frame_in_the_same_read_are_received_before_the_error():
+    """The server's good messages and a frame that breaks the framing arrive in one read: the
+    good ones reach the consumer, then the error; the connection is closed with its code."""
+    seen: list[tuple[int, bytes]] = []
+
+    async def handler(peer: Peer) -> None:
+        await peer.upgrade()
+        await peer.stream.send_all(encode_frame(OP_TEXT, b"[1]", mask=False)
+                                   + encode_frame(OP_BINARY, b"2", mask=False)
+                                   + bytes((0xC2, 0x01)) + b"x")  # RSV1 set: 1002
+        seen.append(await peer.receive())
+
+    async with trio.open_nursery() as nursery:
+        url = await serve(nursery, handler)
+        async with connect_websocket(url) as ws:
+            with trio.fail_after(5):
+                assert await ws.receive_messages() == [(OP_TEXT, b"[1]"), (OP_BINARY, b"2")]
+                with pytest.raises(FrameError) as info:
+                    await ws.receive_messages()
+                assert info.value.close_code == 1002
+                with pytest.raises(FrameError):  # and again: the connection is over
+                    await ws.receive_messages()
+                with pytest.raises(WebSocketClosed):
+                    await ws.send_message(b"more")
+        assert seen[0][0] == OP_CLOSE and parse_close(seen[0][1])[0] == 1002
         nursery.cancel_scope.cancel()
 
 

@@ -130,6 +130,23 @@ def test_what_a_server_reading_clients_refuses_and_with_which_close_code(stream,
     assert info.value.close_code == code
 
 
+def test_a_frame_error_carries_the_messages_the_same_bytes_completed_before_the_fault():
+    """Good messages and a malformed frame in one read: the error hands back the good ones (the
+    reader's users handle them before closing), and nothing after the fault."""
+    r = MessageReader(masked=True, max_message_bytes=SERVER_LIMIT)
+    r.feed(raw_frame(OP_TEXT, b"a", mask=True, fin=False))  # a message begun in an earlier read
+    stream = (raw_frame(OP_CONT, b"b", mask=True) + raw_frame(OP_PING, b"p", mask=True)
+              + raw_frame(OP_BINARY, b"c", mask=True) + raw_frame(OP_BINARY, b"x")  # unmasked
+              + raw_frame(OP_BINARY, b"after", mask=True))
+    with pytest.raises(FrameError) as info:
+        r.feed(stream)
+    assert info.value.close_code == 1002
+    assert info.value.messages == [(OP_TEXT, b"ab"), (OP_PING, b"p"), (OP_BINARY, b"c")]
+    with pytest.raises(FrameError) as info:  # a fault in the first frame: nothing before it
+        MessageReader(masked=True, max_message_bytes=100).feed(raw_frame(OP_BINARY, b"x" * 101, mask=True))
+    assert info.value.close_code == 1009 and info.value.messages == []
+
+
 def test_a_client_frame_must_be_masked():
     with pytest.raises(FrameError) as info:
         MessageReader(masked=True, max_message_bytes=100).feed(encode_frame(OP_TEXT, b"x", mask=False))
@@ -204,14 +221,19 @@ def test_any_split_of_a_valid_stream_gives_the_same_messages(messages, masked, c
 def test_random_bytes_give_messages_or_a_frame_error_and_nothing_else(data, masked, cuts):
     points = sorted({min(c, len(data)) for c in cuts})
     r = MessageReader(masked=masked, max_message_bytes=200)
+
+    def check(messages: list) -> None:
+        for opcode, payload in messages:
+            assert opcode in (OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CLOSE)
+            assert isinstance(payload, bytes)
+            assert len(payload) <= (125 if opcode & 8 else 200)
+
     try:
         for a, b in zip([0, *points], [*points, len(data)], strict=True):
-            for opcode, payload in r.feed(data[a:b]):
-                assert opcode in (OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CLOSE)
-                assert isinstance(payload, bytes)
-                assert len(payload) <= (125 if opcode & 8 else 200)
+            check(r.feed(data[a:b]))
     except FrameError as exc:
         assert exc.close_code in (1002, 1007, 1009)
+        check(exc.messages)
 
 
 @settings(max_examples=500, deadline=None)

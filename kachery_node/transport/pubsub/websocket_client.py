@@ -104,6 +104,7 @@ class WebSocketConnection:
         self._drained = False  # the last read of the socket took all there was
         self._close_sent = False
         self._closed: WebSocketClosed | None = None  # set once the connection is over
+        self._frame_error: FrameError | None = None  # the server's, raised after what preceded it
         self._close_received = trio.Event()  # the server's close frame, or the end of the stream
 
     # ------------------------------------------------------------------ receiving
@@ -111,7 +112,10 @@ class WebSocketConnection:
         """The next data messages, ``(OP_TEXT or OP_BINARY, payload)``, in order (at least one).
         Pings are answered with pongs meanwhile. Raises WebSocketClosed when the connection is
         over, and FrameError when the server broke the framing (the connection is then closed
-        with the error's code)."""
+        with the error's code; the data messages it completed before the fault are returned
+        first, and the next call raises)."""
+        if self._frame_error is not None:
+            raise self._frame_error
         if self._closed is not None:
             raise self._closed
         self._receiving = True
@@ -125,7 +129,13 @@ class WebSocketConnection:
                     messages = self._reader.feed(data)
                 except FrameError as exc:
                     await self._fail(exc.close_code, str(exc))
-                    raise
+                    # what the server sent before it broke the framing goes to the consumer
+                    # first; the next call raises (the connection is closed meanwhile)
+                    messages = [(op, payload) for op, payload in exc.messages if not op & 0x8]
+                    if not messages:
+                        raise
+                    self._frame_error = exc
+                    return messages
                 for opcode, _ in messages:
                     if opcode & 0x8:  # a control frame: rare, so the common case builds no list
                         messages = await self._handle_control(messages)
