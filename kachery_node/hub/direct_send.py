@@ -12,21 +12,26 @@ What the socket does not take (a full send buffer) goes out through hypercorn's 
 (:meth:`DirectSender.send`, under its send lock), in order.
 
 Hypercorn does not expose its sockets: ``hub/serve.py``'s connection handler registers each
-plain-TCP connection here by its peer address (:func:`register`), and the relay looks its
-WebSocket's ``scope["client"]`` up (:func:`sender_for`). TLS connections, and servers other than
-``kachery hub serve`` (tests' ASGI transports), are not registered: their relay sends the
-ordinary way. An uncompressed frame (RSV1 clear) is valid whether or not permessage-deflate was
-negotiated (RFC 7692 §6).
+connection here by its peer address (:func:`register`), and the relay looks its WebSocket's
+``scope["client"]`` up (:func:`sender_for`). TLS connections have no direct sender (their relay
+sends the ordinary way), nor do connections of servers other than ``kachery hub serve`` (tests'
+ASGI transports). Every registered connection, TLS too, can be aborted (:func:`abort`): the
+relay ends a connection that did not close in time that way, because hypercorn's sends cannot
+be cancelled (they wait for as long as a peer that stopped reading keeps its window shut).
+An uncompressed frame (RSV1 clear) is valid whether or not permessage-deflate was negotiated
+(RFC 7692 §6).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from hypercorn.events import RawData
 
-_servers: dict[tuple[str, int], Any] = {}  # peer (host, port) -> hypercorn TCPServer
+_servers: dict[tuple[str, int], Any] = {}  # peer (host, port) -> plain-TCP hypercorn TCPServer
+_sockets: dict[tuple[str, int], Any] = {}  # peer (host, port) -> any connection's trio socket
 
 
 def binary_frame(payload: bytes) -> bytes:
@@ -47,24 +52,53 @@ def _peer_key(address: Any) -> tuple[str, int] | None:
     return None
 
 
+def _socket_of(server: Any) -> Any:
+    """The trio socket under a connection handler's stream (a TLS stream's transport's)."""
+    stream = server.stream
+    transport = getattr(stream, "transport_stream", None)
+    return getattr(stream, "socket", None) or getattr(transport, "socket", None)
+
+
 def register(server: Any) -> tuple[str, int] | None:
-    """Record hypercorn's plain-TCP connection handler ``server`` (a ``TCPServer`` whose stream
-    is a trio ``SocketStream``) by its peer address; returns the key to :func:`unregister`."""
-    sock = getattr(server.stream, "socket", None)  # absent on TLS streams
+    """Record hypercorn's connection handler ``server`` (a ``TCPServer`` whose stream is a trio
+    ``SocketStream``, or an ``SSLStream`` over one) by its peer address; returns the key to
+    :func:`unregister`."""
+    sock = _socket_of(server)
     if sock is None:
         return None
+    plain = getattr(server.stream, "socket", None) is sock  # TLS streams have none of their own
     try:
         key = _peer_key(sock.getpeername())
     except OSError:
         return None
     if key is not None:
-        _servers[key] = server
+        _sockets[key] = sock
+        if plain:
+            _servers[key] = server
     return key
 
 
 def unregister(key: tuple[str, int] | None, server: Any) -> None:
-    if key is not None and _servers.get(key) is server:
+    if key is None:
+        return
+    if _servers.get(key) is server:
         del _servers[key]
+    if _sockets.get(key) is _socket_of(server):
+        del _sockets[key]
+
+
+def abort(scope: dict[str, Any]) -> bool:
+    """Shut down, both ways, the socket of the connection an ASGI ``scope`` came in on: every
+    send waiting on it fails, every read ends. Returns whether the connection was found."""
+    key = _peer_key(scope.get("client"))
+    sock = _sockets.get(key) if key is not None else None
+    if sock is None:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed or reset meanwhile: ended anyway
+        pass
+    return True
 
 
 def sender_for(scope: dict[str, Any]) -> DirectSender | None:

@@ -118,6 +118,11 @@ _EVENT_OVERHEAD = 64
 # client more than a frame of many (bench/bench_relay.py: 22k instead of 47k deliveries/s to 50
 # subscribers in one process, when every message went out in its own frame).
 DIRECT_MIN_INTERVAL_S = 0.002
+#: A connection the relay asked to close is given this long to flush what was queued before
+#: and its close frame; past it, its socket is aborted (:func:`.direct_send.abort`). The ASGI
+#: server's sends cannot be cancelled: without this, a peer that stopped reading would hold the
+#: connection (and one of its node's connection slots) for as long as it keeps its TCP window shut.
+CLOSE_GRACE_S = 8.0
 
 
 @dataclass
@@ -164,6 +169,7 @@ class _Connection:
         self.last_recv = time.monotonic()
         self.node: _NodeLimits | None = None  # shared by the node's connections on the channel
         self.close_request: _Close | None = None
+        self.closing = trio.Event()  # set with close_request
         self.refused_here = 0
         self.connected_at = time.monotonic()
         self.peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
@@ -246,6 +252,7 @@ class _Connection:
         if self.close_request is None:
             (log.debug if quiet else log.warning)("relay closing %s: %s (%d)", self.who, reason, code)
             self.close_request = _Close(code, reason)
+            self.closing.set()
             self.wake.set()
 
     async def writer(self) -> None:
@@ -650,9 +657,20 @@ class Relay:
         await websocket.accept()
         conn = _Connection(self, websocket)
         try:
-            await self._serve(conn, websocket)
+            async with trio.open_nursery() as guard:
+                guard.start_soon(self._abort_if_not_closed_in_time, conn, websocket)
+                await self._serve(conn, websocket)
+                guard.cancel_scope.cancel()
         finally:
             conn.ended.set()  # the fast path's reading task waits for this (direct_receive)
+
+    @staticmethod
+    async def _abort_if_not_closed_in_time(conn: _Connection, websocket: WebSocket) -> None:
+        await conn.closing.wait()
+        await trio.sleep(CLOSE_GRACE_S)
+        if direct_send.abort(websocket.scope):
+            log.warning("relay aborting %s: not closed %.0f s after its close (%d) was asked for "
+                        "(the peer does not read)", conn.who, CLOSE_GRACE_S, conn.close_request.code)
 
     async def _serve(self, conn: _Connection, websocket: WebSocket) -> None:
         conn.direct = direct_send.sender_for(websocket.scope)

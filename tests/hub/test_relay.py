@@ -12,6 +12,7 @@ import trio
 import trio_websocket
 
 from kachery_node.errors import HubRequestError
+from kachery_node.hub import relay as relay_module
 from kachery_node.identity import Keypair
 from kachery_node.protocol import relay_frames
 from kachery_node.protocol.pubsub_tokens import issue_token
@@ -475,6 +476,38 @@ async def test_a_stalled_subscriber_is_dropped_and_the_hub_stays_small(tmp_path)
             await pub.publish(band, j({"after": "drop"}), ack=True)
         grew = (peak - base) / 2**20
         assert grew < 48, f"hub grew by {grew:.0f} MiB"
+    finally:
+        hub.stop()
+
+
+async def test_a_subscriber_that_never_reads_again_is_disconnected_after_its_close_grace(tmp_path):
+    """The relay closes a stalled subscriber (4008), but its socket takes nothing more, not
+    even the close frame: the hub's sends to it block, and the ASGI server's send cannot be
+    cancelled. The connection must still end (its socket aborted) within the close grace,
+    freeing the node's connection slot, not hang for as long as the peer keeps its TCP window
+    shut."""
+    hub = HubProcess(tmp_path / "hub", "--max-publish-rate", "100000", "--max-queue-bytes", str(2 << 20))
+    try:
+        ch, owner, a = setup_channel(hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+        band = f"{ch}-requestFiles"
+
+        async def sub_connections() -> int:
+            status = await trio.to_thread.run_sync(owner.client.hub_status)
+            [c] = [c for c in status["channels"] if c["channel"] == ch]
+            return next((n["relay_connections"] for n in c["nodes"] if n["node"] == a["sub"].node_id), 0)
+
+        async with subscribed_socket(hub, await creds(a["sub"], ch), band), \
+                open_pubsub(await creds(a["pub"], ch)) as pub:
+            assert await sub_connections() == 1
+            with trio.fail_after(90):  # 30 MB to a subscriber that does not read
+                await publish_bulk(pub, band, 1000, 30_000)
+            await wait_for_log(hub, "slow consumer", 10)
+            with trio.fail_after(relay_module.CLOSE_GRACE_S + 15):
+                while await sub_connections():
+                    await trio.sleep(0.2)
+            await pub.publish(band, j({"after": "drop"}), ack=True)  # the relay carries on
+        assert "aborting" in hub.log()
+        assert "Traceback" not in hub.log() and " ERROR " not in hub.log(), hub.log()
     finally:
         hub.stop()
 
