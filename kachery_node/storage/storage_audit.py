@@ -283,6 +283,7 @@ def repair(storage: Storage, report: StorageReport, *, channel: str,
 def _repair_feeds(storage: Storage, feeds_report: kachery_feeds.StoreReport, channel: str,
                   timeout: float, result: RepairResult) -> None:
     from kachery_feeds.audit import cut_subfeed_for_repair
+    from kachery_feeds.schema import SUBFEED_COUNT
 
     from .. import remote_reads as remote
 
@@ -296,7 +297,9 @@ def _repair_feeds(storage: Storage, feeds_report: kachery_feeds.StoreReport, cha
             result.failed.append(f"{uri}: this node owns the feed, so its daemon fetches it from "
                                  "no channel; restore feeds.db from a backup")
             continue
-        stored = store._count(feed_id, sh)
+        (stored,) = store._conn.execute(  # as the file is now (not a cached subfeed row id)
+            f"SELECT coalesce((SELECT {SUBFEED_COUNT} FROM subfeeds WHERE feed_id=? AND "
+            "subfeed_hash=?), 0)", (feed_id, sh)).fetchone()
         cut_subfeed_for_repair(store, feed_id, sh, feeds_report.first_bad_position(feed_id, sh))
         try:
             remote.follow_subfeed(storage.directory, uri, channel)

@@ -62,6 +62,12 @@ def test_appends_go_on_while_another_thread_checkpoints(tmp_path):
     store.close()  # closing twice is harmless
 
 
+def _checkpoint_threads() -> set[threading.Thread]:
+    """The store checkpoint threads alive in this process (other tests' stores may have some:
+    compare with the set from before)."""
+    return {t for t in threading.enumerate() if t.name == "kachery-wal-checkpoint"}
+
+
 def _wait_until(condition, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -73,6 +79,7 @@ def _wait_until(condition, timeout: float = 30.0) -> bool:
 
 def test_a_store_checkpoints_its_own_bulk_writes_in_a_thread_of_its_own_and_stops_it_at_close(tmp_path):
     db = tmp_path / "feeds.db"
+    before = _checkpoint_threads()
     store = kf.open_store(db)
     sf = store.create_feed().load_subfeed("log")
     batch = [{"data": "x" * 1000, "i": i} for i in range(1000)]
@@ -81,7 +88,7 @@ def test_a_store_checkpoints_its_own_bulk_writes_in_a_thread_of_its_own_and_stop
     # The thread copies the log back: the database file grows by most of what was appended
     # (without it, nothing would until the autocheckpoint's 64 MB).
     assert _wait_until(lambda: db.stat().st_size > CHECKPOINT_EVERY_BYTES)
-    threads = [t for t in threading.enumerate() if t.name == "kachery-wal-checkpoint"]
+    threads = list(_checkpoint_threads() - before)
     assert len(threads) == 1
     assert sf.get_num_local_messages() == 20_000
     store.close()
@@ -102,9 +109,10 @@ def test_the_checkpoint_thread_starts_on_first_need_and_outlives_a_failed_checkp
         done.set()
         return 0
 
+    before = _checkpoint_threads()
     checkpointer = BackgroundCheckpointer(checkpoint, every_bytes=100_000)
     checkpointer.wrote(1, 1000)  # under the bound: no thread yet
-    assert not [t for t in threading.enumerate() if t.name == "kachery-wal-checkpoint"]
+    assert _checkpoint_threads() == before
     checkpointer.wrote(200, 100_000)
     assert _wait_until(lambda: checkpointer.runs == 1)  # it failed, and the thread goes on
     checkpointer.wrote(200, 100_000)
