@@ -36,6 +36,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -222,6 +223,7 @@ class Store(SuccessionMixin):
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None  # see checkpoint_wal
         self._checkpointer = BackgroundCheckpointer(self.checkpoint_wal)
+        weakref.finalize(self, self._checkpointer.close, 0)  # a store never closed: end its thread
         self._secret_keys: dict[str, bytes] = {}
         self._subfeed_ids: dict[tuple[str, str], int] = {}
         # (feed ID, subfeed hash) -> (subfeed row id, count, head hash, data_version, write

@@ -11,8 +11,10 @@ thread cannot keep short (another process writing, a reader holding an old snaps
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 
 #: A store object's commits that have added about this many bytes to the log (an estimate: see
@@ -27,11 +29,16 @@ _PAGE = 4096
 class BackgroundCheckpointer:
     """Runs ``checkpoint`` in a daemon thread, started on first use, each time the commits
     :meth:`wrote` was told of have added about :data:`CHECKPOINT_EVERY_BYTES` to the log since
-    the last run."""
+    the last run.
+
+    A bound method is held weakly: the thread does not keep its object (a store a script never
+    closed) alive, and ends once that object is gone (:meth:`close` with ``timeout=0`` from its
+    finalizer wakes it)."""
 
     def __init__(self, checkpoint: Callable[[], object],
                  every_bytes: int = CHECKPOINT_EVERY_BYTES) -> None:
-        self._checkpoint = checkpoint
+        self._checkpoint: Callable[[], Callable[[], object] | None] = (
+            weakref.WeakMethod(checkpoint) if inspect.ismethod(checkpoint) else lambda: checkpoint)
         self._every = every_bytes
         self._written = 0  # an estimate shared by the store's threads: a lost update is harmless
         self._wake = threading.Event()
@@ -63,18 +70,21 @@ class BackgroundCheckpointer:
         while True:
             self._wake.wait()
             self._wake.clear()
-            if self._closed:
+            checkpoint = None if self._closed else self._checkpoint()
+            if checkpoint is None:  # closed, or its store is gone
                 return
             try:
-                self._checkpoint()
+                checkpoint()
             except sqlite3.Error:  # busy past the timeout, or the store closing: the next run
                 pass               # (or the autocheckpoint) copies those pages
+            del checkpoint  # no reference to the store while waiting
             self.runs += 1
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread, after the checkpoint it may be running (waits up to ``timeout``)."""
+        """Stop the thread, after the checkpoint it may be running (waits up to ``timeout``;
+        0: only tell it)."""
         self._closed = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if timeout > 0 and thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

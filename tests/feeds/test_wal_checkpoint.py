@@ -121,3 +121,23 @@ def test_the_checkpoint_thread_starts_on_first_need_and_outlives_a_failed_checkp
     assert checkpointer._thread is not None and not checkpointer._thread.is_alive()
     checkpointer.wrote(200, 100_000)  # after close: nothing starts again
     assert not checkpointer._thread.is_alive() and len(calls) == 2
+
+
+def test_a_store_never_closed_does_not_keep_its_checkpoint_thread_or_itself_alive(tmp_path):
+    """A script that drops a store without closing it: the thread holds the store weakly, so the
+    store is collected (its connections with it) and the thread ends."""
+    import gc
+    import weakref
+
+    before = _checkpoint_threads()
+    store = kf.open_store(tmp_path / "feeds.db")
+    sf = store.create_feed().load_subfeed("log")
+    for _ in range(20):  # past CHECKPOINT_EVERY_BYTES: the thread starts
+        sf.append_messages([{"data": "x" * 1000, "i": i} for i in range(1000)])
+    assert _wait_until(lambda: len(_checkpoint_threads() - before) == 1)
+    (thread,) = _checkpoint_threads() - before
+    gone = weakref.ref(store)
+    del store, sf
+    gc.collect()
+    assert gone() is None
+    assert _wait_until(lambda: not thread.is_alive())
