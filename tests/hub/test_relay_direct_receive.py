@@ -8,6 +8,7 @@ import base64
 import os
 import signal
 import zlib
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import orjson
@@ -146,13 +147,24 @@ async def publish_raw(client: RawClient, band: str, message: bytes, op_id: int) 
     await client.send(OP_BINARY, relay_frames.encode_publish(op_id, band, message))
 
 
-async def test_publishes_from_a_raw_client_are_read_by_the_relay_itself(fast_hub):
-    ch, owner, a = setup_channel(fast_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
+@asynccontextmanager
+async def raw_publisher_and_subscriber(hub: HubProcess, *, auth: bool = True):
+    """A fresh channel's band, a library subscriber to it and a raw client of a node allowed to
+    publish there (authenticated unless ``auth=False``): ``(owner, channel, band, sub, client,
+    the client's token)``."""
+    ch, owner, a = setup_channel(hub, {"pub": ["request-files"], "sub": ["provide-files"]})
     band = f"{ch}-requestFiles"
     async with open_pubsub(await creds(a["sub"], ch)) as sub:
         await sub.subscribe(band)
-        client = await RawClient.connect(fast_hub.url)
-        await client.auth((await creds(a["pub"], ch))["token"])
+        client = await RawClient.connect(hub.url)
+        token = (await creds(a["pub"], ch))["token"]
+        if auth:
+            await client.auth(token)
+        yield owner, ch, band, sub, client, token
+
+
+async def test_publishes_from_a_raw_client_are_read_by_the_relay_itself(fast_hub):
+    async with raw_publisher_and_subscriber(fast_hub) as (owner, ch, band, sub, client, _):
         for i in range(5):
             await publish_raw(client, band, j({"i": i}), i + 1)
             assert await client.receive_op() == {"op": "ack", "id": i + 1}
@@ -167,12 +179,7 @@ async def test_frames_sent_with_the_auth_in_one_write_are_handled_in_order(fast_
     reach the HTTP server's WebSocket layer before the relay takes the connection over
     (direct_receive.take_over hands what it read ahead to the relay first); all are handled,
     acknowledged and delivered in order, on whichever path."""
-    ch, owner, a = setup_channel(fast_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
-    band = f"{ch}-requestFiles"
-    async with open_pubsub(await creds(a["sub"], ch)) as sub:
-        await sub.subscribe(band)
-        client = await RawClient.connect(fast_hub.url)
-        token = (await creds(a["pub"], ch))["token"]
+    async with raw_publisher_and_subscriber(fast_hub, auth=False) as (owner, ch, band, sub, client, token):
         await client.send_raw(frame(OP_TEXT, orjson.dumps({"op": "auth", "token": token, "v": 2})) + b"".join(
             frame(OP_BINARY, relay_frames.encode_publish(i, band, j({"i": i}))) for i in range(1, 31)))
         assert (await client.receive_op())["op"] == "connected"
@@ -185,12 +192,7 @@ async def test_frames_sent_with_the_auth_in_one_write_are_handled_in_order(fast_
 async def test_publishes_before_a_malformed_frame_in_one_write_are_delivered_then_it_closes_1002(fast_hub):
     """Three publishes and an unmasked frame in one write: the publishes were well formed and
     reach the subscriber (and are acknowledged); then the connection closes 1002."""
-    ch, owner, a = setup_channel(fast_hub, {"pub": ["request-files"], "sub": ["provide-files"]})
-    band = f"{ch}-requestFiles"
-    async with open_pubsub(await creds(a["sub"], ch)) as sub:
-        await sub.subscribe(band)
-        client = await RawClient.connect(fast_hub.url)
-        await client.auth((await creds(a["pub"], ch))["token"])
+    async with raw_publisher_and_subscriber(fast_hub) as (owner, ch, band, sub, client, _):
         await client.send_raw(b"".join(frame(OP_BINARY, relay_frames.encode_publish(i, band, j({"i": i})))
                                        for i in range(1, 4)) + frame(OP_BINARY, b"x", mask=False))
         assert [(await client.receive_op())["id"] for _ in range(3)] == [1, 2, 3]
