@@ -15,7 +15,9 @@ What it measures (all on disk, in one temporary folder, one thing at a time):
   dumps of one payload, raw ``sqlite3`` inserts of the very rows an import writes (same
   ``messages`` table, copied from a store's own schema, bound as fast as sqlite3 binds) in one
   transaction, one commit per row (one autocommit INSERT each), and the single append's
-  limit: SHA-256, sign and one commit per row in one loop (:func:`sign_and_commit_rate`);
+  limit: SHA-256, sign and one commit per row in one loop (:func:`sign_and_commit_rate`;
+  in the rounds it alternates with the single appends in slices,
+  :func:`single_append_and_limit_rates`);
 * kachery_feeds: durable single appends, batch appends of 1000, follow latency from
   ``append_message`` in one process to ``follow()`` in another, verified import
   (``get_signed_messages`` -> ``add_signed_messages`` into a fresh store) of batch-signed and
@@ -63,6 +65,9 @@ from hypercore_runner import run_hypercore_bench  # noqa: E402
 # The store's checkpoint interval, which the raw limits use too (SQLite's default, 1000 pages, for
 # a kachery_feeds from before the store set one: bench/feeds/ab_cpu.py runs older trees).
 WAL_AUTOCHECKPOINT_PAGES = getattr(kf.store, "WAL_AUTOCHECKPOINT_PAGES", 1000)
+# Slices in which a round's single appends and their limit alternate (see
+# single_append_and_limit_rates): 10 slices of 500 at the full size.
+SINGLE_SLICES = 10
 
 FULL = {
     "single": 5000,
@@ -220,6 +225,46 @@ def sign_and_commit_rate(tmp: Path, schema: str, rows: list[tuple[bytes, bytes |
     secs = time.perf_counter() - t0
     c.close()
     return len(rows) / secs
+
+
+def single_append_and_limit_rates(tmp: Path, schema: str, rows: list[tuple[bytes, bytes | None]],
+                                  n: int, tag: str, slices: int = SINGLE_SLICES) -> tuple[float, float]:
+    """Durable single appends (``append_message`` of ``n`` payloads into a fresh store) and
+    their limit (:func:`sign_and_commit_rate`'s loop over ``n`` rows into a fresh file), in
+    ``slices`` alternating slices, so that both see the same moments of a shared machine's
+    load: the ratio of one to the other does not depend on which of them a burst of other
+    work happened to fall on. Returns (appends per second, limit rows per second)."""
+    from kachery_feeds.messages import sign_hash
+
+    store = kf.open_store(tmp / f"single-sliced-{tag}.sqlite")
+    subfeed = store.create_feed().load_subfeed("single")
+    subfeed.append_message(payload(-1))  # creates the subfeed row; not timed
+    data = [payload(i) for i in range(n)]
+    path = tmp / f"raw-sign-commit-sliced-{tag}.sqlite"
+    c = raw_connection(path)
+    c.execute(schema)
+    _pk, sk = nacl.bindings.crypto_sign_keypair()
+    bodies = [bytearray(rows[k % len(rows)][0]) for k in range(n)]
+    sha256, insert = hashlib.sha256, raw_insert_sql(schema, signed=True)
+    append = subfeed.append_message
+    appends_s = limit_s = 0.0
+    step = -(-n // slices)
+    settle()
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        t0 = time.perf_counter()
+        for k in range(start, end):
+            body = bodies[k]
+            c.execute(insert, (k, body, bytearray(sign_hash(sk, sha256(body).digest()))))
+        t1 = time.perf_counter()
+        for p in data[start:end]:
+            append(p)
+        t2 = time.perf_counter()
+        limit_s += t1 - t0
+        appends_s += t2 - t1
+    c.close()
+    store.close()
+    return n / appends_s, n / limit_s
 
 
 def crypto_limits(cfg: dict) -> dict[str, float]:
@@ -532,7 +577,8 @@ def run_hypercore(tmp: Path, quick: bool, rounds: int) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------- rounds
 def measure_round(tmp: Path, cfg: dict, sources: dict[str, Any], r: int) -> dict[str, float]:
-    """One round: each limit measured right before the kachery figure it bounds, fresh stores."""
+    """One round: each limit measured right before the kachery figure it bounds (the single
+    append's alternating with it in slices), fresh stores."""
     log(f"round {r + 1}: ed25519 sign/verify, one commit per row, single appends")
     out: dict[str, float] = {}
     crypto = crypto_limits(cfg)
@@ -540,9 +586,8 @@ def measure_round(tmp: Path, cfg: dict, sources: dict[str, Any], r: int) -> dict
     out["commit_per_row_per_s"] = commit_per_row_rate(
         tmp, sources["schema"], sources["individual"]["rows"][: cfg["commit_rows"]])
     out["sign_commit_apart_per_s"] = 1 / (1 / out["sign_per_s"] + 1 / out["commit_per_row_per_s"])
-    out["sign_commit_per_s"] = sign_and_commit_rate(
-        tmp, sources["schema"], sources["individual"]["rows"][: cfg["commit_rows"]])
-    out["single_per_s"] = bench_single(tmp, cfg["single"], 1, tag=f"r{r}")["single_appends_per_s"]
+    out["single_per_s"], out["sign_commit_per_s"] = single_append_and_limit_rates(
+        tmp, sources["schema"], sources["individual"]["rows"], cfg["single"], f"r{r}")
     log(f"round {r + 1}: batch appends, raw insert + verified import")
     out["batch_per_s"] = bench_batch(tmp, cfg["batches"], 1, tag=f"r{r}")["batch_messages_per_s"]
     for tag in ("batched", "individual"):
@@ -634,7 +679,8 @@ def render(result: dict) -> str:
     )
     out.append("")
     out.append(f"{len(rounds)} rounds; each cell min / median / max over the rounds. A round measures "
-               "each limit right before the figure it bounds; ratios are per round (round i of "
+               "each limit right before the figure it bounds (the single appends alternate with "
+               f"theirs, {SINGLE_SLICES} slices each); ratios are per round (round i of "
                "kachery over round i of its limit, and over hypercore's run i).")
     rows = build_rows(rounds, h)
     yes = lambda v: "n/a" if v is None else ("yes" if v else "NO")  # noqa: E731
