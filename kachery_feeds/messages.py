@@ -128,11 +128,7 @@ def build_bodies(
         raise ValueError("build_bodies needs one metadata entry (or None) per payload")
     sha256 = hashlib.sha256
     if len(payload_jsons) == 1 and metadata_jsons[0] is None and succession_json is None:
-        # a single append's message, in one format (a bytearray: see above)
-        body = _SINGLE_BODY % (
-            feed_id.encode(), first, payload_jsons[0],
-            b"null" if previous_hash is None else b'"%s"' % previous_hash.hex().encode(),
-            subfeed_hash.encode(), timestamp_ms)  # fmt: skip
+        body = single_body(feed_id, subfeed_hash, first, previous_hash, timestamp_ms, payload_jsons[0])
         return [(first, body)], sha256(body).digest()
     head = b'{"feed":"' + feed_id.encode() + b'",'
     middle = b',"subfeed":"' + subfeed_hash.encode() + b'"'
@@ -176,6 +172,16 @@ def build_bodies(
 
 
 _SINGLE_BODY = bytearray(b'{"feed":"%s","n":%d,"payload":%s,"prev":%s,"subfeed":"%s","ts":%d,"v":1}')
+
+
+def single_body(feed_id: str, subfeed_hash: str, number: int, previous_hash: bytes | None,
+                timestamp_ms: int, payload_json: bytes) -> bytearray:
+    """The body of one message without metadata or succession records, in one format: what
+    :func:`build_bodies` writes for a batch of one (a bytearray, bound by sqlite3 as it is)."""
+    return _SINGLE_BODY % (
+        feed_id.encode(), number, payload_json,
+        b"null" if previous_hash is None else b'"%s"' % previous_hash.hex().encode(),
+        subfeed_hash.encode(), timestamp_ms)  # fmt: skip
 
 
 def message_hash(body: bytes) -> bytes:

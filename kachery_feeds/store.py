@@ -67,6 +67,7 @@ from .messages import (
     message_hash,
     parse_range,
     sign_hash,
+    single_body,
     to_wire,
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_each, encode_json
@@ -649,28 +650,65 @@ class Store(SuccessionMixin):
                 # connection committed to the file (data_version, a counter in the shared
                 # memory: no page read) and this store's last write was that append; otherwise
                 # one query checks the subfeed's end and the feed's successions.
-                sid, count, prev, version, write_number = cached
+                _sid, count, prev, _version, _write_number = cached
                 if count + len(encoded) - 1 > MAX_STORED_NUMBER:
                     raise _store_full(self.path, count + len(encoded) - 1)
                 rows, last_hash = build_bodies(feed_id, sh, count, prev, _now_ms(), encoded, metas)
-                signature = sign_hash(sk, last_hash)
-                n = count + len(rows)
-                if n == count + 1 and self._append_alone(key, cached, rows[0][1], signature, last_hash):
-                    return count
-                with self._write() as c:
-                    (now,) = c.execute("PRAGMA data_version").fetchone()
-                    if (now == version and write_number == self._write_number - 1) or _still_last(
-                            c.execute(_APPEND_CHECK, (message_key(sid, count - 1), key_range(sid)[1],
-                                                      feed_id)).fetchone(), prev):
-                        _insert_appended(c, sid, rows, signature)
-                        self._append_heads[key] = (sid, n, last_hash, now, self._write_number)
-                        return n - 1
-                    return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
+                return self._append_built(key, cached, name_json, sk, encoded, metas, rows,
+                                          sign_hash(sk, last_hash), last_hash)
             with self._write() as c:
                 return self._append_locked(c, feed_id, sh, name_json, sk, encoded, metas)
         except BaseException:
             self._append_heads.pop(key, None)
             raise
+
+    def _append_one(self, feed_id: str, sh: str, name_json: str | None, payload: Any) -> int:
+        """``append_message`` without metadata: what :meth:`_append` does for one payload, with
+        none of its lists when this store appended to the subfeed last (the fast path's cached
+        head and a cached key, so the feed is not restoring); any other case goes that way."""
+        key = (feed_id, sh)
+        sk = self._secret_keys.get(feed_id)
+        cached = self._append_heads.get(key)
+        if sk is None or cached is None:
+            return self._append(feed_id, sh, name_json, [payload], None)
+        encoded = encode_json(payload)
+        if len(encoded) + _BODY_OVERHEAD > MAX_MESSAGE_BYTES:
+            return self._append(feed_id, sh, name_json, [payload], None)  # which says why not
+        count, prev = cached[1], cached[2]
+        try:
+            if count > MAX_STORED_NUMBER:
+                raise _store_full(self.path, count)
+            body = single_body(feed_id, sh, count, prev, _now_ms(), encoded)
+            last_hash = message_hash(body)
+            last = self._append_built(key, cached, name_json, sk, [encoded], [None], [(count, body)],
+                                      sign_hash(sk, last_hash), last_hash)
+        except BaseException:
+            self._append_heads.pop(key, None)
+            raise
+        self._checkpointer.wrote(1, len(encoded))
+        return last
+
+    def _append_built(self, key: tuple[str, str], cached: tuple[int, int, bytes, int, int],
+                      name_json: str | None, sk: bytes, encoded: list[bytes],
+                      metas: list[bytes | None], rows: list[tuple[int, bytes]], signature: bytes,
+                      last_hash: bytes) -> int:
+        """The fast path's write of ``rows``, built and signed against the ``cached`` head of
+        subfeed ``key`` outside the write lock: inserted if nothing changed since (else the
+        usual path redoes the append under the lock). Returns the last number."""
+        sid, count, prev, version, write_number = cached
+        n = count + len(rows)
+        if n == count + 1 and self._append_alone(key, cached, rows[0][1], signature, last_hash):
+            return count
+        feed_id = key[0]
+        with self._write() as c:
+            (now,) = c.execute("PRAGMA data_version").fetchone()
+            if (now == version and write_number == self._write_number - 1) or _still_last(
+                    c.execute(_APPEND_CHECK, (message_key(sid, count - 1), key_range(sid)[1],
+                                              feed_id)).fetchone(), prev):
+                _insert_appended(c, sid, rows, signature)
+                self._append_heads[key] = (sid, n, last_hash, now, self._write_number)
+                return n - 1
+            return self._append_locked(c, feed_id, key[1], name_json, sk, encoded, metas)
 
     def _append_alone(self, key: tuple[str, str], cached: tuple[int, int, bytes, int, int],
                       body: bytes | bytearray, signature: bytes, last_hash: bytes) -> bool:

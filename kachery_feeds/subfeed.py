@@ -165,6 +165,8 @@ class Subfeed:
     # ------------------------------------------------------------------ writing
     def append_message(self, payload: Any, metadata: dict | None = None) -> int:
         """Sign and store one message; returns its number once it is committed."""
+        if metadata is None:
+            return self._store._append_one(self.feed_id, self.subfeed_hash, self._name_json, payload)
         return self._store._append(self.feed_id, self.subfeed_hash, self._name_json, [payload], metadata)
 
     def append_messages(self, payloads: Iterable[Any],

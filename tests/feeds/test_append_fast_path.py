@@ -125,6 +125,48 @@ def test_a_failed_append_leaves_nothing_and_the_next_one_links(two):
     _check_chain(sf)
 
 
+def test_a_single_append_on_the_fast_path_refuses_what_the_usual_path_refuses(two):
+    """append_message without metadata has a path of its own once this store appended last:
+    a payload that is not JSON, one over the size limit and a number past the message key's
+    bound are refused there as on the usual path, with nothing written, and the next append
+    still links."""
+    from kachery_feeds.schema import MAX_STORED_NUMBER
+
+    a, _b = two
+    sf = a.create_feed().load_subfeed("log")
+    sf.append_message(0)
+    assert a._append_heads  # the head that the single path builds on is cached
+    with pytest.raises(kf.InvalidPayloadError, match="NaN"):
+        sf.append_message(float("nan"))
+    with pytest.raises(kf.InvalidPayloadError, match="over the"):
+        sf.append_message("a" * kf.MAX_MESSAGE_BYTES)
+    key = (sf.feed_id, sf.subfeed_hash)
+    sid, _count, head, version, write_number = a._append_heads[key]
+    a._append_heads[key] = (sid, MAX_STORED_NUMBER + 1, head, version, write_number)
+    with pytest.raises(kf.StoreFullError, match=f"numbered up to {MAX_STORED_NUMBER}"):
+        sf.append_message(1)
+    assert key not in a._append_heads  # dropped: the next append reads the subfeed's end
+    assert sf.get_num_local_messages() == 1
+    assert sf.append_message(1) == 1
+    assert sf.append_message(2) == 2
+    _check_chain(sf)
+
+
+def test_a_single_append_after_another_store_objects_write_goes_the_usual_way(two):
+    """Signed against the cached head, a single append whose one-statement insert finds that
+    another connection committed since (here: b's append to another subfeed of the same
+    feed) is inserted under the lock after the check, with the signature it already has."""
+    a, b = two
+    feed = a.create_feed()
+    sf = feed.load_subfeed("log")
+    other = b.load_feed(feed.feed_id).load_subfeed("other")
+    for i in range(3):
+        assert sf.append_message(i) == i
+        other.append_message(i)
+    assert b.load_subfeed(sf.uri).get_messages() == [0, 1, 2]
+    _check_chain(sf)
+
+
 @pytest.mark.parametrize("meta", [None, {"by": "me"}, "some", "only the first"])
 @pytest.mark.parametrize("succession", [None, b'["rec"]'])
 @pytest.mark.parametrize("prev", [None, bytes(range(32))])
