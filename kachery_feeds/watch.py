@@ -28,6 +28,10 @@ _IN_ATTRIB = 0x00000004
 _IN_CLOSE_WRITE = 0x00000008
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+_READ_BYTES = 65536
+# struct inotify_event (16 bytes) and the longest name it can carry (NAME_MAX + 1); a watch of
+# a file, as here, reports no name at all
+_LARGEST_EVENT = 16 + 256
 
 _libc = None
 try:  # pragma: no branch
@@ -66,11 +70,13 @@ class ChangeNotifier:
 class ChangeWatcher:
     """Waits until some process commits to the store. Create it *before* reading, then wait.
 
-    Usable from threads (:meth:`wait`) and from trio or asyncio (:meth:`wait_async`).
+    Usable from threads (:meth:`wait`) and from trio or asyncio (:meth:`wait_async`), by one
+    waiter at a time (each follower makes its own).
     """
 
     def __init__(self, db_path: Path) -> None:
         self._fd = -1
+        self._poller: select.poll | None = None  # wait()'s, made at its first use
         if _libc is None:
             return
         fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -89,45 +95,56 @@ class ChangeWatcher:
         return self._fd >= 0
 
     def _drain(self) -> None:
+        """Read every queued event. A read returns as many whole events as fit, so one that
+        left room for another event took them all: usually one read, no second read that
+        fails with EAGAIN (this runs once per commit in every watching process)."""
         while True:
             try:
-                if not os.read(self._fd, 65536):
+                if len(os.read(self._fd, _READ_BYTES)) <= _READ_BYTES - _LARGEST_EVENT:
                     return
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     return
                 raise
 
-    def wait(self, timeout: float | None) -> None:
-        """Block until a change is signalled or ``timeout`` seconds pass (capped for safety)."""
+    def wait(self, timeout: float | None) -> bool:
+        """Block until a change is signalled or ``timeout`` seconds pass (capped for safety).
+        Returns whether the kernel watch signalled a commit (False after a timeout, and always
+        without inotify, where waiting is polling)."""
         limit = SAFETY_RECHECK_SECONDS if timeout is None else min(timeout, SAFETY_RECHECK_SECONDS)
         if limit <= 0:
-            return
+            return False
         if self._fd < 0:
             time.sleep(min(limit, POLL_INTERVAL_SECONDS))
-            return
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        if poller.poll(limit * 1000):
+            return False
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self._fd, select.POLLIN)
+        if self._poller.poll(limit * 1000):
             self._drain()
+            return True
+        return False
 
-    async def wait_async(self, timeout: float | None) -> None:
+    async def wait_async(self, timeout: float | None) -> bool:
         """Async version of :meth:`wait` for trio or asyncio (via anyio)."""
         limit = SAFETY_RECHECK_SECONDS if timeout is None else min(timeout, SAFETY_RECHECK_SECONDS)
         if limit <= 0:
             await anyio.sleep(0)
-            return
+            return False
         if self._fd < 0:
             await anyio.sleep(min(limit, POLL_INTERVAL_SECONDS))
-            return
+            return False
         with anyio.move_on_after(limit):
             await anyio.wait_readable(self._fd)
             self._drain()
+            return True
+        return False
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self._poller = None
 
     def __enter__(self) -> ChangeWatcher:
         return self
