@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -94,6 +94,12 @@ WAL_AUTOCHECKPOINT_PAGES = 16000
 
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
+
+#: Subfeeds whose counts :meth:`Store.counts` reads in one statement (two parameters each).
+COUNTS_PER_STATEMENT = 64
+# Its two kinds of column: a subfeed's last key (its row id known), or its row id.
+_LAST_KEY_IN_RANGE = "(SELECT max(message_key) FROM messages WHERE message_key>=? AND message_key<?)"
+_SUBFEED_ROW_ID = "(SELECT id FROM subfeeds WHERE feed_id=? AND subfeed_hash=?)"
 
 # The append fast path's check, inside its write transaction, when another connection (or
 # another write of this store object) committed since this store's last append: the body at
@@ -572,6 +578,35 @@ class Store(SuccessionMixin):
                 "SELECT max(message_key) FROM messages WHERE message_key>=? AND message_key<?",
                 (low, high)).fetchone()
         return 0 if last is None else last - low + 1
+
+    def counts(self, subfeeds: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The local message counts of several subfeeds, ``(feed ID, subfeed hash)`` each, read
+        in one statement for up to :data:`COUNTS_PER_STATEMENT` of them (each statement one
+        snapshot); 0 for a subfeed this store does not hold. What
+        :meth:`Subfeed.get_num_local_messages` says of each, for the price of about one of
+        them: a daemon reads its provided subfeeds' counts after every commit."""
+        keys = list(dict.fromkeys(subfeeds))
+        out: dict[tuple[str, str], int] = {}
+        for i in range(0, len(keys), COUNTS_PER_STATEMENT):
+            # The subfeeds whose row ids are known get their last key, the others their row id
+            # (then counted once they exist); known ones first, so that the statement's text
+            # depends only on how many of each there are (sqlite3 keeps it compiled).
+            chunk = keys[i:i + COUNTS_PER_STATEMENT]
+            known = [(key, sid) for key in chunk if (sid := self._subfeed_ids.get(key)) is not None]
+            unknown = [key for key in chunk if key not in self._subfeed_ids]
+            params: list[Any] = []
+            for _key, sid in known:
+                params += key_range(sid)
+            for key in unknown:
+                params += key
+            sql = "SELECT " + ",".join([_LAST_KEY_IN_RANGE] * len(known) + [_SUBFEED_ROW_ID] * len(unknown))
+            with self._lock:
+                values = self._conn.execute(sql, params).fetchone()
+            for (key, sid), last in zip(known, values, strict=False):
+                out[key] = 0 if last is None else last - message_key(sid, 0) + 1
+            for key, sid in zip(unknown, values[len(known):], strict=True):
+                out[key] = 0 if sid is None else self._count(*key)  # it exists now: count it
+        return out
 
     def _rows(self, feed_id: str, sh: str, start: int, end: int | None) -> list[tuple]:
         """(n, body, sig) rows for numbers in [start, end)."""

@@ -61,8 +61,9 @@ STORE_RECHECK_SECONDS = 1.0  # look for store changes at least this often, even 
 #: least this often anyway: reading N counts every second cost O(N) CPU at rest.
 FULL_RECOUNT_SECONDS = 30.0
 SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
-# A feed with at most this many provided subfeeds has their counts read one by one (a few µs
-# each, by primary key); more, in one query over the feed (list_subfeeds: ~30 µs however few).
+# A feed with at most this many provided subfeeds has their counts read by primary key (a few
+# µs each, those of all such feeds in one statement: Store.counts); more, in one query over the
+# feed (list_subfeeds: ~30 µs however few).
 COUNTS_ONE_BY_ONE = 8
 SEGMENTS_PER_UPLOAD = 8  # segments built and uploaded together (one request for their URLs)
 #: Bucket jobs doing I/O at once: 10,000 new subscriptions must not become 10,000 concurrent
@@ -130,6 +131,7 @@ class ProviderDriver:
             self._task_group = tg
             task_status.started()
             own = watcher.uses_inotify
+            commit_seen = False  # the last wait ended with the store's watch reporting a commit
             while True:
                 # Taken before reading, so no change is missed: the broadcaster's event, or the
                 # watch's queue (a commit from now on leaves an event there; one from before
@@ -138,7 +140,10 @@ class ProviderDriver:
                 now = anyio.current_time()
                 # New messages go out first: the bucket work that publications and on_timer
                 # start (HTTP to the hub, segments built in a thread) must not delay a push.
-                version = self._version.current()  # before the counts: no commit is missed
+                # The version is read before the counts, so no commit is missed; after a commit
+                # the watch reported the counts are read anyway, without it (one statement
+                # less before a live push), and the next turn woken otherwise counts again.
+                version = object() if commit_seen else self._version.current()
                 if self._counted is None or version != self._counted[0] or \
                         now >= self._counted[1] + FULL_RECOUNT_SECONDS:
                     self._counted = (version, now)
@@ -150,11 +155,14 @@ class ProviderDriver:
                 # Nothing provided (a node that only reads): its own imports need not wake this
                 # loop; a subscription (on_subscribe), publication or reconnect ends the wait.
                 self._idle = not (self.core.has_work() or self._publications)
+                commit_seen = False
                 with anyio.CancelScope(deadline=deadline) as self._wait:
                     if self._idle:
                         await anyio.sleep_forever()
+                    elif changed is None:
+                        commit_seen = await watcher.wait_async(None)
                     else:
-                        await (watcher.wait_async(None) if changed is None else changed.wait())
+                        await changed.wait()
                 self._wait = None
 
     def set_publications(self, publications: Iterable[Publication]) -> None:
@@ -328,16 +336,18 @@ class ProviderDriver:
         return handle
 
     def _counts(self, subfeeds: Iterable[Subfeed]) -> dict[Subfeed, int]:
-        """Local counts, one query per feed: this runs every second (the store watch's safety
-        re-check) for every provided subfeed, so N subscriptions must not cost N queries."""
+        """Local counts: those of the feeds with few provided subfeeds in one statement (per 64
+        subfeeds), each other feed's in one query. This runs after every commit and every second
+        (the store watch's safety re-check) for every provided subfeed, so N subscriptions must
+        not cost N queries."""
         by_feed: dict[str, list[str]] = defaultdict(list)
         for feed_id, subfeed_hash in subfeeds:
             by_feed[feed_id].append(subfeed_hash)
-        counts: dict[Subfeed, int] = {}
+        few = [(feed_id, h) for feed_id, hashes in by_feed.items() if len(hashes) <= COUNTS_ONE_BY_ONE
+               for h in hashes]
+        counts: dict[Subfeed, int] = self.store.counts(few) if few else {}
         for feed_id, hashes in by_feed.items():
             if len(hashes) <= COUNTS_ONE_BY_ONE:
-                for h in hashes:
-                    counts[(feed_id, h)] = self._subfeed((feed_id, h)).get_num_local_messages()
                 continue
             version = self._version.current()
             cached = self._held.get(feed_id)

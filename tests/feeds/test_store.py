@@ -243,3 +243,28 @@ def test_a_message_number_past_the_message_keys_bound_is_refused(tmp_path):
             append()
     assert sf.get_num_local_messages() == MAX_STORED_NUMBER + 1
     store.close()
+
+
+def test_counts_reads_several_subfeeds_as_get_num_local_messages_does(tmp_path):
+    """Store.counts: known subfeeds, one never written (0), one another store object creates
+    after this one looked for it, more subfeeds than one statement takes, a key given twice."""
+    from kachery_feeds.store import COUNTS_PER_STATEMENT
+
+    store = kf.open_store(tmp_path / "feeds.db")
+    other = kf.open_store(tmp_path / "feeds.db")
+    feed = store.create_feed()
+    subfeeds = [feed.load_subfeed(f"s{i}") for i in range(COUNTS_PER_STATEMENT + 6)]
+    for i, sf in enumerate(subfeeds):
+        if i % 3:
+            sf.append_messages([{"i": k} for k in range(i)])
+    keys = [(sf.feed_id, sf.subfeed_hash) for sf in subfeeds]
+    late = feed.load_subfeed("late")
+    late_key = (late.feed_id, late.subfeed_hash)
+    assert store.counts([*keys, late_key, keys[1]]) == {
+        **{key: sf.get_num_local_messages() for key, sf in zip(keys, subfeeds, strict=True)}, late_key: 0}
+    assert store.counts([late_key]) == {late_key: 0}  # looked for, not there
+    other.load_subfeed(late.uri).append_messages([{"a": 1}, {"a": 2}])
+    assert store.counts([keys[2], late_key]) == {keys[2]: 2, late_key: 2}
+    assert store.counts([]) == {}
+    other.close()
+    store.close()
