@@ -96,6 +96,12 @@ class StoreFullError(FeedError):
     was written."""
 
 
+class StoreBusyError(FeedError):
+    """Opening the store waited too long for another process that held its write lock while
+    the store still needed converting to this version's schema (most likely that process was
+    converting it, in one transaction: about 10 s a million messages). Nothing was changed."""
+
+
 class StoreVersionError(FeedError):
     """The store was written by a newer version of kachery_feeds than this one."""
 

@@ -3,7 +3,8 @@
 The schema version is SQLite's ``PRAGMA user_version``. :data:`MIGRATIONS` is the table of
 steps: ``MIGRATIONS[i]`` takes a store from version ``i`` to ``i + 1``; a store is brought up to
 date inside one write transaction when it is opened, so concurrent openers never see a half-
-migrated schema. A store newer than this code is refused rather than guessed at.
+migrated schema (they wait for it: :func:`migrate`). A store newer than this code is refused
+rather than guessed at.
 
 Tables (version 1):
 
@@ -53,10 +54,14 @@ with :class:`~kachery_feeds.errors.StoreFullError`, as it would a message number
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 
-from .errors import StoreVersionError
+from .errors import StoreBusyError, StoreVersionError
+
+log = logging.getLogger("kachery.feeds")
 
 # The statements are exactly those sqlite-utils generated when it built this schema (so stores
 # made before and after read the same in ``sqlite_master``); plain SQL here keeps sqlite-utils
@@ -162,6 +167,19 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+#: How long, in all, opening a store that needs converting waits for another process holding
+#: its write lock (most likely converting it: one transaction, about 10 s a million messages).
+MIGRATION_WAIT_SECONDS = 3600.0
+
+
+def _refuse_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"this store has schema version {version}, but this kachery_feeds understands "
+            f"only up to {SCHEMA_VERSION}; upgrade kachery"
+        )
+
+
 def message_key(subfeed_row_id: int, number: int) -> int:
     """The ``message_key`` of message ``number`` of subfeed row ``subfeed_row_id``."""
     return (subfeed_row_id << NUMBER_BITS) + number
@@ -183,19 +201,43 @@ SUBFEED_COUNT = (f"(SELECT coalesce(max(message_key) - (subfeeds.id << {NUMBER_B
                  f"AND message_key < (subfeeds.id + 1) << {NUMBER_BITS})")
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database up to :data:`SCHEMA_VERSION` (no-op when it already is)."""
+def migrate(conn: sqlite3.Connection, wait_seconds: float | None = None) -> None:
+    """Bring the database up to :data:`SCHEMA_VERSION` (no-op when it already is).
+
+    The conversion runs in one write transaction. Another process that opens the store
+    meanwhile finds the old version and waits for the write lock; when the connection's busy
+    timeout passes first (a large store's conversion takes longer), it looks at the version
+    again: converted by then, it is done; else it waits on, up to ``wait_seconds`` in all
+    (:data:`MIGRATION_WAIT_SECONDS` by default), then raises :class:`StoreBusyError`."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
-    conn.execute("BEGIN IMMEDIATE")
+    deadline = time.monotonic() + (MIGRATION_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+    told = False
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to the connection's busy timeout
+            break
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) != sqlite3.SQLITE_BUSY:
+                raise
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # the last committed
+        if version >= SCHEMA_VERSION:
+            _refuse_newer(version)
+            return  # another process converted it meanwhile
+        if time.monotonic() >= deadline:
+            raise StoreBusyError(
+                f"this store needs converting to schema version {SCHEMA_VERSION} (it has "
+                f"{version}), and another process has held its write lock for longer than "
+                "this one waited: most likely it is converting the store (about 10 s a million "
+                "messages). Nothing was changed; open it again once that process is done")
+        if not told:
+            told = True
+            log.warning("waiting for another process to finish converting the feed store to "
+                        "schema version %d (it holds the store's write lock)", SCHEMA_VERSION)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
-        if version > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"this store has schema version {version}, but this kachery_feeds understands "
-                f"only up to {SCHEMA_VERSION}; upgrade kachery"
-            )
+        _refuse_newer(version)
         for step in MIGRATIONS[version:]:
             step(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

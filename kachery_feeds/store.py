@@ -92,6 +92,9 @@ if TYPE_CHECKING:
 #: wall time at 4000). Durability is the ``synchronous`` setting's, unchanged.
 WAL_AUTOCHECKPOINT_PAGES = 16000
 
+#: How long a statement waits for another connection's write lock before it fails.
+BUSY_TIMEOUT_SECONDS = 60.0
+
 # Upper bound on what a body adds around payload and metadata (field names, IDs, numbers).
 _BODY_OVERHEAD = 256
 
@@ -214,7 +217,7 @@ class Store(SuccessionMixin):
             # -shm files the same permissions as the database.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._conn = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
         )
         try:
             _refuse_foreign_database(self._conn, self.path)
@@ -225,7 +228,11 @@ class Store(SuccessionMixin):
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._lock = threading.RLock()
-        migrate(self._conn)
+        try:
+            migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
         self._notifier = ChangeNotifier(self.path)
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None  # see checkpoint_wal
@@ -278,7 +285,7 @@ class Store(SuccessionMixin):
         with self._checkpoint_lock:
             if self._checkpoint_conn is None:
                 self._checkpoint_conn = sqlite3.connect(
-                    self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+                    self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
             _busy, _log, copied = self._checkpoint_conn.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             return max(copied, 0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,83 @@ def test_a_migrated_store_appends_and_imports_where_its_subfeeds_end(migrated, t
     again.add_signed_messages(log.get_signed_messages())
     assert migrated.load_subfeed(log.uri).add_signed_messages(again.get_signed_messages(5)) == 0
 
+
+
+def _old_store(tmp_path: Path) -> Path:
+    path = tmp_path / "feeds.db"
+    shutil.copyfile(FIXTURE, path)
+    path.chmod(0o600)
+    return path
+
+
+def _converting(path: Path) -> sqlite3.Connection:
+    """Another process in the middle of converting the store: its write lock held."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_an_opener_waits_past_the_busy_timeout_for_another_process_converting_the_store(
+        tmp_path, monkeypatch, caplog):
+    """Before: a store whose conversion took longer than the busy timeout (60 s: a store of
+    over ~6M messages) made a second opener fail with "database is locked"."""
+    from kachery_feeds import schema
+    from kachery_feeds import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.1)
+    path = _old_store(tmp_path)
+    other = _converting(path)
+    opened: list[kf.Store | BaseException] = []
+
+    def open_it() -> None:
+        try:
+            opened.append(kf.open_store(path))
+        except BaseException as exc:  # reported by the assertion below
+            opened.append(exc)
+
+    caplog.set_level("WARNING", logger="kachery.feeds")
+    opener = threading.Thread(target=open_it)
+    opener.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for another process" not in caplog.text:  # past its busy timeout
+            assert time.monotonic() < deadline and opener.is_alive(), opened
+            time.sleep(0.01)
+        for step in schema.MIGRATIONS[2:]:  # the other process finishes its conversion
+            step(other)
+        other.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        other.execute("COMMIT")
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        opener.join(30)
+    (store,) = opened
+    assert isinstance(store, kf.Store), store
+    try:
+        assert store.load_feed("mine").load_subfeed("log").get_messages() == [{"i": i} for i in range(7)]
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_an_opener_that_waited_too_long_for_the_converter_raises_store_busy_and_changes_nothing(
+        tmp_path, monkeypatch):
+    from kachery_feeds import schema
+    from kachery_feeds import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(schema, "MIGRATION_WAIT_SECONDS", 0.3)
+    path = _old_store(tmp_path)
+    other = _converting(path)
+    try:
+        with pytest.raises(kf.StoreBusyError, match="converting the store"):
+            kf.open_store(path)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    with kf.open_store(path) as store:  # and it converts once the lock is free
+        assert store.load_feed("mine").load_subfeed("log").get_num_local_messages() == 7
