@@ -61,6 +61,10 @@ def test_network_bench_quick_runs(tmp_path):
     assert k["catchup"]["spread"]["first_message_s"][0] > 0
     assert f"catch-up: min / median / max over {ROUNDS} rounds" in proc.stdout
     assert k["file"]["mb_per_s"] > 0
+    # and the file: every round with the disk's limit measured just before it
+    assert len(k["file"]["rounds"]) == ROUNDS and len(k["file"]["spread"]["mb_per_s"]) == 3
+    assert all(r["disk_write_mb_per_s"] > 0 for r in k["file"]["rounds"])
+    assert f"file: min / median / max over {ROUNDS} rounds" in proc.stdout
     assert k["memory"]["peak_rss_mb"] > 0 and k["memory"]["serving_peak_rss_mb"] > 0
     assert len(result["rows"]) == 7  # the serving daemon's RSS and the first message have rows
     # everything it made under --tmp is gone (its temporary folder is removed)
