@@ -69,6 +69,7 @@ log = logging.getLogger("kachery.channel")
 
 MEMBERSHIP_REFRESH_SECONDS = 10.0
 MEMBERSHIP_MIN_REFRESH_SECONDS = 1.0
+REFUSED_SENDERS_KEPT = 1024  # senders remembered as refused after a refresh (see _may_after_refresh)
 UPLOAD_URLS_PER_REQUEST = 500  # the hub accepts up to 1000 objects per upload_urls request
 BACKOFF_MIN_SECONDS = 0.5
 #: How long a publish waits for the channel to (re)connect before it fails.
@@ -114,6 +115,8 @@ class ChannelRuntime:
         # (or it awaits a membership refresh): later ones queue behind it, in order.
         self._behind = False
         self._last_refresh = 0.0
+        # sender -> when a refresh last left it without the role it published on (monotonic)
+        self._refused_senders: dict[str, float] = {}
         self.connected = anyio.Event()  # set while connected; a fresh one after each disconnection
         self._connection_scope: trio.CancelScope | None = None  # of the current connection attempt
         self._connected_roles: frozenset[str] = frozenset()  # the roles that connection is for
@@ -443,17 +446,32 @@ class ChannelRuntime:
         nursery.start_soon(_guarded, handler, self, band, env)
 
     async def _may_after_refresh(self, node_id: str, role: str) -> bool:
-        """Re-read the membership (at most every MEMBERSHIP_MIN_REFRESH_SECONDS) and ask again:
-        a node granted a role a moment ago must not wait for the periodic refresh."""
-        now = time.monotonic()
-        if now - self._last_refresh < MEMBERSHIP_MIN_REFRESH_SECONDS:
+        """Re-read the membership and ask again: a node granted a role a moment ago must not
+        wait for the periodic refresh. A read less than :data:`MEMBERSHIP_MIN_REFRESH_SECONDS`
+        ago may predate the grant, so the rest of that interval is waited out first (under a
+        second; the messages behind this one wait too, in order), as :meth:`refresh_roles` does.
+        A sender still refused after that is refused at once until the next periodic refresh:
+        a member the pub-sub service still lets publish after a revocation costs the channel
+        at most one such wait per :data:`MEMBERSHIP_REFRESH_SECONDS`."""
+        refused_at = self._refused_senders.get(node_id)
+        if refused_at is not None and time.monotonic() - refused_at < MEMBERSHIP_REFRESH_SECONDS:
             return False
+        since = time.monotonic() - self._last_refresh
+        if since < MEMBERSHIP_MIN_REFRESH_SECONDS:
+            await anyio.sleep(MEMBERSHIP_MIN_REFRESH_SECONDS - since)
         try:
-            await self.refresh_membership()
+            if time.monotonic() - self._last_refresh >= MEMBERSHIP_MIN_REFRESH_SECONDS:
+                await self.refresh_membership()
         except (HubRequestError, KacheryError, OSError) as exc:
             log.info("%s: membership refresh failed: %s", self.channel, exc)
             return False
-        return self.may(node_id, role)
+        if self.may(node_id, role):
+            self._refused_senders.pop(node_id, None)
+            return True
+        if len(self._refused_senders) >= REFUSED_SENDERS_KEPT:
+            self._refused_senders.clear()  # (bounded: a few refusals more are waited for again)
+        self._refused_senders[node_id] = time.monotonic()
+        return False
 
     async def aclose(self) -> None:
         if self._bucket is not None:

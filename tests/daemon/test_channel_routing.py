@@ -100,3 +100,38 @@ async def test_messages_taken_at_once_keep_their_order_behind_one_that_went_the_
         assert runtime._dispatch_at_once(_message("request-files", "later"))
         await trio.testing.wait_all_tasks_blocked()
     assert [c[2] for c in runtime.calls] == ["first", "after", "later"]
+
+
+@pytest.mark.trio
+async def test_a_sender_granted_after_the_last_membership_read_is_heard_not_dropped(runtime, monkeypatch):
+    """Before: a message from a node granted its role after the runtime's last read of the
+    membership, arriving within a second of that read, was dropped ("it may not publish"): the
+    refresh it needed was rate-limited (tests/network/test_live_feeds.py's forged-push test lost
+    its first push that way whenever the follower caught up in under a second). Now the runtime
+    waits out the second, reads again and hands it over. A sender still without the role after
+    such a read is refused at once, with no second wait, until the next periodic refresh."""
+    newcomer, stranger = Keypair.generate(), Keypair.generate()
+    granted = Membership.from_payloads("lab", [
+        channel_message("lab", OWNER.public_hex, {}, 1),
+        request_message(PEER.public_hex, OWNER.public_hex, list(ROLES), 2),
+        grant_message("grant", PEER.public_hex, list(ROLES), OWNER.public_hex, 3),
+        request_message(newcomer.public_hex, OWNER.public_hex, ["request-files"], 4),
+        grant_message("grant", newcomer.public_hex, ["request-files"], OWNER.public_hex, 5),
+    ])
+    reads: list[float] = []
+
+    async def refresh_membership() -> None:  # the hub now says what the owner granted since
+        reads.append(time.monotonic())
+        runtime.membership, runtime._last_refresh = granted, time.monotonic()
+
+    monkeypatch.setattr(runtime, "refresh_membership", refresh_membership)
+    runtime._last_refresh = time.monotonic()  # read a moment ago, before the newcomer's grant
+    async with trio.open_nursery() as nursery:
+        await runtime._dispatch(_message("request-files", "hello", newcomer), nursery)
+        await runtime._dispatch(_message("request-files", "hi", stranger), nursery)
+        started = time.monotonic()
+        await runtime._dispatch(_message("request-files", "again", stranger), nursery)
+        assert time.monotonic() - started < 0.5  # refused at once this time
+    assert [c[2] for c in runtime.calls] == ["hello"]
+    assert len(reads) == 2  # one read for each sender, each a second after the one before
+    assert reads[1] - reads[0] >= 0.9
