@@ -14,13 +14,12 @@ roles and bands is :mod:`kachery_node.protocol.roles`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import NotFoundError
 from ..identity import Keypair
 from ..protocol.node_messages import Envelope
-from ..transport.bucket.bucket_interface import ByteSink, Destination, ProgressCallback
+from ..transport.bucket.bucket_interface import ByteSink, Destination, ProgressCallback, UploadData
 
 __all__ = ["BucketObjectMissing", "ByteSink", "ChannelLink", "Destination", "InlineHandler",
            "MessageHandler", "ProgressCallback", "refresh_if_lacking"]
@@ -71,10 +70,11 @@ class ChannelLink(Protocol):
         hashes as it writes), which then gets every byte instead of a file. ``progress(done,
         total)`` is called as bytes arrive."""
 
-    async def upload(self, path: str, data: bytes | Path, *,
+    async def upload(self, path: str, data: UploadData, *,
                      progress: ProgressCallback | None = None) -> None:
-        """Put ``data`` (bytes, or a file's whole content) at ``path`` through a signed upload URL
-        from the hub. Raises PermissionError without the matching provide role."""
+        """Put ``data`` (bytes, a file's whole content, or a range of a file) at ``path`` through
+        a signed upload URL from the hub. Raises PermissionError without the matching provide
+        role."""
 
     async def upload_many(self, items: list[tuple[str, bytes]], *,
                           then: tuple[str, bytes] | None = None) -> None:

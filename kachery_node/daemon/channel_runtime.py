@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -57,7 +56,8 @@ from ..protocol.roles import (
     role_of_pubsub_band,
     split_band_name,
 )
-from ..transport.bucket.bucket_interface import Bucket, Destination
+from ..transport.bucket.bucket_interface import Bucket, Destination, UploadData
+from ..transport.bucket.http_transfer import upload_size
 from ..transport.bucket.open_bucket import bucket_spec, open_bucket
 from ..transport.hub_client import HubClient
 from ..transport.pubsub.open_pubsub import open_pubsub
@@ -220,9 +220,9 @@ class ChannelRuntime:
         return path[len(prefix) :] if path.startswith(prefix) else path
 
     async def upload(
-        self, path: str, data: bytes | Path, *, progress: ProgressCallback | None = None
+        self, path: str, data: UploadData, *, progress: ProgressCallback | None = None
     ) -> None:
-        size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+        size = upload_size(data)
         (url,) = await trio.to_thread.run_sync(
             lambda: self._hub.upload_urls(self.channel, [{"path": self._relative(path), "size": size}])
         )

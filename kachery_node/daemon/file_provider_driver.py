@@ -40,6 +40,7 @@ from ..protocol.file_provider import FileProvider, RecentFailures, Uniform
 from ..protocol.file_timeouts import FileTimeouts
 from ..storage.file_uris import build_uri
 from ..storage.node_storage import Storage
+from ..transport.bucket.bucket_interface import FileRange, UploadData
 from .action_loop import ActionLoop, now
 from .channel_link import ChannelLink
 
@@ -166,7 +167,7 @@ class ProviderConversation:
             self._loop.feed(self.core.upload_progress(now(), action.transfer, done))
 
         try:
-            async with self._slots:  # each upload of a chunk holds up to 20 MB in memory
+            async with self._slots:  # a chunk that must be hashed first is held (up to 20 MB)
                 log.info("uploading %s (%d bytes) to %s", request.sha1, action.size, channel)
                 data = await anyio.to_thread.run_sync(self._read_source)
                 self._loop.feed(self.core.upload_began(now(), action.transfer))
@@ -196,12 +197,16 @@ class ProviderConversation:
         except (NotFoundError, LinkedFileChangedError):
             return None
 
-    def _read_source(self) -> bytes | Path:
-        """The verified content to upload: a byte range of the parent (hashed against the
-        requested SHA-1 unless the parent's recorded manifest vouches for it:
-        :meth:`Storage.load_chunk`), or the stored file."""
+    def _read_source(self) -> UploadData:
+        """The verified content to upload: a byte range of the parent, streamed from its file
+        when the parent's recorded manifest vouches for it (:meth:`Storage.vouched_chunk`), else
+        read and hashed against the requested SHA-1 (:meth:`Storage.load_chunk`); or the stored
+        file."""
         request = self.core.request
         if request.chunk_of is not None and self.storage.has_file(build_uri(request.chunk_of.sha1)):
             c = request.chunk_of
+            vouched = self.storage.vouched_chunk(build_uri(c.sha1), c.start, c.end, request.sha1)
+            if vouched is not None:  # no buffer of the chunk's size, no hashing
+                return FileRange(vouched.path, c.start, c.end, vouched.unchanged)
             return self.storage.load_chunk(build_uri(c.sha1), c.start, c.end, request.sha1)
         return Path(self.storage.load_file(build_uri(request.sha1)))

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     from .storage_audit import StorageReport
 
+
 @dataclass(frozen=True)
 class LocalFile:
     """Where the content of ``sha1`` is on this machine."""
@@ -73,6 +74,19 @@ class LocalFile:
     size: int
     linked: bool
     signature: str
+
+
+@dataclass(frozen=True)
+class VouchedFile:
+    """A stored or linked file whose bytes this storage hashed at the stat it has now: its
+    ``path`` and that stat's ``signature`` (:func:`~.file_index.stat_signature`)."""
+
+    path: Path
+    signature: str
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (an fstat of the open file) is still the stat its bytes were hashed at."""
+        return stat_signature(st) == self.signature
 
 
 @dataclass(frozen=True)
@@ -602,23 +616,35 @@ class Storage:
         stored file is re-verified, and a corrupted copy deleted) and hashed. Raises
         :class:`KacheryError` if the bytes do not hash to ``chunk_sha1``."""
         key = _as_key(uri)
-        lf = self.locate(key)
-        if self._chunk_listed(lf, start, end, chunk_sha1):
-            with open(lf.path, "rb", buffering=0) as f:
-                before = stat_signature(os.fstat(f.fileno()))  # the file locate() saw?
+        vouched = self.vouched_chunk(key, start, end, chunk_sha1)
+        if vouched is not None:
+            with open(vouched.path, "rb", buffering=0) as f:
+                before = os.fstat(f.fileno())  # the file locate() saw?
                 f.seek(start)
                 data = f.read(end - start)
-                after = stat_signature(os.fstat(f.fileno()))  # not written meanwhile?
-            if before == after == lf.signature and len(data) == end - start:
-                if not lf.linked:
-                    self.index.touch(lf.sha1)
+                after = os.fstat(f.fileno())  # not written meanwhile?
+            if vouched.unchanged(before) and vouched.unchanged(after) and len(data) == end - start:
                 return data
         data = self.load_bytes(key, start, end)
         actual = hashlib.sha1(data).hexdigest()
         if actual != chunk_sha1:
-            raise KacheryError(f"bytes [{start}, {end}) of sha1://{lf.sha1} hash to "
+            raise KacheryError(f"bytes [{start}, {end}) of sha1://{key.sha1} hash to "
                                f"{actual}, not the requested {chunk_sha1}")
         return data
+
+    def vouched_chunk(self, uri: str | FileUri, start: int, end: int, chunk_sha1: str) -> VouchedFile | None:
+        """The file that holds bytes ``[start, end)`` of the content, if they may be served as
+        chunk ``chunk_sha1`` without hashing them: the file is unchanged since this storage
+        verified it, and the manifest recorded then lists exactly that chunk. None if they must
+        be hashed (:meth:`load_chunk` does). Whoever reads the range checks the open file with
+        :meth:`VouchedFile.unchanged` before and after. Raises NotFoundError if the content is
+        not here."""
+        lf = self.locate(_as_key(uri))
+        if not self._chunk_listed(lf, start, end, chunk_sha1):
+            return None
+        if not lf.linked:
+            self.index.touch(lf.sha1)
+        return VouchedFile(lf.path, lf.signature)
 
     def _chunk_listed(self, lf: LocalFile, start: int, end: int, chunk_sha1: str) -> bool:
         """Whether ``lf`` is verified at its current stat and the manifest this storage recorded

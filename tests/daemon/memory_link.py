@@ -31,6 +31,7 @@ the signing path is exercised. What is simulated:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -40,9 +41,11 @@ import anyio
 import anyio.abc
 
 from kachery_node.daemon.channel_link import BucketObjectMissing, MessageHandler
+from kachery_node.errors import LinkedFileChangedError
 from kachery_node.identity import Keypair
 from kachery_node.protocol.node_messages import ReplayGuard, open_envelope, seal, seal_unsigned_push
 from kachery_node.protocol.roles import partner_role
+from kachery_node.transport.bucket.bucket_interface import FileRange, UploadData
 
 log = logging.getLogger("tests.memory_link")
 
@@ -226,14 +229,17 @@ class MemoryLink:
     async def witness_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         raise ConnectionError("the in-memory channel has no hub to witness")
 
-    async def upload(self, path: str, data: bytes | Path, *,
+    async def upload(self, path: str, data: UploadData, *,
                      progress: Callable[[int, int], None] | None = None) -> None:
         self._check_attached()
         if "provide-files" not in self.roles or not self.may(self.node_id, "provide-files"):
             raise PermissionError(f"no upload URL: {self.node_id[:12]} lacks provide-files")
         if not path.startswith(f"{self.channel}/sha1/"):
             raise PermissionError(f"no upload URL for {path} on channel {self.channel}")
-        content = data.read_bytes() if isinstance(data, Path) else bytes(data)
+        if isinstance(data, FileRange):  # as the HTTP upload streams it, the file checked around
+            content = await anyio.to_thread.run_sync(_read_range, data)
+        else:
+            content = data.read_bytes() if isinstance(data, Path) else bytes(data)
         self.hub.uploads_in_flight += 1
         self.hub.max_uploads_in_flight = max(self.hub.max_uploads_in_flight,
                                              self.hub.uploads_in_flight)
@@ -249,3 +255,16 @@ class MemoryLink:
             self.hub.uploads.append((self.node_id, path))
         finally:
             self.hub.uploads_in_flight -= 1
+
+
+def _read_range(source: FileRange) -> bytes:
+    """A file range's bytes, with the checks the HTTP upload makes around its reads."""
+    with open(source.path, "rb") as f:
+        if source.unchanged is not None and not source.unchanged(os.fstat(f.fileno())):
+            raise LinkedFileChangedError(f"{source.path} changed")
+        f.seek(source.start)
+        content = f.read(source.size)
+        if len(content) != source.size or (
+                source.unchanged is not None and not source.unchanged(os.fstat(f.fileno()))):
+            raise LinkedFileChangedError(f"{source.path} changed")
+    return content

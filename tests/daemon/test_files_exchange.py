@@ -364,6 +364,24 @@ async def test_provider_uploads_chunks_its_manifest_vouches_for_without_hashing_
 
 
 @pytest.mark.trio
+async def test_provider_streams_vouched_chunks_from_the_file_without_a_buffer_of_their_size(
+        lab, a, b, big_file, monkeypatch):
+    """Before: each chunk was read whole (20 MB) before its upload; freed by worker threads,
+    such buffers stayed in the daemon's RSS (~190 MB after serving a few 1 GiB files)."""
+    uri = a.storage.store_file(big_file)
+    key = kn.parse_uri(uri)
+
+    def whole_chunk(*args, **kwargs):
+        raise AssertionError("the provider read a vouched chunk whole")
+
+    monkeypatch.setattr(node_storage.Storage, "load_chunk", whole_chunk)
+    path = await b.fetch(uri)
+    monkeypatch.undo()
+    assert sha1(Path(path).read_bytes()) == key.sha1
+    assert len([p for _node, p in lab.uploads if p != file_path("lab", key.manifest_sha1)]) == 3
+
+
+@pytest.mark.trio
 async def test_a_stored_file_changed_behind_the_storages_back_is_refused_not_uploaded(
         lab, a, b, big_file):
     """Bytes of A's stored copy overwritten in place (same size; its stat changes): A does not

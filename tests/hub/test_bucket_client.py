@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from kachery_node.errors import HubRequestError, NotFoundError
+from kachery_node.errors import HubRequestError, LinkedFileChangedError, NotFoundError
+from kachery_node.transport.bucket.bucket_interface import FileRange
 from kachery_node.transport.bucket.http_bucket import HttpBucket
 
 from .conftest import Actor
@@ -111,6 +112,51 @@ async def test_put_streams_a_file_and_refusals_are_typed(hub, channel, tmp_path)
         with pytest.raises(HubRequestError) as e:
             await bucket.put(other, b"y" * 5)  # does not hash to its name
         assert (e.value.status, e.value.code) == (422, "hash_mismatch")
+    finally:
+        await bucket.aclose()
+
+
+@pytest.mark.trio
+async def test_put_streams_a_file_range_and_stops_short_when_the_file_changed(hub, channel, tmp_path):
+    """A provider's chunk goes up as bytes [start, end) of its stored file, read a piece at a
+    time; a file whose stat changed by the last piece, or that ends early, fails the upload
+    before its body is complete, and the bucket stores nothing."""
+    name, p = channel
+    src = tmp_path / "stored"
+    src.write_bytes(DATA)
+    start, end = 12345, 12345 + 2 * (1 << 20) + 777
+    path = sha1_path(DATA[start:end])
+    stat_then = os.stat(src)
+    bucket = HttpBucket(f"{hub.url}/bucket")
+    try:
+        [url] = p.client.upload_urls(name, [{"path": path, "size": end - start}])
+        sent: list[tuple[int, int]] = []
+        checks: list[int] = []
+
+        def unchanged(st: os.stat_result) -> bool:
+            checks.append(st.st_ino)
+            return (st.st_ino, st.st_mtime_ns, st.st_size) == (
+                stat_then.st_ino, stat_then.st_mtime_ns, stat_then.st_size)
+
+        await bucket.put(url, FileRange(src, start, end, unchanged),
+                         progress=lambda d, t: sent.append((d, t)))
+        assert sent[-1] == (end - start, end - start) and len(sent) == 3  # live, per 1 MiB piece
+        assert len(checks) == 2  # opened, and before the last piece
+        sink = Sink()
+        await bucket.download(f"{name}/{path}", sink)
+        assert sink.data == DATA[start:end]
+
+        other = DATA[start + 1 : end + 1]
+        other_path = sha1_path(other)
+        verdicts = iter([True, False])  # the file changes while its range is being read
+        [url] = p.client.upload_urls(name, [{"path": other_path, "size": len(other)}])
+        with pytest.raises(LinkedFileChangedError, match="changed while"):
+            await bucket.put(url, FileRange(src, start + 1, end + 1, lambda st: next(verdicts)))
+        [url] = p.client.upload_urls(name, [{"path": other_path, "size": len(other)}])
+        with pytest.raises(LinkedFileChangedError, match="ends before"):
+            await bucket.put(url, FileRange(src, len(DATA) - 10, len(DATA) + len(other) - 10))
+        with pytest.raises(NotFoundError):
+            await bucket.download(f"{name}/{other_path}", Sink())
     finally:
         await bucket.aclose()
 

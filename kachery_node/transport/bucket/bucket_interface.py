@@ -34,6 +34,28 @@ Destination = ByteSink | str | os.PathLike
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """Bytes ``[start, end)`` of the file at ``path``, to upload as they are read, a piece at a
+    time (no buffer of the range's size: a provider's 20 MB chunks). ``unchanged(fstat)``, if
+    given, is asked about the open file before its first byte is read and after its last: False
+    fails the upload (:class:`~kachery_node.errors.LinkedFileChangedError`) before its body is
+    complete, so the bucket stores nothing of it."""
+
+    path: Path
+    start: int
+    end: int
+    unchanged: Callable[[os.stat_result], bool] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+#: What an upload sends: bytes, a whole file's content, or a range of a file (both streamed).
+UploadData = bytes | Path | FileRange
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """What a HEAD says about an object."""
 
@@ -84,10 +106,10 @@ class Bucket(ABC):
         """Size and ETag of the object, or None if it does not exist."""
 
     @abstractmethod
-    async def put(self, signed_url: str, data: bytes | Path, *,
+    async def put(self, signed_url: str, data: UploadData, *,
                   progress: ProgressCallback | None = None) -> None:
-        """Upload ``data`` (bytes, or a file's whole content, streamed) with a signed URL;
-        raises HubRequestError if refused."""
+        """Upload ``data`` (bytes, or a file's whole content or a range of it, streamed) with a
+        signed URL; raises HubRequestError if refused."""
 
     @abstractmethod
     async def list(self, prefix: str) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 
 from ...errors import NotFoundError
@@ -11,7 +9,7 @@ from ...identity import Keypair
 from ...protocol.signed_urls import sign_upload_url, validate_object_key
 from ..tls import ssl_context
 from . import http_transfer
-from .bucket_interface import Bucket, BucketBackend, Destination, ObjectInfo, ProgressCallback
+from .bucket_interface import Bucket, BucketBackend, Destination, ObjectInfo, ProgressCallback, UploadData
 from .http_transfer import HTTP_TIMEOUT, raise_for_status, unreachable
 
 
@@ -83,7 +81,7 @@ class HttpBucket(Bucket):
         raise_for_status(resp, f"HEAD {key}")
         return ObjectInfo(key, int(resp.headers["content-length"]), resp.headers.get("etag", ""))
 
-    async def put(self, signed_url: str, data: bytes | Path, *,
+    async def put(self, signed_url: str, data: UploadData, *,
                   progress: ProgressCallback | None = None) -> None:
         await http_transfer.put(self._client, signed_url, data, progress=progress)
 

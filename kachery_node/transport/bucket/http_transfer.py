@@ -27,9 +27,9 @@ import anyio.from_thread
 import anyio.to_thread
 import httpx
 
-from ...errors import HubRequestError, NotFoundError
+from ...errors import HubRequestError, LinkedFileChangedError, NotFoundError
 from ..tls import require_secure_url
-from .bucket_interface import ByteSink, Destination, ProgressCallback
+from .bucket_interface import ByteSink, Destination, FileRange, ProgressCallback, UploadData
 from .direct_get import DirectGet, DirectGetUnsupported, range_header
 from .xml_errors import xml_error
 
@@ -141,16 +141,20 @@ async def _with_httpx(client: httpx.AsyncClient, url: str, write: Write, start: 
     return done
 
 
-async def put(client: httpx.AsyncClient, url: str, data: bytes | Path, *,
+async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
               progress: ProgressCallback | None = None, what: str = "PUT") -> None:
-    """PUT ``data`` (bytes, or the whole content of a file) to a signed upload URL, streamed;
-    only where :func:`~kachery_node.transport.tls.require_secure_url` allows (checked before
-    connecting)."""
+    """PUT ``data`` (bytes, the whole content of a file, or a range of one) to a signed upload
+    URL, streamed; only where :func:`~kachery_node.transport.tls.require_secure_url` allows
+    (checked before connecting)."""
     require_secure_url(url, "a signed upload")
-    size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+    size = upload_size(data)
     # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
-    content = (_byte_pieces(data, progress) if isinstance(data, bytes)
-               else _file_pieces(Path(data), size, progress))
+    if isinstance(data, bytes):
+        content = _byte_pieces(data, progress)
+    elif isinstance(data, FileRange):
+        content = _range_pieces(data, progress)
+    else:
+        content = _file_pieces(Path(data), size, progress)
     try:
         resp = await client.put(url, content=content, headers={
             "Content-Type": "application/octet-stream", "Content-Length": str(size)})
@@ -168,6 +172,43 @@ async def _byte_pieces(data: bytes, progress: ProgressCallback | None) -> AsyncI
             progress(pos + len(piece), len(data))
     if not data and progress:
         progress(0, 0)
+
+
+def upload_size(data: UploadData) -> int:
+    """How many bytes an upload of ``data`` sends (a file's size as it is now)."""
+    if isinstance(data, bytes):
+        return len(data)
+    if isinstance(data, FileRange):
+        return data.size
+    return Path(data).stat().st_size
+
+
+async def _range_pieces(source: FileRange, progress: ProgressCallback | None) -> AsyncIterator[bytes]:
+    """The range's bytes, read a piece at a time in a worker thread. The file must pass
+    ``source.unchanged`` when opened and again before its last piece goes out: a file that
+    changed meanwhile ends the body short, and the bucket stores nothing of it."""
+    size, done = source.size, 0
+    with open(source.path, "rb", buffering=0) as f:
+        await anyio.to_thread.run_sync(_require_unchanged, source, f)
+        await anyio.to_thread.run_sync(f.seek, source.start)
+        while done < size:
+            piece = await anyio.to_thread.run_sync(f.read, min(PIECE_BYTES, size - done))
+            if not piece:
+                raise LinkedFileChangedError(f"{source.path} ends before byte {source.end}")
+            done += len(piece)
+            if done == size:
+                await anyio.to_thread.run_sync(_require_unchanged, source, f)
+            yield piece
+            if progress:
+                progress(done, size)
+    if not size and progress:
+        progress(0, 0)
+
+
+def _require_unchanged(source: FileRange, f) -> None:
+    if source.unchanged is not None and not source.unchanged(os.fstat(f.fileno())):
+        raise LinkedFileChangedError(
+            f"{source.path} changed while bytes [{source.start}, {source.end}) of it were uploaded")
 
 
 async def _file_pieces(path: Path, size: int, progress: ProgressCallback | None) -> AsyncIterator[bytes]:
