@@ -54,14 +54,11 @@ with :class:`~kachery_feeds.errors.StoreFullError`, as it would a message number
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
 
 from .errors import StoreBusyError, StoreVersionError
-
-log = logging.getLogger("kachery.feeds")
 
 # The statements are exactly those sqlite-utils generated when it built this schema (so stores
 # made before and after read the same in ``sqlite_master``); plain SQL here keeps sqlite-utils
@@ -233,8 +230,11 @@ def migrate(conn: sqlite3.Connection, wait_seconds: float | None = None) -> None
                 "messages). Nothing was changed; open it again once that process is done")
         if not told:
             told = True
-            log.warning("waiting for another process to finish converting the feed store to "
-                        "schema version %d (it holds the store's write lock)", SCHEMA_VERSION)
+            import logging  # here: importing kachery_feeds does not import logging (~4 ms)
+
+            logging.getLogger("kachery.feeds").warning(
+                "waiting for another process to finish converting the feed store to schema "
+                "version %d (it holds the store's write lock)", SCHEMA_VERSION)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
         _refuse_newer(version)
