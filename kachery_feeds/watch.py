@@ -18,8 +18,6 @@ import select
 import time
 from pathlib import Path
 
-import anyio
-
 SAFETY_RECHECK_SECONDS = 1.0
 POLL_INTERVAL_SECONDS = 0.02  # used only without inotify
 
@@ -127,6 +125,7 @@ class ChangeWatcher:
 
     async def wait_async(self, timeout: float | None) -> bool:
         """Async version of :meth:`wait` for trio or asyncio (via anyio)."""
+        import anyio  # here: a script that only reads and appends never imports it
         limit = SAFETY_RECHECK_SECONDS if timeout is None else min(timeout, SAFETY_RECHECK_SECONDS)
         if limit <= 0:
             await anyio.sleep(0)

@@ -13,8 +13,6 @@ Other parts of kachery_node read the identity through :func:`load_node_config`.
 from __future__ import annotations
 
 import os
-import socket
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +51,8 @@ class NodeConfig:
 
 def read_settings(storage_dir: Path) -> dict:
     """The raw TOML table, or {} if there is no config yet."""
+    import tomllib  # here, as socket below: `kachery --help` loads no config (~5 ms of imports)
+
     path = Path(storage_dir) / CONFIG_FILENAME
     try:
         with open(path, "rb") as f:
@@ -169,6 +169,8 @@ def init_node(
         if not label or len(label) > MAX_LABEL_LENGTH:
             raise ConfigError(f"a node label has 1 to {MAX_LABEL_LENGTH} characters")
         settings["label"] = label
+    import socket
+
     settings.setdefault("label", socket.gethostname()[:MAX_LABEL_LENGTH] or "kachery-node")
     if settings.get("node_id") != node_key.public_hex or settings.get("owner") != user_key.public_hex:
         if "node_id" not in settings:

@@ -45,7 +45,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -147,6 +146,8 @@ class ContentHasher:
         # Two buffers: the worker consumes one while we fill the other.
         bufs = [bytearray(BLOCK_SIZE), bytearray(BLOCK_SIZE)]
         pending = None
+        from concurrent.futures import ThreadPoolExecutor  # (here: `kachery --help` skips it)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kachery-hash") as pool:
             i = 0
             try:
@@ -184,6 +185,8 @@ class ContentHasher:
         base = self.size
         # This thread copies and reads back; one worker hashes the whole file, another the
         # chunks: the three overlap on two cores.
+        from concurrent.futures import ThreadPoolExecutor  # (here: `kachery --help` skips it)
+
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-hash") as pool:
             try:
                 i = 0

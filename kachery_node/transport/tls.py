@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import ssl
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, InsecureUrlError
+
+if TYPE_CHECKING:
+    import ssl
 
 CA_FILE_ENV = "KACHERY_CA_FILE"
 INSECURE_ENV = "KACHERY_INSECURE_HTTP"
@@ -64,6 +67,8 @@ def ssl_context(ca: Path | str | None = None) -> ssl.SSLContext:
 
 
 def _build_context(ca: str | None) -> ssl.SSLContext:
+    import ssl  # here, not at the top: `kachery --help` imports this module for its settings' names
+
     ctx = ssl.create_default_context()  # the system store, hostname checking, TLS >= 1.2
     try:
         import certifi  # httpx's own default: keep trusting what httpx trusted
@@ -121,6 +126,8 @@ def require_secure_url(url: str, what: str, *, insecure: bool | None = None) -> 
 def describe_tls_failure(exc: BaseException, url: str) -> str | None:
     """If ``exc`` (or what caused it) is a certificate or TLS handshake failure, a message saying
     what to do about it; else None. httpx and trio's SSLStream wrap the ``ssl`` error."""
+    import ssl
+
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:

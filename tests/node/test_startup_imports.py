@@ -39,6 +39,8 @@ def test_kachery_help_imports_no_server_module():
         "try:\n    main()\nexcept SystemExit:\n    pass\n")
     assert "kachery_node.cli.daemon_commands" in modules  # --help did list every command
     assert _loaded(modules, SERVER_MODULES) == []
+    # nor what only a TLS connection, a node's config or a hashing pool needs (~10 ms)
+    assert _loaded(modules, ("ssl", "tomllib", "concurrent.futures")) == []
 
 
 def test_import_kachery_feeds_loads_neither_sqlite_utils_nor_numpy():
