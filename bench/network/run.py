@@ -63,6 +63,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -523,16 +525,21 @@ def catchup_rounds(lab: Lab, a: Node, cfg: dict, rounds: int, tmp: Path,
         run = bench_catchup(lab, a, cfg["catchup_messages"], cfg["timeout"], "" if i == 0 else str(i + 1))
         run.update(loadavg=load, hypercore_per_s=hv, ratio=div(run["msgs_per_s"], hv))
         runs.append(run)
-    ordered = sorted(runs, key=lambda r: r["msgs_per_s"])
+    return median_round(runs, "msgs_per_s", {
+        **{name: itemgetter(name) for name in ("msgs_per_s", "hypercore_per_s", "ratio")},
+        "first_message_s": lambda r: r["phases_s"]["first_message_at_c"],
+    })
+
+
+def median_round(runs: list[dict[str, Any]], rate: str,
+                 spreads: dict[str, Callable[[dict[str, Any]], float | None]]) -> dict[str, Any]:
+    """The figures of the round with the median ``rate``, every round's under ``rounds``, and,
+    with more than one round, ``spread``: [min, median, max] of each of ``spreads`` over them."""
+    ordered = sorted(runs, key=lambda r: r[rate])
     out = dict(ordered[len(ordered) // 2])
     out["rounds"] = runs
-    if rounds > 1:
-        out["spread"] = {
-            "msgs_per_s": spread([r["msgs_per_s"] for r in runs]),
-            "hypercore_per_s": spread([r["hypercore_per_s"] for r in runs]),
-            "ratio": spread([r["ratio"] for r in runs]),
-            "first_message_s": spread([r["phases_s"]["first_message_at_c"] for r in runs]),
-        }
+    if len(runs) > 1:
+        out["spread"] = {name: spread([figure(r) for r in runs]) for name, figure in spreads.items()}
     return out
 
 
@@ -585,17 +592,8 @@ def file_rounds(lab: Lab, a: Node, b: Node, cfg: dict, rounds: int, tmp: Path,
         run.update(loadavg=load, hypercore_mb_per_s=hv, ratio=div(run["mb_per_s"], hv),
                    disk_write_mb_per_s=disk)
         runs.append(run)
-    ordered = sorted(runs, key=lambda r: r["mb_per_s"])
-    out = dict(ordered[len(ordered) // 2])
-    out["rounds"] = runs
-    if rounds > 1:
-        out["spread"] = {
-            "mb_per_s": spread([r["mb_per_s"] for r in runs]),
-            "hypercore_mb_per_s": spread([r["hypercore_mb_per_s"] for r in runs]),
-            "ratio": spread([r["ratio"] for r in runs]),
-            "disk_write_mb_per_s": spread([r["disk_write_mb_per_s"] for r in runs]),
-        }
-    return out
+    figures = ("mb_per_s", "hypercore_mb_per_s", "ratio", "disk_write_mb_per_s")
+    return median_round(runs, "mb_per_s", {name: itemgetter(name) for name in figures})
 
 
 def bench_file(lab: Lab, a: Node, b: Node, size: int, tmp: Path, timeout: float) -> dict[str, Any]:
