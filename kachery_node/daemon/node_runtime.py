@@ -168,7 +168,8 @@ class NodeRuntime:
                 # Each message goes to the one exchange of its band's flow (protocol/roles.py).
                 handlers={"files": self.files.on_message, "feeds": self.feeds.on_message,
                           "tasks": self.tasks.on_message},
-                inline_handlers={"feeds": self.feeds.on_message_inline},
+                inline_handlers={"feeds": self.feeds.on_message_inline,
+                                 "tasks": self.tasks.on_message_inline},
                 on_connected=self._on_connected,
             )
             self.channels[name] = runtime

@@ -69,20 +69,35 @@ class TaskExchange:
 
     async def on_message(self, link: ChannelLink, band: str, env: Envelope) -> None:
         """A message on one of the task bands, already verified (signature, sender's role)."""
-        if band == STATUS_BAND:  # most statuses answer other nodes' requests: not parsed
-            request_id = env.body.get("request_id")
-            if not isinstance(request_id, str) or not self.requests.awaits(request_id):
-                return
+        if self.on_message_inline(link, band, env):
+            return
+        message = self._parse(link, band, env)
+        if message is not None and not isinstance(message, TaskOffer | TaskStatus):
+            await self._providing.on_message(link, env.sender, message)  # type: ignore[arg-type]
+
+    def on_message_inline(self, link: ChannelLink, band: str, env: Envelope) -> bool:
+        """Deliver an offer or status (the provide-tasks band) at once, in the channel's
+        receiving task, so that a request's statuses are handled in the order they came (each
+        in a task of its own, a "running" could overtake the "queued" sent before it); False
+        for every other message, which :meth:`on_message` handles in a task of its own."""
+        if band != STATUS_BAND:
+            return False
+        request_id = env.body.get("request_id")  # most answer other nodes' requests: not parsed
+        if not isinstance(request_id, str) or not self.requests.awaits(request_id):
+            return True
+        message = self._parse(link, band, env)
+        if isinstance(message, TaskOffer | TaskStatus):
+            self.requests.deliver(link.channel, env.sender, message)
+        return True
+
+    @staticmethod
+    def _parse(link: ChannelLink, band: str, env: Envelope):
         try:
-            message = parse_task_message(band, env.body)
+            return parse_task_message(band, env.body)
         except MalformedTaskMessage as exc:
             log.info("dropped a malformed task message from %s on %s: %s", env.sender[:12],
                      link.channel, exc)
-            return
-        if isinstance(message, TaskOffer | TaskStatus):
-            self.requests.deliver(link.channel, env.sender, message)
-        elif message is not None and band != STATUS_BAND:
-            await self._providing.on_message(link, env.sender, message)  # type: ignore[arg-type]
+            return None
 
     # ------------------------------------------------------------------ requester (local API)
     async def request(self, links: Sequence[ChannelLink], function_id: str, kwargs: dict[str, Any],
