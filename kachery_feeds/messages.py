@@ -26,6 +26,8 @@ applies these checks against its local state (see :mod:`kachery_feeds.store`).
 from __future__ import annotations
 
 import hashlib
+import operator
+import re
 from typing import Any, NamedTuple
 
 import nacl.bindings
@@ -349,6 +351,9 @@ class ParsedRange(NamedTuple):
     last_hash: bytes  # the last message's hash: the subfeed's new head
 
 
+_NOT_TAB = re.compile(rb"[^\t]")
+
+
 class CarriesSuccession(Exception):
     """Raised by :func:`parse_range` with ``plain=True`` when a message of the range carries key
     succession records (spec/feeds.md §9.3): its signatures are then checked against the key
@@ -461,6 +466,37 @@ def parse_range(lines: list[bytes], feed_id: str, subfeed_hash: str, public_key:
         if not signature_is_valid(public_key, message_hash_, sig):
             raise VerificationError(f"bad signature on message {n}")
     return ParsedRange(first, previous_hash, rows, signed[-1][1])
+
+
+def range_rows(lines: list[bytes], feed_id: str, subfeed_hash: str
+               ) -> tuple[int, bytes | None, list[tuple[int, bytes] | tuple[int, bytes, bytes]]]:
+    """``(first, previous hash, rows)`` of a range of ``bytes`` lines as :func:`parse_range`
+    returns them when it accepts the range, checking only the first message (every check of
+    :func:`parse_wire` but the chain's) and nothing after it: the rows of a range whose verdict
+    comes from elsewhere (:mod:`kachery_feeds.range_verifier`), to be used only once that verdict
+    is in.
+
+    Whichever way :func:`parse_range` checks a line it accepts, its row is the line cut at its
+    last tab: an unsigned one (the line ends with the tab) is ``(number, line)``, a signed one
+    ``(number, body, signature)``, the signature decoded from its (checked, lowercase) hex; the
+    numbers run on from the first. The unsigned rows are built by C iterators (no Python code
+    per message)."""
+    number, prev, body, signature, _d = _parse_fields(lines[0], feed_id, subfeed_hash)
+    previous_hash = _previous_hash(number, prev)
+    rows: list = list(zip(range(number, number + len(lines)), lines, strict=True))
+    rows[0] = (number, body + b"\t") if signature is None else (number, body, signature)
+    for i in signed_positions(lines, 1):
+        body, _tab, sig_hex = lines[i].rpartition(b"\t")
+        rows[i] = (number + i, body, bytes.fromhex(sig_hex.decode("ascii")))
+    return number, previous_hash, rows
+
+
+def signed_positions(lines: list[bytes], start: int = 0) -> list[int]:
+    """The positions from ``start`` on of the lines that do not end with the tab (in a valid
+    range: the signed messages), found by one search over the lines' last bytes (a batch signs
+    one message in a thousand). Every line must be non-empty."""
+    ends = bytes(map(operator.itemgetter(-1), lines))
+    return [found.start() for found in _NOT_TAB.finditer(ends, start)]
 
 
 def parse_wire(line: bytes, feed_id: str, subfeed_hash: str) -> WireMessage:
