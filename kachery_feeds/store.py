@@ -63,14 +63,18 @@ from .forks import ForkProofInfo, build_fork_proof, is_succession_violation, ver
 from .key_backup import KeyBackup, encode_backup, parse_backup
 from .messages import (
     CarriesSuccession,
+    ParsedRange,
     build_bodies,
     message_hash,
     parse_range,
+    range_rows,
     sign_hash,
     single_body,
     to_wire,
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_each, encode_json
+from .range_verifier import HELPER_MIN_LINES, PendingCheck, helper_wanted, plan
+from .range_verifier import shared as shared_verifier
 from .schema import MAX_STORED_NUMBER, MAX_SUBFEED_ROW_ID, SUBFEED_COUNT, key_range, message_key, migrate
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
@@ -82,6 +86,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
     from .audit import StoreReport
+    from .succession import KeyChain
 
 #: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
 #: database (and both are fsynced) by the commit that takes it past this many pages. A store
@@ -147,6 +152,11 @@ def _refuse_foreign_database(conn: sqlite3.Connection, path: Path) -> None:
         raise NotAStoreError(
             f"{path} is an SQLite database but not a kachery_feeds store (it has the tables "
             f"{', '.join(tables[:5])} and no schema version); it was left unchanged")
+
+
+class _Unverified(Exception):
+    """The import helper did not vouch for its part of a range: the transaction is rolled back
+    and the range verified in the store's own process (see :meth:`Store._import_range`)."""
 
 
 class _Fork(Exception):
@@ -803,60 +813,88 @@ class Store(SuccessionMixin):
         return imported
 
     def _import_range(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes]) -> int:
-        """:meth:`_import` of a range, the usual way: returns how many messages were new."""
+        """:meth:`_import` of a range, the usual way: returns how many messages were new.
+
+        A large range of a feed that never changed keys is verified partly in a helper process
+        while this one inserts it (:mod:`kachery_feeds.range_verifier`); the transaction commits
+        only once the helper's part verified, else the range is verified here and imported."""
+        helped = self._parse_import_helped(feed_id, sh, lines)
+        if helped is not None:
+            parsed, pending = helped
+            try:
+                return self._insert_range(feed_id, sh, name_json, lines, parsed, None, pending)
+            except _Unverified:
+                pass  # verified here instead (which names any fault)
+            finally:
+                pending.abandon()  # no-op once answered
         # One pass when the feed never changed keys: parsed, chained, signatures checked,
         # rows ready to insert (see parse_range); else checked against its key chain (§9).
-        (first, previous_hash, rows, last_hash), chain = self._parse_import(feed_id, sh, lines)
+        parsed, chain = self._parse_import(feed_id, sh, lines)
+        return self._insert_range(feed_id, sh, name_json, lines, parsed, chain, None)
+
+    def _parse_import_helped(self, feed_id: str, sh: str, lines: list[bytes]
+                             ) -> tuple[ParsedRange, PendingCheck] | None:
+        """The first part of a large range sent to the helper, the rest verified here, the rows
+        of both ready to insert; None when the helper is not worth it, not available or the
+        range is not of the plain kind (the caller verifies it all here)."""
+        if len(lines) < HELPER_MIN_LINES or not helper_wanted() or set(map(type, lines)) != {bytes}:
+            return None
+        if not all(lines):
+            return None  # an empty line: the fault is named the usual way
+        cuts = plan(lines)
+        if not cuts:
+            return None
+        with self._lock:
+            if self._chain_in(self._conn, feed_id).records:
+                return None  # a key succession: checked against its chain (store_succession.py)
+        k = cuts[-1]
+        # What the helper's part must end with: the hash of its last body, which the rest links to.
+        expected = message_hash(lines[k - 1].rpartition(b"\t")[0])
+        pending = shared_verifier().check(lines, cuts, feed_id, sh, expected)
+        if pending is None:
+            return None
+        try:
+            first, previous_hash, rows = range_rows(lines[:k], feed_id, sh)
+            if k < len(lines):
+                rest = parse_range(lines[k:], feed_id, sh, bytes.fromhex(feed_id), plain=True)
+                if rest.previous_hash != expected or rest.first != first + k:
+                    raise VerificationError("the range does not link where it was cut")
+        except (FeedError, CarriesSuccession, ValueError, TypeError):
+            pending.abandon()
+            return None  # verified all here: the fault named, or the succession checked
+        except BaseException:
+            pending.abandon()
+            raise
+        if k < len(lines):
+            return ParsedRange(first, previous_hash, rows + rest.rows, rest.last_hash), pending
+        return ParsedRange(first, previous_hash, rows, expected), pending
+
+    def _insert_range(self, feed_id: str, sh: str, name_json: str | None, lines: list[bytes],
+                      parsed: ParsedRange, chain: KeyChain | None, pending: PendingCheck | None) -> int:
+        """Insert a parsed range (see :meth:`_import_range`); with ``pending``, raise
+        :class:`_Unverified` (nothing written, nothing recorded) unless the helper's verdict is
+        that its part verified."""
+        rows, last_hash = parsed.rows, parsed.last_hash
         if rows[-1][0] > MAX_STORED_NUMBER:
+            if pending is not None and not pending.verified():
+                raise _Unverified
             raise _store_full(self.path, rows[-1][0])
         try:
             with self._write() as c:
-                if chain is not None:
-                    self._adopt_chain(c, feed_id, chain)
-                sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
-                if first > count:
-                    raise MissingMessagesError(
-                        f"range starts at message {first} but this store has only {count} "
-                        f"messages of subfeed {sh}; import from {count} first",
-                        local_count=count,
-                    )
-                if first > 0:
-                    local_prev = head if first == count else self._local_hash(c, sid, first - 1)
-                    if previous_hash != local_prev:
-                        incoming = [bytes(x) for x in lines]
-                        raise _Fork(first - 1, self._local_chain(c, sid, first - 1), incoming)
-                last = rows[-1][0]
-                overlap_end = min(count, last + 1)
-                if first < overlap_end:
-                    local = c.execute(
-                        "SELECT n, body FROM messages WHERE message_key>=? AND message_key<? "
-                        "ORDER BY message_key", key_range(sid, first, overlap_end),
-                    ).fetchall()
-                    for (n, body), row in zip(local, rows, strict=False):
-                        # the same body bytes <=> the same hash (an unsigned row holds its line)
-                        if body != (row[1] if len(row) == 3 else row[1][:-1]):
-                            incoming = [bytes(x) for x in lines[n - first :]]
-                            raise _Fork(n, self._local_chain(c, sid, n), incoming)
-                if overlap_end > last:
-                    return 0
-                new = rows[overlap_end - first :] if overlap_end > first else rows
-                forked_at = self._fork_position(c, feed_id, sh)
-                if forked_at is not None and last >= forked_at:
-                    # A proven fork is channel knowledge (spec/witness.md §5): nothing at or
-                    # past its position is accepted any more, from either branch.
-                    (proof,) = c.execute(
-                        "SELECT proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
-                        "AND position=? ORDER BY id LIMIT 1", (feed_id, sh, forked_at)).fetchone()
-                    raise ForkError(
-                        f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
-                        "message at or past the fork is accepted (the proof is attached)",
-                        proof=proof, position=forked_at)
-                _insert_rows(c, sid, new)
-                if chain is None:  # the plain path: the next one-message import may go fast
+                try:
+                    sid, inserted = self._insert_parsed(c, feed_id, sh, name_json, lines, parsed, chain)
+                except Exception:
+                    # a fork, a gap, a refusal: a verdict on the range only if it verified
+                    if pending is not None and not pending.verified():
+                        raise _Unverified from None
+                    raise
+                if pending is not None and not pending.verified():
+                    raise _Unverified  # rolled back
+                if inserted and chain is None:  # the plain path: the next one-message import may go fast
                     (version,) = c.execute("PRAGMA data_version").fetchone()
-                    self._import_heads[(feed_id, sh)] = (sid, last + 1, last_hash, version,
+                    self._import_heads[(feed_id, sh)] = (sid, rows[-1][0] + 1, last_hash, version,
                                                          self._write_number)
-                return len(new)
+                return inserted
         except ViolationFound as found:
             raise self._report_violation(found, feed_id) from None
         except _Fork as fork:
@@ -875,6 +913,54 @@ class Store(SuccessionMixin):
                 proof=proof,
                 position=fork.position,
             ) from None
+
+    def _insert_parsed(self, c: sqlite3.Connection, feed_id: str, sh: str, name_json: str | None,
+                       lines: list[bytes], parsed: ParsedRange, chain: KeyChain | None) -> tuple[int, int]:
+        """Inside the import's transaction: compare the range with what the store holds (a gap,
+        a fork, a proven fork refuse it), insert what is new; ``(subfeed row id, how many)``."""
+        first, previous_hash, rows, _last_hash = parsed
+        if chain is not None:
+            self._adopt_chain(c, feed_id, chain)
+        sid, count, head = self._ensure_subfeed(c, feed_id, sh, name_json)
+        if first > count:
+            raise MissingMessagesError(
+                f"range starts at message {first} but this store has only {count} "
+                f"messages of subfeed {sh}; import from {count} first",
+                local_count=count,
+            )
+        if first > 0:
+            local_prev = head if first == count else self._local_hash(c, sid, first - 1)
+            if previous_hash != local_prev:
+                incoming = [bytes(x) for x in lines]
+                raise _Fork(first - 1, self._local_chain(c, sid, first - 1), incoming)
+        last = rows[-1][0]
+        overlap_end = min(count, last + 1)
+        if first < overlap_end:
+            local = c.execute(
+                "SELECT n, body FROM messages WHERE message_key>=? AND message_key<? "
+                "ORDER BY message_key", key_range(sid, first, overlap_end),
+            ).fetchall()
+            for (n, body), row in zip(local, rows, strict=False):
+                # the same body bytes <=> the same hash (an unsigned row holds its line)
+                if body != (row[1] if len(row) == 3 else row[1][:-1]):
+                    incoming = [bytes(x) for x in lines[n - first :]]
+                    raise _Fork(n, self._local_chain(c, sid, n), incoming)
+        if overlap_end > last:
+            return sid, 0
+        new = rows[overlap_end - first :] if overlap_end > first else rows
+        forked_at = self._fork_position(c, feed_id, sh)
+        if forked_at is not None and last >= forked_at:
+            # A proven fork is channel knowledge (spec/witness.md §5): nothing at or
+            # past its position is accepted any more, from either branch.
+            (proof,) = c.execute(
+                "SELECT proof FROM fork_proofs WHERE feed_id=? AND subfeed_hash=? "
+                "AND position=? ORDER BY id LIMIT 1", (feed_id, sh, forked_at)).fetchone()
+            raise ForkError(
+                f"subfeed {sh} of feed {feed_id} forked at message {forked_at}: no "
+                "message at or past the fork is accepted (the proof is attached)",
+                proof=proof, position=forked_at)
+        _insert_rows(c, sid, new)
+        return sid, len(new)
 
     def _import_alone(self, feed_id: str, sh: str, line: bytes) -> bool:
         """Import the one message that follows this store's last import of the subfeed (a live

@@ -1,0 +1,265 @@
+"""The import helper (issue 15, kachery_feeds/range_verifier.py): a large range is verified partly in
+a helper process while the store inserts it, and committed only once the helper vouched for its
+part. Whatever the helper does (answers, refuses, hangs, dies), the store ends with exactly what
+an import without it gives: the same rows, or the same error with nothing written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kachery_feeds as kf
+from kachery_feeds import range_verifier
+from kachery_feeds.messages import parse_range, range_rows, sign_hash
+
+pytestmark = pytest.mark.skipif(not range_verifier.helper_wanted(),
+                                reason="the helper is used on two cores or more")
+
+N = 3 * range_verifier.HELPER_MIN_LINES
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A subfeed of N messages appended in batches of 1000 (one signature each) and one of 5000
+    signed one by one; their wire lines."""
+    store = kf.open_store(tmp_path_factory.mktemp("src") / "src.db")
+    feed = store.create_feed()
+    batched = feed.load_subfeed("batched")
+    for b in range(0, N, 1000):
+        batched.append_messages([{"i": i, "text": "x" * (i % 50)} for i in range(b, b + 1000)])
+    each = feed.load_subfeed("each")
+    for i in range(5000):
+        each.append_message({"i": i})
+    yield {"batched": (batched.uri, batched.get_signed_messages()),
+           "each": (each.uri, each.get_signed_messages()),
+           "ids": (feed.feed_id, batched.subfeed_hash)}
+    store.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_helper():
+    """Each test starts without a helper and ends it (the module's process-wide one)."""
+    range_verifier.shared().close()
+    yield
+    helper = range_verifier.shared()
+    pid = helper.pid
+    helper.close()
+    if pid is not None:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def _import(tmp_path, name, uri, lines, helper: bool, monkeypatch):
+    monkeypatch.setenv("KACHERY_IMPORT_HELPER", "1" if helper else "0")
+    store = kf.open_store(tmp_path / f"{name}.db")
+    sf = store.load_subfeed(uri)
+    try:
+        return ("added", sf.add_signed_messages(lines)), sf.get_signed_messages(), store
+    except kf.FeedError as exc:
+        return (type(exc), str(exc)), sf.get_signed_messages(), store
+
+
+def _outcomes(tmp_path, uri, lines, monkeypatch):
+    """(outcome, stored lines) with the helper and without it; and whether the helper answered."""
+    before = range_verifier.shared().answers
+    with_helper, stored_with, s1 = _import(tmp_path, "with", uri, lines, True, monkeypatch)
+    answered = range_verifier.shared().answers - before
+    without, stored_without, s2 = _import(tmp_path, "without", uri, lines, False, monkeypatch)
+    s1.close()
+    s2.close()
+    return (with_helper, stored_with), (without, stored_without), answered
+
+
+@pytest.mark.parametrize("kind", ["batched", "each"])
+def test_a_large_range_imports_with_the_helper_exactly_as_without_it(source, tmp_path, monkeypatch, kind):
+    uri, lines = source[kind]
+    helped, alone, answered = _outcomes(tmp_path, uri, lines, monkeypatch)
+    assert answered == 1  # the helper did verify a part
+    assert helped == alone == (("added", len(lines)), lines)
+
+
+def _tampered(lines, at: int, how: str) -> list[bytes]:
+    out = list(lines)
+    body, _tab, sig = out[at].rpartition(b"\t")
+    if how == "payload":
+        out[at] = body.replace(b'"i":', b'"i": ', 1) + b"\t" + sig  # no longer canonical JSON
+    elif how == "digit":
+        out[at] = body.replace(b'"text":"', b'"text":"y', 1) + b"\t" + sig  # another valid body
+    else:  # a signature of the wrong message
+        out[at] = body + b"\t" + lines[-1].rpartition(b"\t")[2]
+    return out
+
+
+@pytest.mark.parametrize("where", ["helper's part", "store's part"])
+@pytest.mark.parametrize("how", ["payload", "digit", "signature"])
+def test_a_tampered_message_is_refused_as_without_the_helper_and_nothing_is_written(
+        source, tmp_path, monkeypatch, where, how):
+    uri, lines = source["batched"]
+    at = 999 if how == "signature" else 1234  # message 999 is signed (the end of a batch)
+    if where == "store's part":
+        at = len(lines) - 1 - (1 if how != "signature" else 0) * 10
+        if how == "signature":
+            at = len(lines) - 1001
+    bad = _tampered(lines, at, how)
+    (helped, stored_h), (alone, stored_a), _answered = _outcomes(tmp_path, uri, bad, monkeypatch)
+    assert helped == alone
+    assert helped[0] is kf.VerificationError
+    assert stored_h == stored_a == []
+
+
+def test_a_range_that_does_not_follow_the_stored_messages_is_a_gap_as_without_the_helper(
+        source, tmp_path, monkeypatch):
+    uri, lines = source["batched"]
+    (helped, stored_h), (alone, stored_a), answered = _outcomes(tmp_path, uri, lines[1000:], monkeypatch)
+    assert helped == alone and helped[0] is kf.MissingMessagesError
+    assert answered == 1  # the verdict was waited for before the gap was reported
+    assert stored_h == stored_a == []
+
+
+def test_a_helper_that_hangs_is_ended_at_the_deadline_and_the_range_verified_here(
+        source, tmp_path, monkeypatch):
+    uri, lines = source["batched"]
+    helper = range_verifier.shared()
+    # Start the helper with a first import, then stop it (SIGSTOP: it takes no input, answers nothing).
+    _import(tmp_path, "first", uri, lines, True, monkeypatch)[2].close()
+    pid = helper.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    monkeypatch.setattr(range_verifier, "ANSWER_SECONDS_BASE", 1.0)
+    monkeypatch.setattr(range_verifier, "ANSWER_SECONDS_PER_LINE", 0.0)
+    t0 = time.monotonic()
+    outcome, stored, store = _import(tmp_path, "second", uri, lines, True, monkeypatch)
+    store.close()
+    assert outcome == ("added", len(lines)) and stored == lines
+    assert time.monotonic() - t0 < 30
+    assert helper.pid is None  # ended ...
+    proc = psutil.Process(pid) if psutil.pid_exists(pid) else None
+    assert proc is None or proc.status() == psutil.STATUS_ZOMBIE  # ... and gone
+    # the next import starts another, which answers
+    before = helper.answers
+    _import(tmp_path, "third", uri, lines, True, monkeypatch)[2].close()
+    assert helper.answers == before + 1 and helper.pid not in (None, pid)
+
+
+def test_a_helper_killed_between_imports_is_started_again(source, tmp_path, monkeypatch):
+    uri, lines = source["batched"]
+    helper = range_verifier.shared()
+    _import(tmp_path, "first", uri, lines, True, monkeypatch)[2].close()
+    pid = helper.pid
+    os.kill(pid, signal.SIGKILL)
+    psutil.Process(pid).wait(timeout=10)
+    outcome, stored, store = _import(tmp_path, "second", uri, lines, True, monkeypatch)
+    store.close()
+    assert outcome == ("added", len(lines)) and stored == lines
+    assert helper.answers == 2 and helper.pid != pid
+
+
+def test_imports_in_two_threads_at_once_both_complete(source, tmp_path, monkeypatch):
+    uri, lines = source["batched"]
+    monkeypatch.setenv("KACHERY_IMPORT_HELPER", "1")
+    stores = [kf.open_store(tmp_path / f"t{i}.db") for i in range(2)]
+    results: list = [None, None]
+
+    def run(i: int) -> None:
+        results[i] = stores[i].load_subfeed(uri).add_signed_messages(lines)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [len(lines), len(lines)]
+    for s in stores:
+        assert s.load_subfeed(uri).get_signed_messages() == lines
+        s.close()
+
+
+def test_an_idle_helper_ends_itself(source):
+    _uri, lines = source["batched"]
+    helper = range_verifier.RangeVerifier(idle_seconds=0.5)
+    try:
+        feed_id, subfeed_hash = source["ids"]
+        cuts = range_verifier.plan(lines)
+        expected = kf.messages.message_hash(lines[cuts[-1] - 1].rpartition(b"\t")[0])
+        pending = helper.check(lines, cuts, feed_id, subfeed_hash, expected)
+        assert pending is not None and pending.verified()
+        psutil.Process(helper.pid).wait(timeout=30)  # raises if it did not end
+    finally:
+        helper.close()
+
+
+def test_the_helper_ends_with_the_process_that_started_it(source, tmp_path):
+    uri, lines = source["batched"]
+    src = tmp_path / "lines.bin"
+    src.write_bytes(b"\n".join(lines))
+    script = textwrap.dedent(f"""
+        import kachery_feeds as kf
+        from kachery_feeds import range_verifier
+        lines = open({str(src)!r}, "rb").read().split(b"\\n")
+        store = kf.open_store({str(tmp_path / "child.db")!r})
+        store.load_subfeed({uri!r}).add_signed_messages(lines)
+        print(range_verifier.shared().pid, flush=True)
+        # exits without closing anything
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+                         env={**os.environ, "KACHERY_IMPORT_HELPER": "1"}, check=True)
+    pid = int(out.stdout)
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the helper outlived its process"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ range_rows and plan
+_SEED_PK, _SEED_SK = kf.messages.nacl.bindings.crypto_sign_seed_keypair(bytes(32))
+
+
+def _signed_range(pattern: list[bool], payloads: list[dict]) -> list[bytes]:
+    """Lines 0..n-1 of a subfeed of the fixed key, message i signed when pattern[i] (and the last)."""
+    import orjson
+
+    feed, sub, prev, lines = _SEED_PK.hex(), "cd" * 20, None, []
+    for n, (signed, payload) in enumerate(zip(pattern, payloads, strict=True)):
+        fields = {"feed": feed, "n": n, "payload": payload, "prev": prev.hex() if prev else None,
+                  "subfeed": sub, "ts": 5, "v": 1}
+        if n % 7 == 3:
+            fields["meta"] = {"note": n}  # an unusual (valid) body: parse_range's slow path
+        body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        prev = kf.messages.message_hash(body)
+        sig = sign_hash(_SEED_SK, prev).hex().encode() if signed or n == len(pattern) - 1 else b""
+        lines.append(body + b"\t" + sig)
+    return lines
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40),
+       st.lists(st.one_of(st.integers(-(2**53) + 1, 2**53 - 1), st.text(max_size=8), st.none()),
+                min_size=40, max_size=40),
+       st.integers(0, 39))
+def test_range_rows_are_the_rows_parse_range_gives(pattern, values, start):
+    lines = _signed_range(pattern, [{"v": v} for v in values[: len(pattern)]])
+    start = min(start, len(lines) - 1)
+    part = lines[start:]
+    parsed = parse_range(part, _SEED_PK.hex(), "cd" * 20, _SEED_PK)
+    assert range_rows(part, _SEED_PK.hex(), "cd" * 20) == (parsed.first, parsed.previous_hash, parsed.rows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=30_000).map(lambda p: p[:-1] + [True]))
+def test_plan_cuts_after_signed_messages_within_the_helpers_share(pattern):
+    lines = [b"x\tsig" if signed else b"x\t" for signed in pattern]
+    cuts = range_verifier.plan(lines)
+    if not cuts:
+        return
+    assert cuts == sorted(set(cuts))
+    assert all(lines[c - 1].endswith(b"sig") for c in cuts)
+    assert range_verifier.HELPER_MIN_LINES // 2 <= cuts[-1] <= len(lines) * range_verifier.HELPER_SHARE
