@@ -6,8 +6,10 @@
   or encoded answer, a server that ignores ``Range``). Either way the bytes go, piece by piece,
   to a :class:`~.bucket_interface.ByteSink` or into a new file, and are never held whole in
   memory; ``progress(done, total)`` follows them.
-* **Uploads** are PUTs to a signed URL, streamed in 1 MiB pieces from bytes or a file, with the
-  exact ``Content-Length`` (a signed URL allows one size) and live progress.
+* **Uploads** are PUTs to a signed URL, with the exact ``Content-Length`` (a signed URL allows
+  one size) and live progress: straight onto the socket in a worker thread (:mod:`.direct_put`:
+  a file's bytes with ``sendfile``), and through httpx, in 1 MiB pieces, when that cannot be
+  done (a proxy).
 
 Failures are typed: :class:`~kachery_node.errors.NotFoundError` (404),
 :class:`~kachery_node.errors.HubRequestError` (another refusal, a body cut short, or the bucket
@@ -31,6 +33,7 @@ from ...errors import HubRequestError, LinkedFileChangedError, NotFoundError
 from ..tls import require_secure_url
 from .bucket_interface import ByteSink, Destination, FileRange, ProgressCallback, UploadData
 from .direct_get import DirectGet, DirectGetUnsupported, range_header
+from .direct_put import DirectPut, DirectPutUnsupported
 from .xml_errors import xml_error
 
 log = logging.getLogger("kachery.bucket")
@@ -148,6 +151,11 @@ async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
     (checked before connecting)."""
     require_secure_url(url, "a signed upload")
     size = upload_size(data)
+    try:
+        await _direct_put(url, data, size, progress, what)
+        return
+    except DirectPutUnsupported as why:
+        log.debug("uploading to %s with httpx: %s", url, why)  # no byte of the body was sent
     # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
     if isinstance(data, bytes):
         content = _byte_pieces(data, progress)
@@ -161,6 +169,24 @@ async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
     except httpx.HTTPError as exc:
         raise unreachable(what, exc) from exc
     raise_for_status(resp, what)
+
+
+async def _direct_put(url: str, data: UploadData, size: int, progress: ProgressCallback | None,
+                      what: str, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
+    upload = DirectPut(url, data, size, connect_timeout=timeout.connect or 10.0,
+                       read_timeout=timeout.read or 60.0)
+    report = None
+    if progress is not None:
+        def report(done: int, total: int) -> None:  # in the worker thread
+            anyio.from_thread.run_sync(progress, done, total)
+    try:
+        await anyio.to_thread.run_sync(upload.run, report, abandon_on_cancel=True)
+    except OSError as exc:  # a network failure or a timeout
+        upload.abort()
+        raise unreachable(what, exc) from exc
+    except BaseException:
+        upload.abort()  # cancelled: the abandoned thread sends nothing more
+        raise
 
 
 async def _byte_pieces(data: bytes, progress: ProgressCallback | None) -> AsyncIterator[bytes]:

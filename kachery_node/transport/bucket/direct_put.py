@@ -1,0 +1,165 @@
+"""Bucket uploads (a PUT to a signed URL) straight onto a socket, in a worker thread.
+
+Why not httpx for these: the provider of a large file uploads it in chunks of 20 MB or more, each
+a PUT whose body httpx sends in 1 MiB pieces read in a worker thread and passed through the event
+loop, httpcore and h11; measured on this machine (bench/network/run.py --only file), the
+providing daemon spent 1.4-1.6 CPU-s per GiB doing so. Here a range of a file goes out with
+``os.sendfile`` (no copy into the process at all) and bytes with one ``sendall`` per piece.
+
+Only the plain case is handled: ``http`` (``https`` is sent with ``sendall`` of pieces read
+from the file, the TLS record layer needing the bytes), no proxy configured, an HTTP/1.x answer
+without transfer or content coding. Anything else raises :class:`DirectPutUnsupported` before
+any byte of the body was sent, and the caller uses its general HTTP client instead
+(:mod:`.http_transfer` does both). Each upload has a connection of its own, closed after the
+answer (``Connection: close``): an upload is megabytes, a connection set-up microseconds.
+
+A range of a file whose ``unchanged`` check fails when it is opened, or before its last piece,
+is cut short: the socket is closed with the body incomplete, so the bucket stores nothing of it,
+and :class:`~kachery_node.errors.LinkedFileChangedError` is raised.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from ...errors import HubRequestError, LinkedFileChangedError
+from .bucket_interface import FileRange, UploadData
+from .direct_http import DirectAborted, DirectExchange, DirectUnsupported, content_length
+
+# Sent at a time, progress reported after each (as httpx's path does: a slow link's progress, and
+# the daemon's stall detection, stay live); one sendfile call a MiB costs ~10 ms a GiB.
+PIECE_BYTES = 1 << 20
+
+
+class DirectPutUnsupported(DirectUnsupported):
+    """This upload needs a full HTTP client (a proxy, an unusual answer, ...)."""
+
+
+class DirectPutAborted(DirectAborted):
+    """:meth:`DirectPut.abort` was called: the upload stopped."""
+
+
+class DirectPut(DirectExchange):
+    """One PUT of ``data`` (bytes, a whole file or a :class:`FileRange`) to ``url``, with
+    ``Content-Length: size``; :meth:`run` blocks (call it in a worker thread), :meth:`abort`
+    stops it from any thread."""
+
+    method = "PUT"
+    unsupported = DirectPutUnsupported
+    aborted = DirectPutAborted
+
+    def __init__(self, url: str, data: UploadData, size: int, *, connect_timeout: float,
+                 read_timeout: float) -> None:
+        super().__init__(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._data = data
+        self._size = size
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> bytes:
+        """Send the body and read the answer; returns the answer's body (a 2xx status).
+
+        Raises HubRequestError (an error status, or the connection ending before an answer),
+        LinkedFileChangedError, DirectPutUnsupported (no byte of the body sent), DirectPutAborted
+        or OSError (a network failure, a timeout)."""
+        if isinstance(self._data, bytes):
+            source = None
+        else:
+            source = self._data if isinstance(self._data, FileRange) else FileRange(
+                Path(self._data), 0, self._size, None)
+        f = open(source.path, "rb", buffering=0) if source is not None else None  # noqa: SIM115
+        try:
+            if source is not None:
+                _require_unchanged(source, f)
+            sock = self._connect()
+            try:
+                self._hold(sock)
+                sock.sendall(self._request_head([
+                    "Content-Type: application/octet-stream", f"Content-Length: {self._size}",
+                    "Connection: close", "User-Agent: kachery"]))
+                try:
+                    if f is None:
+                        self._send_bytes(sock, progress)
+                    else:
+                        self._send_range(sock, f, source, progress)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The bucket answered early (a refusal) and stopped reading: say what it said.
+                    self._check_aborted()
+                    raise self._early_answer(sock) from None
+                status, headers, body = self._read_head(sock)
+                length = content_length(headers)
+                if status >= 400:
+                    raise self._error(sock, status, headers, body, length)
+                if not 200 <= status < 300:
+                    raise HubRequestError(502, "http_error", f"{self._what}: HTTP {status}")
+                return self._read_rest(sock, body, length)
+            finally:
+                with self._lock:
+                    self._sock = None
+                sock.close()
+        finally:
+            if f is not None:
+                f.close()
+
+    # ------------------------------------------------------------------ pieces
+    def _send_bytes(self, sock: socket.socket, progress: Callable[[int, int], None] | None) -> None:
+        view = memoryview(self._data)
+        for pos in range(0, self._size, PIECE_BYTES):
+            self._check_aborted()
+            piece = view[pos: pos + PIECE_BYTES]
+            sock.sendall(piece)
+            if progress is not None:
+                progress(pos + len(piece), self._size)
+
+    def _send_range(self, sock: socket.socket, f, source: FileRange,
+                    progress: Callable[[int, int], None] | None) -> None:
+        done, size = 0, source.size
+        plain = not self._https
+        while done < size:
+            self._check_aborted()
+            n = min(PIECE_BYTES, size - done)
+            if done + n == size:
+                _require_unchanged(source, f)  # before the last piece, as http_transfer does
+            if plain:
+                # socket.sendfile: os.sendfile, waiting (up to the socket's timeout) whenever the
+                # socket's buffer is full; it stops short, without an error, at the file's end.
+                if sock.sendfile(f, source.start + done, n) < n:
+                    raise LinkedFileChangedError(f"{source.path} ends before byte {source.end}")
+            else:
+                piece = os.pread(f.fileno(), n, source.start + done)
+                if len(piece) < n:
+                    raise LinkedFileChangedError(f"{source.path} ends before byte {source.end}")
+                sock.sendall(piece)
+            done += n
+            if progress is not None:
+                progress(done, size)
+
+    def _early_answer(self, sock: socket.socket) -> Exception:
+        """The bucket's answer to a body it stopped reading, if it sent one (a refusal)."""
+        try:
+            status, headers, body = self._read_head(sock)
+        except (OSError, HubRequestError):
+            return HubRequestError(0, "unreachable", f"{self._what}: the connection broke off")
+        if status >= 400:
+            return self._error(sock, status, headers, body, content_length(headers))
+        return HubRequestError(502, "http_error", f"{self._what}: HTTP {status} before the body was sent")
+
+    def _read_rest(self, sock: socket.socket, body: bytes, length: int | None) -> bytes:
+        """The answer's body (small: the bucket's JSON), to its length or the connection's end."""
+        while length is None or len(body) < length:
+            piece = sock.recv(65536)
+            if not piece:
+                if length is not None:
+                    raise HubRequestError(502, "http_error", f"{self._what}: answer cut short")
+                break
+            body += piece
+            if len(body) > (1 << 20):
+                raise HubRequestError(502, "http_error", f"{self._what}: answer too long")
+        return body
+
+
+def _require_unchanged(source: FileRange, f) -> None:
+    if source.unchanged is not None and not source.unchanged(os.fstat(f.fileno())):
+        raise LinkedFileChangedError(
+            f"{source.path} changed while bytes [{source.start}, {source.end}) of it were uploaded")
