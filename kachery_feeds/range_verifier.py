@@ -44,15 +44,17 @@ import atexit
 import os
 import select
 import struct
-import subprocess
 import sys
 import threading
 import time
 from array import array
 from itertools import accumulate
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .messages import parse_range, signed_positions
+
+if TYPE_CHECKING:
+    import subprocess
 
 # Below this many messages a range is verified in the store's own process: the pipe's copies and
 # the wait cost more than the parsing they would save.
@@ -199,6 +201,8 @@ class RangeVerifier:
 
     # ---------------------------------------------------------------- internals
     def _start(self) -> subprocess.Popen[bytes]:
+        import subprocess  # here: ~4 ms that `import kachery_feeds` need not pay
+
         self._end()
         proc = subprocess.Popen(
             [sys.executable, "-m", "kachery_feeds.range_verifier", repr(self.idle_seconds)],

@@ -73,8 +73,6 @@ from .messages import (
     to_wire,
 )
 from .payloads import MAX_MESSAGE_BYTES, encode_each, encode_json
-from .range_verifier import HELPER_MIN_LINES, PendingCheck, helper_wanted, plan
-from .range_verifier import shared as shared_verifier
 from .schema import MAX_STORED_NUMBER, MAX_SUBFEED_ROW_ID, SUBFEED_COUNT, key_range, message_key, migrate
 from .store_succession import SuccessionMixin, ViolationFound
 from .subfeed import Feed, Subfeed
@@ -86,6 +84,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
     from .audit import StoreReport
+    from .range_verifier import PendingCheck
     from .succession import KeyChain
 
 #: ``PRAGMA wal_autocheckpoint`` of a store's connection: the WAL is copied back into the
@@ -837,11 +836,14 @@ class Store(SuccessionMixin):
         """The first part of a large range sent to the helper, the rest verified here, the rows
         of both ready to insert; None when the helper is not worth it, not available or the
         range is not of the plain kind (the caller verifies it all here)."""
-        if len(lines) < HELPER_MIN_LINES or not helper_wanted() or set(map(type, lines)) != {bytes}:
+        from . import range_verifier  # here: `import kachery_feeds` need not load it
+
+        if (len(lines) < range_verifier.HELPER_MIN_LINES or not range_verifier.helper_wanted()
+                or set(map(type, lines)) != {bytes}):
             return None
         if not all(lines):
             return None  # an empty line: the fault is named the usual way
-        cuts = plan(lines)
+        cuts = range_verifier.plan(lines)
         if not cuts:
             return None
         with self._lock:
@@ -850,7 +852,7 @@ class Store(SuccessionMixin):
         k = cuts[-1]
         # What the helper's part must end with: the hash of its last body, which the rest links to.
         expected = message_hash(lines[k - 1].rpartition(b"\t")[0])
-        pending = shared_verifier().check(lines, cuts, feed_id, sh, expected)
+        pending = range_verifier.shared().check(lines, cuts, feed_id, sh, expected)
         if pending is None:
             return None
         try:

@@ -46,6 +46,8 @@ def test_kachery_help_imports_no_server_module():
 def test_import_kachery_feeds_loads_neither_sqlite_utils_nor_numpy():
     modules = _modules_after("import kachery_feeds")
     assert _loaded(modules, ("sqlite_utils", "numpy", "kachery_node", "httpx", "trio")) == []
+    # nor the import helper's client (subprocess and all: ~4 ms), loaded by the first import
+    assert _loaded(modules, ("kachery_feeds.range_verifier", "subprocess")) == []
 
 
 def test_creating_and_using_a_store_does_not_import_sqlite_utils(tmp_path):
