@@ -100,13 +100,16 @@ def plan(lines: list[bytes]) -> list[int]:
     helper. Empty when there is no cut worth making. Every line must be non-empty bytes."""
     want = int(len(lines) * HELPER_SHARE)
     cuts: list[int] = []
+    start = 0  # where the last part starts
     for i in signed_positions(lines):
-        if i + 1 > want:
+        end = i + 1  # a part may end after this signed message
+        if end > want:
             break
-        if not cuts or i + 1 - cuts[-1] >= CHUNK_LINES:
-            cuts.append(i + 1)
+        if cuts and cuts[-1] - start < CHUNK_LINES:
+            cuts[-1] = end  # the last part is still short: it goes on to here
         else:
-            cuts[-1] = i + 1
+            start = cuts[-1] if cuts else 0
+            cuts.append(end)
     return cuts if cuts and cuts[-1] >= HELPER_MIN_LINES // 2 else []
 
 

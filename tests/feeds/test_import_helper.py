@@ -263,3 +263,15 @@ def test_plan_cuts_after_signed_messages_within_the_helpers_share(pattern):
     assert cuts == sorted(set(cuts))
     assert all(lines[c - 1].endswith(b"sig") for c in cuts)
     assert range_verifier.HELPER_MIN_LINES // 2 <= cuts[-1] <= len(lines) * range_verifier.HELPER_SHARE
+    # each part but the last reaches CHUNK_LINES at the first signed message that lets it
+    for a, b in zip([0, *cuts], cuts[:-1], strict=False):
+        assert b - a >= range_verifier.CHUNK_LINES
+        assert not any(lines[c - 1].endswith(b"sig") for c in range(a + range_verifier.CHUNK_LINES, b))
+
+
+def test_plan_cuts_a_batch_signed_range_into_parts_the_helper_parses_as_they_come():
+    lines = [b"x\tsig" if (i + 1) % 1000 == 0 else b"x\t" for i in range(100_000)]
+    assert range_verifier.plan(lines) == [9000, 18000, 27000, 36000, 45000, 54000, 63000, 72000, 75000]
+    each = [b"x\tsig"] * 20_000
+    assert range_verifier.plan(each) == [8192, 15000]
+    assert range_verifier.plan([b"x\t"] * 19_999 + [b"x\tsig"]) == []  # signed only at its end
