@@ -146,7 +146,7 @@ class RangeVerifier:
         self.answers = 0  # answers read so far (each a request the helper verified or refused)
         self._lock = threading.Lock()  # held from a request until its answer is read or dropped
         self._proc: subprocess.Popen[bytes] | None = None
-        self._pid = os.getpid()  # the process that started the helper (see _forgotten_in_child)
+        self._pid = os.getpid()  # the process whose helper it is (a forked child starts its own)
         self._closed = False
         self._sender: threading.Thread | None = None  # writing the request in flight
         self._sent = False  # whether it wrote all of it

@@ -7,9 +7,9 @@
   to a :class:`~.bucket_interface.ByteSink` or into a new file, and are never held whole in
   memory; ``progress(done, total)`` follows them.
 * **Uploads** are PUTs to a signed URL, with the exact ``Content-Length`` (a signed URL allows
-  one size) and live progress: straight onto the socket in a worker thread (:mod:`.direct_put`:
-  a file's bytes with ``sendfile``), and through httpx, in 1 MiB pieces, when that cannot be
-  done (a proxy).
+  one size) and live progress: a file (or a range of one) straight onto the socket in a worker
+  thread (:mod:`.direct_put`, with ``sendfile``), bytes and what that cannot do (a proxy)
+  through httpx, in 1 MiB pieces.
 
 Failures are typed: :class:`~kachery_node.errors.NotFoundError` (404),
 :class:`~kachery_node.errors.HubRequestError` (another refusal, a body cut short, or the bucket
@@ -151,11 +151,15 @@ async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
     (checked before connecting)."""
     require_secure_url(url, "a signed upload")
     size = upload_size(data)
-    try:
-        await _direct_put(url, data, size, progress, what)
-        return
-    except DirectPutUnsupported as why:
-        log.debug("uploading to %s with httpx: %s", url, why)  # no byte of the body was sent
+    # A file's bytes go straight onto the socket (sendfile). Bytes (a segment, a head: at most a
+    # few MB) stay with httpx: uploaded from worker threads, they left the serving daemon of a
+    # 1M-message catch-up at 110 MB RSS instead of 76 (bench/network/run.py --only memory).
+    if not isinstance(data, bytes):
+        try:
+            await _direct_put(url, data, size, progress, what)
+            return
+        except DirectPutUnsupported as why:
+            log.debug("uploading to %s with httpx: %s", url, why)  # no byte of the body was sent
     # Streamed in 1 MiB pieces either way, so progress (and stall detection) is live.
     if isinstance(data, bytes):
         content = _byte_pieces(data, progress)
