@@ -59,12 +59,7 @@ from .channel_link import BucketObjectMissing, ChannelLink
 
 log = logging.getLogger("kachery.feeds")
 
-SEGMENT_DOWNLOADS_AHEAD = 8
-# Segments already downloaded are imported together, up to this many: one transaction instead of
-# several, and a range large enough for the store's import helper (kachery_feeds.range_verifier)
-# when the import is what the catch-up waits for. The first segment is never held back for
-# others: it is imported as soon as it is in, whatever came with it.
-SEGMENTS_IMPORTED_AT_ONCE = 8
+SEGMENT_DOWNLOADS_AHEAD = 4
 SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
 FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 CATCH_UPS_AT_ONCE = 16  # bucket reads and imports under way at once, over all followers
@@ -569,20 +564,14 @@ async def _download_and_import(link: ChannelLink, where: SubfeedOnChannel, indic
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed_downloads, tg)
-        index, stop = indices.start, indices.stop
-        while index < stop:
+        for index in indices:
             pending = results[index]
             if isinstance(pending, anyio.Event):
                 await pending.wait()
-            ready = [results.pop(index)]
-            index += 1
-            while (index < stop and len(ready) < SEGMENTS_IMPORTED_AT_ONCE
-                   and isinstance(results[index], bytes)):
-                ready.append(results.pop(index))
-                index += 1
-            await anyio.to_thread.run_sync(importer.add_segments, ready)
-            for _ in ready:
-                slots.release()
+            data = results.pop(index)
+            assert isinstance(data, bytes)
+            await anyio.to_thread.run_sync(importer.add_segment, data)
+            slots.release()
 
 
 class _SegmentSink:

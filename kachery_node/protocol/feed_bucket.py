@@ -180,16 +180,6 @@ class SegmentImporter:
     def add_segment(self, data: bytes) -> None:
         self.add_lines(kf.decode_segment(data))
 
-    def add_segments(self, segments: list[bytes]) -> None:
-        """Several consecutive segments, imported together (one transaction)."""
-        if len(segments) == 1:
-            self.add_segment(segments[0])
-            return
-        lines: list[bytes] = []
-        for data in segments:
-            lines += kf.decode_segment(data)
-        self.add_lines(lines)
-
     @property
     def pending(self) -> list[bytes]:
         """The unsigned lines after the last signed one, not imported (yet)."""
