@@ -3,8 +3,9 @@
 Why not httpx for these: the provider of a large file uploads it in chunks of 20 MB or more, each
 a PUT whose body httpx sends in 1 MiB pieces read in a worker thread and passed through the event
 loop, httpcore and h11; measured on this machine (bench/network/run.py --only file), the
-providing daemon spent 1.4-1.6 CPU-s per GiB doing so. Here a range of a file goes out with
-``os.sendfile`` (no copy into the process at all) and bytes with one ``sendall`` per piece.
+providing daemon spent 1.4-1.6 CPU-s per GiB doing so, and 1.0 this way. Here a file, or a range
+of one, goes out with ``sendfile`` (no copy into the process at all). Bytes (segments, heads: at
+most a few MB) stay with httpx (:func:`.http_transfer.put` says why).
 
 Only the plain case is handled: ``http`` (``https`` is sent with ``sendall`` of pieces read
 from the file, the TLS record layer needing the bytes), no proxy configured, an HTTP/1.x answer
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...errors import HubRequestError, LinkedFileChangedError
-from .bucket_interface import FileRange, UploadData
+from .bucket_interface import FileRange
 from .direct_http import DirectAborted, DirectExchange, DirectUnsupported, content_length
 
 # Sent at a time, progress reported after each (as httpx's path does: a slow link's progress, and
@@ -43,7 +44,7 @@ class DirectPutAborted(DirectAborted):
 
 
 class DirectPut(DirectExchange):
-    """One PUT of ``data`` (bytes, a whole file or a :class:`FileRange`) to ``url``, with
+    """One PUT of ``data`` (a whole file or a :class:`FileRange`) to ``url``, with
     ``Content-Length: size``; :meth:`run` blocks (call it in a worker thread), :meth:`abort`
     stops it from any thread."""
 
@@ -51,10 +52,10 @@ class DirectPut(DirectExchange):
     unsupported = DirectPutUnsupported
     aborted = DirectPutAborted
 
-    def __init__(self, url: str, data: UploadData, size: int, *, connect_timeout: float,
+    def __init__(self, url: str, data: Path | FileRange, size: int, *, connect_timeout: float,
                  read_timeout: float) -> None:
         super().__init__(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self._data = data
+        self._source = data if isinstance(data, FileRange) else FileRange(Path(data), 0, size, None)
         self._size = size
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> bytes:
@@ -63,15 +64,9 @@ class DirectPut(DirectExchange):
         Raises HubRequestError (an error status, or the connection ending before an answer),
         LinkedFileChangedError, DirectPutUnsupported (no byte of the body sent), DirectPutAborted
         or OSError (a network failure, a timeout)."""
-        if isinstance(self._data, bytes):
-            source = None
-        else:
-            source = self._data if isinstance(self._data, FileRange) else FileRange(
-                Path(self._data), 0, self._size, None)
-        f = open(source.path, "rb", buffering=0) if source is not None else None  # noqa: SIM115
-        try:
-            if source is not None:
-                _require_unchanged(source, f)
+        source = self._source
+        with open(source.path, "rb", buffering=0) as f:
+            _require_unchanged(source, f)
             sock = self._connect()
             try:
                 self._hold(sock)
@@ -79,10 +74,7 @@ class DirectPut(DirectExchange):
                     "Content-Type: application/octet-stream", f"Content-Length: {self._size}",
                     "Connection: close", "User-Agent: kachery"]))
                 try:
-                    if f is None:
-                        self._send_bytes(sock, progress)
-                    else:
-                        self._send_range(sock, f, source, progress)
+                    self._send_range(sock, f, source, progress)
                 except (BrokenPipeError, ConnectionResetError):
                     # The bucket answered early (a refusal) and stopped reading: say what it said.
                     self._check_aborted()
@@ -98,20 +90,8 @@ class DirectPut(DirectExchange):
                 with self._lock:
                     self._sock = None
                 sock.close()
-        finally:
-            if f is not None:
-                f.close()
 
     # ------------------------------------------------------------------ pieces
-    def _send_bytes(self, sock: socket.socket, progress: Callable[[int, int], None] | None) -> None:
-        view = memoryview(self._data)
-        for pos in range(0, self._size, PIECE_BYTES):
-            self._check_aborted()
-            piece = view[pos: pos + PIECE_BYTES]
-            sock.sendall(piece)
-            if progress is not None:
-                progress(pos + len(piece), self._size)
-
     def _send_range(self, sock: socket.socket, f, source: FileRange,
                     progress: Callable[[int, int], None] | None) -> None:
         done, size = 0, source.size

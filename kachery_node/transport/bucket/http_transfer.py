@@ -175,7 +175,7 @@ async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
     raise_for_status(resp, what)
 
 
-async def _direct_put(url: str, data: UploadData, size: int, progress: ProgressCallback | None,
+async def _direct_put(url: str, data: Path | FileRange, size: int, progress: ProgressCallback | None,
                       what: str, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
     upload = DirectPut(url, data, size, connect_timeout=timeout.connect or 10.0,
                        read_timeout=timeout.read or 60.0)
