@@ -6,6 +6,7 @@ an import without it gives: the same rows, or the same error with nothing writte
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -275,3 +276,41 @@ def test_plan_cuts_a_batch_signed_range_into_parts_the_helper_parses_as_they_com
     each = [b"x\tsig"] * 20_000
     assert range_verifier.plan(each) == [8192, 15000]
     assert range_verifier.plan([b"x\t"] * 19_999 + [b"x\tsig"]) == []  # signed only at its end
+
+
+def test_a_forked_child_uses_a_helper_of_its_own_and_leaves_the_parents_alone(source, tmp_path, monkeypatch):
+    uri, lines = source["batched"]
+    _import(tmp_path, "parent", uri, lines, True, monkeypatch)[2].close()
+    helper = range_verifier.shared()
+    parent_helper = helper.pid
+    assert parent_helper is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: import, report its helper's pid, exit without cleaning up
+        code = 1
+        try:
+            os.close(read)
+            store = kf.open_store(tmp_path / "child.db")
+            added = store.load_subfeed(uri).add_signed_messages(lines)
+            child_helper = range_verifier.shared()
+            ok = added == len(lines) and child_helper.answers == 1 and child_helper.pid != parent_helper
+            os.write(write, f"{child_helper.pid}".encode() if ok else b"bad")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as r:
+        if not select.select([r], [], [], 120)[0]:  # a hung child is killed, not waited for
+            os.kill(pid, signal.SIGKILL)
+        said = r.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and said.isdigit(), said
+    child_helper = int(said)
+    deadline = time.monotonic() + 30  # the child's helper ends with the child (its input closed)
+    while psutil.pid_exists(child_helper) and psutil.Process(child_helper).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child's helper outlived the child"
+        time.sleep(0.05)
+    # the parent's helper is untouched and still answers
+    before = helper.answers
+    _import(tmp_path, "parent2", uri, lines, True, monkeypatch)[2].close()
+    assert helper.pid == parent_helper and helper.answers == before + 1
