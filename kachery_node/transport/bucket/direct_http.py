@@ -118,8 +118,11 @@ class DirectExchange:
             raise
         return sock
 
-    def _read_head(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-        """The response's status, headers (names lowercased) and what came after them."""
+    def _read_head(self, sock: socket.socket, *, codings_allowed: bool = False
+                   ) -> tuple[int, dict[str, str], bytes]:
+        """The response's status, headers (names lowercased) and what came after them. A
+        transfer or content coding is :attr:`unsupported` unless ``codings_allowed`` (the
+        caller then does not read the body as bytes it needs)."""
         data = b""
         while b"\r\n\r\n" not in data:
             if len(data) > MAX_HEADER_BYTES:
@@ -146,6 +149,8 @@ class DirectExchange:
                 raise HubRequestError(502, "http_error", f"{self._what}: malformed header line")
             key = name.strip().lower()
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        if codings_allowed:
+            return status, headers, rest
         if headers.get("transfer-encoding", "identity").lower() != "identity":
             raise self.unsupported(f"Transfer-Encoding {headers['transfer-encoding']}")
         if headers.get("content-encoding", "identity").lower() != "identity":

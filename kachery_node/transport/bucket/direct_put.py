@@ -7,12 +7,13 @@ providing daemon spent 1.4-1.6 CPU-s per GiB doing so, and 1.0 this way. Here a 
 of one, goes out with ``sendfile`` (no copy into the process at all). Bytes (segments, heads: at
 most a few MB) stay with httpx (:func:`.http_transfer.put` says why).
 
-Only the plain case is handled: ``http`` (``https`` is sent with ``sendall`` of pieces read
-from the file, the TLS record layer needing the bytes), no proxy configured, an HTTP/1.x answer
-without transfer or content coding. Anything else raises :class:`DirectPutUnsupported` before
-any byte of the body was sent, and the caller uses its general HTTP client instead
-(:mod:`.http_transfer` does both). Each upload has a connection of its own, closed after the
-answer (``Connection: close``): an upload is megabytes, a connection set-up microseconds.
+Over ``http`` the file goes out with ``sendfile``, over ``https`` by ``sendall`` of pieces read
+from it (the TLS record layer needs the bytes). A proxy configured is left to the general HTTP
+client: :class:`DirectPutUnsupported` is raised before anything is sent, and the caller uses
+httpx instead (:mod:`.http_transfer` does both). Once the body is sent, the answer's status
+decides, whatever its shape (an HTTP/1.x answer; its body is not needed). Each upload has a
+connection of its own, closed after the answer (``Connection: close``): an upload is megabytes,
+a connection set-up microseconds.
 
 A range of a file whose ``unchanged`` check fails when it is opened, or before its last piece,
 is cut short: the socket is closed with the body incomplete, so the bucket stores nothing of it,
@@ -79,8 +80,13 @@ class DirectPut(DirectExchange):
                     # The bucket answered early (a refusal) and stopped reading: say what it said.
                     self._check_aborted()
                     raise self._early_answer(sock) from None
-                status, headers, body = self._read_head(sock)
-                length = content_length(headers)
+                # The body is sent: whatever the answer's shape, its status decides (its body,
+                # read as it comes, is only the bucket's note or its error).
+                try:
+                    status, headers, body = self._read_head(sock, codings_allowed=True)
+                except DirectPutUnsupported as why:  # not HTTP/1.x: too late for another client
+                    raise HubRequestError(502, "http_error", f"{self._what}: {why}") from None
+                length = content_length(headers) if "transfer-encoding" not in headers else None
                 if status >= 400:
                     raise self._error(sock, status, headers, body, length)
                 if not 200 <= status < 300:
@@ -118,7 +124,7 @@ class DirectPut(DirectExchange):
     def _early_answer(self, sock: socket.socket) -> Exception:
         """The bucket's answer to a body it stopped reading, if it sent one (a refusal)."""
         try:
-            status, headers, body = self._read_head(sock)
+            status, headers, body = self._read_head(sock, codings_allowed=True)
         except (OSError, HubRequestError):
             return HubRequestError(0, "unreachable", f"{self._what}: the connection broke off")
         if status >= 400:
