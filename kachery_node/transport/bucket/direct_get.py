@@ -20,7 +20,8 @@ Only the plain case is handled: ``GET`` of a whole object (``200``), or of a byt
 as by every other client: :func:`~kachery_node.transport.tls.ssl_context`), a response with
 ``Content-Length`` and no transfer or content coding, no proxy configured. Anything else raises
 :class:`DirectGetUnsupported` before a byte reaches ``write``, and the caller uses its general
-HTTP client instead (:mod:`.http_transfer` does both).
+HTTP client instead (:mod:`.http_transfer` does both). What a GET shares with an upload (the
+connection, the response's head, its typed errors, the abort) is in :mod:`.direct_http`.
 """
 
 from __future__ import annotations
