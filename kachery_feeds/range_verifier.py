@@ -78,6 +78,7 @@ PIPE_BYTES = 1 << 20
 _HEADER = struct.Struct("<HHI")
 _PART = struct.Struct("<II")
 _ANSWER_BYTES = 33
+_MAX_PART_LINES = 1 << 24  # far above a part's ~8192; bounds what a bad header makes it allocate
 _F_SETPIPE_SZ = 1031
 
 
@@ -341,12 +342,19 @@ def serve(inp: BinaryIO, out: BinaryIO, idle_seconds: float = HELPER_IDLE_SECOND
             if part_header is None:
                 return
             count, total = _PART.unpack(part_header)
-            lengths, data = _read_exactly(inp, 4 * count), _read_exactly(inp, total)
-            if lengths is None or data is None:
+            if count > _MAX_PART_LINES:
+                return  # not what a store sends: end (the store then verifies in-process)
+            lengths = _read_exactly(inp, 4 * count)
+            if lengths is None:
                 return
             sizes = array("I")
             sizes.frombytes(lengths)
             ends = list(accumulate(sizes))
+            if (ends[-1] if ends else 0) != total:
+                return  # the lengths do not add up: not what a store sends
+            data = _read_exactly(inp, total)
+            if data is None:
+                return
             checker.check([data[start:end] for start, end in zip([0, *ends], ends, strict=False)])
         out.write(checker.answer())
         out.flush()

@@ -5,6 +5,8 @@ an import without it gives: the same rows, or the same error with nothing writte
 
 from __future__ import annotations
 
+import array
+import io
 import os
 import select
 import signal
@@ -314,3 +316,31 @@ def test_a_forked_child_uses_a_helper_of_its_own_and_leaves_the_parents_alone(so
     before = helper.answers
     _import(tmp_path, "parent2", uri, lines, True, monkeypatch)[2].close()
     assert helper.pid == parent_helper and helper.answers == before + 1
+
+
+def _serve(data: bytes) -> bytes:
+    """What the helper's loop answers to ``data`` on its input, which then ends."""
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    out = io.BytesIO()
+    with os.fdopen(read, "rb") as inp:
+        range_verifier.serve(inp, out, idle_seconds=5)
+    return out.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=3000))
+def test_the_helper_reads_any_input_without_failing(data):
+    answers = _serve(data)
+    assert len(answers) % 33 == 0 and all(answers[i] in (0, 1) for i in range(0, len(answers), 33))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.binary(max_size=64))
+def test_the_helper_refuses_parts_that_are_not_a_verified_range(lines, ids):
+    """A well-framed request of arbitrary lines and IDs: refused (1 and zeros), never a crash."""
+    part = range_verifier._PART.pack(len(lines), sum(map(len, lines)))
+    part += array.array("I", map(len, lines)).tobytes() + b"".join(lines)
+    request = range_verifier._HEADER.pack(len(ids) // 2, len(ids) - len(ids) // 2, 1) + ids + part
+    assert _serve(request) == b"\1" + bytes(32)
