@@ -16,12 +16,13 @@ import pytest
 from kachery_node.errors import HubRequestError, LinkedFileChangedError
 from kachery_node.transport.bucket.bucket_interface import FileRange
 from kachery_node.transport.bucket.direct_put import DirectPut, DirectPutAborted, DirectPutUnsupported
+from tests.http_listener import Listener
 
 CONTENT = os.urandom(20 * (1 << 20) + 4321)  # many 1 MiB pieces and a remainder
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{"size": 123}'
 
 
-class UploadServer:
+class UploadServer(Listener):
     """A local HTTP server on a free port: each connection's request head and body are read
     (``read_body(conn, head, length)`` decides how much of the body), then ``answer`` is sent."""
 
@@ -30,40 +31,28 @@ class UploadServer:
         self.answer = answer
         self.read_body = read_body or _read_all
         self.requests: list[tuple[bytes, bytes]] = []  # (head, body received)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/bucket/lab/sha1/ab/x?sig=1"
         self.done = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("/bucket/lab/sha1/ab/x?sig=1")
 
-    def _accept(self) -> None:
-        while True:
+    def on_connection(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = conn.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
             try:
-                conn, _ = self.sock.accept()
+                body = self.read_body(conn, rest, length)
+                self.requests.append((head, body))
+                if self.answer:
+                    conn.sendall(self.answer)
             except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        break
-                    data += piece
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length:")))
-                try:
-                    body = self.read_body(conn, rest, length)
-                    self.requests.append((head, body))
-                    if self.answer:
-                        conn.sendall(self.answer)
-                except OSError:
-                    pass
-            self.done.set()
-
-    def close(self) -> None:
-        self.sock.close()
+                pass
+        self.done.set()
 
 
 def _read_all(conn: socket.socket, first: bytes, length: int) -> bytes:
