@@ -92,9 +92,9 @@ def test_direct_put_sends_a_file_range_over_tls_trusting_the_lab_ca_only(tmp_pat
     try:
         monkeypatch.delenv("KACHERY_CA_FILE", raising=False)
         with pytest.raises(ssl.SSLCertVerificationError):
-            DirectPut(url, source, source.size, connect_timeout=5, read_timeout=5).run()
+            DirectPut(url, source, connect_timeout=5, read_timeout=5).run()
         monkeypatch.setenv("KACHERY_CA_FILE", str(ca.cert))
-        assert DirectPut(url, source, source.size, connect_timeout=5, read_timeout=5).run() == b"{}"
+        assert DirectPut(url, source, connect_timeout=5, read_timeout=5).run() == b"{}"
         assert received == [path.read_bytes()[100:-100]]
     finally:
         sock.close()

@@ -78,7 +78,8 @@ def server_factory():
 
 
 def put(url: str, data, size: int, **kw) -> DirectPut:
-    return DirectPut(url, data, size, connect_timeout=5, read_timeout=kw.pop("read_timeout", 10))
+    source = data if isinstance(data, FileRange) else FileRange(Path(data), 0, size)
+    return DirectPut(url, source, connect_timeout=5, read_timeout=kw.pop("read_timeout", 10))
 
 
 @pytest.fixture

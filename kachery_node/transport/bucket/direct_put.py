@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from pathlib import Path
 
 from ...errors import HubRequestError, LinkedFileChangedError
 from .bucket_interface import FileRange
@@ -45,19 +44,17 @@ class DirectPutAborted(DirectAborted):
 
 
 class DirectPut(DirectExchange):
-    """One PUT of ``data`` (a whole file or a :class:`FileRange`) to ``url``, with
-    ``Content-Length: size``; :meth:`run` blocks (call it in a worker thread), :meth:`abort`
-    stops it from any thread."""
+    """One PUT of ``source`` (a file's bytes ``[start, end)``; a whole file is the range of its
+    size) to ``url``; :meth:`run` blocks (call it in a worker thread), :meth:`abort` stops it from
+    any thread."""
 
     method = "PUT"
     unsupported = DirectPutUnsupported
     aborted = DirectPutAborted
 
-    def __init__(self, url: str, data: Path | FileRange, size: int, *, connect_timeout: float,
-                 read_timeout: float) -> None:
+    def __init__(self, url: str, source: FileRange, *, connect_timeout: float, read_timeout: float) -> None:
         super().__init__(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
-        self._source = data if isinstance(data, FileRange) else FileRange(Path(data), 0, size, None)
-        self._size = size
+        self._source = source
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> bytes:
         """Send the body and read the answer; returns the answer's body (a 2xx status).
@@ -72,7 +69,7 @@ class DirectPut(DirectExchange):
             try:
                 self._hold(sock)
                 sock.sendall(self._request_head([
-                    "Content-Type: application/octet-stream", f"Content-Length: {self._size}",
+                    "Content-Type: application/octet-stream", f"Content-Length: {source.size}",
                     "Connection: close", "User-Agent: kachery"]))
                 try:
                     self._send_range(sock, f, source, progress)

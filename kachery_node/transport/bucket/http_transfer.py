@@ -177,7 +177,8 @@ async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
 
 async def _direct_put(url: str, data: Path | FileRange, size: int, progress: ProgressCallback | None,
                       what: str, timeout: httpx.Timeout = HTTP_TIMEOUT) -> None:
-    upload = DirectPut(url, data, size, connect_timeout=timeout.connect or 10.0,
+    source = data if isinstance(data, FileRange) else FileRange(Path(data), 0, size)
+    upload = DirectPut(url, source, connect_timeout=timeout.connect or 10.0,
                        read_timeout=timeout.read or 60.0)
     report = None
     if progress is not None:
