@@ -309,8 +309,14 @@ def shared() -> RangeVerifier:
     with _shared_lock:
         if _shared is None or _shared._pid != os.getpid() or _shared._closed:
             _shared = RangeVerifier()  # in a forked child: a new one, the parent's left alone
-            atexit.register(_shared.close)
         return _shared
+
+
+@atexit.register
+def _close_shared() -> None:
+    """At exit, end whichever helper is this process's then (registered once, not per helper)."""
+    if _shared is not None:
+        _shared.close()
 
 
 def _wait(fd: int, event: int, deadline: float) -> bool:
