@@ -10,9 +10,12 @@ stores what it gets only once it is verified:
 * a large file (``?manifest=<m>``): the manifest first (a small file, verified against ``m``,
   and it must describe the file asked for), then the chunks still missing from
   ``<storage>/tmp/partial/<sha1>/`` (:class:`~.storage.partial_files.PartialFile`), a few at a
-  time in worker threads, each streamed into its range and verified by its own SHA-1; an
-  interrupted fetch resumes with the chunks already verified. Once all are, the file's whole
-  hash (which followed the verified prefix) is checked and the file is renamed into place.
+  time in worker threads, each streamed into its range; an interrupted fetch resumes with the
+  chunks already there, each checked by its own SHA-1 first. Once all are in, the file's whole
+  hash (which followed the written prefix) is checked and the file is renamed into place; if
+  it is wrong, the chunks are checked one by one and those that do not match the manifest are
+  fetched again, each checked as it arrives. A byte range's chunks are each checked as they
+  arrive.
 
 Bytes that do not hash to what was asked for raise :class:`~kachery_node.errors.TamperedDataError`
 (when no other channel delivered) and are never stored. A file in no bucket raises
@@ -195,7 +198,8 @@ def partial_file_lock(storage: Storage, sha1: str) -> Iterator[None]:
 def fetch_chunks(bucket: ChannelBucket, partial: PartialFile, chunks: list[Chunk], *,
                  progress: Progress | None = None, max_parallel: int = PARALLEL_CHUNKS) -> None:
     """Download ``chunks`` of the open ``partial`` from ``bucket``, up to ``max_parallel`` at
-    once in worker threads, each verified by its SHA-1 before its range is marked. Raises the
+    once in worker threads, each verified by its SHA-1 before its range is marked (unless the
+    partial file defers that to the whole file's SHA-1: ``check_chunks=False``). Raises the
     first failure (NotFoundError, TamperedDataError, HubRequestError) after the other workers
     stop; the chunks verified so far stay for the next attempt."""
     total = sum(c.end - c.start for c in chunks)
@@ -255,19 +259,27 @@ def _fetch_large(storage: Storage, bucket: ChannelBucket, key: FileUri, progress
         local = _local(storage, key.sha1)
         if local is not None:  # another process finished it meanwhile
             return local
-        partial = PartialFile(storage.directory, manifest)
+        # The chunks' own checks wait for the whole file's SHA-1 (partial_files.py).
+        partial = PartialFile(storage.directory, manifest, check_chunks=False)
         try:
             missing = partial.open()
             if missing:
                 log.info("fetching %d of %d chunks of sha1://%s from the bucket of %s",
                          len(missing), len(manifest.chunks), key.sha1, bucket.channel)
             fetch_chunks(bucket, partial, missing, progress=progress, max_parallel=max_parallel)
+            read_sha1 = partial.whole_sha1()
+            if read_sha1 is not None and read_sha1 != key.sha1:
+                bad = partial.recheck()
+                log.warning("sha1://%s: the chunks make up sha1://%s; %d chunk(s) do not match "
+                            "the manifest, fetching them again", key.sha1, read_sha1, len(bad))
+                fetch_chunks(bucket, partial, bad, progress=progress, max_parallel=max_parallel)
+                read_sha1 = None  # hashed whole when stored
         finally:
             partial.close()
         try:
             storage.store_assembled(partial.content_path, expected_sha1=key.sha1,
                                     manifest_sha1=key.manifest_sha1, fetchable=True,
-                                    read_sha1=partial.whole_sha1())
+                                    read_sha1=read_sha1)
         except CorruptedFileError as exc:
             partial.remove()  # each chunk matched the manifest, so the manifest lies
             raise TamperedDataError(f"the chunks listed by manifest sha1://{key.manifest_sha1} do "

@@ -4,9 +4,12 @@ The manifest is fetched like any small file and validated against the file's SHA
 still missing from ``<storage>/tmp/partial/<h>/`` (:class:`~kachery_node.storage.partial_files
 .PartialFile`) are obtained by up to ``max_parallel`` workers, in the order and over the channels
 :class:`~kachery_node.protocol.file_chunks.ChunkSchedule` says; each streams into its range of
-the partial file, hashed as it arrives. The whole-file hash follows the verified prefix, so the
-complete file is checked and renamed into the storage as soon as the last chunk is verified.
-If a chunk cannot be obtained the fetch fails; the verified chunks stay for the next attempt.
+the partial file. The chunks' own SHA-1 checks are deferred: the whole-file hash follows the
+written prefix, so the complete file is checked, every byte at once, and renamed into the storage
+as soon as the last chunk is in. Only if that hash is wrong are the chunks checked one by one
+(:meth:`~kachery_node.storage.partial_files.PartialFile.recheck`) and the bad ones fetched again,
+each checked as it arrives. If a chunk cannot be obtained the fetch fails; the chunks received so
+far stay for the next attempt (which checks each of them first).
 """
 
 from __future__ import annotations
@@ -50,15 +53,22 @@ async def fetch_large_file(storage: Storage, links: Sequence[ChannelLink], key: 
     manifest_path = await fetch_file(links, build_uri(manifest_sha1))
     data = await anyio.to_thread.run_sync(Path(manifest_path).read_bytes)
     manifest = parse_manifest(data, expected_sha1=key.sha1)
-    partial = PartialFile(storage.directory, manifest)
+    # The chunks' own checks wait for the whole file's SHA-1 (one pass over the bytes, not two).
+    partial = PartialFile(storage.directory, manifest, check_chunks=False)
     started = now()
     try:
         missing = await anyio.to_thread.run_sync(partial.open)
         await fetch_chunks(links, key, uri, progress, partial, missing, obtain, max_parallel)
+        read_sha1 = partial.whole_sha1()
+        if read_sha1 is not None and read_sha1 != key.sha1:
+            bad = await anyio.to_thread.run_sync(partial.recheck)
+            log.warning("sha1://%s: the chunks make up sha1://%s; %d chunk(s) do not match the "
+                        "manifest, fetching them again", key.sha1, read_sha1, len(bad))
+            await fetch_chunks(links, key, uri, progress, partial, bad, obtain, max_parallel)
+            read_sha1 = None  # the file is hashed whole when stored
     finally:
         partial.close()
     chunks_done = now()
-    read_sha1 = partial.whole_sha1()
 
     def assemble() -> None:
         try:

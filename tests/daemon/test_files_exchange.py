@@ -502,6 +502,29 @@ async def test_tampered_chunk_without_provider_is_reported_and_nothing_stored(la
     assert not [p for p in partial.iterdir() if p.suffix == ".part"]
 
 
+
+@pytest.mark.trio
+async def test_tampered_chunk_is_found_by_the_whole_file_hash_and_healed_by_a_provider(
+        lab, a, b, big_file):
+    # The chunks' own checks are deferred to the whole file's SHA-1: a chunk of the right size
+    # and wrong bytes is taken at first, found by the whole hash, checked, and fetched again.
+    data = big_file.read_bytes()
+    uri = a.storage.store_file(big_file)
+    key = kn.parse_uri(uri)
+    await b.fetch(f"sha1://{key.manifest_sha1}")
+    second = sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE])
+    for i, start in enumerate(range(0, len(data), CHUNK_SIZE)):
+        piece = data[start : start + CHUNK_SIZE]
+        lab.bucket[file_path("lab", sha1(piece))] = b"x" * len(piece) if i == 1 else piece
+    path = await b.fetch(uri)
+    assert Path(path).read_bytes() == data
+    second_download = (b.keypair.public_hex, file_path("lab", second))
+    assert lab.downloads.count(second_download) == 3  # unchecked, rejected, after the healing
+    assert [r.get("bad_object", False) for r in lab.requests() if r["sha1"] == second] == [True]
+    assert lab.bucket[file_path("lab", second)] == data[CHUNK_SIZE : 2 * CHUNK_SIZE]
+    assert not (b.storage.directory / "tmp" / "partial" / key.sha1).exists()
+    assert no_leftovers(b)
+
 async def _prepare_partial(a: Node, b: Node, src: Path, first_chunk: bytes) -> tuple[str, Path]:
     """``src`` stored on ``a``, its manifest on ``b``, and on ``b`` a partial fetch holding a
     chunk file of the earlier layout with ``first_chunk`` as its content."""

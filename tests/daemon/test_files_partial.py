@@ -16,10 +16,11 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _partial(tmp_path, data: bytes, size: int) -> PartialFile:
+def _partial(tmp_path, data: bytes, size: int, *, check_chunks: bool = True) -> PartialFile:
     chunks = [Chunk(s, min(s + size, len(data)), _sha1(data[s : s + size]))
               for s in range(0, len(data), size)]
-    return PartialFile(tmp_path, Manifest(len(data), _sha1(data), tuple(chunks)))
+    return PartialFile(tmp_path, Manifest(len(data), _sha1(data), tuple(chunks)),
+                       check_chunks=check_chunks)
 
 
 @pytest.mark.trio
@@ -102,6 +103,80 @@ async def test_the_whole_file_hash_follows_the_verified_prefix(tmp_path):
     assert resumed.open() == [] and resumed.whole_sha1() == _sha1(data)
     resumed.remove()
 
+
+
+@pytest.mark.trio
+async def test_deferred_checks_verify_the_whole_file_in_one_pass(tmp_path, monkeypatch):
+    data = os.urandom(5000)
+    updates = []
+    real_sha1 = hashlib.sha1
+
+    class Counting:  # every byte hashed by anyone, counted
+        def __init__(self, *args):
+            self._h = real_sha1(*args)
+
+        def update(self, b):
+            updates.append(len(memoryview(b)))
+            self._h.update(b)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr("kachery_node.storage.partial_files.hashlib.sha1", Counting)
+    partial = _partial(tmp_path, data, 1000, check_chunks=False)
+    chunks = partial.open()
+    for chunk in (chunks[2], chunks[0], chunks[4], chunks[1], chunks[3]):
+        sink = partial.sink(chunk)
+        await sink.write_piece(data[chunk.start : chunk.end])
+        assert sink.commit() is None
+    assert partial.whole_sha1() == _sha1(data)
+    assert sum(updates) == len(data)  # once, not once per chunk and once for the file
+    partial.close()
+
+
+@pytest.mark.trio
+async def test_deferred_checks_find_a_wrong_chunk_and_fetch_it_checked(tmp_path):
+    data = os.urandom(3000)
+    partial = _partial(tmp_path, data, 1000, check_chunks=False)
+    first, second, third = partial.open()
+    sink = partial.sink(third)
+    await sink.write_piece(b"y" * 999)
+    assert sink.commit() == "it has 999 bytes, not 1000"  # the size is always checked
+    for chunk, body in ((first, data[:1000]), (second, b"x" * 1000), (third, data[2000:])):
+        sink = partial.sink(chunk)
+        await sink.write_piece(body)
+        assert sink.commit() is None  # the right size: taken, unchecked
+    whole = partial.whole_sha1()
+    assert whole is not None and whole != _sha1(data)
+    assert partial.recheck() == [second]  # the good chunks keep their markers
+    assert partial.whole_sha1() is None  # from now on the file is hashed whole when stored
+    sink = partial.sink(second)
+    await sink.write_piece(b"z" * 1000)
+    assert sink.commit() == f"its content hashes to {_sha1(b'z' * 1000)}, not {second.sha1}"
+    sink = partial.sink(second)
+    await sink.write_piece(data[1000:2000])
+    assert sink.commit() is None
+    assert partial.whole_sha1() is None
+    partial.close()
+    assert partial.content_path.read_bytes() == data
+    resumed = _partial(tmp_path, data, 1000)
+    assert resumed.open() == [] and resumed.whole_sha1() == _sha1(data)
+    resumed.remove()
+
+
+@pytest.mark.trio
+async def test_a_resumed_deferred_fetch_checks_each_chunk_it_finds(tmp_path):
+    data = os.urandom(3000)
+    partial = _partial(tmp_path, data, 1000, check_chunks=False)
+    first, second, third = partial.open()
+    for chunk, body in ((first, data[:1000]), (second, b"x" * 1000)):
+        sink = partial.sink(chunk)
+        await sink.write_piece(body)
+        assert sink.commit() is None
+    partial.close()  # the process dies here
+    resumed = _partial(tmp_path, data, 1000, check_chunks=False)
+    assert resumed.open() == [second, third]  # the unchecked wrong chunk is not kept
+    resumed.close()
 
 @pytest.mark.trio
 async def test_an_incoming_file_is_hashed_as_it_streams_and_kept_when_it_matches(tmp_path):
