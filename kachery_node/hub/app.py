@@ -93,7 +93,7 @@ class Hub:
         self.settings = settings or HubSettings()
         self.public_url = ""  # set once the server is bound
         self.relay = Relay(state.hub_id, self.settings.relay, state.tokens_revoked_before)
-        self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id, self.quota_of)
+        self.bucket = FilesystemBucket(state.dir / "bucket", state.hub_id, self.quota_of, self.settings.http)
         self.secrets = SecretStore(state.dir)
         self._backends: dict[tuple[str, str, bytes], Any] = {}
         # Revocations for external pub-sub services, kept in hub.db; sent by the server's task.
