@@ -54,6 +54,7 @@ import trio
 from hypercorn.events import Closed, RawData
 
 from ..transport.websocket_frames import FrameError, MessageReader
+from . import body_passthrough
 
 log = logging.getLogger("kachery.hub.relay")
 
@@ -160,7 +161,7 @@ class _FastPath:
 async def read_data(server: Any) -> None:
     """``server``'s reading loop: hypercorn's ``TCPServer._read_data``, which hands the bytes
     to hypercorn until the relay took the connection over (:func:`take_over`), then parses them
-    itself."""
+    itself. A request body's bytes go to its stream past h11 (:mod:`.body_passthrough`)."""
     timeout = server.config.read_timeout or inf
     stream = server.stream
     while True:
@@ -176,6 +177,9 @@ async def read_data(server: Any) -> None:
             return
         if data is None:
             break
+        if data and body_passthrough.body_bytes_wanted(server):
+            await body_passthrough.pass_body(server, data)  # a body's bytes, past h11
+            continue
         await server.protocol.handle(RawData(bytes(data)))
         if data == b"":
             break

@@ -37,7 +37,7 @@ import anyio
 import anyio._backends._trio  # see below
 import anyio._core._fileio
 import trio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -237,6 +237,9 @@ class FilesystemBucket:
             evicted = self.quota.make_room(channel, key, size)
             self.files.commit(tmp, key)
             self.index.record(key, size)
+        except ClientDisconnect:  # nobody is left to answer: nothing stored, no error to log
+            log.info("bucket upload of %s cut short by its client after %d bytes", key, size)
+            return Response(status_code=400)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("bucket stored %s (%d bytes) for node %s…", key, size, grant.node[:12])

@@ -1,6 +1,11 @@
-"""hub/object_sendfile.py: a whole bucket object's body goes out with sendfile on a plain
-connection, and the connection stays usable; a reader that stops reading is cut at the body rate
-(hypercorn's own sends would wait for it for ever). Real hub processes, raw sockets."""
+"""The bucket's fast paths in a real hub process, over raw sockets.
+
+* hub/object_sendfile.py: a whole object's body goes out with sendfile on a plain connection,
+  and the connection stays usable; a reader that stops reading is cut at the body rate
+  (hypercorn's own sends would wait for it for ever).
+* hub/body_passthrough.py: an upload's body goes from the socket to the bucket past h11, whatever
+  follows it on the connection; the bodies h11 must read (chunked, ``Expect: 100-continue``)
+  still arrive whole."""
 
 from __future__ import annotations
 
@@ -30,6 +35,17 @@ STRICT_HUB = textwrap.dedent("""
     from kachery_node.hub.http_limits import HttpLimits
     from kachery_node.hub.serve import run_hub
 
+    from kachery_node.hub import body_passthrough
+
+    passed = Path(sys.argv[1]) / "passed-body-bytes"
+    real_pass_body = body_passthrough.pass_body
+
+    async def counting_pass_body(server, data):  # what went past h11, for the tests to see
+        total = int(passed.read_text()) if passed.exists() else 0
+        passed.write_text(str(total + len(data)))
+        await real_pass_body(server, data)
+
+    body_passthrough.pass_body = counting_pass_body
     limits = HttpLimits(body_grace_s=1.0, body_min_rate=4 << 20)
     run_hub(Path(sys.argv[1]), "127.0.0.1", 0, None, HubSettings(http=limits))
 """)
@@ -44,12 +60,15 @@ def strict_hub(tmp_path_factory):
     h.stop()
 
 
+def _put_url(hub: HubProcess, key: str, size: int) -> str:
+    hub_key = Keypair.from_seed_hex((hub.dir / "hub.key").read_text().strip())
+    return sign_upload_url(hub_key, f"{hub.url}/bucket", f"lab/{key}", max_size=size,
+                           expires=int(time.time()) + 600, node_id="0" * 64)
+
+
 def _put(hub: HubProcess, key: str, data: bytes) -> str:
     """Store ``data`` as bucket object ``lab/<key>``; its GET path."""
-    hub_key = Keypair.from_seed_hex((hub.dir / "hub.key").read_text().strip())
-    url = sign_upload_url(hub_key, f"{hub.url}/bucket", f"lab/{key}", max_size=len(data),
-                          expires=int(time.time()) + 600, node_id="0" * 64)
-    r = httpx.put(url, content=data, timeout=30)
+    r = httpx.put(_put_url(hub, key, len(data)), content=data, timeout=30)
     assert r.status_code == 200, r.text
     return f"/bucket/lab/{key}"
 
@@ -156,4 +175,74 @@ def test_a_reader_that_leaves_mid_body_changes_nothing_for_others(strict_hub):
     got = httpx.get(f"{strict_hub.url}{path}", timeout=30)
     assert got.status_code == 200 and got.content == data
     assert "Traceback" not in strict_hub.log()
+    assert "Traceback" not in (strict_hub.dir / "stderr.txt").read_text()
+
+
+def _passed(hub: HubProcess) -> int:
+    path = hub.dir / "passed-body-bytes"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def _request_target(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def test_upload_bodies_go_past_h11_and_what_follows_them_is_served(strict_hub):
+    with _connect(strict_hub) as s:
+        buffered = bytearray()
+        for i, size in enumerate((1, 3 * MiB + 5, 24 * MiB, 0)):
+            data = os.urandom(size)
+            put = _request_target(_put_url(strict_hub, f"feeds/up{i}", size))
+            before = _passed(strict_hub)
+            # The body's end and a GET of the object travel together: the GET waits in the same
+            # receive as the body's last bytes.
+            s.sendall(f"PUT {put} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+                      + data + f"GET /bucket/lab/feeds/up{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head, body = _read_response(s, buffered)
+            assert head.startswith(b"HTTP/1.1 200 "), head + body
+            assert f'"size":{size}}}'.encode() in body
+            head, body = _read_response(s, buffered)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == data
+            if size > MiB:  # past h11, apart from what came with the request's head
+                assert _passed(strict_hub) - before >= size - MiB
+
+
+def test_bodies_h11_must_read_still_arrive_whole(strict_hub):
+    data = os.urandom(2 * MiB + 7)
+    with _connect(strict_hub) as s:
+        buffered = bytearray()
+        put = _request_target(_put_url(strict_hub, "feeds/continue", len(data)))
+        s.sendall(f"PUT {put} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                  "Expect: 100-continue\r\n\r\n".encode())
+        while b"\r\n\r\n" not in buffered:
+            buffered += s.recv(1 << 16)
+        assert buffered.startswith(b"HTTP/1.1 100 ")
+        del buffered[: buffered.index(b"\r\n\r\n") + 4]
+        s.sendall(data)
+        head, body = _read_response(s, buffered)
+        assert head.startswith(b"HTTP/1.1 200 "), head + body
+        put = _request_target(_put_url(strict_hub, "feeds/chunked", len(data)))
+        pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+        s.sendall(f"PUT {put} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                  + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+        head, body = _read_response(s, buffered)
+        assert head.startswith(b"HTTP/1.1 200 "), head + body
+    for key in ("continue", "chunked"):
+        assert httpx.get(f"{strict_hub.url}/bucket/lab/feeds/{key}", timeout=30).content == data
+
+
+def test_an_upload_cut_short_stores_nothing_and_the_hub_serves_on(strict_hub):
+    data = os.urandom(8 * MiB)
+    put = _request_target(_put_url(strict_hub, "feeds/cut", len(data)))
+    with _connect(strict_hub) as s:
+        s.sendall(f"PUT {put} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                  + data[: 5 * MiB])
+    # The hub sees the connection end within the body; the object never appears.
+    _wait_for_log(strict_hub, "bucket upload of lab/feeds/cut cut short by its client", 20)
+    assert list((strict_hub.dir / "bucket" / ".tmp").iterdir()) == []
+    assert httpx.get(f"{strict_hub.url}/bucket/lab/feeds/cut", timeout=10).status_code == 404
+    r = httpx.put(_put_url(strict_hub, "feeds/cut", len(data)), content=data, timeout=30)
+    assert r.status_code == 200
+    assert httpx.get(f"{strict_hub.url}/bucket/lab/feeds/cut", timeout=30).content == data
     assert "Traceback" not in (strict_hub.dir / "stderr.txt").read_text()
