@@ -12,7 +12,8 @@ resumes. Layout of ``<storage>/tmp/partial/<file sha1>/``:
 * ``content``: the file being assembled, created at its full size (sparse); each chunk is
   written straight to its own byte range as it downloads, so the bytes are written once;
 * ``<start>-<end>.<chunk sha1>.ok``: an empty marker, created once the bytes in that range were
-  verified (SHA-1 and size, hashed from the bytes as they streamed in);
+  written whole and verified (SHA-1 and size, hashed from the bytes as they streamed in), or,
+  when the fetch defers the chunks' checks (below), only written whole;
 * ``<chunk sha1>.<random>.part``: a download by a link that can only write whole files (it is
   copied into ``content`` and verified on the way, then deleted; never trusted);
 * ``<chunk sha1>``: a verified chunk file left by an earlier version of the daemon (adopted into
@@ -208,7 +209,7 @@ class PartialFile:
             marker = self._marker(chunk)
             if marker.exists():
                 if self._range_sha1(chunk) == chunk.sha1:
-                    self._chunk_verified(chunk)
+                    self._chunk_marked(chunk)
                     continue
                 marker.unlink()
             legacy = self.directory / chunk.sha1
@@ -271,7 +272,7 @@ class PartialFile:
             h.update(view[:n])
             pos += n
 
-    def _chunk_verified(self, chunk: Chunk, *, checked: bool = True) -> None:
+    def _chunk_marked(self, chunk: Chunk, *, checked: bool = True) -> None:
         """``chunk``'s range holds its bytes (verified, unless not ``checked``: the whole-file
         hash will tell): extend the whole-file hash over every marked chunk that now follows the
         hashed prefix (reading them back: the hash is of what is on disk)."""
@@ -389,7 +390,7 @@ class ChunkSink(os.PathLike):
             if self._check and (actual := self._hash.hexdigest()) != self.chunk.sha1:
                 return f"its content hashes to {actual}, not {self.chunk.sha1}"
             self._partial._marker(self.chunk).touch()
-            self._partial._chunk_verified(self.chunk, checked=self._check)
+            self._partial._chunk_marked(self.chunk, checked=self._check)
             return None
         finally:
             self.discard()
