@@ -19,7 +19,6 @@ import sys
 import click
 
 from .. import DISTRIBUTION
-from ..errors import KacheryError
 from .feed_commands import feed
 from .file_commands import cat, link, load, store, upload
 from .mutable_commands import mutable
@@ -35,10 +34,19 @@ class _Group(CommandGroup):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lazy: dict[str, str] = {}
+        self._lazy_help: dict[str, str] = {}
 
-    def add_lazy_command(self, name: str, import_path: str) -> None:
-        """Register ``module:attribute`` as the command ``name`` without importing it yet."""
+    def add_lazy_command(self, name: str, import_path: str, short_help: str) -> None:
+        """Register ``module:attribute`` as the command ``name`` without importing it yet;
+        ``short_help`` (its docstring's first sentence: a test keeps them equal) is what
+        ``kachery --help`` lists for it meanwhile, so that listing imports none of them."""
         self._lazy[name] = import_path
+        self._lazy_help[name] = short_help
+
+    def command_row(self, ctx: click.Context, name: str) -> tuple[str, str] | None:
+        if name in self._lazy and name not in self.commands:
+            return name, self._lazy_help[name]
+        return super().command_row(ctx, name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._lazy})
@@ -50,6 +58,8 @@ class _Group(CommandGroup):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from ..errors import KacheryError  # here: it loads kachery_feeds (~20 ms), --help needs none
+
         try:
             return super().invoke(ctx)
         except (KacheryError, OSError) as exc:
@@ -80,9 +90,18 @@ main.add_command(upload)
 main.add_command(feed)
 main.add_command(mutable)
 # node: cli/daemon.py's group plus `join|leave` (cli/membership.py); trio etc. load only when used
-main.add_lazy_command("node", "kachery_node.cli.membership_commands:node")
-main.add_lazy_command("hub", "kachery_node.cli.hub_commands:hub")
-main.add_lazy_command("channel", "kachery_node.cli.channel_commands:channel")
-main.add_lazy_command("demo", "kachery_node.demo:demo")
-main.add_lazy_command("task", "kachery_node.cli.task_commands:task")
-main.add_lazy_command("fsck", "kachery_node.cli.fsck_commands:fsck")
+main.add_lazy_command("node", "kachery_node.cli.membership_commands:node",
+                      "Run the node daemon and manage its channels.")
+main.add_lazy_command("hub", "kachery_node.cli.hub_commands:hub",
+                      "Run a hub (channels, roles, credentials, relay and bucket), and sign in to it.")
+main.add_lazy_command("channel", "kachery_node.cli.channel_commands:channel",
+                      "Create channels and decide which node may do what on them.")
+main.add_lazy_command("demo", "kachery_node.demo:demo",
+                      "Run a hub and two nodes in a temporary folder: a live feed and a large file "
+                      "between them.")
+main.add_lazy_command("task", "kachery_node.cli.task_commands:task",
+                      "Request tasks from a channel, or offer task functions to it.")
+main.add_lazy_command("fsck", "kachery_node.cli.fsck_commands:fsck",
+                      "Check the local storage: stored files (present, right size, manifests; with "
+                      "--files, their bytes), links, mutables, and every feed's messages, hash chains "
+                      "and signatures.")

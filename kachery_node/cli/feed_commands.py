@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..api import open_storage
+import kachery_node as kn  # its names load on first use (kachery_node/__init__.py)
+
 from .output import CommandGroup, echo_json, json_option
 
 
@@ -39,7 +40,7 @@ def feed() -> None:
 @json_option
 def create(name: str | None, as_json: bool) -> None:
     """Create a feed owned by this node and print its URI."""
-    f = open_storage().feeds.create_feed(name)
+    f = kn.open_storage().feeds.create_feed(name)
     if as_json:
         echo_json({"feed_id": f.feed_id, "uri": f.uri, "name": name})
     else:
@@ -55,11 +56,11 @@ def _subfeed_uri(arg: str) -> str:
     if not slash or not name:
         raise click.ClickException(
             f"{arg!r} names no subfeed: give feed://<feed ID>/<subfeed>, or <feed name>/<subfeed>")
-    return open_storage().load_feed(feed_part).load_subfeed(name).uri
+    return kn.open_storage().load_feed(feed_part).load_subfeed(name).uri
 
 
 def _subfeed(arg: str):
-    return open_storage().load_subfeed(_subfeed_uri(arg))
+    return kn.open_storage().load_subfeed(_subfeed_uri(arg))
 
 
 def _parse_messages(args: tuple[str, ...]) -> Iterator[Any]:
@@ -166,7 +167,7 @@ def _feed_or_subfeed_uri(arg: str) -> str:
         return arg
     if "/" in arg:
         return _subfeed_uri(arg)
-    return open_storage().load_feed(arg).uri
+    return kn.open_storage().load_feed(arg).uri
 
 
 @feed.command()
@@ -251,7 +252,7 @@ def followed(as_json: bool) -> None:
     from ..storage.followed_subfeeds import read_followed
 
     out = [{"uri": r.uri, "channel": r.channel, "last_read": r.last_read}
-           for r in read_followed(open_storage().directory)]
+           for r in read_followed(kn.open_storage().directory)]
     if as_json:
         echo_json({"followed": out})
         return
@@ -265,7 +266,7 @@ def followed(as_json: bool) -> None:
 def _daemon_running() -> bool:
     from ..remote_reads import daemon_for
 
-    return daemon_for(open_storage().directory) is not None
+    return daemon_for(kn.open_storage().directory) is not None
 
 
 @feed.command("info")
@@ -276,7 +277,7 @@ def feed_info(uri: str, as_json: bool) -> None:
     (or, for a subfeed URI, that subfeed's)."""
     import kachery_feeds as kf
 
-    storage = open_storage()
+    storage = kn.open_storage()
     names_subfeed = (kf.parse_feed_uri(uri).subfeed_name is not None if uri.startswith("feed://")
                      else "/" in uri)
     if names_subfeed:
@@ -331,7 +332,7 @@ def require_witnesses(subfeed_uri: str, witnesses: int) -> None:
     signed message of the feed's "kachery.witness-policy" subfeed (spec/witness.md §4.4)."""
     from ..protocol.witness_gate import POLICY_SUBFEED, policy_payload
 
-    storage = open_storage()
+    storage = kn.open_storage()
     sf = storage.load_subfeed(_subfeed_uri(subfeed_uri))
     if not sf.is_writeable:
         raise click.ClickException(f"only the owner of {sf.feed_id} (who holds its key) can set this")
@@ -363,7 +364,7 @@ def feed_verify(uri: str, witnesses: bool, channel: str | None, show_all: bool, 
     from ..transport.hub_client import HubClient
     from ..witness_reads import newest_witnessed_checkpoints, provable_timeline
 
-    storage = open_storage()
+    storage = kn.open_storage()
     sf = storage.load_subfeed(_subfeed_uri(uri))
     report = storage.feeds.verify((sf.feed_id, sf.subfeed_hash))
     count = sf.get_num_local_messages()
@@ -451,7 +452,7 @@ def import_legacy(source: str | None, feed_ids: tuple[str, ...], as_json: bool) 
     """
     from ..legacy.feeds_import import import_original_feeds
 
-    results = import_original_feeds(open_storage(), source, feed_ids=list(feed_ids) or None)
+    results = import_original_feeds(kn.open_storage(), source, feed_ids=list(feed_ids) or None)
     if as_json:
         echo_json({"feeds": [r.to_json() for r in results]})
         return
@@ -473,7 +474,7 @@ def export_key(feed_ref: str, out_path: str) -> None:
     Restore it on another machine with `kachery feed restore FILE`."""
     import os
 
-    storage = open_storage()
+    storage = kn.open_storage()
     backup = storage.feeds.export_key(storage.load_feed(feed_ref).feed_id)
     try:
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -507,7 +508,7 @@ def restore(backup: str | None, resume_feed: str | None, channel: str | None, ti
 
     if (backup is None) == (resume_feed is None):
         raise click.ClickException("give either a BACKUP file or --resume FEED")
-    storage = open_storage()
+    storage = kn.open_storage()
     if backup is not None:
         feed_id = restore_from_backup(storage, backup).feed_id
     else:
@@ -557,7 +558,7 @@ def rotate_key(feed_ref: str, recovery_public_key: str | None, as_json: bool) ->
     backup of the old key can no longer append: export a new one (`kachery feed export-key`)."""
     from kachery_feeds.succession import KeyChain
 
-    storage = open_storage()
+    storage = kn.open_storage()
     feed_id = storage.load_feed(feed_ref).feed_id
     kwargs = {}
     if recovery_public_key is not None:
@@ -601,7 +602,7 @@ def set_recovery_key(feed_ref: str, out_path: str | None, public_hex: str | None
 
     if (out_path is None) == (public_hex is None):
         raise click.ClickException("give either --out FILE (a fresh key) or --public-key HEX")
-    storage = open_storage()
+    storage = kn.open_storage()
     feed_id = storage.load_feed(feed_ref).feed_id
     if out_path is not None:
         seed = os.urandom(32)
@@ -631,7 +632,7 @@ def recover(feed_ref: str, key_path: str, as_json: bool) -> None:
     from kachery_feeds.key_backup import parse_recovery_key
     from kachery_feeds.succession import KeyChain
 
-    storage = open_storage()
+    storage = kn.open_storage()
     feed_id = storage.load_feed(feed_ref).feed_id
     key_feed, seed = parse_recovery_key(Path(key_path).read_bytes())
     if key_feed != feed_id:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import click
 
-from ..api import load_bytes, load_file, open_storage
-from ..storage.file_index import BLOCK_SIZE
-from ..storage.file_uris import parse_uri
+import kachery_node as kn  # its names load on first use (kachery_node/__init__.py)
+
 from .output import echo_json, json_option, progress_bar, progress_option, transfer_progress
 
 
 def _file_result(path: str, uri: str) -> dict:
-    key = parse_uri(uri)
+    key = kn.parse_uri(uri)
     return {"path": path, "uri": uri, "sha1": key.sha1, "size": os.stat(path).st_size,
             "manifest_sha1": key.manifest_sha1}
 
@@ -32,7 +31,7 @@ def store(paths: tuple[str, ...], as_json: bool, progress: bool | None) -> None:
     unchanged file again neither rehashes nor copies it. With --json, prints one JSON object
     per file: path, uri, sha1, size, manifest_sha1.
     """
-    storage = open_storage()
+    storage = kn.open_storage()
     for path in paths:
         with progress_bar(os.stat(path).st_size, Path(path).name, progress) as cb:
             uri = storage.store_file(path, progress=cb)
@@ -52,7 +51,7 @@ def link(paths: tuple[str, ...], as_json: bool, progress: bool | None) -> None:
     A linked file is served from where it is; if it changes afterwards, loading it fails
     instead of serving different content. With --json, one JSON object per file.
     """
-    storage = open_storage()
+    storage = kn.open_storage()
     for path in paths:
         with progress_bar(os.stat(path).st_size, Path(path).name, progress) as cb:
             uri = storage.link_file(path, progress=cb)
@@ -69,11 +68,11 @@ channel_option = click.option(
 def _fetch_if_missing(uri: str, channel: str | None, progress: bool | None) -> None:
     """If the content is not here, fetch it (with a progress bar): through the daemon if one
     runs for this storage, else straight from the channels' buckets."""
-    storage = open_storage()
+    storage = kn.open_storage()
     if storage.has_file(uri):
         return
-    with transfer_progress(parse_uri(uri).basename or "download", progress) as cb:
-        load_file(uri, channel=channel, progress=cb)
+    with transfer_progress(kn.parse_uri(uri).basename or "download", progress) as cb:
+        kn.load_file(uri, channel=channel, progress=cb)
 
 
 @click.command()
@@ -89,7 +88,7 @@ def load(uri: str, dest: str | None, channel: str | None, progress: bool | None)
     channels' buckets. Fails with an error (exit status 1) if the content is not available.
     """
     _fetch_if_missing(uri, channel, progress)
-    click.echo(load_file(uri, dest=dest, channel=channel))
+    click.echo(kn.load_file(uri, dest=dest, channel=channel))
 
 
 @click.command()
@@ -117,16 +116,18 @@ def upload(path_or_uri: str, channel: str, as_json: bool) -> None:
 def cat(uri: str, start: int, end: int | None, channel: str | None) -> None:
     """Write the content of a sha1:// URI, or bytes [--start, --end) of it, to stdout
     (fetched from the node's channels if it is not here, as `kachery load` does)."""
+    from ..storage.file_index import BLOCK_SIZE
+
     if end is None:  # to the end: the whole file (a range fetches only the chunks covering it)
         _fetch_if_missing(uri, channel, False)
     out = sys.stdout.buffer
     if end is None:
-        with open(load_file(uri, channel=channel), "rb") as f:
+        with open(kn.load_file(uri, channel=channel), "rb") as f:
             f.seek(start)
             shutil.copyfileobj(f, out, BLOCK_SIZE)
     elif start >= end:
-        out.write(load_bytes(uri, start, end, channel=channel))  # checks the range
+        out.write(kn.load_bytes(uri, start, end, channel=channel))  # checks the range
     else:
         for pos in range(start, end, BLOCK_SIZE):
-            out.write(load_bytes(uri, pos, min(end, pos + BLOCK_SIZE), channel=channel))
+            out.write(kn.load_bytes(uri, pos, min(end, pos + BLOCK_SIZE), channel=channel))
     out.flush()

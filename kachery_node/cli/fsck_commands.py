@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from ..api import open_storage
+import kachery_node as kn  # its names load on first use (kachery_node/__init__.py)
+
 from .output import echo_json, json_option
 
 
@@ -44,7 +45,7 @@ def fsck(hashes: bool, repair: bool, channel: str | None, as_json: bool) -> None
         raise click.UsageError("--repair needs --channel NAME (where to fetch good copies from)")
     if channel and not repair:
         raise click.UsageError("--channel is only used with --repair")
-    storage = open_storage()
+    storage = kn.open_storage()
     report = storage.verify(hashes=hashes)
     repaired = None
     if repair and not report.ok:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from ..api import open_storage
+import kachery_node as kn  # its names load on first use (kachery_node/__init__.py)
+
 from .output import CommandGroup
 
 
@@ -39,7 +40,7 @@ def mutable() -> None:
 @click.option("--keep", is_flag=True, help="Do not overwrite an existing value.")
 def set_(key: str, value: str, json_key: bool, keep: bool) -> None:
     """Set KEY to the JSON VALUE. Exit status 1 with --keep if KEY already had a value."""
-    if not open_storage().mutables.set(_key(key, json_key), _parse(value, "value"),
+    if not kn.open_storage().mutables.set(_key(key, json_key), _parse(value, "value"),
                                        overwrite=not keep):
         raise click.ClickException(f"{key} already has a value (kept, as --keep asked)")
 
@@ -49,7 +50,7 @@ def set_(key: str, value: str, json_key: bool, keep: bool) -> None:
 @json_key_option
 def get(key: str, json_key: bool) -> None:
     """Print the value of KEY as JSON (exit status 1 if there is none)."""
-    click.echo(json.dumps(open_storage().mutables.get(_key(key, json_key)), ensure_ascii=False))
+    click.echo(json.dumps(kn.open_storage().mutables.get(_key(key, json_key)), ensure_ascii=False))
 
 
 @mutable.command()
@@ -57,5 +58,5 @@ def get(key: str, json_key: bool) -> None:
 @json_key_option
 def delete(key: str, json_key: bool) -> None:
     """Delete KEY (exit status 1 if there was none)."""
-    if not open_storage().mutables.delete(_key(key, json_key)):
+    if not kn.open_storage().mutables.delete(_key(key, json_key)):
         raise click.ClickException(f"no mutable with key {key}")

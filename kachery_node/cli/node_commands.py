@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..api import open_storage
-from ..config import default_storage_dir, init_node, load_node_config
+import kachery_node as kn  # its names load on first use (kachery_node/__init__.py)
+
 from .output import echo_json, json_option
 
 
@@ -36,11 +36,12 @@ def init(label: str | None, max_cache_size_gib: float | None, as_json: bool) -> 
     the node key comes from its private.pem (the node ID stays the same), the cache cap from its
     kachery.yaml, and it says what it does with the rest (feeds.db, mutables.db, sha1/).
     """
+    from ..config import default_storage_dir
     from ..legacy.storage_dir import inspect_storage
 
     storage_dir = default_storage_dir()
     original = inspect_storage(Path(storage_dir))  # before init adds files of its own
-    cfg, created = init_node(storage_dir, label=label, max_cache_size_gib=max_cache_size_gib)
+    cfg, created = kn.init_node(storage_dir, label=label, max_cache_size_gib=max_cache_size_gib)
     notes = original.notes(node_id_kept=any("private.pem" in c for c in created)
                            or _pem_node_id(original) == cfg.node_id)
     if as_json:
@@ -80,11 +81,12 @@ def info(as_json: bool) -> None:
     linked_bytes, max_cache_bytes (null: no cap), database_bytes, channels (joined: name, hub,
     requested roles).
     """
+    from ..config import default_storage_dir
     from ..joined_channels import load_memberships
 
     storage_dir = Path(default_storage_dir())
-    cfg = load_node_config(storage_dir)
-    usage = open_storage(storage_dir).usage()
+    cfg = kn.load_node_config(storage_dir)
+    usage = kn.open_storage(storage_dir).usage()
     channels = [{"name": name, "hub": entry.get("hub_url"), "roles": entry.get("roles", [])}
                 for name, entry in sorted(load_memberships(storage_dir).items())]
     if as_json:

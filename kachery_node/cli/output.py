@@ -24,14 +24,17 @@ class CommandGroup(click.Group):
     instead of cutting it with "..." at the terminal's width (click's default)."""
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is not None and not cmd.hidden:
-                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        rows = [row for name in self.list_commands(ctx) if (row := self.command_row(ctx, name))]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+    def command_row(self, ctx: click.Context, name: str) -> tuple[str, str] | None:
+        """``(name, first sentence)`` of a command in the list, or None to leave it out."""
+        cmd = self.get_command(ctx, name)
+        if cmd is None or cmd.hidden:
+            return None
+        return name, cmd.get_short_help_str(limit=10_000)
 
 
 def echo_json(obj: Any) -> None:

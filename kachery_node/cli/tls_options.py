@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from ..transport.tls import CA_FILE_ENV, INSECURE_ENV
+from ..transport.tls_env import CA_FILE_ENV, INSECURE_ENV
 
 
 def _set_ca_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:

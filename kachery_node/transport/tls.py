@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, InsecureUrlError
+from .tls_env import CA_FILE_ENV, INSECURE_ENV
 
 if TYPE_CHECKING:
     import ssl
 
-CA_FILE_ENV = "KACHERY_CA_FILE"
-INSECURE_ENV = "KACHERY_INSECURE_HTTP"
 SECURE_SCHEMES = ("https", "wss")
 PLAIN_SCHEMES = ("http", "ws")
 

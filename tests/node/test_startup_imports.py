@@ -37,10 +37,37 @@ def test_kachery_help_imports_no_server_module():
     modules = _modules_after(
         "import sys\nsys.argv = ['kachery', '--help']\nfrom kachery_node.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n")
-    assert "kachery_node.cli.daemon_commands" in modules  # --help did list every command
     assert _loaded(modules, SERVER_MODULES) == []
-    # nor what only a TLS connection, a node's config or a hashing pool needs (~10 ms)
+    # nor what only a TLS connection, a node's config or a hashing pool needs (~10 ms), nor the
+    # API and the feeds core (~60 ms: kachery_node's names load on first use), nor the commands
+    # registered lazily (the list shows their first sentence, kept equal by the test below)
     assert _loaded(modules, ("ssl", "tomllib", "concurrent.futures")) == []
+    assert _loaded(modules, ("kachery_feeds", "kachery_node.api", "kachery_node.errors", "nacl",
+                             "kachery_node.cli.daemon_commands", "kachery_node.cli.hub_commands")) == []
+
+
+def test_kachery_help_lists_each_lazy_command_with_its_own_first_sentence():
+    import importlib
+
+    from click.testing import CliRunner
+
+    from kachery_node.cli import main
+
+    listed = CliRunner().invoke(main, ["--help"], terminal_width=10_000).output
+    for name, path in main._lazy.items():
+        module, _, attr = path.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        short = command.get_short_help_str(limit=10_000)
+        assert main._lazy_help[name] == short, name
+        assert f"  {name} " in listed and " ".join(short.split()) in " ".join(listed.split())
+
+
+def test_import_kachery_node_loads_its_names_on_first_use():
+    modules = _modules_after("import kachery_node as kn")
+    assert _loaded(modules, ("kachery_feeds", "kachery_node.api", "nacl", "httpx")) == []
+    modules = _modules_after("import kachery_node as kn\nassert kn.NotFoundError.__module__ == "
+                             "'kachery_node.errors'\nfrom kachery_node import parse_uri, load_file")
+    assert "kachery_node.api" in modules and "kachery_node.storage.file_uris" in modules
 
 
 def test_import_kachery_feeds_loads_neither_sqlite_utils_nor_numpy():
