@@ -479,16 +479,22 @@ async def test_resume_refetches_a_verified_chunk_damaged_on_disk(lab, a, b, big_
     assert no_leftovers(b)
 
 
-@pytest.mark.trio
-async def test_tampered_chunk_without_provider_is_reported_and_nothing_stored(lab, a, b, big_file):
+async def _tamper_second_chunk(lab, a: Node, b: Node, big_file: Path) -> tuple[bytes, str, kn.FileUri, str]:
+    """``big_file`` stored on ``a``, its manifest on ``b``, every chunk in the bucket with the second
+    one's bytes replaced (same size); returns (data, uri, its parsed key, the second chunk's SHA-1)."""
     data = big_file.read_bytes()
     uri = a.storage.store_file(big_file)
     key = kn.parse_uri(uri)
     await b.fetch(f"sha1://{key.manifest_sha1}")
-    second = sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE])
     for i, start in enumerate(range(0, len(data), CHUNK_SIZE)):
         piece = data[start : start + CHUNK_SIZE]
         lab.bucket[file_path("lab", sha1(piece))] = b"x" * len(piece) if i == 1 else piece
+    return data, uri, key, sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE])
+
+
+@pytest.mark.trio
+async def test_tampered_chunk_without_provider_is_reported_and_nothing_stored(lab, a, b, big_file):
+    _data, uri, key, second = await _tamper_second_chunk(lab, a, b, big_file)
     a.kill()
     with pytest.raises(kn.NotFoundError) as info:
         await b.fetch(uri)
@@ -502,20 +508,12 @@ async def test_tampered_chunk_without_provider_is_reported_and_nothing_stored(la
     assert not [p for p in partial.iterdir() if p.suffix == ".part"]
 
 
-
 @pytest.mark.trio
 async def test_tampered_chunk_is_found_by_the_whole_file_hash_and_healed_by_a_provider(
         lab, a, b, big_file):
     # The chunks' own checks are deferred to the whole file's SHA-1: a chunk of the right size
     # and wrong bytes is taken at first, found by the whole hash, checked, and fetched again.
-    data = big_file.read_bytes()
-    uri = a.storage.store_file(big_file)
-    key = kn.parse_uri(uri)
-    await b.fetch(f"sha1://{key.manifest_sha1}")
-    second = sha1(data[CHUNK_SIZE : 2 * CHUNK_SIZE])
-    for i, start in enumerate(range(0, len(data), CHUNK_SIZE)):
-        piece = data[start : start + CHUNK_SIZE]
-        lab.bucket[file_path("lab", sha1(piece))] = b"x" * len(piece) if i == 1 else piece
+    data, uri, key, second = await _tamper_second_chunk(lab, a, b, big_file)
     path = await b.fetch(uri)
     assert Path(path).read_bytes() == data
     second_download = (b.keypair.public_hex, file_path("lab", second))
