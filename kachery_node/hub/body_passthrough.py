@@ -7,15 +7,15 @@ h11's event machinery around each piece: measured with ``perf`` during the netwo
 row, those copies were ~9% of the hub's CPU (``memmove``), with more in h11's Python. A body with
 a ``Content-Length`` needs none of it: its bytes are the next ``n`` bytes of the connection.
 
-So, before hypercorn's reading loop (``hub/serve.py``, through :func:`.direct_receive.read_data`)
-hands newly received bytes to h11, it asks :func:`body_bytes_wanted`: when h11 is in the middle
-of such a body (the client is sending it, h11 has nothing of it buffered, no ``100 Continue`` is
-owed), the body's part of the bytes goes to hypercorn's HTTP stream as one body event, exactly
-what h11 would have produced, and h11's count of the body bytes still to come is lowered by as
-many (:func:`pass_body`). When the body is complete, h11 is asked for its next events: it ends
-the request (the app's ``more_body`` false) as if it had read the body itself, and any bytes after
-the body (a pipelined request) go to h11 as usual. Chunked bodies, HTTP/2, WebSockets and
-anything this module does not recognise stay on the ordinary path.
+So hypercorn's reading loop (``hub/serve.py``, through :func:`.direct_receive.read_data`) first
+offers newly received bytes to :func:`pass_body`: when h11 is in the middle of such a body (the
+client is sending it, h11 has nothing of it buffered, no ``100 Continue`` is owed), the body's
+part of the bytes goes to hypercorn's HTTP stream as one body event, exactly what h11 would have
+produced, and h11's count of the body bytes still to come is lowered by as many. When the body
+is complete, h11 is asked for its next events: it ends the request (the app's ``more_body``
+false) as if it had read the body itself, and any bytes after the body (a pipelined request) go
+to h11 as usual. Chunked bodies, HTTP/2, WebSockets and anything this module does not recognise
+stay on the ordinary path.
 """
 
 from __future__ import annotations
@@ -45,21 +45,14 @@ def _body_reader(server: Any) -> tuple[H11Protocol, ContentLengthReader] | None:
     return proto, reader
 
 
-def body_bytes_wanted(server: Any) -> int:
-    """How many of the next bytes received on ``server``'s connection (hypercorn's
-    ``TCPServer``) belong to a request body that :func:`pass_body` may deliver (0: give them all
-    to hypercorn the ordinary way)."""
+async def pass_body(server: Any, data: bytes) -> bool:
+    """Deliver ``data``, just received on ``server``'s connection (hypercorn's ``TCPServer``), if
+    h11 is inside a request body this module may take: its first bytes as the body's next piece,
+    the rest (bytes after the body) to hypercorn as usual. False, having done nothing, otherwise:
+    the caller then hands ``data`` to hypercorn the ordinary way."""
     found = _body_reader(server)
-    return found[1]._remaining if found is not None else 0
-
-
-async def pass_body(server: Any, data: bytes) -> None:
-    """Deliver ``data``, just received, when :func:`body_bytes_wanted` was above 0: its first
-    bytes as the body's next piece, the rest (bytes after the body) to hypercorn as usual."""
-    found = _body_reader(server)
-    if found is None:  # (the caller asked first; nothing ran in between)
-        await server.protocol.handle(RawData(data))
-        return
+    if found is None:
+        return False
     proto, reader = found
     n = min(len(data), reader._remaining)
     piece = data if n == len(data) else data[:n]
@@ -72,3 +65,4 @@ async def pass_body(server: Any, data: bytes) -> None:
             await server.protocol.handle(RawData(data[n:]))
         else:
             await proto._handle_events()
+    return True

@@ -177,9 +177,8 @@ async def read_data(server: Any) -> None:
             return
         if data is None:
             break
-        if data and body_passthrough.body_bytes_wanted(server):
-            await body_passthrough.pass_body(server, data)  # a body's bytes, past h11
-            continue
+        if data and await body_passthrough.pass_body(server, data):
+            continue  # a request body's bytes, delivered past h11
         await server.protocol.handle(RawData(bytes(data)))
         if data == b"":
             break
