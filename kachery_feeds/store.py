@@ -1072,16 +1072,18 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
                  rows: list[tuple[int, bytes] | tuple[int, bytes, bytes]]) -> None:
     """Insert an import's rows of subfeed row ``sid`` as :func:`parse_range` shapes them:
     ``(n, wire line)`` unsigned, whose body is the line but its last byte (the tab);
-    ``(n, body, signature)`` signed. Each run of one shape goes to one
-    executemany, in order; the unsigned rows' NULL is in the statement (see
+    ``(n, body, signature)`` signed. Each run of one shape goes to executemany, in order,
+    :data:`_BIND_ROWS` rows at a time; the unsigned rows' NULL is in the statement (see
     :func:`_insert_appended`; ``sid`` is this store's own integer key). The runs are found by a
     C-speed search over the rows' lengths.
 
-    The bytes go to sqlite3 as bytearrays, made one row at a time by C iterators while it
-    binds (map, zip: no Python code per row, and each copy's memory is reused by the next):
-    sqlite3 binds a bytearray as it is but looks up an adapter for each bytes parameter, which
-    costs more than the copy (~0.35 against ~0.1 µs for a 400-byte body). An unsigned line's
-    bytearray is cut before its tab there too (faster than SQL's substr, ~0.15 µs a row)."""
+    The bytes go to sqlite3 as bytearrays, made by C iterators (map, zip: no Python code per
+    row): sqlite3 binds a bytearray as it is but looks up an adapter for each bytes parameter,
+    which costs more than the copy (~0.35 against ~0.1 µs for a 400-byte body). An unsigned
+    line's bytearray is cut before its tab (faster than SQL's substr, ~0.15 µs a row). Each part's
+    parameters are made in a list before its executemany starts, not while it steps: ~0.12 µs
+    a row less (measured: 100k batch-signed rows in 203 instead of 216 ms, bench/README.md), and
+    each part's memory is reused by the next."""
     sql = f"INSERT INTO messages(message_key, body, sig) VALUES ({message_key(int(sid), 0)} + ?,?,"
     unsigned, signed = sql + "NULL)", sql + "?)"
     shapes = bytes(map(len, rows))
@@ -1090,17 +1092,20 @@ def _insert_rows(c: sqlite3.Connection, sid: int,
         unsigned_run = shapes[start] == 2
         stop = shapes.find(3 if unsigned_run else 2, start)
         stop = end if stop < 0 else stop
-        run = rows[start:stop]
-        numbers = map(_first, run)
-        if unsigned_run:
-            bodies = map(_but_last, map(bytearray, map(_second, run)))  # each line without its tab
-            c.executemany(unsigned, zip(numbers, bodies, strict=True))
-        else:
-            c.executemany(signed, zip(numbers, map(bytearray, map(_second, run)),
-                                      map(bytearray, map(_third, run)), strict=True))
+        for at in range(start, stop, _BIND_ROWS):
+            part = rows[at:min(stop, at + _BIND_ROWS)]
+            numbers = map(_first, part)
+            if unsigned_run:
+                bodies = map(_but_last, map(bytearray, map(_second, part)))  # each line without its tab
+                c.executemany(unsigned, list(zip(numbers, bodies, strict=True)))
+            else:
+                c.executemany(signed, list(zip(numbers, map(bytearray, map(_second, part)),
+                                               map(bytearray, map(_third, part)), strict=True)))
         start = stop
 
 
+#: Rows :func:`_insert_rows` binds per executemany.
+_BIND_ROWS = 1024
 _first, _second, _third = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 _but_last = operator.itemgetter(slice(None, -1))
 
