@@ -90,6 +90,80 @@ def test_a_large_range_imports_with_the_helper_exactly_as_without_it(source, tmp
     assert helped == alone == (("added", len(lines)), lines)
 
 
+def _verified_here(monkeypatch) -> list[int]:
+    """Counts the ranges the store verified in its own process (the usual path, which a range
+    the helper did not vouch for takes)."""
+    calls: list[int] = []
+    usual = kf.Store._parse_import
+
+    def counted(self, feed_id, sh, lines):
+        calls.append(len(lines))
+        return usual(self, feed_id, sh, lines)
+
+    monkeypatch.setattr(kf.Store, "_parse_import", counted)
+    return calls
+
+
+def test_parts_written_from_the_lines_themselves_reach_the_helper_intact(source, tmp_path, monkeypatch):
+    """Past the first part, the lines go to the helper by writev from where they are: many small
+    parts, writev batches that end anywhere in a part, and the helper vouches for them all."""
+    uri, lines = source["batched"]
+    monkeypatch.setattr(range_verifier, "CHUNK_LINES", 900)
+    monkeypatch.setattr(range_verifier, "JOINED_PARTS", 1)
+    monkeypatch.setattr(range_verifier, "_IOV_MAX", 7)
+    here = _verified_here(monkeypatch)
+    helped, alone, answered = _outcomes(tmp_path, uri, lines, monkeypatch)
+    assert answered == 1 and here == [len(lines)]  # the second: the import without the helper
+    assert helped == alone == (("added", len(lines)), lines)
+
+
+def test_a_writev_cut_short_is_finished(monkeypatch):
+    """A writev that a signal cuts short (it returns fewer bytes): the rest follows, in order."""
+    lines = [bytes([65 + i % 26]) * (100 + i) for i in range(50)]
+    real = os.writev
+
+    def short(fd, buffers):
+        return real(fd, [buffers[0][: len(buffers[0]) // 2]])  # half of the first line only
+
+    monkeypatch.setattr(range_verifier.os, "writev", short)
+    monkeypatch.setattr(range_verifier, "_IOV_MAX", 8)
+    r, w = os.pipe()
+    got = bytearray()
+
+    def read_all() -> None:
+        while chunk := os.read(r, 65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        range_verifier._write_lines(w, lines)
+    finally:
+        os.close(w)
+        reader.join(10)
+        os.close(r)
+    assert bytes(got) == b"".join(lines)
+
+
+@pytest.mark.parametrize("stored", [3000, 11000])  # the local end in the helper's part, in the store's
+def test_a_range_that_overlaps_the_stored_messages_adds_the_rest_as_without_the_helper(
+        source, tmp_path, monkeypatch, stored):
+    uri, lines = source["batched"]
+    here = _verified_here(monkeypatch)
+    outcomes = []
+    for name, helper in (("with", True), ("without", False)):
+        monkeypatch.setenv("KACHERY_IMPORT_HELPER", "0")
+        store = kf.open_store(tmp_path / f"{name}.db")
+        sf = store.load_subfeed(uri)
+        sf.add_signed_messages(lines[:stored])
+        monkeypatch.setenv("KACHERY_IMPORT_HELPER", "1" if helper else "0")
+        outcomes.append((sf.add_signed_messages(lines), sf.get_signed_messages()))
+        store.close()
+    assert outcomes[0] == outcomes[1] == (len(lines) - stored, lines)
+    # with: only the first part (under the helper's size); without: both
+    assert here == [stored, stored, len(lines)]
+
+
 def _tampered(lines, at: int, how: str) -> list[bytes]:
     out = list(lines)
     body, _tab, sig = out[at].rpartition(b"\t")
@@ -274,9 +348,9 @@ def test_plan_cuts_after_signed_messages_within_the_helpers_share(pattern):
 
 def test_plan_cuts_a_batch_signed_range_into_parts_the_helper_parses_as_they_come():
     lines = [b"x\tsig" if (i + 1) % 1000 == 0 else b"x\t" for i in range(100_000)]
-    assert range_verifier.plan(lines) == [9000, 18000, 27000, 36000, 45000, 54000, 63000, 72000, 75000]
+    assert range_verifier.plan(lines) == [9000, 18000, 27000, 36000, 45000, 54000, 63000, 72000, 80000]
     each = [b"x\tsig"] * 20_000
-    assert range_verifier.plan(each) == [8192, 15000]
+    assert range_verifier.plan(each) == [8192, 16000]
     assert range_verifier.plan([b"x\t"] * 19_999 + [b"x\tsig"]) == []  # signed only at its end
 
 
