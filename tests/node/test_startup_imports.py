@@ -10,6 +10,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 import kachery_feeds as kf
 from kachery_feeds import schema
 
@@ -70,11 +72,35 @@ def test_import_kachery_node_loads_its_names_on_first_use():
     assert "kachery_node.api" in modules and "kachery_node.storage.file_uris" in modules
 
 
-def test_import_kachery_feeds_loads_neither_sqlite_utils_nor_numpy():
+def test_import_kachery_feeds_loads_its_names_on_first_use():
     modules = _modules_after("import kachery_feeds")
     assert _loaded(modules, ("sqlite_utils", "numpy", "kachery_node", "httpx", "trio")) == []
-    # nor the import helper's client (subprocess and all: ~4 ms), loaded by the first import
+    # nor its own modules, SQLite or libsodium (~35 ms): each public name loads on first use
+    assert _loaded(modules, ("kachery_feeds",)) == ["kachery_feeds"]
+    assert _loaded(modules, ("sqlite3", "nacl", "orjson")) == []
+    modules = _modules_after("import kachery_feeds as kf\nassert kf.ForkError.__module__ == "
+                             "'kachery_feeds.errors'\nfrom kachery_feeds import parse_feed_uri")
+    assert "kachery_feeds.errors" in modules and "kachery_feeds.store" not in modules
+    # the store does not load the import helper's client (subprocess and all: ~4 ms) either,
+    # until its first large import
+    modules = _modules_after("import kachery_feeds as kf\nkf.Store")
     assert _loaded(modules, ("kachery_feeds.range_verifier", "subprocess")) == []
+
+
+def test_every_public_name_and_module_of_kachery_feeds_is_reachable_from_the_package():
+    import importlib
+    import pkgutil
+
+    assert sorted(kf.__all__) == sorted(kf._LAZY) and set(dir(kf)) >= set(kf.__all__)
+    for name in kf.__all__:
+        module = importlib.import_module(kf._LAZY[name])
+        assert getattr(kf, name) is getattr(module, name), name
+    assert {m.name for m in pkgutil.iter_modules(kf.__path__)} == kf._SUBMODULES
+    modules = _modules_after("import kachery_feeds as kf\nassert kf.messages.message_hash(b'') == "
+                             "__import__('hashlib').sha256(b'').digest()")
+    assert "kachery_feeds.messages" in modules
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kf.no_such_name  # noqa: B018
 
 
 def test_creating_and_using_a_store_does_not_import_sqlite_utils(tmp_path):
