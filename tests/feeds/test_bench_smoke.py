@@ -50,3 +50,18 @@ def test_bench_quick_prints_table(tmp_path: Path) -> None:
     assert x["follow_received"] == x["follow_messages"]
     assert x["follow_mem"]["count"] == result["config"]["follow_mem"]
     assert elapsed < 60, f"quick bench took {elapsed:.0f} s (should be well under 30 s)"
+
+
+def test_ab_import_compares_trees_and_prints_its_table(tmp_path: Path) -> None:
+    """bench/feeds/ab_import.py with this checkout as both trees: one round of imports large
+    enough for the import helper."""
+    repo = RUN.parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(RUN.parent / "ab_import.py"), str(repo), str(repo),
+         "--rounds", "1", "--messages", "6000"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.endswith("x |") and f": {repo} |" in line]
+    assert [row[:4] for row in rows] == ["| 1:", "| 2:"], proc.stdout
+    assert all(" ms | " in row for row in rows), proc.stdout
