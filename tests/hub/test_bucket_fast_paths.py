@@ -131,6 +131,46 @@ def test_whole_objects_come_whole_and_the_connection_serves_on(strict_hub):
     assert hashlib.sha1(got.content).digest() == hashlib.sha1(big).digest()
 
 
+# A hub whose h11, as far as the sendfile path can tell, does not count a whole object's body
+# after its head (another hypercorn or h11 than the pinned ones): the body must then go the
+# ordinary way after all, read out of the open file. Each time it does is counted.
+UNCOUNTED_HUB = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from kachery_node.hub import object_sendfile
+    from kachery_node.hub.app import HubSettings
+    from kachery_node.hub.serve import run_hub
+
+    fallbacks = Path(sys.argv[1]) / "read-out-bodies"
+
+    def not_ready(self, size):
+        total = int(fallbacks.read_text()) if fallbacks.exists() else 0
+        fallbacks.write_text(str(total + 1))
+        return False
+
+    object_sendfile.BodySender.ready_for = not_ready
+    run_hub(Path(sys.argv[1]), "127.0.0.1", 0, None, HubSettings())
+""")
+
+
+def test_a_body_h11_does_not_count_is_read_out_the_ordinary_way(tmp_path):
+    hub = HubProcess(tmp_path / "hub", script=UNCOUNTED_HUB)  # stopped with the test
+    with HubClient(hub.url, user_key=Keypair.generate()) as owner:
+        owner.create_channel("lab")
+    big = os.urandom(3 * MiB + 777)
+    paths = {_put(hub, "feeds/big", big): big, _put(hub, "feeds/small", b"small"): b"small",
+             _put(hub, "feeds/empty", b""): b""}
+    with _connect(hub) as s:
+        buffered = bytearray()
+        s.sendall(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths))
+        answers = [_read_response(s, buffered) for _ in paths]
+        assert [body for _head, body in answers] == list(paths.values())
+        assert all(head.startswith(b"HTTP/1.1 200 ") for head, _body in answers)
+        s.sendall(f"GET {next(iter(paths))} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert _read_response(s, buffered)[1] == big  # the connection serves on
+    assert int((hub.dir / "read-out-bodies").read_text()) == 4
+
+
 def _wait_for_log(hub: HubProcess, text: str, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while text not in hub.log():
