@@ -25,6 +25,9 @@ from tests.nodes import TestNode
 
 ALL_ROLES = ["request-files", "provide-files", "request-feeds", "provide-feeds",
              "request-tasks", "provide-tasks"]
+#: config.toml lines for a node that asks for a file nobody will provide: it gives up after 3
+#: unanswered requests of 1 s each instead of the default 3 s each (spec/node-protocol.md, ANSWER).
+QUICK_ANSWERS = "\n[daemon.files]\nanswer = 1\n"
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,13 @@ class Lab:
         self.owner: TestNode | None = None
 
     def add_node(self, label: str, roles: list[str], *, grant: list[str] | None = None,
-                 start: bool = True) -> TestNode:
+                 start: bool = True, config: str = "") -> TestNode:
+        """A node joined with ``roles`` (granted ``grant``, default the same), ``config`` added to
+        its config.toml, its daemon started and connected unless ``start`` is False."""
         node = TestNode(self.root, label)
+        if config:
+            with open(node.storage_dir / "config.toml", "a") as f:
+                f.write(config)
         node.env.update(self.node_env)
         node.env["KACHERY_HUB_URL"] = self.hub.url
         if self.owner is None:

@@ -30,7 +30,7 @@ import pytest
 import kachery_feeds as kf
 import kachery_node as kn
 from kachery_node.protocol.bucket_layout import file_path, subfeed_head_path, subfeed_segment_path
-from tests.network.conftest import ALL_ROLES, BUCKET_COMBINATIONS, PUBSUB_COMBINATIONS
+from tests.network.conftest import ALL_ROLES, BUCKET_COMBINATIONS, PUBSUB_COMBINATIONS, QUICK_ANSWERS
 from tests.nodes import free_port
 
 pytestmark = pytest.mark.slow  # 10-30 s each
@@ -341,7 +341,7 @@ def test_removed_node_is_not_served_within_one_token_lifetime(make_lab):
     ttl = 5
     lab = make_lab("--token-ttl", str(ttl))
     alice = lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-files", "request-feeds"])
+    bob = lab.add_node("bob", ["request-files", "request-feeds"], config=QUICK_ANSWERS)
     storage = kn.open_storage(alice.storage_dir)
     before = storage.store_bytes(b"shared while bob was a member\n", "before.txt")
     after = storage.store_bytes(b"stored after bob was removed\n", "after.txt")

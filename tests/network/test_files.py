@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 import kachery_node as kn
-from tests.network.conftest import ALL_ROLES
+from tests.network.conftest import ALL_ROLES, QUICK_ANSWERS
 
 
 def _fetch(node, uri, channel=None):
@@ -52,7 +52,7 @@ def test_small_and_large_files_move_between_nodes(lab, tmp_path):
 
 def test_missing_file_is_a_clear_error(lab):
     lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-files"])
+    bob = lab.add_node("bob", ["request-files"], config=QUICK_ANSWERS)
     lines = _fetch(bob, "sha1://" + "ab" * 20 + "/nothing.txt")
     assert lines[-1]["type"] == "error" and lines[-1]["kind"] == "NotFoundError"
     assert "lab" in lines[-1]["error"]

@@ -25,7 +25,7 @@ from kachery_node.protocol.roles import ROLE_BANDS, band_name
 from kachery_node.storage.followed_subfeeds import read_followed
 from kachery_node.transport.hub_client import HubClient
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
-from tests.network.conftest import ALL_ROLES
+from tests.network.conftest import ALL_ROLES, QUICK_ANSWERS
 from tests.network.test_faults import fetch, wait_until
 
 
@@ -51,7 +51,7 @@ def test_a_node_without_the_request_role_cannot_ask(lab):
 
 def test_a_node_without_the_provide_role_never_sees_requests_and_cannot_upload(lab):
     alice = lab.add_node("alice", ["request-files", "request-feeds"])
-    bob = lab.add_node("bob", ["request-files"])
+    bob = lab.add_node("bob", ["request-files"], config=QUICK_ANSWERS)
     uri = kn.open_storage(alice.storage_dir).store_bytes(b"only alice has this\n", "a.txt")
     lines = fetch(bob, uri)
     assert lines[-1]["type"] == "error" and "no provider answered" in lines[-1]["error"], lines

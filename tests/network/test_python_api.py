@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import kachery_node as kn
-from tests.network.conftest import ALL_ROLES
+from tests.network.conftest import ALL_ROLES, QUICK_ANSWERS
 
 
 def _script(node, code: str, timeout: float = 60) -> str:
@@ -115,7 +115,7 @@ def _sha1_of(path) -> str:
 
 def test_not_found_says_what_was_tried(lab):
     lab.add_node("alice", ALL_ROLES)
-    bob = lab.add_node("bob", ["request-files"])
+    bob = lab.add_node("bob", ["request-files"], config=QUICK_ANSWERS)
     out = _script(bob, """
 import kachery_node as kn
 try:
