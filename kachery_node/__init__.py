@@ -57,7 +57,7 @@ DISTRIBUTION = "kachery-node"
 
 
 # Tasks (kachery_node/apps/tasks.py, feed_submissions.py): kn.request_task, kn.taskfunction, ...
-# They load httpx and the daemon client, so they are imported on first use (`kachery` starts fast).
+# They load the daemon client and more, so they are imported on first use (`kachery` starts fast).
 _LAZY.update({name: "kachery_node.apps.tasks" for name in (
     "NoProviderError", "TaskArgumentError", "TaskError", "TaskHandle", "TaskTimeoutError", "report_progress",
     "request_task", "run_task_backend", "task_hash", "taskfunction")})

@@ -12,8 +12,10 @@ HTTP ``status``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -22,7 +24,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -31,27 +34,82 @@ from .daemon.local_tokens import read_browser_token, read_client_token
 from .daemon.paths import INFO_FILE
 from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError, KacheryError
 
-if TYPE_CHECKING:
-    import httpx  # imported where used: it costs ~25 ms, which `kachery --help` need not pay
-
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 
-_pool: httpx.Client | None = None
-_pool_lock = threading.Lock()
+#: What a request to the daemon can fail with once a connection is open: the socket's errors
+#: (reset, refused, timed out: TimeoutError is an OSError) and http.client's (closed before an
+#: answer, a malformed answer).
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+#: How a connection closed by the other side before any answer fails a request.
+_CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-def _shared_pool() -> httpx.Client:
-    """One connection pool for all daemon requests of this process (a new client costs ~20 ms;
-    task backends post updates from many threads)."""
-    global _pool
-    import httpx
+class _ConnectFailed(Exception):
+    """No connection to the daemon's port could be opened (nothing listens, or no answer in time)."""
 
-    with _pool_lock:
-        if _pool is None:
-            _pool = httpx.Client(timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
-                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
-        return _pool
+
+class _Connections:
+    """Keep-alive HTTP/1.1 connections to daemons, shared by this process's threads (task
+    backends post updates from many): a request takes an idle one or opens one, and gives it back
+    once its answer is read whole.
+
+    The standard library's http.client, not httpx: the daemon is this machine's (plain HTTP, one
+    host), and importing httpx costs every script and `kachery` command that talks to the daemon
+    ~0.1 s more (httpcore imports trio and anyio when they are installed, as the daemon needs)."""
+
+    MAX_IDLE = 16  # in all: the oldest idle connection is closed when one more is given back
+
+    def __init__(self) -> None:
+        self._forget()
+        # A child process must not use its parent's connections (their bytes would interleave),
+        # nor a lock another thread of the parent held when it forked.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._idle: list[tuple[tuple[str, int], http.client.HTTPConnection]] = []  # oldest first
+        self._lock = threading.Lock()
+
+    def _pop_idle(self, address: tuple[str, int]) -> http.client.HTTPConnection | None:
+        with self._lock:
+            for i in range(len(self._idle) - 1, -1, -1):  # the most recently used first
+                if self._idle[i][0] == address:
+                    return self._idle.pop(i)[1]
+        return None
+
+    def take(self, host: str, port: int, connect_timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to ``host:port``: an idle one still open, else a new one; and whether
+        it was idle (see :meth:`DaemonClient._send`). Raises :class:`_ConnectFailed`."""
+        while (conn := self._pop_idle((host, port))) is not None:
+            if _reusable(conn):
+                return conn, True
+            conn.close()  # the daemon closed it while it was idle (its keep-alive timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        try:
+            conn.connect()  # http.client sets TCP_NODELAY: a small request goes out at once
+        except OSError as exc:
+            conn.close()
+            raise _ConnectFailed(str(exc)) from exc
+        return conn, False
+
+    def give_back(self, conn: http.client.HTTPConnection, host: str, port: int) -> None:
+        with self._lock:
+            self._idle.append(((host, port), conn))
+            oldest = self._idle.pop(0)[1] if len(self._idle) > self.MAX_IDLE else None
+        if oldest is not None:
+            oldest.close()
+
+
+def _reusable(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection is still open: nothing to read on it (a closed one reads EOF)."""
+    if conn.sock is None:
+        return False
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    return not poller.poll(0)
+
+
+_connections = _Connections()
 
 
 def daemon_address(storage_dir: Path) -> tuple[str, int] | None:
@@ -111,7 +169,7 @@ class DaemonClient:
                 raise self._not_running(f" (the daemon at {self.base_url} serves another node; "
                                         "this storage's daemon.json is out of date)")
             _verified.add(key)
-        return self.base_url + path
+        return path
 
     def _headers(self, json_body: bool = False, path: str = "") -> dict[str, str]:
         # /probe is asked before the daemon is known to be ours: it never gets the token.
@@ -127,14 +185,12 @@ class DaemonClient:
         # JSON raises TypeError here, before a request is sent.
         return None if json_body is None else orjson.dumps(json_body, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    def _failure(self, exc: httpx.HTTPError, what: str) -> DaemonError:
+    def _failure(self, exc: BaseException, what: str) -> DaemonError:
         """The typed error for a request that did not get an answer."""
-        import httpx
-
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        if isinstance(exc, _ConnectFailed):
             _verified.discard((str(self.storage_dir), self.base_url))
             return self._not_running(f" (nothing answers at {self.base_url})")
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             return DaemonError(f"the daemon at {self.base_url} did not answer {what} in time ({exc})")
         # Reset or closed mid-request: the daemon died (or is dying) while answering. If nothing
         # listens any more it is simply not running (a connection the kernel had queued for a
@@ -144,7 +200,7 @@ class DaemonClient:
                 f"no kachery daemon at {self.base_url} for {self.storage_dir} (it stopped during "
                 f"{what}): start one with `kachery node start`")
         return DaemonConnectionLostError(f"the daemon at {self.base_url} dropped the connection "
-                                         f"during {what}: {exc}")
+                                         f"during {what}: {exc!r}")
 
     def _listening(self) -> bool:
         """Whether something accepts connections on the daemon's port now."""
@@ -155,29 +211,64 @@ class DaemonClient:
             return False
 
     @staticmethod
-    def _refusal(r: httpx.Response, method: str, path: str) -> DaemonError:
+    def _refusal(status: int, body: bytes, method: str, path: str) -> DaemonError:
+        text = body.decode("utf-8", "replace")
         try:
-            message = str(r.json().get("error", r.text))
+            message = str(json.loads(text).get("error", text))
         except (ValueError, AttributeError):
-            message = r.text
-        return DaemonError(f"daemon refused {method} {path}: {message}", status=r.status_code,
-                           reason=message)
+            message = text
+        return DaemonError(f"daemon refused {method} {path}: {message}", status=status, reason=message)
+
+    def _send(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
+              connect_timeout: float, read_timeout: float | None
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request on a pooled connection; the connection and the answer's head. The
+        caller reads the body, then gives the connection back (:meth:`_done`). Raises
+        :class:`_ConnectFailed` or a transport error (the connection is closed then)."""
+        for attempt in (1, 2):
+            conn, was_idle = _connections.take(self.host, self.port, connect_timeout)
+            try:
+                conn.sock.settimeout(read_timeout)  # each later send and receive, not the whole answer
+                conn.request(method, target, body=body, headers=headers)
+                return conn, conn.getresponse()
+            except _CLOSED_UNANSWERED:
+                conn.close()
+                # An idle connection the daemon closed just as this request went out (its
+                # keep-alive timeout): the request was not read, so it is sent again, once,
+                # on a new connection. A new connection closed unanswered is a daemon that died.
+                if not was_idle or attempt == 2:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def _done(self, conn: http.client.HTTPConnection, answer: http.client.HTTPResponse) -> None:
+        """Give back a connection whose answer was read whole, unless it is to be closed."""
+        if answer.isclosed() and not answer.will_close:
+            _connections.give_back(conn, self.host, self.port)
+        else:
+            conn.close()
 
     def request(self, method: str, path: str, *, json_body: Any = None,
                 params: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """One request; its JSON answer. Raises DaemonError (``status`` set for an error answer)."""
-        import httpx
-
+        target = self._ready(path, timeout) + (f"?{urlencode(params)}" if params else "")
         try:
-            r = _shared_pool().request(method, self._ready(path, timeout), content=self._encode(json_body),
-                                       params=params, headers=self._headers(json_body is not None, path),
-                                       timeout=timeout)
-        except httpx.HTTPError as exc:
+            conn, answer = self._send(method, target, self._encode(json_body),
+                                      self._headers(json_body is not None, path), timeout, timeout)
+            try:
+                body = answer.read()
+            except BaseException:
+                conn.close()
+                raise
+            self._done(conn, answer)
+        except (_ConnectFailed, *_TRANSPORT_ERRORS) as exc:
             raise self._failure(exc, f"{method} {path}") from exc
-        if r.status_code >= 400:
-            raise self._refusal(r, method, path)
+        if answer.status >= 400:
+            raise self._refusal(answer.status, body, method, path)
         try:
-            return r.json()
+            return json.loads(body)
         except ValueError as exc:
             raise DaemonError(f"the daemon's answer to {method} {path} is not JSON") from exc
 
@@ -193,25 +284,34 @@ class DaemonClient:
         stream may last longer. An error answer raises :class:`DaemonError` (``status`` set)
         before anything is yielded; a connection lost midway, :class:`DaemonConnectionLostError`.
         """
-        import httpx
-
-        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT, read=read_timeout)
         what = f"{method} {path}"
+        target = self._ready(path, CONNECT_TIMEOUT)
         try:
-            with _shared_pool().stream(method, self._ready(path, CONNECT_TIMEOUT),
-                                       content=self._encode(json_body),
-                                       headers=self._headers(json_body is not None, path),
-                                       timeout=timeout) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise self._refusal(r, method, path)
-                yield self._lines(r, what)
-        except httpx.HTTPError as exc:
+            conn, answer = self._send(method, target, self._encode(json_body),
+                                      self._headers(json_body is not None, path), CONNECT_TIMEOUT,
+                                      read_timeout)
+        except (_ConnectFailed, *_TRANSPORT_ERRORS) as exc:
             raise self._failure(exc, what) from exc
+        try:
+            if answer.status >= 400:
+                try:
+                    body = answer.read()
+                except _TRANSPORT_ERRORS as exc:
+                    raise self._failure(exc, what) from exc
+                raise self._refusal(answer.status, body, method, path)
+            yield self._lines(answer, what)
+        finally:
+            self._done(conn, answer)  # reused only if every line was read
 
-    def _lines(self, r: httpx.Response, what: str) -> Iterator[dict[str, Any]]:
-        for raw in r.iter_lines():
-            if raw:
+    def _lines(self, answer: http.client.HTTPResponse, what: str) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                raw = answer.readline()
+            except _TRANSPORT_ERRORS as exc:  # here, not around the caller's loop: its own
+                raise self._failure(exc, what) from exc  # OSErrors are not the daemon's
+            if not raw:
+                return
+            if raw.strip():
                 try:
                     yield orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:

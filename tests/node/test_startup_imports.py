@@ -72,6 +72,18 @@ def test_import_kachery_node_loads_its_names_on_first_use():
     assert "kachery_node.api" in modules and "kachery_node.storage.file_uris" in modules
 
 
+def test_talking_to_the_daemon_loads_no_server_module(tmp_path):
+    """A script's or a command's request to the daemon (`kachery node status`, kn.load_file of a
+    file fetched by the daemon) pays for no HTTP library of the network side: httpx's import
+    loads trio and anyio too (~0.1 s)."""
+    modules = _modules_after(
+        "import kachery_node as kn\nfrom kachery_node.daemon_client import DaemonClient\n"
+        f"try:\n    DaemonClient({str(tmp_path)!r}, port=1).status()\n"
+        "except kn.DaemonNotRunningError:\n    pass\nelse:\n    raise SystemExit('a daemon on port 1?')\n")
+    assert _loaded(modules, SERVER_MODULES + ("anyio",)) == []
+    assert "http.client" in modules  # it did try to connect
+
+
 def test_import_kachery_feeds_loads_its_names_on_first_use():
     modules = _modules_after("import kachery_feeds")
     assert _loaded(modules, ("sqlite_utils", "numpy", "kachery_node", "httpx", "trio")) == []

@@ -1,0 +1,193 @@
+"""DaemonClient's keep-alive connections (kachery_node.daemon_client._Connections), against a
+stand-in daemon on a loopback socket that answers as told: connections kept alive and dropped
+once the daemon closed them, a request that meets the daemon's keep-alive close is sent again once, a
+process holds few idle connections however many daemons it talked to, and a forked child opens
+its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kachery_node.daemon_client import DaemonClient
+from kachery_node.errors import DaemonConnectionLostError
+
+NODE_ID = "f" * 64
+
+
+class StandInDaemon:
+    """A loopback HTTP/1.1 server: each connection in a thread of its own; each request read
+    whole, recorded as (connection number, method, path) and handed to ``policy(connection
+    number, request number on that connection, path)``, which says what to do: "answer" (keep
+    the connection open), "answer-and-close" (FIN after the answer) or "close" (FIN, no answer)."""
+
+    def __init__(self, policy: Callable[[int, int, str], str] = lambda c, r, p: "answer") -> None:
+        self.policy = policy
+        self.requests: list[tuple[int, str, str]] = []
+        self.closed = threading.Event()  # set each time the server closed a connection
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._connections = 0
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._connections += 1
+                number = self._connections
+                self._open.append(conn)
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        try:
+            for index in range(1_000):
+                request_line = reader.readline()
+                if not request_line:
+                    return
+                method, path, _version = request_line.decode().split(" ", 2)
+                length = 0
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                reader.read(length)
+                with self._lock:
+                    self.requests.append((number, method, path))
+                action = self.policy(number, index, path)
+                if action != "close":
+                    body = json.dumps({"kachery_daemon": True, "node_id": NODE_ID, "path": path}).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                if action != "answer":
+                    return
+        except OSError:
+            return
+        finally:
+            reader.close()
+            conn.close()
+            self.closed.set()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return self._connections
+
+    def stop(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for conn in self._open:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def daemons():
+    started: list[StandInDaemon] = []
+
+    def start(policy=lambda c, r, p: "answer") -> StandInDaemon:
+        started.append(StandInDaemon(policy))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def _storage(tmp_path: Path, daemon: StandInDaemon, name: str = "storage") -> Path:
+    """A storage directory whose daemon.json points at ``daemon``."""
+    storage = tmp_path / name
+    storage.mkdir()
+    (storage / "daemon.json").write_text(json.dumps({"host": "127.0.0.1", "port": daemon.port,
+                                                     "node_id": NODE_ID, "pid": 1}))
+    return storage
+
+
+def test_requests_share_one_kept_alive_connection(tmp_path, daemons):
+    daemon = daemons()
+    client = DaemonClient(_storage(tmp_path, daemon))
+    for _ in range(5):
+        assert client.status()["path"] == "/api/status"
+    assert daemon.connections == 1
+    assert [r[2] for r in daemon.requests] == ["/probe"] + ["/api/status"] * 5
+
+
+def test_a_daemon_that_closes_each_connection_after_its_answer_is_answered_every_time(tmp_path, daemons):
+    daemon = daemons(lambda c, r, p: "answer-and-close")
+    client = DaemonClient(_storage(tmp_path, daemon))
+    for _ in range(3):
+        daemon.closed.clear()
+        assert client.status()["path"] == "/api/status"
+        assert daemon.closed.wait(5)  # the close has reached this side before the next request
+    # Each request on a connection of its own (the first one after the probe's): an idle
+    # connection found closed is dropped before use (or, had the close come a moment later,
+    # the request sent again once: the test below).
+    assert [r[2] for r in daemon.requests] == ["/probe"] + ["/api/status"] * 3
+    assert daemon.connections == 4
+
+
+def test_a_request_that_meets_the_keep_alive_close_is_sent_again_once(tmp_path, daemons):
+    # The daemon closes connection 1 when its second request arrives, unanswered: what a
+    # request sent just as the daemon's keep-alive timeout closed the connection meets.
+    daemon = daemons(lambda c, r, p: "close" if (c, r) == (1, 1) else "answer")
+    client = DaemonClient(_storage(tmp_path, daemon))
+    assert client.status()["path"] == "/api/status"
+    assert daemon.requests == [(1, "GET", "/probe"), (1, "GET", "/api/status"), (2, "GET", "/api/status")]
+
+
+def test_a_new_connection_closed_unanswered_is_not_sent_again(tmp_path, daemons):
+    daemon = daemons(lambda c, r, p: "close" if p == "/api/status" else "answer-and-close")
+    client = DaemonClient(_storage(tmp_path, daemon))
+    with pytest.raises(DaemonConnectionLostError, match="dropped the connection"):
+        client.status()
+    assert [r[2] for r in daemon.requests] == ["/probe", "/api/status"]
+
+
+def test_few_idle_connections_stay_open_however_many_daemons(tmp_path, daemons):
+    own = os.getpid()
+
+    def open_to(ports: set[int]) -> int:
+        import psutil
+
+        return sum(1 for c in psutil.Process(own).net_connections("tcp")
+                   if c.raddr and c.raddr.port in ports and c.status == "ESTABLISHED")
+
+    started = [daemons() for _ in range(40)]
+    for i, daemon in enumerate(started):
+        assert DaemonClient(_storage(tmp_path, daemon, f"s{i}")).status()["path"] == "/api/status"
+    assert 1 <= open_to({d.port for d in started}) <= 16
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_opens_its_own_connection(tmp_path, daemons):
+    daemon = daemons()
+    client = DaemonClient(_storage(tmp_path, daemon))
+    assert client.status()["path"] == "/api/status"  # an idle connection in the pool now
+    pid = os.fork()
+    if pid == 0:  # the child: its request must not go out on the parent's connection
+        try:
+            ok = DaemonClient(client.storage_dir).status()["path"] == "/api/status"
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.status()["path"] == "/api/status"  # and the parent's still serves the parent
+    by_connection = [(c, p) for c, _m, p in daemon.requests]
+    assert by_connection[:2] == [(1, "/probe"), (1, "/api/status")]
+    assert by_connection[-1] == (1, "/api/status")
+    assert all(c != 1 for c, _p in by_connection[2:-1]) and len(by_connection) > 3
