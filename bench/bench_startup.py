@@ -1,5 +1,7 @@
 """Start-up time (issue 15 item 6): ``kachery --help`` and ``import kachery_feeds`` (and, for
-reference, opening a store: ``kachery_feeds`` loads its names on first use).
+reference, opening a store: ``kachery_feeds`` loads its names on first use; and a command that
+asks a running daemon, ``kachery node status``, against a daemon this bench starts on a free
+loopback port in a temporary storage, and stops).
 
 Each command runs ``--runs`` times per round (after one warm-up run, so the page cache holds the
 files), ``--rounds`` rounds; the table gives min / median / max of the per-round medians, wall
@@ -16,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -40,7 +46,29 @@ def commands() -> dict[str, list[str]]:
             sys.executable, "-c", "import sys, tempfile, kachery_feeds as kf\n"
             "with tempfile.TemporaryDirectory() as d:\n    kf.open_store(d + '/feeds.db').close()"],
         "kachery --help": [str(BIN / "kachery"), "--help"],
+        # No target: the daemon's own answer is in it. What every command and script that talks
+        # to the daemon pays to start (the client's imports: http.client, not httpx).
+        "kachery node status (a running daemon)": [str(BIN / "kachery"), "node", "status"],
     }
+
+
+@contextlib.contextmanager
+def running_daemon() -> Iterator[None]:
+    """A node initialised in a temporary storage, its daemon started on a free loopback port
+    (the environment variables of this process point every command at it), stopped after."""
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        os.environ.update(KACHERY_STORAGE_DIR=f"{tmp}/storage", KACHERY_USER_DIR=f"{tmp}/user",
+                          KACHERY_DAEMON_PORT=str(port))
+        kachery = str(BIN / "kachery")
+        subprocess.run([kachery, "init", "--label", "bench"], check=True, capture_output=True, timeout=60)
+        subprocess.run([kachery, "node", "start"], check=True, capture_output=True, timeout=60)
+        try:
+            yield
+        finally:
+            subprocess.run([kachery, "node", "stop"], check=False, capture_output=True, timeout=60)
 
 
 def wall_ms(argv: list[str]) -> float:
@@ -84,6 +112,12 @@ def main() -> None:
         compileall.compile_dir(root / package, quiet=1)
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
           f"{args.rounds} rounds x {args.runs} runs (each round's median counts)")
+    with running_daemon():
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The rounds, the table and the import times (a daemon running: see :func:`running_daemon`)."""
     medians: dict[str, list[float]] = {name: [] for name in commands()}
     for _ in range(args.rounds):
         for name, argv in commands().items():
@@ -104,7 +138,9 @@ def main() -> None:
                        ("open_store", "import kachery_feeds as kf; kf.Store"),
                        ("kachery --help", "import sys; sys.argv = ['kachery', '--help']\n"
                                           "from kachery_node.cli import main\n"
-                                          "try:\n    main()\nexcept SystemExit:\n    pass")]:
+                                          "try:\n    main()\nexcept SystemExit:\n    pass"),
+                       ("a request to the daemon", "from kachery_node.daemon_client import DaemonClient\n"
+                                                   "DaemonClient().status()")]:
         outer, heavy = import_time_ms(code)
         print(f"{name}: -X importtime {outer:.0f} ms; heaviest: "
               + ", ".join(f"{n} {ms:.0f}" for ms, n in heavy))

@@ -169,3 +169,30 @@ def test_store_db_still_offers_sqlite_utils(tmp_path):
         feed = store.create_feed(name="lab")
         assert [r["name"] for r in store.db["feeds"].rows] == ["lab"]
         assert feed.feed_id == store.list_feeds()[0]["feed_id"]
+
+
+def test_the_startup_bench_runs_and_stops_its_daemon(tmp_path):
+    """bench/bench_startup.py, one round of one run: every row printed, the daemon it started on
+    a free port in a temporary storage (here under ``tmp_path``) stopped at its end."""
+    import os
+    from pathlib import Path
+
+    bench = Path(__file__).parents[2] / "bench" / "bench_startup.py"
+    try:
+        out = subprocess.run([sys.executable, str(bench), "--rounds", "1", "--runs", "1"],
+                             capture_output=True, text=True, timeout=120, check=True,
+                             env={**os.environ, "TMPDIR": str(tmp_path)}).stdout
+        for row in ("python -c pass (floor)", "import kachery_feeds", "kachery --help",
+                    "kachery node status (a running daemon)"):
+            assert f"| {row} |" in out, out
+        assert "a request to the daemon: -X importtime" in out
+        assert _processes_naming(tmp_path) == []
+    finally:
+        for process in _processes_naming(tmp_path):
+            process.kill()
+
+
+def _processes_naming(path) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
