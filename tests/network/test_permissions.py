@@ -25,10 +25,13 @@ from kachery_node.protocol.roles import ROLE_BANDS, band_name
 from kachery_node.storage.followed_subfeeds import read_followed
 from kachery_node.transport.hub_client import HubClient
 from kachery_node.transport.pubsub.open_pubsub import open_pubsub
-from tests.network.conftest import ALL_ROLES, QUICK_ANSWERS
+from tests.network.conftest import ALL_ROLES, PUBSUB_COMBINATIONS, QUICK_ANSWERS
 from tests.network.test_faults import fetch, wait_until
 
 
+# Pub-sub: each refusal is the daemon's, the hub's or the pub-sub service's own (each service
+# enforces the roles of the credentials the hub issued); the bucket is never reached.
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_a_node_without_the_request_role_cannot_ask(lab):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-feeds"])  # may follow feeds, may not ask for files
@@ -49,6 +52,7 @@ def test_a_node_without_the_request_role_cannot_ask(lab):
     assert read_followed(carol.storage_dir) == []  # not remembered either
 
 
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_a_node_without_the_provide_role_never_sees_requests_and_cannot_upload(lab):
     alice = lab.add_node("alice", ["request-files", "request-feeds"])
     bob = lab.add_node("bob", ["request-files"], config=QUICK_ANSWERS)
@@ -72,6 +76,7 @@ def _token(node) -> str:
     return (node.storage_dir / "daemon-token").read_text().strip()
 
 
+@pytest.mark.lab_combinations(*PUBSUB_COMBINATIONS)
 def test_providers_drop_requests_the_signed_membership_does_not_allow(make_lab, lab_backends):
     lab = make_lab("--token-ttl", "60")
     alice = lab.add_node("alice", ALL_ROLES)

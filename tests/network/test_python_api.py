@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import kachery_node as kn
-from tests.network.conftest import ALL_ROLES, QUICK_ANSWERS
+from tests.network.conftest import ALL_ROLES, BUCKET_COMBINATIONS, QUICK_ANSWERS
 
 
 def _script(node, code: str, timeout: float = 60) -> str:
@@ -40,6 +42,9 @@ print([m["n"] for m in itertools.islice(sf.follow(start=0, timeout=5), 5)])  # n
     assert got.splitlines() == ["{'gain': 0.5}", "[0, 1, 2, 3, 4]"]
 
 
+# Bucket: an upload through the hub's signed URLs and a load from the bucket alone; no message
+# goes over the pub-sub service (the file is in the bucket when bob asks).
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_upload_file_then_fetch_without_the_provider(lab, tmp_path):
     alice = lab.add_node("alice", ALL_ROLES)
     bob = lab.add_node("bob", ["request-files"])
@@ -52,6 +57,7 @@ def test_upload_file_then_fetch_without_the_provider(lab, tmp_path):
     assert _script(bob, load) == "computed once\n"
 
 
+@pytest.mark.lab_combinations(*BUCKET_COMBINATIONS)
 def test_upload_large_file_then_fetch_without_the_provider(lab, tmp_path):
     """A file above 20 MB goes up as its manifest and chunks; another node loads it from the
     bucket alone (issue 11, defect 6: every upload above 20 MB failed)."""
