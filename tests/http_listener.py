@@ -1,5 +1,6 @@
-"""A local HTTP listener for tests of the bucket's direct socket clients (downloads and uploads):
-a real server on a free loopback port whose answers each test writes."""
+"""A local HTTP listener for tests of the clients that talk HTTP over sockets of their own (the
+bucket's direct downloads and uploads, the daemon client): a real server on a free loopback port
+whose answers each test writes."""
 
 from __future__ import annotations
 

@@ -17,11 +17,12 @@ import pytest
 
 from kachery_node.daemon_client import DaemonClient
 from kachery_node.errors import DaemonConnectionLostError
+from tests.http_listener import Listener
 
 NODE_ID = "f" * 64
 
 
-class StandInDaemon:
+class StandInDaemon(Listener):
     """A loopback HTTP/1.1 server: each connection in a thread of its own; each request read
     whole, recorded as (connection number, method, path) and handed to ``policy(connection
     number, request number on that connection, path)``, which says what to do: "answer" (keep
@@ -31,24 +32,18 @@ class StandInDaemon:
         self.policy = policy
         self.requests: list[tuple[int, str, str]] = []
         self.closed = threading.Event()  # set each time the server closed a connection
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self._connections = 0
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("/")
+        self.port = self.sock.getsockname()[1]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            with self._lock:
-                self._connections += 1
-                number = self._connections
-                self._open.append(conn)
-            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+    def on_connection(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections += 1
+            number = self._connections
+            self._open.append(conn)
+        threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         reader = conn.makefile("rb")
@@ -86,7 +81,7 @@ class StandInDaemon:
             return self._connections
 
     def stop(self) -> None:
-        self._listener.close()
+        self.close()
         with self._lock:
             for conn in self._open:
                 try:
