@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,10 +181,22 @@ def test_a_forked_child_opens_its_own_connection(tmp_path, daemons):
         except BaseException:
             ok = False
         os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert _exit_code(pid, timeout=30) == 0
     assert client.status()["path"] == "/api/status"  # and the parent's still serves the parent
     by_connection = [(c, p) for c, _m, p in daemon.requests]
     assert by_connection[:2] == [(1, "/probe"), (1, "/api/status")]
     assert by_connection[-1] == (1, "/api/status")
     assert all(c != 1 for c, _p in by_connection[2:-1]) and len(by_connection) > 3
+
+
+def _exit_code(pid: int, timeout: float) -> int:
+    """The exit code of child ``pid``, killed (and the test failed) if it runs past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child did not end within {timeout} s")
