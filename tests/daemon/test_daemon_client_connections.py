@@ -1,8 +1,8 @@
 """DaemonClient's keep-alive connections (kachery_node.daemon_client._Connections), against a
-stand-in daemon on a loopback socket that answers as told: connections kept alive and dropped
-once the daemon closed them, a request that meets the daemon's keep-alive close is sent again once, a
-process holds few idle connections however many daemons it talked to, and a forked child opens
-its own."""
+stand-in daemon on a loopback socket that answers as told: connections kept alive, and dropped
+once the daemon closed them; a request that meets the daemon's keep-alive close sent again once;
+few idle connections however many daemons a process talked to; a forked child's own connection;
+no proxy between a script and its daemon."""
 
 from __future__ import annotations
 
@@ -167,6 +167,18 @@ def test_few_idle_connections_stay_open_however_many_daemons(tmp_path, daemons):
     for i, daemon in enumerate(started):
         assert DaemonClient(_storage(tmp_path, daemon, f"s{i}")).status()["path"] == "/api/status"
     assert 1 <= open_to({d.port for d in started}) <= 16
+
+
+def test_a_proxy_in_the_environment_does_not_stand_between_a_script_and_its_daemon(tmp_path, daemons,
+                                                                                  monkeypatch):
+    # The daemon is this machine's: a proxy (here one that nothing serves) could not reach it.
+    # httpx, the client before, sent the requests there unless NO_PROXY named the address.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    daemon = daemons()
+    assert DaemonClient(_storage(tmp_path, daemon)).status()["path"] == "/api/status"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
