@@ -1,7 +1,7 @@
 """Start-up time (issue 15 item 6): ``kachery --help`` and ``import kachery_feeds`` (and, for
 reference, opening a store: ``kachery_feeds`` loads its names on first use; and a command that
-asks a running daemon, ``kachery node status``, against a daemon this bench starts on a free
-loopback port in a temporary storage, and stops).
+asks a running daemon, ``kachery node status``, against a daemon this bench starts in a
+temporary storage, and stops).
 
 Each command runs ``--runs`` times per round (after one warm-up run, so the page cache holds the
 files), ``--rounds`` rounds; the table gives min / median / max of the per-round medians, wall
@@ -21,7 +21,6 @@ import compileall
 import contextlib
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,14 +53,12 @@ def commands() -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def running_daemon() -> Iterator[None]:
-    """A node initialised in a temporary storage, its daemon started on a free loopback port
-    (the environment variables of this process point every command at it), stopped after."""
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        os.environ.update(KACHERY_STORAGE_DIR=f"{tmp}/storage", KACHERY_USER_DIR=f"{tmp}/user",
-                          KACHERY_DAEMON_PORT=str(port))
+    """A node initialised in a temporary storage, its daemon started (on 20431 if free, else on
+    a free loopback port it picks and records in the storage's daemon.json, where commands find
+    it), stopped after. This process's environment points every command at that storage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update(KACHERY_STORAGE_DIR=f"{tmp}/storage", KACHERY_USER_DIR=f"{tmp}/user")
+        os.environ.pop("KACHERY_DAEMON_PORT", None)  # a port of the caller's choosing might be taken
         kachery = str(BIN / "kachery")
         subprocess.run([kachery, "init", "--label", "bench"], check=True, capture_output=True, timeout=60)
         subprocess.run([kachery, "node", "start"], check=True, capture_output=True, timeout=60)

@@ -85,13 +85,12 @@ _ANSWER_BYTES = 33
 _MAX_PART_LINES = 1 << 24  # far above a part's ~8192; bounds what a bad header makes it allocate
 _F_SETPIPE_SZ = 1031
 # Lines written per writev (0: no writev here, every part is joined). 16 is POSIX's least
-# IOV_MAX, for a system that does not say (sysconf's -1).
+# IOV_MAX, for a system that does not say (no such name, or sysconf's -1).
 try:
-    _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "writev") else 0
+    _iov_max = os.sysconf("SC_IOV_MAX")
 except (ValueError, OSError):
-    _IOV_MAX = 16
-if _IOV_MAX < 0:
-    _IOV_MAX = 16
+    _iov_max = -1
+_IOV_MAX = (min(_iov_max, 1024) if _iov_max > 0 else 16) if hasattr(os, "writev") else 0
 
 
 def helper_wanted() -> bool:

@@ -84,13 +84,18 @@ class _Connections:
             if _reusable(conn):
                 return conn, True
             conn.close()  # the daemon closed it while it was idle (its keep-alive timeout)
+        return self.open(host, port, connect_timeout), False
+
+    @staticmethod
+    def open(host: str, port: int, connect_timeout: float) -> http.client.HTTPConnection:
+        """A new connection to ``host:port``. Raises :class:`_ConnectFailed`."""
         conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
         try:
             conn.connect()  # http.client sets TCP_NODELAY: a small request goes out at once
         except OSError as exc:
             conn.close()
             raise _ConnectFailed(str(exc)) from exc
-        return conn, False
+        return conn
 
     def give_back(self, conn: http.client.HTTPConnection, host: str, port: int) -> None:
         with self._lock:
@@ -225,8 +230,8 @@ class DaemonClient:
         """Send one request on a pooled connection; the connection and the answer's head. The
         caller reads the body, then gives the connection back (:meth:`_done`). Raises
         :class:`_ConnectFailed` or a transport error (the connection is closed then)."""
-        for attempt in (1, 2):
-            conn, was_idle = _connections.take(self.host, self.port, connect_timeout)
+        conn, was_idle = _connections.take(self.host, self.port, connect_timeout)
+        while True:
             try:
                 conn.sock.settimeout(read_timeout)  # each later send and receive, not the whole answer
                 conn.request(method, target, body=body, headers=headers)
@@ -236,12 +241,12 @@ class DaemonClient:
                 # An idle connection the daemon closed just as this request went out (its
                 # keep-alive timeout): the request was not read, so it is sent again, once,
                 # on a new connection. A new connection closed unanswered is a daemon that died.
-                if not was_idle or attempt == 2:
+                if not was_idle:
                     raise
+                conn, was_idle = _connections.open(self.host, self.port, connect_timeout), False
             except BaseException:
                 conn.close()
                 raise
-        raise AssertionError("unreachable")
 
     def _done(self, conn: http.client.HTTPConnection, answer: http.client.HTTPResponse) -> None:
         """Give back a connection whose answer was read whole, unless it is to be closed."""

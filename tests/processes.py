@@ -96,17 +96,20 @@ def terminate(proc: psutil.Process, timeout: float = 10) -> None:
         pass
 
 
-def _ours_by_path() -> list[psutil.Process]:
-    """Processes whose command line names a path under this session's base temporary directory."""
-    if _basetemp is None:
-        return []
-    prefix = str(_basetemp) + os.sep
+def naming(folder: Path) -> list[psutil.Process]:
+    """Processes (this one aside) whose command line names a path under ``folder``."""
+    prefix = str(folder) + os.sep
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
         if proc.pid != os.getpid() and any(arg.startswith(prefix) for arg in cmdline):
             found.append(proc)
     return found
+
+
+def _ours_by_path() -> list[psutil.Process]:
+    """Processes whose command line names a path under this session's base temporary directory."""
+    return [] if _basetemp is None else naming(_basetemp)
 
 
 def end_all() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import kachery_feeds as kf
 from kachery_feeds import schema
+from tests import processes
 
 #: Modules (or packages) that only the daemon, the hub or a network command needs.
 SERVER_MODULES = (
@@ -172,8 +173,8 @@ def test_store_db_still_offers_sqlite_utils(tmp_path):
 
 
 def test_the_startup_bench_runs_and_stops_its_daemon(tmp_path):
-    """bench/bench_startup.py, one round of one run: every row printed, the daemon it started on
-    a free port in a temporary storage (here under ``tmp_path``) stopped at its end."""
+    """bench/bench_startup.py, one round of one run: every row printed, the daemon it started
+    in a temporary storage (here under ``tmp_path``) stopped at its end."""
     import os
     from pathlib import Path
 
@@ -186,13 +187,7 @@ def test_the_startup_bench_runs_and_stops_its_daemon(tmp_path):
                     "kachery node status (a running daemon)"):
             assert f"| {row} |" in out, out
         assert "a request to the daemon: -X importtime" in out
-        assert _processes_naming(tmp_path) == []
+        assert processes.naming(tmp_path) == []
     finally:
-        for process in _processes_naming(tmp_path):
-            process.kill()
-
-
-def _processes_naming(path) -> list:
-    import psutil
-
-    return [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
+        for process in processes.naming(tmp_path):
+            processes.terminate(process, timeout=5)
