@@ -31,7 +31,7 @@ import orjson
 
 from .config import default_storage_dir, load_node_config
 from .daemon.local_tokens import read_browser_token, read_client_token
-from .daemon.paths import INFO_FILE
+from .daemon.paths import INFO_FILE, storage_is_held
 from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError, KacheryError
 
 DEFAULT_TIMEOUT = 10.0
@@ -342,13 +342,15 @@ class DaemonClient:
         return self.request("GET", "/api/status")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Ask the daemon to stop and wait until it no longer answers."""
+        """Ask the daemon to stop and wait until it has: it no longer answers, and it has
+        closed its storage (released the storage's lock), so that the storage can be copied
+        or served by a new daemon at once."""
         self.request("POST", "/api/stop")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.is_running():
+            if not self.is_running() and not storage_is_held(self.storage_dir):
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise DaemonError(f"the daemon at {self.base_url} did not stop within {timeout} s")
 
     def viewer_url(self, uri: str) -> str:

@@ -16,7 +16,6 @@ through daemon.json), and it would otherwise keep serving channels from files th
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from .legacy_api import write_client_files
 from .local_api import BrowserPolicy, DaemonContext, build_app
 from .local_tokens import load_or_create_tokens
 from .node_runtime import NodeRuntime
-from .paths import DEFAULT_PORT, INFO_FILE, LOCK_FILE, configured_port
+from .paths import DEFAULT_PORT, INFO_FILE, StorageHold, configured_port
 from .store_changes import ChangeBroadcaster
 from .store_upkeep import keep_wal_short
 
@@ -71,21 +70,6 @@ def browser_policy(storage_dir: Path) -> BrowserPolicy:
     return BrowserPolicy(**values)
 
 
-class _Lock:
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise DaemonError(
-                f"another kachery daemon is already running for {path.parent} (see `kachery node status`)"
-            ) from None
-
-    def release(self) -> None:
-        os.close(self._fd)
-
-
 async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
     """Run the daemon until it is told to stop."""
     storage_dir = Path(storage_dir)
@@ -99,7 +83,7 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
     # kachery-client 1.2.0 looks for) if free, else any free loopback port: a second storage on
     # the machine (another person, another node) gets its own daemon instead of an error.
     choices = [port] if port is not None else [DEFAULT_PORT, 0]
-    lock = _Lock(storage_dir / LOCK_FILE)
+    lock = StorageHold(storage_dir)
     storage = Storage(storage_dir)
     info_path = storage_dir / INFO_FILE
     try:
@@ -153,8 +137,8 @@ async def serve(storage_dir: Path, host: str = "127.0.0.1", port: int | None = N
         except (FileNotFoundError, ValueError):
             pass
         storage.close()
-        lock.release()
         log.info("stopped")
+        lock.release()  # last: a client's stop() returns once it is released (storage_is_held)
 
 
 def _bind(host: str, choices: list[int]) -> socket.socket:

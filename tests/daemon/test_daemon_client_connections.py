@@ -181,6 +181,40 @@ def test_a_proxy_in_the_environment_does_not_stand_between_a_script_and_its_daem
     assert DaemonClient(_storage(tmp_path, daemon)).status()["path"] == "/api/status"
 
 
+def test_stop_returns_once_the_daemon_has_let_go_of_its_storage(tmp_path, daemons):
+    # A daemon stops answering before it has closed its storage and written its last log line.
+    # `kachery node stop` returned in that gap (CI saw a log without "stopped"); a `node start`
+    # or a copy of the storage right after it could meet a daemon still closing its database.
+    import fcntl
+
+    stopping = threading.Event()
+
+    def policy(connection: int, index: int, path: str) -> str:
+        if path == "/api/stop":
+            stopping.set()
+            return "answer-and-close"
+        return "close" if stopping.is_set() else "answer"  # no answer once stopping
+
+    daemon = daemons(policy)
+    storage = _storage(tmp_path, daemon)
+    held = os.open(storage / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the stand-in daemon's lock, as a real daemon holds it
+    released_at: list[float] = []
+
+    def let_go() -> None:
+        assert stopping.wait(30)
+        time.sleep(0.3)  # closing the storage
+        released_at.append(time.monotonic())
+        os.close(held)
+
+    closer = threading.Thread(target=let_go, daemon=True)
+    closer.start()
+    DaemonClient(storage).stop(timeout=10)
+    returned_at = time.monotonic()
+    closer.join(10)
+    assert released_at and returned_at >= released_at[0]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_opens_its_own_connection(tmp_path, daemons):
     daemon = daemons()
@@ -212,3 +246,24 @@ def _exit_code(pid: int, timeout: float) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f"the forked child did not end within {timeout} s")
+
+
+def test_a_daemon_starting_while_a_client_asks_about_its_storage_still_starts(tmp_path):
+    # storage_is_held takes a shared lock for an instant; a daemon starting in that instant
+    # must not report "already running".
+    import fcntl
+
+    from kachery_node.daemon.paths import StorageHold, storage_is_held
+    from kachery_node.errors import DaemonError
+
+    asking = os.open(tmp_path / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(asking, fcntl.LOCK_SH)  # a client's probe, caught in the middle
+    threading.Timer(0.05, os.close, args=(asking,)).start()
+    hold = StorageHold(tmp_path)
+    try:
+        assert storage_is_held(tmp_path)
+        with pytest.raises(DaemonError, match="already running"):
+            StorageHold(tmp_path)
+    finally:
+        hold.release()
+    assert not storage_is_held(tmp_path)
