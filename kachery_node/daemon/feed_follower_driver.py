@@ -39,7 +39,13 @@ from kachery_feeds.checkpoints import CheckpointError, parse_witnessed_checkpoin
 
 from ..protocol import feed_bucket
 from ..protocol.bucket_layout import subfeed_checkpoint_path, subfeed_fork_path
-from ..protocol.feed_follower import CatchUpFailure, FeedFollower, InlineOutcome, inline_report
+from ..protocol.feed_follower import (
+    CatchUpFailure,
+    FeedFollower,
+    FollowerState,
+    InlineOutcome,
+    inline_report,
+)
 from ..protocol.feed_messages import (
     FollowerAction,
     GiveUp,
@@ -68,6 +74,9 @@ SUBSCRIBE_BATCH_SECONDS = 0.05  # subscriptions handed over within this time tra
 # (a few µs each, by primary key); more, in one query over the feed.
 COUNTS_ONE_BY_ONE = 8
 TIMERS_PER_TURN = 500  # followers' deadlines fired between two turns of the event loop
+#: Providers' ``providerConnected`` re-publish a channel's subscriptions at most this often (a
+#: renewal round comes every 20 to 25 s anyway).
+RESUBSCRIBE_MIN_SECONDS = 5.0
 
 
 @dataclass
@@ -158,6 +167,8 @@ class FollowerDriver:
         self._timers: list[tuple[float, int, _Conversation]] = []
         self._timer_order = itertools.count()
         self._timer_wait: anyio.CancelScope | None = None  # the timer task's sleep, while it sleeps
+        self._resubscribed_at: dict[str, float] = {}  # channel -> when providerConnected was answered
+        self._resubscribe_pending: set[str] = set()  # channels where an answer waits its turn
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Own the followers' tasks until cancelled."""
@@ -219,6 +230,45 @@ class FollowerDriver:
         for conversation, count in conversations:
             held = local[conversation.follower.where.subfeed_hash]
             conversation.give(conversation.follower.on_subfeed_held(now, count, held))
+
+    def on_provider_connected(self, link: ChannelLink, sender: str) -> None:
+        """A provider has just connected to ``link``'s channel: the followers there that wait
+        for their renewal publish their subscriptions now (batched: one message per feed and
+        500 subfeeds), so an owner that was offline hears them and answers at once.
+
+        At most once per :data:`RESUBSCRIBE_MIN_SECONDS` per channel, whoever sent it: when a
+        hub restarts, every member reconnects at once, and each announcement must not cost a
+        round of subscriptions. One that comes sooner is answered when that time is up."""
+        if sender == link.node_id or link.channel in self._resubscribe_pending:
+            return  # our own announcement heard back, or a round is already on its way
+        now = anyio.current_time()
+        wait = self._resubscribed_at.get(link.channel, -math.inf) + RESUBSCRIBE_MIN_SECONDS - now
+        if wait <= 0:
+            self._resubscribe(link, now)
+            return
+        assert self._task_group is not None, "FeedExchange.run() must be running"
+        self._resubscribe_pending.add(link.channel)
+        self._task_group.start_soon(self._resubscribe_later, link, wait)
+
+    async def _resubscribe_later(self, link: ChannelLink, wait: float) -> None:
+        try:
+            await anyio.sleep(wait)
+        finally:
+            self._resubscribe_pending.discard(link.channel)
+        self._resubscribe(link, anyio.current_time())
+
+    def _resubscribe(self, link: ChannelLink, now: float) -> None:
+        """Publish the subscriptions of the channel's followers that wait for their renewal."""
+        self._resubscribed_at[link.channel] = now
+        waiting = [c for where, c in self._conversations.items()
+                   if where.channel == link.channel and c.follower.state is FollowerState.SUBSCRIBED]
+        counts = self._renewal_counts(waiting)
+        for conversation in waiting:
+            for action in conversation.follower.on_provider_connected(
+                    now, counts.get(conversation.follower.where.subfeed)):
+                assert isinstance(action, Publish) and isinstance(action.message, SubscribeToSubfeed)
+                self._batcher(link).add(action.message)
+            self._schedule(conversation)  # its renewal moved
 
     def on_new_messages(self, link: ChannelLink, sender: str, message: NewSubfeedMessages) -> None:
         """Import an inline push (verified) if we follow its subfeed on any channel; a gap

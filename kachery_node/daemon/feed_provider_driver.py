@@ -214,7 +214,8 @@ class ProviderDriver:
         if self._wait is not None:
             self._wait.cancel()  # a publication on this channel may wait for it: take it up now
         counts = self._counts(self.core.subfeeds(link.channel))
-        actions = self.core.on_connected(anyio.current_time(), time.time(), link.channel, counts)
+        actions = self.core.on_connected(anyio.current_time(), time.time(), link.channel, counts,
+                                         may_provide="provide-feeds" in link.roles)
         self._deadline_may_have_moved()
         if actions:
             assert self._task_group is not None, "FeedExchange.run() must be running"

@@ -32,6 +32,7 @@ from ..protocol import feed_messages, witness_messages
 from ..protocol.feed_messages import (
     MalformedFeedMessage,
     NewSubfeedMessages,
+    ProviderConnected,
     SubfeedOnChannel,
     SubfeedsHeld,
     SubfeedUploaded,
@@ -116,6 +117,8 @@ class FeedExchange:
             self.following.on_subfeed_uploaded(link, message)
         elif isinstance(message, SubfeedsHeld):
             self.following.on_subfeeds_held(link, message)
+        elif isinstance(message, ProviderConnected):
+            self.following.on_provider_connected(link, env.sender)
 
     def on_message_inline(self, link: ChannelLink, band: str, env: Envelope) -> bool:
         """Import a live push (``newSubfeedMessages``) at once, in the channel's receiving task

@@ -9,7 +9,9 @@ A follower loops through three steps for as long as the subfeed is followed:
    tail (:class:`ImportFromBucket`), everything verified by kachery_feeds.
 2. **Subscribe**: publish ``subscribeToSubfeed`` with the local count.
 3. **Wait** :data:`RENEW_SECONDS` (rounded up to the grid of :data:`RENEW_ALIGN_SECONDS`, see
-   :func:`renewal_due`), or less if *nudged*: the channel (re)connected, a provider
+   :func:`renewal_due`), or less if a provider has just connected (``providerConnected``: the
+   subscription is published again at once, which a provider that was offline never heard),
+   or if *nudged*: the channel (re)connected, a provider
    said the bucket holds more than we have (``subfeedUploaded``), or an inline push did not
    chain onto the local end (a gap). Nudged, go to 1. At the renewal, go to 1 if the bucket was
    last read :data:`BUCKET_RECHECK_SECONDS` ago or more and the feed's owner has not said
@@ -247,6 +249,15 @@ class FeedFollower:
         if count > local_count:
             return self.on_nudge(now)
         return []
+
+    def on_provider_connected(self, now: float, local_count: int | None) -> list[FollowerAction]:
+        """A provider has just connected to the channel (``providerConnected``): a subscription
+        published while it was away never reached it, so publish it again now (as a renewal:
+        nothing happened since the last one) rather than at the renewal, 20 to 25 s later. A
+        follower catching up, or pausing, subscribes when that ends anyway."""
+        if self.state is not FollowerState.SUBSCRIBED:
+            return []
+        return self._subscribe(now, Step.RENEW, local_count)
 
     def on_new_messages(self, now: float, outcome: InlineOutcome, sender: str,
                         detail: str = "") -> list[FollowerAction]:

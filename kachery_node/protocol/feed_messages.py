@@ -42,6 +42,12 @@ attachment):
       {"type": "subfeedsHeld", "feed_id": ...,
        "subfeeds": [[<40 hex subfeed hash>, <count: int >= 0>], ...]}      (1 to 500 pairs)
 
+* ``providerConnected`` on band ``provide-feeds`` (published by a provider each time its
+  channel connects: readers whose subscriptions it could not hear while it was away publish
+  them again now, instead of at their next renewal)::
+
+      {"type": "providerConnected"}
+
 Rules: :func:`parse` is the only place a body (and attachment) is read and each message's
 ``to_body`` and ``attachment`` the only place one is written. How wire lines travel inside
 ``newSubfeedMessages`` is decided by :func:`_lines_to_wire` / :func:`_lines_from_wire` alone
@@ -85,6 +91,7 @@ SUBSCRIBE_MANY_MAX = 500
 NEW_MESSAGES = "newSubfeedMessages"
 UPLOADED = "subfeedUploaded"
 HELD = "subfeedsHeld"
+PROVIDER_CONNECTED = "providerConnected"
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
@@ -278,8 +285,23 @@ class SubfeedsHeld:
         return None
 
 
+@dataclass(frozen=True)
+class ProviderConnected:
+    """The sender, a provider, has just connected to the channel: subscriptions published while
+    it was away never reached it."""
+
+    band = PROVIDE_BAND
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": PROVIDER_CONNECTED}
+
+    def attachment(self) -> None:
+        """None: the envelope's sender is all it says."""
+        return None
+
+
 FeedMessage = (SubscribeToSubfeed | SubscribeToSubfeeds | NewSubfeedMessages | SubfeedUploaded
-               | SubfeedsHeld)
+               | SubfeedsHeld | ProviderConnected)
 
 
 def _lines_to_wire(lines: tuple[bytes, ...]) -> bytes:
@@ -349,7 +371,7 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 
 _TYPES_BY_BAND = {REQUEST_BAND: (SUBSCRIBE, SUBSCRIBE_MANY),
-                  PROVIDE_BAND: (NEW_MESSAGES, UPLOADED, HELD)}
+                  PROVIDE_BAND: (NEW_MESSAGES, UPLOADED, HELD, PROVIDER_CONNECTED)}
 
 
 def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> FeedMessage:
@@ -363,6 +385,8 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
         return _subscribe_many(body)
     if kind == HELD:
         return SubfeedsHeld(*_subfeed_pairs(body, "count"))
+    if kind == PROVIDER_CONNECTED:
+        return ProviderConnected()
     feed_id, subfeed_hash = _names(body)
     if kind == SUBSCRIBE:
         return SubscribeToSubfeed(feed_id, subfeed_hash, _count(body, "position"),

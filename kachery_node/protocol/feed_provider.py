@@ -69,6 +69,7 @@ from .feed_messages import (
     FeedProtocolMisuse,
     NewSubfeedMessages,
     ProviderAction,
+    ProviderConnected,
     Publish,
     PushRange,
     ReadBucketState,
@@ -420,11 +421,13 @@ class FeedProvider:
         return actions
 
     def on_connected(self, now: float, wall_now: float, channel: str,
-                     counts: Mapping[Subfeed, int]) -> list[ProviderAction]:
-        """``channel`` came (back) up; ``counts`` of :meth:`subfeeds` (``channel``). Saved
-        subscriptions there are taken up again, and every live one there gets the bucket up to
-        date and a ``subfeedUploaded``, planned from the bucket's heads read again (another node
-        may have written them meanwhile)."""
+                     counts: Mapping[Subfeed, int], *, may_provide: bool = False) -> list[ProviderAction]:
+        """``channel`` came (back) up; ``counts`` of :meth:`subfeeds` (``channel``). With
+        ``may_provide`` (this node holds provide-feeds there), say so first
+        (``providerConnected``): readers whose subscriptions it missed while it was away publish
+        them again. Saved subscriptions there are taken up again, and every live one there gets
+        the bucket up to date and a ``subfeedUploaded``, planned from the bucket's heads read
+        again (another node may have written them meanwhile)."""
         for where in [w for w in self._bucket_trust if w.channel == channel]:
             del self._bucket_trust[where]
         for where, expires_wall in list(self._saved.items()):
@@ -438,7 +441,7 @@ class FeedProvider:
                 expires = self._subscriptions[where].expires
                 if self._earliest_expiry is None or expires < self._earliest_expiry:
                     self._earliest_expiry = expires
-        actions: list[ProviderAction] = []
+        actions: list[ProviderAction] = [Publish(channel, ProviderConnected())] if may_provide else []
         for where, sub in self._subscriptions.items():
             count = counts.get(where.subfeed, 0)
             if where.channel != channel or sub.expires <= now or count == 0:

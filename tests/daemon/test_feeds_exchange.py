@@ -416,3 +416,59 @@ async def test_a_forged_unsigned_push_is_rejected_and_a_non_member_is_not_heard(
         await push(mallory, lines[3])  # a replay: nothing changes
         assert replica.get_messages() == [{"i": i} for i in range(4)]
         assert ch.handler_errors == []
+
+
+def _subscriptions_by(ch: MemoryChannel, node: Node) -> list[dict]:
+    return [b for s, _band, b in ch.published
+            if s == node.keypair.public_hex and b["type"].startswith("subscribeToSubfeed")]
+
+
+@pytest.mark.trio
+async def test_an_owner_that_connects_after_the_reader_subscribed_is_heard_at_once(tmp_path):
+    """The reader subscribed while the owner was away; the owner's providerConnected makes it
+    publish the subscription again now, not at its renewal 20 to 25 s later (a follower saw
+    nothing for that long after the owner came back)."""
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob"]) as (alice, bob):
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 5)  # alice holds it, but is not on the channel yet
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: len(_subscriptions_by(ch, bob)) >= 1)  # heard by nobody
+        link = alice.join(ch)
+        alice.exchange.on_reconnect(link)  # what her channel runtime does once connected
+        with anyio.fail_after(5):  # well before the renewal (RENEW_SECONDS = 20)
+            await wait_until(lambda: replica.get_num_local_messages() == 5)
+        announcements = [b for s, band, b in ch.published
+                         if s == alice.keypair.public_hex and b["type"] == "providerConnected"]
+        assert announcements == [{**announcements[0], "type": "providerConnected"}]
+        assert _subscriptions_by(ch, bob)[-1].get("renewal") is True  # nothing happened since
+        source.append_message("live")
+        await wait_until(lambda: replica.get_num_local_messages() == 6)
+        assert ch.handler_errors == []
+
+
+@pytest.mark.trio
+async def test_providers_connecting_together_cost_a_reader_two_rounds_of_subscriptions(
+        tmp_path, monkeypatch):
+    """When a hub restarts every member reconnects at once: the reader answers the first
+    providerConnected at once and the rest together once RESUBSCRIBE_MIN_SECONDS is up, not
+    each with a round of its own."""
+    from kachery_node.daemon import feed_follower_driver
+
+    monkeypatch.setattr(feed_follower_driver, "RESUBSCRIBE_MIN_SECONDS", 0.5)
+    ch = MemoryChannel("lab")
+    async with network(tmp_path, ["alice", "bob", "carol", "dave", "erin"]) as nodes:
+        alice, bob, *others = nodes
+        alice.join(ch)
+        bob.join(ch, ["request-feeds"])
+        source = source_subfeed(alice, 3)
+        replica = bob.follow(source.uri)
+        await wait_until(lambda: replica.get_num_local_messages() == 3)
+        before = len(_subscriptions_by(ch, bob))
+        started = anyio.current_time()
+        for node in others:
+            node.exchange.on_reconnect(node.join(ch))
+        await wait_until(lambda: len(_subscriptions_by(ch, bob)) == before + 2, timeout=10)
+        assert anyio.current_time() - started >= 0.5  # the second round waited its turn
+        assert len(_subscriptions_by(ch, bob)) == before + 2
+        assert ch.handler_errors == []

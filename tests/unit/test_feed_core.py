@@ -35,6 +35,7 @@ from kachery_node.protocol.feed_messages import (
     ImportFromBucket,
     MalformedFeedMessage,
     NewSubfeedMessages,
+    ProviderConnected,
     Publish,
     PushRange,
     ReadBucketState,
@@ -94,6 +95,10 @@ def test_messages_round_trip_through_their_bodies():
     sub = SubscribeToSubfeed(FEED, SUB, 12, bucket_rejected=True)
     push = NewSubfeedMessages(FEED, SUB, tuple(lines(3)))
     uploaded = SubfeedUploaded(FEED, SUB, 2500)
+    assert ProviderConnected().to_body() == {"type": "providerConnected"}
+    assert parse("provide-feeds", {"type": "providerConnected", "time_ms": 1}) == ProviderConnected()
+    with pytest.raises(MalformedFeedMessage):  # a provider's word, heard on the readers' band
+        parse("request-feeds", {"type": "providerConnected"})
     assert sub.to_body() == {"type": "subscribeToSubfeed", "feed_id": FEED, "subfeed_hash": SUB,
                              "position": 12, "bucket_rejected": True, "unsigned_pushes": True}
     assert "bucket_rejected" not in SubscribeToSubfeed(FEED, SUB, 0).to_body()
@@ -420,6 +425,24 @@ def test_while_the_owner_says_what_it_holds_renewals_read_no_bucket_and_more_cat
     f.on_head(t, head(7), 7)
     # The owner holds more than we do (pushes were lost): catch up at once.
     assert of(ReadHead, f.on_subfeed_held(t + 1, 9, 7))
+
+
+def test_a_provider_that_connects_hears_the_subscription_again_at_once():
+    f = subscribed_follower(4)
+    t = T0 + 3
+    # Published again now, as a renewal, and the next renewal counts from now.
+    assert f.on_provider_connected(t, 6) == [Publish("lab", SubscribeToSubfeed(FEED, SUB, 6, renewal=True))]
+    assert f.state is FollowerState.SUBSCRIBED and f.next_deadline() == renewal_due(t)
+    # Catching up, it subscribes when that ends anyway.
+    f.on_nudge(t + 1)
+    assert f.state is FollowerState.READING_HEAD and f.on_provider_connected(t + 1, 6) == []
+    backing_off = subscribed_follower()
+    backing_off.on_nudge(t)
+    backing_off.on_catch_up_failed(t, CatchUpFailure.REJECTED, 0, "bad head")
+    assert backing_off.on_provider_connected(t, 0) == []
+    # Whose messages wait for witnesses (no count): its last position, as a renewal.
+    assert published(subscribed_follower(2).on_provider_connected(t, None)) == [
+        SubscribeToSubfeed(FEED, SUB, 2, renewal=True)]
 
 
 def test_nudges_reconnects_announcements_and_gaps_catch_up_now():
@@ -816,6 +839,9 @@ def test_a_reconnected_channel_gets_its_bucket_copies_and_announcements():
     assert p.subfeeds("lab") == {(FEED, SUB), (FEED, "ef" * 20)}
     actions = p.on_connected(T0 + 1, WALL0 + 1, "lab", {(FEED, SUB): 8, (FEED, "ef" * 20): 0})
     assert actions == [ReadBucketState(HERE)]  # not the empty subfeed, not the other channel
+    # With the provide-feeds role there, it says first that it is back (providerConnected).
+    assert p.on_connected(T0 + 1.5, WALL0 + 1.5, "lab", {}, may_provide=True) == [
+        Publish("lab", ProviderConnected())]
     assert published(finish_sync(p, T0 + 2, 8)) == [SubfeedUploaded(FEED, SUB, 8)]
     assert p.on_local_counts(T0 + 3, {(FEED, SUB): 8}) == [PushRange(other, 5, 8)]  # lab has 8 already
 
