@@ -37,7 +37,7 @@ import orjson
 from kachery_feeds.jsontext import JsonTextError
 from kachery_feeds.jsontext import loads as loads_json
 
-from ..errors import KacheryError
+from ..errors import KacheryError, short_repr
 from ..identity import Keypair, verify_signature
 from .canonical_json import (  # noqa: F401  (re-exported: the names callers know)
     MAX_SAFE_INTEGER,
@@ -68,13 +68,24 @@ class InvalidTaskResultError(KacheryError):
     """A result object is malformed, its signature does not verify, or it answers another task."""
 
 
+def _shown(value: Any) -> str:
+    """``value`` (a peer's, or a caller's) for an error message. Not ``repr``: a list nested
+    100,000 deep made it raise RecursionError, and an integer of over 4300 digits ValueError, in
+    place of the typed error; short_repr bounds depth and length, but prints such integers with
+    ``repr`` too, so they are named by type alone."""
+    try:
+        return short_repr(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+
+
 # ----------------------------------------------------------------------------- identity
 def validate_function_id(function_id: Any) -> str:
     """``function_id`` if it is a valid function ID (spec/tasks.md §1); else TaskArgumentError."""
     if (not isinstance(function_id, str) or len(function_id) > MAX_FUNCTION_ID
             or not _FUNCTION_ID.fullmatch(function_id)):
         raise TaskArgumentError(
-            f"invalid task function ID {function_id!r}: use '.'-separated segments of "
+            f"invalid task function ID {_shown(function_id)}: use '.'-separated segments of "
             f"letters, digits, '@', '_' and '-' (at most {MAX_FUNCTION_ID} characters)")
     return function_id
 
@@ -83,7 +94,7 @@ def validate_function_type(function_type: Any) -> str:
     """``function_type`` if it is one of :data:`FUNCTION_TYPES`; else TaskArgumentError."""
     if function_type not in FUNCTION_TYPES:
         raise TaskArgumentError(
-            f"invalid task function type {function_type!r}; types are: {', '.join(FUNCTION_TYPES)}")
+            f"invalid task function type {_shown(function_type)}; types are: {', '.join(FUNCTION_TYPES)}")
     return function_type
 
 
@@ -438,7 +449,10 @@ def parse_task_message(band: str, body: Any) -> TaskMessage | None:
     Raises :class:`MalformedTaskMessage` if it is one of ours but malformed."""
     if not isinstance(body, dict):
         raise MalformedTaskMessage("a task message body is a JSON object")
-    cls = _MESSAGE_CLASSES.get(body.get("type"))  # type: ignore[arg-type]
+    kind = body.get("type")
+    # Only a string names a message of ours: a list or object there is unhashable (the lookup
+    # raised TypeError); like any other type, it is not ours.
+    cls = _MESSAGE_CLASSES.get(kind) if isinstance(kind, str) else None
     if cls is None or band != cls.BAND:
         return None
     return cls.parse(body)

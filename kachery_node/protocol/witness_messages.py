@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import short_repr
 from .feed_messages import MalformedFeedMessage, _count, _names
 
 CHECKPOINT = "subfeedCheckpoint"
@@ -92,4 +93,8 @@ def parse(body: dict[str, Any], attachment: bytes | None
         return CheckpointCosignature(feed_id, subfeed_hash, size, line)
     if body.get("type") == FORK_PROOF:
         return ForkProof(feed_id, subfeed_hash, _count(body, "position"), attachment)
-    raise MalformedFeedMessage(f"{body.get('type')!r} is not a witness message")
+    # Not repr(type): of a list nested 100,000 deep it raised RecursionError, of an integer of
+    # over 4300 digits ValueError, in place of MalformedFeedMessage.
+    kind = body.get("type")
+    shown = short_repr(kind) if isinstance(kind, str) else f"a {type(kind).__name__}"
+    raise MalformedFeedMessage(f"{shown} is not a witness message")
