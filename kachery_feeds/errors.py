@@ -12,8 +12,19 @@ from __future__ import annotations
 
 import reprlib
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 100
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # reprlib calls repr() on ints, which raises ValueError past sys.get_int_max_str_digits()
+        # (4300 by default): untrusted input can hold such a number.
+        try:
+            return super().repr_int(x, level)
+        except ValueError:
+            return f"<int of {x.bit_length()} bits>"
+
+
+_REPR = _ShortRepr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 100
 _REPR.maxlevel = 3
 
 

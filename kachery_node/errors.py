@@ -27,20 +27,9 @@ Every class here is importable from ``kachery_node``.
 
 from __future__ import annotations
 
-import reprlib
-
 import kachery_feeds as kf
 import kachery_feeds.filesystems as _feeds_filesystems
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 100
-_REPR.maxlevel = 3
-
-
-def short_repr(value: object) -> str:
-    """``repr(value)`` cut to a readable length and depth, for messages about data from
-    elsewhere (a plain repr of a 100k-deep list raises RecursionError; of 100 MB, is 100 MB)."""
-    return _REPR.repr(value)
+from kachery_feeds.errors import short_repr  # noqa: F401  (kachery_node's messages use it too)
 
 
 class KacheryError(Exception):

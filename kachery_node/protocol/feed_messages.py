@@ -78,7 +78,7 @@ from kachery_feeds import (
 )
 from kachery_feeds import subfeed_hash as _subfeed_hash
 
-from ..errors import KacheryError
+from ..errors import KacheryError, short_repr
 from .bucket_layout import subfeed_head_path, subfeed_segment_path
 
 REQUEST_BAND = "request-feeds"
@@ -321,7 +321,7 @@ def _lines_from_wire(attachment: bytes | None) -> tuple[bytes, ...]:
 def _count(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
-        raise MalformedFeedMessage(f"{name!r} must be an integer in [0, 2^53-1], got {value!r}")
+        raise MalformedFeedMessage(f"{name!r} must be an integer in [0, 2^53-1], got {short_repr(value)}")
     return value
 
 
@@ -350,7 +350,7 @@ def _subfeed_pairs(body: dict[str, Any], second: str) -> tuple[str, tuple[tuple[
     for pair in pairs:
         if not isinstance(pair, list) or len(pair) != 2:
             raise MalformedFeedMessage(f"each of 'subfeeds' must be a [subfeed_hash, {second}] pair, "
-                                       f"not {pair!r}")
+                                       f"not {short_repr(pair)}")
         _feed, subfeed_hash = _names({"feed_id": feed_id, "subfeed_hash": pair[0]})
         subfeeds.append((subfeed_hash, _count({second: pair[1]}, second)))
     return feed_id, tuple(subfeeds)
@@ -380,7 +380,7 @@ def parse(band: str, body: dict[str, Any], attachment: bytes | None = None) -> F
     missing or ill-typed."""
     kind = body.get("type")
     if kind not in _TYPES_BY_BAND.get(band, ()):
-        raise MalformedFeedMessage(f"{kind!r} is not a feed message of band {band!r}")
+        raise MalformedFeedMessage(f"{short_repr(kind)} is not a feed message of band {short_repr(band)}")
     if kind == SUBSCRIBE_MANY:
         return _subscribe_many(body)
     if kind == HELD:

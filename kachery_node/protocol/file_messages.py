@@ -113,7 +113,8 @@ class FileRequest:
             start, end = _opt_int(raw, "start"), _opt_int(raw, "end")
             if start is None or end is None or not start < end or end - start > CHUNK_SIZE:
                 raise MalformedFileMessage(
-                    f"'chunk_of' needs 0 <= start < end with end - start <= {CHUNK_SIZE}, got {_shown(raw)}")
+                    f"'chunk_of' needs 0 <= start < end with end - start <= {CHUNK_SIZE}, "
+                    f"got {short_repr(raw)}")
             if size is not None and size != end - start:
                 raise MalformedFileMessage("'size' disagrees with the 'chunk_of' range")
             chunk_of = ChunkRef(parent, start, end)
@@ -158,7 +159,7 @@ class UploadStatus:
         sha1 = _sha1(body, "sha1")
         status = body.get("status")
         if status not in STATUSES:
-            raise MalformedFileMessage(f"'status' must be one of {STATUSES}, got {_shown(status)}")
+            raise MalformedFileMessage(f"'status' must be one of {STATUSES}, got {short_repr(status)}")
         request_id = body.get("request_id")
         if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 64):
             raise MalformedFileMessage("'request_id' must be a string of at most 64 characters")
@@ -185,21 +186,11 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-def _shown(value: Any) -> str:
-    """A peer's ``value`` for an error message. Not ``repr``: a list nested 100,000 deep made it
-    raise RecursionError, and an integer of over 4300 digits ValueError, in place of
-    MalformedFileMessage; short_repr bounds depth and length, but prints such integers with
-    ``repr`` too, so they are named by type alone."""
-    try:
-        return short_repr(value)
-    except ValueError:
-        return f"<{type(value).__name__}>"
-
 
 def _sha1(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not is_sha1_hex(value):
-        raise MalformedFileMessage(f"{name!r} must be 40 lowercase hex characters, got {_shown(value)}")
+        raise MalformedFileMessage(f"{name!r} must be 40 lowercase hex characters, got {short_repr(value)}")
     return value
 
 
@@ -208,7 +199,7 @@ def _opt_int(body: dict[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if type(value) is not int or value < 0:
-        raise MalformedFileMessage(f"{name!r} must be a non-negative integer, got {_shown(value)}")
+        raise MalformedFileMessage(f"{name!r} must be a non-negative integer, got {short_repr(value)}")
     return value
 
 

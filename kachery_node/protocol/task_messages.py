@@ -68,16 +68,6 @@ class InvalidTaskResultError(KacheryError):
     """A result object is malformed, its signature does not verify, or it answers another task."""
 
 
-def _shown(value: Any) -> str:
-    """``value`` (a peer's, or a caller's) for an error message. Not ``repr``: a list nested
-    100,000 deep made it raise RecursionError, and an integer of over 4300 digits ValueError, in
-    place of the typed error; short_repr bounds depth and length, but prints such integers with
-    ``repr`` too, so they are named by type alone."""
-    try:
-        return short_repr(value)
-    except ValueError:
-        return f"<{type(value).__name__}>"
-
 
 # ----------------------------------------------------------------------------- identity
 def validate_function_id(function_id: Any) -> str:
@@ -85,7 +75,7 @@ def validate_function_id(function_id: Any) -> str:
     if (not isinstance(function_id, str) or len(function_id) > MAX_FUNCTION_ID
             or not _FUNCTION_ID.fullmatch(function_id)):
         raise TaskArgumentError(
-            f"invalid task function ID {_shown(function_id)}: use '.'-separated segments of "
+            f"invalid task function ID {short_repr(function_id)}: use '.'-separated segments of "
             f"letters, digits, '@', '_' and '-' (at most {MAX_FUNCTION_ID} characters)")
     return function_id
 
@@ -94,7 +84,7 @@ def validate_function_type(function_type: Any) -> str:
     """``function_type`` if it is one of :data:`FUNCTION_TYPES`; else TaskArgumentError."""
     if function_type not in FUNCTION_TYPES:
         raise TaskArgumentError(
-            f"invalid task function type {_shown(function_type)}; types are: {', '.join(FUNCTION_TYPES)}")
+            f"invalid task function type {short_repr(function_type)}; types are: {', '.join(FUNCTION_TYPES)}")
     return function_type
 
 

@@ -10,10 +10,9 @@ Each parser gets valid bodies of every message type it accepts (built with the m
 changed inside their lists and objects), mutated as JSON text and read back leniently (Infinity,
 integers beyond 64 bits), and arbitrary objects; with arbitrary attachments and on every band
 (valid and not). Values include what no JSON reader makes but a caller could pass: integers too
-long to print, a list nested 100,000 deep, lone surrogates, NaN (except, for now, those the feed
-parsers cannot print: FEED_HOSTILE). A parsed message must encode back (``to_body``, and its
-attachment) to a body that parses to the same message, and that the other band refuses (feeds)
-or ignores (tasks: None).
+long to print, a list nested 100,000 deep, lone surrogates, NaN. A parsed message must encode
+back (``to_body``, and its attachment) to a body that parses to the same message, and that the
+other band refuses (feeds) or ignores (tasks: None).
 ``KACHERY_FUZZ_EXAMPLES=5000`` for a longer hunt than CI's 200.
 """
 
@@ -67,13 +66,6 @@ values = st.one_of(json_values, edge_numbers,
 
 
 ALL_HOSTILE = tuple(HOSTILE)
-#: The hostile values feed_messages.parse still raises ValueError or RecursionError on (a repr of
-#: them in an error message: see test_feed_parse_fails_on_what_it_cannot_print), as does
-#: witness_messages.parse, which reads names and counts with feed_messages' helpers. Not fuzzed
-#: there until feed_messages is fixed; then fuzz them with ALL_HOSTILE.
-FEED_HOSTILE = tuple(name for name in HOSTILE
-                     if name not in {"10**5000", "-10**5000", "100,000 deep", "[[[[10**5000]]]]",
-                                     "{a: {b: -10**5000}}"})
 
 
 def any_value(data: st.DataObject, hostile: tuple[str, ...]):
@@ -192,7 +184,7 @@ feed_messages = st.one_of(
 def test_feed_messages(message, data) -> None:
     assert fm.parse(message.band, message.to_body(), message.attachment()) == message
     band = data.draw(st.one_of(st.just(message.band), bands))
-    body = fuzzed_body(message.to_body(), data, FEED_HOSTILE)
+    body = fuzzed_body(message.to_body(), data, ALL_HOSTILE)
     if body is None:
         return
     try:
@@ -230,7 +222,7 @@ def _witness_attachment(message) -> bytes | None:
 @given(witness_messages, st.data())
 def test_witness_messages(message, data) -> None:
     assert wm.parse(message.to_body(), _witness_attachment(message)) == message
-    body = fuzzed_body(message.to_body(), data, FEED_HOSTILE)
+    body = fuzzed_body(message.to_body(), data, ALL_HOSTILE)
     if body is None:
         return
     try:
@@ -383,9 +375,6 @@ _SUBSCRIBE = fm.SubscribeToSubfeed(F, H, 1).to_body()
 _HELD = fm.SubfeedsHeld(F, ((H, 1),)).to_body()
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, RecursionError),
-                   reason="feed_messages puts repr(value) in its errors (and kachery_feeds' short_repr "
-                          "calls repr on integers); to fix there, then add them to FEED_HOSTILE")
 @pytest.mark.parametrize("band, body", [
     (fm.REQUEST_BAND, {**_SUBSCRIBE, "position": LONG}),
     (fm.REQUEST_BAND, {**_SUBSCRIBE, "position": DEEP}),
@@ -400,11 +389,10 @@ _HELD = fm.SubfeedsHeld(F, ((H, 1),)).to_body()
 ], ids=["position 10**5000", "position 100,000 deep", "feed_id 10**5000", "type 10**5000",
         "type 100,000 deep", "held count 100,000 deep", "held pair [10**5000]",
         "witness size -10**5000", "witness position 100,000 deep", "witness feed_id {a: [10**5000]}"])
-def test_feed_parse_fails_on_what_it_cannot_print(band, body) -> None:
-    """Known defects, not fixed here (feed_messages.py is another change's): each raises
-    ValueError or RecursionError in place of MalformedFeedMessage. Not reachable from the wire
-    (kachery's JSON reads integers of 64 bits and nesting 256 deep at most), only by a caller."""
-    try:
+def test_feed_parse_regressions(band, body) -> None:
+    """Each raised ValueError or RecursionError in place of MalformedFeedMessage: feed_messages
+    put repr(value) in its errors, and kachery_feeds' short_repr called repr on integers. Not
+    reachable from the wire (kachery's JSON reads integers of 64 bits and nesting 256 deep at
+    most), only by a caller."""
+    with pytest.raises(fm.MalformedFeedMessage):
         fm.parse(band, body, None) if band != "witness" else wm.parse(body, None)
-    except fm.MalformedFeedMessage:
-        pass
