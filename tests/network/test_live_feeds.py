@@ -50,10 +50,12 @@ def test_follow_a_remote_feed_live(lab):
     if lab.backends.startswith("embedded"):  # (NATS and Ably echo on every band)
         # Every message on the channel reached exactly one node (bob's subscriptions alice,
         # alice's pushes and announcements bob): nodes subscribe to the feed bands without echo,
-        # so alice's pushes do not come back to her (spec/pubsub.md).
+        # so alice's pushes do not come back to her (spec/pubsub.md). One may have reached
+        # nobody: alice's providerConnected, published as she connected, before bob was there.
         status = json.loads(alice.run("hub", "status", "--json").stdout)
         relay = next(ch["relay"] for ch in status["channels"])
-        assert relay["messages_out"] == relay["messages_in"] > 30, relay
+        assert relay["messages_in"] - 1 <= relay["messages_out"] <= relay["messages_in"], relay
+        assert relay["messages_out"] > 30, relay
 
 
 
