@@ -15,11 +15,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,89 +31,11 @@ from .config import default_storage_dir, load_node_config
 from .daemon.local_tokens import read_browser_token, read_client_token
 from .daemon.paths import INFO_FILE, storage_is_held
 from .errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError, KacheryError
+from .transport import http_connections
+from .transport.http_connections import TRANSPORT_ERRORS, ConnectFailed
 
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
-
-#: What a request to the daemon can fail with once a connection is open: the socket's errors
-#: (reset, refused, timed out: TimeoutError is an OSError) and http.client's (closed before an
-#: answer, a malformed answer).
-_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
-#: How a connection closed by the other side before any answer fails a request.
-_CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
-
-class _ConnectFailed(Exception):
-    """No connection to the daemon's port could be opened (nothing listens, or no answer in time)."""
-
-
-class _Connections:
-    """Keep-alive HTTP/1.1 connections to daemons, shared by this process's threads (task
-    backends post updates from many): a request takes an idle one or opens one, and gives it back
-    once its answer is read whole.
-
-    The standard library's http.client, not httpx: the daemon is this machine's (plain HTTP, one
-    host), and importing httpx costs every script and `kachery` command that talks to the daemon
-    ~0.1 s more (httpcore imports trio and anyio when they are installed, as the daemon needs)."""
-
-    MAX_IDLE = 16  # in all: the oldest idle connection is closed when one more is given back
-
-    def __init__(self) -> None:
-        self._forget()
-        # A child process must not use its parent's connections (their bytes would interleave),
-        # nor a lock another thread of the parent held when it forked.
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._idle: list[tuple[tuple[str, int], http.client.HTTPConnection]] = []  # oldest first
-        self._lock = threading.Lock()
-
-    def _pop_idle(self, address: tuple[str, int]) -> http.client.HTTPConnection | None:
-        with self._lock:
-            for i in range(len(self._idle) - 1, -1, -1):  # the most recently used first
-                if self._idle[i][0] == address:
-                    return self._idle.pop(i)[1]
-        return None
-
-    def take(self, host: str, port: int, connect_timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection to ``host:port``: an idle one still open, else a new one; and whether
-        it was idle (see :meth:`DaemonClient._send`). Raises :class:`_ConnectFailed`."""
-        while (conn := self._pop_idle((host, port))) is not None:
-            if _reusable(conn):
-                return conn, True
-            conn.close()  # the daemon closed it while it was idle (its keep-alive timeout)
-        return self.open(host, port, connect_timeout), False
-
-    @staticmethod
-    def open(host: str, port: int, connect_timeout: float) -> http.client.HTTPConnection:
-        """A new connection to ``host:port``. Raises :class:`_ConnectFailed`."""
-        conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
-        try:
-            conn.connect()  # http.client sets TCP_NODELAY: a small request goes out at once
-        except OSError as exc:
-            conn.close()
-            raise _ConnectFailed(str(exc)) from exc
-        return conn
-
-    def give_back(self, conn: http.client.HTTPConnection, host: str, port: int) -> None:
-        with self._lock:
-            self._idle.append(((host, port), conn))
-            oldest = self._idle.pop(0)[1] if len(self._idle) > self.MAX_IDLE else None
-        if oldest is not None:
-            oldest.close()
-
-
-def _reusable(conn: http.client.HTTPConnection) -> bool:
-    """Whether an idle connection is still open: nothing to read on it (a closed one reads EOF)."""
-    if conn.sock is None:
-        return False
-    poller = select.poll()
-    poller.register(conn.sock, select.POLLIN)
-    return not poller.poll(0)
-
-
-_connections = _Connections()
-
 
 def daemon_address(storage_dir: Path) -> tuple[str, int] | None:
     """Where the daemon of ``storage_dir`` said it listens (its daemon.json), or None.
@@ -192,7 +112,7 @@ class DaemonClient:
 
     def _failure(self, exc: BaseException, what: str) -> DaemonError:
         """The typed error for a request that did not get an answer."""
-        if isinstance(exc, _ConnectFailed):
+        if isinstance(exc, ConnectFailed):
             _verified.discard((str(self.storage_dir), self.base_url))
             return self._not_running(f" (nothing answers at {self.base_url})")
         if isinstance(exc, TimeoutError):
@@ -224,36 +144,22 @@ class DaemonClient:
             message = text
         return DaemonError(f"daemon refused {method} {path}: {message}", status=status, reason=message)
 
+    @property
+    def _origin(self) -> http_connections.Origin:
+        return (False, self.host, self.port)
+
     def _send(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
               connect_timeout: float, read_timeout: float | None
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request on a pooled connection; the connection and the answer's head. The
-        caller reads the body, then gives the connection back (:meth:`_done`). Raises
-        :class:`_ConnectFailed` or a transport error (the connection is closed then)."""
-        conn, was_idle = _connections.take(self.host, self.port, connect_timeout)
-        while True:
-            try:
-                conn.sock.settimeout(read_timeout)  # each later send and receive, not the whole answer
-                conn.request(method, target, body=body, headers=headers)
-                return conn, conn.getresponse()
-            except _CLOSED_UNANSWERED:
-                conn.close()
-                # An idle connection the daemon closed just as this request went out (its
-                # keep-alive timeout): the request was not read, so it is sent again, once,
-                # on a new connection. A new connection closed unanswered is a daemon that died.
-                if not was_idle:
-                    raise
-                conn, was_idle = _connections.open(self.host, self.port, connect_timeout), False
-            except BaseException:
-                conn.close()
-                raise
+        """Send one request on one of the process's pooled connections
+        (:func:`~.transport.http_connections.send`: plain HTTP, no proxy, since the daemon is
+        this machine's); the caller reads the answer, then calls :meth:`_done`."""
+        return http_connections.send(self._origin, method, target, body, headers, connect_timeout,
+                                     read_timeout)
 
     def _done(self, conn: http.client.HTTPConnection, answer: http.client.HTTPResponse) -> None:
         """Give back a connection whose answer was read whole, unless it is to be closed."""
-        if answer.isclosed() and not answer.will_close:
-            _connections.give_back(conn, self.host, self.port)
-        else:
-            conn.close()
+        http_connections.done(self._origin, conn, answer)
 
     def request(self, method: str, path: str, *, json_body: Any = None,
                 params: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
@@ -268,7 +174,7 @@ class DaemonClient:
                 conn.close()
                 raise
             self._done(conn, answer)
-        except (_ConnectFailed, *_TRANSPORT_ERRORS) as exc:
+        except (ConnectFailed, *TRANSPORT_ERRORS) as exc:
             raise self._failure(exc, f"{method} {path}") from exc
         if answer.status >= 400:
             raise self._refusal(answer.status, body, method, path)
@@ -295,13 +201,13 @@ class DaemonClient:
             conn, answer = self._send(method, target, self._encode(json_body),
                                       self._headers(json_body is not None, path), CONNECT_TIMEOUT,
                                       read_timeout)
-        except (_ConnectFailed, *_TRANSPORT_ERRORS) as exc:
+        except (ConnectFailed, *TRANSPORT_ERRORS) as exc:
             raise self._failure(exc, what) from exc
         try:
             if answer.status >= 400:
                 try:
                     body = answer.read()
-                except _TRANSPORT_ERRORS as exc:
+                except TRANSPORT_ERRORS as exc:
                     raise self._failure(exc, what) from exc
                 raise self._refusal(answer.status, body, method, path)
             yield self._lines(answer, what)
@@ -312,7 +218,7 @@ class DaemonClient:
         while True:
             try:
                 raw = answer.readline()
-            except _TRANSPORT_ERRORS as exc:  # here, not around the caller's loop: its own
+            except TRANSPORT_ERRORS as exc:  # here, not around the caller's loop: its own
                 raise self._failure(exc, what) from exc  # OSErrors are not the daemon's
             if not raw:
                 return

@@ -11,17 +11,22 @@ Every call builds a fresh signed request (new time and nonce,
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import orjson
 
 from ..errors import HubRequestError
 from ..identity import Keypair
 from ..protocol.hub_requests import make_body, sign_body
+from . import http_connections
+from .http_connections import TRANSPORT_ERRORS, ConnectFailed, proxy_configured
 from .tls import describe_tls_failure, require_secure_url, ssl_context
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0  # between two reads of an answer, as httpx's read timeout was
 SECRETS = "signed requests (and the secrets they carry)"  # what require_secure_url protects here
 
 
@@ -29,10 +34,31 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _check(resp: httpx.Response) -> httpx.Response:
+class HubAnswer:
+    """The hub's answer to one request: its ``status_code`` and ``content``."""
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code = status_code
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; raises HubRequestError if it is not JSON (not a kachery hub)."""
+        try:
+            return orjson.loads(self.content)
+        except orjson.JSONDecodeError:
+            raise HubRequestError(self.status_code, "bad_answer",
+                                  f"the hub's answer is not JSON: {self.text[:200]!r}; is the URL "
+                                  "a kachery hub's?") from None
+
+
+def _check(resp: HubAnswer) -> HubAnswer:
     if resp.status_code >= 400:
         try:
-            err = resp.json()["error"]
+            err = orjson.loads(resp.content)["error"]
             details = err.get("details") if isinstance(err.get("details"), dict) else None
             raise HubRequestError(resp.status_code, err["code"], err["message"], details)
         except (ValueError, KeyError, TypeError):
@@ -43,23 +69,28 @@ def _check(resp: httpx.Response) -> httpx.Response:
 
 class HubClient:
     """Signed requests to one hub. Pass ``user_key`` for a person's requests, ``node_key`` for a
-    node's; registering a node needs both.
+    node's; registering a node needs both. Safe to share between threads (the daemon's do).
 
     Every request first checks that ``url`` may carry signed requests (https, or http to this
     machine: :func:`~kachery_node.transport.tls.require_secure_url`), before connecting; ``https``
     hubs are verified with :func:`~kachery_node.transport.tls.ssl_context` (system store, or the
-    lab's CA from ``$KACHERY_CA_FILE``)."""
+    lab's CA from ``$KACHERY_CA_FILE``). Requests go on the process's keep-alive connections
+    (:mod:`.http_connections`), or through httpx when the environment names a proxy."""
 
-    def __init__(self, url: str, *, user_key: Keypair | None = None, node_key: Keypair | None = None,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, user_key: Keypair | None = None, node_key: Keypair | None = None) -> None:
         self.url = url.rstrip("/")
         self.user_key = user_key
         self.node_key = node_key
-        self._http = http or httpx.Client(timeout=TIMEOUT, verify=ssl_context())
         self._hub_id: str | None = None
+        self._proxied: Any = None  # an httpx.Client, made when a proxy is configured
+        self._proxied_lock = threading.Lock()
 
     def close(self) -> None:
-        self._http.close()
+        """Close what this client holds of its own (the pooled connections are the process's)."""
+        with self._proxied_lock:
+            proxied, self._proxied = self._proxied, None
+        if proxied is not None:
+            proxied.close()
 
     def __enter__(self) -> HubClient:
         return self
@@ -74,20 +105,43 @@ class HubClient:
         return self._hub_id
 
     def info(self) -> dict[str, Any]:
-        # Checked here too: the hub ID this answers is what the signed requests that follow sign.
-        require_secure_url(self.url, SECRETS)
-        try:
-            return _check(self._http.get(f"{self.url}/api/hub")).json()
-        except httpx.HTTPError as exc:
-            raise _unreachable(self.url, exc) from exc
+        """The hub's ``/api/hub`` (its ID, which every signed request names)."""
+        return self._request("GET", "/api/hub").json()
 
-    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> HubAnswer:
+        return self._request("POST", path, body, {**headers, "Content-Type": "application/json"})
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> HubAnswer:
         require_secure_url(self.url, SECRETS)
+        if proxy_configured():
+            return _check(self._through_proxy(method, path, body, headers or {}))
+        parts = urlsplit(self.url)
+        https = parts.scheme == "https"
+        origin = (https, parts.hostname or "", parts.port or (443 if https else 80))
         try:
-            return _check(self._http.post(f"{self.url}{path}", content=body,
-                                          headers={**headers, "Content-Type": "application/json"}))
+            status, content = http_connections.exchange(origin, method, parts.path + path, body,
+                                                        headers or {}, CONNECT_TIMEOUT, READ_TIMEOUT)
+        except (ConnectFailed, *TRANSPORT_ERRORS) as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _check(HubAnswer(status, content))
+
+    def _through_proxy(self, method: str, path: str, body: bytes | None,
+                       headers: dict[str, str]) -> HubAnswer:
+        """The request through httpx, which reads the proxy settings (and NO_PROXY) from the
+        environment."""
+        import httpx
+
+        with self._proxied_lock:
+            if self._proxied is None:
+                self._proxied = httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+                                             verify=ssl_context())
+            client = self._proxied
+        try:
+            resp = client.request(method, f"{self.url}{path}", content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
+        return HubAnswer(resp.status_code, resp.content)
 
     def user_request(self, type_: str, **fields: Any) -> dict[str, Any]:
         if self.user_key is None:
@@ -95,7 +149,7 @@ class HubClient:
         body = make_body(type_, self.hub_id, time_ms=_now_ms(), **fields)
         return self._post("/api/user", body, sign_body(self.user_key, "user", body)).json()
 
-    def node_request_raw(self, type_: str, **fields: Any) -> httpx.Response:
+    def node_request_raw(self, type_: str, **fields: Any) -> HubAnswer:
         if self.node_key is None:
             raise ValueError("this request needs the node key")
         body = make_body(type_, self.hub_id, time_ms=_now_ms(), **fields)
@@ -200,7 +254,7 @@ class HubClient:
         return Membership.from_subfeed(sf, channel)
 
 
-def _unreachable(url: str, exc: httpx.HTTPError) -> HubRequestError:
+def _unreachable(url: str, exc: BaseException) -> HubRequestError:
     """No answer from the hub at all (status 0): say what was tried and what to check."""
     tls = describe_tls_failure(exc, url)
     if tls is not None:

@@ -1,4 +1,4 @@
-"""DaemonClient's keep-alive connections (kachery_node.daemon_client._Connections), against a
+"""DaemonClient's keep-alive connections (kachery_node.transport.http_connections), against a
 stand-in daemon on a loopback socket that answers as told: connections kept alive, and dropped
 once the daemon closed them; a request that meets the daemon's keep-alive close sent again once;
 few idle connections however many daemons a process talked to; a forked child's own connection;
@@ -9,87 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kachery_node.daemon_client import DaemonClient
 from kachery_node.errors import DaemonConnectionLostError
-from tests.http_listener import Listener
-
-NODE_ID = "f" * 64
-
-
-class StandInDaemon(Listener):
-    """A loopback HTTP/1.1 server: each connection in a thread of its own; each request read
-    whole, recorded as (connection number, method, path) and handed to ``policy(connection
-    number, request number on that connection, path)``, which says what to do: "answer" (keep
-    the connection open), "answer-and-close" (FIN after the answer) or "close" (FIN, no answer)."""
-
-    def __init__(self, policy: Callable[[int, int, str], str] = lambda c, r, p: "answer") -> None:
-        self.policy = policy
-        self.requests: list[tuple[int, str, str]] = []
-        self.closed = threading.Event()  # set each time the server closed a connection
-        self._connections = 0
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        super().__init__("/")
-        self.port = self.sock.getsockname()[1]
-
-    def on_connection(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections += 1
-            number = self._connections
-            self._open.append(conn)
-        threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, number: int) -> None:
-        reader = conn.makefile("rb")
-        try:
-            for index in range(1_000):
-                request_line = reader.readline()
-                if not request_line:
-                    return
-                method, path, _version = request_line.decode().split(" ", 2)
-                length = 0
-                while (header := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = header.decode().partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                reader.read(length)
-                with self._lock:
-                    self.requests.append((number, method, path))
-                action = self.policy(number, index, path)
-                if action != "close":
-                    body = json.dumps({"kachery_daemon": True, "node_id": NODE_ID, "path": path}).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                if action != "answer":
-                    return
-        except OSError:
-            return
-        finally:
-            reader.close()
-            conn.close()
-            self.closed.set()
-
-    @property
-    def connections(self) -> int:
-        with self._lock:
-            return self._connections
-
-    def stop(self) -> None:
-        self.close()
-        with self._lock:
-            for conn in self._open:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+from tests.http_listener import NODE_ID
+from tests.http_listener import ScriptedServer as StandInDaemon
 
 
 @pytest.fixture

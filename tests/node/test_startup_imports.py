@@ -85,6 +85,23 @@ def test_talking_to_the_daemon_loads_no_server_module(tmp_path):
     assert "http.client" in modules  # it did try to connect
 
 
+def test_a_hub_command_loads_no_server_module(monkeypatch):
+    """`kachery channel ...`, `node join` and the like ask the hub one or two things: they pay
+    for no HTTP library of the network side either (~0.2 s of httpx, trio and anyio before).
+    With a proxy in the environment, httpx (which reads it) comes back: see test_tls.py."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    modules = _modules_after(
+        "import kachery_node as kn\nfrom kachery_node.cli.hub_commands import user_client\n"
+        "from kachery_node.transport.hub_client import HubClient\n"
+        "try:\n    HubClient('http://127.0.0.1:1').info()\n"
+        "except kn.HubRequestError as exc:\n    assert 'cannot reach the hub' in str(exc), exc\n"
+        "else:\n    raise SystemExit('a hub on port 1?')\n")
+    assert _loaded(modules, SERVER_MODULES + ("anyio",)) == []
+    assert "http.client" in modules  # it did try to connect
+
+
 def test_import_kachery_feeds_loads_its_names_on_first_use():
     modules = _modules_after("import kachery_feeds")
     assert _loaded(modules, ("sqlite_utils", "numpy", "kachery_node", "httpx", "trio")) == []

@@ -9,7 +9,6 @@ the body was handed over or sent, and the caller uses its general HTTP client in
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -17,12 +16,12 @@ from urllib.parse import urlsplit
 import orjson
 
 from ...errors import HubRequestError, NotFoundError
+from ..http_connections import proxy_configured
 from ..tls import ssl_context
 from .xml_errors import xml_error
 
 MAX_HEADER_BYTES = 64 << 10
 MAX_ERROR_BODY = 64 << 10
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 VERSION = ":version"  # the response's HTTP version, kept among its headers (not a header name)
 
 Origin = tuple[bool, str, int]  # (https, host, port)
@@ -39,11 +38,6 @@ class DirectAborted(Exception):
 class NoResponse(HubRequestError):
     """The connection ended before a byte of the response: on a kept connection, the server
     closed it while it was idle, and the request may go again on a new one."""
-
-
-def proxy_configured() -> bool:
-    """Whether the environment names an HTTP proxy (httpx would use it; this module cannot)."""
-    return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARS)
 
 
 class DirectExchange:
