@@ -1,7 +1,8 @@
 """Start-up time (issue 15 item 6): ``kachery --help`` and ``import kachery_feeds`` (and, for
-reference, opening a store: ``kachery_feeds`` loads its names on first use; and a command that
+reference, opening a store: ``kachery_feeds`` loads its names on first use; a command that
 asks a running daemon, ``kachery node status``, against a daemon this bench starts in a
-temporary storage, and stops).
+temporary storage, and stops; and one that asks a running hub, ``kachery channel list``,
+against a hub it starts on a free loopback port, and stops).
 
 Each command runs ``--runs`` times per round (after one warm-up run, so the page cache holds the
 files), ``--rounds`` rounds; the table gives min / median / max of the per-round medians, wall
@@ -35,7 +36,7 @@ BIN = Path(sys.executable).parent
 TARGETS_MS = {"kachery --help": (150.0, "wall"), "import kachery_feeds": (60.0, "above the floor")}
 
 
-def commands() -> dict[str, list[str]]:
+def commands(hub_url: str) -> dict[str, list[str]]:
     return {
         "python -c pass (floor)": [sys.executable, "-c", "pass"],
         "import kachery_feeds": [sys.executable, "-c", "import kachery_feeds"],
@@ -48,7 +49,25 @@ def commands() -> dict[str, list[str]]:
         # No target: the daemon's own answer is in it. What every command and script that talks
         # to the daemon pays to start (the client's imports: http.client, not httpx).
         "kachery node status (a running daemon)": [str(BIN / "kachery"), "node", "status"],
+        # No target: the hub's answer is in it (a signed request: the user's key is read, the
+        # request signed, the hub checks the signature). What `kachery channel ...`, `node join`
+        # and the like pay to start (the hub client's imports: http.client, not httpx).
+        "kachery channel list (a running hub)": [str(BIN / "kachery"), "channel", "list", "--hub", hub_url],
     }
+
+
+@contextlib.contextmanager
+def running_hub() -> Iterator[str]:
+    """A hub (``kachery hub serve --port 0``) in a temporary folder; its URL. Stopped after."""
+    sys.path.insert(0, str(Path(__file__).parent / "network"))
+    from netlab import Hub
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub(Path(tmp) / "hub")
+        try:
+            yield hub.url
+        finally:
+            hub.stop()
 
 
 @contextlib.contextmanager
@@ -109,15 +128,16 @@ def main() -> None:
         compileall.compile_dir(root / package, quiet=1)
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
           f"{args.rounds} rounds x {args.runs} runs (each round's median counts)")
-    with running_daemon():
-        measure(args)
+    with running_daemon(), running_hub() as hub_url:
+        measure(args, hub_url)
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The rounds, the table and the import times (a daemon running: see :func:`running_daemon`)."""
-    medians: dict[str, list[float]] = {name: [] for name in commands()}
+def measure(args: argparse.Namespace, hub_url: str) -> None:
+    """The rounds, the table and the import times (a daemon and a hub running: see
+    :func:`running_daemon`, :func:`running_hub`)."""
+    medians: dict[str, list[float]] = {name: [] for name in commands(hub_url)}
     for _ in range(args.rounds):
-        for name, argv in commands().items():
+        for name, argv in commands(hub_url).items():
             wall_ms(argv)  # warm-up
             medians[name].append(statistics.median(wall_ms(argv) for _ in range(args.runs)))
     floor = statistics.median(medians["python -c pass (floor)"])
@@ -137,7 +157,9 @@ def measure(args: argparse.Namespace) -> None:
                                           "from kachery_node.cli import main\n"
                                           "try:\n    main()\nexcept SystemExit:\n    pass"),
                        ("a request to the daemon", "from kachery_node.daemon_client import DaemonClient\n"
-                                                   "DaemonClient().status()")]:
+                                                   "DaemonClient().status()"),
+                       ("a request to the hub", "from kachery_node.transport.hub_client import HubClient\n"
+                                                f"HubClient({hub_url!r}).info()")]:
         outer, heavy = import_time_ms(code)
         print(f"{name}: -X importtime {outer:.0f} ms; heaviest: "
               + ", ".join(f"{n} {ms:.0f}" for ms, n in heavy))

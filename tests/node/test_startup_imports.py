@@ -189,9 +189,9 @@ def test_store_db_still_offers_sqlite_utils(tmp_path):
         assert feed.feed_id == store.list_feeds()[0]["feed_id"]
 
 
-def test_the_startup_bench_runs_and_stops_its_daemon(tmp_path):
-    """bench/bench_startup.py, one round of one run: every row printed, the daemon it started
-    in a temporary storage (here under ``tmp_path``) stopped at its end."""
+def test_the_startup_bench_runs_and_stops_its_daemon_and_hub(tmp_path):
+    """bench/bench_startup.py, one round of one run: every row printed, the daemon and the hub
+    it started in temporary folders (here under ``tmp_path``) stopped at its end."""
     import os
     from pathlib import Path
 
@@ -201,9 +201,10 @@ def test_the_startup_bench_runs_and_stops_its_daemon(tmp_path):
                              capture_output=True, text=True, timeout=120, check=True,
                              env={**os.environ, "TMPDIR": str(tmp_path)}).stdout
         for row in ("python -c pass (floor)", "import kachery_feeds", "kachery --help",
-                    "kachery node status (a running daemon)"):
+                    "kachery node status (a running daemon)", "kachery channel list (a running hub)"):
             assert f"| {row} |" in out, out
         assert "a request to the daemon: -X importtime" in out
+        assert "a request to the hub: -X importtime" in out
         assert processes.naming(tmp_path) == []
     finally:
         for process in processes.naming(tmp_path):
