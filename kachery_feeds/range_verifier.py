@@ -224,7 +224,9 @@ class RangeVerifier:
 
         self._end()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kachery_feeds.range_verifier", repr(self.idle_seconds)],
+            # -P: the script's directory is not the helper's sys.path[0] (a module of the
+            # person's own there, named like one the helper imports, would be loaded instead).
+            [sys.executable, "-P", "-m", "kachery_feeds.range_verifier", repr(self.idle_seconds)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             close_fds=True, start_new_session=True,  # a terminal's Ctrl-C is for the store's process
         )

@@ -281,7 +281,9 @@ def start_daemon(storage_dir: str | os.PathLike | None = None, *, port: int | No
     client = DaemonClient(storage_dir, port=port)
     if client.is_running():
         raise DaemonError(f"a daemon is already running for {storage_dir}, at {client.base_url}")
-    cmd = [sys.executable, "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir)]
+    # -P: the directory the command was run from is not put on the daemon's sys.path (a
+    # person's own trio.py or h2.py there made the daemon import it, and exit at start).
+    cmd = [sys.executable, "-P", "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir)]
     if port is not None:
         cmd += ["--port", str(port)]
     log_path = storage_dir / "daemon.log"

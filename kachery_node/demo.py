@@ -25,7 +25,8 @@ import click
 
 from .daemon_client import DaemonClient
 
-KACHERY = [sys.executable, "-c", "from kachery_node.cli import main; main()"]
+# -P: the directory the demo was run from is not on its processes' sys.path (see start_daemon).
+KACHERY = [sys.executable, "-P", "-c", "from kachery_node.cli import main; main()"]
 ROLES_ALICE = "request-files,provide-files,request-feeds,provide-feeds"
 ROLES_BOB = "request-files,request-feeds"
 
@@ -56,7 +57,7 @@ class _Node:
 
     def python(self, code: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-c", code],
+            [sys.executable, "-P", "-c", code],
             env=self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ import pytest
 import kachery_feeds as kf
 from kachery_node.daemon_client import DaemonClient
 from kachery_node.errors import DaemonConnectionLostError, DaemonError, DaemonNotRunningError
-from tests.nodes import TestNode, free_port
+from tests.nodes import KACHERY, TestNode, free_port
 
 
 @pytest.fixture
@@ -50,6 +50,23 @@ def test_start_status_stop_from_the_cli(tmp_path):
     assert "shutting down" in n.log() and "stopped" in n.log()
     for name in ["daemon-token", "browser-token", "node.key"]:
         assert (n.storage_dir / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_the_daemon_starts_from_a_directory_holding_modules_named_like_its_own(tmp_path):
+    # `kachery node start` run from a folder with a person's own trio.py or h2.py: the daemon
+    # (python -m) put that folder first on its sys.path, imported them and exited at start.
+    n = TestNode(tmp_path, "delta")
+    work = tmp_path / "analysis"
+    work.mkdir()
+    for name in ("trio", "h2", "hypercorn", "select", "kachery_node"):
+        (work / f"{name}.py").write_text("raise SystemExit('a module of the folder was imported')\n")
+    try:
+        started = subprocess.run([KACHERY, "node", "start"], env=n.env, cwd=work, capture_output=True,
+                                 text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        assert n.client.is_running()
+    finally:
+        n.stop()
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):

@@ -90,6 +90,22 @@ def test_a_large_range_imports_with_the_helper_exactly_as_without_it(source, tmp
     assert helped == alone == (("added", len(lines)), lines)
 
 
+def test_the_helper_starts_in_a_directory_holding_modules_named_like_its_own(source, tmp_path,
+                                                                            monkeypatch):
+    # A script run from a folder with its own select.py or struct.py: the helper (python -m) put
+    # that folder first on its sys.path, imported them and died at start, so no part was ever
+    # verified beside the store (before -P: answered == 0).
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("select", "struct", "kachery_feeds"):
+        (work / f"{name}.py").write_text("raise SystemExit('a module of the folder was imported')\n")
+    monkeypatch.chdir(work)
+    uri, lines = source["batched"]
+    helped, alone, answered = _outcomes(tmp_path, uri, lines, monkeypatch)
+    assert answered == 1
+    assert helped == alone == (("added", len(lines)), lines)
+
+
 def _verified_here(monkeypatch) -> list[int]:
     """Counts the ranges the store verified in its own process (the usual path, which a range
     the helper did not vouch for takes)."""
