@@ -54,7 +54,7 @@ from ..protocol.hub_requests import verify_request, verify_signature_headers
 from ..protocol.pubsub_tokens import DEFAULT_TOKEN_TTL_MS
 from ..protocol.roles import ROLES, capabilities, require_role, upload_role, validate_roles
 from ..protocol.signed_urls import DEFAULT_URL_TTL_S, MAX_UPLOAD_BYTES, validate_object_key
-from ..protocol.witness import WitnessRefusal
+from ..protocol.witness import RefusalReason, WitnessRefusal
 from ..storage.witness_state import Witness
 from ..transport.bucket.bucket_interface import BucketBackend
 from ..transport.bucket.http_bucket import EmbeddedBucketBackend
@@ -526,9 +526,18 @@ WITNESS_REQUESTS: dict[str, Callable[[Hub, str, dict, int], dict | Awaitable[dic
 
 
 # ---------------------------------------------------------------------------- endpoints
+#: Refusals that are a step of the protocol, not a fault: the witness asking for the messages it
+#: lacks (spec/witness.md §4.1; every first checkpoint of a subfeed meets it) or saying a
+#: checkpoint is older than one it cosigned. Logged at INFO, not WARNING.
+_PROTOCOL_STEPS = frozenset({RefusalReason.MISSING.value, RefusalReason.STALE.value})
+
+
 def _refused(request: Request, exc: ChannelProtocolError, who: str = "") -> JSONResponse:
-    log.warning("refused %s %s (%d %s)%s: %s", request.method, request.url.path, exc.status, exc.code,
-                f" from {who[:12]}…" if who else "", exc.message)
+    details = getattr(exc, "details", None)
+    step = isinstance(details, dict) and details.get("reason") in _PROTOCOL_STEPS
+    log.log(logging.INFO if step else logging.WARNING, "refused %s %s (%d %s)%s: %s",
+            request.method, request.url.path, exc.status, exc.code,
+            f" from {who[:12]}…" if who else "", exc.message)
     return JSONResponse(exc.to_json(), status_code=exc.status)
 
 

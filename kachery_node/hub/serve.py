@@ -93,11 +93,21 @@ def connection_bound(wanted: int) -> int:
     return max(16, min(wanted, soft - FD_RESERVE))
 
 
+#: hub.log is rotated at this size, and this many older files are kept (hub.log.1 ... .4): a hub
+#: runs for months, and its log must not fill its disk.
+LOG_MAX_BYTES = 16 << 20
+LOG_BACKUPS = 4
+
+
 def _setup_logging(hub_dir: Path) -> None:
+    import logging.handlers
+
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("kachery")
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(hub_dir / "hub.log")):
+    to_file = logging.handlers.RotatingFileHandler(hub_dir / "hub.log", maxBytes=LOG_MAX_BYTES,
+                                                   backupCount=LOG_BACKUPS)
+    for handler in (logging.StreamHandler(sys.stderr), to_file):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 

@@ -166,3 +166,44 @@ def test_a_reader_gets_one_whole_version_of_an_object_rewritten_meanwhile(own_hu
         t.join(timeout=30)
     assert rewrites > 10, rewrites  # the object really changed under the readers
     assert not bad, f"{len(bad)} bad of {reads} reads, {rewrites} rewrites: {bad}"
+
+
+def test_a_live_subfeeds_objects_do_not_fill_the_hubs_log(own_hub):
+    """A provider rewrites a live subfeed's head every half second: logged at INFO, each wrote a
+    line (~40 MB a day for one subfeed on a hub that runs for months). Files are logged once
+    each, as before; hub.log is rotated besides (serve.LOG_MAX_BYTES)."""
+    import hashlib
+
+    hub_key = Keypair.from_seed_hex((own_hub.dir / "hub.key").read_text().strip())
+    with HubClient(own_hub.url, user_key=Keypair.generate()) as owner:
+        owner.create_channel("quiet")
+    node = Keypair.generate().public_hex
+    data = os.urandom(1000)
+    sha1 = hashlib.sha1(data).hexdigest()
+    feed_key = "quiet/feeds/ab/cd/ef/" + "ab" * 32 + "/subfeeds/cd/ef/01/" + "cd" * 20 + "/head"
+    file_key = f"quiet/sha1/{sha1[:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}"
+    for key, body in [(feed_key, b"a head"), (feed_key, b"the next head"), (file_key, data)]:
+        url = sign_upload_url(hub_key, f"{own_hub.url}/bucket", key, max_size=len(body),
+                              expires=int(time.time()) + 600, node_id=node)
+        assert httpx.put(url, content=body, timeout=30).status_code == 200, key
+    log = own_hub.log()  # written before each answer: the file's line is there now
+    assert f"bucket stored {file_key} (1000 bytes)" in log
+    assert "/subfeeds/" not in log
+
+
+def test_the_hubs_log_is_rotated(tmp_path):
+    import logging
+
+    from kachery_node.hub import serve
+
+    root = logging.getLogger("kachery")
+    before = list(root.handlers)
+    try:
+        serve._setup_logging(tmp_path)
+        [rotating] = [h for h in root.handlers if h not in before and hasattr(h, "maxBytes")]
+        assert 0 < rotating.maxBytes <= 64 << 20 and rotating.backupCount >= 1
+        assert rotating.baseFilename == str(tmp_path / "hub.log")
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()

@@ -66,6 +66,14 @@ def test_cosign_refusals_and_history(hub, provider, channel_name, make_actor, tm
     history = ask("witness_history", **where)
     assert [row["size"] for row in history["cosignatures"]] == [4, 5]
     assert history["fork_proofs"] and kf.verify_fork_proof(history["fork_proofs"][0].encode()).position == 4
+    # In the hub's log, the refusals that are steps of the protocol (every provider's first
+    # checkpoint of a subfeed meets "missing_messages") are INFO; a fork is a WARNING.
+    refusals = {reason: line.split()[2] for line in hub.log().splitlines()
+                if f"from {provider.node_id[:12]}" in line and "witness_refused" in line
+                for reason in ("missing_messages", "stale_checkpoint", "fork", "forked")
+                if f": {reason}:" in line}
+    assert refusals == {"missing_messages": "INFO", "stale_checkpoint": "INFO", "fork": "WARNING",
+                        "forked": "WARNING"}, hub.log()[-3000:]
 
 
 def test_bad_witness_requests_change_nothing(hub, provider, channel_name, make_actor, tmp_path):
