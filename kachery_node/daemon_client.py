@@ -283,10 +283,13 @@ def start_daemon(storage_dir: str | os.PathLike | None = None, *, port: int | No
         raise DaemonError(f"a daemon is already running for {storage_dir}, at {client.base_url}")
     # -P: the directory the command was run from is not put on the daemon's sys.path (a
     # person's own trio.py or h2.py there made the daemon import it, and exit at start).
-    cmd = [sys.executable, "-P", "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir)]
+    log_path = storage_dir / "daemon.log"
+    # The daemon logs into daemon.log itself, rotated; its stdout and stderr go there too (what
+    # comes before its logging is set up: a failed import, a crash at start).
+    cmd = [sys.executable, "-P", "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir),
+           "--log-file", str(log_path)]
     if port is not None:
         cmd += ["--port", str(port)]
-    log_path = storage_dir / "daemon.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)

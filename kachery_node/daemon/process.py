@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -210,11 +211,38 @@ async def _watch_signals(ctx: DaemonContext) -> None:
             return
 
 
-def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Blocking entry point (``kachery node start --foreground``, ``python -m kachery_node.daemon``)."""
+#: A detached daemon's log (``<storage>/daemon.log``) is rotated at this size, and this many older
+#: files are kept (daemon.log.1 ... .3): a daemon runs for months, and a member that floods the
+#: channel with messages it drops (one INFO line each) must not fill the disk.
+LOG_MAX_BYTES = 8 << 20
+LOG_BACKUPS = 3
+
+
+class _DaemonLog(logging.handlers.RotatingFileHandler):
+    """The detached daemon's log file, which is also its stdout and stderr (what Python itself
+    writes there, a traceback that escaped everything): at each rotation those follow the log
+    to its new file, so nothing keeps writing into daemon.log.1."""
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.stream is not None:
+            for fd in (1, 2):
+                os.dup2(self.stream.fileno(), fd)
+
+
+def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+        log_file: Path | None = None) -> None:
+    """Blocking entry point (``kachery node start --foreground``, ``python -m kachery_node.daemon``).
+
+    Logs to stderr, or to ``log_file``, rotated (:data:`LOG_MAX_BYTES`), as the detached daemon
+    does (:func:`~kachery_node.daemon_client.start_daemon` passes ``<storage>/daemon.log``)."""
+    handler: logging.Handler = (
+        logging.StreamHandler() if log_file is None
+        else _DaemonLog(log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS))
     logging.basicConfig(
         level=os.environ.get("KACHERY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        handlers=[handler],
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the log
     trio.run(serve, storage_dir, host, port)

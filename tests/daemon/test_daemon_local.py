@@ -399,3 +399,29 @@ def test_the_daemon_copies_the_stores_log_back_soon_after_appends(node):
         assert sf.get_num_local_messages() == 300
     finally:
         store.close()
+
+
+def test_the_daemons_log_is_rotated_and_its_stderr_follows(tmp_path):
+    """A detached daemon logs into <storage>/daemon.log itself, rotated (process.LOG_MAX_BYTES):
+    a member flooding the channel with messages it drops (an INFO line each) must not fill the
+    disk. What Python writes to its stdout and stderr (a traceback that escaped everything)
+    follows the log into its new file. Run in a child: the rotation re-points fds 1 and 2."""
+    log_file = tmp_path / "daemon.log"
+    code = f"""
+import logging, os, sys
+from kachery_node.daemon.process import _DaemonLog
+logging.basicConfig(level=logging.INFO, handlers=[_DaemonLog({str(log_file)!r}, maxBytes=2000, backupCount=2)])
+for i in range(100):
+    logging.getLogger("kachery.channel").info("dropped a message %d: %s", i, "x" * 60)
+print("on stdout", flush=True)
+sys.stderr.write("on stderr\\n")
+"""
+    with open(log_file, "ab") as inherited:  # as start_daemon hands it over
+        subprocess.run([sys.executable, "-c", code], stdout=inherited, stderr=inherited, check=True,
+                       timeout=60)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["daemon.log", "daemon.log.1", "daemon.log.2"]
+    assert all((tmp_path / name).stat().st_size <= 2200 for name in files)
+    current = log_file.read_text()
+    assert "dropped a message 99" in current and "on stdout" in current and "on stderr" in current
+    assert "on stdout" not in (tmp_path / "daemon.log.1").read_text()
