@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import socket
@@ -33,6 +32,7 @@ from ..errors import DaemonError
 from ..loop_stalls import install_from_environment as install_loop_stall_monitor
 from ..server_tuning import tune_for_serving
 from ..storage.node_storage import Storage
+from .daemon_log import DaemonLogFile, RepeatLimit
 from .legacy_api import write_client_files
 from .local_api import BrowserPolicy, DaemonContext, build_app
 from .local_tokens import load_or_create_tokens
@@ -211,34 +211,15 @@ async def _watch_signals(ctx: DaemonContext) -> None:
             return
 
 
-#: A detached daemon's log (``<storage>/daemon.log``) is rotated at this size, and this many older
-#: files are kept (daemon.log.1 ... .3): a daemon runs for months, and a member that floods the
-#: channel with messages it drops (one INFO line each) must not fill the disk.
-LOG_MAX_BYTES = 8 << 20
-LOG_BACKUPS = 3
-
-
-class _DaemonLog(logging.handlers.RotatingFileHandler):
-    """The detached daemon's log file, which is also its stdout and stderr (what Python itself
-    writes there, a traceback that escaped everything): at each rotation those follow the log
-    to its new file, so nothing keeps writing into daemon.log.1."""
-
-    def doRollover(self) -> None:
-        super().doRollover()
-        if self.stream is not None:
-            for fd in (1, 2):
-                os.dup2(self.stream.fileno(), fd)
-
-
 def run(storage_dir: Path, host: str = "127.0.0.1", port: int | None = None,
         log_file: Path | None = None) -> None:
     """Blocking entry point (``kachery node start --foreground``, ``python -m kachery_node.daemon``).
 
-    Logs to stderr, or to ``log_file``, rotated (:data:`LOG_MAX_BYTES`), as the detached daemon
-    does (:func:`~kachery_node.daemon_client.start_daemon` passes ``<storage>/daemon.log``)."""
-    handler: logging.Handler = (
-        logging.StreamHandler() if log_file is None
-        else _DaemonLog(log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS))
+    Logs to stderr, or to ``log_file``, rotated, as the detached daemon does
+    (:func:`~kachery_node.daemon_client.start_daemon` passes ``<storage>/daemon.log``); lines
+    that repeat are limited either way (:mod:`.daemon_log`)."""
+    handler: logging.Handler = logging.StreamHandler() if log_file is None else DaemonLogFile(log_file)
+    handler.addFilter(RepeatLimit())
     logging.basicConfig(
         level=os.environ.get("KACHERY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -402,15 +402,17 @@ def test_the_daemon_copies_the_stores_log_back_soon_after_appends(node):
 
 
 def test_the_daemons_log_is_rotated_and_its_stderr_follows(tmp_path):
-    """A detached daemon logs into <storage>/daemon.log itself, rotated (process.LOG_MAX_BYTES):
+    """A detached daemon logs into <storage>/daemon.log itself, rotated (daemon_log.LOG_MAX_BYTES):
     a member flooding the channel with messages it drops (an INFO line each) must not fill the
     disk. What Python writes to its stdout and stderr (a traceback that escaped everything)
     follows the log into its new file. Run in a child: the rotation re-points fds 1 and 2."""
     log_file = tmp_path / "daemon.log"
     code = f"""
 import logging, os, sys
-from kachery_node.daemon.process import _DaemonLog
-logging.basicConfig(level=logging.INFO, handlers=[_DaemonLog({str(log_file)!r}, maxBytes=2000, backupCount=2)])
+from kachery_node.daemon.daemon_log import DaemonLogFile
+handler = DaemonLogFile({str(log_file)!r})
+handler.maxBytes, handler.backupCount = 2000, 2
+logging.basicConfig(level=logging.INFO, handlers=[handler])
 for i in range(100):
     logging.getLogger("kachery.channel").info("dropped a message %d: %s", i, "x" * 60)
 print("on stdout", flush=True)
