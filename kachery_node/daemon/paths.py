@@ -44,7 +44,7 @@ def storage_is_held(storage_dir: str | os.PathLike) -> bool:
 
     A daemon releases the lock as the last thing it does, after its storage is closed and its
     log has its last line: a stopped daemon's storage may be copied, moved or served again.
-    The probe takes a shared lock for an instant; :func:`hold_storage` retries past it."""
+    The probe takes a shared lock for an instant; :class:`StorageHold` retries past it."""
     try:
         fd = os.open(Path(storage_dir) / LOCK_FILE, os.O_RDONLY)
     except FileNotFoundError:
