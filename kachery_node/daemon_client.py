@@ -166,18 +166,13 @@ class DaemonClient:
         """One request; its JSON answer. Raises DaemonError (``status`` set for an error answer)."""
         target = self._ready(path, timeout) + (f"?{urlencode(params)}" if params else "")
         try:
-            conn, answer = self._send(method, target, self._encode(json_body),
-                                      self._headers(json_body is not None, path), timeout, timeout)
-            try:
-                body = answer.read()
-            except BaseException:
-                conn.close()
-                raise
-            self._done(conn, answer)
+            status, body = http_connections.exchange(self._origin, method, target, self._encode(json_body),
+                                                     self._headers(json_body is not None, path),
+                                                     timeout, timeout)
         except (ConnectFailed, *TRANSPORT_ERRORS) as exc:
             raise self._failure(exc, f"{method} {path}") from exc
-        if answer.status >= 400:
-            raise self._refusal(answer.status, body, method, path)
+        if status >= 400:
+            raise self._refusal(status, body, method, path)
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -254,7 +249,7 @@ class DaemonClient:
         self.request("POST", "/api/stop")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.is_running() and not storage_is_held(self.storage_dir):
+            if not storage_is_held(self.storage_dir) and not self.is_running():
                 return
             time.sleep(0.02)
         raise DaemonError(f"the daemon at {self.base_url} did not stop within {timeout} s")
@@ -281,9 +276,9 @@ def start_daemon(storage_dir: str | os.PathLike | None = None, *, port: int | No
     client = DaemonClient(storage_dir, port=port)
     if client.is_running():
         raise DaemonError(f"a daemon is already running for {storage_dir}, at {client.base_url}")
+    log_path = storage_dir / "daemon.log"
     # -P: the directory the command was run from is not put on the daemon's sys.path (a
     # person's own trio.py or h2.py there made the daemon import it, and exit at start).
-    log_path = storage_dir / "daemon.log"
     # The daemon logs into daemon.log itself, rotated; its stdout and stderr go there too (what
     # comes before its logging is set up: a failed import, a crash at start).
     cmd = [sys.executable, "-P", "-m", "kachery_node.daemon", "--storage-dir", str(storage_dir),

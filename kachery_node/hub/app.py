@@ -533,8 +533,7 @@ _PROTOCOL_STEPS = frozenset({RefusalReason.MISSING.value, RefusalReason.STALE.va
 
 
 def _refused(request: Request, exc: ChannelProtocolError, who: str = "") -> JSONResponse:
-    details = getattr(exc, "details", None)
-    step = isinstance(details, dict) and details.get("reason") in _PROTOCOL_STEPS
+    step = isinstance(exc, WitnessRefusedError) and exc.details.get("reason") in _PROTOCOL_STEPS
     log.log(logging.INFO if step else logging.WARNING, "refused %s %s (%d %s)%s: %s",
             request.method, request.url.path, exc.status, exc.code,
             f" from {who[:12]}…" if who else "", exc.message)

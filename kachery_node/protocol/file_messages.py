@@ -186,7 +186,6 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-
 def _sha1(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not is_sha1_hex(value):

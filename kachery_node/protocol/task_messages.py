@@ -68,7 +68,6 @@ class InvalidTaskResultError(KacheryError):
     """A result object is malformed, its signature does not verify, or it answers another task."""
 
 
-
 # ----------------------------------------------------------------------------- identity
 def validate_function_id(function_id: Any) -> str:
     """``function_id`` if it is a valid function ID (spec/tasks.md §1); else TaskArgumentError."""

@@ -93,8 +93,6 @@ def parse(body: dict[str, Any], attachment: bytes | None
         return CheckpointCosignature(feed_id, subfeed_hash, size, line)
     if body.get("type") == FORK_PROOF:
         return ForkProof(feed_id, subfeed_hash, _count(body, "position"), attachment)
-    # Not repr(type): of a list nested 100,000 deep it raised RecursionError, of an integer of
-    # over 4300 digits ValueError, in place of MalformedFeedMessage.
-    kind = body.get("type")
-    shown = short_repr(kind) if isinstance(kind, str) else f"a {type(kind).__name__}"
-    raise MalformedFeedMessage(f"{shown} is not a witness message")
+    # short_repr, not repr: of a list nested 100,000 deep repr raised RecursionError, of an
+    # integer of over 4300 digits ValueError, in place of MalformedFeedMessage.
+    raise MalformedFeedMessage(f"{short_repr(body.get('type'))} is not a witness message")

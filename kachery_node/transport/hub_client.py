@@ -11,6 +11,7 @@ Every call builds a fresh signed request (new time and nonce,
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -98,6 +99,14 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @functools.cached_property
+    def _target(self) -> tuple[http_connections.Origin, str]:
+        """Where requests go: the URL's origin, and its path (a hub served under a path, behind
+        a reverse proxy), which each request's path follows. Worked out once, at the first."""
+        parts = urlsplit(self.url)
+        https = parts.scheme == "https"
+        return (https, parts.hostname or "", parts.port or (443 if https else 80)), parts.path
+
     @property
     def hub_id(self) -> str:
         if self._hub_id is None:
@@ -116,11 +125,9 @@ class HubClient:
         require_secure_url(self.url, SECRETS)
         if proxy_configured():
             return _check(self._through_proxy(method, path, body, headers or {}))
-        parts = urlsplit(self.url)
-        https = parts.scheme == "https"
-        origin = (https, parts.hostname or "", parts.port or (443 if https else 80))
+        origin, prefix = self._target
         try:
-            status, content = http_connections.exchange(origin, method, parts.path + path, body,
+            status, content = http_connections.exchange(origin, method, prefix + path, body,
                                                         headers or {}, CONNECT_TIMEOUT, READ_TIMEOUT)
         except (ConnectFailed, *TRANSPORT_ERRORS) as exc:
             raise _unreachable(self.url, exc) from exc

@@ -16,15 +16,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from ...errors import HubRequestError, NotFoundError
-from ..http_connections import proxy_configured
+from ..http_connections import Origin, proxy_configured
 from ..tls import ssl_context
 from .xml_errors import xml_error
 
 MAX_HEADER_BYTES = 64 << 10
 MAX_ERROR_BODY = 64 << 10
 VERSION = ":version"  # the response's HTTP version, kept among its headers (not a header name)
-
-Origin = tuple[bool, str, int]  # (https, host, port)
 
 
 class DirectUnsupported(Exception):
