@@ -11,7 +11,6 @@ Every call builds a fresh signed request (new time and nonce,
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from typing import Any
@@ -99,10 +98,10 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @functools.cached_property
     def _target(self) -> tuple[http_connections.Origin, str]:
         """Where requests go: the URL's origin, and its path (a hub served under a path, behind
-        a reverse proxy), which each request's path follows. Worked out once, at the first."""
+        a reverse proxy), which each request's path follows. From ``url`` at each request: a
+        caller may point the client at a hub that moved (a restart on another port)."""
         parts = urlsplit(self.url)
         https = parts.scheme == "https"
         return (https, parts.hostname or "", parts.port or (443 if https else 80)), parts.path
@@ -125,7 +124,7 @@ class HubClient:
         require_secure_url(self.url, SECRETS)
         if proxy_configured():
             return _check(self._through_proxy(method, path, body, headers or {}))
-        origin, prefix = self._target
+        origin, prefix = self._target()
         try:
             status, content = http_connections.exchange(origin, method, prefix + path, body,
                                                         headers or {}, CONNECT_TIMEOUT, READ_TIMEOUT)
