@@ -12,7 +12,7 @@ for an installed package. Also printed: the self-reported import time (``python 
 the cumulative figure of the top-level import) and the heaviest top-level imports, which say
 what to make lazy next.
 
-    .venv/bin/python bench/bench_startup.py [--rounds 3] [--runs 10]
+    .venv/bin/python bench/bench_startup.py [--rounds 3] [--runs 10] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -120,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args()
     # An installed package has its bytecode cached; a checkout run with PYTHONDONTWRITEBYTECODE
     # (as this machine's shells are) would compile every module on every start: ~40 ms more.
@@ -141,6 +143,8 @@ def measure(args: argparse.Namespace, hub_url: str) -> None:
             wall_ms(argv)  # warm-up
             medians[name].append(statistics.median(wall_ms(argv) for _ in range(args.runs)))
     floor = statistics.median(medians["python -c pass (floor)"])
+    if args.json:
+        write_json(Path(args.json), medians, floor)
     print("\n| command | wall ms min / median / max | median above the floor | target | met? |")
     print("|---|---|---|---|---|")
     for name, values in medians.items():
@@ -164,6 +168,20 @@ def measure(args: argparse.Namespace, hub_url: str) -> None:
         print(f"{name}: -X importtime {outer:.0f} ms; heaviest: "
               + ", ".join(f"{n} {ms:.0f}" for ms, n in heavy))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def write_json(path: Path, medians: dict[str, list[float]], floor: float) -> None:
+    """The table as JSON: per command, min / median / max of the round medians (ms), the floor's
+    median, and the target, what it is judged on and whether the median meets it."""
+    rows = []
+    for name, values in medians.items():
+        spread = [min(values), statistics.median(values), max(values)]
+        target, judged = TARGETS_MS.get(name, (None, None))
+        figure = spread[1] if judged == "wall" else spread[1] - floor
+        rows.append({"command": name, "ms": spread, "floor_ms": floor, "target_ms": target,
+                     "judged": judged, "met": None if target is None else figure <= target})
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                "loadavg": os.getloadavg(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
