@@ -40,13 +40,12 @@ import trio
 
 from ...errors import HubRequestError, MalformedRequestError
 from .asyncio_thread import AsyncioThread
-from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer, renew_before_expiry
 from .received_queue import ReceivedQueue
 
 DEFAULT_REST_URL = "https://rest.ably.io"
 DEFAULT_REALTIME_HOST = "realtime.ably.io"
 REPLY_TIMEOUT_S = 10.0
-RENEW_AT_FRACTION = 0.8
 
 
 def parse_api_key(key: Any) -> tuple[str, str]:
@@ -299,17 +298,9 @@ class AblyPubSub(ReceivedQueue, PubSub):
     async def unsubscribe(self, band: str) -> None:
         await self._call(self._unsubscribe, band)
 
-
-
     async def renew_token(self) -> None:
         """In-band re-authentication (Ably's AUTH): the SDK asks the hub through the callback."""
         await self._call(self._authorize)
-
-    async def _renewer(self) -> None:
-        while True:
-            left_s = (self.credentials["expires_ms"] - time.time() * 1000) / 1000
-            await trio.sleep(max(left_s * RENEW_AT_FRACTION, 0.05))
-            await self.renew_token()
 
     async def aclose(self) -> None:
         with trio.move_on_after(5):
@@ -330,7 +321,7 @@ async def open_ably_pubsub(credentials: dict[str, Any], renew: Renewer | None = 
             await client.connect()
             async with trio.open_nursery() as nursery:
                 if renew is not None:
-                    nursery.start_soon(client._renewer)
+                    nursery.start_soon(renew_before_expiry, lambda: client.credentials, client.renew_token)
                 try:
                     yield client
                 finally:

@@ -40,13 +40,12 @@ import trio
 from ...errors import HubRequestError, MalformedRequestError
 from . import nats_jwt
 from .asyncio_thread import AsyncioThread
-from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer, renew_before_expiry
 from .received_queue import ReceivedQueue
 
 SUBJECT_ROOT = "kachery"
 CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
-RENEW_AT_FRACTION = 0.8
 
 
 def parse_servers(url: str) -> list[str]:
@@ -258,7 +257,10 @@ class NatsPubSub(ReceivedQueue, PubSub):
         self._bands.discard(band)
         await self._thread.run(self._conn.unsubscribe, band)
 
-
+    async def _renew_now(self) -> None:
+        """Fresh credentials from the hub (the renewer given at opening), switched to."""
+        assert self._renew is not None
+        await self.renew_token(await self._renew())
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Switch to fresh credentials: connect anew, resubscribe, then drain the old connection."""
@@ -279,13 +281,6 @@ class NatsPubSub(ReceivedQueue, PubSub):
         old, self._conn, self.credentials = self._conn, new, credentials
         old.retired = True
         self._thread.submit(old.close)
-
-    async def _renewer(self) -> None:
-        assert self._renew is not None
-        while True:
-            left_s = (self.credentials["expires_ms"] - time.time() * 1000) / 1000
-            await trio.sleep(max(left_s * RENEW_AT_FRACTION, 0.05))
-            await self.renew_token(await self._renew())
 
     async def aclose(self) -> None:
         with trio.move_on_after(5):  # drain: in-flight publishes reach the server
@@ -310,7 +305,7 @@ async def open_nats_pubsub(credentials: dict[str, Any], renew: Renewer | None = 
         try:
             async with trio.open_nursery() as nursery:
                 if renew is not None:
-                    nursery.start_soon(client._renewer)
+                    nursery.start_soon(renew_before_expiry, lambda: client.credentials, client._renew_now)
                 try:
                     yield client
                 finally:

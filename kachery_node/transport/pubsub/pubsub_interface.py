@@ -10,10 +10,13 @@ them natively (binary frames on the embedded relay, NATS payloads, Ably binary d
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import trio
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,22 @@ class PubSubBackend(ABC):
 # A coroutine the client calls to get fresh credentials before the old ones expire (like Ably's
 # authCallback).
 Renewer = Callable[[], Awaitable[dict[str, Any]]]
+
+#: A connection renews its credentials once this fraction of what was left of their life has
+#: passed: early enough for a slow hub to answer, late enough not to ask often.
+RENEW_AT_FRACTION = 0.8
+
+
+async def renew_before_expiry(credentials: Callable[[], dict[str, Any]],
+                              renew: Callable[[], Awaitable[object]]) -> None:
+    """A connection's renewal task, run beside it until cancelled: each time
+    :data:`RENEW_AT_FRACTION` of the time left before the current ``credentials()`` expire
+    (``expires_ms``) has passed, ``renew()`` (which replaces them). An error ends the task and
+    its nursery: the connection's owner reconnects with fresh credentials."""
+    while True:
+        left_s = (credentials()["expires_ms"] - time.time() * 1000) / 1000
+        await trio.sleep(max(left_s * RENEW_AT_FRACTION, 0.05))
+        await renew()
 
 
 class PubSub(ABC):

@@ -21,7 +21,6 @@ reads (one task switch).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +34,7 @@ from ...protocol import relay_frames
 from ...protocol.pubsub_tokens import issue_token
 from ..tls import require_secure_url, ssl_context
 from ..websocket_frames import OP_BINARY, FrameError
-from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer
+from .pubsub_interface import PubSub, PubSubBackend, PubSubMessage, Renewer, renew_before_expiry
 from .received_queue import ReceivedQueue
 from .websocket_client import WebSocketClosed, WebSocketConnection, connect_websocket
 
@@ -43,7 +42,6 @@ CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_RECEIVED_FRAME_BYTES = 16 << 20  # the relay sends at most 1 MiB (spec/pubsub.md §3)
 REPLY_TIMEOUT_S = 10.0
-RENEW_AT_FRACTION = 0.8  # renew when 80 % of the token's life has passed
 PROTOCOL_VERSION = 2  # the relay's wire protocol (spec/pubsub.md §3)
 MAX_FRAME_BYTES = 1 << 20  # what the relay accepts from a client
 # Publishes are written straight into the socket at most once in this long; more frequent ones
@@ -200,13 +198,6 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
             reason = f"unsubscribed from {op.get('band')}: {op.get('reason')}"
             self._recv_send.send_nowait(HubRequestError(403, "unsubscribed", reason))
 
-    async def _renewer(self) -> None:
-        assert self._renew is not None
-        while True:
-            left_s = (self.credentials["expires_ms"] - time.time() * 1000) / 1000
-            await trio.sleep(max(left_s * RENEW_AT_FRACTION, 0.05))
-            await self.renew_token(await self._renew())
-
     # ------------------------------------------------------------------ API
     async def authenticate(self) -> dict:
         self.connected = await self._auth(self.credentials["token"])
@@ -219,6 +210,11 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
                                   f"the relay at {self.credentials.get('url')} speaks pub-sub "
                                   f"v{reply.get('v', 1)}, this node v{PROTOCOL_VERSION}: upgrade the hub")
         return reply
+
+    async def _renew_now(self) -> None:
+        """Fresh credentials from the hub (the renewer given at opening), switched to."""
+        assert self._renew is not None
+        await self.renew_token(await self._renew())
 
     async def renew_token(self, credentials: dict[str, Any]) -> None:
         """Replace the token on the open connection (in-band, like Ably's AUTH)."""
@@ -243,8 +239,6 @@ class EmbeddedPubSub(ReceivedQueue, PubSub):
 
     async def unsubscribe(self, band: str) -> None:
         await self._request({"op": "unsubscribe", "band": band})
-
-
 
     async def aclose(self) -> None:
         await self._ws.aclose()
@@ -304,7 +298,7 @@ async def open_embedded_pubsub(credentials: dict[str, Any], renew: Renewer | Non
         nursery.start_soon(client._reader)
         await client.authenticate()
         if renew is not None:
-            nursery.start_soon(client._renewer)
+            nursery.start_soon(renew_before_expiry, lambda: client.credentials, client._renew_now)
         try:
             yield client
         finally:
