@@ -265,18 +265,7 @@ class FileExchange:
             raise InvalidUriError(f"{uri}: a chunk is 1 to {CHUNK_SIZE} bytes, not {c.end - c.start}")
         target = Target(key.sha1, f"bytes {c.start}-{c.end} of sha1://{c.file_sha1}", c.end - c.start,
                         ChunkRef(c.file_sha1, c.start, c.end))
-        tmp = self.storage.directory / "tmp"
-        fetch = ObjectFetch(links, target, self.timeouts,
-                            lambda: IncomingFile(tmp, key.sha1, c.end - c.start), progress, uri)
-        await self._run(fetch)
-        incoming = fetch.sink
-        assert isinstance(incoming, IncomingFile)
-        try:
-            await anyio.to_thread.run_sync(lambda: self.storage.adopt_verified(
-                incoming.path, sha1=key.sha1, fetchable=True))
-        finally:
-            incoming.discard()
-        return str(self.storage.path_for(key.sha1))
+        return await self._fetch_into_storage(links, key.sha1, target, c.end - c.start, uri, progress)
 
     def _local_path(self, key: FileUri) -> str | None:
         try:
@@ -288,18 +277,25 @@ class FileExchange:
                            progress: ProgressCallback | None) -> str:
         """Obtain a file into a temporary file hashed as it is written, then rename it into the
         storage (its SHA-1 is not computed again)."""
+        return await self._fetch_into_storage(links, key.sha1, Target(key.sha1, f"sha1://{key.sha1}"),
+                                              None, uri, progress)
+
+    async def _fetch_into_storage(self, links: Sequence[ChannelLink], sha1: str, target: Target,
+                                  size: int | None, uri: str, progress: ProgressCallback | None) -> str:
+        """Fetch ``target`` (content ``sha1``, of ``size`` bytes if known) into a temporary file
+        hashed as it is written, then move it into the storage; returns its path there."""
         tmp = self.storage.directory / "tmp"
-        fetch = ObjectFetch(links, Target(key.sha1, f"sha1://{key.sha1}"), self.timeouts,
-                            lambda: IncomingFile(tmp, key.sha1), progress, uri)
+        fetch = ObjectFetch(links, target, self.timeouts, lambda: IncomingFile(tmp, sha1, size),
+                            progress, uri)
         await self._run(fetch)
         incoming = fetch.sink
         assert isinstance(incoming, IncomingFile)
         try:
             await anyio.to_thread.run_sync(lambda: self.storage.adopt_verified(
-                incoming.path, sha1=key.sha1, fetchable=True))
+                incoming.path, sha1=sha1, fetchable=True))
         finally:
             incoming.discard()  # if it could not be adopted (else it is gone already)
-        return str(self.storage.path_for(key.sha1))
+        return str(self.storage.path_for(sha1))
 
     async def _obtain(self, links: Sequence[ChannelLink], target: Target,
                       new_sink: Callable[[], DownloadSink], uri: str,
