@@ -22,7 +22,7 @@ from ...errors import NotFoundError
 from ...protocol.signed_urls import validate_object_key
 from ..tls import ssl_context
 from .direct_get import DirectGet, DirectGetUnsupported, range_header
-from .http_transfer import PIECE_BYTES, raise_for_status, unreachable
+from .http_transfer import PIECE_BYTES, BodyRange, raise_for_status, unreachable
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
@@ -65,7 +65,6 @@ class BlockingBucketReader:
                     progress: Callable[[int, int], None] | None) -> int:
         wanted = range_header(start, end)
         timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout)
-        done = 0
         try:
             with httpx.Client(timeout=timeout, verify=ssl_context()) as client, client.stream(
                     "GET", url, headers={"Range": wanted} if wanted else {}) as resp:
@@ -74,26 +73,14 @@ class BlockingBucketReader:
                 if resp.status_code >= 400:
                     resp.read()
                     raise_for_status(resp, f"GET {url}")
-                # A server that ignored the range (200) sends the whole object: keep [start, end).
-                ignored = bool(wanted) and resp.status_code == 200
-                skip = (start or 0) if ignored else 0
-                limit = end - (start or 0) if ignored and end is not None else None
-                total = max(int(resp.headers.get("content-length", 0)) - skip, 0)
-                if limit is not None:
-                    total = min(total, limit)
+                body = BodyRange(resp, start, end, ranged=bool(wanted))
                 for piece in resp.iter_bytes(PIECE_BYTES):
-                    if skip:
-                        cut = min(skip, len(piece))
-                        piece, skip = piece[cut:], skip - cut
-                    if limit is not None:
-                        piece = piece[: max(limit - done, 0)]
-                    if piece:
+                    if piece := body.keep(piece):
                         write(piece)
-                        done += len(piece)
                         if progress is not None:
-                            progress(done, total)
-                    if limit is not None and done >= limit:
+                            progress(body.done, body.total)
+                    if body.complete:
                         break
         except httpx.HTTPError as exc:
             raise unreachable(f"GET {url}", exc) from exc
-        return done
+        return body.done

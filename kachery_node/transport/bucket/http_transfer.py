@@ -47,6 +47,36 @@ PROGRESS_INTERVAL_S = 0.05
 Write = Callable[[bytes | memoryview], object]
 
 
+class BodyRange:
+    """Which bytes of a GET's body are wanted, piece by piece: all of them (a whole object, or a
+    ``206`` that is the range), or bytes ``[start, end)`` of a ``200`` from a server that ignored
+    the ``Range`` header and sends the whole object. ``total`` is how many will be kept (for
+    progress), ``done`` how many were."""
+
+    def __init__(self, resp: httpx.Response, start: int | None, end: int | None, ranged: bool) -> None:
+        ignored = ranged and resp.status_code == 200
+        self._skip = (start or 0) if ignored else 0
+        self._limit = end - (start or 0) if ignored and end is not None else None
+        length = max(int(resp.headers.get("content-length", 0)) - self._skip, 0)
+        self.total = length if self._limit is None else min(length, self._limit)
+        self.done = 0
+
+    def keep(self, piece: bytes) -> bytes:
+        """The part of the body's next ``piece`` that is wanted (counted in ``done``)."""
+        if self._skip:
+            cut = min(self._skip, len(piece))
+            piece, self._skip = piece[cut:], self._skip - cut
+        if self._limit is not None:
+            piece = piece[: max(self._limit - self.done, 0)]
+        self.done += len(piece)
+        return piece
+
+    @property
+    def complete(self) -> bool:
+        """The range's last byte was kept: the rest of the body is not wanted."""
+        return self._limit is not None and self.done >= self._limit
+
+
 def raise_for_status(resp: httpx.Response, what: str) -> None:
     """Raise :class:`HubRequestError` for an error answer, with the bucket's own code and message
     when it gave them (the embedded bucket's ``{"error": {"code", "message"}}``, or an S3-style
@@ -131,7 +161,6 @@ async def _with_httpx(client: httpx.AsyncClient, url: str, write: Write, start: 
                       end: int | None, progress: ProgressCallback | None) -> int:
     wanted = range_header(start, end)
     headers = {"Range": wanted} if wanted else {}
-    done = 0
     try:
         async with client.stream("GET", url, headers=headers) as resp:
             if resp.status_code == 404:
@@ -139,27 +168,17 @@ async def _with_httpx(client: httpx.AsyncClient, url: str, write: Write, start: 
             if resp.status_code >= 400:
                 await resp.aread()
                 raise_for_status(resp, f"GET {url}")
-            # A server that ignored the range (200) sends the whole object: keep [start, end).
-            skip = (start or 0) if wanted and resp.status_code == 200 else 0
-            limit = None if end is None or not (wanted and resp.status_code == 200) else end - (start or 0)
-            length = int(resp.headers.get("content-length", 0))
-            total = min(max(length - skip, 0), limit) if limit is not None else max(length - skip, 0)
+            body = BodyRange(resp, start, end, ranged=bool(wanted))
             async for piece in resp.aiter_bytes(PIECE_BYTES):
-                if skip:
-                    cut = min(skip, len(piece))
-                    piece, skip = piece[cut:], skip - cut
-                if limit is not None:
-                    piece = piece[: max(limit - done, 0)]
-                if piece:
+                if piece := body.keep(piece):
                     await anyio.to_thread.run_sync(write, piece)
-                    done += len(piece)
                     if progress:
-                        progress(done, total)
-                if limit is not None and done >= limit:
+                        progress(body.done, body.total)
+                if body.complete:
                     break
     except httpx.HTTPError as exc:
         raise unreachable(f"GET {url}", exc) from exc
-    return done
+    return body.done
 
 
 async def put(client: httpx.AsyncClient, url: str, data: UploadData, *,
