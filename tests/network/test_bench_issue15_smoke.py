@@ -1,6 +1,6 @@
 """bench/issue15.py runs its three benchmarks and prints every row of issue 15's table.
 
-Quick sizes, no Node.js peer, two rounds, one run per start-up round: this checks that the three
+Quick sizes, no Node.js peer, one round, one run per start-up command: this checks that the three
 scripts run end to end under it, that their results are kept where ``--out`` says, and that the
 table (also printed again by ``--from``) has a line per row of the issue, in the issue's order,
 each judged against its target. Never the figures themselves: a benchmark does not fail on a
@@ -51,7 +51,7 @@ def table_rows(output: str) -> dict[str, list[str]]:
 def test_issue15_bench_prints_every_row_of_the_issue(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.Popen(
-        [sys.executable, str(ISSUE15), "--quick", "--no-hypercore", "--rounds", "2", "--runs", "1",
+        [sys.executable, str(ISSUE15), "--quick", "--no-hypercore", "--rounds", "1", "--runs", "1",
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
