@@ -1114,6 +1114,7 @@ def main() -> None:
             log("hypercore (node): tail latency, replication of small and 64 KiB blocks")
             result["hypercore"] = run_hypercore(tmp, cfg, args.quick)
         log("starting a hub and nodes A (owner, provides) and B (follows, fetches)")
+        t_network = time.perf_counter()
         pyspy = None
         if args.py_spy:
             exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
@@ -1124,7 +1125,7 @@ def main() -> None:
         lab = Lab(tmp / "net", profile_dir=profile_dir, pyspy=pyspy)
         a = lab.add_node("A", ALL_ROLES)
         b = lab.add_node("B", READER_ROLES)
-        log(f"network up after {time.perf_counter() - t_start:.1f} s")
+        log(f"network up after {time.perf_counter() - t_network:.1f} s")
         if "latency" in only:
             log(f"live latency: {cfg['latency_messages']} messages every {cfg['latency_interval_ms']:g} ms")
             k["latency"] = latency_rounds(lab, a, b, cfg, max(1, args.rounds), args.hop_samples)
