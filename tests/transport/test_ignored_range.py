@@ -41,7 +41,8 @@ def test_a_blocking_read_keeps_the_range_of_a_whole_answer(server, start, end) -
     got = bytearray()
     seen: list[tuple[int, int]] = []
     reader = BlockingBucketReader(server.url.rstrip("/"), connect_timeout=5, read_timeout=10)
-    n = reader.read("ch/objects/x", got.extend, start=start, end=end, progress=lambda d, t: seen.append((d, t)))
+    n = reader.read("ch/objects/x", got.extend, start=start, end=end,
+                    progress=lambda d, t: seen.append((d, t)))
     assert bytes(got) == BODY[start:end] and n == len(got)
     assert seen[-1] == (n, n)  # the total counts only the range's bytes
 
