@@ -30,7 +30,7 @@ from .protocol.bucket_layout import subfeed_head_path, subfeed_segment_path
 
 log = logging.getLogger("kachery.feeds")
 
-SEGMENT_DOWNLOADS_AHEAD = 8  # as the daemon's follower: downloads overlap verification
+SEGMENT_DOWNLOADS_AHEAD = 4  # as the daemon's follower: downloads overlap verification
 
 
 class BucketReader(Protocol):
@@ -91,16 +91,15 @@ def catch_up_from(subfeed: kf.Subfeed, bucket: BucketReader) -> tuple[int, int]:
         return 0, head.count  # nothing new (a stale head can only make us miss, never mislead)
     importer = feed_bucket.SegmentImporter(subfeed)
     indices = feed_bucket.segments_to_download(local, head)
-    for batch in _segment_batches(bucket, subfeed, indices):
-        importer.add_segments(batch)
+    for data in _segments(bucket, subfeed, indices):
+        importer.add_segment(data)
     importer.add_lines(list(head.tail))
     return importer.finish(), head.count
 
 
-def _segment_batches(bucket: BucketReader, subfeed: kf.Subfeed, indices: range) -> Iterator[list[bytes]]:
+def _segments(bucket: BucketReader, subfeed: kf.Subfeed, indices: range) -> Iterator[bytes]:
     """The segments in order, downloaded at most :data:`SEGMENT_DOWNLOADS_AHEAD` ahead of the
-    import (bounded memory on a long subfeed), in batches to import together: the next segment
-    (waited for) and those after it already downloaded, as the daemon's follower does."""
+    one being imported (bounded memory on a long subfeed)."""
     if not indices:
         return
     with ThreadPoolExecutor(SEGMENT_DOWNLOADS_AHEAD, thread_name_prefix="kachery-segments") as pool:
@@ -109,17 +108,13 @@ def _segment_batches(bucket: BucketReader, subfeed: kf.Subfeed, indices: range) 
             return pool.submit(bucket.get, key)
 
         ahead = {i: fetch(i) for i in indices[:SEGMENT_DOWNLOADS_AHEAD]}
-        n = 0
         try:
-            while n < len(indices):
-                batch = [ahead.pop(indices[n]).result()]
-                n += 1
-                while n < len(indices) and indices[n] in ahead and ahead[indices[n]].done():
-                    batch.append(ahead.pop(indices[n]).result())
-                    n += 1
-                for following in indices[n + len(ahead) : n + SEGMENT_DOWNLOADS_AHEAD]:
-                    ahead[following] = fetch(following)
-                yield batch
+            for n, i in enumerate(indices):
+                data = ahead.pop(i).result()
+                following = n + SEGMENT_DOWNLOADS_AHEAD
+                if following < len(indices):
+                    ahead[indices[following]] = fetch(indices[following])
+                yield data
         finally:
             for future in ahead.values():
                 future.cancel()
