@@ -65,8 +65,7 @@ from .channel_link import BucketObjectMissing, ChannelLink
 
 log = logging.getLogger("kachery.feeds")
 
-#: Segments downloaded ahead of the import (each ~0.5 MB, held until imported).
-SEGMENT_DOWNLOADS_AHEAD = 8
+SEGMENT_DOWNLOADS_AHEAD = 4
 SUBFEED_OBJECTS_KEPT = 4096  # kf.Subfeed handles kept for reuse (dropped all at once beyond)
 FORK_READ_TIMEOUT_SECONDS = 10.0  # reading the bucket's fork proof before following
 CATCH_UPS_AT_ONCE = 16  # bucket reads and imports under way at once, over all followers
@@ -615,23 +614,14 @@ async def _download_and_import(link: ChannelLink, where: SubfeedOnChannel, indic
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed_downloads, tg)
-        order = list(indices)
-        at = 0
-        while at < len(order):
-            pending = results[order[at]]
+        for index in indices:
+            pending = results[index]
             if isinstance(pending, anyio.Event):
                 await pending.wait()
-            # The next segment, and those right after it that are already here: one import (a
-            # long one verifies mostly in the store's helper process, on the other core). It
-            # never waits for more: the first messages go in as soon as they came.
-            batch: list[bytes] = []
-            while at < len(order) and isinstance(data := results.get(order[at]), bytes):
-                batch.append(data)
-                del results[order[at]]
-                at += 1
-            await anyio.to_thread.run_sync(importer.add_segments, batch)
-            for _ in batch:
-                slots.release()
+            data = results.pop(index)
+            assert isinstance(data, bytes)
+            await anyio.to_thread.run_sync(importer.add_segment, data)
+            slots.release()
 
 
 class _SegmentSink:

@@ -180,14 +180,6 @@ class SegmentImporter:
     def add_segment(self, data: bytes) -> None:
         self.add_lines(kf.decode_segment(data))
 
-    def add_segments(self, segments: list[bytes]) -> None:
-        """Consecutive segments in one import: fewer transactions, and a range long enough
-        for the store to verify most of it on another core (kachery_feeds.range_verifier)."""
-        lines: list[bytes] = []
-        for data in segments:
-            lines += kf.decode_segment(data)
-        self.add_lines(lines)
-
     @property
     def pending(self) -> list[bytes]:
         """The unsigned lines after the last signed one, not imported (yet)."""

@@ -72,30 +72,6 @@ def test_tampered_segment_is_rejected(tmp_path, source):
     assert replica.get_num_local_messages() == 0
 
 
-def test_consecutive_segments_go_in_as_one_import(tmp_path, source):
-    _count, head_bytes = feed_bucket.head_for(source)
-    head = feed_bucket.parse_head(head_bytes)
-    replica = kf.open_store(tmp_path / "b.db").load_subfeed(source.uri)
-    importer = feed_bucket.SegmentImporter(replica)
-    importer.add_segments([feed_bucket.segment_for(source, 0), feed_bucket.segment_for(source, 1)])
-    assert importer.added == 990  # up to the last signed message the two hold
-    importer.add_lines(head.tail)
-    assert importer.finish() == 2051
-    assert replica.get_messages() == source.get_messages()
-
-
-def test_a_tampered_segment_leaves_its_whole_batch_out(tmp_path):
-    source = kf.open_store(tmp_path / "a.db").create_feed().load_subfeed("log")
-    for start in range(0, 2000, 500):  # signed at 499, 999, 1499, 1999
-        source.append_messages([{"i": i} for i in range(start, start + 500)])
-    tampered = feed_bucket.segment_for(source, 1).replace(b'"i":1700}', b'"i":1701}', 1)
-    replica = kf.open_store(tmp_path / "b.db").load_subfeed(source.uri)
-    importer = feed_bucket.SegmentImporter(replica)
-    with pytest.raises(kf.VerificationError):
-        importer.add_segments([feed_bucket.segment_for(source, 0), tampered])
-    assert replica.get_num_local_messages() == 0  # one transaction: not even segment 0's
-
-
 @pytest.mark.parametrize(
     "bad",
     [
