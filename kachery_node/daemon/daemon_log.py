@@ -64,8 +64,9 @@ class RepeatLimit(logging.Filter):
             window = self._windows.get(key)
             left_out = 0
             if window is None or now - window.start >= self.WINDOW_SECONDS:
-                left_out = window.left_out if window is not None else 0
-                if window is None and len(self._windows) >= self.KINDS_KEPT:
+                if window is not None:
+                    left_out = window.left_out
+                elif len(self._windows) >= self.KINDS_KEPT:
                     self._windows.clear()
                 window = self._windows[key] = _Window(now)
             window.count += 1

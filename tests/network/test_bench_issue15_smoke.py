@@ -10,12 +10,13 @@ missed target, and quick sizes are not comparable.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_process import run_bench
 
 REPO = Path(__file__).resolve().parents[2]
 ISSUE15 = REPO / "bench" / "issue15.py"
@@ -50,22 +51,10 @@ def table_rows(output: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_issue15_bench_prints_every_row_of_the_issue(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    proc = subprocess.Popen(
-        [sys.executable, str(ISSUE15), "--quick", "--no-hypercore", "--rounds", "1", "--runs", "1",
-         "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # the network bench then stops the hub and daemons it started
-        stdout, stderr = proc.communicate(timeout=60)
-        pytest.fail("bench/issue15.py --quick took over 300 s\n" + stdout[-3000:] + stderr[-3000:])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    proc = run_bench([sys.executable, str(ISSUE15), "--quick", "--no-hypercore", "--rounds", "1",
+                      "--runs", "1", "--out", str(out)], timeout=300, cwd=tmp_path)
+    stdout = proc.stdout
+    assert proc.returncode == 0, stdout[-3000:] + proc.stderr[-5000:]
     # the three benchmarks' own tables came first, then the issue's
     assert stdout.index("## startup") < stdout.index("## feeds") < stdout.index("## network")
     table = stdout[stdout.index("| row (issue 15)"):]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_process import run_bench
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 2
@@ -24,27 +24,15 @@ ROUNDS = 2
 @pytest.mark.slow
 def test_network_bench_quick_runs(tmp_path):
     out = tmp_path / "out.json"
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "network" / "run.py"), "--quick", "--no-hypercore",
-         "--rounds", str(ROUNDS), "--hop-samples", "50", "--json", str(out), "--tmp", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
     try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        # SIGINT, not a kill: run.py's cleanup then stops the hub and daemons it started (a kill
-        # left them running until the session's end, loading the machine for everyone).
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-        pytest.fail("bench/network/run.py --quick took over 240 s\n" + stdout[-3000:] + stderr[-3000:])
+        proc = run_bench(
+            [sys.executable, str(REPO / "bench" / "network" / "run.py"), "--quick", "--no-hypercore",
+             "--rounds", str(ROUNDS), "--hop-samples", "50", "--json", str(out), "--tmp", str(tmp_path)],
+            timeout=240, cwd=REPO)  # fmt: skip
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         left_behind = list(tmp_path.glob("kachery-netbench-*"))
         for left in left_behind:  # its daemons stop on their own when their storage goes
             shutil.rmtree(left, ignore_errors=True)
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "live latency p50" in proc.stdout
     result = json.loads(out.read_text())
